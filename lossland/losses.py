@@ -1,0 +1,108 @@
+"""Per-example losses of the margin variable Delta = epsilon - y f.
+
+Every loss here is a function ``ell(delta)`` of one scalar (or elementwise of an
+array); reductions (the 1/P mean) happen at the call site. With
+``Delta = epsilon - y f(x)``:
+
+==================  =================================  ===============
+name                ell(Delta)                         default epsilon
+==================  =================================  ===============
+quadratic_hinge     1/2 Delta^2 theta(Delta)           1
+hinge               Delta theta(Delta)                 1
+soft_hinge          softplus(beta Delta) / beta        1
+logistic            log(1 + exp(Delta)) (= CE of y f)  0
+squared             1/2 Delta^2 (= 1/2 (f - y)^2)      1
+==================  =================================  ===============
+
+**Convention at Delta = 0.** A point is *unsatisfied* iff Delta > 0 strictly
+(nn_jamming: ``relu(delta)``). The hinge losses are written with a strict
+``Delta > 0`` mask, so at Delta = 0 exactly the loss, its first and its second
+derivative are all 0 (jax would otherwise give relu'(0) = 0 but
+maximum'(0) = 1/2). The curvature code relies on this: H0 and Hp sum only over
+unsatisfied points.
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def quadratic_hinge(delta):
+  """1/2 Delta^2 theta(Delta), the jamming papers' loss (1809.09349 eq. 2)."""
+  return jnp.where(delta > 0, 0.5 * delta * delta, jnp.zeros_like(delta))
+
+
+def hinge(delta):
+  """Delta theta(Delta), the linear hinge."""
+  return jnp.where(delta > 0, delta, jnp.zeros_like(delta))
+
+
+def soft_hinge(delta, beta: float = 5.0):
+  """softplus(beta Delta) / beta: a smooth hinge (feature_lazy ``softhinge``)."""
+  return jax.nn.softplus(beta * delta) / beta
+
+
+def logistic(delta):
+  """log(1 + exp(Delta)); with epsilon = 0 it is the cross-entropy of y f."""
+  return jax.nn.softplus(delta)
+
+
+def squared(delta):
+  """1/2 Delta^2; with y = +-1 and epsilon = 1 it equals 1/2 (f - y)^2."""
+  return 0.5 * delta * delta
+
+
+_LOSSES = {
+    "quadratic_hinge": (quadratic_hinge, 1.0),
+    "hinge": (hinge, 1.0),
+    "soft_hinge": (soft_hinge, 1.0),
+    "logistic": (logistic, 0.0),
+    "squared": (squared, 1.0),
+}
+
+LOSS_NAMES = tuple(_LOSSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """A per-example loss and its margin (hashable, jit-static).
+
+  Attributes:
+    name: one of ``LOSS_NAMES``.
+    margin: epsilon in Delta = epsilon - y f; None picks the loss's default.
+  """
+  name: str = "quadratic_hinge"
+  margin: float | None = None
+
+  def __post_init__(self):
+    if self.name not in _LOSSES:
+      raise ValueError(f"unknown loss {self.name!r}; choose from {sorted(_LOSSES)}")
+
+  @property
+  def epsilon(self) -> float:
+    return _LOSSES[self.name][1] if self.margin is None else float(self.margin)
+
+  @property
+  def fn(self) -> Callable:
+    return _LOSSES[self.name][0]
+
+
+def get_loss(name: str) -> Callable:
+  """The per-example loss ell(delta) called ``name``."""
+  return LossConfig(name).fn
+
+
+def margins(f, y, epsilon):
+  """Delta = epsilon - y f, elementwise. f and y of the same shape [P]."""
+  return epsilon - y * f
+
+
+def mean_loss(loss_cfg: LossConfig, f, y):
+  """(1/P) sum_mu ell(Delta_mu): the training loss."""
+  return jnp.mean(loss_cfg.fn(margins(f, y, loss_cfg.epsilon)))
+
+
+def n_unsatisfied(delta):
+  """N_Delta = #{mu : Delta_mu > 0} (strict)."""
+  return jnp.sum(delta > 0)

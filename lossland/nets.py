@@ -1,0 +1,215 @@
+"""Fully connected networks as (init_fn, apply_fn) pairs of pure functions.
+
+A network has input dimension ``d``, ``depth`` hidden layers of width ``h`` and
+``n_out`` outputs (scalar by default). Params are a list of per-layer dicts
+``{"w": [fan_in, fan_out], "b": [fan_out]}`` (``"b"`` only when ``bias=True``).
+
+Two parametrizations give the same function at initialization and differ in how
+gradients scale with width:
+
+* ``"ntk"``: stored weights are N(0, 1) (or scaled orthogonal); each layer's
+  pre-activation is ``x @ w / sqrt(fan_in)`` (Jacot et al. 2018).
+* ``"standard"``: stored weights already carry the ``1/sqrt(fan_in)`` factor;
+  the pre-activation is ``x @ w`` (PyTorch-style, the authors' nn_jamming code).
+
+Hidden activations are normalized so that E[phi(z)^2] = 1 for z ~ N(0, 1), which
+keeps the pre-activations O(1) in every layer at initialization for every
+activation (the convention of Geiger et al.'s feature_lazy code).
+
+The output is multiplied by ``alpha`` (1906.08034). Training ``f(w) - f(w0)`` is
+handled by :func:`output_fn`.
+"""
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = list  # list of {"w": Array, "b": Array} dicts
+
+# E[phi(z)^2] for z ~ N(0, 1), so that phi / sqrt(.) has unit second moment.
+# relu: 1/2 exactly. tanh and softplus: Gauss-Hermite quadrature (see
+# tests/test_nets.py::test_activation_normalization, which recomputes them).
+_SECOND_MOMENT = {
+    "relu": 0.5,
+    "tanh": 0.39429449039784,
+    "softplus": 0.92124590885930,
+}
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "softplus": jax.nn.softplus,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+  """Architecture of a fully connected network (hashable, jit-static).
+
+  Attributes:
+    d: input dimension.
+    width: hidden width h.
+    depth: number of hidden layers L (0 gives a linear model).
+    activation: "relu", "tanh" or "softplus".
+    parametrization: "ntk" or "standard".
+    init: "normal" or "orthogonal" (the authors' protocol).
+    bias: whether layers have biases (initialized at zero).
+    n_out: number of outputs; 1 gives a scalar output.
+    alpha: output scale (1906.08034).
+    normalize_activation: divide the activation by sqrt(E[phi(z)^2]).
+  """
+  d: int
+  width: int
+  depth: int
+  activation: str = "relu"
+  parametrization: str = "ntk"
+  init: str = "normal"
+  bias: bool = False
+  n_out: int = 1
+  alpha: float = 1.0
+  normalize_activation: bool = True
+
+  def __post_init__(self):
+    if self.d <= 0:
+      raise ValueError(f"input dimension d must be positive, got {self.d}")
+    if self.depth < 0:
+      raise ValueError(f"depth must be >= 0, got {self.depth}")
+    if self.depth > 0 and self.width <= 0:
+      raise ValueError(f"width must be positive, got {self.width}")
+    if self.n_out <= 0:
+      raise ValueError(f"n_out must be positive, got {self.n_out}")
+    if self.activation not in _ACTIVATIONS:
+      raise ValueError(f"unknown activation {self.activation!r}; "
+                       f"choose from {sorted(_ACTIVATIONS)}")
+    if self.parametrization not in ("ntk", "standard"):
+      raise ValueError(f"unknown parametrization {self.parametrization!r}; "
+                       "choose 'ntk' or 'standard'")
+    if self.init not in ("normal", "orthogonal"):
+      raise ValueError(f"unknown init {self.init!r}; "
+                       "choose 'normal' or 'orthogonal'")
+
+  @property
+  def layer_sizes(self) -> tuple:
+    return (self.d,) + (self.width,) * self.depth + (self.n_out,)
+
+
+def n_weights(d: int, width: int, depth: int, n_out: int = 1) -> int:
+  """Number of weights, the papers' N = d h + (L - 1) h^2 + h (for n_out=1).
+
+  Biases are excluded: with ReLU, positive homogeneity removes one degree of
+  freedom per neuron (Geiger et al. 2019, nn_jamming/transition.py).
+  """
+  if depth == 0:
+    return d * n_out
+  return d * width + (depth - 1) * width * width + width * n_out
+
+
+def n_params(cfg: NetConfig) -> int:
+  """All trainable parameters of ``cfg`` (weights plus biases if any)."""
+  n = n_weights(cfg.d, cfg.width, cfg.depth, cfg.n_out)
+  if cfg.bias:
+    n += cfg.width * cfg.depth + cfg.n_out
+  return n
+
+
+def width_for_n(n_target: float, d: int, depth: int, n_out: int = 1) -> int:
+  """Width h whose weight count N(h) is closest to ``n_target``.
+
+  Solves (L - 1) h^2 + (d + n_out) h = N for h, then picks the nearer of the
+  two neighbouring integers (at least 1).
+  """
+  if depth <= 0:
+    raise ValueError("width_for_n needs depth >= 1")
+  a, b = depth - 1, d + n_out
+  h = n_target / b if a == 0 else (-b + math.sqrt(b * b + 4 * a * n_target)) / (2 * a)
+  cands = {max(1, math.floor(h)), max(1, math.ceil(h))}
+  return min(sorted(cands),
+             key=lambda w: abs(n_weights(d, w, depth, n_out) - n_target))
+
+
+def _orthogonal(key, shape, dtype):
+  """A [fan_in, fan_out] matrix with orthonormal rows or columns (QR, sign-fixed)."""
+  fan_in, fan_out = shape
+  big, small = max(shape), min(shape)
+  a = jax.random.normal(key, (big, small), dtype)
+  q, r = jnp.linalg.qr(a)
+  q = q * jnp.sign(jnp.diagonal(r))[None, :]  # Haar measure (Mezzadri 2007)
+  return q if fan_in >= fan_out else q.T
+
+
+def make_net(cfg: NetConfig, dtype=None) -> tuple:
+  """Returns ``(init_fn, apply_fn)`` for the network described by ``cfg``.
+
+  Args:
+    cfg: the architecture.
+    dtype: parameter dtype; default is jax's default float (float64 under x64).
+
+  Returns:
+    init_fn(key) -> params, and apply_fn(params, x) with x of shape [..., d]
+    returning [..., n_out], or [...] when ``cfg.n_out == 1``.
+  """
+  sizes = cfg.layer_sizes
+  phi = _ACTIVATIONS[cfg.activation]
+  act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
+               if cfg.normalize_activation else 1.0)
+  ntk = cfg.parametrization == "ntk"
+
+  def init_fn(key) -> Params:
+    dt = dtype if dtype is not None else jnp.zeros(()).dtype
+    keys = jax.random.split(key, len(sizes) - 1)
+    params = []
+    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
+      if cfg.init == "normal":
+        w_eff = jax.random.normal(k, (fan_in, fan_out), dt) / math.sqrt(fan_in)
+      else:
+        # Orthonormal columns preserve |x|^2 fan_out / fan_in; with fewer
+        # inputs than outputs the rows are orthonormal and we rescale so that
+        # pre-activations still have unit second moment.
+        gain = math.sqrt(max(1.0, fan_out / fan_in))
+        w_eff = gain * _orthogonal(k, (fan_in, fan_out), dt)
+      w = w_eff * math.sqrt(fan_in) if ntk else w_eff
+      layer = {"w": w}
+      if cfg.bias:
+        layer["b"] = jnp.zeros((fan_out,), dt)
+      params.append(layer)
+    return params
+
+  def apply_fn(params: Params, x):
+    z = x
+    n_layers = len(params)
+    for i, layer in enumerate(params):
+      fan_in = layer["w"].shape[0]
+      z = z @ layer["w"]
+      if ntk:
+        z = z / math.sqrt(fan_in)
+      if "b" in layer:
+        z = z + layer["b"]
+      if i < n_layers - 1:
+        z = act_scale * phi(z)
+    z = cfg.alpha * z
+    return z[..., 0] if cfg.n_out == 1 else z
+
+  return init_fn, apply_fn
+
+
+def output_fn(apply_fn: Callable, subtract_init: bool = False) -> Callable:
+  """The trained function: ``f(w; x)`` or ``f(w; x) - f(w0; x)`` (1906.08034).
+
+  Returns:
+    fn(params, params0, x) -> outputs. ``params0`` is ignored unless
+    ``subtract_init``; its gradient is never taken.
+  """
+  if not subtract_init:
+    return lambda params, params0, x: apply_fn(params, x)
+
+  def fn(params, params0, x):
+    return apply_fn(params, x) - jax.lax.stop_gradient(apply_fn(params0, x))
+
+  return fn
+
+
+def tree_size(tree: Any) -> int:
+  """Total number of scalars in a pytree."""
+  return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(tree))

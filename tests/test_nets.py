@@ -1,0 +1,115 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lossland import nets
+
+
+def test_weight_count_matches_papers():
+  # nn_jamming/nips2018.md: L = 3, d = h = 51 gives N = 7854.
+  assert nets.n_weights(51, 51, 3) == 7854
+  assert nets.n_weights(62, 62, 2) == 7750
+  assert nets.n_weights(10, 30, 5) == 3930
+  cfg = nets.NetConfig(d=5, width=7, depth=2, bias=True)
+  init_fn, _ = nets.make_net(cfg)
+  params = init_fn(jax.random.key(0))
+  assert nets.tree_size(params) == nets.n_params(cfg) == 5 * 7 + 7 * 7 + 7 + 7 + 7 + 1
+  cfg = nets.NetConfig(d=5, width=7, depth=2)
+  assert nets.tree_size(nets.make_net(cfg)[0](jax.random.key(0))) == nets.n_weights(5, 7, 2)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 5])
+def test_width_for_n_is_closest(depth):
+  for target in (100, 1000, 7854, 20000):
+    h = nets.width_for_n(target, 10, depth)
+    best = min(range(1, 3000), key=lambda w: abs(nets.n_weights(10, w, depth) - target))
+    assert abs(nets.n_weights(10, h, depth) - target) == abs(nets.n_weights(10, best, depth) - target)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "softplus"])
+def test_activation_normalization(activation):
+  x, w = np.polynomial.hermite_e.hermegauss(120)
+  w = w / w.sum()
+  phi = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh,
+         "softplus": lambda z: np.logaddexp(0, z)}[activation]
+  np.testing.assert_allclose(nets._SECOND_MOMENT[activation], (phi(x) ** 2 * w).sum(), rtol=1e-10)
+
+
+def test_ntk_and_standard_are_the_same_function_at_init(key):
+  x = jax.random.normal(jax.random.key(1), (16, 6))
+  for init in ("normal", "orthogonal"):
+    f = {}
+    for par in ("ntk", "standard"):
+      cfg = nets.NetConfig(d=6, width=9, depth=3, parametrization=par, init=init)
+      init_fn, apply_fn = nets.make_net(cfg)
+      f[par] = apply_fn(init_fn(key), x)
+    np.testing.assert_allclose(f["ntk"], f["standard"], rtol=1e-10)
+
+
+def test_forward_against_plain_numpy(key):
+  cfg = nets.NetConfig(d=4, width=5, depth=2, activation="tanh", bias=True, alpha=0.7)
+  init_fn, apply_fn = nets.make_net(cfg)
+  params = init_fn(key)
+  params = jax.tree_util.tree_map(lambda a: a + 0.1, params)  # nonzero biases
+  x = np.asarray(jax.random.normal(jax.random.key(2), (3, 4)))
+  z = x
+  c = 1 / math.sqrt(nets._SECOND_MOMENT["tanh"])
+  for i, layer in enumerate(params):
+    w, b = np.asarray(layer["w"]), np.asarray(layer["b"])
+    z = z @ w / math.sqrt(w.shape[0]) + b
+    if i < len(params) - 1:
+      z = c * np.tanh(z)
+  np.testing.assert_allclose(apply_fn(params, x), 0.7 * z[:, 0], rtol=1e-12)
+  # one example and a batch agree
+  np.testing.assert_allclose(apply_fn(params, x[0]), apply_fn(params, x)[0], rtol=1e-12)
+
+
+def test_orthogonal_init_is_orthogonal(key):
+  cfg = nets.NetConfig(d=8, width=8, depth=2, init="orthogonal", parametrization="standard")
+  params = nets.make_net(cfg)[0](key)
+  w = np.asarray(params[1]["w"])
+  np.testing.assert_allclose(w.T @ w, np.eye(8), atol=1e-12)
+
+
+def test_preactivations_have_unit_scale_at_init():
+  # Over many inits, hidden pre-activations have second moment ~ 1 at all depths.
+  cfg = nets.NetConfig(d=20, width=200, depth=4)
+  init_fn, apply_fn = nets.make_net(cfg)
+  x = jax.random.normal(jax.random.key(3), (64, 20))
+  x = x * jnp.sqrt(20) / jnp.linalg.norm(x, axis=1, keepdims=True)
+  f = jnp.stack([apply_fn(init_fn(jax.random.key(s)), x) for s in range(20)])
+  assert 0.6 < float(jnp.mean(f ** 2)) < 1.6
+
+
+def test_subtract_init_output_starts_at_zero(key):
+  cfg = nets.NetConfig(d=3, width=4, depth=1)
+  init_fn, apply_fn = nets.make_net(cfg)
+  p0 = init_fn(key)
+  fn = nets.output_fn(apply_fn, subtract_init=True)
+  x = jnp.ones((2, 3))
+  np.testing.assert_allclose(fn(p0, p0, x), 0.0)
+  # gradient does not flow into params0
+  g = jax.grad(lambda q: jnp.sum(fn(p0, q, x)))(p0)
+  assert all(float(jnp.abs(l).max()) == 0 for l in jax.tree_util.tree_leaves(g))
+
+
+@pytest.mark.parametrize("bad", [dict(d=0, width=3, depth=1), dict(d=3, width=0, depth=1),
+                                 dict(d=3, width=3, depth=1, activation="gelu"),
+                                 dict(d=3, width=3, depth=1, init="xavier")])
+def test_bad_configs_raise(bad):
+  with pytest.raises(ValueError):
+    nets.NetConfig(**bad)
+
+
+def test_dtype_follows_x64():
+  cfg = nets.NetConfig(d=3, width=4, depth=2)
+  init_fn, apply_fn = nets.make_net(cfg)
+  p = init_fn(jax.random.key(0))
+  assert p[0]["w"].dtype == jnp.float64
+  with jax.enable_x64(False):
+    p = init_fn(jax.random.key(0))
+    assert p[0]["w"].dtype == jnp.float32
+    assert apply_fn(p, jnp.ones((2, 3), jnp.float32)).dtype == jnp.float32

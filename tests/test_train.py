@@ -1,0 +1,160 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lossland import data, losses, nets, train
+
+NET = nets.NetConfig(d=6, width=12, depth=2)
+LOSS = losses.LossConfig()
+
+
+@pytest.fixture(scope="module")
+def ds():
+  return data.sphere(jax.random.key(42), 40, 6, n_test=30)
+
+
+def test_vmapped_ensemble_equals_loop_over_seeds(ds):
+  cfg = train.TrainConfig(lr=1e-2, max_steps=300, chunk_steps=100)
+  ens = train.train_ensemble([0, 1, 2, 3], ds, NET, LOSS, cfg)
+  for k, seed in enumerate([0, 1, 2, 3]):
+    one = train.train_ensemble([seed], ds, NET, LOSS, cfg)
+    assert one.steps[0] == ens.steps[k]
+    assert one.stop_code[0] == ens.stop_code[k]
+    for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(ens.params)):
+      np.testing.assert_allclose(a[0], b[k], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(one.history["loss"][0], ens.history["loss"][k], rtol=1e-9)
+
+
+def test_group_sizes_give_the_same_members(ds):
+  cfg = train.TrainConfig(lr=1e-2, max_steps=200, chunk_steps=50)
+  a = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=5)
+  b = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=2)
+  c = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=5, compact=False)
+  for other in (b, c):
+    np.testing.assert_array_equal(a.steps, other.steps)
+    np.testing.assert_allclose(a.f_test, other.f_test, rtol=1e-9, atol=1e-12)
+
+
+def test_plain_loop_reference(ds):
+  # One member against a hand-written full-batch Adam loop (optax.adam).
+  import optax
+  cfg = train.TrainConfig(lr=3e-3, max_steps=50, stop_at_sat=False)
+  res = train.train_ensemble([7], ds, NET, LOSS, cfg)
+  init_fn, apply_fn = nets.make_net(NET)
+  k_init, _ = jax.random.split(jax.random.key(7))
+  params = init_fn(k_init)
+  opt = optax.adam(3e-3)
+  state = opt.init(params)
+  loss = lambda p: losses.mean_loss(LOSS, apply_fn(p, ds.x_train), ds.y_train)
+  for _ in range(50):
+    g = jax.grad(loss)(params)
+    upd, state = opt.update(g, state)
+    params = optax.apply_updates(params, upd)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(res.params)):
+    np.testing.assert_allclose(a, b[0], rtol=1e-8, atol=1e-11)
+  assert res.stop_reasons == ["max_steps"] and res.steps[0] == 50
+
+
+def test_wide_net_on_few_points_is_sat():
+  ds = data.sphere(jax.random.key(1), 10, 5)
+  net = nets.NetConfig(d=5, width=64, depth=2)
+  res = train.train_ensemble([0, 1], ds, net, LOSS, train.TrainConfig(lr=1e-2, max_steps=5000))
+  assert res.stop_reasons == ["sat", "sat"]
+  assert np.all(res.final["loss"] == 0) and np.all(res.final["n_delta"] == 0)
+  assert np.all(res.steps < 5000)
+  # the member stops exactly when N_delta first hits 0
+  hist = res.history["n_delta"][0]
+  assert np.all(hist[~np.isnan(hist)] > 0) or hist[~np.isnan(hist)][-1] == 0
+
+
+def test_tiny_net_on_many_random_points_jams():
+  ds = data.sphere(jax.random.key(2), 300, 5)
+  net = nets.NetConfig(d=5, width=2, depth=1)  # N = 12 << P
+  cfg = train.TrainConfig(lr=1e-2, max_steps=50_000, jam_window=1000, jam_rtol=1e-3)
+  res = train.train_ensemble([0, 1], ds, net, LOSS, cfg)
+  assert res.stop_reasons == ["jammed", "jammed"]
+  assert np.all(res.final["n_delta"] > 0.1 * 12)
+  assert np.all(res.steps < 50_000) and np.all(res.steps % 1000 == 0)
+
+
+def test_huge_learning_rate_diverges(ds):
+  cfg = train.TrainConfig(optimizer="sgd", lr=1e8, max_steps=1000)
+  res = train.train_ensemble([0, 1], ds, NET, LOSS, cfg)
+  assert res.stop_reasons == ["diverged", "diverged"]
+  assert np.all(res.steps < 1000)
+
+
+def test_max_steps(ds):
+  cfg = train.TrainConfig(lr=1e-4, max_steps=20)
+  res = train.train_ensemble([0], ds, NET, LOSS, cfg)
+  assert res.stop_reasons == ["max_steps"] and res.steps[0] == 20
+
+
+def test_step_schedule_and_minibatch(ds):
+  cfg = train.TrainConfig(lr=1e-2, max_steps=300, schedule="step", decay_every=100,
+                          decay_factor=0.1, batch_size=10, check_every=10)
+  res = train.train_ensemble([0, 1], ds, NET, LOSS, cfg)
+  lr = res.history["lr"][0]
+  steps = res.history_step
+  ok = ~np.isnan(lr)
+  expected = 1e-2 * 0.1 ** ((steps[ok] - 1).clip(0) // 100)
+  np.testing.assert_allclose(lr[ok][steps[ok] > 1], expected[steps[ok] > 1], rtol=1e-12)
+  # mini-batch members differ from each other but are reproducible
+  again = train.train_ensemble([0, 1], ds, NET, LOSS, cfg)
+  np.testing.assert_array_equal(res.f_test, again.f_test)
+
+
+def test_plateau_schedule_reduces_lr():
+  ds = data.sphere(jax.random.key(2), 300, 5)
+  net = nets.NetConfig(d=5, width=2, depth=1)
+  cfg = train.TrainConfig(lr=1e-2, schedule="plateau", plateau_patience=200,
+                          max_steps=3000, min_lr=1e-4)
+  res = train.train_ensemble([0], ds, net, LOSS, cfg)
+  lr = res.history["lr"][0]
+  assert np.nanmin(lr) < 1e-2
+
+
+def test_chunk_compiles_once_per_shape(ds):
+  cfg = train.TrainConfig(lr=1e-2, max_steps=400, chunk_steps=100)
+  res = train.train_ensemble(range(4), ds, NET, LOSS, cfg)
+  run_chunk = train._compiled(NET, LOSS, cfg)[2]
+  n = run_chunk._cache_size()
+  assert n == res.n_compiles  # one compilation per padded group size
+  train.train_ensemble(range(4), ds, NET, LOSS, cfg)
+  assert run_chunk._cache_size() == n  # the same run compiles nothing new
+  train.train_ensemble(range(10, 14), ds, NET, LOSS, cfg)
+  assert run_chunk._cache_size() <= len(train._buckets(4))  # sizes 4, 2, 1 at most
+
+
+def test_same_seed_same_numbers(ds):
+  cfg = train.TrainConfig(lr=1e-2, max_steps=100)
+  a = train.train_ensemble([5], ds, NET, LOSS, cfg)
+  b = train.train_ensemble([5], ds, NET, LOSS, cfg)
+  np.testing.assert_array_equal(a.f_train, b.f_train)
+  np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+
+
+def test_dtype_preserved_without_x64():
+  with jax.enable_x64(False):
+    ds = data.sphere(jax.random.key(0), 20, 4, n_test=5)
+    net = nets.NetConfig(d=4, width=8, depth=1)
+    res = train.train_ensemble([0], ds, net, LOSS, train.TrainConfig(max_steps=20))
+    assert all(l.dtype == np.float32 for l in jax.tree_util.tree_leaves(res.params))
+    assert res.f_test.dtype == np.float32
+  ds = data.sphere(jax.random.key(0), 20, 4, n_test=5)
+  res = train.train_ensemble([0], ds, net, LOSS, train.TrainConfig(max_steps=20))
+  assert all(l.dtype == np.float64 for l in jax.tree_util.tree_leaves(res.params))
+
+
+def test_measurement_steps_are_log_spaced():
+  s = train.measurement_steps(10_000, 10)
+  assert s[0] == 0 and s[-1] == 10_000 and np.all(np.diff(s) > 0)
+  assert 35 <= len(s) <= 45
+
+
+@pytest.mark.parametrize("bad", [dict(lr=0.0), dict(max_steps=0), dict(optimizer="lbfgs"),
+                                 dict(schedule="cosine"), dict(batch_size=-1)])
+def test_bad_train_configs(bad):
+  with pytest.raises(ValueError):
+    train.TrainConfig(**bad)
