@@ -111,7 +111,11 @@ def plot_delta_distribution(run_dir: str, path: str | None = None) -> str:
   for ax, h, lab in ((axes[0], pos / K, r"$\Delta/\sqrt{\mathcal{L}}$, $\Delta>0$"),
                      (axes[1], neg / K, r"$-\Delta$, $\Delta<0$")):
     ok = h > 0
-    ax.loglog(centers[ok], h[ok], "o-", ms=3)
+    if ok.any():
+      ax.loglog(centers[ok], h[ok], "o-", ms=3)
+    else:
+      ax.text(0.5, 0.5, "no such points\n(e.g. every member sat)",
+              ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(lab)
     ax.set_ylabel("density")
   fig.suptitle(r"distribution of $\Delta = \epsilon - y f$ at the end of training")

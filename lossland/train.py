@@ -32,13 +32,17 @@ ensemble equals the same code run with seed k alone.
 """
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from lossland import data as data_lib
 from lossland import losses
@@ -360,6 +364,83 @@ def _take(tree, idx):
   return jax.tree_util.tree_map(lambda a: a[idx], tree)
 
 
+def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact):
+  h = hashlib.sha1()
+  h.update(repr((seeds.tolist(), net_cfg, loss_cfg, cfg, group_size, compact,
+                 str(data.x_train.dtype))).encode())
+  for a in data:
+    h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+  return h.hexdigest()
+
+
+def _unravel_like(trainer, data):
+  template = jax.eval_shape(lambda k: trainer.init_fn(k, data).params,
+                            jax.random.key(0))
+  zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
+  _, unravel = ravel_pytree(zeros)
+  return lambda flat: jax.device_get(unravel(jnp.asarray(flat)))
+
+
+def _flat_members(trees, like):
+  n = ravel_pytree(like)[0].shape[0]
+  out = np.zeros((len(trees), n), np.asarray(ravel_pytree(like)[0]).dtype)
+  has = np.zeros((len(trees),), bool)
+  for m, tree in enumerate(trees):
+    if tree is not None:
+      out[m] = np.asarray(ravel_pytree(tree)[0])
+      has[m] = True
+  return out, has
+
+
+def _is_key(leaf):
+  return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+
+
+def _write_checkpoint(path, fingerprint, g0, rows, t, state, history, final,
+                      stop_code, steps, init_states, final_states):
+  like = next(x for x in init_states if x is not None)
+  init_flat, has_init = _flat_members(init_states, like)
+  final_flat, has_final = _flat_members(final_states, like)
+  arrays = {"fingerprint": np.asarray(fingerprint), "g0": np.asarray(g0),
+            "rows": np.asarray(rows, np.int64), "t": np.asarray(t),
+            "stop_code": stop_code, "steps": steps, "init_flat": init_flat,
+            "has_init": has_init, "final_flat": final_flat,
+            "has_final": has_final}
+  for k in MEASUREMENTS:
+    arrays[f"history_{k}"] = history[k]
+    arrays[f"final_{k}"] = final[k]
+  if state is not None:
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(state)):
+      arrays[f"state_{i}"] = np.asarray(
+          jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as fh:
+    np.savez(fh, **arrays)
+  os.replace(tmp, path)
+
+
+def _read_checkpoint(path, fingerprint):
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      ckpt = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError) as e:
+    raise ValueError(f"unreadable checkpoint {path}: {e}") from e
+  if str(ckpt.get("fingerprint")) != fingerprint:
+    return None
+  return ckpt
+
+
+def _restore_state(template, ckpt):
+  leaves, treedef = jax.tree_util.tree_flatten(template)
+  new = []
+  for i, leaf in enumerate(leaves):
+    a = jnp.asarray(ckpt[f"state_{i}"])
+    new.append(jax.random.wrap_key_data(a) if _is_key(leaf) else a.astype(leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled(net_cfg, loss_cfg, cfg):
   """The jitted, vmapped functions of the driver, built once per config.
@@ -384,7 +465,9 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
                    net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
                    cfg: TrainConfig, group_size: int | None = None,
                    progress_fn: Callable | None = None,
-                   compact: bool = True) -> EnsembleResult:
+                   compact: bool = True,
+                   checkpoint_path: str | None = None,
+                   checkpoint_every: float = 60.0) -> EnsembleResult:
   """Trains one network per seed; members are vmapped in groups.
 
   Args:
@@ -397,6 +480,13 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     progress_fn: called after each chunk as ``progress_fn(step, max_steps,
       n_running, n_done, n_members)``.
     compact: drop stopped members between chunks (padded to bucket sizes).
+    checkpoint_path: if given, the driver's whole state (finished members,
+      histories, the running group's TrainState) is saved there (atomically)
+      at chunk boundaries at most every ``checkpoint_every`` seconds, and a
+      matching checkpoint found there at the start is resumed from. A
+      checkpoint of a different ensemble (other seeds, data or configs) is
+      ignored. The caller removes the file when the job is complete. A resumed
+      ensemble gives the same numbers as an uninterrupted one.
 
   Returns:
     An :class:`EnsembleResult`.
@@ -426,16 +516,49 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   init_states = [None] * K
   done = 0
 
-  for g0 in range(0, K, group_size):
+  unravel = None
+  fingerprint = None
+  last_save = time.time()
+  start_g0, resume = 0, None
+  if checkpoint_path:
+    fingerprint = _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size,
+                               compact)
+    ckpt = _read_checkpoint(checkpoint_path, fingerprint)
+    if ckpt is not None:
+      unravel = _unravel_like(trainer, data)
+      for k in MEASUREMENTS:
+        history[k][...] = ckpt[f"history_{k}"]
+        final[k][...] = ckpt[f"final_{k}"]
+      stop_code[...] = ckpt["stop_code"]
+      steps[...] = ckpt["steps"]
+      for m in range(K):
+        if ckpt["has_init"][m]:
+          init_states[m] = unravel(ckpt["init_flat"][m])
+        if ckpt["has_final"][m]:
+          final_states[m] = unravel(ckpt["final_flat"][m])
+      done = int(sum(f is not None for f in final_states))
+      start_g0 = int(ckpt["g0"])
+      if ckpt["rows"].size:
+        resume = (ckpt["rows"].tolist(), int(ckpt["t"]), ckpt)
+
+  for g0 in range(start_g0, K, group_size):
     members = list(range(g0, min(g0 + group_size, K)))
-    keys = jnp.stack([jax.random.key(int(seeds[m])) for m in members])
-    state = init_all(keys, data)
-    for row, m in enumerate(members):
-      init_states[m] = jax.device_get(_take(state.params0, row))
-    rows = list(members)
     buckets = _buckets(len(members))
-    t = 0
+    if resume is not None:
+      rows, t, ckpt = resume
+      resume = None
+      keys = jnp.stack([jax.random.key(int(seeds[max(m, 0)])) for m in rows])
+      state = _restore_state(init_all(keys, data), ckpt)
+    else:
+      keys = jnp.stack([jax.random.key(int(seeds[m])) for m in members])
+      state = init_all(keys, data)
+      for row, m in enumerate(members):
+        init_states[m] = jax.device_get(_take(state.params0, row))
+      rows = list(members)
+      t = 0
     for b in bounds[1:]:
+      if b <= t:
+        continue
       shapes_seen.add(len(rows))
       state, meas = run_chunk(state, data, jnp.int32(t), jnp.int32(b - t))
       t = b
@@ -472,6 +595,16 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
           take = live + [live[0]] * (size - len(live))
           state = _take(state, jnp.asarray(take))
           rows = [rows[r] for r in live] + [-1] * (size - len(live))
+      if checkpoint_path and time.time() - last_save >= checkpoint_every:
+        _write_checkpoint(checkpoint_path, fingerprint, g0, rows, t, state,
+                          history, final, stop_code, steps, init_states,
+                          final_states)
+        last_save = time.time()
+    if checkpoint_path and g0 + group_size < K:
+      _write_checkpoint(checkpoint_path, fingerprint, g0 + group_size, [], 0,
+                        None, history, final, stop_code, steps, init_states,
+                        final_states)
+      last_save = time.time()
 
   stack = lambda trees: jax.tree_util.tree_map(lambda *a: np.stack(a), *trees)
   params, params0 = stack(final_states), stack(init_states)

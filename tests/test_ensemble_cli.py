@@ -68,3 +68,10 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, bad):
   err = out.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error:"), out.stderr
   assert not (tmp_path / "ensemble").exists() or not os.listdir(tmp_path / "ensemble")
+
+
+def test_all_members_diverging_is_an_error(tmp_path):
+  out = run_cli(TINY + ["--optimizer", "sgd", "--lr", "1e8"], tmp_path)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: every member diverged")
+  assert not [f for f in os.listdir(tmp_path / "ensemble")]

@@ -158,3 +158,34 @@ def test_measurement_steps_are_log_spaced():
 def test_bad_train_configs(bad):
   with pytest.raises(ValueError):
     train.TrainConfig(**bad)
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_interrupted_ensemble_resumes_to_the_same_numbers(ds, tmp_path):
+  cfg = train.TrainConfig(lr=1e-2, max_steps=600, chunk_steps=100)
+  ref = train.train_ensemble(range(4), ds, NET, LOSS, cfg, group_size=2)
+  path = str(tmp_path / "ckpt.npz")
+  calls = []
+  def bomb(step, *_):
+    calls.append(step)
+    if len(calls) == 9:  # mid-way through the first group
+      raise _Interrupt
+  with pytest.raises(_Interrupt):
+    train.train_ensemble(range(4), ds, NET, LOSS, cfg, group_size=2,
+                         progress_fn=bomb, checkpoint_path=path, checkpoint_every=0)
+  import os
+  assert os.path.exists(path)
+  # a different ensemble ignores the checkpoint
+  other = train.train_ensemble(range(1), ds, NET, LOSS, cfg, checkpoint_path=path)
+  assert other.steps.shape == (1,)
+  res = train.train_ensemble(range(4), ds, NET, LOSS, cfg, group_size=2,
+                             checkpoint_path=path, checkpoint_every=0)
+  np.testing.assert_array_equal(res.steps, ref.steps)
+  np.testing.assert_array_equal(res.stop_code, ref.stop_code)
+  np.testing.assert_allclose(res.f_test, ref.f_test, rtol=1e-12)
+  np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=1e-12)
+  for a, b in zip(jax.tree_util.tree_leaves(res.params0), jax.tree_util.tree_leaves(ref.params0)):
+    np.testing.assert_array_equal(a, b)

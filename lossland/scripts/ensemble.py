@@ -22,6 +22,8 @@ for the arrays). Examples:
         --P 10000 --d 10 --depth 5 --width 30
 """
 import dataclasses
+import hashlib
+import os
 import sys
 import time
 
@@ -75,6 +77,8 @@ _GROUP_SIZE = flags.DEFINE_integer("group_size", 0, "Members vmapped together (0
 _X64 = flags.DEFINE_boolean("x64", True, "Train in float64 (recommended near jamming).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 _PLOTS = flags.DEFINE_boolean("plots", True, "Write PNG figures into the run directory.")
+_RESUME = flags.DEFINE_boolean("resume", True, "Checkpoint while training and resume an interrupted run with the same flags.")
+_CHECKPOINT_EVERY = flags.DEFINE_float("checkpoint_every", 60.0, "Seconds between checkpoints (--resume).")
 
 
 def _configs():
@@ -155,13 +159,32 @@ def main(argv):
     bar(step, max_steps, f"step {step}/{max_steps} running {n_running} "
         f"done {n_done}/{n_total}")
 
+  flags_dict = {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+  ckpt = None
+  if _RESUME.value:
+    key_flags = {k: v for k, v in flags_dict.items()
+                 if k not in ("out_dir", "plots", "resume", "checkpoint_every")}
+    digest = hashlib.sha1(io.dumps(key_flags, sort_keys=True).encode()).hexdigest()[:12]
+    os.makedirs(os.path.join(_OUT_DIR.value, "ensemble"), exist_ok=True)
+    ckpt = os.path.join(_OUT_DIR.value, "ensemble", f".checkpoint_{digest}.npz")
+    if os.path.exists(ckpt):
+      print(f"resuming from {ckpt}", flush=True)
+
   t0 = time.time()
   res = train.train_ensemble(seeds, ds, net, loss, cfg,
                              group_size=_GROUP_SIZE.value or None,
-                             progress_fn=progress)
+                             progress_fn=progress, checkpoint_path=ckpt,
+                             checkpoint_every=_CHECKPOINT_EVERY.value)
   bar(1, 1, f"done {len(seeds)}/{len(seeds)}")
   bar.close()
   wall = time.time() - t0
+  if all(r == "diverged" for r in res.stop_reasons):
+    if ckpt and os.path.exists(ckpt):
+      os.remove(ckpt)
+    first = int(res.steps.min())
+    raise _cli.UsageError(
+        f"every member diverged (non-finite or exploding loss by step {first}); "
+        f"lower --lr (now {cfg.lr:g})")
 
   ens = observables.ensemble_summary(res.f_test, ds.y_test)
   members = []
@@ -186,7 +209,6 @@ def main(argv):
       "n_weights": n_w, "n_params": nets.n_params(net), "P": ds.P,
       "wall_seconds": wall, "group_size": res.group_size,
   }
-  flags_dict = {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
   with io.new_run(_OUT_DIR.value, "ensemble", flags_dict,
                   net=dataclasses.asdict(net), loss=dataclasses.asdict(loss),
                   train=dataclasses.asdict(cfg), seeds=seeds) as w:
@@ -214,6 +236,8 @@ def main(argv):
     if _PLOTS.value:
       plots.plot_run(w.path)
   run_dir = w.final_path
+  if ckpt and os.path.exists(ckpt):
+    os.remove(ckpt)
 
   header = ("seed", "stop", "steps", "loss", "N_delta", "train_err", "test_err")
   rows = [(m["seed"], m["stop_reason"], m["steps"], f"{m['loss']:.3e}",
