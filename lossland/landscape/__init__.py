@@ -1,0 +1,25 @@
+"""Landscape explorer: minima, transition states and disconnectivity graphs of any
+jittable scalar function of a flat vector (network losses, cluster energies).
+
+Verpoort, Lee & Wales, PNAS 117, 21857 (2020). See docs/landscape.md.
+
+Modules:
+  minimize        L-BFGS (GMIN/pele style) and FIRE, one lax.while_loop each.
+  basinhopping    perturb / quench / Metropolis with adaptive step, per chain.
+  transition      DNEB, Lanczos lowest eigenpair, hybrid eigenvector-following.
+  explorer        jitted+vmapped engine and the host drivers (BH → db, connect loop).
+  database        SQLite minima/TS store, de-duplication, PATHSAMPLE export.
+  symmetry        hidden-unit permutation / sign-flip alignment and distance.
+  disconnectivity tree construction, layout and matplotlib figure.
+  metrics         counts, loss and barrier distributions, frustration, funnel.
+  potentials      Lennard-Jones, Müller–Brown, tanh-network loss.
+"""
+
+from lossland.landscape.database import (Database, DatabaseError, export_pathsample,
+                                         import_pathsample)
+from lossland.landscape.explorer import (Explorer, ExplorerConfig, add_minima,
+                                         basin_hopping, components, connect_database,
+                                         local_connect, make_explorer, refine_and_store_ts)
+from lossland.landscape.minimize import MinimizeResult, make_fire, make_lbfgs
+from lossland.landscape.transition import (hessian_eigenvalues_fn, hvp_fn_from,
+                                           lowest_eigenpair, make_dneb, make_hef)

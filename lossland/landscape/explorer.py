@@ -1,0 +1,485 @@
+"""The landscape engine: basin-hopping → database → DNEB/HEF connect loop.
+
+:func:`make_explorer` turns any jittable ``energy_fn(x [D]) -> []`` into a bundle of
+jitted, vmapped pure functions (:class:`Explorer`). The host-side drivers
+(:func:`basin_hopping`, :func:`add_minima`, :func:`local_connect`,
+:func:`connect_database`) call them and write what they find to a
+:class:`~lossland.landscape.database.Database`. Compilation happens once per shape
+(batch size, D), so a whole study reuses a handful of executables.
+
+Example (float64 is enabled by the caller)::
+
+  jax.config.update('jax_enable_x64', True)
+  energy_fn = potentials.lennard_jones(7)
+  ex = make_explorer(energy_fn, ExplorerConfig(n_zero_modes=6),
+                     modes_fn=potentials.rigid_body_modes(7),
+                     perturb_fn=potentials.lj_perturb_fn(7))
+  db = Database(':memory:')
+  x0 = jax.vmap(lambda k: potentials.lj_random_configuration(k, 7, dtype=jnp.float64))(
+      jax.random.split(jax.random.key(0), 8))
+  basin_hopping(db, ex, jax.random.key(1), x0, n_steps=50)
+  report = connect_database(db, ex, budget=20)
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lossland.landscape import basinhopping as bh_lib
+from lossland.landscape import potentials
+from lossland.landscape.database import Database
+from lossland.landscape.minimize import make_fire, make_lbfgs
+from lossland.landscape.transition import (hessian_eigenvalues_fn, make_dneb, make_hef)
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplorerConfig:
+  """Settings of the engine (frozen, hashable).
+
+  Attributes:
+    gtol: RMS-gradient tolerance of minima and transition states in the database.
+    bh_gtol: RMS-gradient tolerance of basin-hopping quenches (GMIN's SLOPPYCONV);
+      minima are re-quenched to ``gtol`` before they enter the database.
+    max_iter: maximum L-BFGS iterations per quench.
+    lbfgs_memory, max_step, max_erise: L-BFGS settings (GMIN/pele style).
+    temperature: basin-hopping Metropolis temperature.
+    step_size: initial basin-hopping step.
+    target_accept, adjust_interval, adjust_factor: adaptive step size.
+    evcut: eigenvalues with modulus below this count as zero modes in index checks.
+    n_zero_modes: number of exact zero modes expected (6 for clusters, 0 for a
+      regularised network loss).
+    neb_images, neb_k, neb_gtol, neb_max_iter, neb_dt: DNEB settings.
+    n_climb: highest band maxima refined by HEF per connect attempt.
+    hef_gtol_factor: HEF stops at ``gtol * hef_gtol_factor``
+      (1 = same tolerance as minima).
+    hef_max_iter, n_lanczos, n_tangent, max_uphill: HEF settings.
+    pushoff: displacement along ± the TS eigenvector before the quenches.
+    energy_tol: database energy tolerance for identity.
+  """
+  gtol: float = 1e-8
+  bh_gtol: float = 1e-5
+  max_iter: int = 20000
+  lbfgs_memory: int = 10
+  max_step: float = 0.2
+  max_erise: float = 1e-4
+  temperature: float = 1.0
+  step_size: float = 0.5
+  target_accept: float = 0.5
+  adjust_interval: int = 10
+  adjust_factor: float = 0.9
+  evcut: float = 1e-6
+  n_zero_modes: int = 0
+  neb_images: int = 12
+  neb_k: float = 10.0
+  neb_gtol: float = 1e-3
+  neb_max_iter: int = 3000
+  neb_dt: float = 0.01
+  n_climb: int = 3
+  hef_gtol_factor: float = 1.0
+  hef_max_iter: int = 500
+  n_lanczos: int = 40
+  n_tangent: int = 10
+  max_uphill: float = 0.1
+  pushoff: float = 0.01
+  energy_tol: float = 1e-7
+
+
+class Explorer(NamedTuple):
+  """Jitted pure functions for one energy function (see :func:`make_explorer`).
+
+  Attributes:
+    config: the :class:`ExplorerConfig`.
+    energy_fn: ``x [D] -> []`` (not jitted; for reference).
+    quench: ``xs [B, D] -> MinimizeResult`` batched, to ``config.gtol``.
+    fire_quench: ``xs [B, D] -> MinimizeResult`` batched FIRE, to ``config.gtol``.
+    hessian_eigs: ``xs [B, D] -> [B, D]`` dense Hessian spectra.
+    bh_init: ``(xs [C, D], step_size) -> (BHState, BHRecord)`` for C chains.
+    bh_run: ``(state, keys [C], n_steps) -> (state, BHRecord [C, n_steps, ...])``.
+    dneb: ``(x_a [D], x_b [D]) -> (images, energies, MinimizeResult)``.
+    hef: ``(x0s [B, D], v0s [B, D]) -> HEFResult`` batched.
+    align_fn: host ``(a, b) -> b'`` symmetry alignment of b onto a (or identity).
+    distance_fn: host ``(a, b) -> float`` symmetry-invariant distance.
+  """
+  config: ExplorerConfig
+  energy_fn: Callable
+  quench: Callable
+  fire_quench: Callable
+  hessian_eigs: Callable
+  bh_init: Callable
+  bh_run: Callable
+  dneb: Callable
+  hef: Callable
+  align_fn: Callable
+  distance_fn: Callable
+
+
+def make_explorer(energy_fn: Callable[[Array], Array],
+                  config: ExplorerConfig = ExplorerConfig(), *,
+                  perturb_fn: Optional[Callable] = None,
+                  modes_fn: Optional[Callable] = None,
+                  align_fn: Optional[Callable] = None,
+                  distance_fn: Optional[Callable] = None) -> Explorer:
+  """Builds the engine for ``energy_fn``.
+
+  Args:
+    energy_fn: jittable ``x [D] -> []``.
+    config: :class:`ExplorerConfig`.
+    perturb_fn: basin-hopping move ``(key, x, step) -> x'``; default uniform.
+    modes_fn: ``x -> [m, D]`` orthonormal zero modes projected out in HEF.
+    align_fn: host ``(a, b) -> b'`` that maps ``b`` to its symmetry copy closest to
+      ``a``; used to start DNEB between aligned end points. Default identity.
+    distance_fn: host distance for pair selection; default Euclidean after
+      ``align_fn``.
+
+  Returns:
+    An :class:`Explorer`.
+  """
+  c = config
+  vg = jax.value_and_grad(energy_fn)
+  lbfgs = make_lbfgs(vg, gtol=c.gtol, max_iter=c.max_iter, memory=c.lbfgs_memory,
+                     max_step=c.max_step, max_erise=c.max_erise)
+  lbfgs_bh = make_lbfgs(vg, gtol=c.bh_gtol, max_iter=c.max_iter, memory=c.lbfgs_memory,
+                        max_step=c.max_step, max_erise=c.max_erise)
+  fire = make_fire(vg, gtol=c.gtol, max_iter=10 * c.max_iter, max_step=c.max_step)
+  init_fn, _, run_fn = bh_lib.make_basin_hopping(
+      lbfgs_bh, perturb_fn or potentials.uniform_perturb_fn(), temperature=c.temperature,
+      target_accept=c.target_accept, adjust_interval=c.adjust_interval,
+      adjust_factor=c.adjust_factor)
+  dneb = make_dneb(energy_fn, c.neb_images, k_spring=c.neb_k, gtol=c.neb_gtol,
+                   max_iter=c.neb_max_iter, dt=c.neb_dt, dt_max=10 * c.neb_dt,
+                   max_step=c.max_step)
+  hef = make_hef(energy_fn, gtol=c.gtol * c.hef_gtol_factor, max_iter=c.hef_max_iter,
+                 n_lanczos=c.n_lanczos, n_tangent=c.n_tangent, max_uphill=c.max_uphill,
+                 modes_fn=modes_fn)
+  if align_fn is None:
+    def align_fn(a, b):
+      return np.asarray(b)
+  if distance_fn is None:
+    def distance_fn(a, b):
+      return float(np.linalg.norm(np.asarray(a) - align_fn(a, b)))
+
+  return Explorer(
+      config=c, energy_fn=energy_fn,
+      quench=jax.jit(jax.vmap(lbfgs)),
+      fire_quench=jax.jit(jax.vmap(fire)),
+      hessian_eigs=jax.jit(jax.vmap(hessian_eigenvalues_fn(energy_fn))),
+      bh_init=jax.jit(jax.vmap(init_fn, in_axes=(0, None))),
+      bh_run=jax.jit(jax.vmap(run_fn, in_axes=(0, 0, None)), static_argnums=2),
+      dneb=jax.jit(dneb),
+      hef=jax.jit(jax.vmap(hef)),
+      align_fn=align_fn, distance_fn=distance_fn)
+
+
+# ----------------------------------------------------------------------------
+# Minima → database
+# ----------------------------------------------------------------------------
+
+def _pad(xs, size):
+  """Pads a batch to a fixed size (repeating the last row) so jit compiles once."""
+  n = xs.shape[0]
+  if n == size:
+    return xs
+  return np.concatenate([xs, np.repeat(xs[-1:], size - n, axis=0)])
+
+
+def add_minima(db: Database, ex: Explorer, xs, *, batch: int = 32,
+               metrics_fn: Optional[Callable[[np.ndarray], dict]] = None,
+               requench: bool = True) -> dict:
+  """Re-quenches candidate minima to ``gtol``, checks their Hessian index and stores
+  the distinct ones.
+
+  A candidate enters the database only if L-BFGS converged and the dense Hessian has
+  no eigenvalue below ``-evcut`` (zero modes allowed). Candidates whose energy matches
+  a stored minimum within ``energy_tol`` and whose distance matches are skipped by the
+  database.
+
+  Args:
+    db: database.
+    ex: explorer.
+    xs: ``[B, D]`` candidate coordinates (already near minima).
+    batch: fixed batch size of the jitted quench/Hessian calls.
+    metrics_fn: host ``x -> dict`` of per-minimum values (e.g. test accuracy).
+    requench: whether to re-quench to ``gtol`` first.
+
+  Returns:
+    Counts ``{'n_candidates', 'n_new', 'n_unconverged', 'n_not_minimum'}`` and
+    ``'ids'`` (database id per candidate, -1 when rejected).
+  """
+  xs = np.asarray(xs)
+  out = {'n_candidates': int(xs.shape[0]), 'n_new': 0, 'n_unconverged': 0,
+         'n_not_minimum': 0, 'ids': []}
+  c = ex.config
+  for start in range(0, xs.shape[0], batch):
+    chunk = xs[start:start + batch]
+    n = chunk.shape[0]
+    xb = jnp.asarray(_pad(chunk, batch))
+    if requench:
+      res = jax.device_get(ex.quench(xb))
+      xq, eq, gq, conv = res.x, res.energy, res.grad_rms, res.converged
+    else:
+      xq = np.asarray(xb)
+      eq = np.asarray(jax.vmap(ex.energy_fn)(xb))
+      gq = np.zeros(batch)
+      conv = np.ones(batch, bool)
+    eigs = np.asarray(ex.hessian_eigs(jnp.asarray(xq)))
+    for i in range(n):
+      if not conv[i]:
+        out['n_unconverged'] += 1
+        out['ids'].append(-1)
+        continue
+      if np.sum(eigs[i] < -c.evcut) > 0:
+        out['n_not_minimum'] += 1
+        out['ids'].append(-1)
+        continue
+      metrics = metrics_fn(xq[i]) if metrics_fn is not None else None
+      rid, new = db.add_minimum(eq[i], xq[i], eigenvalues=eigs[i], grad_rms=gq[i],
+                                metrics=metrics, commit=False)
+      out['n_new'] += int(new)
+      out['ids'].append(rid)
+  db.commit()
+  return out
+
+
+def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
+                  chunk: int = 10, metrics_fn=None,
+                  progress: Optional[Callable[[str], None]] = None) -> dict:
+  """Runs ``C`` independent basin-hopping chains and stores every distinct minimum.
+
+  Chains advance ``chunk`` steps per jitted call; after each call the quenched
+  minima come back to the host, are de-duplicated by energy (to ``energy_tol``) and
+  the new ones re-quenched tightly and stored via :func:`add_minima`.
+
+  Args:
+    db: database.
+    ex: explorer.
+    key: PRNG key; chain ``c`` uses ``fold_in(key, c)``.
+    x0s: ``[C, D]`` starting points.
+    n_steps: basin-hopping steps per chain (rounded up to a multiple of ``chunk``).
+    chunk: steps per jitted call.
+    metrics_fn: passed to :func:`add_minima`.
+    progress: optional callback receiving one progress line per chunk.
+
+  Returns:
+    Summary ``{'n_quenches', 'n_converged', 'n_accepted', 'acceptance', 'best_energy',
+    'final_step_size' (per chain), 'seconds'}``.
+  """
+  t0 = time.time()
+  x0s = jnp.asarray(x0s)
+  n_chains = x0s.shape[0]
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+  state, rec0 = ex.bh_init(x0s, ex.config.step_size)
+  seen = []  # energies already offered to the database
+  seen_tol = max(10 * ex.config.energy_tol, 1e-6)
+
+  def offer(xq, eq, conv):
+    # Sloppy quenches of one minimum agree in energy to far better than seen_tol, so
+    # one representative per energy is re-quenched tightly; the database then
+    # decides identity with the tight energies (and distances).
+    xq, eq, conv = np.asarray(xq), np.asarray(eq), np.asarray(conv)
+    reps = []
+    for i in np.nonzero(conv)[0]:
+      e = float(eq[i])
+      if any(abs(e - s) < seen_tol for s in seen):
+        continue
+      seen.append(e)
+      reps.append(i)
+    if reps:
+      add_minima(db, ex, xq[reps], metrics_fn=metrics_fn)
+
+  offer(rec0.x, rec0.energy, rec0.converged)
+  n_quench, n_conv, n_acc = n_chains, int(np.sum(rec0.converged)), 0
+  done = 0
+  while done < n_steps:
+    state, rec = ex.bh_run(state, keys, chunk)
+    done += chunk
+    d = rec.x.shape[-1]
+    offer(rec.x.reshape(-1, d), rec.energy.reshape(-1), rec.converged.reshape(-1))
+    n_quench += int(rec.energy.size)
+    n_conv += int(np.sum(rec.converged))
+    n_acc += int(np.sum(rec.accepted))
+    if progress is not None:
+      progress(f'basin-hopping step {done}/{n_steps}: {db.n_minima()} minima, '
+               f'best {float(np.min(state.best_energy)):.10g}, '
+               f'accept {n_acc / max(n_quench - n_chains, 1):.2f}, '
+               f'{time.time() - t0:.1f}s')
+  return {'n_quenches': n_quench, 'n_converged': n_conv, 'n_accepted': n_acc,
+          'acceptance': n_acc / max(n_quench - n_chains, 1),
+          'best_energy': float(np.min(state.best_energy)),
+          'final_step_size': np.asarray(state.step_size).tolist(),
+          'seconds': time.time() - t0}
+
+
+# ----------------------------------------------------------------------------
+# Transition states → database
+# ----------------------------------------------------------------------------
+
+def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None) -> list:
+  """HEF from candidate points, index check, push-off, quench, store.
+
+  A TS is accepted only if HEF converged and the dense Hessian has exactly one
+  eigenvalue below ``-evcut`` and at most ``n_zero_modes`` with modulus below
+  ``evcut``. It is then displaced by ``± pushoff`` along its eigenvector; both
+  displaced points are quenched to ``gtol``, each quench must end below the TS, in a
+  verified minimum, and the two minima must differ. Then the minima (if new) and the
+  TS are stored.
+
+  Args:
+    x0s, v0s: ``[n_climb, D]`` start points and start directions.
+
+  Returns:
+    List of dicts, one per distinct accepted TS: ``{'ts_id', 'min1', 'min2',
+    'energy', 'eigenvalue', 'new'}``; rejected candidates are omitted.
+  """
+  c = ex.config
+  hres = jax.device_get(ex.hef(jnp.asarray(x0s), jnp.asarray(v0s)))
+  eigs = np.asarray(ex.hessian_eigs(jnp.asarray(hres.x)))
+  found = []
+  for i in range(hres.x.shape[0]):
+    if not hres.converged[i]:
+      continue
+    n_neg = int(np.sum(eigs[i] < -c.evcut))
+    n_zero = int(np.sum(np.abs(eigs[i]) <= c.evcut))
+    if n_neg != 1 or n_zero > c.n_zero_modes:
+      continue
+    x, v = hres.x[i], hres.eigenvector[i]
+    if any(abs(hres.energy[i] - f['energy']) < c.energy_tol and
+           ex.distance_fn(x, f['x']) < 1e-3 for f in found):
+      continue
+    pushed = np.stack([x + c.pushoff * v, x - c.pushoff * v])
+    qres = jax.device_get(ex.quench(jnp.asarray(pushed)))
+    if not np.all(qres.converged) or not np.all(qres.energy < hres.energy[i]):
+      continue
+    ids = add_minima(db, ex, qres.x, metrics_fn=metrics_fn, requench=False, batch=2)['ids']
+    if min(ids) < 0 or ids[0] == ids[1]:
+      continue
+    ts_id, new = db.add_transition_state(hres.energy[i], x, ids[0], ids[1],
+                                         eigenvalue=eigs[i][0], eigenvector=v,
+                                         grad_rms=hres.grad_rms[i])
+    found.append({'ts_id': ts_id, 'min1': ids[0], 'min2': ids[1], 'x': x,
+                  'energy': float(hres.energy[i]), 'eigenvalue': float(eigs[i][0]),
+                  'new': new})
+  return found
+
+
+def local_connect(db: Database, ex: Explorer, id_a: int, id_b: int, *,
+                  metrics_fn=None) -> list:
+  """One DNEB + HEF attempt between stored minima ``id_a`` and ``id_b``.
+
+  ``b`` is first mapped to its symmetry copy closest to ``a`` (``align_fn``), the
+  band is relaxed, and its ``n_climb`` highest interior local maxima are refined by
+  HEF (start direction: the band tangent) and stored by :func:`refine_and_store_ts`.
+
+  Returns:
+    The accepted TS (see :func:`refine_and_store_ts`); the attempt is recorded.
+  """
+  c = ex.config
+  xa = db.get_minimum(id_a).coords
+  xb = ex.align_fn(xa, db.get_minimum(id_b).coords)
+  images, energies, _ = jax.device_get(ex.dneb(jnp.asarray(xa), jnp.asarray(xb)))
+  e = np.asarray(energies)
+  interior = [i for i in range(1, len(e) - 1) if e[i] > e[i - 1] and e[i] >= e[i + 1]]
+  interior.sort(key=lambda i: -e[i])
+  found = []
+  if interior:
+    picks = (interior * c.n_climb)[:c.n_climb]
+    x0 = np.stack([images[i] for i in picks])
+    v0 = np.stack([images[i + 1] - images[i - 1] for i in picks])
+    found = refine_and_store_ts(db, ex, x0, v0, metrics_fn=metrics_fn)
+  db.record_attempt(id_a, id_b, len(found))
+  return found
+
+
+class _UnionFind:
+  def __init__(self, n):
+    self.p = list(range(n))
+
+  def find(self, i):
+    while self.p[i] != i:
+      self.p[i] = self.p[self.p[i]]
+      i = self.p[i]
+    return i
+
+  def union(self, i, j):
+    ri, rj = self.find(i), self.find(j)
+    if ri != rj:
+      self.p[rj] = ri
+
+
+def components(db: Database) -> list:
+  """Connected components of the minima graph (edges = TS), as lists of db ids,
+  the global minimum's component first."""
+  ids, energies, _, pairs = db.graph_arrays()
+  uf = _UnionFind(len(ids))
+  for a, b in pairs:
+    uf.union(int(a), int(b))
+  groups = {}
+  for k in range(len(ids)):  # ids are in energy order: k = 0 is the global minimum
+    groups.setdefault(uf.find(k), []).append(int(ids[k]))
+  return list(groups.values())
+
+
+def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None,
+                     progress: Optional[Callable[[str], None]] = None) -> dict:
+  """Grows the database until all minima form one connected network, or the budget
+  of connect attempts runs out.
+
+  Each attempt joins the global minimum's component to the rest through the closest
+  (symmetry-aligned distance) pair of minima that has not been tried yet, a greedy
+  relative of OPTIM's Dijkstra missing-connection scheme. New minima found by
+  push-off join the database and the graph.
+
+  Args:
+    db: database with at least one minimum.
+    ex: explorer.
+    budget: maximum number of :func:`local_connect` attempts.
+    metrics_fn: passed on for new minima.
+    progress: optional per-attempt callback.
+
+  Returns:
+    ``{'n_attempts', 'n_ts_found', 'connected', 'n_components',
+    'unconnected_minima' (db ids outside the global minimum's component),
+    'seconds'}``.
+  """
+  t0 = time.time()
+  tried = {tuple(sorted(a[:2])) for a in db.attempts()}
+  dist_cache = {}
+  n_attempts, n_ts = 0, 0
+  while True:
+    comps = components(db)
+    if len(comps) <= 1 or n_attempts >= budget:
+      break
+    main = comps[0]
+    rest = [i for comp in comps[1:] for i in comp]
+    coords = {i: db.get_minimum(i).coords for i in main + rest}
+    best = None
+    for a in main:
+      for b in rest:
+        key = (min(a, b), max(a, b))
+        if key in tried:
+          continue
+        if key not in dist_cache:
+          dist_cache[key] = ex.distance_fn(coords[a], coords[b])
+        if best is None or dist_cache[key] < best[0]:
+          best = (dist_cache[key], a, b)
+    if best is None:
+      break
+    _, a, b = best
+    tried.add((min(a, b), max(a, b)))
+    found = local_connect(db, ex, a, b, metrics_fn=metrics_fn)
+    n_attempts += 1
+    n_ts += sum(f['new'] for f in found)
+    if progress is not None:
+      progress(f'connect attempt {n_attempts}/{budget}: {a}-{b}, {len(found)} TS; '
+               f'{db.n_minima()} minima, {db.n_transition_states()} TS, '
+               f'{len(components(db))} components, {time.time() - t0:.1f}s')
+  comps = components(db)
+  return {'n_attempts': n_attempts, 'n_ts_found': n_ts, 'connected': len(comps) <= 1,
+          'n_components': len(comps),
+          'unconnected_minima': [i for comp in comps[1:] for i in comp],
+          'seconds': time.time() - t0}

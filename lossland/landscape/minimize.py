@@ -1,0 +1,252 @@
+"""Local minimizers for landscape exploration: GMIN/pele-style L-BFGS and FIRE.
+
+Both minimizers are factories: ``make_lbfgs(value_and_grad_fn, ...)`` returns a
+pure function ``minimize_fn(x0, *args) -> MinimizeResult`` whose iterations run in
+one ``lax.while_loop``. It is written for one starting point; the caller applies
+``jax.vmap`` over starting points and ``jax.jit`` at the edge, so one compilation
+serves every batch of the same shape.
+
+``value_and_grad_fn(x, *args) -> (energy, gradient)`` is any jittable function of a
+flat vector ``x`` of shape ``[D]``; extra ``args`` are passed through (HEF uses them to
+project the gradient onto the tangent space of the current eigenvector).
+
+References:
+  Nocedal, Math. Comp. 35, 773 (1980): limited-memory BFGS two-loop recursion.
+  Wales group GMIN/OPTIM and pele (Stevenson et al.): L-BFGS without a line search,
+  with the step capped by ``max_step`` and halved while the energy rises by more than
+  ``max_erise``.
+  Bitzek, Koskinen, Gähler, Moseler & Gumbsch, PRL 97, 170201 (2006): FIRE.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = Any
+
+
+class MinimizeResult(NamedTuple):
+  """Result of one local minimization.
+
+  Attributes:
+    x: final coordinates, shape ``[D]``.
+    energy: final energy, scalar.
+    grad_rms: root-mean-square gradient ``|g| / sqrt(D)`` at ``x``.
+    n_iter: number of iterations (energy-gradient evaluations) used.
+    converged: whether ``grad_rms <= gtol`` was reached within ``max_iter``.
+  """
+  x: Array
+  energy: Array
+  grad_rms: Array
+  n_iter: Array
+  converged: Array
+
+
+class LBFGSState(NamedTuple):
+  x: Array
+  energy: Array
+  grad: Array
+  s_hist: Array  # [M, D] position differences, circular buffer
+  y_hist: Array  # [M, D] gradient differences
+  rho: Array  # [M]   1 / (y . s)
+  k: Array  # number of stored updates (unbounded counter)
+  h0: Array  # initial inverse-Hessian scale
+  n_fail: Array  # consecutive rejected steps
+  n_iter: Array
+
+
+def rms(g: Array) -> Array:
+  """Root-mean-square of a flat vector, ``|g| / sqrt(D)``."""
+  return jnp.sqrt(jnp.mean(g * g))
+
+
+def _two_loop(g, s_hist, y_hist, rho, k, h0):
+  """Returns ``-H g`` for the L-BFGS inverse-Hessian estimate H (Nocedal 1980)."""
+  m = s_hist.shape[0]
+  n = jnp.minimum(k, m)
+
+  def newest_to_oldest(i, carry):
+    q, alphas = carry
+    j = (k - 1 - i) % m
+    a = jnp.where(i < n, rho[j] * jnp.vdot(s_hist[j], q), 0.0)
+    return q - a * y_hist[j], alphas.at[i].set(a)
+
+  q, alphas = lax.fori_loop(0, m, newest_to_oldest,
+                            (g, jnp.zeros((m,), g.dtype)))
+  r = h0 * q
+
+  def oldest_to_newest(i, r):
+    ii = m - 1 - i
+    j = (k - 1 - ii) % m
+    b = rho[j] * jnp.vdot(y_hist[j], r)
+    return r + jnp.where(ii < n, alphas[ii] - b, 0.0) * s_hist[j]
+
+  r = lax.fori_loop(0, m, oldest_to_newest, r)
+  return -r
+
+
+def make_lbfgs(value_and_grad_fn: Callable[..., Any],
+               *,
+               gtol: float = 1e-8,
+               max_iter: int = 10000,
+               memory: int = 10,
+               max_step: float = 0.2,
+               max_erise: float = 1e-4,
+               h0_init: float = 0.1,
+               max_fail: int = 10) -> Callable[..., MinimizeResult]:
+  """L-BFGS with a maximum step and an energy-rise guard (GMIN/pele style).
+
+  No line search: the L-BFGS direction ``-H g`` is reversed if it points uphill,
+  scaled so that its norm is at most ``max_step``, and halved while the energy
+  rises by more than ``max_erise``. After ``max_fail`` consecutive rejections the
+  memory is reset (the next step is a scaled steepest-descent step).
+
+  Args:
+    value_and_grad_fn: ``(x [D], *args) -> (energy [], gradient [D])``.
+    gtol: convergence threshold on the RMS gradient ``|g|/sqrt(D)``.
+    max_iter: maximum number of energy-gradient evaluations.
+    memory: number of stored correction pairs M.
+    max_step: maximum norm of one step.
+    max_erise: largest accepted energy rise of one step.
+    h0_init: initial inverse-Hessian scale before any update.
+    max_fail: consecutive rejections after which the memory is reset.
+
+  Returns:
+    ``minimize_fn(x0 [D], *args) -> MinimizeResult``; pure, jittable, vmappable.
+  """
+
+  def minimize_fn(x0, *args):
+    e0, g0 = value_and_grad_fn(x0, *args)
+    d = x0.shape[0]
+    dtype = x0.dtype
+    state = LBFGSState(
+        x=x0, energy=e0, grad=g0,
+        s_hist=jnp.zeros((memory, d), dtype), y_hist=jnp.zeros((memory, d), dtype),
+        rho=jnp.zeros((memory,), dtype), k=jnp.asarray(0), h0=jnp.asarray(h0_init, dtype),
+        n_fail=jnp.asarray(0), n_iter=jnp.asarray(0))
+
+    def cond(s):
+      return (rms(s.grad) > gtol) & (s.n_iter < max_iter)
+
+    def body(s):
+      step = _two_loop(s.grad, s.s_hist, s.y_hist, s.rho, s.k, s.h0)
+      step = jnp.where(jnp.vdot(step, s.grad) > 0, -step, step)
+      norm = jnp.linalg.norm(step)
+      scale = jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-300))
+      step = step * scale * (0.5 ** s.n_fail)
+      x_new = s.x + step
+      e_new, g_new = value_and_grad_fn(x_new, *args)
+      accept = (e_new - s.energy <= max_erise) & jnp.isfinite(e_new)
+
+      sk = x_new - s.x
+      yk = g_new - s.grad
+      ys = jnp.vdot(yk, sk)
+      yy = jnp.vdot(yk, yk)
+      update = accept & (ys > 1e-12 * jnp.sqrt(yy * jnp.vdot(sk, sk)))
+      j = s.k % memory
+      s_hist = jnp.where(update, s.s_hist.at[j].set(sk), s.s_hist)
+      y_hist = jnp.where(update, s.y_hist.at[j].set(yk), s.y_hist)
+      rho = jnp.where(update, s.rho.at[j].set(1.0 / jnp.where(update, ys, 1.0)), s.rho)
+      k = jnp.where(update, s.k + 1, s.k)
+      h0 = jnp.where(update, ys / jnp.where(update, yy, 1.0), s.h0)
+
+      n_fail = jnp.where(accept, 0, s.n_fail + 1)
+      reset = n_fail > max_fail
+      k = jnp.where(reset, 0, k)
+      h0 = jnp.where(reset, jnp.asarray(h0_init, dtype), h0)
+      n_fail = jnp.where(reset, 0, n_fail)
+      return LBFGSState(
+          x=jnp.where(accept, x_new, s.x),
+          energy=jnp.where(accept, e_new, s.energy),
+          grad=jnp.where(accept, g_new, s.grad),
+          s_hist=s_hist, y_hist=y_hist, rho=rho, k=k, h0=h0, n_fail=n_fail,
+          n_iter=s.n_iter + 1)
+
+    s = lax.while_loop(cond, body, state)
+    g_rms = rms(s.grad)
+    return MinimizeResult(x=s.x, energy=s.energy, grad_rms=g_rms, n_iter=s.n_iter,
+                          converged=g_rms <= gtol)
+
+  return minimize_fn
+
+
+class FireState(NamedTuple):
+  x: Array
+  v: Array
+  energy: Array
+  grad: Array
+  dt: Array
+  alpha: Array
+  n_pos: Array
+  n_iter: Array
+
+
+def make_fire(value_and_grad_fn: Callable[..., Any],
+              *,
+              gtol: float = 1e-8,
+              max_iter: int = 20000,
+              dt: float = 0.02,
+              dt_max: float = 0.2,
+              max_step: float = 0.2,
+              n_min: int = 5,
+              f_inc: float = 1.1,
+              f_dec: float = 0.5,
+              alpha_start: float = 0.1,
+              f_alpha: float = 0.99) -> Callable[..., MinimizeResult]:
+  """FIRE: fast inertial relaxation engine (Bitzek et al., PRL 97, 170201, 2006).
+
+  Unit masses, semi-implicit Euler. ``value_and_grad_fn`` may return any "gradient"
+  (the nudged-elastic-band driver passes minus the NEB force); the energy is only
+  reported, never used for decisions, so non-conservative forces are fine.
+
+  Args:
+    value_and_grad_fn: ``(x [D], *args) -> (energy [], gradient [D])``.
+    gtol: convergence threshold on the RMS gradient.
+    max_iter: maximum number of iterations.
+    dt, dt_max: initial and maximum time step.
+    max_step: maximum norm of one position update.
+    n_min, f_inc, f_dec, alpha_start, f_alpha: FIRE constants (paper defaults).
+
+  Returns:
+    ``minimize_fn(x0 [D], *args) -> MinimizeResult``; pure, jittable, vmappable.
+  """
+
+  def minimize_fn(x0, *args):
+    e0, g0 = value_and_grad_fn(x0, *args)
+    dtype = x0.dtype
+    state = FireState(x=x0, v=jnp.zeros_like(x0), energy=e0, grad=g0,
+                      dt=jnp.asarray(dt, dtype), alpha=jnp.asarray(alpha_start, dtype),
+                      n_pos=jnp.asarray(0), n_iter=jnp.asarray(0))
+
+    def cond(s):
+      return (rms(s.grad) > gtol) & (s.n_iter < max_iter)
+
+    def body(s):
+      f = -s.grad
+      power = jnp.vdot(f, s.v)
+      f_hat = f / jnp.maximum(jnp.linalg.norm(f), 1e-300)
+      v_mix = (1 - s.alpha) * s.v + s.alpha * jnp.linalg.norm(s.v) * f_hat
+      up = power > 0
+      grow = up & (s.n_pos > n_min)
+      v = jnp.where(up, v_mix, jnp.zeros_like(s.v))
+      new_dt = jnp.where(grow, jnp.minimum(s.dt * f_inc, dt_max),
+                         jnp.where(up, s.dt, s.dt * f_dec))
+      alpha = jnp.where(grow, s.alpha * f_alpha, jnp.where(up, s.alpha, alpha_start))
+      n_pos = jnp.where(up, s.n_pos + 1, 0)
+      v = v + new_dt * f
+      dx = new_dt * v
+      norm = jnp.linalg.norm(dx)
+      dx = dx * jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-300))
+      x = s.x + dx
+      e, g = value_and_grad_fn(x, *args)
+      return FireState(x=x, v=v, energy=e, grad=g, dt=new_dt, alpha=alpha.astype(dtype),
+                       n_pos=n_pos, n_iter=s.n_iter + 1)
+
+    s = lax.while_loop(cond, body, state)
+    g_rms = rms(s.grad)
+    return MinimizeResult(x=s.x, energy=s.energy, grad_rms=g_rms, n_iter=s.n_iter,
+                          converged=g_rms <= gtol)
+
+  return minimize_fn

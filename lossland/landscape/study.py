@@ -1,0 +1,211 @@
+"""The Verpoort–Lee–Wales study for one (depth, width, n_data, λ): data → network
+loss → basin-hopping → connect loop → metrics and disconnectivity graph.
+
+Used by ``python -m lossland.scripts.landscape``; everything here is a library
+function of a frozen :class:`StudyConfig` and writes only into the directory it is
+given.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lossland.landscape import disconnectivity, metrics, potentials, symmetry
+from lossland.landscape.database import Database, export_pathsample
+from lossland.landscape.explorer import (ExplorerConfig, basin_hopping, connect_database,
+                                         make_explorer)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """One landscape run.
+
+  Attributes:
+    dataset: ``'digits'`` (scikit-learn digits, PCA-whitened) or ``'synthetic'``
+      (Gaussian blobs).
+    n_classes: number of classes (digits 0 .. n_classes-1).
+    d: input dimension (number of PCA components for digits).
+    n_data: training points P (the rest of the chosen classes is the test set).
+    n_test: test points (0: all remaining, capped at 500).
+    depth: hidden layers.
+    width: hidden units per layer (0: chosen so N is closest to ``n_params``).
+    n_params: target parameter count when ``width == 0``.
+    lam: L2 coefficient λ.
+    bh_chains, bh_steps: basin-hopping chains and steps per chain.
+    bh_temperature, bh_step: Metropolis temperature and initial step.
+    connect_budget: maximum DNEB/HEF connect attempts.
+    gtol: RMS-gradient tolerance of stationary points.
+    frustration_temperature: T of the frustration index.
+    n_levels: disconnectivity levels.
+    seed: PRNG seed (data for 'synthetic', starting points, basin-hopping).
+  """
+  dataset: str = 'digits'
+  n_classes: int = 3
+  d: int = 5
+  n_data: int = 60
+  n_test: int = 0
+  depth: int = 1
+  width: int = 0
+  n_params: int = 57
+  lam: float = 1e-3
+  bh_chains: int = 8
+  bh_steps: int = 40
+  bh_temperature: float = 1e-3
+  bh_step: float = 1.0
+  connect_budget: int = 30
+  gtol: float = 1e-8
+  frustration_temperature: float = 0.01
+  n_levels: int = 25
+  seed: int = 0
+
+  def validate(self):
+    if self.dataset not in ('digits', 'synthetic'):
+      raise ValueError(f"dataset must be 'digits' or 'synthetic', got {self.dataset!r}")
+    checks = [('n_classes', self.n_classes >= 2), ('d', self.d >= 1),
+              ('n_data', self.n_data >= self.n_classes), ('depth', self.depth >= 1),
+              ('width', self.width >= 0), ('n_params', self.n_params >= 1),
+              ('lam', self.lam >= 0), ('bh_chains', self.bh_chains >= 1),
+              ('bh_steps', self.bh_steps >= 0), ('bh_temperature', self.bh_temperature > 0),
+              ('bh_step', self.bh_step > 0), ('connect_budget', self.connect_budget >= 0),
+              ('gtol', self.gtol > 0), ('n_levels', self.n_levels >= 2),
+              ('frustration_temperature', self.frustration_temperature > 0),
+              ('n_test', self.n_test >= 0)]
+    for name, ok in checks:
+      if not ok:
+        raise ValueError(f'invalid {name}={getattr(self, name)!r}')
+    if self.dataset == 'digits' and self.n_classes > 10:
+      raise ValueError('digits has 10 classes')
+
+
+def width_for_params(d: int, depth: int, n_out: int, n_params: int) -> int:
+  """Hidden width whose parameter count is closest to ``n_params``."""
+  best = min(range(1, 512), key=lambda h: abs(
+      potentials.mlp_n_params((d,) + (h,) * depth + (n_out,)) - n_params))
+  return best
+
+
+def make_data(cfg: StudyConfig) -> tuple:
+  """``(x_train [P, d], y_train [P], x_test, y_test)`` as float64/int NumPy arrays."""
+  if cfg.dataset == 'digits':
+    from lossland import data as data_lib
+    images, labels = data_lib.load_digits_raw()
+    sel = labels < cfg.n_classes
+    images, labels = images[sel], labels[sel]
+    # Interleave classes so the first P points are balanced; fixed order, no RNG.
+    per_class = [np.nonzero(labels == c)[0] for c in range(cfg.n_classes)]
+    order = np.array([i for group in zip(*per_class) for i in group])
+    if cfg.n_data >= order.size:
+      raise ValueError(f'n_data={cfg.n_data} leaves no test points '
+                       f'({order.size} digits of {cfg.n_classes} classes)')
+    tr, te = order[:cfg.n_data], order[cfg.n_data:]
+    if cfg.n_test:
+      te = te[:cfg.n_test]
+    else:
+      te = te[:500]
+    if cfg.d > min(cfg.n_data - 1, 64):
+      raise ValueError(f'd={cfg.d} PCA components need more than {cfg.n_data} points')
+    mean, comp, scale = data_lib.pca_whiten(images[tr], cfg.d)
+    xtr = data_lib.apply_pca(images[tr], mean, comp, scale)
+    xte = data_lib.apply_pca(images[te], mean, comp, scale)
+    return xtr, labels[tr], xte, labels[te]
+  key = jax.random.key(cfg.seed)
+  k_c, k_x, k_y = jax.random.split(key, 3)
+  n_test = cfg.n_test or 500
+  n = cfg.n_data + n_test
+  centers = 1.5 * jax.random.normal(k_c, (cfg.n_classes, cfg.d), jnp.float64)
+  y = jnp.arange(n) % cfg.n_classes
+  x = centers[y] + jax.random.normal(k_x, (n, cfg.d), jnp.float64)
+  x, y = np.asarray(x), np.asarray(y)
+  return x[:cfg.n_data], y[:cfg.n_data], x[cfg.n_data:], y[cfg.n_data:]
+
+
+def run_study(cfg: StudyConfig, out_dir: str,
+              progress: Optional[Callable[[str], None]] = None) -> dict:
+  """Runs one landscape study and writes ``landscape.sqlite``, ``disconnectivity.png``
+  and ``pathsample/`` into ``out_dir`` (which must exist).
+
+  float64 must be enabled by the caller (the script does).
+
+  Returns:
+    The summary dict (also the content of ``summary.json``, written by the caller).
+  """
+  cfg.validate()
+  if not jax.config.jax_enable_x64:
+    raise ValueError('the landscape study needs float64: enable jax_enable_x64')
+  t0 = time.time()
+  say = progress or (lambda s: None)
+  xtr, ytr, xte, yte = make_data(cfg)
+  width = cfg.width or width_for_params(cfg.d, cfg.depth, cfg.n_classes, cfg.n_params)
+  sizes = (cfg.d,) + (width,) * cfg.depth + (cfg.n_classes,)
+  net = potentials.make_network_loss(jnp.asarray(xtr), jnp.asarray(ytr), sizes, cfg.lam)
+  say(f'network {sizes}: N={net.n_params} parameters, P={len(ytr)}, test={len(yte)}')
+
+  acc = jax.jit(net.accuracy_fn)
+  xtr_j, ytr_j, xte_j, yte_j = map(jnp.asarray, (xtr, ytr, xte, yte))
+
+  def metrics_fn(w):
+    w = jnp.asarray(w)
+    return {'test_accuracy': float(acc(w, xte_j, yte_j)),
+            'train_accuracy': float(acc(w, xtr_j, ytr_j))}
+
+  ex_cfg = ExplorerConfig(gtol=cfg.gtol, bh_gtol=1e-5, temperature=cfg.bh_temperature,
+                          step_size=cfg.bh_step, max_step=0.5, max_erise=1e-4,
+                          neb_images=12, neb_k=1.0, neb_dt=0.05, neb_gtol=1e-6,
+                          neb_max_iter=1000, n_climb=3, max_uphill=0.1, pushoff=0.02,
+                          hef_max_iter=150,
+                          evcut=1e-7, energy_tol=1e-8, n_lanczos=min(40, net.n_params))
+  align = lambda a, b: symmetry.align_network(a, b, sizes, odd=True)
+  dist = symmetry.network_distance_fn(sizes, odd=True)
+  ex = make_explorer(net.loss_fn, ex_cfg, align_fn=align, distance_fn=dist)
+
+  db_path = os.path.join(out_dir, 'landscape.sqlite')
+  db = Database(db_path, energy_tol=ex_cfg.energy_tol, distance_fn=dist, distance_tol=1e-3)
+  db.set_meta('study_config', dataclasses.asdict(cfg))
+  db.set_meta('layer_sizes', list(sizes))
+
+  key = jax.random.key(cfg.seed)
+  k_init, k_bh = jax.random.split(key)
+  x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(jax.random.split(k_init, cfg.bh_chains))
+  bh = basin_hopping(db, ex, k_bh, x0, cfg.bh_steps, chunk=10, metrics_fn=metrics_fn,
+                     progress=say)
+  n_min_bh = db.n_minima()
+  conn = connect_database(db, ex, cfg.connect_budget, metrics_fn=metrics_fn, progress=say)
+
+  ids, me, te, tp = db.graph_arrays()
+  mins = {m.id: m for m in db.minima()}
+  test_acc = np.array([mins[i].metrics.get('test_accuracy', np.nan) for i in ids])
+  train_acc = np.array([mins[i].metrics.get('train_accuracy', np.nan) for i in ids])
+  summary = metrics.landscape_metrics(
+      me, te, tp, temperature=cfg.frustration_temperature,
+      per_minimum={'test_accuracy': test_acc, 'train_accuracy': train_acc})
+  summary.update({
+      'layer_sizes': list(sizes), 'n_params': net.n_params, 'n_data': len(ytr),
+      'n_test': len(yte), 'n_minima_from_basin_hopping': n_min_bh,
+      'basin_hopping': bh, 'connect': conn, 'seconds': time.time() - t0,
+      'max_grad_rms_minima': float(max(m.grad_rms for m in mins.values())),
+      'max_grad_rms_ts': float(max([t.grad_rms for t in db.transition_states()],
+                                   default=0.0)),
+  })
+
+  tree = disconnectivity.build_tree(me, te, tp, n_levels=cfg.n_levels)
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 5))
+  disconnectivity.plot_disconnectivity(
+      tree, me, ax=ax, values=test_acc, value_label='test accuracy',
+      title=f'{cfg.dataset} depth={cfg.depth} h={width} N={net.n_params} '
+            f'P={len(ytr)} λ={cfg.lam:g}: {len(me)} min, {len(te)} TS')
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'disconnectivity.png'), dpi=120)
+  plt.close(fig)
+  summary['tree_dropped_minima'] = len(tree.dropped_minima)
+  export_pathsample(db, os.path.join(out_dir, 'pathsample'), evcut=ex_cfg.evcut)
+  db.close()
+  return summary

@@ -1,0 +1,253 @@
+"""Landscape benchmark: quenches per second (vmapped vs one at a time) on a network
+loss, and time to the Lennard-Jones 13 global minimum by basin-hopping.
+
+  python -m lossland.scripts.bench landscape --out_dir DIR     (dispatcher)
+  python -m lossland.scripts.bench_landscape DIR [--quick]      (direct)
+
+If a pele virtual environment exists (``$PELE_PYTHON``, default
+``/tmp/pelevenv/bin/python``), the same two tasks are run there as a peer: pele's
+C++ L-BFGS on the same network loss (NumPy loss and gradient) and pele's
+``LJCluster(13)`` basin-hopping. pele is never imported here; it runs in a
+subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+PELE_PYTHON = os.environ.get('PELE_PYTHON', '/tmp/pelevenv/bin/python')
+
+_PELE_SCRIPT = r'''
+import json, sys, time
+import numpy as np
+spec = json.load(open(sys.argv[1]))
+out = {}
+from pele.potentials import BasePotential
+from pele.optimize import lbfgs_cpp
+z = np.load(spec["npz"])
+x, y, starts = z["x"], z["y"], z["starts"]
+sizes, lam = spec["sizes"], spec["lam"]
+
+def unpack(w):
+    out, i = [], 0
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        out.append((w[i:i+a*b].reshape(a, b), w[i+a*b:i+a*b+b])); i += a*b+b
+    return out
+
+class Net(BasePotential):
+    def getEnergyGradient(self, w):
+        layers = unpack(w); hs = [x]; h = x
+        for W, b in layers[:-1]:
+            h = np.tanh(h @ W + b); hs.append(h)
+        W, b = layers[-1]; z = h @ W + b
+        z = z - z.max(1, keepdims=True); p = np.exp(z); p /= p.sum(1, keepdims=True)
+        P = len(y); e = -np.mean(np.log(p[np.arange(P), y])) + lam * w @ w
+        d = p.copy(); d[np.arange(P), y] -= 1; d /= P
+        grads = []
+        for l in range(len(layers) - 1, -1, -1):
+            W, b = layers[l]; hin = hs[l]
+            grads.append((hin.T @ d, d.sum(0)))
+            if l > 0:
+                d = (d @ W.T) * (1 - hin ** 2)
+        g = np.concatenate([np.concatenate([gw.ravel(), gb]) for gw, gb in grads[::-1]])
+        return e, g + 2 * lam * w
+    def getEnergy(self, w):
+        return self.getEnergyGradient(w)[0]
+
+pot = Net()
+t = time.time(); n_conv = 0; energies = []
+for s in starts:
+    r = lbfgs_cpp(s.copy(), pot, tol=spec["gtol_norm_pele"], nsteps=spec["max_iter"],
+                  maxstep=spec["max_step"], M=spec["memory"])
+    n_conv += int(r.success); energies.append(float(r.energy))
+dt = time.time() - t
+out["quenches_per_s"] = len(starts) / dt
+out["n_converged"] = n_conv
+out["energies"] = energies
+
+from pele.systems import LJCluster
+times, steps = [], []
+for seed in spec["lj_seeds"]:
+    np.random.seed(seed)
+    system = LJCluster(13)
+    db = system.create_database()
+    bh = system.get_basinhopping(database=db, outstream=None)
+    t = time.time(); n = 0
+    while bh.markovE > spec["lj_target"] and n < spec["lj_max_steps"]:
+        bh.run(1); n += 1
+        if db.minima() and db.minima()[0].energy < spec["lj_target"]:
+            break
+    times.append(time.time() - t); steps.append(n)
+out["lj13_seconds"] = times
+out["lj13_steps"] = steps
+out["lj13_median_seconds"] = float(np.median(times))
+json.dump(out, open(sys.argv[2], "w"))
+'''
+
+
+def _network_task(quick):
+  import jax
+  import jax.numpy as jnp
+  from lossland.landscape import potentials
+  from lossland.landscape.study import StudyConfig, make_data
+  cfg = StudyConfig(n_data=60, depth=2, width=4)
+  xtr, ytr, _, _ = make_data(cfg)
+  sizes = (cfg.d, 4, 4, cfg.n_classes)
+  lam = 1e-3
+  net = potentials.make_network_loss(jnp.asarray(xtr), jnp.asarray(ytr), sizes, lam)
+  n_batch = 32 if quick else 128
+  starts = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(
+      jax.random.split(jax.random.key(0), n_batch))
+  return net, sizes, lam, xtr, ytr, np.asarray(starts)
+
+
+def run_benchmark(out_dir: str, quick: bool = False) -> dict:
+  """Runs the benchmark, prints a table, writes ``out_dir/summary.json``.
+
+  Returns:
+    The summary dict with ``quenches_per_s_vmapped``, ``quenches_per_s_sequential``,
+    ``lj13_median_seconds`` and, when pele runs, the ``pele_*`` peers.
+  """
+  import jax
+  jax.config.update('jax_enable_x64', True)
+  import jax.numpy as jnp
+  from lossland.landscape import potentials
+  from lossland.landscape.explorer import ExplorerConfig, make_explorer
+  from lossland.landscape.minimize import make_lbfgs
+
+  os.makedirs(out_dir, exist_ok=True)
+  summary = {'quick': quick, 'backend': jax.default_backend(),
+             'devices': [str(d) for d in jax.devices()]}
+  gtol, max_iter, max_step, memory = 1e-8, 20000, 0.5, 10
+
+  # 1. Quenches per second on a network loss ---------------------------------
+  net, sizes, lam, xtr, ytr, starts = _network_task(quick)
+  vg = jax.value_and_grad(net.loss_fn)
+  lbfgs = make_lbfgs(vg, gtol=gtol, max_iter=max_iter, max_step=max_step, memory=memory)
+  batched = jax.jit(jax.vmap(lbfgs))
+  single = jax.jit(lbfgs)
+  xs = jnp.asarray(starts)
+  t = time.time()
+  jax.block_until_ready(batched(xs))
+  compile_b = time.time() - t
+  t = time.time()
+  rb = jax.block_until_ready(batched(xs))
+  dt_b = time.time() - t
+  t = time.time()
+  jax.block_until_ready(single(xs[0]))
+  compile_s = time.time() - t
+  n_seq = len(starts) if quick else min(len(starts), 64)
+  t = time.time()
+  rs = [jax.block_until_ready(single(xs[i])) for i in range(n_seq)]
+  dt_s = time.time() - t
+  summary.update({
+      'network': {'layer_sizes': list(sizes), 'n_params': net.n_params, 'P': len(ytr),
+                  'lam': lam, 'gtol_rms': gtol},
+      'n_quenches_vmapped': len(starts),
+      'quenches_per_s_vmapped': len(starts) / dt_b,
+      'vmapped_converged': int(np.sum(rb.converged)),
+      'vmapped_mean_iterations': float(np.mean(rb.n_iter)),
+      'vmapped_max_iterations': int(np.max(rb.n_iter)),
+      'n_quenches_sequential': n_seq,
+      'quenches_per_s_sequential': n_seq / dt_s,
+      'sequential_converged': int(sum(bool(r.converged) for r in rs)),
+      'compile_seconds_vmapped': compile_b, 'compile_seconds_single': compile_s,
+  })
+
+  # 2. LJ13 basin-hopping ----------------------------------------------------
+  n_atoms, target = 13, potentials.LJ13_GLOBAL_MINIMUM + 1e-4
+  seeds = list(range(3 if quick else 7))
+  lj_results = {}
+  for n_chains in ((1, 8) if quick else (1, 8, 32)):
+    ex = make_explorer(potentials.lennard_jones(n_atoms),
+                       ExplorerConfig(bh_gtol=1e-5, step_size=0.4, temperature=1.0,
+                                      max_step=0.2, n_zero_modes=6),
+                       perturb_fn=potentials.lj_perturb_fn(n_atoms))
+    chunk = 5
+    times, steps = [], []
+    compile_t = None
+    for seed in [-1] + seeds:  # seed -1 compiles
+      key = jax.random.key(max(seed, 0) + 1000)
+      x0 = jax.vmap(lambda k: potentials.lj_random_configuration(k, n_atoms,
+                                                                 dtype=jnp.float64))(
+          jax.random.split(jax.random.fold_in(key, 1), n_chains))
+      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+      t = time.time()
+      state, _ = ex.bh_init(x0, 0.4)
+      n = 0
+      while float(jnp.min(state.best_energy)) > target and n < 2000:
+        state, _ = ex.bh_run(state, keys, chunk)
+        n += chunk
+        if seed < 0:
+          break
+      jax.block_until_ready(state.best_energy)
+      if seed < 0:
+        compile_t = time.time() - t
+        continue
+      times.append(time.time() - t)
+      steps.append(n)
+    lj_results[n_chains] = {'seconds': times, 'steps_per_chain': steps,
+                            'median_seconds': float(np.median(times)),
+                            'compile_seconds': compile_t}
+  summary['lj13'] = {str(k): v for k, v in lj_results.items()}
+  summary['lj13_median_seconds'] = lj_results[8]['median_seconds']
+  summary['lj13_median_seconds_single_chain'] = lj_results[1]['median_seconds']
+
+  # 3. pele peer (subprocess, separate venv) ---------------------------------
+  pele = {'available': False}
+  if os.path.exists(PELE_PYTHON):
+    with tempfile.TemporaryDirectory() as tmp:
+      npz = os.path.join(tmp, 'task.npz')
+      np.savez(npz, x=np.asarray(xtr), y=np.asarray(ytr), starts=starts[:n_seq])
+      spec = {'npz': npz, 'sizes': list(sizes), 'lam': lam,
+              # pele's tol is on the gradient norm; match our RMS tolerance.
+              'gtol_norm_pele': gtol * np.sqrt(net.n_params), 'max_iter': max_iter,
+              'max_step': max_step, 'memory': memory, 'lj_seeds': seeds,
+              'lj_target': target, 'lj_max_steps': 20000}
+      spec_path, out_path = os.path.join(tmp, 'spec.json'), os.path.join(tmp, 'out.json')
+      with open(spec_path, 'w') as f:
+        json.dump(spec, f)
+      script = os.path.join(tmp, 'pele_task.py')
+      with open(script, 'w') as f:
+        f.write(_PELE_SCRIPT)
+      proc = subprocess.run([PELE_PYTHON, script, spec_path, out_path],
+                            capture_output=True, text=True, timeout=3600)
+      if proc.returncode == 0:
+        res = json.load(open(out_path))
+        ours = np.array([float(r.energy) for r in rs])
+        pele = {'available': True, 'python': PELE_PYTHON,
+                'quenches_per_s': res['quenches_per_s'],
+                'n_converged': res['n_converged'],
+                'max_abs_energy_diff_vs_ours': float(np.max(np.abs(
+                    ours - np.array(res['energies'])))),
+                'lj13_seconds': res['lj13_seconds'], 'lj13_steps': res['lj13_steps'],
+                'lj13_median_seconds': res['lj13_median_seconds']}
+      else:
+        pele = {'available': False, 'error': proc.stderr.strip().splitlines()[-1:]}
+  summary['pele'] = pele
+  if pele.get('available'):
+    summary['pele_quenches_per_s'] = pele['quenches_per_s']
+    summary['pele_lj13_median_seconds'] = pele['lj13_median_seconds']
+
+  rows = [('quenches/s, vmapped batch (JAX)', summary['quenches_per_s_vmapped']),
+          ('quenches/s, one at a time (JAX)', summary['quenches_per_s_sequential']),
+          ('quenches/s, pele lbfgs_cpp', pele.get('quenches_per_s', float('nan'))),
+          ('LJ13 median s to GM, 8 chains (JAX)', summary['lj13_median_seconds']),
+          ('LJ13 median s to GM, 1 chain (JAX)', summary['lj13_median_seconds_single_chain']),
+          ('LJ13 median s to GM, pele', pele.get('lj13_median_seconds', float('nan')))]
+  print(f"{'task':42s} {'value':>12s}")
+  for name, v in rows:
+    print(f'{name:42s} {v:12.4g}')
+  with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+if __name__ == '__main__':
+  args = [a for a in sys.argv[1:] if not a.startswith('--')]
+  run_benchmark(args[0] if args else 'runs/bench_landscape', quick='--quick' in sys.argv)

@@ -1,0 +1,65 @@
+"""Grid of disconnectivity graphs (rows: depth, columns: n_data) from landscape runs.
+
+  python -m lossland.scripts.landscape_grid --out grid.png RUN_DIR [RUN_DIR ...]
+
+Reads each run's ``landscape.sqlite`` and ``config.json`` (nothing else) and writes
+one PNG plus ``grid.json`` (the summary numbers per cell) next to it.
+"""
+import json
+import os
+
+from absl import flags
+
+from lossland.scripts import _cli
+
+_OUT = flags.DEFINE_string('out', 'landscape_grid.png', 'output PNG')
+
+
+def main(argv):
+  runs = argv[1:]
+  if not runs:
+    raise _cli.UsageError('give at least one run directory')
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+  from lossland.landscape import disconnectivity
+  from lossland.landscape.database import Database, DatabaseError
+  cells = []
+  for r in runs:
+    try:
+      cfg = json.load(open(os.path.join(r, 'config.json')))['study_config']
+      summ = json.load(open(os.path.join(r, 'summary.json')))
+      db = Database(os.path.join(r, 'landscape.sqlite'), create=False)
+    except (OSError, KeyError, ValueError, DatabaseError) as e:
+      raise _cli.UsageError(f'{r}: not a landscape run directory ({e})') from None
+    ids, me, te, tp = db.graph_arrays()
+    mins = {m.id: m for m in db.minima()}
+    acc = np.array([mins[i].metrics.get('test_accuracy', np.nan) for i in ids])
+    db.close()
+    cells.append((cfg['depth'], cfg['n_data'], me, te, tp, acc, summ, r))
+  depths = sorted({c[0] for c in cells})
+  ns = sorted({c[1] for c in cells})
+  fig, axes = plt.subplots(len(depths), len(ns), figsize=(4.5 * len(ns), 3.8 * len(depths)),
+                           squeeze=False)
+  table = []
+  for depth, n, me, te, tp, acc, summ, r in cells:
+    ax = axes[depths.index(depth)][ns.index(n)]
+    tree = disconnectivity.build_tree(me, te, tp, n_levels=25)
+    disconnectivity.plot_disconnectivity(
+        tree, me, ax=ax, values=acc, value_label='test acc.',
+        title=f'depth {depth}, P={n}: {len(me)} min, {len(te)} TS, '
+              f'f={summ["frustration"]:.2f}, funnel={summ["funnel_fraction"]:.2f}')
+    table.append({'run': r, 'depth': depth, 'n_data': n,
+                  **{k: summ.get(k) for k in ('n_minima', 'n_ts', 'global_min_loss',
+                                              'frustration', 'funnel_fraction',
+                                              'n_connected_to_global_min')}})
+  fig.tight_layout()
+  fig.savefig(_OUT.value, dpi=110)
+  with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
+    json.dump(table, f, indent=2)
+  print(_OUT.value)
+
+
+if __name__ == '__main__':
+  _cli.run(main)

@@ -1,0 +1,103 @@
+"""Disconnectivity-graph construction and landscape metrics on hand-made databases."""
+import numpy as np
+import pytest
+
+from lossland.landscape import disconnectivity as dg
+from lossland.landscape import metrics
+from lossland.landscape.database import Database
+
+# Minima 0..4; 4 is isolated. TS (2, 2) is self-connecting; (1, 3) is redundant.
+MIN_E = [0.0, 1.0, 0.5, 2.0, 1.5]
+TS = [(1.2, 0, 2), (1.4, 1, 2), (3.0, 0, 3), (3.5, 1, 3), (0.7, 2, 2)]
+
+
+def _db():
+  db = Database(':memory:')
+  ids = [db.add_minimum(e, np.full(2, float(i)))[0] for i, e in enumerate(MIN_E)]
+  for e, a, b in TS:
+    db.add_transition_state(e, np.full(2, e), ids[a], ids[b])
+  return db, ids
+
+
+def test_tree_from_hand_made_database():
+  db, ids = _db()
+  mid, me, te, tp = db.graph_arrays()
+  tree = dg.build_tree(me, te, tp, n_levels=24)
+  # graph_arrays orders minima by energy: map back to the hand-made labels.
+  label = {k: ids.index(int(m)) for k, m in enumerate(mid)}
+
+  def sig(node):
+    if not node.children:
+      return label[node.minima[0]]
+    return frozenset(sig(c) for c in node.children)
+
+  assert sig(tree.root) == frozenset({frozenset({frozenset({0, 2}), 1}), 3})
+  assert [label[i] for i in tree.dropped_minima] == [4]
+  # Merge energies: {0,2} merge in the first level above TS 1.2, 1 joins above 1.4,
+  # 3 above 3.0; every merge level lies above the TS that causes it and below the
+  # next level.
+  spacing = tree.levels[1] - tree.levels[0]
+  root = tree.root
+  assert 3.0 < root.energy <= 3.0 + spacing + 1e-12
+  inner = [c for c in root.children if c.children][0]
+  assert 1.4 < inner.energy <= 1.4 + spacing + 1e-12
+  pair = [c for c in inner.children if c.children][0]
+  assert 1.2 < pair.energy <= 1.2 + spacing + 1e-12
+  leaves = {label[c.minima[0]]: c.energy for c in pair.children}
+  assert leaves == {0: 0.0, 2: 0.5}
+
+
+def test_layout_centres_global_minimum():
+  me = [0.0, 0.1, 0.2, 0.3, 0.4]
+  tp = [(0, i) for i in range(1, 5)]
+  tree = dg.build_tree(me, [1.0] * 4, tp, n_levels=5)
+  assert len(tree.root.children) == 5
+  lay = dg.layout(tree, me, center_gmin=True)
+  assert lay['leaf_x'][0] == 2.0
+  assert sorted(lay['leaf_x'].values()) == [0.0, 1.0, 2.0, 3.0, 4.0]
+  assert dg.layout(tree, me, center_gmin=False)['leaf_x'][0] == 0.0
+
+
+def test_plot_writes_figure(tmp_path):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  db, _ = _db()
+  _, me, te, tp = db.graph_arrays()
+  tree = dg.build_tree(me, te, tp)
+  fig, ax = plt.subplots()
+  dg.plot_disconnectivity(tree, me, ax=ax, values=np.linspace(0.5, 1.0, len(me)),
+                          value_label='test accuracy')
+  fig.savefig(tmp_path / 'g.png')
+  assert (tmp_path / 'g.png').stat().st_size > 1000
+  assert len(ax.collections) >= 3  # branches, leaves, leaf markers
+
+
+def test_metrics_by_hand():
+  me = np.array(MIN_E)
+  te = np.array([t[0] for t in TS])
+  tp = np.array([t[1:] for t in TS])
+  barrier = metrics.minimax_barriers(me, te, tp)
+  np.testing.assert_array_equal(barrier, [0.0, 1.4, 1.2, 3.0, np.inf])
+  T = 0.7
+  w = np.exp(-me[:4] / T)
+  p = w / w.sum()
+  expected = p[1] * 1.4 / 1.0 + p[2] * 1.2 / 0.5 + p[3] * 3.0 / 2.0
+  assert metrics.frustration_index(me, te, tp, T) == pytest.approx(expected, rel=1e-14)
+  assert metrics.funnel_fractions(me, te, tp) == (0.8, 0.8)
+  down = np.sort(metrics.downhill_barriers(me, te, tp))
+  np.testing.assert_allclose(down, np.sort([1.2, 0.7, 0.4, 0.9, 3.0, 1.0, 2.5, 1.5]))
+  m = metrics.landscape_metrics(me, te, tp, temperature=T,
+                                per_minimum={'acc': [0.9, 0.8, 0.85, 0.7, 0.6]})
+  assert (m['n_minima'], m['n_ts'], m['global_min_loss']) == (5, 5, 0.0)
+  assert m['n_connected_to_global_min'] == 4 and m['acc_at_global_min'] == 0.9
+
+
+def test_funnel_steepest_differs_from_monotonic():
+  # 5 (0.8) has a dead-end lower neighbour 6 (0.1) and a path 5 -> 2 -> 0.
+  me = np.array([0.0, 0.5, 0.8, 0.1])  # 0=gm, 1='2', 2='5', 3='6'
+  tp = np.array([(0, 1), (1, 2), (2, 3)])
+  te = np.array([1.0, 0.9, 1.0])
+  mono, steep = metrics.funnel_fractions(me, te, tp)
+  assert mono == 0.75  # gm, '2', '5'
+  assert steep == 0.5  # gm, '2'

@@ -1,0 +1,61 @@
+"""End-to-end: the landscape script writes a complete run directory; bad input exits 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, cwd):
+  return subprocess.run([sys.executable, '-m', 'lossland.scripts.landscape', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_tiny_run_writes_everything(tmp_path):
+  out = tmp_path / 'runs'
+  p = _run(['--dataset', 'synthetic', '--d', '3', '--n_data', '20', '--width', '3',
+            '--bh_chains', '2', '--bh_steps', '10', '--connect_budget', '2',
+            '--out_dir', str(out)], ROOT)
+  assert p.returncode == 0, p.stderr[-2000:]
+  (run,) = os.listdir(out / 'landscape')
+  d = out / 'landscape' / run
+  for f in ('config.json', 'landscape.sqlite', 'disconnectivity.png', 'summary.json',
+            'arrays.npz', 'metrics.jsonl', 'pathsample/min.data', 'pathsample/ts.data'):
+    assert (d / f).exists(), f
+  s = json.load(open(d / 'summary.json'))
+  for k in ('n_minima', 'n_ts', 'global_min_loss', 'frustration', 'funnel_fraction'):
+    assert k in s
+  assert s['n_minima'] >= 1 and s['max_grad_rms_minima'] <= 1e-8
+  assert json.load(open(d / 'config.json'))['flags']['depth'] == 1
+  # Re-analysis of the database it wrote.
+  p2 = _run(['--from_db', str(d / 'landscape.sqlite'), '--out_dir', str(tmp_path / 'r2')], ROOT)
+  assert p2.returncode == 0, p2.stderr[-2000:]
+  (run2,) = os.listdir(tmp_path / 'r2' / 'landscape')
+  s2 = json.load(open(tmp_path / 'r2' / 'landscape' / run2 / 'summary.json'))
+  assert s2['n_minima'] == s['n_minima'] and s2['n_ts'] == s['n_ts']
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--depth', '0'], 'invalid depth'),
+    (['--no_such_flag', '1'], 'Unknown command line flag'),
+    (['--lam', 'abc'], 'lam'),
+    (['--from_db', '/nonexistent/x.sqlite'], 'no such file'),
+])
+def test_bad_flags_exit_2_and_write_nothing(tmp_path, args, msg):
+  p = _run([*args, '--out_dir', str(tmp_path / 'o')], ROOT)
+  assert p.returncode == 2
+  assert msg in p.stderr and len(p.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'o').exists()
+
+
+def test_corrupt_database_exits_2(tmp_path):
+  bad = tmp_path / 'bad.sqlite'
+  bad.write_bytes(b'\x00garbage' * 1000)
+  p = _run(['--from_db', str(bad), '--out_dir', str(tmp_path / 'o')], ROOT)
+  assert p.returncode == 2 and 'not a readable lossland landscape database' in p.stderr
+  assert len(p.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'o').exists()
