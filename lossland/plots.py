@@ -22,6 +22,13 @@ def _load(run_dir):
   return arrays, config
 
 
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  _pyplot().close(fig)
+  return path
+
+
 _REASON_COLORS = {1: "tab:green", 2: "tab:red", 3: "tab:orange", 4: "black"}
 
 
@@ -48,11 +55,7 @@ def plot_training(run_dir: str, path: str | None = None) -> str:
               ("tab:orange", "max_steps"), ("black", "diverged")]]
   axes[0].legend(handles=handles, fontsize=8)
   fig.suptitle("training of every member (zero values not shown)")
-  fig.tight_layout()
-  path = path or os.path.join(run_dir, "training.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(fig, path or os.path.join(run_dir, "training.png"))
 
 
 def plot_test_errors(run_dir: str, path: str | None = None) -> str:
@@ -77,11 +80,7 @@ def plot_test_errors(run_dir: str, path: str | None = None) -> str:
   lo = max(0.0, min(errs.min(), summ["ensemble_test_error"]) * 0.8)
   ax.set_ylim(lo, errs.max() * 1.1 + 1e-3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = path or os.path.join(run_dir, "test_errors.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(fig, path or os.path.join(run_dir, "test_errors.png"))
 
 
 def plot_delta_distribution(run_dir: str, path: str | None = None) -> str:
@@ -119,11 +118,7 @@ def plot_delta_distribution(run_dir: str, path: str | None = None) -> str:
     ax.set_xlabel(lab)
     ax.set_ylabel("density")
   fig.suptitle(r"distribution of $\Delta = \epsilon - y f$ at the end of training")
-  fig.tight_layout()
-  path = path or os.path.join(run_dir, "delta_distribution.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(fig, path or os.path.join(run_dir, "delta_distribution.png"))
 
 
 def plot_run(run_dir: str) -> list:

@@ -45,7 +45,9 @@ class DisconnectivityTree(NamedTuple):
   dropped_minima: tuple  # indices outside it
 
 
-class _UF:
+class UnionFind:
+  """Union-find with path halving; the root of a union is the smaller index."""
+
   def __init__(self, n):
     self.p = np.arange(n)
 
@@ -86,7 +88,7 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
   if e_max is not None:
     keep &= te < e_max
   te, tp = te[keep], tp[keep]
-  uf = _UF(me.size)
+  uf = UnionFind(me.size)
   for a, b in tp:
     uf.union(a, b)
   comp = [i for i in range(me.size) if uf.find(i) == uf.find(gmin)]
@@ -114,7 +116,7 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
   te, tp = te[order], tp[order]
 
   # basins[k]: dict root -> tuple of minima (energy < level k), k ascending.
-  uf = _UF(me.size)
+  uf = UnionFind(me.size)
   t = 0
   basins = []
   for lev in levels:

@@ -32,6 +32,7 @@ import numpy as np
 from lossland.landscape import basinhopping as bh_lib
 from lossland.landscape import potentials
 from lossland.landscape.database import Database
+from lossland.landscape.disconnectivity import UnionFind
 from lossland.landscape.minimize import make_fire, make_lbfgs
 from lossland.landscape.transition import (hessian_eigenvalues_fn, make_dneb, make_hef)
 
@@ -395,27 +396,11 @@ def local_connect(db: Database, ex: Explorer, id_a: int, id_b: int, *,
   return found
 
 
-class _UnionFind:
-  def __init__(self, n):
-    self.p = list(range(n))
-
-  def find(self, i):
-    while self.p[i] != i:
-      self.p[i] = self.p[self.p[i]]
-      i = self.p[i]
-    return i
-
-  def union(self, i, j):
-    ri, rj = self.find(i), self.find(j)
-    if ri != rj:
-      self.p[rj] = ri
-
-
 def components(db: Database) -> list:
   """Connected components of the minima graph (edges = TS), as lists of db ids,
   the global minimum's component first."""
   ids, energies, _, pairs = db.graph_arrays()
-  uf = _UnionFind(len(ids))
+  uf = UnionFind(len(ids))
   for a, b in pairs:
     uf.union(int(a), int(b))
   groups = {}
