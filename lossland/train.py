@@ -116,6 +116,11 @@ class TrainConfig:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if self.batch_size < 0:
       raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
+    if self.batch_size and (self.jam_window % self.check_every or
+                            self.plateau_patience % self.check_every):
+      raise ValueError("with mini-batches, jam_window and plateau_patience must "
+                       "be multiples of check_every (the stop rules only see "
+                       "full-set checks)")
     if not 0 < self.decay_factor <= 1:
       raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
 

@@ -154,7 +154,8 @@ def test_measurement_steps_are_log_spaced():
 
 
 @pytest.mark.parametrize("bad", [dict(lr=0.0), dict(max_steps=0), dict(optimizer="lbfgs"),
-                                 dict(schedule="cosine"), dict(batch_size=-1)])
+                                 dict(schedule="cosine"), dict(batch_size=-1),
+                                 dict(batch_size=8, check_every=300, jam_window=1000)])
 def test_bad_train_configs(bad):
   with pytest.raises(ValueError):
     train.TrainConfig(**bad)
