@@ -122,6 +122,13 @@ class RunWriter:
       self._metrics.close()
 
 
+def _open_permissions(path):
+  # mkdtemp creates 0700; a finished run directory gets the usual mode.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o777 & ~umask)
+
+
 @contextlib.contextmanager
 def new_run(root: str, script: str, config: dict, **sections):
   """Context manager yielding a :class:`RunWriter`; renames into place on success.
@@ -141,6 +148,7 @@ def new_run(root: str, script: str, config: dict, **sections):
                                       **sections, "environment": environment()})
     yield writer
     writer.close()
+    _open_permissions(staging)
     final = os.path.join(parent, name)
     os.rename(staging, final)
     writer.final_path = final
@@ -159,6 +167,7 @@ def staged_subdir(run_dir: str, name: str):
   staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir)
   try:
     yield staging
+    _open_permissions(staging)
     final = os.path.join(run_dir, name)
     if os.path.exists(final):
       trash = final + ".old." + os.path.basename(staging)
