@@ -1,0 +1,319 @@
+"""H v, H0 v, Hp v and the dense split against jax.hessian, jax.jacobian and eigh."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from lossland import curvature as cv
+from lossland import data
+from lossland import lanczos as lz
+from lossland import losses
+from lossland import nets
+from lossland import train
+
+jax.config.update("jax_enable_x64", True)
+
+
+def _setup(activation="relu", parametrization="ntk", bias=False, loss="quadratic_hinge",
+           P=24, d=4, width=5, depth=2, seed=0, dtype=jnp.float64):
+  cfg = nets.NetConfig(d=d, width=width, depth=depth, activation=activation,
+                       parametrization=parametrization, bias=bias)
+  init_fn, apply_fn = nets.make_net(cfg, dtype=dtype)
+  params = init_fn(jax.random.key(seed))
+  ds = data.sphere(jax.random.key(seed + 100), P, d, dtype=dtype)
+  loss_cfg = losses.LossConfig(loss)
+  return cfg, apply_fn, params, ds, loss_cfg
+
+
+def _dense_loss_hessian(apply_fn, params, x, y, loss_cfg, offset=0.0):
+  flat, unravel = ravel_pytree(params)
+  loss = lambda w: jnp.mean(loss_cfg.fn(
+      loss_cfg.epsilon - y * (apply_fn(unravel(w), x) - offset)))
+  return np.asarray(jax.jit(jax.hessian(loss))(flat))
+
+
+CASES = [
+    dict(),
+    dict(activation="tanh", loss="soft_hinge", parametrization="standard", bias=True,
+         depth=1),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hvp_equals_jax_hessian_and_split_sums(case):
+  _, apply_fn, params, ds, loss_cfg = _setup(**case)
+  offset = 0.1 * jnp.sin(jnp.arange(ds.P, dtype=ds.y_train.dtype))
+  batch = cv.examples(ds.x_train, ds.y_train, offset)
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  h_ref = _dense_loss_hessian(apply_fn, params, ds.x_train, ds.y_train, loss_cfg,
+                              offset)
+  n = h_ref.shape[0]
+  scale = np.abs(h_ref).max()
+  flat, unravel = ravel_pytree(params)
+  v = jax.random.normal(jax.random.key(1), (n,), flat.dtype)
+
+  @jax.jit
+  def products(params, batch, v):
+    return (fns.split_vp(params, batch, v), fns.hvp(params, batch, unravel(v)),
+            fns.h0vp(params, batch, v), fns.hpvp(params, batch, v),
+            cv.dense_split(fns, params, batch, batch_size=16))
+
+  (hv, h0v, hpv), hv_tree, h0v_b, hpv_b, (h, h0, hp) = products(params, batch, v)
+  np.testing.assert_allclose(hv, h_ref @ v, atol=1e-12 * scale * n)
+  np.testing.assert_allclose(ravel_pytree(hv_tree)[0], h_ref @ v,
+                             atol=1e-12 * scale * n)
+  np.testing.assert_allclose(h0v + hpv, hv, atol=1e-12 * scale * n)
+  np.testing.assert_allclose(h0v_b, h0v, atol=1e-14 * scale * n)
+  np.testing.assert_allclose(hpv_b, hpv, atol=1e-14 * scale * n)
+  np.testing.assert_allclose(h, h_ref, atol=1e-12 * scale)
+  np.testing.assert_allclose(h0 + hp, h_ref, atol=1e-12 * scale)
+  np.testing.assert_allclose(h0 @ v, h0v, atol=1e-12 * scale * n)
+
+  # Independent ground truths for the split.
+  delta = np.asarray(fns.delta(params, batch))
+  d1, d2 = cv.loss_derivatives(loss_cfg.fn)
+  w = 1.0 / ds.P
+  delta_of = lambda f: fns.delta(unravel(f), batch)
+  jac, hess_delta = jax.jit(lambda f: (jax.jacobian(delta_of)(f),
+                                       jax.hessian(delta_of)(f)))(flat)
+  jac, hess_delta = np.asarray(jac), np.asarray(hess_delta)  # [P, N], [P, N, N]
+  h0_ref = jac.T @ (w * np.asarray(d2(jnp.asarray(delta)))[:, None] * jac)
+  np.testing.assert_allclose(h0, h0_ref, atol=1e-12 * scale)
+  assert np.linalg.eigvalsh(h0).min() > -1e-12 * scale  # H0 is PSD
+  hp_ref = np.einsum("i,ijk->jk", w * np.asarray(d1(jnp.asarray(delta))), hess_delta)
+  np.testing.assert_allclose(hp, hp_ref, atol=1e-12 * scale)
+
+
+def test_chunked_equals_unchunked():
+  _, apply_fn, params, ds, loss_cfg = _setup(P=23)
+  batch = cv.examples(ds.x_train, ds.y_train)
+  full = cv.curvature_fns(apply_fn, loss_cfg)
+  chunked = cv.curvature_fns(apply_fn, loss_cfg, chunk_size=5)  # 23 = 4*5 + 3 padded
+  v = jax.tree_util.tree_map(lambda a: jnp.cos(a * 3.0), params)
+  run = lambda fns: jax.jit(lambda p, b, v: (fns.split_vp(p, b, v), fns.loss(p, b),
+                                             fns.grad(p, b)))(params, batch, v)
+  a, b = run(full), run(chunked)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-14, rtol=1e-12)
+
+
+def test_delta_zero_convention():
+  """At Delta = 0 exactly, a hinge point is satisfied: ell' = ell'' = 0, so it
+  enters neither H0 nor Hp, consistently with autodiff's Hessian."""
+  for name in ("quadratic_hinge", "hinge"):
+    d1, d2 = cv.loss_derivatives(losses.get_loss(name))
+    z = jnp.zeros(3)
+    assert np.all(np.asarray(d1(z)) == 0) and np.all(np.asarray(d2(z)) == 0)
+    np.testing.assert_allclose(d1(jnp.array([0.5])), [0.5 if name == "quadratic_hinge" else 1.0])
+  # A net whose output is exactly 0, with margin 0: every Delta_i = 0.
+  cfg, apply_fn, params, ds, _ = _setup()
+  params = list(params[:-1]) + [{"w": jnp.zeros_like(params[-1]["w"])}]
+  loss_cfg = losses.LossConfig("quadratic_hinge", margin=0.0)
+  batch = cv.examples(ds.x_train, ds.y_train)
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  h, h0, hp = jax.jit(lambda p, b: cv.dense_split(fns, p, b))(params, batch)
+  assert np.all(np.asarray(fns.delta(params, batch)) == 0)
+  assert np.all(np.asarray(h) == 0) and np.all(np.asarray(h0) == 0)
+  assert np.all(np.asarray(hp) == 0)
+  assert int(cv.n_active(fns, params, batch)) == 0
+  # A tiny positive margin makes every point unsatisfied: H0 becomes non-zero.
+  fns_eps = cv.curvature_fns(apply_fn, losses.LossConfig("quadratic_hinge",
+                                                          margin=1e-3))
+  _, h0_eps, _ = jax.jit(lambda p, b: cv.dense_split(fns_eps, p, b))(params, batch)
+  assert np.abs(np.asarray(h0_eps)).max() > 0
+
+
+def test_vmap_over_members_equals_loop():
+  cfg, apply_fn, _, ds, loss_cfg = _setup(depth=1)
+  init_fn, _ = nets.make_net(cfg)
+  keys = jax.random.split(jax.random.key(5), 3)
+  params = jax.vmap(init_fn)(keys)
+  params0 = jax.vmap(init_fn)(jax.random.split(jax.random.key(6), 3))
+  offsets = jax.vmap(lambda p: apply_fn(p, ds.x_train))(params0)
+  batches = jax.vmap(lambda o: cv.examples(ds.x_train, ds.y_train, o))(offsets)
+  n = nets.n_params(cfg)
+  vs = jax.random.normal(jax.random.key(7), (3, n))
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  batched = jax.jit(jax.vmap(fns.split_vp))(params, batches, vs)
+  one = jax.jit(fns.split_vp)
+  for k in range(3):
+    take = lambda t: jax.tree_util.tree_map(lambda a: a[k], t)
+    single = one(take(params), take(batches), vs[k])
+    for b, s in zip(batched, single):
+      np.testing.assert_allclose(b[k], s, atol=1e-14)
+
+
+def test_lanczos_and_slq_on_network_hessian():
+  """Lanczos with N steps reproduces eigh of H, H0 and Hp of a real network;
+  SLQ moments match trace(H)/N and trace(H^2)/N; Hutchinson matches trace(H)."""
+  _, apply_fn, params, ds, loss_cfg = _setup(P=30, width=6)
+  batch = cv.examples(ds.x_train, ds.y_train)
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  n = ravel_pytree(params)[0].size
+  num_probes = 60
+
+  @jax.jit
+  def run(params, batch):
+    out = []
+    for vp in (fns.hvp, fns.h0vp, fns.hpvp):
+      mv = cv.flat_matvec(vp, params, batch)
+      out.append(lz.ritz(lz.lanczos(mv, jnp.ones(n), n))[0])
+    mv = cv.flat_matvec(fns.hvp, params, batch)
+    return (out, cv.dense_split(fns, params, batch),
+            lz.slq(mv, jax.random.key(3), n, 12, num_probes),
+            lz.hutchinson(mv, jax.random.key(4), n, 60))
+
+  ritz_vals, dense, r, (est, err) = run(params, batch)
+  for theta, m in zip(ritz_vals, dense):
+    exact = np.linalg.eigvalsh(np.asarray(m))
+    np.testing.assert_allclose(np.sort(np.asarray(theta)), exact,
+                               atol=1e-10 * np.abs(exact).max())
+  h = np.asarray(dense[0])
+  for k, hk in ((1, h), (2, h @ h)):
+    off = hk - np.diag(np.diag(hk))
+    sigma = np.sqrt(2 * np.sum(off ** 2)) / n / np.sqrt(num_probes)
+    assert abs(float(r.moment(k)) - np.trace(hk) / n) < 4 * sigma
+  assert abs(float(est) - np.trace(h)) < 4 * float(err) + 1e-12
+
+
+def test_counts_closed_form():
+  eig_h = np.array([-1e-17, 0.0, 1e-16, 0.5, 2.0])
+  eig_h0 = np.array([0.0, 1e-17, 1e-16, 0.3, 1.9])
+  eig_hp = np.array([-0.2, -0.1, 0.0, 1e-17, 0.1])
+  c = cv.spectral_counts(eig_h, eig_h0, eig_hp, n_delta=2)
+  assert c["n_zero_h"] == 3 and c["rank_h0"] == 2 and c["n_negative_hp"] == 2
+  assert c["stable"] and c["rank_h0_le_n_delta"] and c["n_negative_hp_le_n_delta"]
+  c = cv.spectral_counts(np.array([-0.1, 1.0]), eig_h0[:2], eig_hp[:2], n_delta=1)
+  assert not c["stable"] and c["n_negative_hp_le_n_delta"] is None
+  assert cv.count_eigenvalues(np.zeros(4))["n_zero"] == 4
+  assert cv.matrix_rank(np.outer(np.arange(3.0), np.ones(4))) == 1
+
+
+def test_check_dense_memory_message():
+  with pytest.raises(MemoryError, match="lanczos"):
+    cv.check_dense_memory(10 ** 7, np.float64)
+  cv.check_dense_memory(100, np.float64)  # 100 x 100 always fits
+
+
+def test_bad_flat_vector():
+  _, apply_fn, params, ds, loss_cfg = _setup()
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  with pytest.raises(ValueError, match="flat vector"):
+    fns.hvp(params, cv.examples(ds.x_train, ds.y_train), jnp.ones(3))
+
+
+def test_dtype_preserved_float32():
+  _, apply_fn, params, ds, loss_cfg = _setup(dtype=jnp.float32)
+  batch = cv.examples(ds.x_train, ds.y_train)
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  n = ravel_pytree(params)[0].size
+  outs = jax.jit(fns.split_vp)(params, batch, jnp.ones(n, jnp.float32))
+  assert all(o.dtype == jnp.float32 for o in outs)
+  assert batch.weight.dtype == jnp.float32
+
+
+def _relu_rescaling(params, layer, neuron):
+  """Generator A w of the ReLU symmetry: neuron's incoming weights scaled by c,
+  outgoing by 1/c (d/dc at c = 1); A is diagonal (+1 in, -1 out)."""
+  a = jax.tree_util.tree_map(jnp.zeros_like, params)
+  a[layer]["w"] = a[layer]["w"].at[:, neuron].set(1.0)
+  a[layer + 1]["w"] = a[layer + 1]["w"].at[neuron, :].set(-1.0)
+  return a
+
+
+def test_relu_rescaling_symmetry_identities():
+  """L(g_c w) = L(w) gives grad.(A w) = 0 and H (A w) = -A grad at ANY w."""
+  _, apply_fn, params, ds, loss_cfg = _setup(P=30)
+  batch = cv.examples(ds.x_train, ds.y_train)
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  flat = lambda t: ravel_pytree(t)[0]
+  g = flat(fns.grad(params, batch))
+  assert np.linalg.norm(g) > 1e-3
+  for layer, neuron in ((0, 0), (0, 3), (1, 2)):
+    a = flat(_relu_rescaling(params, layer, neuron))
+    v = a * flat(params)
+    np.testing.assert_allclose(float(g @ v), 0.0, atol=1e-14)
+    hv = flat(fns.hvp(params, batch, v))
+    np.testing.assert_allclose(hv, -a * g, atol=1e-13)
+    # A non-symmetry direction of the same support is not gradient-orthogonal.
+    assert abs(float(g @ (jnp.abs(a) * flat(params)))) > 1e-8
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_jammed():
+  """A tiny under-parametrized ensemble (N = 40 < P = 48) trained by lossland.train."""
+  ds = data.sphere(jax.random.key(0), 48, 5)
+  net = nets.NetConfig(d=5, width=4, depth=2)
+  tcfg = train.TrainConfig(max_steps=3000, lr=1e-2, jam_window=500, jam_rtol=1e-4)
+  return ds, net, train.train_ensemble([0, 1], ds, net, losses.LossConfig(), tcfg)
+
+
+def test_counts_on_trained_jammed_nets():
+  ds, net, res = _trained_jammed()
+  _, apply_fn = nets.make_net(net)
+  fns = cv.curvature_fns(apply_fn, losses.LossConfig())
+  batch = cv.examples(ds.x_train, ds.y_train)
+  dense = jax.jit(lambda p, b: cv.dense_split(fns, p, b))
+  for k in range(2):
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params)
+    n_delta = int(jnp.sum(fns.delta(params, batch) > 0))
+    h, h0, hp = (np.linalg.eigvalsh(np.asarray(m)) for m in dense(params, batch))
+    c = cv.spectral_counts(h, h0, hp, n_delta)
+    assert n_delta > 0 and 0 < c["rank_h0"] <= n_delta and c["rank_h0_le_n_delta"]
+    # rank(H0) is also the rank of the N_Delta x N Jacobian of the active margins.
+    jac = np.asarray(cv.output_jacobian(apply_fn, params, ds.x_train))
+    active = np.asarray(fns.delta(params, batch)) > 0
+    assert c["rank_h0"] == np.linalg.matrix_rank(jac[active])
+    # Near a minimum: negative eigenvalues of H are tiny compared to the band
+    # (Adam stops at a kink of the ReLU net, not exactly at dL = 0), and the
+    # counting bound N_-(Hp) <= N_Delta holds, with N_-(Hp) > 0.
+    assert h.min() > -1e-3 * h.max()
+    assert 0 < c["n_negative_hp"] <= n_delta
+    n_eff = cv.matrix_rank(jac)
+    assert n_eff == np.linalg.matrix_rank(jac) and n_eff <= min(ds.P, jac.shape[1])
+
+
+def test_sat_point_has_zero_hessian():
+  """Over-parametrized phase: at L = 0 with the finite-range hinge, H = H0 =
+  Hp = 0 exactly (labels set to sign(f), margin below min |f|)."""
+  cfg, apply_fn, params, ds, _ = _setup(P=20)
+  f = apply_fn(params, ds.x_train)
+  y = jnp.sign(f)
+  loss_cfg = losses.LossConfig("quadratic_hinge", margin=0.5 * float(jnp.abs(f).min()))
+  fns = cv.curvature_fns(apply_fn, loss_cfg)
+  batch = cv.examples(ds.x_train, y)
+  h, h0, hp = (np.linalg.eigvalsh(np.asarray(m)) for m in
+               jax.jit(lambda p, b: cv.dense_split(fns, p, b))(params, batch))
+  c = cv.spectral_counts(h, h0, hp, 0)
+  n = nets.n_params(cfg)
+  assert c["n_zero_h"] == n and c["rank_h0"] == 0 and c["n_negative_hp"] == 0
+  assert float(fns.loss(params, batch)) == 0.0
+
+
+def test_zero_modes_at_jammed_minimum():
+  """Each hidden ReLU neuron gives a rescaling direction v with H v = -A grad
+  exactly, small at the end of training: v is a soft mode of H, and H has at
+  least depth * width eigenvalues that small."""
+  ds, net, res = _trained_jammed()
+  _, apply_fn = nets.make_net(net)
+  fns = cv.curvature_fns(apply_fn, losses.LossConfig())
+  batch = cv.examples(ds.x_train, ds.y_train)
+  params = jax.tree_util.tree_map(lambda a: jnp.asarray(a[0]), res.params)
+  flat = lambda t: ravel_pytree(t)[0]
+  h = np.asarray(jax.jit(lambda p, b: cv.dense_split(fns, p, b)[0])(params, batch))
+  g = np.asarray(flat(fns.grad(params, batch)))
+  eigs = np.linalg.eigvalsh(h)
+  lam_max = eigs.max()
+  for layer in range(net.depth):
+    for neuron in range(net.width):
+      a = np.asarray(flat(_relu_rescaling(params, layer, neuron)))
+      v = a * np.asarray(flat(params))
+      np.testing.assert_allclose(h @ v, -a * g, atol=1e-12 * lam_max * np.abs(v).max())
+      np.testing.assert_allclose(float(g @ v), 0.0, atol=1e-13)
+      v /= np.linalg.norm(v)
+      assert abs(v @ h @ v) < 1e-4 * lam_max
+  n_small = int(np.sum(np.abs(eigs) < 1e-4 * lam_max))
+  assert n_small >= net.depth * net.width
