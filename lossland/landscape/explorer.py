@@ -60,7 +60,8 @@ class ExplorerConfig:
     hef_gtol_factor: HEF stops at ``gtol * hef_gtol_factor``
       (1 = same tolerance as minima).
     hef_max_iter, n_lanczos, n_tangent, max_uphill: HEF settings.
-    pushoff: displacement along ± the TS eigenvector before the quenches.
+    pushoff: displacement along ± the TS eigenvector before the quenches (retried
+      once with ``4 * pushoff`` if the quenches fail or meet in one minimum).
     energy_tol: database energy tolerance for identity.
   """
   gtol: float = 1e-8
@@ -320,18 +321,30 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
 # Transition states → database
 # ----------------------------------------------------------------------------
 
-def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None) -> list:
+def _count(stats, name, n=1):
+  if stats is not None:
+    stats[name] = stats.get(name, 0) + n
+
+
+def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None,
+                        stats: Optional[dict] = None) -> list:
   """HEF from candidate points, index check, push-off, quench, store.
 
   A TS is accepted only if HEF converged and the dense Hessian has exactly one
   eigenvalue below ``-evcut`` and at most ``n_zero_modes`` with modulus below
   ``evcut``. It is then displaced by ``± pushoff`` along its eigenvector; both
   displaced points are quenched to ``gtol``, each quench must end below the TS, in a
-  verified minimum, and the two minima must differ. Then the minima (if new) and the
-  TS are stored.
+  verified minimum, and the two minima must differ. If that fails, the push-off is
+  repeated once with ``4 * pushoff`` (OPTIM also enlarges the push-off when the
+  energy does not drop). Then the minima (if new) and the TS are stored, whatever
+  minima they are: a verified TS that connects other minima than the pair being
+  tried still grows the network (OPTIM keeps every such TS too).
 
   Args:
     x0s, v0s: ``[n_climb, D]`` start points and start directions.
+    stats: optional dict; counts of rejection reasons are added to it
+      (``hef_unconverged``, ``wrong_index``, ``duplicate``, ``pushoff_failed``,
+      ``same_minimum``) and of ``accepted`` TS.
 
   Returns:
     List of dicts, one per distinct accepted TS: ``{'ts_id', 'min1', 'min2',
@@ -343,25 +356,42 @@ def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None
   found = []
   for i in range(hres.x.shape[0]):
     if not hres.converged[i]:
+      _count(stats, 'hef_unconverged')
       continue
     n_neg = int(np.sum(eigs[i] < -c.evcut))
     n_zero = int(np.sum(np.abs(eigs[i]) <= c.evcut))
     if n_neg != 1 or n_zero > c.n_zero_modes:
+      _count(stats, 'wrong_index')
       continue
     x, v = hres.x[i], hres.eigenvector[i]
     if any(abs(hres.energy[i] - f['energy']) < c.energy_tol and
            ex.distance_fn(x, f['x']) < 1e-3 for f in found):
+      _count(stats, 'duplicate')
       continue
-    pushed = np.stack([x + c.pushoff * v, x - c.pushoff * v])
-    qres = jax.device_get(ex.quench(jnp.asarray(pushed)))
-    if not np.all(qres.converged) or not np.all(qres.energy < hres.energy[i]):
-      continue
-    ids = add_minima(db, ex, qres.x, metrics_fn=metrics_fn, requench=False, batch=2)['ids']
-    if min(ids) < 0 or ids[0] == ids[1]:
+    ids = None
+    for push in (c.pushoff, 4 * c.pushoff):
+      pushed = np.stack([x + push * v, x - push * v])
+      qres = jax.device_get(ex.quench(jnp.asarray(pushed)))
+      if not np.all(qres.converged) or not np.all(qres.energy < hres.energy[i]):
+        reason = 'pushoff_failed'
+        continue
+      got = add_minima(db, ex, qres.x, metrics_fn=metrics_fn, requench=False,
+                       batch=2)['ids']
+      if min(got) < 0:
+        reason = 'pushoff_failed'
+        continue
+      if got[0] == got[1]:
+        reason = 'same_minimum'
+        continue
+      ids = got
+      break
+    if ids is None:
+      _count(stats, reason)
       continue
     ts_id, new = db.add_transition_state(hres.energy[i], x, ids[0], ids[1],
                                          eigenvalue=eigs[i][0], eigenvector=v,
                                          grad_rms=hres.grad_rms[i])
+    _count(stats, 'accepted')
     found.append({'ts_id': ts_id, 'min1': ids[0], 'min2': ids[1], 'x': x,
                   'energy': float(hres.energy[i]), 'eigenvalue': float(eigs[i][0]),
                   'new': new})
@@ -369,12 +399,19 @@ def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None
 
 
 def local_connect(db: Database, ex: Explorer, id_a: int, id_b: int, *,
-                  metrics_fn=None) -> list:
+                  metrics_fn=None, stats: Optional[dict] = None) -> list:
   """One DNEB + HEF attempt between stored minima ``id_a`` and ``id_b``.
 
   ``b`` is first mapped to its symmetry copy closest to ``a`` (``align_fn``), the
   band is relaxed, and its ``n_climb`` highest interior local maxima are refined by
   HEF (start direction: the band tangent) and stored by :func:`refine_and_store_ts`.
+  Interior images that are local minima of the band profile are quenched as well;
+  the verified minima they reach enter the database as intermediates that later
+  attempts can connect through (OPTIM finds such intermediates by push-off only).
+
+  Args:
+    stats: optional dict of counters (see :func:`refine_and_store_ts`), plus
+      ``band_minima_quenched``.
 
   Returns:
     The accepted TS (see :func:`refine_and_store_ts`); the attempt is recorded.
@@ -386,12 +423,18 @@ def local_connect(db: Database, ex: Explorer, id_a: int, id_b: int, *,
   e = np.asarray(energies)
   interior = [i for i in range(1, len(e) - 1) if e[i] > e[i - 1] and e[i] >= e[i + 1]]
   interior.sort(key=lambda i: -e[i])
+  valleys = [i for i in range(1, len(e) - 1) if e[i] < e[i - 1] and e[i] <= e[i + 1]]
+  if valleys:
+    _count(stats, 'band_minima_quenched', len(valleys))
+    add_minima(db, ex, np.stack([images[i] for i in valleys]), metrics_fn=metrics_fn)
   found = []
   if interior:
     picks = (interior * c.n_climb)[:c.n_climb]
     x0 = np.stack([images[i] for i in picks])
     v0 = np.stack([images[i + 1] - images[i - 1] for i in picks])
-    found = refine_and_store_ts(db, ex, x0, v0, metrics_fn=metrics_fn)
+    found = refine_and_store_ts(db, ex, x0, v0, metrics_fn=metrics_fn, stats=stats)
+  else:
+    _count(stats, 'no_band_maximum')
   db.record_attempt(id_a, id_b, len(found))
   return found
 
@@ -410,61 +453,98 @@ def components(db: Database) -> list:
 
 
 def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None,
+                     refine: bool = False,
                      progress: Optional[Callable[[str], None]] = None) -> dict:
   """Grows the database until all minima form one connected network, or the budget
   of connect attempts runs out.
 
   Each attempt joins the global minimum's component to the rest through the closest
   (symmetry-aligned distance) pair of minima that has not been tried yet, a greedy
-  relative of OPTIM's Dijkstra missing-connection scheme. New minima found by
-  push-off join the database and the graph.
+  relative of OPTIM's Dijkstra missing-connection scheme. Every verified TS an
+  attempt finds is stored, whichever minima it joins, and minima it reaches by
+  push-off (or that band images quench to) join the graph, so the path grows
+  through intermediates. New minima that are not yet connected become targets of
+  later attempts.
+
+  With ``refine``, attempts left once the graph is connected go to the closest
+  untried pairs of minima not yet joined by a TS (any component), as PATHSAMPLE
+  does to find lower alternative paths: minimax barriers from a spanning tree of
+  TS are upper bounds.
 
   Args:
     db: database with at least one minimum.
     ex: explorer.
-    budget: maximum number of :func:`local_connect` attempts.
+    budget: maximum number of :func:`local_connect` attempts (connecting and
+      refining together).
     metrics_fn: passed on for new minima.
+    refine: spend the remaining budget on alternative paths once connected.
     progress: optional per-attempt callback.
 
   Returns:
-    ``{'n_attempts', 'n_ts_found', 'connected', 'n_components',
+    ``{'n_attempts', 'n_refine_attempts', 'n_ts_found', 'connected', 'n_components',
     'unconnected_minima' (db ids outside the global minimum's component),
-    'seconds'}``.
+    'n_new_minima' (found by push-off or band quenches), 'candidates' (counts of
+    accepted TS candidates and of rejection reasons), 'seconds'}``.
   """
   t0 = time.time()
   tried = {tuple(sorted(a[:2])) for a in db.attempts()}
   dist_cache = {}
   n_attempts, n_ts = 0, 0
-  while True:
+  n_min0 = db.n_minima()
+  stats = {}
+  n_refine = 0
+  while n_attempts < budget:
     comps = components(db)
-    if len(comps) <= 1 or n_attempts >= budget:
-      break
-    main = comps[0]
-    rest = [i for comp in comps[1:] for i in comp]
-    coords = {i: db.get_minimum(i).coords for i in main + rest}
-    best = None
-    for a in main:
-      for b in rest:
+    coords = {}
+
+    def closest(pairs):
+      best = None
+      for a, b in pairs:
         key = (min(a, b), max(a, b))
         if key in tried:
           continue
         if key not in dist_cache:
+          for i in key:
+            if i not in coords:
+              coords[i] = db.get_minimum(i).coords
           dist_cache[key] = ex.distance_fn(coords[a], coords[b])
         if best is None or dist_cache[key] < best[0]:
           best = (dist_cache[key], a, b)
+      return best
+
+    if len(comps) > 1:
+      main = comps[0]
+      rest = [i for comp in comps[1:] for i in comp]
+      best = closest((a, b) for a in main for b in rest)
+      refining = False
+    else:
+      best = None
     if best is None:
-      break
+      if not refine:
+        break
+      ids = [i for comp in comps for i in comp]
+      joined = {(min(a, b), max(a, b)) for a, b in
+                ((t.min1, t.min2) for t in db.transition_states())}
+      best = closest((a, b) for k, a in enumerate(ids) for b in ids[k + 1:]
+                     if (min(a, b), max(a, b)) not in joined)
+      refining = True
+      if best is None:
+        break
     _, a, b = best
     tried.add((min(a, b), max(a, b)))
-    found = local_connect(db, ex, a, b, metrics_fn=metrics_fn)
+    found = local_connect(db, ex, a, b, metrics_fn=metrics_fn, stats=stats)
     n_attempts += 1
+    n_refine += int(refining)
     n_ts += sum(f['new'] for f in found)
     if progress is not None:
-      progress(f'connect attempt {n_attempts}/{budget}: {a}-{b}, {len(found)} TS; '
+      progress(f'connect attempt {n_attempts}/{budget}{" (refine)" if refining else ""}: '
+               f'{a}-{b}, {len(found)} TS; '
                f'{db.n_minima()} minima, {db.n_transition_states()} TS, '
                f'{len(components(db))} components, {time.time() - t0:.1f}s')
   comps = components(db)
-  return {'n_attempts': n_attempts, 'n_ts_found': n_ts, 'connected': len(comps) <= 1,
+  return {'n_attempts': n_attempts, 'n_refine_attempts': n_refine, 'n_ts_found': n_ts,
+          'connected': len(comps) <= 1,
           'n_components': len(comps),
           'unconnected_minima': [i for comp in comps[1:] for i in comp],
+          'n_new_minima': db.n_minima() - n_min0, 'candidates': stats,
           'seconds': time.time() - t0}

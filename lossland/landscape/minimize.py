@@ -150,7 +150,17 @@ def make_lbfgs(value_and_grad_fn: Callable[..., Any],
       y_hist = jnp.where(update, s.y_hist.at[j].set(yk), s.y_hist)
       rho = jnp.where(update, s.rho.at[j].set(1.0 / jnp.where(update, ys, 1.0)), s.rho)
       k = jnp.where(update, s.k + 1, s.k)
-      h0 = jnp.where(update, ys / jnp.where(update, yy, 1.0), s.h0)
+      # Along a step of negative curvature (near a saddle, e.g. a quench pushed off a
+      # transition state) there is no curvature pair to store, and keeping the old
+      # inverse-Hessian scale means steepest descent with steps h0·|g|, which leaves a
+      # flat saddle region only after ~1/(h0|λ|) steps (~1e5 for network losses with
+      # |λ| ~ 1e-3 and h0 = 0.1). Scaling by the modulus of the measured curvature,
+      # h0 = |y·s|/(y·y) = 1/|λ| along the step, makes each step about as long as the
+      # distance already travelled from the saddle: a geometric escape in a few
+      # dozen steps, still bounded by max_step and max_erise.
+      neg_curv = accept & (ys < -1e-12 * jnp.sqrt(yy * jnp.vdot(sk, sk)))
+      h0 = jnp.where(update, ys / jnp.where(update, yy, 1.0),
+                     jnp.where(neg_curv, -ys / jnp.where(neg_curv, yy, 1.0), s.h0))
 
       n_fail = jnp.where(accept, 0, s.n_fail + 1)
       reset = n_fail > max_fail

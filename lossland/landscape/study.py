@@ -40,6 +40,8 @@ class StudyConfig:
     bh_chains, bh_steps: basin-hopping chains and steps per chain.
     bh_temperature, bh_step: Metropolis temperature and initial step.
     connect_budget: maximum DNEB/HEF connect attempts.
+    connect_refine: once connected, spend the rest of the budget on alternative
+      paths between minima not yet joined by a TS (PATHSAMPLE-style refinement).
     gtol: RMS-gradient tolerance of stationary points.
     frustration_temperature: T of the frustration index.
     n_levels: disconnectivity levels.
@@ -59,6 +61,7 @@ class StudyConfig:
   bh_temperature: float = 1e-3
   bh_step: float = 1.0
   connect_budget: int = 30
+  connect_refine: bool = True
   gtol: float = 1e-8
   frustration_temperature: float = 0.01
   n_levels: int = 25
@@ -125,6 +128,23 @@ def make_data(cfg: StudyConfig) -> tuple:
   return x[:cfg.n_data], y[:cfg.n_data], x[cfg.n_data:], y[cfg.n_data:]
 
 
+def explorer_config(cfg: StudyConfig, n_params: int) -> ExplorerConfig:
+  """Engine settings for network losses of order 1e-2 with λ = 1e-3, whose minima
+  differ by ~1e-4 and whose barriers are ~1e-6–1e-3.
+
+  ``max_erise`` (1e-6, OPTIM's ``MAXERISE``) is far below the barriers, so a
+  push-off quench cannot climb over a neighbouring barrier into another basin; the
+  HEF tolerance is the minima's ``gtol``; ``pushoff`` 0.02 leaves the TS region
+  (curvatures ~1e-3) and is enlarged to 0.08 if its quenches fail.
+  """
+  return ExplorerConfig(gtol=cfg.gtol, bh_gtol=1e-5, temperature=cfg.bh_temperature,
+                        step_size=cfg.bh_step, max_step=0.5, max_erise=1e-6,
+                        neb_images=12, neb_k=1.0, neb_dt=0.05, neb_gtol=1e-6,
+                        neb_max_iter=1000, n_climb=3, max_uphill=0.1, pushoff=0.02,
+                        hef_max_iter=150, evcut=1e-7, energy_tol=1e-8,
+                        n_lanczos=min(40, n_params))
+
+
 def run_study(cfg: StudyConfig, out_dir: str,
               progress: Optional[Callable[[str], None]] = None) -> dict:
   """Runs one landscape study and writes ``landscape.sqlite``, ``disconnectivity.png``
@@ -154,12 +174,7 @@ def run_study(cfg: StudyConfig, out_dir: str,
     return {'test_accuracy': float(acc(w, xte_j, yte_j)),
             'train_accuracy': float(acc(w, xtr_j, ytr_j))}
 
-  ex_cfg = ExplorerConfig(gtol=cfg.gtol, bh_gtol=1e-5, temperature=cfg.bh_temperature,
-                          step_size=cfg.bh_step, max_step=0.5, max_erise=1e-4,
-                          neb_images=12, neb_k=1.0, neb_dt=0.05, neb_gtol=1e-6,
-                          neb_max_iter=1000, n_climb=3, max_uphill=0.1, pushoff=0.02,
-                          hef_max_iter=150,
-                          evcut=1e-7, energy_tol=1e-8, n_lanczos=min(40, net.n_params))
+  ex_cfg = explorer_config(cfg, net.n_params)
   align = lambda a, b: symmetry.align_network(a, b, sizes, odd=True)
   dist = symmetry.network_distance_fn(sizes, odd=True)
   ex = make_explorer(net.loss_fn, ex_cfg, align_fn=align, distance_fn=dist)
@@ -175,7 +190,8 @@ def run_study(cfg: StudyConfig, out_dir: str,
   bh = basin_hopping(db, ex, k_bh, x0, cfg.bh_steps, chunk=10, metrics_fn=metrics_fn,
                      progress=say)
   n_min_bh = db.n_minima()
-  conn = connect_database(db, ex, cfg.connect_budget, metrics_fn=metrics_fn, progress=say)
+  conn = connect_database(db, ex, cfg.connect_budget, metrics_fn=metrics_fn,
+                          refine=cfg.connect_refine, progress=say)
 
   ids, me, te, tp = db.graph_arrays()
   mins = {m.id: m for m in db.minima()}

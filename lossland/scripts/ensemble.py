@@ -7,8 +7,9 @@ uses seed ``--seed + k``) on the same data, as one jitted, vmapped program, and
 reports each member (stop reason, steps, loss, N_Delta, train and test error)
 and the ensemble predictor fbar = mean_k f_k. The default (real handwritten
 digits bundled with scikit-learn, parity labels, PCA to d = 16, P = 400, a
-3-hidden-layer ReLU net of width 12 just above the jamming transition, the
-quadratic hinge loss, full-batch Adam) takes about 1 to 2 minutes on a 2-core CPU.
+3-hidden-layer ReLU net of width 12, i.e. N = 492 weights, about three times the
+jamming point (at width 6, N = 174, most members jam), the quadratic hinge
+loss, full-batch Adam) takes about 1 to 2 minutes on a 2-core CPU.
 
 Writes ``<out_dir>/ensemble/<UTC time>_<hash>/`` with config.json,
 metrics.jsonl, arrays.npz, summary.json and figures (see lossland/experiment.py

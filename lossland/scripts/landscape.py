@@ -36,6 +36,9 @@ _BH_STEPS = flags.DEFINE_integer('bh_steps', 30, 'basin-hopping steps per chain'
 _BH_T = flags.DEFINE_float('bh_temperature', 1e-3, 'Metropolis temperature')
 _BH_STEP = flags.DEFINE_float('bh_step', 1.0, 'initial basin-hopping step')
 _BUDGET = flags.DEFINE_integer('connect_budget', 20, 'DNEB/HEF connect attempts')
+_REFINE = flags.DEFINE_boolean('connect_refine', True,
+                               'once connected, use the rest of the budget on '
+                               'alternative paths (PATHSAMPLE-style)')
 _GTOL = flags.DEFINE_float('gtol', 1e-8, 'RMS-gradient tolerance of stationary points')
 _FT = flags.DEFINE_float('frustration_temperature', 0.01, 'T of the frustration index')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed')
@@ -50,6 +53,7 @@ def _config():
                      n_params=_N_PARAMS.value, lam=_LAM.value, bh_chains=_BH_CHAINS.value,
                      bh_steps=_BH_STEPS.value, bh_temperature=_BH_T.value,
                      bh_step=_BH_STEP.value, connect_budget=_BUDGET.value,
+                     connect_refine=_REFINE.value,
                      gtol=_GTOL.value, frustration_temperature=_FT.value, seed=_SEED.value)
 
 
@@ -110,8 +114,8 @@ def main(argv):
   flag_values = {f: getattr(flags.FLAGS, f) for f in
                  ('dataset', 'n_classes', 'd', 'n_data', 'depth', 'width', 'n_params',
                   'lam', 'bh_chains', 'bh_steps', 'bh_temperature', 'bh_step',
-                  'connect_budget', 'gtol', 'frustration_temperature', 'seed', 'out_dir',
-                  'from_db')}
+                  'connect_budget', 'connect_refine', 'gtol', 'frustration_temperature',
+                  'seed', 'out_dir', 'from_db')}
   with io.new_run(_OUT.value, 'landscape', flag_values,
                   study_config=dataclasses.asdict(cfg)) as run:
     def progress(line):

@@ -53,7 +53,12 @@ def main(argv):
     table.append({'run': r, 'depth': depth, 'n_data': n,
                   **{k: summ.get(k) for k in ('n_minima', 'n_ts', 'global_min_loss',
                                               'frustration', 'funnel_fraction',
-                                              'n_connected_to_global_min')}})
+                                              'n_connected_to_global_min',
+                                              'downhill_barrier_quantiles',
+                                              'barrier_to_global_min_quantiles',
+                                              'test_accuracy_quantiles', 'seconds')},
+                  'n_components': summ.get('connect', {}).get('n_components'),
+                  'n_connect_attempts': summ.get('connect', {}).get('n_attempts')})
   fig.tight_layout()
   fig.savefig(_OUT.value, dpi=110)
   with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
