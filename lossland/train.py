@@ -53,8 +53,8 @@ RUNNING, SAT, JAMMED, MAX_STEPS, DIVERGED = range(5)
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
 SCHEDULES = ("constant", "step", "plateau")
-MEASUREMENTS = ("loss", "n_delta", "train_error", "test_error", "f2_train",
-                "f2_test", "w_dist", "lr")
+MEASUREMENTS = ("loss", "n_delta", "max_delta", "train_error", "test_error",
+                "f2_train", "f2_test", "w_dist", "lr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +284,9 @@ def make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     return {
         "loss": jnp.mean(ell(delta)),
         "n_delta": jnp.sum(delta > 0).astype(jnp.int32),
+        # The largest Delta tells a jammed member (Delta = O(1)) from one stuck
+        # with a few points at rounding level (Delta ~ 1e-16 epsilon).
+        "max_delta": jnp.max(delta),
         "train_error": jnp.mean((data.y_train * f_tr <= 0).astype(f_tr.dtype)),
         "test_error": (jnp.mean((data.y_test * f_te <= 0).astype(f_te.dtype))
                        if has_test else nan),

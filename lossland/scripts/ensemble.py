@@ -194,6 +194,8 @@ def main(argv):
         "seed": s, "stop_reason": res.stop_reasons[k],
         "steps": int(res.steps[k]), "loss": float(res.final["loss"][k]),
         "n_delta": int(res.final["n_delta"][k]),
+        "n_delta_over_n": float(res.final["n_delta"][k]) / n_w,
+        "max_delta": float(res.final["max_delta"][k]),
         "train_error": float(res.final["train_error"][k]),
         "test_error": float(res.final["test_error"][k]),
     })
@@ -202,6 +204,9 @@ def main(argv):
       "n_members": len(seeds),
       "stop_reason_counts": {r: res.stop_reasons.count(r)
                              for r in train.STOP_REASONS if r in res.stop_reasons},
+      # The authors' classification (nn_jamming/transition.py): a run is jammed
+      # if N_delta > 0.1 N; fewer unsatisfied points are precision artefacts.
+      "n_jammed_nd_over_0.1N": sum(m["n_delta_over_n"] > 0.1 for m in members),
       "mean_test_error": ens["mean_test_error"],
       "ensemble_test_error": ens["ensemble_test_error"],
       "output_variance": ens["output_variance"],
@@ -240,13 +245,16 @@ def main(argv):
   if ckpt and os.path.exists(ckpt):
     os.remove(ckpt)
 
-  header = ("seed", "stop", "steps", "loss", "N_delta", "train_err", "test_err")
+  header = ("seed", "stop", "steps", "loss", "N_delta", "N_delta/N", "max_delta",
+            "train_err", "test_err")
   rows = [(m["seed"], m["stop_reason"], m["steps"], f"{m['loss']:.3e}",
-           m["n_delta"], f"{m['train_error']:.4f}", f"{m['test_error']:.4f}")
+           m["n_delta"], f"{m['n_delta_over_n']:.3f}", f"{m['max_delta']:.2e}",
+           f"{m['train_error']:.4f}", f"{m['test_error']:.4f}")
           for m in members]
   print(_table(rows, header))
   counts = ", ".join(f"{v} {k}" for k, v in summary["stop_reason_counts"].items())
-  print(f"stop reasons: {counts}")
+  print(f"stop reasons: {counts}; jammed by the authors' rule "
+        f"(N_delta > 0.1 N): {summary['n_jammed_nd_over_0.1N']}")
   print(f"mean single-network test error: {ens['mean_test_error']:.4f}")
   print(f"ensemble (mean output) test error: {ens['ensemble_test_error']:.4f}")
   print(f"output variance <|f - fbar|^2>: {ens['output_variance']:.4g}")
