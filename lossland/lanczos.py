@@ -54,7 +54,8 @@ class LanczosResult(NamedTuple):
 
 def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
             reorthogonalize: bool = True,
-            breakdown_rtol: float | None = None) -> LanczosResult:
+            breakdown_rtol: float | None = None,
+            deflate: jax.Array | None = None) -> LanczosResult:
   """Runs ``num_steps`` steps of symmetric Lanczos from ``v0``.
 
   A Q_m^T = Q_m^T T_m + beta_{m-1} q_m e_m^T with Q_m = ``basis`` [m, n].
@@ -70,6 +71,10 @@ def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
     breakdown_rtol: a residual norm below ``breakdown_rtol * |T|_est`` counts as
       a breakdown; default ``n * eps(dtype)``. |T|_est is the running maximum
       of |alpha| and beta.
+    deflate: optional [k, n] orthonormal rows (known eigenvectors, e.g. the
+      zero modes of rigid-body motions) kept out of the Krylov space: the
+      start vector, every matvec and every restart are projected orthogonal
+      to them, so the run sees the operator restricted to their complement.
 
   Returns:
     A :class:`LanczosResult`.
@@ -83,6 +88,11 @@ def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
   tol = (n * jnp.finfo(dtype).eps if breakdown_rtol is None
          else breakdown_rtol)
 
+  if deflate is None:
+    project = lambda v: v
+  else:
+    project = lambda v: v - deflate.T @ (deflate @ v)
+  v0 = project(v0)
   q0 = v0 / jnp.linalg.norm(v0)
   basis = jnp.zeros((num_steps, n), dtype).at[0].set(q0)
   colnorm = q0 * q0  # running sum of squares of Q's columns, to pick restarts
@@ -97,7 +107,7 @@ def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
     q = basis[j]
     q_prev = jnp.where(j > 0, basis[jnp.maximum(j - 1, 0)], jnp.zeros_like(q))
     b_prev = jnp.where(j > 0, beta[jnp.maximum(j - 1, 0)], 0.0)
-    w = matvec(q)
+    w = project(matvec(q))
     a = jnp.vdot(q, w)
     w = w - a * q - b_prev * q_prev
     if reorthogonalize:
@@ -108,7 +118,7 @@ def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
 
     def restart(w):
       # The coordinate vector least represented in the basis, orthogonalized.
-      e = jnp.zeros_like(q).at[jnp.argmin(colnorm)].set(1.0)
+      e = project(jnp.zeros_like(q).at[jnp.argmin(colnorm)].set(1.0))
       if reorthogonalize:
         return orth_all(basis, e)
       return e - jnp.vdot(q, e) * q - jnp.vdot(q_prev, e) * q_prev
@@ -157,7 +167,8 @@ def ritz(result: LanczosResult) -> tuple:
 
 
 def eigsh(matvec: Callable, v0: jax.Array, num_steps: int, k: int = 1,
-          which: str = "LA", reorthogonalize: bool = True) -> tuple:
+          which: str = "LA", reorthogonalize: bool = True,
+          deflate: jax.Array | None = None) -> tuple:
   """Extreme eigenpairs of a symmetric operator by Lanczos.
 
   Args:
@@ -167,7 +178,7 @@ def eigsh(matvec: Callable, v0: jax.Array, num_steps: int, k: int = 1,
     k: number of eigenpairs.
     which: "LA" (largest algebraic), "SA" (smallest algebraic) or "LM"
       (largest magnitude).
-    reorthogonalize: see :func:`lanczos`.
+    reorthogonalize, deflate: see :func:`lanczos`.
 
   Returns:
     values [k], vectors [n, k], residual estimates [k], ordered as ``which``
@@ -178,7 +189,8 @@ def eigsh(matvec: Callable, v0: jax.Array, num_steps: int, k: int = 1,
   if which not in ("LA", "SA", "LM"):
     raise ValueError(f"which must be 'LA', 'SA' or 'LM', got {which!r}")
   theta, vecs, res = ritz(lanczos(matvec, v0, num_steps,
-                                  reorthogonalize=reorthogonalize))
+                                  reorthogonalize=reorthogonalize,
+                                  deflate=deflate))
   if which == "LA":
     order = jnp.argsort(-theta)
   elif which == "SA":

@@ -213,3 +213,20 @@ def test_bad_arguments():
     lz.lanczos(lambda x: x, jnp.ones((2, 2)), 1)
   with pytest.raises(ValueError, match="which"):
     lz.eigsh(lambda x: a @ x, jnp.ones(4), 3, which="XX")
+
+
+def test_deflated_lanczos_sees_the_complement_only():
+  # Deflating known eigenvectors: with as many steps as the remaining
+  # dimension, the Ritz values are the rest of the spectrum, exactly.
+  rng = np.random.default_rng(3)
+  a = rng.standard_normal((10, 10))
+  a = a + a.T
+  ev, vecs = np.linalg.eigh(a)
+  modes = jnp.asarray(vecs[:, [0, 4]].T)  # the lowest and a middle one
+  res = lz.lanczos(lambda v: jnp.asarray(a) @ v, jnp.ones(10), 8, deflate=modes)
+  theta = np.sort(np.linalg.eigvalsh(np.asarray(lz.tridiagonal(res))))
+  np.testing.assert_allclose(theta, np.delete(ev, [0, 4]), atol=1e-10)
+  assert np.abs(np.asarray(res.basis) @ vecs[:, [0, 4]]).max() < 1e-12
+  vals, _, _ = lz.eigsh(lambda v: jnp.asarray(a) @ v, jnp.ones(10), 8, k=1,
+                             which="SA", deflate=modes)
+  assert float(vals[0]) == pytest.approx(ev[1], abs=1e-10)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lossland import lanczos as lanczos_lib
 from lossland.landscape.minimize import make_fire, make_lbfgs, rms
 
 Array = Any
@@ -116,7 +117,7 @@ def _project(v, modes):
 def lowest_eigenpair(hvp_fn: Callable[[Array, Array], Array], x: Array, v0: Array,
                      n_iter: int, modes: Optional[Array] = None) -> tuple:
   """Lowest Hessian eigenpair from ``n_iter`` Lanczos steps with full
-  reorthogonalisation, started from ``v0``.
+  reorthogonalisation, started from ``v0`` (:func:`lossland.lanczos.eigsh`).
 
   With ``n_iter >= D`` (after removing ``modes``) the result is exact up to rounding.
   Warm-starting from the previous eigenvector (as HEF does) converges in few steps.
@@ -126,42 +127,16 @@ def lowest_eigenpair(hvp_fn: Callable[[Array, Array], Array], x: Array, v0: Arra
     x: ``[D]`` point.
     v0: ``[D]`` start vector (need not be normalised).
     n_iter: Krylov dimension (static).
-    modes: optional ``[m, D]`` orthonormal rows to project out (zero modes).
+    modes: optional ``[m, D]`` orthonormal rows to project out (zero modes),
+      passed to Lanczos as deflated directions.
 
   Returns:
     ``(eigenvalue [], eigenvector [D])``, the Ritz pair of the smallest Ritz value.
   """
-  d = x.shape[0]
-  dtype = x.dtype
-  q0 = _project(v0, modes)
-  q0 = q0 / jnp.maximum(jnp.linalg.norm(q0), 1e-300)
-  fallback_key = jax.random.key(0)
-
-  def body(j, carry):
-    q_mat, alpha, beta, q = carry
-    q_mat = q_mat.at[j].set(q)
-    w = _project(hvp_fn(x, q), modes)
-    a = jnp.vdot(w, q)
-    for _ in range(2):  # full reorthogonalisation, twice is enough
-      w = w - q_mat.T @ (q_mat @ w)
-    b = jnp.linalg.norm(w)
-    # Invariant subspace found: continue with a fresh orthogonal direction, beta = 0.
-    r = jax.random.normal(jax.random.fold_in(fallback_key, j), (d,), dtype)
-    r = _project(r, modes)
-    for _ in range(2):
-      r = r - q_mat.T @ (q_mat @ r)
-    small = b < 1e-10 * jnp.maximum(jnp.abs(a), 1.0)
-    q_next = jnp.where(small, r / jnp.maximum(jnp.linalg.norm(r), 1e-300),
-                       w / jnp.maximum(b, 1e-300))
-    return q_mat, alpha.at[j].set(a), beta.at[j].set(jnp.where(small, 0.0, b)), q_next
-
-  init = (jnp.zeros((n_iter, d), dtype), jnp.zeros((n_iter,), dtype),
-          jnp.zeros((n_iter,), dtype), q0)
-  q_mat, alpha, beta, _ = lax.fori_loop(0, n_iter, body, init)
-  t = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
-  evals, evecs = jnp.linalg.eigh(t)
-  v = q_mat.T @ evecs[:, 0]
-  return evals[0], v / jnp.linalg.norm(v)
+  vals, vecs, _ = lanczos_lib.eigsh(lambda v: hvp_fn(x, v), v0, n_iter, k=1,
+                                    which="SA", deflate=modes)
+  v = vecs[:, 0]
+  return vals[0], v / jnp.linalg.norm(v)
 
 
 # ----------------------------------------------------------------------------
