@@ -18,14 +18,14 @@ history_<name>         [K, M]                       measurements, NaN after a st
 stop_code              [K]                          see train.STOP_REASONS
 =====================  ===========================  ==============================
 
-Flattening is :func:`jax.flatten_util.ravel_pytree` of the params list.
+Flattening is :func:`jax.flatten_util.ravel_pytree` of the params list
+(:func:`lossland.nets.flatten_members`, :func:`lossland.nets.unravel_fn`).
 """
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from lossland import data as data_lib
 from lossland import io
@@ -74,20 +74,6 @@ class Ensemble(NamedTuple):
     return nets.output_fn(apply_fn, self.subtract_init)
 
 
-def unravel_fn(net_cfg: nets.NetConfig, dtype=None):
-  """The inverse of ravel_pytree for params of ``net_cfg``: flat [n] -> pytree."""
-  init_fn, _ = nets.make_net(net_cfg, dtype=dtype)
-  template = jax.eval_shape(init_fn, jax.random.key(0))
-  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-  _, unravel = ravel_pytree(zeros)
-  return unravel
-
-
-def flatten_members(params_batched) -> np.ndarray:
-  """[K]-batched params pytree -> [K, n_params] array."""
-  return np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(params_batched))
-
-
 def load_ensemble(path: str) -> Ensemble:
   """Loads a run directory written by the ensemble job.
 
@@ -112,7 +98,7 @@ def load_ensemble(path: str) -> Ensemble:
   dtype = a["params_final"].dtype
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     dtype = np.float32  # analysing an x64 run without x64: values are rounded
-  unravel = unravel_fn(net_cfg, dtype)
+  unravel = nets.unravel_fn(net_cfg, dtype)
   n = nets.n_params(net_cfg)
   if a["params_final"].shape[-1] != n:
     raise io.RunError(f"{path}: params have {a['params_final'].shape[-1]} "

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
 Params = list  # list of {"w": Array, "b": Array} dicts
 
@@ -213,3 +215,16 @@ def output_fn(apply_fn: Callable, subtract_init: bool = False) -> Callable:
 def tree_size(tree: Any) -> int:
   """Total number of scalars in a pytree."""
   return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def unravel_fn(cfg: NetConfig, dtype=None) -> Callable:
+  """The inverse of ``ravel_pytree`` for params of ``cfg``: flat [n_params] -> params."""
+  init_fn, _ = make_net(cfg, dtype=dtype)
+  template = jax.eval_shape(init_fn, jax.random.key(0))
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), template)
+  return ravel_pytree(zeros)[1]
+
+
+def flatten_members(params_batched) -> np.ndarray:
+  """Params with a leading [K] member axis -> [K, n_params] (ravel_pytree layout)."""
+  return np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(params_batched))

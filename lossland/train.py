@@ -381,14 +381,6 @@ def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact):
   return h.hexdigest()
 
 
-def _unravel_like(trainer, data):
-  template = jax.eval_shape(lambda k: trainer.init_fn(k, data).params,
-                            jax.random.key(0))
-  zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
-  _, unravel = ravel_pytree(zeros)
-  return lambda flat: jax.device_get(unravel(jnp.asarray(flat)))
-
-
 def _flat_members(trees, like):
   n = ravel_pytree(like)[0].shape[0]
   out = np.zeros((len(trees), n), np.asarray(ravel_pytree(like)[0]).dtype)
@@ -533,7 +525,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
                                compact)
     ckpt = _read_checkpoint(checkpoint_path, fingerprint)
     if ckpt is not None:
-      unravel = _unravel_like(trainer, data)
+      unravel = nets.unravel_fn(net_cfg, data.x_train.dtype)
       for k in MEASUREMENTS:
         history[k][...] = ckpt[f"history_{k}"]
         final[k][...] = ckpt[f"final_{k}"]
@@ -541,9 +533,9 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       steps[...] = ckpt["steps"]
       for m in range(K):
         if ckpt["has_init"][m]:
-          init_states[m] = unravel(ckpt["init_flat"][m])
+          init_states[m] = jax.device_get(unravel(jnp.asarray(ckpt["init_flat"][m])))
         if ckpt["has_final"][m]:
-          final_states[m] = unravel(ckpt["final_flat"][m])
+          final_states[m] = jax.device_get(unravel(jnp.asarray(ckpt["final_flat"][m])))
       done = int(sum(f is not None for f in final_states))
       start_g0 = int(ckpt["g0"])
       if ckpt["rows"].size:
@@ -570,8 +562,8 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       shapes_seen.add(len(rows))
       state, meas = run_chunk(state, data, jnp.int32(t), jnp.int32(b - t))
       t = b
-      codes = np.asarray(state.code)
-      stop_steps = np.asarray(state.stop_step)
+      codes, stop_steps, stop_losses, stop_nd = jax.device_get(
+          (state.code, state.stop_step, state.loss, state.n_delta))
       meas = {k: np.asarray(v) for k, v in meas.items()}
       for row, m in enumerate(rows):
         if m < 0 or final_states[m] is not None:
@@ -587,8 +579,8 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
             final[k][m] = meas[k][row]
           # The loss and N_Delta on which the stop was decided (a re-measure
           # can differ in the last bit for Delta ~ 1e-17, see BUILD_NOTES).
-          final["loss"][m] = float(state.loss[row])
-          final["n_delta"][m] = int(state.n_delta[row])
+          final["loss"][m] = float(stop_losses[row])
+          final["n_delta"][m] = int(stop_nd[row])
           final_states[m] = jax.device_get(_take(state.params, row))
           done += 1
       live = [r for r, m in enumerate(rows)

@@ -19,7 +19,7 @@ with 1-based minimum indices; ``points.*`` are headerless float64 records of len
 import json
 import os
 import sqlite3
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 

@@ -15,7 +15,7 @@
   the stricter variant that always steps to the lowest lower neighbour.
 """
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 

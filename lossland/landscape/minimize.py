@@ -20,7 +20,6 @@ References:
 
 from typing import Any, Callable, NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

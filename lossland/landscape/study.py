@@ -7,7 +7,6 @@ given.
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, Optional

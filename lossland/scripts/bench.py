@@ -9,7 +9,6 @@ the library versions and the device). ``--quick`` shrinks the sizes for a
 smoke test; the numbers in BUILD_NOTES.md come from full runs.
 """
 import importlib
-import json
 import os
 import sys
 

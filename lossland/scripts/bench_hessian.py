@@ -15,10 +15,8 @@ one process and side by side:
 All timings: jitted functions, compile excluded (reported apart), median of
 repeats, ``block_until_ready``. float64 is switched on here (a script).
 """
-import json
 import os
 import platform
-import sys
 import time
 
 

@@ -137,7 +137,7 @@ def main(argv):
     jax.config.update("jax_enable_x64", True)
   import numpy as np
   from lossland import data as data_lib
-  from lossland import experiment, io, nets, observables, plots, train
+  from lossland import io, nets, observables, plots, train
 
   net, loss, cfg = _configs()
   ds = data_lib.make_dataset(
@@ -231,8 +231,8 @@ def main(argv):
     w.log(records)
     w.save_arrays(
         seeds=np.asarray(seeds),
-        params_final=experiment.flatten_members(res.params),
-        params_init=experiment.flatten_members(res.params0),
+        params_final=nets.flatten_members(res.params),
+        params_init=nets.flatten_members(res.params0),
         x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
         f_train=res.f_train, f_test=res.f_test, stop_code=res.stop_code,
         steps=res.steps, history_step=res.history_step,

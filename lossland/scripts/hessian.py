@@ -47,27 +47,22 @@ _METHODS = ("auto", "dense", "lanczos")
 _AT = ("final", "init")
 
 
-def _fail(msg):
-  print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
-  sys.exit(2)
-
-
 def main(argv):
   del argv
   if FLAGS.x64:
     import jax
     jax.config.update("jax_enable_x64", True)
   if not FLAGS.run_dir:
-    _fail("--run_dir is required")
+    _cli.fail("--run_dir is required")
   if FLAGS.method not in _METHODS:
-    _fail(f"--method must be one of {', '.join(_METHODS)}, got {FLAGS.method!r}")
+    _cli.fail(f"--method must be one of {', '.join(_METHODS)}, got {FLAGS.method!r}")
   if FLAGS.at not in _AT:
-    _fail(f"--at must be 'final' or 'init', got {FLAGS.at!r}")
+    _cli.fail(f"--at must be 'final' or 'init', got {FLAGS.at!r}")
   for name in ("lanczos_steps", "num_probes", "batch_size"):
     if getattr(FLAGS, name) < 1:
-      _fail(f"--{name} must be >= 1")
+      _cli.fail(f"--{name} must be >= 1")
   if FLAGS.chunk_size < 0 or FLAGS.top_k < 0:
-    _fail("--chunk_size and --top_k must be >= 0")
+    _cli.fail("--chunk_size and --top_k must be >= 0")
 
   import jax
   import numpy as np
@@ -81,18 +76,18 @@ def main(argv):
   try:
     ens = experiment.load_ensemble(FLAGS.run_dir)
   except io.RunError as e:
-    _fail(e)
+    _cli.fail(e)
   if ens.net.n_out != 1:
-    _fail(f"the Hessian script handles scalar-output nets, got n_out={ens.net.n_out}")
+    _cli.fail(f"the Hessian script handles scalar-output nets, got n_out={ens.net.n_out}")
   members = list(range(ens.n_members))
   if FLAGS.members:
     try:
       members = [int(m) for m in FLAGS.members]
     except ValueError:
-      _fail(f"--members must be integers, got {FLAGS.members}")
+      _cli.fail(f"--members must be integers, got {FLAGS.members}")
     bad = [m for m in members if not 0 <= m < ens.n_members]
     if bad:
-      _fail(f"--members {bad} out of range: the run has {ens.n_members} members")
+      _cli.fail(f"--members {bad} out of range: the run has {ens.n_members} members")
 
   _, apply_fn = nets.make_net(ens.net, dtype=ens.data.x_train.dtype)
   n = nets.n_params(ens.net)
@@ -112,9 +107,9 @@ def main(argv):
     try:
       cv.check_dense_memory(n, dtype)
     except MemoryError as e:
-      _fail(e)
+      _cli.fail(e)
   if method == "lanczos" and FLAGS.lanczos_steps > n:
-    _fail(f"--lanczos_steps={FLAGS.lanczos_steps} exceeds N={n}")
+    _cli.fail(f"--lanczos_steps={FLAGS.lanczos_steps} exceeds N={n}")
   # N_eff needs the P x N output Jacobian; skip it when that does not fit.
   p_train = ens.data.P
   avail = cv.available_memory_bytes()

@@ -107,7 +107,6 @@ def main(argv):
 
   import jax
   jax.config.update('jax_enable_x64', True)
-  import numpy as np
   from lossland import io
   from lossland.landscape.study import run_study
 
