@@ -1,0 +1,520 @@
+"""Resumable grids of ensemble runs that survive SIGKILL and split across jobs.
+
+A *cell* is one set of options of the ensemble job (:mod:`lossland.job`), e.g.
+``{"dataset": "sphere", "P": 300, "width": 8, "depth": 3, "n_seeds": 8}``;
+a *sweep* runs a list of cells (usually :func:`expand_grid`) into one
+directory and records each finished cell as one line of ``cells.jsonl``::
+
+  OUT/cells.jsonl                        one JSON line per completed cell
+  OUT/cells.jsonl.lock                   flock held while appending a line
+  OUT/cells/<cell_id>/.lock              flock held by the process running the cell
+  OUT/cells/<cell_id>/cell.json          the cell's validated options
+  OUT/cells/<cell_id>/ensemble/<run>/    the cell's run directory (complete once it exists)
+  OUT/cells/<cell_id>/ensemble/.checkpoint_<digest>.npz   the in-flight cell's checkpoint
+
+A line of ``cells.jsonl`` is ``{"cell_id", "flags", "run_dir", "summary"}``:
+``flags`` holds every option of the cell (validated, defaults filled in),
+``summary`` the cell's ``summary.json``; ``run_dir`` and ``flags["out_dir"]``
+are stored relative to ``OUT`` (the directory can be moved) and
+:func:`read_cells` returns them joined with ``OUT``.
+
+Guarantees (tests/test_sweep.py):
+
+* **Restart after SIGKILL at any moment.** Cells already in ``cells.jsonl``
+  are skipped; the in-flight cell resumes from its checkpoint (the job resumes
+  by itself when called again with the same options and ``out_dir``); a cell
+  whose run directory was renamed into place before the process died is
+  adopted, not re-run; a torn last line of ``cells.jsonl`` is ignored by
+  readers and cut off by the next writer. A cell is never recorded twice.
+* **Several processes on one directory** (``shard``, cluster job arrays, or
+  two sweeps started by hand): a non-blocking ``fcntl.flock`` per cell means
+  one process runs a cell while the others skip it and come back to it later;
+  appends to ``cells.jsonl`` hold a second lock and are ``fsync``'d. flock
+  locks are dropped by the kernel when a process dies, so a killed process
+  never blocks the others; they need a file system with working ``flock``
+  (local disks; NFS v4 and Lustre with ``-o flock``).
+"""
+import contextlib
+import errno
+import fcntl
+import itertools
+import json
+import hashlib
+import os
+import shutil
+import sys
+import time
+import warnings
+from typing import Callable, Iterable, Sequence
+
+from lossland import io
+
+# Options that change neither the numbers of a cell nor where they come from:
+# they are left out of its id (a restart may change them).
+IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every")
+
+CELLS_FILE = "cells.jsonl"
+
+
+class CellsFailed(ValueError):
+  """Some cells of a sweep raised ValueError (e.g. every member diverged).
+
+  The other cells ran and were recorded; a restart retries the failed ones.
+
+  Attributes:
+    records: records of the cells of the shard that completed, in grid order.
+    failures: list of (cell values, error message).
+  """
+
+  def __init__(self, records, failures, keys=None):
+    self.records, self.failures = records, failures
+    values, msg = failures[0]
+    super().__init__(f"{len(failures)} cell(s) failed; first: cell "
+                     f"{cell_id(values)} ({_label(values, keys)}): {msg}")
+
+
+def expand_grid(base: dict, axes: dict) -> list:
+  """The product grid: ``base`` with every combination of the ``axes`` values.
+
+  Args:
+    base: options shared by every cell.
+    axes: option name -> non-empty list of values. The order is that of
+      ``itertools.product`` over the axes in their given order (the last axis
+      varies fastest), so the same arguments always give the same list.
+
+  Returns:
+    list of dicts, one per cell (``len = prod(len(v) for v in axes.values())``).
+  """
+  for name, vals in axes.items():
+    if not isinstance(vals, (list, tuple)) or not vals:
+      raise ValueError(f"axis {name!r} needs a non-empty list of values, got {vals!r}")
+  names = list(axes)
+  return [dict(base, **dict(zip(names, combo)))
+          for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def cell_id(values: dict) -> str:
+  """A stable 12-hex-digit id of a cell: hash of its options.
+
+  Pass validated values (defaults filled in, e.g. ``job.validate``) so that a
+  cell given with and without a default option gets the same id. Options in
+  :data:`IGNORED_OPTIONS` are left out.
+  """
+  key = {k: v for k, v in values.items() if k not in IGNORED_OPTIONS}
+  return hashlib.sha1(io.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def shard(cells: Sequence, i: int, n: int) -> list:
+  """The i-th of n disjoint parts of ``cells`` (round robin: cells i, i+n, ...).
+
+  Round robin spreads cheap and expensive cells (small and large P) evenly
+  over the parts; the parts together are exactly ``cells``.
+  """
+  _check_shard(i, n)
+  return [c for k, c in enumerate(cells) if k % n == i]
+
+
+def _check_shard(i, n):
+  if not (isinstance(i, int) and isinstance(n, int)) or n < 1 or not 0 <= i < n:
+    raise ValueError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+
+
+class _Ledger:
+  """Incremental reader of ``cells.jsonl``: parses only the bytes added since
+  the last read, and only whole lines (a line is complete once its newline is
+  written; a torn last line after SIGKILL has none)."""
+
+  def __init__(self, out_dir: str):
+    self.out_dir = out_dir
+    self.path = os.path.join(out_dir, CELLS_FILE)
+    self.records = {}   # cell_id -> record, first line wins
+    self.order = []
+    self._offset = 0
+
+  def refresh(self):
+    try:
+      with open(self.path, "rb") as fh:
+        fh.seek(self._offset)
+        data = fh.read()
+    except FileNotFoundError:
+      return self
+    end = data.rfind(b"\n")
+    if end < 0:
+      return self
+    for line in data[:end].split(b"\n"):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+        cid = rec["cell_id"]
+      except (ValueError, KeyError, TypeError):
+        warnings.warn(f"{self.path}: skipping an unreadable line")
+        continue
+      if cid not in self.records:
+        self.records[cid] = self._resolve(rec)
+        self.order.append(cid)
+    self._offset += end + 1
+    return self
+
+  def _resolve(self, rec):
+    rec = dict(rec)
+    if rec.get("run_dir") is not None:
+      rec["run_dir"] = os.path.join(self.out_dir, rec["run_dir"])
+    flags = rec.get("flags")
+    if isinstance(flags, dict) and isinstance(flags.get("out_dir"), str):
+      rec["flags"] = dict(flags, out_dir=os.path.join(self.out_dir, flags["out_dir"]))
+    return rec
+
+
+def read_cells(out_dir: str) -> list:
+  """The records of ``out_dir/cells.jsonl``, in the order they were written.
+
+  Tolerates a torn last line (a process killed while appending) and skips,
+  with a warning, any other unreadable line; if a cell appears twice the
+  first line wins. ``run_dir`` and ``flags["out_dir"]`` are joined with
+  ``out_dir``. A missing file gives ``[]``.
+  """
+  ledger = _Ledger(out_dir).refresh()
+  return [ledger.records[c] for c in ledger.order]
+
+
+@contextlib.contextmanager
+def _flock(path: str, blocking: bool):
+  """Yields True with an exclusive flock on ``path`` held, or False if
+  ``blocking`` is False and another process holds it."""
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        yield False
+        return
+      raise
+    yield True
+  finally:
+    os.close(fd)  # also releases the lock
+
+
+def _fsync_dir(path):
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _append_record(out_dir: str, rec: dict):
+  """Appends one line to cells.jsonl under its lock, flushed and fsync'd.
+
+  A torn last line (no newline: its writer was killed) is cut off first, so
+  that the new line starts on a line of its own.
+  """
+  path = os.path.join(out_dir, CELLS_FILE)
+  line = (json.dumps(io._jsonable(rec), sort_keys=False) + "\n").encode()
+  with _flock(path + ".lock", blocking=True):
+    created = not os.path.exists(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+      size = os.fstat(fd).st_size
+      if size:
+        tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+        if not tail.endswith(b"\n"):
+          keep = tail.rfind(b"\n")
+          if keep < 0 and size > len(tail):
+            raise ValueError(f"{path}: last line longer than 1 MiB and torn")
+          os.ftruncate(fd, size - len(tail) + keep + 1)
+      os.write(fd, line)
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    if created:
+      _fsync_dir(out_dir)
+
+
+def _complete_runs(ensemble_dir: str) -> list:
+  """Run directories in ``ensemble_dir`` (a directory that exists is complete)."""
+  try:
+    names = sorted(os.listdir(ensemble_dir))
+  except FileNotFoundError:
+    return []
+  return [os.path.join(ensemble_dir, n) for n in names
+          if not n.startswith(".")
+          and os.path.isfile(os.path.join(ensemble_dir, n, "summary.json"))]
+
+
+def _clean_leftovers(ensemble_dir: str, keep_checkpoints: bool):
+  """Removes what killed processes left in a cell (called with its lock held,
+  so nobody is writing there): hidden staging directories and temporary
+  files, and the checkpoint once the run directory exists."""
+  try:
+    names = os.listdir(ensemble_dir)
+  except FileNotFoundError:
+    return
+  for n in names:
+    p = os.path.join(ensemble_dir, n)
+    if n.startswith(".") and n.endswith(".tmp"):
+      if os.path.isdir(p):
+        shutil.rmtree(p, ignore_errors=True)
+      else:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(p)
+    elif not keep_checkpoints and n.startswith(".checkpoint_"):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(p)
+
+
+def _checkpoints(ensemble_dir: str) -> list:
+  try:
+    return [n for n in os.listdir(ensemble_dir)
+            if n.startswith(".checkpoint_") and n.endswith(".npz")]
+  except FileNotFoundError:
+    return []
+
+
+def _write_json_atomic(path, obj):
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as fh:
+    fh.write(io.dumps(obj, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def _label(values: dict, keys) -> str:
+  keys = sorted(values) if keys is None else keys
+  return " ".join(f"{k}={values[k]}" for k in keys if k in values) or "(defaults)"
+
+
+def _fmt_seconds(s: float) -> str:
+  s = int(round(s))
+  if s < 60:
+    return f"{s}s"
+  if s < 3600:
+    return f"{s // 60}m{s % 60:02d}s"
+  return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class _GridProgress:
+  """One progress display for the whole grid on stderr: cells done / total,
+  the current cell, elapsed time, ETA. Rewrites one line on a terminal,
+  prints a line per event otherwise (logs of batch jobs)."""
+
+  def __init__(self, total: int, keys, enabled: bool, stream=None):
+    self.total, self.keys, self.enabled = total, keys, enabled
+    self.stream = stream or sys.stderr
+    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.t0 = time.time()
+    self.done = 0
+    self.ran, self.ran_seconds = 0, 0.0
+    self._len = 0
+
+  def _eta(self):
+    left = self.total - self.done
+    if not left:
+      return "0s"
+    if not self.ran:
+      return "?"
+    return _fmt_seconds(self.ran_seconds / self.ran * left)
+
+  def show(self, what: str):
+    if not self.enabled:
+      return
+    n = 20
+    bar = int(round(n * self.done / max(self.total, 1)))
+    line = (f"sweep [{'#' * bar}{'.' * (n - bar)}] {self.done}/{self.total} cells"
+            f" | {what} | {_fmt_seconds(time.time() - self.t0)} elapsed,"
+            f" ETA {self._eta()}")
+    if self.tty:
+      pad = max(0, self._len - len(line))
+      self.stream.write("\r" + line + " " * pad)
+      self._len = len(line)
+    else:
+      self.stream.write(line + "\n")
+    self.stream.flush()
+
+  def close(self):
+    if self.enabled and self.tty:
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+def _default_validate(values: dict) -> dict:
+  from lossland import job
+  return job.validate(values)
+
+
+def _default_run_cell(values: dict):
+  import jax
+  from lossland import job
+  if bool(jax.config.jax_enable_x64) != bool(values["x64"]):
+    raise ValueError(f"the cell has x64={values['x64']} but jax_enable_x64 is "
+                     f"{bool(jax.config.jax_enable_x64)}: call "
+                     f"jax.config.update('jax_enable_x64', {values['x64']}) first")
+  with open(os.devnull, "w") as sink:
+    return job.run_ensemble_job(values, progress=False, stdout=sink)
+
+
+def varying_keys(cells: Iterable[dict]) -> list:
+  """Options whose value differs between the cells (the swept axes), sorted."""
+  cells = list(cells)
+  keys = sorted(set().union(*cells)) if cells else []
+  return [k for k in keys
+          if len({io.dumps(c.get(k), sort_keys=True) for c in cells}) > 1]
+
+
+def prepare_cells(cells: Sequence[dict], validate_fn: Callable | None = None):
+  """Validates every cell (fills defaults): returns (values list, id list).
+
+  Raises the first ValueError of ``validate_fn`` (default ``job.validate``)
+  prefixed with the cell, before anything runs.
+  """
+  validate_fn = validate_fn or _default_validate
+  out, ids = [], []
+  for c in cells:
+    try:
+      v = validate_fn(dict(c))
+    except ValueError as e:
+      raise type(e)(f"cell {_label(c, None)}: {e}") from e
+    out.append(v)
+    ids.append(cell_id(v))
+  return out, ids
+
+
+def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
+              run_cell_fn: Callable | None = None, progress: bool = True,
+              validate_fn: Callable | None = None,
+              poll_seconds: float = 2.0, on_cell_done: Callable | None = None) -> list:
+  """Runs the cells of one shard into ``out_dir``; resumable, safe to share.
+
+  Each cell becomes an ensemble run directory ``out_dir/cells/<cell_id>/
+  ensemble/<run>`` and, once complete, one line of ``out_dir/cells.jsonl``
+  (module docstring). Cells already recorded are skipped, so calling this
+  again (after a crash, or with more cells, e.g. an adaptive bisection) runs
+  only what is missing. A cell held by another process is skipped and
+  waited for at the end.
+
+  Args:
+    cells: list of option dicts of the ensemble job (see :func:`expand_grid`).
+    out_dir: the sweep directory (created).
+    shard: (I, N): run only the I-th of N round-robin parts (:func:`shard`).
+    run_cell_fn: ``fn(values) -> (run_dir, summary)`` runs one cell whose
+      validated options are ``values`` (``values["out_dir"]`` is the cell's
+      directory); default ``job.run_ensemble_job`` without its own output,
+      which requires ``jax_enable_x64`` to equal every cell's ``x64``
+      (the library never switches it).
+    progress: one progress display for the grid on stderr.
+    validate_fn: ``fn(values) -> values`` filling defaults and raising
+      ValueError on bad options; default ``job.validate``.
+    poll_seconds: wait between looks at cells held by other processes.
+    on_cell_done: optional ``fn(record, ran: bool)`` called as each cell of
+      the shard is found complete (``ran``: by this call).
+
+  Returns:
+    the records (as :func:`read_cells`) of the shard's cells, in grid order.
+
+  Raises:
+    ValueError: a cell does not validate (nothing runs), or the cells
+      disagree on ``x64``.
+    CellsFailed: some cells raised ValueError while running; the others ran.
+  """
+  i, n = shard
+  values, ids = prepare_cells(cells, validate_fn)
+  _check_shard(i, n)
+  mine = [(v, c) for k, (v, c) in enumerate(zip(values, ids)) if k % n == i]
+  if run_cell_fn is None:
+    import jax
+    x64s = {bool(v["x64"]) for v, _ in mine}
+    if len(x64s) > 1:
+      raise ValueError("all cells of a sweep must share x64 (the process-wide "
+                       "jax_enable_x64)")
+    if x64s and x64s != {bool(jax.config.jax_enable_x64)}:
+      raise ValueError(f"the cells have x64={x64s.pop()} but jax_enable_x64 is "
+                       f"{bool(jax.config.jax_enable_x64)}; the caller sets it "
+                       f"(jax.config.update('jax_enable_x64', ...))")
+    run_cell_fn = _default_run_cell
+  os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
+
+  ledger = _Ledger(out_dir).refresh()
+  keys = varying_keys(v for v, _ in mine)
+  unique = list(dict((c, v) for v, c in mine).items())  # first of duplicates
+  bar = _GridProgress(len(unique), keys, progress)
+  bar.done = sum(c in ledger.records for c, _ in unique)
+  pending = [(c, v) for c, v in unique if c not in ledger.records]
+  if bar.done:
+    bar.show(f"{bar.done} already done")
+  failures = []
+  failed_ids = set()
+
+  def finish(cid, ran):
+    bar.done += 1
+    if on_cell_done:
+      on_cell_done(ledger.records[cid], ran)
+
+  try:
+    while pending:
+      held = []
+      for cid, v in pending:
+        ledger.refresh()
+        if cid in ledger.records:
+          finish(cid, False)
+          continue
+        cell_dir = os.path.join(out_dir, "cells", cid)
+        os.makedirs(cell_dir, exist_ok=True)
+        with _flock(os.path.join(cell_dir, ".lock"), blocking=False) as got:
+          if not got:
+            held.append((cid, v))
+            continue
+          ledger.refresh()  # it may have completed while we took the lock
+          if cid in ledger.records:
+            finish(cid, False)
+            continue
+          ens_dir = os.path.join(cell_dir, "ensemble")
+          _clean_leftovers(ens_dir, keep_checkpoints=True)
+          runs = _complete_runs(ens_dir)
+          ran = False
+          if runs:
+            if len(runs) > 1:
+              warnings.warn(f"cell {cid} has {len(runs)} run directories; "
+                            f"recording the first, {runs[0]}")
+            run_dir = runs[0]
+            with open(os.path.join(run_dir, "summary.json")) as fh:
+              summary = json.load(fh)
+            bar.show(f"adopting finished run of cell {cid} ({_label(v, keys)})")
+          else:
+            vals = dict(v, out_dir=cell_dir)
+            _write_json_atomic(os.path.join(cell_dir, "cell.json"), vals)
+            resuming = " from its checkpoint" if _checkpoints(ens_dir) else ""
+            bar.show(f"running cell {cid} ({_label(v, keys)}){resuming}")
+            t0 = time.time()
+            try:
+              run_dir, summary = run_cell_fn(vals)
+            except ValueError as e:
+              failures.append((v, str(e)))
+              failed_ids.add(cid)
+              bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")
+              continue
+            bar.ran += 1
+            bar.ran_seconds += time.time() - t0
+            ran = True
+          flags = dict(v, out_dir=os.path.relpath(cell_dir, out_dir))
+          rec = {"cell_id": cid, "flags": flags,
+                 "run_dir": os.path.relpath(run_dir, out_dir), "summary": summary}
+          _append_record(out_dir, rec)
+          _clean_leftovers(ens_dir, keep_checkpoints=False)
+          ledger.refresh()
+          finish(cid, ran)
+          bar.show(f"finished cell {cid} ({_label(v, keys)})")
+      pending = held
+      if pending:
+        bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
+        time.sleep(poll_seconds)
+    if failures:
+      bar.show(f"{len(failures)} cell(s) failed")
+    else:
+      bar.show("all cells of this shard done")
+  finally:
+    bar.close()
+  ledger.refresh()
+  records = [ledger.records[c] for _, c in mine if c in ledger.records]
+  if failures:
+    raise CellsFailed(records, failures, keys)
+  return records

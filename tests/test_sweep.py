@@ -1,0 +1,276 @@
+"""Sweeps: grids, shards, cells.jsonl, restarts after SIGKILL, shared directories."""
+import fcntl
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from lossland import sweep
+
+
+# -- a fake ensemble job: writes a run directory the way io.new_run does -----
+
+def _fake_validate(values):
+  return dict({"P": 10, "width": 3, "x64": True, "out_dir": "runs"}, **values)
+
+
+def _write_run(cell_out_dir, values):
+  """A complete run directory (staged, renamed into place), as the job does."""
+  parent = os.path.join(cell_out_dir, "ensemble")
+  os.makedirs(parent, exist_ok=True)
+  name = f"{time.time_ns()}_{os.getpid()}"
+  staging = os.path.join(parent, f".{name}.x.tmp")
+  os.makedirs(staging)
+  summary = {"P": values["P"], "score": values["P"] * values["width"]}
+  with open(os.path.join(staging, "summary.json"), "w") as fh:
+    json.dump(summary, fh)
+  os.rename(staging, os.path.join(parent, name))
+  return os.path.join(parent, name), summary
+
+
+class FakeJob:
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, values):
+    self.calls.append(values)
+    return _write_run(values["out_dir"], values)
+
+
+def _lines(out_dir):
+  with open(os.path.join(out_dir, "cells.jsonl")) as fh:
+    return [json.loads(l) for l in fh.read().splitlines()]
+
+
+def _run_dirs(out_dir, cid):
+  d = os.path.join(out_dir, "cells", cid, "ensemble")
+  return [n for n in os.listdir(d) if not n.startswith(".")]
+
+
+GRID = sweep.expand_grid({"width": 3}, {"P": [10, 20, 30], "width": [2, 4]})
+
+
+# -- pure functions ---------------------------------------------------------
+
+def test_expand_grid_is_the_product_in_a_fixed_order():
+  cells = sweep.expand_grid({"depth": 2, "P": 1}, {"P": [10, 20], "width": [3, 6, 9]})
+  expected = [{"depth": 2, "P": p, "width": w} for p in (10, 20) for w in (3, 6, 9)]
+  assert cells == expected
+  assert sweep.expand_grid({"a": 1}, {}) == [{"a": 1}]
+  with pytest.raises(ValueError):
+    sweep.expand_grid({}, {"P": []})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
+def test_shards_are_disjoint_and_cover_the_grid(n):
+  cells = list(range(17))
+  parts = [sweep.shard(cells, i, n) for i in range(n)]
+  assert sorted(itertools.chain(*parts)) == cells
+  assert sum(map(len, parts)) == len(cells)
+  assert max(map(len, parts)) - min(map(len, parts)) <= 1
+  for bad in [(n, n), (-1, n), (0, 0)]:
+    with pytest.raises(ValueError):
+      sweep.shard(cells, *bad)
+
+
+def test_cell_id_is_stable_and_ignores_output_options():
+  a = {"P": 10, "width": 3, "lr": 0.01, "out_dir": "x", "plots": True}
+  b = {"plots": False, "out_dir": "y", "lr": 0.01, "width": 3, "P": 10}
+  assert sweep.cell_id(a) == sweep.cell_id(b)
+  assert len(sweep.cell_id(a)) == 12
+  assert sweep.cell_id(a) != sweep.cell_id(dict(a, P=11))
+  assert sweep.cell_id(a) != sweep.cell_id(dict(a, lr=0.02))
+  # A fixed value: the id must not change between versions (resuming old sweeps).
+  assert sweep.cell_id({"P": 10}) == sweep.cell_id({"P": 10, "out_dir": "z"})
+
+
+# -- the engine with a fake job ----------------------------------------------
+
+def test_one_line_per_cell_and_a_restart_runs_nothing(tmp_path):
+  out = str(tmp_path)
+  job = FakeJob()
+  recs = sweep.run_sweep(GRID, out, run_cell_fn=job, validate_fn=_fake_validate,
+                         progress=False)
+  assert len(job.calls) == 6
+  assert [r["flags"]["P"] for r in recs] == [10, 10, 20, 20, 30, 30]
+  assert [r["summary"]["score"] for r in recs] == [c["P"] * c["width"] for c in GRID]
+  lines = _lines(out)
+  assert len(lines) == 6 and len({l["cell_id"] for l in lines}) == 6
+  for r in recs:
+    assert os.path.isfile(os.path.join(r["run_dir"], "summary.json"))
+    assert r["flags"]["out_dir"] == os.path.join(out, "cells", r["cell_id"])
+    assert _run_dirs(out, r["cell_id"]) == [os.path.basename(r["run_dir"])]
+  # Restart: everything is skipped.
+  job2 = FakeJob()
+  again = sweep.run_sweep(GRID, out, run_cell_fn=job2, validate_fn=_fake_validate,
+                          progress=False)
+  assert job2.calls == [] and again == recs and len(_lines(out)) == 6
+  # More cells on the same directory (adaptive refinement): only the new ones run.
+  more = GRID + [{"P": 15, "width": 2}, {"P": 10, "width": 2}]
+  recs3 = sweep.run_sweep(more, out, run_cell_fn=job2, validate_fn=_fake_validate,
+                          progress=False)
+  assert [c["P"] for c in job2.calls] == [15]
+  assert len(recs3) == 8 and len(_lines(out)) == 7
+  assert sweep.read_cells(out) == recs + [recs3[6]]
+
+
+def test_shards_into_one_directory_cover_the_grid(tmp_path):
+  out = str(tmp_path)
+  job = FakeJob()
+  got = []
+  for i in range(3):
+    got += sweep.run_sweep(GRID, out, shard=(i, 3), run_cell_fn=job,
+                           validate_fn=_fake_validate, progress=False)
+  assert len(job.calls) == 6 and len(_lines(out)) == 6
+  assert sorted(r["cell_id"] for r in got) == sorted(r["cell_id"] for r in sweep.read_cells(out))
+  with pytest.raises(ValueError, match="shard"):
+    sweep.run_sweep(GRID, out, shard=(3, 2), run_cell_fn=job, validate_fn=_fake_validate)
+
+
+def test_torn_last_line_is_ignored_and_cut_by_the_next_writer(tmp_path):
+  out = str(tmp_path)
+  job = FakeJob()
+  sweep.run_sweep(GRID[:2], out, run_cell_fn=job, validate_fn=_fake_validate, progress=False)
+  path = tmp_path / "cells.jsonl"
+  whole = path.read_bytes()
+  torn = json.dumps({"cell_id": "deadbeef0000", "flags": {}, "summary": {"a": 1}})[:25]
+  path.write_bytes(whole + torn.encode())
+  first = [json.loads(l) for l in whole.decode().splitlines()]
+  assert [r["cell_id"] for r in sweep.read_cells(out)] == [l["cell_id"] for l in first]
+  sweep.run_sweep(GRID[:3], out, run_cell_fn=job, validate_fn=_fake_validate, progress=False)
+  lines = _lines(out)   # every line parses: the torn one was cut off
+  assert len(lines) == 3 and len(job.calls) == 3
+  assert path.read_bytes().startswith(whole)
+
+
+def test_a_cell_killed_after_its_run_directory_is_adopted(tmp_path):
+  out = str(tmp_path)
+  cid = sweep.cell_id(_fake_validate(GRID[1]))
+
+  def dies_after_rename(values):
+    if values["out_dir"].endswith(cid):
+      _write_run(values["out_dir"], values)
+      raise KeyboardInterrupt  # killed before the jsonl line
+    return _write_run(values["out_dir"], values)
+
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_sweep(GRID, out, run_cell_fn=dies_after_rename,
+                    validate_fn=_fake_validate, progress=False)
+  assert len(_lines(out)) == 1 and len(_run_dirs(out, cid)) == 1
+  existing = _run_dirs(out, cid)[0]
+  job = FakeJob()
+  recs = sweep.run_sweep(GRID, out, run_cell_fn=job, validate_fn=_fake_validate,
+                         progress=False)
+  assert cid not in [sweep.cell_id(_fake_validate(c)) for c in job.calls]
+  assert len(job.calls) == 4  # cells 2..5; cell 0 was recorded, cell 1 adopted
+  assert os.path.basename(recs[1]["run_dir"]) == existing
+  assert recs[1]["summary"]["score"] == 10 * 4
+  assert _run_dirs(out, cid) == [existing] and len(_lines(out)) == 6
+
+
+def test_an_interrupted_cell_is_resumed_with_its_checkpoint(tmp_path):
+  out = str(tmp_path)
+  seen = []
+
+  def interrupted(values):
+    ens = os.path.join(values["out_dir"], "ensemble")
+    os.makedirs(os.path.join(ens, ".20260101_x.abc.tmp"))   # a killed staging dir
+    with open(os.path.join(ens, ".checkpoint_abc.npz"), "w") as fh:
+      fh.write("state")
+    raise KeyboardInterrupt
+
+  def resumes(values):
+    ens = os.path.join(values["out_dir"], "ensemble")
+    seen.append(sorted(os.listdir(ens)))
+    return _write_run(values["out_dir"], values)
+
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_sweep(GRID[:1], out, run_cell_fn=interrupted, validate_fn=_fake_validate,
+                    progress=False)
+  sweep.run_sweep(GRID[:1], out, run_cell_fn=resumes, validate_fn=_fake_validate,
+                  progress=False)
+  # The job found its checkpoint (kept) but not the dead staging directory,
+  # and the checkpoint is gone once the cell is recorded.
+  assert seen == [[".checkpoint_abc.npz"]]
+  cid = sweep.cell_id(_fake_validate(GRID[0]))
+  assert os.listdir(os.path.join(out, "cells", cid, "ensemble")) == _run_dirs(out, cid)
+
+
+def test_failed_cells_do_not_stop_the_others_and_are_retried(tmp_path):
+  out = str(tmp_path)
+
+  def fails_at_30(values):
+    if values["P"] == 30:
+      raise ValueError("every member diverged")
+    return _write_run(values["out_dir"], values)
+
+  with pytest.raises(sweep.CellsFailed, match="2 cell.*every member diverged") as e:
+    sweep.run_sweep(GRID, out, run_cell_fn=fails_at_30, validate_fn=_fake_validate,
+                    progress=False)
+  assert len(e.value.records) == 4 and len(_lines(out)) == 4
+  job = FakeJob()
+  sweep.run_sweep(GRID, out, run_cell_fn=job, validate_fn=_fake_validate, progress=False)
+  assert [c["P"] for c in job.calls] == [30, 30]
+
+
+def test_a_cell_held_by_another_process_is_skipped_and_done_later(tmp_path):
+  out = str(tmp_path)
+  cid = sweep.cell_id(_fake_validate(GRID[0]))
+  os.makedirs(tmp_path / "cells" / cid)
+  lock = open(tmp_path / "cells" / cid / ".lock", "w")
+  fcntl.flock(lock, fcntl.LOCK_EX)   # another open file: conflicts like another process
+  job = FakeJob()
+  done = []
+
+  def on_done(rec, ran):
+    done.append(rec["cell_id"])
+    if len(done) == 5:
+      lock.close()   # the other process finishes without completing the cell
+
+  recs = sweep.run_sweep(GRID, out, run_cell_fn=job, validate_fn=_fake_validate,
+                         progress=False, poll_seconds=0.01, on_cell_done=on_done)
+  assert [sweep.cell_id(_fake_validate(c)) for c in job.calls][-1] == cid
+  assert len(job.calls) == 6 and done[-1] == cid
+  assert [r["cell_id"] for r in recs][0] == cid and len(_lines(out)) == 6
+
+
+_WORKER = textwrap.dedent("""
+  import json, os, sys, time
+  sys.path.insert(0, {tests!r})
+  from lossland import sweep
+  import test_sweep as t
+  out, log = sys.argv[1], sys.argv[2]
+  def job(values):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, (json.dumps([os.getpid(), values["P"], values["width"]]) + "\\n").encode())
+    os.close(fd)
+    time.sleep(0.15)
+    return t._write_run(values["out_dir"], values)
+  cells = sweep.expand_grid({{}}, {{"P": [1, 2, 3, 4, 5], "width": [1, 2]}})
+  sweep.run_sweep(cells, out, run_cell_fn=job, validate_fn=t._fake_validate,
+                  progress=True, poll_seconds=0.05)
+""")
+
+
+def test_two_concurrent_sweeps_run_each_cell_once(tmp_path):
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER.format(tests=os.path.dirname(__file__)))
+  out, log = tmp_path / "sweep", tmp_path / "calls.log"
+  procs = [subprocess.Popen([sys.executable, str(script), str(out), str(log)],
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  errs = [p.communicate(timeout=120)[1] for p in procs]
+  assert all(p.returncode == 0 for p in procs), errs
+  calls = [json.loads(l) for l in log.read_text().splitlines()]
+  assert sorted((p, w) for _, p, w in calls) == [(p, w) for p in range(1, 6) for w in (1, 2)]
+  assert len({pid for pid, _, _ in calls}) == 2, "both processes should have worked"
+  lines = _lines(str(out))
+  assert len(lines) == 10 and len({l["cell_id"] for l in lines}) == 10
+  for l in lines:
+    assert len(_run_dirs(str(out), l["cell_id"])) == 1
+  assert "10/10 cells" in errs[0] + errs[1]
