@@ -1,8 +1,9 @@
-"""Loading an ensemble run directory back into networks, losses and data.
+"""The arrays of an ensemble run directory: written and loaded back here.
 
-The ensemble job (``python -m lossland.scripts.ensemble``) writes, besides the
-flags, the frozen configs ``net``, ``loss`` and ``train`` into ``config.json``
-and these arrays into ``arrays.npz``:
+The ensemble job (:func:`lossland.job.run_ensemble_job`, ``python -m
+lossland.scripts.ensemble``) writes, besides the options, the frozen configs
+``net``, ``loss`` and ``train`` into ``config.json`` and, through
+:func:`save_ensemble`, these arrays into ``arrays.npz``:
 
 =====================  ===========================  ==============================
 key                    shape                        meaning
@@ -15,6 +16,8 @@ x_test, y_test         [n_test, d], [n_test]        test set
 f_train, f_test        [K, P], [K, n_test]          final outputs of every member
 history_step           [M]                          measurement steps
 history_<name>         [K, M]                       measurements, NaN after a stop
+final_<name>           [K]                          measurements at the stop
+steps                  [K]                          steps done by each member
 stop_code              [K]                          see train.STOP_REASONS
 =====================  ===========================  ==============================
 
@@ -31,6 +34,42 @@ from lossland import data as data_lib
 from lossland import io
 from lossland import losses
 from lossland import nets
+
+
+def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset):
+  """Writes a trained ensemble into a run being written (the layout above).
+
+  Args:
+    writer: the :class:`lossland.io.RunWriter` of :func:`lossland.io.new_run`.
+    seeds: [K] member seeds.
+    res: the :class:`lossland.train.EnsembleResult` of ``train_ensemble``.
+    ds: the Dataset it was trained on.
+
+  Also appends to ``metrics.jsonl`` one record per member and measurement step
+  (``{"seed", "step", <measurements>}``) and one ``"final": True`` record per
+  member with its stop reason.
+  """
+  from lossland import train
+  records = []
+  for k, s in enumerate(seeds):
+    for j, step in enumerate(res.history_step):
+      if np.isnan(res.history["loss"][k, j]):
+        continue
+      records.append({"seed": int(s), "step": int(step),
+                      **{m: float(res.history[m][k, j]) for m in train.MEASUREMENTS}})
+    records.append({"seed": int(s), "step": int(res.steps[k]), "final": True,
+                    "stop_reason": res.stop_reasons[k],
+                    **{m: float(res.final[m][k]) for m in train.MEASUREMENTS}})
+  writer.log(records)
+  writer.save_arrays(
+      seeds=np.asarray(seeds),
+      params_final=nets.flatten_members(res.params),
+      params_init=nets.flatten_members(res.params0),
+      x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
+      f_train=res.f_train, f_test=res.f_test, stop_code=res.stop_code,
+      steps=res.steps, history_step=res.history_step,
+      **{f"history_{m}": res.history[m] for m in train.MEASUREMENTS},
+      **{f"final_{m}": res.final[m] for m in train.MEASUREMENTS})
 
 
 class Ensemble(NamedTuple):

@@ -14,8 +14,10 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
@@ -23,7 +25,16 @@ import numpy as np
 REQUIRED_FILES = ("config.json", "metrics.jsonl", "arrays.npz", "summary.json")
 
 
-class RunError(ValueError):
+class InputError(ValueError):
+  """Bad input the user must fix (an option, a size, a file, a directory).
+
+  The scripts report it as one ``error:`` line with exit status 2
+  (``lossland.scripts._cli.run``); other exceptions are bugs and keep their
+  traceback.
+  """
+
+
+class RunError(InputError):
   """A run directory is missing, incomplete or unreadable."""
 
 
@@ -122,6 +133,70 @@ class RunWriter:
       self._metrics.close()
 
 
+# Staging directories are named ``.<name>.<host>-<pid>.<random>.tmp`` so that
+# those of dead processes (SIGKILL during a write) can be recognized.
+STALE_AGE_SECONDS = 7 * 24 * 3600
+
+
+def _host():
+  return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def _staging_prefix(name: str) -> str:
+  return f".{name}.{_host()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # someone else's live process
+  except OSError:
+    return True
+  return True
+
+
+def clean_stale_staging(parent: str, max_age: float = STALE_AGE_SECONDS) -> list:
+  """Removes staging directories left in ``parent`` by processes that died.
+
+  A hidden ``.*.tmp`` directory is stale when the process named in it
+  (``<host>-<pid>``) ran on this host and is gone, or when it has not been
+  modified for ``max_age`` seconds (other hosts, older name formats).
+
+  Returns:
+    the removed paths.
+  """
+  removed = []
+  try:
+    entries = os.listdir(parent)
+  except OSError:
+    return removed
+  host, now = _host(), time.time()
+  for e in entries:
+    if not (e.startswith(".") and e.endswith(".tmp")):
+      continue
+    path = os.path.join(parent, e)
+    if not os.path.isdir(path) or os.path.islink(path):
+      continue
+    stale = None
+    for part in e.split("."):
+      h, sep, pid = part.rpartition("-")
+      if sep and h == host and pid.isdigit():
+        stale = int(pid) != os.getpid() and not _pid_alive(int(pid))
+        break
+    if stale is None:  # another host or an older name: by age only
+      try:
+        stale = now - os.path.getmtime(path) > max_age
+      except OSError:
+        continue
+    if stale:
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
+
+
 def _open_permissions(path):
   # mkdtemp creates 0700; a finished run directory gets the usual mode.
   umask = os.umask(0)
@@ -135,13 +210,24 @@ def new_run(root: str, script: str, config: dict, **sections):
 
   ``config.json`` is written first: ``{"script", "flags": config, **sections,
   "environment"}`` (``sections`` holds e.g. the net/loss/train configs). On
-  any exception the staging directory is removed and nothing is left behind.
-  After the block, ``writer.final_path`` holds the run directory.
+  any exception the staging directory is removed and nothing is left behind
+  (nor the ``<root>/<script>`` folder, if this call created it and it is
+  empty). Staging folders of processes that died (:func:`clean_stale_staging`)
+  are removed first. After the block, ``writer.final_path`` holds the run
+  directory.
   """
   parent = os.path.join(root, script)
+  made_parent = not os.path.isdir(parent)
   os.makedirs(parent, exist_ok=True)
+  clean_stale_staging(parent)
   name = run_name(config)
-  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+  try:
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(name), suffix=".tmp",
+                               dir=parent)
+  except BaseException:
+    if made_parent:
+      _rmdir_quiet(parent)
+    raise
   writer = RunWriter(staging)
   try:
     writer.write_json("config.json", {"script": script, "flags": config,
@@ -155,7 +241,16 @@ def new_run(root: str, script: str, config: dict, **sections):
   except BaseException:
     writer.close()
     shutil.rmtree(staging, ignore_errors=True)
+    if made_parent:
+      _rmdir_quiet(parent)
     raise
+
+
+def _rmdir_quiet(path):
+  try:
+    os.rmdir(path)  # only if empty
+  except OSError:
+    pass
 
 
 @contextlib.contextmanager
@@ -163,8 +258,11 @@ def staged_subdir(run_dir: str, name: str):
   """Yields a staging path that becomes ``run_dir/name`` on success.
 
   An existing ``run_dir/name`` is replaced only once the new one is complete.
+  Stale staging folders of dead processes are removed first.
   """
-  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir)
+  clean_stale_staging(run_dir)
+  staging = tempfile.mkdtemp(prefix=_staging_prefix(name), suffix=".tmp",
+                             dir=run_dir)
   try:
     yield staging
     _open_permissions(staging)

@@ -29,12 +29,16 @@ def ensemble_mean(f):
 
 
 def output_variance(f):
-  """<|f - fbar|^2>: mean over members and points of (f_k(x) - fbar(x))^2.
+  """<|f - fbar|^2>: the variance of the output over initializations.
 
-  With K members this is the biased (1/K) estimator, as a spread of the
-  ensemble actually trained. f: [K, n] -> scalar.
+  The unbiased estimator over the K members, averaged over the points:
+  (1 / (K - 1)) sum_k (1 / n) sum_x (f_k(x) - fbar(x))^2, an estimate of the
+  variance of f(x) over random initializations (1906.08034, the fluctuations
+  that ensembling removes). NaN for K = 1. f: [K, n] -> scalar.
   """
-  return jnp.mean(jnp.square(f - ensemble_mean(f)))
+  K = f.shape[0]
+  ss = jnp.sum(jnp.mean(jnp.square(f - ensemble_mean(f)), axis=-1), axis=0)
+  return ss / (K - 1) if K > 1 else jnp.full((), jnp.nan, ss.dtype)
 
 
 def ensemble_summary(f_test, y_test) -> dict:
@@ -62,6 +66,64 @@ def ensemble_summary(f_test, y_test) -> dict:
       "ensemble_test_error": float(error(ensemble_mean(f_test), y_test)),
       "output_variance": float(output_variance(f_test)),
   }
+
+
+MEMBER_CLASSES = ("sat", "limbo", "jammed", "stalled", "not_converged",
+                  "diverged", "dead")
+UNHEALTHY = ("diverged", "dead")
+
+
+def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
+                   limbo_max_nd: int = 4, limbo_delta: float = 1e-6) -> list:
+  """Classifies the members of an ensemble at the end of training.
+
+  The first class that applies, in this order:
+
+  * ``diverged``: stop reason "diverged", or non-finite outputs (or N_Delta);
+  * ``dead``: f = 0 exactly on every training point (e.g. a ReLU net whose
+    units are all off), a net that cannot learn;
+  * ``sat``: N_Delta = 0, every constraint satisfied;
+  * ``limbo``: 1 <= N_Delta <= ``limbo_max_nd`` and max Delta <
+    ``limbo_delta``: satisfied up to the floating-point precision;
+  * ``not_converged``: stopped at max_steps (or still running) with N_Delta > 0;
+  * ``jammed``: stopped as jammed with N_Delta > 0.1 N, the authors'
+    criterion (nn_jamming/transition.py, 1809.09349);
+  * ``stalled``: stopped as jammed with N_Delta <= 0.1 N (the loss stalled
+    with few unsatisfied points, e.g. dead ReLU units).
+
+  Healthy members are all but ``diverged`` and ``dead`` (:data:`UNHEALTHY`).
+
+  Args:
+    stop_reasons: [K] strings of ``train.STOP_REASONS``.
+    n_delta: [K] final N_Delta.
+    max_delta: [K] final max_mu Delta_mu.
+    f_train: [K, P] final outputs on the training set.
+    n_weights: N, the number of weights of one network.
+    limbo_max_nd, limbo_delta: the precision-limbo thresholds.
+
+  Returns:
+    list of K class names from :data:`MEMBER_CLASSES`.
+  """
+  n_delta = np.asarray(n_delta, np.float64).reshape(-1)
+  max_delta = np.asarray(max_delta, np.float64).reshape(-1)
+  f_train = np.asarray(f_train, np.float64)
+  f_train = f_train.reshape(n_delta.shape[0], -1)
+  out = []
+  for k, reason in enumerate(stop_reasons):
+    nd, md, f = n_delta[k], max_delta[k], f_train[k]
+    if reason == "diverged" or not np.all(np.isfinite(f)) or not np.isfinite(nd):
+      out.append("diverged")
+    elif f.size and np.all(f == 0):
+      out.append("dead")
+    elif nd == 0:
+      out.append("sat")
+    elif 1 <= nd <= limbo_max_nd and md < limbo_delta:
+      out.append("limbo")
+    elif reason == "jammed":
+      out.append("jammed" if nd > 0.1 * n_weights else "stalled")
+    else:
+      out.append("not_converged")
+  return out
 
 
 def log_bins(lo: float = 1e-9, hi: float = 1e4, n: int = 130) -> np.ndarray:

@@ -74,4 +74,5 @@ def test_all_members_diverging_is_an_error(tmp_path):
   out = run_cli(TINY + ["--optimizer", "sgd", "--lr", "1e8"], tmp_path)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: every member diverged")
-  assert not [f for f in os.listdir(tmp_path / "ensemble")]
+  # Nothing half-written: not even an empty <out_dir>/ensemble (nor the checkpoint).
+  assert not (tmp_path / "ensemble").exists()

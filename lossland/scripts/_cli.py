@@ -1,18 +1,42 @@
-"""Shared plumbing of the absl entry points: flag errors, exit codes, progress.
+"""Shared plumbing of the absl entry points: flags, errors, exit codes, progress.
 
-Bad input must give a one-line message and exit status 2 (absl's default for a
-flag error is a multi-line message and status 1).
+* Bad input gives a one-line ``error: ...`` on stderr and exit status 2
+  (absl's default for a flag error is a multi-line message and status 1).
+  Only errors raised *on purpose* for bad input count as bad input:
+  :class:`UsageError`, :class:`lossland.io.InputError` (run directories,
+  job options), ``lossland.data.DataError`` where defined, and the
+  ``ValueError`` a config dataclass raises from its ``__post_init__`` or
+  ``validate``. Any other exception is a bug and keeps its traceback.
+* ``-h``/``--help`` print the script's help and exit 0.
+* Ctrl-C prints one line (``interrupted``) and exits 130.
+* JAX's persistent compilation cache is on for every script, in
+  ``$LOSSLAND_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossland/jax``, else
+  ``~/.cache/lossland/jax``; ``--nocompilation_cache`` or
+  ``LOSSLAND_COMPILATION_CACHE=0`` turn it off.
 """
+import os
 import sys
 import time
 
 from absl import app
-from absl import logging
 from absl import flags
+from absl import logging
+
+from lossland import io
 
 
-class UsageError(Exception):
+class UsageError(io.InputError):
   """Invalid input detected by a script after flag parsing (exit status 2)."""
+
+
+_COMPILATION_CACHE = flags.DEFINE_boolean(
+    "compilation_cache", True,
+    "Keep compiled programs in JAX's persistent compilation cache "
+    "($LOSSLAND_CACHE_DIR, else $XDG_CACHE_HOME/lossland/jax or "
+    "~/.cache/lossland/jax); LOSSLAND_COMPILATION_CACHE=0 also turns it off.")
+
+_HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
+_FULL_HELP_ARGS = ("--helpfull", "-helpfull")
 
 
 def fail(message: str):
@@ -21,39 +45,184 @@ def fail(message: str):
   sys.exit(2)
 
 
+def define_flags(spec, module_name: str, flag_values=flags.FLAGS) -> dict:
+  """Defines one absl flag per option of a declarative spec.
+
+  Args:
+    spec: options with ``name``, ``type`` ("int", "float", "bool", "str",
+      "enum"), ``default``, ``help`` and ``choices`` (e.g.
+      :data:`lossland.job.SPEC`).
+    module_name: the module the flags belong to (the script's ``__name__``),
+      so that they are its key flags and appear in its ``--help``.
+
+  Returns:
+    dict name -> FlagHolder.
+  """
+  if module_name == "__main__":
+    module_name = sys.argv[0]  # absl's name for the main module's flags
+  define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float,
+            "bool": flags.DEFINE_boolean, "str": flags.DEFINE_string}
+  holders = {}
+  for o in spec:
+    if o.type == "enum":
+      holders[o.name] = flags.DEFINE_enum(o.name, o.default, list(o.choices), o.help,
+                                          flag_values=flag_values,
+                                          module_name=module_name)
+    else:
+      holders[o.name] = define[o.type](o.name, o.default, o.help,
+                                       flag_values=flag_values,
+                                       module_name=module_name)
+  return holders
+
+
+def flag_values(spec, flag_values=flags.FLAGS) -> dict:
+  """The parsed values of the spec's flags: dict name -> value."""
+  return {o.name: flag_values[o.name].value for o in spec}
+
+
+def cache_dir() -> str:
+  """The per-user directory of JAX's persistent compilation cache."""
+  if os.environ.get("LOSSLAND_CACHE_DIR"):
+    return os.environ["LOSSLAND_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "lossland", "jax")
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``path`` (default
+  :func:`cache_dir`); returns the directory, or None if it cannot be used.
+
+  Every compiled program is cached (minimum compile time 0), so a second run
+  of the same command skips most of its start-up. Works on jax 0.10 and 0.11.
+  """
+  import jax
+  path = path or cache_dir()
+  try:
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+      return None
+  except OSError:
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
+def _cache_wanted() -> bool:
+  env = os.environ.get("LOSSLAND_COMPILATION_CACHE", "").strip().lower()
+  if env in ("0", "false", "no", "off"):
+    return False
+  return _COMPILATION_CACHE.value
+
+
+def _main_module():
+  return sys.modules.get("__main__")
+
+
+def _print_help(full: bool):
+  mod = _main_module()
+  doc = (getattr(mod, "__doc__", None) or "").strip()
+  if doc:
+    print(doc, end="\n\n")
+  if full:
+    print(flags.FLAGS.get_help())
+  else:
+    print("flags (--helpfull lists absl's own as well):")
+    print(flags.FLAGS.main_module_help())
+    print(flags.FLAGS.module_help(sys.modules[__name__]))
+  sys.stdout.flush()
+
+
 def _parse(argv):
+  args = argv[1:]
+  if "--" in args:
+    args = args[:args.index("--")]
+  if any(a in _FULL_HELP_ARGS for a in args):
+    _print_help(full=True)
+    sys.exit(0)
+  if any(a in _HELP_ARGS for a in args):
+    _print_help(full=False)
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(e)
 
 
-def run(main):
-  """``absl.app.run(main)`` with one-line flag errors and exit status 2.
+def _on_purpose(e: BaseException) -> bool:
+  """Whether an exception is a bad-input error raised on purpose."""
+  if isinstance(e, io.InputError):
+    return True
+  data = sys.modules.get("lossland.data")
+  data_error = getattr(data, "DataError", None)
+  if data_error is not None and isinstance(e, data_error):
+    return True
+  if type(e) is ValueError and e.__traceback__ is not None:
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+      tb = tb.tb_next
+    # A config dataclass checking its own fields (NetConfig.__post_init__,
+    # StudyConfig.validate, ...): the message names the bad value.
+    return tb.tb_frame.f_code.co_name in ("__post_init__", "validate")
+  return False
 
-  ``UsageError`` and ``ValueError`` raised by ``main`` (bad configs, data
-  sizes, files) are reported the same way.
+
+def run(main, interrupted="interrupted"):
+  """``absl.app.run(main)`` with one-line bad-input errors and exit status 2.
+
+  Args:
+    main: the script's ``main(argv)``.
+    interrupted: the line printed on Ctrl-C (exit status 130), or a callable
+      returning it (called after flag parsing).
   """
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)
+    if _cache_wanted():
+      enable_compilation_cache()
     try:
       return main(argv)
-    except (UsageError, ValueError) as e:
-      fail(e)
+    except KeyboardInterrupt:
+      msg = interrupted() if callable(interrupted) else interrupted
+      sys.stdout.flush()
+      tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+      sys.stderr.write(("\n" if tty else "") + msg + "\n")
+      sys.stderr.flush()
+      sys.exit(130)
+    except (Exception,) as e:  # pylint: disable=broad-except
+      if _on_purpose(e):
+        fail(e)
+      raise
   app.run(wrapped, flags_parser=_parse)
 
 
 class Progress:
-  """A one-line progress bar on stderr (a new line every 10% when not a tty)."""
+  """A one-line progress bar on stderr (a new line every 10% when not a tty).
 
-  def __init__(self, label: str, width: int = 30, stream=None):
-    self.label, self.width = label, width
+  ``note(text)`` prints a line at once (e.g. "compiling..." before the first
+  bar); ``enabled=False`` silences everything.
+  """
+
+  def __init__(self, label: str, width: int = 30, stream=None, enabled: bool = True):
+    self.label, self.width, self.enabled = label, width, enabled
     self.stream = stream or sys.stderr
     self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.t0 = time.time()
     self._last_decile = -1
+    self._open = False
+
+  def note(self, text: str):
+    if not self.enabled:
+      return
+    if self._open:
+      self.stream.write("\n")
+      self._open = False
+    self.stream.write(f"{self.label}: {text} ({time.time() - self.t0:.0f}s)\n")
+    self.stream.flush()
 
   def __call__(self, done: float, total: float, extra: str = ""):
+    if not self.enabled:
+      return
     frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
     n = int(round(frac * self.width))
     line = (f"{self.label} [{'#' * n}{'.' * (self.width - n)}] "
@@ -61,12 +230,14 @@ class Progress:
     if self.tty:
       self.stream.write("\r" + line)
       self.stream.flush()
+      self._open = True
     elif int(frac * 10) > self._last_decile:
       self._last_decile = int(frac * 10)
       self.stream.write(line + "\n")
       self.stream.flush()
 
   def close(self):
-    if self.tty:
+    if self.tty and self._open and self.enabled:
       self.stream.write("\n")
       self.stream.flush()
+      self._open = False

@@ -1,0 +1,570 @@
+r"""The ensemble job as a library function: options, validation, one call.
+
+``python -m lossland.scripts.ensemble`` is a thin command line over this
+module, and sweeps (or any script) run ensemble cells in-process with the
+same options and the same run directories, without flag collisions::
+
+    import jax
+    jax.config.update("jax_enable_x64", True)   # the caller's choice (x64)
+    from lossland import job
+    run_dir, summary = job.run_ensemble_job({"P": 200, "n_seeds": 4})
+
+:data:`SPEC` lists every option once (name, type, default, help, choices);
+the command-line flags are generated from it (``_cli.define_flags``).
+:func:`validate` fills defaults and rejects bad values with a one-line
+:class:`JobError` naming the option. :func:`run_ensemble_job` builds the data
+and configs, trains with a resumable checkpoint under ``out_dir``, writes the
+run directory ``<out_dir>/ensemble/<UTC time>_<hash>/`` (config.json,
+metrics.jsonl, arrays.npz, summary.json, figures), prints the member table and
+returns ``(run_dir, summary)``.
+
+Members are classified by :func:`lossland.observables.member_classes`; the
+headline numbers (mean and ensemble test error, output variance, mean train
+error and loss, jammed counts) are over the *healthy* members (neither
+diverged nor dead); the others are counted and listed separately.
+
+This module never calls ``jax.config``: float64 must be switched on by the
+caller when ``x64`` is true (the script does it from ``--x64``).
+"""
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+from typing import Any, NamedTuple
+
+from lossland import io
+
+
+class JobError(io.InputError):
+  """Bad input to the job (an option, a size, a file, an out_dir): the user's to fix."""
+
+
+class Option(NamedTuple):
+  """One option of the job.
+
+  Attributes:
+    name: the option (and flag) name.
+    type: "int", "float", "bool", "str" or "enum".
+    default: default value (None: unset, e.g. ``N`` or ``margin``).
+    help: one-line help.
+    choices: the allowed values of an "enum".
+  """
+  name: str
+  type: str
+  default: Any
+  help: str
+  choices: tuple = ()
+
+
+SPEC = (
+    Option("dataset", "enum", "digits", "Training data (labels +-1, inputs on the sphere of radius sqrt(d)).",
+           ("digits", "sphere", "teacher", "npz")),
+    Option("data_file", "str", None, ".npz with x_train, y_train[, x_test, y_test] for --dataset npz."),
+    Option("P", "int", 400, "Number of training points."),
+    Option("d", "int", 16, "Input dimension (PCA components for real data)."),
+    Option("n_test", "int", None, "Test points (default: all remaining real data; P for synthetic data)."),
+    Option("data_seed", "int", 0, "Seed of synthetic data sets."),
+    Option("teacher_depth", "int", 0, "Hidden layers of the teacher (0: perceptron)."),
+    Option("teacher_width", "int", 32, "Width of the teacher's hidden layers."),
+    Option("depth", "int", 3, "Number of hidden layers L."),
+    Option("width", "int", 12, "Hidden width h (ignored if --N is given)."),
+    Option("N", "int", None, "Target number of weights; sets the width h."),
+    Option("activation", "enum", "relu", "Hidden activation.", ("relu", "tanh", "softplus")),
+    Option("parametrization", "enum", "ntk", "NTK or standard parametrization.", ("ntk", "standard")),
+    Option("init", "enum", "normal", "Weight initialization.", ("normal", "orthogonal")),
+    Option("bias", "bool", False, "Use biases (zero at init)."),
+    Option("alpha", "float", 1.0, "Output scale alpha."),
+    Option("subtract_init", "bool", False, "Train f(w) - f(w0)."),
+    Option("loss", "enum", "quadratic_hinge", "Per-example loss of Delta = margin - y f.",
+           ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared")),
+    Option("margin", "float", None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic)."),
+    Option("optimizer", "enum", "adam", "Optimizer.", ("adam", "sgd", "momentum")),
+    Option("lr", "float", 1e-2, "Learning rate."),
+    Option("momentum", "float", 0.9, "Momentum (--optimizer momentum)."),
+    Option("schedule", "enum", "constant", "Learning-rate schedule.", ("constant", "step", "plateau")),
+    Option("decay_every", "int", 250_000, "Steps between decays (--schedule step)."),
+    Option("decay_factor", "float", 0.1, "Decay factor (step and plateau schedules)."),
+    Option("plateau_patience", "int", 1000, "Steps per plateau test."),
+    Option("min_lr", "float", 1e-7, "Learning-rate floor."),
+    Option("max_steps", "int", 20_000, "Maximum number of steps."),
+    Option("batch_size", "int", 0, "Mini-batch size (0: full batch)."),
+    Option("check_every", "int", 100, "Full-set stop checks every this many steps (mini-batch)."),
+    Option("jam_window", "int", 2000, "Jamming rule: window in steps."),
+    Option("jam_rtol", "float", 1e-3,
+           "Jamming rule: relative decrease of the best loss below which a window counts as stalled."),
+    Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
+    Option("n_seeds", "int", 20, "Ensemble size K."),
+    Option("seed", "int", 0, "Seed of member 0; member k uses seed + k."),
+    Option("group_size", "int", 0, "Members vmapped together (0: automatic)."),
+    Option("x64", "bool", True, "Train in float64 (recommended near jamming)."),
+    Option("out_dir", "str", "runs", "Root of run directories."),
+    Option("plots", "bool", True, "Write PNG figures into the run directory."),
+    Option("resume", "bool", True,
+           "Checkpoint while training and resume an interrupted run with the same flags."),
+    Option("checkpoint_every", "float", 60.0, "Seconds between checkpoints (--resume)."),
+)
+
+OPTIONS = {o.name: o for o in SPEC}
+
+# Options that do not change the numbers: left out of the checkpoint's identity.
+NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every")
+
+# The compiled program unrolls the layers; deeper nets take minutes to compile.
+MAX_DEPTH = 1000
+
+
+def defaults() -> dict:
+  """Every option's default value, in :data:`SPEC` order."""
+  return {o.name: o.default for o in SPEC}
+
+
+def parse_value(name: str, text: str):
+  """Converts a command-line string to option ``name``'s type (e.g. for sweeps).
+
+  Raises:
+    JobError: unknown option or a string that is not of the option's type.
+  """
+  if name not in OPTIONS:
+    raise JobError(f"unknown option --{name}")
+  o = OPTIONS[name]
+  text = str(text).strip()
+  try:
+    if o.type == "int":
+      return int(text)
+    if o.type == "float":
+      return float(text)
+    if o.type == "bool":
+      low = text.lower()
+      if low in ("1", "true", "t", "yes"):
+        return True
+      if low in ("0", "false", "f", "no"):
+        return False
+      raise ValueError(text)
+  except ValueError:
+    raise JobError(f"--{name}: expected {o.type}, got {text!r}") from None
+  return text
+
+
+def _check_type(o: Option, v):
+  if v is None:
+    if o.default is None:
+      return None
+    raise JobError(f"--{o.name} cannot be None")
+  if o.type == "bool":
+    if isinstance(v, bool):
+      return v
+  elif o.type == "int":
+    if isinstance(v, int) and not isinstance(v, bool):
+      return int(v)
+    if isinstance(v, float) and v.is_integer():
+      return int(v)
+  elif o.type == "float":
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+      v = float(v)
+      if not math.isfinite(v):
+        raise JobError(f"--{o.name} must be finite, got {v}")
+      return v
+  elif o.type == "str":
+    if isinstance(v, str):
+      return v
+  elif o.type == "enum":
+    if v in o.choices:
+      return v
+    raise JobError(f"--{o.name} must be one of {', '.join(o.choices)}, got {v!r}")
+  raise JobError(f"--{o.name} must be of type {o.type}, got {v!r}")
+
+
+def validate(values: dict) -> dict:
+  """Fills defaults, checks types and ranges; returns a new, complete dict.
+
+  Integers given as integral floats are converted; floats must be finite.
+
+  Raises:
+    JobError (a ValueError): one line naming the first bad option (unknown
+      names included).
+  """
+  unknown = sorted(set(values) - set(OPTIONS))
+  if unknown:
+    raise JobError(f"unknown option{'s' if len(unknown) > 1 else ''} "
+                   f"{', '.join('--' + u for u in unknown)}")
+  out = defaults()
+  for name, v in values.items():
+    out[name] = _check_type(OPTIONS[name], v)
+  v = out
+
+  def need(ok, name, what):
+    if not ok:
+      raise JobError(f"--{name} {what}, got {v[name]}")
+
+  for name in ("P", "d", "n_seeds", "max_steps", "decay_every",
+               "plateau_patience", "check_every", "jam_window", "chunk_steps"):
+    need(v[name] > 0, name, "must be positive")
+  for name in ("batch_size", "group_size", "data_seed", "teacher_depth"):
+    need(v[name] >= 0, name, "must be >= 0")
+  need(v["depth"] >= 1, "depth", "must be >= 1")
+  need(v["depth"] <= MAX_DEPTH, "depth",
+       f"must be <= {MAX_DEPTH} (the compiled program unrolls the layers)")
+  need(v["width"] >= 1, "width", "must be positive")
+  need(v["teacher_width"] >= 1, "teacher_width", "must be positive")
+  if v["n_test"] is not None:
+    need(v["n_test"] >= 0, "n_test", "must be >= 0")
+  if v["N"] is not None:
+    need(v["N"] > 0, "N", "must be positive")
+  need(v["alpha"] > 0, "alpha", "must be positive (alpha = 0 gives f = 0 for every input)")
+  need(v["lr"] > 0, "lr", "must be positive")
+  need(0 <= v["momentum"] < 1, "momentum", "must be in [0, 1)")
+  need(0 < v["decay_factor"] <= 1, "decay_factor", "must be in (0, 1]")
+  need(v["min_lr"] >= 0, "min_lr", "must be >= 0")
+  need(v["jam_rtol"] >= 0, "jam_rtol", "must be >= 0")
+  need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
+  if v["margin"] is not None:
+    need(v["margin"] >= 0, "margin", "must be >= 0")
+  if v["dataset"] == "npz" and not v["data_file"]:
+    raise JobError("--dataset npz needs --data_file")
+  if v["batch_size"] and v["batch_size"] > v["P"]:
+    raise JobError(f"--batch_size {v['batch_size']} exceeds P={v['P']}")
+  if not v["out_dir"]:
+    raise JobError("--out_dir must not be empty")
+  return out
+
+
+def key_values(values: dict) -> dict:
+  """The options that determine the numbers (all but :data:`NON_KEY_OPTIONS`)."""
+  return {k: x for k, x in values.items() if k not in NON_KEY_OPTIONS}
+
+
+def configs(values: dict) -> tuple:
+  """``(net_cfg, loss_cfg, train_cfg)`` of validated option values.
+
+  ``N`` sets the width by :func:`lossland.nets.width_for_n`.
+
+  Raises:
+    JobError: a config rejects a value, or ``N`` is below the smallest net.
+  """
+  from lossland import losses, nets, train
+  v = values
+  width = v["width"]
+  if v["N"] is not None:
+    n_min = nets.n_weights(v["d"], 1, v["depth"])
+    if v["N"] < n_min:
+      raise JobError(f"--N {v['N']} is below the smallest net: width 1 has "
+                     f"N = {n_min} weights at d={v['d']}, depth={v['depth']}")
+    width = nets.width_for_n(v["N"], v["d"], v["depth"])
+  try:
+    net = nets.NetConfig(d=v["d"], width=width, depth=v["depth"],
+                         activation=v["activation"],
+                         parametrization=v["parametrization"], init=v["init"],
+                         bias=v["bias"], alpha=v["alpha"])
+    loss = losses.LossConfig(v["loss"], v["margin"])
+    cfg = train.TrainConfig(
+        optimizer=v["optimizer"], lr=v["lr"], momentum=v["momentum"],
+        schedule=v["schedule"], decay_every=v["decay_every"],
+        decay_factor=v["decay_factor"],
+        plateau_patience=v["plateau_patience"], min_lr=v["min_lr"],
+        max_steps=v["max_steps"], batch_size=v["batch_size"],
+        check_every=v["check_every"], subtract_init=v["subtract_init"],
+        jam_window=v["jam_window"], jam_rtol=v["jam_rtol"],
+        chunk_steps=v["chunk_steps"])
+  except ValueError as e:  # the configs' own validation (their __post_init__)
+    raise JobError(str(e)) from None
+  return net, loss, cfg
+
+
+def _n_test_planned(v) -> int:
+  if v["n_test"] is not None:
+    return v["n_test"]
+  if v["dataset"] in ("sphere", "teacher"):
+    return v["P"]
+  return 0  # real data: the rest of the file, known only once it is read
+
+
+def check_memory(net, cfg, values: dict, itemsize: int, available=None):
+  """Refuses an ensemble that cannot fit, before anything is allocated.
+
+  Uses ``train.memory_plan`` where the trainer provides it; in any case checks
+  a lower bound of the host memory the job needs against MemAvailable: the
+  data, two parameter vectors per member (initial and final, kept for the run
+  directory), the optimizer's state of one group, one member's activations
+  (forward and backward, P x (d + 2 h L)) and the outputs of every member.
+
+  Raises:
+    JobError: one line with the estimate and what is available.
+  """
+  from lossland import curvature, nets, train
+  v = values
+  P, K, n_test = v["P"], v["n_seeds"], _n_test_planned(v)
+  if hasattr(train, "memory_plan"):
+    try:
+      train.memory_plan(net, cfg, P, n_test, K, itemsize)
+    except (ValueError, MemoryError) as e:
+      raise JobError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+  n_par = nets.n_params(net)
+  need = itemsize * (
+      (P + n_test) * (net.d + 1)                       # data
+      + K * n_par * 2                                  # params init/final (host)
+      + n_par * 4                                      # one member: params, grads, adam
+      + 2 * P * (net.d + 2 * net.width * net.depth)    # one member's activations
+      + K * (P + n_test))                              # outputs
+  available = curvature.available_memory_bytes() if available is None else available
+  if available is not None and need > available:
+    raise JobError(
+        f"the ensemble needs at least {need / 2**30:.3g} GiB (K={K} members of "
+        f"{n_par} params, P={P}, depth {net.depth}, width {net.width}) but "
+        f"{available / 2**30:.3g} GiB are available; lower --n_seeds, --P, "
+        f"--width or --depth")
+
+
+def _nearest_existing(path):
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return path
+
+
+def check_out_dir(out_dir: str):
+  """Refuses an ``out_dir`` that cannot hold run directories, creating nothing.
+
+  Raises:
+    JobError: out_dir (or ``out_dir/ensemble``, or an ancestor) is a file, or
+      the directory that would hold the runs is not writable.
+  """
+  target = os.path.join(out_dir, "ensemble")
+  base = _nearest_existing(target)
+  if not os.path.isdir(base):
+    raise JobError(f"--out_dir {out_dir}: {base} exists and is not a directory")
+  if not os.access(base, os.W_OK | os.X_OK):
+    raise JobError(f"--out_dir {out_dir}: {base} is not writable")
+
+
+class _Dirs:
+  """Creates directories on demand and removes the ones it made if left empty."""
+
+  def __init__(self):
+    self.made = []
+
+  def makedirs(self, path):
+    path = os.path.abspath(path)
+    todo = []
+    while not os.path.exists(path):
+      todo.append(path)
+      path = os.path.dirname(path)
+    for p in reversed(todo):
+      os.mkdir(p)
+      self.made.append(p)
+
+  def remove_empty(self):
+    for p in reversed(self.made):
+      try:
+        os.rmdir(p)
+      except OSError:
+        pass
+
+
+def _table(rows, header):
+  widths = [max(len(str(h)), *(len(str(r[i])) for r in rows))
+            for i, h in enumerate(header)]
+  fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+  return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
+
+
+def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
+              lr: float) -> dict:
+  """summary.json of an ensemble: members with their classes, healthy-member
+  headline numbers, class and stop-reason counts.
+
+  Raises:
+    JobError: no member is healthy (all diverged or dead).
+  """
+  import numpy as np
+  from lossland import observables, train
+  reasons = list(res.stop_reasons)
+  classes = observables.member_classes(
+      reasons, res.final["n_delta"], res.final["max_delta"], res.f_train, n_w)
+  healthy = np.array([c not in observables.UNHEALTHY for c in classes])
+  if not healthy.any():
+    counts = {c: classes.count(c) for c in observables.UNHEALTHY if c in classes}
+    if counts.get("diverged", 0) == len(classes):
+      first = int(np.min(res.steps))
+      raise JobError(
+          f"every member diverged (non-finite or exploding loss by step {first}); "
+          f"lower --lr (now {lr:g})")
+    raise JobError(
+        "no healthy member: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + " (dead: f = 0 on every training point); try another --init, "
+        "--activation or --lr")
+  members = []
+  for k, s in enumerate(seeds):
+    members.append({
+        "seed": int(s), "stop_reason": reasons[k], "class": classes[k],
+        "steps": int(res.steps[k]), "loss": float(res.final["loss"][k]),
+        "n_delta": int(np.nan_to_num(res.final["n_delta"][k], nan=-1)),
+        "n_delta_over_n": float(res.final["n_delta"][k]) / n_w,
+        "max_delta": float(res.final["max_delta"][k]),
+        "train_error": float(res.final["train_error"][k]),
+        "test_error": float(res.final["test_error"][k]),
+    })
+  ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
+  h_members = [m for m, ok in zip(members, healthy) if ok]
+  return {
+      "members": members,
+      "n_members": len(seeds),
+      "n_healthy": int(healthy.sum()),
+      "member_class_counts": {c: classes.count(c) for c in observables.MEMBER_CLASSES
+                              if c in classes},
+      "diverged_seeds": [m["seed"] for m in members if m["class"] == "diverged"],
+      "dead_seeds": [m["seed"] for m in members if m["class"] == "dead"],
+      "stop_reason_counts": {r: reasons.count(r)
+                             for r in train.STOP_REASONS if r in reasons},
+      # The authors' classification (nn_jamming/transition.py): a run is jammed
+      # if N_delta > 0.1 N; fewer unsatisfied points are precision artefacts.
+      # Healthy members only, as every headline number below.
+      "n_jammed_nd_over_0.1N": sum(m["n_delta_over_n"] > 0.1 for m in h_members),
+      "mean_test_error": ens["mean_test_error"],
+      "ensemble_test_error": ens["ensemble_test_error"],
+      "output_variance": ens["output_variance"],
+      "mean_train_error": float(np.mean([m["train_error"] for m in h_members])),
+      "mean_loss": float(np.mean([m["loss"] for m in h_members])),
+      "n_weights": n_w, "n_params": n_params, "P": ds.P,
+      "wall_seconds": wall, "group_size": res.group_size,
+  }
+
+
+def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
+  """Runs the ensemble job: data, configs, training, run directory, table.
+
+  The caller sets float64: ``jax.config.update("jax_enable_x64", values["x64"])``
+  before the call (this function never touches ``jax.config``). With
+  ``x64=False`` the data are float32 whatever the global setting.
+
+  Args:
+    values: option values (missing ones take their defaults; see :data:`SPEC`).
+    progress: show a progress bar on stderr.
+    stdout: stream of the report (default sys.stdout).
+
+  Returns:
+    ``(run_dir, summary)``: the complete run directory and its summary.json.
+
+  Raises:
+    JobError: bad input (options, sizes, data file, out_dir), or no healthy
+      member; nothing is written then.
+  """
+  v = validate(values)
+  out = stdout or sys.stdout
+  say = lambda *a: print(*a, file=out, flush=True)
+  import jax
+  import jax.numpy as jnp
+  if v["x64"] and not jax.config.jax_enable_x64:
+    raise ValueError("x64=True needs jax.config.update('jax_enable_x64', True) "
+                     "before run_ensemble_job")
+  import numpy as np
+  from lossland import data as data_lib
+  from lossland import experiment, nets, plots, train
+  from lossland.scripts import _cli
+
+  check_out_dir(v["out_dir"])
+  net, loss, cfg = configs(v)
+  dtype = jnp.float64 if v["x64"] else jnp.float32
+  check_memory(net, cfg, v, np.dtype(dtype).itemsize)
+  n_w = nets.n_weights(net.d, net.width, net.depth)
+  if v["N"] is not None and n_w != v["N"]:
+    say(f"N = {v['N']} is not reachable at depth {net.depth}, d = {net.d}: "
+        f"using width {net.width}, N = {n_w}")
+  try:
+    ds = data_lib.make_dataset(
+        v["dataset"], v["P"], v["d"], v["n_test"],
+        key=jax.random.key(v["data_seed"]), data_file=v["data_file"],
+        teacher_width=v["teacher_width"], teacher_depth=v["teacher_depth"],
+        dtype=dtype)
+  except ValueError as e:  # data.py's own checks of the sizes and the file
+    raise JobError(str(e)) from None
+  if cfg.batch_size > ds.P:
+    raise JobError(f"--batch_size {cfg.batch_size} exceeds P={ds.P}")
+  seeds = list(range(v["seed"], v["seed"] + v["n_seeds"]))
+  say(f"lossland ensemble: {len(seeds)} members, {v['dataset']} P={ds.P} "
+      f"d={ds.d} n_test={ds.x_test.shape[0]}, depth={net.depth} "
+      f"width={net.width} N={n_w} ({nets.n_params(net)} params), "
+      f"{loss.name} eps={loss.epsilon:g}, {cfg.optimizer} lr={cfg.lr:g}, "
+      f"{'float64' if v['x64'] else 'float32'} on {jax.default_backend()}")
+
+  bar = _cli.Progress("training", enabled=progress)
+  K = len(seeds)
+
+  def progress_fn(step, max_steps, n_running, n_done, n_total):
+    # Work left: finished members count whole, running ones by their steps.
+    frac = (n_done + n_running * min(step, max_steps) / max(max_steps, 1)) / n_total
+    bar(frac, 1.0, f"done {n_done}/{n_total} running {n_running} "
+        f"step {step}/{max_steps}")
+
+  dirs = _Dirs()
+  ckpt = None
+  ok = False
+  try:
+    if v["resume"]:
+      digest = hashlib.sha1(io.dumps(key_values(v), sort_keys=True).encode()
+                            ).hexdigest()[:12]
+      dirs.makedirs(os.path.join(v["out_dir"], "ensemble"))
+      ckpt = os.path.join(v["out_dir"], "ensemble", f".checkpoint_{digest}.npz")
+      if os.path.exists(ckpt):
+        say(f"resuming from {ckpt}")
+    bar.note("compiling and running the first chunk...")
+    t0 = time.time()
+    res = train.train_ensemble(seeds, ds, net, loss, cfg,
+                               group_size=v["group_size"] or None,
+                               progress_fn=progress_fn, checkpoint_path=ckpt,
+                               checkpoint_every=v["checkpoint_every"])
+    bar(1, 1, f"done {K}/{K}")
+    bar.close()
+    wall = time.time() - t0
+    try:
+      summary = summarize(res, ds, seeds, n_w, nets.n_params(net), wall, cfg.lr)
+    except JobError:
+      if ckpt and os.path.exists(ckpt):
+        os.remove(ckpt)
+      raise
+    summary["n_devices"] = jax.local_device_count()
+    summary["backend"] = jax.default_backend()
+    dirs.makedirs(v["out_dir"])
+    with io.new_run(v["out_dir"], "ensemble", v,
+                    net=dataclasses.asdict(net), loss=dataclasses.asdict(loss),
+                    train=dataclasses.asdict(cfg), seeds=seeds) as w:
+      experiment.save_ensemble(w, seeds, res, ds)
+      w.write_json("summary.json", summary)
+      if v["plots"]:
+        plots.plot_run(w.path)
+    ok = True
+  finally:
+    if not ok:
+      dirs.remove_empty()
+  run_dir = w.final_path
+  if ckpt and os.path.exists(ckpt):
+    os.remove(ckpt)
+
+  members = summary["members"]
+  header = ("seed", "class", "stop", "steps", "loss", "N_delta", "N_delta/N",
+            "max_delta", "train_err", "test_err")
+  rows = [(m["seed"], m["class"], m["stop_reason"], m["steps"], f"{m['loss']:.3e}",
+           m["n_delta"], f"{m['n_delta_over_n']:.3f}", f"{m['max_delta']:.2e}",
+           f"{m['train_error']:.4f}", f"{m['test_error']:.4f}")
+          for m in members]
+  say(_table(rows, header))
+  counts = ", ".join(f"{n} {k}" for k, n in summary["stop_reason_counts"].items())
+  classes = ", ".join(f"{n} {k}" for k, n in summary["member_class_counts"].items())
+  say(f"stop reasons: {counts}; classes: {classes}")
+  bad = [f"diverged seeds {summary['diverged_seeds']}" if summary["diverged_seeds"] else "",
+         f"dead seeds {summary['dead_seeds']}" if summary["dead_seeds"] else ""]
+  bad = "; ".join(b for b in bad if b)
+  say(f"healthy members: {summary['n_healthy']}/{K}"
+      + (f" (left out of the numbers below: {bad})" if bad else ""))
+  say(f"jammed by the authors' rule (N_delta > 0.1 N): "
+      f"{summary['n_jammed_nd_over_0.1N']}")
+  say(f"mean single-network test error: {summary['mean_test_error']:.4f}")
+  say(f"ensemble (mean output) test error: {summary['ensemble_test_error']:.4f}")
+  say(f"output variance <|f - fbar|^2>: {summary['output_variance']:.4g}")
+  say(f"wall time: {summary['wall_seconds']:.1f} s")
+  say(f"run directory: {run_dir}")
+  return run_dir, summary
