@@ -38,6 +38,7 @@ counts as zero when |lambda| <= rtol * max|lambda(M)|, with default
 ``rtol = N * eps(dtype)`` (numpy.linalg.matrix_rank's rule, N the matrix size);
 ranks of rectangular matrices use singular values with ``max(P, N) * eps``.
 """
+import functools
 import math
 import os
 from typing import Callable, NamedTuple
@@ -412,45 +413,187 @@ def spectral_counts(eig_h, eig_h0, eig_hp, n_delta: int,
   }
 
 
-def slq_counts(nodes_h, weights_h, nodes_h0, weights_h0, nodes_hp, weights_hp,
-               n: int, n_delta: int, rtol: float = 1e-8) -> dict:
-  """Estimated counts from SLQ quadratures (N times a quadrature weight).
+def h0_kernel(fns: CurvatureFns, params, batch: Examples,
+              block_size: int = 64, chunk_size: int | None = None) -> jax.Array:
+  """The l''-weighted kernel K = S J J^T S of the examples in ``batch``, [P, P].
 
-  A Ritz node is zero when |theta| <= rtol * max|theta| over all probes of that
-  matrix. Estimates are floats with the Monte-Carlo error of the probes (an
-  eigenvalue cluster at 0 of weight m/N shows as one node of weight ~ m/N).
+  J [P, N] is dDelta/dW and S = diag(sqrt(w_i l''(Delta_i))), so H0 = J^T S^2 J
+  and K have the same non-zero eigenvalues: rank(H0) = rank(K) and
+  Tr(H0) = Tr(K), exactly, from a P x P matrix instead of an N x N one. Pass the
+  active examples only (l''(Delta_i) != 0, i.e. the N_Delta unsatisfied points
+  for the quadratic hinge; padding with weight 0 only adds zero rows).
+
+  J is never formed: row blocks of K come from ``block_size`` per-example
+  gradients (reverse mode, [block_size, N]) pushed through one vmapped
+  Jacobian-vector product over the examples (forward mode), accumulated over
+  data chunks of ``chunk_size`` examples when given.
+
+  Args:
+    fns: from :func:`curvature_fns`.
+    params: network parameters (pytree).
+    batch: :class:`Examples`, typically the active examples only.
+    block_size: kernel columns computed together (memory ~ block_size * N).
+    chunk_size: examples per forward-mode pass (memory ~ chunk_size * width).
+
+  Returns:
+    [P, P] symmetric PSD matrix (symmetrized).
   """
-  def frac(nodes, weights, sign):
-    nodes, weights = np.asarray(nodes), np.asarray(weights)
-    tol = rtol * float(np.max(np.abs(nodes))) if nodes.size else 0.0
-    if sign < 0:
-      m = nodes < -tol
-    elif sign > 0:
-      m = nodes > tol
-    else:
-      m = np.abs(nodes) <= tol
-    return float(np.mean(np.sum(np.where(m, weights, 0.0), axis=-1)))
+  _, d2_fn = loss_derivatives(fns.loss_fn)
+  flat, unravel = ravel_pytree(params)
+  delta = fns.delta(params, batch)
+  s = jnp.sqrt(jnp.maximum(batch.weight * d2_fn(delta), 0.0))
+  n_ex = batch.y.shape[0]
 
-  n_neg_hp = n * frac(nodes_hp, weights_hp, -1)
-  rank_h0 = n * (1.0 - frac(nodes_h0, weights_h0, 0))
-  n_neg_h = n * frac(nodes_h, weights_h, -1)
-  tol_h = rtol * float(np.max(np.abs(nodes_h)))
-  stable = bool(np.min(nodes_h) >= -tol_h)
-  n_neg_hp_resolved = n * float(np.mean(np.sum(
-      np.where(np.asarray(nodes_hp) < -tol_h, weights_hp, 0.0), axis=-1)))
-  return {
-      "n_negative_hp": n_neg_hp,
-      "rank_h0": rank_h0,
-      "n_zero_h": n * frac(nodes_h, weights_h, 0),
-      "n_negative_h": n_neg_h,
-      "lambda_min_h": float(np.min(nodes_h)),
-      "lambda_max_h": float(np.max(nodes_h)),
-      "stable": stable,
-      "rank_h0_le_n_delta": bool(rank_h0 <= n_delta + 0.5),
-      "n_negative_hp_resolved": n_neg_hp_resolved,
-      "n_negative_hp_le_n_delta": (bool(n_neg_hp_resolved <= n_delta + 0.5)
-                                   if stable else None),
-  }
+  def example_grad(i):
+    one = jax.tree_util.tree_map(lambda a: a[i][None], batch)
+    return s[i] * jax.grad(lambda w: fns.delta(unravel(w), one)[0])(flat)
+
+  def jvp_all(u):
+    fwd = lambda b: jax.jvp(lambda w: fns.delta(unravel(w), b), (flat,),
+                            (u,))[1]
+    if chunk_size is None or chunk_size >= n_ex:
+      return s * fwd(batch)
+    chunked = _chunks(batch, chunk_size)
+    return s * jax.lax.map(fwd, chunked).reshape(-1)[:n_ex]
+
+  k = jax.lax.map(lambda i: jvp_all(example_grad(i)), jnp.arange(n_ex),
+                  batch_size=min(block_size, n_ex))
+  return 0.5 * (k + k.T)
+
+
+def active_examples(fns: CurvatureFns, params, batch: Examples,
+                    pad_to: int | None = None) -> tuple:
+  """Host-side selection of the examples with w_i l''(Delta_i) != 0.
+
+  Args:
+    pad_to: pad the selection with zero-weight copies of example 0 up to a
+      multiple of this size (so one compiled kernel serves many members).
+
+  Returns:
+    (Examples of the active points, number of active points).
+  """
+  _, d2_fn = loss_derivatives(fns.loss_fn)
+  d = np.asarray(d2_fn(fns.delta(params, batch)) * batch.weight)
+  idx = np.nonzero(d != 0)[0]
+  n_act = int(idx.size)
+  size = n_act
+  if pad_to:
+    size = max(pad_to, -(-n_act // pad_to) * pad_to)
+  full = np.concatenate([idx, np.zeros(size - n_act, idx.dtype)])
+  sel = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[full], batch)
+  w = np.asarray(batch.weight)[full].copy()
+  w[n_act:] = 0.0
+  return sel._replace(weight=jnp.asarray(w, batch.weight.dtype)), n_act
+
+
+def kernel_rank(eigs_k, n: int, rtol: float | None = None) -> int:
+  """rank(H0) from the eigenvalues of :func:`h0_kernel` with the dense rule.
+
+  |lambda| <= rtol * max|lambda| is zero, rtol = max(N, P_active) eps by
+  default: the tolerance the dense path applies to H0's N eigenvalues.
+  """
+  eigs_k = np.asarray(eigs_k)
+  if eigs_k.size == 0:
+    return 0
+  if rtol is None:
+    rtol = default_rtol(max(n, eigs_k.shape[-1]), eigs_k.dtype)
+  scale = float(np.max(np.abs(eigs_k)))
+  return int(np.sum(np.abs(eigs_k) > rtol * scale)) if scale > 0 else 0
+
+
+def estimate_fraction(nodes, weights, residuals, lo: float, hi: float,
+                      z: float = 3.0) -> dict:
+  """SLQ estimate of the fraction of eigenvalues in [lo, hi], with error bars.
+
+  One probe v gives the Gauss-quadrature sum of the weights of its nodes in
+  the class; over probes this is an unbiased Monte-Carlo estimate of the
+  fraction when every node is classified correctly. Two uncertainties are
+  reported apart:
+
+  * ``stderr``: standard error of the mean over probes (Monte-Carlo noise);
+  * ``unresolved``: mean weight of the nodes whose class is not settled,
+    i.e. whose distance to a class boundary (lo or hi) is at most their Ritz
+    residual (such a node stands for eigenvalues on both sides of the
+    boundary, e.g. a cluster at 0 with small eigenvalues nearby when the
+    Krylov space is too small to separate them).
+
+  The interval is [estimate - z stderr - unresolved, estimate + z stderr +
+  unresolved], clipped to [0, 1].
+
+  Args:
+    nodes, weights, residuals: [n_probes, m] (an :class:`lanczos.SLQResult`).
+    lo, hi: class bounds (use +-inf for half lines); nodes in [lo, hi] count.
+    z: width of the Monte-Carlo part of the interval in standard errors.
+
+  Returns:
+    dict with estimate, stderr, unresolved, interval (fractions).
+  """
+  nodes, weights = np.asarray(nodes), np.asarray(weights)
+  residuals = (np.zeros_like(nodes) if residuals is None
+               else np.asarray(residuals))
+  inside = (nodes >= lo) & (nodes <= hi)
+  per_probe = np.sum(np.where(inside, weights, 0.0), axis=-1)
+  dist = np.minimum(np.abs(nodes - lo), np.abs(nodes - hi))
+  unsure = np.sum(np.where(dist <= residuals, weights, 0.0), axis=-1)
+  n_v = per_probe.shape[0]
+  est = float(np.mean(per_probe))
+  se = float(np.std(per_probe, ddof=1) / np.sqrt(n_v)) if n_v > 1 else float("nan")
+  unres = float(np.mean(unsure))
+  half = (z * se if np.isfinite(se) else 1.0) + unres
+  return {"estimate": est, "stderr": se, "unresolved": unres,
+          "interval": [max(est - half, 0.0), min(est + half, 1.0)]}
+
+
+def slq_counts(slq_h, slq_hp, n: int, rtol: float | None = None,
+               z: float = 3.0) -> dict:
+  """Estimated counts of H and Hp eigenvalues from SLQ, with error bars.
+
+  A node counts as zero when |theta| <= rtol * scale, with the dense path's
+  rule rtol = N eps by default and scale the largest |node| of that matrix
+  (Ritz values lie inside the spectrum and the extreme ones converge first).
+  Every count is N times :func:`estimate_fraction`: ``<name>`` is the
+  estimate, ``<name>_stderr`` its Monte-Carlo standard error, ``<name>_unresolved``
+  the weight of nodes whose class their Ritz residual does not settle, and
+  ``<name>_interval`` the range [est - z se - unresolved, est + z se +
+  unresolved]. The trace Tr(M) = N E[sum_i w_i theta_i] (Hutchinson's
+  estimator, exact per probe for the quadrature) comes with its standard error.
+
+  Args:
+    slq_h, slq_hp: :class:`lossland.lanczos.SLQResult` of H and Hp.
+    n: N.
+    rtol: relative zero tolerance.
+    z: standard errors in the intervals.
+
+  Returns:
+    dict with n_negative_hp, n_zero_h, n_negative_h (+ _stderr, _unresolved,
+    _interval each), trace_hp, trace_hp_stderr, trace_h, trace_h_stderr,
+    tol_h, tol_hp.
+  """
+  out = {}
+
+  def tol_of(res):
+    nodes = np.asarray(res.nodes)
+    r = default_rtol(n, nodes.dtype) if rtol is None else rtol
+    return r * float(np.max(np.abs(nodes))) if nodes.size else 0.0
+
+  def put(name, res, lo, hi):
+    f = estimate_fraction(res.nodes, res.weights, res.residuals, lo, hi, z)
+    out[name] = n * f["estimate"]
+    out[f"{name}_stderr"] = n * f["stderr"]
+    out[f"{name}_unresolved"] = n * f["unresolved"]
+    out[f"{name}_interval"] = [n * f["interval"][0], n * f["interval"][1]]
+
+  tol_h, tol_hp = tol_of(slq_h), tol_of(slq_hp)
+  put("n_negative_hp", slq_hp, -np.inf, -tol_hp)
+  put("n_zero_h", slq_h, -tol_h, tol_h)
+  put("n_negative_h", slq_h, -np.inf, -tol_h)
+  for name, res in (("trace_h", slq_h), ("trace_hp", slq_hp)):
+    per = n * np.sum(np.asarray(res.weights) * np.asarray(res.nodes), axis=-1)
+    out[name] = float(np.mean(per))
+    out[f"{name}_stderr"] = (float(np.std(per, ddof=1) / np.sqrt(per.size))
+                             if per.size > 1 else float("nan"))
+  out["tol_h"], out["tol_hp"] = tol_h, tol_hp
+  return out
 
 
 def n_active(fns: CurvatureFns, params, batch: Examples) -> jax.Array:
@@ -464,3 +607,140 @@ def n_active(fns: CurvatureFns, params, batch: Examples) -> jax.Array:
 def sqrt_loss_scale(loss: float) -> float:
   """sqrt(L), the scale of Hp near jamming (Hp eigenvalues / sqrt(L) collapse)."""
   return math.sqrt(max(float(loss), 0.0))
+
+
+# ----------------------------------------------------------------------------
+# Matrix-free analysis of one network (the Lanczos path of scripts.hessian)
+
+
+class _LanczosJits(NamedTuple):
+  spectra: Callable
+  kernel_eigs: Callable
+
+
+@functools.lru_cache(maxsize=16)
+def _lanczos_jits(fns: CurvatureFns, n: int, num_steps: int, num_probes: int,
+                  top_k: int, block_size: int, dtype_name: str) -> _LanczosJits:
+  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
+  dtype = np.dtype(dtype_name)
+  top = min(top_k, num_steps)
+
+  @jax.jit
+  def spectra(params, batch, key):
+    k_h, k_hp, k_top = jax.random.split(key, 3)
+    mv_h = flat_matvec(fns.hvp, params, batch)
+    s_h = lz.slq(mv_h, k_h, n, num_steps, num_probes, dtype, probe_batch_size=1)
+    s_hp = lz.slq(flat_matvec(fns.hpvp, params, batch), k_hp, n, num_steps,
+                  num_probes, dtype, probe_batch_size=1)
+    v0 = jax.random.normal(k_top, (n,), dtype)
+    theta, vecs, est = lz.ritz(lz.lanczos(mv_h, v0, num_steps))
+    idx = jnp.concatenate([jnp.arange(top), jnp.arange(num_steps - top, num_steps)])
+    true = lz.residual_norms(mv_h, theta[idx], vecs[:, idx])
+    return s_h, s_hp, theta, est, idx, true
+
+  kernel_eigs = jax.jit(lambda p, b: jnp.linalg.eigvalsh(
+      h0_kernel(fns, p, b, block_size)))
+  return _LanczosJits(spectra, kernel_eigs)
+
+
+def kernel_memory_bytes(n_active: int, itemsize: int) -> int:
+  """Peak bytes of the N_Delta x N_Delta kernel and its eigh (~4 copies)."""
+  return 4 * n_active * n_active * itemsize
+
+
+def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
+                   num_steps: int = 100, num_probes: int = 8, top_k: int = 5,
+                   rtol: float | None = None, block_size: int = 64,
+                   pad_to: int = 64, z: float = 3.0) -> tuple:
+  """Counts of one network at scale: exact where possible, else estimated.
+
+  * Exact: rank(H0), Tr(H0) and the whole spectrum of H0, from the
+    eigenvalues of the l''-weighted kernel of the active points
+    (:func:`h0_kernel`, N_active x N_active; the non-zero eigenvalues of
+    H0 = J^T S^2 J and K = S J J^T S coincide). rank(H0) uses the dense
+    path's tolerance, so it equals the dense count.
+  * Estimated, with error bars (:func:`slq_counts`): n_zero(H), N_-(H),
+    N_-(Hp) and Tr(Hp) from SLQ over ``num_probes`` Rademacher probes;
+    Tr(H) = Tr(H0) (exact) + Tr(Hp) (estimated).
+  * Bounded: the lowest Ritz value of H is >= lambda_min(H), so H is
+    certainly not stable when it is below -tol; otherwise stability is unknown
+    (``None``), never claimed from an estimate.
+  * Extreme Ritz pairs of H with their true residuals |H y - theta y|.
+
+  Host-level driver (selects the active points on the host, so N_active may
+  differ between members); the jitted pieces are cached per (fns, sizes).
+
+  Args:
+    fns: from :func:`curvature_fns`.
+    params, batch: one network and its data.
+    key: PRNG key for the probes and the Ritz start vector.
+    num_steps: Lanczos steps (<= N).
+    num_probes: SLQ probes per matrix (>= 2 for error bars).
+    top_k: extreme Ritz pairs reported at each end.
+    rtol: zero tolerance (default N eps, as the dense path).
+    block_size: kernel columns per block.
+    pad_to: the active set is padded to a multiple of this (fewer compiles).
+    z: standard errors in the reported intervals.
+
+  Returns:
+    (row, arrays): ``row`` a JSON-ready dict of counts (``estimated`` lists
+    the keys that are estimates), ``arrays`` the SLQ nodes/weights/residuals
+    of H and Hp, the exact eig_h0 [N] and the Ritz values/residuals of H.
+  """
+  flat, _ = ravel_pytree(params)
+  n, dtype = flat.shape[0], flat.dtype
+  if not 1 <= num_steps <= n:
+    raise ValueError(f"num_steps must be in [1, N={n}], got {num_steps}")
+  jits = _lanczos_jits(fns, n, num_steps, num_probes, top_k, block_size,
+                       np.dtype(dtype).name)
+  row, arrays = {}, {}
+  active, n_act = active_examples(fns, params, batch, pad_to=pad_to)
+  row["n_active"] = n_act
+  avail = available_memory_bytes()
+  k_bytes = kernel_memory_bytes(active.y.shape[0], np.dtype(dtype).itemsize)
+  if n_act == 0:
+    eig_k = np.zeros((0,), dtype)
+  elif avail is not None and k_bytes > 0.5 * avail:
+    eig_k = None
+  else:
+    eig_k = np.asarray(jits.kernel_eigs(params, active))
+  if eig_k is None:
+    row.update(rank_h0=None, trace_h0=None, rank_h0_le_n_delta=None,
+               rank_h0_note=f"kernel of {n_act} active points needs "
+                            f"{k_bytes / 2**30:.1f} GiB; not computed")
+  else:
+    eig_k = np.sort(eig_k)
+    top_n = eig_k[-n:] if eig_k.size >= n else np.concatenate(
+        [np.zeros(n - eig_k.size, dtype), eig_k])
+    arrays["eig_h0"] = np.sort(top_n)
+    rank = kernel_rank(eig_k, n, rtol)
+    row.update(rank_h0=rank, trace_h0=float(np.sum(eig_k)),
+               rank_h0_le_n_delta=None)
+  s_h, s_hp, theta, est, idx, true = (jax.device_get(a) for a in
+                                      jits.spectra(params, batch, key))
+  counts = slq_counts(s_h, s_hp, n, rtol, z)
+  row.update(counts)
+  if row.get("trace_h0") is not None:
+    row["trace_h"] = row["trace_h0"] + counts["trace_hp"]
+    row["trace_h_stderr"] = counts["trace_hp_stderr"]
+  theta, est, idx, true = (np.asarray(a) for a in (theta, est, idx, true))
+  top = min(top_k, num_steps)
+  row["ritz_bottom_h"] = theta[idx[:top]].tolist()
+  row["ritz_bottom_residual_h"] = true[:top].tolist()
+  row["ritz_top_h"] = theta[idx[top:]][::-1].tolist()
+  row["ritz_top_residual_h"] = true[top:][::-1].tolist()
+  row["lambda_min_h_upper_bound"] = float(theta[0])
+  row["lambda_max_h_lower_bound"] = float(theta[-1])
+  r = default_rtol(n, dtype) if rtol is None else rtol
+  tol_upper = r * (float(np.max(np.abs(theta))) + float(np.max(true)))
+  row["stable"] = False if theta[0] < -tol_upper else None
+  row["n_negative_hp_le_n_delta"] = None
+  row["n_negative_hp_resolved"] = None
+  row["estimated"] = ["n_negative_hp", "n_zero_h", "n_negative_h", "trace_hp",
+                      "trace_h"]
+  row["exact"] = ["rank_h0", "trace_h0", "n_active"]
+  arrays.update(nodes_h=s_h.nodes, weights_h=s_h.weights,
+                residuals_h=s_h.residuals, nodes_hp=s_hp.nodes,
+                weights_hp=s_hp.weights, residuals_hp=s_hp.residuals,
+                ritz_h=theta, ritz_residual_estimate_h=est)
+  return row, arrays

@@ -47,33 +47,62 @@ def _log_bins(nodes, decades: float = 12.0, n: int = 60):
   return np.logspace(np.log10(top) - decades, np.log10(top) * 1.0 + 0.05, n)
 
 
+ZERO_TEXT = "{name} = 0 exactly at a satisfied minimum"
+
+
 def plot_density(nodes, weights, title: str, path: str, labels=None,
                  zero_tol=None):
   """Two panels: broadened density (linear lambda, log density) and the density
-  of log10|lambda| for both signs. nodes, weights: [K, n_probes, m]."""
+  of log10|lambda| for both signs. nodes, weights: [K, n_probes, m].
+
+  A member whose spectrum is exactly zero (L = 0 with a finite-range loss:
+  H = H0 = Hp = 0) has no density to draw; it is named in the legend as
+  ``"<label>: <title> = 0 exactly"``, and when every member is zero both
+  panels say "<title> = 0 exactly at a satisfied minimum" instead of a density
+  broadened by a meaningless sigma.
+  """
   plt = _plt()
   nodes, weights = np.asarray(nodes), np.asarray(weights)
   k = nodes.shape[0]
   labels = labels or [f"member {i}" for i in range(k)]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  lo, hi = float(nodes.min()), float(nodes.max())
-  span = max(hi - lo, 1e-300)
+  finite = np.where(np.isfinite(nodes), nodes, 0.0)
+  zero = [not np.any(finite[i] != 0) for i in range(k)]
+  live = [i for i in range(k) if not zero[i]]
+  axes[0].set_title(title)
+  axes[1].set_title(f"{title}: |λ| on log scale (dashed: λ<0)")
+  if not live:
+    for ax in axes:
+      ax.text(0.5, 0.5, ZERO_TEXT.format(name=title), ha="center", va="center",
+              transform=ax.transAxes)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return
+  sub = finite[live]
+  lo, hi = float(sub.min()), float(sub.max())
+  span = hi - lo if hi > lo else max(abs(hi), abs(lo))
   grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 800)
   sigma = 0.01 * span
-  bins = _log_bins(nodes)
+  bins = _log_bins(sub)
   rho_max = 0.0
-  for i in range(k):
-    rho = broadened(nodes[i], weights[i], grid, sigma)
+  for i in live:
+    rho = broadened(finite[i], weights[i], grid, sigma)
     rho_max = max(rho_max, float(rho.max()))
     axes[0].plot(grid, np.maximum(rho, 1e-300), lw=1, label=labels[i])
-    pos, neg = log_abs_histogram(nodes[i], weights[i], bins)
+    pos, neg = log_abs_histogram(finite[i], weights[i], bins)
     centers = np.sqrt(bins[1:] * bins[:-1])
     line, = axes[1].step(centers, pos, where="mid", lw=1, label=f"{labels[i]} λ>0")
     if np.any(neg > 0):
       axes[1].step(centers, neg, where="mid", lw=1, ls="--",
                    color=line.get_color(), label=f"{labels[i]} λ<0")
+  for i in range(k):
+    if zero[i]:
+      axes[1].plot([], [], " ", label=f"{labels[i]}: {title} = 0 exactly")
   axes[0].set_yscale("log")
-  axes[0].set_ylim(bottom=max(1e-6 * rho_max, 1e-300), top=max(2 * rho_max, 1e-299))
+  axes[0].set_ylim(bottom=1e-6 * rho_max, top=2 * rho_max)
   axes[0].set_xlabel("λ")
   axes[0].set_ylabel(f"ρ(λ), Gaussian σ = {sigma:.2g}")
   axes[1].set_xscale("log")
@@ -81,8 +110,6 @@ def plot_density(nodes, weights, title: str, path: str, labels=None,
   axes[1].set_ylabel("density per decade of |λ|")
   if zero_tol is not None:
     axes[1].axvline(zero_tol, color="gray", lw=0.8, ls=":")
-  axes[0].set_title(title)
-  axes[1].set_title(f"{title}: |λ| on log scale (dashed: λ<0)")
   axes[1].legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -112,8 +139,8 @@ def plot_hp_rescaled(nodes, weights, loss, path: str, labels=None):
     ax.set_xscale("log")
     ax.legend(fontsize=6, ncol=2)
   else:
-    ax.text(0.5, 0.5, "all members have L = 0: Hp = 0", ha="center",
-            transform=ax.transAxes)
+    ax.text(0.5, 0.5, "all members have L = 0: Hp = 0 exactly at a satisfied "
+            "minimum", ha="center", transform=ax.transAxes)
   ax.set_xlabel("|λ(Hp)| / sqrt(L)")
   ax.set_ylabel("density per decade")
   ax.set_title("Hp rescaled by sqrt(loss)")

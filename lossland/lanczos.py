@@ -236,9 +236,13 @@ class SLQResult(NamedTuple):
   Attributes:
     nodes: [num_probes, m].
     weights: [num_probes, m], each row sums to 1.
+    residuals: [num_probes, m] Ritz residual estimates |beta_{m-1} s_{m-1, i}|
+      of the nodes (an eigenvalue of the operator lies within this distance
+      of each node); None when not computed.
   """
   nodes: jax.Array
   weights: jax.Array
+  residuals: jax.Array | None = None
 
   def moment(self, k: int) -> jax.Array:
     """Estimate of trace(A^k) / n (exact per probe for k <= 2m - 1)."""
@@ -268,7 +272,8 @@ def slq(matvec: Callable, key, n: int, num_steps: int, num_probes: int,
       ``probe_batch_size * num_steps * n`` floats.
 
   Returns:
-    :class:`SLQResult` with [num_probes, num_steps] nodes and weights.
+    :class:`SLQResult` with [num_probes, num_steps] nodes, weights and Ritz
+    residual estimates.
   """
   dtype = dtype if dtype is not None else jnp.zeros(()).dtype
   keys = jax.random.split(key, num_probes)
@@ -276,11 +281,12 @@ def slq(matvec: Callable, key, n: int, num_steps: int, num_probes: int,
   def one(k):
     res = lanczos(matvec, rademacher(k, n, dtype), num_steps,
                   reorthogonalize=reorthogonalize)
-    return gauss_quadrature(res)
+    theta, s = jnp.linalg.eigh(tridiagonal(res))
+    return theta, s[0, :] ** 2, jnp.abs(res.beta[-1] * s[-1, :])
 
-  nodes, weights = jax.lax.map(one, keys, batch_size=probe_batch_size
-                               or num_probes)
-  return SLQResult(nodes, weights)
+  nodes, weights, residuals = jax.lax.map(one, keys, batch_size=probe_batch_size
+                                          or num_probes)
+  return SLQResult(nodes, weights, residuals)
 
 
 def density(nodes: jax.Array, weights: jax.Array, grid: jax.Array,

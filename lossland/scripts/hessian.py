@@ -1,25 +1,42 @@
 r"""Hessian spectra H, H0, Hp of every member of an ensemble run.
 
     python -m lossland.scripts.hessian --run_dir RUN [--at init] \
-        [--method auto|dense|lanczos]
+        [--method auto|dense|lanczos] [--out_dir RUN/hessian]
 
-Reads a run directory written by ``lossland.scripts.ensemble`` and writes
-``RUN/hessian/`` (atomically: a directory that exists is complete):
+Reads a run directory written by ``lossland.scripts.ensemble``. Every analysis
+gets its own new directory ``OUT_DIR/<UTC time>_<hash>/`` (default OUT_DIR is
+``RUN/hessian``): nothing is ever overwritten. It is written under a staging
+name and renamed into place when complete (a directory that exists is
+complete); an ``fcntl`` lock on ``OUT_DIR/.lock`` serialises the final rename
+and the append to ``OUT_DIR/index.jsonl`` (one line per finished analysis:
+its directory, method, members and time), so concurrent analyses of one run
+all keep their results. Each analysis directory holds:
 
 * ``spectra.npz``: per member, ``eig_h``, ``eig_h0``, ``eig_hp`` [K, N] (dense)
-  or ``nodes_*``/``weights_*`` [K, n_probes, m] (SLQ), plus ``loss``,
-  ``n_delta``, ``seeds``, and Ritz values/residuals of H (Lanczos).
+  or ``nodes_*``/``weights_*``/``residuals_*`` [K, n_probes, m] (SLQ of H and
+  Hp) with the exact ``eig_h0`` [K, N] (from the N_Delta x N_Delta kernel),
+  plus ``loss``, ``n_delta``, ``seeds``, and Ritz values/residuals of H.
 * ``summary.json``: per member n_params, n_delta, loss, n_negative_hp,
-  rank_h0, n_zero_h, n_eff, the checks rank(H0) <= N_Delta and (at a stable
-  minimum) N_-(Hp) <= N_Delta, and the method.
+  rank_h0, n_zero_h, n_eff, trace_h, the checks rank(H0) <= N_Delta and (at a
+  stable minimum) N_-(Hp) <= N_Delta, and the method. With Lanczos, rank(H0)
+  and Tr(H0) are exact; the other counts are estimates with ``_stderr``,
+  ``_unresolved`` and ``_interval`` (listed in each member's ``estimated``),
+  and checks that would rest on an estimate are null.
 * ``density_h.png``, ``density_h0.png``, ``density_hp.png``, ``hp_rescaled.png``.
 
+Results go to stdout (a table and the analysis directory), progress to stderr.
 ``--method auto`` uses the dense path (exact counts) when N <= --dense_max_n and
-the matrices fit in memory, else Lanczos/SLQ (estimated counts).
+the matrices fit in memory, else Lanczos/SLQ.
 """
+import datetime
+import fcntl
+import hashlib
+import json
 import os
 import sys
+import tempfile
 import time
+import zipfile
 
 from absl import flags
 
@@ -42,9 +59,98 @@ flags.DEFINE_integer("chunk_size", 0, "Accumulate over data chunks of this "
 flags.DEFINE_integer("batch_size", 64, "Basis vectors per batch when building "
                      "dense matrices.")
 flags.DEFINE_list("members", None, "Member indices to analyse (default all).")
+flags.DEFINE_string("out_dir", None, "Directory that receives one new "
+                    "subdirectory per analysis (default RUN_DIR/hessian).")
 
 _METHODS = ("auto", "dense", "lanczos")
 _AT = ("final", "init")
+
+
+def _writable(directory: str) -> bool:
+  """Whether a file can be created in ``directory`` (tried, then removed)."""
+  try:
+    fd, path = tempfile.mkstemp(prefix=".probe.", dir=directory)
+  except OSError:
+    return False
+  os.close(fd)
+  os.remove(path)
+  return True
+
+
+def check_out_dir(out_dir: str) -> None:
+  """Raises UsageError unless ``out_dir`` is (or can be made) a writable directory."""
+  if os.path.exists(out_dir):
+    if not os.path.isdir(out_dir):
+      raise _cli.UsageError(f"--out_dir {out_dir} exists and is not a directory")
+    if not _writable(out_dir):
+      raise _cli.UsageError(f"--out_dir {out_dir} is not writable")
+    return
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise _cli.UsageError(f"--out_dir {out_dir} cannot be created: {parent} is "
+                          f"not a directory")
+  if not _writable(parent):
+    raise _cli.UsageError(f"--out_dir {out_dir} cannot be created: {parent} is "
+                          f"not writable")
+
+
+def analysis_name(settings: dict) -> str:
+  """``<UTC time>_<hash>``: the time and a hash of the settings, pid and clock."""
+  now = datetime.datetime.now(datetime.timezone.utc)
+  h = hashlib.sha256(json.dumps([settings, os.getpid(), time.time_ns()],
+                                sort_keys=True, default=str).encode())
+  return f"{now.strftime('%Y%m%dT%H%M%SZ')}_{h.hexdigest()[:8]}"
+
+
+def publish(out_dir: str, staging: str, name: str, record: dict) -> str:
+  """Renames ``staging`` to a new ``out_dir/name`` (never an existing one) and
+  appends ``record`` to ``out_dir/index.jsonl``, both under an fcntl lock."""
+  with open(os.path.join(out_dir, ".lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      final, k = os.path.join(out_dir, name), 1
+      while os.path.exists(final):
+        k += 1
+        final = os.path.join(out_dir, f"{name}-{k}")
+      os.chmod(staging, 0o755)
+      os.rename(staging, final)
+      with open(os.path.join(out_dir, "index.jsonl"), "a") as fh:
+        fh.write(json.dumps({"dir": os.path.basename(final), **record}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return final
+
+
+def _fmt(row: dict, key: str) -> str:
+  """An exact count as an integer, an estimate as 'x +- se (+-u unresolved)'."""
+  v = row.get(key)
+  if v is None:
+    return "null"
+  if key in row.get("estimated", ()):
+    out = f"{v:.4g}+-{row.get(key + '_stderr', float('nan')):.2g}"
+    u = row.get(key + "_unresolved")
+    return out + (f"(+-{u:.2g}unres)" if u else "")
+  return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _load(run_dir):
+  """The ensemble of a run directory, or UsageError with one clear line."""
+  from lossland import experiment
+  from lossland import io
+  try:
+    return experiment.load_ensemble(run_dir)
+  except io.RunError as e:
+    if "pickle" not in str(e).lower():
+      raise _cli.UsageError(str(e)) from None
+    raise _cli.UsageError(f"{run_dir}: arrays.npz is corrupt or truncated") from None
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    del e
+    raise _cli.UsageError(f"{run_dir}: arrays.npz is corrupt or truncated "
+                          f"(rerun the ensemble job)") from None
 
 
 def main(argv):
@@ -63,20 +169,19 @@ def main(argv):
       _cli.fail(f"--{name} must be >= 1")
   if FLAGS.chunk_size < 0 or FLAGS.top_k < 0:
     _cli.fail("--chunk_size and --top_k must be >= 0")
+  if not os.path.isdir(FLAGS.run_dir):
+    _cli.fail(f"run directory not found: {FLAGS.run_dir}")
+  out_root = FLAGS.out_dir or os.path.join(FLAGS.run_dir, "hessian")
+  check_out_dir(out_root)
 
   import jax
   import numpy as np
   from lossland import curvature as cv
   from lossland import curvature_plots
-  from lossland import experiment
   from lossland import io
-  from lossland import lanczos as lz
   from lossland import nets
 
-  try:
-    ens = experiment.load_ensemble(FLAGS.run_dir)
-  except io.RunError as e:
-    _cli.fail(e)
+  ens = _load(FLAGS.run_dir)
   if ens.net.n_out != 1:
     _cli.fail(f"the Hessian script handles scalar-output nets, got n_out={ens.net.n_out}")
   members = list(range(ens.n_members))
@@ -110,6 +215,8 @@ def main(argv):
       _cli.fail(e)
   if method == "lanczos" and FLAGS.lanczos_steps > n:
     _cli.fail(f"--lanczos_steps={FLAGS.lanczos_steps} exceeds N={n}")
+  if method == "lanczos" and FLAGS.num_probes < 2:
+    _cli.fail("--num_probes must be >= 2 with Lanczos (error bars need two probes)")
   # N_eff needs the P x N output Jacobian; skip it when that does not fit.
   p_train = ens.data.P
   avail = cv.available_memory_bytes()
@@ -131,20 +238,6 @@ def main(argv):
     eig = jax.numpy.linalg.eigvalsh
     return eig(h), eig(h0), eig(hp)
 
-  @jax.jit
-  def lanczos_all(params, batch, key):
-    k_h, k_h0, k_hp, k_top = jax.random.split(key, 4)
-    out = {}
-    for name, vp, k in (("h", fns.hvp, k_h), ("h0", fns.h0vp, k_h0),
-                        ("hp", fns.hpvp, k_hp)):
-      res = lz.slq(cv.flat_matvec(vp, params, batch), k, n, FLAGS.lanczos_steps,
-                   FLAGS.num_probes, dtype, probe_batch_size=1)
-      out[name] = (res.nodes, res.weights)
-    v0 = jax.random.normal(k_top, (n,), dtype)
-    theta, _, resid = lz.ritz(lz.lanczos(cv.flat_matvec(fns.hvp, params, batch),
-                                         v0, FLAGS.lanczos_steps))
-    return out, theta, resid
-
   jac = jax.jit(lambda params: cv.output_jacobian(apply_fn, params,
                                                   ens.data.x_train))
 
@@ -152,7 +245,10 @@ def main(argv):
   rows, store = [], {}
   t_start = time.time()
   print(f"hessian: {FLAGS.run_dir}: {len(members)} member(s), N={n}, "
-        f"P={p_train}, method={method}, at={FLAGS.at}", file=sys.stderr)
+        f"P={p_train}, method={method}, at={FLAGS.at} (the first member "
+        f"includes compilation)", file=sys.stderr, flush=True)
+  bar = _cli.Progress("hessian")
+  bar(0, len(members), "members")
   for i, k in enumerate(members):
     t0 = time.time()
     params, params0 = ens.member(k)
@@ -170,66 +266,84 @@ def main(argv):
       for name, e in (("eig_h", eh), ("eig_h0", eh0), ("eig_hp", ehp)):
         store.setdefault(name, []).append(e)
       row["trace_h"] = float(eh.sum())
+      row["trace_h0"] = float(eh0.sum())
+      row["estimated"] = []
     else:
-      out, theta, resid = lanczos_all(params, batch, jax.random.fold_in(key, k))
-      out = jax.tree_util.tree_map(np.asarray, out)
-      rtol = 1e-8 if FLAGS.rtol is None else FLAGS.rtol
-      counts = cv.slq_counts(*out["h"], *out["h0"], *out["hp"], n=n,
-                             n_delta=int(n_delta), rtol=rtol)
-      row["rtol"] = rtol
-      for name, (nodes, weights) in out.items():
-        store.setdefault(f"nodes_{name}", []).append(nodes)
-        store.setdefault(f"weights_{name}", []).append(weights)
-      theta, resid = np.asarray(theta), np.asarray(resid)
-      store.setdefault("ritz_h", []).append(theta)
-      store.setdefault("ritz_residual_h", []).append(resid)
-      top = min(FLAGS.top_k, theta.size)
-      row["ritz_top_h"] = theta[::-1][:top].tolist()
-      row["ritz_top_residual_h"] = resid[::-1][:top].tolist()
-      row["ritz_bottom_h"] = theta[:top].tolist()
-      row["ritz_bottom_residual_h"] = resid[:top].tolist()
-      row["trace_h"] = float(n * np.mean(np.sum(out["h"][0] * out["h"][1], -1)))
+      counts, arrays = cv.lanczos_counts(
+          fns, params, batch, jax.random.fold_in(key, k),
+          num_steps=FLAGS.lanczos_steps, num_probes=FLAGS.num_probes,
+          top_k=FLAGS.top_k, rtol=FLAGS.rtol, block_size=FLAGS.batch_size)
+      if counts["rank_h0"] is not None:
+        counts["rank_h0_le_n_delta"] = bool(counts["rank_h0"] <= int(n_delta))
+      row["rtol"] = FLAGS.rtol if FLAGS.rtol is not None else cv.default_rtol(n, dtype)
+      if "eig_h0" not in arrays:
+        arrays["eig_h0"] = np.full((n,), np.nan, dtype)
+      for name, a in arrays.items():
+        store.setdefault(name, []).append(a)
     row.update(counts)
-    row["n_negative_hp_over_n"] = row["n_negative_hp"] / n
+    if row["n_negative_hp"] is not None:
+      row["n_negative_hp_over_n"] = row["n_negative_hp"] / n
     row["n_eff"] = cv.matrix_rank(np.asarray(jac(params))) if do_neff else None
     rows.append(row)
-    print(f"member {i + 1}/{len(members)} (index {k}, seed {row['seed']}): "
-          f"loss={row['loss']:.3e} N_delta={row['n_delta']} "
-          f"N_-(Hp)={row['n_negative_hp']:.6g} rank(H0)={row['rank_h0']:.6g} "
-          f"n_zero(H)={row['n_zero_h']:.6g} N_eff={row['n_eff']} "
-          f"({time.time() - t0:.1f}s)", file=sys.stderr)
+    bar(i + 1, len(members),
+        f"member {i + 1}/{len(members)} ({time.time() - t0:.1f}s)")
+  bar.close()
 
   arrays = {k: np.stack(v) for k, v in store.items()}
   arrays.update(loss=np.array([r["loss"] for r in rows]),
                 n_delta=np.array([r["n_delta"] for r in rows]),
                 seeds=np.array([r["seed"] for r in rows]),
                 members=np.array(members))
+  uniform = lambda e: (e[:, None, :], np.full_like(e[:, None, :], 1.0 / n))
   if method == "dense":
-    uniform = lambda e: (e[:, None, :], np.full_like(e[:, None, :], 1.0 / n))
     spectra = {m: uniform(arrays[f"eig_{m}"]) for m in ("h", "h0", "hp")}
   else:
     spectra = {m: (arrays[f"nodes_{m}"], arrays[f"weights_{m}"])
-               for m in ("h", "h0", "hp")}
-  summary = {
+               for m in ("h", "hp")}
+    spectra["h0"] = uniform(np.nan_to_num(arrays["eig_h0"]))
+  settings = {
       "run_dir": os.path.abspath(FLAGS.run_dir),
-      "at": FLAGS.at, "method": method, "n_params": n, "P": p_train,
+      "at": FLAGS.at, "method": method, "members_analysed": members,
+      "lanczos_steps": FLAGS.lanczos_steps if method == "lanczos" else None,
+      "num_probes": FLAGS.num_probes if method == "lanczos" else None,
+      "seed": FLAGS.seed, "rtol": FLAGS.rtol, "chunk_size": FLAGS.chunk_size,
+  }
+  summary = {
+      **settings, "n_params": n, "P": p_train,
       "loss": ens.loss.name, "epsilon": ens.loss.epsilon,
       "subtract_init": ens.subtract_init,
       "x64": bool(jax.config.jax_enable_x64),
-      "lanczos_steps": FLAGS.lanczos_steps if method == "lanczos" else None,
-      "num_probes": FLAGS.num_probes if method == "lanczos" else None,
       "seconds": time.time() - t_start,
       "members": rows,
   }
   labels = [f"seed {r['seed']}" for r in rows]
-  with io.staged_subdir(FLAGS.run_dir, "hessian") as out_dir:
-    with open(os.path.join(out_dir, "spectra.npz"), "wb") as fh:
+  os.makedirs(out_root, exist_ok=True)
+  name = analysis_name(settings)
+  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root)
+  try:
+    with open(os.path.join(staging, "spectra.npz"), "wb") as fh:
       np.savez(fh, **arrays)
-    with open(os.path.join(out_dir, "summary.json"), "w") as fh:
+    with open(os.path.join(staging, "summary.json"), "w") as fh:
       fh.write(io.dumps(summary, indent=2) + "\n")
-    curvature_plots.plot_all(out_dir, spectra, arrays["loss"], labels)
-  print(f"wrote {os.path.join(FLAGS.run_dir, 'hessian')} "
-        f"({time.time() - t_start:.1f}s)", file=sys.stderr)
+    curvature_plots.plot_all(staging, spectra, arrays["loss"], labels)
+    final = publish(out_root, staging, name,
+                    {"method": method, "at": FLAGS.at, "members": members,
+                     "utc": name.split("_")[0]})
+  except BaseException:
+    import shutil
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  cols = ("n_delta", "rank_h0", "n_negative_hp", "n_zero_h", "n_negative_h",
+          "trace_h", "n_eff")
+  print("member seed loss " + " ".join(cols))
+  for r in rows:
+    print(f"{r['member']} {r['seed']} {r['loss']:.4g} "
+          + " ".join(_fmt(r, c) for c in cols))
+  if method == "lanczos":
+    print("(a+-s: estimate and standard error over probes; unres: weight of "
+          "Ritz nodes their residual does not classify; see summary.json "
+          "*_interval)")
+  print(final)
 
 
 if __name__ == "__main__":
