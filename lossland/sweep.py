@@ -56,8 +56,9 @@ IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every")
 CELLS_FILE = "cells.jsonl"
 
 
-class CellsFailed(ValueError):
-  """Some cells of a sweep raised ValueError (e.g. every member diverged).
+class CellsFailed(io.InputError):
+  """Some cells of a sweep failed on bad input (``io.InputError``, e.g. the
+  job's "every member diverged").
 
   The other cells ran and were recorded; a restart retries the failed ones.
 
@@ -217,19 +218,26 @@ def _append_record(out_dir: str, rec: dict):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
     try:
       size = os.fstat(fd).st_size
-      if size:
-        tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
-        if not tail.endswith(b"\n"):
-          keep = tail.rfind(b"\n")
-          if keep < 0 and size > len(tail):
-            raise ValueError(f"{path}: last line longer than 1 MiB and torn")
-          os.ftruncate(fd, size - len(tail) + keep + 1)
+      if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.ftruncate(fd, _end_of_last_line(fd, size))
       os.write(fd, line)
       os.fsync(fd)
     finally:
       os.close(fd)
     if created:
       _fsync_dir(out_dir)
+
+
+def _end_of_last_line(fd, size, block=1 << 16) -> int:
+  """The offset just past the last newline of the first ``size`` bytes (0 if none)."""
+  end = size
+  while end > 0:
+    start = max(0, end - block)
+    k = os.pread(fd, end - start, start).rfind(b"\n")
+    if k >= 0:
+      return start + k + 1
+    end = start
+  return 0
 
 
 def _complete_runs(ensemble_dir: str) -> list:
@@ -405,8 +413,10 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
     validate_fn: ``fn(values) -> values`` filling defaults and raising
       ValueError on bad options; default ``job.validate``.
     poll_seconds: wait between looks at cells held by other processes.
-    on_cell_done: optional ``fn(record, ran: bool)`` called as each cell of
-      the shard is found complete (``ran``: by this call).
+    on_cell_done: optional ``fn(record, how)`` called once for each cell of
+      the shard as it is found complete; ``how`` is "recorded" (already in
+      cells.jsonl, by an earlier or another process), "adopted" (its run
+      directory existed without its line) or "ran" (by this call).
 
   Returns:
     the records (as :func:`read_cells`) of the shard's cells, in grid order.
@@ -414,7 +424,9 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   Raises:
     ValueError: a cell does not validate (nothing runs), or the cells
       disagree on ``x64``.
-    CellsFailed: some cells raised ValueError while running; the others ran.
+    CellsFailed: some cells raised ``io.InputError`` (bad input, e.g. every
+      member diverged) while running; the others ran and were recorded. Any
+      other exception stops the sweep at once (a restart resumes it).
   """
   i, n = shard
   values, ids = prepare_cells(cells, validate_fn)
@@ -424,10 +436,10 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
     import jax
     x64s = {bool(v["x64"]) for v, _ in mine}
     if len(x64s) > 1:
-      raise ValueError("all cells of a sweep must share x64 (the process-wide "
+      raise io.InputError("all cells of a sweep must share x64 (the process-wide "
                        "jax_enable_x64)")
     if x64s and x64s != {bool(jax.config.jax_enable_x64)}:
-      raise ValueError(f"the cells have x64={x64s.pop()} but jax_enable_x64 is "
+      raise io.InputError(f"the cells have x64={x64s.pop()} but jax_enable_x64 is "
                        f"{bool(jax.config.jax_enable_x64)}; the caller sets it "
                        f"(jax.config.update('jax_enable_x64', ...))")
     run_cell_fn = _default_run_cell
@@ -444,10 +456,15 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   failures = []
   failed_ids = set()
 
-  def finish(cid, ran):
+  def finish(cid, how):
     bar.done += 1
     if on_cell_done:
-      on_cell_done(ledger.records[cid], ran)
+      on_cell_done(ledger.records[cid], how)
+
+  if on_cell_done:
+    for cid, _ in unique:
+      if cid in ledger.records:
+        on_cell_done(ledger.records[cid], "recorded")
 
   try:
     while pending:
@@ -455,7 +472,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       for cid, v in pending:
         ledger.refresh()
         if cid in ledger.records:
-          finish(cid, False)
+          finish(cid, "recorded")
           continue
         cell_dir = os.path.join(out_dir, "cells", cid)
         os.makedirs(cell_dir, exist_ok=True)
@@ -465,12 +482,12 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
             continue
           ledger.refresh()  # it may have completed while we took the lock
           if cid in ledger.records:
-            finish(cid, False)
+            finish(cid, "recorded")
             continue
           ens_dir = os.path.join(cell_dir, "ensemble")
           _clean_leftovers(ens_dir, keep_checkpoints=True)
           runs = _complete_runs(ens_dir)
-          ran = False
+          how = "adopted"
           if runs:
             if len(runs) > 1:
               warnings.warn(f"cell {cid} has {len(runs)} run directories; "
@@ -487,21 +504,21 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
             t0 = time.time()
             try:
               run_dir, summary = run_cell_fn(vals)
-            except ValueError as e:
+            except io.InputError as e:
               failures.append((v, str(e)))
               failed_ids.add(cid)
               bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")
               continue
             bar.ran += 1
             bar.ran_seconds += time.time() - t0
-            ran = True
+            how = "ran"
           flags = dict(v, out_dir=os.path.relpath(cell_dir, out_dir))
           rec = {"cell_id": cid, "flags": flags,
                  "run_dir": os.path.relpath(run_dir, out_dir), "summary": summary}
           _append_record(out_dir, rec)
           _clean_leftovers(ens_dir, keep_checkpoints=False)
           ledger.refresh()
-          finish(cid, ran)
+          finish(cid, how)
           bar.show(f"finished cell {cid} ({_label(v, keys)})")
       pending = held
       if pending:
@@ -518,3 +535,151 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   if failures:
     raise CellsFailed(records, failures, keys)
   return records
+
+
+# -- reports: a table and figures from cells.jsonl -------------------------
+
+METRICS = {
+    "frac_sat": "fraction of healthy members with loss 0 (class sat)",
+    "n_delta_over_n": "mean N_Delta / N of the healthy members",
+    "mean_test_error": "mean test error of the healthy members",
+    "ensemble_test_error": "test error of the ensemble predictor",
+}
+
+# Options that set P and N: a report against P/N absorbs them.
+_SIZE_OPTIONS = ("P", "width", "N")
+
+
+def cell_metrics(rec: dict) -> dict:
+  """Numbers of one record for tables and figures.
+
+  Returns:
+    dict with ``N`` (weights), ``P``, ``P/N``, ``n_members``, ``n_healthy``,
+    ``frac_sat`` (members of class ``sat`` over healthy members; runs written
+    before member classes existed: stop reason ``sat`` over all members),
+    ``frac_jammed`` (the authors' N_Delta > 0.1 N over healthy members),
+    ``n_delta_over_n`` (mean over healthy members), ``mean_test_error``,
+    ``ensemble_test_error``, ``wall_seconds``.
+  """
+  s = rec["summary"]
+  members = s.get("members", [])
+  healthy = [m for m in members if m.get("class") not in ("diverged", "dead")]
+  n_h = s.get("n_healthy", len(healthy)) or 0
+  if "member_class_counts" in s:
+    n_sat = s["member_class_counts"].get("sat", 0)
+  else:
+    n_sat = s.get("stop_reason_counts", {}).get("sat", 0)
+    n_h = s.get("n_members", len(members))
+  nan = float("nan")
+  N, P = s.get("n_weights"), s.get("P")
+  nd = [m["n_delta_over_n"] for m in healthy if m.get("n_delta_over_n") is not None]
+  return {
+      "N": N, "P": P, "P/N": P / N if N and P else nan,
+      "n_members": s.get("n_members", len(members)), "n_healthy": n_h,
+      "frac_sat": n_sat / n_h if n_h else nan,
+      "frac_jammed": s.get("n_jammed_nd_over_0.1N", 0) / n_h if n_h else nan,
+      "n_delta_over_n": sum(nd) / len(nd) if nd else nan,
+      "mean_test_error": _num(s.get("mean_test_error")),
+      "ensemble_test_error": _num(s.get("ensemble_test_error")),
+      "wall_seconds": _num(s.get("wall_seconds")),
+  }
+
+
+def _num(x):
+  return float("nan") if x is None or isinstance(x, str) else float(x)
+
+
+def _swept(records) -> list:
+  keys = varying_keys({k: v for k, v in r["flags"].items()
+                       if k not in IGNORED_OPTIONS} for r in records)
+  return keys
+
+
+def report_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> str:
+  """A text table, one row per record: id, the swept options, N, P/N, the
+  fraction of sat members, mean N_Delta/N, mean and ensemble test errors."""
+  keys = _swept(records) if keys is None else list(keys)
+  header = ["cell_id", *keys, "N", "P/N", "healthy", "frac_sat", "N_delta/N",
+            "mean_test_err", "ens_test_err", "wall_s"]
+  rows = []
+  for r in records:
+    m = cell_metrics(r)
+    rows.append([r["cell_id"], *(r["flags"].get(k) for k in keys), m["N"],
+                 f"{m['P/N']:.3g}", f"{m['n_healthy']}/{m['n_members']}",
+                 f"{m['frac_sat']:.3f}", f"{m['n_delta_over_n']:.4f}",
+                 f"{m['mean_test_error']:.4f}", f"{m['ensemble_test_error']:.4f}",
+                 f"{m['wall_seconds']:.1f}"])
+  widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) if rows else len(str(h))
+            for i, h in enumerate(header)]
+  fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+  return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, row)) for row in rows])
+
+
+def report_axes(records: Sequence[dict], x: str = "auto") -> tuple:
+  """(x, line keys) of the report figures.
+
+  ``x="auto"``: ``P/N`` when P, width or N is swept (jamming and
+  generalization sweeps), else the first swept option. The line keys are the
+  swept options that ``x`` does not absorb (``P/N`` absorbs P, width and N;
+  ``N`` absorbs width and N): one line per combination of their values.
+  """
+  swept = _swept(records)
+  if x == "auto":
+    x = "P/N" if any(k in swept for k in _SIZE_OPTIONS) or not swept else swept[0]
+  absorbed = {"P/N": _SIZE_OPTIONS, "N": ("width", "N"), "P": ("P",)}.get(x, (x,))
+  return x, [k for k in swept if k not in absorbed]
+
+
+def _x_value(rec, x):
+  m = cell_metrics(rec)
+  if x in ("P/N", "N", "P"):
+    return m[x]
+  v = rec["flags"].get(x)
+  return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def plot_report(records: Sequence[dict], out_dir: str, x: str = "auto",
+                metrics: Sequence[str] = tuple(METRICS)) -> list:
+  """Writes ``out_dir/report_<metric>.png``: each metric against ``x``, one
+  line per value of the other swept options (:func:`report_axes`).
+
+  Returns:
+    the paths written (each renamed into place when complete).
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  x, line_keys = report_axes(records, x)
+  groups = {}
+  for r in records:
+    label = ", ".join(f"{k}={r['flags'].get(k)}" for k in line_keys)
+    groups.setdefault(label, []).append(r)
+  xs_all = [_x_value(r, x) for r in records]
+  numeric = all(isinstance(v, float) for v in xs_all)
+  paths = []
+  for metric in metrics:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, recs in groups.items():
+      pts = [(_x_value(r, x), cell_metrics(r)[metric]) for r in recs]
+      if numeric:
+        pts.sort(key=lambda p: p[0])
+      ax.plot([str(p[0]) if not numeric else p[0] for p in pts], [p[1] for p in pts],
+              "o-", label=label or None)
+    if numeric:
+      pos = [v for v in xs_all if v > 0]
+      if len(pos) == len(xs_all) and pos and max(pos) / min(pos) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    ax.set_title(METRICS.get(metric, metric), fontsize=9)
+    if any(groups):  # labelled lines
+      ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"report_{metric}.png")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    paths.append(path)
+  return paths

@@ -3,6 +3,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from lossland import io
 from lossland import sweep
 
 
@@ -207,7 +209,7 @@ def test_failed_cells_do_not_stop_the_others_and_are_retried(tmp_path):
 
   def fails_at_30(values):
     if values["P"] == 30:
-      raise ValueError("every member diverged")
+      raise io.InputError("every member diverged")
     return _write_run(values["out_dir"], values)
 
   with pytest.raises(sweep.CellsFailed, match="2 cell.*every member diverged") as e:
@@ -228,7 +230,8 @@ def test_a_cell_held_by_another_process_is_skipped_and_done_later(tmp_path):
   job = FakeJob()
   done = []
 
-  def on_done(rec, ran):
+  def on_done(rec, how):
+    assert how == "ran"
     done.append(rec["cell_id"])
     if len(done) == 5:
       lock.close()   # the other process finishes without completing the cell
@@ -274,3 +277,129 @@ def test_two_concurrent_sweeps_run_each_cell_once(tmp_path):
   for l in lines:
     assert len(_run_dirs(str(out), l["cell_id"])) == 1
   assert "10/10 cells" in errs[0] + errs[1]
+
+
+# -- the script ---------------------------------------------------------------
+
+def _env(tmp_path):
+  # A private compilation cache: restarts reuse what the first process compiled.
+  return dict(os.environ, JAX_PLATFORMS="cpu", LOSSLAND_CACHE_DIR=str(tmp_path / "jaxcache"))
+
+
+def _script(args, tmp_path, **kw):
+  return subprocess.run([sys.executable, "-m", "lossland.scripts.sweep"] + args,
+                        capture_output=True, text=True, env=_env(tmp_path),
+                        timeout=300, **kw)
+
+
+TINY = ["--dataset", "sphere", "--P", "40", "--d", "5", "--depth", "2", "--width", "3",
+        "--n_test", "20", "--n_seeds", "2", "--plots=false"]
+
+
+def test_split_grid_argv_parses_comma_lists_with_the_job_types():
+  from lossland.scripts import sweep as script
+  axes, rest = script.split_grid_argv(
+      ["prog", "--P", "150,300", "--width=6,12", "-depth", "2", "--out_dir", "d",
+       "--nobias", "--lr", "1e-2,0.1", "--x64", "--activation", "relu,tanh", "--report"])
+  assert axes == {"P": [150, 300], "width": [6, 12], "depth": [2], "bias": [False],
+                  "lr": [0.01, 0.1], "x64": [True], "activation": ["relu", "tanh"]}
+  assert rest == ["prog", "--out_dir", "d", "--report"]
+  for bad, msg in [(["--P", "1,,2"], "empty"), (["--P", "1,x"], "expected int"),
+                   (["--P="], "empty"), (["--x64", "true,false"], "x64 cannot"),
+                   (["--activation", "relu,cube"], "must be one of"),
+                   (["--P", "1", "--P", "2"], "twice"), (["--P", "3,3"], "twice"),
+                   (["--P"], "needs a value")]:
+    with pytest.raises(ValueError, match=msg):
+      script.split_grid_argv(["prog"] + bad)
+
+
+@pytest.mark.parametrize("bad", [["--P", "20,x"], ["--nosuchflag", "3"], ["--shard", "3/2"]])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, bad):
+  out = _script(["--out_dir", str(tmp_path / "s")] + TINY + bad, tmp_path)
+  assert out.returncode == 2, out.stderr
+  err = out.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:"), out.stderr
+  assert not (tmp_path / "s").exists()
+
+
+def test_dry_run_lists_the_grid_and_writes_nothing(tmp_path):
+  args = ["--dataset", "sphere", "--d", "5", "--width", "3", "--n_seeds", "2"]
+  out = _script(["--out_dir", str(tmp_path / "s"), "--shard", "1/2", "--dry_run"] + args
+                + ["--P", "20,40,80", "--depth", "2,3"], tmp_path)
+  assert out.returncode == 0, out.stderr
+  rows = [l for l in out.stdout.splitlines() if "depth=" in l]
+  # the product in command-line order, the last option fastest; shard 1/2 = cells 1, 3, 5
+  cells = [(int(p), int(d)) for p, d in (re.search(r"P=(\d+) depth=(\d+)", r).groups() for r in rows)]
+  assert cells == [(p, d) for p in (20, 40, 80) for d in (2, 3)]
+  assert [(" * " in r) for r in rows] == [False, True] * 3
+  assert all(r.rstrip().endswith("todo") for r in rows)
+  ids = [r.split()[1] for r in rows]
+  assert len(set(ids)) == 6 and all(re.fullmatch(r"[0-9a-f]{12}", c) for c in ids)
+  assert "6 cells; 3 in shard 1/2" in out.stdout
+  assert not (tmp_path / "s").exists()
+
+
+def _wait_for(cond, proc, timeout=240.0, dt=0.02):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    got = cond()
+    if got or proc.poll() is not None:
+      return got
+    time.sleep(dt)
+  raise AssertionError("timed out")
+
+
+def test_sweep_survives_sigkill_and_records_every_cell_once(tmp_path):
+  out = tmp_path / "s"
+  # Cells differ by seed only: one compilation; 1000 steps of a jammed net
+  # (P/N = 1.5, jam_window 2000 > max_steps) in chunks of 16 with a checkpoint after each chunk.
+  cmd = [sys.executable, "-m", "lossland.scripts.sweep", "--out_dir", str(out)] + TINY + [
+      "--seed", "0,2,4", "--max_steps", "400", "--chunk_steps", "16",
+      "--checkpoint_every", "0", "--poll_seconds", "0.1"]
+  jsonl = out / "cells.jsonl"
+  n_lines = lambda: len(jsonl.read_text().splitlines()) if jsonl.exists() else 0
+
+  def in_flight_checkpoint():
+    done = {l["cell_id"] for l in _lines(str(out))} if jsonl.exists() else set()
+    for cid in (os.listdir(out / "cells") if (out / "cells").exists() else []):
+      ens = out / "cells" / cid / "ensemble"
+      if cid not in done and ens.exists() and any(
+          n.startswith(".checkpoint_") and n.endswith(".npz") for n in os.listdir(ens)):
+        return cid
+    return None
+
+  def start():
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(tmp_path))
+
+  # 1: killed right after the first cell's line appears.
+  p = start()
+  assert _wait_for(lambda: n_lines() >= 1, p), p.communicate()
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  # 2: killed in the middle of a cell, once its checkpoint exists.
+  p = start()
+  killed_cell = _wait_for(in_flight_checkpoint, p, dt=0.005)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  # Restart until done.
+  logs = []
+  for _ in range(3):
+    p = start()
+    stdout, stderr = p.communicate(timeout=300)
+    logs.append(stderr)
+    if p.returncode == 0:
+      break
+  assert p.returncode == 0, logs
+  lines = _lines(str(out))
+  assert sorted(l["flags"]["seed"] for l in lines) == [0, 2, 4]
+  assert len({l["cell_id"] for l in lines}) == 3
+  for l in lines:
+    ens = out / "cells" / l["cell_id"] / "ensemble"
+    assert _run_dirs(str(out), l["cell_id"]) == [os.path.basename(l["run_dir"])]
+    assert not [n for n in os.listdir(ens) if n.startswith(".")], os.listdir(ens)
+    s = json.loads((ens / os.path.basename(l["run_dir"]) / "summary.json").read_text())
+    assert l["summary"] == s and [m["seed"] for m in s["members"]] == [
+        l["flags"]["seed"], l["flags"]["seed"] + 1]
+  if killed_cell:  # the restart resumed the killed cell from its checkpoint
+    assert f"running cell {killed_cell}" in logs[0] and "from its checkpoint" in logs[0], logs[0]

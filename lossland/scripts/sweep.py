@@ -1,0 +1,273 @@
+r"""Run a grid of ensemble jobs that survives SIGKILL and splits across jobs.
+
+    python -m lossland.scripts.sweep --out_dir runs/sweep_jam \
+        --dataset sphere --d 10 --depth 2,3 --width 4,8 --P 100,200,400 \
+        --n_seeds 8 --max_steps 50000 --plots=false
+
+Takes the options of the ensemble job (``python -m lossland.scripts.ensemble
+--help``, :data:`lossland.job.SPEC`); any of them may be a comma list
+(``--P 150,300 --width 6,12``) and the grid is their product, in the order
+the options are given (the last varies fastest). Each cell is an ensemble run
+directory under ``--out_dir/cells/<cell_id>/ensemble/``; each completed cell
+is one fsync'd line of ``--out_dir/cells.jsonl``. Run the same command again
+after a crash or SIGKILL: finished cells are skipped and the interrupted one
+resumes from its checkpoint. ``--shard I/N`` runs the I-th of N disjoint parts
+(cluster job arrays, into one shared directory or separate ones); sweeps may
+share a directory at the same time. ``--dry_run`` lists the cells;
+``--report`` prints a table and writes ``report_<metric>.png`` from
+``cells.jsonl``. Layout and guarantees: docs/sweeps.md, lossland/sweep.py.
+
+Examples:
+
+    # 4 jobs of a SLURM array on one shared directory
+    python -m lossland.scripts.sweep --out_dir $SCRATCH/jam --shard $SLURM_ARRAY_TASK_ID/4 ...
+    # what is there, and a report against P/N, one line per depth
+    python -m lossland.scripts.sweep --out_dir $SCRATCH/jam --report
+"""
+import os
+import re
+import sys
+
+from absl import flags
+
+from lossland.scripts import _cli
+
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Sweep directory (required): cells.jsonl and cells/<cell_id>/.")
+_SHARD = flags.DEFINE_string("shard", "0/1", "Run only the I-th of N round-robin parts of the grid, as I/N "
+                             "(0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$N.")
+_DRY_RUN = flags.DEFINE_boolean("dry_run", False, "List the cells (and which are done) and write nothing.")
+_REPORT = flags.DEFINE_boolean("report", False, "Print a table and write report_<metric>.png into --out_dir "
+                               "from cells.jsonl (restricted to the grid if grid options are given); runs nothing.")
+_REPORT_X = flags.DEFINE_string("report_x", "auto", "x axis of the report figures: an option name, 'N', 'P' or "
+                                "'P/N' (auto: P/N when P, width or N is swept, else the first swept option).")
+_POLL = flags.DEFINE_float("poll_seconds", 2.0, "Wait between looks at cells that another process is running.")
+
+# The sweep's own --out_dir replaces the job's (each cell gets its own).
+_NOT_GRID = ("out_dir",)
+
+
+def _job():
+  from lossland import job
+  return job
+
+
+def _grid_options():
+  return {o.name: o for o in _job().SPEC if o.name not in _NOT_GRID}
+
+
+def _options_help() -> str:
+  lines = ["\nGrid options (each may be a comma list; defaults of the ensemble job):"]
+  for o in _grid_options().values():
+    kind = "|".join(o.choices) if o.type == "enum" else o.type
+    lines.append(f"  --{o.name} ({kind}, default {o.default}): {o.help}")
+  return "\n".join(lines)
+
+
+def _parse_list(o, text: str) -> list:
+  job = _job()
+  items = [t.strip() for t in str(text).split(",")]
+  if not text.strip() or any(not t for t in items):
+    raise _cli.UsageError(f"--{o.name}: empty element in the list {text!r}")
+  vals = []
+  for t in items:
+    v = job.parse_value(o.name, t)
+    if o.type == "enum" and v not in o.choices:
+      raise _cli.UsageError(f"--{o.name} must be one of {', '.join(o.choices)}, got {t!r}")
+    if v in vals:
+      raise _cli.UsageError(f"--{o.name} lists {t!r} twice")
+    vals.append(v)
+  if o.name == "x64" and len(vals) > 1:
+    raise _cli.UsageError("--x64 cannot be a comma list: all cells of a sweep share "
+                          "the process's float64 setting (run two sweeps)")
+  return vals
+
+
+def split_grid_argv(argv: list) -> tuple:
+  """Takes the job's options out of ``argv`` before absl sees them.
+
+  Accepts ``--name=a,b``, ``--name a,b``, ``-name ...``, and for booleans
+  ``--name``, ``--noname`` and ``--name=true,false``. Everything else (the
+  sweep's own flags, unknown flags, positional arguments) is left for absl.
+
+  Returns:
+    (axes: dict option -> list of parsed values, in command-line order,
+     the remaining argv).
+
+  Raises:
+    _cli.UsageError: a bad element, an empty list, an option given twice, a
+      comma list for x64, a missing value.
+  """
+  opts = _grid_options()
+  axes, rest = {}, [argv[0]]
+  k = 1
+  while k < len(argv):
+    tok = argv[k]
+    k += 1
+    if tok == "--":
+      rest.extend(argv[k - 1:])
+      break
+    m = re.fullmatch(r"--?([A-Za-z_][A-Za-z0-9_]*)(=(.*))?", tok, re.S)
+    if not m:
+      rest.append(tok)
+      continue
+    name, text = m.group(1), m.group(3)
+    if name in opts:
+      o = opts[name]
+      if text is None:
+        if o.type == "bool":
+          # absl takes no separate value for a boolean; a list of bool words
+          # after it is taken as its value (--x64 true,false).
+          nxt = argv[k] if k < len(argv) else ""
+          if re.fullmatch(r"(?i)(true|false|t|f|yes|no|1|0)(\s*,\s*(true|false|t|f|yes|no|1|0))+", nxt):
+            text, k = nxt, k + 1
+          else:
+            text = "true"
+        else:
+          if k >= len(argv):
+            raise _cli.UsageError(f"--{name} needs a value")
+          text, k = argv[k], k + 1
+    elif (name.startswith("no") and name[2:] in opts and opts[name[2:]].type == "bool"
+          and text is None):
+      o, text = opts[name[2:]], "false"
+    else:
+      rest.append(tok)
+      continue
+    if o.name in axes:
+      raise _cli.UsageError(f"--{o.name} given twice (use one comma list)")
+    axes[o.name] = _parse_list(o, text)
+  return axes, rest
+
+
+_AXES = {}
+
+
+def _parse_shard(text: str) -> tuple:
+  m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+  if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+    raise _cli.UsageError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+  return int(m.group(1)), int(m.group(2))
+
+
+def _check_out_dir(path: str):
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise _cli.UsageError(f"--out_dir {path}: {probe} exists and is not a directory")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise _cli.UsageError(f"--out_dir {path}: {probe} is not writable")
+
+
+def _cells():
+  from lossland import sweep
+  base = {k: v[0] for k, v in _AXES.items() if len(v) == 1}
+  axes = {k: v for k, v in _AXES.items() if len(v) > 1}
+  return sweep.expand_grid(base, axes), list(axes)
+
+
+def _dry_run(cells, keys, shard_i, shard_n):
+  from lossland import sweep
+  out_dir = _OUT_DIR.value
+  values, ids = sweep.prepare_cells(cells)
+  done = {r["cell_id"] for r in sweep.read_cells(out_dir)} if os.path.isdir(out_dir) else set()
+  rows, n_mine, n_done = [], 0, 0
+  for k, (v, cid) in enumerate(zip(values, ids)):
+    mine = k % shard_n == shard_i
+    ens = os.path.join(out_dir, "cells", cid, "ensemble")
+    if cid in done:
+      state = "done"
+    elif sweep._complete_runs(ens):
+      state = "run dir (not yet recorded)"
+    elif sweep._checkpoints(ens):
+      state = "checkpoint"
+    else:
+      state = "todo"
+    n_mine += mine
+    n_done += mine and cid in done
+    rows.append((k, cid, "*" if mine else "", sweep._label(v, keys), state))
+  w = max(len(r[3]) for r in rows)
+  print(f"{'#':>4}  {'cell_id':12}  shard  {'cell':{w}}  state")
+  for k, cid, mine, label, state in rows:
+    print(f"{k:>4}  {cid:12}  {mine:^5}  {label:{w}}  {state}")
+  print(f"{len(cells)} cells; {n_mine} in shard {shard_i}/{shard_n} (*), "
+        f"{n_done} of them done; dry run: nothing written")
+
+
+def _report(cells, grid_given):
+  from lossland import sweep
+  out_dir = _OUT_DIR.value
+  records = sweep.read_cells(out_dir)
+  if not records:
+    raise _cli.UsageError(f"no completed cells in {os.path.join(out_dir, sweep.CELLS_FILE)}")
+  if grid_given:
+    _, ids = sweep.prepare_cells(cells)
+    by_id = {r["cell_id"]: r for r in records}
+    records = [by_id[c] for c in dict.fromkeys(ids) if c in by_id]
+    if not records:
+      raise _cli.UsageError(f"none of the {len(ids)} cells of this grid is in "
+                            f"{os.path.join(out_dir, sweep.CELLS_FILE)}")
+  x = _REPORT_X.value
+  known = set(sweep._swept(records)) | {"auto", "P/N", "N", "P"}
+  if x not in known:
+    raise _cli.UsageError(f"--report_x must be 'auto', 'P/N', 'N', 'P' or a swept "
+                          f"option ({', '.join(sorted(known - {'auto', 'P/N', 'N', 'P'})) or 'none'}), "
+                          f"got {x!r}")
+  print(sweep.report_table(records))
+  x, lines = sweep.report_axes(records, x)
+  paths = sweep.plot_report(records, out_dir, x)
+  print(f"{len(records)} cells; figures against {x}"
+        + (f", one line per {', '.join(lines)}" if lines else "") + ":")
+  for p in paths:
+    print(f"  {p}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _OUT_DIR.value:
+    raise _cli.UsageError("--out_dir is required")
+  shard_i, shard_n = _parse_shard(_SHARD.value)
+  if _DRY_RUN.value and _REPORT.value:
+    raise _cli.UsageError("--dry_run and --report exclude each other")
+  if _POLL.value <= 0:
+    raise _cli.UsageError(f"--poll_seconds must be positive, got {_POLL.value}")
+  from lossland import sweep
+  cells, keys = _cells()
+  if _REPORT.value:
+    return _report(cells, bool(_AXES))
+  if _DRY_RUN.value:
+    return _dry_run(cells, keys, shard_i, shard_n)
+  _check_out_dir(_OUT_DIR.value)
+  values, _ = sweep.prepare_cells(cells)   # bad options: one line, nothing written
+  import jax
+  jax.config.update("jax_enable_x64", values[0]["x64"])
+  n_mine = len(sweep.shard(cells, shard_i, shard_n))
+  print(f"lossland sweep: {len(cells)} cells ({' x '.join(f'{len(_AXES[k])} {k}' for k in keys) or 'one cell'}), "
+        f"shard {shard_i}/{shard_n}: {n_mine} cells, into {_OUT_DIR.value}", flush=True)
+
+  def done(rec, how):
+    if how == "recorded":
+      return
+    m = sweep.cell_metrics(rec)
+    print(f"{how} cell {rec['cell_id']} ({sweep._label(rec['flags'], keys)}): "
+          f"N={m['N']} P/N={m['P/N']:.3g} sat {m['frac_sat']:.2f} "
+          f"test err {m['mean_test_error']:.4f} ensemble {m['ensemble_test_error']:.4f}"
+          f" -> {rec['run_dir']}", flush=True)
+
+  records = sweep.run_sweep(cells, _OUT_DIR.value, shard=(shard_i, shard_n),
+                            progress=True, poll_seconds=_POLL.value, on_cell_done=done)
+  print(sweep.report_table(records, keys))
+  print(f"cells: {os.path.join(_OUT_DIR.value, sweep.CELLS_FILE)}")
+
+
+def _interrupted():
+  return "interrupted; run the same command to resume (finished cells are kept)"
+
+
+if __name__ == "__main__":
+  try:
+    _AXES, sys.argv = split_grid_argv(sys.argv)
+  except (_cli.UsageError, ValueError) as e:
+    _cli.fail(e)
+  __doc__ += _options_help()
+  _cli.run(main, interrupted=_interrupted)
