@@ -314,11 +314,12 @@ def binary_labels(labels, classes=None, source: str = "labels") -> tuple:
     how = f"classes {describe_classes((pos, neg))}, other classes dropped"
   if not (np.any(y == 1) and np.any(y == -1)):
     shown = present.tolist()[:12]
+    example = (f"'{shown[0]}/{shown[1]}'" if len(shown) >= 2 else "'0-4/5-9'")
     raise DataError(
         f"{source}: labels {shown}{'...' if present.size > 12 else ''} give "
         f"{'no points' if y.size == 0 else 'only one class'} ({how}); "
-        "a binary task needs both +1 and -1: choose other classes "
-        "(e.g. classes='0-4/5-9')")
+        f"a binary task needs both +1 and -1: give a class split such as "
+        f"classes={example}")
   return keep, y
 
 

@@ -82,3 +82,81 @@ def test_dtype_follows_x64(key):
   with jax.enable_x64(False):
     assert data.sphere(key, 4, 3).x_train.dtype == jnp.float32
     assert data.digits(10, 3, 5).x_train.dtype == jnp.float32
+
+
+def _one_line_error(path, *args, **kwargs):
+  with pytest.raises(data.DataError) as e:
+    data.from_npz(str(path), *args, **kwargs)
+  msg = str(e.value)
+  assert "\n" not in msg and "pickle" not in msg.lower()
+  assert str(path) in msg
+  return msg
+
+
+def test_npz_labels_that_give_one_class_are_refused(tmp_path):
+  rng = np.random.default_rng(0)
+  path = tmp_path / "odd.npz"
+  np.savez(path, x_train=rng.normal(size=(20, 4)), y_train=rng.choice([1, 3], 20))
+  msg = _one_line_error(path, 6, 3)
+  assert "parity" in msg and "even -> +1" in msg and "[1, 3]" in msg
+  # The same file with a class split is a two-class problem.
+  ds = data.from_npz(str(path), 6, 3, classes="1/3")
+  assert set(np.unique(ds.y_train).tolist()) == {-1.0, 1.0}
+  np.savez(path, x_train=rng.normal(size=(20, 4)), y_train=np.ones(20))
+  assert "only one class" in _one_line_error(path, 6, 3)
+  # +-1 labels are used as they are; 0/1 map by parity (0 -> +1).
+  np.savez(path, x_train=rng.normal(size=(20, 4)), y_train=np.tile([-1, 1], 10))
+  ds = data.from_npz(str(path), 6, 3, n_test=4)
+  np.testing.assert_array_equal(ds.y_train, [1, -1, 1, -1, 1, -1])
+
+
+def test_npz_bad_files_are_one_line_data_errors(tmp_path):
+  rng = np.random.default_rng(0)
+  good = tmp_path / "good.npz"
+  np.savez(good, x_train=rng.normal(size=(30, 4)), y_train=rng.integers(0, 10, 30),
+           x_test=rng.normal(size=(10, 4)), y_test=rng.integers(0, 10, 10))
+  blob = good.read_bytes()
+  cases = {}
+  cases["truncated"] = blob[: len(blob) // 2]
+  corrupt = bytearray(blob)
+  corrupt[len(blob) // 3] ^= 0xFF  # inside x_train's data: CRC mismatch
+  cases["corrupt"] = bytes(corrupt)
+  cases["garbage"] = b"this is not an npz file at all"
+  cases["empty_file"] = b""
+  expect = {"truncated": "truncated or corrupt", "corrupt": "corrupt",
+            "garbage": "not a readable", "empty_file": "empty"}
+  for name, payload in cases.items():
+    p = tmp_path / f"{name}.npz"
+    p.write_bytes(payload)
+    assert expect[name] in _one_line_error(p, 10, 3), name
+  arrays = {
+      "no_arrays": ({}, "holds no arrays"),
+      "no_rows": ({"x_train": np.zeros((0, 4)), "y_train": np.zeros(0)}, "is empty"),
+      "strings": ({"x_train": rng.normal(size=(8, 4)),
+                   "y_train": np.array(["cat", "dog"] * 4)}, "strings"),
+      "nan_x": ({"x_train": np.full((8, 4), np.nan), "y_train": np.arange(8)},
+                "non-finite"),
+      "nan_y": ({"x_train": rng.normal(size=(8, 4)),
+                 "y_train": np.array([0, 1, np.nan, 1, 0, 1, 0, 1])}, "non-finite"),
+      "fractional_y": ({"x_train": rng.normal(size=(8, 4)),
+                        "y_train": np.linspace(0, 1, 8)}, "non-integer"),
+      "lengths": ({"x_train": rng.normal(size=(8, 4)), "y_train": np.arange(7)},
+                  "7 labels but there are 8 points"),
+      "test_dim": ({"x_train": rng.normal(size=(8, 4)), "y_train": np.arange(8),
+                    "x_test": rng.normal(size=(5, 6)), "y_test": np.arange(5)},
+                   "x_test has 6 values per point but x_train has 4"),
+      "half_test": ({"x_train": rng.normal(size=(8, 4)), "y_train": np.arange(8),
+                     "x_test": rng.normal(size=(5, 4))}, "no y_test"),
+      "objects": ({"x_train": rng.normal(size=(8, 4)),
+                   "y_train": np.array([1, "a"] * 4, dtype=object)}, "Python objects"),
+  }
+  for name, (arrs, needle) in arrays.items():
+    p = tmp_path / f"{name}.npz"
+    np.savez(p, **arrs)
+    assert needle in _one_line_error(p, 4, 3), name
+  npy = tmp_path / "single.npy"
+  np.save(npy, np.zeros(3))
+  assert ".npy" in _one_line_error(npy, 4, 3)
+  # A good file still loads, and its official test split can be kept.
+  ds = data.from_npz(str(good), 8, 3, split="official")
+  assert ds.x_train.shape == (8, 3) and ds.x_test.shape[0] == 10
