@@ -131,9 +131,10 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
 class DataError(ValueError):
-  """A data file is missing, fails its checksum, or cannot be used (bad input).
-
-  The message is one line that names the file and says what to do.
+  """Bad input about data (exit status 2 in the scripts): a data file that is
+  missing, fails its checksum or cannot be used, and impossible requests (sizes,
+  classes, splits, PCA dimension). The message is one line that names the file
+  (if any) and says what to do.
   """
 
 
@@ -161,13 +162,13 @@ def normalize_to_sphere(x):
 
 def _check_sizes(P, n_test, d, available=None, what="the data set"):
   if P <= 0:
-    raise ValueError(f"P must be positive, got {P}")
+    raise DataError(f"P must be positive, got {P}")
   if n_test < 0:
-    raise ValueError(f"n_test must be >= 0, got {n_test}")
+    raise DataError(f"n_test must be >= 0, got {n_test}")
   if d <= 0:
-    raise ValueError(f"d must be positive, got {d}")
+    raise DataError(f"d must be positive, got {d}")
   if available is not None and P + n_test > available:
-    raise ValueError(f"asked for P={P} training + {n_test} test points but "
+    raise DataError(f"asked for P={P} training + {n_test} test points but "
                      f"{what} has only {available}")
 
 
@@ -230,7 +231,7 @@ def parse_classes(classes):
       return "parity"
     parts = spec.split("/")
     if len(parts) != 2:
-      raise ValueError(f"classes {classes!r}: expected 'parity' or two groups "
+      raise DataError(f"classes {classes!r}: expected 'parity' or two groups "
                        "of class labels like '0-4/5-9' or '3/5'")
     groups = []
     for part in parts:
@@ -238,28 +239,28 @@ def parse_classes(classes):
       for item in filter(None, (s.strip() for s in part.split(","))):
         m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", item)
         if not m:
-          raise ValueError(f"classes {classes!r}: {item!r} is not a class "
+          raise DataError(f"classes {classes!r}: {item!r} is not a class "
                            "label or a range like 0-4")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
-          raise ValueError(f"classes {classes!r}: empty range {item!r}")
+          raise DataError(f"classes {classes!r}: empty range {item!r}")
         group.extend(range(lo, hi + 1))
       groups.append(group)
   else:
     try:
       groups = [[int(c) for c in g] for g in classes]
     except TypeError:
-      raise ValueError(f"classes {classes!r}: expected 'parity' or two groups "
+      raise DataError(f"classes {classes!r}: expected 'parity' or two groups "
                        "of class labels") from None
     if len(groups) != 2:
-      raise ValueError(f"classes {classes!r}: expected two groups of class "
+      raise DataError(f"classes {classes!r}: expected two groups of class "
                        "labels (+1 and -1)")
   pos, neg = (tuple(dict.fromkeys(g)) for g in groups)
   if not pos or not neg:
-    raise ValueError(f"classes {classes!r}: both groups need at least one class")
+    raise DataError(f"classes {classes!r}: both groups need at least one class")
   if set(pos) & set(neg):
-    raise ValueError(f"classes {classes!r}: classes {sorted(set(pos) & set(neg))} "
+    raise DataError(f"classes {classes!r}: classes {sorted(set(pos) & set(neg))} "
                      "are in both groups")
   return pos, neg
 
@@ -360,13 +361,13 @@ def pca_whiten(x_fit: np.ndarray, d: int) -> tuple:
   x_fit = np.asarray(x_fit, np.float64)
   n, D = x_fit.shape
   if d > min(n, D):
-    raise ValueError(f"cannot keep d={d} PCA components from {n} points "
+    raise DataError(f"cannot keep d={d} PCA components from {n} points "
                      f"of dimension {D}")
   mean = x_fit.mean(axis=0)
   _, s, vt = np.linalg.svd(x_fit - mean, full_matrices=False)
   eig = s[:d] ** 2 / max(n - 1, 1)
   if np.any(eig <= 1e-12 * max(eig[0], 1e-300)):
-    raise ValueError(f"d={d} exceeds the rank of the data")
+    raise DataError(f"d={d} exceeds the rank of the data")
   return mean, vt[:d].T, 1.0 / np.sqrt(eig)
 
 
@@ -409,7 +410,7 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
     Dataset with x_train [P, d], y_train [P], x_test [n_test, d], y_test [n_test].
   """
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    raise DataError(f"unknown split {split!r}; choose from {SPLITS}")
   x_train = np.asarray(x_train)
   x_train = x_train.reshape(x_train.shape[0], -1)
   has_test = x_test is not None
@@ -433,7 +434,7 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
     y_te = y[order[P:P + n_test]]
   else:
     if not has_test:
-      raise ValueError(f"{source} has no separate test set: use split='pooled'")
+      raise DataError(f"{source} has no separate test set: use split='pooled'")
     is_tr = keep < n_tr
     y_a, keep_a = y[is_tr], keep[is_tr]
     y_b, keep_b = y[~is_tr], keep[~is_tr] - n_tr
@@ -443,10 +444,10 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
       n_test = len(order_b)
     _check_sizes(P, n_test, d)
     if P > len(order_a):
-      raise ValueError(f"asked for P={P} training points but the training set "
+      raise DataError(f"asked for P={P} training points but the training set "
                        f"of {source} has only {len(order_a)}")
     if n_test > len(order_b):
-      raise ValueError(f"asked for {n_test} test points but the test set of "
+      raise DataError(f"asked for {n_test} test points but the test set of "
                        f"{source} has only {len(order_b)}")
     x_tr_raw = x_train[keep_a[order_a[:P]]]
     x_te_raw = x_test[keep_b[order_b[:n_test]]]
@@ -525,7 +526,7 @@ def default_data_dir() -> str:
 def dataset_dir(name: str, data_dir: str | None = None) -> str:
   """The folder of data set ``name``: ``<data_dir>/<name>``."""
   if name not in IMAGE_DATASETS:
-    raise ValueError(f"unknown image data set {name!r}; choose from {IMAGE_DATASETS}")
+    raise DataError(f"unknown image data set {name!r}; choose from {IMAGE_DATASETS}")
   return os.path.join(data_dir or default_data_dir(), name)
 
 
@@ -662,7 +663,7 @@ def load_mnist_raw(name: str = "mnist", data_dir: str | None = None,
      x_test uint8 [10000, 28, 28], y_test uint8 [10000]) for the official files.
   """
   if name not in ("mnist", "fashion_mnist"):
-    raise ValueError(f"{name!r} is not an IDX data set (mnist, fashion_mnist)")
+    raise DataError(f"{name!r} is not an IDX data set (mnist, fashion_mnist)")
   folder = dataset_dir(name, data_dir)
   table = CHECKSUMS[name] if checksums is None else checksums
   hint = fetch_hint(name, data_dir)
@@ -794,7 +795,7 @@ def image_dataset(name: str, P: int, d: int, n_test: int | None = None, *,
     checksums: replaces ``CHECKSUMS[name]`` (tests).
   """
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    raise DataError(f"unknown split {split!r}; choose from {SPLITS}")
   x_tr, l_tr, x_te, l_te = load_raw(name, data_dir, verify, checksums)
   cls = DEFAULT_CLASSES[name] if classes is None else classes
   return prepare(x_tr, l_tr, P, d, n_test, x_te, l_te, classes=cls,
@@ -982,25 +983,25 @@ def make_dataset(name: str, P: int, d: int, n_test: int | None = None,
       the image data sets, "pooled" for digits and npz.
   """
   if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+    raise DataError(f"unknown dataset {name!r}; choose from {DATASETS}")
   if split is not None and split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    raise DataError(f"unknown split {split!r}; choose from {SPLITS}")
   if name in IMAGE_DATASETS:
     return image_dataset(name, P, d, n_test, data_dir=data_dir, verify=verify,
                          classes=classes, split=split or "official", dtype=dtype)
   if name == "digits":
     if split == "official":
-      raise ValueError("digits has no separate test set: use split='pooled'")
+      raise DataError("digits has no separate test set: use split='pooled'")
     return digits(P, d, n_test, dtype=dtype, classes=classes)
   if name == "npz":
     if not data_file:
-      raise ValueError("dataset 'npz' needs a data file (--data_file)")
+      raise DataError("dataset 'npz' needs a data file (--data_file)")
     return from_npz(data_file, P, d, n_test, dtype=dtype, classes=classes,
                     split=split or "pooled")
   if classes is not None or split is not None:
-    raise ValueError(f"classes and split apply to real data, not {name!r}")
+    raise DataError(f"classes and split apply to real data, not {name!r}")
   if key is None:
-    raise ValueError(f"dataset {name!r} needs a PRNG key")
+    raise DataError(f"dataset {name!r} needs a PRNG key")
   n_test = P if n_test is None else n_test
   if name == "sphere":
     return sphere(key, P, d, n_test, dtype=dtype)
