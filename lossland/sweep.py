@@ -41,6 +41,7 @@ import itertools
 import json
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -49,9 +50,11 @@ from typing import Callable, Iterable, Sequence
 
 from lossland import io
 
-# Options that change neither the numbers of a cell nor where they come from:
-# they are left out of its id (a restart may change them).
-IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every")
+# Options that change neither the numbers of a cell nor where they come from
+# (where the data are cached, what is drawn): left out of its id, so that a
+# restart may change them. The job's checkpoint ignores the same ones
+# (``job.NON_KEY_OPTIONS``), data_dir aside.
+IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
 
 CELLS_FILE = "cells.jsonl"
 
@@ -94,15 +97,49 @@ def expand_grid(base: dict, axes: dict) -> list:
           for combo in itertools.product(*(axes[n] for n in names))]
 
 
-def cell_id(values: dict) -> str:
-  """A stable 12-hex-digit id of a cell: hash of its options.
+def _canon(v) -> str:
+  return io.dumps(v, sort_keys=True)
 
-  Pass validated values (defaults filled in, e.g. ``job.validate``) so that a
-  cell given with and without a default option gets the same id. Options in
-  :data:`IGNORED_OPTIONS` are left out.
+
+def _job_defaults() -> dict:
+  try:
+    from lossland import job
+  except ImportError:  # pragma: no cover
+    return {}
+  return job.defaults()
+
+
+def identity(values: dict, defaults: dict | None = None) -> dict:
+  """The options that identify a cell: all but :data:`IGNORED_OPTIONS` and
+  those equal to the job's default (``job.defaults()``).
+
+  Leaving defaults out keeps ids stable when the job gains an option (its
+  default reproduces the old behaviour). A *changed* default is caught by
+  :func:`run_sweep`, which compares every recorded cell's full options with
+  the current ones.
   """
-  key = {k: v for k, v in values.items() if k not in IGNORED_OPTIONS}
-  return hashlib.sha1(io.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+  defaults = _job_defaults() if defaults is None else defaults
+  return {k: v for k, v in values.items()
+          if k not in IGNORED_OPTIONS
+          and not (k in defaults and _canon(defaults[k]) == _canon(v))}
+
+
+def cell_id(values: dict) -> str:
+  """A stable 12-hex-digit id of a cell: a hash of :func:`identity`.
+
+  Pass validated values (``job.validate``: types normalized, e.g. ``P=300.0``
+  becomes ``300``); giving an option at its default value or leaving it out
+  gives the same id.
+  """
+  return hashlib.sha1(_canon(identity(values)).encode()).hexdigest()[:12]
+
+
+def _mismatch(recorded: dict, values: dict) -> str | None:
+  """The first option (not ignored) whose recorded value differs, as text."""
+  for k in sorted(set(recorded) & set(values)):
+    if k not in IGNORED_OPTIONS and _canon(recorded[k]) != _canon(values[k]):
+      return f"{k}={recorded[k]!r} there, {values[k]!r} now"
+  return None
 
 
 def shard(cells: Sequence, i: int, n: int) -> list:
@@ -454,16 +491,24 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   if bar.done:
     bar.show(f"{bar.done} already done")
   failures = []
-  failed_ids = set()
 
-  def finish(cid, how):
+  def check(cid, v, recorded, where):
+    diff = _mismatch(recorded, v)
+    if diff:
+      raise io.InputError(
+          f"cell {cid} in {where} has other options than the same cell now "
+          f"({diff}): a default of the job changed; use a new sweep directory")
+
+  def finish(cid, v, how):
+    check(cid, v, ledger.records[cid]["flags"], os.path.join(out_dir, CELLS_FILE))
     bar.done += 1
     if on_cell_done:
       on_cell_done(ledger.records[cid], how)
 
-  if on_cell_done:
-    for cid, _ in unique:
-      if cid in ledger.records:
+  for cid, v in unique:
+    if cid in ledger.records:
+      check(cid, v, ledger.records[cid]["flags"], os.path.join(out_dir, CELLS_FILE))
+      if on_cell_done:
         on_cell_done(ledger.records[cid], "recorded")
 
   try:
@@ -472,7 +517,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       for cid, v in pending:
         ledger.refresh()
         if cid in ledger.records:
-          finish(cid, "recorded")
+          finish(cid, v, "recorded")
           continue
         cell_dir = os.path.join(out_dir, "cells", cid)
         os.makedirs(cell_dir, exist_ok=True)
@@ -482,7 +527,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
             continue
           ledger.refresh()  # it may have completed while we took the lock
           if cid in ledger.records:
-            finish(cid, "recorded")
+            finish(cid, v, "recorded")
             continue
           ens_dir = os.path.join(cell_dir, "ensemble")
           _clean_leftovers(ens_dir, keep_checkpoints=True)
@@ -495,6 +540,10 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
             run_dir = runs[0]
             with open(os.path.join(run_dir, "summary.json")) as fh:
               summary = json.load(fh)
+            config = os.path.join(run_dir, "config.json")
+            if os.path.isfile(config):
+              with open(config) as fh:
+                check(cid, v, json.load(fh).get("flags", {}), run_dir)
             bar.show(f"adopting finished run of cell {cid} ({_label(v, keys)})")
           else:
             vals = dict(v, out_dir=cell_dir)
@@ -506,7 +555,6 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
               run_dir, summary = run_cell_fn(vals)
             except io.InputError as e:
               failures.append((v, str(e)))
-              failed_ids.add(cid)
               bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")
               continue
             bar.ran += 1
@@ -518,7 +566,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
           _append_record(out_dir, rec)
           _clean_leftovers(ens_dir, keep_checkpoints=False)
           ledger.refresh()
-          finish(cid, how)
+          finish(cid, v, how)
           bar.show(f"finished cell {cid} ({_label(v, keys)})")
       pending = held
       if pending:
@@ -535,6 +583,94 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   if failures:
     raise CellsFailed(records, failures, keys)
   return records
+
+
+# -- command lines: comma lists of the job's options ---------------------------
+
+_BOOL_WORDS = r"(?:true|false|t|f|yes|no|1|0)"
+
+
+def _parse_list(o, text: str) -> list:
+  from lossland import job
+  items = [t.strip() for t in str(text).split(",")]
+  if not str(text).strip() or any(not t for t in items):
+    raise io.InputError(f"--{o.name}: empty element in the list {text!r}")
+  vals = []
+  for t in items:
+    v = job.parse_value(o.name, t) if o.name in job.OPTIONS else t
+    if o.type == "enum" and v not in o.choices:
+      raise io.InputError(f"--{o.name} must be one of {', '.join(o.choices)}, got {t!r}")
+    if v in vals:
+      raise io.InputError(f"--{o.name} lists {t!r} twice")
+    vals.append(v)
+  if o.name == "x64" and len(vals) > 1:
+    raise io.InputError("--x64 cannot be a comma list: all cells of a sweep share "
+                        "the process's float64 setting (run two sweeps)")
+  return vals
+
+
+def split_grid_argv(argv: Sequence[str], spec, exclude: Sequence[str] = ("out_dir",)) -> tuple:
+  """Takes the job's options out of a command line, each as a comma list.
+
+  Accepts ``--name=a,b``, ``--name a,b`` and ``-name ...``; for booleans
+  ``--name``, ``--noname``, ``--name=true,false`` and ``--name true,false``.
+  Each element is converted with the option's type (``job.parse_value``).
+  Everything else (the caller's own flags, unknown flags, positional
+  arguments, all after ``--``) is left in order for the flag parser.
+
+  Args:
+    argv: the command line, program name first.
+    spec: options with ``name``, ``type`` and ``choices`` (``job.SPEC``).
+    exclude: options of ``spec`` that stay with the caller (the sweep's own
+      ``--out_dir``).
+
+  Returns:
+    (axes: dict option -> list of values, in command-line order;
+     the remaining argv).
+
+  Raises:
+    io.InputError: a bad element, an empty list or element, a value listed
+      twice, an option given twice, a comma list for x64, a missing value.
+  """
+  opts = {o.name: o for o in spec if o.name not in exclude}
+  axes, rest = {}, [argv[0]]
+  k = 1
+  while k < len(argv):
+    tok = argv[k]
+    k += 1
+    if tok == "--":
+      rest.extend(argv[k - 1:])
+      break
+    m = re.fullmatch(r"--?([A-Za-z_][A-Za-z0-9_]*)(=(.*))?", tok, re.S)
+    if not m:
+      rest.append(tok)
+      continue
+    name, text = m.group(1), m.group(3)
+    if name in opts:
+      o = opts[name]
+      if text is None:
+        if o.type == "bool":
+          # absl takes no separate value for a boolean; a list of bool words
+          # after it is taken as its value (--x64 true,false).
+          nxt = argv[k] if k < len(argv) else ""
+          if re.fullmatch(rf"(?i){_BOOL_WORDS}(\s*,\s*{_BOOL_WORDS})+", nxt):
+            text, k = nxt, k + 1
+          else:
+            text = "true"
+        else:
+          if k >= len(argv):
+            raise io.InputError(f"--{name} needs a value")
+          text, k = argv[k], k + 1
+    elif (name.startswith("no") and name[2:] in opts and opts[name[2:]].type == "bool"
+          and text is None):
+      o, text = opts[name[2:]], "false"
+    else:
+      rest.append(tok)
+      continue
+    if o.name in axes:
+      raise io.InputError(f"--{o.name} given twice (use one comma list)")
+    axes[o.name] = _parse_list(o, text)
+  return axes, rest
 
 
 # -- reports: a table and figures from cells.jsonl -------------------------

@@ -88,8 +88,33 @@ def test_cell_id_is_stable_and_ignores_output_options():
   assert len(sweep.cell_id(a)) == 12
   assert sweep.cell_id(a) != sweep.cell_id(dict(a, P=11))
   assert sweep.cell_id(a) != sweep.cell_id(dict(a, lr=0.02))
-  # A fixed value: the id must not change between versions (resuming old sweeps).
-  assert sweep.cell_id({"P": 10}) == sweep.cell_id({"P": 10, "out_dir": "z"})
+  # Options at the job's default are left out: ids survive new options.
+  from lossland import job
+  v = job.validate({"dataset": "sphere", "P": 40})
+  assert sweep.identity(v) == {"dataset": "sphere", "P": 40}
+  assert sweep.cell_id(v) == sweep.cell_id(job.validate({"dataset": "sphere", "P": 40, "lr": 1e-2}))
+  assert sweep.cell_id(v) == sweep.cell_id(job.validate({"dataset": "sphere", "P": 40.0}))
+  assert sweep.identity(dict(v, new_option=3), dict(job.defaults(), new_option=3)) == \
+      sweep.identity(v)
+  # Pinned: sweeps started with this version must resume with later ones.
+  assert sweep.cell_id(v) == "568f0164d210"
+
+
+def test_a_changed_default_is_refused_not_mixed_in(tmp_path, monkeypatch):
+  from lossland import job
+  out = str(tmp_path)
+  cells = [{"dataset": "sphere", "P": 40}]
+  sweep.run_sweep(cells, out, run_cell_fn=FakeJob(), validate_fn=job.validate, progress=False)
+  id0 = sweep.cell_id(job.validate(cells[0]))
+  # The job's default lr changes: the same cell id now means other numbers.
+  new_defaults = dict(job.defaults(), lr=0.02)
+  monkeypatch.setattr(sweep, "_job_defaults", lambda: new_defaults)
+  validate = lambda c: dict(job.validate(c), lr=0.02)
+  assert sweep.cell_id(validate(cells[0])) == id0
+  job2 = FakeJob()
+  with pytest.raises(io.InputError, match="lr=0.01 there, 0.02 now"):
+    sweep.run_sweep(cells, out, run_cell_fn=job2, validate_fn=validate, progress=False)
+  assert job2.calls == []
 
 
 # -- the engine with a fake job ----------------------------------------------
@@ -297,8 +322,9 @@ TINY = ["--dataset", "sphere", "--P", "40", "--d", "5", "--depth", "2", "--width
 
 
 def test_split_grid_argv_parses_comma_lists_with_the_job_types():
-  from lossland.scripts import sweep as script
-  axes, rest = script.split_grid_argv(
+  from lossland import job
+  split = lambda argv: sweep.split_grid_argv(argv, job.SPEC)
+  axes, rest = split(
       ["prog", "--P", "150,300", "--width=6,12", "-depth", "2", "--out_dir", "d",
        "--nobias", "--lr", "1e-2,0.1", "--x64", "--activation", "relu,tanh", "--report"])
   assert axes == {"P": [150, 300], "width": [6, 12], "depth": [2], "bias": [False],
@@ -310,7 +336,7 @@ def test_split_grid_argv_parses_comma_lists_with_the_job_types():
                    (["--P", "1", "--P", "2"], "twice"), (["--P", "3,3"], "twice"),
                    (["--P"], "needs a value")]:
     with pytest.raises(ValueError, match=msg):
-      script.split_grid_argv(["prog"] + bad)
+      split(["prog"] + bad)
 
 
 @pytest.mark.parametrize("bad", [["--P", "20,x"], ["--nosuchflag", "3"], ["--shard", "3/2"]])
@@ -403,3 +429,54 @@ def test_sweep_survives_sigkill_and_records_every_cell_once(tmp_path):
         l["flags"]["seed"], l["flags"]["seed"] + 1]
   if killed_cell:  # the restart resumed the killed cell from its checkpoint
     assert f"running cell {killed_cell}" in logs[0] and "from its checkpoint" in logs[0], logs[0]
+
+
+def _summary_job(values):
+  """A fake job with a realistic summary: k of 3 healthy members sat, one diverged."""
+  k = (values["P"] // 10 + values["depth"]) % 4
+  classes = ["sat"] * k + ["jammed"] * (3 - k) + ["diverged"]
+  n_w = values["width"] * 10 * values["depth"]
+  members = [{"seed": s, "class": c, "n_delta_over_n": 0.0 if c == "sat" else 0.25,
+              "test_error": 0.5} for s, c in enumerate(classes)]
+  summary = {"members": members, "n_members": 4, "n_healthy": 3,
+             "member_class_counts": {c: classes.count(c) for c in set(classes)},
+             "n_jammed_nd_over_0.1N": 3 - k, "mean_test_error": 0.1 * k,
+             "ensemble_test_error": 0.05 * k, "n_weights": n_w, "P": values["P"],
+             "wall_seconds": 1.0}
+  parent = os.path.join(values["out_dir"], "ensemble", "run")
+  os.makedirs(parent)
+  with open(os.path.join(parent, "summary.json"), "w") as fh:
+    json.dump(summary, fh)
+  return parent, summary
+
+
+def test_report_prints_a_table_and_writes_figures(tmp_path):
+  from lossland import job
+  out = tmp_path / "s"
+  cells = sweep.expand_grid({"dataset": "sphere"}, {"P": [10, 20, 40], "depth": [2, 3]})
+  recs = sweep.run_sweep(cells, str(out), run_cell_fn=_summary_job,
+                         validate_fn=job.validate, progress=False)
+  assert sweep.report_axes(recs) == ("P/N", ["depth"])
+  assert sweep.report_axes(recs, "N") == ("N", ["P", "depth"])
+  assert sweep.report_axes(recs, "depth") == ("depth", ["P"])
+  res = _script(["--out_dir", str(out), "--report"], tmp_path)
+  assert res.returncode == 0, res.stderr
+  rows = {l.split()[0]: l.split() for l in res.stdout.splitlines()
+          if re.match(r"[0-9a-f]{12} ", l)}
+  assert len(rows) == 6
+  header = res.stdout.splitlines()[0].split()
+  col = lambda name, r: r[header.index(name)]
+  for r in recs:
+    k = (r["flags"]["P"] // 10 + r["flags"]["depth"]) % 4
+    row = rows[r["cell_id"]]
+    assert float(col("frac_sat", row)) == pytest.approx(k / 3, abs=1e-3)
+    assert float(col("N_delta/N", row)) == pytest.approx(0.25 * (3 - k) / 3, abs=1e-4)
+    n_w = r["flags"]["width"] * 10 * r["flags"]["depth"]
+    assert float(col("P/N", row)) == pytest.approx(r["flags"]["P"] / n_w, rel=1e-2)
+    assert col("healthy", row) == "3/4"
+  assert "one line per depth" in res.stdout
+  for m in sweep.METRICS:
+    assert (out / f"report_{m}.png").read_bytes()[:4] == b"\x89PNG"
+  # A report on a directory without cells is an error.
+  res = _script(["--out_dir", str(tmp_path / "empty"), "--report"], tmp_path)
+  assert res.returncode == 2 and res.stderr.startswith("error: no completed cells")

@@ -30,6 +30,7 @@ import sys
 
 from absl import flags
 
+from lossland import sweep
 from lossland.scripts import _cli
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Sweep directory (required): cells.jsonl and cells/<cell_id>/.")
@@ -63,81 +64,6 @@ def _options_help() -> str:
   return "\n".join(lines)
 
 
-def _parse_list(o, text: str) -> list:
-  job = _job()
-  items = [t.strip() for t in str(text).split(",")]
-  if not text.strip() or any(not t for t in items):
-    raise _cli.UsageError(f"--{o.name}: empty element in the list {text!r}")
-  vals = []
-  for t in items:
-    v = job.parse_value(o.name, t)
-    if o.type == "enum" and v not in o.choices:
-      raise _cli.UsageError(f"--{o.name} must be one of {', '.join(o.choices)}, got {t!r}")
-    if v in vals:
-      raise _cli.UsageError(f"--{o.name} lists {t!r} twice")
-    vals.append(v)
-  if o.name == "x64" and len(vals) > 1:
-    raise _cli.UsageError("--x64 cannot be a comma list: all cells of a sweep share "
-                          "the process's float64 setting (run two sweeps)")
-  return vals
-
-
-def split_grid_argv(argv: list) -> tuple:
-  """Takes the job's options out of ``argv`` before absl sees them.
-
-  Accepts ``--name=a,b``, ``--name a,b``, ``-name ...``, and for booleans
-  ``--name``, ``--noname`` and ``--name=true,false``. Everything else (the
-  sweep's own flags, unknown flags, positional arguments) is left for absl.
-
-  Returns:
-    (axes: dict option -> list of parsed values, in command-line order,
-     the remaining argv).
-
-  Raises:
-    _cli.UsageError: a bad element, an empty list, an option given twice, a
-      comma list for x64, a missing value.
-  """
-  opts = _grid_options()
-  axes, rest = {}, [argv[0]]
-  k = 1
-  while k < len(argv):
-    tok = argv[k]
-    k += 1
-    if tok == "--":
-      rest.extend(argv[k - 1:])
-      break
-    m = re.fullmatch(r"--?([A-Za-z_][A-Za-z0-9_]*)(=(.*))?", tok, re.S)
-    if not m:
-      rest.append(tok)
-      continue
-    name, text = m.group(1), m.group(3)
-    if name in opts:
-      o = opts[name]
-      if text is None:
-        if o.type == "bool":
-          # absl takes no separate value for a boolean; a list of bool words
-          # after it is taken as its value (--x64 true,false).
-          nxt = argv[k] if k < len(argv) else ""
-          if re.fullmatch(r"(?i)(true|false|t|f|yes|no|1|0)(\s*,\s*(true|false|t|f|yes|no|1|0))+", nxt):
-            text, k = nxt, k + 1
-          else:
-            text = "true"
-        else:
-          if k >= len(argv):
-            raise _cli.UsageError(f"--{name} needs a value")
-          text, k = argv[k], k + 1
-    elif (name.startswith("no") and name[2:] in opts and opts[name[2:]].type == "bool"
-          and text is None):
-      o, text = opts[name[2:]], "false"
-    else:
-      rest.append(tok)
-      continue
-    if o.name in axes:
-      raise _cli.UsageError(f"--{o.name} given twice (use one comma list)")
-    axes[o.name] = _parse_list(o, text)
-  return axes, rest
-
-
 _AXES = {}
 
 
@@ -159,14 +85,12 @@ def _check_out_dir(path: str):
 
 
 def _cells():
-  from lossland import sweep
   base = {k: v[0] for k, v in _AXES.items() if len(v) == 1}
   axes = {k: v for k, v in _AXES.items() if len(v) > 1}
   return sweep.expand_grid(base, axes), list(axes)
 
 
 def _dry_run(cells, keys, shard_i, shard_n):
-  from lossland import sweep
   out_dir = _OUT_DIR.value
   values, ids = sweep.prepare_cells(cells)
   done = {r["cell_id"] for r in sweep.read_cells(out_dir)} if os.path.isdir(out_dir) else set()
@@ -194,7 +118,6 @@ def _dry_run(cells, keys, shard_i, shard_n):
 
 
 def _report(cells, grid_given):
-  from lossland import sweep
   out_dir = _OUT_DIR.value
   records = sweep.read_cells(out_dir)
   if not records:
@@ -231,7 +154,6 @@ def main(argv):
     raise _cli.UsageError("--dry_run and --report exclude each other")
   if _POLL.value <= 0:
     raise _cli.UsageError(f"--poll_seconds must be positive, got {_POLL.value}")
-  from lossland import sweep
   cells, keys = _cells()
   if _REPORT.value:
     return _report(cells, bool(_AXES))
@@ -266,8 +188,8 @@ def _interrupted():
 
 if __name__ == "__main__":
   try:
-    _AXES, sys.argv = split_grid_argv(sys.argv)
-  except (_cli.UsageError, ValueError) as e:
+    _AXES, sys.argv = sweep.split_grid_argv(sys.argv, _job().SPEC, exclude=_NOT_GRID)
+  except ValueError as e:
     _cli.fail(e)
   __doc__ += _options_help()
   _cli.run(main, interrupted=_interrupted)
