@@ -18,6 +18,17 @@ activation (the convention of Geiger et al.'s feature_lazy code).
 
 The output is multiplied by ``alpha`` (1906.08034). Training ``f(w) - f(w0)`` is
 handled by :func:`output_fn`.
+
+The authors' own networks (nn_jamming, the code of 1809.09349 and 1810.09665)
+differ from the default in three ways; :func:`authors_net` returns that
+configuration: plain ReLU (``normalize_activation=False``: the second moment of
+the pre-activations halves at every layer instead of staying 1), trainable
+biases initialized at zero, and ``init="orthogonal_gain1"``, their
+``orthogonal_(weight, gain=1)``: each PyTorch weight [fan_out, fan_in] is
+filled, fan_in rows at a time, with the rows of independent Haar orthogonal
+matrices (QR of a Gaussian block, signs fixed by diag(R)), so every neuron's
+incoming weight vector has norm exactly 1 and no gain corrects for
+fan_out > fan_in.
 """
 import dataclasses
 import math
@@ -46,6 +57,9 @@ _ACTIVATIONS = {
 }
 
 
+INITS = ("normal", "orthogonal", "orthogonal_gain1")
+
+
 @dataclasses.dataclass(frozen=True)
 class NetConfig:
   """Architecture of a fully connected network (hashable, jit-static).
@@ -56,7 +70,11 @@ class NetConfig:
     depth: number of hidden layers L (0 gives a linear model).
     activation: "relu", "tanh" or "softplus".
     parametrization: "ntk" or "standard".
-    init: "normal" or "orthogonal" (the authors' protocol).
+    init: "normal"; "orthogonal" (Haar orthogonal [fan_in, fan_out] matrix,
+      rescaled by sqrt(fan_out / fan_in) when fan_out > fan_in so that
+      pre-activations keep unit second moment); or "orthogonal_gain1", the
+      authors' nn_jamming ``orthogonal_(w, gain=1)`` (module docstring;
+      identical to "orthogonal" when fan_out <= fan_in).
     bias: whether layers have biases (initialized at zero).
     n_out: number of outputs; 1 gives a scalar output.
     alpha: output scale (1906.08034).
@@ -88,9 +106,8 @@ class NetConfig:
     if self.parametrization not in ("ntk", "standard"):
       raise ValueError(f"unknown parametrization {self.parametrization!r}; "
                        "choose 'ntk' or 'standard'")
-    if self.init not in ("normal", "orthogonal"):
-      raise ValueError(f"unknown init {self.init!r}; "
-                       "choose 'normal' or 'orthogonal'")
+    if self.init not in INITS:
+      raise ValueError(f"unknown init {self.init!r}; choose from {INITS}")
 
   @property
   def layer_sizes(self) -> tuple:
@@ -141,6 +158,46 @@ def _orthogonal(key, shape, dtype):
   return q if fan_in >= fan_out else q.T
 
 
+def orthogonal_rows(g):
+  """The authors' orthogonal init of a PyTorch weight from a Gaussian draw.
+
+  nn_jamming ``functions.orthogonal_(tensor, gain=1)`` (commit f96dfa0): for
+  the weight W of shape [rows = fan_out, cols = fan_in], each block of ``cols``
+  consecutive rows is the transpose of Q from the QR factorization of the
+  transposed Gaussian block, with Q's columns multiplied by sign(diag(R)) so
+  that it is Haar distributed (Mezzadri 2007). Every row has norm 1; with
+  fan_out <= fan_in the rows are orthonormal, otherwise W stacks independent
+  square orthogonal matrices (and a last partial block).
+
+  Args:
+    g: [fan_out, fan_in] standard Gaussian draw (the ``normal_(0, 1)`` fill).
+
+  Returns:
+    W: [fan_out, fan_in] (PyTorch layout; lossland stores W.T).
+  """
+  rows, cols = g.shape
+  blocks = []
+  for i in range(0, rows, cols):
+    q, r = jnp.linalg.qr(g[i:i + cols].T)  # [cols, b], [b, b]
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    blocks.append(q.T)
+  return jnp.concatenate(blocks, axis=0)
+
+
+def authors_net(d: int, width: int, depth: int, n_out: int = 1) -> NetConfig:
+  """The network of nn_jamming as the authors ran it (1809.09349, 1810.09665).
+
+  ReLU without normalization, standard (PyTorch) parametrization, trainable
+  biases initialized at zero, orthogonal init with gain 1 for every layer
+  (their output layer uses gain = kappa = 1). Only the random numbers differ
+  (jax instead of torch draws).
+  """
+  return NetConfig(d=d, width=width, depth=depth, activation="relu",
+                   parametrization="standard", init="orthogonal_gain1",
+                   bias=True, n_out=n_out, alpha=1.0,
+                   normalize_activation=False)
+
+
 def make_net(cfg: NetConfig, dtype=None) -> tuple:
   """Returns ``(init_fn, apply_fn)`` for the network described by ``cfg``.
 
@@ -165,6 +222,8 @@ def make_net(cfg: NetConfig, dtype=None) -> tuple:
     for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
       if cfg.init == "normal":
         w_eff = jax.random.normal(k, (fan_in, fan_out), dt) / math.sqrt(fan_in)
+      elif cfg.init == "orthogonal_gain1":
+        w_eff = orthogonal_rows(jax.random.normal(k, (fan_out, fan_in), dt)).T
       else:
         # Orthonormal columns preserve |x|^2 fan_out / fan_in; with fewer
         # inputs than outputs the rows are orthonormal and we rescale so that

@@ -113,3 +113,75 @@ def test_dtype_follows_x64():
     p = init_fn(jax.random.key(0))
     assert p[0]["w"].dtype == jnp.float32
     assert apply_fn(p, jnp.ones((2, 3), jnp.float32)).dtype == jnp.float32
+
+
+def _authors_orthogonal_numpy(g):
+  # nn_jamming functions.orthogonal_(tensor, gain=1), transliterated from
+  # PyTorch: W [rows, cols] filled cols rows at a time.
+  rows, cols = g.shape
+  w = np.empty_like(g)
+  for i in range(0, rows, cols):
+    q, r = np.linalg.qr(g[i:i + cols].T)
+    q = q * np.sign(np.diag(r))
+    w[i:i + cols] = q.T
+  return w
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (5, 5), (12, 5), (1, 7)])
+def test_orthogonal_gain1_is_the_authors_construction(shape):
+  g = np.asarray(jax.random.normal(jax.random.key(4), shape))
+  w = np.asarray(nets.orthogonal_rows(jnp.asarray(g)))
+  np.testing.assert_allclose(w, _authors_orthogonal_numpy(g), atol=1e-12)
+  np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-12)
+
+
+def test_authors_net_init_structure(key):
+  # d < h: the first layer stacks independent square orthogonal blocks (no
+  # rescaling), every neuron's incoming weights have norm 1, biases are zero.
+  cfg = nets.authors_net(d=5, width=12, depth=2)
+  assert cfg.init == "orthogonal_gain1" and not cfg.normalize_activation
+  assert cfg.parametrization == "standard" and cfg.bias
+  params = nets.make_net(cfg)[0](key)
+  w0 = np.asarray(params[0]["w"])  # [5, 12] = W.T
+  np.testing.assert_allclose(np.linalg.norm(w0, axis=0), 1.0, rtol=1e-12)
+  for blk in (w0[:, 0:5], w0[:, 5:10]):
+    np.testing.assert_allclose(blk.T @ blk, np.eye(5), atol=1e-12)
+  w1 = np.asarray(params[1]["w"])
+  np.testing.assert_allclose(w1.T @ w1, np.eye(12), atol=1e-12)
+  np.testing.assert_allclose(np.linalg.norm(params[2]["w"]), 1.0, rtol=1e-12)
+  assert all(float(jnp.abs(l["b"]).max()) == 0 for l in params)
+  # the default "orthogonal" init differs when fan_out > fan_in (one Haar
+  # matrix with orthonormal rows, rescaled), and is the same otherwise
+  cfg_o = nets.NetConfig(d=5, width=12, depth=2, init="orthogonal",
+                         parametrization="standard")
+  w0o = np.asarray(nets.make_net(cfg_o)[0](key)[0]["w"])
+  np.testing.assert_allclose(w0o @ w0o.T, 12 / 5 * np.eye(5), atol=1e-12)
+
+
+def test_authors_forward_pass_against_plain_numpy(key):
+  cfg = nets.authors_net(d=4, width=6, depth=3)
+  init_fn, apply_fn = nets.make_net(cfg)
+  params = jax.tree_util.tree_map(lambda a: a + 0.05, init_fn(key))  # nonzero biases
+  x = np.asarray(jax.random.normal(jax.random.key(2), (7, 4)))
+  z = x
+  for i, layer in enumerate(params):
+    W, b = np.asarray(layer["w"]).T, np.asarray(layer["b"])  # torch layout
+    z = z @ W.T + b  # nn.Linear
+    if i < len(params) - 1:
+      z = np.maximum(z, 0)  # F.relu, no sqrt(2)
+  np.testing.assert_allclose(apply_fn(params, x), z[:, 0], rtol=1e-12)
+  # N counts weights only, as the authors
+  assert nets.n_weights(4, 6, 3) == sum(int(l["w"].size) for l in params)
+
+
+def test_authors_net_output_scale_halves_per_layer():
+  # Unit-norm rows and plain ReLU: E[z^2] = 1 after the first layer and is
+  # halved by every further layer, so E[f^2] = 2^-L for |x| = sqrt(d).
+  depth = 3
+  cfg = nets.authors_net(d=20, width=100, depth=depth)
+  init_fn, apply_fn = nets.make_net(cfg)
+  x = jax.random.normal(jax.random.key(3), (64, 20))
+  x = x * jnp.sqrt(20) / jnp.linalg.norm(x, axis=1, keepdims=True)
+  keys = jax.random.split(jax.random.key(5), 20)
+  f = jax.jit(jax.vmap(lambda k: apply_fn(init_fn(k), x)))(keys)
+  assert 0.7 < float(jnp.mean(f ** 2)) * 2 ** depth < 1.4
