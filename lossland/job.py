@@ -60,8 +60,15 @@ class Option(NamedTuple):
 
 SPEC = (
     Option("dataset", "enum", "digits", "Training data (labels +-1, inputs on the sphere of radius sqrt(d)).",
-           ("digits", "sphere", "teacher", "npz")),
+           ("digits", "sphere", "teacher", "npz", "mnist", "fashion_mnist", "cifar10")),
     Option("data_file", "str", None, ".npz with x_train, y_train[, x_test, y_test] for --dataset npz."),
+    Option("data_dir", "str", None, "Folder of the image data sets (mnist, fashion_mnist, cifar10; "
+           "default: lossland.data.default_data_dir())."),
+    Option("classes", "str", None, "Binary task of real data: 'parity' or two groups such as "
+           "'0-4/5-9' (default: parity; 0-4/5-9 for fashion_mnist and cifar10)."),
+    Option("split", "enum", None, "Real data: 'official' train/test split or 'pooled' and re-split "
+           "(default: official for the image data sets, pooled for digits and npz).",
+           ("official", "pooled")),
     Option("P", "int", 400, "Number of training points."),
     Option("d", "int", 16, "Input dimension (PCA components for real data)."),
     Option("n_test", "int", None, "Test points (default: all remaining real data; P for synthetic data)."),
@@ -223,6 +230,10 @@ def validate(values: dict) -> dict:
     need(v["margin"] >= 0, "margin", "must be >= 0")
   if v["dataset"] == "npz" and not v["data_file"]:
     raise JobError("--dataset npz needs --data_file")
+  if v["dataset"] in ("sphere", "teacher"):
+    for name in ("classes", "split"):
+      if v[name] is not None:
+        raise JobError(f"--{name} applies to real data, not --dataset {v['dataset']}")
   if v["batch_size"] and v["batch_size"] > v["P"]:
     raise JobError(f"--batch_size {v['batch_size']} exceeds P={v['P']}")
   if not v["out_dir"]:
@@ -278,6 +289,42 @@ def _n_test_planned(v) -> int:
   if v["dataset"] in ("sphere", "teacher"):
     return v["P"]
   return 0  # real data: the rest of the file, known only once it is read
+
+
+def make_data(values: dict, dtype):
+  """The job's Dataset (:func:`lossland.data.make_dataset` of the options).
+
+  Raises:
+    JobError: the sizes or the data file are unusable (data.py's own checks,
+      and any failure to read a user's file, say which).
+  """
+  import zipfile
+  import jax
+  from lossland import data as data_lib
+  v = values
+  extra = {k: v[k] for k in ("classes", "split", "data_dir") if v[k] is not None}
+  try:
+    return data_lib.make_dataset(
+        v["dataset"], v["P"], v["d"], v["n_test"],
+        key=jax.random.key(v["data_seed"]), data_file=v["data_file"],
+        teacher_width=v["teacher_width"], teacher_depth=v["teacher_depth"],
+        dtype=dtype, **extra)
+  except ValueError as e:  # data.py's checks of the sizes, labels and files
+    raise JobError(str(e)) from None
+  except (OSError, EOFError, zipfile.BadZipFile, TypeError, KeyError) as e:
+    if v["dataset"] != "npz":
+      raise
+    # A user's file that data.py did not anticipate: still one line.
+    raise JobError(f"--data_file {v['data_file']}: cannot be used "
+                   f"({type(e).__name__}: {e})") from None
+
+
+def work_fraction(step: int, max_steps: int, n_running: int, n_done: int,
+                  n_total: int) -> float:
+  """Fraction of the ensemble's work done: finished members count whole,
+  running ones by their steps (members not started yet count 0)."""
+  run = n_running * min(max(step, 0), max_steps) / max(max_steps, 1)
+  return min((n_done + run) / max(n_total, 1), 1.0)
 
 
 def check_memory(net, cfg, values: dict, itemsize: int, available=None):
@@ -462,7 +509,6 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
     raise ValueError("x64=True needs jax.config.update('jax_enable_x64', True) "
                      "before run_ensemble_job")
   import numpy as np
-  from lossland import data as data_lib
   from lossland import experiment, nets, plots, train
   from lossland.scripts import _cli
 
@@ -474,14 +520,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   if v["N"] is not None and n_w != v["N"]:
     say(f"N = {v['N']} is not reachable at depth {net.depth}, d = {net.d}: "
         f"using width {net.width}, N = {n_w}")
-  try:
-    ds = data_lib.make_dataset(
-        v["dataset"], v["P"], v["d"], v["n_test"],
-        key=jax.random.key(v["data_seed"]), data_file=v["data_file"],
-        teacher_width=v["teacher_width"], teacher_depth=v["teacher_depth"],
-        dtype=dtype)
-  except ValueError as e:  # data.py's own checks of the sizes and the file
-    raise JobError(str(e)) from None
+  ds = make_data(v, dtype)
   if cfg.batch_size > ds.P:
     raise JobError(f"--batch_size {cfg.batch_size} exceeds P={ds.P}")
   seeds = list(range(v["seed"], v["seed"] + v["n_seeds"]))
@@ -495,8 +534,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   K = len(seeds)
 
   def progress_fn(step, max_steps, n_running, n_done, n_total):
-    # Work left: finished members count whole, running ones by their steps.
-    frac = (n_done + n_running * min(step, max_steps) / max(max_steps, 1)) / n_total
+    frac = work_fraction(step, max_steps, n_running, n_done, n_total)
     bar(frac, 1.0, f"done {n_done}/{n_total} running {n_running} "
         f"step {step}/{max_steps}")
 

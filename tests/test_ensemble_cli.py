@@ -13,16 +13,19 @@ TINY = ["--P", "30", "--d", "5", "--depth", "2", "--width", "6", "--n_test", "40
         "--max_steps", "300", "--n_seeds", "3", "--plots=false"]
 
 
-def run_cli(args, tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def run_cli(args, tmp_path, **env_extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **env_extra)
   return subprocess.run([sys.executable, "-m", "lossland.scripts.ensemble",
                          "--out_dir", str(tmp_path)] + args,
                         capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_cli_writes_a_complete_run_directory(tmp_path):
-  out = run_cli(TINY + ["--plots"], tmp_path)
+  cache = tmp_path.parent / (tmp_path.name + "_cache")
+  out = run_cli(TINY + ["--plots"], tmp_path, LOSSLAND_CACHE_DIR=str(cache))
   assert out.returncode == 0, out.stderr
+  assert any(cache.iterdir()), "the persistent compilation cache was not written"
+  assert "compiling" in out.stderr
   runs = os.listdir(tmp_path / "ensemble")
   assert len(runs) == 1 and not runs[0].startswith(".")
   run_dir = tmp_path / "ensemble" / runs[0]
@@ -30,12 +33,15 @@ def test_cli_writes_a_complete_run_directory(tmp_path):
     assert (run_dir / f).is_file(), f
   summary = json.loads((run_dir / "summary.json").read_text())
   for key in ("members", "mean_test_error", "ensemble_test_error", "output_variance",
-              "wall_seconds"):
+              "wall_seconds", "member_class_counts", "n_healthy", "diverged_seeds",
+              "dead_seeds"):
     assert key in summary
+  import jax
+  assert summary["n_devices"] == jax.local_device_count() and summary["backend"] == "cpu"
   assert [m["seed"] for m in summary["members"]] == [0, 1, 2]
   for m in summary["members"]:
     assert set(m) >= {"seed", "stop_reason", "steps", "loss", "n_delta", "train_error",
-                      "test_error"}
+                      "test_error", "class"}
   config = json.loads((run_dir / "config.json").read_text())
   assert config["flags"]["P"] == 30 and config["environment"]["x64"] is True
   assert "jax" in config["environment"] and "git_revision" in config["environment"]
@@ -71,8 +77,100 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, bad):
 
 
 def test_all_members_diverging_is_an_error(tmp_path):
-  out = run_cli(TINY + ["--optimizer", "sgd", "--lr", "1e8"], tmp_path)
+  cache = tmp_path.parent / (tmp_path.name + "_cache")
+  out = run_cli(TINY + ["--optimizer", "sgd", "--lr", "1e8", "--nocompilation_cache"],
+                tmp_path, LOSSLAND_CACHE_DIR=str(cache))
+  assert not cache.exists()  # --nocompilation_cache
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: every member diverged")
   # Nothing half-written: not even an empty <out_dir>/ensemble (nor the checkpoint).
   assert not (tmp_path / "ensemble").exists()
+
+
+def test_n_is_rounded_to_a_width_and_said(tmp_path):
+  out = run_cli(TINY + ["--N", "400", "--d", "5", "--depth", "2", "--max_steps", "1",
+                        "--n_seeds", "1"], tmp_path)
+  assert out.returncode == 0, out.stderr
+  # d=5, depth 2: N(h) = h^2 + 6h; N(17) = 391, N(18) = 432: 391 is the nearest.
+  assert "N = 400 is not reachable" in out.stdout and "width 17, N = 391" in out.stdout
+
+
+def test_ctrl_c_prints_one_line_keeps_the_checkpoint_and_resumes(tmp_path):
+  import signal
+  import time
+  args = [sys.executable, "-m", "lossland.scripts.ensemble", "--out_dir", str(tmp_path),
+          "--dataset", "sphere", "--P", "64", "--d", "4", "--depth", "1", "--width", "2",
+          "--n_test", "8", "--n_seeds", "2", "--max_steps", "1000000", "--chunk_steps", "100",
+          "--jam_window", "1000000", "--checkpoint_every", "0", "--plots=false"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+  def start_and_interrupt(wait_for):
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    t0 = time.time()
+    while not wait_for() and time.time() - t0 < 120 and p.poll() is None:
+      time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    return p.returncode, out, err
+
+  ens = tmp_path / "ensemble"
+  ckpts = lambda: [f for f in os.listdir(ens) if f.startswith(".checkpoint_") and f.endswith(".npz")] if ens.is_dir() else []
+  rc, out, err = start_and_interrupt(lambda: bool(ckpts()))
+  assert rc == 130, err
+  assert "Traceback" not in err
+  assert err.strip().splitlines()[-1] == "interrupted; run the same command to resume"
+  assert len(ckpts()) == 1  # kept for the resume
+  assert [f for f in os.listdir(ens) if not f.startswith(".")] == []  # no run directory
+  # The same command resumes from it.
+  mtime = os.path.getmtime(ens / ckpts()[0])
+  rc, out, err = start_and_interrupt(lambda: os.path.getmtime(ens / ckpts()[0]) > mtime)
+  assert rc == 130 and "resuming from" in out, (out, err)
+
+
+def test_diverged_and_dead_members_are_left_out_of_the_numbers(tmp_path):
+  """sgd at lr 30 on the tiny problem: some members diverge (outputs ~1e8 or
+  non-finite), one dies (f = 0). The headline numbers must be those of the
+  healthy members only, recomputed here with plain loops from arrays.npz."""
+  import io as _io
+  from lossland import job
+  stdout = _io.StringIO()
+  run_dir, s = job.run_ensemble_job(
+      dict(P=30, d=5, depth=2, width=6, n_test=40, max_steps=300, n_seeds=6,
+           optimizer="sgd", lr=30.0, out_dir=str(tmp_path), resume=False, plots=True),
+      progress=False, stdout=stdout)
+  classes = [m["class"] for m in s["members"]]
+  assert "diverged" in classes and s["n_healthy"] >= 1, classes
+  assert s["diverged_seeds"] == [m["seed"] for m in s["members"] if m["class"] == "diverged"]
+  assert s["dead_seeds"] == [m["seed"] for m in s["members"] if m["class"] == "dead"]
+  assert s["n_healthy"] == sum(c not in ("diverged", "dead") for c in classes)
+  assert sum(s["member_class_counts"].values()) == 6
+  a = np.load(os.path.join(run_dir, "arrays.npz"))
+  f, y = a["f_test"], a["y_test"]
+  for k, c in enumerate(classes):
+    if c == "dead":
+      assert np.all(a["f_train"][k] == 0)
+    if c == "diverged":
+      assert a["stop_code"][k] == 4 or not np.all(np.isfinite(a["f_train"][k]))
+  healthy = [k for k, c in enumerate(classes) if c not in ("diverged", "dead")]
+  n = len(y)
+  errs = [sum(y[i] * f[k, i] <= 0 for i in range(n)) / n for k in healthy]
+  assert s["mean_test_error"] == pytest.approx(np.mean(errs))
+  fbar = [sum(f[k, i] for k in healthy) / len(healthy) for i in range(n)]
+  assert s["ensemble_test_error"] == pytest.approx(
+      sum(y[i] * fbar[i] <= 0 for i in range(n)) / n)
+  if len(healthy) > 1:
+    var = np.mean([sum((f[k, i] - fbar[i]) ** 2 for k in healthy) / (len(healthy) - 1)
+                   for i in range(n)])
+    assert s["output_variance"] == pytest.approx(var)
+  else:
+    assert s["output_variance"] is None or np.isnan(s["output_variance"])
+  assert s["mean_train_error"] == pytest.approx(
+      np.mean([s["members"][k]["train_error"] for k in healthy]))
+  # The table names the classes; the figures were drawn despite non-finite outputs.
+  assert "diverged" in stdout.getvalue() and "healthy members:" in stdout.getvalue()
+  for png in ("training.png", "test_errors.png", "delta_distribution.png"):
+    assert os.path.isfile(os.path.join(run_dir, png))
+  on_disk = json.loads(open(os.path.join(run_dir, "summary.json")).read())
+  assert on_disk["diverged_seeds"] == s["diverged_seeds"]

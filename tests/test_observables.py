@@ -71,3 +71,46 @@ def test_run_dirs_are_atomic(tmp_path):
   (tmp_path / "partial" / "config.json").write_text("{}")
   with pytest.raises(io.RunError, match="incomplete"):
     io.load_run(str(tmp_path / "partial"))
+
+
+def test_member_classes_by_construction():
+  """One member per class and the precedence between them (N = 100 weights)."""
+  P, N = 6, 100
+  f = np.ones((11, P))
+  rows = [  # (stop reason, N_delta, max Delta, expected class)
+      ("diverged", 3, 0.5, "diverged"),       # by stop reason
+      ("jammed", 30, 0.5, "diverged"),        # non-finite outputs beat the rest
+      ("jammed", 6, 1.0, "dead"),             # f = 0 everywhere: dead, not jammed
+      ("sat", 0, -0.1, "sat"),
+      ("max_steps", 0, -0.1, "sat"),          # N_delta = 0 beats max_steps
+      ("max_steps", 2, 1e-8, "limbo"),        # few points, Delta at rounding level
+      ("jammed", 4, 1e-7, "limbo"),
+      ("max_steps", 5, 1e-8, "not_converged"),  # 5 > limbo_max_nd
+      ("max_steps", 3, 1e-3, "not_converged"),  # Delta too large for limbo
+      ("jammed", 11, 0.2, "jammed"),          # N_delta > 0.1 N
+      ("jammed", 10, 0.2, "stalled"),         # N_delta = 0.1 N is not > 0.1 N
+  ]
+  f[1, 2] = np.nan
+  f[2] = 0.0
+  reasons = [r[0] for r in rows]
+  nd = np.array([r[1] for r in rows])
+  md = np.array([r[2] for r in rows])
+  got = observables.member_classes(reasons, nd, md, f, N)
+  assert got == [r[3] for r in rows]
+  assert set(got) == set(observables.MEMBER_CLASSES)
+  # The thresholds are arguments.
+  assert observables.member_classes(["max_steps"], [5], [1e-8], f[:1], N,
+                                    limbo_max_nd=5) == ["limbo"]
+  assert observables.member_classes(["max_steps"], [2], [1e-5], f[:1], N,
+                                    limbo_delta=1e-4) == ["limbo"]
+  assert observables.member_classes(["diverged"], [0], [0.0], f[:1], N) == ["diverged"]
+
+
+def test_work_fraction_counts_members_not_steps():
+  from lossland import job
+  # 19 of 20 members done, the last one at step 10 of 1000: ~95%, not 1%.
+  assert job.work_fraction(10, 1000, 1, 19, 20) == pytest.approx((19 + 0.01) / 20)
+  assert job.work_fraction(0, 1000, 20, 0, 20) == 0.0
+  assert job.work_fraction(1000, 1000, 0, 20, 20) == 1.0
+  # groups: 4 done, 4 running half-way, 12 not started
+  assert job.work_fraction(50, 100, 4, 4, 20) == pytest.approx(6 / 20)

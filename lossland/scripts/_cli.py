@@ -17,6 +17,7 @@
 import os
 import sys
 import time
+import warnings
 
 from absl import app
 from absl import flags
@@ -138,11 +139,12 @@ def _parse(argv):
   args = argv[1:]
   if "--" in args:
     args = args[:args.index("--")]
-  if any(a in _FULL_HELP_ARGS for a in args):
-    _print_help(full=True)
-    sys.exit(0)
-  if any(a in _HELP_ARGS for a in args):
-    _print_help(full=False)
+  full = any(a in _FULL_HELP_ARGS for a in args)
+  if full or any(a in _HELP_ARGS for a in args):
+    try:
+      _print_help(full=full)
+    except BrokenPipeError:  # e.g. piped into head
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   try:
     return flags.FLAGS(argv)
@@ -178,6 +180,8 @@ def run(main, interrupted="interrupted"):
   """
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)
+    # Buffer donation is a no-op on CPU; its warning is noise for a user.
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     if _cache_wanted():
       enable_compilation_cache()
     try:
