@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -117,13 +119,41 @@ def test_plateau_schedule_reduces_lr():
 def test_chunk_compiles_once_per_shape(ds):
   cfg = train.TrainConfig(lr=1e-2, max_steps=400, chunk_steps=100)
   res = train.train_ensemble(range(4), ds, NET, LOSS, cfg)
-  run_chunk = train._compiled(NET, LOSS, cfg)[2]
-  n = run_chunk._cache_size()
-  assert n == res.n_compiles  # one compilation per padded group size
+  fns = train._compiled(NET, LOSS, cfg, train.n_devices())
+  n = fns.chunk._cache_size()
+  assert n == res.n_compiles  # one compilation per (padded group size, scan length)
+  n_record = fns.record._cache_size()
   train.train_ensemble(range(4), ds, NET, LOSS, cfg)
-  assert run_chunk._cache_size() == n  # the same run compiles nothing new
+  assert fns.chunk._cache_size() == n  # the same run compiles nothing new
+  assert fns.record._cache_size() == n_record
   train.train_ensemble(range(10, 14), ds, NET, LOSS, cfg)
-  assert run_chunk._cache_size() <= len(train._buckets(4))  # sizes 4, 2, 1 at most
+  lengths = {m for i in range(1, 101) for m in train.scan_lengths(i, 100)}
+  assert lengths == {1, 8, 64}
+  # group sizes 4, 2, 1 at most, times the scan lengths
+  assert fns.chunk._cache_size() <= len(train._buckets(4)) * len(lengths)
+  assert fns.record._cache_size() <= len(train._buckets(4))
+
+
+def test_scan_lengths_cover_the_interval():
+  for n in (1, 7, 8, 9, 100, 1000, 4097):
+    parts = train.scan_lengths(n, 2000)
+    assert sum(parts) == n and parts == sorted(parts, reverse=True)
+    assert all(p in (1, 8, 64, 512) for p in parts)
+  assert train.scan_lengths(100, 10) == [8] * 12 + [1] * 4
+
+
+def test_a_stop_at_max_steps_is_max_steps_not_jammed():
+  # jam_rtol close to 1 makes every jam window "stalled"; a window that ends
+  # exactly at max_steps must still report max_steps (issue 10, item 4).
+  ds = data.sphere(jax.random.key(2), 60, 5)
+  net = nets.NetConfig(d=5, width=2, depth=1)
+  cfg = train.TrainConfig(lr=1e-2, max_steps=100, jam_window=100, jam_rtol=0.999)
+  res = train.train_ensemble([0, 1], ds, net, LOSS, cfg)
+  assert res.stop_reasons == ["max_steps", "max_steps"]
+  assert np.all(res.steps == 100)
+  # the same window before max_steps is jammed (the rule itself works)
+  res = train.train_ensemble([0, 1], ds, net, LOSS, dataclasses.replace(cfg, max_steps=101))
+  assert res.stop_reasons == ["jammed", "jammed"] and np.all(res.steps == 100)
 
 
 def test_same_seed_same_numbers(ds):
@@ -183,9 +213,14 @@ def test_interrupted_ensemble_resumes_to_the_same_numbers(ds, tmp_path):
   assert other.steps.shape == (1,)
   res = train.train_ensemble(range(4), ds, NET, LOSS, cfg, group_size=2,
                              checkpoint_path=path, checkpoint_every=0)
+  # bitwise the same numbers (README guarantee)
   np.testing.assert_array_equal(res.steps, ref.steps)
   np.testing.assert_array_equal(res.stop_code, ref.stop_code)
-  np.testing.assert_allclose(res.f_test, ref.f_test, rtol=1e-12)
-  np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=1e-12)
+  np.testing.assert_array_equal(res.f_test, ref.f_test)
+  for k in train.MEASUREMENTS:
+    np.testing.assert_array_equal(res.history[k], ref.history[k])
+    np.testing.assert_array_equal(res.final[k], ref.final[k])
+  for a, b in zip(jax.tree_util.tree_leaves(res.params), jax.tree_util.tree_leaves(ref.params)):
+    np.testing.assert_array_equal(a, b)
   for a, b in zip(jax.tree_util.tree_leaves(res.params0), jax.tree_util.tree_leaves(ref.params0)):
     np.testing.assert_array_equal(a, b)
