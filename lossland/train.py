@@ -263,6 +263,8 @@ def stop_code(t, running, loss, loss0, finite_grad, nd, checked, best, jam_ref,
     int32 code: DIVERGED, SAT, MAX_STEPS, JAMMED (in this priority) or RUNNING;
     a member that was not running keeps RUNNING here (the caller keeps its code).
   """
+  running, finite_grad, checked = (jnp.asarray(a, bool) for a in
+                                   (running, finite_grad, checked))
   diverged = (~jnp.isfinite(loss) | ~finite_grad |
               (loss > cfg.divergence_factor * jnp.maximum(loss0, 1.0)))
   sat = (nd == 0) & checked & cfg.stop_at_sat
