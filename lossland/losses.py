@@ -22,6 +22,7 @@ maximum'(0) = 1/2). The curvature code relies on this: H0 and Hp sum only over
 unsatisfied points.
 """
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -71,13 +72,20 @@ class LossConfig:
   Attributes:
     name: one of ``LOSS_NAMES``.
     margin: epsilon in Delta = epsilon - y f; None picks the loss's default.
+    scale: the training loss is ``scale * (1/P) sum_mu ell(Delta_mu)`` (the
+      trainer multiplies by it); 1/alpha^2 in the lazy/feature setting of
+      1906.08034 (:func:`alpha_loss_config`). Observables (N_Delta, errors)
+      do not depend on it.
   """
   name: str = "quadratic_hinge"
   margin: float | None = None
+  scale: float = 1.0
 
   def __post_init__(self):
     if self.name not in _LOSSES:
       raise ValueError(f"unknown loss {self.name!r}; choose from {sorted(_LOSSES)}")
+    if not (self.scale > 0 and math.isfinite(self.scale)):
+      raise ValueError(f"loss scale must be positive and finite, got {self.scale}")
 
   @property
   def epsilon(self) -> float:
@@ -86,6 +94,35 @@ class LossConfig:
   @property
   def fn(self) -> Callable:
     return _LOSSES[self.name][0]
+
+
+def alpha_loss_config(name: str = "quadratic_hinge", alpha: float = 1.0,
+                      margin: float | None = None) -> LossConfig:
+  """The loss of the alpha-scaled model of 1906.08034 (lazy vs feature training).
+
+  The model is F(w; x) = alpha (f(w; x) - f(w0; x)) (``NetConfig(alpha=...)``
+  with ``subtract_init``) and the loss
+  L(w) = (1 / alpha^2) (1/P) sum_mu ell(epsilon - y_mu F(w; x_mu)).
+  Under gradient flow dw/dt = -grad L the outputs move as
+  dF/dt = -alpha^2 Theta_f grad_F L = (1/P) sum_mu Theta_f(., x_mu)
+  ell'(Delta_mu) y_mu, with Theta_f the NTK of f (alpha = 1): independent of
+  alpha as long as Theta_f stays at its initial value (the lazy regime, large
+  alpha sqrt(h)), while the weights move by O(1/alpha). The authors' code
+  (feature_lazy main.py) divides by alpha instead of alpha^2, which only
+  rescales time by alpha; for Adam (invariant to a constant loss factor up to
+  its epsilon) the factor does not matter, for SGD/momentum it does.
+
+  Args:
+    name: one of ``LOSS_NAMES``.
+    alpha: the output scale (> 0).
+    margin: epsilon (default: the loss's own).
+
+  Returns:
+    ``LossConfig(name, margin, scale=1 / alpha**2)``.
+  """
+  if not (alpha > 0 and math.isfinite(alpha)):
+    raise ValueError(f"alpha must be positive and finite, got {alpha}")
+  return LossConfig(name, margin, scale=1.0 / float(alpha) ** 2)
 
 
 def get_loss(name: str) -> Callable:
@@ -99,8 +136,8 @@ def margins(f, y, epsilon):
 
 
 def mean_loss(loss_cfg: LossConfig, f, y):
-  """(1/P) sum_mu ell(Delta_mu): the training loss."""
-  return jnp.mean(loss_cfg.fn(margins(f, y, loss_cfg.epsilon)))
+  """scale (1/P) sum_mu ell(Delta_mu): the training loss."""
+  return loss_cfg.scale * jnp.mean(loss_cfg.fn(margins(f, y, loss_cfg.epsilon)))
 
 
 def n_unsatisfied(delta):

@@ -60,3 +60,53 @@ def test_defaults_and_errors():
   assert losses.LossConfig("hinge", margin=0.5).epsilon == 0.5
   with pytest.raises(ValueError):
     losses.LossConfig("mse")
+
+
+def test_loss_scale_and_alpha_config():
+  lc = losses.alpha_loss_config("hinge", alpha=4.0)
+  assert lc.scale == 1 / 16 and lc.epsilon == 1.0 and lc.name == "hinge"
+  assert losses.alpha_loss_config("quadratic_hinge", 2.0, margin=0.5).epsilon == 0.5
+  f, y = jnp.array([0.2, -1.0, 3.0]), jnp.array([1.0, 1.0, -1.0])
+  np.testing.assert_allclose(losses.mean_loss(lc, f, y),
+                             np.mean(np.maximum(1 - np.asarray(y * f), 0)) / 16)
+  assert losses.LossConfig().scale == 1.0
+  for bad in (0.0, -1.0, float("inf")):
+    with pytest.raises(ValueError):
+      losses.LossConfig(scale=bad)
+    with pytest.raises(ValueError):
+      losses.alpha_loss_config("hinge", alpha=bad)
+
+
+def _gd_outputs(alpha, scale, x, y, steps, lr):
+  """Plain gradient descent on scale * mean ell(1 - y alpha (f - f0))."""
+  cfg = nets.NetConfig(d=x.shape[1], width=32, depth=2, alpha=alpha)
+  init_fn, apply_fn = nets.make_net(cfg)
+  p0 = init_fn(jax.random.key(0))
+  out = nets.output_fn(apply_fn, subtract_init=True)
+  lc = losses.LossConfig("quadratic_hinge", scale=scale)
+  grad = jax.jit(jax.grad(lambda p: losses.mean_loss(lc, out(p, p0, x), y)))
+  p = p0
+  for _ in range(steps):
+    p = jax.tree_util.tree_map(lambda a, g: a - lr * g, p, grad(p))
+  return out(p, p0, x)
+
+
+def test_alpha_rescaled_loss_gives_alpha_independent_lazy_dynamics():
+  # F = alpha (f - f0) with the loss / alpha^2: the function-space dynamics
+  # tends to the alpha-independent kernel flow with the NTK of f at init
+  # (1906.08034); without the 1/alpha^2 the outputs move alpha^2 faster.
+  from lossland import ntk
+  x = jax.random.normal(jax.random.key(1), (10, 4))
+  y = jnp.where(jnp.arange(10) % 2 == 0, 1.0, -1.0)
+  steps, lr = 20, 1.0
+  cfg1 = nets.NetConfig(d=4, width=32, depth=2)
+  theta = ntk.empirical_ntk_fn(cfg1)(nets.make_net(cfg1)[0](jax.random.key(0)), x, x)
+  lazy = ntk.kernel_hinge_flow(theta, y, None, losses.LossConfig("quadratic_hinge"),
+                               dt=lr, max_steps=steps, rtol=0.0, adaptive=False)["f_train"]
+  rel = lambda a: float(jnp.linalg.norm(a - lazy) / jnp.linalg.norm(lazy))
+  err_feature = rel(_gd_outputs(0.1, 100.0, x, y, steps, lr))
+  err_lazy = rel(_gd_outputs(1e3, 1e-6, x, y, steps, lr))
+  err_mid = rel(_gd_outputs(30.0, 1 / 900, x, y, steps, lr))
+  # lazy corrections are O(1 / (alpha sqrt(h)))
+  assert err_lazy < 1e-3 and err_mid > 3 * err_lazy and err_feature > 3 * err_mid, (
+      err_lazy, err_mid, err_feature)
