@@ -1,5 +1,6 @@
 """H v, H0 v, Hp v and the dense split against jax.hessian, jax.jacobian and eigh."""
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -294,9 +295,15 @@ def test_sat_point_has_zero_hessian():
 
 
 def test_zero_modes_at_jammed_minimum():
-  """Each hidden ReLU neuron gives a rescaling direction v with H v = -A grad
-  exactly, small at the end of training: v is a soft mode of H, and H has at
-  least depth * width eigenvalues that small."""
+  """Each hidden ReLU neuron k gives a rescaling direction v_k = A_k w with
+  H v_k = -A_k grad exactly, at any w (no assumption on how well training
+  converged, which differs between CPU and GPU end points). On the span of the
+  depth * width directions, V = QR, |H x| <= sigma = |[-A_k grad] R^-1|_2 for
+  unit x, a bound computed from the gradient alone; by Courant-Fischer (for
+  H^2) H then has at least depth * width eigenvalues with |lambda| <= sigma.
+  Checked against dense eigh; each v_k is a soft mode to within its own
+  gradient bound |A_k grad| / |v_k|, and sigma is small next to lambda_max
+  because the gradient at the end of training is."""
   ds, net, res = _trained_jammed()
   _, apply_fn = nets.make_net(net)
   fns = cv.curvature_fns(apply_fn, losses.LossConfig())
@@ -305,15 +312,124 @@ def test_zero_modes_at_jammed_minimum():
   flat = lambda t: ravel_pytree(t)[0]
   h = np.asarray(jax.jit(lambda p, b: cv.dense_split(fns, p, b)[0])(params, batch))
   g = np.asarray(flat(fns.grad(params, batch)))
+  w = np.asarray(flat(params))
   eigs = np.linalg.eigvalsh(h)
-  lam_max = eigs.max()
+  lam_max = np.abs(eigs).max()
+  vs, hvs = [], []
   for layer in range(net.depth):
     for neuron in range(net.width):
       a = np.asarray(flat(_relu_rescaling(params, layer, neuron)))
-      v = a * np.asarray(flat(params))
+      v = a * w
       np.testing.assert_allclose(h @ v, -a * g, atol=1e-12 * lam_max * np.abs(v).max())
       np.testing.assert_allclose(float(g @ v), 0.0, atol=1e-13)
-      v /= np.linalg.norm(v)
-      assert abs(v @ h @ v) < 1e-4 * lam_max
-  n_small = int(np.sum(np.abs(eigs) < 1e-4 * lam_max))
-  assert n_small >= net.depth * net.width
+      rayleigh = abs(v @ h @ v) / (v @ v)
+      assert rayleigh <= np.linalg.norm(a * g) / np.linalg.norm(v) + 1e-12 * lam_max
+      vs.append(v)
+      hvs.append(-a * g)
+  v_mat, hv_mat = np.stack(vs, 1), np.stack(hvs, 1)
+  m = v_mat.shape[1]
+  q, r = np.linalg.qr(v_mat)
+  assert np.linalg.matrix_rank(v_mat) == m == net.depth * net.width
+  sigma = np.linalg.norm(np.linalg.solve(r.T, hv_mat.T).T, 2)
+  np.testing.assert_allclose(np.linalg.norm(h @ q, 2), sigma, rtol=1e-6,
+                             atol=1e-12 * lam_max)
+  n_small = int(np.sum(np.abs(eigs) <= sigma * (1 + 1e-9) + 1e-12 * lam_max))
+  assert n_small >= m
+  # Soft: the end-of-training gradient keeps sigma far below the band (1.9e-4
+  # lambda_max on CPU; the GPU end point of issue 12 had v.H.v = 1.2e-4 lambda_max).
+  print(f"sigma / lambda_max = {sigma / lam_max:.3g}, n_small = {n_small} >= {m}")
+  assert sigma < 1e-2 * lam_max, (sigma, lam_max)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_jammed_120():
+  """Under-parametrized (N = 120 < P = 160) and jammed: N_Delta > 0 at the end."""
+  ds = data.sphere(jax.random.key(3), 160, 6)
+  net = nets.NetConfig(d=6, width=8, depth=2)
+  tcfg = train.TrainConfig(max_steps=3000, lr=1e-2, jam_window=500, jam_rtol=1e-4)
+  return ds, net, train.train_ensemble([0, 1], ds, net, losses.LossConfig(), tcfg)
+
+
+def test_lanczos_counts_against_dense_on_jammed_run():
+  """At scale: rank(H0), Tr(H0) and spec(H0) are exact (the N_Delta x N_Delta
+  kernel), the other counts are estimates whose intervals hold the dense truth,
+  and no check is stated from an estimate."""
+  ds, net, res = _trained_jammed_120()
+  _, apply_fn = nets.make_net(net)
+  fns = cv.curvature_fns(apply_fn, losses.LossConfig())
+  batch = cv.examples(ds.x_train, ds.y_train)
+  n = nets.n_params(net)
+  dense = jax.jit(lambda p, b: cv.dense_split(fns, p, b))
+  for k in range(2):
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params)
+    n_delta = int(jnp.sum(fns.delta(params, batch) > 0))
+    h, h0, hp = (np.linalg.eigvalsh(np.asarray(m)) for m in dense(params, batch))
+    truth = cv.spectral_counts(h, h0, hp, n_delta)
+    assert n_delta > 0 and truth["rank_h0"] > 0
+    row, arrays = cv.lanczos_counts(fns, params, batch, jax.random.key(k),
+                                    num_steps=80, num_probes=8, top_k=3, pad_to=32)
+    assert row["n_active"] == n_delta
+    assert row["rank_h0"] == truth["rank_h0"]
+    np.testing.assert_allclose(row["trace_h0"], h0.sum(), rtol=1e-10)
+    np.testing.assert_allclose(arrays["eig_h0"], h0, atol=1e-10 * h0.max())
+    for key in ("n_negative_hp", "n_zero_h", "n_negative_h"):
+      lo, hi = row[f"{key}_interval"]
+      assert lo <= truth[key] <= hi, (k, key, truth[key], lo, hi)
+      assert 0 <= row[f"{key}_stderr"] and key in row["estimated"]
+      assert hi - lo < 0.75 * n  # the interval says something
+    assert abs(row["trace_h"] - h.sum()) <= 3 * row["trace_h_stderr"] + 1e-10 * h.max()
+    # Ritz values bound the spectrum; residuals are the true |H y - theta y|.
+    assert row["lambda_min_h_upper_bound"] >= h.min() - 1e-12 * h.max()
+    np.testing.assert_allclose(row["ritz_top_h"][0], h.max(), rtol=1e-8)
+    assert 0 < row["ritz_top_residual_h"][0] < 1e-6 * h.max()
+    assert row["stable"] in (False, None) and row["n_negative_hp_le_n_delta"] is None
+    if row["stable"] is False:
+      assert not truth["stable"]
+
+
+def test_slq_interval_closed_form():
+  """estimate_fraction on hand-made quadratures: mean, standard error over
+  probes, and the weight of nodes whose residual straddles a boundary."""
+  nodes = np.array([[-1.0, 0.0, 2.0], [-1.0, 1e-3, 2.0]])
+  weights = np.array([[0.2, 0.3, 0.5], [0.4, 0.2, 0.4]])
+  res = np.array([[0.0, 0.0, 0.0], [0.0, 5e-3, 0.0]])
+  f = cv.estimate_fraction(nodes, weights, res, -1e-6, 1e-6)
+  assert f["estimate"] == pytest.approx(0.15)
+  assert f["stderr"] == pytest.approx(np.std([0.3, 0.0], ddof=1) / np.sqrt(2))
+  assert f["unresolved"] == pytest.approx(0.1)
+  lo, hi = f["interval"]
+  assert lo == 0.0 and hi == pytest.approx(0.15 + 3 * f["stderr"] + 0.1)
+
+
+def test_density_figures_of_an_all_zero_spectrum(tmp_path):
+  """At L = 0 with the finite-range hinge H = 0: the figures say so instead of
+  a density broadened by sigma = 1e-302."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  from lossland import curvature_plots as cp
+  nodes = np.zeros((2, 1, 10))
+  weights = np.full_like(nodes, 0.1)
+  seen = []
+  orig = plt.Figure.savefig
+
+  def spy(fig, *a, **kw):
+    seen.append([t.get_text() for ax in fig.axes for t in ax.texts] +
+                [ax.get_ylabel() for ax in fig.axes] +
+                [str(ax.get_ylim()) for ax in fig.axes])
+    return orig(fig, *a, **kw)
+
+  plt.Figure.savefig = spy
+  try:
+    paths = cp.plot_all(str(tmp_path), {m: (nodes, weights) for m in ("h", "h0", "hp")},
+                        np.zeros(2), ["a", "b"])
+    mixed = np.concatenate([nodes[:1], np.linspace(-1, 2, 10)[None, None]])
+    cp.plot_density(mixed, weights, "H", str(tmp_path / "mixed.png"), ["a", "b"])
+  finally:
+    plt.Figure.savefig = orig
+  assert all(os.path.getsize(p) > 1000 for p in paths)
+  text = " ".join(" ".join(s) for s in seen[:3])
+  assert "H = 0 exactly at a satisfied minimum" in text
+  assert "1e-302" not in text and "e+30" not in text and "e+29" not in text
+  # Only the zero member is named as such; the other one gets a density.
+  assert "σ = 0.03" in " ".join(seen[-1]) and "e+30" not in " ".join(seen[-1])
