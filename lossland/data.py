@@ -352,8 +352,20 @@ def interleave_classes(labels, groups=(1, -1)) -> tuple:
   return np.concatenate([order, rest]), k * m
 
 
+# Up to this many points or dimensions the PCA is the SVD of the centred data
+# (every earlier result, e.g. the digits, is unchanged); beyond it, the eigh of
+# the smaller of the covariance [D, D] and the Gram matrix [n, n], which is
+# 10-25x faster for image data (1000 CIFAR images: 2 s instead of 53 s here).
+_SVD_MAX = 256
+
+
 def pca_whiten(x_fit: np.ndarray, d: int) -> tuple:
   """Fits a whitening PCA with d components on x_fit [n, D].
+
+  Small problems (``min(n, D) <= 256``) use the SVD of the centred data;
+  larger ones the symmetric eigendecomposition of the smaller of the
+  covariance and the Gram matrix, each component's sign fixed so that its
+  largest loading is positive. Both give the same whitened subspace.
 
   Returns:
     (mean [D], components [D, d], scale [d]); project with :func:`apply_pca`.
@@ -362,13 +374,26 @@ def pca_whiten(x_fit: np.ndarray, d: int) -> tuple:
   n, D = x_fit.shape
   if d > min(n, D):
     raise DataError(f"cannot keep d={d} PCA components from {n} points "
-                     f"of dimension {D}")
+                    f"of dimension {D}")
   mean = x_fit.mean(axis=0)
-  _, s, vt = np.linalg.svd(x_fit - mean, full_matrices=False)
-  eig = s[:d] ** 2 / max(n - 1, 1)
+  xc = x_fit - mean
+  if min(n, D) <= _SVD_MAX:
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    lam, comps = s[:d] ** 2, vt[:d].T
+  else:
+    if n >= D:
+      lam, comps = np.linalg.eigh(xc.T @ xc)
+      lam, comps = lam[::-1][:d], comps[:, ::-1][:, :d]
+    else:
+      lam, u = np.linalg.eigh(xc @ xc.T)
+      lam, u = lam[::-1][:d], u[:, ::-1][:, :d]
+      comps = (xc.T @ u) / np.sqrt(np.maximum(lam, 1e-300))
+    top = np.argmax(np.abs(comps), axis=0)
+    comps = comps * np.where(comps[top, np.arange(d)] < 0, -1.0, 1.0)
+  eig = lam / max(n - 1, 1)
   if np.any(eig <= 1e-12 * max(eig[0], 1e-300)):
     raise DataError(f"d={d} exceeds the rank of the data")
-  return mean, vt[:d].T, 1.0 / np.sqrt(eig)
+  return mean, comps, 1.0 / np.sqrt(eig)
 
 
 def apply_pca(x: np.ndarray, mean, components, scale) -> np.ndarray:

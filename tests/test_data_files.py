@@ -367,3 +367,22 @@ def test_interleave_classes_against_a_loop():
   assert sorted(order) == list(range(50))
   y = np.where(rng.random(30) < 0.3, 1, -1)
   assert list(data.interleave_classes(y)[0]) == loop_interleave(y)
+
+
+@pytest.mark.parametrize("n, D", [(270, 260), (258, 300), (40, 784)])
+def test_pca_eigh_paths_match_svd(n, D):
+  """Beyond 256 points and dimensions pca_whiten uses eigh of the covariance
+  (n >= D) or of the Gram matrix (n < D): same whitened subspace as an SVD."""
+  rng = np.random.default_rng(n)
+  x = rng.normal(size=(n, D)) * np.linspace(3, 0.1, D)
+  x_new = rng.normal(size=(7, D))
+  d = 6
+  mean, comps, scale = data.pca_whiten(x, d)
+  z = data.apply_pca(x, mean, comps, scale)
+  np.testing.assert_allclose(np.cov(z.T), np.eye(d), atol=1e-9)
+  _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+  ref = lambda y: (y - x.mean(0)) @ vt[:d].T / (s[:d] / np.sqrt(n - 1))
+  # equal up to the sign of each component
+  for a, b in [(z, ref(x)), (data.apply_pca(x_new, mean, comps, scale), ref(x_new))]:
+    np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-8)
+  np.testing.assert_allclose(np.abs(z.T @ ref(x)) / (n - 1), np.eye(d), atol=1e-8)
