@@ -74,7 +74,7 @@ class CellsFailed(io.InputError):
     self.records, self.failures = records, failures
     values, msg = failures[0]
     super().__init__(f"{len(failures)} cell(s) failed; first: cell "
-                     f"{cell_id(values)} ({_label(values, keys)}): {msg}")
+                     f"{cell_id(values)} ({cell_label(values, keys)}): {msg}")
 
 
 def expand_grid(base: dict, axes: dict) -> list:
@@ -257,7 +257,9 @@ def _append_record(out_dir: str, rec: dict):
       size = os.fstat(fd).st_size
       if size and os.pread(fd, 1, size - 1) != b"\n":
         os.ftruncate(fd, _end_of_last_line(fd, size))
-      os.write(fd, line)
+      view = memoryview(line)
+      while view:
+        view = view[os.write(fd, view):]
       os.fsync(fd)
     finally:
       os.close(fd)
@@ -317,6 +319,20 @@ def _checkpoints(ensemble_dir: str) -> list:
     return []
 
 
+def cell_states(out_dir: str, ids: Sequence[str]) -> list:
+  """State of each cell id in ``out_dir`` (reads only): "done" (in
+  cells.jsonl), "run dir (not yet recorded)", "checkpoint" (interrupted,
+  will resume) or "todo"."""
+  done = set(_Ledger(out_dir).refresh().records) if os.path.isdir(out_dir) else set()
+  out = []
+  for cid in ids:
+    ens = os.path.join(out_dir, "cells", cid, "ensemble")
+    out.append("done" if cid in done else
+               "run dir (not yet recorded)" if _complete_runs(ens) else
+               "checkpoint" if _checkpoints(ens) else "todo")
+  return out
+
+
 def _write_json_atomic(path, obj):
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w") as fh:
@@ -324,7 +340,8 @@ def _write_json_atomic(path, obj):
   os.replace(tmp, path)
 
 
-def _label(values: dict, keys) -> str:
+def cell_label(values: dict, keys=None) -> str:
+  """``"P=300 depth=3"``: the values of ``keys`` (default: all options)."""
   keys = sorted(values) if keys is None else keys
   return " ".join(f"{k}={values[k]}" for k in keys if k in values) or "(defaults)"
 
@@ -399,9 +416,10 @@ def _default_run_cell(values: dict):
 
 
 def varying_keys(cells: Iterable[dict]) -> list:
-  """Options whose value differs between the cells (the swept axes), sorted."""
+  """Options whose value differs between the cells (the swept axes), in the
+  order they first appear (for :func:`expand_grid` cells: the axes' order)."""
   cells = list(cells)
-  keys = sorted(set().union(*cells)) if cells else []
+  keys = list(dict.fromkeys(k for c in cells for k in c))
   return [k for k in keys
           if len({io.dumps(c.get(k), sort_keys=True) for c in cells}) > 1]
 
@@ -418,7 +436,7 @@ def prepare_cells(cells: Sequence[dict], validate_fn: Callable | None = None):
     try:
       v = validate_fn(dict(c))
     except ValueError as e:
-      raise type(e)(f"cell {_label(c, None)}: {e}") from e
+      raise type(e)(f"cell {cell_label(c, None)}: {e}") from e
     out.append(v)
     ids.append(cell_id(v))
   return out, ids
@@ -483,7 +501,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
 
   ledger = _Ledger(out_dir).refresh()
-  keys = varying_keys(v for v, _ in mine)
+  keys = varying_keys(cells)   # the caller's order, e.g. the command line's
   unique = list(dict((c, v) for v, c in mine).items())  # first of duplicates
   bar = _GridProgress(len(unique), keys, progress)
   bar.done = sum(c in ledger.records for c, _ in unique)
@@ -544,12 +562,12 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
             if os.path.isfile(config):
               with open(config) as fh:
                 check(cid, v, json.load(fh).get("flags", {}), run_dir)
-            bar.show(f"adopting finished run of cell {cid} ({_label(v, keys)})")
+            bar.show(f"adopting finished run of cell {cid} ({cell_label(v, keys)})")
           else:
             vals = dict(v, out_dir=cell_dir)
             _write_json_atomic(os.path.join(cell_dir, "cell.json"), vals)
             resuming = " from its checkpoint" if _checkpoints(ens_dir) else ""
-            bar.show(f"running cell {cid} ({_label(v, keys)}){resuming}")
+            bar.show(f"running cell {cid} ({cell_label(v, keys)}){resuming}")
             t0 = time.time()
             try:
               run_dir, summary = run_cell_fn(vals)
@@ -567,7 +585,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
           _clean_leftovers(ens_dir, keep_checkpoints=False)
           ledger.refresh()
           finish(cid, v, how)
-          bar.show(f"finished cell {cid} ({_label(v, keys)})")
+          bar.show(f"finished cell {cid} ({cell_label(v, keys)})")
       pending = held
       if pending:
         bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
@@ -725,7 +743,8 @@ def _num(x):
   return float("nan") if x is None or isinstance(x, str) else float(x)
 
 
-def _swept(records) -> list:
+def swept_options(records) -> list:
+  """The options that differ between records (their ``flags``), ignored ones aside."""
   keys = varying_keys({k: v for k, v in r["flags"].items()
                        if k not in IGNORED_OPTIONS} for r in records)
   return keys
@@ -734,7 +753,7 @@ def _swept(records) -> list:
 def report_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> str:
   """A text table, one row per record: id, the swept options, N, P/N, the
   fraction of sat members, mean N_Delta/N, mean and ensemble test errors."""
-  keys = _swept(records) if keys is None else list(keys)
+  keys = swept_options(records) if keys is None else list(keys)
   header = ["cell_id", *keys, "N", "P/N", "healthy", "frac_sat", "N_delta/N",
             "mean_test_err", "ens_test_err", "wall_s"]
   rows = []
@@ -759,7 +778,7 @@ def report_axes(records: Sequence[dict], x: str = "auto") -> tuple:
   swept options that ``x`` does not absorb (``P/N`` absorbs P, width and N;
   ``N`` absorbs width and N): one line per combination of their values.
   """
-  swept = _swept(records)
+  swept = swept_options(records)
   if x == "auto":
     x = "P/N" if any(k in swept for k in _SIZE_OPTIONS) or not swept else swept[0]
   absorbed = {"P/N": _SIZE_OPTIONS, "N": ("width", "N"), "P": ("P",)}.get(x, (x,))
@@ -785,6 +804,7 @@ def plot_report(records: Sequence[dict], out_dir: str, x: str = "auto",
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   x, line_keys = report_axes(records, x)
   groups = {}
   for r in records:
@@ -805,6 +825,9 @@ def plot_report(records: Sequence[dict], out_dir: str, x: str = "auto",
       pos = [v for v in xs_all if v > 0]
       if len(pos) == len(xs_all) and pos and max(pos) / min(pos) > 20:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(10, subs=(1, 2, 5)))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     ax.set_title(METRICS.get(metric, metric), fontsize=9)

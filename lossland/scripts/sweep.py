@@ -93,28 +93,25 @@ def _cells():
 def _dry_run(cells, keys, shard_i, shard_n):
   out_dir = _OUT_DIR.value
   values, ids = sweep.prepare_cells(cells)
-  done = {r["cell_id"] for r in sweep.read_cells(out_dir)} if os.path.isdir(out_dir) else set()
+  states = sweep.cell_states(out_dir, ids)
   rows, n_mine, n_done = [], 0, 0
-  for k, (v, cid) in enumerate(zip(values, ids)):
+  for k, (v, cid, state) in enumerate(zip(values, ids, states)):
     mine = k % shard_n == shard_i
-    ens = os.path.join(out_dir, "cells", cid, "ensemble")
-    if cid in done:
-      state = "done"
-    elif sweep._complete_runs(ens):
-      state = "run dir (not yet recorded)"
-    elif sweep._checkpoints(ens):
-      state = "checkpoint"
-    else:
-      state = "todo"
     n_mine += mine
-    n_done += mine and cid in done
-    rows.append((k, cid, "*" if mine else "", sweep._label(v, keys), state))
+    n_done += mine and state == "done"
+    rows.append((k, cid, "*" if mine else "", sweep.cell_label(v, keys), state))
   w = max(len(r[3]) for r in rows)
   print(f"{'#':>4}  {'cell_id':12}  shard  {'cell':{w}}  state")
   for k, cid, mine, label, state in rows:
     print(f"{k:>4}  {cid:12}  {mine:^5}  {label:{w}}  {state}")
   print(f"{len(cells)} cells; {n_mine} in shard {shard_i}/{shard_n} (*), "
         f"{n_done} of them done; dry run: nothing written")
+
+
+def _sort_key(v):
+  if isinstance(v, (int, float)) and not isinstance(v, bool):
+    return (0, v, "")
+  return (1, 0, str(v))
 
 
 def _report(cells, grid_given):
@@ -129,8 +126,11 @@ def _report(cells, grid_given):
     if not records:
       raise _cli.UsageError(f"none of the {len(ids)} cells of this grid is in "
                             f"{os.path.join(out_dir, sweep.CELLS_FILE)}")
+  else:  # file order is completion order: sort by the swept options
+    keys = sweep.swept_options(records)
+    records.sort(key=lambda r: tuple(_sort_key(r["flags"].get(k)) for k in keys))
   x = _REPORT_X.value
-  known = set(sweep._swept(records)) | {"auto", "P/N", "N", "P"}
+  known = set(sweep.swept_options(records)) | {"auto", "P/N", "N", "P"}
   if x not in known:
     raise _cli.UsageError(f"--report_x must be 'auto', 'P/N', 'N', 'P' or a swept "
                           f"option ({', '.join(sorted(known - {'auto', 'P/N', 'N', 'P'})) or 'none'}), "
@@ -171,7 +171,7 @@ def main(argv):
     if how == "recorded":
       return
     m = sweep.cell_metrics(rec)
-    print(f"{how} cell {rec['cell_id']} ({sweep._label(rec['flags'], keys)}): "
+    print(f"{how} cell {rec['cell_id']} ({sweep.cell_label(rec['flags'], keys)}): "
           f"N={m['N']} P/N={m['P/N']:.3g} sat {m['frac_sat']:.2f} "
           f"test err {m['mean_test_error']:.4f} ensemble {m['ensemble_test_error']:.4f}"
           f" -> {rec['run_dir']}", flush=True)
