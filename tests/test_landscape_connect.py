@@ -42,7 +42,7 @@ def test_network_connect_loop_connects_all_minima():
   dist = symmetry.network_distance_fn(sizes)
   ex = E.make_explorer(net.loss_fn, ex_cfg, distance_fn=dist,
                        align_fn=lambda a, b: symmetry.align_network(a, b, sizes))
-  db = Database(':memory:', energy_tol=ex_cfg.energy_tol, distance_fn=dist,
+  db = Database(':memory:', energy_tol=study.ENERGY_TOL, distance_fn=dist,
                 distance_tol=1e-3)
   x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(
       jax.random.split(jax.random.key(0), 8))

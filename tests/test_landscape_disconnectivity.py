@@ -33,18 +33,28 @@ def test_tree_from_hand_made_database():
 
   assert sig(tree.root) == frozenset({frozenset({frozenset({0, 2}), 1}), 3})
   assert [label[i] for i in tree.dropped_minima] == [4]
-  # Merge energies: {0,2} merge in the first level above TS 1.2, 1 joins above 1.4,
-  # 3 above 3.0; every merge level lies above the TS that causes it and below the
-  # next level.
-  spacing = tree.levels[1] - tree.levels[0]
+  # Merges are drawn at the energies of the TS that cause them (not at the level
+  # above): {0,2} at 1.2, 1 joins at 1.4, 3 at 3.0; children hang from there.
   root = tree.root
-  assert 3.0 < root.energy <= 3.0 + spacing + 1e-12
+  assert root.energy == 3.0 and root.top == tree.levels[-1]
   inner = [c for c in root.children if c.children][0]
-  assert 1.4 < inner.energy <= 1.4 + spacing + 1e-12
+  assert inner.energy == 1.4 and inner.top == 3.0
   pair = [c for c in inner.children if c.children][0]
-  assert 1.2 < pair.energy <= 1.2 + spacing + 1e-12
+  assert pair.energy == 1.2 and pair.top == 1.4
   leaves = {label[c.minima[0]]: c.energy for c in pair.children}
   assert leaves == {0: 0.0, 2: 0.5}
+  assert all(c.top == 1.2 for c in pair.children)
+
+
+def test_merge_at_ts_energy_with_coarse_levels():
+  """With 3 levels over [1, 10], the merge at TS 1.3 used to be drawn at the next
+  level (5.5); a chain 0-1-2 whose highest TS is 4.0 merges at 4.0."""
+  tree = dg.build_tree([0.0, 1.0, 0.5, 2.0], [1.3, 4.0, 10.0],
+                       [(0, 1), (1, 2), (2, 3)], n_levels=3)
+  root = tree.root
+  assert root.energy == 10.0
+  inner = [c for c in root.children if c.children][0]
+  assert inner.minima == (0, 1, 2) and inner.energy == 4.0
 
 
 def test_layout_centres_global_minimum():
@@ -56,6 +66,25 @@ def test_layout_centres_global_minimum():
   assert lay['leaf_x'][0] == 2.0
   assert sorted(lay['leaf_x'].values()) == [0.0, 1.0, 2.0, 3.0, 4.0]
   assert dg.layout(tree, me, center_gmin=False)['leaf_x'][0] == 0.0
+
+
+def test_global_minimum_centred_by_leaf_count():
+  """gmin 0 joins a 3-leaf superbasin {1,2,3} and two single minima: it is put
+  at the centre of the 6 leaves (slot 2 or 3), not at slot 1 as alternating
+  siblings by energy alone would do."""
+  db = Database(':memory:')
+  ids = [db.add_minimum(e, np.full(2, float(i)))[0]
+         for i, e in enumerate([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])]
+  for e, a, b in [(1.0, 1, 2), (1.1, 2, 3), (5.0, 0, 1), (5.01, 0, 4), (5.02, 0, 5)]:
+    db.add_transition_state(e, np.full(2, e), ids[a], ids[b])
+  _, me, te, tp = db.graph_arrays()
+  tree = dg.build_tree(me, te, tp, n_levels=10)
+  lay = dg.layout(tree, me)
+  g = int(np.argmin(me))
+  xs = sorted(lay['leaf_x'].values())
+  assert xs == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+  assert abs(lay['leaf_x'][g] - 2.5) == 0.5
+  assert dg.layout(tree, me, center_gmin=False)['leaf_x'][g] == 0.0
 
 
 def test_plot_writes_figure(tmp_path):

@@ -77,7 +77,7 @@ def test_muller_brown_matches_brute_force_grid():
   cfg = E.ExplorerConfig(gtol=1e-9, temperature=40.0, step_size=0.4, max_step=0.05,
                          neb_images=15, neb_k=100.0, neb_dt=1e-3, neb_gtol=1e-2,
                          neb_max_iter=3000, n_climb=2, n_lanczos=2, max_uphill=0.02,
-                         pushoff=1e-3, hef_max_iter=300, energy_tol=1e-6)
+                         pushoff=1e-3, hef_max_iter=300)
   ex = E.make_explorer(f, cfg)
   db = Database(':memory:', energy_tol=1e-6)
   x0 = jax.random.uniform(jax.random.key(0), (8, 2), jnp.float64,

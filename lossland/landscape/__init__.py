@@ -13,13 +13,26 @@ Modules:
   disconnectivity tree construction, layout and matplotlib figure.
   metrics         counts, loss and barrier distributions, frustration, funnel.
   potentials      Lennard-Jones, Müller–Brown, tanh-network loss.
+
+A user-defined energy: see examples/muller_brown.py and docs/landscape.md
+("Your own energy"). Graph from a database::
+
+  ids, e_min, e_ts, pairs = db.graph_arrays()
+  tree = landscape.build_tree(e_min, e_ts, pairs, n_levels=20)
+  landscape.plot_disconnectivity(tree, e_min)
+  landscape.landscape_metrics(e_min, e_ts, pairs, temperature=T)
 """
 
+from lossland.landscape import disconnectivity, metrics, potentials
 from lossland.landscape.database import (Database, DatabaseError, export_pathsample,
                                          import_pathsample)
+from lossland.landscape.disconnectivity import (build_tree, plot_disconnectivity,
+                                                tree_signature)
 from lossland.landscape.explorer import (Explorer, ExplorerConfig, add_minima,
-                                         basin_hopping, components, connect_database,
+                                         basin_hopping, calibrate_temperature,
+                                         check_coordinates, components, connect_database,
                                          local_connect, make_explorer, refine_and_store_ts)
+from lossland.landscape.metrics import landscape_metrics
 from lossland.landscape.minimize import MinimizeResult, make_fire, make_lbfgs
 from lossland.landscape.transition import (hessian_eigenvalues_fn, hvp_fn_from,
                                            lowest_eigenpair, make_dneb, make_hef)

@@ -1,7 +1,8 @@
 """Basin-hopping (Wales & Doye, J. Phys. Chem. A 101, 5111, 1997), many chains at once.
 
 One step: perturb the current minimum, quench, accept by Metropolis at temperature
-``T``; every ``adjust_interval`` steps the step size is scaled by ``adjust_factor``
+``T`` (held in the state, so a host driver can calibrate it and a resumed run keeps
+it); every ``adjust_interval`` steps the step size is scaled by ``adjust_factor``
 towards an acceptance ratio ``target_accept`` (pele's ``AdaptiveStepsize``). The step
 function is written for one chain; ``run_fn`` scans it over steps and the caller vmaps
 over chains. Every quench is returned so the host can put each distinct minimum in
@@ -30,6 +31,7 @@ class BHState(NamedTuple):
     n_trial: trials since the last adjustment.
     n_step: total steps taken.
     best_x, best_energy: lowest minimum seen by this chain.
+    temperature: Metropolis temperature T of this chain (energy units).
   """
   x: Array
   energy: Array
@@ -39,6 +41,7 @@ class BHState(NamedTuple):
   n_step: Array
   best_x: Array
   best_energy: Array
+  temperature: Array
 
 
 class BHRecord(NamedTuple):
@@ -62,26 +65,28 @@ def make_basin_hopping(quench_fn: Callable[[Array], MinimizeResult],
   Args:
     quench_fn: ``x [D] -> MinimizeResult`` (e.g. from :func:`make_lbfgs`).
     perturb_fn: ``(key, x [D], step_size) -> x' [D]``.
-    temperature: Metropolis temperature T (energy units).
+    temperature: default Metropolis temperature T (energy units) of ``init_fn``.
     target_accept: acceptance ratio the adaptive step size aims at.
     adjust_interval: steps between step-size adjustments.
     adjust_factor: multiplicative factor (< 1) of one adjustment.
 
   Returns:
     ``(init_fn, step_fn, run_fn)``:
-      ``init_fn(x0, step_size) -> (BHState, BHRecord)`` quenches ``x0``;
+      ``init_fn(x0, step_size, temperature=temperature) -> (BHState, BHRecord)``
+      quenches ``x0``;
       ``step_fn(state, key) -> (state, BHRecord)``;
       ``run_fn(state, key, n_steps) -> (state, BHRecord stacked [n_steps, ...])``,
       with ``n_steps`` static. Step ``t`` uses ``jax.random.fold_in(key, n_step)``, so
       running 2 x 10 steps equals running 20.
   """
 
-  def init_fn(x0, step_size):
+  def init_fn(x0, step_size, temperature=temperature):
     res = quench_fn(x0)
     dtype = res.x.dtype
     state = BHState(x=res.x, energy=res.energy, step_size=jnp.asarray(step_size, dtype),
                     n_accept=jnp.asarray(0), n_trial=jnp.asarray(0), n_step=jnp.asarray(0),
-                    best_x=res.x, best_energy=res.energy)
+                    best_x=res.x, best_energy=res.energy,
+                    temperature=jnp.asarray(temperature, dtype))
     rec = BHRecord(x=res.x, energy=res.energy, grad_rms=res.grad_rms,
                    converged=res.converged, accepted=jnp.asarray(True))
     return state, rec
@@ -92,7 +97,7 @@ def make_basin_hopping(quench_fn: Callable[[Array], MinimizeResult],
     res = quench_fn(perturb_fn(k_move, state.x, state.step_size))
     de = res.energy - state.energy
     u = jax.random.uniform(k_acc, (), res.energy.dtype)
-    metropolis = (de <= 0) | (u < jnp.exp(-jnp.maximum(de, 0.0) / temperature))
+    metropolis = (de <= 0) | (u < jnp.exp(-jnp.maximum(de, 0.0) / state.temperature))
     # An unconverged quench is not a minimum: never move the chain onto it.
     accept = metropolis & res.converged & jnp.isfinite(res.energy)
     n_accept = state.n_accept + accept
@@ -111,7 +116,8 @@ def make_basin_hopping(quench_fn: Callable[[Array], MinimizeResult],
         n_trial=jnp.where(adjust, 0, n_trial),
         n_step=state.n_step + 1,
         best_x=jnp.where(better, res.x, state.best_x),
-        best_energy=jnp.where(better, res.energy, state.best_energy))
+        best_energy=jnp.where(better, res.energy, state.best_energy),
+        temperature=state.temperature)
     rec = BHRecord(x=res.x, energy=res.energy, grad_rms=res.grad_rms,
                    converged=res.converged, accepted=accept)
     return new_state, rec

@@ -10,10 +10,15 @@ Construction (host-side NumPy):
      in energy order (Kruskal); each set of minima with energy below ``E_k`` is a node.
   4. Tree: a level-k node is the parent of the level-(k-1) nodes it contains; chains
      with a single child are collapsed, so internal nodes are merge points and the
-     leaves are minima, drawn down to their own energies.
-  5. Layout: each subtree gets a width proportional to its number of leaves; the
-     global minimum's branch is placed in the middle of its siblings, the others
-     alternate left and right by increasing lowest energy (``CENTREGMIN``).
+     leaves are minima, drawn down to their own energies. The levels only decide
+     which merges are grouped into one node: a node is drawn at the energy of the
+     TS that completed its merge (the highest edge of the minimum spanning tree of
+     its minima), not rounded up to the level above it.
+  5. Layout: each subtree gets a width proportional to its number of leaves; at
+     every node on the global minimum's path its branch is put between its
+     siblings, which go left or right by increasing lowest energy, each to the
+     side holding fewer leaves so far, so the global minimum ends as near the
+     centre of the graph as the leaf counts allow (``CENTREGMIN``).
 """
 
 from typing import NamedTuple, Optional, Sequence
@@ -25,12 +30,13 @@ class Node(NamedTuple):
   """A node of the disconnectivity tree.
 
   Attributes:
-    energy: level at which the children merge (internal node) or the minimum's
+    energy: energy of the TS at which the children merge (internal node: the
+      highest TS of the minimum spanning tree of its minima) or the minimum's
       energy (leaf).
     minima: sorted tuple of minimum indices (positions in the input arrays) below it.
     children: tuple of child :class:`Node` (empty for a leaf).
-    top: energy where the node's vertical line starts (the level of its parent's
-      merge, or the top level for the root).
+    top: energy where the node's vertical line starts (its parent's merge
+      energy, or the top level for the root).
   """
   energy: float
   minima: tuple
@@ -106,8 +112,8 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
     else:
       e_top = float(e_max)
     levels = np.linspace(lo if lo < e_top else e_top - 1.0, e_top, n_levels)
-    # The lowest level must lie above no TS, so superbasins start as single minima;
-    # shift it to just below the lowest TS.
+    # The lowest level is the lowest TS energy; a level counts the TS strictly
+    # below it, so at the lowest level every minimum is its own superbasin.
   else:
     e_top = float(me[comp].max()) + 1.0 if e_max is None else float(e_max)
     levels = np.array([e_top])
@@ -119,15 +125,26 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
   uf = UnionFind(me.size)
   t = 0
   basins = []
+  formed = {}  # union-find root -> energy of the TS that last merged its set
+  merge_energy = {}  # tuple of minima -> energy of the TS that completed it
   for lev in levels:
     while t < te.size and te[t] < lev:
-      uf.union(*tp[t])
+      ra, rb = uf.find(tp[t][0]), uf.find(tp[t][1])
+      if ra != rb:
+        uf.union(ra, rb)
+        formed[uf.find(ra)] = float(te[t])  # sorted sweep: the largest so far
       t += 1
     groups = {}
     for i in comp:
       if me[i] < lev:
         groups.setdefault(uf.find(i), []).append(i)
-    basins.append([tuple(sorted(g)) for g in groups.values()])
+    level_basins = []
+    for root, g in groups.items():
+      g = tuple(sorted(g))
+      level_basins.append(g)
+      if len(g) > 1:
+        merge_energy[g] = formed[root]
+    basins.append(level_basins)
 
   def make(k, members, top):
     """Node for the set ``members`` at level index k, recursing to lower levels;
@@ -137,21 +154,24 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
       if len(members) == 1:
         return Node(energy=float(me[members[0]]), minima=members, children=(), top=top)
       if kk == 0:
-        # Several minima still joined at the lowest level: their TS lie below it.
-        # Cannot happen when levels[0] is at or below the lowest TS; keep as leaves.
-        kids = tuple(Node(energy=float(me[i]), minima=(i,), children=(),
-                          top=float(levels[0])) for i in members)
-        return Node(energy=float(levels[0]), minima=members, children=kids, top=top)
+        # Several minima joined below the lowest level. Cannot happen: levels[0]
+        # is the lowest TS energy (or e_max, which removes the TS above it), and
+        # a level counts only the TS strictly below it. Kept as a safe fallback.
+        e0 = merge_energy.get(members, float(levels[0]))
+        kids = tuple(Node(energy=float(me[i]), minima=(i,), children=(), top=e0)
+                     for i in members)
+        return Node(energy=e0, minima=members, children=kids, top=top)
       sub = [b for b in basins[kk - 1] if set(b) <= set(members)]
       if len(sub) == 1 and sub[0] == members:
         kk -= 1
         continue
       covered = set(i for b in sub for i in b)
+      e_merge = merge_energy[members]
       # Minima above level kk-1 are in no lower basin: they hang from this node.
-      kids = tuple(make(kk - 1, b, float(levels[kk])) for b in sub) + tuple(
-          Node(energy=float(me[i]), minima=(i,), children=(), top=float(levels[kk]))
+      kids = tuple(make(kk - 1, b, e_merge) for b in sub) + tuple(
+          Node(energy=float(me[i]), minima=(i,), children=(), top=e_merge)
           for i in members if i not in covered)
-      return Node(energy=float(levels[kk]), minima=members, children=kids, top=top)
+      return Node(energy=e_merge, minima=members, children=kids, top=top)
 
   top_members = [b for b in basins[-1] if gmin in b][0]
   root = make(len(levels) - 1, top_members, float(levels[-1]))
@@ -182,15 +202,38 @@ def layout(tree: DisconnectivityTree, min_energies: Sequence[float],
   def n_leaves(n):
     return 1 if not n.children else sum(n_leaves(c) for c in n.children)
 
+  def gmin_offset(n):
+    """(leaves left of the global minimum's leaf, leaves right of it) in n."""
+    if not n.children:
+      return 0, 0
+    left = right = 0
+    seen = False
+    for c in arrange(n.children):
+      if gmin in c.minima:
+        lc, rc = gmin_offset(c)
+        left, seen = left + lc, True
+        right += rc
+      elif seen:
+        right += n_leaves(c)
+      else:
+        left += n_leaves(c)
+    return left, right
+
   def arrange(children):
     kids = sorted(children, key=lambda c: me[list(c.minima)].min())
     if not center_gmin or not any(gmin in c.minima for c in kids):
       return kids
     g = [c for c in kids if gmin in c.minima][0]
     others = [c for c in kids if c is not g]
+    n_left, n_right = gmin_offset(g)
     left, right = [], []
-    for i, c in enumerate(others):
-      (left if i % 2 else right).append(c)
+    for c in others:  # by increasing lowest energy, to the lighter side
+      if n_right <= n_left:
+        right.append(c)
+        n_right += n_leaves(c)
+      else:
+        left.append(c)
+        n_left += n_leaves(c)
     return left[::-1] + [g] + right
 
   def place(n, x0):

@@ -49,8 +49,13 @@ class ExplorerConfig:
       minima are re-quenched to ``gtol`` before they enter the database.
     max_iter: maximum L-BFGS iterations per quench.
     lbfgs_memory, max_step, max_erise: L-BFGS settings (GMIN/pele style).
-    temperature: basin-hopping Metropolis temperature.
-    step_size: initial basin-hopping step.
+    temperature: basin-hopping Metropolis temperature, in energy units; ``None``
+      (default) calibrates it from the energy scale of the landscape at the start
+      of :func:`basin_hopping` (:func:`calibrate_temperature`: the median energy
+      rise of a trial move is accepted with probability 1/2). Set it by hand to a
+      fraction of the barriers you want the chains to cross.
+    step_size: initial basin-hopping step, in coordinate units (then adapted to
+      ``target_accept``); about the distance between neighbouring minima.
     target_accept, adjust_interval, adjust_factor: adaptive step size.
     evcut: eigenvalues with modulus below this count as zero modes in index checks.
     n_zero_modes: number of exact zero modes expected (6 for clusters, 0 for a
@@ -62,7 +67,9 @@ class ExplorerConfig:
     hef_max_iter, n_lanczos, n_tangent, max_uphill: HEF settings.
     pushoff: displacement along ± the TS eigenvector before the quenches (retried
       once with ``4 * pushoff`` if the quenches fail or meet in one minimum).
-    energy_tol: database energy tolerance for identity.
+
+  The energy tolerance for the identity of stationary points is the database's
+  (``Database(energy_tol=...)``): one tolerance, used by the drivers as well.
   """
   gtol: float = 1e-8
   bh_gtol: float = 1e-5
@@ -70,7 +77,7 @@ class ExplorerConfig:
   lbfgs_memory: int = 10
   max_step: float = 0.2
   max_erise: float = 1e-4
-  temperature: float = 1.0
+  temperature: Optional[float] = None
   step_size: float = 0.5
   target_accept: float = 0.5
   adjust_interval: int = 10
@@ -89,7 +96,6 @@ class ExplorerConfig:
   n_tangent: int = 10
   max_uphill: float = 0.1
   pushoff: float = 0.01
-  energy_tol: float = 1e-7
 
 
 class Explorer(NamedTuple):
@@ -101,7 +107,8 @@ class Explorer(NamedTuple):
     quench: ``xs [B, D] -> MinimizeResult`` batched, to ``config.gtol``.
     fire_quench: ``xs [B, D] -> MinimizeResult`` batched FIRE, to ``config.gtol``.
     hessian_eigs: ``xs [B, D] -> [B, D]`` dense Hessian spectra.
-    bh_init: ``(xs [C, D], step_size) -> (BHState, BHRecord)`` for C chains.
+    bh_init: ``(xs [C, D], step_size, temperature) -> (BHState, BHRecord)`` for C
+      chains.
     bh_run: ``(state, keys [C], n_steps) -> (state, BHRecord [C, n_steps, ...])``.
     dneb: ``(x_a [D], x_b [D]) -> (images, energies, MinimizeResult)``.
     hef: ``(x0s [B, D], v0s [B, D]) -> HEFResult`` batched.
@@ -150,7 +157,8 @@ def make_explorer(energy_fn: Callable[[Array], Array],
                         max_step=c.max_step, max_erise=c.max_erise)
   fire = make_fire(vg, gtol=c.gtol, max_iter=10 * c.max_iter, max_step=c.max_step)
   init_fn, _, run_fn = bh_lib.make_basin_hopping(
-      lbfgs_bh, perturb_fn or potentials.uniform_perturb_fn(), temperature=c.temperature,
+      lbfgs_bh, perturb_fn or potentials.uniform_perturb_fn(),
+      temperature=1.0 if c.temperature is None else c.temperature,
       target_accept=c.target_accept, adjust_interval=c.adjust_interval,
       adjust_factor=c.adjust_factor)
   dneb = make_dneb(energy_fn, c.neb_images, k_spring=c.neb_k, gtol=c.neb_gtol,
@@ -171,7 +179,7 @@ def make_explorer(energy_fn: Callable[[Array], Array],
       quench=jax.jit(jax.vmap(lbfgs)),
       fire_quench=jax.jit(jax.vmap(fire)),
       hessian_eigs=jax.jit(jax.vmap(hessian_eigenvalues_fn(energy_fn))),
-      bh_init=jax.jit(jax.vmap(init_fn, in_axes=(0, None))),
+      bh_init=jax.jit(jax.vmap(init_fn, in_axes=(0, None, None))),
       bh_run=jax.jit(jax.vmap(run_fn, in_axes=(0, 0, None)), static_argnums=2),
       dneb=jax.jit(dneb),
       hef=jax.jit(jax.vmap(hef)),
@@ -213,7 +221,7 @@ def add_minima(db: Database, ex: Explorer, xs, *, batch: int = 32,
     Counts ``{'n_candidates', 'n_new', 'n_unconverged', 'n_not_minimum'}`` and
     ``'ids'`` (database id per candidate, -1 when rejected).
   """
-  xs = np.asarray(xs)
+  xs = check_coordinates(xs, 'xs')
   out = {'n_candidates': int(xs.shape[0]), 'n_new': 0, 'n_unconverged': 0,
          'n_not_minimum': 0, 'ids': []}
   c = ex.config
@@ -248,36 +256,129 @@ def add_minima(db: Database, ex: Explorer, xs, *, batch: int = 32,
   return out
 
 
+def check_coordinates(xs, name: str = 'x0s') -> np.ndarray:
+  """Checks a batch of coordinates for the engine: ``[B, D]`` float64.
+
+  The engine's tolerances (``gtol`` 1e-8, energy identity 1e-7) are below float32
+  resolution: in float32 quenches never converge to them and nothing would be
+  stored, so float32 is refused with a clear message.
+
+  Raises:
+    ValueError: wrong rank or dtype.
+  """
+  dtype = getattr(xs, 'dtype', None)
+  shape = np.shape(xs)
+  if len(shape) != 2:
+    raise ValueError(f'{name} must have shape [n_chains, D] (one row per chain; '
+                     f'use x[None] for one chain), got shape {tuple(shape)}')
+  if dtype is None or np.dtype(dtype) != np.float64:
+    raise ValueError(
+        f'the landscape engine needs float64 coordinates, got {np.dtype(dtype).name} '
+        f"{name}: call jax.config.update('jax_enable_x64', True) before creating "
+        'arrays and pass float64 (the tolerances are below float32 resolution)')
+  return np.asarray(xs)
+
+
+def calibrate_temperature(ex: Explorer, state, key, n_steps: int = 10,
+                          min_rise: float = 1e-6, max_doublings: int = 5) -> float:
+  """A basin-hopping temperature from the energy scale of the landscape.
+
+  Runs ``n_steps`` trial moves per chain at infinite temperature (every converged
+  quench accepted; the trial chains are then discarded) and returns
+  ``median(uphill energy rises) / ln 2``: a typical uphill move is accepted with
+  probability 1/2. Rises below ``min_rise`` (a quench back into the same minimum)
+  do not count; while fewer than 3 rises are seen the trial step is doubled (up to
+  ``max_doublings`` times), so a start step too small to leave a basin still
+  yields the scale. Units follow the energy: the same rule serves Müller–Brown
+  (rises ~30–70, T ~ 50) and a network loss (rises ~1e-4).
+
+  Returns:
+    T > 0 (1.0 if no move ever went uphill).
+  """
+  rises = []
+  trial = state._replace(temperature=jnp.full_like(state.temperature, jnp.inf))
+  prev0 = np.asarray(state.energy)
+  for k in range(max_doublings + 1):
+    _, rec = ex.bh_run(trial, jax.vmap(lambda q: jax.random.fold_in(q, k))(key),
+                       n_steps)
+    e, acc = np.asarray(rec.energy), np.asarray(rec.accepted)
+    for c in range(e.shape[0]):
+      p = prev0[c]
+      for t in range(e.shape[1]):
+        if acc[c, t]:
+          if e[c, t] > p + min_rise:
+            rises.append(e[c, t] - p)
+          p = e[c, t]
+    if len(rises) >= 3:
+      break
+    trial = trial._replace(step_size=2 * trial.step_size)
+  rises = np.asarray(rises)
+  rises = rises[np.isfinite(rises)]
+  return float(np.median(rises) / np.log(2.0)) if rises.size else 1.0
+
+
 def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
                   chunk: int = 10, metrics_fn=None,
-                  progress: Optional[Callable[[str], None]] = None) -> dict:
+                  progress: Optional[Callable[[str], None]] = None,
+                  target_energy: Optional[float] = None,
+                  state=None) -> dict:
   """Runs ``C`` independent basin-hopping chains and stores every distinct minimum.
 
   Chains advance ``chunk`` steps per jitted call; after each call the quenched
-  minima come back to the host, are de-duplicated by energy (to ``energy_tol``) and
-  the new ones re-quenched tightly and stored via :func:`add_minima`.
+  minima come back to the host, are de-duplicated by energy (to
+  ``10 * db.energy_tol``) and the new ones re-quenched tightly and stored via
+  :func:`add_minima`.
+
+  The temperature is ``ex.config.temperature``, or, when that is None, calibrated
+  once at the start by :func:`calibrate_temperature` (reported as
+  ``'temperature'``). A run can stop early at ``target_energy`` and be resumed
+  with the returned ``'state'``: step t of chain c always uses
+  ``fold_in(fold_in(key, c), t)``, so 10 + 10 steps (same key) equal 20 steps.
 
   Args:
     db: database.
     ex: explorer.
     key: PRNG key; chain ``c`` uses ``fold_in(key, c)``.
-    x0s: ``[C, D]`` starting points.
-    n_steps: basin-hopping steps per chain (rounded up to a multiple of ``chunk``).
+    x0s: ``[C, D]`` float64 starting points (ignored when ``state`` is given).
+    n_steps: basin-hopping steps per chain in this call (rounded up to a multiple
+      of ``chunk``).
     chunk: steps per jitted call.
     metrics_fn: passed to :func:`add_minima`.
     progress: optional callback receiving one progress line per chunk.
+    target_energy: stop after the first chunk in which a chain's best minimum is
+      at or below ``target_energy + db.energy_tol``.
+    state: a ``'state'`` returned by an earlier call: resume those chains.
 
   Returns:
     Summary ``{'n_quenches', 'n_converged', 'n_accepted', 'acceptance', 'best_energy',
-    'final_step_size' (per chain), 'seconds'}``.
+    'final_step_size' (per chain), 'temperature' (per chain), 'n_steps_done' (this
+    call), 'total_steps' (per chain, all calls), 'reached_target', 'seconds',
+    'state' (a :class:`~lossland.landscape.basinhopping.BHState` for resuming)}``.
+
+  Raises:
+    ValueError: ``x0s`` is not ``[C, D]`` float64.
   """
   t0 = time.time()
-  x0s = jnp.asarray(x0s)
-  n_chains = x0s.shape[0]
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
-  state, rec0 = ex.bh_init(x0s, ex.config.step_size)
-  seen = []  # energies already offered to the database
-  seen_tol = max(10 * ex.config.energy_tol, 1e-6)
+  seen_tol = max(10 * db.energy_tol, 1e-6)
+  if state is None:
+    x0s = jnp.asarray(check_coordinates(x0s))
+    n_chains = x0s.shape[0]
+    state, rec0 = ex.bh_init(x0s, ex.config.step_size, 1.0)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+    if ex.config.temperature is None:
+      cal_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys)
+      temp = calibrate_temperature(ex, state, cal_keys, chunk, min_rise=seen_tol)
+    else:
+      temp = float(ex.config.temperature)
+    state = state._replace(temperature=jnp.full_like(state.temperature, temp))
+    seen = []  # energies already offered to the database
+  else:
+    check_coordinates(state.x, 'state.x')
+    n_chains = state.x.shape[0]
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+    rec0 = None
+    seen = [float(e) for e in db.graph_arrays()[1]]
 
   def offer(xq, eq, conv):
     # Sloppy quenches of one minimum agree in energy to far better than seen_tol, so
@@ -294,27 +395,43 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
     if reps:
       add_minima(db, ex, xq[reps], metrics_fn=metrics_fn)
 
-  offer(rec0.x, rec0.energy, rec0.converged)
-  n_quench, n_conv, n_acc = n_chains, int(np.sum(rec0.converged)), 0
+  if rec0 is not None:
+    offer(rec0.x, rec0.energy, rec0.converged)
+    n_quench, n_conv = n_chains, int(np.sum(rec0.converged))
+  else:
+    n_quench, n_conv = 0, 0
+  n_acc, n_trials = 0, 0
   done = 0
+  reached = False
+  target = None if target_energy is None else float(target_energy) + db.energy_tol
   while done < n_steps:
     state, rec = ex.bh_run(state, keys, chunk)
     done += chunk
     d = rec.x.shape[-1]
     offer(rec.x.reshape(-1, d), rec.energy.reshape(-1), rec.converged.reshape(-1))
     n_quench += int(rec.energy.size)
+    n_trials += int(rec.energy.size)
     n_conv += int(np.sum(rec.converged))
     n_acc += int(np.sum(rec.accepted))
+    best = float(np.min(state.best_energy))
     if progress is not None:
       progress(f'basin-hopping step {done}/{n_steps}: {db.n_minima()} minima, '
-               f'best {float(np.min(state.best_energy)):.10g}, '
-               f'accept {n_acc / max(n_quench - n_chains, 1):.2f}, '
+               f'best {best:.10g}, accept {n_acc / max(n_trials, 1):.2f}, '
                f'{time.time() - t0:.1f}s')
+    if target is not None and best <= target:
+      reached = True
+      break
+  best = float(np.min(state.best_energy))
   return {'n_quenches': n_quench, 'n_converged': n_conv, 'n_accepted': n_acc,
-          'acceptance': n_acc / max(n_quench - n_chains, 1),
-          'best_energy': float(np.min(state.best_energy)),
+          'acceptance': n_acc / max(n_trials, 1),
+          'best_energy': best,
           'final_step_size': np.asarray(state.step_size).tolist(),
-          'seconds': time.time() - t0}
+          'temperature': np.asarray(state.temperature).tolist(),
+          'n_steps_done': done,
+          'total_steps': np.asarray(state.n_step).tolist(),
+          'reached_target': bool(reached or (target is not None and best <= target)),
+          'seconds': time.time() - t0,
+          'state': jax.device_get(state)}
 
 
 # ----------------------------------------------------------------------------
@@ -364,7 +481,7 @@ def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None
       _count(stats, 'wrong_index')
       continue
     x, v = hres.x[i], hres.eigenvector[i]
-    if any(abs(hres.energy[i] - f['energy']) < c.energy_tol and
+    if any(abs(hres.energy[i] - f['energy']) < db.energy_tol and
            ex.distance_fn(x, f['x']) < 1e-3 for f in found):
       _count(stats, 'duplicate')
       continue

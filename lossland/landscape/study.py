@@ -140,8 +140,10 @@ def explorer_config(cfg: StudyConfig, n_params: int) -> ExplorerConfig:
                         step_size=cfg.bh_step, max_step=0.5, max_erise=1e-6,
                         neb_images=12, neb_k=1.0, neb_dt=0.05, neb_gtol=1e-6,
                         neb_max_iter=1000, n_climb=3, max_uphill=0.1, pushoff=0.02,
-                        hef_max_iter=150, evcut=1e-7, energy_tol=1e-8,
-                        n_lanczos=min(40, n_params))
+                        hef_max_iter=150, evcut=1e-7, n_lanczos=min(40, n_params))
+
+
+ENERGY_TOL = 1e-8  # identity of stationary points (the database's, used by the drivers)
 
 
 def run_study(cfg: StudyConfig, out_dir: str,
@@ -179,7 +181,7 @@ def run_study(cfg: StudyConfig, out_dir: str,
   ex = make_explorer(net.loss_fn, ex_cfg, align_fn=align, distance_fn=dist)
 
   db_path = os.path.join(out_dir, 'landscape.sqlite')
-  db = Database(db_path, energy_tol=ex_cfg.energy_tol, distance_fn=dist, distance_tol=1e-3)
+  db = Database(db_path, energy_tol=ENERGY_TOL, distance_fn=dist, distance_tol=1e-3)
   db.set_meta('study_config', dataclasses.asdict(cfg))
   db.set_meta('layer_sizes', list(sizes))
 
@@ -188,6 +190,7 @@ def run_study(cfg: StudyConfig, out_dir: str,
   x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(jax.random.split(k_init, cfg.bh_chains))
   bh = basin_hopping(db, ex, k_bh, x0, cfg.bh_steps, chunk=10, metrics_fn=metrics_fn,
                      progress=say)
+  bh.pop('state')
   n_min_bh = db.n_minima()
   conn = connect_database(db, ex, cfg.connect_budget, metrics_fn=metrics_fn,
                           refine=cfg.connect_refine, progress=say)

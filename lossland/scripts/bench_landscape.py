@@ -178,7 +178,7 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
           jax.random.split(jax.random.fold_in(key, 1), n_chains))
       keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
       t = time.time()
-      state, _ = ex.bh_init(x0, 0.4)
+      state, _ = ex.bh_init(x0, 0.4, ex.config.temperature)
       n = 0
       while float(jnp.min(state.best_energy)) > target and n < 2000:
         state, _ = ex.bh_run(state, keys, chunk)
