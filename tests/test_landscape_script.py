@@ -44,12 +44,32 @@ def test_tiny_run_writes_everything(tmp_path):
     (['--no_such_flag', '1'], 'Unknown command line flag'),
     (['--lam', 'abc'], 'lam'),
     (['--from_db', '/nonexistent/x.sqlite'], 'no such file'),
+    (['--out_dir', '{file}'], 'not a directory'),
+    (['--out_dir', '{file}/sub'], 'not a directory'),
+    (['--out_dir', '/proc/lossland_landscape'], 'not writable'),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, args, msg):
-  p = _run([*args, '--out_dir', str(tmp_path / 'o')], ROOT)
+  (tmp_path / 'a_file').write_text('')
+  args = [a.replace('{file}', str(tmp_path / 'a_file')) for a in args]
+  if '--out_dir' not in args:
+    args += ['--out_dir', str(tmp_path / 'o')]
+  p = _run(args, ROOT)
   assert p.returncode == 2
-  assert msg in p.stderr and len(p.stderr.strip().splitlines()) == 1
-  assert not (tmp_path / 'o').exists()
+  assert msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+  assert sorted(os.listdir(tmp_path)) == ['a_file']
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--out', '{tmp}/missing/grid.png', '{tmp}'], 'does not exist'),
+    (['--out', '{tmp}', '{tmp}'], 'is a directory'),
+])
+def test_grid_bad_out_exit_2(tmp_path, args, msg):
+  args = [a.replace('{tmp}', str(tmp_path)) for a in args]
+  p = subprocess.run([sys.executable, '-m', 'lossland.scripts.landscape_grid', *args],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 2 and msg in p.stderr, p.stderr
+  assert len(p.stderr.strip().splitlines()) == 1
+  assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_database_exits_2(tmp_path):

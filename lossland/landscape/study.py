@@ -188,13 +188,18 @@ def run_study(cfg: StudyConfig, out_dir: str,
   key = jax.random.key(cfg.seed)
   k_init, k_bh = jax.random.split(key)
   x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(jax.random.split(k_init, cfg.bh_chains))
+  say(f'basin-hopping: {cfg.bh_chains} chains x {cfg.bh_steps} steps (the first '
+      'chunk includes compilation)')
   bh = basin_hopping(db, ex, k_bh, x0, cfg.bh_steps, chunk=10, metrics_fn=metrics_fn,
                      progress=say)
   bh.pop('state')
   n_min_bh = db.n_minima()
+  say(f'connect loop: {n_min_bh} minima, budget {cfg.connect_budget} attempts (the '
+      'first attempt compiles DNEB and HEF)')
   conn = connect_database(db, ex, cfg.connect_budget, metrics_fn=metrics_fn,
                           refine=cfg.connect_refine, progress=say)
 
+  say('metrics, disconnectivity graph and PATHSAMPLE export')
   ids, me, te, tp = db.graph_arrays()
   mins = {m.id: m for m in db.minima()}
   test_acc = np.array([mins[i].metrics.get('test_accuracy', np.nan) for i in ids])

@@ -71,6 +71,9 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
          # 840 x 840 matrix: 5 s multi-threaded vs 0.1 s single-threaded).
          "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
 
+  from lossland.scripts._cli import Progress
+  bar = Progress('bench hessian')
+  bar(0, 3, 'products vs one gradient (compiling)')
   # 1. Products relative to one gradient.
   d, width, depth, P = (20, 64, 3, 256) if quick else (30, 100, 3, 1000)
   cfg, params, batch, fns, n = _problem(d, width, depth, P)
@@ -96,6 +99,7 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   out["hpv_over_grad"] = t["hpvp"][1] / g
   out["split_over_grad"] = t["split_vp"][1] / g
 
+  bar(1, 3, 'Lanczos at N ~ 1e5')
   # 2. 100 Lanczos steps at N ~ 1e5.
   d2, w2, depth2, P2, steps = ((20, 90, 3, 256, 20) if quick
                                else (30, 215, 3, 1000, 100))
@@ -113,6 +117,7 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   out["lanczos"] = {"N": n2, "P": P2, "width": w2, "depth": depth2, "steps": steps,
                     "hvp_seconds": t_hv2, **lres}
 
+  bar(2, 3, 'dense vs Lanczos crossover')
   # 3. Dense vs Lanczos crossover (same d, depth, P; width varies).
   widths = (4, 8, 16, 24) if quick else (4, 6, 8, 12, 16, 24, 32, 48)
   d3, depth3, P3, m3 = (10, 2, 128, 30) if quick else (10, 2, 256, 100)
@@ -138,6 +143,8 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   out["crossover"] = {"P": P3, "d": d3, "depth": depth3, "rows": rows,
                       "lanczos_faster_from_N": cross}
 
+  bar(3, 3, 'done')
+  bar.close()
   # Table.
   lines = [f"products at N={n}, P={P} (float64, {jax.default_backend()}):",
            f"  {'op':10s} {'ms':>9s} {'/grad':>7s}"]

@@ -4,8 +4,10 @@ loss, and time to the Lennard-Jones 13 global minimum by basin-hopping.
   python -m lossland.scripts.bench landscape --out_dir DIR     (dispatcher)
   python -m lossland.scripts.bench_landscape DIR [--quick]      (direct)
 
-If a pele virtual environment exists (``$PELE_PYTHON``, default
-``/tmp/pelevenv/bin/python``), the same two tasks are run there as a peer: pele's
+If a pele interpreter is named explicitly by the environment variable
+``LOSSLAND_PELE_PYTHON`` (e.g. ``/work/peer_venvs/pele/bin/python``; never a default
+path, since a world-writable location such as /tmp could hold anyone's program),
+the same two tasks are run there as a peer: pele's
 C++ L-BFGS on the same network loss (NumPy loss and gradient) and pele's
 ``LJCluster(13)`` basin-hopping. pele is never imported here; it runs in a
 subprocess.
@@ -20,7 +22,9 @@ import time
 
 import numpy as np
 
-PELE_PYTHON = os.environ.get('PELE_PYTHON', '/tmp/pelevenv/bin/python')
+def pele_python():
+  """The peer interpreter from ``$LOSSLAND_PELE_PYTHON``, or None (no default)."""
+  return os.environ.get('LOSSLAND_PELE_PYTHON') or None
 
 _PELE_SCRIPT = r'''
 import json, sys, time
@@ -125,6 +129,11 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
              'devices': [str(d) for d in jax.devices()]}
   gtol, max_iter, max_step, memory = 1e-8, 20000, 0.5, 10
 
+  from lossland.scripts._cli import Progress
+  bar = Progress('bench landscape')
+  n_work = 2 + (2 if quick else 3)  # quench task, LJ13 per chain count, pele
+  done_work = 0
+  bar(0, n_work, 'network quenches (compiling)')
   # 1. Quenches per second on a network loss ---------------------------------
   net, sizes, lam, xtr, ytr, starts = _network_task(quick)
   vg = jax.value_and_grad(net.loss_fn)
@@ -159,6 +168,8 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
       'compile_seconds_vmapped': compile_b, 'compile_seconds_single': compile_s,
   })
 
+  done_work += 1
+  bar(done_work, n_work, 'LJ13 basin-hopping')
   # 2. LJ13 basin-hopping ----------------------------------------------------
   n_atoms, target = 13, potentials.LJ13_GLOBAL_MINIMUM + 1e-4
   seeds = list(range(3 if quick else 7))
@@ -171,6 +182,8 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
     chunk = 5
     times, steps = [], []
     compile_t = None
+    bar(done_work, n_work, f'LJ13 basin-hopping, {n_chains} chain(s)')
+    done_work += 1
     for seed in [-1] + seeds:  # seed -1 compiles
       key = jax.random.key(max(seed, 0) + 1000)
       x0 = jax.vmap(lambda k: potentials.lj_random_configuration(k, n_atoms,
@@ -198,9 +211,15 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   summary['lj13_median_seconds'] = lj_results[8]['median_seconds']
   summary['lj13_median_seconds_single_chain'] = lj_results[1]['median_seconds']
 
+  bar(n_work - 1, n_work, 'pele peer')
   # 3. pele peer (subprocess, separate venv) ---------------------------------
   pele = {'available': False}
-  if os.path.exists(PELE_PYTHON):
+  PELE_PYTHON = pele_python()
+  if PELE_PYTHON is None:
+    pele['reason'] = 'LOSSLAND_PELE_PYTHON not set'
+  elif not os.path.isfile(PELE_PYTHON):
+    pele['reason'] = f'LOSSLAND_PELE_PYTHON={PELE_PYTHON} is not a file'
+  else:
     with tempfile.TemporaryDirectory() as tmp:
       npz = os.path.join(tmp, 'task.npz')
       np.savez(npz, x=np.asarray(xtr), y=np.asarray(ytr), starts=starts[:n_seq])
@@ -230,6 +249,8 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
       else:
         pele = {'available': False, 'error': proc.stderr.strip().splitlines()[-1:]}
   summary['pele'] = pele
+  bar(n_work, n_work, 'done')
+  bar.close()
   if pele.get('available'):
     summary['pele_quenches_per_s'] = pele['quenches_per_s']
     summary['pele_lj13_median_seconds'] = pele['lj13_median_seconds']

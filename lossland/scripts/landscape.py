@@ -90,11 +90,29 @@ def _reanalyse(path, cfg, out_dir):
   return summary
 
 
+def _check_out_dir(out_dir):
+  """UsageError unless ``out_dir`` is, or can be created as, a writable directory
+  (probed with a temporary file that is removed at once)."""
+  import tempfile
+  path = os.path.abspath(out_dir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise _cli.UsageError(f'--out_dir {out_dir}: {path} exists and is not a directory')
+  try:
+    fd, probe = tempfile.mkstemp(prefix='.probe.', dir=path)
+  except OSError:
+    raise _cli.UsageError(f'--out_dir {out_dir}: {path} is not writable') from None
+  os.close(fd)
+  os.remove(probe)
+
+
 def main(argv):
   if len(argv) > 1:
     raise _cli.UsageError(f'unexpected arguments: {argv[1:]}')
   cfg = _config()
   cfg.validate()
+  _check_out_dir(_OUT.value)
   if _FROM_DB.value is not None and not os.path.isfile(_FROM_DB.value):
     raise _cli.UsageError(f'--from_db: no such file {_FROM_DB.value}')
   if _FROM_DB.value is not None:
@@ -105,6 +123,9 @@ def main(argv):
     except DatabaseError as e:
       raise _cli.UsageError(str(e)) from None
 
+  print(f'landscape: depth={cfg.depth} n_data={cfg.n_data} bh {cfg.bh_chains}x'
+        f'{cfg.bh_steps} steps, connect budget {cfg.connect_budget}; loading data '
+        'and compiling (about a minute the first time)...', file=sys.stderr, flush=True)
   import jax
   jax.config.update('jax_enable_x64', True)
   from lossland import io

@@ -19,6 +19,13 @@ def main(argv):
   runs = argv[1:]
   if not runs:
     raise _cli.UsageError('give at least one run directory')
+  out_parent = os.path.dirname(os.path.abspath(_OUT.value))
+  if not os.path.isdir(out_parent):
+    raise _cli.UsageError(f'--out {_OUT.value}: folder {out_parent} does not exist')
+  if os.path.isdir(_OUT.value):
+    raise _cli.UsageError(f'--out {_OUT.value} is a directory; give a .png file name')
+  if not os.access(out_parent, os.W_OK):
+    raise _cli.UsageError(f'--out {_OUT.value}: folder {out_parent} is not writable')
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
