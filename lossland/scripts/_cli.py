@@ -104,9 +104,16 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
       return None
   except OSError:
     return None
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  try:
+    jax.config.update("jax_compilation_cache_dir", path)
+  except (AttributeError, KeyError, ValueError):  # a jax without the option
+    return None
+  for name, value in (("jax_persistent_cache_min_compile_time_secs", 0.0),
+                      ("jax_persistent_cache_min_entry_size_bytes", 0)):
+    try:
+      jax.config.update(name, value)
+    except (AttributeError, KeyError, ValueError):
+      pass
   return path
 
 
