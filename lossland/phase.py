@@ -1,0 +1,453 @@
+"""Jamming phase diagram: transition search, N_Delta jump, Delta exponents, avalanches.
+
+1809.09349 (Geiger et al., PRE 100, 012115): on random data a fully connected
+net of N weights fits P points (N_Delta = 0, "sat") below P*(N) and ends in a
+jammed minimum with N_Delta/N > 0.4 above it; P*/N does not depend on depth;
+at the transition P_+(Delta) ~ Delta^theta (theta ~ 0.3) and
+P_-(Delta) ~ |Delta|^-gamma (gamma ~ 0.2).
+
+This module is analysis only: it reads ensemble cells (records of
+:func:`lossland.sweep.run_sweep`, ``{"flags", "run_dir", "summary"}``) and
+proposes the next cells of a bisection; running them is the caller's
+``run_cells_fn``. Member classes come from ``summary["members"][k]["class"]``
+(:func:`lossland.observables.member_classes`): only ``sat`` and ``jammed``
+enter the fraction; ``limbo``, ``dead``, ``not_converged``, ``stalled`` and
+``diverged`` are counted and reported, never counted as jammed.
+"""
+import math
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lossland import fits
+
+COUNTED = ("sat", "jammed")
+
+
+def member_class(m: dict) -> str:
+  """Class of one member of a summary (``class``; older summaries: stop reason)."""
+  if "class" in m:
+    return m["class"]
+  if m.get("stop_reason") == "sat" or m.get("n_delta") == 0:
+    return "sat"
+  return m.get("stop_reason", "unknown")
+
+
+def cell_stats(record: dict) -> dict:
+  """Counts of one cell: P, N, P/N, classes, N_Delta/N of the jammed members."""
+  s, f = record["summary"], record.get("flags", {})
+  members = s["members"]
+  classes = [member_class(m) for m in members]
+  N, P = int(s["n_weights"]), int(s["P"])
+  counts = {c: classes.count(c) for c in sorted(set(classes))}
+  return {
+      "P": P, "N": N, "p_over_n": P / N,
+      "depth": f.get("depth"), "width": f.get("width"), "d": f.get("d"),
+      "n_members": len(members), "counts": counts,
+      "n_sat": counts.get("sat", 0), "n_jammed": counts.get("jammed", 0),
+      "nd_over_n_jammed": [float(m["n_delta_over_n"]) for m, c in
+                           zip(members, classes) if c == "jammed"],
+      "run_dir": record.get("run_dir"),
+  }
+
+
+def fit_cells(stats: Sequence[dict], level: float = 0.95) -> dict:
+  """fits.fit_threshold of fraction sat / (sat + jammed) vs P/N over cells."""
+  x = [c["p_over_n"] for c in stats]
+  k = [c["n_sat"] for c in stats]
+  n = [c["n_sat"] + c["n_jammed"] for c in stats]
+  return fits.fit_threshold(x, k, n, level=level)
+
+
+def propose_next(stats: Sequence[dict], grow: float = 1.3,
+                 rel_tol: float = 0.03, x_bounds=(0.2, 20.0)):
+  """The next P/N of a bisection of the sat -> jammed transition, or None.
+
+  Not bracketed (all cells sat or all jammed): step out by ``grow``. Else
+  the midpoint of the two measured P/N values adjacent to the logistic fit's
+  crossing; None once they are within ``rel_tol`` (relative) of each other.
+  """
+  stats = [c for c in stats if c["n_sat"] + c["n_jammed"] > 0]
+  if not stats:
+    return None
+  xs = np.array(sorted({c["p_over_n"] for c in stats}))
+  frac = {x: (sum(c["n_sat"] for c in stats if c["p_over_n"] == x) /
+              sum(c["n_sat"] + c["n_jammed"] for c in stats if c["p_over_n"] == x))
+          for x in xs}
+  if all(v > 0.5 for v in frac.values()):
+    nxt = xs.max() * grow
+    return nxt if nxt <= x_bounds[1] else None
+  if all(v < 0.5 for v in frac.values()):
+    nxt = xs.min() / grow
+    return nxt if nxt >= x_bounds[0] else None
+  fit = fit_cells(stats)
+  xh = fit["x_half"]
+  if xh is None:
+    return None
+  lo = xs[xs <= xh].max() if np.any(xs <= xh) else xs.min()
+  hi = xs[xs >= xh].min() if np.any(xs >= xh) else xs.max()
+  if hi - lo <= rel_tol * 0.5 * (hi + lo):
+    return None
+  return 0.5 * (lo + hi)
+
+
+def search_transition(groups: Sequence[dict], x_init: Sequence[float],
+                      run_cells_fn: Callable, n_rounds: int = 3,
+                      rel_tol: float = 0.03, log_fn: Callable | None = None) -> list:
+  """Bracketing and bisection over P at fixed N, for several groups at once.
+
+  Args:
+    groups: one base cell per group (e.g. per depth): options of the ensemble
+      job without ``P``, plus ``"_N"``, the group's weight count N (turns P/N
+      into P; keys starting with "_" are not passed to the job).
+    x_init: initial P/N grid (every group).
+    run_cells_fn: ``fn(cells) -> records`` (same order), e.g. sweep.run_sweep.
+    n_rounds: bracketing/bisection rounds after the initial grid.
+    rel_tol: stop bisecting a group when its bracket is this narrow.
+    log_fn: optional ``fn(str)``.
+
+  Returns:
+    per group, the list of its records (all P measured).
+  """
+  recs = [dict() for _ in groups]  # P -> record
+
+  def cell(g, x):
+    base = {k: v for k, v in g.items() if not k.startswith("_")}
+    return dict(base, P=max(2, int(round(x * g["_N"]))))
+
+  todo = [(i, cell(g, x)) for i, g in enumerate(groups) for x in x_init]
+  for rnd in range(n_rounds + 1):
+    todo = [(i, c) for i, c in todo if c["P"] not in recs[i]]
+    if not todo:
+      break
+    if log_fn:
+      log_fn(f"round {rnd}: {len(todo)} cell(s): " + ", ".join(
+          f"L={c.get('depth')} P={c['P']}" for _, c in todo))
+    out = run_cells_fn([c for _, c in todo])
+    for (i, c), r in zip(todo, out):
+      recs[i][c["P"]] = r
+    if rnd == n_rounds:
+      break
+    todo = []
+    for i, g in enumerate(groups):
+      x = propose_next([cell_stats(r) for r in recs[i].values()], rel_tol=rel_tol)
+      if x is not None:
+        todo.append((i, cell(g, x)))
+  return [[recs[i][p] for p in sorted(recs[i])] for i in range(len(groups))]
+
+
+def nd_over_n_at_jamming(stats: Sequence[dict], x_star, min_members: int = 3):
+  """Median N_Delta/N of the jammed members in the cells nearest P*/N.
+
+  Cells are taken in order of |P/N - P*/N| until at least ``min_members``
+  jammed members are pooled. Returns (median or None, list of P/N used).
+  """
+  if x_star is None:
+    return None, []
+  vals, used = [], []
+  for c in sorted(stats, key=lambda c: abs(c["p_over_n"] - x_star)):
+    if c["nd_over_n_jammed"]:
+      vals += c["nd_over_n_jammed"]
+      used.append(c["p_over_n"])
+    if len(vals) >= min_members:
+      break
+  return (float(np.median(vals)) if vals else None), used
+
+
+def depth_spread(p_star: dict):
+  """(max - min) / mean of P*/N over depths (None entries ignored)."""
+  v = [x for x in p_star.values() if x is not None]
+  if len(v) < 2:
+    return None
+  return float((max(v) - min(v)) / np.mean(v))
+
+
+def _load_arrays(run_dir: str) -> dict:
+  with np.load(os.path.join(run_dir, "arrays.npz"), allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays) -> dict:
+  """Delta of the members of one cell (1809.09349: nn_jamming's histograms).
+
+  Delta = eps - y f from ``arrays.npz`` (f_train [K, P], y_train [P]); eps is
+  the cell's margin (1 for the hinges when unset). Positive Delta are divided
+  by sqrt(loss) of their member, as the authors; negative ones give -Delta.
+
+  Returns:
+    dict with ``positive`` and ``negative`` samples and their member indices
+    ``positive_member``/``negative_member`` (for group bootstraps).
+  """
+  a = load_fn(record["run_dir"])
+  margin = record.get("flags", {}).get("margin")
+  eps = 1.0 if margin is None else float(margin)
+  f, y = np.asarray(a["f_train"], np.float64), np.asarray(a["y_train"], np.float64)
+  delta = eps - y[None, :] * f
+  members = record["summary"]["members"]
+  pos, neg, pm, nm = [], [], [], []
+  for k, m in enumerate(members):
+    if member_class(m) not in classes:
+      continue
+    loss = float(m["loss"])
+    d = delta[k]
+    p = d[d > 0] / (math.sqrt(loss) if loss > 0 else 1.0)
+    n = -d[d < 0]
+    pos.append(p), neg.append(n)
+    pm.append(np.full(p.size, k)), nm.append(np.full(n.size, k))
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
+  return {"positive": cat(pos), "negative": cat(neg),
+          "positive_member": cat(pm), "negative_member": cat(nm)}
+
+
+def fit_exponent(samples, groups=None, q: float = 0.5,
+                 q_checks=(0.25, 0.5, 0.75), n_boot: int = 500, seed: int = 0) -> dict:
+  """Exponent a of p(x) ~ x^a at small x: MLE on (0, quantile q], CI, range check.
+
+  theta = a of the Delta > 0 side, gamma = -a of the Delta < 0 side.
+  """
+  x = np.asarray(samples, np.float64)
+  x = x[x > 0]
+  if x.size < 10:
+    return {"exponent": None, "ci": [None, None], "n_samples": int(x.size),
+            "stable": None}
+  g = None if groups is None else np.asarray(groups)[np.asarray(samples) > 0]
+  xmax = float(np.quantile(x, q))
+  f = fits.power_law_mle(x, 0.0, xmax, n_boot=n_boot, seed=seed, groups=g)
+  r = fits.exponent_vs_range(x, [(0.0, float(np.quantile(x, qq))) for qq in q_checks],
+                             n_boot=min(n_boot, 200), seed=seed, groups=g)
+  return {**f, "q": q, "range_check": {"q": list(q_checks),
+                                       "exponents": r["exponents"],
+                                       "spread": r["spread"]},
+          "stable": r["stable"]}
+
+
+def avalanche_sizes(history_unsat, running=None) -> np.ndarray:
+  """Sizes of the changes of the set of unsatisfied constraints.
+
+  Between consecutive measurements of a member (both while it runs), the
+  number of points whose sign of Delta changed (1809.09349: avalanche-like
+  dynamics). Measurements are log-spaced in steps, so later intervals are
+  longer.
+
+  Args:
+    history_unsat: [K, M, P] bool, Delta > 0 at each measurement.
+    running: [K, M] bool, whether the member was running (default: all).
+
+  Returns:
+    1-d int array of sizes (zeros included).
+  """
+  u = np.asarray(history_unsat, bool)
+  if u.ndim != 3:
+    raise ValueError(f"history_unsat must be [K, M, P], got {u.shape}")
+  ok = np.ones(u.shape[:2], bool) if running is None else np.asarray(running, bool)
+  flips = np.sum(u[:, 1:] != u[:, :-1], axis=-1)
+  both = ok[:, 1:] & ok[:, :-1]
+  return flips[both].astype(np.int64)
+
+
+def avalanche_data(record: dict, load_fn=_load_arrays):
+  """Avalanche sizes of a cell's members from its arrays.npz, or None.
+
+  Reads ``history_unsat`` [K, M, P] (train.TrainConfig.record_unsat) and, if
+  present, ``history_running`` [K, M]; else running = finite history_loss.
+  """
+  a = load_fn(record["run_dir"])
+  if "history_unsat" not in a:
+    return None
+  u = a["history_unsat"]
+  if "history_running" in a:
+    run = a["history_running"]
+  elif "history_loss" in a:
+    run = np.isfinite(a["history_loss"])
+  else:
+    run = None
+  return avalanche_sizes(u, run)
+
+
+def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
+            load_fn=_load_arrays) -> dict:
+  """The phase-diagram summary of a set of cells.
+
+  Args:
+    records_by_depth: depth -> list of cell records (one N per depth).
+    level: CI level.
+    n_boot: bootstrap replicates of the exponent fits.
+    load_fn: reads a run directory's arrays (tests pass a fake).
+
+  Returns:
+    dict with ``per_depth`` {L: {p_star_over_n, p_star_ci, fit, N, width,
+    nd_over_n_at_jamming, n_members, counts, cells}}, ``depth_spread``,
+    ``theta``, ``theta_ci``, ``gamma``, ``gamma_ci`` (pooled over depths,
+    jammed members of the cell nearest P* of each depth, bootstrap over
+    members), ``exponents_per_depth``, ``avalanches``.
+    Also ``_samples`` (not JSON: arrays for the figures).
+  """
+  per_depth, p_star = {}, {}
+  pos, neg, pos_g, neg_g, aval = [], [], [], [], []
+  exps = {}
+  for L, recs in sorted(records_by_depth.items()):
+    stats = sorted((cell_stats(r) for r in recs), key=lambda c: c["p_over_n"])
+    fit = fit_cells(stats, level=level)
+    xs = fit["x_half"]
+    p_star[L] = xs
+    nd, used = nd_over_n_at_jamming(stats, xs)
+    counts = {}
+    for c in stats:
+      for k, v in c["counts"].items():
+        counts[k] = counts.get(k, 0) + v
+    Ns = sorted({c["N"] for c in stats})
+    per_depth[L] = {
+        "p_star_over_n": xs, "p_star_ci": fit["ci"],
+        "p_star": None if xs is None else xs * Ns[0],
+        "transition_width": fit["width"], "separated": fit["separated"],
+        "bracketed": fit["bracketed"],
+        "nd_over_n_at_jamming": nd, "nd_cells_p_over_n": used,
+        "n_members": int(sum(c["n_members"] for c in stats)),
+        "N": Ns[0] if len(Ns) == 1 else Ns,
+        "width": stats[0]["width"] if stats else None,
+        "d": stats[0]["d"] if stats else None,
+        "counts": counts,
+        "cells": [{k: c[k] for k in ("P", "p_over_n", "n_members", "counts",
+                                      "nd_over_n_jammed")} for c in stats],
+    }
+    # Delta distribution: the cell nearest P* (on either side) with jammed members.
+    ref = xs if xs is not None else (stats[-1]["p_over_n"] if stats else None)
+    jam_cells = [(c, r) for c, r in zip(stats, sorted(recs, key=lambda r: cell_stats(r)["p_over_n"]))
+                 if c["n_jammed"] > 0]
+    if ref is not None and jam_cells:
+      c, r = min(jam_cells, key=lambda cr: abs(cr[0]["p_over_n"] - ref))
+      try:
+        ds = delta_samples(r, load_fn=load_fn)
+      except (OSError, KeyError, ValueError):
+        ds = None
+      if ds is not None:
+        off = 1000 * len(pos)
+        pos.append(ds["positive"]), neg.append(ds["negative"])
+        pos_g.append(ds["positive_member"] + off), neg_g.append(ds["negative_member"] + off)
+        ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot)
+        en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot)
+        exps[L] = {"p_over_n": c["p_over_n"],
+                   "theta": ep["exponent"], "theta_ci": ep["ci"],
+                   "gamma": None if en["exponent"] is None else -en["exponent"],
+                   "gamma_ci": [None if v is None else -v for v in en["ci"][::-1]]}
+    # Avalanches: every cell that recorded the unsatisfied sets.
+    for r in recs:
+      try:
+        s = avalanche_data(r, load_fn=load_fn)
+      except (OSError, KeyError, ValueError):
+        s = None
+      if s is not None:
+        aval.append(s)
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
+  P_, N_, Pg, Ng = cat(pos), cat(neg), cat(pos_g), cat(neg_g)
+  th = fit_exponent(P_, Pg, n_boot=n_boot)
+  ga = fit_exponent(N_, Ng, n_boot=n_boot)
+  sizes = cat(aval).astype(np.int64)
+  return {
+      "per_depth": per_depth,
+      "depth_spread": depth_spread(p_star),
+      "theta": th["exponent"], "theta_ci": th["ci"],
+      "theta_fit": {k: th.get(k) for k in ("n_samples", "q", "range_check", "stable", "method")},
+      "gamma": None if ga["exponent"] is None else -ga["exponent"],
+      "gamma_ci": [None if v is None else -v for v in ga["ci"][::-1]],
+      "gamma_fit": {k: ga.get(k) for k in ("n_samples", "q", "range_check", "stable", "method")},
+      "exponents_per_depth": exps,
+      "avalanches": ({"n_intervals": int(sizes.size),
+                      "n_nonzero": int(np.count_nonzero(sizes)),
+                      "mean": float(sizes.mean()), "max": int(sizes.max())}
+                     if sizes.size else None),
+      "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
+                   "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max")},
+  }
+
+
+def plot_all(result: dict, out_dir: str):
+  """Small PNG figures of :func:`analyze`'s result into ``out_dir``."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  pd = result["per_depth"]
+  files = []
+
+  def save(fig, name):
+    p = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    files.append(name)
+
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for L, v in pd.items():
+    x = np.array([c["p_over_n"] for c in v["cells"]])
+    k = np.array([c["counts"].get("sat", 0) for c in v["cells"]])
+    n = np.array([c["counts"].get("sat", 0) + c["counts"].get("jammed", 0) for c in v["cells"]])
+    m = n > 0
+    line = ax.plot(x[m], k[m] / n[m], "o", label=f"L={L}")[0]
+    if v["p_star_over_n"] is not None and x.size:
+      xx = np.linspace(x.min(), x.max(), 200)
+      w = v["transition_width"] or 1e-3
+      ax.plot(xx, fits.logistic(xx, v["p_star_over_n"], -1.0 / max(w, 1e-3)),
+              color=line.get_color())
+  ax.axhline(0.5, color="gray", lw=0.5)
+  ax.set_xlabel("P/N"), ax.set_ylabel("fraction sat / (sat + jammed)")
+  ax.legend()
+  save(fig, "fraction_sat.png")
+
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for L, v in pd.items():
+    xs, ys = [], []
+    for c in v["cells"]:
+      xs += [c["p_over_n"]] * (len(c["nd_over_n_jammed"]) + c["counts"].get("sat", 0))
+      ys += c["nd_over_n_jammed"] + [0.0] * c["counts"].get("sat", 0)
+    ax.plot(xs, ys, "o", alpha=0.5, label=f"L={L}")
+  ax.set_xlabel("P/N"), ax.set_ylabel("N_Delta / N (sat and jammed)")
+  ax.legend()
+  save(fig, "nd_over_n.png")
+
+  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  for L, v in pd.items():
+    if v["p_star"] is not None and isinstance(v["N"], int):
+      lo, hi = v["p_star_ci"]
+      ax.errorbar([v["p_star"]], [v["N"]], xerr=[[v["p_star"] - lo * v["N"] if lo else 0],
+                                                 [hi * v["N"] - v["p_star"] if hi else 0]],
+                  fmt="o", label=f"L={L}")
+  ax.set_xscale("log"), ax.set_yscale("log")
+  ax.set_xlabel("P*"), ax.set_ylabel("N*")
+  ax.legend()
+  save(fig, "phase_diagram.png")
+
+  s = result["_samples"]
+  fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
+  for ax, key, name, a in ((axs[0], "positive", "Delta/sqrt(L), Delta>0", result["theta"]),
+                           (axs[1], "negative", "-Delta, Delta<0",
+                            None if result["gamma"] is None else -result["gamma"])):
+    x = s[key][s[key] > 0]
+    if x.size:
+      bins = np.logspace(np.log10(x.min()), np.log10(x.max()), 30)
+      h, _ = np.histogram(x, bins, density=True)
+      c = np.sqrt(bins[1:] * bins[:-1])
+      ax.loglog(c[h > 0], h[h > 0], "o")
+      if a is not None:
+        xm = s["theta_xmax" if key == "positive" else "gamma_xmax"] or x.max()
+        xx = np.logspace(np.log10(x.min()), np.log10(xm), 20)
+        # normalized on (0, xm] with the sample fraction below xm
+        frac = np.mean(x <= xm)
+        ax.loglog(xx, frac * (a + 1) * xx ** a / xm ** (a + 1), "-",
+                  label=f"exponent {a:.2f}")
+        ax.legend()
+    ax.set_xlabel(name), ax.set_ylabel("density")
+  save(fig, "delta_distributions.png")
+
+  sz = s["avalanche_sizes"]
+  if sz.size:
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    nz = sz[sz > 0]
+    if nz.size:
+      bins = np.unique(np.logspace(0, np.log10(nz.max() + 1), 20).astype(int))
+      h, _ = np.histogram(nz, bins)
+      ax.loglog(bins[:-1], np.maximum(h, 0.5), "o")
+    ax.set_xlabel("constraints changing sign between measurements")
+    ax.set_ylabel("count")
+    save(fig, "avalanches.png")
+  return files

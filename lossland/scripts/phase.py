@@ -1,0 +1,215 @@
+r"""Jamming phase diagram on random data (1809.09349): P*(N) per depth, N_Delta/N jump, theta, gamma.
+
+    python -m lossland.scripts.phase --preset cpu
+    python -m lossland.scripts.phase --preset paper --out_dir runs/phase_paper [--shard 0/4]
+
+For each depth L a network of fixed width (N weights) is trained on P random
+points for a grid of P/N (ensembles of ``--n_seeds`` members, one sweep cell
+each); the grid is then extended until the transition is bracketed and bisected
+(``--rounds``), and the fraction sat / (sat + jammed) is fitted by a logistic
+curve (lossland.fits.fit_threshold: maximum likelihood, profile-likelihood
+CI). Limbo, dead, stalled and not-converged members are counted, never as
+jammed. The cells live under ``<out_dir>/sweep`` (lossland.sweep: a second
+invocation with the same out_dir skips finished cells; ``--shard I/N`` runs
+the I-th part of the initial grid only, no bisection, and a final unsharded
+invocation bisects and analyses). The result is a run directory
+``<out_dir>/phase/<UTC time>_<hash>/`` with summary.json (per_depth,
+depth_spread, theta, theta_ci, gamma, gamma_ci, ...) and figures.
+
+Presets (the flags given explicitly override them):
+
+* ``cpu``: sphere data, L = 2, 3, 4 with d = h = 10, 8, 7 (N = 210, 200,
+  203), P/N in {1.5, 2, 2.5, 3} then 2 bisection rounds, 8 members, Adam
+  lr 1e-2, 20k steps, jam window 4000.
+* ``paper``: L = 2, d = h = 62 (N = 7750); L = 3, d = h = 51 (N = 7854);
+  L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
+  lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
+"""
+import os
+import sys
+
+from absl import flags
+
+from lossland.scripts import _cli
+
+PRESETS = {
+    "cpu": dict(depths=[2, 3, 4], widths=[10, 8, 7], p_over_n=[1.5, 2.0, 2.5, 3.0],
+                rounds=2, n_seeds=8, max_steps=20_000, lr=1e-2, schedule="constant",
+                jam_window=4000, optimizer="adam"),
+    "paper": dict(depths=[2, 3, 5], widths=[62, 51, 40],
+                  p_over_n=[2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0],
+                  rounds=2, n_seeds=8, max_steps=2_000_000, lr=1e-4,
+                  schedule="step", jam_window=100_000, optimizer="adam"),
+}
+
+_PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "Preset grid (flags override).")
+_DEPTHS = flags.DEFINE_list("depths", None, "Depths L (hidden layers).")
+_WIDTHS = flags.DEFINE_list("widths", None, "Width h per depth (d = h unless --d).")
+_N = flags.DEFINE_list("N", None, "Target weight count per depth (sets the width; instead of --widths).")
+_D = flags.DEFINE_integer("d", None, "Input dimension (default: d = h per depth).")
+_P_OVER_N = flags.DEFINE_list("p_over_n", None, "Initial grid of P/N.")
+_ROUNDS = flags.DEFINE_integer("rounds", None, "Bracketing/bisection rounds after the grid.")
+_N_SEEDS = flags.DEFINE_integer("n_seeds", None, "Members per cell.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of member 0.")
+_DATASET = flags.DEFINE_enum("dataset", "sphere", ["sphere", "digits", "mnist", "fashion_mnist", "cifar10", "npz"],
+                             "Training data.")
+_DATA_FILE = flags.DEFINE_string("data_file", None, "--dataset npz file.")
+_OPTIMIZER = flags.DEFINE_string("optimizer", None, "Optimizer of the ensemble job.")
+_LR = flags.DEFINE_float("lr", None, "Learning rate.")
+_SCHEDULE = flags.DEFINE_string("schedule", None, "Learning-rate schedule.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Maximum steps per member.")
+_JAM_WINDOW = flags.DEFINE_integer("jam_window", None, "Jamming rule window (steps).")
+_X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
+_SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
+_N_BOOT = flags.DEFINE_integer("n_boot", 500, "Bootstrap replicates of the exponent fits.")
+_PLOTS = flags.DEFINE_boolean("plots", True, "Write PNG figures.")
+
+
+def _ints(name, vals):
+  try:
+    out = [int(v) for v in vals]
+  except ValueError:
+    raise _cli.UsageError(f"--{name} must be integers, got {','.join(vals)}") from None
+  if any(v <= 0 for v in out):
+    raise _cli.UsageError(f"--{name} must be positive, got {','.join(vals)}")
+  return out
+
+
+def _settings():
+  from lossland import nets
+  p = dict(PRESETS[_PRESET.value]) if _PRESET.value else {}
+  depths = _ints("depths", _DEPTHS.value) if _DEPTHS.value else p.get("depths")
+  if not depths:
+    raise _cli.UsageError("give --preset or --depths")
+  if _N.value:
+    ns = _ints("N", _N.value)
+    if len(ns) == 1:
+      ns = ns * len(depths)
+    if len(ns) != len(depths):
+      raise _cli.UsageError(f"--N needs 1 or {len(depths)} values, got {len(ns)}")
+    widths = [nets.width_for_n(n, _D.value or _d_eq_h(n, L), L) if _D.value else _d_eq_h(n, L)
+              for n, L in zip(ns, depths)]
+  elif _WIDTHS.value:
+    widths = _ints("widths", _WIDTHS.value)
+    if len(widths) == 1:
+      widths = widths * len(depths)
+  else:
+    widths = p.get("widths")
+  if not widths or len(widths) != len(depths):
+    raise _cli.UsageError(f"need one width per depth ({len(depths)}): --widths or --N")
+  try:
+    x = [float(v) for v in (_P_OVER_N.value or p.get("p_over_n") or [])]
+  except ValueError:
+    raise _cli.UsageError(f"--p_over_n must be numbers, got {','.join(_P_OVER_N.value)}") from None
+  if not x or any(v <= 0 for v in x):
+    raise _cli.UsageError("--p_over_n needs positive values")
+  try:
+    i, n = (int(t) for t in _SHARD.value.split("/"))
+    if not (n >= 1 and 0 <= i < n):
+      raise ValueError
+  except ValueError:
+    raise _cli.UsageError(f"--shard must be I/N with 0 <= I < N, got {_SHARD.value}") from None
+  def pick(fl, key, default):
+    if fl.value is not None:
+      return fl.value
+    return p[key] if key in p else default
+
+  s = {"depths": depths, "widths": widths, "p_over_n": x, "shard": (i, n),
+       "rounds": pick(_ROUNDS, "rounds", 2), "n_seeds": pick(_N_SEEDS, "n_seeds", 8),
+       "max_steps": pick(_MAX_STEPS, "max_steps", 20_000), "lr": pick(_LR, "lr", 1e-2),
+       "schedule": pick(_SCHEDULE, "schedule", "constant"),
+       "jam_window": pick(_JAM_WINDOW, "jam_window", 2000),
+       "optimizer": pick(_OPTIMIZER, "optimizer", "adam")}
+  for k in ("rounds",):
+    if s[k] < 0:
+      raise _cli.UsageError(f"--{k} must be >= 0, got {s[k]}")
+  for k in ("n_seeds", "max_steps", "jam_window"):
+    if s[k] <= 0:
+      raise _cli.UsageError(f"--{k} must be positive, got {s[k]}")
+  if _N_BOOT.value < 0:
+    raise _cli.UsageError(f"--n_boot must be >= 0, got {_N_BOOT.value}")
+  if s["lr"] <= 0:
+    raise _cli.UsageError(f"--lr must be positive, got {s['lr']}")
+  return s
+
+
+def _d_eq_h(n_target, depth):
+  # d = h: N = L h^2 + h
+  from lossland import nets
+  return min(range(1, 2000), key=lambda h: abs(nets.n_weights(h, h, depth) - n_target))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  s = _settings()
+  import jax
+  jax.config.update("jax_enable_x64", bool(_X64.value))
+  from lossland import io, job, nets, phase, sweep
+
+  groups = []
+  for L, h in zip(s["depths"], s["widths"]):
+    d = _D.value or h
+    base = {"dataset": _DATASET.value, "d": d, "depth": L, "width": h,
+            "n_seeds": s["n_seeds"], "seed": _SEED.value,
+            "max_steps": s["max_steps"], "lr": s["lr"],
+            "schedule": s["schedule"], "optimizer": s["optimizer"],
+            "jam_window": s["jam_window"], "x64": bool(_X64.value),
+            "plots": False}
+    if _DATASET.value == "sphere":
+      base["n_test"] = 0
+    if _DATA_FILE.value:
+      base["data_file"] = _DATA_FILE.value
+    base["_N"] = nets.n_weights(d, h, L)
+    groups.append(base)
+  # Validate every cell before anything runs (bad options exit 2).
+  try:
+    for g in groups:
+      job.validate(dict({k: v for k, v in g.items() if not k.startswith("_")}, P=100))
+  except ValueError as e:
+    raise _cli.UsageError(str(e)) from None
+
+  sweep_dir = os.path.join(_OUT_DIR.value, "sweep")
+  i, n = s["shard"]
+  say = lambda m: print(m, file=sys.stderr, flush=True)
+
+  def run_cells(cells):
+    return sweep.run_sweep(cells, sweep_dir, shard=(i, n) if n > 1 else (0, 1),
+                           progress=True)
+
+  rounds = s["rounds"] if n == 1 else 0
+  per_group = phase.search_transition(groups, s["p_over_n"], run_cells,
+                                      n_rounds=rounds, log_fn=say)
+  if n > 1:
+    print(f"shard {i}/{n} done; run again without --shard (same --out_dir) to "
+          f"bisect and analyse")
+    return
+  result = phase.analyze({L: recs for L, recs in zip(s["depths"], per_group)},
+                         n_boot=_N_BOOT.value)
+  samples = result.pop("_samples")
+  result["settings"] = {k: v for k, v in s.items() if k != "shard"}
+  result["preset"] = _PRESET.value
+  result["sweep_dir"] = sweep_dir
+  flags_dict = {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+  with io.new_run(_OUT_DIR.value, "phase", flags_dict) as w:
+    w.log([{"depth": L, **c} for L, v in result["per_depth"].items() for c in v["cells"]])
+    w.save_arrays(delta_positive=samples["positive"], delta_negative=samples["negative"],
+                  avalanche_sizes=samples["avalanche_sizes"])
+    if _PLOTS.value:
+      result["figures"] = phase.plot_all({**result, "_samples": samples}, w.path)
+    w.write_json("summary.json", result)
+  fmt = lambda v: "None" if v is None else f"{v:.3f}"
+  for L, v in result["per_depth"].items():
+    lo, hi = v["p_star_ci"]
+    print(f"L={L} h={v['width']} N={v['N']}: P*/N = {fmt(v['p_star_over_n'])} "
+          f"[{fmt(lo)}, {fmt(hi)}], N_Delta/N at jamming {fmt(v['nd_over_n_at_jamming'])}, "
+          f"classes {v['counts']}")
+  print(f"depth spread {fmt(result['depth_spread'])}")
+  print(f"theta {fmt(result['theta'])} {[fmt(c) for c in result['theta_ci']]}, "
+        f"gamma {fmt(result['gamma'])} {[fmt(c) for c in result['gamma_ci']]}")
+  print(f"run directory: {w.final_path}")
+
+
+if __name__ == "__main__":
+  _cli.run(main)

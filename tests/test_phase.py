@@ -1,0 +1,173 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lossland import fits, phase
+
+
+def _record(P, N, classes, nd=None, depth=3, run_dir=None, losses=None):
+  members = []
+  for k, c in enumerate(classes):
+    members.append({"class": c, "n_delta_over_n": (nd[k] if nd else (0.6 if c == "jammed" else 0.0)),
+                    "loss": (losses[k] if losses else 0.01), "stop_reason": "x"})
+  return {"flags": {"depth": depth, "width": 8, "d": 8}, "run_dir": run_dir,
+          "summary": {"members": members, "n_weights": N, "P": P}}
+
+
+def _fake_cells(x_star, N=200, K=40, slope=-8.0, seed=0, depth=3):
+  """A fake job: each member is sat with probability logistic(P/N), else jammed;
+  plus one limbo and one not_converged member per cell, which must not count."""
+  rng = np.random.default_rng(seed)
+
+  def run_cells(cells):
+    out = []
+    for c in cells:
+      p = fits.logistic(c["P"] / N, x_star, slope)
+      sat = rng.random(K) < p
+      classes = ["sat" if s else "jammed" for s in sat] + ["limbo", "not_converged"]
+      out.append(_record(c["P"], N, classes, depth=c["depth"]))
+    return out
+  return run_cells
+
+
+def test_cell_stats_counts_only_sat_and_jammed():
+  r = _record(500, 200, ["sat", "jammed", "limbo", "dead", "not_converged", "jammed"],
+              nd=[0, 0.5, 0, 0, 0.2, 0.7])
+  s = phase.cell_stats(r)
+  assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
+  assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
+  assert s["nd_over_n_jammed"] == [0.5, 0.7]
+
+
+def test_propose_next_brackets_then_bisects():
+  st = lambda x, k, n: {"p_over_n": x, "n_sat": k, "n_jammed": n - k}
+  assert phase.propose_next([st(1.0, 5, 5), st(2.0, 4, 5)]) == pytest.approx(2.6)
+  assert phase.propose_next([st(3.0, 0, 5), st(4.0, 0, 5)]) == pytest.approx(3.0 / 1.3)
+  # separated at 2 | 3: the midpoint
+  assert phase.propose_next([st(1.0, 5, 5), st(2.0, 5, 5), st(3.0, 0, 5)]) == pytest.approx(2.5)
+  # converged bracket
+  assert phase.propose_next([st(2.0, 5, 5), st(2.01, 0, 5)]) is None
+
+
+def test_search_transition_finds_known_crossing():
+  calls = []
+  fake = _fake_cells(2.3)
+
+  def run_cells(cells):
+    calls.append(len(cells))
+    return fake(cells)
+
+  groups = [{"depth": 3, "_N": 200}, {"depth": 2, "_N": 200}]
+  per_group = phase.search_transition(groups, [1.5, 2.0, 2.5, 3.0], run_cells, n_rounds=3)
+  assert calls[0] == 8 and all(c <= 2 for c in calls[1:]) and len(calls) == 4
+  for recs in per_group:
+    assert len(recs) >= 5  # bisection added cells
+    fit = phase.fit_cells([phase.cell_stats(r) for r in recs])
+    lo, hi = fit["ci"]
+    assert lo < 2.3 < hi and hi - lo < 0.3
+  # a group that starts all sat is extended outward
+  per_group = phase.search_transition([{"depth": 3, "_N": 200}], [1.0, 1.2], _fake_cells(2.3),
+                                      n_rounds=4)
+  assert max(phase.cell_stats(r)["p_over_n"] for r in per_group[0]) > 2.3
+
+
+def test_analyze_hand_made_cells_and_exponents():
+  # Depth 3 crosses at 2.25 (separated), depth 2 at 2.75; the jammed members'
+  # Delta follow known power laws: theta = 0.3 (Delta > 0 rescaled by
+  # sqrt(loss)), gamma = 0.2 (|Delta|^-0.2 for Delta < 0).
+  rng = np.random.default_rng(0)
+  arrays = {}
+
+  def load(run_dir):
+    return arrays[run_dir]
+
+  def cell_arrays(K, P, losses):
+    f = np.zeros((K, P))
+    y = np.where(np.arange(P) % 2 == 0, 1.0, -1.0)
+    for k in range(K):
+      half = P // 2
+      pos = fits.sample_power_law(rng, 0.3, 0.0, 1.0, half) * np.sqrt(losses[k])
+      neg = -fits.sample_power_law(rng, -0.2, 0.0, 1.0, P - half)
+      delta = np.concatenate([pos, neg])
+      f[k] = (1.0 - delta) * y  # Delta = 1 - y f
+    return {"f_train": f, "y_train": y}
+
+  recs = {}
+  for L, xs in ((3, 2.25), (2, 2.75)):
+    recs[L] = []
+    for x in (1.5, 2.0, 2.5, 3.0, 3.5):
+      P = int(x * 200)
+      sat = x < xs
+      classes = ["sat"] * 6 if sat else ["jammed"] * 5 + ["limbo"]
+      losses = [0.04] * 6
+      nd = [0.0] * 6 if sat else [0.45, 0.5, 0.55, 0.6, 0.65, 0.0]
+      rd = f"L{L}_P{P}"
+      arrays[rd] = cell_arrays(6, 2000, losses)
+      recs[L].append(_record(P, 200, classes, nd=nd, depth=L, run_dir=rd, losses=losses))
+  out = phase.analyze(recs, n_boot=200, load_fn=load)
+  d3, d2 = out["per_depth"][3], out["per_depth"][2]
+  assert d3["p_star_over_n"] == pytest.approx(2.25)
+  assert d2["p_star_over_n"] == pytest.approx(2.75)
+  assert d3["p_star_ci"][0] >= 2.0 and d3["p_star_ci"][1] <= 2.5
+  assert d3["nd_over_n_at_jamming"] == pytest.approx(0.55)
+  assert d3["counts"]["limbo"] == 3 and d3["counts"]["jammed"] == 15
+  assert out["depth_spread"] == pytest.approx(0.5 / 2.5)
+  # within two CI half-widths of the truth (a 95% CI alone misses 1 in 20)
+  for name, true in (("theta", 0.3), ("gamma", 0.2)):
+    lo, hi = out[f"{name}_ci"]
+    assert lo < out[name] < hi and hi - lo < 0.1
+    assert abs(out[name] - true) < (hi - lo)
+  assert abs(out["theta"] - 0.3) < 0.05 and abs(out["gamma"] - 0.2) < 0.05
+  assert out["avalanches"] is None
+  json.dumps({k: v for k, v in out.items() if k != "_samples"})
+
+
+def test_avalanche_sizes():
+  u = np.zeros((2, 4, 5), bool)
+  u[0, 0] = [1, 1, 0, 0, 0]
+  u[0, 1] = [1, 0, 0, 1, 1]   # 3 flips
+  u[0, 2] = [1, 0, 0, 1, 1]   # 0
+  u[0, 3] = [0, 0, 0, 0, 0]   # 3 (but member 0 stopped: not counted)
+  u[1, 1] = [1, 1, 1, 1, 1]   # 5
+  running = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  s = phase.avalanche_sizes(u, running)
+  assert sorted(s.tolist()) == [0, 0, 3, 5, 5]
+  assert sorted(phase.avalanche_sizes(u).tolist()) == [0, 0, 3, 3, 5, 5]
+
+
+def _run(args, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "lossland.scripts.phase", *args,
+                         "--out_dir", str(tmp_path / "out")],
+                        capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_script_end_to_end_tiny_grid(tmp_path):
+  args = ["--depths", "2", "--widths", "5", "--p_over_n", "0.5,4", "--n_seeds", "2",
+          "--max_steps", "200", "--rounds", "0", "--n_boot", "20"]
+  r = _run(args, tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  runs = os.listdir(tmp_path / "out" / "phase")
+  assert len(runs) == 1
+  s = json.load(open(tmp_path / "out" / "phase" / runs[0] / "summary.json"))
+  d = s["per_depth"]["2"]
+  assert d["N"] == 55 and d["n_members"] == 4 and len(d["cells"]) == 2
+  for key in ("depth_spread", "theta", "theta_ci", "gamma", "gamma_ci"):
+    assert key in s
+  # a second invocation resumes: no cell is run again
+  r = _run(args, tmp_path)
+  assert r.returncode == 0 and "running cell" not in r.stderr
+
+
+@pytest.mark.parametrize("bad", [["--depths", "2,3", "--widths", "4,5,6"],
+                                 ["--shard", "3/2", "--preset", "cpu"],
+                                 ["--preset", "cpu", "--n_seeds", "0"]])
+def test_bad_flags_exit_2(bad, tmp_path):
+  r = _run(bad, tmp_path)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "out")
