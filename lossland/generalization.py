@@ -1,0 +1,182 @@
+"""Generalization vs width across the jamming point (1810.09665, 1901.01608).
+
+For a fixed data set and a grid of widths h (N weights), with K members per
+width (ensembles of initializations, trained by the sweep engine), this module
+measures per N:
+
+* ``mean_test_error`` and ``sem_test_error`` of single nets; the
+  ``ensemble_test_error`` of fbar = mean_k f_k; ``early_stop_test_error``
+  (each member's best test error along its measured history, averaged);
+* ``output_variance`` <|f - fbar|^2> on the test set;
+* ``ntk_fluctuation`` at init: rms_k |Theta_0^k - <Theta_0>| / |<Theta_0>|
+  (Frobenius, <.> over members, (K - 1) normalization), expected ~ N^-1/4;
+* ``ntk_drift`` |Theta_T - Theta_0| / |Theta_0| averaged over members,
+  expected ~ N^-1/2 (lazy regime);
+* ``frac_sat``: fraction of members that reached N_Delta = 0,
+
+both NTKs on the first ``n_ntk`` test points. ``n_star`` is where ``frac_sat``
+crosses 1/2 (linear interpolation in log N), and the infinite-width asymptote
+``kernel_test_error`` is the test error of the hinge gradient flow with the
+infinite-width NTK (:func:`lossland.ntk.kernel_hinge_flow`, from f = 0, i.e.
+the limit of training f(w) - f(w0)). Power laws above N* are fitted with
+:func:`lossland.fits.log_log_slope` (bootstrap CIs).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lossland import experiment
+from lossland import fits
+from lossland import io
+from lossland import nets
+from lossland import ntk
+from lossland import train
+
+PER_N_KEYS = ("N", "width", "mean_test_error", "sem_test_error",
+              "ensemble_test_error", "output_variance", "ntk_fluctuation",
+              "ntk_drift", "frac_sat", "early_stop_test_error")
+
+
+def run_width_sweep(cells, out_dir, **kw) -> list:
+  """Runs (or resumes) the cells with the sweep engine; the one place it is called."""
+  from lossland import sweep
+  return sweep.run_sweep(cells, out_dir, **kw)
+
+
+def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
+  """The per-N observables of one ensemble run directory (module docstring)."""
+  ens = experiment.load_ensemble(run_dir)
+  arrays = io.load_run(run_dir).arrays
+  y_test = np.asarray(ens.data.y_test, np.float64)
+  f_test = np.asarray(arrays["f_test"], np.float64)
+  K = f_test.shape[0]
+  errs = np.mean(y_test * f_test <= 0, axis=1)
+  fbar = f_test.mean(0)
+  hist = np.asarray(arrays["history_test_error"], np.float64)
+  final = np.asarray(arrays["final_test_error"], np.float64)
+  best = np.fmin(np.nanmin(np.where(np.isnan(hist), np.inf, hist), axis=1), final)
+
+  x_sub = ens.data.x_test[:n_ntk]
+  fn = jax.jit(jax.vmap(ntk.empirical_ntk_fn(ens.net), (0, None, None)))
+  th0 = np.asarray(fn(ens.params0, x_sub, x_sub), np.float64)
+  th_t = np.asarray(fn(ens.params, x_sub, x_sub), np.float64)
+  fro = lambda a: np.sqrt(np.sum(a * a, axis=(-2, -1)))
+  mean0 = th0.mean(0)
+  fluct = (math.sqrt(np.sum(fro(th0 - mean0) ** 2) / max(K - 1, 1)) / fro(mean0)
+           if K > 1 else float("nan"))
+  drift_k = fro(th_t - th0) / fro(th0)
+  stop = np.asarray(arrays["stop_code"])
+  return {
+      "N": nets.n_weights(ens.net.d, ens.net.width, ens.net.depth),
+      "width": ens.net.width,
+      "mean_test_error": float(errs.mean()),
+      "sem_test_error": float(errs.std(ddof=1) / math.sqrt(K)) if K > 1 else float("nan"),
+      "ensemble_test_error": float(np.mean(y_test * fbar <= 0)),
+      "output_variance": float(np.mean((f_test - fbar) ** 2)),
+      "ntk_fluctuation": float(fluct),
+      "ntk_drift": float(drift_k.mean()),
+      "frac_sat": float(np.mean(stop == train.SAT)),
+      "early_stop_test_error": float(best.mean()),
+      "member_test_errors": errs.tolist(),
+      "member_ntk_drift": drift_k.tolist(),
+      "run_dir": run_dir,
+  }
+
+
+def n_star(N, frac_sat) -> float | None:
+  """Where frac_sat crosses 1/2 going up in N (interpolated in log N).
+
+  The last crossing from below 1/2 to at least 1/2; None if there is none
+  (every width sat, or none).
+  """
+  N = np.asarray(N, np.float64)
+  f = np.asarray(frac_sat, np.float64)
+  order = np.argsort(N)
+  N, f = N[order], f[order]
+  for i in range(len(N) - 2, -1, -1):
+    if f[i] < 0.5 <= f[i + 1]:
+      t = (0.5 - f[i]) / (f[i + 1] - f[i])
+      return float(np.exp(np.log(N[i]) + t * (np.log(N[i + 1]) - np.log(N[i]))))
+  return None
+
+
+def kernel_test_error(net_cfg: nets.NetConfig, data, loss_cfg, **flow_kw) -> dict:
+  """Test error of the infinite-width net: hinge flow with ``ntk.kernel_fn``."""
+  kfn = jax.jit(ntk.kernel_fn(net_cfg))
+  k = kfn(data.x_train, data.x_train)["ntk"]
+  kt = kfn(data.x_test, data.x_train)["ntk"]
+  out = ntk.kernel_hinge_flow(k, data.y_train, kt, loss_cfg, **flow_kw)
+  return {"kernel_test_error": float(np.mean(np.asarray(data.y_test) * np.asarray(out["f_test"]) <= 0)),
+          "kernel_train_loss": float(out["loss"]),
+          "kernel_n_delta": int(out["n_delta"]),
+          "kernel_flow_steps": int(out["steps"]),
+          "kernel_converged": bool(out["converged"])}
+
+
+def fit_above(per_n, key, n_min, n_boot=1000, seed=0, offset=0.0) -> dict:
+  """log-log slope of per_n[key] - offset vs N over N > n_min."""
+  rows = [r for r in per_n if n_min is None or r["N"] > n_min]
+  x = np.asarray([r["N"] for r in rows], np.float64)
+  y = np.asarray([r[key] for r in rows], np.float64) - offset
+  if len(x) < 2:
+    return {"exponent": None, "ci": [None, None], "n_points": int(len(x))}
+  return fits.log_log_slope(x, y, n_boot=n_boot, seed=seed)
+
+
+def summarize(per_n, kernel: dict | None, n_boot: int = 1000, seed: int = 0) -> dict:
+  """summary.json contents from the per-N rows and the kernel asymptote."""
+  per_n = sorted(per_n, key=lambda r: r["N"])
+  ns = n_star([r["N"] for r in per_n], [r["frac_sat"] for r in per_n])
+  eps_inf = None if kernel is None else kernel["kernel_test_error"]
+  f = {k: fit_above(per_n, k, ns, n_boot, seed)
+       for k in ("output_variance", "ntk_fluctuation", "ntk_drift")}
+  f["test_error_excess"] = (fit_above(per_n, "mean_test_error", ns, n_boot, seed,
+                                      offset=eps_inf) if eps_inf is not None
+                            else {"exponent": None, "ci": [None, None]})
+  return {"per_n": [{k: r[k] for k in PER_N_KEYS} for r in per_n],
+          "n_star": ns, "fits": f,
+          "expected_exponents": {"output_variance": -0.5, "ntk_fluctuation": -0.25,
+                                 "ntk_drift": -0.5, "test_error_excess": -0.5},
+          "kernel_test_error": eps_inf, "kernel": kernel}
+
+
+def plot(summary: dict, path_prefix: str):
+  """test error vs N/N* and log-log fluctuations with fitted slopes (PNGs)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = summary["per_n"]
+  N = np.asarray([r["N"] for r in rows], np.float64)
+  ns = summary["n_star"] or 1.0
+  x = N / ns
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  ax.errorbar(x, [r["mean_test_error"] for r in rows],
+              [r["sem_test_error"] for r in rows], marker="o", label="single net")
+  ax.plot(x, [r["ensemble_test_error"] for r in rows], "s-", label="ensemble fbar")
+  ax.plot(x, [r["early_stop_test_error"] for r in rows], "^-", label="early stopped")
+  if summary.get("kernel_test_error") is not None:
+    ax.axhline(summary["kernel_test_error"], color="k", ls="--", label="NTK limit")
+  ax.axvline(1.0, color="gray", lw=0.5)
+  ax.set_xscale("log")
+  ax.set_xlabel("N / N*" if summary["n_star"] else "N (no N* found)")
+  ax.set_ylabel("test error")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path_prefix + "_test_error.png", dpi=120)
+  plt.close(fig)
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for key, m in (("output_variance", "o"), ("ntk_fluctuation", "s"), ("ntk_drift", "^")):
+    y = np.asarray([r[key] for r in rows], np.float64)
+    fit = summary["fits"][key]
+    lab = key if fit.get("exponent") is None else (
+        f"{key}: slope {fit['exponent']:.2f}")
+    ax.loglog(N, y, m + "-", label=lab)
+  if summary["n_star"]:
+    ax.axvline(summary["n_star"], color="gray", lw=0.5)
+  ax.set_xlabel("N")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path_prefix + "_fluctuations.png", dpi=120)
+  plt.close(fig)

@@ -1,0 +1,150 @@
+r"""Test error, ensembles and NTK fluctuations vs width across the jamming point.
+
+    python -m lossland.scripts.generalization --preset cpu
+
+Trains K members per width h (the sweep engine, resumable: rerunning the same
+command skips finished widths) on one fixed data set, then records per N the
+single-net, ensemble and early-stopped test errors, the output variance, the
+NTK fluctuation at init and its drift during training, the fraction of sat
+members; N* (frac_sat = 1/2), power-law fits above N* with bootstrap CIs, and
+the infinite-width NTK asymptote (lossland/generalization.py). Writes
+``<out_dir>/generalization/<UTC time>_<hash>/`` (config.json, metrics.jsonl,
+arrays.npz, summary.json, two PNG figures); the member runs live in
+``<out_dir>/generalization_sweeps/<hash>/``.
+
+Presets: ``cpu`` (digits parity, PCA d = 16, P = 400, depth 3, widths 2..64,
+8 members); ``paper`` (MNIST parity, PCA d = 10, L = 5, P = 10k, widths 1 to
+~3000, Adam lr 1e-4 divided by 10 every 250k steps, 500k steps, as 1810.09665;
+needs ``--data_dir`` with the MNIST files and a GPU). Other flags override the
+preset; ``--preset none`` uses only the flags.
+"""
+import hashlib
+import json
+import os
+import sys
+
+from absl import flags
+
+from lossland.scripts import _cli
+
+_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "paper", "none"], "Preset grid.")
+_WIDTHS = flags.DEFINE_list("widths", None, "Widths h (comma-separated); overrides the preset.")
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset of the ensemble job (digits, sphere, teacher, mnist, ...).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory of the image files (mnist etc.).")
+_P = flags.DEFINE_integer("P", None, "Training points.")
+_D = flags.DEFINE_integer("d", None, "Input dimension.")
+_N_TEST = flags.DEFINE_integer("n_test", None, "Test points.")
+_DEPTH = flags.DEFINE_integer("depth", None, "Hidden layers L.")
+_N_SEEDS = flags.DEFINE_integer("n_seeds", None, "Members K per width.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Maximum steps per member.")
+_LR = flags.DEFINE_float("lr", None, "Adam learning rate.")
+_ALPHA = flags.DEFINE_float("alpha", 1.0, "Output scale alpha.")
+_SUBTRACT_INIT = flags.DEFINE_boolean("subtract_init", True, "Train f(w) - f(w0) (its N -> infinity limit is the kernel flow from 0).")
+_N_NTK = flags.DEFINE_integer("n_ntk", 50, "Test points on which the empirical NTKs are computed.")
+_N_BOOT = flags.DEFINE_integer("n_boot", 1000, "Bootstrap replicates of the fits.")
+_KERNEL_MAX_STEPS = flags.DEFINE_integer("kernel_max_steps", 200_000, "Steps of the infinite-width hinge flow.")
+_X64 = flags.DEFINE_boolean("x64", True, "float64.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
+_PLOTS = flags.DEFINE_boolean("plots", True, "Write the figures.")
+
+PRESETS = {
+    "cpu": dict(dataset="digits", P=400, d=16, n_test=None, depth=3,
+                widths=[2, 3, 4, 5, 6, 8, 10, 14, 20, 32, 64], n_seeds=8,
+                max_steps=20_000, lr=1e-2, extra={}),
+    "paper": dict(dataset="mnist", P=10_000, d=10, n_test=None, depth=5,
+                  widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150,
+                          250, 400, 700, 1000, 1700, 3000],
+                  n_seeds=8, max_steps=500_000, lr=1e-4,
+                  extra=dict(schedule="step", decay_every=250_000)),
+    "none": dict(dataset="digits", P=400, d=16, n_test=None, depth=3,
+                 widths=[4, 8, 16], n_seeds=4, max_steps=20_000, lr=1e-2, extra={}),
+}
+
+
+def _grid():
+  p = dict(PRESETS[_PRESET.value])
+  for name, flag in (("dataset", _DATASET), ("P", _P), ("d", _D), ("n_test", _N_TEST),
+                     ("depth", _DEPTH), ("n_seeds", _N_SEEDS),
+                     ("max_steps", _MAX_STEPS), ("lr", _LR)):
+    if flag.value is not None:
+      p[name] = flag.value
+  if _WIDTHS.value is not None:
+    try:
+      p["widths"] = [int(w) for w in _WIDTHS.value]
+    except ValueError:
+      raise _cli.UsageError(f"--widths must be integers, got {_WIDTHS.value}")
+  if not p["widths"] or min(p["widths"]) < 1:
+    raise _cli.UsageError("--widths must be positive integers")
+  for name in ("P", "d", "depth", "n_seeds", "max_steps"):
+    if p[name] < 1:
+      raise _cli.UsageError(f"--{name} must be positive, got {p[name]}")
+  if _N_NTK.value < 1:
+    raise _cli.UsageError(f"--n_ntk must be positive, got {_N_NTK.value}")
+  if p["n_seeds"] < 2:
+    raise _cli.UsageError("--n_seeds must be at least 2 (ensembles and fluctuations)")
+  base = dict(dataset=p["dataset"], P=p["P"], d=p["d"], depth=p["depth"],
+              n_seeds=p["n_seeds"], seed=0, max_steps=p["max_steps"], lr=p["lr"],
+              x64=_X64.value, alpha=_ALPHA.value, subtract_init=_SUBTRACT_INIT.value,
+              plots=False, **p["extra"])
+  if p["n_test"] is not None:
+    base["n_test"] = p["n_test"]
+  if _DATA_DIR.value:
+    base["data_dir"] = _DATA_DIR.value
+  cells = [dict(base, width=w) for w in sorted(set(p["widths"]))]
+  return base, cells
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  base, cells = _grid()
+  import jax
+  jax.config.update("jax_enable_x64", bool(_X64.value))
+  from lossland import experiment, generalization, io, job, losses
+
+  for c in cells:  # bad options fail before anything is written
+    try:
+      job.validate(dict(c))
+    except ValueError as e:
+      raise _cli.UsageError(str(e))
+  digest = hashlib.sha1(json.dumps(cells, sort_keys=True).encode()).hexdigest()[:12]
+  sweep_dir = os.path.join(_OUT_DIR.value, "generalization_sweeps", digest)
+  print(f"lossland generalization: {len(cells)} widths x {base['n_seeds']} members "
+        f"on {base['dataset']} P={base['P']} d={base['d']} depth={base['depth']}; "
+        f"sweep directory {sweep_dir}", flush=True)
+  records = generalization.run_width_sweep(cells, sweep_dir)
+  per_n = []
+  for rec in records:
+    row = generalization.analyze_run(rec["run_dir"], n_ntk=_N_NTK.value)
+    per_n.append(row)
+    print(f"h={row['width']:5d} N={row['N']:8d} sat={row['frac_sat']:.2f} "
+          f"test={row['mean_test_error']:.4f}+-{row['sem_test_error']:.4f} "
+          f"ens={row['ensemble_test_error']:.4f} early={row['early_stop_test_error']:.4f} "
+          f"var={row['output_variance']:.3g} dTheta0={row['ntk_fluctuation']:.3g} "
+          f"drift={row['ntk_drift']:.3g}", flush=True)
+  ens = experiment.load_ensemble(max(per_n, key=lambda r: r["N"])["run_dir"])
+  lc = ens.loss
+  kernel = generalization.kernel_test_error(ens.net, ens.data, lc,
+                                            max_steps=_KERNEL_MAX_STEPS.value)
+  summary = generalization.summarize(per_n, kernel, n_boot=_N_BOOT.value)
+  flags_dict = {f.name: f.value for f in
+                flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+  import numpy as np
+  with io.new_run(_OUT_DIR.value, "generalization", flags_dict, cells=cells,
+                  sweep_dir=sweep_dir) as w:
+    w.log([{k: v for k, v in r.items()} for r in per_n])
+    w.save_arrays(**{k: np.asarray([r[k] for r in summary["per_n"]], np.float64)
+                     for k in generalization.PER_N_KEYS})
+    w.write_json("summary.json", summary)
+    if _PLOTS.value:
+      generalization.plot(summary, os.path.join(w.path, "generalization"))
+  print(f"N* = {summary['n_star']}; kernel (N -> inf) test error = "
+        f"{summary['kernel_test_error']}")
+  for k, f in summary["fits"].items():
+    print(f"fit {k}: exponent {f.get('exponent')} CI {f.get('ci')} "
+          f"(expected {summary['expected_exponents'][k]})")
+  print(f"run directory: {w.final_path}")
+
+
+if __name__ == "__main__":
+  _cli.run(main)
