@@ -124,6 +124,8 @@ class TrainConfig:
     dt_grow, dt_shrink: see above.
     dt_max: largest time step of gradient_flow and fire (0: no cap for
       gradient_flow, 10 lr for fire).
+    dt_min: gradient_flow takes a step without the tests once dt <= dt_min
+      (0: 1e-4 lr): at a ReLU kink the gradient jumps whatever dt is.
     fire_n_min, fire_f_inc, fire_f_dec, fire_alpha_start, fire_f_alpha: FIRE's
       parameters (Bitzek et al. 2006, their recommended values).
     record_unsat: store, at every measurement step, which training points are
@@ -154,6 +156,7 @@ class TrainConfig:
   dt_grow: float = 1.1
   dt_shrink: float = 0.1
   dt_max: float = 0.0
+  dt_min: float = 0.0
   fire_n_min: int = 5
   fire_f_inc: float = 1.1
   fire_f_dec: float = 0.5
@@ -196,8 +199,8 @@ class TrainConfig:
         raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
     if not 0 <= self.fire_alpha_start < 1:
       raise ValueError(f"fire_alpha_start must be in [0, 1), got {self.fire_alpha_start}")
-    if self.dt_max < 0:
-      raise ValueError(f"dt_max must be >= 0, got {self.dt_max}")
+    if self.dt_max < 0 or self.dt_min < 0:
+      raise ValueError(f"dt_max and dt_min must be >= 0, got {self.dt_max}, {self.dt_min}")
 
 
 class TrainState(NamedTuple):
@@ -392,6 +395,7 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     return g, loss, nd, checked
 
   dt_max_fire = cfg.dt_max if cfg.dt_max > 0 else 10.0 * cfg.lr
+  dt_min_gf = cfg.dt_min if cfg.dt_min > 0 else 1e-4 * cfg.lr
 
   def advance(s: TrainState, g, gnorm2, t, data):
     """(params_{t+1}, opt_state, lr) from params_t and the gradient g."""
@@ -404,7 +408,10 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
       norms = jnp.sqrt(gnorm2 * g1n2)
       dgrad = jnp.where(norms > 0, diff2 / jnp.where(norms > 0, norms, 1), 0.0)
       dout = jnp.max(jnp.abs(f1 - c["f"]), initial=0.0)
-      ok = (dgrad < cfg.max_dgrad) & (dout < cfg.max_dout) & jnp.isfinite(loss1)
+      # A ReLU kink makes the gradient jump by a finite amount however small
+      # dt is: at dt <= dt_min the step is taken anyway (then dt grows back).
+      ok = (((dgrad < cfg.max_dgrad) & (dout < cfg.max_dout)) |
+            (dt <= dt_min_gf)) & jnp.isfinite(loss1)
       calm = (dgrad < 0.5 * cfg.max_dgrad) & (dout < 0.5 * cfg.max_dout)
       dt_new = jnp.where(ok, jnp.where(calm, dt * cfg.dt_grow, dt),
                          dt * cfg.dt_shrink)
