@@ -87,7 +87,9 @@ SPEC = (
     Option("loss", "enum", "quadratic_hinge", "Per-example loss of Delta = margin - y f.",
            ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared")),
     Option("margin", "float", None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic)."),
-    Option("optimizer", "enum", "adam", "Optimizer.", ("adam", "sgd", "momentum")),
+    Option("optimizer", "enum", "adam", "Optimizer (gradient_flow: adaptive-step Euler of the "
+           "gradient flow; fire: FIRE, Bitzek 2006).",
+           ("adam", "sgd", "momentum", "gradient_flow", "fire")),
     Option("lr", "float", 1e-2, "Learning rate."),
     Option("momentum", "float", 0.9, "Momentum (--optimizer momentum)."),
     Option("schedule", "enum", "constant", "Learning-rate schedule.", ("constant", "step", "plateau")),

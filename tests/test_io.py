@@ -90,6 +90,9 @@ def test_validate_fills_defaults_and_names_the_option():
 def test_spec_matches_the_data_sets():
   from lossland import data
   assert job.OPTIONS["dataset"].choices == data.DATASETS
+  from lossland import train
+  assert job.OPTIONS["optimizer"].choices == train.OPTIMIZERS
+  assert job.OPTIONS["schedule"].choices == train.SCHEDULES
 
 
 def test_only_errors_raised_on_purpose_count_as_bad_input():
