@@ -299,7 +299,8 @@ def power_law_mle(samples, x_min: float, x_max: float | None = None,
   out["loglik"] = float(_pl_loglik(a, logx.sum(), n, x_min, x_max))
   # Fisher information: n Var_a[log x].
   out["stderr"] = float(_pl_stderr(a, n, x_min, x_max))
-  if n_boot > 0:
+  n_groups = None if g is None else np.unique(g).size
+  if n_boot > 0 and (n_groups is None or n_groups >= 2):  # one group: no CI
     rng = np.random.default_rng(seed)
     if g is None:
       idx = rng.integers(0, n, size=(n_boot, n))

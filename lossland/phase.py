@@ -278,9 +278,9 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   Returns:
     dict with ``per_depth`` {L: {p_star_over_n, p_star_ci, fit, N, width,
     nd_over_n_at_jamming, n_members, counts, cells}}, ``depth_spread``,
-    ``theta``, ``theta_ci``, ``gamma``, ``gamma_ci`` (pooled over depths,
-    jammed members of the cell nearest P* of each depth, bootstrap over
-    members), ``exponents_per_depth``, ``avalanches``.
+    ``theta``, ``theta_ci``, ``gamma``, ``gamma_ci`` (pooled over the depths
+    whose P* was found, jammed members of the cell nearest P* of each,
+    bootstrap over members), ``exponents_per_depth``, ``avalanches``.
     Also ``_samples`` (not JSON: arrays for the figures).
   """
   per_depth, p_star = {}, {}
@@ -312,7 +312,9 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
                                       "nd_over_n_jammed")} for c in stats],
     }
     # Delta distribution: the cell nearest P* (on either side) with jammed members.
-    ref = xs if xs is not None else (stats[-1]["p_over_n"] if stats else None)
+    # Only depths whose transition was located: far from P* the distribution
+    # is not the critical one.
+    ref = xs
     jam_cells = [(c, r) for c, r in zip(stats, sorted(recs, key=lambda r: cell_stats(r)["p_over_n"]))
                  if c["n_jammed"] > 0]
     if ref is not None and jam_cells:
