@@ -59,6 +59,7 @@ _LR = flags.DEFINE_float("lr", None, "Learning rate.")
 _SCHEDULE = flags.DEFINE_string("schedule", None, "Learning-rate schedule.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Maximum steps per member.")
 _JAM_WINDOW = flags.DEFINE_integer("jam_window", None, "Jamming rule window (steps).")
+_DECAY_EVERY = flags.DEFINE_integer("decay_every", None, "Steps between lr decays (--schedule step; default: the job's, 250k).")
 _X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
@@ -156,6 +157,7 @@ def main(argv):
             "max_steps": s["max_steps"], "lr": s["lr"],
             "schedule": s["schedule"], "optimizer": s["optimizer"],
             "jam_window": s["jam_window"], "x64": bool(_X64.value),
+            **({"decay_every": _DECAY_EVERY.value} if _DECAY_EVERY.value else {}),
             "plots": False}
     if _DATASET.value == "sphere":
       base["n_test"] = 0
