@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from lossland.scripts import bench_ensemble
 
 
@@ -29,3 +31,10 @@ def test_tiny_ensemble_benchmark(tmp_path):
     assert s["speedup_vmapped_vs_sequential"][name] > 0
     assert 0 < s["flops_fraction_of_matmul"][name] < 10
     assert s["sizes"][name]["N"] > 0
+  # the naive reference, same member-steps, as a flat dict
+  assert set(on_disk["lib_over_naive_time"]) == {f"{n}_K3_s3" for n in ("small", "medium", "large")}
+  for case, ratio in s["lib_over_naive_time"].items():
+    assert ratio > 0
+    np.testing.assert_allclose(
+        ratio, s["naive_member_steps_per_s"][case] / s["lib_member_steps_per_s"][case], rtol=1e-9)
+  assert on_disk["n_devices"] >= 1

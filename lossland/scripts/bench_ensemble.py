@@ -9,6 +9,17 @@ of ``repeats``. FLOPs are counted as 6 N P per member-step (forward 2NP plus
 backward 4NP, the dense-layer count; activations and the loss are ignored).
 The achieved FLOP/s are compared with a dense [n, n] @ [n, n] matmul timed in
 the same process, in the same dtype.
+
+**Against a naive scan** (docs/engine.md): in the same process, a plain
+``jax.jit(jax.vmap(run))`` where ``run`` initializes one member exactly as the
+library does and makes a fixed-length ``lax.scan`` of ``optax.adam`` steps on
+the same ReLU net, quadratic hinge and data (no stops, no measurements).
+``summary.json["lib_over_naive_time"]`` is the flat dict
+``{"<size>_K<K>_s<steps>": t_library / t_naive}`` for the same member-steps,
+with ``train_ensemble`` run as one group of K members; member-steps/s of both
+are in ``lib_member_steps_per_s`` and ``naive_member_steps_per_s``. Each
+timing follows a warm-up run of the same configuration (compilation not
+timed); 100-step timings are the best of ``repeats``, longer ones of one run.
 """
 import json
 import os
@@ -17,6 +28,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lossland import data, losses, nets, train
 
@@ -31,6 +43,87 @@ QUICK_SIZES = (
     ("medium", 256, 8, 2, 16),
     ("large", 512, 16, 2, 48),
 )
+
+
+# Ensemble sizes of the naive comparison, per backend kind and size.
+NAIVE_MEMBERS_CPU = {"small": (20, 200), "medium": (20, 200), "large": (20,)}
+NAIVE_MEMBERS_ACCEL = {"small": (20, 200, 1000), "medium": (20, 200, 1000),
+                       "large": (20, 100)}
+NAIVE_STEPS = (100, 1000)
+
+
+def naive_runner(net: nets.NetConfig, loss: losses.LossConfig, steps: int,
+                 lr: float, dtype):
+  """``jax.jit(jax.vmap(run))``: init as the library, then ``steps`` Adam steps.
+
+  Returns:
+    fn(keys [K], x [P, d], y [P]) -> final params with a leading [K] axis.
+  """
+  init_net, apply_fn = nets.make_net(net)
+  ell, eps = loss.fn, loss.epsilon
+
+  def run(key, x, y):
+    k_init, _ = jax.random.split(key)
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), init_net(k_init))
+    opt = optax.adam(lr)
+    loss_fn = lambda p: jnp.mean(ell(eps - y * apply_fn(p, x)))
+
+    def body(carry, _):
+      p, s = carry
+      g = jax.grad(loss_fn)(p)
+      u, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+
+    (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None,
+                                  length=steps)
+    return params
+
+  return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
+
+
+def _time_naive(fn, keys, ds, repeats):
+  jax.block_until_ready(fn(keys, ds.x_train, ds.y_train))  # compile
+  best = np.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(keys, ds.x_train, ds.y_train))
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def naive_comparison(sizes, members: dict, steps_list, repeats: int,
+                     lr: float = 1e-3) -> dict:
+  """train_ensemble (one group of K) against the naive scan, same member-steps."""
+  loss = losses.LossConfig()
+  dtype = jnp.zeros(()).dtype
+  out = {"lib_over_naive_time": {}, "lib_member_steps_per_s": {},
+         "naive_member_steps_per_s": {}, "lib_seconds": {}, "naive_seconds": {}}
+  print(f"{'case':>22}  {'t_lib[s]':>9}  {'t_naive[s]':>10}  {'lib/naive':>9}  "
+        f"{'lib Msteps/s':>12}  {'naive Msteps/s':>14}", flush=True)
+  for name, P, d, depth, width in sizes:
+    net = nets.NetConfig(d=d, width=width, depth=depth)
+    ds = data.sphere(jax.random.key(0), P, d, n_test=0)
+    for K in members[name]:
+      seeds = list(range(K))
+      keys = jax.vmap(jax.random.key)(jnp.arange(K))
+      for steps in steps_list:
+        reps = repeats if steps <= 100 else 1
+        cfg = train.TrainConfig(lr=lr, max_steps=steps, stop_at_sat=False,
+                                jam_window=10 * steps, chunk_steps=steps,
+                                n_log_per_decade=1)
+        t_lib = _time_path(seeds, ds, net, loss, cfg, K, reps)
+        t_naive = _time_naive(naive_runner(net, loss, steps, lr, dtype), keys,
+                              ds, reps)
+        case = f"{name}_K{K}_s{steps}"
+        out["lib_over_naive_time"][case] = t_lib / t_naive
+        out["lib_member_steps_per_s"][case] = K * steps / t_lib
+        out["naive_member_steps_per_s"][case] = K * steps / t_naive
+        out["lib_seconds"][case] = t_lib
+        out["naive_seconds"][case] = t_naive
+        print(f"{case:>22}  {t_lib:9.3f}  {t_naive:10.3f}  {t_lib / t_naive:9.2f}  "
+              f"{K * steps / t_lib / 1e6:12.3f}  {K * steps / t_naive / 1e6:14.3f}",
+              flush=True)
+  return out
 
 
 def matmul_flops(dtype, n: int = 1024, repeats: int = 5) -> float:
@@ -59,7 +152,20 @@ def _time_path(seeds, ds, net, loss, cfg, group_size, repeats):
 
 
 def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
-                  steps: int | None = None, repeats: int = 3) -> dict:
+                  steps: int | None = None, repeats: int = 3,
+                  naive_members: dict | None = None,
+                  naive_steps: tuple | None = None) -> dict:
+  """Runs both comparisons and writes ``out_dir/summary.json``.
+
+  Args:
+    out_dir: existing directory.
+    quick: small sizes (smoke test); the naive comparison then uses
+      ``n_members`` members and ``steps`` steps only.
+    n_members, steps, repeats: of the vmapped-vs-sequential comparison.
+    naive_members: size name -> ensemble sizes of the naive comparison
+      (default: NAIVE_MEMBERS_CPU on CPU, NAIVE_MEMBERS_ACCEL elsewhere).
+    naive_steps: step counts of the naive comparison (default NAIVE_STEPS).
+  """
   dtype = jnp.zeros(()).dtype
   sizes = QUICK_SIZES if quick else SIZES
   steps = steps or (20 if quick else 100)
@@ -119,6 +225,18 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
   print(fmt.format(*header))
   for r in rows:
     print(fmt.format(*r))
+  if naive_members is None:
+    if quick:
+      naive_members = {name: (n_members,) for name, *_ in sizes}
+    else:
+      naive_members = (NAIVE_MEMBERS_CPU if jax.default_backend() == "cpu"
+                       else NAIVE_MEMBERS_ACCEL)
+  if naive_steps is None:
+    naive_steps = (steps,) if quick else NAIVE_STEPS
+  print(f"train_ensemble (one group) against a naive jit(vmap(scan(adam))), "
+        f"same member-steps, {train.n_devices()} device(s):", flush=True)
+  out.update(naive_comparison(sizes, naive_members, naive_steps, repeats))
+  out["n_devices"] = train.n_devices()
   with open(os.path.join(out_dir, "summary.json"), "w") as fh:
     json.dump(out, fh, indent=2)
   return out
