@@ -66,7 +66,8 @@ def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
   mean0 = th0.mean(0)
   fluct = (math.sqrt(np.sum(fro(th0 - mean0) ** 2) / max(K - 1, 1)) / fro(mean0)
            if K > 1 else float("nan"))
-  drift_k = fro(th_t - th0) / fro(th0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    drift_k = fro(th_t - th0) / fro(th0)
   stop = np.asarray(arrays["stop_code"])
   return {
       "N": nets.n_weights(ens.net.d, ens.net.width, ens.net.depth),
@@ -76,7 +77,8 @@ def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
       "ensemble_test_error": float(np.mean(y_test * fbar <= 0)),
       "output_variance": float(np.mean((f_test - fbar) ** 2)),
       "ntk_fluctuation": float(fluct),
-      "ntk_drift": float(drift_k.mean()),
+      # a dead member (all-zero Theta_0, e.g. every ReLU off at h = 2) has no drift
+      "ntk_drift": float(np.nanmean(drift_k)) if np.isfinite(drift_k).any() else float("nan"),
       "frac_sat": float(np.mean(stop == train.SAT)),
       "early_stop_test_error": float(best.mean()),
       "member_test_errors": errs.tolist(),
