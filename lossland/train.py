@@ -802,6 +802,7 @@ class _Fns(NamedTuple):
   record: Callable       # (group, data, j) -> (group, n_running)
   compact: Callable      # (results, group, size) -> (results, group)
   finish: Callable       # (results, group, data) -> (results, (f_train, f_test))
+  empty: Callable        # (group, K) -> Results of K members
   mesh: Any
 
 
@@ -877,6 +878,13 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
     group = jax.tree_util.tree_map(lambda a: a[order], group)
     return results, constrain(group)
 
+  def empty(group: Group, K: int) -> Results:
+    """K rows shaped like one row of the group: NaN floats, zero ints."""
+    return jax.tree_util.tree_map(
+        lambda a: (jnp.full((K,) + a.shape[1:], jnp.nan, a.dtype)
+                   if jnp.issubdtype(a.dtype, jnp.floating)
+                   else jnp.zeros((K,) + a.shape[1:], a.dtype)), _results_of(group))
+
   outs = jax.vmap(trainer.outputs_fn, in_axes=(0, 0, None))
 
   def finish(results: Results, group: Group, data):
@@ -894,7 +902,8 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
       chunk=jax.jit(chunk, static_argnums=3, donate_argnums=donate(0)),
       record=jax.jit(record, donate_argnums=donate(0)),
       compact=jax.jit(compact, static_argnums=2, donate_argnums=donate(0, 1)),
-      finish=jax.jit(finish, donate_argnums=donate(0, 1)), mesh=mesh)
+      finish=jax.jit(finish, donate_argnums=donate(0, 1)),
+      empty=jax.jit(empty, static_argnums=1), mesh=mesh)
 
 
 # Member index of padding rows: larger than any ensemble (int32).
@@ -915,7 +924,10 @@ def _keys(seeds: np.ndarray):
   info = np.iinfo(np.int32)
   if seeds.size and (seeds.min() < info.min or seeds.max() > info.max):
     return jnp.stack([jax.random.key(int(s)) for s in seeds])  # rare: huge seeds
-  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.int32))
+  return _vmapped_keys(jnp.asarray(seeds, jnp.int32))
+
+
+_vmapped_keys = jax.jit(jax.vmap(jax.random.key))
 
 
 def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
@@ -990,20 +1002,13 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     return fns.init_group(keys, place_rows(jnp.asarray(member)),
                           place_rows(jnp.asarray(done)), data, M)
 
-  def empty_results() -> Results:
-    # The structure and dtypes of one member's row, K times.
-    like = jax.eval_shape(lambda: _results_of(new_group_shape(1)))
-    return place_all(jax.tree_util.tree_map(
-        lambda s: (jnp.full((K,) + s.shape[1:], jnp.nan, s.dtype)
-                   if jnp.issubdtype(s.dtype, jnp.floating)
-                   else jnp.zeros((K,) + s.shape[1:], s.dtype)), like))
-
   def new_group_shape(G):
     return fns.init_group(_keys(np.zeros(G, np.int64)),
                           jnp.zeros(G, jnp.int32), jnp.zeros(G, bool), data, M)
 
   shapes_seen = set()
-  results = empty_results()
+  first = new_group(0, buckets[-1])  # also the template of the results
+  results = place_all(fns.empty(first, K))
   start_g0, resume = 0, None
   fingerprint, last_save = None, time.time()
   if checkpoint_path:
@@ -1027,6 +1032,8 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     if resume is not None:
       group, t = resume
       resume = None
+    elif g0 == 0 and first is not None:
+      group, t, first = first, 0, None
     else:
       group, t = new_group(g0, buckets[-1] if n_real == group_size else
                            min(b for b in buckets if b >= n_real)), 0
