@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import zipfile
 import time
 from typing import Any, Iterable, NamedTuple
 
@@ -303,8 +304,15 @@ def load_run(path: str) -> Run:
       config = json.load(fh)
     with open(os.path.join(path, "summary.json")) as fh:
       summary = json.load(fh)
-    with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError, EOFError) as e:
+  except (OSError, ValueError) as e:
     raise RunError(f"unreadable run directory {path}: {e}") from e
+  npz = os.path.join(path, "arrays.npz")
+  try:
+    with np.load(npz, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    # numpy reports a non-zip file as "pickled data" needing allow_pickle:
+    # never suggest that; say what is wrong.
+    raise RunError(f"{npz} is corrupt or truncated "
+                   f"({type(e).__name__})") from None
   return Run(path, config, summary, arrays)

@@ -72,6 +72,8 @@ SPEC = (
     Option("P", "int", 400, "Number of training points."),
     Option("d", "int", 16, "Input dimension (PCA components for real data)."),
     Option("n_test", "int", None, "Test points (default: all remaining real data; P for synthetic data)."),
+    Option("noverify_data", "bool", False, "Accept image data files whose checksum differs "
+           "from the official one."),
     Option("data_seed", "int", 0, "Seed of synthetic data sets."),
     Option("teacher_depth", "int", 0, "Hidden layers of the teacher (0: perceptron)."),
     Option("teacher_width", "int", 32, "Width of the teacher's hidden layers."),
@@ -80,10 +82,15 @@ SPEC = (
     Option("N", "int", None, "Target number of weights; sets the width h."),
     Option("activation", "enum", "relu", "Hidden activation.", ("relu", "tanh", "softplus")),
     Option("parametrization", "enum", "ntk", "NTK or standard parametrization.", ("ntk", "standard")),
-    Option("init", "enum", "normal", "Weight initialization.", ("normal", "orthogonal")),
+    Option("init", "enum", "normal", "Weight initialization (orthogonal_gain1: the authors' "
+           "nn_jamming init, orthogonal with gain 1).", ("normal", "orthogonal", "orthogonal_gain1")),
+    Option("normalize_activation", "bool", True, "Divide the activation by sqrt(E[phi(z)^2]) "
+           "(relu*sqrt2); --nonormalize_activation runs the authors' forward pass."),
     Option("bias", "bool", False, "Use biases (zero at init)."),
     Option("alpha", "float", 1.0, "Output scale alpha."),
     Option("subtract_init", "bool", False, "Train f(w) - f(w0)."),
+    Option("alpha_loss", "bool", False, "Divide the loss by alpha^2 (1906.08034: lazy vs "
+           "feature training; changes gradient-descent dynamics, not Adam's)."),
     Option("loss", "enum", "quadratic_hinge", "Per-example loss of Delta = margin - y f.",
            ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared")),
     Option("margin", "float", None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic)."),
@@ -118,7 +125,7 @@ SPEC = (
 OPTIONS = {o.name: o for o in SPEC}
 
 # Options that do not change the numbers: left out of the checkpoint's identity.
-NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every")
+NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
 
 # The compiled program unrolls the layers; deeper nets take minutes to compile.
 MAX_DEPTH = 1000
@@ -269,8 +276,10 @@ def configs(values: dict) -> tuple:
     net = nets.NetConfig(d=v["d"], width=width, depth=v["depth"],
                          activation=v["activation"],
                          parametrization=v["parametrization"], init=v["init"],
-                         bias=v["bias"], alpha=v["alpha"])
-    loss = losses.LossConfig(v["loss"], v["margin"])
+                         bias=v["bias"], alpha=v["alpha"],
+                         normalize_activation=v["normalize_activation"])
+    loss = (losses.alpha_loss_config(v["loss"], v["alpha"], v["margin"])
+            if v["alpha_loss"] else losses.LossConfig(v["loss"], v["margin"]))
     cfg = train.TrainConfig(
         optimizer=v["optimizer"], lr=v["lr"], momentum=v["momentum"],
         schedule=v["schedule"], decay_every=v["decay_every"],
@@ -310,7 +319,7 @@ def make_data(values: dict, dtype):
         v["dataset"], v["P"], v["d"], v["n_test"],
         key=jax.random.key(v["data_seed"]), data_file=v["data_file"],
         teacher_width=v["teacher_width"], teacher_depth=v["teacher_depth"],
-        dtype=dtype, **extra)
+        dtype=dtype, verify=not v["noverify_data"], **extra)
   except ValueError as e:  # data.py's checks of the sizes, labels and files
     raise JobError(str(e)) from None
   except (OSError, EOFError, zipfile.BadZipFile, TypeError, KeyError) as e:
