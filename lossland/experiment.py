@@ -19,6 +19,8 @@ history_<name>         [K, M]                       measurements, NaN after a st
 final_<name>           [K]                          measurements at the stop
 steps                  [K]                          steps done by each member
 stop_code              [K]                          see train.STOP_REASONS
+history_unsat          [K, M, P] bool               Delta > 0 per point (record_unsat only)
+history_running        [K, M] bool                  member running (record_unsat only)
 =====================  ===========================  ==============================
 
 Flattening is :func:`jax.flatten_util.ravel_pytree` of the params list
@@ -61,7 +63,14 @@ def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset):
                     "stop_reason": res.stop_reasons[k],
                     **{m: float(res.final[m][k]) for m in train.MEASUREMENTS}})
   writer.log(records)
+  extra = {}
+  if getattr(res, "history_unsat", None) is not None:
+    # which points are unsatisfied at each measurement (record_unsat): the
+    # avalanches of lossland.phase
+    extra = {"history_unsat": np.asarray(res.history_unsat, bool),
+             "history_running": np.asarray(res.history_running, bool)}
   writer.save_arrays(
+      **extra,
       seeds=np.asarray(seeds),
       params_final=nets.flatten_members(res.params),
       params_init=nets.flatten_members(res.params0),

@@ -111,6 +111,8 @@ SPEC = (
     Option("jam_rtol", "float", 1e-3,
            "Jamming rule: relative decrease of the best loss below which a window counts as stalled."),
     Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
+    Option("record_unsat", "bool", False, "Save which training points are unsatisfied at every "
+           "measurement step (history_unsat [K, M, P] in arrays.npz: avalanches)."),
     Option("n_seeds", "int", 20, "Ensemble size K."),
     Option("seed", "int", 0, "Seed of member 0; member k uses seed + k."),
     Option("group_size", "int", 0, "Members vmapped together (0: automatic)."),
@@ -288,7 +290,7 @@ def configs(values: dict) -> tuple:
         max_steps=v["max_steps"], batch_size=v["batch_size"],
         check_every=v["check_every"], subtract_init=v["subtract_init"],
         jam_window=v["jam_window"], jam_rtol=v["jam_rtol"],
-        chunk_steps=v["chunk_steps"])
+        chunk_steps=v["chunk_steps"], record_unsat=v["record_unsat"])
   except ValueError as e:  # the configs' own validation (their __post_init__)
     raise JobError(str(e)) from None
   return net, loss, cfg

@@ -174,3 +174,23 @@ def test_diverged_and_dead_members_are_left_out_of_the_numbers(tmp_path):
     assert os.path.isfile(os.path.join(run_dir, png))
   on_disk = json.loads(open(os.path.join(run_dir, "summary.json")).read())
   assert on_disk["diverged_seeds"] == s["diverged_seeds"]
+
+
+def test_authors_net_and_unsat_history_through_the_cli(tmp_path):
+  # --init orthogonal_gain1 --nonormalize_activation: the authors' forward pass;
+  # --record_unsat: which points are unsatisfied at every measurement (avalanches).
+  out = run_cli(TINY + ["--dataset", "sphere", "--record_unsat",
+                        "--init", "orthogonal_gain1", "--nonormalize_activation"],
+                tmp_path)
+  assert out.returncode == 0, out.stderr
+  run_dir = tmp_path / "ensemble" / os.listdir(tmp_path / "ensemble")[0]
+  ens = experiment.load_ensemble(str(run_dir))
+  assert ens.net.init == "orthogonal_gain1" and not ens.net.normalize_activation
+  a = io.load_run(str(run_dir)).arrays
+  K, M = a["history_loss"].shape
+  assert a["history_unsat"].shape == (K, M, 30) and a["history_unsat"].dtype == bool
+  # the recorded sets count N_Delta wherever the member was running
+  run = a["history_running"]
+  np.testing.assert_array_equal(a["history_unsat"].sum(-1)[run],
+                                a["history_n_delta"][run])
+  assert not a["history_unsat"][~run].any()

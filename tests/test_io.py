@@ -93,6 +93,8 @@ def test_spec_matches_the_data_sets():
   from lossland import train
   assert job.OPTIONS["optimizer"].choices == train.OPTIMIZERS
   assert job.OPTIONS["schedule"].choices == train.SCHEDULES
+  from lossland import nets
+  assert job.OPTIONS["init"].choices == nets.INITS
 
 
 def test_only_errors_raised_on_purpose_count_as_bad_input():
