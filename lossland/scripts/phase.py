@@ -158,7 +158,9 @@ def main(argv):
             "schedule": s["schedule"], "optimizer": s["optimizer"],
             "jam_window": s["jam_window"], "x64": bool(_X64.value),
             **({"decay_every": _DECAY_EVERY.value} if _DECAY_EVERY.value else {}),
-            "plots": False}
+            "plots": False,
+            # which points are unsatisfied at each measurement: avalanches
+            "record_unsat": True}
     if _DATASET.value == "sphere":
       base["n_test"] = 0
     if _DATA_FILE.value:
