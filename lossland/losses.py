@@ -143,3 +143,22 @@ def mean_loss(loss_cfg: LossConfig, f, y):
 def n_unsatisfied(delta):
   """N_Delta = #{mu : Delta_mu > 0} (strict)."""
   return jnp.sum(delta > 0)
+
+
+def softmax_cross_entropy(logits, labels):
+  """Per-example softmax cross-entropy ``-log softmax(z)_y = logsumexp(z) - z_y``.
+
+  The multi-class loss of the landscape networks (Verpoort, Lee & Wales, PNAS
+  117, 21857 (2020); OPTIM's ``MLPVB3``); the mean over examples is taken at
+  the call site, as for the margin losses above. Keeps the dtype of ``logits``.
+
+  Args:
+    logits: [..., K] unnormalized class scores.
+    labels: [...] integer class labels in [0, K).
+
+  Returns:
+    [...] the loss of each example.
+  """
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]

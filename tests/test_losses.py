@@ -110,3 +110,29 @@ def test_alpha_rescaled_loss_gives_alpha_independent_lazy_dynamics():
   # lazy corrections are O(1 / (alpha sqrt(h)))
   assert err_lazy < 1e-3 and err_mid > 3 * err_lazy and err_feature > 3 * err_mid, (
       err_lazy, err_mid, err_feature)
+
+
+def test_softmax_cross_entropy_against_numpy():
+  rng = np.random.default_rng(0)
+  z = rng.standard_normal((7, 4)) * 3
+  y = rng.integers(0, 4, 7)
+  ref = np.log(np.exp(z).sum(-1)) - z[np.arange(7), y]  # -log(e^{z_y} / sum e^z)
+  got = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(y))
+  assert got.shape == (7,)
+  np.testing.assert_allclose(got, ref, rtol=1e-13)
+  # Large logits: the shifted formula (NumPy's naive one overflows).
+  big = z + 1000.0
+  m = big.max(-1)
+  ref_big = m + np.log(np.exp(big - m[:, None]).sum(-1)) - big[np.arange(7), y]
+  np.testing.assert_allclose(losses.softmax_cross_entropy(jnp.asarray(big), y), ref_big,
+                             rtol=1e-10)
+  # Gradient: softmax(z) - onehot(y), per example.
+  g = jax.grad(lambda a: jnp.sum(losses.softmax_cross_entropy(a, y)))(jnp.asarray(z))
+  p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+  np.testing.assert_allclose(g, p - np.eye(4)[y], rtol=1e-12, atol=1e-14)
+  # Batch dimensions and dtype are kept.
+  assert losses.softmax_cross_entropy(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), int)).shape == (2, 3)
+  with jax.enable_x64(False):
+    out = losses.softmax_cross_entropy(jnp.asarray(z, jnp.float32), y)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-5)
