@@ -1,15 +1,20 @@
 """Energy functions of a flat coordinate vector: Lennard-Jones clusters, the
-Müller–Brown surface and the tanh-network loss of Verpoort, Lee & Wales (2020).
+Müller–Brown surface and the tanh-network loss of Verpoort, Lee & Wales (2020),
+built from :mod:`lossland.nets` (one forward pass for every network).
 
 Every builder returns pure, jittable functions of a flat vector ``x`` of shape
 ``[D]``; nothing here switches float64 on (scripts and tests do that).
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
+
+from lossland import losses, nets
 
 Array = Any
 
@@ -47,14 +52,17 @@ def lennard_jones(n_atoms: int, epsilon: float = 1.0, sigma: float = 1.0
 
 
 def lj_random_configuration(key: Array, n_atoms: int, radius: float | None = None,
-                            dtype=jnp.float32) -> Array:
+                            dtype=None) -> Array:
   """Uniform random points in a sphere of ``radius`` (default: ~ liquid density).
+
+  ``dtype``: default jax's default float (float64 under x64).
 
   Returns:
     ``x [3 n_atoms]``.
   """
   if radius is None:
     radius = 0.8 * n_atoms ** (1.0 / 3.0)
+  dtype = dtype if dtype is not None else jnp.zeros(()).dtype
   k_dir, k_rad = jax.random.split(key)
   u = jax.random.normal(k_dir, (n_atoms, 3), dtype)
   u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
@@ -143,101 +151,131 @@ def muller_brown() -> Callable[[Array], Array]:
 # ----------------------------------------------------------------------------
 
 class NetworkLoss(NamedTuple):
-  """A tanh MLP loss as a function of a flat parameter vector.
+  """A classifier's loss as a function of a flat parameter vector.
+
+  The flat vector is ``ravel_pytree`` of :func:`lossland.nets.make_net`'s params
+  (per layer ``b`` then ``w`` row-major); :func:`lossland.nets.unravel_fn` inverts it.
 
   Attributes:
     loss_fn: ``(w [N]) -> []`` mean softmax cross-entropy on the training set plus
       ``lam * |w|^2``.
     accuracy_fn: ``(w [N], x [P, d], y [P]) -> []`` classification accuracy.
     logits_fn: ``(w [N], x [P, d]) -> [P, n_classes]``.
-    init_fn: ``(key) -> w [N]``; random start, normal with variance 1/fan_in.
-    layer_sizes: ``(d, h_1, ..., h_depth, n_classes)``.
+    init_fn: ``(key, dtype=None) -> w [N]``; ``nets``' init (weights normal with
+      variance 1/fan_in, biases zero), default float dtype unless ``dtype`` is given.
+    layer_sizes: ``(d, h, ..., h, n_classes)``.
     n_params: N.
+    net: the :class:`lossland.nets.NetConfig`.
+    params_fn: ``(w [N]) -> params``, the params pytree in the dtype of ``w``.
   """
   loss_fn: Callable[[Array], Array]
   accuracy_fn: Callable[[Array, Array, Array], Array]
   logits_fn: Callable[[Array, Array], Array]
-  init_fn: Callable[[Array], Array]
+  init_fn: Callable[..., Array]
   layer_sizes: tuple
   n_params: int
+  net: nets.NetConfig
+  params_fn: Callable[[Array], Any]
 
 
-def mlp_layer_shapes(layer_sizes: Sequence[int]) -> list:
-  """``[(fan_in, fan_out), ...]`` for consecutive layers."""
-  return [(a, b) for a, b in zip(layer_sizes[:-1], layer_sizes[1:])]
+def network_config(layer_sizes: Sequence[int], activation: str = 'tanh') -> nets.NetConfig:
+  """The Verpoort–Lee–Wales network as a :class:`lossland.nets.NetConfig`.
 
-
-def mlp_n_params(layer_sizes: Sequence[int]) -> int:
-  """Number of weights plus biases of a fully connected net."""
-  return int(sum(a * b + b for a, b in mlp_layer_shapes(layer_sizes)))
-
-
-def unflatten_mlp(w: Array, layer_sizes: Sequence[int]) -> list:
-  """Splits a flat vector into ``[(W [fan_in, fan_out], b [fan_out]), ...]``.
-
-  The flat layout is, layer by layer, ``W`` row-major then ``b``; the symmetry
-  module relies on it.
-  """
-  out, i = [], 0
-  for a, b in mlp_layer_shapes(layer_sizes):
-    out.append((w[i:i + a * b].reshape(a, b), w[i + a * b:i + a * b + b]))
-    i += a * b + b
-  return out
-
-
-def flatten_mlp(layers: Sequence[tuple]) -> Array:
-  """Inverse of :func:`unflatten_mlp`."""
-  return jnp.concatenate([jnp.concatenate([wl.reshape(-1), bl]) for wl, bl in layers])
-
-
-def make_network_loss(x_train: Array, y_train: Array, layer_sizes: Sequence[int],
-                      lam: float, activation: str = 'tanh') -> NetworkLoss:
-  """Builds the loss landscape of a fully connected classifier.
-
-  ``L(w) = -(1/P) sum_mu log softmax(f(w, x_mu))_{y_mu} + lam * |w|^2`` with hidden
-  layers ``h = tanh(h_prev W + b)`` and a linear output layer: the OPTIM ``MLPVB3``
-  loss generalised to several hidden layers, with every parameter regularised.
+  Hidden layers ``phi(h W + b)`` without activation normalization, a linear
+  output layer with one output per class, biases everywhere, standard
+  (PyTorch) parametrization, so that ``lam |w|^2`` regularizes the stored
+  weights and biases (OPTIM ``MLPVB3`` generalised to several hidden layers).
 
   Args:
+    layer_sizes: ``(d, h, ..., h, n_classes)``; every hidden layer has width h
+      (``NetConfig``'s architecture), at least two classes.
+    activation: ``'tanh'`` (odd: sign-flip symmetry) or any of ``nets``'.
+
+  Returns:
+    The ``NetConfig``.
+  """
+  sizes = tuple(int(s) for s in layer_sizes)
+  if len(sizes) < 2:
+    raise ValueError(f'layer_sizes needs (d, ..., n_classes), got {sizes}')
+  hidden = sizes[1:-1]
+  if len(set(hidden)) > 1:
+    raise ValueError(f'hidden layers must have one width (nets.NetConfig), got {sizes}')
+  if sizes[-1] < 2:
+    raise ValueError(f'a classifier needs at least two outputs, got {sizes}')
+  return nets.NetConfig(d=sizes[0], width=hidden[0] if hidden else 0, depth=len(hidden),
+                        activation=activation, parametrization='standard',
+                        init='normal', bias=True, n_out=sizes[-1],
+                        normalize_activation=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _unravel(cfg: nets.NetConfig, dtype) -> Callable:
+  return nets.unravel_fn(cfg, dtype=dtype)
+
+
+def make_network_energy(cfg: nets.NetConfig, x_train: Array, y_train: Array,
+                        lam: float) -> NetworkLoss:
+  """The loss landscape of a ``nets`` classifier on a flat parameter vector.
+
+  ``L(w) = (1/P) sum_mu CE(f(w, x_mu), y_mu) + lam |w|^2`` with ``f`` the
+  ``apply_fn`` of :func:`lossland.nets.make_net` and CE
+  :func:`lossland.losses.softmax_cross_entropy` (Verpoort, Lee & Wales 2020,
+  eq. 1). Everything is computed in the dtype of ``w``.
+
+  Args:
+    cfg: the architecture (``n_out`` = number of classes >= 2), e.g.
+      :func:`network_config`.
     x_train: inputs ``[P, d]``.
-    y_train: integer labels ``[P]`` in ``[0, n_classes)``.
-    layer_sizes: ``(d, h_1, ..., h_depth, n_classes)``.
+    y_train: integer labels ``[P]`` in ``[0, n_out)``.
     lam: L2 coefficient λ.
-    activation: ``'tanh'`` (odd; sign-flip symmetry) or ``'softplus'``.
 
   Returns:
     A :class:`NetworkLoss`.
   """
-  layer_sizes = tuple(int(s) for s in layer_sizes)
-  act = {'tanh': jnp.tanh, 'softplus': jax.nn.softplus}[activation]
-  n_params = mlp_n_params(layer_sizes)
+  if cfg.n_out < 2:
+    raise ValueError(f'a classifier needs n_out >= 2, got {cfg.n_out}')
+  _, apply_fn = nets.make_net(cfg)
+  y_train = jnp.asarray(y_train)
+
+  def params_fn(w):
+    return _unravel(cfg, jnp.dtype(w.dtype))(w)
 
   def logits_fn(w, x):
-    h = x
-    layers = unflatten_mlp(w, layer_sizes)
-    for wl, bl in layers[:-1]:
-      h = act(h @ wl + bl)
-    wl, bl = layers[-1]
-    return h @ wl + bl
+    return apply_fn(params_fn(w), jnp.asarray(x).astype(w.dtype))
 
   def loss_fn(w):
-    logits = logits_fn(w, x_train.astype(w.dtype))
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.mean(jnp.take_along_axis(logp, y_train[:, None], axis=-1))
+    nll = jnp.mean(losses.softmax_cross_entropy(logits_fn(w, x_train), y_train))
     return nll + lam * jnp.vdot(w, w)
 
   def accuracy_fn(w, x, y):
-    return jnp.mean(jnp.argmax(logits_fn(w, x.astype(w.dtype)), axis=-1) == y)
+    return jnp.mean(jnp.argmax(logits_fn(w, x), axis=-1) == y)
 
-  def init_fn(key, dtype=jnp.float32):
-    parts = []
-    keys = jax.random.split(key, len(layer_sizes) - 1)
-    for k, (a, b) in zip(keys, mlp_layer_shapes(layer_sizes)):
-      parts.append(jax.random.normal(k, (a * b + b,), dtype) / np.sqrt(a))
-    return jnp.concatenate(parts)
+  def init_fn(key, dtype=None):
+    return ravel_pytree(nets.make_net(cfg, dtype=dtype)[0](key))[0]
 
   return NetworkLoss(loss_fn=loss_fn, accuracy_fn=accuracy_fn, logits_fn=logits_fn,
-                     init_fn=init_fn, layer_sizes=layer_sizes, n_params=n_params)
+                     init_fn=init_fn, layer_sizes=cfg.layer_sizes,
+                     n_params=nets.n_params(cfg), net=cfg, params_fn=params_fn)
+
+
+def make_network_loss(x_train: Array, y_train: Array, layer_sizes, lam: float,
+                      activation: str = 'tanh') -> NetworkLoss:
+  """:func:`make_network_energy` of :func:`network_config` ``(layer_sizes, activation)``.
+
+  Args:
+    x_train: inputs ``[P, d]``.
+    y_train: integer labels ``[P]`` in ``[0, n_classes)``.
+    layer_sizes: ``(d, h, ..., h, n_classes)``, or a ``NetConfig``.
+    lam: L2 coefficient λ.
+    activation: ``'tanh'`` (odd; sign-flip symmetry) or ``'softplus'``; ignored
+      when ``layer_sizes`` is a ``NetConfig``.
+
+  Returns:
+    A :class:`NetworkLoss`.
+  """
+  cfg = (layer_sizes if isinstance(layer_sizes, nets.NetConfig)
+         else network_config(layer_sizes, activation))
+  return make_network_energy(cfg, x_train, y_train, lam)
 
 
 def uniform_perturb_fn() -> Callable[[Array, Array, Array], Array]:

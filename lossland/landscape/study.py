@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lossland.landscape import disconnectivity, metrics, potentials, symmetry
+from lossland import data as data_lib
+from lossland import nets
+from lossland.landscape import potentials, report, symmetry
 from lossland.landscape.database import Database, export_pathsample
 from lossland.landscape.explorer import (ExplorerConfig, basin_hopping, connect_database,
                                          make_explorer)
@@ -86,44 +88,46 @@ class StudyConfig:
 
 
 def width_for_params(d: int, depth: int, n_out: int, n_params: int) -> int:
-  """Hidden width whose parameter count is closest to ``n_params``."""
-  best = min(range(1, 512), key=lambda h: abs(
-      potentials.mlp_n_params((d,) + (h,) * depth + (n_out,)) - n_params))
-  return best
+  """Hidden width whose parameter count (weights and biases) is closest to
+  ``n_params`` (the smaller width on a tie).
+
+  With biases the count is ``(L-1) h^2 + (d + n_out + L) h + n_out``: the weight
+  count of ``nets.width_for_n`` for input dimension ``d + L`` plus ``n_out``, so
+  its closed form applies to ``n_params - n_out``.
+  """
+  return nets.width_for_n(n_params - n_out, d + depth, depth, n_out)
 
 
-def make_data(cfg: StudyConfig) -> tuple:
-  """``(x_train [P, d], y_train [P], x_test, y_test)`` as float64/int NumPy arrays."""
+def make_data(cfg: StudyConfig, dtype=None) -> tuple:
+  """``(x_train [P, d], y_train [P], x_test, y_test)`` as NumPy arrays, inputs
+  float64 (``'synthetic'``: drawn in ``dtype``, default jax's default float),
+  labels int.
+
+  Digits: classes 0..K-1 take turns (:func:`lossland.data.interleave_classes`,
+  balanced part only), so the first P points are balanced; fixed order, no RNG.
+  The whitening PCA is fitted on the training points.
+  """
   if cfg.dataset == 'digits':
-    from lossland import data as data_lib
     images, labels = data_lib.load_digits_raw()
-    sel = labels < cfg.n_classes
-    images, labels = images[sel], labels[sel]
-    # Interleave classes so the first P points are balanced; fixed order, no RNG.
-    per_class = [np.nonzero(labels == c)[0] for c in range(cfg.n_classes)]
-    order = np.array([i for group in zip(*per_class) for i in group])
+    order, n_balanced = data_lib.interleave_classes(labels, range(cfg.n_classes))
+    order = order[:n_balanced]
     if cfg.n_data >= order.size:
       raise ValueError(f'n_data={cfg.n_data} leaves no test points '
                        f'({order.size} digits of {cfg.n_classes} classes)')
     tr, te = order[:cfg.n_data], order[cfg.n_data:]
-    if cfg.n_test:
-      te = te[:cfg.n_test]
-    else:
-      te = te[:500]
+    te = te[:cfg.n_test or 500]
     if cfg.d > min(cfg.n_data - 1, 64):
       raise ValueError(f'd={cfg.d} PCA components need more than {cfg.n_data} points')
     mean, comp, scale = data_lib.pca_whiten(images[tr], cfg.d)
     xtr = data_lib.apply_pca(images[tr], mean, comp, scale)
     xte = data_lib.apply_pca(images[te], mean, comp, scale)
     return xtr, labels[tr], xte, labels[te]
-  key = jax.random.key(cfg.seed)
-  k_c, k_x, k_y = jax.random.split(key, 3)
-  n_test = cfg.n_test or 500
-  n = cfg.n_data + n_test
-  centers = 1.5 * jax.random.normal(k_c, (cfg.n_classes, cfg.d), jnp.float64)
-  y = jnp.arange(n) % cfg.n_classes
-  x = centers[y] + jax.random.normal(k_x, (n, cfg.d), jnp.float64)
-  x, y = np.asarray(x), np.asarray(y)
+  dt = dtype if dtype is not None else jnp.zeros(()).dtype
+  k_c, k_x, _ = jax.random.split(jax.random.key(cfg.seed), 3)
+  n = cfg.n_data + (cfg.n_test or 500)
+  centers = 1.5 * jax.random.normal(k_c, (cfg.n_classes, cfg.d), dt)
+  y = np.arange(n) % cfg.n_classes
+  x = np.asarray(centers[y] + jax.random.normal(k_x, (n, cfg.d), dt), np.float64)
   return x[:cfg.n_data], y[:cfg.n_data], x[cfg.n_data:], y[cfg.n_data:]
 
 
@@ -151,24 +155,32 @@ def run_study(cfg: StudyConfig, out_dir: str,
   """Runs one landscape study and writes ``landscape.sqlite``, ``disconnectivity.png``
   and ``pathsample/`` into ``out_dir`` (which must exist).
 
-  float64 must be enabled by the caller (the script does).
+  Everything is computed in jax's default float dtype, which the caller chooses;
+  the engine's tolerances need float64 (``jax_enable_x64``, as the script does).
+  The flat coordinates stored in the database (and ``points.min``/``points.ts``)
+  are ``ravel_pytree`` of ``nets`` params (per layer b then w); the database's meta
+  ``net_config`` holds the ``NetConfig``.
 
   Returns:
     The summary dict (also the content of ``summary.json``, written by the caller).
   """
   cfg.validate()
-  if not jax.config.jax_enable_x64:
-    raise ValueError('the landscape study needs float64: enable jax_enable_x64')
+  dtype = jnp.zeros(()).dtype
+  if dtype != jnp.float64:
+    raise ValueError(f'the landscape study needs float64 (its tolerances are below '
+                     f'{dtype} resolution): enable jax_enable_x64')
   t0 = time.time()
   say = progress or (lambda s: None)
   xtr, ytr, xte, yte = make_data(cfg)
   width = cfg.width or width_for_params(cfg.d, cfg.depth, cfg.n_classes, cfg.n_params)
   sizes = (cfg.d,) + (width,) * cfg.depth + (cfg.n_classes,)
-  net = potentials.make_network_loss(jnp.asarray(xtr), jnp.asarray(ytr), sizes, cfg.lam)
+  net = potentials.make_network_loss(jnp.asarray(xtr, dtype), jnp.asarray(ytr), sizes,
+                                     cfg.lam)
   say(f'network {sizes}: N={net.n_params} parameters, P={len(ytr)}, test={len(yte)}')
 
   acc = jax.jit(net.accuracy_fn)
-  xtr_j, ytr_j, xte_j, yte_j = map(jnp.asarray, (xtr, ytr, xte, yte))
+  xtr_j, ytr_j, xte_j, yte_j = (jnp.asarray(xtr, dtype), jnp.asarray(ytr),
+                                jnp.asarray(xte, dtype), jnp.asarray(yte))
 
   def metrics_fn(w):
     w = jnp.asarray(w)
@@ -176,18 +188,20 @@ def run_study(cfg: StudyConfig, out_dir: str,
             'train_accuracy': float(acc(w, xtr_j, ytr_j))}
 
   ex_cfg = explorer_config(cfg, net.n_params)
-  align = lambda a, b: symmetry.align_network(a, b, sizes, odd=True)
-  dist = symmetry.network_distance_fn(sizes, odd=True)
+  align = lambda a, b: symmetry.align_network(a, b, net.net)
+  dist = symmetry.network_distance_fn(net.net)
   ex = make_explorer(net.loss_fn, ex_cfg, align_fn=align, distance_fn=dist)
 
   db_path = os.path.join(out_dir, 'landscape.sqlite')
   db = Database(db_path, energy_tol=ENERGY_TOL, distance_fn=dist, distance_tol=1e-3)
   db.set_meta('study_config', dataclasses.asdict(cfg))
   db.set_meta('layer_sizes', list(sizes))
+  db.set_meta('net_config', dataclasses.asdict(net.net))
+  db.set_meta('coords_layout', 'ravel_pytree(nets params): per layer b, then w row-major')
 
   key = jax.random.key(cfg.seed)
   k_init, k_bh = jax.random.split(key)
-  x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(jax.random.split(k_init, cfg.bh_chains))
+  x0 = jax.vmap(net.init_fn)(jax.random.split(k_init, cfg.bh_chains))
   say(f'basin-hopping: {cfg.bh_chains} chains x {cfg.bh_steps} steps (the first '
       'chunk includes compilation)')
   bh = basin_hopping(db, ex, k_bh, x0, cfg.bh_steps, chunk=10, metrics_fn=metrics_fn,
@@ -200,35 +214,18 @@ def run_study(cfg: StudyConfig, out_dir: str,
                           refine=cfg.connect_refine, progress=say)
 
   say('metrics, disconnectivity graph and PATHSAMPLE export')
-  ids, me, te, tp = db.graph_arrays()
-  mins = {m.id: m for m in db.minima()}
-  test_acc = np.array([mins[i].metrics.get('test_accuracy', np.nan) for i in ids])
-  train_acc = np.array([mins[i].metrics.get('train_accuracy', np.nan) for i in ids])
-  summary = metrics.landscape_metrics(
-      me, te, tp, temperature=cfg.frustration_temperature,
-      per_minimum={'test_accuracy': test_acc, 'train_accuracy': train_acc})
+  summary = report.figure_and_summary(
+      report.read_graph(db), out_dir, temperature=cfg.frustration_temperature, n_levels=cfg.n_levels,
+      title=f'{cfg.dataset} depth={cfg.depth} h={width} N={net.n_params} '
+            f'P={len(ytr)} λ={cfg.lam:g}')
   summary.update({
       'layer_sizes': list(sizes), 'n_params': net.n_params, 'n_data': len(ytr),
       'n_test': len(yte), 'n_minima_from_basin_hopping': n_min_bh,
       'basin_hopping': bh, 'connect': conn, 'seconds': time.time() - t0,
-      'max_grad_rms_minima': float(max(m.grad_rms for m in mins.values())),
+      'max_grad_rms_minima': float(max(m.grad_rms for m in db.minima())),
       'max_grad_rms_ts': float(max([t.grad_rms for t in db.transition_states()],
                                    default=0.0)),
   })
-
-  tree = disconnectivity.build_tree(me, te, tp, n_levels=cfg.n_levels)
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 5))
-  disconnectivity.plot_disconnectivity(
-      tree, me, ax=ax, values=test_acc, value_label='test accuracy',
-      title=f'{cfg.dataset} depth={cfg.depth} h={width} N={net.n_params} '
-            f'P={len(ytr)} λ={cfg.lam:g}: {len(me)} min, {len(te)} TS')
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'disconnectivity.png'), dpi=120)
-  plt.close(fig)
-  summary['tree_dropped_minima'] = len(tree.dropped_minima)
   export_pathsample(db, os.path.join(out_dir, 'pathsample'), evcut=ex_cfg.evcut)
   db.close()
   return summary

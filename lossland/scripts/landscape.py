@@ -59,34 +59,20 @@ def _config():
 
 def _reanalyse(path, cfg, out_dir):
   """Metrics and graph of an existing database (copied into the run directory)."""
-  import numpy as np
-  from lossland.landscape import disconnectivity, metrics
+  from lossland.landscape import report
   from lossland.landscape.database import Database, DatabaseError
   try:
     db = Database(path, create=False)
-    ids, me, te, tp = db.graph_arrays()
-    mins = {m.id: m for m in db.minima()}
+    graph = report.read_graph(db)
   except DatabaseError as e:
     raise _cli.UsageError(str(e)) from None
-  if len(ids) == 0:
-    raise _cli.UsageError(f'{path}: database holds no minima')
-  acc = np.array([mins[i].metrics.get('test_accuracy', np.nan) for i in ids])
-  summary = metrics.landscape_metrics(me, te, tp, temperature=cfg.frustration_temperature,
-                                      per_minimum={'test_accuracy': acc})
   db.close()
+  if len(graph.ids) == 0:
+    raise _cli.UsageError(f'{path}: database holds no minima')
+  summary = report.figure_and_summary(graph, out_dir, title=os.path.basename(path),
+                                      temperature=cfg.frustration_temperature,
+                                      n_levels=cfg.n_levels)
   shutil.copyfile(path, os.path.join(out_dir, 'landscape.sqlite'))
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  tree = disconnectivity.build_tree(me, te, tp, n_levels=cfg.n_levels)
-  fig, ax = plt.subplots(figsize=(6, 5))
-  disconnectivity.plot_disconnectivity(tree, me, ax=ax, values=acc,
-                                       value_label='test accuracy',
-                                       title=f'{os.path.basename(path)}: {len(me)} min, '
-                                             f'{len(te)} TS')
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'disconnectivity.png'), dpi=120)
-  plt.close(fig)
   return summary
 
 

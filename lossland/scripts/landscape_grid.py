@@ -29,8 +29,7 @@ def main(argv):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  import numpy as np
-  from lossland.landscape import disconnectivity
+  from lossland.landscape import report
   from lossland.landscape.database import Database, DatabaseError
   cells = []
   for r in runs:
@@ -38,25 +37,23 @@ def main(argv):
       cfg = json.load(open(os.path.join(r, 'config.json')))['study_config']
       summ = json.load(open(os.path.join(r, 'summary.json')))
       db = Database(os.path.join(r, 'landscape.sqlite'), create=False)
+      graph = report.read_graph(db)
     except (OSError, KeyError, ValueError, DatabaseError) as e:
       raise _cli.UsageError(f'{r}: not a landscape run directory ({e})') from None
-    ids, me, te, tp = db.graph_arrays()
-    mins = {m.id: m for m in db.minima()}
-    acc = np.array([mins[i].metrics.get('test_accuracy', np.nan) for i in ids])
     db.close()
-    cells.append((cfg['depth'], cfg['n_data'], me, te, tp, acc, summ, r))
+    if len(graph.ids) == 0:
+      raise _cli.UsageError(f'{r}: its database holds no minima')
+    cells.append((cfg['depth'], cfg['n_data'], graph, summ, r))
   depths = sorted({c[0] for c in cells})
   ns = sorted({c[1] for c in cells})
   fig, axes = plt.subplots(len(depths), len(ns), figsize=(4.5 * len(ns), 3.8 * len(depths)),
                            squeeze=False)
   table = []
-  for depth, n, me, te, tp, acc, summ, r in cells:
-    ax = axes[depths.index(depth)][ns.index(n)]
-    tree = disconnectivity.build_tree(me, te, tp, n_levels=25)
-    disconnectivity.plot_disconnectivity(
-        tree, me, ax=ax, values=acc, value_label='test acc.',
-        title=f'depth {depth}, P={n}: {len(me)} min, {len(te)} TS, '
-              f'f={summ["frustration"]:.2f}, funnel={summ["funnel_fraction"]:.2f}')
+  for depth, n, graph, summ, r in cells:
+    report.draw(graph, axes[depths.index(depth)][ns.index(n)], n_levels=25,
+                value_label='test acc.',
+                title=f'depth {depth}, P={n}: {report.counts(graph)}, '
+                      f'f={summ["frustration"]:.2f}, funnel={summ["funnel_fraction"]:.2f}')
     table.append({'run': r, 'depth': depth, 'n_data': n,
                   **{k: summ.get(k) for k in ('n_minima', 'n_ts', 'global_min_loss',
                                               'frustration', 'funnel_fraction',

@@ -1,0 +1,115 @@
+"""The disconnectivity figure and summary numbers of a landscape database: one
+helper for the study (:func:`lossland.landscape.study.run_study`), the re-analysis
+of ``python -m lossland.scripts.landscape --from_db`` and the grid of
+``python -m lossland.scripts.landscape_grid``.
+"""
+
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from lossland.landscape import disconnectivity, metrics
+
+# Per-minimum values the study stores (``Database.update_metrics``).
+PER_MINIMUM = ('test_accuracy', 'train_accuracy')
+
+
+class Graph(NamedTuple):
+  """Minima, transition states and per-minimum values of a database.
+
+  Attributes:
+    ids: ``[M]`` database ids of the minima.
+    min_energies: ``[M]``.
+    ts_energies: ``[T]``.
+    ts_pairs: ``[T, 2]`` indices into ``min_energies``.
+    per_minimum: ``{name: [M] values}`` for the names of :data:`PER_MINIMUM` that at
+      least one minimum has (NaN where a minimum lacks it).
+  """
+  ids: np.ndarray
+  min_energies: np.ndarray
+  ts_energies: np.ndarray
+  ts_pairs: np.ndarray
+  per_minimum: dict
+
+
+def read_graph(db, names: Sequence[str] = PER_MINIMUM) -> Graph:
+  """The graph of ``db`` (a :class:`lossland.landscape.Database`) with the
+  per-minimum values ``names`` read from each minimum's stored metrics."""
+  ids, me, te, tp = db.graph_arrays()
+  mins = {m.id: m for m in db.minima()}
+  values = {}
+  for name in names:
+    v = np.array([mins[i].metrics.get(name, np.nan) for i in ids], np.float64)
+    if np.isfinite(v).any():
+      values[name] = v
+  return Graph(ids, me, te, tp, values)
+
+
+def summarize(graph: Graph, temperature: float) -> dict:
+  """:func:`lossland.landscape.metrics.landscape_metrics` of the graph, with its
+  per-minimum values summarised too (a JSON-serialisable dict)."""
+  return metrics.landscape_metrics(graph.min_energies, graph.ts_energies, graph.ts_pairs,
+                                   temperature=temperature, per_minimum=graph.per_minimum)
+
+
+def draw(graph: Graph, ax, title: str = '', n_levels: int = 25,
+         color_by: str = 'test_accuracy', value_label: Optional[str] = None):
+  """Builds the disconnectivity tree and draws it on ``ax``, leaves coloured by the
+  per-minimum value ``color_by`` (uncoloured if the graph lacks it).
+
+  Returns:
+    The :class:`lossland.landscape.disconnectivity.DisconnectivityTree`.
+  """
+  tree = disconnectivity.build_tree(graph.min_energies, graph.ts_energies, graph.ts_pairs,
+                                    n_levels=n_levels)
+  values = graph.per_minimum.get(color_by)
+  label = value_label if value_label is not None else color_by.replace('_', ' ')
+  disconnectivity.plot_disconnectivity(tree, graph.min_energies, ax=ax, values=values,
+                                       value_label=label if values is not None else '',
+                                       title=title)
+  return tree
+
+
+def save_figure(graph: Graph, path: str, title: str = '', n_levels: int = 25,
+                figsize=(6, 5), dpi: int = 120):
+  """:func:`draw` into a new figure saved as ``path`` (PNG).
+
+  Returns:
+    The disconnectivity tree.
+  """
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=figsize)
+  try:
+    tree = draw(graph, ax, title=title, n_levels=n_levels)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+  finally:
+    plt.close(fig)
+  return tree
+
+
+def counts(graph: Graph) -> str:
+  """``'M min, T TS'`` for figure titles."""
+  return f'{len(graph.min_energies)} min, {len(graph.ts_energies)} TS'
+
+
+def figure_and_summary(graph: Graph, out_dir: str, title: str, temperature: float,
+                       n_levels: int = 25) -> dict:
+  """Writes ``out_dir/disconnectivity.png`` (titled ``'{title}: M min, T TS'``) and
+  returns the summary of the graph (:func:`summarize` plus ``tree_dropped_minima``).
+
+  Args:
+    graph: from :func:`read_graph`, with at least one minimum.
+    out_dir: an existing directory.
+    title: the figure title's start.
+    temperature: of the frustration index.
+    n_levels: disconnectivity levels.
+  """
+  summary = summarize(graph, temperature)
+  tree = save_figure(graph, os.path.join(out_dir, 'disconnectivity.png'),
+                     title=f'{title}: {counts(graph)}', n_levels=n_levels)
+  summary['tree_dropped_minima'] = len(tree.dropped_minima)
+  return summary
