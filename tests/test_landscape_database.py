@@ -20,9 +20,10 @@ def _fill(db, rng, n_min=5, n_ts=4, d=7):
     assert new
     ids.append(rid)
   for j in range(n_ts):
+    spectrum = np.concatenate([[-0.3 - j], np.abs(rng.standard_normal(d - 1)) + 0.1])
     db.add_transition_state(-0.5 + 0.01 * j, rng.standard_normal(d), ids[j], ids[j + 1],
                             eigenvalue=-0.3 - j, eigenvector=rng.standard_normal(d),
-                            grad_rms=1e-9)
+                            grad_rms=1e-9, eigenvalues=spectrum)
   return ids
 
 
@@ -42,6 +43,7 @@ def test_round_trip_is_exact(tmp_path):
     for a, b in zip(tss, db2.transition_states()):
       assert (a.energy, a.min1, a.min2, a.eigenvalue) == (b.energy, b.min1, b.min2, b.eigenvalue)
       np.testing.assert_array_equal(a.coords, b.coords)
+      np.testing.assert_array_equal(a.eigenvalues, b.eigenvalues)
       np.testing.assert_array_equal(a.eigenvector, b.eigenvector)
     assert db2.get_meta('cfg') == {'lam': 1e-4, 'sizes': [5, 6, 3]}
 
@@ -56,6 +58,11 @@ def test_pathsample_export_import_round_trip(tmp_path):
   # fvib = ln(prod eigenvalues) of the lowest minimum
   low = db.minima()[0]
   assert float(lines[0].split()[1]) == pytest.approx(np.sum(np.log(low.eigenvalues)), rel=1e-15)
+  # ts.data: the positive modes only (the unstable one left out)
+  t0 = db.transition_states()[0]
+  ts_line = open(tmp_path / 'ps' / 'ts.data').read().splitlines()[0].split()
+  assert len(ts_line) == 8
+  assert float(ts_line[1]) == pytest.approx(np.sum(np.log(t0.eigenvalues[1:])), rel=1e-15)
   db2 = Database(':memory:')
   import_pathsample(str(tmp_path / 'ps'), 7, db2)
   a, b = db.graph_arrays(), db2.graph_arrays()
@@ -121,3 +128,83 @@ def test_corrupt_or_foreign_files_give_clear_errors(tmp_path):
     db = Database(str(trunc))
     db.minima()
   assert not os.path.exists(tmp_path / 'missing.sqlite')
+
+
+def _double_well_hessian(x, y, k):
+  """E = (x^2 - 1)^2 + k y^2 / 2: minima (+-1, 0), TS (0, 0)."""
+  return np.array([[12.0 * x ** 2 - 4.0, 0.0], [0.0, k]])
+
+
+def test_pathsample_fvib_closed_form(tmp_path):
+  """Double well E = (x^2-1)^2 + k y^2/2: the minima have Hessian diag(8, k), the TS
+  diag(-4, k); PATHSAMPLE's fvib is ln(8k) for the minima and ln(k) for the TS (its
+  positive modes), so the harmonic rate prefactor exp(fvib_min - fvib_ts) is 8."""
+  k = 3.0
+  db = Database(':memory:')
+  ids = []
+  for x in (-1.0, 1.0):
+    ev = np.linalg.eigvalsh(_double_well_hessian(x, 0.0, k))
+    ids.append(db.add_minimum(0.0 + 1e-3 * x, [x, 0.0], eigenvalues=ev)[0])
+  ev_ts = np.linalg.eigvalsh(_double_well_hessian(0.0, 0.0, k))
+  db.add_transition_state(1.0, [0.0, 0.0], ids[0], ids[1], eigenvalue=ev_ts[0],
+                          eigenvector=[1.0, 0.0], eigenvalues=ev_ts)
+  export_pathsample(db, str(tmp_path))
+  mins = [line.split() for line in open(tmp_path / 'min.data')]
+  ts = [line.split() for line in open(tmp_path / 'ts.data')]
+  for m in mins:
+    assert float(m[1]) == pytest.approx(np.log(8 * k), rel=1e-14) and m[2] == '1'
+  assert float(ts[0][1]) == pytest.approx(np.log(k), rel=1e-14)
+  assert (ts[0][3], ts[0][4]) == ('1', '2')
+  assert np.exp(float(mins[0][1]) - float(ts[0][1])) == pytest.approx(8.0, rel=1e-13)
+
+
+def _schema1_file(path):
+  """A database as schema 1 wrote it: TS rows without a spectrum column."""
+  con = sqlite3.connect(str(path))
+  con.executescript("""
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE minima (id INTEGER PRIMARY KEY, energy REAL NOT NULL, coords BLOB NOT NULL,
+      eigenvalues BLOB, grad_rms REAL, metrics TEXT NOT NULL DEFAULT '{}');
+    CREATE TABLE transition_states (id INTEGER PRIMARY KEY, energy REAL NOT NULL,
+      coords BLOB NOT NULL, min1 INTEGER NOT NULL, min2 INTEGER NOT NULL,
+      eigenvalue REAL, eigenvector BLOB, grad_rms REAL);
+    CREATE TABLE connect_attempts (min1 INTEGER NOT NULL, min2 INTEGER NOT NULL,
+      n_ts_found INTEGER NOT NULL);
+    INSERT INTO meta VALUES ('magic', 'lossland.landscape'), ('schema_version', '1');""")
+  blob = lambda a: np.asarray(a, '<f8').tobytes()
+  for x in (-1.0, 1.0):
+    ev = np.linalg.eigvalsh(_double_well_hessian(x, 0.0, 3.0))
+    con.execute('INSERT INTO minima (energy, coords, eigenvalues, metrics) VALUES (?,?,?,?)',
+                (1e-3 * x, blob([x, 0.0]), blob(ev), '{}'))
+  con.execute('INSERT INTO transition_states (energy, coords, min1, min2, eigenvalue) '
+              'VALUES (1.0, ?, 1, 2, -4.0)', (blob([0.0, 0.0]),))
+  con.commit()
+  con.close()
+
+
+def test_schema1_database_export_fails_clearly_or_recomputes(tmp_path):
+  path = tmp_path / 'old.sqlite'
+  _schema1_file(path)
+  before = path.read_bytes()
+  db = Database(str(path), create=False)
+  assert db.transition_states()[0].eigenvalues is None  # readable, not modified
+  with pytest.raises(DatabaseError, match='no stored full Hessian spectrum.*hessian_eigs_fn'):
+    export_pathsample(db, str(tmp_path / 'ps'))
+  assert not os.path.exists(tmp_path / 'ps')  # nothing written
+  assert path.read_bytes() == before
+  calls = []
+
+  def eigs(xs):
+    calls.append(len(xs))
+    return np.stack([np.linalg.eigvalsh(_double_well_hessian(x, y, 3.0)) for x, y in xs])
+
+  export_pathsample(db, str(tmp_path / 'ps'), hessian_eigs_fn=eigs)
+  assert calls == [1]  # only the TS lacked its spectrum
+  ts = open(tmp_path / 'ps' / 'ts.data').read().split()
+  assert float(ts[1]) == pytest.approx(np.log(3.0), rel=1e-14)
+  # Writing a TS upgrades the file to schema 2; its spectrum is stored from then on.
+  db.set_ts_eigenvalues(1, [-4.0, 3.0])
+  db.close()
+  with Database(str(path), create=False) as db2:
+    np.testing.assert_array_equal(db2.transition_states()[0].eigenvalues, [-4.0, 3.0])
+    assert db2.get_meta('schema_version') == 2

@@ -25,13 +25,8 @@ def test_tree_from_hand_made_database():
   tree = dg.build_tree(me, te, tp, n_levels=24)
   # graph_arrays orders minima by energy: map back to the hand-made labels.
   label = {k: ids.index(int(m)) for k, m in enumerate(mid)}
-
-  def sig(node):
-    if not node.children:
-      return label[node.minima[0]]
-    return frozenset(sig(c) for c in node.children)
-
-  assert sig(tree.root) == frozenset({frozenset({frozenset({0, 2}), 1}), 3})
+  assert dg.tree_signature(tree.root, label) == frozenset(
+      {frozenset({frozenset({0, 2}), 1}), 3})
   assert [label[i] for i in tree.dropped_minima] == [4]
   # Merges are drawn at the energies of the TS that cause them (not at the level
   # above): {0,2} at 1.2, 1 joins at 1.4, 3 at 3.0; children hang from there.
@@ -114,12 +109,20 @@ def test_metrics_by_hand():
   expected = p[1] * 1.4 / 1.0 + p[2] * 1.2 / 0.5 + p[3] * 3.0 / 2.0
   assert metrics.frustration_index(me, te, tp, T) == pytest.approx(expected, rel=1e-14)
   assert metrics.funnel_fractions(me, te, tp) == (0.8, 0.8)
-  down = np.sort(metrics.downhill_barriers(me, te, tp))
-  np.testing.assert_allclose(down, np.sort([1.2, 0.7, 0.4, 0.9, 3.0, 1.0, 2.5, 1.5]))
+  # Downhill = TS minus the higher of its two minima (Verpoort, Lee & Wales), one per
+  # TS in TS order; the self-connecting TS (0.7, 2, 2) has none.
+  np.testing.assert_allclose(metrics.downhill_barriers(me, te, tp), [0.7, 0.4, 1.0, 1.5],
+                             rtol=0, atol=1e-15)
+  np.testing.assert_allclose(metrics.uphill_barriers(me, te, tp), [1.2, 0.9, 3.0, 2.5],
+                             rtol=0, atol=1e-15)
   m = metrics.landscape_metrics(me, te, tp, temperature=T,
                                 per_minimum={'acc': [0.9, 0.8, 0.85, 0.7, 0.6]})
   assert (m['n_minima'], m['n_ts'], m['global_min_loss']) == (5, 5, 0.0)
   assert m['n_connected_to_global_min'] == 4 and m['acc_at_global_min'] == 0.9
+  assert m['downhill_barrier_quantiles']['max'] == pytest.approx(1.5, abs=1e-15)
+  assert m['downhill_barrier_quantiles']['min'] == pytest.approx(0.4, abs=1e-15)
+  assert m['uphill_barrier_quantiles']['max'] == pytest.approx(3.0, abs=1e-15)
+  assert m['barrier_over_spread'] == pytest.approx(1.5 / 2.0, abs=1e-15)
 
 
 def test_funnel_steepest_differs_from_monotonic():

@@ -11,9 +11,14 @@ differ by less than ``energy_tol`` and, when a ``distance_fn`` is given, their d
 is below ``distance_tol``.
 
 PATHSAMPLE files (``min.data``, ``ts.data``, ``points.min``, ``points.ts``) follow the
-PATHSAMPLE manual: one line per minimum ``E ln(prod of nonzero Hessian eigenvalues)
-point-group-order Ix Iy Iz``; one line per TS ``E fvib order min1 min2 Ix Iy Iz``
-with 1-based minimum indices; ``points.*`` are headerless float64 records of length D.
+PATHSAMPLE manual: one line per minimum ``E fvib point-group-order Ix Iy Iz``; one line
+per TS ``E fvib order min1 min2 Ix Iy Iz`` with 1-based minimum indices; ``points.*``
+are headerless float64 records of length D. ``fvib`` is the log product of the
+*positive* Hessian eigenvalues (squared normal-mode frequencies, unit masses): all
+non-zero modes of a minimum, all but the unstable mode of a TS (pele's
+``thermodynamics.logproduct_freq2``, which writes the same files). The harmonic rate
+through a TS then uses ``exp(fvib_min - fvib_ts)``, so each TS stores its full
+Hessian spectrum (schema 2).
 """
 
 import json
@@ -23,7 +28,8 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_READABLE_VERSIONS = ('1', '2')  # 1: no TS spectra (column added on first TS write)
 _MAGIC = 'lossland.landscape'
 
 _SCHEMA = """
@@ -35,7 +41,7 @@ CREATE INDEX IF NOT EXISTS minima_energy ON minima(energy);
 CREATE TABLE IF NOT EXISTS transition_states (
   id INTEGER PRIMARY KEY, energy REAL NOT NULL, coords BLOB NOT NULL,
   min1 INTEGER NOT NULL REFERENCES minima(id), min2 INTEGER NOT NULL REFERENCES minima(id),
-  eigenvalue REAL, eigenvector BLOB, grad_rms REAL);
+  eigenvalue REAL, eigenvector BLOB, grad_rms REAL, eigenvalues BLOB);
 CREATE INDEX IF NOT EXISTS ts_energy ON transition_states(energy);
 CREATE TABLE IF NOT EXISTS connect_attempts (
   min1 INTEGER NOT NULL, min2 INTEGER NOT NULL, n_ts_found INTEGER NOT NULL);
@@ -64,12 +70,17 @@ class TransitionState(NamedTuple):
   eigenvalue: Optional[float]
   eigenvector: Optional[np.ndarray]
   grad_rms: Optional[float]
+  eigenvalues: Optional[np.ndarray] = None  # full Hessian spectrum (schema 2)
 
 
 def _to_blob(a) -> Optional[bytes]:
   if a is None:
     return None
   return np.ascontiguousarray(np.asarray(a, dtype='<f8')).tobytes()
+
+
+def _opt_float(v) -> Optional[float]:
+  return None if v is None else float(v)
 
 
 def _from_blob(b) -> Optional[np.ndarray]:
@@ -103,6 +114,7 @@ class Database:
     self.energy_tol = float(energy_tol)
     self.distance_fn = distance_fn
     self.distance_tol = float(distance_tol)
+    self._version = SCHEMA_VERSION
     exists = path == ':memory:' or os.path.exists(path)
     if not exists and not create:
       raise DatabaseError(f'{path}: no such database file')
@@ -127,8 +139,9 @@ class Database:
       raise DatabaseError(f'{self.path}: SQLite file without the lossland landscape '
                           f'schema (missing tables {sorted(need - tables)})')
     meta = dict(self.conn.execute('SELECT key, value FROM meta'))
-    if meta.get('magic') != _MAGIC or meta.get('schema_version') != str(SCHEMA_VERSION):
+    if meta.get('magic') != _MAGIC or meta.get('schema_version') not in _READABLE_VERSIONS:
       raise DatabaseError(f'{self.path}: unknown landscape database version {meta}')
+    self._version = int(meta['schema_version'])
     ok = self.conn.execute('PRAGMA quick_check').fetchone()[0]
     if ok != 'ok':
       raise DatabaseError(f'{self.path}: SQLite integrity check failed: {ok}')
@@ -166,6 +179,32 @@ class Database:
         return rid
     return None
 
+  def _ts_columns(self) -> set:
+    return {r[1] for r in self.conn.execute('PRAGMA table_info(transition_states)')}
+
+  def _upgrade(self) -> None:
+    """Schema 1 -> 2 (TS spectra), done on the first TS write, never on reading."""
+    if 'eigenvalues' not in self._ts_columns():
+      self.conn.execute('ALTER TABLE transition_states ADD COLUMN eigenvalues BLOB')
+    self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                      (str(SCHEMA_VERSION),))
+    self._version = SCHEMA_VERSION
+
+  def _add(self, table: str, energy, coords, columns: dict, commit: bool) -> tuple:
+    """Inserts a stationary point unless an equal one is stored: ``(id, is_new)``."""
+    energy = float(energy)
+    coords = np.asarray(coords, dtype=np.float64)
+    rid = self._find(table, energy, coords)
+    if rid is not None:
+      return rid, False
+    row = {'energy': energy, 'coords': _to_blob(coords), **columns}
+    cur = self.conn.execute(
+        f'INSERT INTO {table} ({", ".join(row)}) VALUES ({", ".join("?" * len(row))})',
+        tuple(row.values()))
+    if commit:
+      self.conn.commit()
+    return cur.lastrowid, True
+
   def add_minimum(self, energy: float, coords, eigenvalues=None, grad_rms=None,
                   metrics: Optional[dict] = None, commit: bool = True) -> tuple:
     """Adds a minimum unless an equal one is stored.
@@ -173,7 +212,8 @@ class Database:
     Args:
       energy: loss at the minimum.
       coords: ``[D]`` coordinates.
-      eigenvalues: smallest Hessian eigenvalues (any length), optional.
+      eigenvalues: Hessian eigenvalues, optional; :func:`export_pathsample` needs
+        the full spectrum ``[D]``.
       grad_rms: RMS gradient at ``coords``, optional.
       metrics: per-minimum values, e.g. ``{'test_accuracy': 0.93}``.
       commit: commit the transaction (batch inserts pass False and call
@@ -182,45 +222,42 @@ class Database:
     Returns:
       ``(id, is_new)``.
     """
-    energy = float(energy)
-    coords = np.asarray(coords, dtype=np.float64)
-    rid = self._find('minima', energy, coords)
-    if rid is not None:
-      return rid, False
-    cur = self.conn.execute(
-        'INSERT INTO minima (energy, coords, eigenvalues, grad_rms, metrics) '
-        'VALUES (?, ?, ?, ?, ?)',
-        (energy, _to_blob(coords), _to_blob(eigenvalues),
-         None if grad_rms is None else float(grad_rms), json.dumps(metrics or {})))
-    if commit:
-      self.conn.commit()
-    return cur.lastrowid, True
+    return self._add('minima', energy, coords, {
+        'eigenvalues': _to_blob(eigenvalues), 'grad_rms': _opt_float(grad_rms),
+        'metrics': json.dumps(metrics or {})}, commit)
 
   def add_transition_state(self, energy: float, coords, min1: int, min2: int,
                            eigenvalue=None, eigenvector=None, grad_rms=None,
-                           commit: bool = True) -> tuple:
+                           commit: bool = True, eigenvalues=None) -> tuple:
     """Adds a transition state joining minima ``min1`` and ``min2`` (database ids).
+
+    Args:
+      energy, coords, grad_rms, commit: as for :meth:`add_minimum`.
+      min1, min2: database ids of the two minima.
+      eigenvalue: the negative Hessian eigenvalue; eigenvector: its ``[D]`` vector.
+      eigenvalues: the full Hessian spectrum ``[D]`` (needed by
+        :func:`export_pathsample`).
 
     Returns:
       ``(id, is_new)``.
     """
-    energy = float(energy)
-    coords = np.asarray(coords, dtype=np.float64)
     for m in (min1, min2):
       if self.conn.execute('SELECT 1 FROM minima WHERE id = ?', (int(m),)).fetchone() is None:
         raise ValueError(f'transition state refers to unknown minimum {m}')
-    rid = self._find('transition_states', energy, coords)
-    if rid is not None:
-      return rid, False
-    cur = self.conn.execute(
-        'INSERT INTO transition_states (energy, coords, min1, min2, eigenvalue, '
-        'eigenvector, grad_rms) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        (energy, _to_blob(coords), int(min1), int(min2),
-         None if eigenvalue is None else float(eigenvalue), _to_blob(eigenvector),
-         None if grad_rms is None else float(grad_rms)))
-    if commit:
-      self.conn.commit()
-    return cur.lastrowid, True
+    if self._version != SCHEMA_VERSION:
+      self._upgrade()
+    return self._add('transition_states', energy, coords, {
+        'min1': int(min1), 'min2': int(min2), 'eigenvalue': _opt_float(eigenvalue),
+        'eigenvector': _to_blob(eigenvector), 'grad_rms': _opt_float(grad_rms),
+        'eigenvalues': _to_blob(eigenvalues)}, commit)
+
+  def set_ts_eigenvalues(self, ts_id: int, eigenvalues) -> None:
+    """Stores the full Hessian spectrum of a TS (e.g. recomputed for an old file)."""
+    if self._version != SCHEMA_VERSION:
+      self._upgrade()
+    self.conn.execute('UPDATE transition_states SET eigenvalues = ? WHERE id = ?',
+                      (_to_blob(eigenvalues), int(ts_id)))
+    self.conn.commit()
 
   def commit(self):
     self.conn.commit()
@@ -250,7 +287,7 @@ class Database:
   def _ts(row) -> TransitionState:
     return TransitionState(id=row[0], energy=row[1], coords=_from_blob(row[2]), min1=row[3],
                            min2=row[4], eigenvalue=row[5], eigenvector=_from_blob(row[6]),
-                           grad_rms=row[7])
+                           grad_rms=row[7], eigenvalues=_from_blob(row[8]))
 
   def minima(self) -> list:
     """All minima, ordered by energy."""
@@ -267,15 +304,26 @@ class Database:
 
   def transition_states(self) -> list:
     """All transition states, ordered by energy."""
+    spectra = 'eigenvalues' if 'eigenvalues' in self._ts_columns() else 'NULL'
     return [self._ts(r) for r in self.conn.execute(
-        'SELECT id, energy, coords, min1, min2, eigenvalue, eigenvector, grad_rms '
-        'FROM transition_states ORDER BY energy, id')]
+        'SELECT id, energy, coords, min1, min2, eigenvalue, eigenvector, grad_rms, '
+        f'{spectra} FROM transition_states ORDER BY energy, id')]
 
   def n_minima(self) -> int:
     return self.conn.execute('SELECT COUNT(*) FROM minima').fetchone()[0]
 
   def n_transition_states(self) -> int:
     return self.conn.execute('SELECT COUNT(*) FROM transition_states').fetchone()[0]
+
+  def minima_after(self, min_id: int) -> list:
+    """``[(id, energy)]`` of the minima with database id above ``min_id``, by id."""
+    return self.conn.execute('SELECT id, energy FROM minima WHERE id > ? ORDER BY id',
+                             (int(min_id),)).fetchall()
+
+  def ts_pairs_after(self, ts_id: int) -> list:
+    """``[(id, min1, min2)]`` of the TS with database id above ``ts_id``, by id."""
+    return self.conn.execute('SELECT id, min1, min2 FROM transition_states WHERE id > ? '
+                             'ORDER BY id', (int(ts_id),)).fetchall()
 
   def graph_arrays(self) -> tuple:
     """Arrays for graph algorithms.
@@ -299,46 +347,76 @@ class Database:
 # PATHSAMPLE files
 # ----------------------------------------------------------------------------
 
-def _fvib(eigenvalues, evcut: float) -> float:
-  """ln of the product of the Hessian eigenvalues whose modulus exceeds ``evcut``."""
-  if eigenvalues is None:
-    return 0.0
-  ev = np.abs(np.asarray(eigenvalues))
+def log_product_positive(eigenvalues, evcut: float) -> float:
+  """``fvib``: ln of the product of the Hessian eigenvalues above ``evcut``.
+
+  The positive modes only: zero modes (``|λ| <= evcut``) and the unstable mode of a
+  transition state are left out, as PATHSAMPLE expects (pele's
+  ``logproduct_freq2``). For a minimum that is every non-zero mode.
+  """
+  ev = np.asarray(eigenvalues, np.float64)
   return float(np.sum(np.log(ev[ev > evcut])))
 
 
-def export_pathsample(db: Database, directory: str, evcut: float = 1e-7) -> None:
+def _spectra(points, kind: str, hessian_eigs_fn) -> list:
+  """Full spectra of ``points`` (stored, or recomputed by ``hessian_eigs_fn``)."""
+  out = [p.eigenvalues if p.eigenvalues is not None and
+         p.eigenvalues.size == p.coords.size else None for p in points]
+  missing = [k for k, e in enumerate(out) if e is None]
+  if missing and hessian_eigs_fn is None:
+    raise DatabaseError(
+        f'{len(missing)} {kind} (first: id {points[missing[0]].id}) have no stored full '
+        'Hessian spectrum (a database written before schema 2, or points added without '
+        'eigenvalues): pass hessian_eigs_fn (e.g. an Explorer\'s hessian_eigs) to '
+        'recompute them')
+  if missing:
+    ev = np.asarray(hessian_eigs_fn(np.stack([points[k].coords for k in missing])))
+    for k, e in zip(missing, ev):
+      out[k] = np.asarray(e, np.float64)
+  return out
+
+
+def export_pathsample(db: Database, directory: str, evcut: float = 1e-7,
+                      hessian_eigs_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                      ) -> None:
   """Writes ``min.data``, ``ts.data``, ``points.min``, ``points.ts`` for PATHSAMPLE.
 
   Minima are written in energy order; TS lines refer to them by 1-based line number.
-  Energies are written with 17 significant digits, so nothing is lost. ``fvib`` uses
-  only the eigenvalues stored (callers store the full spectrum when they want
-  thermodynamics); the point-group order is 1 and the moments of inertia are 0, as
-  for a network loss.
+  Energies are written with 17 significant digits, so nothing is lost. ``fvib`` is
+  :func:`log_product_positive` of each point's full Hessian spectrum: all non-zero
+  modes of a minimum, the positive modes of a TS (its negative mode left out). The
+  point-group order is 1 and the moments of inertia are 0, as for a network loss.
+
+  Points whose full spectrum is not stored (databases of schema 1 stored only the
+  negative eigenvalue of a TS) are recomputed with ``hessian_eigs_fn`` when it is
+  given; otherwise nothing is written and :class:`DatabaseError` is raised.
 
   Args:
     db: the database.
     directory: output directory (created if needed).
-    evcut: eigenvalues with modulus below this are treated as zero modes.
+    evcut: eigenvalues with modulus at most this are zero modes (PATHSAMPLE EVCUT).
+    hessian_eigs_fn: optional ``[B, D] -> [B, D]`` dense spectra, for missing ones.
+
+  Raises:
+    DatabaseError: a spectrum is missing and ``hessian_eigs_fn`` is None.
   """
-  os.makedirs(directory, exist_ok=True)
-  mins = db.minima()
+  mins, tss = db.minima(), db.transition_states()
+  min_ev = _spectra(mins, 'minima', hessian_eigs_fn)
+  ts_ev = _spectra(tss, 'transition states', hessian_eigs_fn)
   index = {m.id: k + 1 for k, m in enumerate(mins)}
-  with open(os.path.join(directory, 'min.data'), 'w') as f:
-    for m in mins:
-      f.write(f'{m.energy!r:>24} {_fvib(m.eigenvalues, evcut)!r:>24} 1 0.0 0.0 0.0\n')
-  with open(os.path.join(directory, 'points.min'), 'wb') as f:
-    for m in mins:
-      f.write(_to_blob(m.coords))
-  tss = db.transition_states()
-  with open(os.path.join(directory, 'ts.data'), 'w') as f:
-    for t in tss:
-      ev = None if t.eigenvalue is None else [t.eigenvalue]
-      f.write(f'{t.energy!r:>24} {_fvib(ev, evcut)!r:>24} 1 {index[t.min1]:6d} '
-              f'{index[t.min2]:6d} 0.0 0.0 0.0\n')
-  with open(os.path.join(directory, 'points.ts'), 'wb') as f:
-    for t in tss:
-      f.write(_to_blob(t.coords))
+  min_lines = [f'{m.energy!r:>24} {log_product_positive(e, evcut)!r:>24} 1 0.0 0.0 0.0\n'
+               for m, e in zip(mins, min_ev)]
+  ts_lines = [f'{t.energy!r:>24} {log_product_positive(e, evcut)!r:>24} 1 '
+              f'{index[t.min1]:6d} {index[t.min2]:6d} 0.0 0.0 0.0\n'
+              for t, e in zip(tss, ts_ev)]
+  os.makedirs(directory, exist_ok=True)
+  for name, lines in (('min.data', min_lines), ('ts.data', ts_lines)):
+    with open(os.path.join(directory, name), 'w') as f:
+      f.writelines(lines)
+  for name, points in (('points.min', mins), ('points.ts', tss)):
+    with open(os.path.join(directory, name), 'wb') as f:
+      for p in points:
+        f.write(_to_blob(p.coords))
 
 
 def import_pathsample(directory: str, n_coords: int, db: Database) -> list:

@@ -52,10 +52,21 @@ class DisconnectivityTree(NamedTuple):
 
 
 class UnionFind:
-  """Union-find with path halving; the root of a union is the smaller index."""
+  """Union-find with path halving; the root of a union is the smaller index.
+
+  ``add`` appends new singletons, so a graph that grows (the connect loop's) keeps
+  one structure instead of rebuilding it.
+  """
 
   def __init__(self, n):
-    self.p = np.arange(n)
+    self.p = list(range(n))
+
+  def add(self, n: int = 1) -> None:
+    """Appends ``n`` singletons (indices ``len .. len + n - 1``)."""
+    self.p.extend(range(len(self.p), len(self.p) + n))
+
+  def __len__(self):
+    return len(self.p)
 
   def find(self, i):
     while self.p[i] != i:
@@ -112,8 +123,9 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
     else:
       e_top = float(e_max)
     levels = np.linspace(lo if lo < e_top else e_top - 1.0, e_top, n_levels)
-    # The lowest level is the lowest TS energy; a level counts the TS strictly
-    # below it, so at the lowest level every minimum is its own superbasin.
+    # The lowest level is the lowest kept TS energy (also with e_max, which only
+    # drops the TS at or above it); a level counts the TS strictly below it, so at
+    # the lowest level every minimum is its own superbasin.
   else:
     e_top = float(me[comp].max()) + 1.0 if e_max is None else float(e_max)
     levels = np.array([e_top])
@@ -153,14 +165,9 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
     while True:
       if len(members) == 1:
         return Node(energy=float(me[members[0]]), minima=members, children=(), top=top)
-      if kk == 0:
-        # Several minima joined below the lowest level. Cannot happen: levels[0]
-        # is the lowest TS energy (or e_max, which removes the TS above it), and
-        # a level counts only the TS strictly below it. Kept as a safe fallback.
-        e0 = merge_energy.get(members, float(levels[0]))
-        kids = tuple(Node(energy=float(me[i]), minima=(i,), children=(), top=e0)
-                     for i in members)
-        return Node(energy=e0, minima=members, children=kids, top=top)
+      # basins[0] holds singletons only (levels[0] is the lowest kept TS energy and
+      # a level counts only the TS strictly below it), so kk > 0 here.
+      assert kk > 0, 'several minima merged below the lowest level'
       sub = [b for b in basins[kk - 1] if set(b) <= set(members)]
       if len(sub) == 1 and sub[0] == members:
         kk -= 1
@@ -179,12 +186,18 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
                              dropped_minima=dropped)
 
 
-def tree_signature(node: Node):
+def tree_signature(node: Node, labels=None):
   """Hashable nested form ``frozenset`` of children signatures / leaf index, used to
-  compare trees irrespective of child order."""
+  compare trees irrespective of child order.
+
+  Args:
+    node: a tree node (usually ``tree.root``).
+    labels: optional mapping (dict or sequence) from minimum index to the label
+      a leaf shows instead of the index (e.g. database ids or hand-made names).
+  """
   if not node.children:
-    return node.minima[0]
-  return frozenset(tree_signature(c) for c in node.children)
+    return node.minima[0] if labels is None else labels[node.minima[0]]
+  return frozenset(tree_signature(c, labels) for c in node.children)
 
 
 def layout(tree: DisconnectivityTree, min_energies: Sequence[float],

@@ -9,6 +9,8 @@
   path from ``a`` to the global minimum. Harmonic vibrational factors are left out
   (they are optional in the paper; network minima have no rigid-body modes to
   remove, and including them mixes curvature with topology).
+* barriers of each TS joining two different minima: downhill ``E_ts - max`` of its
+  two minima (Verpoort, Lee & Wales 2020) and, separately, uphill ``E_ts - min``;
 * funnel fraction: the fraction of minima (gm included) from which a sequence
   minimum–TS–minimum with strictly decreasing minimum energies reaches the global
   minimum (the monotonic-sequence basin of Berry & Kunz, PRL 74, 3951, 1995), plus
@@ -115,13 +117,31 @@ def funnel_fractions(min_energies, ts_energies, ts_pairs) -> tuple:
   return float(in_msb.mean()), float(steep.mean())
 
 
-def downhill_barriers(min_energies, ts_energies, ts_pairs) -> np.ndarray:
-  """``E_ts - E_min`` for both ends of every non-degenerate TS, ``[2T]``."""
+def _ts_ends(min_energies, ts_energies, ts_pairs) -> tuple:
+  """``(E_ts, E_low, E_high)`` over the TS joining two different minima."""
   me = np.asarray(min_energies, np.float64)
   te = np.asarray(ts_energies, np.float64).reshape(-1)
   tp = np.asarray(ts_pairs, np.int64).reshape(-1, 2)
   keep = tp[:, 0] != tp[:, 1]
-  return np.concatenate([te[keep] - me[tp[keep, 0]], te[keep] - me[tp[keep, 1]]])
+  e1, e2 = me[tp[keep, 0]], me[tp[keep, 1]]
+  return te[keep], np.minimum(e1, e2), np.maximum(e1, e2)
+
+
+def downhill_barriers(min_energies, ts_energies, ts_pairs) -> np.ndarray:
+  """``E_ts - max(E_min1, E_min2)``, one per TS joining two different minima, ``[T']``.
+
+  The barrier seen from the higher of the two minima (the downhill direction), as
+  Verpoort, Lee & Wales (PNAS 2020) report barriers; the uphill barrier from the
+  lower minimum is :func:`uphill_barriers`.
+  """
+  te, _, high = _ts_ends(min_energies, ts_energies, ts_pairs)
+  return te - high
+
+
+def uphill_barriers(min_energies, ts_energies, ts_pairs) -> np.ndarray:
+  """``E_ts - min(E_min1, E_min2)``, one per TS joining two different minima, ``[T']``."""
+  te, low, _ = _ts_ends(min_energies, ts_energies, ts_pairs)
+  return te - low
 
 
 def _quantiles(a):
@@ -154,6 +174,7 @@ def landscape_metrics(min_energies, ts_energies, ts_pairs, *, temperature: float
   conn = np.isfinite(barrier)
   mono, steep = funnel_fractions(me, te, ts_pairs)
   down = downhill_barriers(me, te, ts_pairs)
+  up = uphill_barriers(me, te, ts_pairs)
   gap = me - me[gm]
   out = {
       'n_minima': int(me.size),
@@ -163,6 +184,7 @@ def landscape_metrics(min_energies, ts_energies, ts_pairs, *, temperature: float
       'min_loss_quantiles': _quantiles(me),
       'loss_gap_quantiles': _quantiles(gap[np.arange(me.size) != gm]),
       'downhill_barrier_quantiles': _quantiles(down),
+      'uphill_barrier_quantiles': _quantiles(up),
       'barrier_to_global_min_quantiles': _quantiles(
           (barrier - me)[conn & (np.arange(me.size) != gm)]),
       'frustration': frustration_index(me, te, ts_pairs, temperature),
@@ -171,6 +193,7 @@ def landscape_metrics(min_energies, ts_energies, ts_pairs, *, temperature: float
       'funnel_fraction_steepest': steep,
       'min_losses': me.tolist(),
       'downhill_barriers': down.tolist(),
+      'uphill_barriers': up.tolist(),
   }
   max_down = float(down.max()) if down.size else 0.0
   spread = float(me.max() - me.min())

@@ -15,13 +15,16 @@ References:
   Wales group GMIN/OPTIM and pele (Stevenson et al.): L-BFGS without a line search,
   with the step capped by ``max_step`` and halved while the energy rises by more than
   ``max_erise``.
-  Bitzek, Koskinen, Gähler, Moseler & Gumbsch, PRL 97, 170201 (2006): FIRE.
+  Bitzek, Koskinen, Gähler, Moseler & Gumbsch, PRL 97, 170201 (2006): FIRE (the
+  update rule is :func:`lossland.fire.fire_step`, shared with the trainer).
 """
 
 from typing import Any, Callable, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
+
+from lossland import fire as fire_lib
 
 Array = Any
 
@@ -181,14 +184,11 @@ def make_lbfgs(value_and_grad_fn: Callable[..., Any],
   return minimize_fn
 
 
-class FireState(NamedTuple):
+class _FireLoop(NamedTuple):
   x: Array
-  v: Array
   energy: Array
   grad: Array
-  dt: Array
-  alpha: Array
-  n_pos: Array
+  fire: fire_lib.FireState
   n_iter: Array
 
 
@@ -206,9 +206,11 @@ def make_fire(value_and_grad_fn: Callable[..., Any],
               f_alpha: float = 0.99) -> Callable[..., MinimizeResult]:
   """FIRE: fast inertial relaxation engine (Bitzek et al., PRL 97, 170201, 2006).
 
-  Unit masses, semi-implicit Euler. ``value_and_grad_fn`` may return any "gradient"
-  (the nudged-elastic-band driver passes minus the NEB force); the energy is only
-  reported, never used for decisions, so non-conservative forces are fine.
+  The update is :func:`lossland.fire.fire_step` (unit masses, semi-implicit Euler,
+  the position update capped at ``max_step``), iterated in one ``lax.while_loop``.
+  ``value_and_grad_fn`` may return any "gradient" (the nudged-elastic-band driver
+  passes minus the NEB force); the energy is only reported, never used for
+  decisions, so non-conservative forces are fine.
 
   Args:
     value_and_grad_fn: ``(x [D], *args) -> (energy [], gradient [D])``.
@@ -221,37 +223,22 @@ def make_fire(value_and_grad_fn: Callable[..., Any],
   Returns:
     ``minimize_fn(x0 [D], *args) -> MinimizeResult``; pure, jittable, vmappable.
   """
+  config = fire_lib.FireConfig(dt_max=dt_max, n_min=n_min, f_inc=f_inc, f_dec=f_dec,
+                               alpha_start=alpha_start, f_alpha=f_alpha,
+                               max_step=max_step)
 
   def minimize_fn(x0, *args):
     e0, g0 = value_and_grad_fn(x0, *args)
-    dtype = x0.dtype
-    state = FireState(x=x0, v=jnp.zeros_like(x0), energy=e0, grad=g0,
-                      dt=jnp.asarray(dt, dtype), alpha=jnp.asarray(alpha_start, dtype),
-                      n_pos=jnp.asarray(0), n_iter=jnp.asarray(0))
+    state = _FireLoop(x=x0, energy=e0, grad=g0, fire=fire_lib.fire_init(x0, dt, config),
+                      n_iter=jnp.asarray(0))
 
     def cond(s):
       return (rms(s.grad) > gtol) & (s.n_iter < max_iter)
 
     def body(s):
-      f = -s.grad
-      power = jnp.vdot(f, s.v)
-      f_hat = f / jnp.maximum(jnp.linalg.norm(f), 1e-300)
-      v_mix = (1 - s.alpha) * s.v + s.alpha * jnp.linalg.norm(s.v) * f_hat
-      up = power > 0
-      grow = up & (s.n_pos > n_min)
-      v = jnp.where(up, v_mix, jnp.zeros_like(s.v))
-      new_dt = jnp.where(grow, jnp.minimum(s.dt * f_inc, dt_max),
-                         jnp.where(up, s.dt, s.dt * f_dec))
-      alpha = jnp.where(grow, s.alpha * f_alpha, jnp.where(up, s.alpha, alpha_start))
-      n_pos = jnp.where(up, s.n_pos + 1, 0)
-      v = v + new_dt * f
-      dx = new_dt * v
-      norm = jnp.linalg.norm(dx)
-      dx = dx * jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-300))
-      x = s.x + dx
+      x, fs = fire_lib.fire_step(s.x, s.fire, s.grad, config)
       e, g = value_and_grad_fn(x, *args)
-      return FireState(x=x, v=v, energy=e, grad=g, dt=new_dt, alpha=alpha.astype(dtype),
-                       n_pos=n_pos, n_iter=s.n_iter + 1)
+      return _FireLoop(x=x, energy=e, grad=g, fire=fs, n_iter=s.n_iter + 1)
 
     s = lax.while_loop(cond, body, state)
     g_rms = rms(s.grad)

@@ -247,11 +247,3 @@ def hessian_eigenvalues_fn(energy_fn: Callable[[Array], Array]):
     return jnp.linalg.eigvalsh(hess(x))
 
   return eigs
-
-
-def count_index(eigenvalues, evcut: float, n_zero: int = 0) -> tuple:
-  """``(n_negative, n_zero_found)``: eigenvalues below ``-evcut`` and with modulus
-  below ``evcut``. Host-side helper for NumPy arrays."""
-  import numpy as np
-  ev = np.asarray(eigenvalues)
-  return int(np.sum(ev < -evcut)), int(np.sum(np.abs(ev) <= evcut))
