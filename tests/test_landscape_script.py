@@ -79,3 +79,38 @@ def test_corrupt_database_exits_2(tmp_path):
   assert p.returncode == 2 and 'not a readable lossland landscape database' in p.stderr
   assert len(p.stderr.strip().splitlines()) == 1
   assert not (tmp_path / 'o').exists()
+
+
+def test_study_width_is_the_brute_force_closest_count():
+  """nets.width_for_n's closed form, shifted for biases, equals a search over h."""
+  import numpy as np
+  from lossland.landscape.study import width_for_params
+  count = lambda d, h, depth, k: sum(a * b + b for a, b in zip(
+      (d,) + (h,) * depth, (h,) * depth + (k,)))
+  hs = np.arange(1, 1100)
+  for d in (1, 5, 8):
+    for depth in (1, 2, 3):
+      for k in (2, 3, 10):
+        counts = count(d, hs, depth, k)  # every layer's weights and biases
+        for n in (10, 54, 57, 59, 130, 401, 2000):
+          brute = int(hs[np.argmin(np.abs(counts - n))])  # first (smaller) on a tie
+          assert width_for_params(d, depth, k, n) == brute, (d, depth, k, n)
+  assert width_for_params(5, 1, 3, 57) == 6 and count(5, 6, 1, 3) == 57
+
+
+def test_study_digits_split_is_the_classes_taking_turns():
+  """data.interleave_classes gives the study's old split: a plain loop over classes."""
+  import numpy as np
+  from lossland import data
+  from lossland.landscape import study
+  cfg = study.StudyConfig(n_classes=3, d=5, n_data=30, n_test=40)
+  xtr, ytr, xte, yte = study.make_data(cfg)
+  _, labels = data.load_digits_raw()
+  per_class = [np.nonzero(labels == c)[0] for c in range(3)]
+  order = [i for k in range(min(map(len, per_class))) for c in range(3)
+           for i in [per_class[c][k]]]
+  np.testing.assert_array_equal(ytr, labels[order[:30]])
+  np.testing.assert_array_equal(yte, labels[order[30:70]])
+  assert xtr.shape == (30, 5) and xte.shape == (40, 5)
+  np.testing.assert_allclose(xtr.mean(0), 0, atol=1e-12)  # PCA fitted on train
+  np.testing.assert_allclose(np.cov(xtr.T), np.eye(5), atol=1e-10)  # whitened
