@@ -11,7 +11,7 @@ from scipy.integrate import solve_ivp
 
 from lossland.landscape import explorer as E
 from lossland.landscape import potentials
-from lossland.landscape.database import Database
+from lossland.landscape.database import Database, export_pathsample
 from lossland.landscape.transition import hvp_fn_from, lowest_eigenpair
 
 
@@ -69,7 +69,7 @@ def _descend(energy_fn, x0):
   return sol.y[:, -1]
 
 
-def test_muller_brown_matches_brute_force_grid():
+def test_muller_brown_matches_brute_force_grid(tmp_path):
   f = potentials.muller_brown()
   grid_min, grid_ts = _mb_grid_stationary_points(f)
   assert len(grid_min) == 3 and len(grid_ts) == 2  # the textbook numbers
@@ -102,6 +102,18 @@ def test_muller_brown_matches_brute_force_grid():
             for s in (1.0, -1.0)}
     assert ends == {t.min1, t.min2}
     assert t.energy > max(by_id[t.min1].energy, by_id[t.min2].energy)
+  # PATHSAMPLE: fvib = ln of the positive dense-Hessian eigenvalues (both for a
+  # minimum, the one positive for a TS), read back from min.data / ts.data.
+  export_pathsample(db, str(tmp_path))
+  rows = [line.split() for line in open(tmp_path / 'min.data')]
+  for m, row in zip(mins, rows):
+    ev = np.linalg.eigvalsh(np.asarray(hess(jnp.asarray(m.coords))))
+    assert float(row[1]) == pytest.approx(np.log(ev[0] * ev[1]), rel=1e-8)
+  rows = [line.split() for line in open(tmp_path / 'ts.data')]
+  for t, row in zip(tss, rows):
+    ev = np.linalg.eigvalsh(np.asarray(hess(jnp.asarray(t.coords))))
+    assert ev[0] < 0 < ev[1]
+    assert float(row[1]) == pytest.approx(np.log(ev[1]), rel=1e-8)
 
 
 def _round_min(x, mins):

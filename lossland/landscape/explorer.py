@@ -21,6 +21,7 @@ Example (float64 is enabled by the caller)::
   report = connect_database(db, ex, budget=20)
 """
 
+import bisect
 import dataclasses
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -67,6 +68,10 @@ class ExplorerConfig:
     hef_max_iter, n_lanczos, n_tangent, max_uphill: HEF settings.
     pushoff: displacement along ± the TS eigenvector before the quenches (retried
       once with ``4 * pushoff`` if the quenches fail or meet in one minimum).
+    quench_batch: the one batch size of the host drivers' quenches and Hessian
+      spectra (candidate minima, push-offs, TS candidates): every call is padded
+      to it, so each executable compiles once (>= 2 * n_climb keeps all push-offs
+      of an attempt in one call).
 
   The energy tolerance for the identity of stationary points is the database's
   (``Database(energy_tol=...)``): one tolerance, used by the drivers as well.
@@ -96,6 +101,7 @@ class ExplorerConfig:
   n_tangent: int = 10
   max_uphill: float = 0.1
   pushoff: float = 0.01
+  quench_batch: int = 8
 
 
 class Explorer(NamedTuple):
@@ -114,6 +120,10 @@ class Explorer(NamedTuple):
     hef: ``(x0s [B, D], v0s [B, D]) -> HEFResult`` batched.
     align_fn: host ``(a, b) -> b'`` symmetry alignment of b onto a (or identity).
     distance_fn: host ``(a, b) -> float`` symmetry-invariant distance.
+    distance_lower_bound: host ``(a, b) -> float`` with
+      ``distance_lower_bound(a, b) <= distance_fn(a, b)``, or None: a cheap
+      pre-screen that spares ``distance_fn`` (a Hungarian alignment for networks)
+      for pairs that cannot be the closest.
   """
   config: ExplorerConfig
   energy_fn: Callable
@@ -126,6 +136,19 @@ class Explorer(NamedTuple):
   hef: Callable
   align_fn: Callable
   distance_fn: Callable
+  distance_lower_bound: Optional[Callable] = None
+
+
+def norm_gap(a, b) -> float:
+  """``| |a| - |b| |``: a lower bound of ``|a - T b|`` for every orthogonal T.
+
+  Hidden-unit permutations and sign flips act on the flat parameter vector as
+  signed permutation matrices, so this bounds the symmetry-aligned network distance
+  (:func:`lossland.landscape.symmetry.network_distance_fn`) from below, whatever
+  copy the alignment picks: pass it to :func:`make_explorer` (and
+  :class:`~lossland.landscape.database.Database`) as ``distance_lower_bound``.
+  """
+  return abs(float(np.linalg.norm(a)) - float(np.linalg.norm(b)))
 
 
 def make_explorer(energy_fn: Callable[[Array], Array],
@@ -133,7 +156,8 @@ def make_explorer(energy_fn: Callable[[Array], Array],
                   perturb_fn: Optional[Callable] = None,
                   modes_fn: Optional[Callable] = None,
                   align_fn: Optional[Callable] = None,
-                  distance_fn: Optional[Callable] = None) -> Explorer:
+                  distance_fn: Optional[Callable] = None,
+                  distance_lower_bound: Optional[Callable] = None) -> Explorer:
   """Builds the engine for ``energy_fn``.
 
   Args:
@@ -145,6 +169,9 @@ def make_explorer(energy_fn: Callable[[Array], Array],
       ``a``; used to start DNEB between aligned end points. Default identity.
     distance_fn: host distance for pair selection; default Euclidean after
       ``align_fn``.
+    distance_lower_bound: optional host ``(a, b) -> float``, never above
+      ``distance_fn`` (e.g. :func:`norm_gap` for network symmetries); default
+      ``distance_fn.lower_bound`` if that attribute exists.
 
   Returns:
     An :class:`Explorer`.
@@ -183,7 +210,9 @@ def make_explorer(energy_fn: Callable[[Array], Array],
       bh_run=jax.jit(jax.vmap(run_fn, in_axes=(0, 0, None)), static_argnums=2),
       dneb=jax.jit(dneb),
       hef=jax.jit(jax.vmap(hef)),
-      align_fn=align_fn, distance_fn=distance_fn)
+      align_fn=align_fn, distance_fn=distance_fn,
+      distance_lower_bound=(distance_lower_bound if distance_lower_bound is not None
+                            else getattr(distance_fn, 'lower_bound', None)))
 
 
 # ----------------------------------------------------------------------------
@@ -198,7 +227,50 @@ def _pad(xs, size):
   return np.concatenate([xs, np.repeat(xs[-1:], size - n, axis=0)])
 
 
-def add_minima(db: Database, ex: Explorer, xs, *, batch: int = 32,
+def _quench(ex: Explorer, xs):
+  """``ex.quench`` on ``xs [n, D]`` in padded batches of ``quench_batch``: host
+  arrays ``(x, energy, grad_rms, converged)`` for the n rows."""
+  size = ex.config.quench_batch
+  out = []
+  for start in range(0, xs.shape[0], size):
+    chunk = xs[start:start + size]
+    res = jax.device_get(ex.quench(jnp.asarray(_pad(chunk, size))))
+    out.append([np.asarray(a)[:chunk.shape[0]] for a in
+                (res.x, res.energy, res.grad_rms, res.converged)])
+  return tuple(np.concatenate(a) for a in zip(*out))
+
+
+def _hessian_eigs(ex: Explorer, xs) -> np.ndarray:
+  """``ex.hessian_eigs`` on ``xs [n, D]`` in padded batches of ``quench_batch``."""
+  size = ex.config.quench_batch
+  return np.concatenate([
+      np.asarray(ex.hessian_eigs(jnp.asarray(_pad(xs[s:s + size], size))))[:len(xs[s:s + size])]
+      for s in range(0, xs.shape[0], size)])
+
+
+def _store_minima(db: Database, ex: Explorer, xq, eq, gq, conv, out: dict,
+                  metrics_fn=None) -> None:
+  """Index check (dense Hessian) and storage of quenched points; counts into ``out``."""
+  c = ex.config
+  eigs = _hessian_eigs(ex, xq)
+  for i in range(xq.shape[0]):
+    if not conv[i]:
+      out['n_unconverged'] += 1
+      out['ids'].append(-1)
+      continue
+    if np.sum(eigs[i] < -c.evcut) > 0:
+      out['n_not_minimum'] += 1
+      out['ids'].append(-1)
+      continue
+    metrics = metrics_fn(xq[i]) if metrics_fn is not None else None
+    rid, new = db.add_minimum(eq[i], xq[i], eigenvalues=eigs[i], grad_rms=gq[i],
+                              metrics=metrics, commit=False)
+    out['n_new'] += int(new)
+    out['ids'].append(rid)
+  db.commit()
+
+
+def add_minima(db: Database, ex: Explorer, xs, *, batch: Optional[int] = None,
                metrics_fn: Optional[Callable[[np.ndarray], dict]] = None,
                requench: bool = True) -> dict:
   """Re-quenches candidate minima to ``gtol``, checks their Hessian index and stores
@@ -213,7 +285,8 @@ def add_minima(db: Database, ex: Explorer, xs, *, batch: int = 32,
     db: database.
     ex: explorer.
     xs: ``[B, D]`` candidate coordinates (already near minima).
-    batch: fixed batch size of the jitted quench/Hessian calls.
+    batch: ignored (kept for callers of the old signature); the jitted calls use
+      the fixed ``ex.config.quench_batch``.
     metrics_fn: host ``x -> dict`` of per-minimum values (e.g. test accuracy).
     requench: whether to re-quench to ``gtol`` first.
 
@@ -221,38 +294,18 @@ def add_minima(db: Database, ex: Explorer, xs, *, batch: int = 32,
     Counts ``{'n_candidates', 'n_new', 'n_unconverged', 'n_not_minimum'}`` and
     ``'ids'`` (database id per candidate, -1 when rejected).
   """
+  del batch
   xs = check_coordinates(xs, 'xs')
   out = {'n_candidates': int(xs.shape[0]), 'n_new': 0, 'n_unconverged': 0,
          'n_not_minimum': 0, 'ids': []}
-  c = ex.config
-  for start in range(0, xs.shape[0], batch):
-    chunk = xs[start:start + batch]
-    n = chunk.shape[0]
-    xb = jnp.asarray(_pad(chunk, batch))
-    if requench:
-      res = jax.device_get(ex.quench(xb))
-      xq, eq, gq, conv = res.x, res.energy, res.grad_rms, res.converged
-    else:
-      xq = np.asarray(xb)
-      eq = np.asarray(jax.vmap(ex.energy_fn)(xb))
-      gq = np.zeros(batch)
-      conv = np.ones(batch, bool)
-    eigs = np.asarray(ex.hessian_eigs(jnp.asarray(xq)))
-    for i in range(n):
-      if not conv[i]:
-        out['n_unconverged'] += 1
-        out['ids'].append(-1)
-        continue
-      if np.sum(eigs[i] < -c.evcut) > 0:
-        out['n_not_minimum'] += 1
-        out['ids'].append(-1)
-        continue
-      metrics = metrics_fn(xq[i]) if metrics_fn is not None else None
-      rid, new = db.add_minimum(eq[i], xq[i], eigenvalues=eigs[i], grad_rms=gq[i],
-                                metrics=metrics, commit=False)
-      out['n_new'] += int(new)
-      out['ids'].append(rid)
-  db.commit()
+  if requench:
+    xq, eq, gq, conv = _quench(ex, xs)
+  else:
+    xq = np.asarray(xs)
+    eq = np.asarray(jax.vmap(ex.energy_fn)(jnp.asarray(xq)))
+    gq = np.zeros(xq.shape[0])
+    conv = np.ones(xq.shape[0], bool)
+  _store_minima(db, ex, xq, eq, gq, conv, out, metrics_fn)
   return out
 
 
@@ -277,6 +330,18 @@ def check_coordinates(xs, name: str = 'x0s') -> np.ndarray:
         f"{name}: call jax.config.update('jax_enable_x64', True) before creating "
         'arrays and pass float64 (the tolerances are below float32 resolution)')
   return np.asarray(xs)
+
+
+def _near_sorted(sorted_e: np.ndarray, e: np.ndarray, tol: float) -> np.ndarray:
+  """``[n]`` bool: whether each ``e`` lies within ``tol`` (strictly) of an entry of
+  the sorted array ``sorted_e`` (its two neighbours by ``searchsorted``)."""
+  e = np.asarray(e, np.float64)
+  if sorted_e.size == 0:
+    return np.zeros(e.shape, bool)
+  k = np.searchsorted(sorted_e, e)
+  lo = sorted_e[np.maximum(k - 1, 0)]
+  hi = sorted_e[np.minimum(k, sorted_e.size - 1)]
+  return (np.abs(e - lo) < tol) | (np.abs(hi - e) < tol)
 
 
 def calibrate_temperature(ex: Explorer, state, key, n_steps: int = 10,
@@ -371,28 +436,34 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
     else:
       temp = float(ex.config.temperature)
     state = state._replace(temperature=jnp.full_like(state.temperature, temp))
-    seen = []  # energies already offered to the database
+    seen = np.zeros(0)  # sorted energies already offered to the database
   else:
     check_coordinates(state.x, 'state.x')
     n_chains = state.x.shape[0]
     state = jax.tree_util.tree_map(jnp.asarray, state)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
     rec0 = None
-    seen = [float(e) for e in db.graph_arrays()[1]]
+    seen = np.sort(db.graph_arrays()[1])
 
   def offer(xq, eq, conv):
     # Sloppy quenches of one minimum agree in energy to far better than seen_tol, so
     # one representative per energy is re-quenched tightly; the database then
     # decides identity with the tight energies (and distances).
+    nonlocal seen
     xq, eq, conv = np.asarray(xq), np.asarray(eq), np.asarray(conv)
-    reps = []
-    for i in np.nonzero(conv)[0]:
+    cand = np.nonzero(conv)[0]
+    cand = cand[~_near_sorted(seen, eq[cand], seen_tol)]
+    reps, fresh = [], []  # in index order, as a sequential scan would pick them
+    for i in cand:
       e = float(eq[i])
-      if any(abs(e - s) < seen_tol for s in seen):
+      k = bisect.bisect_left(fresh, e)
+      if (k > 0 and e - fresh[k - 1] < seen_tol) or (k < len(fresh) and
+                                                      fresh[k] - e < seen_tol):
         continue
-      seen.append(e)
+      fresh.insert(k, e)
       reps.append(i)
     if reps:
+      seen = np.sort(np.concatenate([seen, fresh]))
       add_minima(db, ex, xq[reps], metrics_fn=metrics_fn)
 
   if rec0 is not None:
@@ -469,9 +540,10 @@ def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None
   """
   c = ex.config
   hres = jax.device_get(ex.hef(jnp.asarray(x0s), jnp.asarray(v0s)))
-  eigs = np.asarray(ex.hessian_eigs(jnp.asarray(hres.x)))
-  found = []
-  for i in range(hres.x.shape[0]):
+  xs, vs = np.asarray(hres.x), np.asarray(hres.eigenvector)
+  eigs = _hessian_eigs(ex, xs)
+  good = []
+  for i in range(xs.shape[0]):
     if not hres.converged[i]:
       _count(stats, 'hef_unconverged')
       continue
@@ -480,34 +552,47 @@ def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None
     if n_neg != 1 or n_zero > c.n_zero_modes:
       _count(stats, 'wrong_index')
       continue
-    x, v = hres.x[i], hres.eigenvector[i]
+    good.append(i)
+  # The first push-off of every candidate in one fixed-size quench call (a candidate
+  # that turns out to duplicate an accepted one is quenched for nothing).
+  first = (_quench(ex, np.concatenate([[xs[i] + c.pushoff * vs[i], xs[i] - c.pushoff * vs[i]]
+                                        for i in good]))
+           if good else None)
+
+  def pushed_minima(k, i, push):
+    """Database ids of the minima both sides of candidate i reach, or a reason."""
+    if push == c.pushoff:
+      xq, eq, gq, conv = (a[2 * k:2 * k + 2] for a in first)
+    else:
+      xq, eq, gq, conv = _quench(ex, np.stack([xs[i] + push * vs[i], xs[i] - push * vs[i]]))
+    if not np.all(conv) or not np.all(eq < hres.energy[i]):
+      return 'pushoff_failed'
+    out = {'n_new': 0, 'n_unconverged': 0, 'n_not_minimum': 0, 'ids': []}
+    _store_minima(db, ex, xq, eq, gq, conv, out, metrics_fn)
+    got = out['ids']
+    if min(got) < 0:
+      return 'pushoff_failed'
+    if got[0] == got[1]:
+      return 'same_minimum'
+    return got
+
+  found = []
+  for k, i in enumerate(good):
+    x, v = xs[i], vs[i]
     if any(abs(hres.energy[i] - f['energy']) < db.energy_tol and
            ex.distance_fn(x, f['x']) < 1e-3 for f in found):
       _count(stats, 'duplicate')
       continue
-    ids = None
     for push in (c.pushoff, 4 * c.pushoff):
-      pushed = np.stack([x + push * v, x - push * v])
-      qres = jax.device_get(ex.quench(jnp.asarray(pushed)))
-      if not np.all(qres.converged) or not np.all(qres.energy < hres.energy[i]):
-        reason = 'pushoff_failed'
-        continue
-      got = add_minima(db, ex, qres.x, metrics_fn=metrics_fn, requench=False,
-                       batch=2)['ids']
-      if min(got) < 0:
-        reason = 'pushoff_failed'
-        continue
-      if got[0] == got[1]:
-        reason = 'same_minimum'
-        continue
-      ids = got
-      break
-    if ids is None:
-      _count(stats, reason)
+      ids = pushed_minima(k, i, push)
+      if not isinstance(ids, str):
+        break
+    if isinstance(ids, str):
+      _count(stats, ids)
       continue
     ts_id, new = db.add_transition_state(hres.energy[i], x, ids[0], ids[1],
                                          eigenvalue=eigs[i][0], eigenvector=v,
-                                         grad_rms=hres.grad_rms[i])
+                                         grad_rms=hres.grad_rms[i], eigenvalues=eigs[i])
     _count(stats, 'accepted')
     found.append({'ts_id': ts_id, 'min1': ids[0], 'min2': ids[1], 'x': x,
                   'energy': float(hres.energy[i]), 'eigenvalue': float(eigs[i][0]),
@@ -556,17 +641,46 @@ def local_connect(db: Database, ex: Explorer, id_a: int, id_b: int, *,
   return found
 
 
+class _Graph:
+  """The database's minima graph, kept up to date incrementally.
+
+  A union-find over minima (edges = TS) that only reads the minima and TS added
+  since the last :meth:`update`, instead of re-reading the whole database (SQL +
+  a new union-find) twice per connect attempt.
+  """
+
+  def __init__(self, db: Database):
+    self.db = db
+    self.uf = UnionFind(0)
+    self.pos = {}  # db id -> union-find index
+    self.order = []  # (energy, db id), sorted: the order of db.graph_arrays()
+    self.joined = set()  # (min, max) db-id pairs joined by a TS
+    self.last_min = self.last_ts = 0
+    self.update()
+
+  def update(self) -> None:
+    for rid, energy in self.db.minima_after(self.last_min):
+      self.pos[rid] = len(self.uf)
+      self.uf.add()
+      bisect.insort(self.order, (energy, rid))
+      self.last_min = rid
+    for rid, a, b in self.db.ts_pairs_after(self.last_ts):
+      self.uf.union(self.pos[a], self.pos[b])
+      self.joined.add((min(a, b), max(a, b)))
+      self.last_ts = rid
+
+  def components(self) -> list:
+    """Lists of db ids, each in energy order, the global minimum's first."""
+    groups = {}
+    for _, rid in self.order:
+      groups.setdefault(self.uf.find(self.pos[rid]), []).append(rid)
+    return list(groups.values())
+
+
 def components(db: Database) -> list:
   """Connected components of the minima graph (edges = TS), as lists of db ids,
   the global minimum's component first."""
-  ids, energies, _, pairs = db.graph_arrays()
-  uf = UnionFind(len(ids))
-  for a, b in pairs:
-    uf.union(int(a), int(b))
-  groups = {}
-  for k in range(len(ids)):  # ids are in energy order: k = 0 is the global minimum
-    groups.setdefault(uf.find(k), []).append(int(ids[k]))
-  return list(groups.values())
+  return _Graph(db).components()
 
 
 def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None,
@@ -588,6 +702,11 @@ def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None
   does to find lower alternative paths: minimax barriers from a spanning tree of
   TS are upper bounds.
 
+  The graph is updated incrementally (:class:`_Graph`); distances are cached, and
+  with ``ex.distance_lower_bound`` the pairs are visited by increasing lower bound
+  and ``distance_fn`` is skipped for every pair whose bound is not below the best
+  distance so far (the same closest pair, fewer alignments).
+
   Args:
     db: database with at least one minimum.
     ex: explorer.
@@ -601,55 +720,71 @@ def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None
     ``{'n_attempts', 'n_refine_attempts', 'n_ts_found', 'connected', 'n_components',
     'unconnected_minima' (db ids outside the global minimum's component),
     'n_new_minima' (found by push-off or band quenches), 'candidates' (counts of
-    accepted TS candidates and of rejection reasons), 'seconds'}``.
+    accepted TS candidates and of rejection reasons), 'n_distances' (calls of
+    ``distance_fn`` for pair selection), 'seconds'}``.
   """
   t0 = time.time()
   tried = {tuple(sorted(a[:2])) for a in db.attempts()}
-  dist_cache = {}
+  dist_cache, coords, bounds = {}, {}, {}
   n_attempts, n_ts = 0, 0
   n_min0 = db.n_minima()
   stats = {}
   n_refine = 0
+  graph = _Graph(db)
+  lower = ex.distance_lower_bound
+
+  def x_of(i):
+    if i not in coords:
+      coords[i] = db.get_minimum(i).coords
+    return coords[i]
+
+  def distance(key):
+    if key not in dist_cache:
+      dist_cache[key] = ex.distance_fn(x_of(key[0]), x_of(key[1]))
+    return dist_cache[key]
+
+  def closest(pairs):
+    """(distance, a, b) of the closest untried pair (first one on ties), or None."""
+    cands = [(k, a, b) for k, a, b in (((min(a, b), max(a, b)), a, b) for a, b in pairs)
+             if k not in tried]
+    if lower is not None:  # distances only where the bound cannot rule a pair out
+      known = [dist_cache[k] for k, _, _ in cands if k in dist_cache]
+      cut = min(known, default=np.inf)
+      for k, _, _ in cands:
+        if k not in bounds:
+          bounds[k] = lower(x_of(k[0]), x_of(k[1]))
+      for k in sorted((k for k, _, _ in cands if k not in dist_cache), key=bounds.get):
+        if bounds[k] >= cut:
+          break
+        cut = min(cut, distance(k))
+      cands = [c for c in cands if c[0] in dist_cache]
+    best = None
+    for k, a, b in cands:
+      if best is None or distance(k) < best[0]:
+        best = (distance(k), a, b)
+    return best
+
   while n_attempts < budget:
-    comps = components(db)
-    coords = {}
-
-    def closest(pairs):
-      best = None
-      for a, b in pairs:
-        key = (min(a, b), max(a, b))
-        if key in tried:
-          continue
-        if key not in dist_cache:
-          for i in key:
-            if i not in coords:
-              coords[i] = db.get_minimum(i).coords
-          dist_cache[key] = ex.distance_fn(coords[a], coords[b])
-        if best is None or dist_cache[key] < best[0]:
-          best = (dist_cache[key], a, b)
-      return best
-
+    comps = graph.components()
+    best = None
     if len(comps) > 1:
       main = comps[0]
       rest = [i for comp in comps[1:] for i in comp]
       best = closest((a, b) for a in main for b in rest)
       refining = False
-    else:
-      best = None
     if best is None:
       if not refine:
         break
       ids = [i for comp in comps for i in comp]
-      joined = {(min(a, b), max(a, b)) for a, b in
-                ((t.min1, t.min2) for t in db.transition_states())}
       best = closest((a, b) for k, a in enumerate(ids) for b in ids[k + 1:]
-                     if (min(a, b), max(a, b)) not in joined)
+                     if (min(a, b), max(a, b)) not in graph.joined)
       refining = True
       if best is None:
         break
     _, a, b = best
     tried.add((min(a, b), max(a, b)))
     found = local_connect(db, ex, a, b, metrics_fn=metrics_fn, stats=stats)
+    graph.update()
     n_attempts += 1
     n_refine += int(refining)
     n_ts += sum(f['new'] for f in found)
@@ -657,11 +792,12 @@ def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None
       progress(f'connect attempt {n_attempts}/{budget}{" (refine)" if refining else ""}: '
                f'{a}-{b}, {len(found)} TS; '
                f'{db.n_minima()} minima, {db.n_transition_states()} TS, '
-               f'{len(components(db))} components, {time.time() - t0:.1f}s')
-  comps = components(db)
+               f'{len(graph.components())} components, {time.time() - t0:.1f}s')
+  comps = graph.components()
   return {'n_attempts': n_attempts, 'n_refine_attempts': n_refine, 'n_ts_found': n_ts,
           'connected': len(comps) <= 1,
           'n_components': len(comps),
           'unconnected_minima': [i for comp in comps[1:] for i in comp],
           'n_new_minima': db.n_minima() - n_min0, 'candidates': stats,
+          'n_distances': len(dist_cache),
           'seconds': time.time() - t0}
