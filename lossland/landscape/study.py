@@ -23,54 +23,49 @@ from lossland.landscape.explorer import (ExplorerConfig, basin_hopping, connect_
                                          make_explorer)
 
 
+def _option(default, help: str, choices: tuple = ()):
+  """A :class:`StudyConfig` field; its ``help`` (and ``choices``) document it and
+  are the flag of the same name of ``python -m lossland.scripts.landscape``."""
+  return dataclasses.field(default=default, metadata={'help': help, 'choices': choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """One landscape run.
-
-  Attributes:
-    dataset: ``'digits'`` (scikit-learn digits, PCA-whitened) or ``'synthetic'``
-      (Gaussian blobs).
-    n_classes: number of classes (digits 0 .. n_classes-1).
-    d: input dimension (number of PCA components for digits).
-    n_data: training points P (the rest of the chosen classes is the test set).
-    n_test: test points (0: all remaining, capped at 500).
-    depth: hidden layers.
-    width: hidden units per layer (0: chosen so N is closest to ``n_params``).
-    n_params: target parameter count when ``width == 0``.
-    lam: L2 coefficient λ.
-    bh_chains, bh_steps: basin-hopping chains and steps per chain.
-    bh_temperature, bh_step: Metropolis temperature and initial step.
-    connect_budget: maximum DNEB/HEF connect attempts.
-    connect_refine: once connected, spend the rest of the budget on alternative
-      paths between minima not yet joined by a TS (PATHSAMPLE-style refinement).
-    gtol: RMS-gradient tolerance of stationary points.
-    frustration_temperature: T of the frustration index.
-    n_levels: disconnectivity levels.
-    seed: PRNG seed (data for 'synthetic', starting points, basin-hopping).
+  """One landscape run. Each field is documented by its ``help`` (field metadata),
+  which is also the help of the script's flag of the same name (:func:`flag_spec`).
   """
-  dataset: str = 'digits'
-  n_classes: int = 3
-  d: int = 5
-  n_data: int = 60
-  n_test: int = 0
-  depth: int = 1
-  width: int = 0
-  n_params: int = 57
-  lam: float = 1e-3
-  bh_chains: int = 8
-  bh_steps: int = 40
-  bh_temperature: float = 1e-3
-  bh_step: float = 1.0
-  connect_budget: int = 30
-  connect_refine: bool = True
-  gtol: float = 1e-8
-  frustration_temperature: float = 0.01
-  n_levels: int = 25
-  seed: int = 0
+  dataset: str = _option('digits', "'digits' (scikit-learn digits, PCA-whitened "
+                         "on the training points) or 'synthetic' (Gaussian blobs)",
+                         ('digits', 'synthetic'))
+  n_classes: int = _option(3, 'number of classes (digits 0 .. n_classes-1)')
+  d: int = _option(5, 'input dimension (PCA components for digits)')
+  n_data: int = _option(60, 'training points P (the rest of the classes: test set)')
+  n_test: int = _option(0, 'test points (0: all remaining, at most 500)')
+  depth: int = _option(1, 'hidden layers')
+  width: int = _option(0, 'hidden units per layer (0: parameter count closest to '
+                       'n_params)')
+  n_params: int = _option(57, 'target parameter count (weights and biases) when '
+                          'width=0')
+  lam: float = _option(1e-3, 'L2 coefficient lambda on every parameter')
+  bh_chains: int = _option(8, 'basin-hopping chains (vmapped)')
+  bh_steps: int = _option(30, 'basin-hopping steps per chain')
+  bh_temperature: float = _option(1e-3, 'Metropolis temperature (loss units)')
+  bh_step: float = _option(1.0, 'initial basin-hopping step (adapted)')
+  connect_budget: int = _option(20, 'maximum DNEB/HEF connect attempts')
+  connect_refine: bool = _option(True, 'once connected, spend the rest of the budget '
+                                 'on alternative paths between minima not yet joined '
+                                 'by a TS (PATHSAMPLE-style)')
+  gtol: float = _option(1e-8, 'RMS-gradient tolerance of stationary points')
+  frustration_temperature: float = _option(0.01, 'T of the frustration index')
+  n_levels: int = _option(25, 'disconnectivity levels')
+  seed: int = _option(0, "PRNG seed (data for 'synthetic', starting points, "
+                      'basin-hopping)')
 
   def validate(self):
-    if self.dataset not in ('digits', 'synthetic'):
-      raise ValueError(f"dataset must be 'digits' or 'synthetic', got {self.dataset!r}")
+    for f in dataclasses.fields(self):
+      choices = f.metadata['choices']
+      if choices and getattr(self, f.name) not in choices:
+        raise ValueError(f'{f.name} must be one of {choices}, got {getattr(self, f.name)!r}')
     checks = [('n_classes', self.n_classes >= 2), ('d', self.d >= 1),
               ('n_data', self.n_data >= self.n_classes), ('depth', self.depth >= 1),
               ('width', self.width >= 0), ('n_params', self.n_params >= 1),
@@ -85,6 +80,16 @@ class StudyConfig:
         raise ValueError(f'invalid {name}={getattr(self, name)!r}')
     if self.dataset == 'digits' and self.n_classes > 10:
       raise ValueError('digits has 10 classes')
+
+
+def flag_spec() -> tuple:
+  """The options of :class:`StudyConfig` for ``lossland.scripts._cli.define_flags``:
+  one :class:`lossland.job.Option` per field (name, type, default, help, choices)."""
+  from lossland.job import Option
+  kinds = {int: 'int', float: 'float', bool: 'bool', str: 'str'}
+  return tuple(Option(f.name, 'enum' if f.metadata['choices'] else kinds[f.type],
+                      f.default, f.metadata['help'], f.metadata['choices'])
+               for f in dataclasses.fields(StudyConfig))
 
 
 def width_for_params(d: int, depth: int, n_out: int, n_params: int) -> int:

@@ -21,40 +21,13 @@ import sys
 
 from absl import flags
 
+from lossland.landscape import study
 from lossland.scripts import _cli
 
-_DATASET = flags.DEFINE_enum('dataset', 'digits', ['digits', 'synthetic'], 'data set')
-_N_CLASSES = flags.DEFINE_integer('n_classes', 3, 'number of classes')
-_D = flags.DEFINE_integer('d', 5, 'input dimension (PCA components for digits)')
-_N_DATA = flags.DEFINE_integer('n_data', 60, 'training points P')
-_DEPTH = flags.DEFINE_integer('depth', 1, 'hidden layers')
-_WIDTH = flags.DEFINE_integer('width', 0, 'hidden width (0: match --n_params)')
-_N_PARAMS = flags.DEFINE_integer('n_params', 57, 'target parameter count when width=0')
-_LAM = flags.DEFINE_float('lam', 1e-3, 'L2 coefficient lambda')
-_BH_CHAINS = flags.DEFINE_integer('bh_chains', 8, 'basin-hopping chains (vmapped)')
-_BH_STEPS = flags.DEFINE_integer('bh_steps', 30, 'basin-hopping steps per chain')
-_BH_T = flags.DEFINE_float('bh_temperature', 1e-3, 'Metropolis temperature')
-_BH_STEP = flags.DEFINE_float('bh_step', 1.0, 'initial basin-hopping step')
-_BUDGET = flags.DEFINE_integer('connect_budget', 20, 'DNEB/HEF connect attempts')
-_REFINE = flags.DEFINE_boolean('connect_refine', True,
-                               'once connected, use the rest of the budget on '
-                               'alternative paths (PATHSAMPLE-style)')
-_GTOL = flags.DEFINE_float('gtol', 1e-8, 'RMS-gradient tolerance of stationary points')
-_FT = flags.DEFINE_float('frustration_temperature', 0.01, 'T of the frustration index')
-_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed')
+_SPEC = study.flag_spec()
+_cli.define_flags(_SPEC, __name__)  # one flag per StudyConfig field
 _OUT = flags.DEFINE_string('out_dir', 'runs', 'root of run directories')
 _FROM_DB = flags.DEFINE_string('from_db', None, 're-analyse this database instead')
-
-
-def _config():
-  from lossland.landscape.study import StudyConfig
-  return StudyConfig(dataset=_DATASET.value, n_classes=_N_CLASSES.value, d=_D.value,
-                     n_data=_N_DATA.value, depth=_DEPTH.value, width=_WIDTH.value,
-                     n_params=_N_PARAMS.value, lam=_LAM.value, bh_chains=_BH_CHAINS.value,
-                     bh_steps=_BH_STEPS.value, bh_temperature=_BH_T.value,
-                     bh_step=_BH_STEP.value, connect_budget=_BUDGET.value,
-                     connect_refine=_REFINE.value,
-                     gtol=_GTOL.value, frustration_temperature=_FT.value, seed=_SEED.value)
 
 
 def _reanalyse(path, cfg, out_dir):
@@ -96,7 +69,7 @@ def _check_out_dir(out_dir):
 def main(argv):
   if len(argv) > 1:
     raise _cli.UsageError(f'unexpected arguments: {argv[1:]}')
-  cfg = _config()
+  cfg = study.StudyConfig(**_cli.flag_values(_SPEC))
   cfg.validate()
   _check_out_dir(_OUT.value)
   if _FROM_DB.value is not None and not os.path.isfile(_FROM_DB.value):
@@ -115,13 +88,8 @@ def main(argv):
   import jax
   jax.config.update('jax_enable_x64', True)
   from lossland import io
-  from lossland.landscape.study import run_study
 
-  flag_values = {f: getattr(flags.FLAGS, f) for f in
-                 ('dataset', 'n_classes', 'd', 'n_data', 'depth', 'width', 'n_params',
-                  'lam', 'bh_chains', 'bh_steps', 'bh_temperature', 'bh_step',
-                  'connect_budget', 'connect_refine', 'gtol', 'frustration_temperature',
-                  'seed', 'out_dir', 'from_db')}
+  flag_values = {**_cli.flag_values(_SPEC), 'out_dir': _OUT.value, 'from_db': _FROM_DB.value}
   with io.new_run(_OUT.value, 'landscape', flag_values,
                   study_config=dataclasses.asdict(cfg)) as run:
     def progress(line):
@@ -131,7 +99,7 @@ def main(argv):
     if _FROM_DB.value is not None:
       summary = _reanalyse(_FROM_DB.value, cfg, run.path)
     else:
-      summary = run_study(cfg, run.path, progress=progress)
+      summary = study.run_study(cfg, run.path, progress=progress)
     from lossland.landscape.database import Database
     db = Database(os.path.join(run.path, 'landscape.sqlite'), create=False)
     _, me, te, tp = db.graph_arrays()
