@@ -93,5 +93,37 @@ def test_muller_brown_example_runs(tmp_path):
 
 def test_public_exports():
   for name in ('disconnectivity', 'metrics', 'build_tree', 'plot_disconnectivity',
-               'landscape_metrics', 'basin_hopping', 'calibrate_temperature'):
+               'landscape_metrics', 'basin_hopping', 'calibrate_temperature', 'report',
+               'symmetry'):
     assert hasattr(ls, name), name
+
+
+def test_report_figure_and_summary_of_a_hand_made_database(tmp_path):
+  """Three minima joined by two TS: the summary is landscape_metrics of the stored
+  energies with the per-minimum values, and the figure is written."""
+  db = Database(':memory:')
+  for e, acc in ((0.0, 0.9), (1.0, 0.8), (0.5, None)):
+    i, _ = db.add_minimum(e, np.full(2, e))
+    if acc is not None:
+      db.update_metrics(i, {'test_accuracy': acc})
+  db.add_transition_state(2.0, np.ones(2), 1, 2)
+  db.add_transition_state(1.5, 2 * np.ones(2), 1, 3)
+  graph = ls.report.read_graph(db)
+  energy = {1: 0.0, 2: 1.0, 3: 0.5}
+  acc = {1: 0.9, 2: 0.8, 3: np.nan}
+  np.testing.assert_array_equal(graph.min_energies, [energy[i] for i in graph.ids])
+  assert set(graph.per_minimum) == {'test_accuracy'}  # nobody has train_accuracy
+  np.testing.assert_array_equal(graph.per_minimum['test_accuracy'], [acc[i] for i in graph.ids])
+  summary = ls.report.figure_and_summary(graph, str(tmp_path), 'hand-made', temperature=0.3)
+  pos = {int(i): k for k, i in enumerate(graph.ids)}
+  ref = ls.landscape_metrics([energy[i] for i in graph.ids], [2.0, 1.5],
+                             [[pos[1], pos[2]], [pos[1], pos[3]]], temperature=0.3,
+                             per_minimum={'test_accuracy': [acc[i] for i in graph.ids]})
+  assert summary.pop('tree_dropped_minima') == 0
+  for k in ('n_minima', 'n_ts', 'n_connected_to_global_min', 'global_min_loss',
+            'frustration', 'funnel_fraction', 'test_accuracy_quantiles',
+            'test_accuracy_at_global_min', 'barrier_to_global_min_quantiles'):
+    assert summary[k] == ref[k], k
+  assert summary['n_connected_to_global_min'] == 3 and summary['global_min_loss'] == 0.0
+  assert summary['test_accuracy_at_global_min'] == 0.9
+  assert (tmp_path / 'disconnectivity.png').stat().st_size > 5000

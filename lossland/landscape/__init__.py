@@ -9,10 +9,13 @@ Modules:
   transition      DNEB, Lanczos lowest eigenpair, hybrid eigenvector-following.
   explorer        jitted+vmapped engine and the host drivers (BH → db, connect loop).
   database        SQLite minima/TS store, de-duplication, PATHSAMPLE export.
-  symmetry        hidden-unit permutation / sign-flip alignment and distance.
+  symmetry        hidden-unit permutation / sign-flip alignment and distance on
+                  nets' params pytrees (and their flat ravel_pytree vectors).
   disconnectivity tree construction, layout and matplotlib figure.
   metrics         counts, loss and barrier distributions, frustration, funnel.
-  potentials      Lennard-Jones, Müller–Brown, tanh-network loss.
+  report          the disconnectivity figure + summary of a database (study, scripts).
+  potentials      Lennard-Jones, Müller–Brown, the network loss (nets.make_net +
+                  softmax cross-entropy + λ|w|²).
 
 A user-defined energy: see examples/muller_brown.py and docs/landscape.md
 ("Your own energy"). Graph from a database::
@@ -23,7 +26,7 @@ A user-defined energy: see examples/muller_brown.py and docs/landscape.md
   landscape.landscape_metrics(e_min, e_ts, pairs, temperature=T)
 """
 
-from lossland.landscape import disconnectivity, metrics, potentials
+from lossland.landscape import disconnectivity, metrics, potentials, report, symmetry
 from lossland.landscape.database import (Database, DatabaseError, export_pathsample,
                                          import_pathsample)
 from lossland.landscape.disconnectivity import (build_tree, plot_disconnectivity,
