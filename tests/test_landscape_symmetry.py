@@ -138,3 +138,15 @@ def test_alignment_of_a_relu_net_without_biases():
   flat_sym = symmetry.to_flat(p_sym, cfg)
   assert np.linalg.norm(flat - flat_sym) > 0.1
   assert symmetry.network_distance_fn(cfg)(flat, flat_sym) < 1e-12
+
+
+def test_flat_symmetry_functions_keep_the_input_dtype():
+  sizes = (3, 4, 2)
+  w = np.random.default_rng(0).standard_normal(3 * 4 + 4 + 4 * 2 + 2)
+  perm, sign = [np.array([2, 0, 3, 1])], [np.array([1., -1., -1., 1.])]
+  w32 = w.astype(np.float32)
+  s32 = symmetry.apply_symmetry(w32, sizes, perm, sign)
+  assert s32.dtype == np.float32
+  np.testing.assert_array_equal(s32, symmetry.apply_symmetry(w, sizes, perm, sign).astype(np.float32))
+  assert symmetry.align_network(w32, s32, sizes).dtype == np.float32
+  np.testing.assert_array_equal(symmetry.align_network(w32, s32, sizes), w32)

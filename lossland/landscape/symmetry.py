@@ -74,9 +74,8 @@ def _odd(net, odd: Optional[bool]) -> bool:
   return _config(net).activation == 'tanh' if odd is None else bool(odd)
 
 
-def _as_numpy(params, copy=False) -> list:
-  conv = np.array if copy else np.asarray
-  return [{k: conv(v, np.float64) for k, v in layer.items()} for layer in params]
+def _as_numpy(params) -> list:
+  return [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in params]
 
 
 def _permute_layer(params: list, l: int, perm: np.ndarray, signs: np.ndarray) -> list:
@@ -154,9 +153,11 @@ def apply_symmetry(w: np.ndarray, net, perms: Sequence[np.ndarray],
     perms, signs: as in :func:`permute_params`.
 
   Returns:
-    ``[N]`` parameters of the same function (for odd activations when signs ≠ 1).
+    ``[N]`` parameters of the same function (for odd activations when signs ≠ 1),
+    in the dtype of ``w`` (computed in float64).
   """
-  return to_flat(permute_params(to_params(w, net), perms, signs), net)
+  out = to_flat(permute_params(to_params(w, net), perms, signs), net)
+  return out.astype(np.asarray(w).dtype, copy=False)
 
 
 def align_network(a: np.ndarray, b: np.ndarray, net, odd: Optional[bool] = None
@@ -169,9 +170,11 @@ def align_network(a: np.ndarray, b: np.ndarray, net, odd: Optional[bool] = None
     odd: whether the activation is odd (allows sign flips); default: tanh.
 
   Returns:
-    ``[N]`` parameters computing the same function as ``b``.
+    ``[N]`` parameters computing the same function as ``b``, in the dtype of ``b``
+    (computed in float64).
   """
-  return to_flat(align_params(to_params(a, net), to_params(b, net), _odd(net, odd)), net)
+  out = to_flat(align_params(to_params(a, net), to_params(b, net), _odd(net, odd)), net)
+  return out.astype(np.asarray(b).dtype, copy=False)
 
 
 def network_distance_fn(net, odd: Optional[bool] = None):
