@@ -29,6 +29,11 @@ filled, fan_in rows at a time, with the rows of independent Haar orthogonal
 matrices (QR of a Gaussian block, signs fixed by diag(R)), so every neuron's
 incoming weight vector has norm exactly 1 and no gain corrects for
 fan_out > fan_in.
+
+Users' own architectures come in as flax modules: :func:`from_flax` wraps a
+linen module or an nnx constructor in a ``FlaxNet`` config that
+:func:`make_net`, :func:`n_params`, :func:`unravel_fn` and the trainer take
+wherever a :class:`NetConfig` goes (:mod:`lossland.flax_nets`).
 """
 import dataclasses
 import math
@@ -126,7 +131,12 @@ def n_weights(d: int, width: int, depth: int, n_out: int = 1) -> int:
 
 
 def n_params(cfg: NetConfig) -> int:
-  """All trainable parameters of ``cfg`` (weights plus biases if any)."""
+  """All trainable parameters of ``cfg`` (weights plus biases if any).
+
+  ``cfg`` may also be a ``FlaxNet`` of :func:`from_flax`: its N.
+  """
+  if not isinstance(cfg, NetConfig):
+    return _flax_config(cfg).n_params
   n = n_weights(cfg.d, cfg.width, cfg.depth, cfg.n_out)
   if cfg.bias:
     n += cfg.width * cfg.depth + cfg.n_out
@@ -198,17 +208,48 @@ def authors_net(d: int, width: int, depth: int, n_out: int = 1) -> NetConfig:
                    normalize_activation=False)
 
 
+def _flax_config(cfg):
+  """``cfg`` if it is a FlaxNet (importing flax only then), else TypeError."""
+  from lossland import flax_nets  # flax only when used
+  if not isinstance(cfg, flax_nets.FlaxNet):
+    raise TypeError(f"expected a NetConfig or a FlaxNet (nets.from_flax), got "
+                    f"{type(cfg).__name__}")
+  return cfg
+
+
+def from_flax(module, example_input, *, alpha: float = 1.0):
+  """A flax module (linen, or an nnx constructor) as a network config.
+
+  See :func:`lossland.flax_nets.from_flax`. The returned ``FlaxNet`` goes
+  wherever a :class:`NetConfig` goes: ``make_net(net)`` gives its
+  ``(init_fn, apply_fn)`` (flat inputs [..., d], d = prod(in_shape)),
+  ``n_params(net)`` its N, and ``train.train_ensemble`` trains it.
+
+  Args:
+    module: an unbound ``flax.linen.Module`` or a constructor
+      ``rngs -> flax.nnx.Module``.
+    example_input: an array of shape [B, *in_shape] (only its shape is used).
+    alpha: output scale (1906.08034).
+  """
+  from lossland import flax_nets  # flax only when used
+  return flax_nets.from_flax(module, example_input, alpha=alpha)
+
+
 def make_net(cfg: NetConfig, dtype=None) -> tuple:
   """Returns ``(init_fn, apply_fn)`` for the network described by ``cfg``.
 
   Args:
-    cfg: the architecture.
+    cfg: the architecture: a :class:`NetConfig`, or a ``FlaxNet`` of
+      :func:`from_flax`.
     dtype: parameter dtype; default is jax's default float (float64 under x64).
 
   Returns:
     init_fn(key) -> params, and apply_fn(params, x) with x of shape [..., d]
     returning [..., n_out], or [...] when ``cfg.n_out == 1``.
   """
+  if not isinstance(cfg, NetConfig):
+    from lossland import flax_nets  # flax only when used
+    return flax_nets.make_net(_flax_config(cfg), dtype)
   sizes = cfg.layer_sizes
   phi = _ACTIVATIONS[cfg.activation]
   act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
