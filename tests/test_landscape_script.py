@@ -37,6 +37,17 @@ def test_tiny_run_writes_everything(tmp_path):
   (run2,) = os.listdir(tmp_path / 'r2' / 'landscape')
   s2 = json.load(open(tmp_path / 'r2' / 'landscape' / run2 / 'summary.json'))
   assert s2['n_minima'] == s['n_minima'] and s2['n_ts'] == s['n_ts']
+  for k in ('global_min_loss', 'frustration', 'funnel_fraction', 'test_accuracy_quantiles',
+            'train_accuracy_quantiles', 'tree_dropped_minima'):
+    assert s2[k] == s[k], k  # one figure + summary helper for the study and --from_db
+  # The grid of graphs reads the run directory.
+  g = subprocess.run([sys.executable, '-m', 'lossland.scripts.landscape_grid', '--out',
+                      str(tmp_path / 'grid.png'), str(d)], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120)
+  assert g.returncode == 0, g.stderr[-2000:]
+  (cell,) = json.load(open(tmp_path / 'grid.json'))
+  assert cell['n_minima'] == s['n_minima'] and cell['depth'] == 1 and cell['n_data'] == 20
+  assert (tmp_path / 'grid.png').stat().st_size > 5000
 
 
 @pytest.mark.parametrize('args,msg', [
