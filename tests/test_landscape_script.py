@@ -52,6 +52,7 @@ def test_tiny_run_writes_everything(tmp_path):
 
 @pytest.mark.parametrize('args,msg', [
     (['--depth', '0'], 'invalid depth'),
+    (['--n_data', '600'], 'leaves no test points'),
     (['--no_such_flag', '1'], 'Unknown command line flag'),
     (['--lam', 'abc'], 'lam'),
     (['--from_db', '/nonexistent/x.sqlite'], 'no such file'),

@@ -108,6 +108,9 @@ def make_data(cfg: StudyConfig, dtype=None) -> tuple:
   float64 (``'synthetic'``: drawn in ``dtype``, default jax's default float),
   labels int.
 
+  Raises:
+    lossland.data.DataError: too few points for the split or the PCA.
+
   Digits: classes 0..K-1 take turns (:func:`lossland.data.interleave_classes`,
   balanced part only), so the first P points are balanced; fixed order, no RNG.
   The whitening PCA is fitted on the training points.
@@ -117,12 +120,13 @@ def make_data(cfg: StudyConfig, dtype=None) -> tuple:
     order, n_balanced = data_lib.interleave_classes(labels, range(cfg.n_classes))
     order = order[:n_balanced]
     if cfg.n_data >= order.size:
-      raise ValueError(f'n_data={cfg.n_data} leaves no test points '
+      raise data_lib.DataError(f'n_data={cfg.n_data} leaves no test points '
                        f'({order.size} digits of {cfg.n_classes} classes)')
     tr, te = order[:cfg.n_data], order[cfg.n_data:]
     te = te[:cfg.n_test or 500]
     if cfg.d > min(cfg.n_data - 1, 64):
-      raise ValueError(f'd={cfg.d} PCA components need more than {cfg.n_data} points')
+      raise data_lib.DataError(f'd={cfg.d} PCA components need more than {cfg.n_data} '
+                               'points')
     mean, comp, scale = data_lib.pca_whiten(images[tr], cfg.d)
     xtr = data_lib.apply_pca(images[tr], mean, comp, scale)
     xte = data_lib.apply_pca(images[te], mean, comp, scale)
@@ -156,7 +160,8 @@ ENERGY_TOL = 1e-8  # identity of stationary points (the database's, used by the 
 
 
 def run_study(cfg: StudyConfig, out_dir: str,
-              progress: Optional[Callable[[str], None]] = None) -> dict:
+              progress: Optional[Callable[[str], None]] = None,
+              data: Optional[tuple] = None) -> dict:
   """Runs one landscape study and writes ``landscape.sqlite``, ``disconnectivity.png``
   and ``pathsample/`` into ``out_dir`` (which must exist).
 
@@ -165,6 +170,13 @@ def run_study(cfg: StudyConfig, out_dir: str,
   The flat coordinates stored in the database (and ``points.min``/``points.ts``)
   are ``ravel_pytree`` of ``nets`` params (per layer b then w); the database's meta
   ``net_config`` holds the ``NetConfig``.
+
+  Args:
+    cfg: the study.
+    out_dir: an existing directory.
+    progress: called with one line of text per stage.
+    data: ``make_data(cfg)`` if the caller has it already (the script loads it
+      before creating the run directory, so that bad sizes write nothing).
 
   Returns:
     The summary dict (also the content of ``summary.json``, written by the caller).
@@ -176,7 +188,7 @@ def run_study(cfg: StudyConfig, out_dir: str,
                      f'{dtype} resolution): enable jax_enable_x64')
   t0 = time.time()
   say = progress or (lambda s: None)
-  xtr, ytr, xte, yte = make_data(cfg)
+  xtr, ytr, xte, yte = data if data is not None else make_data(cfg)
   width = cfg.width or width_for_params(cfg.d, cfg.depth, cfg.n_classes, cfg.n_params)
   sizes = (cfg.d,) + (width,) * cfg.depth + (cfg.n_classes,)
   net = potentials.make_network_loss(jnp.asarray(xtr, dtype), jnp.asarray(ytr), sizes,

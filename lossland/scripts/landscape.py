@@ -82,12 +82,13 @@ def main(argv):
     except DatabaseError as e:
       raise _cli.UsageError(str(e)) from None
 
-  print(f'landscape: depth={cfg.depth} n_data={cfg.n_data} bh {cfg.bh_chains}x'
-        f'{cfg.bh_steps} steps, connect budget {cfg.connect_budget}; loading data '
-        'and compiling (about a minute the first time)...', file=sys.stderr, flush=True)
   import jax
   jax.config.update('jax_enable_x64', True)
   from lossland import io
+  data = study.make_data(cfg) if _FROM_DB.value is None else None  # bad sizes: exit 2
+  print(f'landscape: depth={cfg.depth} n_data={cfg.n_data} bh {cfg.bh_chains}x'
+        f'{cfg.bh_steps} steps, connect budget {cfg.connect_budget}; compiling '
+        '(about a minute the first time)...', file=sys.stderr, flush=True)
 
   flag_values = {**_cli.flag_values(_SPEC), 'out_dir': _OUT.value, 'from_db': _FROM_DB.value}
   with io.new_run(_OUT.value, 'landscape', flag_values,
@@ -99,7 +100,7 @@ def main(argv):
     if _FROM_DB.value is not None:
       summary = _reanalyse(_FROM_DB.value, cfg, run.path)
     else:
-      summary = study.run_study(cfg, run.path, progress=progress)
+      summary = study.run_study(cfg, run.path, progress=progress, data=data)
     from lossland.landscape.database import Database
     db = Database(os.path.join(run.path, 'landscape.sqlite'), create=False)
     _, me, te, tp = db.graph_arrays()
