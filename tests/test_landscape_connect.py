@@ -42,6 +42,15 @@ def test_network_connect_loop_connects_all_minima():
   dist = symmetry.network_distance_fn(sizes)
   ex = E.make_explorer(net.loss_fn, ex_cfg, distance_fn=dist,
                        align_fn=lambda a, b: symmetry.align_network(a, b, sizes))
+  shapes = set()  # every host-side quench / spectrum call: one batch shape
+
+  def record(fn):
+    def wrapped(xs):
+      shapes.add((fn.__name__ if hasattr(fn, '__name__') else 'f', xs.shape))
+      return fn(xs)
+    return wrapped
+
+  ex = ex._replace(quench=record(ex.quench), hessian_eigs=record(ex.hessian_eigs))
   db = Database(':memory:', energy_tol=study.ENERGY_TOL, distance_fn=dist,
                 distance_tol=1e-3)
   x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(
@@ -61,6 +70,7 @@ def test_network_connect_loop_connects_all_minima():
   more = E.connect_database(db, ex, budget=3, refine=True)
   assert more['n_attempts'] == more['n_refine_attempts'] == 3 and more['connected']
   assert db.n_transition_states() > n_ts
+  assert {shape for _, shape in shapes} == {(ex_cfg.quench_batch, net.n_params)}
   mins = {m.id: m for m in db.minima()}
   tss = db.transition_states()
   hess = jax.jit(jax.vmap(jax.hessian(net.loss_fn)))
@@ -85,3 +95,61 @@ def test_network_connect_loop_connects_all_minima():
       assert d[i] < 1e-3
       ends.add(i)
     assert ends == {t.min1, t.min2}
+
+
+def test_new_energies_equals_linear_scan():
+  """searchsorted de-duplication picks what the old O(n s) scan picked."""
+  rng = np.random.default_rng(0)
+  tol = 1e-6
+  seen_list = list(np.round(rng.uniform(0, 1e-4, 40), 7))  # many near-ties at tol
+  seen = np.sort(np.asarray(seen_list))
+  for _ in range(5):
+    e = np.concatenate([rng.uniform(0, 1e-4, 60), rng.choice(seen_list, 20) + 5e-7])
+    conv = rng.uniform(size=e.size) < 0.8
+    reps_ref = []
+    for i in np.nonzero(conv)[0]:  # the old scan
+      if any(abs(e[i] - s) < tol for s in seen_list):
+        continue
+      seen_list.append(float(e[i]))
+      reps_ref.append(int(i))
+    reps, seen = E.new_energies(seen, e, conv, tol)
+    assert reps == reps_ref and reps
+    np.testing.assert_array_equal(seen, np.sort(seen_list))
+
+
+def test_norm_gap_bounds_network_distance_and_incremental_graph():
+  sizes = (3, 4, 4, 2)
+  dist = symmetry.network_distance_fn(sizes)
+  rng = np.random.default_rng(1)
+  n = 3 * 4 + 4 + 4 * 4 + 4 + 4 * 2 + 2
+  for _ in range(20):
+    a, b = rng.standard_normal(n), rng.standard_normal(n) * rng.uniform(0.5, 2)
+    assert E.norm_gap(a, b) <= dist(a, b) + 1e-12
+  # The incremental graph equals the components rebuilt from scratch (plain BFS).
+  db = Database(':memory:')
+  graph = E._Graph(db)
+  for step in range(6):
+    for _ in range(5):
+      db.add_minimum(rng.uniform(), rng.standard_normal(2))
+    ids = [m.id for m in db.minima()]
+    for _ in range(3):
+      a, b = rng.choice(ids, 2, replace=False)
+      db.add_transition_state(2.0 + rng.uniform(), rng.standard_normal(2), int(a), int(b))
+    graph.update()
+    nbrs = {i: set() for i in ids}
+    for t in db.transition_states():
+      nbrs[t.min1].add(t.min2)
+      nbrs[t.min2].add(t.min1)
+    comps, done = [], set()
+    for i in ids:  # energy order
+      if i in done:
+        continue
+      comp, todo = [], [i]
+      done.add(i)
+      while todo:
+        j = todo.pop()
+        comp.append(j)
+        todo.extend(k for k in nbrs[j] if k not in done)
+        done.update(nbrs[j])
+      comps.append(sorted(comp, key=ids.index))
+    assert graph.components() == comps == E.components(db)

@@ -208,3 +208,30 @@ def test_schema1_database_export_fails_clearly_or_recomputes(tmp_path):
   with Database(str(path), create=False) as db2:
     np.testing.assert_array_equal(db2.transition_states()[0].eigenvalues, [-4.0, 3.0])
     assert db2.get_meta('schema_version') == 2
+
+
+def test_lower_bound_prescreen_gives_same_identities_with_fewer_alignments():
+  from lossland.landscape.database import norm_gap
+  sizes = (3, 4, 2)
+  rng = np.random.default_rng(5)
+  n = 3 * 4 + 4 + 4 * 2 + 2
+  dist = symmetry.network_distance_fn(sizes)
+  calls = []
+
+  def counted(a, b):
+    calls.append(1)
+    return dist(a, b)
+
+  w = rng.standard_normal(n)
+  points = [w, symmetry.apply_symmetry(w, sizes, [np.array([1, 0, 3, 2])],
+                                       [np.array([-1., 1., 1., -1.])])]
+  points += [rng.standard_normal(n) * s for s in (0.5, 1.0, 2.0)]
+  results = {}
+  for lb in (None, norm_gap):
+    calls.clear()
+    db = Database(':memory:', energy_tol=1.0, distance_fn=counted, distance_tol=1e-6,
+                  distance_lower_bound=lb)
+    results[lb] = ([db.add_minimum(0.5, p) for p in points], len(calls))
+  assert results[None][0] == results[norm_gap][0]
+  assert [new for _, new in results[None][0]] == [True, False, True, True, True]
+  assert results[norm_gap][1] < results[None][1]

@@ -79,6 +79,19 @@ def _to_blob(a) -> Optional[bytes]:
   return np.ascontiguousarray(np.asarray(a, dtype='<f8')).tobytes()
 
 
+def norm_gap(a, b) -> float:
+  """``| |a| - |b| |``: a lower bound of ``|a - T b|`` for every orthogonal T.
+
+  Hidden-unit permutations and sign flips act on a network's flat parameter vector
+  as signed permutation matrices, so this bounds the symmetry-aligned distance
+  (:func:`lossland.landscape.symmetry.network_distance_fn`) from below, whatever
+  copy the alignment picks. Pass it as ``distance_lower_bound`` to
+  :class:`Database` and :func:`lossland.landscape.explorer.make_explorer` (or set it
+  as the distance function's ``lower_bound`` attribute, which both pick up).
+  """
+  return abs(float(np.linalg.norm(a)) - float(np.linalg.norm(b)))
+
+
 def _opt_float(v) -> Optional[float]:
   return None if v is None else float(v)
 
@@ -99,6 +112,10 @@ class Database:
     distance_fn: optional ``(coords_a, coords_b) -> float`` distance; when given, a
       candidate is the same point only if the distance is below ``distance_tol``.
     distance_tol: see ``distance_fn``.
+    distance_lower_bound: optional cheap ``(a, b) -> float`` never above
+      ``distance_fn`` (e.g. :func:`norm_gap` for network symmetries); a candidate
+      whose bound is at least ``distance_tol`` is told apart without calling
+      ``distance_fn``. Default: ``distance_fn.lower_bound`` if that exists.
     create: create the file when it does not exist. With ``create=False`` a missing
       file raises :class:`DatabaseError`.
 
@@ -109,11 +126,15 @@ class Database:
 
   def __init__(self, path: str, energy_tol: float = 1e-7,
                distance_fn: Optional[Callable[[np.ndarray, np.ndarray], float]] = None,
-               distance_tol: float = 1e-3, create: bool = True):
+               distance_tol: float = 1e-3, create: bool = True,
+               distance_lower_bound: Optional[Callable[[np.ndarray, np.ndarray], float]]
+               = None):
     self.path = path
     self.energy_tol = float(energy_tol)
     self.distance_fn = distance_fn
     self.distance_tol = float(distance_tol)
+    self.distance_lower_bound = (distance_lower_bound if distance_lower_bound is not None
+                                 else getattr(distance_fn, 'lower_bound', None))
     self._version = SCHEMA_VERSION
     exists = path == ':memory:' or os.path.exists(path)
     if not exists and not create:
@@ -175,7 +196,11 @@ class Database:
     for rid, blob in rows:
       if self.distance_fn is None:
         return rid
-      if self.distance_fn(coords, _from_blob(blob)) < self.distance_tol:
+      other = _from_blob(blob)
+      if (self.distance_lower_bound is not None and
+          self.distance_lower_bound(coords, other) >= self.distance_tol):
+        continue  # told apart without the (costly) symmetry alignment
+      if self.distance_fn(coords, other) < self.distance_tol:
         return rid
     return None
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from lossland.landscape import basinhopping as bh_lib
 from lossland.landscape import potentials
-from lossland.landscape.database import Database
+from lossland.landscape.database import Database, norm_gap  # noqa: F401 (re-export)
 from lossland.landscape.disconnectivity import UnionFind
 from lossland.landscape.minimize import make_fire, make_lbfgs
 from lossland.landscape.transition import (hessian_eigenvalues_fn, make_dneb, make_hef)
@@ -137,18 +137,6 @@ class Explorer(NamedTuple):
   align_fn: Callable
   distance_fn: Callable
   distance_lower_bound: Optional[Callable] = None
-
-
-def norm_gap(a, b) -> float:
-  """``| |a| - |b| |``: a lower bound of ``|a - T b|`` for every orthogonal T.
-
-  Hidden-unit permutations and sign flips act on the flat parameter vector as
-  signed permutation matrices, so this bounds the symmetry-aligned network distance
-  (:func:`lossland.landscape.symmetry.network_distance_fn`) from below, whatever
-  copy the alignment picks: pass it to :func:`make_explorer` (and
-  :class:`~lossland.landscape.database.Database`) as ``distance_lower_bound``.
-  """
-  return abs(float(np.linalg.norm(a)) - float(np.linalg.norm(b)))
 
 
 def make_explorer(energy_fn: Callable[[Array], Array],
@@ -270,7 +258,7 @@ def _store_minima(db: Database, ex: Explorer, xq, eq, gq, conv, out: dict,
   db.commit()
 
 
-def add_minima(db: Database, ex: Explorer, xs, *, batch: Optional[int] = None,
+def add_minima(db: Database, ex: Explorer, xs, *,
                metrics_fn: Optional[Callable[[np.ndarray], dict]] = None,
                requench: bool = True) -> dict:
   """Re-quenches candidate minima to ``gtol``, checks their Hessian index and stores
@@ -284,9 +272,8 @@ def add_minima(db: Database, ex: Explorer, xs, *, batch: Optional[int] = None,
   Args:
     db: database.
     ex: explorer.
-    xs: ``[B, D]`` candidate coordinates (already near minima).
-    batch: ignored (kept for callers of the old signature); the jitted calls use
-      the fixed ``ex.config.quench_batch``.
+    xs: ``[B, D]`` candidate coordinates (already near minima); the jitted calls
+      run in padded batches of ``ex.config.quench_batch``.
     metrics_fn: host ``x -> dict`` of per-minimum values (e.g. test accuracy).
     requench: whether to re-quench to ``gtol`` first.
 
@@ -294,7 +281,6 @@ def add_minima(db: Database, ex: Explorer, xs, *, batch: Optional[int] = None,
     Counts ``{'n_candidates', 'n_new', 'n_unconverged', 'n_not_minimum'}`` and
     ``'ids'`` (database id per candidate, -1 when rejected).
   """
-  del batch
   xs = check_coordinates(xs, 'xs')
   out = {'n_candidates': int(xs.shape[0]), 'n_new': 0, 'n_unconverged': 0,
          'n_not_minimum': 0, 'ids': []}
@@ -342,6 +328,38 @@ def _near_sorted(sorted_e: np.ndarray, e: np.ndarray, tol: float) -> np.ndarray:
   lo = sorted_e[np.maximum(k - 1, 0)]
   hi = sorted_e[np.minimum(k, sorted_e.size - 1)]
   return (np.abs(e - lo) < tol) | (np.abs(hi - e) < tol)
+
+
+def new_energies(seen: np.ndarray, energies, converged, tol: float) -> tuple:
+  """Energies not yet seen: the first converged entry of every new energy.
+
+  The same choice as a scan in index order that skips an energy within ``tol``
+  (strictly) of any seen or already chosen one, at O((n + s) log s) cost instead
+  of O(n s): ``searchsorted`` against the sorted ``seen``, then ``bisect`` among
+  the new ones.
+
+  Args:
+    seen: sorted ``[s]`` energies already offered.
+    energies: ``[n]`` candidate energies; converged: ``[n]`` bool.
+    tol: energy tolerance.
+
+  Returns:
+    ``(indices of the chosen candidates (list, index order), sorted seen + chosen)``.
+  """
+  eq, conv = np.asarray(energies, np.float64), np.asarray(converged, bool)
+  cand = np.nonzero(conv)[0]
+  cand = cand[~_near_sorted(seen, eq[cand], tol)]
+  reps, fresh = [], []
+  for i in cand:
+    e = float(eq[i])
+    k = bisect.bisect_left(fresh, e)
+    if (k > 0 and e - fresh[k - 1] < tol) or (k < len(fresh) and fresh[k] - e < tol):
+      continue
+    fresh.insert(k, e)
+    reps.append(int(i))
+  if reps:
+    seen = np.sort(np.concatenate([seen, fresh]))
+  return reps, seen
 
 
 def calibrate_temperature(ex: Explorer, state, key, n_steps: int = 10,
@@ -450,20 +468,9 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
     # one representative per energy is re-quenched tightly; the database then
     # decides identity with the tight energies (and distances).
     nonlocal seen
-    xq, eq, conv = np.asarray(xq), np.asarray(eq), np.asarray(conv)
-    cand = np.nonzero(conv)[0]
-    cand = cand[~_near_sorted(seen, eq[cand], seen_tol)]
-    reps, fresh = [], []  # in index order, as a sequential scan would pick them
-    for i in cand:
-      e = float(eq[i])
-      k = bisect.bisect_left(fresh, e)
-      if (k > 0 and e - fresh[k - 1] < seen_tol) or (k < len(fresh) and
-                                                      fresh[k] - e < seen_tol):
-        continue
-      fresh.insert(k, e)
-      reps.append(i)
+    xq = np.asarray(xq)
+    reps, seen = new_energies(seen, eq, conv, seen_tol)
     if reps:
-      seen = np.sort(np.concatenate([seen, fresh]))
       add_minima(db, ex, xq[reps], metrics_fn=metrics_fn)
 
   if rec0 is not None:

@@ -3,6 +3,8 @@ loss, and time to the Lennard-Jones 13 global minimum by basin-hopping.
 
   python -m lossland.scripts.bench landscape --out_dir DIR     (dispatcher)
   python -m lossland.scripts.bench_landscape DIR [--quick]      (direct)
+  python -m lossland.scripts.bench_landscape DIR --connect      (connect loop, timed)
+  python -m lossland.scripts.bench_landscape --host_loops       (host bookkeeping)
 
 If a pele interpreter is named explicitly by the environment variable
 ``LOSSLAND_PELE_PYTHON`` (e.g. ``/work/peer_venvs/pele/bin/python``; never a default
@@ -269,6 +271,127 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   return summary
 
 
+def connect_benchmark(out_dir: str, depth: int = 2, n_data: int = 30, budget: int = 20,
+                      n_chains: int = 8, n_steps: int = 30) -> dict:
+  """The connect loop on a network loss, timed (issue 11: host loops).
+
+  Digits, 3 classes, 5 PCA components, N≈57 tanh net, λ = 1e-3 (the study's
+  settings, seed 0): basin-hopping (``n_chains`` × ``n_steps``), then
+  :func:`~lossland.landscape.explorer.connect_database` with ``refine=True`` and
+  ``budget`` attempts. Reports wall and CPU seconds of the connect phase (CPU:
+  ``time.process_time``, all threads, less sensitive to other jobs on the machine),
+  the counts, the number of alignments for pair selection, and the minima/TS
+  energies and pairs (to check that results do not change). Writes
+  ``out_dir/connect.json``.
+  """
+  import jax
+  jax.config.update('jax_enable_x64', True)
+  import jax.numpy as jnp
+  from lossland.landscape import explorer as E
+  from lossland.landscape import potentials, study, symmetry
+  from lossland.landscape.database import Database, norm_gap
+  os.makedirs(out_dir, exist_ok=True)
+  cfg = study.StudyConfig(depth=depth, n_data=n_data, n_params=57, lam=1e-3, seed=0)
+  xtr, ytr, _, _ = study.make_data(cfg)
+  width = study.width_for_params(cfg.d, depth, cfg.n_classes, cfg.n_params)
+  sizes = (cfg.d,) + (width,) * depth + (cfg.n_classes,)
+  net = potentials.make_network_loss(jnp.asarray(xtr), jnp.asarray(ytr), sizes, cfg.lam)
+  dist = symmetry.network_distance_fn(sizes, odd=True)
+  ex = E.make_explorer(net.loss_fn, study.explorer_config(cfg, net.n_params),
+                       distance_fn=dist, distance_lower_bound=norm_gap,
+                       align_fn=lambda a, b: symmetry.align_network(a, b, sizes, odd=True))
+  db = Database(':memory:', energy_tol=study.ENERGY_TOL, distance_fn=dist,
+                distance_tol=1e-3, distance_lower_bound=norm_gap)
+  x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(
+      jax.random.split(jax.random.key(0), n_chains))
+  t = time.time()
+  E.basin_hopping(db, ex, jax.random.key(1), x0, n_steps=n_steps)
+  bh_s = time.time() - t
+  n_bh = db.n_minima()
+  t, c = time.time(), time.process_time()
+  rep = E.connect_database(db, ex, budget=budget, refine=True)
+  wall, cpu = time.time() - t, time.process_time() - c
+  _, me, te, tp = db.graph_arrays()
+  out = {'layer_sizes': list(sizes), 'basin_hopping_seconds': bh_s,
+         'n_minima_basin_hopping': n_bh, 'connect_seconds': wall,
+         'connect_cpu_seconds': cpu, 'n_attempts': rep['n_attempts'],
+         'n_minima': int(me.size), 'n_ts': int(te.size), 'connected': rep['connected'],
+         'candidates': rep['candidates'], 'n_distances': rep['n_distances'],
+         'min_energies': me.tolist(), 'ts_energies': te.tolist(),
+         'ts_pairs': tp.tolist(), 'attempts': [list(a) for a in db.attempts()]}
+  with open(os.path.join(out_dir, 'connect.json'), 'w') as f:
+    json.dump(out, f, indent=1)
+  print(f"connect loop: {out['n_attempts']} attempts, {out['n_minima']} minima, "
+        f"{out['n_ts']} TS, {wall:.1f} s wall, {cpu:.1f} s CPU")
+  return out
+
+
+def host_loops_benchmark(n_minima: int = 3000, n_quench: int = 30000,
+                         n_attempts: int = 50) -> dict:
+  """The connect loop's host bookkeeping on a synthetic database, old way vs new.
+
+  * basin-hopping de-duplication of ``n_quench`` quench energies (``n_minima``
+    distinct values): the linear scan over seen energies against
+    :func:`~lossland.landscape.explorer.new_energies` (sorted + ``searchsorted``);
+  * ``n_attempts`` attempts that each add one minimum and one TS: rebuilding the
+    components from the database twice per attempt (the old loop) against the
+    incremental union-find graph. No JAX involved.
+  """
+  from lossland.landscape import explorer as E
+  from lossland.landscape.database import Database
+  rng = np.random.default_rng(0)
+  levels = rng.uniform(0, 1, n_minima)
+  energies = rng.choice(levels, n_quench) + rng.uniform(-1e-9, 1e-9, n_quench)
+  tol = 1e-6
+  t = time.process_time()
+  seen, reps_old = [], []
+  for i, e in enumerate(energies):
+    if any(abs(e - s) < tol for s in seen):
+      continue
+    seen.append(float(e))
+    reps_old.append(i)
+  scan_s = time.process_time() - t
+  t = time.process_time()
+  reps_new = []
+  seen_new = np.zeros(0)
+  for start in range(0, n_quench, 80):  # one basin-hopping chunk: 8 chains x 10 steps
+    reps, seen_new = E.new_energies(seen_new, energies[start:start + 80],
+                                    np.ones(80, bool), tol)
+    reps_new += [start + r for r in reps]
+  sorted_s = time.process_time() - t
+  assert reps_new == reps_old
+
+  db = Database(':memory:')
+  ids = [db.add_minimum(e, np.zeros(2), commit=False)[0] for e in levels[:n_minima]]
+  for k in range(1, n_minima):
+    if k % 3:
+      db.add_transition_state(2.0 + k, np.zeros(2), ids[k - 1], ids[k], commit=False)
+  db.commit()
+  t = time.process_time()
+  for k in range(n_attempts):
+    E.components(db)
+    E.components(db)
+  rebuild_s = time.process_time() - t
+  graph = E._Graph(db)
+  t = time.process_time()
+  for k in range(n_attempts):
+    graph.update()
+    graph.components()
+  incremental_s = time.process_time() - t
+  out = {'n_minima': n_minima, 'n_quench': n_quench, 'n_attempts': n_attempts,
+         'dedup_linear_scan_cpu_s': scan_s, 'dedup_searchsorted_cpu_s': sorted_s,
+         'components_rebuild_twice_cpu_s': rebuild_s,
+         'components_incremental_cpu_s': incremental_s}
+  print(json.dumps(out))
+  return out
+
+
 if __name__ == '__main__':
   args = [a for a in sys.argv[1:] if not a.startswith('--')]
-  run_benchmark(args[0] if args else 'runs/bench_landscape', quick='--quick' in sys.argv)
+  out = args[0] if args else 'runs/bench_landscape'
+  if '--connect' in sys.argv:
+    connect_benchmark(out)
+  elif '--host_loops' in sys.argv:
+    host_loops_benchmark()
+  else:
+    run_benchmark(out, quick='--quick' in sys.argv)
