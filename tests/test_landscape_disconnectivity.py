@@ -133,3 +133,26 @@ def test_funnel_steepest_differs_from_monotonic():
   mono, steep = metrics.funnel_fractions(me, te, tp)
   assert mono == 0.75  # gm, '2', '5'
   assert steep == 0.5  # gm, '2'
+
+
+def test_minimax_barriers_equal_bottleneck_search_on_random_graphs():
+  """Kruskal sweep against a plain bottleneck search: the lowest highest TS over
+  paths to the global minimum, by repeated relaxation (Bellman-Ford style)."""
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    n = int(rng.integers(2, 12))
+    me = rng.uniform(0, 1, n)
+    t = int(rng.integers(0, 2 * n))
+    tp = rng.integers(0, n, (t, 2))
+    te = rng.uniform(1, 2, t)
+    gm = int(np.argmin(me))
+    best = np.full(n, np.inf)
+    best[gm] = me[gm]
+    for _ in range(n + 1):
+      for e, (a, b) in zip(te, tp):
+        if a == b:
+          continue
+        best[a] = min(best[a], max(best[b], e)) if np.isfinite(best[b]) else best[a]
+        best[b] = min(best[b], max(best[a], e)) if np.isfinite(best[a]) else best[b]
+    best[gm] = me[gm]
+    np.testing.assert_array_equal(metrics.minimax_barriers(me, te, tp), best)

@@ -21,12 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-
-def _uf_find(p, i):
-  while p[i] != i:
-    p[i] = p[p[i]]
-    i = p[i]
-  return i
+from lossland.landscape.disconnectivity import UnionFind
 
 
 def minimax_barriers(min_energies, ts_energies, ts_pairs) -> np.ndarray:
@@ -42,19 +37,19 @@ def minimax_barriers(min_energies, ts_energies, ts_pairs) -> np.ndarray:
   gm = int(np.argmin(me))
   out = np.full(me.size, np.inf)
   out[gm] = me[gm]
-  parent = list(range(me.size))
+  uf = UnionFind(me.size)
   members = {i: [i] for i in range(me.size)}
   for t in np.argsort(te, kind='stable'):
-    a, b = (_uf_find(parent, int(x)) for x in tp[t])
+    a, b = (uf.find(int(x)) for x in tp[t])
     if a == b:
       continue
-    g = _uf_find(parent, gm)
+    g = uf.find(gm)
     if a == g or b == g:
-      other = b if a == g else a
-      for i in members[other]:
+      for i in members[b if a == g else a]:
         out[i] = te[t]
-    parent[b] = a
-    members[a].extend(members.pop(b))
+    uf.union(a, b)
+    root = uf.find(a)
+    members[root] = members.pop(a) + members.pop(b)
   return out
 
 
