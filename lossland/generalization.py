@@ -12,15 +12,24 @@ measures per N:
   (Frobenius, <.> over members, (K - 1) normalization), expected ~ N^-1/4;
 * ``ntk_drift`` |Theta_T - Theta_0| / |Theta_0| averaged over members,
   expected ~ N^-1/2 (lazy regime);
-* ``frac_sat``: fraction of members that reached N_Delta = 0,
+* ``frac_sat``: fraction of members that reached N_Delta = 0;
+* ``output_norm`` <|f|^2>: mean over members and test points of f^2, the
+  quantity that 1901.01608 finds diverging as (N - N*)^-1 just above N*;
+* whether the members that did not reach N_Delta = 0 stopped at a minimum:
+  ``max_grad_norm`` (largest |grad L| over those members, 0 if every member
+  is sat) and ``mean_n_delta_over_n`` (their mean N_Delta / N),
 
 both NTKs on the first ``n_ntk`` test points. ``n_star`` is where ``frac_sat``
 crosses 1/2 (linear interpolation in log N), and the infinite-width asymptote
 ``kernel_test_error`` is the test error of the hinge gradient flow with the
 infinite-width NTK (:func:`lossland.ntk.kernel_hinge_flow`, from f = 0, i.e.
-the limit of training f(w) - f(w0)). Power laws above N* are fitted with
-:func:`lossland.fits.log_log_slope` (bootstrap CIs).
+the limit of training f(w) - f(w0)). For a standard-parametrized net (the
+authors' network, which has no infinite-width NTK) the kernel is that of its
+NTK-parametrized twin, the same function at initialization. Power laws above
+N* are fitted with :func:`lossland.fits.log_log_slope` (bootstrap CIs), and
+:func:`cusp` measures the peak of the single-net test error around N*.
 """
+import dataclasses
 import math
 
 import jax
@@ -30,13 +39,15 @@ import numpy as np
 from lossland import experiment
 from lossland import fits
 from lossland import io
+from lossland import losses
 from lossland import nets
 from lossland import ntk
 from lossland import train
 
 PER_N_KEYS = ("N", "width", "mean_test_error", "sem_test_error",
               "ensemble_test_error", "output_variance", "ntk_fluctuation",
-              "ntk_drift", "frac_sat", "early_stop_test_error")
+              "ntk_drift", "frac_sat", "early_stop_test_error",
+              "output_norm", "max_grad_norm", "mean_n_delta_over_n")
 
 
 def run_width_sweep(cells, out_dir, **kw) -> list:
@@ -69,8 +80,12 @@ def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
   with np.errstate(invalid="ignore", divide="ignore"):
     drift_k = fro(th_t - th0) / fro(th0)
   stop = np.asarray(arrays["stop_code"])
+  unsat = stop != train.SAT
+  n_w = nets.n_weights(ens.net.d, ens.net.width, ens.net.depth)
+  gnorm = grad_norms(ens)
+  nd = np.asarray(arrays["final_n_delta"], np.float64) if "final_n_delta" in arrays else None
   return {
-      "N": nets.n_weights(ens.net.d, ens.net.width, ens.net.depth),
+      "N": n_w,
       "width": ens.net.width,
       "mean_test_error": float(errs.mean()),
       "sem_test_error": float(errs.std(ddof=1) / math.sqrt(K)) if K > 1 else float("nan"),
@@ -81,10 +96,71 @@ def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
       "ntk_drift": float(np.nanmean(drift_k)) if np.isfinite(drift_k).any() else float("nan"),
       "frac_sat": float(np.mean(stop == train.SAT)),
       "early_stop_test_error": float(best.mean()),
+      "output_norm": float(np.mean(f_test ** 2)),
+      "max_grad_norm": float(gnorm[unsat].max()) if unsat.any() else 0.0,
+      "mean_n_delta_over_n": (float(nd[unsat].mean() / n_w) if unsat.any() and nd is not None
+                              else 0.0),
       "member_test_errors": errs.tolist(),
+      "member_grad_norms": gnorm.tolist(),
+      "member_stop_codes": stop.tolist(),
       "member_ntk_drift": drift_k.tolist(),
       "run_dir": run_dir,
   }
+
+
+def grad_norms(ens) -> np.ndarray:
+  """|grad L| at the final params of each member: [K] (the training loss).
+
+  The loss is the one the trainer minimized (``LossConfig.scale`` included),
+  of f(w) or of f(w) - f(w0) as the run trained.
+  """
+  _, apply_fn = nets.make_net(ens.net)
+  out_fn = nets.output_fn(apply_fn, ens.subtract_init)
+  x, y = ens.data.x_train, ens.data.y_train
+
+  def norm(params, params0):
+    g = jax.grad(lambda p: losses.mean_loss(ens.loss, out_fn(p, params0, x), y))(params)
+    return jnp.sqrt(sum(jnp.sum(l * l) for l in jax.tree.leaves(g)))
+
+  return np.asarray(jax.jit(jax.vmap(norm))(ens.params, ens.params0), np.float64)
+
+
+def cusp(per_n, n_star_value, window: float = 2.0) -> dict | None:
+  """The peak of the single-net test error around N* and its size in sems.
+
+  The peak is the largest ``mean_test_error`` among the widths with
+  N*/window <= N <= N* window. Its ``excess`` is measured against the lowest
+  error at smaller N (any N below the peak): a cusp in the sense of
+  1810.09665 is an error that rises with N up to N* and falls after it, so
+  it ``shows`` when the excess is more than twice the combined standard
+  error sqrt(sem_peak^2 + sem_low^2) and the next larger N has a lower
+  error. None without N* or without a width in the window.
+  """
+  if n_star_value is None:
+    return None
+  rows = sorted(per_n, key=lambda r: r["N"])
+  idx = [i for i, r in enumerate(rows)
+         if n_star_value / window <= r["N"] <= n_star_value * window]
+  if not idx:
+    return None
+  i = max(idx, key=lambda j: rows[j]["mean_test_error"])
+  peak = rows[i]
+  out = {"N_peak": peak["N"], "N_peak_over_n_star": peak["N"] / n_star_value,
+         "peak_error": peak["mean_test_error"], "peak_sem": peak["sem_test_error"],
+         "low_N": None, "low_error": None, "low_sem": None, "excess": None,
+         "excess_over_sem": None,
+         "next_error": rows[i + 1]["mean_test_error"] if i + 1 < len(rows) else None,
+         "shows": False}
+  if i > 0:
+    low = min(rows[:i], key=lambda r: r["mean_test_error"])
+    excess = peak["mean_test_error"] - low["mean_test_error"]
+    sem = math.sqrt(peak["sem_test_error"] ** 2 + low["sem_test_error"] ** 2)
+    z = excess / sem if sem > 0 else float("inf") if excess > 0 else 0.0
+    out.update(low_N=low["N"], low_error=low["mean_test_error"],
+               low_sem=low["sem_test_error"], excess=excess, excess_over_sem=z)
+    out["shows"] = bool(z > 2 and out["next_error"] is not None
+                        and out["next_error"] < peak["mean_test_error"])
+  return out
 
 
 def n_star(N, frac_sat) -> float | None:
@@ -105,7 +181,13 @@ def n_star(N, frac_sat) -> float | None:
 
 
 def kernel_test_error(net_cfg: nets.NetConfig, data, loss_cfg, **flow_kw) -> dict:
-  """Test error of the infinite-width net: hinge flow with ``ntk.kernel_fn``."""
+  """Test error of the infinite-width net: hinge flow with ``ntk.kernel_fn``.
+
+  A standard-parametrized ``net_cfg`` uses its NTK-parametrized twin (same
+  function at init; the standard parametrization has no N -> infinity NTK).
+  """
+  if net_cfg.parametrization == "standard":
+    net_cfg = dataclasses.replace(net_cfg, parametrization="ntk")
   kfn = jax.jit(ntk.kernel_fn(net_cfg))
   k = kfn(data.x_train, data.x_train)["ntk"]
   kt = kfn(data.x_test, data.x_train)["ntk"]
@@ -137,8 +219,8 @@ def summarize(per_n, kernel: dict | None, n_boot: int = 1000, seed: int = 0) -> 
   f["test_error_excess"] = (fit_above(per_n, "mean_test_error", ns, n_boot, seed,
                                       offset=eps_inf) if eps_inf is not None
                             else {"exponent": None, "ci": [None, None]})
-  return {"per_n": [{k: r[k] for k in PER_N_KEYS} for r in per_n],
-          "n_star": ns, "fits": f,
+  return {"per_n": [{k: r[k] for k in PER_N_KEYS if k in r} for r in per_n],
+          "n_star": ns, "fits": f, "cusp": cusp(per_n, ns),
           "expected_exponents": {"output_variance": -0.5, "ntk_fluctuation": -0.25,
                                  "ntk_drift": -0.5, "test_error_excess": -0.5},
           "kernel_test_error": eps_inf, "kernel": kernel}
@@ -169,9 +251,12 @@ def plot(summary: dict, path_prefix: str):
   fig.savefig(path_prefix + "_test_error.png", dpi=120)
   plt.close(fig)
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  for key, m in (("output_variance", "o"), ("ntk_fluctuation", "s"), ("ntk_drift", "^")):
+  for key, m in (("output_variance", "o"), ("ntk_fluctuation", "s"), ("ntk_drift", "^"),
+                 ("output_norm", "v")):
+    if key not in rows[0]:
+      continue
     y = np.asarray([r[key] for r in rows], np.float64)
-    fit = summary["fits"][key]
+    fit = summary["fits"].get(key, {})
     lab = key if fit.get("exponent") is None else (
         f"{key}: slope {fit['exponent']:.2f}")
     ax.loglog(N, y, m + "-", label=lab)

@@ -2,11 +2,16 @@ import json
 import os
 import subprocess
 import sys
+import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lossland import generalization
+from lossland import losses
+from lossland import nets
 
 
 def test_n_star_interpolates_in_log_n():
@@ -42,6 +47,66 @@ def test_summarize_fits_known_power_laws_above_n_star():
     assert fit["ci"][1] - fit["ci"][0] < 0.2, key
 
 
+def _rows(errors, sem=0.005, Ns=(50, 70, 100, 140, 200, 280, 400)):
+  return [{"N": N, "mean_test_error": e, "sem_test_error": sem} for N, e in zip(Ns, errors)]
+
+
+def test_cusp_measures_the_peak_against_smaller_n():
+  rows = _rows([0.20, 0.15, 0.17, 0.19, 0.16, 0.14, 0.13])  # peak at N = 140
+  c = generalization.cusp(rows, 120.0)
+  assert c["N_peak"] == 140 and c["low_N"] == 70 and c["next_error"] == 0.16
+  assert c["excess"] == pytest.approx(0.04)
+  assert c["excess_over_sem"] == pytest.approx(0.04 / np.sqrt(2 * 0.005 ** 2))
+  assert c["shows"]
+  # the same peak inside the noise does not count
+  assert not generalization.cusp(_rows([0.20, 0.15, 0.17, 0.19, 0.16, 0.14, 0.13],
+                                       sem=0.02), 120.0)["shows"]
+  # monotone decay: the peak is the smallest N in the window, nothing below it
+  c = generalization.cusp(_rows([0.20, 0.18, 0.17, 0.16, 0.15, 0.14, 0.13]), 120.0)
+  assert c["N_peak"] == 70 and c["excess"] == pytest.approx(0.18 - 0.20)
+  assert not c["shows"]
+  # still rising after the window's peak: no fall, no cusp
+  assert not generalization.cusp(_rows([0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16]),
+                                 100.0)["shows"]
+  assert generalization.cusp(rows, None) is None
+  assert generalization.cusp(rows, 1e6) is None
+
+
+@pytest.mark.parametrize("subtract_init", [False, True])
+def test_grad_norms_match_finite_differences(subtract_init):
+  net = nets.NetConfig(d=3, width=3, depth=1, parametrization="standard",
+                       init="orthogonal_gain1", bias=True, normalize_activation=False)
+  init_fn, apply_fn = nets.make_net(net, jnp.float64)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(12, 3)))
+  y = jnp.asarray(np.sign(rng.normal(size=12)))
+  keys = jax.random.split(jax.random.key(0), 4)
+  params0 = jax.vmap(init_fn)(keys)
+  params = jax.vmap(init_fn)(jax.random.split(jax.random.key(1), 4))
+  loss = losses.LossConfig("quadratic_hinge", margin=1.0)
+  data = types.SimpleNamespace(x_train=x, y_train=y)
+  ens = types.SimpleNamespace(net=net, subtract_init=subtract_init, data=data,
+                              loss=loss, params=params, params0=params0)
+  got = generalization.grad_norms(ens)  # conftest switches float64 on
+  unravel = nets.unravel_fn(net, jnp.float64)
+  flat = nets.flatten_members(params)
+  flat0 = nets.flatten_members(params0)
+
+  def L(w, w0):  # plain NumPy loss of one member
+    f = np.asarray(apply_fn(unravel(jnp.asarray(w)), x), np.float64)
+    if subtract_init:
+      f = f - np.asarray(apply_fn(unravel(jnp.asarray(w0)), x), np.float64)
+    delta = 1.0 - np.asarray(y) * f
+    return np.mean(0.5 * np.maximum(delta, 0) ** 2)
+
+  for k in range(4):
+    h = 1e-6
+    g = [(L(flat[k] + h * e, flat0[k]) - L(flat[k] - h * e, flat0[k])) / (2 * h)
+         for e in np.eye(flat.shape[1])]
+    assert got[k] == pytest.approx(np.linalg.norm(g), rel=1e-5)
+  assert np.all(got > 0)
+
+
 def _run(tmp_path, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "lossland.scripts.generalization",
@@ -50,9 +115,11 @@ def _run(tmp_path, *args):
 
 
 def test_script_end_to_end_tiny_grid(tmp_path):
+  # the authors' network: its kernel asymptote is its NTK-parametrized twin's
   r = _run(tmp_path, "--preset=none", "--dataset=sphere", "--P=16", "--d=3",
            "--n_test=16", "--depth=1", "--widths=2,8", "--n_seeds=2",
-           "--max_steps=100", "--n_ntk=4", "--n_boot=20", "--plots=false")
+           "--max_steps=100", "--n_ntk=4", "--n_boot=20", "--plots=false",
+           "--net=authors", "--decay_every=50", "--jam_window=50")
   assert r.returncode == 0, r.stderr[-2000:]
   root = tmp_path / "generalization"
   (run,) = os.listdir(root)
@@ -61,13 +128,20 @@ def test_script_end_to_end_tiny_grid(tmp_path):
   for row in s["per_n"]:
     assert set(generalization.PER_N_KEYS) <= set(row)
     assert 0 <= row["mean_test_error"] <= 1 and row["ntk_fluctuation"] > 0
+    assert row["output_norm"] > 0 and row["max_grad_norm"] >= 0
   assert set(s["fits"]) == {"output_variance", "ntk_fluctuation", "ntk_drift",
                             "test_error_excess"}
   assert 0 <= s["kernel_test_error"] <= 1
+  assert "cusp" in s
+  cfg = json.load(open(root / run / "config.json"))
+  cell = cfg["cells"][0]
+  assert (cell["parametrization"], cell["init"], cell["bias"], cell["schedule"]) == (
+      "standard", "orthogonal_gain1", True, "step")
 
 
 @pytest.mark.parametrize("args", [["--widths=0,4"], ["--n_seeds=1"], ["--P=-3"],
-                                  ["--preset=huge"], ["--widths=a,b"], ["extra"]])
+                                  ["--preset=huge"], ["--widths=a,b"], ["extra"],
+                                  ["--decay_every=-1"]])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, args):
   r = _run(tmp_path, *args)
   assert r.returncode == 2, r.stderr

@@ -12,10 +12,16 @@ the infinite-width NTK asymptote (lossland/generalization.py). Writes
 arrays.npz, summary.json, two PNG figures); the member runs live in
 ``<out_dir>/generalization_sweeps/<hash>/``.
 
-Presets: ``cpu`` (digits parity, PCA d = 16, P = 400, depth 3, widths 2..64,
-8 members); ``paper`` (MNIST parity, PCA d = 10, L = 5, P = 10k, widths 1 to
-~3000, Adam lr 1e-4 divided by 10 every 250k steps, 500k steps, as 1810.09665;
-needs ``--data_dir`` with the MNIST files and a GPU). Other flags override the
+Both presets follow 1810.09665's runs: the authors' network (``--net
+authors``: standard parametrization, orthogonal init with gain 1, zero-init
+biases, plain ReLU), f itself trained (not f - f0), quadratic hinge with
+eps = 1, full-batch Adam whose learning rate is divided by 10 every
+``--decay_every`` steps, stop at N_Delta = 0 (or jammed: no progress over
+``--jam_window`` steps). ``cpu``: digits parity, PCA d = 16, P = 400, depth 3,
+widths 2..64 (every integer up to 8), 16 members, lr 1e-3 / 10 every 10k steps, 30k steps.
+``paper``: MNIST parity, PCA d = 10, L = 5, P = 10k, widths 1 to ~3000, lr
+1e-4 / 10 every 250k steps, 500k steps (needs ``--data_dir`` with the MNIST
+files and a GPU). Other flags override the
 preset; ``--preset none`` uses only the flags.
 """
 import hashlib
@@ -38,26 +44,41 @@ _DEPTH = flags.DEFINE_integer("depth", None, "Hidden layers L.")
 _N_SEEDS = flags.DEFINE_integer("n_seeds", None, "Members K per width.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Maximum steps per member.")
 _LR = flags.DEFINE_float("lr", None, "Adam learning rate.")
+_DECAY_EVERY = flags.DEFINE_integer("decay_every", None, "Divide the Adam learning rate by 10 every this many steps (0: constant).")
+_JAM_WINDOW = flags.DEFINE_integer("jam_window", None, "Jamming rule window in steps (the trainer's stall rule).")
+_NET = flags.DEFINE_enum("net", None, ["authors", "lossland"], "authors: nn_jamming's network (standard parametrization, orthogonal init with gain 1, zero-initialized biases, plain ReLU; 1810.09665); lossland: NTK parametrization, normal init, no biases, ReLU * sqrt 2.")
 _ALPHA = flags.DEFINE_float("alpha", 1.0, "Output scale alpha.")
-_SUBTRACT_INIT = flags.DEFINE_boolean("subtract_init", True, "Train f(w) - f(w0) (its N -> infinity limit is the kernel flow from 0).")
+_SUBTRACT_INIT = flags.DEFINE_boolean("subtract_init", None, "Train f(w) - f(w0) (its N -> infinity limit is the kernel flow from 0); default from the preset.")
 _N_NTK = flags.DEFINE_integer("n_ntk", 50, "Test points on which the empirical NTKs are computed.")
 _N_BOOT = flags.DEFINE_integer("n_boot", 1000, "Bootstrap replicates of the fits.")
 _KERNEL_MAX_STEPS = flags.DEFINE_integer("kernel_max_steps", 200_000, "Steps of the infinite-width hinge flow.")
 _X64 = flags.DEFINE_boolean("x64", True, "float64.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
+
+# nn_jamming's network as the authors ran it (lossland.nets.authors_net)
+_AUTHORS_NET = dict(parametrization="standard", init="orthogonal_gain1", bias=True,
+                    normalize_activation=False)
+_LOSSLAND_NET = dict(parametrization="ntk", init="normal", bias=False,
+                     normalize_activation=True)
 _PLOTS = flags.DEFINE_boolean("plots", True, "Write the figures.")
 
 PRESETS = {
+    # docs/generalization.md: 1810.09665's protocol (their network, f not
+    # subtracted, quadratic hinge eps = 1, full-batch Adam with the learning
+    # rate divided by 10 at fixed steps, stop at N_Delta = 0) shrunk to CPU.
     "cpu": dict(dataset="digits", P=400, d=16, n_test=None, depth=3,
-                widths=[2, 3, 4, 5, 6, 8, 10, 14, 20, 32, 64], n_seeds=8,
-                max_steps=20_000, lr=1e-2, extra={}),
+                widths=[2, 3, 4, 5, 6, 7, 8, 10, 14, 20, 32, 64], n_seeds=16,
+                max_steps=30_000, lr=1e-3, decay_every=10_000, jam_window=10_000,
+                net="authors", subtract_init=False),
+    # 1810.09665 Fig. 2 (nn_jamming/nips2018.md): adam0 = lr 1e-4 / 10 every 250k
     "paper": dict(dataset="mnist", P=10_000, d=10, n_test=None, depth=5,
                   widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150,
                           250, 400, 700, 1000, 1700, 3000],
-                  n_seeds=8, max_steps=500_000, lr=1e-4,
-                  extra=dict(schedule="step", decay_every=250_000)),
+                  n_seeds=8, max_steps=500_000, lr=1e-4, decay_every=250_000,
+                  jam_window=250_000, net="authors", subtract_init=False),
     "none": dict(dataset="digits", P=400, d=16, n_test=None, depth=3,
-                 widths=[4, 8, 16], n_seeds=4, max_steps=20_000, lr=1e-2, extra={}),
+                 widths=[4, 8, 16], n_seeds=4, max_steps=20_000, lr=1e-2,
+                 decay_every=0, jam_window=2000, net="lossland", subtract_init=True),
 }
 
 
@@ -65,7 +86,9 @@ def _grid():
   p = dict(PRESETS[_PRESET.value])
   for name, flag in (("dataset", _DATASET), ("P", _P), ("d", _D), ("n_test", _N_TEST),
                      ("depth", _DEPTH), ("n_seeds", _N_SEEDS),
-                     ("max_steps", _MAX_STEPS), ("lr", _LR)):
+                     ("max_steps", _MAX_STEPS), ("lr", _LR),
+                     ("decay_every", _DECAY_EVERY), ("jam_window", _JAM_WINDOW),
+                     ("net", _NET), ("subtract_init", _SUBTRACT_INIT)):
     if flag.value is not None:
       p[name] = flag.value
   if _WIDTHS.value is not None:
@@ -75,17 +98,22 @@ def _grid():
       raise _cli.UsageError(f"--widths must be integers, got {_WIDTHS.value}")
   if not p["widths"] or min(p["widths"]) < 1:
     raise _cli.UsageError("--widths must be positive integers")
-  for name in ("P", "d", "depth", "n_seeds", "max_steps"):
+  for name in ("P", "d", "depth", "n_seeds", "max_steps", "jam_window"):
     if p[name] < 1:
       raise _cli.UsageError(f"--{name} must be positive, got {p[name]}")
+  if p["decay_every"] < 0:
+    raise _cli.UsageError(f"--decay_every must be >= 0, got {p['decay_every']}")
+  schedule = (dict(schedule="step", decay_every=p["decay_every"], decay_factor=0.1)
+              if p["decay_every"] else dict(schedule="constant"))
   if _N_NTK.value < 1:
     raise _cli.UsageError(f"--n_ntk must be positive, got {_N_NTK.value}")
   if p["n_seeds"] < 2:
     raise _cli.UsageError("--n_seeds must be at least 2 (ensembles and fluctuations)")
   base = dict(dataset=p["dataset"], P=p["P"], d=p["d"], depth=p["depth"],
               n_seeds=p["n_seeds"], seed=0, max_steps=p["max_steps"], lr=p["lr"],
-              x64=_X64.value, alpha=_ALPHA.value, subtract_init=_SUBTRACT_INIT.value,
-              plots=False, **p["extra"])
+              x64=_X64.value, alpha=_ALPHA.value, subtract_init=p["subtract_init"],
+              jam_window=p["jam_window"], plots=False, **schedule,
+              **(_AUTHORS_NET if p["net"] == "authors" else _LOSSLAND_NET))
   if p["n_test"] is not None:
     base["n_test"] = p["n_test"]
   if _DATA_DIR.value:
@@ -121,7 +149,8 @@ def main(argv):
           f"test={row['mean_test_error']:.4f}+-{row['sem_test_error']:.4f} "
           f"ens={row['ensemble_test_error']:.4f} early={row['early_stop_test_error']:.4f} "
           f"var={row['output_variance']:.3g} dTheta0={row['ntk_fluctuation']:.3g} "
-          f"drift={row['ntk_drift']:.3g}", flush=True)
+          f"drift={row['ntk_drift']:.3g} |f|^2={row['output_norm']:.3g} "
+          f"max|grad| (not sat)={row['max_grad_norm']:.2g}", flush=True)
   ens = experiment.load_ensemble(max(per_n, key=lambda r: r["N"])["run_dir"])
   lc = ens.loss
   kernel = generalization.kernel_test_error(ens.net, ens.data, lc,
@@ -140,6 +169,7 @@ def main(argv):
       generalization.plot(summary, os.path.join(w.path, "generalization"))
   print(f"N* = {summary['n_star']}; kernel (N -> inf) test error = "
         f"{summary['kernel_test_error']}")
+  print(f"cusp: {summary['cusp']}")
   for k, f in summary["fits"].items():
     print(f"fit {k}: exponent {f.get('exponent')} CI {f.get('ci')} "
           f"(expected {summary['expected_exponents'][k]})")
