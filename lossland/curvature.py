@@ -32,14 +32,23 @@ Layers of this module:
 * :func:`output_jacobian`, :func:`matrix_rank`, :func:`spectral_counts`: N_eff,
   rank(H0), N_-(Hp), the number of near-zero eigenvalues of H and the checks
   rank(H0) <= N_Delta and N_-(Hp) <= N_Delta at a stable minimum.
+* :func:`h0_kernel`, :func:`slq_counts`, :func:`lanczos_counts`: the same at
+  scale, exact rank(H0) from the N_Delta x N_Delta kernel and SLQ estimates
+  with error bars.
+* :func:`spectra` (:class:`SpectraConfig`, :func:`choose_method`): the whole
+  analysis of every member of an ensemble, dense or Lanczos, ``lax.map``-ped
+  over the members; ``python -m lossland.scripts.hessian`` writes it out.
+
+Delta and N_Delta are :func:`lossland.losses.margins` and
+:func:`lossland.losses.n_unsatisfied`.
 
 Tolerances (documented in docs/curvature.md): an eigenvalue lambda of a matrix M
 counts as zero when |lambda| <= rtol * max|lambda(M)|, with default
 ``rtol = N * eps(dtype)`` (numpy.linalg.matrix_rank's rule, N the matrix size);
 ranks of rectangular matrices use singular values with ``max(P, N) * eps``.
 """
+import dataclasses
 import functools
-import math
 import os
 from typing import Callable, NamedTuple
 
@@ -190,8 +199,8 @@ def curvature_fns(apply_fn: Callable, loss, epsilon: float | None = None,
   d1_fn, d2_fn = loss_derivatives(loss_fn)
 
   def delta_fn(params, batch):
-    f = apply_fn(params, batch.x) - batch.offset
-    return epsilon - batch.y * f
+    return losses_lib.margins(apply_fn(params, batch.x) - batch.offset, batch.y,
+                              epsilon)
 
   def chunk_loss(params, batch):
     return jnp.sum(batch.weight * loss_fn(delta_fn(params, batch)))
@@ -339,9 +348,17 @@ def matrix_rank(a, rtol: float | None = None) -> int:
   a = np.asarray(a)
   if a.size == 0:
     return 0
-  s = np.linalg.svd(a, compute_uv=False)
+  return rank_of_singular_values(np.linalg.svd(a, compute_uv=False), a.shape,
+                                 rtol)
+
+
+def rank_of_singular_values(s, shape, rtol: float | None = None) -> int:
+  """:func:`matrix_rank` from the singular values ``s`` of a matrix of ``shape``."""
+  s = np.asarray(s)
+  if s.size == 0:
+    return 0
   if rtol is None:
-    rtol = max(a.shape) * np.finfo(a.dtype).eps
+    rtol = max(shape) * np.finfo(s.dtype).eps
   return int(np.sum(s > rtol * s.max())) if s.max() > 0 else 0
 
 
@@ -462,44 +479,27 @@ def h0_kernel(fns: CurvatureFns, params, batch: Examples,
   return 0.5 * (k + k.T)
 
 
-def active_examples(fns: CurvatureFns, params, batch: Examples,
-                    pad_to: int | None = None) -> tuple:
-  """Host-side selection of the examples with w_i l''(Delta_i) != 0.
-
-  Args:
-    pad_to: pad the selection with zero-weight copies of example 0 up to a
-      multiple of this size (so one compiled kernel serves many members).
-
-  Returns:
-    (Examples of the active points, number of active points).
-  """
-  _, d2_fn = loss_derivatives(fns.loss_fn)
-  d = np.asarray(d2_fn(fns.delta(params, batch)) * batch.weight)
-  idx = np.nonzero(d != 0)[0]
-  n_act = int(idx.size)
-  size = n_act
-  if pad_to:
-    size = max(pad_to, -(-n_act // pad_to) * pad_to)
-  full = np.concatenate([idx, np.zeros(size - n_act, idx.dtype)])
-  sel = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[full], batch)
-  w = np.asarray(batch.weight)[full].copy()
-  w[n_act:] = 0.0
-  return sel._replace(weight=jnp.asarray(w, batch.weight.dtype)), n_act
-
-
-def kernel_rank(eigs_k, n: int, rtol: float | None = None) -> int:
+def kernel_rank(eigs_k, n: int, rtol: float | None = None,
+                n_active: int | None = None) -> int:
   """rank(H0) from the eigenvalues of :func:`h0_kernel` with the dense rule.
 
-  |lambda| <= rtol * max|lambda| is zero, rtol = max(N, P_active) eps by
-  default: the tolerance the dense path applies to H0's N eigenvalues.
+  |lambda| <= rtol * max|lambda| is zero, rtol = max(N, n_active) eps by
+  default (n_active defaults to the kernel's size; padding examples only add
+  exact zeros): the tolerance the dense path applies to H0's N eigenvalues.
   """
   eigs_k = np.asarray(eigs_k)
   if eigs_k.size == 0:
     return 0
   if rtol is None:
-    rtol = default_rtol(max(n, eigs_k.shape[-1]), eigs_k.dtype)
+    m = eigs_k.shape[-1] if n_active is None else n_active
+    rtol = default_rtol(max(n, m), eigs_k.dtype)
   scale = float(np.max(np.abs(eigs_k)))
   return int(np.sum(np.abs(eigs_k) > rtol * scale)) if scale > 0 else 0
+
+
+def kernel_memory_bytes(n_active: int, itemsize: int) -> int:
+  """Peak bytes of the N_Delta x N_Delta kernel and its eigh (~4 copies)."""
+  return 4 * n_active * n_active * itemsize
 
 
 def estimate_fraction(nodes, weights, residuals, lo: float, hi: float,
@@ -605,48 +605,418 @@ def n_active(fns: CurvatureFns, params, batch: Examples) -> jax.Array:
   return jnp.sum((d2(delta) * batch.weight) != 0)
 
 
-def sqrt_loss_scale(loss: float) -> float:
-  """sqrt(L), the scale of Hp near jamming (Hp eigenvalues / sqrt(L) collapse)."""
-  return math.sqrt(max(float(loss), 0.0))
-
-
 # ----------------------------------------------------------------------------
-# Matrix-free analysis of one network (the Lanczos path of scripts.hessian)
+# Spectra of every member of an ensemble (the library side of scripts.hessian)
+
+METHODS = ("dense", "lanczos")
 
 
-class _LanczosJits(NamedTuple):
-  spectra: Callable
-  kernel_eigs: Callable
+@dataclasses.dataclass(frozen=True)
+class SpectraConfig:
+  """Settings of :func:`spectra` (hashable, jit-static).
+
+  Attributes:
+    method: "dense" (every eigenvalue of H, H0 and Hp, exact counts) or
+      "lanczos" (exact spectrum of H0 from the kernel of the active points,
+      SLQ estimates with error bars for H and Hp, extreme Ritz pairs of H).
+    rtol: relative zero tolerance of the counts; None: N eps(dtype).
+    batch_size: basis vectors per batch when building the dense matrices;
+      kernel columns per block on the Lanczos path.
+    num_steps: Lanczos steps per probe (<= N).
+    num_probes: SLQ probes per matrix (>= 2: error bars need two).
+    top_k: extreme Ritz pairs of H reported at each end (Lanczos).
+    pad_to: the active points of each member are padded with zero-weight
+      examples to a multiple of this; all members share the largest such size,
+      so one compiled kernel serves them all.
+    z: standard errors in the reported intervals (Lanczos).
+    n_eff: compute N_eff, the rank of the P x N Jacobian; None: when 3 P N
+      numbers fit in half of the available memory.
+    vmap_size: members vmapped together inside the ``lax.map`` over members
+      (its ``batch_size``); memory grows by this factor, 1 keeps one member's.
+  """
+  method: str = "dense"
+  rtol: float | None = None
+  batch_size: int = 64
+  num_steps: int = 100
+  num_probes: int = 4
+  top_k: int = 5
+  pad_to: int = 64
+  z: float = 3.0
+  n_eff: bool | None = None
+  vmap_size: int = 1
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+    for name in ("batch_size", "num_steps", "num_probes", "pad_to", "vmap_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if self.method == "lanczos" and self.num_probes < 2:
+      raise ValueError("num_probes must be >= 2 with Lanczos (error bars need "
+                       "two probes)")
+
+
+def choose_method(method: str, n: int, dtype, dense_max_n: int = 10000) -> str:
+  """The analysis method for N parameters.
+
+  "auto" is "dense" (exact counts) when N <= ``dense_max_n`` and
+  :func:`check_dense_memory` passes, else "lanczos".
+
+  Raises:
+    ValueError: an unknown method.
+    MemoryError: "dense" asked for but beyond the available memory.
+  """
+  if method == "auto":
+    if n > dense_max_n:
+      return "lanczos"
+    try:
+      check_dense_memory(n, dtype)
+    except MemoryError:
+      return "lanczos"
+    return "dense"
+  if method not in METHODS:
+    raise ValueError(f"method must be 'auto' or one of {METHODS}, got {method!r}")
+  if method == "dense":
+    check_dense_memory(n, dtype)
+  return method
+
+
+class Spectra(NamedTuple):
+  """Per-member results of :func:`spectra`.
+
+  Attributes:
+    rows: K JSON-ready dicts, one per member (keys in :func:`spectra`).
+    arrays: name -> numpy array with a leading [K] axis.
+  """
+  rows: list
+  arrays: dict
+
+
+def _member_analysis(fns: CurvatureFns, cfg: SpectraConfig, n: int, dtype,
+                     do_neff: bool) -> Callable:
+  """The device part of the analysis of one member: (params, batch, key) ->
+  dict of arrays (key is None on the dense path). The H0 kernel of the
+  Lanczos path is compiled apart (:func:`_mapped_kernel`): its size depends on
+  the data, the rest only on N and the settings."""
+  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
+  top = min(cfg.top_k, cfg.num_steps)
+
+  def one(params, batch, key):
+    delta = fns.delta(params, batch)
+    out = {"loss": fns.loss(params, batch),
+           "n_delta": losses_lib.n_unsatisfied(delta),
+           "n_active": n_active(fns, params, batch)}
+    if cfg.method == "dense":
+      h, h0, hp = dense_split(fns, params, batch, cfg.batch_size)
+      eig = jnp.linalg.eigvalsh
+      out.update(eig_h=eig(h), eig_h0=eig(h0), eig_hp=eig(hp))
+    else:
+      k_h, k_hp, k_top = jax.random.split(key, 3)
+      mv_h = flat_matvec(fns.hvp, params, batch)
+      s_h = lz.slq(mv_h, k_h, n, cfg.num_steps, cfg.num_probes, dtype,
+                   probe_batch_size=1)
+      s_hp = lz.slq(flat_matvec(fns.hpvp, params, batch), k_hp, n,
+                    cfg.num_steps, cfg.num_probes, dtype, probe_batch_size=1)
+      v0 = jax.random.normal(k_top, (n,), dtype)
+      theta, vecs, est = lz.ritz(lz.lanczos(mv_h, v0, cfg.num_steps))
+      idx = jnp.concatenate([jnp.arange(top),
+                             jnp.arange(cfg.num_steps - top, cfg.num_steps)])
+      out.update(nodes_h=s_h.nodes, weights_h=s_h.weights,
+                 residuals_h=s_h.residuals, nodes_hp=s_hp.nodes,
+                 weights_hp=s_hp.weights, residuals_hp=s_hp.residuals,
+                 ritz_h=theta, ritz_residual_estimate_h=est, ritz_index=idx,
+                 ritz_residual_h=lz.residual_norms(mv_h, theta[idx],
+                                                   vecs[:, idx]))
+    if do_neff:
+      # rank of dDelta/dW = -y J equals rank J (labels +-1): N_eff.
+      flat, unravel = ravel_pytree(params)
+      jac = jax.jacrev(lambda w: fns.delta(unravel(w), batch))(flat)
+      out["singular_values_jac"] = jnp.linalg.svd(jac, compute_uv=False)
+    return out
+
+  return one
 
 
 @functools.lru_cache(maxsize=16)
-def _lanczos_jits(fns: CurvatureFns, n: int, num_steps: int, num_probes: int,
-                  top_k: int, block_size: int, dtype_name: str) -> _LanczosJits:
-  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
-  dtype = np.dtype(dtype_name)
-  top = min(top_k, num_steps)
+def _mapped_analysis(fns: CurvatureFns, cfg: SpectraConfig, n: int,
+                     dtype_name: str, do_neff: bool,
+                     shared_batch: bool) -> Callable:
+  """jit of ``lax.map`` of :func:`_member_analysis` over a group of members."""
+  one = _member_analysis(fns, cfg, n, np.dtype(dtype_name), do_neff)
 
   @jax.jit
-  def spectra(params, batch, key):
-    k_h, k_hp, k_top = jax.random.split(key, 3)
-    mv_h = flat_matvec(fns.hvp, params, batch)
-    s_h = lz.slq(mv_h, k_h, n, num_steps, num_probes, dtype, probe_batch_size=1)
-    s_hp = lz.slq(flat_matvec(fns.hpvp, params, batch), k_hp, n, num_steps,
-                  num_probes, dtype, probe_batch_size=1)
-    v0 = jax.random.normal(k_top, (n,), dtype)
-    theta, vecs, est = lz.ritz(lz.lanczos(mv_h, v0, num_steps))
-    idx = jnp.concatenate([jnp.arange(top), jnp.arange(num_steps - top, num_steps)])
-    true = lz.residual_norms(mv_h, theta[idx], vecs[:, idx])
-    return s_h, s_hp, theta, est, idx, true
+  def mapped(params, batch, keys):
+    def body(xs):
+      p, b, k = xs
+      return one(p, batch if shared_batch else b, k)
+    size = jax.tree_util.tree_leaves(params)[0].shape[0]
+    return jax.lax.map(body, (params, None if shared_batch else batch, keys),
+                       batch_size=min(cfg.vmap_size, size))
 
-  kernel_eigs = jax.jit(lambda p, b: jnp.linalg.eigvalsh(
-      h0_kernel(fns, p, b, block_size)))
-  return _LanczosJits(spectra, kernel_eigs)
+  return mapped
 
 
-def kernel_memory_bytes(n_active: int, itemsize: int) -> int:
-  """Peak bytes of the N_Delta x N_Delta kernel and its eigh (~4 copies)."""
-  return 4 * n_active * n_active * itemsize
+@functools.lru_cache(maxsize=16)
+def _mapped_kernel(fns: CurvatureFns, block_size: int,
+                   vmap_size: int) -> Callable:
+  """jit of (params [G], active [G, S]) -> eigenvalues [G, S] of each member's
+  :func:`h0_kernel`, ``lax.map``-ped over the members."""
+  @jax.jit
+  def mapped(params, active):
+    def body(xs):
+      p, a = xs
+      return jnp.linalg.eigvalsh(h0_kernel(fns, p, a, block_size))
+    size = jax.tree_util.tree_leaves(params)[0].shape[0]
+    return jax.lax.map(body, (params, active), batch_size=min(vmap_size, size))
+
+  return mapped
+
+
+@functools.lru_cache(maxsize=16)
+def _curvature_weights(fns: CurvatureFns, shared_batch: bool) -> Callable:
+  """jit of (params [K], batch) -> w_i ell''(Delta_i) [K, P] of every member."""
+  _, d2_fn = loss_derivatives(fns.loss_fn)
+  one = lambda p, b: d2_fn(fns.delta(p, b)) * b.weight
+  return jax.jit(jax.vmap(one, in_axes=(0, None if shared_batch else 0)))
+
+
+def _active_sets(weights, pad_to: int) -> tuple:
+  """Indices of the points with w_i ell''(Delta_i) != 0 of every member.
+
+  Args:
+    weights: [K, P] w_i ell''(Delta_i).
+    pad_to: the common size is the largest count rounded up to a multiple of
+      this (at least pad_to).
+
+  Returns:
+    (index [K, S], mask [K, S] of real entries, counts [K]); padding entries
+    point at example 0 and are masked out.
+  """
+  act = np.asarray(weights) != 0
+  counts = act.sum(axis=1)
+  most = int(counts.max()) if counts.size else 0
+  size = max(pad_to, -(-most // pad_to) * pad_to)
+  index = np.zeros((act.shape[0], size), np.int64)
+  mask = np.zeros((act.shape[0], size), bool)
+  for k in range(act.shape[0]):
+    sel = np.nonzero(act[k])[0]
+    index[k, :sel.size] = sel
+    mask[k, :sel.size] = True
+  return index, mask, counts
+
+
+def _gather_active(batch: Examples, index, mask, shared_batch: bool) -> Examples:
+  """[K, S] examples of the active sets; masked entries get weight 0."""
+  index = jnp.asarray(index)
+  take = lambda b, i: jax.tree_util.tree_map(lambda a: a[i], b)
+  sel = take(batch, index) if shared_batch else jax.vmap(take)(batch, index)
+  return sel._replace(weight=jnp.where(jnp.asarray(mask), sel.weight,
+                                       jnp.zeros_like(sel.weight)))
+
+
+def _dense_row(out: dict, n: int, dtype, rtol) -> tuple:
+  """Row and arrays of one member on the dense path (host side)."""
+  eh, eh0, ehp = out["eig_h"], out["eig_h0"], out["eig_hp"]
+  row = {"rtol": rtol if rtol is not None else default_rtol(n, dtype),
+         "trace_h": float(eh.sum()), "trace_h0": float(eh0.sum()),
+         "estimated": []}
+  row.update(spectral_counts(eh, eh0, ehp, int(out["n_delta"]), rtol))
+  return row, {"eig_h": eh, "eig_h0": eh0, "eig_hp": ehp}
+
+
+def _lanczos_row(out: dict, n: int, dtype, cfg: SpectraConfig, n_act: int,
+                 kernel_note: str | None) -> tuple:
+  """Row and arrays of one member on the Lanczos path (host side).
+
+  ``out["eig_k"]`` holds the kernel eigenvalues when the kernel was computed;
+  otherwise ``kernel_note`` says why not (None: no active point at all).
+  """
+  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
+  row, arrays = {"n_active": n_act}, {}
+  rtol = cfg.rtol
+  row["rtol"] = rtol if rtol is not None else default_rtol(n, dtype)
+  if kernel_note is not None:
+    row.update(rank_h0=None, trace_h0=None, rank_h0_le_n_delta=None,
+               rank_h0_note=kernel_note)
+    arrays["eig_h0"] = np.full((n,), np.nan, dtype)
+  else:
+    eig_k = np.sort(out["eig_k"]) if n_act else np.zeros((0,), dtype)
+    top_n = eig_k[-n:] if eig_k.size >= n else np.concatenate(
+        [np.zeros(n - eig_k.size, dtype), eig_k])
+    arrays["eig_h0"] = np.sort(top_n)
+    rank = kernel_rank(eig_k, n, rtol, n_active=n_act)
+    row.update(rank_h0=rank, trace_h0=float(np.sum(eig_k)),
+               rank_h0_le_n_delta=bool(rank <= int(out["n_delta"])))
+  s_h = lz.SLQResult(out["nodes_h"], out["weights_h"], out["residuals_h"])
+  s_hp = lz.SLQResult(out["nodes_hp"], out["weights_hp"], out["residuals_hp"])
+  counts = slq_counts(s_h, s_hp, n, rtol, cfg.z)
+  row.update(counts)
+  if row.get("trace_h0") is not None:
+    row["trace_h"] = row["trace_h0"] + counts["trace_hp"]
+    row["trace_h_stderr"] = counts["trace_hp_stderr"]
+  theta, idx, true = out["ritz_h"], out["ritz_index"], out["ritz_residual_h"]
+  top = min(cfg.top_k, cfg.num_steps)
+  row["ritz_bottom_h"] = theta[idx[:top]].tolist()
+  row["ritz_bottom_residual_h"] = true[:top].tolist()
+  row["ritz_top_h"] = theta[idx[top:]][::-1].tolist()
+  row["ritz_top_residual_h"] = true[top:][::-1].tolist()
+  row["lambda_min_h_upper_bound"] = float(theta[0])
+  row["lambda_max_h_lower_bound"] = float(theta[-1])
+  r = default_rtol(n, dtype) if rtol is None else rtol
+  tol_upper = r * (float(np.max(np.abs(theta))) + float(np.max(true, initial=0.0)))
+  row["stable"] = False if theta[0] < -tol_upper else None
+  row["n_negative_hp_le_n_delta"] = None
+  row["n_negative_hp_resolved"] = None
+  row["estimated"] = ["n_negative_hp", "n_zero_h", "n_negative_h", "trace_hp",
+                      "trace_h"]
+  row["exact"] = ["rank_h0", "trace_h0", "n_active"]
+  for name in ("nodes_h", "weights_h", "residuals_h", "nodes_hp", "weights_hp",
+               "residuals_hp", "ritz_h", "ritz_residual_estimate_h"):
+    arrays[name] = out[name]
+  return row, arrays
+
+
+def spectra(fns: CurvatureFns, params, batch: Examples,
+            cfg: SpectraConfig = SpectraConfig(), *, key=None, member_ids=None,
+            group_size: int | None = None,
+            progress: Callable | None = None) -> Spectra:
+  """Spectra of H, H0 and Hp of every member of an ensemble, with counts.
+
+  The analysis of one member (loss, N_Delta, the eigenvalues or SLQ
+  quadratures, N_eff's singular values) is one pure function, ``lax.map``-ped
+  over the members (``cfg.vmap_size`` of them vmapped together) inside one
+  jitted call per group of ``group_size`` members; the counts and checks are
+  then read from those arrays on the host (:func:`spectral_counts` on the
+  dense path; :func:`kernel_rank` and :func:`slq_counts` on the Lanczos path,
+  as described in docs/curvature.md). Member k's result equals the analysis
+  of that member alone (tested against a plain loop).
+
+  On the Lanczos path the active points (w_i ell''(Delta_i) != 0) of every
+  member are selected on the host first and padded to one common size, so
+  one compiled N_active x N_active kernel (:func:`h0_kernel`) serves all
+  members; the kernel is skipped (rank_h0 null, with a note) when
+  ``cfg.vmap_size`` copies of it do not fit in half the available memory.
+
+  Args:
+    fns: from :func:`curvature_fns`.
+    params: params pytree with a leading [K] member axis.
+    batch: :class:`Examples`, shared by the members ([P, ...]) or one per
+      member ([K, P, ...], e.g. per-member offsets f(w0_k; x)).
+    cfg: :class:`SpectraConfig`.
+    key: PRNG key of the Lanczos probes and start vectors (required for
+      "lanczos"); member k uses ``fold_in(key, member_ids[k])``.
+    member_ids: [K] integers (default 0..K-1), so that an analysis of a subset
+      of a run's members reproduces those members of the full analysis.
+    group_size: members per jitted call (default: all at once); the last group
+      is padded by repeating its last member (one compiled shape).
+    progress: called as ``progress(done, K)`` after each group.
+
+  Returns:
+    :class:`Spectra`. Every row has n_params, n_delta, n_active, loss,
+    method, rtol, n_eff (None when skipped), n_negative_hp_over_n and the
+    counts of :func:`spectral_counts` (dense) or the exact and estimated
+    counts with error bars of the Lanczos path (``estimated`` lists the
+    estimated keys). Arrays: ``loss``, ``n_delta`` [K] and ``eig_h``,
+    ``eig_h0``, ``eig_hp`` [K, N] (dense) or ``eig_h0`` [K, N] (NaN when not
+    computed), ``nodes_*``, ``weights_*``, ``residuals_*`` [K, num_probes,
+    num_steps] of H and Hp, ``ritz_h``, ``ritz_residual_estimate_h`` [K,
+    num_steps] (Lanczos).
+  """
+  if cfg.method == "lanczos" and key is None:
+    raise ValueError("spectra(method='lanczos') needs a PRNG key")
+  n_members = int(jax.tree_util.tree_leaves(params)[0].shape[0])
+  ids = (np.arange(n_members) if member_ids is None
+         else np.asarray(member_ids, np.int64).reshape(-1))
+  if ids.shape[0] != n_members:
+    raise ValueError(f"member_ids has {ids.shape[0]} entries for {n_members} "
+                     f"members")
+  keys = None
+  if cfg.method == "lanczos":
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
+  return _spectra(fns, params, batch, cfg, keys, group_size, progress)
+
+
+def _spectra(fns: CurvatureFns, params, batch: Examples, cfg: SpectraConfig,
+             keys, group_size: int | None = None,
+             progress: Callable | None = None) -> Spectra:
+  """:func:`spectra` with explicit per-member keys ([K] key array or None)."""
+  leaves = jax.tree_util.tree_leaves(params)
+  n_members = int(leaves[0].shape[0])
+  flat0, _ = ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], params))
+  n, dtype = int(flat0.shape[0]), np.dtype(flat0.dtype)
+  shared = batch.y.ndim == 1
+  p_train = int(batch.y.shape[-1])
+  lanczos_path = cfg.method == "lanczos"
+  avail = available_memory_bytes()
+  do_neff = cfg.n_eff
+  if do_neff is None:
+    do_neff = (avail is None or 3 * p_train * n * dtype.itemsize * cfg.vmap_size
+               < 0.5 * avail)
+
+  active = counts = None
+  kernel, kernel_note = False, None
+  if lanczos_path:
+    if not 1 <= cfg.num_steps <= n:
+      raise ValueError(f"num_steps must be in [1, N={n}], got {cfg.num_steps}")
+    weights = _curvature_weights(fns, shared)(params, batch)
+    index, mask, counts = _active_sets(jax.device_get(weights), cfg.pad_to)
+    k_bytes = (kernel_memory_bytes(index.shape[1], dtype.itemsize)
+               * cfg.vmap_size)
+    if counts.max(initial=0) == 0:
+      pass  # no active point anywhere: H0 = 0, no kernel needed
+    elif avail is not None and k_bytes > 0.5 * avail:
+      kernel_note = (f"kernel of {int(counts.max())} active points needs "
+                     f"{k_bytes / 2**30:.1f} GiB; not computed")
+    else:
+      kernel = True
+      active = _gather_active(batch, index, mask, shared)
+
+  run = _mapped_analysis(fns, cfg, n, dtype.name, bool(do_neff), shared)
+  group = n_members if not group_size else min(int(group_size), n_members)
+  parts = []
+  for start in range(0, n_members, group):
+    idx = np.minimum(np.arange(start, start + group), n_members - 1)
+    take = lambda t, idx=idx: (None if t is None else
+                               jax.tree_util.tree_map(lambda a: a[idx], t))
+    group_params = take(params)
+    out = run(group_params, batch if shared else take(batch), take(keys))
+    if kernel:
+      out["eig_k"] = _mapped_kernel(fns, cfg.batch_size, cfg.vmap_size)(
+          group_params, take(active))
+    out = jax.device_get(out)
+    real = min(group, n_members - start)
+    parts.append({k: np.asarray(v)[:real] for k, v in out.items()})
+    if progress is not None:
+      progress(start + real, n_members)
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  rows, store = [], {}
+  for k in range(n_members):
+    one = {name: v[k] for name, v in out.items()}
+    row = {"n_params": n, "n_delta": int(one["n_delta"]),
+           "n_active": int(one["n_active"]), "loss": float(one["loss"]),
+           "method": cfg.method}
+    if lanczos_path:
+      extra, arrays = _lanczos_row(
+          one, n, dtype, cfg, int(counts[k]),
+          kernel_note if counts[k] else None)
+    else:
+      extra, arrays = _dense_row(one, n, dtype, cfg.rtol)
+    row.update(extra)
+    if row["n_negative_hp"] is not None:
+      row["n_negative_hp_over_n"] = row["n_negative_hp"] / n
+    row["n_eff"] = (rank_of_singular_values(one["singular_values_jac"],
+                                            (p_train, n))
+                    if do_neff else None)
+    rows.append(row)
+    for name, a in arrays.items():
+      store.setdefault(name, []).append(a)
+  arrays = {name: np.stack(v) for name, v in store.items()}
+  arrays["loss"] = np.array([r["loss"] for r in rows])
+  arrays["n_delta"] = np.array([r["n_delta"] for r in rows])
+  return Spectra(rows, arrays)
 
 
 def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
@@ -655,11 +1025,14 @@ def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
                    pad_to: int = 64, z: float = 3.0) -> tuple:
   """Counts of one network at scale: exact where possible, else estimated.
 
+  The Lanczos path of :func:`spectra` for one network (no member axis, probes
+  from ``key`` itself):
+
   * Exact: rank(H0), Tr(H0) and the whole spectrum of H0, from the
     eigenvalues of the l''-weighted kernel of the active points
     (:func:`h0_kernel`, N_active x N_active; the non-zero eigenvalues of
     H0 = J^T S^2 J and K = S J J^T S coincide). rank(H0) uses the dense
-    path's tolerance, so it equals the dense count.
+    path's tolerance, max(N, N_active) eps, so it equals the dense count.
   * Estimated, with error bars (:func:`slq_counts`): n_zero(H), N_-(H),
     N_-(Hp) and Tr(Hp) from SLQ over ``num_probes`` Rademacher probes;
     Tr(H) = Tr(H0) (exact) + Tr(Hp) (estimated).
@@ -667,9 +1040,6 @@ def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
     certainly not stable when it is below -tol; otherwise stability is unknown
     (``None``), never claimed from an estimate.
   * Extreme Ritz pairs of H with their true residuals |H y - theta y|.
-
-  Host-level driver (selects the active points on the host, so N_active may
-  differ between members); the jitted pieces are cached per (fns, sizes).
 
   Args:
     fns: from :func:`curvature_fns`.
@@ -685,63 +1055,12 @@ def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
 
   Returns:
     (row, arrays): ``row`` a JSON-ready dict of counts (``estimated`` lists
-    the keys that are estimates), ``arrays`` the SLQ nodes/weights/residuals
-    of H and Hp, the exact eig_h0 [N] and the Ritz values/residuals of H.
+    the keys that are estimates; also loss, n_delta and n_eff), ``arrays`` the
+    SLQ nodes/weights/residuals of H and Hp, the exact eig_h0 [N] and the
+    Ritz values/residuals of H.
   """
-  flat, _ = ravel_pytree(params)
-  n, dtype = flat.shape[0], flat.dtype
-  if not 1 <= num_steps <= n:
-    raise ValueError(f"num_steps must be in [1, N={n}], got {num_steps}")
-  jits = _lanczos_jits(fns, n, num_steps, num_probes, top_k, block_size,
-                       np.dtype(dtype).name)
-  row, arrays = {}, {}
-  active, n_act = active_examples(fns, params, batch, pad_to=pad_to)
-  row["n_active"] = n_act
-  avail = available_memory_bytes()
-  k_bytes = kernel_memory_bytes(active.y.shape[0], np.dtype(dtype).itemsize)
-  if n_act == 0:
-    eig_k = np.zeros((0,), dtype)
-  elif avail is not None and k_bytes > 0.5 * avail:
-    eig_k = None
-  else:
-    eig_k = np.asarray(jits.kernel_eigs(params, active))
-  if eig_k is None:
-    row.update(rank_h0=None, trace_h0=None, rank_h0_le_n_delta=None,
-               rank_h0_note=f"kernel of {n_act} active points needs "
-                            f"{k_bytes / 2**30:.1f} GiB; not computed")
-  else:
-    eig_k = np.sort(eig_k)
-    top_n = eig_k[-n:] if eig_k.size >= n else np.concatenate(
-        [np.zeros(n - eig_k.size, dtype), eig_k])
-    arrays["eig_h0"] = np.sort(top_n)
-    rank = kernel_rank(eig_k, n, rtol)
-    row.update(rank_h0=rank, trace_h0=float(np.sum(eig_k)),
-               rank_h0_le_n_delta=None)
-  s_h, s_hp, theta, est, idx, true = (jax.device_get(a) for a in
-                                      jits.spectra(params, batch, key))
-  counts = slq_counts(s_h, s_hp, n, rtol, z)
-  row.update(counts)
-  if row.get("trace_h0") is not None:
-    row["trace_h"] = row["trace_h0"] + counts["trace_hp"]
-    row["trace_h_stderr"] = counts["trace_hp_stderr"]
-  theta, est, idx, true = (np.asarray(a) for a in (theta, est, idx, true))
-  top = min(top_k, num_steps)
-  row["ritz_bottom_h"] = theta[idx[:top]].tolist()
-  row["ritz_bottom_residual_h"] = true[:top].tolist()
-  row["ritz_top_h"] = theta[idx[top:]][::-1].tolist()
-  row["ritz_top_residual_h"] = true[top:][::-1].tolist()
-  row["lambda_min_h_upper_bound"] = float(theta[0])
-  row["lambda_max_h_lower_bound"] = float(theta[-1])
-  r = default_rtol(n, dtype) if rtol is None else rtol
-  tol_upper = r * (float(np.max(np.abs(theta))) + float(np.max(true)))
-  row["stable"] = False if theta[0] < -tol_upper else None
-  row["n_negative_hp_le_n_delta"] = None
-  row["n_negative_hp_resolved"] = None
-  row["estimated"] = ["n_negative_hp", "n_zero_h", "n_negative_h", "trace_hp",
-                      "trace_h"]
-  row["exact"] = ["rank_h0", "trace_h0", "n_active"]
-  arrays.update(nodes_h=s_h.nodes, weights_h=s_h.weights,
-                residuals_h=s_h.residuals, nodes_hp=s_hp.nodes,
-                weights_hp=s_hp.weights, residuals_hp=s_hp.residuals,
-                ritz_h=theta, ritz_residual_estimate_h=est)
-  return row, arrays
+  cfg = SpectraConfig("lanczos", rtol, block_size, num_steps, num_probes,
+                      top_k, pad_to, z, n_eff=False)
+  one = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], t)
+  res = _spectra(fns, one(params), batch, cfg, key[None])
+  return res.rows[0], {k: v[0] for k, v in res.arrays.items()}

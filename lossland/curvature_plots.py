@@ -175,3 +175,27 @@ def plot_all(out_dir: str, spectra: dict, loss, labels=None,
   plot_hp_rescaled(*spectra["hp"], loss, path, labels)
   paths.append(path)
   return paths
+
+
+def quadratures(arrays: dict) -> dict:
+  """The quadrature rules of :func:`plot_all` from the arrays of an analysis.
+
+  Args:
+    arrays: :attr:`lossland.curvature.Spectra.arrays` (or ``spectra.npz``):
+      dense ``eig_h``, ``eig_h0``, ``eig_hp`` [K, N], or SLQ ``nodes_*`` and
+      ``weights_*`` [K, n_probes, m] of H and Hp with ``eig_h0`` [K, N] (NaN
+      where not computed, drawn as zeros).
+
+  Returns:
+    {"h": (nodes, weights), "h0": ..., "hp": ...}: eigenvalues become nodes
+    [K, 1, N] with weights 1/N.
+  """
+  def uniform(e):
+    e = np.asarray(e)[:, None, :]
+    return e, np.full_like(e, 1.0 / e.shape[-1])
+
+  if "eig_h" in arrays:
+    return {m: uniform(arrays[f"eig_{m}"]) for m in ("h", "h0", "hp")}
+  out = {m: (arrays[f"nodes_{m}"], arrays[f"weights_{m}"]) for m in ("h", "hp")}
+  out["h0"] = uniform(np.nan_to_num(arrays["eig_h0"]))
+  return out

@@ -121,6 +121,41 @@ class Ensemble(NamedTuple):
     _, apply_fn = nets.make_net(self.net)
     return nets.output_fn(apply_fn, self.subtract_init)
 
+  def curvature_inputs(self, members=None, at: str = "final",
+                       chunk_size: int | None = None) -> tuple:
+    """What :func:`lossland.curvature.spectra` takes, for some members.
+
+    Args:
+      members: member indices (default all).
+      at: "final" (trained) or "init" parameters.
+      chunk_size: data chunk size of the curvature functions (None: all P).
+
+    Returns:
+      (fns, params, batch): :func:`lossland.curvature.curvature_fns` of the
+      trained function and loss, the params pytree with a leading [K'] axis,
+      and the training set as :class:`lossland.curvature.Examples`, shared
+      ([P, ...]) or, with subtract_init, one per member ([K', P, ...]) with
+      the offset f(w0_k; x).
+    """
+    from lossland import curvature  # pylint: disable=g-import-not-at-top
+    if at not in ("final", "init"):
+      raise ValueError(f"at must be 'final' or 'init', got {at!r}")
+    idx = np.arange(self.n_members) if members is None else np.asarray(
+        members, np.int64).reshape(-1)
+    take = lambda t: jax.tree_util.tree_map(lambda a: a[idx], t)
+    params0 = take(self.params0)
+    params = params0 if at == "init" else take(self.params)
+    x, y = self.data.x_train, self.data.y_train
+    _, apply_fn = nets.make_net(self.net, dtype=x.dtype)
+    fns = curvature.curvature_fns(apply_fn, self.loss, chunk_size=chunk_size)
+    if not self.subtract_init:
+      return fns, params, curvature.examples(x, y)
+    offset = jax.jit(jax.vmap(apply_fn, in_axes=(0, None)))(params0, x)
+    k = offset.shape[0]
+    batch = curvature.examples(jnp.broadcast_to(x, (k,) + x.shape),
+                               jnp.broadcast_to(y, (k,) + y.shape), offset)
+    return fns, params, batch
+
 
 def load_ensemble(path: str) -> Ensemble:
   """Loads a run directory written by the ensemble job.

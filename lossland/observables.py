@@ -1,20 +1,23 @@
 """Observables of trained networks and ensembles.
 
 Written for outputs (arrays of f), so they apply to any model: single members
-take ``f`` of shape [n], ensembles ``f`` of shape [K, n].
+take ``f`` of shape [n], ensembles ``f`` of shape [K, n]. Delta and N_Delta
+are those of :mod:`lossland.losses` (``margins``, ``n_unsatisfied``).
 """
 import jax.numpy as jnp
 import numpy as np
 
-
-def deltas(f, y, epsilon: float = 1.0):
-  """Delta_mu = epsilon - y_mu f_mu. f: [..., n], y: [n]."""
-  return epsilon - y * f
+from lossland import losses
 
 
 def n_delta(f, y, epsilon: float = 1.0):
-  """N_Delta = #{mu: Delta_mu > 0}, the unsatisfied constraints. f: [..., n]."""
-  return jnp.sum(deltas(f, y, epsilon) > 0, axis=-1)
+  """N_Delta = #{mu: Delta_mu > 0} of each network from its outputs.
+
+  :func:`lossland.losses.n_unsatisfied` of :func:`lossland.losses.margins`
+  over the last axis. f: [..., n], y: [n] -> [...].
+  """
+  count = jnp.vectorize(losses.n_unsatisfied, signature="(n)->()")
+  return count(losses.margins(f, y, epsilon))
 
 
 def error(f, y):

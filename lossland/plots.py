@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from lossland import io
+from lossland import losses
 from lossland import observables
 
 
@@ -127,16 +128,13 @@ def plot_delta_distribution(run_dir: str, path: str | None = None) -> str:
   """
   plt = _pyplot()
   a, config, classes = _load(run_dir)
-  eps = config["loss"]["margin"]
-  if eps is None:
-    from lossland import losses
-    eps = losses.LossConfig(config["loss"]["name"]).epsilon
+  eps = losses.LossConfig(**config["loss"]).epsilon
   bins = observables.log_bins(1e-6, 1e2, 64)
   pos = np.zeros(len(bins) - 1)
   neg = np.zeros(len(bins) - 1)
   healthy = [k for k, c in enumerate(classes) if c not in observables.UNHEALTHY]
   for k in healthy:
-    delta = eps - a["y_train"] * a["f_train"][k]
+    delta = losses.margins(a["f_train"][k], a["y_train"], eps)
     h = observables.delta_histograms(delta, float(a["final_loss"][k]), bins)
     pos += h["positive"]
     neg += h["negative"]

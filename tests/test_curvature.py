@@ -244,10 +244,12 @@ def test_relu_rescaling_symmetry_identities():
 
 
 @functools.lru_cache(maxsize=None)
-def _trained_jammed():
-  """A tiny under-parametrized ensemble (N = 40 < P = 48) trained by lossland.train."""
-  ds = data.sphere(jax.random.key(0), 48, 5)
-  net = nets.NetConfig(d=5, width=4, depth=2)
+def _trained_jammed(P=48, d=5, width=4, data_seed=0):
+  """A tiny under-parametrized ensemble of two depth-2 ReLU nets trained by
+  lossland.train until they jam (N_Delta > 0 at the end): N = 40 < P = 48 by
+  default, N = 120 < P = 160 with ``_trained_jammed(160, 6, 8, 3)``."""
+  ds = data.sphere(jax.random.key(data_seed), P, d)
+  net = nets.NetConfig(d=d, width=width, depth=2)
   tcfg = train.TrainConfig(max_steps=3000, lr=1e-2, jam_window=500, jam_rtol=1e-4)
   return ds, net, train.train_ensemble([0, 1], ds, net, losses.LossConfig(), tcfg)
 
@@ -341,20 +343,11 @@ def test_zero_modes_at_jammed_minimum():
   assert sigma < 1e-2 * lam_max, (sigma, lam_max)
 
 
-@functools.lru_cache(maxsize=None)
-def _trained_jammed_120():
-  """Under-parametrized (N = 120 < P = 160) and jammed: N_Delta > 0 at the end."""
-  ds = data.sphere(jax.random.key(3), 160, 6)
-  net = nets.NetConfig(d=6, width=8, depth=2)
-  tcfg = train.TrainConfig(max_steps=3000, lr=1e-2, jam_window=500, jam_rtol=1e-4)
-  return ds, net, train.train_ensemble([0, 1], ds, net, losses.LossConfig(), tcfg)
-
-
 def test_lanczos_counts_against_dense_on_jammed_run():
   """At scale: rank(H0), Tr(H0) and spec(H0) are exact (the N_Delta x N_Delta
   kernel), the other counts are estimates whose intervals hold the dense truth,
   and no check is stated from an estimate."""
-  ds, net, res = _trained_jammed_120()
+  ds, net, res = _trained_jammed(160, 6, 8, 3)
   _, apply_fn = nets.make_net(net)
   fns = cv.curvature_fns(apply_fn, losses.LossConfig())
   batch = cv.examples(ds.x_train, ds.y_train)
@@ -385,6 +378,95 @@ def test_lanczos_counts_against_dense_on_jammed_run():
     assert row["stable"] in (False, None) and row["n_negative_hp_le_n_delta"] is None
     if row["stable"] is False:
       assert not truth["stable"]
+
+
+def _three_members():
+  """Two jammed members and one at initialization (many more active points),
+  each with its own output offset: per-member batches [3, P, ...]."""
+  ds, net, res = _trained_jammed()
+  _, apply_fn = nets.make_net(net)
+  pick = lambda t, k: jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), t)
+  members = [pick(res.params, 0), pick(res.params, 1), pick(res.params0, 0)]
+  params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *members)
+  offsets = [0.05 * k * jnp.sin(jnp.arange(ds.P, dtype=ds.y_train.dtype))
+             for k in range(3)]
+  batches = [cv.examples(ds.x_train, ds.y_train, o) for o in offsets]
+  batch = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *batches)
+  return apply_fn, members, batches, params, batch
+
+
+def test_spectra_equals_plain_loop_over_members():
+  """curvature.spectra (lax.map over members, 2 vmapped, groups of 2 with the
+  last one padded) against a plain loop of the one-network functions: dense
+  eigh of dense_split, spectral_counts, the rank of the output Jacobian, and
+  lanczos_counts with each member's own key and its own active-set padding."""
+  apply_fn, members, batches, params, batch = _three_members()
+  fns = cv.curvature_fns(apply_fn, losses.LossConfig())
+  dense_cfg = cv.SpectraConfig("dense", batch_size=16, vmap_size=2)
+  res = cv.spectra(fns, params, batch, dense_cfg, group_size=2)
+  dense = jax.jit(lambda p, b: cv.dense_split(fns, p, b))
+  seen = []
+  for k, (p, b) in enumerate(zip(members, batches)):
+    eigs = [np.linalg.eigvalsh(np.asarray(m)) for m in dense(p, b)]
+    delta = np.asarray(fns.delta(p, b))
+    n_delta = int(np.sum(delta > 0))
+    row = res.rows[k]
+    assert row["n_delta"] == n_delta and row["method"] == "dense"
+    np.testing.assert_allclose(row["loss"], float(fns.loss(p, b)), rtol=1e-12)
+    for key, value in cv.spectral_counts(*eigs, n_delta).items():
+      if isinstance(value, float):
+        assert row[key] == pytest.approx(value, rel=1e-10), key
+      else:
+        assert row[key] == value, key
+    jac = cv.output_jacobian(apply_fn, p, b.x)
+    assert row["n_eff"] == cv.matrix_rank(jac)
+    for name, e in zip(("eig_h", "eig_h0", "eig_hp"), eigs):
+      np.testing.assert_allclose(res.arrays[name][k], e,
+                                 atol=1e-12 * np.abs(eigs[0]).max())
+    np.testing.assert_allclose(row["trace_h"], eigs[0].sum(),
+                               atol=1e-12 * np.abs(eigs[0]).sum())
+    seen.append((n_delta, row["rank_h0"]))
+  assert len({nd for nd, _ in seen}) == 3 and all(r > 0 for _, r in seen)
+
+  key = jax.random.key(7)
+  ids = [4, 0, 9]
+  lan_cfg = cv.SpectraConfig("lanczos", batch_size=16, num_steps=20,
+                             num_probes=2, top_k=2, pad_to=8, vmap_size=2,
+                             n_eff=False)
+  lan = cv.spectra(fns, params, batch, lan_cfg, key=key, member_ids=ids,
+                   group_size=2)
+  for k, (p, b) in enumerate(zip(members, batches)):
+    row, arrays = cv.lanczos_counts(fns, p, b, jax.random.fold_in(key, ids[k]),
+                                    num_steps=20, num_probes=2, top_k=2,
+                                    block_size=16, pad_to=8)
+    got = lan.rows[k]
+    for name, value in row.items():
+      if isinstance(value, float):
+        assert got[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+      elif isinstance(value, list) and value and isinstance(value[0], float):
+        np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-12)
+      else:
+        assert got[name] == value, name
+    for name in ("eig_h0", "nodes_h", "nodes_hp", "ritz_h"):
+      np.testing.assert_allclose(lan.arrays[name][k], arrays[name],
+                                 atol=1e-12 * np.abs(arrays[name]).max())
+    # The exact part against the dense truth: spec(H0) and rank(H0).
+    h0 = res.arrays["eig_h0"][k]
+    np.testing.assert_allclose(lan.arrays["eig_h0"][k], h0, atol=1e-10 * h0.max())
+    assert got["rank_h0"] == res.rows[k]["rank_h0"] and got["rank_h0_le_n_delta"]
+  assert lan.arrays["nodes_h"].shape == (3, 2, 20)
+
+
+def test_spectra_config_and_method_choice():
+  with pytest.raises(ValueError, match="num_probes"):
+    cv.SpectraConfig("lanczos", num_probes=1)
+  with pytest.raises(ValueError, match="method"):
+    cv.SpectraConfig("magic")
+  assert cv.choose_method("auto", 50, np.float64) == "dense"
+  assert cv.choose_method("auto", 50, np.float64, dense_max_n=10) == "lanczos"
+  assert cv.choose_method("auto", 10 ** 7, np.float64, dense_max_n=10 ** 8) == "lanczos"
+  with pytest.raises(MemoryError, match="lanczos"):
+    cv.choose_method("dense", 10 ** 7, np.float64)
 
 
 def test_slq_interval_closed_form():

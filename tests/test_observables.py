@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,36 @@ def test_work_fraction_counts_members_not_steps():
   assert job.work_fraction(1000, 1000, 0, 20, 20) == 1.0
   # groups: 4 done, 4 running half-way, 12 not started
   assert job.work_fraction(50, 100, 4, 4, 20) == pytest.approx(6 / 20)
+
+
+def test_n_delta_of_an_ensemble_is_per_member():
+  f = np.array([[2.0, 1.0, 0.5], [0.0, -1.0, 3.0]])
+  y = np.array([1.0, -1.0, 1.0])
+  # Delta = 1 - y f: member 0 [-1, 2, 0.5] -> 2; member 1 [1, 0, -2] -> 1 (0 is satisfied)
+  np.testing.assert_array_equal(observables.n_delta(f, y, 1.0), [2, 1])
+  np.testing.assert_array_equal(observables.n_delta(f, y, 0.0), [1, 0])
+
+
+@pytest.mark.parametrize("margin,eps", [(None, 1.0), (0.25, 0.25)])
+def test_delta_distribution_plot_uses_the_runs_margin(tmp_path, monkeypatch, margin, eps):
+  """plots reads the run through io and histograms Delta = eps - y f of the
+  healthy members only, with eps from the run's loss config."""
+  from lossland import plots
+  f = np.array([[0.5, -0.2, 2.0], [0.1, 0.3, -0.4], [0.0, 0.0, 0.0]])
+  y = np.array([1.0, -1.0, 1.0])
+  with io.new_run(str(tmp_path), "ensemble", {},
+                  loss={"name": "quadratic_hinge", "margin": margin, "scale": 1.0}) as w:
+    w.write_json("summary.json", {"members": [{"class": c} for c in
+                                              ("jammed", "sat", "dead")]})
+    w.save_arrays(y_train=y, f_train=f, final_loss=np.array([0.3, 0.0, 0.5]))
+  seen = []
+  orig = observables.delta_histograms
+  monkeypatch.setattr(observables, "delta_histograms",
+                      lambda d, loss, bins: seen.append((np.asarray(d), loss)) or
+                      orig(d, loss, bins))
+  path = plots.plot_delta_distribution(w.final_path)
+  assert os.path.getsize(path) > 1000
+  assert len(seen) == 2  # the dead member is left out
+  for k, (delta, loss) in enumerate(seen):
+    np.testing.assert_allclose(delta, [eps - y[i] * f[k, i] for i in range(3)])
+    assert loss == [0.3, 0.0][k]

@@ -24,7 +24,12 @@ all keep their results. Each analysis directory holds:
   and checks that would rest on an estimate are null.
 * ``density_h.png``, ``density_h0.png``, ``density_hp.png``, ``hp_rescaled.png``.
 
-Results go to stdout (a table and the analysis directory), progress to stderr.
+The analysis itself is :func:`lossland.curvature.spectra` (``lax.map`` over
+the members, ``--vmap_members`` of them vmapped together, ``--members_per_call``
+members per jitted call with a progress line after each); this script parses
+the flags, loads the run (:meth:`lossland.experiment.Ensemble.curvature_inputs`)
+and writes the results. Results go to stdout (a table and the analysis
+directory), progress to stderr.
 ``--method auto`` uses the dense path (exact counts) when N <= --dense_max_n and
 the matrices fit in memory, else Lanczos/SLQ.
 """
@@ -59,6 +64,10 @@ flags.DEFINE_integer("chunk_size", 0, "Accumulate over data chunks of this "
 flags.DEFINE_integer("batch_size", 64, "Basis vectors per batch when building "
                      "dense matrices.")
 flags.DEFINE_list("members", None, "Member indices to analyse (default all).")
+flags.DEFINE_integer("members_per_call", 0, "Members per jitted call, with a "
+                     "progress line after each (0: all in one call).")
+flags.DEFINE_integer("vmap_members", 1, "Members vmapped together inside the "
+                     "lax.map over members (memory grows by this factor).")
 flags.DEFINE_string("out_dir", None, "Directory that receives one new "
                     "subdirectory per analysis (default RUN_DIR/hessian).")
 
@@ -164,11 +173,11 @@ def main(argv):
     _cli.fail(f"--method must be one of {', '.join(_METHODS)}, got {FLAGS.method!r}")
   if FLAGS.at not in _AT:
     _cli.fail(f"--at must be 'final' or 'init', got {FLAGS.at!r}")
-  for name in ("lanczos_steps", "num_probes", "batch_size"):
+  for name in ("lanczos_steps", "num_probes", "batch_size", "vmap_members"):
     if getattr(FLAGS, name) < 1:
       _cli.fail(f"--{name} must be >= 1")
-  if FLAGS.chunk_size < 0 or FLAGS.top_k < 0:
-    _cli.fail("--chunk_size and --top_k must be >= 0")
+  if FLAGS.chunk_size < 0 or FLAGS.top_k < 0 or FLAGS.members_per_call < 0:
+    _cli.fail("--chunk_size, --top_k and --members_per_call must be >= 0")
   if not os.path.isdir(FLAGS.run_dir):
     _cli.fail(f"run directory not found: {FLAGS.run_dir}")
   out_root = FLAGS.out_dir or os.path.join(FLAGS.run_dir, "hessian")
@@ -194,113 +203,40 @@ def main(argv):
     if bad:
       _cli.fail(f"--members {bad} out of range: the run has {ens.n_members} members")
 
-  _, apply_fn = nets.make_net(ens.net, dtype=ens.data.x_train.dtype)
-  n = nets.n_params(ens.net)
-  dtype = ens.data.x_train.dtype
-  chunk = FLAGS.chunk_size or None
-  fns = cv.curvature_fns(apply_fn, ens.loss, chunk_size=chunk)
-
-  method = FLAGS.method
-  if method == "auto":
-    method = "dense" if n <= FLAGS.dense_max_n else "lanczos"
-    if method == "dense":
-      try:
-        cv.check_dense_memory(n, dtype)
-      except MemoryError:
-        method = "lanczos"
-  if method == "dense":
-    try:
-      cv.check_dense_memory(n, dtype)
-    except MemoryError as e:
-      _cli.fail(e)
+  n, dtype = nets.n_params(ens.net), ens.data.x_train.dtype
+  try:
+    method = cv.choose_method(FLAGS.method, n, dtype, FLAGS.dense_max_n)
+  except MemoryError as e:
+    _cli.fail(e)
   if method == "lanczos" and FLAGS.lanczos_steps > n:
     _cli.fail(f"--lanczos_steps={FLAGS.lanczos_steps} exceeds N={n}")
   if method == "lanczos" and FLAGS.num_probes < 2:
     _cli.fail("--num_probes must be >= 2 with Lanczos (error bars need two probes)")
-  # N_eff needs the P x N output Jacobian; skip it when that does not fit.
-  p_train = ens.data.P
-  avail = cv.available_memory_bytes()
-  do_neff = avail is None or 3 * p_train * n * np.dtype(dtype).itemsize < 0.5 * avail
+  cfg = cv.SpectraConfig(method=method, rtol=FLAGS.rtol,
+                         batch_size=FLAGS.batch_size,
+                         num_steps=FLAGS.lanczos_steps,
+                         num_probes=FLAGS.num_probes, top_k=FLAGS.top_k,
+                         vmap_size=FLAGS.vmap_members)
+  fns, params, batch = ens.curvature_inputs(members, FLAGS.at,
+                                            FLAGS.chunk_size or None)
 
-  def batch_for(params0):
-    offset = apply_fn(params0, ens.data.x_train) if ens.subtract_init else None
-    return cv.examples(ens.data.x_train, ens.data.y_train, offset)
-
-  @jax.jit
-  def basics(params, batch):
-    delta = fns.delta(params, batch)
-    return (fns.loss(params, batch), (delta > 0).sum(),
-            cv.n_active(fns, params, batch))
-
-  @jax.jit
-  def dense_eigs(params, batch):
-    h, h0, hp = cv.dense_split(fns, params, batch, FLAGS.batch_size)
-    eig = jax.numpy.linalg.eigvalsh
-    return eig(h), eig(h0), eig(hp)
-
-  jac = jax.jit(lambda params: cv.output_jacobian(apply_fn, params,
-                                                  ens.data.x_train))
-
-  key = jax.random.key(FLAGS.seed)
-  rows, store = [], {}
   t_start = time.time()
   print(f"hessian: {FLAGS.run_dir}: {len(members)} member(s), N={n}, "
-        f"P={p_train}, method={method}, at={FLAGS.at} (the first member "
+        f"P={ens.data.P}, method={method}, at={FLAGS.at} (the first call "
         f"includes compilation)", file=sys.stderr, flush=True)
   bar = _cli.Progress("hessian")
   bar(0, len(members), "members")
-  for i, k in enumerate(members):
-    t0 = time.time()
-    params, params0 = ens.member(k)
-    if FLAGS.at == "init":
-      params = params0
-    batch = batch_for(params0)
-    loss, n_delta, n_act = (np.asarray(a) for a in basics(params, batch))
-    row = {"member": k, "seed": int(ens.seeds[k]), "n_params": n,
-           "n_delta": int(n_delta), "n_active": int(n_act), "loss": float(loss),
-           "method": method}
-    if method == "dense":
-      eh, eh0, ehp = (np.asarray(a) for a in dense_eigs(params, batch))
-      counts = cv.spectral_counts(eh, eh0, ehp, int(n_delta), FLAGS.rtol)
-      row["rtol"] = FLAGS.rtol if FLAGS.rtol is not None else cv.default_rtol(n, dtype)
-      for name, e in (("eig_h", eh), ("eig_h0", eh0), ("eig_hp", ehp)):
-        store.setdefault(name, []).append(e)
-      row["trace_h"] = float(eh.sum())
-      row["trace_h0"] = float(eh0.sum())
-      row["estimated"] = []
-    else:
-      counts, arrays = cv.lanczos_counts(
-          fns, params, batch, jax.random.fold_in(key, k),
-          num_steps=FLAGS.lanczos_steps, num_probes=FLAGS.num_probes,
-          top_k=FLAGS.top_k, rtol=FLAGS.rtol, block_size=FLAGS.batch_size)
-      if counts["rank_h0"] is not None:
-        counts["rank_h0_le_n_delta"] = bool(counts["rank_h0"] <= int(n_delta))
-      row["rtol"] = FLAGS.rtol if FLAGS.rtol is not None else cv.default_rtol(n, dtype)
-      if "eig_h0" not in arrays:
-        arrays["eig_h0"] = np.full((n,), np.nan, dtype)
-      for name, a in arrays.items():
-        store.setdefault(name, []).append(a)
-    row.update(counts)
-    if row["n_negative_hp"] is not None:
-      row["n_negative_hp_over_n"] = row["n_negative_hp"] / n
-    row["n_eff"] = cv.matrix_rank(np.asarray(jac(params))) if do_neff else None
-    rows.append(row)
-    bar(i + 1, len(members),
-        f"member {i + 1}/{len(members)} ({time.time() - t0:.1f}s)")
+  progress = lambda done, total: bar(
+      done, total, f"member {done}/{total} ({time.time() - t_start:.1f}s)")
+  res = cv.spectra(fns, params, batch, cfg, key=jax.random.key(FLAGS.seed),
+                   member_ids=members, group_size=FLAGS.members_per_call,
+                   progress=progress)
   bar.close()
 
-  arrays = {k: np.stack(v) for k, v in store.items()}
-  arrays.update(loss=np.array([r["loss"] for r in rows]),
-                n_delta=np.array([r["n_delta"] for r in rows]),
-                seeds=np.array([r["seed"] for r in rows]),
+  rows = [{"member": k, "seed": int(ens.seeds[k]), **row}
+          for k, row in zip(members, res.rows)]
+  arrays = dict(res.arrays, seeds=np.array([r["seed"] for r in rows]),
                 members=np.array(members))
-  uniform = lambda e: (e[:, None, :], np.full_like(e[:, None, :], 1.0 / n))
-  if method == "dense":
-    spectra = {m: uniform(arrays[f"eig_{m}"]) for m in ("h", "h0", "hp")}
-  else:
-    spectra = {m: (arrays[f"nodes_{m}"], arrays[f"weights_{m}"])
-               for m in ("h", "hp")}
-    spectra["h0"] = uniform(np.nan_to_num(arrays["eig_h0"]))
   settings = {
       "run_dir": os.path.abspath(FLAGS.run_dir),
       "at": FLAGS.at, "method": method, "members_analysed": members,
@@ -309,7 +245,7 @@ def main(argv):
       "seed": FLAGS.seed, "rtol": FLAGS.rtol, "chunk_size": FLAGS.chunk_size,
   }
   summary = {
-      **settings, "n_params": n, "P": p_train,
+      **settings, "n_params": n, "P": ens.data.P,
       "loss": ens.loss.name, "epsilon": ens.loss.epsilon,
       "subtract_init": ens.subtract_init,
       "x64": bool(jax.config.jax_enable_x64),
@@ -325,7 +261,8 @@ def main(argv):
       np.savez(fh, **arrays)
     with open(os.path.join(staging, "summary.json"), "w") as fh:
       fh.write(io.dumps(summary, indent=2) + "\n")
-    curvature_plots.plot_all(staging, spectra, arrays["loss"], labels)
+    curvature_plots.plot_all(staging, curvature_plots.quadratures(arrays),
+                             arrays["loss"], labels)
     final = publish(out_root, staging, name,
                     {"method": method, "at": FLAGS.at, "members": members,
                      "utc": name.split("_")[0]})
@@ -333,6 +270,12 @@ def main(argv):
     import shutil
     shutil.rmtree(staging, ignore_errors=True)
     raise
+  _print_table(rows, method)
+  print(final)
+
+
+def _print_table(rows, method):
+  """One line per member on stdout."""
   cols = ("n_delta", "rank_h0", "n_negative_hp", "n_zero_h", "n_negative_h",
           "trace_h", "n_eff")
   print("member seed loss " + " ".join(cols))
@@ -343,7 +286,6 @@ def main(argv):
     print("(a+-s: estimate and standard error over probes; unres: weight of "
           "Ritz nodes their residual does not classify; see summary.json "
           "*_interval)")
-  print(final)
 
 
 if __name__ == "__main__":
