@@ -110,6 +110,9 @@ SPEC = (
     Option("jam_window", "int", 2000, "Jamming rule: window in steps."),
     Option("jam_rtol", "float", 1e-3,
            "Jamming rule: relative decrease of the best loss below which a window counts as stalled."),
+    Option("jam_after_decays", "bool", False, "Jamming rule with --schedule step: stop jammed only "
+           "at the last lr level (min_lr or past the last decay; a stall at a larger lr is Adam's "
+           "noise floor, not a minimum)."),
     Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
     Option("record_unsat", "bool", False, "Save which training points are unsatisfied at every "
            "measurement step (history_unsat [K, M, P] in arrays.npz: avalanches)."),
@@ -290,6 +293,7 @@ def configs(values: dict) -> tuple:
         max_steps=v["max_steps"], batch_size=v["batch_size"],
         check_every=v["check_every"], subtract_init=v["subtract_init"],
         jam_window=v["jam_window"], jam_rtol=v["jam_rtol"],
+        jam_after_decays=v["jam_after_decays"],
         chunk_steps=v["chunk_steps"], record_unsat=v["record_unsat"])
   except ValueError as e:  # the configs' own validation (their __post_init__)
     raise JobError(str(e)) from None

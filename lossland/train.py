@@ -29,8 +29,10 @@ the pure function :func:`stop_code`, in this order:
 * ``max_steps``: ``max_steps`` updates done.
 * ``jammed``: N_Delta > 0 and the loss has stalled: the best loss seen so far
   decreased by less than a fraction ``jam_rtol`` over the last ``jam_window``
-  steps (with the plateau schedule, only once the learning rate has reached
-  ``min_lr``). Using the running best makes the rule insensitive to Adam's
+  steps; with the plateau schedule (and the step schedule if
+  ``jam_after_decays``) only once the learning rate has reached its last
+  level (:func:`final_lr_level`: a stall at a larger learning rate is the
+  optimizer's noise floor, not a minimum, docs/jamming.md). Using the running best makes the rule insensitive to Adam's
   oscillations. A member reaching ``max_steps`` is ``max_steps``, never
   ``jammed``, even on a window boundary.
 
@@ -100,7 +102,9 @@ class TrainConfig:
     schedule: "constant"; "step" (multiply by ``decay_factor`` every
       ``decay_every`` steps: the authors' "divide by 10 every 250k steps");
       "plateau" (multiply by ``decay_factor`` when the best loss improved by
-      less than ``plateau_rtol`` over ``plateau_patience`` steps). Only
+      less than ``plateau_rtol`` over ``plateau_patience`` steps). With
+      "plateau" (and "step" if ``jam_after_decays``) a member stops jammed
+      only at the last lr level (:func:`final_lr_level`). Only
       "constant" with gradient_flow and fire (they adapt dt themselves).
     decay_every, decay_factor, plateau_patience, plateau_rtol, min_lr: see above.
     max_steps: maximum number of updates (gradient evaluations for
@@ -112,6 +116,8 @@ class TrainConfig:
     subtract_init: train f(w) - f(w0) (1906.08034).
     stop_at_sat: stop a member as soon as N_Delta = 0.
     jam_window, jam_rtol: the jamming rule (module docstring).
+    jam_after_decays: with the step schedule, stop jammed only at the last
+      lr level (``min_lr`` or past the last decay before ``max_steps``).
     divergence_factor: loss blow-up factor that counts as divergence.
     chunk_steps: most steps between two host syncs (measurements add
       boundaries at log-spaced steps).
@@ -148,6 +154,7 @@ class TrainConfig:
   stop_at_sat: bool = True
   jam_window: int = 2000
   jam_rtol: float = 1e-3
+  jam_after_decays: bool = False
   divergence_factor: float = 1e6
   chunk_steps: int = 2000
   n_log_per_decade: int = 10
@@ -232,7 +239,6 @@ class Trainer(NamedTuple):
   chunk_fn: Callable     # (state, data, t0, n) -> state: steps t0 .. t0+n-1, n static
   measure_fn: Callable   # (state, data) -> dict of scalars (MEASUREMENTS)
   outputs_fn: Callable   # (params, params0, data) -> (f_train [P], f_test [n_test])
-  loss_fn: Callable      # (params, params0, x, y) -> (loss, n_delta)
 
 
 def member_keys(seed: int) -> tuple:
@@ -272,12 +278,31 @@ def stop_code(t, running, loss, loss0, finite_grad, nd, checked, best, jam_ref,
               (loss > cfg.divergence_factor * jnp.maximum(loss0, 1.0)))
   sat = (nd == 0) & checked & cfg.stop_at_sat
   window = checked & (t > 0) & (t % cfg.jam_window == 0)
-  lr_floor = (lr <= cfg.min_lr) if cfg.schedule == "plateau" else True
+  lr_floor = final_lr_level(t, lr, cfg)
   stalled = window & (nd > 0) & lr_floor & (best > (1.0 - cfg.jam_rtol) * jam_ref)
   at_max = t >= cfg.max_steps
   code = jnp.select([diverged, sat, at_max, stalled],
                     [DIVERGED, SAT, MAX_STEPS, JAMMED], RUNNING)
   return jnp.where(running, code, RUNNING).astype(jnp.int32)
+
+
+def final_lr_level(t, lr, cfg: TrainConfig):
+  """Whether the learning rate has reached its last level (the jam rule's gate).
+
+  A loss that stalls at a large learning rate is the optimizer's noise floor
+  (Adam rattling), not a minimum: a member may stop as jammed only once no
+  decay is left. "plateau": lr at ``min_lr``; "step" with
+  ``jam_after_decays``: lr at ``min_lr`` or past the last decay before
+  ``max_steps``; otherwise always. ``min_lr`` is matched up to a relative
+  1e-6 (lr0 * 0.1**k rounds to just above it).
+  """
+  at_min = lr <= cfg.min_lr * (1.0 + 1e-6)
+  if cfg.schedule == "plateau":
+    return at_min
+  if cfg.schedule == "step" and cfg.jam_after_decays:
+    last_decay = ((cfg.max_steps - 1) // cfg.decay_every) * cfg.decay_every
+    return at_min | (t >= last_decay)
+  return jnp.asarray(True)
 
 
 def _base_tx(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -337,14 +362,18 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     loss = jnp.mean(ell(delta))
     return loss if scale == 1.0 else scale * loss
 
+  # One definition of Delta and N_Delta (losses.margins, losses.n_unsatisfied).
+  def n_delta_of(delta):
+    return losses.n_unsatisfied(delta).astype(jnp.int32)
+
   def loss_fn(params, params0, x, y):
-    delta = eps - y * f_fn(params, params0, x)
-    return scaled_loss(delta), jnp.sum(delta > 0).astype(jnp.int32)
+    delta = losses.margins(f_fn(params, params0, x), y, eps)
+    return scaled_loss(delta), n_delta_of(delta)
 
   def loss_out_fn(params, params0, x, y):
     f = f_fn(params, params0, x)
-    delta = eps - y * f
-    return scaled_loss(delta), (jnp.sum(delta > 0).astype(jnp.int32), f)
+    delta = losses.margins(f, y, eps)
+    return scaled_loss(delta), (n_delta_of(delta), f)
 
   def evaluate(params, params0, data):
     """(loss, nd, f_train), grad at params on the full training set."""
@@ -504,12 +533,12 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
 
   def _measure(state: TrainState, data):
     f_tr, f_te = outputs_fn(state.params, state.params0, data)
-    delta = eps - data.y_train * f_tr
+    delta = losses.margins(f_tr, data.y_train, eps)
     nan = jnp.full((), jnp.nan, f_tr.dtype)
     has_test = data.x_test.shape[0] > 0
     meas = {
         "loss": scaled_loss(delta),
-        "n_delta": jnp.sum(delta > 0).astype(jnp.int32),
+        "n_delta": n_delta_of(delta),
         # The largest Delta tells a jammed member (Delta = O(1)) from one stuck
         # with a few points at rounding level (Delta ~ 1e-16 epsilon).
         "max_delta": jnp.max(delta),
@@ -524,7 +553,7 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     }
     return meas, delta > 0
 
-  return Trainer(init_fn, chunk_fn, measure_fn, outputs_fn, loss_fn), _measure
+  return Trainer(init_fn, chunk_fn, measure_fn, outputs_fn), _measure
 
 
 def measurement_steps(max_steps: int, n_per_decade: int = 10) -> np.ndarray:

@@ -165,7 +165,10 @@ def test_script_end_to_end_tiny_grid(tmp_path):
 
 @pytest.mark.parametrize("bad", [["--depths", "2,3", "--widths", "4,5,6"],
                                  ["--shard", "3/2", "--preset", "cpu"],
-                                 ["--preset", "cpu", "--n_seeds", "0"]])
+                                 ["--preset", "cpu", "--n_seeds", "0"],
+                                 # the trainer's config rejects it (FIRE adapts dt itself)
+                                 ["--preset", "cpu", "--optimizer", "fire"],
+                                 ["--preset", "cpu", "--min_lr", "-1"]])
 def test_bad_flags_exit_2(bad, tmp_path):
   r = _run(bad, tmp_path)
   assert r.returncode == 2, r.stderr

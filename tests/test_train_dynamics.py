@@ -132,3 +132,45 @@ def test_record_unsat():
       np.testing.assert_array_equal(res.history_unsat[k, j], delta[k] > 0)
   off = train.train_ensemble([0], ds, net, LOSS, dataclasses.replace(cfg, record_unsat=False))
   assert off.history_unsat is None
+
+
+def test_plateau_stall_is_jammed_only_at_min_lr():
+  # the pure rule: a stalled window with N_Delta > 0 is JAMMED at the lr floor
+  # only; above it the plateau schedule decays the lr first
+  cfg = train.TrainConfig(schedule="plateau", min_lr=1e-5, jam_window=100)
+  args = dict(t=200, running=True, loss=0.5, loss0=1.0, finite_grad=True, nd=7,
+              checked=True, best=0.5, jam_ref=0.5, cfg=cfg)
+  assert int(train.stop_code(lr=1e-3, **args)) == train.RUNNING
+  assert int(train.stop_code(lr=1e-5, **args)) == train.JAMMED
+  # lr0 * 0.1**k rounds to just above min_lr: still the floor
+  assert int(train.stop_code(lr=1e-2 * 0.1 ** 3, **args)) == train.JAMMED
+  # with a constant lr the same stall is JAMMED at once
+  const = train.TrainConfig(jam_window=100)
+  assert int(train.stop_code(lr=1e-3, **dict(args, cfg=const))) == train.JAMMED
+  # step schedule: jammed at min_lr or after the last decay before max_steps
+  step = train.TrainConfig(schedule="step", decay_every=100, max_steps=1050,
+                           min_lr=1e-7, jam_window=100, jam_after_decays=True)
+  # without jam_after_decays the step schedule keeps the old rule: jammed at once
+  old = dataclasses.replace(step, jam_after_decays=False)
+  assert int(train.stop_code(lr=1e-3, **dict(args, cfg=old))) == train.JAMMED
+  assert int(train.stop_code(lr=1e-3, **dict(args, cfg=step))) == train.RUNNING
+  assert int(train.stop_code(lr=1e-7, **dict(args, cfg=step))) == train.JAMMED
+  assert int(train.stop_code(lr=1e-3, **dict(args, cfg=step, t=1000))) == train.JAMMED
+  assert int(train.stop_code(lr=1e-3, **dict(args, cfg=step, t=1050))) == train.MAX_STEPS
+
+
+def test_plateau_adam_stops_jammed_at_min_lr_on_an_under_parametrized_net():
+  # the protocol of the phase script's cpu preset (Adam, plateau decays, jammed
+  # only at min_lr) on N = 12 weights and P = 300 points: every member decays
+  # its lr down to min_lr, then stops jammed with N_Delta > 0.1 N
+  ds = data.sphere(jax.random.key(2), 300, 5)
+  net = nets.NetConfig(d=5, width=2, depth=1)
+  cfg = train.TrainConfig(lr=1e-2, schedule="plateau", plateau_patience=200,
+                          min_lr=1e-4, jam_window=200, max_steps=20_000)
+  res = train.train_ensemble([0, 1], ds, net, LOSS, cfg)
+  assert res.stop_reasons == ["jammed", "jammed"], res.stop_reasons
+  np.testing.assert_allclose(res.final["lr"], 1e-4, rtol=1e-12)
+  assert np.all(res.final["n_delta"] > 0.1 * 12)
+  # the lr went through every decade: 1e-2, 1e-3, 1e-4
+  lr = res.history["lr"][0]
+  assert {round(float(np.log10(v))) for v in lr[np.isfinite(lr)]} == {-2, -3, -4}

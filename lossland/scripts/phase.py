@@ -18,9 +18,10 @@ depth_spread, theta, theta_ci, gamma, gamma_ci, ...) and figures.
 
 Presets (the flags given explicitly override them):
 
-* ``cpu``: sphere data, L = 2, 3, 4 with d = h = 10, 8, 7 (N = 210, 200,
-  203), P/N in {1.5, 2, 2.5, 3} then 2 bisection rounds, 8 members, Adam
-  lr 1e-2, 20k steps, jam window 4000.
+* ``cpu``: sphere data, L = 2, 3, 4 with d = h = 12, 10, 9 (N = 300, 310,
+  333), P/N in {1.25, 1.75, 2.25} then 2 bisection rounds, 6 members, Adam
+  lr 1e-2 divided by 10 every 10k steps down to 1e-5 (a member stops jammed
+  only at 1e-5: best loss down < 0.1% in 2000 steps), at most 40k steps.
 * ``paper``: L = 2, d = h = 62 (N = 7750); L = 3, d = h = 51 (N = 7854);
   L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
   lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
@@ -33,13 +34,20 @@ from absl import flags
 from lossland.scripts import _cli
 
 PRESETS = {
-    "cpu": dict(depths=[2, 3, 4], widths=[10, 8, 7], p_over_n=[1.5, 2.0, 2.5, 3.0],
-                rounds=2, n_seeds=8, max_steps=20_000, lr=1e-2, schedule="constant",
-                jam_window=4000, optimizer="adam"),
+    # docs/jamming.md: fixed step decays (a plateau schedule decayed the lr of
+    # slowly descending L = 3 members early and stopped them jammed); a stall
+    # at a large lr is Adam's noise floor, so members stop jammed only at the
+    # last lr level (train.final_lr_level).
+    "cpu": dict(depths=[2, 3, 4], widths=[12, 10, 9], p_over_n=[1.25, 1.75, 2.25],
+                rounds=2, n_seeds=6, max_steps=40_000, lr=1e-2, schedule="step",
+                decay_every=10_000, decay_factor=0.1, min_lr=1e-5,
+                jam_window=2000, jam_rtol=1e-3, jam_after_decays=True,
+                optimizer="adam"),
     "paper": dict(depths=[2, 3, 5], widths=[62, 51, 40],
                   p_over_n=[2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0],
                   rounds=2, n_seeds=8, max_steps=2_000_000, lr=1e-4,
-                  schedule="step", jam_window=100_000, optimizer="adam"),
+                  schedule="step", jam_window=100_000, jam_after_decays=True,
+                  optimizer="adam"),
 }
 
 _PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "Preset grid (flags override).")
@@ -60,6 +68,11 @@ _SCHEDULE = flags.DEFINE_string("schedule", None, "Learning-rate schedule.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Maximum steps per member.")
 _JAM_WINDOW = flags.DEFINE_integer("jam_window", None, "Jamming rule window (steps).")
 _DECAY_EVERY = flags.DEFINE_integer("decay_every", None, "Steps between lr decays (--schedule step; default: the job's, 250k).")
+_DECAY_FACTOR = flags.DEFINE_float("decay_factor", None, "lr decay factor (step and plateau schedules; default: the job's, 0.1).")
+_PATIENCE = flags.DEFINE_integer("plateau_patience", None, "Steps per plateau test (--schedule plateau; default: the job's, 1000).")
+_MIN_LR = flags.DEFINE_float("min_lr", None, "lr floor; with --schedule plateau a member can stop jammed only at this lr (default: the job's, 1e-7).")
+_JAM_AFTER = flags.DEFINE_boolean("jam_after_decays", None, "With --schedule step, stop jammed only at the last lr level (default: on in the presets).")
+_JAM_RTOL = flags.DEFINE_float("jam_rtol", None, "Jamming rule: relative decrease of the best loss over a window below which it stops (default: the job's, 1e-3).")
 _X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
@@ -122,6 +135,11 @@ def _settings():
        "schedule": pick(_SCHEDULE, "schedule", "constant"),
        "jam_window": pick(_JAM_WINDOW, "jam_window", 2000),
        "optimizer": pick(_OPTIMIZER, "optimizer", "adam")}
+  # Optional schedule settings: unset (None) means the ensemble job's default.
+  for fl, key in ((_DECAY_EVERY, "decay_every"), (_DECAY_FACTOR, "decay_factor"),
+                  (_PATIENCE, "plateau_patience"), (_MIN_LR, "min_lr"),
+                  (_JAM_RTOL, "jam_rtol"), (_JAM_AFTER, "jam_after_decays")):
+    s[key] = pick(fl, key, None)
   for k in ("rounds",):
     if s[k] < 0:
       raise _cli.UsageError(f"--{k} must be >= 0, got {s[k]}")
@@ -157,7 +175,9 @@ def main(argv):
             "max_steps": s["max_steps"], "lr": s["lr"],
             "schedule": s["schedule"], "optimizer": s["optimizer"],
             "jam_window": s["jam_window"], "x64": bool(_X64.value),
-            **({"decay_every": _DECAY_EVERY.value} if _DECAY_EVERY.value else {}),
+            **{k: s[k] for k in ("decay_every", "decay_factor", "plateau_patience",
+                                 "min_lr", "jam_rtol", "jam_after_decays")
+               if s[k] is not None},
             "plots": False,
             # which points are unsatisfied at each measurement: avalanches
             "record_unsat": True}
@@ -170,7 +190,8 @@ def main(argv):
   # Validate every cell before anything runs (bad options exit 2).
   try:
     for g in groups:
-      job.validate(dict({k: v for k, v in g.items() if not k.startswith("_")}, P=100))
+      job.configs(job.validate(dict({k: v for k, v in g.items() if not k.startswith("_")},
+                                    P=100)))
   except ValueError as e:
     raise _cli.UsageError(str(e)) from None
 
