@@ -12,7 +12,9 @@ proposes the next cells of a bisection; running them is the caller's
 ``run_cells_fn``. Member classes come from ``summary["members"][k]["class"]``
 (:func:`lossland.observables.member_classes`): only ``sat`` and ``jammed``
 enter the fraction; ``limbo``, ``dead``, ``not_converged``, ``stalled`` and
-``diverged`` are counted and reported, never counted as jammed.
+``diverged`` are counted and reported, never counted as jammed; stalled
+members whose unsatisfied points are all dead points (f = 0 exactly) are
+``sat_dead`` and count as sat (:func:`cell_stats`).
 """
 import math
 import os
@@ -34,18 +36,56 @@ def member_class(m: dict) -> str:
   return m.get("stop_reason", "unknown")
 
 
-def cell_stats(record: dict) -> dict:
-  """Counts of one cell: P, N, P/N, classes, N_Delta/N of the jammed members."""
+def dead_point_members(record: dict, load_fn=None) -> list:
+  """Per member: whether every unsatisfied point is a dead point (f = 0 exactly).
+
+  A ReLU net without biases outputs exactly 0 on an input for which every
+  unit of a layer is off; that point keeps Delta = epsilon and a zero
+  gradient whatever the training does (the issue's "dead points"). A member
+  whose unsatisfied points are all dead has satisfied every live constraint.
+  Reads ``f_train``/``y_train`` of the cell's arrays.npz; all False when the
+  record has no run directory or the arrays cannot be read.
+  """
+  members = record["summary"]["members"]
+  if not record.get("run_dir"):
+    return [False] * len(members)
+  try:
+    a = (load_fn or _load_arrays)(record["run_dir"])
+    f = np.asarray(a["f_train"], np.float64)
+    y = np.asarray(a["y_train"], np.float64)
+  except (OSError, KeyError, ValueError):
+    return [False] * len(members)
+  margin = record.get("flags", {}).get("margin")
+  eps = 1.0 if margin is None else float(margin)
+  out = []
+  for k in range(len(members)):
+    unsat = eps - y * f[k] > 0
+    out.append(bool(unsat.any() and np.all(f[k][unsat] == 0)))
+  return out
+
+
+def cell_stats(record: dict, load_fn=None) -> dict:
+  """Counts of one cell: P, N, P/N, classes, N_Delta/N of the jammed members.
+
+  Members stopped as stalled (N_Delta <= 0.1 N) whose unsatisfied points are
+  all dead points (:func:`dead_point_members`) get the class ``sat_dead``:
+  every live constraint is satisfied. They count as sat in the fraction
+  (``n_sat``) and are reported separately (``counts["sat_dead"]``).
+  """
   s, f = record["summary"], record.get("flags", {})
   members = s["members"]
   classes = [member_class(m) for m in members]
+  if "stalled" in classes:
+    dead = dead_point_members(record, load_fn)
+    classes = ["sat_dead" if c == "stalled" and d else c for c, d in zip(classes, dead)]
   N, P = int(s["n_weights"]), int(s["P"])
   counts = {c: classes.count(c) for c in sorted(set(classes))}
   return {
       "P": P, "N": N, "p_over_n": P / N,
       "depth": f.get("depth"), "width": f.get("width"), "d": f.get("d"),
       "n_members": len(members), "counts": counts,
-      "n_sat": counts.get("sat", 0), "n_jammed": counts.get("jammed", 0),
+      "n_sat": counts.get("sat", 0) + counts.get("sat_dead", 0),
+      "n_jammed": counts.get("jammed", 0),
       "nd_over_n_jammed": [float(m["n_delta_over_n"]) for m, c in
                            zip(members, classes) if c == "jammed"],
       "run_dir": record.get("run_dir"),
@@ -287,7 +327,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   pos, neg, pos_g, neg_g, aval = [], [], [], [], []
   exps = {}
   for L, recs in sorted(records_by_depth.items()):
-    stats = sorted((cell_stats(r) for r in recs), key=lambda c: c["p_over_n"])
+    stats = sorted((cell_stats(r, load_fn) for r in recs), key=lambda c: c["p_over_n"])
     fit = fit_cells(stats, level=level)
     xs = fit["x_half"]
     p_star[L] = xs
@@ -315,8 +355,8 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     # Only depths whose transition was located: far from P* the distribution
     # is not the critical one.
     ref = xs
-    jam_cells = [(c, r) for c, r in zip(stats, sorted(recs, key=lambda r: cell_stats(r)["p_over_n"]))
-                 if c["n_jammed"] > 0]
+    by_x = sorted(recs, key=lambda r: r["summary"]["P"] / r["summary"]["n_weights"])
+    jam_cells = [(c, r) for c, r in zip(stats, by_x) if c["n_jammed"] > 0]
     if ref is not None and jam_cells:
       c, r = min(jam_cells, key=lambda cr: abs(cr[0]["p_over_n"] - ref))
       try:
@@ -382,8 +422,9 @@ def plot_all(result: dict, out_dir: str):
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for L, v in pd.items():
     x = np.array([c["p_over_n"] for c in v["cells"]])
-    k = np.array([c["counts"].get("sat", 0) for c in v["cells"]])
-    n = np.array([c["counts"].get("sat", 0) + c["counts"].get("jammed", 0) for c in v["cells"]])
+    sat = lambda c: c["counts"].get("sat", 0) + c["counts"].get("sat_dead", 0)
+    k = np.array([sat(c) for c in v["cells"]])
+    n = np.array([sat(c) + c["counts"].get("jammed", 0) for c in v["cells"]])
     m = n > 0
     line = ax.plot(x[m], k[m] / n[m], "o", label=f"L={L}")[0]
     if v["p_star_over_n"] is not None and x.size:
@@ -400,8 +441,9 @@ def plot_all(result: dict, out_dir: str):
   for L, v in pd.items():
     xs, ys = [], []
     for c in v["cells"]:
-      xs += [c["p_over_n"]] * (len(c["nd_over_n_jammed"]) + c["counts"].get("sat", 0))
-      ys += c["nd_over_n_jammed"] + [0.0] * c["counts"].get("sat", 0)
+      n_sat = c["counts"].get("sat", 0) + c["counts"].get("sat_dead", 0)
+      xs += [c["p_over_n"]] * (len(c["nd_over_n_jammed"]) + n_sat)
+      ys += c["nd_over_n_jammed"] + [0.0] * n_sat
     ax.plot(xs, ys, "o", alpha=0.5, label=f"L={L}")
   ax.set_xlabel("P/N"), ax.set_ylabel("N_Delta / N (sat and jammed)")
   ax.legend()

@@ -174,3 +174,21 @@ def test_bad_flags_exit_2(bad, tmp_path):
   assert r.returncode == 2, r.stderr
   assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_stalled_members_with_only_dead_points_count_as_sat():
+  # member 0: its one unsatisfied point has f = 0 exactly (dead point);
+  # member 1: an unsatisfied point with f != 0 (a real stall); member 2 jammed
+  y = np.array([1.0, -1.0, 1.0, 1.0])
+  f = np.array([[2.0, -3.0, 0.0, 1.5],
+                [2.0, -3.0, 0.5, 1.5],
+                [0.2, 0.1, 0.3, 0.0]])
+  rec = _record(4, 10, ["stalled", "stalled", "jammed"], nd=[0.1, 0.1, 0.4], run_dir="x")
+  load = lambda run_dir: {"f_train": f, "y_train": y}
+  assert phase.dead_point_members(rec, load) == [True, False, False]
+  c = phase.cell_stats(rec, load)
+  assert c["counts"] == {"sat_dead": 1, "stalled": 1, "jammed": 1}
+  assert c["n_sat"] == 1 and c["n_jammed"] == 1
+  # without arrays (no run directory) nothing is reclassified
+  c = phase.cell_stats(dict(rec, run_dir=None))
+  assert c["counts"] == {"stalled": 2, "jammed": 1} and c["n_sat"] == 0
