@@ -17,6 +17,7 @@ from lossland import checkpoint
 from lossland import curvature
 from lossland import data
 from lossland import experiment
+from lossland import fire
 from lossland import fits
 from lossland import generalization
 from lossland import io
@@ -37,7 +38,7 @@ from lossland.train import TrainConfig, train_ensemble
 __version__ = "0.1.0"
 
 __all__ = [
-    "checkpoint", "curvature", "data", "experiment", "fits", "generalization", "io", "job",
+    "checkpoint", "curvature", "data", "experiment", "fire", "fits", "generalization", "io", "job",
     "lanczos", "losses", "nets", "ntk", "observables", "phase", "sweep", "train",
     "DataError", "Dataset", "LossConfig", "NetConfig", "TrainConfig", "make_net",
     "n_params", "n_weights", "train_ensemble", "width_for_n",

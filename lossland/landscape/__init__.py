@@ -28,14 +28,14 @@ A user-defined energy: see examples/muller_brown.py and docs/landscape.md
 
 from lossland.landscape import disconnectivity, metrics, potentials, report, symmetry
 from lossland.landscape.database import (Database, DatabaseError, export_pathsample,
-                                         import_pathsample)
+                                         import_pathsample, log_product_positive, norm_gap)
 from lossland.landscape.disconnectivity import (build_tree, plot_disconnectivity,
                                                 tree_signature)
 from lossland.landscape.explorer import (Explorer, ExplorerConfig, add_minima,
                                          basin_hopping, calibrate_temperature,
                                          check_coordinates, components, connect_database,
                                          local_connect, make_explorer, refine_and_store_ts)
-from lossland.landscape.metrics import landscape_metrics
+from lossland.landscape.metrics import downhill_barriers, landscape_metrics, uphill_barriers
 from lossland.landscape.minimize import MinimizeResult, make_fire, make_lbfgs
 from lossland.landscape.transition import (hessian_eigenvalues_fn, hvp_fn_from,
                                            lowest_eigenpair, make_dneb, make_hef)

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from lossland import nets
+from lossland.landscape import database
 
 
 def _config(net) -> nets.NetConfig:
@@ -191,4 +192,8 @@ def network_distance_fn(net, odd: Optional[bool] = None):
   def distance(a, b):
     return float(np.linalg.norm(np.asarray(a) - align_network(a, b, cfg, odd)))
 
+  # Permutations and sign flips are orthogonal maps, so ||a| - |b|| <= distance:
+  # the database and the explorer skip the alignment when this bound already
+  # exceeds their tolerance (or the best distance so far).
+  distance.lower_bound = database.norm_gap
   return distance
