@@ -254,17 +254,30 @@ def _trained_jammed(P=48, d=5, width=4, data_seed=0):
   return ds, net, train.train_ensemble([0, 1], ds, net, losses.LossConfig(), tcfg)
 
 
-def test_counts_on_trained_jammed_nets():
-  ds, net, res = _trained_jammed()
+def _dense_truth(*sizes):
+  """The members of ``_trained_jammed(*sizes)`` with their dense truth.
+
+  Returns:
+    (ds, net, apply_fn, fns, batch, members), each member a tuple (params,
+    N_Delta, (eigenvalues of H, H0, Hp), spectral_counts).
+  """
+  ds, net, res = _trained_jammed(*sizes)
   _, apply_fn = nets.make_net(net)
   fns = cv.curvature_fns(apply_fn, losses.LossConfig())
   batch = cv.examples(ds.x_train, ds.y_train)
   dense = jax.jit(lambda p, b: cv.dense_split(fns, p, b))
+  members = []
   for k in range(2):
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params)
     n_delta = int(jnp.sum(fns.delta(params, batch) > 0))
-    h, h0, hp = (np.linalg.eigvalsh(np.asarray(m)) for m in dense(params, batch))
-    c = cv.spectral_counts(h, h0, hp, n_delta)
+    eigs = tuple(np.linalg.eigvalsh(np.asarray(m)) for m in dense(params, batch))
+    members.append((params, n_delta, eigs, cv.spectral_counts(*eigs, n_delta)))
+  return ds, net, apply_fn, fns, batch, members
+
+
+def test_counts_on_trained_jammed_nets():
+  ds, _, apply_fn, fns, batch, members = _dense_truth()
+  for params, n_delta, (h, _, _), c in members:
     assert n_delta > 0 and 0 < c["rank_h0"] <= n_delta and c["rank_h0_le_n_delta"]
     # rank(H0) is also the rank of the N_Delta x N Jacobian of the active margins.
     jac = np.asarray(cv.output_jacobian(apply_fn, params, ds.x_train))
@@ -347,17 +360,9 @@ def test_lanczos_counts_against_dense_on_jammed_run():
   """At scale: rank(H0), Tr(H0) and spec(H0) are exact (the N_Delta x N_Delta
   kernel), the other counts are estimates whose intervals hold the dense truth,
   and no check is stated from an estimate."""
-  ds, net, res = _trained_jammed(160, 6, 8, 3)
-  _, apply_fn = nets.make_net(net)
-  fns = cv.curvature_fns(apply_fn, losses.LossConfig())
-  batch = cv.examples(ds.x_train, ds.y_train)
+  _, net, _, fns, batch, members = _dense_truth(160, 6, 8, 3)
   n = nets.n_params(net)
-  dense = jax.jit(lambda p, b: cv.dense_split(fns, p, b))
-  for k in range(2):
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params)
-    n_delta = int(jnp.sum(fns.delta(params, batch) > 0))
-    h, h0, hp = (np.linalg.eigvalsh(np.asarray(m)) for m in dense(params, batch))
-    truth = cv.spectral_counts(h, h0, hp, n_delta)
+  for k, (params, n_delta, (h, h0, _), truth) in enumerate(members):
     assert n_delta > 0 and truth["rank_h0"] > 0
     row, arrays = cv.lanczos_counts(fns, params, batch, jax.random.key(k),
                                     num_steps=80, num_probes=8, top_k=3, pad_to=32)
