@@ -126,40 +126,50 @@ def grad_norms(ens) -> np.ndarray:
 
 
 def cusp(per_n, n_star_value, window: float = 2.0) -> dict | None:
-  """The peak of the single-net test error around N* and its size in sems.
+  """The rise of the single-net test error with N around N*, in sems.
 
-  The peak is the largest ``mean_test_error`` among the widths with
-  N*/window <= N <= N* window. Its ``excess`` is measured against the lowest
-  error at smaller N (any N below the peak): a cusp in the sense of
-  1810.09665 is an error that rises with N up to N* and falls after it, so
-  it ``shows`` when the excess is more than twice the combined standard
-  error sqrt(sem_peak^2 + sem_low^2) and the next larger N has a lower
-  error. None without N* or without a width in the window.
+  Candidates are the widths with N*/window <= N <= N* window whose
+  ``mean_test_error`` is higher than at the next smaller N (the error rose
+  with N there); the peak is the highest candidate. Its ``excess`` is
+  measured against the lowest error at any smaller N. A cusp in the sense of
+  1810.09665 (the error rises with N up to N* and falls after it) ``shows``
+  when the excess is more than twice the combined standard error
+  sqrt(sem_peak^2 + sem_low^2) and the next larger N has a lower error.
+
+  Returns:
+    None without N* or without a width in the window; else a dict with
+    ``N_peak`` (None if the error falls monotonically through the window),
+    ``peak_error``, ``peak_sem``, ``low_N``, ``low_error``, ``low_sem``,
+    ``excess``, ``excess_over_sem``, ``next_error`` and ``shows``.
   """
   if n_star_value is None:
     return None
   rows = sorted(per_n, key=lambda r: r["N"])
+  err = [r["mean_test_error"] for r in rows]
   idx = [i for i, r in enumerate(rows)
          if n_star_value / window <= r["N"] <= n_star_value * window]
   if not idx:
     return None
-  i = max(idx, key=lambda j: rows[j]["mean_test_error"])
-  peak = rows[i]
-  out = {"N_peak": peak["N"], "N_peak_over_n_star": peak["N"] / n_star_value,
-         "peak_error": peak["mean_test_error"], "peak_sem": peak["sem_test_error"],
-         "low_N": None, "low_error": None, "low_sem": None, "excess": None,
-         "excess_over_sem": None,
-         "next_error": rows[i + 1]["mean_test_error"] if i + 1 < len(rows) else None,
+  out = {"N_peak": None, "N_peak_over_n_star": None, "peak_error": None,
+         "peak_sem": None, "low_N": None, "low_error": None, "low_sem": None,
+         "excess": None, "excess_over_sem": None, "next_error": None,
          "shows": False}
-  if i > 0:
-    low = min(rows[:i], key=lambda r: r["mean_test_error"])
-    excess = peak["mean_test_error"] - low["mean_test_error"]
-    sem = math.sqrt(peak["sem_test_error"] ** 2 + low["sem_test_error"] ** 2)
-    z = excess / sem if sem > 0 else float("inf") if excess > 0 else 0.0
-    out.update(low_N=low["N"], low_error=low["mean_test_error"],
-               low_sem=low["sem_test_error"], excess=excess, excess_over_sem=z)
-    out["shows"] = bool(z > 2 and out["next_error"] is not None
-                        and out["next_error"] < peak["mean_test_error"])
+  rising = [i for i in idx if i > 0 and err[i] > err[i - 1]]
+  if not rising:
+    return out
+  i = max(rising, key=lambda j: err[j])
+  peak = rows[i]
+  low = min(rows[:i], key=lambda r: r["mean_test_error"])
+  excess = peak["mean_test_error"] - low["mean_test_error"]
+  sem = math.sqrt(peak["sem_test_error"] ** 2 + low["sem_test_error"] ** 2)
+  z = excess / sem if sem > 0 else float("inf")
+  out.update(N_peak=peak["N"], N_peak_over_n_star=peak["N"] / n_star_value,
+             peak_error=peak["mean_test_error"], peak_sem=peak["sem_test_error"],
+             low_N=low["N"], low_error=low["mean_test_error"],
+             low_sem=low["sem_test_error"], excess=excess, excess_over_sem=z,
+             next_error=err[i + 1] if i + 1 < len(rows) else None)
+  out["shows"] = bool(z > 2 and out["next_error"] is not None
+                      and out["next_error"] < peak["mean_test_error"])
   return out
 
 
