@@ -140,9 +140,9 @@ def mean_loss(loss_cfg: LossConfig, f, y):
   return loss_cfg.scale * jnp.mean(loss_cfg.fn(margins(f, y, loss_cfg.epsilon)))
 
 
-def n_unsatisfied(delta):
-  """N_Delta = #{mu : Delta_mu > 0} (strict)."""
-  return jnp.sum(delta > 0)
+def n_unsatisfied(delta, axis=None):
+  """N_Delta = #{mu : Delta_mu > 0} (strict), over ``axis`` (default: all)."""
+  return jnp.sum(delta > 0, axis=axis)
 
 
 def softmax_cross_entropy(logits, labels):

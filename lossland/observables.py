@@ -16,8 +16,7 @@ def n_delta(f, y, epsilon: float = 1.0):
   :func:`lossland.losses.n_unsatisfied` of :func:`lossland.losses.margins`
   over the last axis. f: [..., n], y: [n] -> [...].
   """
-  count = jnp.vectorize(losses.n_unsatisfied, signature="(n)->()")
-  return count(losses.margins(f, y, epsilon))
+  return losses.n_unsatisfied(losses.margins(f, y, epsilon), axis=-1)
 
 
 def error(f, y):

@@ -25,6 +25,8 @@ def test_convention_at_zero(name):
   assert float(jax.grad(fn)(zero)) == 0.0
   assert float(jax.grad(jax.grad(fn))(zero)) == 0.0
   assert int(losses.n_unsatisfied(jnp.array([0.0, 0.0, 1e-300]))) == 1
+  rows = jnp.array([[0.0, 1.0, -1.0], [2.0, 3.0, 0.5]])
+  assert losses.n_unsatisfied(rows, axis=-1).tolist() == [1, 3]
 
 
 def test_derivatives_against_finite_differences():

@@ -60,13 +60,12 @@ def naive_runner(net: nets.NetConfig, loss: losses.LossConfig, steps: int,
     fn(keys [K], x [P, d], y [P]) -> final params with a leading [K] axis.
   """
   init_net, apply_fn = nets.make_net(net)
-  ell, eps = loss.fn, loss.epsilon
 
   def run(key, x, y):
     k_init, _ = jax.random.split(key)
     params = jax.tree_util.tree_map(lambda a: a.astype(dtype), init_net(k_init))
     opt = optax.adam(lr)
-    loss_fn = lambda p: jnp.mean(ell(eps - y * apply_fn(p, x)))
+    loss_fn = lambda p: losses.mean_loss(loss, apply_fn(p, x), y)
 
     def body(carry, _):
       p, s = carry
