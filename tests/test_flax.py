@@ -28,6 +28,7 @@ from lossland import train
 D, WIDTH, DEPTH = 5, 6, 2
 _SCALE = 1.0 / math.sqrt(0.5)  # make_net's ReLU normalization
 _NORMAL = nn.initializers.normal(1.0)
+_NNX_LIST = getattr(nnx, "List", list)  # flax < 0.12 keeps plain lists
 
 
 class LinenMLP(nn.Module):
@@ -50,7 +51,7 @@ class NnxMLP(nnx.Module):
 
   def __init__(self, d, width, depth, n_out, rngs):
     sizes = [d] + [width] * depth + [n_out]
-    self.layers = nnx.List([
+    self.layers = _NNX_LIST([
         nnx.Linear(a, b, use_bias=False, kernel_init=_NORMAL, rngs=rngs)
         for a, b in zip(sizes[:-1], sizes[1:])])
 
