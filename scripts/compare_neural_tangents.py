@@ -93,7 +93,7 @@ def lossland_side(a):
     p32 = nets.make_net(cfg32, dtype=jnp.float32)[0](jax.random.key(0))
     for P in a.emp_P:
       x = jnp.asarray(_inputs(P, a.d, 2, dt))
-      for impl in ("structured", "vp", "jacobian"):
+      for impl in a.impls:
         if impl == "jacobian" and P * nets.n_params(cfg) * 4 > a.max_jacobian_bytes:
           continue
         f = ntk.empirical_ntk_fn(cfg32, impl, chunk_size=a.chunk)
@@ -106,7 +106,7 @@ def lossland_side(a):
   cmd = [a.nt_python, os.path.abspath(__file__), "--side", "nt", "--out", a.out,
          "--d", str(a.d), "--width", str(a.width), "--depth", str(a.depth),
          "--repeat", str(a.repeat), "--max_jacobian_bytes", str(a.max_jacobian_bytes),
-         "--P", *map(str, a.P), "--emp_P", *map(str, a.emp_P)]
+         "--P", *map(str, a.P), "--emp_P", *map(str, a.emp_P), "--impls", *a.impls]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   subprocess.run(cmd, check=True, env=env)
   with np.load(os.path.join(a.out, "nt_out.npz")) as z:
@@ -180,6 +180,8 @@ def nt_side(a):
   for P in a.emp_P:
     x = jnp.asarray(_inputs(P, a.d, 2, np.float32))
     for name, impl in impls.items():
+      if name not in a.impls:
+        continue
       if name == "jacobian" and P * n_params * 4 > a.max_jacobian_bytes:
         continue
       f = nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=impl)
@@ -207,8 +209,11 @@ def main():
   ap.add_argument("--width", type=int, default=128)
   ap.add_argument("--depth", type=int, default=3)
   ap.add_argument("--P_agree", type=int, default=64)
-  ap.add_argument("--P", type=int, nargs="+", default=[1000, 2000, 5000])
-  ap.add_argument("--emp_P", type=int, nargs="+", default=[1000, 2000])
+  ap.add_argument("--P", type=int, nargs="*", default=[1000, 2000, 5000])
+  ap.add_argument("--emp_P", type=int, nargs="*", default=[1000, 2000])
+  ap.add_argument("--impls", nargs="+", choices=["structured", "vp", "jacobian"],
+                  default=["structured", "vp", "jacobian"],
+                  help="Empirical-NTK implementations to time (both libraries).")
   ap.add_argument("--chunk", type=int, default=256)
   ap.add_argument("--repeat", type=int, default=3)
   ap.add_argument("--max_jacobian_bytes", type=float, default=2e9)
