@@ -282,7 +282,7 @@ def _kind(module) -> str:
     except TypeError as e:
       raise ValueError("the linen module's attributes must be hashable (a "
                        "FlaxNet is a static jit argument): use tuples, not "
-                       f"lists or dicts ({e})") from e
+                       "lists or dicts") from e
     return "linen"
   if nnx is not None and isinstance(module, nnx.Module):
     raise ValueError(
