@@ -28,21 +28,11 @@ class CNN(nn.Module):
     return nn.Dense(1)(x.reshape(x.shape[0], -1))
 
 
-def digits_images(P, n_test):
-  """Raw pixels (no PCA, so the image keeps its layout), parity labels +-1,
-  the balanced order of data.digits, each image of norm sqrt(64)."""
-  x, labels = data.load_digits_raw()
-  keep, y = data.binary_labels(labels)
-  order, _ = data.interleave_classes(y)
-  idx = keep[order[:P + n_test]]
-  x = data.normalize_to_sphere(jnp.asarray(x[idx], jnp.float64))
-  y = jnp.asarray(y[order[:P + n_test]], jnp.float64)
-  return data.Dataset(x[:P], y[:P], x[P:], y[P:])
-
-
 K = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 MAX_STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
-ds = digits_images(P=300, n_test=500)
+# Raw pixels (no PCA, so each image keeps its 8x8 layout), parity labels +-1,
+# the balanced order of data.digits, each image of norm sqrt(64).
+ds = data.digits(P=300, d=64, n_test=500, dtype=jnp.float64, pca=False)
 net = nets.from_flax(CNN(), jnp.zeros((1, 8, 8, 1)))
 loss_cfg = losses.LossConfig("quadratic_hinge")
 res = train.train_ensemble(range(K), ds, net, loss_cfg,

@@ -406,7 +406,7 @@ SPLITS = ("official", "pooled")
 
 def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
             x_test=None, labels_test=None, *, classes=None, split="pooled",
-            dtype=None, source: str = "data") -> Dataset:
+            dtype=None, source: str = "data", pca: bool = True) -> Dataset:
   """The authors' preprocessing of a labelled image set into a ``Dataset``.
 
   1. Labels to +-1 with :func:`binary_labels` (classes outside ``classes``
@@ -420,7 +420,9 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
      official test set in that order.
   3. Whitening PCA to d components fitted on the P training points only
      (:func:`pca_whiten`), applied to every point; each point is then
-     normalized to norm sqrt(d).
+     normalized to norm sqrt(d). With ``pca=False`` the raw inputs are kept
+     (d must be their flattened size; e.g. images for a convolutional net,
+     which reshapes them back) and only normalized to norm sqrt(d).
 
   Args:
     x_train: [n, ...] inputs (any shape per point; flattened), any real dtype.
@@ -438,6 +440,9 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
     raise DataError(f"unknown split {split!r}; choose from {SPLITS}")
   x_train = np.asarray(x_train)
   x_train = x_train.reshape(x_train.shape[0], -1)
+  if not pca and d != x_train.shape[1]:
+    raise DataError(f"without PCA the {x_train.shape[1]} raw inputs of {source} are "
+                    f"kept: d must be {x_train.shape[1]}, got {d}")
   has_test = x_test is not None
   if has_test:
     x_test = np.asarray(x_test)
@@ -477,11 +482,13 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
     x_tr_raw = x_train[keep_a[order_a[:P]]]
     x_te_raw = x_test[keep_b[order_b[:n_test]]]
     y_tr, y_te = y_a[order_a[:P]], y_b[order_b[:n_test]]
-  mean, comps, scale = pca_whiten(x_tr_raw, d)
+  if pca:
+    mean, comps, scale = pca_whiten(x_tr_raw, d)
   dt = dtype if dtype is not None else jnp.zeros(()).dtype
 
   def prep(x_raw, labels):
-    z = apply_pca(x_raw, mean, comps, scale)
+    z = (apply_pca(x_raw, mean, comps, scale) if pca
+         else np.asarray(x_raw, np.float64))
     z = z * (np.sqrt(d) / np.maximum(np.linalg.norm(z, axis=1, keepdims=True),
                                      1e-300))
     return jnp.asarray(z, dt), jnp.asarray(labels.astype(np.float64), dt)
@@ -517,7 +524,7 @@ def load_digits_raw() -> tuple:
 
 
 def digits(P: int, d: int, n_test: int | None = None, dtype=None,
-           classes=None) -> Dataset:
+           classes=None, pca: bool = True) -> Dataset:
   """scikit-learn digits, label = parity (+1 even, -1 odd), PCA to d with whitening.
 
   Deterministic split (as nn_jamming does for MNIST): even and odd images are
@@ -525,11 +532,13 @@ def digits(P: int, d: int, n_test: int | None = None, dtype=None,
   P are the training set and the next ``n_test`` (default: all the rest) the
   test set. The whitening PCA is fitted on the training points only, then
   every point is normalized to norm sqrt(d). ``classes`` replaces parity by
-  two groups of digits (see :func:`binary_labels`).
+  two groups of digits (see :func:`binary_labels`). ``pca=False`` keeps the
+  64 raw pixels (d = 64; row-major 8x8 images, e.g. for a convolutional net),
+  each image normalized to norm 8.
   """
   x, labels = load_digits_raw()
   return prepare(x, labels, P, d, n_test, classes=classes, split="pooled",
-                 dtype=dtype, source="digits")
+                 dtype=dtype, source="digits", pca=pca)
 
 
 # ---------------------------------------------------------------------------

@@ -44,6 +44,20 @@ def test_digits_parity_pca():
   np.testing.assert_array_equal(full.x_train, data.digits(100, 5).x_train)
 
 
+def test_digits_without_pca_are_the_raw_pixels_in_the_balanced_order():
+  ds = data.digits(30, 64, n_test=10, pca=False)
+  raw, labels = data.load_digits_raw()
+  # Plain loop: even and odd images taking turns, in their original order.
+  evens = [i for i in range(len(labels)) if labels[i] % 2 == 0]
+  odds = [i for i in range(len(labels)) if labels[i] % 2 == 1]
+  order = [i for pair in zip(evens, odds) for i in pair][:40]
+  want = np.stack([raw[i] * 8.0 / np.linalg.norm(raw[i]) for i in order])
+  np.testing.assert_allclose(np.concatenate([ds.x_train, ds.x_test]), want, rtol=1e-6)
+  assert np.asarray(ds.y_train).tolist() == [1.0, -1.0] * 15
+  with pytest.raises(data.DataError, match="d must be 64"):
+    data.digits(30, 10, pca=False)
+
+
 def test_pca_whitening_is_white():
   raw, _ = data.load_digits_raw()
   mean, comps, scale = data.pca_whiten(raw[:500], 8)

@@ -98,13 +98,7 @@ def _net_cfg(n_out=1):
 @functools.lru_cache(maxsize=None)
 def _digits(P=24, n_test=12):
   """Raw 8x8 digit images (no PCA), parity labels, each image of norm 8."""
-  x, labels = data_lib.load_digits_raw()
-  keep, y = data_lib.binary_labels(labels)
-  order, _ = data_lib.interleave_classes(y)
-  idx = keep[order[:P + n_test]]
-  x = data_lib.normalize_to_sphere(jnp.asarray(x[idx], jnp.float64))
-  y = jnp.asarray(y[order[:P + n_test]], jnp.float64)
-  return data_lib.Dataset(x[:P], y[:P], x[P:], y[P:])
+  return data_lib.digits(P, 64, n_test, dtype=jnp.float64, pca=False)
 
 
 @pytest.mark.parametrize("kind", ["linen", "nnx"])
