@@ -70,6 +70,7 @@ import optax
 
 from lossland import checkpoint as ckpt_lib
 from lossland import data as data_lib
+from lossland import fire as fire_lib
 from lossland import losses
 from lossland import nets
 
@@ -424,6 +425,10 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     return g, loss, nd, checked
 
   dt_max_fire = cfg.dt_max if cfg.dt_max > 0 else 10.0 * cfg.lr
+  fire_cfg = fire_lib.FireConfig(
+      dt_max=dt_max_fire, n_min=cfg.fire_n_min, f_inc=cfg.fire_f_inc,
+      f_dec=cfg.fire_f_dec, alpha_start=cfg.fire_alpha_start,
+      f_alpha=cfg.fire_f_alpha)
   dt_min_gf = cfg.dt_min if cfg.dt_min > 0 else 1e-4 * cfg.lr
 
   def advance(s: TrainState, g, gnorm2, t, data):
@@ -451,28 +456,11 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
       cache = pick({"g": g1, "f": f1, "loss": loss1, "n_delta": nd1}, c)
       return pick(new, s.params), cache, dt_new.astype(s.lr.dtype)
     if opt == "fire":
-      c, dt = s.opt_state, s.lr
-      force = jax.tree_util.tree_map(jnp.negative, g)
-      power = _tree_sum(lambda a, b: a * b, force, c["v"])
-      vnorm = jnp.sqrt(_tree_sum(jnp.square, c["v"]))
-      fnorm = jnp.sqrt(gnorm2)
-      pos = power > 0
-      mix = c["alpha"] * vnorm / jnp.where(fnorm > 0, fnorm, 1)
-      v = jax.tree_util.tree_map(
-          lambda vi, fi: jnp.where(pos, (1 - c["alpha"]) * vi + mix * fi, 0.0),
-          c["v"], force)
-      grow = pos & (c["n_pos"] > cfg.fire_n_min)
-      dt_new = jnp.where(pos, jnp.where(grow, jnp.minimum(dt * cfg.fire_f_inc,
-                                                          dt_max_fire), dt),
-                         dt * cfg.fire_f_dec).astype(s.lr.dtype)
-      alpha = jnp.where(pos, jnp.where(grow, c["alpha"] * cfg.fire_f_alpha,
-                                       c["alpha"]), cfg.fire_alpha_start)
-      n_pos = jnp.where(pos, c["n_pos"] + 1, 0).astype(jnp.int32)
-      # Semi-implicit Euler (unit masses): v += dt F, then x += dt v.
-      v = _axpy(dt_new, force, v)
-      new = _axpy(dt_new, v, s.params)
-      return new, {"v": v, "alpha": alpha.astype(c["alpha"].dtype),
-                   "n_pos": n_pos}, dt_new
+      c = s.opt_state
+      new, fs = fire_lib.fire_step(
+          s.params, fire_lib.FireState(v=c["v"], dt=s.lr, alpha=c["alpha"],
+                                       n_pos=c["n_pos"]), g, fire_cfg)
+      return new, {"v": fs.v, "alpha": fs.alpha, "n_pos": fs.n_pos}, fs.dt
     lr = s.lr
     if cfg.schedule == "step":
       lr = jnp.maximum(cfg.lr * cfg.decay_factor ** (t // cfg.decay_every),
