@@ -113,7 +113,8 @@ def empirical_ntk_fn(f, implementation: str = "auto",
   same for f(w) - f(w0) (1906.08034), whose gradient is that of f(w).
 
   Args:
-    f: a :class:`lossland.nets.NetConfig` (the net of ``nets.make_net``) or an
+    f: a :class:`lossland.nets.NetConfig` (the net of ``nets.make_net``), a
+      network of ``nets.from_flax`` with one output, or an
       ``apply_fn(params, x)`` mapping [P, d] inputs to scalar outputs [P].
     implementation: ``"structured"`` (NetConfig only; per-layer contraction of
       activations and back-propagated gradients: compute O(P1 P2 sum_l
@@ -139,8 +140,13 @@ def empirical_ntk_fn(f, implementation: str = "auto",
       raise ValueError("empirical_ntk_fn needs a scalar output (n_out = 1); "
                        f"got n_out = {cfg.n_out}")
     apply_fn = nets.make_net(cfg)[1]
-  else:
+  elif callable(f):
     apply_fn = f
+  else:  # another network config, e.g. nets.from_flax's
+    if getattr(f, "n_out", 1) != 1:
+      raise ValueError("empirical_ntk_fn needs a scalar output (n_out = 1); "
+                       f"got n_out = {f.n_out}")
+    apply_fn = nets.make_net(f)[1]
   if implementation == "auto":
     implementation = "structured" if cfg is not None else "jacobian"
   if implementation == "structured" and cfg is None:
@@ -408,8 +414,8 @@ def kernel_hinge_flow(k_train_train, y_train, k_test_train=None,
   smooth = loss_cfg.name != "hinge"
 
   def loss_nd(c):
-    delta = eps - y * (f0 + K @ c)
-    return scale * jnp.mean(ell(delta)), jnp.sum(delta > 0), delta
+    delta = losses_lib.margins(f0 + K @ c, y, eps)
+    return scale * jnp.mean(ell(delta)), losses_lib.n_unsatisfied(delta), delta
 
   if dt is None:
     dt_max = P / (scale * _top_eigenvalue(K))

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lossland import fits
+from lossland import losses
 
 COUNTED = ("sat", "jammed")
 
@@ -59,7 +60,7 @@ def dead_point_members(record: dict, load_fn=None) -> list:
   eps = 1.0 if margin is None else float(margin)
   out = []
   for k in range(len(members)):
-    unsat = eps - y * f[k] > 0
+    unsat = losses.margins(f[k], y, eps) > 0
     out.append(bool(unsat.any() and np.all(f[k][unsat] == 0)))
   return out
 
@@ -223,7 +224,7 @@ def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays) -> di
   margin = record.get("flags", {}).get("margin")
   eps = 1.0 if margin is None else float(margin)
   f, y = np.asarray(a["f_train"], np.float64), np.asarray(a["y_train"], np.float64)
-  delta = eps - y[None, :] * f
+  delta = losses.margins(f, y[None, :], eps)
   members = record["summary"]["members"]
   pos, neg, pm, nm = [], [], [], []
   for k, m in enumerate(members):

@@ -222,7 +222,8 @@ def test_cnn_on_digits_ensemble_hessian_and_ntk():
   np.testing.assert_allclose(h, h_ref, rtol=0, atol=1e-10 * scale)
   np.testing.assert_allclose(h, h.T, rtol=0, atol=1e-10 * scale)
   # and the same loss as the trainer's
-  delta = loss_cfg.epsilon - data.y_train * apply_fn(unravel(w), data.x_train)
+  delta = losses.margins(apply_fn(unravel(w), data.x_train), data.y_train,
+                         loss_cfg.epsilon)
   np.testing.assert_allclose(flat_loss(w), jnp.mean(loss_cfg.fn(delta)),
                              rtol=1e-12)
 
@@ -230,8 +231,8 @@ def test_cnn_on_digits_ensemble_hessian_and_ntk():
   x1, x2 = data.x_train[:6], data.x_test[:5]
   jac = lambda x: jax.jacfwd(lambda v: apply_fn(unravel(v), x))(w)  # [P, N]
   theta_ref = jax.jit(lambda a, b: jac(a) @ jac(b).T)(x1, x2)
-  for impl in ("jacobian", "vp"):
-    ntk_fn = jax.jit(ntk.empirical_ntk_fn(apply_fn, impl, chunk_size=4))
+  for f, impl in ((apply_fn, "jacobian"), (apply_fn, "vp"), (net, "auto")):
+    ntk_fn = jax.jit(ntk.empirical_ntk_fn(f, impl, chunk_size=4))  # net: the config
     theta = ntk_fn(unravel(w), x1, x2)
     np.testing.assert_allclose(theta, theta_ref, rtol=0,
                                atol=1e-10 * float(jnp.max(jnp.abs(theta_ref))))
