@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lossland import dtypes
 from lossland import nets
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -184,7 +185,7 @@ def sphere(key, P: int, d: int, n_test: int = 0, dtype=None) -> Dataset:
   the test set is drawn the same way (its error is 1/2 for any predictor).
   """
   _check_sizes(P, n_test, d)
-  dt = dtype if dtype is not None else jnp.zeros(()).dtype
+  dt = dtypes.float_dtype(dtype)
   x = normalize_to_sphere(jax.random.normal(key, (P + n_test, d), dt))
   y = _balanced_labels(P + n_test, dt)
   return Dataset(x[:P], y[:P], x[P:], y[P:])
@@ -199,7 +200,7 @@ def teacher(key, P: int, d: int, n_test: int = 0, teacher_width: int = 0,
     teacher_width: width of the teacher's hidden layers.
   """
   _check_sizes(P, n_test, d)
-  dt = dtype if dtype is not None else jnp.zeros(()).dtype
+  dt = dtypes.float_dtype(dtype)
   k_x, k_t = jax.random.split(key)
   x = normalize_to_sphere(jax.random.normal(k_x, (P + n_test, d), dt))
   cfg = nets.NetConfig(d=d, width=max(teacher_width, 1), depth=teacher_depth)
@@ -484,7 +485,7 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
     y_tr, y_te = y_a[order_a[:P]], y_b[order_b[:n_test]]
   if pca:
     mean, comps, scale = pca_whiten(x_tr_raw, d)
-  dt = dtype if dtype is not None else jnp.zeros(()).dtype
+  dt = dtypes.float_dtype(dtype)
 
   def prep(x_raw, labels):
     z = (apply_pca(x_raw, mean, comps, scale) if pca

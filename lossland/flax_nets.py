@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lossland import dtypes
+
 try:
   from flax import linen as nn
 except ImportError:  # pragma: no cover - flax is a requirement
@@ -255,7 +257,7 @@ def make_net(net: FlaxNet, dtype=None) -> tuple:
   d, in_shape, n_out, alpha = net.d, net.in_shape, net.n_out, net.alpha
 
   def init_fn(key):
-    dt = dtype if dtype is not None else jnp.zeros(()).dtype
+    dt = dtypes.float_dtype(dtype)
     params = _unfreeze(raw_init(key, dt))
     return jax.tree_util.tree_map(
         lambda a: a.astype(dt) if _floating(a) else a, params)
@@ -327,7 +329,7 @@ def from_flax(module, example_input, *, alpha: float = 1.0) -> FlaxNet:
                      f"least one feature axis, got shape {shape}")
   in_shape = shape[1:]
   raw_init, forward = _raw_fns(module, kind, in_shape)
-  dt = jnp.zeros(()).dtype
+  dt = dtypes.float_dtype()
   params = jax.eval_shape(lambda k: _unfreeze(raw_init(k, dt)), jax.random.key(0))
   x1 = jax.ShapeDtypeStruct((1,) + in_shape, dt)
   out = jax.eval_shape(forward, params, x1)

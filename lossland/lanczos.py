@@ -36,6 +36,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lossland import dtypes
+
 
 class LanczosResult(NamedTuple):
   """Output of :func:`lanczos` (m = num_steps, n = dimension).
@@ -275,7 +277,7 @@ def slq(matvec: Callable, key, n: int, num_steps: int, num_probes: int,
     :class:`SLQResult` with [num_probes, num_steps] nodes, weights and Ritz
     residual estimates.
   """
-  dtype = dtype if dtype is not None else jnp.zeros(()).dtype
+  dtype = dtypes.float_dtype(dtype)
   keys = jax.random.split(key, num_probes)
 
   def one(k):
@@ -319,7 +321,7 @@ def hutchinson(matvec: Callable, key, n: int, num_probes: int,
   Returns:
     (estimate, standard error): mean of v^T A v and its sample std / sqrt(n_v).
   """
-  dtype = dtype if dtype is not None else jnp.zeros(()).dtype
+  dtype = dtypes.float_dtype(dtype)
   keys = jax.random.split(key, num_probes)
 
   def one(k):

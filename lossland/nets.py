@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from lossland import dtypes
+
 Params = list  # list of {"w": Array, "b": Array} dicts
 
 # E[phi(z)^2] for z ~ N(0, 1), so that phi / sqrt(.) has unit second moment.
@@ -257,7 +259,7 @@ def make_net(cfg: NetConfig, dtype=None) -> tuple:
   ntk = cfg.parametrization == "ntk"
 
   def init_fn(key) -> Params:
-    dt = dtype if dtype is not None else jnp.zeros(()).dtype
+    dt = dtypes.float_dtype(dtype)
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
     for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):

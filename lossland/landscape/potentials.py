@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 
+from lossland import dtypes
 from lossland import losses, nets
 
 Array = Any
@@ -62,7 +63,7 @@ def lj_random_configuration(key: Array, n_atoms: int, radius: float | None = Non
   """
   if radius is None:
     radius = 0.8 * n_atoms ** (1.0 / 3.0)
-  dtype = dtype if dtype is not None else jnp.zeros(()).dtype
+  dtype = dtypes.float_dtype(dtype)
   k_dir, k_rad = jax.random.split(key)
   u = jax.random.normal(k_dir, (n_atoms, 3), dtype)
   u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lossland import dtypes
 from lossland import data as data_lib
 from lossland import nets
 from lossland.landscape import potentials, report, symmetry
@@ -131,7 +132,7 @@ def make_data(cfg: StudyConfig, dtype=None) -> tuple:
     xtr = data_lib.apply_pca(images[tr], mean, comp, scale)
     xte = data_lib.apply_pca(images[te], mean, comp, scale)
     return xtr, labels[tr], xte, labels[te]
-  dt = dtype if dtype is not None else jnp.zeros(()).dtype
+  dt = dtypes.float_dtype(dtype)
   k_c, k_x, _ = jax.random.split(jax.random.key(cfg.seed), 3)
   n = cfg.n_data + (cfg.n_test or 500)
   centers = 1.5 * jax.random.normal(k_c, (cfg.n_classes, cfg.d), dt)
@@ -182,7 +183,7 @@ def run_study(cfg: StudyConfig, out_dir: str,
     The summary dict (also the content of ``summary.json``, written by the caller).
   """
   cfg.validate()
-  dtype = jnp.zeros(()).dtype
+  dtype = dtypes.float_dtype()
   if dtype != jnp.float64:
     raise ValueError(f'the landscape study needs float64 (its tolerances are below '
                      f'{dtype} resolution): enable jax_enable_x64')

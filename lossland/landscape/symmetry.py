@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from lossland import dtypes
 from lossland import nets
 from lossland.landscape import database
 
@@ -45,7 +46,7 @@ def _layout(cfg: nets.NetConfig) -> tuple:
   """Per leaf of the params, the indices of its entries in the flat vector
   (``nets.unravel_fn`` applied to ``arange(N)``), and the treedef."""
   n = nets.n_params(cfg)
-  dt = jnp.zeros(()).dtype
+  dt = dtypes.float_dtype()
   if n >= 2 ** jnp.finfo(dt).nmant:
     raise ValueError(f'{n} parameters: too many to index exactly in {dt}')
   tree = nets.unravel_fn(cfg, dtype=dt)(jnp.arange(n, dtype=dt))

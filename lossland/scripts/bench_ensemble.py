@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lossland import dtypes
 from lossland import data, losses, nets, train
 
 # (name, P, d, depth, width): P * N of about 1e5, 1e6 and 1e7 or more.
@@ -94,7 +95,7 @@ def naive_comparison(sizes, members: dict, steps_list, repeats: int,
                      lr: float = 1e-3) -> dict:
   """train_ensemble (one group of K) against the naive scan, same member-steps."""
   loss = losses.LossConfig()
-  dtype = jnp.zeros(()).dtype
+  dtype = dtypes.float_dtype()
   out = {"lib_over_naive_time": {}, "lib_member_steps_per_s": {},
          "naive_member_steps_per_s": {}, "lib_seconds": {}, "naive_seconds": {}}
   print(f"{'case':>22}  {'t_lib[s]':>9}  {'t_naive[s]':>10}  {'lib/naive':>9}  "
@@ -165,7 +166,7 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
       (default: NAIVE_MEMBERS_CPU on CPU, NAIVE_MEMBERS_ACCEL elsewhere).
     naive_steps: step counts of the naive comparison (default NAIVE_STEPS).
   """
-  dtype = jnp.zeros(()).dtype
+  dtype = dtypes.float_dtype()
   sizes = QUICK_SIZES if quick else SIZES
   steps = steps or (20 if quick else 100)
   seeds = list(range(n_members))
