@@ -34,3 +34,14 @@ def test_every_script_in_the_readme_has_help():
     assert out.strip() or err.strip(), n
   example = os.path.join(ROOT, "examples", "muller_brown.py")
   assert os.path.isfile(example)
+
+
+def test_flax_example_runs_in_small():
+  # README: "examples/flax_cnn_digits.py" trains a flax CNN ensemble and reports
+  # its Hessian split and NTK (here 2 members, 60 steps).
+  example = os.path.join(ROOT, "examples", "flax_cnn_digits.py")
+  assert "examples/flax_cnn_digits.py" in README
+  out = subprocess.run([sys.executable, example, "2", "60"], capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "Hessian of member" in out.stdout and "NTK: top eigenvalues" in out.stdout
