@@ -32,8 +32,8 @@ the pure function :func:`stop_code`, in this order:
   steps; with the plateau schedule (and the step schedule if
   ``jam_after_decays``) only once the learning rate has reached its last
   level (:func:`final_lr_level`: a stall at a larger learning rate is the
-  optimizer's noise floor, not a minimum, docs/jamming.md). Using the running best makes the rule insensitive to Adam's
-  oscillations. A member reaching ``max_steps`` is ``max_steps``, never
+  optimizer's noise floor, not a minimum, docs/jamming.md). Using the running
+  best makes the rule insensitive to Adam's oscillations. A member reaching ``max_steps`` is ``max_steps``, never
   ``jammed``, even on a window boundary.
 
 Step t evaluates the loss and gradient at params_t, decides whether the member
