@@ -192,3 +192,30 @@ def test_stalled_members_with_only_dead_points_count_as_sat():
   # without arrays (no run directory) nothing is reclassified
   c = phase.cell_stats(dict(rec, run_dir=None))
   assert c["counts"] == {"stalled": 2, "jammed": 1} and c["n_sat"] == 0
+
+
+def test_workers_give_the_same_records_as_one_process(tmp_path):
+  # Three cells run by 2 processes (a subprocess worker and the script's own
+  # run_sweep, sharing the sweep directory through its per-cell locks) must
+  # give exactly the records of one process: same cells, same seeds, same
+  # numbers.
+  args = ["--depths", "2", "--widths", "4", "--p_over_n", "0.5,2,4", "--n_seeds", "2",
+          "--max_steps", "100", "--rounds", "0", "--n_boot", "0", "--noplots"]
+  out = {}
+  for w in (1, 2):
+    r = _run(args + ["--workers", str(w)], tmp_path / f"w{w}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / f"w{w}" / "out" / "sweep" / "cells.jsonl") as fh:
+      recs = [json.loads(l) for l in fh if l.strip()]
+    out[w] = {rec["cell_id"]: rec for rec in recs}
+    assert len(out[w]) == 3
+    if w == 2:  # the worker ran at least one cell (the script logs only its own)
+      assert r.stderr.count("running cell") < 3, r.stderr[-2000:]
+  assert out[1].keys() == out[2].keys()
+  for cid, rec in out[1].items():
+    m1, m2 = rec["summary"]["members"], out[2][cid]["summary"]["members"]
+    assert len(m1) == len(m2) == 2
+    for a, b in zip(m1, m2):
+      for key in ("class", "loss", "n_delta_over_n", "stop_reason"):
+        assert a[key] == b[key], (cid, key)
+      assert isinstance(a["loss"], float)

@@ -26,8 +26,13 @@ Presets (the flags given explicitly override them):
   L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
   lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
 """
+import json
 import os
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 
 from absl import flags
 
@@ -78,6 +83,10 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
 _N_BOOT = flags.DEFINE_integer("n_boot", 500, "Bootstrap replicates of the exponent fits.")
 _PLOTS = flags.DEFINE_boolean("plots", True, "Write PNG figures.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", None, "Processes that run the cells of each batch (the initial grid, each "
+    "bisection round's new cells) concurrently; default 1, with --preset cpu "
+    "min(2, cpu count). The results do not depend on it.")
 
 
 def _ints(name, vals):
@@ -150,7 +159,79 @@ def _settings():
     raise _cli.UsageError(f"--n_boot must be >= 0, got {_N_BOOT.value}")
   if s["lr"] <= 0:
     raise _cli.UsageError(f"--lr must be positive, got {s['lr']}")
+  if _WORKERS.value is not None:
+    s["workers"] = _WORKERS.value
+  else:
+    s["workers"] = min(2, os.cpu_count() or 1) if _PRESET.value == "cpu" else 1
+  if s["workers"] <= 0:
+    raise _cli.UsageError(f"--workers must be positive, got {s['workers']}")
   return s
+
+
+# A worker process: reads {"cells", "sweep_dir", "x64"} as JSON on stdin and
+# runs every cell that no other process holds (sweep.run_sweep's per-cell
+# flock), then exits; it exits at once when its parent dies.
+_WORKER_CODE = "from lossland.scripts import phase; phase._worker()"
+
+
+def _worker():
+  """Entry of a worker process (see :func:`_run_parallel`)."""
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+  threading.Thread(target=watch, daemon=True).start()
+  spec = json.load(sys.stdin)
+  from lossland.scripts import _cli as cli
+  cli.enable_compilation_cache()
+  import jax
+  jax.config.update("jax_enable_x64", bool(spec["x64"]))
+  from lossland import sweep
+  sweep.run_sweep(spec["cells"], spec["sweep_dir"], progress=False)
+
+
+def _run_parallel(cells, sweep_dir, n_workers, x64, say, run_sweep):
+  """Runs ``cells`` in ``n_workers`` processes; returns their records in order.
+
+  Workers 1..n-1 are subprocesses running ``sweep.run_sweep`` on all cells;
+  the per-cell lock makes each cell run exactly once, taken by whichever
+  process is free first (every cell's seeds come from its options, so the
+  results are those of one process). This process then runs
+  ``run_sweep(cells)`` itself: it runs what no worker holds, waits for the
+  cells the workers hold, and reruns anything a failed worker left. A
+  worker's failure is reported as one line; any exit (Ctrl-C included) of
+  this process kills the workers.
+  """
+  n_sub = min(n_workers, len(cells)) - 1
+  procs = []
+  try:
+    for _ in range(n_sub):
+      err = tempfile.TemporaryFile(mode="w+")
+      proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=err, text=True)
+      procs.append((proc, err))
+      proc.stdin.write(json.dumps({"cells": cells, "sweep_dir": sweep_dir, "x64": x64}))
+      proc.stdin.close()
+    out = run_sweep(cells)
+    for k, (proc, err) in enumerate(procs):
+      if proc.wait() != 0:
+        err.seek(0)
+        lines = [l for l in err.read().splitlines() if l.strip()]
+        say(f"worker {k + 1} failed (exit {proc.returncode}): "
+            f"{lines[-1] if lines else 'no message'}; its cells ran here")
+    return out
+  finally:
+    for proc, err in procs:
+      if proc.poll() is None:
+        proc.terminate()
+        try:
+          proc.wait(10)
+        except subprocess.TimeoutExpired:
+          proc.kill()
+          proc.wait()
+      err.close()
 
 
 def _d_eq_h(n_target, depth):
@@ -200,8 +281,11 @@ def main(argv):
   say = lambda m: print(m, file=sys.stderr, flush=True)
 
   def run_cells(cells):
-    return sweep.run_sweep(cells, sweep_dir, shard=(i, n) if n > 1 else (0, 1),
-                           progress=True)
+    cells = sweep.shard(cells, i, n)
+    run = lambda cs: sweep.run_sweep(cs, sweep_dir, progress=True)
+    if s["workers"] == 1:
+      return run(cells)
+    return _run_parallel(cells, sweep_dir, s["workers"], bool(_X64.value), say, run)
 
   rounds = s["rounds"] if n == 1 else 0
   per_group = phase.search_transition(groups, s["p_over_n"], run_cells,
