@@ -168,7 +168,8 @@ def test_script_end_to_end_tiny_grid(tmp_path):
                                  ["--preset", "cpu", "--n_seeds", "0"],
                                  # the trainer's config rejects it (FIRE adapts dt itself)
                                  ["--preset", "cpu", "--optimizer", "fire"],
-                                 ["--preset", "cpu", "--min_lr", "-1"]])
+                                 ["--preset", "cpu", "--min_lr", "-1"],
+                                 ["--preset", "cpu", "--workers", "0"]])
 def test_bad_flags_exit_2(bad, tmp_path):
   r = _run(bad, tmp_path)
   assert r.returncode == 2, r.stderr
