@@ -16,6 +16,11 @@ invocation bisects and analyses). The result is a run directory
 ``<out_dir>/phase/<UTC time>_<hash>/`` with summary.json (per_depth,
 depth_spread, theta, theta_ci, gamma, gamma_ci, ...) and figures.
 
+``--workers N`` runs the cells of each batch (the initial grid, each round's
+new cells) in N processes on the same sweep directory (N - 1 subprocesses
+plus this one; each cell runs once, in whichever process takes its lock
+first, with the same seeds, so the records are those of ``--workers 1``).
+
 Presets (the flags given explicitly override them):
 
 * ``cpu``: sphere data, L = 2, 3, 4 with d = h = 12, 10, 9 (N = 300, 310,
@@ -44,8 +49,8 @@ PRESETS = {
     # at a large lr is Adam's noise floor, so members stop jammed only at the
     # last lr level (train.final_lr_level).
     "cpu": dict(depths=[2, 3, 4], widths=[12, 10, 9], p_over_n=[1.25, 1.75, 2.25],
-                rounds=2, n_seeds=6, max_steps=40_000, lr=1e-2, schedule="step",
-                decay_every=10_000, decay_factor=0.1, min_lr=1e-5,
+                rounds=2, n_seeds=6, max_steps=100_000, lr=1e-2, schedule="step",
+                decay_every=30_000, decay_factor=0.1, min_lr=1e-5,
                 jam_window=2000, jam_rtol=1e-3, jam_after_decays=True,
                 optimizer="adam"),
     "paper": dict(depths=[2, 3, 5], widths=[62, 51, 40],
