@@ -25,8 +25,9 @@ Presets (the flags given explicitly override them):
 
 * ``cpu``: sphere data, L = 2, 3, 4 with d = h = 12, 10, 9 (N = 300, 310,
   333), P/N in {1.25, 1.75, 2.25} then 2 bisection rounds, 6 members, Adam
-  lr 1e-2 divided by 10 every 10k steps down to 1e-5 (a member stops jammed
-  only at 1e-5: best loss down < 0.1% in 2000 steps), at most 40k steps.
+  lr 1e-2 divided by 10 every 30k steps down to 1e-5 (a member stops jammed
+  only at 1e-5: best loss down < 0.1% in 2000 steps), at most 100k steps,
+  2 workers (10 min 44 s wall on an idle 2-core machine, docs/jamming.md).
 * ``paper``: L = 2, d = h = 62 (N = 7750); L = 3, d = h = 51 (N = 7854);
   L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
   lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
