@@ -280,6 +280,32 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def array_memory_bytes(backend: str | None = None) -> int | None:
+  """Free bytes where jax arrays live: the host's on CPU, else the device's.
+
+  The dense and kernel paths hold their matrices on the default device, so on
+  a GPU the host's MemAvailable (often larger than the device memory) is the
+  wrong bound: the device's allocator limit minus what it has in use is the
+  right one (``memory_stats()``'s ``bytes_limit`` and ``bytes_in_use``).
+
+  Args:
+    backend: default: jax's default backend.
+
+  Returns:
+    Bytes, or None if unknown (no memory statistics from the device).
+  """
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return available_memory_bytes()
+  try:
+    stats = jax.local_devices(backend=backend)[0].memory_stats() or {}
+  except (RuntimeError, ValueError, IndexError):
+    return None
+  if stats.get("bytes_limit") is None:
+    return None
+  return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+
+
 def dense_memory_bytes(n: int, itemsize: int, n_matrices: int = 3) -> int:
   """Peak bytes of the dense path: the matrices plus eigh workspace (~2 N^2)."""
   return (n_matrices + 2) * n * n * itemsize
@@ -293,10 +319,11 @@ def check_dense_memory(n: int, dtype, n_matrices: int = 3,
     n: number of parameters N.
     dtype: matrix dtype.
     n_matrices: how many [N, N] matrices are held at once.
-    fraction: usable fraction of the available memory.
+    fraction: usable fraction of the available memory
+      (:func:`array_memory_bytes`: the device's on an accelerator).
   """
   need = dense_memory_bytes(n, np.dtype(dtype).itemsize, n_matrices)
-  avail = available_memory_bytes()
+  avail = array_memory_bytes()
   if avail is not None and need > fraction * avail:
     raise MemoryError(
         f"dense Hessian path needs about {need / 2**30:.1f} GiB for N={n} "
@@ -949,7 +976,7 @@ def _spectra(fns: CurvatureFns, params, batch: Examples, cfg: SpectraConfig,
   shared = batch.y.ndim == 1
   p_train = int(batch.y.shape[-1])
   lanczos_path = cfg.method == "lanczos"
-  avail = available_memory_bytes()
+  avail = array_memory_bytes()
   do_neff = cfg.n_eff
   if do_neff is None:
     do_neff = (avail is None or 3 * p_train * n * dtype.itemsize * cfg.vmap_size

@@ -58,7 +58,7 @@ def _summary(run_dir):
     return json.load(fh)
 
 
-def test_dense_spectra_match_independent_hessian(run_dir):
+def test_dense_spectra_match_independent_hessian(run_dir, on_cpu):
   out = _run("lossland.scripts.hessian", "--run_dir", run_dir)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "member 2/2" in out.stderr and "member 2/2" not in out.stdout
@@ -70,29 +70,31 @@ def test_dense_spectra_match_independent_hessian(run_dir):
           "density_hp.png", "hp_rescaled.png"} <= files
   summ = _summary(run_dir)
   assert summ["method"] == "dense" and len(summ["members"]) == 2
-  ens = experiment.load_ensemble(run_dir)
-  with np.load(os.path.join(_latest(run_dir), "spectra.npz")) as z:
-    eig_h, eig_h0, eig_hp = z["eig_h"], z["eig_h0"], z["eig_hp"]
-  apply_out = ens.output_fn()
-  for k, row in enumerate(summ["members"]):
-    for key in ("n_params", "n_delta", "loss", "n_negative_hp", "rank_h0",
-                "n_zero_h", "method", "n_eff"):
-      assert key in row
-    params, params0 = ens.member(k)
-    flat, unravel = ravel_pytree(params)
-    x, y = ens.data.x_train, ens.data.y_train
-    loss_fn = lambda w: losses.mean_loss(ens.loss, apply_out(unravel(w), params0, x), y)
-    h = np.asarray(jax.jit(jax.hessian(loss_fn))(flat))
-    exact = np.linalg.eigvalsh(h)
-    scale = max(np.abs(exact).max(), 1e-300)
-    np.testing.assert_allclose(eig_h[k], exact, atol=1e-10 * scale)
-    assert eig_h0[k].min() >= -1e-12 * scale  # H0 is PSD
-    np.testing.assert_allclose(row["loss"], float(loss_fn(flat)), rtol=1e-10,
-                               atol=1e-300)
-    assert row["n_delta"] == int(jnp.sum(
-        ens.loss.epsilon - y * apply_out(params, params0, x) > 0))
-    assert row["rank_h0"] <= row["n_delta"] and row["rank_h0_le_n_delta"]
-    np.testing.assert_allclose(row["trace_h"], np.trace(h), atol=1e-10 * scale * h.shape[0])
+  # The independent Hessian on the CPU, as the subprocess (exact N_Delta counts).
+  with on_cpu():
+    ens = experiment.load_ensemble(run_dir)
+    with np.load(os.path.join(_latest(run_dir), "spectra.npz")) as z:
+      eig_h, eig_h0, eig_hp = z["eig_h"], z["eig_h0"], z["eig_hp"]
+    apply_out = ens.output_fn()
+    for k, row in enumerate(summ["members"]):
+      for key in ("n_params", "n_delta", "loss", "n_negative_hp", "rank_h0",
+                  "n_zero_h", "method", "n_eff"):
+        assert key in row
+      params, params0 = ens.member(k)
+      flat, unravel = ravel_pytree(params)
+      x, y = ens.data.x_train, ens.data.y_train
+      loss_fn = lambda w: losses.mean_loss(ens.loss, apply_out(unravel(w), params0, x), y)
+      h = np.asarray(jax.jit(jax.hessian(loss_fn))(flat))
+      exact = np.linalg.eigvalsh(h)
+      scale = max(np.abs(exact).max(), 1e-300)
+      np.testing.assert_allclose(eig_h[k], exact, atol=1e-10 * scale)
+      assert eig_h0[k].min() >= -1e-12 * scale  # H0 is PSD
+      np.testing.assert_allclose(row["loss"], float(loss_fn(flat)), rtol=1e-10,
+                                 atol=1e-300)
+      assert row["n_delta"] == int(jnp.sum(
+          ens.loss.epsilon - y * apply_out(params, params0, x) > 0))
+      assert row["rank_h0"] <= row["n_delta"] and row["rank_h0_le_n_delta"]
+      np.testing.assert_allclose(row["trace_h"], np.trace(h), atol=1e-10 * scale * h.shape[0])
   # Tr(H) = Tr(H0) + Tr(Hp) (eigenvalue sums of independent matrices).
   np.testing.assert_allclose(eig_h.sum(1), eig_h0.sum(1) + eig_hp.sum(1),
                              atol=1e-10 * max(np.abs(eig_h).max(), 1e-300))

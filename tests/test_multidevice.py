@@ -2,7 +2,9 @@
 
 ``--xla_force_host_platform_device_count`` must be set before jax starts, so
 the sharded ensemble runs in a subprocess; this process (one CPU device)
-trains the same ensemble and compares.
+trains the same ensemble and compares. On a machine with a GPU this process
+trains on its CPU device too (``on_cpu``): the comparison is of sharding, not
+of backends.
 """
 import os
 import subprocess
@@ -31,7 +33,7 @@ np.savez(sys.argv[1], steps=res.steps, code=res.stop_code, f_test=res.f_test,
 """
 
 
-def test_sharded_ensemble_equals_single_device(tmp_path):
+def test_sharded_ensemble_equals_single_device(tmp_path, on_cpu):
   out = tmp_path / "sharded.npz"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -39,10 +41,11 @@ def test_sharded_ensemble_equals_single_device(tmp_path):
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   sharded = np.load(out)
-  ds = data.sphere(jax.random.key(3), 30, 5, n_test=10)
-  net = nets.NetConfig(d=5, width=8, depth=2)
-  cfg = train.TrainConfig(lr=1e-2, max_steps=300, chunk_steps=100, jam_window=100)
-  one = train.train_ensemble(range(5), ds, net, losses.LossConfig(), cfg)
+  with on_cpu():
+    ds = data.sphere(jax.random.key(3), 30, 5, n_test=10)
+    net = nets.NetConfig(d=5, width=8, depth=2)
+    cfg = train.TrainConfig(lr=1e-2, max_steps=300, chunk_steps=100, jam_window=100)
+    one = train.train_ensemble(range(5), ds, net, losses.LossConfig(), cfg)
   assert one.n_devices == 1
   # several stop reasons, so compaction ran on the sharded group too
   assert len(set(one.stop_reasons)) > 1, one.stop_reasons

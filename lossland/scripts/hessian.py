@@ -185,6 +185,10 @@ def main(argv):
 
   import jax
   import numpy as np
+  # Zero-eigenvalue counts use rtol = N eps(dtype): on a GPU a float32 matmul
+  # at the default precision is TF32 (10-bit mantissa), far above that
+  # tolerance. "highest" is full float32 there; no change for float64 or CPU.
+  jax.config.update("jax_default_matmul_precision", "highest")
   from lossland import curvature as cv
   from lossland import curvature_plots
   from lossland import io
