@@ -47,6 +47,10 @@ from lossland import nets
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASETS = ("digits", "sphere", "teacher", "npz") + IMAGE_DATASETS
 
+# make_dataset's label-noise key is this stream of the data key (independent
+# of the draw of a synthetic data set, which uses the key itself).
+LABEL_NOISE_STREAM = 1
+
 # Official files of the image data sets: MD5, SHA-256 and size in bytes.
 # * MNIST MD5s: torchvision/datasets/mnist.py (pytorch/vision, MNIST.resources).
 #   SHA-256s: torchvision/prototype/datasets/_builtin/mnist.py (pytorch/vision,
@@ -208,6 +212,41 @@ def teacher(key, P: int, d: int, n_test: int = 0, teacher_width: int = 0,
   f = apply_fn(init_fn(k_t), x)
   y = jnp.where(f >= 0, 1, -1).astype(dt)
   return Dataset(x[:P], y[:P], x[P:], y[P:])
+
+
+def flip_labels(key, y, fraction: float) -> jax.Array:
+  """Flips the sign of exactly ``round(fraction * n)`` of the labels ``y`` [n].
+
+  The flipped points are drawn uniformly without replacement from ``key``
+  (a random permutation), so the same key flips the same points. The
+  classic way to make the peak of the test error at the interpolation
+  threshold visible (label noise; e.g. Nakkiran et al. 2019,
+  arXiv:1912.02292).
+
+  Args:
+    key: PRNG key.
+    y: [n] labels +-1.
+    fraction: in [0, 1].
+
+  Returns:
+    [n] labels, same dtype.
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise DataError(f"label noise must be a fraction in [0, 1], got {fraction}")
+  n = y.shape[0]
+  m = int(round(fraction * n))
+  flip = jnp.zeros((n,), bool).at[jax.random.permutation(key, n)[:m]].set(True)
+  return jnp.where(flip, -y, y)
+
+
+def with_label_noise(ds: Dataset, key, fraction: float) -> Dataset:
+  """``ds`` with :func:`flip_labels` applied to the training labels only.
+
+  The test labels stay clean: the test error measures the clean task.
+  """
+  if fraction == 0:
+    return ds
+  return ds._replace(y_train=flip_labels(key, ds.y_train, fraction))
 
 
 # ---------------------------------------------------------------------------
@@ -989,8 +1028,62 @@ def from_npz(path: str, P: int, d: int, n_test: int | None = None,
   re-splits them as in :func:`digits`; ``"official"`` keeps the file's test set.
   """
   x_tr, y_tr, x_te, y_te = read_npz(path)
+  if _is_prepared(path):
+    return _prepared(path, x_tr, y_tr, x_te, y_te, P, d, n_test, dtype, classes,
+                     split)
   return prepare(x_tr, y_tr, P, d, n_test, x_te, y_te, classes=classes,
                  split=split, dtype=dtype, source=path)
+
+
+# Marker array of a file written by save_prepared_npz.
+PREPARED_KEY = "lossland_prepared"
+
+
+def save_prepared_npz(ds: Dataset, path: str) -> None:
+  """Writes ``ds`` to an .npz that :func:`from_npz` reads back as it is.
+
+  The file holds ``x_train, y_train, x_test, y_test`` (float64) and the marker
+  array ``lossland_prepared``; :func:`from_npz` then skips the preprocessing
+  (no relabelling, re-split, PCA or normalization) and returns the first P
+  training and the first ``n_test`` test points. This is how a data set made
+  in Python (e.g. :func:`with_label_noise` of digits) reaches the ensemble job
+  (``--dataset npz --data_file``). Written to a temporary name, then renamed.
+  """
+  arrays = {k: np.asarray(getattr(ds, k), np.float64)
+            for k in ("x_train", "y_train", "x_test", "y_test")}
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, **arrays, **{PREPARED_KEY: np.asarray(True)})
+  os.replace(tmp, path)
+
+
+def _is_prepared(path: str) -> bool:
+  with np.load(path, allow_pickle=False) as z:
+    if PREPARED_KEY not in z.files:
+      return False
+    flag = _npz_array(z, PREPARED_KEY, path)
+  return bool(flag.size == 1 and flag.reshape(()))
+
+
+def _prepared(path, x_tr, y_tr, x_te, y_te, P, d, n_test, dtype, classes, split):
+  if classes is not None or split != "pooled":
+    raise DataError(f"{path} is a prepared data set (save_prepared_npz): "
+                    "classes and split do not apply")
+  if not np.all(np.abs(y_tr) == 1) or (y_te is not None and not np.all(np.abs(y_te) == 1)):
+    raise DataError(f"{path}: a prepared data set needs labels +-1")
+  n_avail = 0 if x_te is None else x_te.shape[0]
+  n_test = n_avail if n_test is None else n_test
+  _check_sizes(P, n_test, d)
+  if x_tr.shape[1] != d:
+    raise DataError(f"{path}: the prepared inputs have d = {x_tr.shape[1]}, got d = {d}")
+  if P > x_tr.shape[0] or n_test > n_avail:
+    raise DataError(f"{path}: asked for P={P} training and {n_test} test points "
+                    f"but the prepared file has {x_tr.shape[0]} and {n_avail}")
+  dt = dtypes.float_dtype(dtype)
+  cast = lambda a: jnp.asarray(np.asarray(a, np.float64), dt)
+  x_te = np.zeros((0, d)) if x_te is None else x_te
+  y_te = np.zeros((0,)) if y_te is None else y_te
+  return Dataset(cast(x_tr[:P]), cast(y_tr[:P]), cast(x_te[:n_test]),
+                 cast(y_te[:n_test]))
 
 
 def make_dataset(name: str, P: int, d: int, n_test: int | None = None,
@@ -998,7 +1091,7 @@ def make_dataset(name: str, P: int, d: int, n_test: int | None = None,
                  teacher_width: int = 0, teacher_depth: int = 0,
                  dtype=None, *, data_dir: str | None = None,
                  verify: bool = True, classes=None,
-                 split: str | None = None) -> Dataset:
+                 split: str | None = None, label_noise: float = 0.0) -> Dataset:
   """Builds a data set by name (one of :data:`DATASETS`).
 
   Args:
@@ -1016,7 +1109,24 @@ def make_dataset(name: str, P: int, d: int, n_test: int | None = None,
       parity, and 0-4/5-9 for fashion_mnist and cifar10).
     split: "official" or "pooled" (see :func:`prepare`); default "official" for
       the image data sets, "pooled" for digits and npz.
+    label_noise: fraction of the training labels flipped
+      (:func:`with_label_noise`, keyed by ``fold_in(key, LABEL_NOISE_STREAM)``;
+      needs ``key``); the test labels stay clean.
   """
+  if not 0.0 <= label_noise <= 1.0:
+    raise DataError(f"label noise must be a fraction in [0, 1], got {label_noise}")
+  if label_noise and key is None:
+    raise DataError("label noise needs a PRNG key")
+  ds = _make_dataset(name, P, d, n_test, key, data_file, teacher_width,
+                     teacher_depth, dtype, data_dir=data_dir, verify=verify,
+                     classes=classes, split=split)
+  if label_noise:
+    ds = with_label_noise(ds, jax.random.fold_in(key, LABEL_NOISE_STREAM), label_noise)
+  return ds
+
+
+def _make_dataset(name, P, d, n_test, key, data_file, teacher_width,
+                  teacher_depth, dtype, *, data_dir, verify, classes, split):
   if name not in DATASETS:
     raise DataError(f"unknown dataset {name!r}; choose from {DATASETS}")
   if split is not None and split not in SPLITS:

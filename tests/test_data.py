@@ -174,3 +174,60 @@ def test_npz_bad_files_are_one_line_data_errors(tmp_path):
   # A good file still loads, and its official test split can be kept.
   ds = data.from_npz(str(good), 8, 3, split="official")
   assert ds.x_train.shape == (8, 3) and ds.x_test.shape[0] == 10
+
+
+def test_label_noise_flips_an_exact_keyed_fraction_of_the_training_labels(key):
+  clean = data.digits(200, 6, n_test=50)
+  noisy = data.make_dataset("digits", 200, 6, 50, key=key, label_noise=0.15)
+  flipped = np.asarray(noisy.y_train) != np.asarray(clean.y_train)
+  assert flipped.sum() == 30  # exactly round(0.15 * 200)
+  np.testing.assert_array_equal(noisy.y_train[flipped], -clean.y_train[flipped])
+  # training labels only: inputs and the test set are untouched
+  np.testing.assert_array_equal(noisy.x_train, clean.x_train)
+  np.testing.assert_array_equal(noisy.x_test, clean.x_test)
+  np.testing.assert_array_equal(noisy.y_test, clean.y_test)
+  # keyed: the same key flips the same points, another key other points
+  again = data.make_dataset("digits", 200, 6, 50, key=key, label_noise=0.15)
+  np.testing.assert_array_equal(again.y_train, noisy.y_train)
+  other = data.make_dataset("digits", 200, 6, 50, key=jax.random.key(7), label_noise=0.15)
+  assert (np.asarray(other.y_train) != np.asarray(clean.y_train)).sum() == 30
+  assert np.any(np.asarray(other.y_train) != np.asarray(noisy.y_train))
+  # synthetic data: the noise stream is not the draw's key
+  t = data.make_dataset("teacher", 100, 4, 20, key=key)
+  tn = data.make_dataset("teacher", 100, 4, 20, key=key, label_noise=0.1)
+  np.testing.assert_array_equal(tn.x_train, t.x_train)
+  assert (np.asarray(tn.y_train) != np.asarray(t.y_train)).sum() == 10
+  # flip_labels: the flipped set of a plain permutation of the same key
+  y = jnp.ones(9)
+  f = np.asarray(data.flip_labels(key, y, 1 / 3))
+  want = np.ones(9)
+  want[np.asarray(jax.random.permutation(key, 9))[:3]] = -1
+  np.testing.assert_array_equal(f, want)
+  assert data.with_label_noise(clean, key, 0.0) is clean
+  for bad in (-0.1, 1.5):
+    with pytest.raises(data.DataError, match="label noise"):
+      data.make_dataset("digits", 20, 3, key=key, label_noise=bad)
+  with pytest.raises(data.DataError, match="needs a PRNG key"):
+    data.make_dataset("digits", 20, 3, label_noise=0.1)
+
+
+def test_prepared_npz_is_read_back_exactly(tmp_path, key):
+  ds = data.make_dataset("digits", 60, 5, 30, key=key, label_noise=0.2)
+  path = str(tmp_path / "noisy.npz")
+  data.save_prepared_npz(ds, path)
+  back = data.make_dataset("npz", 60, 5, None, data_file=path)
+  for a, b in zip(back, ds):
+    np.testing.assert_array_equal(a, b)
+  part = data.make_dataset("npz", 40, 5, 10, data_file=path)  # prefixes, no re-split
+  np.testing.assert_array_equal(part.y_train, ds.y_train[:40])
+  np.testing.assert_array_equal(part.x_test, ds.x_test[:10])
+  # the same arrays without the marker go through the preprocessing (re-ordered)
+  plain = str(tmp_path / "plain.npz")
+  np.savez(plain, **{k: np.asarray(getattr(ds, k)) for k in ds._fields})
+  assert not np.array_equal(data.make_dataset("npz", 60, 5, None, data_file=plain).x_train,
+                            ds.x_train)
+  for kw, msg in ((dict(P=61), "has 60 and 30"), (dict(d=4), "d = 5"),
+                  (dict(classes="0-4/5-9"), "do not apply")):
+    args = dict(P=60, d=5) | kw
+    with pytest.raises(data.DataError, match=msg):
+      data.make_dataset("npz", args.pop("P"), args.pop("d"), data_file=path, **args)
