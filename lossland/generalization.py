@@ -27,7 +27,8 @@ the limit of training f(w) - f(w0)). For a standard-parametrized net (the
 authors' network, which has no infinite-width NTK) the kernel is that of its
 NTK-parametrized twin, the same function at initialization. Power laws above
 N* are fitted with :func:`lossland.fits.log_log_slope` (bootstrap CIs), and
-:func:`cusp` measures the peak of the single-net test error around N*.
+:func:`cusp` measures the peak of the single-net test error around N*
+against the lowest errors on both sides of it.
 """
 import dataclasses
 import math
@@ -125,52 +126,84 @@ def grad_norms(ens) -> np.ndarray:
   return np.asarray(jax.jit(jax.vmap(norm))(ens.params, ens.params0), np.float64)
 
 
-def cusp(per_n, n_star_value, window: float = 2.0) -> dict | None:
-  """The rise of the single-net test error with N around N*, in sems.
+def cusp(per_n, n_star_value, window: float = 2.0, min_sems: float = 2.0) -> dict | None:
+  """The peak of the single-net test error around N*, in standard errors.
 
-  Candidates are the widths with N*/window <= N <= N* window whose
-  ``mean_test_error`` is higher than at the next smaller N (the error rose
-  with N there); the peak is the highest candidate. Its ``excess`` is
-  measured against the lowest error at any smaller N. A cusp in the sense of
+  The peak is the highest local maximum of ``mean_test_error`` vs N (higher
+  than both neighbouring widths) within the window N*/window <= N <=
+  N* window; it is compared with the lowest error on each side of it inside
+  the window (``left``: smaller N, ``right``: larger N). A cusp in the sense of
   1810.09665 (the error rises with N up to N* and falls after it) ``shows``
-  when the excess is more than twice the combined standard error
-  sqrt(sem_peak^2 + sem_low^2) and the next larger N has a lower error.
+  when the peak is more than ``min_sems`` combined standard errors
+  sqrt(sem_peak^2 + sem_side^2) above both sides. A peak with no width beside
+  it in the window on one side does not show. The
+  ensemble and early-stopped errors at the same three widths are reported
+  with the same rises (1810.09665: both are flat there), when the rows have
+  them.
 
   Returns:
-    None without N* or without a width in the window; else a dict with
-    ``N_peak`` (None if the error falls monotonically through the window),
-    ``peak_error``, ``peak_sem``, ``low_N``, ``low_error``, ``low_sem``,
-    ``excess``, ``excess_over_sem``, ``next_error`` and ``shows``.
+    None without N* or without a width in the window; else a dict (its
+    values None where there is no local maximum, e.g. a monotone decay) with
+    ``N_peak``, ``N_peak_over_n_star``, ``peak_error``, ``peak_sem``; per side
+    (``left``, ``right``) ``<side>_N``, ``<side>_error``, ``<side>_sem``,
+    ``rise_<side>`` (peak minus side) and ``rise_<side>_over_sem`` (None
+    without a width on that side); ``ensemble`` and ``early_stop``:
+    ``{"left", "peak", "right", "rise_left", "rise_right"}`` (or None); and
+    ``shows``.
   """
   if n_star_value is None:
     return None
-  rows = sorted(per_n, key=lambda r: r["N"])
-  err = [r["mean_test_error"] for r in rows]
-  idx = [i for i, r in enumerate(rows)
-         if n_star_value / window <= r["N"] <= n_star_value * window]
-  if not idx:
+  every = sorted(per_n, key=lambda r: r["N"])
+  err = lambda r: r["mean_test_error"]
+  inside = [j for j, r in enumerate(every)
+            if n_star_value / window <= r["N"] <= n_star_value * window]
+  if not inside:
     return None
-  out = {"N_peak": None, "N_peak_over_n_star": None, "peak_error": None,
-         "peak_sem": None, "low_N": None, "low_error": None, "low_sem": None,
-         "excess": None, "excess_over_sem": None, "next_error": None,
-         "shows": False}
-  rising = [i for i in idx if i > 0 and err[i] > err[i - 1]]
-  if not rising:
+  maxima = [j for j in inside if 0 < j < len(every) - 1
+            and err(every[j]) > err(every[j - 1]) and err(every[j]) > err(every[j + 1])]
+  out = {k: None for k in ("N_peak", "N_peak_over_n_star", "peak_error", "peak_sem",
+                           "ensemble", "early_stop")}
+  for side in ("left", "right"):
+    out.update({f"{side}_N": None, f"{side}_error": None, f"{side}_sem": None,
+                f"rise_{side}": None, f"rise_{side}_over_sem": None})
+  out["shows"] = False
+  if not maxima:
     return out
-  i = max(rising, key=lambda j: err[j])
-  peak = rows[i]
-  low = min(rows[:i], key=lambda r: r["mean_test_error"])
-  excess = peak["mean_test_error"] - low["mean_test_error"]
-  sem = math.sqrt(peak["sem_test_error"] ** 2 + low["sem_test_error"] ** 2)
-  z = excess / sem if sem > 0 else float("inf")
-  out.update(N_peak=peak["N"], N_peak_over_n_star=peak["N"] / n_star_value,
-             peak_error=peak["mean_test_error"], peak_sem=peak["sem_test_error"],
-             low_N=low["N"], low_error=low["mean_test_error"],
-             low_sem=low["sem_test_error"], excess=excess, excess_over_sem=z,
-             next_error=err[i + 1] if i + 1 < len(rows) else None)
-  out["shows"] = bool(z > 2 and out["next_error"] is not None
-                      and out["next_error"] < peak["mean_test_error"])
+  i = max(maxima, key=lambda j: err(every[j]))
+  peak = every[i]
+  out.update({"N_peak": peak["N"], "N_peak_over_n_star": peak["N"] / n_star_value,
+              "peak_error": err(peak), "peak_sem": peak["sem_test_error"]})
+  sides = {"left": [every[j] for j in inside if j < i],
+           "right": [every[j] for j in inside if j > i]}
+  lows = {}
+  for side, cand in sides.items():
+    low = min(cand, key=err) if cand else None
+    lows[side] = low
+    if low is None:
+      continue
+    rise = err(peak) - err(low)
+    sem = math.sqrt(peak["sem_test_error"] ** 2 + low["sem_test_error"] ** 2)
+    out.update({f"{side}_N": low["N"], f"{side}_error": err(low),
+                f"{side}_sem": low["sem_test_error"], f"rise_{side}": rise,
+                f"rise_{side}_over_sem": _over(rise, sem)})
+  for key, name in (("ensemble_test_error", "ensemble"),
+                    ("early_stop_test_error", "early_stop")):
+    if key not in peak or lows["left"] is None or lows["right"] is None:
+      out[name] = None
+      continue
+    at = {"left": lows["left"][key], "peak": peak[key], "right": lows["right"][key]}
+    at.update(rise_left=at["peak"] - at["left"], rise_right=at["peak"] - at["right"])
+    out[name] = at
+  out["shows"] = bool(all(out[f"rise_{side}_over_sem"] is not None
+                          and out[f"rise_{side}_over_sem"] > min_sems
+                          for side in sides))
   return out
+
+
+def _over(x, sem):
+  if sem > 0:
+    return x / sem
+  return math.copysign(math.inf, x) if x else 0.0
 
 
 def n_star(N, frac_sat) -> float | None:

@@ -47,30 +47,53 @@ def test_summarize_fits_known_power_laws_above_n_star():
     assert fit["ci"][1] - fit["ci"][0] < 0.2, key
 
 
-def _rows(errors, sem=0.005, Ns=(50, 70, 100, 140, 200, 280, 400)):
-  return [{"N": N, "mean_test_error": e, "sem_test_error": sem} for N, e in zip(Ns, errors)]
+def _rows(errors, sem=0.005, Ns=(50, 70, 100, 140, 200, 280, 400), ens=None):
+  rows = [{"N": N, "mean_test_error": e, "sem_test_error": sem} for N, e in zip(Ns, errors)]
+  for r, e in zip(rows, ens or []):
+    r["ensemble_test_error"] = e
+    r["early_stop_test_error"] = e + 0.01
+  return rows
 
 
-def test_cusp_measures_the_rise_against_smaller_n():
-  rows = _rows([0.20, 0.15, 0.17, 0.19, 0.16, 0.14, 0.13])  # rises to N = 140
+def test_cusp_measures_the_peak_against_both_sides_in_the_window():
+  # window [60, 240] around N* = 120: N = 70 ... 200
+  rows = _rows([0.10, 0.15, 0.17, 0.19, 0.16, 0.14, 0.13],
+               ens=[0.08, 0.09, 0.10, 0.10, 0.09, 0.09, 0.09])
   c = generalization.cusp(rows, 120.0)
-  assert c["N_peak"] == 140 and c["low_N"] == 70 and c["next_error"] == 0.16
-  assert c["excess"] == pytest.approx(0.04)
-  assert c["excess_over_sem"] == pytest.approx(0.04 / np.sqrt(2 * 0.005 ** 2))
+  assert c["N_peak"] == 140 and c["N_peak_over_n_star"] == pytest.approx(140 / 120)
+  # left: the lowest error in the window below the peak (N = 50 is outside)
+  assert (c["left_N"], c["right_N"]) == (70, 200)
+  assert c["rise_left"] == pytest.approx(0.04) and c["rise_right"] == pytest.approx(0.03)
+  assert c["rise_left_over_sem"] == pytest.approx(0.04 / np.sqrt(2 * 0.005 ** 2))
+  assert c["rise_right_over_sem"] == pytest.approx(0.03 / np.sqrt(2 * 0.005 ** 2))
+  assert c["ensemble"] == pytest.approx({"left": 0.09, "peak": 0.10, "right": 0.09,
+                                         "rise_left": 0.01, "rise_right": 0.01})
+  assert c["early_stop"]["peak"] == pytest.approx(0.11)
   assert c["shows"]
   # the same peak inside the noise does not count
-  assert not generalization.cusp(_rows([0.20, 0.15, 0.17, 0.19, 0.16, 0.14, 0.13],
+  assert not generalization.cusp(_rows([0.10, 0.15, 0.17, 0.19, 0.16, 0.14, 0.13],
                                        sem=0.02), 120.0)["shows"]
-  # monotone decay through N*: no rise, no peak (the under-fitted smallest N
-  # with the largest error is not a cusp)
+  # a rise without a fall (the step of a label-noise plateau): right side too close
+  c = generalization.cusp(_rows([0.10, 0.15, 0.18, 0.19, 0.188, 0.186, 0.17]), 120.0)
+  assert c["N_peak"] == 140 and c["rise_right"] == pytest.approx(0.002)
+  assert c["rise_left_over_sem"] > 2 and not c["shows"]
+  # monotone decay through N*: no local maximum, no peak (the under-fitted
+  # smallest N with the largest error is not a cusp)
   c = generalization.cusp(_rows([0.30, 0.18, 0.17, 0.16, 0.15, 0.14, 0.13]), 120.0)
+  assert c["N_peak"] is None and c["left_N"] is None and c["ensemble"] is None
+  assert not c["shows"]
+  # the small rise of docs/generalization.md's digits L = 3 run (N* = 69)
+  c = generalization.cusp(_rows([0.30, 0.131, 0.135, 0.123, 0.113, 0.112, 0.11],
+                                Ns=(42, 69, 100, 135, 174, 217, 264)), 69.0)
+  assert c["N_peak"] == 100 and c["rise_left"] == pytest.approx(0.004) and not c["shows"]
+  # still rising through the window: no local maximum, no cusp
+  c = generalization.cusp(_rows([0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16]), 100.0)
   assert c["N_peak"] is None and not c["shows"]
-  # a small rise is found and measured, as the run of docs/generalization.md
-  c = generalization.cusp(_rows([0.30, 0.130, 0.135, 0.123, 0.113, 0.112, 0.11]), 70.0)
-  assert c["N_peak"] == 100 and c["excess"] == pytest.approx(0.005) and not c["shows"]
-  # still rising after the window's peak: no fall, no cusp
-  assert not generalization.cusp(_rows([0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16]),
-                                 100.0)["shows"]
+  # a local maximum whose right neighbour is outside the window: no right side
+  c = generalization.cusp(_rows([0.10, 0.11, 0.12, 0.13, 0.14, 0.16, 0.15]), 100.0)
+  assert c["N_peak"] is None  # N = 280 is outside [50, 200]
+  c = generalization.cusp(_rows([0.10, 0.11, 0.12, 0.13, 0.16, 0.15, 0.14]), 100.0)
+  assert c["N_peak"] == 200 and c["right_N"] is None and not c["shows"]
   assert generalization.cusp(rows, None) is None
   assert generalization.cusp(rows, 1e6) is None
 
@@ -142,9 +165,35 @@ def test_script_end_to_end_tiny_grid(tmp_path):
       "standard", "orthogonal_gain1", True, "step")
 
 
+def test_script_label_noise_trains_every_width_on_the_same_noisy_labels(tmp_path):
+  r = _run(tmp_path, "--preset=none", "--dataset=digits", "--P=40", "--d=4",
+           "--n_test=30", "--depth=1", "--widths=2,5", "--n_seeds=2",
+           "--max_steps=60", "--n_ntk=4", "--n_boot=10", "--plots=false",
+           "--label_noise=0.25", "--data_seed=3")
+  assert r.returncode == 0, r.stderr[-2000:]
+  from lossland import data, io
+  clean = data.digits(40, 4, 30)
+  want = data.make_dataset("digits", 40, 4, 30, key=jax.random.key(3), label_noise=0.25)
+  root = tmp_path / "generalization"
+  (run,) = os.listdir(root)
+  cells = json.load(open(root / run / "config.json"))["cells"]
+  assert {c["dataset"] for c in cells} == {"npz"}
+  (sweep,) = (tmp_path / "generalization_sweeps").iterdir()
+  rec = [json.loads(line) for line in open(sweep / "cells.jsonl")]
+  assert len(rec) == 2
+  for cell in rec:
+    a = io.load_run(str(sweep / cell["run_dir"])).arrays
+    y = a["y_train"]
+    np.testing.assert_array_equal(y, want.y_train)
+    assert np.sum(y != np.asarray(clean.y_train)) == 10  # round(0.25 * 40)
+    np.testing.assert_array_equal(a["y_test"], clean.y_test)  # test labels clean
+    np.testing.assert_allclose(a["x_train"], clean.x_train)
+
+
 @pytest.mark.parametrize("args", [["--widths=0,4"], ["--n_seeds=1"], ["--P=-3"],
                                   ["--preset=huge"], ["--widths=a,b"], ["extra"],
-                                  ["--decay_every=-1"]])
+                                  ["--decay_every=-1"], ["--label_noise=0.5"],
+                                  ["--label_noise=0.1", "--P=5000"]])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, args):
   r = _run(tmp_path, *args)
   assert r.returncode == 2, r.stderr
