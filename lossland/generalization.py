@@ -274,6 +274,7 @@ def plot(summary: dict, path_prefix: str):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   rows = summary["per_n"]
   N = np.asarray([r["N"] for r in rows], np.float64)
   ns = summary["n_star"] or 1.0
@@ -287,6 +288,7 @@ def plot(summary: dict, path_prefix: str):
     ax.axhline(summary["kernel_test_error"], color="k", ls="--", label="NTK limit")
   ax.axvline(1.0, color="gray", lw=0.5)
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
   ax.set_xlabel("N / N*" if summary["n_star"] else "N (no N* found)")
   ax.set_ylabel("test error")
   ax.legend(fontsize=7)
