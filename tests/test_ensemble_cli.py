@@ -67,7 +67,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path, on_cpu):
 @pytest.mark.parametrize("bad", [
     ["--P", "0"], ["--P", "-5"], ["--dataset", "cifar"], ["--width", "0"],
     ["--P", "1700", "--n_test", "200"], ["--n_seeds", "0"], ["--lr", "-1"],
-    ["--optimizer", "lbfgs"], ["--depth", "0"], ["--dataset", "npz"],
+    ["--optimizer", "newton"], ["--depth", "0"], ["--dataset", "npz"],
     ["--dataset", "npz", "--data_file", "/nonexistent.npz"], ["--max_steps", "abc"],
     ["--nosuchflag"], ["stray_argument"],
 ])

@@ -182,7 +182,7 @@ def test_measurement_steps_are_log_spaced():
   assert 35 <= len(s) <= 45
 
 
-@pytest.mark.parametrize("bad", [dict(lr=0.0), dict(max_steps=0), dict(optimizer="lbfgs"),
+@pytest.mark.parametrize("bad", [dict(lr=0.0), dict(max_steps=0), dict(optimizer="newton"),
                                  dict(schedule="cosine"), dict(batch_size=-1),
                                  dict(batch_size=8, check_every=300, jam_window=1000)])
 def test_bad_train_configs(bad):
