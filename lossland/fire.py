@@ -94,7 +94,7 @@ def fire_init(x: PyTree, dt: float, config: FireConfig = FireConfig()) -> FireSt
 
 
 def fire_step(x: PyTree, state: FireState, grad: PyTree,
-              config: FireConfig = FireConfig()) -> tuple:
+              config: FireConfig = FireConfig(), grad_norm=None) -> tuple:
   """One FIRE update (module docstring) at coordinates ``x`` with gradient ``grad``.
 
   Pure and jittable; ``jax.vmap`` over ``(x, state, grad)`` gives independent
@@ -107,6 +107,8 @@ def fire_step(x: PyTree, state: FireState, grad: PyTree,
     state: :class:`FireState` for ``x``.
     grad: gradient at ``x``, same structure as ``x``.
     config: :class:`FireConfig`.
+    grad_norm: |grad| over the whole tree if the caller has it (the trainer
+      computes it for its stop rule); None computes it here.
 
   Returns:
     ``(x_new, state_new)``.
@@ -115,7 +117,7 @@ def fire_step(x: PyTree, state: FireState, grad: PyTree,
   tm = jax.tree_util.tree_map
   force = tm(jnp.negative, grad)
   power = _tree_dot(force, state.v)
-  fnorm = jnp.sqrt(_tree_dot(force, force))
+  fnorm = jnp.sqrt(_tree_dot(force, force)) if grad_norm is None else grad_norm
   vnorm = jnp.sqrt(_tree_dot(state.v, state.v))
   up = power > 0
   grow = up & (state.n_pos > c.n_min)

@@ -95,8 +95,8 @@ SPEC = (
            ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared")),
     Option("margin", "float", None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic)."),
     Option("optimizer", "enum", "adam", "Optimizer (gradient_flow: adaptive-step Euler of the "
-           "gradient flow; fire: FIRE, Bitzek 2006).",
-           ("adam", "sgd", "momentum", "gradient_flow", "fire")),
+           "gradient flow; fire: FIRE, Bitzek 2006; lbfgs: L-BFGS with a weak-Wolfe line search).",
+           ("adam", "sgd", "momentum", "gradient_flow", "fire", "lbfgs")),
     Option("lr", "float", 1e-2, "Learning rate."),
     Option("momentum", "float", 0.9, "Momentum (--optimizer momentum)."),
     Option("schedule", "enum", "constant", "Learning-rate schedule.", ("constant", "step", "plateau")),
@@ -113,6 +113,14 @@ SPEC = (
     Option("jam_after_decays", "bool", False, "Jamming rule with --schedule step: stop jammed only "
            "at the last lr level (min_lr or past the last decay; a stall at a larger lr is Adam's "
            "noise floor, not a minimum)."),
+    Option("polish", "enum", "none", "After training, continue every member that did not stop "
+           "sat (or diverged) with this optimizer from where it stopped (lbfgs: L-BFGS, "
+           "docs/jamming.md); its stop reason and final numbers replace the first stage's.",
+           ("none", "lbfgs")),
+    Option("polish_steps", "int", 5000, "Most gradient evaluations of the polish."),
+    Option("polish_jam_window", "int", 500, "Polish: jamming-rule window (evaluations)."),
+    Option("polish_jam_rtol", "float", 1e-6, "Polish: stop jammed when the best loss fell by "
+           "less than this fraction over the window (or the line search finds no descent)."),
     Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
     Option("record_unsat", "bool", False, "Save which training points are unsatisfied at every "
            "measurement step (history_unsat [K, M, P] in arrays.npz: avalanches)."),
@@ -220,7 +228,8 @@ def validate(values: dict) -> dict:
       raise JobError(f"--{name} {what}, got {v[name]}")
 
   for name in ("P", "d", "n_seeds", "max_steps", "decay_every",
-               "plateau_patience", "check_every", "jam_window", "chunk_steps"):
+               "plateau_patience", "check_every", "jam_window", "chunk_steps",
+               "polish_steps", "polish_jam_window"):
     need(v[name] > 0, name, "must be positive")
   for name in ("batch_size", "group_size", "data_seed", "teacher_depth"):
     need(v[name] >= 0, name, "must be >= 0")
@@ -239,6 +248,9 @@ def validate(values: dict) -> dict:
   need(0 < v["decay_factor"] <= 1, "decay_factor", "must be in (0, 1]")
   need(v["min_lr"] >= 0, "min_lr", "must be >= 0")
   need(v["jam_rtol"] >= 0, "jam_rtol", "must be >= 0")
+  need(v["polish_jam_rtol"] >= 0, "polish_jam_rtol", "must be >= 0")
+  if v["polish"] != "none" and v["batch_size"]:
+    raise JobError(f"--polish {v['polish']} is full batch; got --batch_size {v['batch_size']}")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
   if v["margin"] is not None:
     need(v["margin"] >= 0, "margin", "must be >= 0")
@@ -295,9 +307,72 @@ def configs(values: dict) -> tuple:
         jam_window=v["jam_window"], jam_rtol=v["jam_rtol"],
         jam_after_decays=v["jam_after_decays"],
         chunk_steps=v["chunk_steps"], record_unsat=v["record_unsat"])
+    polish_config(v, cfg)
   except ValueError as e:  # the configs' own validation (their __post_init__)
     raise JobError(str(e)) from None
   return net, loss, cfg
+
+
+# The polish's first step along -g (before any curvature pair): the weak-Wolfe
+# line search doubles or bisects it, so only its order of magnitude matters.
+POLISH_LR = 1e-3
+
+
+def polish_config(values: dict, cfg):
+  """The TrainConfig of the polish stage (None for ``polish="none"``)."""
+  from lossland import train
+  if values["polish"] == "none":
+    return None
+  return train.TrainConfig(
+      optimizer=values["polish"], lr=POLISH_LR, max_steps=values["polish_steps"],
+      jam_window=values["polish_jam_window"], jam_rtol=values["polish_jam_rtol"],
+      subtract_init=cfg.subtract_init, chunk_steps=cfg.chunk_steps)
+
+
+def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=60.0,
+               progress_fn=None):
+  """Continues the members of ``res`` that did not stop sat or diverged with ``cfg2``.
+
+  Each such member k restarts from its final params (its initial params kept
+  as ``params0``) under the same seed; the polish's stop reason, final
+  measurements, outputs and params replace the first stage's, its
+  evaluations are added to ``steps``. The histories stay the first stage's.
+
+  Returns:
+    ``(res, info)``: the merged :class:`lossland.train.EnsembleResult` and
+    per member ``polished`` (bool), ``loss_before``, ``stop_before``,
+    ``polish_steps`` (evaluations, 0 if not polished).
+  """
+  import jax
+  import numpy as np
+  from lossland import train
+  reasons = list(res.stop_reasons)
+  K = len(reasons)
+  idx = np.array([k for k, r in enumerate(reasons) if r not in ("sat", "diverged")], int)
+  info = {"polished": [False] * K, "loss_before": [float(x) for x in res.final["loss"]],
+          "stop_before": reasons, "polish_steps": [0] * K}
+  if idx.size == 0:
+    return res, info
+  take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
+  r2 = train.train_ensemble(np.asarray(res.seeds)[idx], ds, net, loss, cfg2,
+                            start=(take(res.params), take(res.params0)),
+                            checkpoint_path=checkpoint_path,
+                            checkpoint_every=checkpoint_every, progress_fn=progress_fn)
+
+  def put(a, b):
+    a = np.array(a, copy=True)
+    a[idx] = np.asarray(b, a.dtype)
+    return a
+  params = jax.tree_util.tree_map(put, res.params, r2.params)
+  final = {m: put(res.final[m], r2.final[m]) for m in res.final}
+  merged = res._replace(
+      params=params, stop_code=put(res.stop_code, r2.stop_code),
+      steps=put(res.steps, np.asarray(res.steps)[idx] + r2.steps), final=final,
+      f_train=put(res.f_train, r2.f_train), f_test=put(res.f_test, r2.f_test))
+  for j, k in enumerate(idx):
+    info["polished"][k] = True
+    info["polish_steps"][k] = int(r2.steps[j])
+  return merged, info
 
 
 def _n_test_planned(v) -> int:
@@ -437,7 +512,7 @@ def _table(rows, header):
 
 
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
-              lr: float) -> dict:
+              lr: float, epsilon: float = 1.0, polish: dict | None = None) -> dict:
   """summary.json of an ensemble: members with their classes, healthy-member
   headline numbers, class and stop-reason counts.
 
@@ -448,7 +523,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   from lossland import observables, train
   reasons = list(res.stop_reasons)
   classes = observables.member_classes(
-      reasons, res.final["n_delta"], res.final["max_delta"], res.f_train, n_w)
+      reasons, res.final["n_delta"], res.final["max_delta"], res.f_train, n_w,
+      y_train=ds.y_train, epsilon=epsilon)
   healthy = np.array([c not in observables.UNHEALTHY for c in classes])
   if not healthy.any():
     counts = {c: classes.count(c) for c in observables.UNHEALTHY if c in classes}
@@ -472,6 +548,11 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
         "train_error": float(res.final["train_error"][k]),
         "test_error": float(res.final["test_error"][k]),
     })
+    if polish is not None:
+      members[-1].update({"polished": polish["polished"][k],
+                          "polish_steps": polish["polish_steps"][k],
+                          "loss_before_polish": polish["loss_before"][k],
+                          "stop_before_polish": polish["stop_before"][k]})
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
   h_members = [m for m, ok in zip(members, healthy) if ok]
   return {
@@ -495,6 +576,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       "mean_loss": float(np.mean([m["loss"] for m in h_members])),
       "n_weights": n_w, "n_params": n_params, "P": ds.P,
       "wall_seconds": wall, "group_size": res.group_size,
+      **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
   }
 
 
@@ -572,11 +654,21 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
                                group_size=v["group_size"] or None,
                                progress_fn=progress_fn, checkpoint_path=ckpt,
                                checkpoint_every=v["checkpoint_every"])
+    polish = None
+    cfg2 = polish_config(v, cfg)
+    if cfg2 is not None:
+      bar.note(f"polishing with {cfg2.optimizer}...")
+      ckpt2 = ckpt and ckpt[:-len(".npz")] + "_polish.npz"
+      res, polish = run_polish(res, ds, net, loss, cfg2, checkpoint_path=ckpt2,
+                               checkpoint_every=v["checkpoint_every"])
+      if ckpt2 and os.path.exists(ckpt2):
+        os.remove(ckpt2)
     bar(1, 1, f"done {K}/{K}")
     bar.close()
     wall = time.time() - t0
     try:
-      summary = summarize(res, ds, seeds, n_w, nets.n_params(net), wall, cfg.lr)
+      summary = summarize(res, ds, seeds, n_w, nets.n_params(net), wall, cfg.lr,
+                          epsilon=loss.epsilon, polish=polish)
     except JobError:
       if ckpt and os.path.exists(ckpt):
         os.remove(ckpt)
@@ -586,7 +678,8 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
     dirs.makedirs(v["out_dir"])
     with io.new_run(v["out_dir"], "ensemble", v,
                     net=dataclasses.asdict(net), loss=dataclasses.asdict(loss),
-                    train=dataclasses.asdict(cfg), seeds=seeds) as w:
+                    train=dataclasses.asdict(cfg), seeds=seeds,
+                    polish_train=dataclasses.asdict(cfg2) if cfg2 else None) as w:
       experiment.save_ensemble(w, seeds, res, ds)
       w.write_json("summary.json", summary)
       if v["plots"]:

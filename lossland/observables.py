@@ -70,13 +70,14 @@ def ensemble_summary(f_test, y_test) -> dict:
   }
 
 
-MEMBER_CLASSES = ("sat", "limbo", "jammed", "stalled", "not_converged",
-                  "diverged", "dead")
+MEMBER_CLASSES = ("sat", "sat_dead", "limbo", "jammed", "stalled",
+                  "not_converged", "diverged", "dead")
 UNHEALTHY = ("diverged", "dead")
 
 
 def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
-                   limbo_max_nd: int = 4, limbo_delta: float = 1e-6) -> list:
+                   limbo_max_nd: int = 4, limbo_delta: float = 1e-6,
+                   y_train=None, epsilon: float = 1.0) -> list:
   """Classifies the members of an ensemble at the end of training.
 
   The first class that applies, in this order:
@@ -85,6 +86,14 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   * ``dead``: f = 0 exactly on every training point (e.g. a ReLU net whose
     units are all off), a net that cannot learn;
   * ``sat``: N_Delta = 0, every constraint satisfied;
+  * ``sat_dead`` (only when ``y_train`` is given): N_Delta > 0 and every
+    unsatisfied point is a dead point, f = 0 exactly. A ReLU net without
+    biases outputs exactly 0 on an input where every unit of a layer is off;
+    such a point keeps Delta = epsilon and a zero gradient whatever the
+    training does (the issue's "dead points"), so every live constraint is
+    satisfied. Whatever the stop reason and N_Delta (docs/jamming.md: an
+    L = 4 member with 156 dead points and no live unsatisfied point was
+    counted as jammed before);
   * ``limbo``: 1 <= N_Delta <= ``limbo_max_nd`` and max Delta <
     ``limbo_delta``: satisfied up to the floating-point precision;
   * ``not_converged``: stopped at max_steps (or still running) with N_Delta > 0;
@@ -102,6 +111,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     f_train: [K, P] final outputs on the training set.
     n_weights: N, the number of weights of one network.
     limbo_max_nd, limbo_delta: the precision-limbo thresholds.
+    y_train: [P] labels; enables ``sat_dead``.
+    epsilon: the margin of Delta = epsilon - y f (``sat_dead``).
 
   Returns:
     list of K class names from :data:`MEMBER_CLASSES`.
@@ -110,6 +121,10 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   max_delta = np.asarray(max_delta, np.float64).reshape(-1)
   f_train = np.asarray(f_train, np.float64)
   f_train = f_train.reshape(n_delta.shape[0], -1)
+  dead = np.zeros(n_delta.shape[0], bool)
+  if y_train is not None:
+    unsat = losses.margins(f_train, np.asarray(y_train, np.float64)[None, :], epsilon) > 0
+    dead = unsat.any(-1) & np.all((f_train == 0) | ~unsat, axis=-1)
   out = []
   for k, reason in enumerate(stop_reasons):
     nd, md, f = n_delta[k], max_delta[k], f_train[k]
@@ -119,6 +134,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
       out.append("dead")
     elif nd == 0:
       out.append("sat")
+    elif dead[k]:
+      out.append("sat_dead")
     elif 1 <= nd <= limbo_max_nd and md < limbo_delta:
       out.append("limbo")
     elif reason == "jammed":

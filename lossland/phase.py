@@ -12,8 +12,8 @@ proposes the next cells of a bisection; running them is the caller's
 ``run_cells_fn``. Member classes come from ``summary["members"][k]["class"]``
 (:func:`lossland.observables.member_classes`): only ``sat`` and ``jammed``
 enter the fraction; ``limbo``, ``dead``, ``not_converged``, ``stalled`` and
-``diverged`` are counted and reported, never counted as jammed; stalled
-members whose unsatisfied points are all dead points (f = 0 exactly) are
+``diverged`` are counted and reported, never counted as jammed; members
+whose unsatisfied points are all dead points (f = 0 exactly) are
 ``sat_dead`` and count as sat (:func:`cell_stats`).
 """
 import math
@@ -68,17 +68,21 @@ def dead_point_members(record: dict, load_fn=None) -> list:
 def cell_stats(record: dict, load_fn=None) -> dict:
   """Counts of one cell: P, N, P/N, classes, N_Delta/N of the jammed members.
 
-  Members stopped as stalled (N_Delta <= 0.1 N) whose unsatisfied points are
-  all dead points (:func:`dead_point_members`) get the class ``sat_dead``:
-  every live constraint is satisfied. They count as sat in the fraction
-  (``n_sat``) and are reported separately (``counts["sat_dead"]``).
+  Members whose unsatisfied points are all dead points have the class
+  ``sat_dead`` (:func:`lossland.observables.member_classes`, in the cell's
+  summary): every live constraint is satisfied. They count as sat in the
+  fraction (``n_sat``) and are reported separately (``counts["sat_dead"]``).
+  Summaries written before the classifier had that class: their ``stalled``,
+  ``jammed`` and ``not_converged`` members are checked here
+  (:func:`dead_point_members`).
   """
   s, f = record["summary"], record.get("flags", {})
   members = s["members"]
   classes = [member_class(m) for m in members]
-  if "stalled" in classes:
+  old = ("stalled", "jammed", "not_converged")
+  if "sat_dead" not in classes and any(c in old for c in classes):
     dead = dead_point_members(record, load_fn)
-    classes = ["sat_dead" if c == "stalled" and d else c for c, d in zip(classes, dead)]
+    classes = ["sat_dead" if c in old and d else c for c, d in zip(classes, dead)]
   N, P = int(s["n_weights"]), int(s["P"])
   counts = {c: classes.count(c) for c in sorted(set(classes))}
   return {

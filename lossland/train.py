@@ -33,7 +33,10 @@ the pure function :func:`stop_code`, in this order:
   ``jam_after_decays``) only once the learning rate has reached its last
   level (:func:`final_lr_level`: a stall at a larger learning rate is the
   optimizer's noise floor, not a minimum, docs/jamming.md). Using the running
-  best makes the rule insensitive to Adam's oscillations. A member reaching ``max_steps`` is ``max_steps``, never
+  best makes the rule insensitive to Adam's oscillations. With ``lbfgs`` a
+  member with N_Delta > 0 is also jammed as soon as its line search finds no
+  step that lowers the loss, along the quasi-Newton direction nor along -g
+  (``stuck``). A member reaching ``max_steps`` is ``max_steps``, never
   ``jammed``, even on a window boundary.
 
 Step t evaluates the loss and gradient at params_t, decides whether the member
@@ -41,12 +44,16 @@ stops at t (then params_t are final and ``steps = t``), else updates to
 params_{t+1}.
 
 Optimizers: Adam (the authors'), SGD, momentum (learning rate in the state,
-schedulable per member), and two that reach true minima: ``gradient_flow``
+schedulable per member), and three that aim at true minima: ``gradient_flow``
 (Euler steps of dw/dt = -grad L with an adaptive time step, accepted when the
-gradient and outputs change little, as the authors' ``gradientflow`` code) and
-``fire`` (Bitzek et al., PRL 97, 170201 (2006)). For those the state's ``lr``
-is the time step dt, and a "step" is one gradient evaluation (a rejected
-gradient-flow step counts as a step).
+gradient and outputs change little, as the authors' ``gradientflow`` code),
+``fire`` (Bitzek et al., PRL 97, 170201 (2006)) and ``lbfgs`` (L-BFGS with
+the weak-Wolfe bracketing line search of Lewis & Overton for nonsmooth
+losses; one trial point per step). For those the state's ``lr`` is the time
+step dt (lbfgs: the trial step length), and a "step" is one gradient
+evaluation (a rejected gradient-flow step or line-search trial counts as a
+step). ``train_ensemble(start=...)`` continues given networks, e.g. an Adam
+run polished by L-BFGS (the ensemble job's ``polish``).
 
 What is guaranteed about members (tests/test_train_guarantees.py): the same
 call gives bitwise the same numbers (resume from a checkpoint included);
@@ -64,6 +71,7 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -77,7 +85,10 @@ from lossland import nets
 STOP_REASONS = ("running", "sat", "jammed", "max_steps", "diverged")
 RUNNING, SAT, JAMMED, MAX_STEPS, DIVERGED = range(5)
 
-OPTIMIZERS = ("adam", "sgd", "momentum", "gradient_flow", "fire")
+OPTIMIZERS = ("adam", "sgd", "momentum", "gradient_flow", "fire", "lbfgs")
+# Optimizers whose state caches the loss and gradient at the accepted params
+# (a step evaluates only a proposal).
+_CACHED = ("gradient_flow", "lbfgs")
 SCHEDULES = ("constant", "step", "plateau")
 MEASUREMENTS = ("loss", "n_delta", "max_delta", "train_error", "test_error",
                 "f2_train", "f2_test", "w_dist", "lr")
@@ -96,9 +107,12 @@ class TrainConfig:
 
   Attributes:
     optimizer: "adam" (default, as the authors), "sgd", "momentum",
-      "gradient_flow" (adaptive Euler steps of dw/dt = -grad L) or "fire".
+      "gradient_flow" (adaptive Euler steps of dw/dt = -grad L), "fire" or
+      "lbfgs" (L-BFGS with a backtracking Armijo line search, one gradient
+      evaluation per step; reaches minima, docs/jamming.md).
     lr: initial learning rate (the initial time step dt for gradient_flow and
-      fire).
+      fire; for lbfgs the first step length along -g, before any curvature
+      pair is stored).
     momentum: momentum coefficient (optimizer="momentum").
     schedule: "constant"; "step" (multiply by ``decay_factor`` every
       ``decay_every`` steps: the authors' "divide by 10 every 250k steps");
@@ -109,7 +123,7 @@ class TrainConfig:
       "constant" with gradient_flow and fire (they adapt dt themselves).
     decay_every, decay_factor, plateau_patience, plateau_rtol, min_lr: see above.
     max_steps: maximum number of updates (gradient evaluations for
-      gradient_flow and fire).
+      gradient_flow, fire and lbfgs).
     batch_size: 0 for full batch, else mini-batch size (sampled without
       replacement from ``fold_in(k_train, step)``).
     check_every: with mini-batches, evaluate the full training set (and the
@@ -135,6 +149,16 @@ class TrainConfig:
       (0: 1e-4 lr): at a ReLU kink the gradient jumps whatever dt is.
     fire_n_min, fire_f_inc, fire_f_dec, fire_alpha_start, fire_f_alpha: FIRE's
       parameters (Bitzek et al. 2006, their recommended values).
+    lbfgs_memory: curvature pairs kept by L-BFGS (Nocedal & Wright,
+      Numerical Optimization, Alg. 7.4/7.5).
+    ls_c1, ls_c2: Armijo and weak-Wolfe constants of L-BFGS's bracketing
+      line search (Lewis & Overton 2013): a trial w + a d is accepted when
+      L(w + a d) <= L(w) + ls_c1 a g.d and g(w + a d).d >= ls_c2 g.d.
+    ls_min_step: the line search fails when its bracket is shorter than
+      ls_min_step max(|w|, 1) with no Armijo point in it; a failure along
+      the quasi-Newton direction restarts along -g, a failure along -g means
+      no step satisfies Armijo at this precision: the member stops as
+      jammed (never sat: that needs N_Delta = 0).
     record_unsat: store, at every measurement step, which training points are
       unsatisfied (Delta > 0) in ``EnsembleResult.history_unsat`` (bit-packed
       on the device).
@@ -170,6 +194,10 @@ class TrainConfig:
   fire_f_dec: float = 0.5
   fire_alpha_start: float = 0.1
   fire_f_alpha: float = 0.99
+  lbfgs_memory: int = 10
+  ls_c1: float = 1e-4
+  ls_c2: float = 0.9
+  ls_min_step: float = 1e-12
   record_unsat: bool = False
 
   def __post_init__(self):
@@ -192,7 +220,7 @@ class TrainConfig:
                        "full-set checks)")
     if not 0 < self.decay_factor <= 1:
       raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
-    if self.optimizer in ("gradient_flow", "fire"):
+    if self.optimizer in ("gradient_flow", "fire", "lbfgs"):
       if self.schedule != "constant":
         raise ValueError(f"{self.optimizer} adapts its time step itself; "
                          f"use schedule='constant', got {self.schedule!r}")
@@ -209,6 +237,12 @@ class TrainConfig:
       raise ValueError(f"fire_alpha_start must be in [0, 1), got {self.fire_alpha_start}")
     if self.dt_max < 0 or self.dt_min < 0:
       raise ValueError(f"dt_max and dt_min must be >= 0, got {self.dt_max}, {self.dt_min}")
+    if self.lbfgs_memory < 1:
+      raise ValueError(f"lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
+    if not 0 < self.ls_c1 < self.ls_c2 < 1:
+      raise ValueError(f"need 0 < ls_c1 < ls_c2 < 1, got {self.ls_c1}, {self.ls_c2}")
+    if not self.ls_min_step > 0:
+      raise ValueError(f"ls_min_step must be positive, got {self.ls_min_step}")
 
 
 class TrainState(NamedTuple):
@@ -236,7 +270,7 @@ class TrainState(NamedTuple):
 
 class Trainer(NamedTuple):
   """Pure per-member functions returned by :func:`make_trainer`."""
-  init_fn: Callable      # (key, data) -> TrainState
+  init_fn: Callable      # (key, data, start=None) -> TrainState
   chunk_fn: Callable     # (state, data, t0, n) -> state: steps t0 .. t0+n-1, n static
   measure_fn: Callable   # (state, data) -> dict of scalars (MEASUREMENTS)
   outputs_fn: Callable   # (params, params0, data) -> (f_train [P], f_test [n_test])
@@ -254,7 +288,7 @@ def loss_scale(loss_cfg) -> float:
 
 
 def stop_code(t, running, loss, loss0, finite_grad, nd, checked, best, jam_ref,
-              lr, cfg: TrainConfig):
+              lr, cfg: TrainConfig, stuck=False):
   """The stop rule (pure, per member): the code of a member after evaluating step t.
 
   Args:
@@ -268,6 +302,9 @@ def stop_code(t, running, loss, loss0, finite_grad, nd, checked, best, jam_ref,
       of the current jam window.
     lr: current learning rate (the plateau schedule's floor).
     cfg: the training configuration.
+    stuck: the optimizer found no descent direction (lbfgs: the line search
+      failed along the quasi-Newton direction and along -g): with N_Delta > 0
+      the member is jammed at once, at any step.
 
   Returns:
     int32 code: DIVERGED, SAT, MAX_STEPS, JAMMED (in this priority) or RUNNING;
@@ -280,7 +317,8 @@ def stop_code(t, running, loss, loss0, finite_grad, nd, checked, best, jam_ref,
   sat = (nd == 0) & checked & cfg.stop_at_sat
   window = checked & (t > 0) & (t % cfg.jam_window == 0)
   lr_floor = final_lr_level(t, lr, cfg)
-  stalled = window & (nd > 0) & lr_floor & (best > (1.0 - cfg.jam_rtol) * jam_ref)
+  stalled = ((window & lr_floor & (best > (1.0 - cfg.jam_rtol) * jam_ref)) |
+             (jnp.asarray(stuck, bool) & checked)) & (nd > 0)
   at_max = t >= cfg.max_steps
   code = jnp.select([diverged, sat, at_max, stalled],
                     [DIVERGED, SAT, MAX_STEPS, JAMMED], RUNNING)
@@ -324,6 +362,45 @@ def _tree_sum(fn, *trees):
 def _axpy(a, x, y):
   """y + a x on pytrees (a scalar)."""
   return jax.tree_util.tree_map(lambda xi, yi: yi + a * xi, x, y)
+
+
+def lbfgs_direction(g, S, Y, rho, k):
+  """-H g, the L-BFGS direction by the two-loop recursion (Nocedal & Wright, Alg. 7.4).
+
+  The pairs live in a ring buffer: pair j (j = 0 .. k-1, oldest first) is row
+  j % m; only the last min(k, m) pairs are used. H_0 = gamma I with
+  gamma = s.y / y.y of the newest pair (Eq. 7.20); with no pair, H = I.
+
+  Args:
+    g: [n] gradient.
+    S, Y: [m, n] steps s_j = w_{j+1} - w_j and gradient changes y_j.
+    rho: [m] 1 / (y_j . s_j).
+    k: int32 number of pairs stored so far.
+
+  Returns:
+    [n] the direction -H g (a descent direction when every rho > 0).
+  """
+  m = S.shape[0]
+  n_used = jnp.minimum(k, m)
+
+  def newest_first(j, carry):
+    q, al = carry
+    i = (k - 1 - j) % m
+    a = jnp.where(j < n_used, rho[i] * jnp.dot(S[i], q), 0.0)
+    return q - a * Y[i], al.at[i].set(a)
+
+  q, al = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros_like(rho)))
+  last = (k - 1) % m
+  yy = jnp.dot(Y[last], Y[last])
+  gamma = jnp.where((k > 0) & (yy > 0), 1.0 / (rho[last] * jnp.where(yy > 0, yy, 1.0)),
+                    1.0)
+
+  def oldest_first(j, r):
+    i = (k - n_used + j) % m
+    b = rho[i] * jnp.dot(Y[i], r)
+    return r + jnp.where(j < n_used, al[i] - b, 0.0) * S[i]
+
+  return -jax.lax.fori_loop(0, m, oldest_first, gamma * q)
 
 
 def make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
@@ -382,15 +459,31 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
         params, params0, data.x_train, data.y_train)
     return loss, nd, f, g
 
-  def init_fn(key, data: data_lib.Dataset) -> TrainState:
+  def init_fn(key, data: data_lib.Dataset, start=None) -> TrainState:
+    """The state at step 0; ``start = (params, params0)`` continues a network
+    (e.g. an L-BFGS polish of an Adam run) instead of drawing its init."""
     k_init, k_train = jax.random.split(key)
     dtype = data.x_train.dtype
-    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), init_net(k_init))
+    cast = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
+    if start is None:
+      params = params0 = cast(init_net(k_init))
+    else:
+      params, params0 = cast(start[0]), cast(start[1])
     zero = jnp.zeros((), dtype)
     inf = jnp.full((), jnp.inf, dtype)
     if opt == "gradient_flow":
-      loss, nd, f, g = evaluate(params, params, data)
+      loss, nd, f, g = evaluate(params, params0, data)
       opt_state = {"g": g, "f": f, "loss": loss, "n_delta": nd}
+    elif opt == "lbfgs":
+      loss, nd, _, g = evaluate(params, params0, data)
+      gf = ravel_pytree(g)[0]
+      m, n = cfg.lbfgs_memory, gf.shape[0]
+      opt_state = {"g": gf, "loss": loss, "n_delta": nd, "d": -gf,
+                   "S": jnp.zeros((m, n), dtype), "Y": jnp.zeros((m, n), dtype),
+                   "rho": jnp.zeros((m,), dtype), "k": jnp.int32(0),
+                   "sd": jnp.asarray(True), "stuck": jnp.asarray(False),
+                   "lo": zero, "hi": inf, "lo_g": gf, "lo_loss": loss,
+                   "lo_n_delta": nd}
     elif opt == "fire":
       opt_state = {"v": jax.tree_util.tree_map(jnp.zeros_like, params),
                    "alpha": jnp.asarray(cfg.fire_alpha_start, dtype),
@@ -398,7 +491,7 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     else:
       opt_state = tx.init(params)
     return TrainState(
-        params=params, params0=params, opt_state=opt_state,
+        params=params, params0=params0, opt_state=opt_state,
         lr=jnp.asarray(cfg.lr, dtype), code=jnp.int32(RUNNING),
         stop_step=jnp.int32(0), loss=zero, n_delta=jnp.int32(0), loss0=zero,
         best=inf, jam_ref=inf, plateau_ref=inf, key=k_train)
@@ -406,9 +499,10 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
   def grad_and_check(s: TrainState, t, data):
     """Gradient at params_t, loss/N_Delta of the last full-set check, checked?"""
     x, y = data.x_train, data.y_train
-    if opt == "gradient_flow":
+    if opt in _CACHED:
       c = s.opt_state
-      return c["g"], c["loss"], c["n_delta"], True
+      g = c["g"] if opt == "gradient_flow" else ravel_pytree(s.params)[1](c["g"])
+      return g, c["loss"], c["n_delta"], True
     if full_batch:
       (loss, nd), g = jax.value_and_grad(loss_fn, has_aux=True)(
           s.params, s.params0, x, y)
@@ -455,11 +549,14 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
           lambda u, v: jnp.where(ok, u, v), a, b)
       cache = pick({"g": g1, "f": f1, "loss": loss1, "n_delta": nd1}, c)
       return pick(new, s.params), cache, dt_new.astype(s.lr.dtype)
+    if opt == "lbfgs":
+      return lbfgs_advance(s, data)
     if opt == "fire":
       c = s.opt_state
       new, fs = fire_lib.fire_step(
           s.params, fire_lib.FireState(v=c["v"], dt=s.lr, alpha=c["alpha"],
-                                       n_pos=c["n_pos"]), g, fire_cfg)
+                                       n_pos=c["n_pos"]), g, fire_cfg,
+          grad_norm=jnp.sqrt(gnorm2))
       return new, {"v": fs.v, "alpha": fs.alpha, "n_pos": fs.n_pos}, fs.dt
     lr = s.lr
     if cfg.schedule == "step":
@@ -469,14 +566,100 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     new = _axpy(-lr, direction, s.params)
     return new, opt_state, lr
 
+  def lbfgs_advance(s: TrainState, data):
+    """One trial w + a d of L-BFGS's weak-Wolfe line search (a = the state's lr).
+
+    The bracketing line search of Lewis & Overton (Math. Program. 141, 135
+    (2013), nonsmooth BFGS): a trial is accepted when it satisfies Armijo,
+    L(w + a d) <= L(w) + ls_c1 a g.d, and weak Wolfe, g(w + a d).d >=
+    ls_c2 g.d. Armijo fails: hi = a; Wolfe fails: lo = a (its loss and
+    gradient kept); next a = (lo + hi) / 2, or 2 a while hi is unset. Steps
+    that cross a ReLU kink are accepted, so the pairs (s, y) see the jump of
+    the gradient. Once |(hi - lo) d| < ls_min_step max(|w|, 1) the search
+    takes lo if lo > 0 (Armijo holds there); else it restarts along -g
+    (pairs dropped) or, if already along -g, marks the member stuck: no
+    step satisfies Armijo at this precision (:func:`stop_code`).
+    Accepted: the pair is stored if s.y > 0; next direction -H g'
+    (:func:`lbfgs_direction`) with a = 1.
+    """
+    c, a = s.opt_state, s.lr
+    w, unravel = ravel_pytree(s.params)
+    g, d = c["g"], c["d"]
+    loss1, nd1, _, g1 = evaluate(unravel(w + a * d), s.params0, data)
+    g1 = ravel_pytree(g1)[0]
+    gd = jnp.dot(g, d)
+    finite = jnp.isfinite(loss1) & jnp.all(jnp.isfinite(g1))
+    armijo = finite & (loss1 <= c["loss"] + cfg.ls_c1 * a * gd) & (gd < 0)
+    wolfe = jnp.dot(g1, d) >= cfg.ls_c2 * gd
+    lo, hi = c["lo"], c["hi"]
+    ok = armijo & wolfe
+    hi = jnp.where(~armijo, a, hi)
+    raise_lo = armijo & ~wolfe
+    lo_c = {k: jnp.where(raise_lo, v1, c["lo_" + k]) for k, v1 in
+            (("g", g1), ("loss", loss1), ("n_delta", nd1))}
+    lo = jnp.where(raise_lo, a, lo)
+    a_next = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), 2.0 * a)
+    dn = jnp.linalg.norm(d)
+    collapsed = (jnp.isfinite(hi) &
+                 ((hi - lo) * dn < cfg.ls_min_step * jnp.maximum(jnp.linalg.norm(w), 1.0)))
+    take_lo = ~ok & collapsed & (lo > 0)
+    fail = ~ok & collapsed & (lo <= 0)
+    # the accepted point: the trial, or lo when the bracket collapsed
+    acc = ok | take_lo
+    a_acc = jnp.where(ok, a, lo)
+    g_new = jnp.where(ok, g1, lo_c["g"])
+    loss_new = jnp.where(ok, loss1, lo_c["loss"])
+    nd_new = jnp.where(ok, nd1, lo_c["n_delta"])
+    sv, yv = a_acc * d, g_new - g
+    sy = jnp.dot(sv, yv)
+    store = acc & (sy > 1e-12 * jnp.linalg.norm(sv) * jnp.linalg.norm(yv)) & (sy > 0)
+    i = c["k"] % cfg.lbfgs_memory
+    S = jnp.where(store, c["S"].at[i].set(sv), c["S"])
+    Y = jnp.where(store, c["Y"].at[i].set(yv), c["Y"])
+    rho = jnp.where(store, c["rho"].at[i].set(1.0 / jnp.where(store, sy, 1.0)), c["rho"])
+    k = c["k"] + store.astype(jnp.int32)
+    d_acc = lbfgs_direction(g_new, S, Y, rho, k)
+    descent = jnp.dot(g_new, d_acc) < 0
+    d_acc = jnp.where(descent, d_acc, -g_new)
+    k_acc = jnp.where(descent, k, 0)
+    # after a quasi-Newton step a = 1; along -g (no pair) the accepted a
+    a0_acc = jnp.where(k_acc > 0, 1.0, a_acc)
+    # a failed search: restart along -g with the last gamma (else lr), or stuck
+    last = (c["k"] - 1) % cfg.lbfgs_memory
+    ylast = jnp.dot(c["Y"][last], c["Y"][last])
+    gamma = jnp.where((c["k"] > 0) & (ylast > 0),
+                      1.0 / (c["rho"][last] * jnp.where(ylast > 0, ylast, 1.0)), cfg.lr)
+    restart = fail & ~c["sd"]
+    stuck = c["stuck"] | (fail & c["sd"])
+    reset = acc | restart            # a new line search starts
+    inf = jnp.full_like(hi, jnp.inf)
+    new_c = {
+        "g": jnp.where(acc, g_new, g),
+        "loss": jnp.where(acc, loss_new, c["loss"]),
+        "n_delta": jnp.where(acc, nd_new, c["n_delta"]),
+        "d": jnp.where(acc, d_acc, jnp.where(restart, -g, d)),
+        "S": S, "Y": Y, "rho": rho,
+        "k": jnp.where(acc, k_acc, jnp.where(restart, 0, c["k"])).astype(jnp.int32),
+        "sd": jnp.where(acc, k_acc == 0, c["sd"] | restart),
+        "stuck": jnp.where(acc, False, stuck),
+        "lo": jnp.where(reset, 0.0, lo).astype(lo.dtype),
+        "hi": jnp.where(reset, inf, hi),
+        "lo_g": lo_c["g"], "lo_loss": lo_c["loss"], "lo_n_delta": lo_c["n_delta"],
+    }
+    a_new = jnp.where(acc, a0_acc, jnp.where(restart, gamma,
+                                             jnp.where(stuck, a, a_next)))
+    new_w = jnp.where(acc, w + a_acc * d, w)
+    return unravel(new_w), new_c, a_new.astype(s.lr.dtype)
+
   def step(t, s: TrainState, data) -> TrainState:
     running = s.code == RUNNING
     g, loss, nd, checked = grad_and_check(s, t, data)
     gnorm2 = _tree_sum(jnp.square, g)
     loss0 = jnp.where(t == 0, loss, s.loss0)
     best = jnp.where(checked, jnp.minimum(s.best, loss), s.best)
+    stuck = s.opt_state["stuck"] if opt == "lbfgs" else False
     code = stop_code(t, running, loss, loss0, jnp.isfinite(gnorm2), nd, checked,
-                     best, s.jam_ref, s.lr, cfg)
+                     best, s.jam_ref, s.lr, cfg, stuck)
     code = jnp.where(running, code, s.code)
     update = running & (code == RUNNING)
     window = checked & (t > 0) & (t % cfg.jam_window == 0)
@@ -697,7 +880,7 @@ def memory_plan(net_cfg: nets.NetConfig, cfg: TrainConfig, P: int, n_test: int,
   N = nets.n_params(net_cfg)
   width = max(net_cfg.width, net_cfg.d, net_cfg.n_out) if net_cfg.depth else net_cfg.d
   opt_floats = {"adam": 2, "momentum": 1, "sgd": 0, "gradient_flow": 3,
-                "fire": 2}[cfg.optimizer]
+                "fire": 2, "lbfgs": 5 + 2 * cfg.lbfgs_memory}[cfg.optimizer]
   n_meas = len(MEASUREMENTS)
   M = int(np.ceil(np.log10(max(cfg.max_steps, 1)) * cfg.n_log_per_decade)) + 3
   batch = min(cfg.batch_size, P) if cfg.batch_size else P
@@ -840,8 +1023,8 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
   else:
     constrain = lambda tree: tree
 
-  def init_group(keys, member, done, data, M):
-    state = jax.vmap(trainer.init_fn, in_axes=(0, None))(keys, data)
+  def init_group(keys, member, done, data, M, start=None):
+    state = jax.vmap(trainer.init_fn, in_axes=(0, None, 0))(keys, data, start)
     G = member.shape[0]
     dtype = data.x_train.dtype
     # Padding rows are born stopped and recorded: computed, never reported.
@@ -927,12 +1110,15 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
 _MEMBER_SENTINEL = np.iinfo(np.int32).max
 
 
-def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact, n_dev):
+def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact, n_dev,
+                 start=None):
   h = hashlib.sha1()
   h.update(repr(("engine-2", seeds.tolist(), net_cfg, loss_cfg, cfg, group_size,
                  compact, n_dev, str(data.x_train.dtype))).encode())
   for a in data:
     h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+  for a in jax.tree_util.tree_leaves(start):
+    h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
 
 
@@ -953,7 +1139,8 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
                    progress_fn: Callable | None = None,
                    compact: bool = True,
                    checkpoint_path: str | None = None,
-                   checkpoint_every: float = 60.0) -> EnsembleResult:
+                   checkpoint_every: float = 60.0,
+                   start=None) -> EnsembleResult:
   """Trains one network per seed; members are vmapped in groups.
 
   Args:
@@ -974,6 +1161,12 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       seeds, data, configs, group size or device count) is ignored. The
       caller removes the file when the job is complete. A resumed ensemble
       gives bitwise the same numbers as an uninterrupted one.
+    start: optional ``(params, params0)``, pytrees with a leading [K] axis
+      (e.g. an earlier result's ``params`` and ``params0``): member k starts
+      from ``params[k]`` (``params0[k]`` is its initial network for
+      ``subtract_init`` and ``w_dist``) instead of its seed's init; its seed
+      still gives its mini-batch key. Used to polish a run with another
+      optimizer (the ensemble job's ``polish``).
 
   Returns:
     An :class:`EnsembleResult`.
@@ -1009,19 +1202,31 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     place_rows = place_all = lambda tree: jax.device_put(tree)
   data = place_all(data)
 
+  if start is not None:
+    start = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), tuple(start))
+    if any(a.shape[0] != K for a in jax.tree_util.tree_leaves(start)):
+      raise ValueError(f"start must have a leading axis of {K} members")
+
+  def start_rows(rows):
+    if start is None:
+      return None
+    return place_rows(jax.tree_util.tree_map(lambda a: jnp.asarray(a[rows]), start))
+
   def new_group(first: int, G: int) -> Group:
     members = np.arange(first, min(first + group_size, K))
     pad = G - len(members)
     member = np.concatenate([members, np.full(pad, _MEMBER_SENTINEL)]).astype(np.int32)
     done = np.arange(G) >= len(members)
     row_seeds = np.concatenate([seeds[members], np.full(pad, seeds[members[0]])])
+    rows = np.concatenate([members, np.full(pad, members[0])])
     keys = place_rows(_keys(row_seeds))
     return fns.init_group(keys, place_rows(jnp.asarray(member)),
-                          place_rows(jnp.asarray(done)), data, M)
+                          place_rows(jnp.asarray(done)), data, M, start_rows(rows))
 
   def new_group_shape(G):
     return fns.init_group(_keys(np.zeros(G, np.int64)),
-                          jnp.zeros(G, jnp.int32), jnp.zeros(G, bool), data, M)
+                          jnp.zeros(G, jnp.int32), jnp.zeros(G, bool), data, M,
+                          start_rows(np.zeros(G, np.int64)))
 
   shapes_seen = set()
   first = new_group(0, buckets[-1])  # also the template of the results
@@ -1030,7 +1235,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   fingerprint, last_save = None, time.time()
   if checkpoint_path:
     fingerprint = _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size,
-                               compact, n_dev)
+                               compact, n_dev, start)
     resume = _read_checkpoint(checkpoint_path, fingerprint)
     if resume is not None:
       meta = resume

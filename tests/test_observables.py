@@ -78,7 +78,6 @@ def test_run_dirs_are_atomic(tmp_path):
 def test_member_classes_by_construction():
   """One member per class and the precedence between them (N = 100 weights)."""
   P, N = 6, 100
-  f = np.ones((11, P))
   rows = [  # (stop reason, N_delta, max Delta, expected class)
       ("diverged", 3, 0.5, "diverged"),       # by stop reason
       ("jammed", 30, 0.5, "diverged"),        # non-finite outputs beat the rest
@@ -91,15 +90,21 @@ def test_member_classes_by_construction():
       ("max_steps", 3, 1e-3, "not_converged"),  # Delta too large for limbo
       ("jammed", 11, 0.2, "jammed"),          # N_delta > 0.1 N
       ("jammed", 10, 0.2, "stalled"),         # N_delta = 0.1 N is not > 0.1 N
+      ("jammed", 30, 1.0, "sat_dead"),        # every unsatisfied point has f = 0
   ]
+  f = np.ones((len(rows), P))
   f[1, 2] = np.nan
   f[2] = 0.0
+  f[11, :2] = 0.0   # two dead points (Delta = 1), the others satisfied (y f = 1)
   reasons = [r[0] for r in rows]
   nd = np.array([r[1] for r in rows])
   md = np.array([r[2] for r in rows])
-  got = observables.member_classes(reasons, nd, md, f, N)
+  y = np.ones(P)
+  got = observables.member_classes(reasons, nd, md, f, N, y_train=y)
   assert got == [r[3] for r in rows]
   assert set(got) == set(observables.MEMBER_CLASSES)
+  # without the labels there is no dead-point test (the old classes)
+  assert observables.member_classes(reasons[11:], nd[11:], md[11:], f[11:], N) == ["jammed"]
   # The thresholds are arguments.
   assert observables.member_classes(["max_steps"], [5], [1e-8], f[:1], N,
                                     limbo_max_nd=5) == ["limbo"]
@@ -149,3 +154,20 @@ def test_delta_distribution_plot_uses_the_runs_margin(tmp_path, monkeypatch, mar
   for k, (delta, loss) in enumerate(seen):
     np.testing.assert_allclose(delta, [eps - y[i] * f[k, i] for i in range(3)])
     assert loss == [0.3, 0.0][k]
+
+
+def test_sat_dead_needs_every_unsatisfied_point_dead():
+  """Delta = eps - y f by hand: one live unsatisfied point keeps the class."""
+  y = np.array([1.0, -1.0, 1.0, -1.0])
+  f = np.array([[0.0, 0.0, 2.0, -1.5],     # two dead points, the rest satisfied
+                [0.0, -1.2, 0.5, -1.0],    # point 2: Delta = 0.5 > 0, live
+                [0.0, -2.0, 1e-300, -3.0],  # f tiny but not 0: live
+                [0.0, -2.0, 1.0, -3.0]])   # margin 2: y f = 1 < 2 is live
+  nd = [2, 2, 2, 2]
+  got = observables.member_classes(["jammed"] * 4, nd, [1.0] * 4, f, 10, y_train=y)
+  assert got == ["sat_dead", "jammed", "jammed", "sat_dead"]
+  # epsilon = 2: row 0's y f = 1.5 < 2 is now live; a row with y f >= 2 is not
+  f2 = np.array([f[0], [0.0, -2.5, 3.0, -2.0]])
+  got2 = observables.member_classes(["max_steps"] * 2, [2, 1], [2.0, 2.0], f2, 10,
+                                    y_train=y, epsilon=2.0)
+  assert got2 == ["not_converged", "sat_dead"]

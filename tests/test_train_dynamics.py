@@ -174,3 +174,22 @@ def test_plateau_adam_stops_jammed_at_min_lr_on_an_under_parametrized_net():
   # the lr went through every decade: 1e-2, 1e-3, 1e-4
   lr = res.history["lr"][0]
   assert {round(float(np.log10(v))) for v in lr[np.isfinite(lr)]} == {-2, -3, -4}
+
+
+def test_fire_step_with_the_callers_gradient_norm_is_the_same_step():
+  from lossland import fire
+  rng = np.random.default_rng(0)
+  x = {"a": jnp.asarray(rng.normal(size=(3, 2))), "b": jnp.asarray(rng.normal(size=4))}
+  g = {"a": jnp.asarray(rng.normal(size=(3, 2))), "b": jnp.asarray(rng.normal(size=4))}
+  st = fire.fire_init(x, 0.1)._replace(
+      v=jax.tree_util.tree_map(lambda a: -0.5 * a, g), n_pos=jnp.int32(7))
+  norm = jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree_util.tree_leaves(g)))
+  for _ in range(3):   # P > 0 steps with mixing, then compare a few in a row
+    x1, s1 = fire.fire_step(x, st, g)
+    x2, s2 = fire.fire_step(x, st, g, grad_norm=norm)
+    for u, w in zip(jax.tree_util.tree_leaves((x1, s1)), jax.tree_util.tree_leaves((x2, s2))):
+      np.testing.assert_allclose(u, w, rtol=1e-15, atol=0)
+    x, st = x1, s1
+  # the norm is used: a wrong one changes the mixing term
+  x3, _ = fire.fire_step(x, st, g, grad_norm=2 * norm)
+  assert not np.allclose(x3["a"], fire.fire_step(x, st, g)[0]["a"], rtol=1e-12, atol=0)

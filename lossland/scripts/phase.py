@@ -25,9 +25,11 @@ Presets (the flags given explicitly override them):
 
 * ``cpu``: sphere data, L = 2, 3, 4 with d = h = 12, 10, 9 (N = 300, 310,
   333), P/N in {1.25, 1.75, 2.25} then 2 bisection rounds, 6 members, Adam
-  lr 1e-2 divided by 10 every 30k steps down to 1e-5 (a member stops jammed
-  only at 1e-5: best loss down < 0.1% in 2000 steps), at most 100k steps,
-  2 workers (10 min 44 s wall on an idle 2-core machine, docs/jamming.md).
+  lr 1e-2 divided by 10 every 20k steps down to 1e-4, at most 60k steps
+  (hand-over at 1e-4 once the best loss gains < 0.1% in 2000 steps), then
+  an L-BFGS polish of every member not sat (at most 20k evaluations; jammed
+  when the best loss gains < 1e-6 in 1000 evaluations or the line search
+  finds no descent), 2 workers (1373 s CPU; docs/jamming.md).
 * ``paper``: L = 2, d = h = 62 (N = 7750); L = 3, d = h = 51 (N = 7854);
   L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
   lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
@@ -49,11 +51,15 @@ PRESETS = {
     # slowly descending L = 3 members early and stopped them jammed); a stall
     # at a large lr is Adam's noise floor, so members stop jammed only at the
     # last lr level (train.final_lr_level).
+    # Adam hands over to an L-BFGS polish (job option polish) once it stalls
+    # at its last lr level: per gradient evaluation L-BFGS descends much
+    # faster there (docs/jamming.md, the probes).
     "cpu": dict(depths=[2, 3, 4], widths=[12, 10, 9], p_over_n=[1.25, 1.75, 2.25],
-                rounds=2, n_seeds=6, max_steps=100_000, lr=1e-2, schedule="step",
-                decay_every=30_000, decay_factor=0.1, min_lr=1e-5,
+                rounds=2, n_seeds=6, max_steps=60_000, lr=1e-2, schedule="step",
+                decay_every=20_000, decay_factor=0.1, min_lr=1e-4,
                 jam_window=2000, jam_rtol=1e-3, jam_after_decays=True,
-                optimizer="adam"),
+                optimizer="adam", polish="lbfgs", polish_steps=20_000,
+                polish_jam_window=1000, polish_jam_rtol=1e-6),
     "paper": dict(depths=[2, 3, 5], widths=[62, 51, 40],
                   p_over_n=[2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0],
                   rounds=2, n_seeds=8, max_steps=2_000_000, lr=1e-4,
@@ -84,6 +90,10 @@ _PATIENCE = flags.DEFINE_integer("plateau_patience", None, "Steps per plateau te
 _MIN_LR = flags.DEFINE_float("min_lr", None, "lr floor; with --schedule plateau a member can stop jammed only at this lr (default: the job's, 1e-7).")
 _JAM_AFTER = flags.DEFINE_boolean("jam_after_decays", None, "With --schedule step, stop jammed only at the last lr level (default: on in the presets).")
 _JAM_RTOL = flags.DEFINE_float("jam_rtol", None, "Jamming rule: relative decrease of the best loss over a window below which it stops (default: the job's, 1e-3).")
+_POLISH = flags.DEFINE_enum("polish", None, ["none", "lbfgs"], "Continue every member that did not stop sat with this optimizer (default: lbfgs in the cpu preset, else none).")
+_POLISH_STEPS = flags.DEFINE_integer("polish_steps", None, "Most gradient evaluations of the polish (default: the preset's or the job's).")
+_POLISH_WINDOW = flags.DEFINE_integer("polish_jam_window", None, "Polish: jamming-rule window in evaluations (default: the preset's or the job's).")
+_POLISH_RTOL = flags.DEFINE_float("polish_jam_rtol", None, "Polish: jamming-rule relative decrease (default: the preset's or the job's).")
 _X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
@@ -153,7 +163,9 @@ def _settings():
   # Optional schedule settings: unset (None) means the ensemble job's default.
   for fl, key in ((_DECAY_EVERY, "decay_every"), (_DECAY_FACTOR, "decay_factor"),
                   (_PATIENCE, "plateau_patience"), (_MIN_LR, "min_lr"),
-                  (_JAM_RTOL, "jam_rtol"), (_JAM_AFTER, "jam_after_decays")):
+                  (_JAM_RTOL, "jam_rtol"), (_JAM_AFTER, "jam_after_decays"),
+                  (_POLISH, "polish"), (_POLISH_STEPS, "polish_steps"),
+                  (_POLISH_WINDOW, "polish_jam_window"), (_POLISH_RTOL, "polish_jam_rtol")):
     s[key] = pick(fl, key, None)
   for k in ("rounds",):
     if s[k] < 0:
@@ -263,7 +275,8 @@ def main(argv):
             "schedule": s["schedule"], "optimizer": s["optimizer"],
             "jam_window": s["jam_window"], "x64": bool(_X64.value),
             **{k: s[k] for k in ("decay_every", "decay_factor", "plateau_patience",
-                                 "min_lr", "jam_rtol", "jam_after_decays")
+                                 "min_lr", "jam_rtol", "jam_after_decays", "polish",
+                                 "polish_steps", "polish_jam_window", "polish_jam_rtol")
                if s[k] is not None},
             "plots": False,
             # which points are unsatisfied at each measurement: avalanches
