@@ -45,3 +45,25 @@ def test_flax_example_runs_in_small():
                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "Hessian of member" in out.stdout and "NTK: top eigenvalues" in out.stdout
+
+
+def test_gpu_check_refuses_a_machine_without_gpu(tmp_path):
+  # README: scripts/gpu_check.sh "exits 2 when jax sees no GPU" (and writes nothing).
+  if subprocess.run([sys.executable, "-c", "import jax; assert jax.default_backend() == 'cpu'"],
+                    capture_output=True).returncode != 0:
+    import pytest
+    pytest.skip("this machine has an accelerator")
+  out_dir = tmp_path / "gpu_check"
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  env.pop("GPU_CHECK_ALLOW_CPU", None)
+  out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), str(out_dir)],
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().startswith("error: jax sees no GPU")
+  assert not out_dir.exists()
+
+
+def test_hessian_script_uses_full_float32_matmuls():
+  # README: "the Hessian script switches to full float32 precision under --nox64".
+  src = open(os.path.join(ROOT, "lossland", "scripts", "hessian.py")).read()
+  assert 'jax.config.update("jax_default_matmul_precision", "highest")' in src
