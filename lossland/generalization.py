@@ -17,7 +17,9 @@ measures per N:
   quantity that 1901.01608 finds diverging as (N - N*)^-1 just above N*;
 * whether the members that did not reach N_Delta = 0 stopped at a minimum:
   ``max_grad_norm`` (largest |grad L| over those members, 0 if every member
-  is sat) and ``mean_n_delta_over_n`` (their mean N_Delta / N),
+  is sat) and ``mean_n_delta_over_n`` (their mean N_Delta / N); with the
+  job's polish stage (``polish="lbfgs"``) ``n_polished`` and per member the
+  polish's evaluations and the stop reason before it,
 
 both NTKs on the first ``n_ntk`` test points. ``n_star`` is where ``frac_sat``
 crosses 1/2 (linear interpolation in log N), and the infinite-width asymptote
@@ -48,7 +50,7 @@ from lossland import train
 PER_N_KEYS = ("N", "width", "mean_test_error", "sem_test_error",
               "ensemble_test_error", "output_variance", "ntk_fluctuation",
               "ntk_drift", "frac_sat", "early_stop_test_error",
-              "output_norm", "max_grad_norm", "mean_n_delta_over_n")
+              "output_norm", "max_grad_norm", "mean_n_delta_over_n", "n_polished")
 
 
 def run_width_sweep(cells, out_dir, **kw) -> list:
@@ -60,7 +62,9 @@ def run_width_sweep(cells, out_dir, **kw) -> list:
 def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
   """The per-N observables of one ensemble run directory (module docstring)."""
   ens = experiment.load_ensemble(run_dir)
-  arrays = io.load_run(run_dir).arrays
+  run = io.load_run(run_dir)
+  arrays = run.arrays
+  members = run.summary.get("members", [])
   y_test = np.asarray(ens.data.y_test, np.float64)
   f_test = np.asarray(arrays["f_test"], np.float64)
   K = f_test.shape[0]
@@ -105,6 +109,12 @@ def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
       "member_grad_norms": gnorm.tolist(),
       "member_stop_codes": stop.tolist(),
       "member_ntk_drift": drift_k.tolist(),
+      "member_stop_reasons": [m.get("stop_reason") for m in members],
+      # the job's polish stage (absent from unpolished runs: 0 and False)
+      "n_polished": int(sum(bool(m.get("polished", False)) for m in members)),
+      "member_polish_steps": [int(m.get("polish_steps", 0)) for m in members],
+      "member_stop_before_polish": [m.get("stop_before_polish", m.get("stop_reason"))
+                                    for m in members],
       "run_dir": run_dir,
   }
 

@@ -190,10 +190,43 @@ def test_script_label_noise_trains_every_width_on_the_same_noisy_labels(tmp_path
     np.testing.assert_allclose(a["x_train"], clean.x_train)
 
 
+def test_script_polish_continues_the_unsat_members_with_lbfgs(tmp_path):
+  # too few Adam steps to reach N_Delta = 0: every member is polished
+  r = _run(tmp_path, "--preset=none", "--dataset=sphere", "--P=24", "--d=3",
+           "--n_test=16", "--depth=1", "--widths=2,3", "--n_seeds=2",
+           "--max_steps=40", "--n_ntk=4", "--n_boot=10", "--plots=false",
+           "--polish=lbfgs", "--polish_steps=60", "--kernel_max_steps=100")
+  assert r.returncode == 0, r.stderr[-2000:]
+  root = tmp_path / "generalization"
+  (run,) = os.listdir(root)
+  cells = json.load(open(root / run / "config.json"))["cells"]
+  assert {(c["polish"], c["polish_steps"]) for c in cells} == {("lbfgs", 60)}
+  s = json.load(open(root / run / "summary.json"))
+  (sweep,) = (tmp_path / "generalization_sweeps").iterdir()
+  rec = {json.loads(line)["flags"]["width"]: json.loads(line)
+         for line in open(sweep / "cells.jsonl")}
+  logged = {r["width"]: r for r in map(json.loads, open(root / run / "metrics.jsonl"))
+            if "width" in r}
+  assert sorted(logged) == sorted(row["width"] for row in s["per_n"]) == [2, 3]
+  for row in s["per_n"]:
+    members = rec[row["width"]]["summary"]["members"]
+    unsat = [m for m in members if m["stop_before_polish"] != "sat"]
+    assert unsat and row["n_polished"] == len(unsat)
+    for m, steps in zip(members, logged[row["width"]]["member_polish_steps"]):
+      assert steps == m["polish_steps"]
+      if m["polished"]:
+        # L-BFGS with a line search only accepts descent; Adam's 40 steps
+        # left it room
+        assert 0 < m["polish_steps"] <= 60 and m["stop_before_polish"] == "max_steps"
+        assert m["loss"] < m["loss_before_polish"]
+        assert m["steps"] == 40 + m["polish_steps"]
+
+
 @pytest.mark.parametrize("args", [["--widths=0,4"], ["--n_seeds=1"], ["--P=-3"],
                                   ["--preset=huge"], ["--widths=a,b"], ["extra"],
                                   ["--decay_every=-1"], ["--label_noise=0.5"],
-                                  ["--label_noise=0.1", "--P=5000"]])
+                                  ["--label_noise=0.1", "--P=5000"],
+                                  ["--polish=bfgs"], ["--polish_steps=0"]])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, args):
   r = _run(tmp_path, *args)
   assert r.returncode == 2, r.stderr

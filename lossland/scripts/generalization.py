@@ -26,6 +26,14 @@ stopped jammed before the last learning-rate level. ``paper``: MNIST parity, PCA
 files and a GPU). Other flags override the
 preset; ``--preset none`` uses only the flags.
 
+Polish (``--polish lbfgs``, ``--polish_steps``; off in every preset): after
+the Adam stage every member that did not reach N_Delta = 0 is continued with
+the ensemble job's L-BFGS polish until it stops jammed (no descent, or the
+best loss fell by less than 1e-6 over 500 evaluations) or runs out of
+evaluations, so that the members below N* end at minima of the loss
+(docs/generalization.md has the probe near N*). The options enter the cells
+only when the polish is on, so unpolished sweeps keep their directories.
+
 Label noise: the ensemble job has no such option, so the noisy data set is
 built here (:func:`lossland.data.make_dataset` with ``label_noise``, keyed by
 ``--data_seed``) and written once to
@@ -55,6 +63,8 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Maximum steps per member."
 _LR = flags.DEFINE_float("lr", None, "Adam learning rate.")
 _DECAY_EVERY = flags.DEFINE_integer("decay_every", None, "Divide the Adam learning rate by 10 every this many steps (0: constant).")
 _JAM_WINDOW = flags.DEFINE_integer("jam_window", None, "Jamming rule window in steps (the trainer's stall rule).")
+_POLISH = flags.DEFINE_enum("polish", None, ["none", "lbfgs"], "After Adam, continue every member that did not reach N_Delta = 0 with this optimizer (the ensemble job's polish stage: lbfgs = L-BFGS until jammed, docs/jamming.md); default from the preset.")
+_POLISH_STEPS = flags.DEFINE_integer("polish_steps", None, "Most gradient evaluations of the polish (default from the preset).")
 _NET = flags.DEFINE_enum("net", None, ["authors", "lossland"], "authors: nn_jamming's network (standard parametrization, orthogonal init with gain 1, zero-initialized biases, plain ReLU; 1810.09665); lossland: NTK parametrization, normal init, no biases, ReLU * sqrt 2.")
 _LABEL_NOISE = flags.DEFINE_float("label_noise", None, "Fraction of the training labels flipped (keyed by --data_seed; test labels clean); default from the preset.")
 _DATA_SEED = flags.DEFINE_integer("data_seed", 0, "Seed of synthetic data and of the label noise.")
@@ -83,17 +93,19 @@ PRESETS = {
     "cpu": dict(dataset="digits", P=1000, d=10, n_test=None, depth=1, label_noise=0.05,
                 widths=[4, 8, 11, 13, 15, 16, 17, 18, 20, 23, 28, 40, 64, 96], n_seeds=16,
                 max_steps=30_000, lr=1e-3, decay_every=10_000, jam_window=10_000,
-                jam_after_decays=True, net="authors", subtract_init=False),
+                jam_after_decays=True, net="authors", subtract_init=False,
+                polish="none", polish_steps=5000),
     # 1810.09665 Fig. 2 (nn_jamming/nips2018.md): adam0 = lr 1e-4 / 10 every 250k
     "paper": dict(dataset="mnist", P=10_000, d=10, n_test=None, depth=5,
                   widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150,
                           250, 400, 700, 1000, 1700, 3000],
                   n_seeds=8, max_steps=500_000, lr=1e-4, decay_every=250_000,
-                  jam_window=250_000, net="authors", subtract_init=False, label_noise=0.0),
+                  jam_window=250_000, net="authors", subtract_init=False, label_noise=0.0,
+                  polish="none", polish_steps=5000),
     "none": dict(dataset="digits", P=400, d=16, n_test=None, depth=3,
                  widths=[4, 8, 16], n_seeds=4, max_steps=20_000, lr=1e-2,
                  decay_every=0, jam_window=2000, net="lossland", subtract_init=True,
-                 label_noise=0.0),
+                 label_noise=0.0, polish="none", polish_steps=5000),
 }
 
 
@@ -104,7 +116,8 @@ def _grid():
                      ("max_steps", _MAX_STEPS), ("lr", _LR),
                      ("decay_every", _DECAY_EVERY), ("jam_window", _JAM_WINDOW),
                      ("net", _NET), ("subtract_init", _SUBTRACT_INIT),
-                     ("label_noise", _LABEL_NOISE)):
+                     ("label_noise", _LABEL_NOISE), ("polish", _POLISH),
+                     ("polish_steps", _POLISH_STEPS)):
     if flag.value is not None:
       p[name] = flag.value
   if _WIDTHS.value is not None:
@@ -114,7 +127,7 @@ def _grid():
       raise _cli.UsageError(f"--widths must be integers, got {_WIDTHS.value}")
   if not p["widths"] or min(p["widths"]) < 1:
     raise _cli.UsageError("--widths must be positive integers")
-  for name in ("P", "d", "depth", "n_seeds", "max_steps", "jam_window"):
+  for name in ("P", "d", "depth", "n_seeds", "max_steps", "jam_window", "polish_steps"):
     if p[name] < 1:
       raise _cli.UsageError(f"--{name} must be positive, got {p[name]}")
   if not 0 <= p["label_noise"] < 0.5:
@@ -138,6 +151,10 @@ def _grid():
     base["data_dir"] = _DATA_DIR.value
   if p.get("jam_after_decays"):
     base["jam_after_decays"] = True
+  if p["polish"] != "none":
+    # only when on: the cells (and the sweep digest) of unpolished runs stay
+    # those of the runs made before the option existed
+    base.update(polish=p["polish"], polish_steps=p["polish_steps"])
   if _DATA_SEED.value:
     base["data_seed"] = _DATA_SEED.value
   noisy = None
@@ -206,7 +223,8 @@ def main(argv):
           f"ens={row['ensemble_test_error']:.4f} early={row['early_stop_test_error']:.4f} "
           f"var={row['output_variance']:.3g} dTheta0={row['ntk_fluctuation']:.3g} "
           f"drift={row['ntk_drift']:.3g} |f|^2={row['output_norm']:.3g} "
-          f"max|grad| (not sat)={row['max_grad_norm']:.2g}", flush=True)
+          f"max|grad| (not sat)={row['max_grad_norm']:.2g}"
+          + (f" polished={row['n_polished']}" if row["n_polished"] else ""), flush=True)
   ens = experiment.load_ensemble(max(per_n, key=lambda r: r["N"])["run_dir"])
   lc = ens.loss
   kernel = generalization.kernel_test_error(ens.net, ens.data, lc,
