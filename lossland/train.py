@@ -55,7 +55,7 @@ evaluation (a rejected gradient-flow step or line-search trial counts as a
 step). ``train_ensemble(start=...)`` continues given networks, e.g. an Adam
 run polished by L-BFGS (the ensemble job's ``polish``).
 
-What is guaranteed about members (tests/test_train_guarantees.py): the same
+What is guaranteed about members (tests/test_train.py, tests/test_accelerator_path.py): the same
 call gives bitwise the same numbers (resume from a checkpoint included);
 member k equals seed k trained alone, or in a group of any size, with or
 without compaction, up to rounding (batched and unbatched matmuls round
@@ -1101,8 +1101,10 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
       init_group=jax.jit(init_group, static_argnums=4),
       chunk=jax.jit(chunk, static_argnums=3, donate_argnums=donate(0)),
       record=jax.jit(record, donate_argnums=donate(0)),
-      compact=jax.jit(compact, static_argnums=2, donate_argnums=donate(0, 1)),
-      finish=jax.jit(finish, donate_argnums=donate(0, 1)),
+      # compact returns a smaller group and finish none: only the results
+      # buffer can be reused (donating the group would only warn).
+      compact=jax.jit(compact, static_argnums=2, donate_argnums=donate(0)),
+      finish=jax.jit(finish, donate_argnums=donate(0)),
       empty=jax.jit(empty, static_argnums=1), mesh=mesh)
 
 

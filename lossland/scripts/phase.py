@@ -102,8 +102,9 @@ _N_BOOT = flags.DEFINE_integer("n_boot", 500, "Bootstrap replicates of the expon
 _PLOTS = flags.DEFINE_boolean("plots", True, "Write PNG figures.")
 _WORKERS = flags.DEFINE_integer(
     "workers", None, "Processes that run the cells of each batch (the initial grid, each "
-    "bisection round's new cells) concurrently; default 1, with --preset cpu "
-    "min(2, cpu count). The results do not depend on it.")
+    "bisection round's new cells) concurrently; default 1, with --preset cpu on a CPU "
+    "min(2, cpu count). The results do not depend on it. On a GPU the workers share the "
+    "device: start with XLA_PYTHON_CLIENT_PREALLOCATE=false.")
 
 
 def _ints(name, vals):
@@ -181,7 +182,10 @@ def _settings():
   if _WORKERS.value is not None:
     s["workers"] = _WORKERS.value
   else:
-    s["workers"] = min(2, os.cpu_count() or 1) if _PRESET.value == "cpu" else 1
+    import jax
+    # Several processes on one accelerator would each preallocate its memory.
+    on_cpu = jax.default_backend() == "cpu"
+    s["workers"] = min(2, os.cpu_count() or 1) if _PRESET.value == "cpu" and on_cpu else 1
   if s["workers"] <= 0:
     raise _cli.UsageError(f"--workers must be positive, got {s['workers']}")
   return s
@@ -228,8 +232,12 @@ def _run_parallel(cells, sweep_dir, n_workers, x64, say, run_sweep):
   try:
     for _ in range(n_sub):
       err = tempfile.TemporaryFile(mode="w+")
+      # On an accelerator the processes share one device: no preallocation in
+      # the workers (start the parent with XLA_PYTHON_CLIENT_PREALLOCATE=false too).
+      env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE=os.environ.get(
+          "XLA_PYTHON_CLIENT_PREALLOCATE", "false"))
       proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=err, text=True)
+                              stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
       procs.append((proc, err))
       proc.stdin.write(json.dumps({"cells": cells, "sweep_dir": sweep_dir, "x64": x64}))
       proc.stdin.close()
