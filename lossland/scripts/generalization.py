@@ -21,18 +21,22 @@ eps = 1, full-batch Adam whose learning rate is divided by 10 every
 of the training labels flipped (``--label_noise``; the test labels stay
 clean), one hidden layer, widths 4..96 (N = 11 h, every integer from 15 to 18
 around N*), 16 members, lr 1e-3 / 10 every 10k steps, 30k steps, no member
-stopped jammed before the last learning-rate level. ``paper``: MNIST parity, PCA d = 10, L = 5, P = 10k, widths 1 to ~3000, lr
-1e-4 / 10 every 250k steps, 500k steps (needs ``--data_dir`` with the MNIST
-files and a GPU). Other flags override the
-preset; ``--preset none`` uses only the flags.
+stopped jammed before the last learning-rate level, then the L-BFGS polish
+(at most 5000 evaluations) of every member not at N_Delta = 0. ``paper``:
+MNIST parity, PCA d = 10, L = 5, P = 10k, widths 1 to ~3000, lr 1e-4 / 10
+every 250k steps, 500k steps (needs ``--data_dir`` with the MNIST files and
+a GPU). Other flags override the preset; ``--preset none`` uses only the
+flags.
 
-Polish (``--polish lbfgs``, ``--polish_steps``; off in every preset): after
-the Adam stage every member that did not reach N_Delta = 0 is continued with
-the ensemble job's L-BFGS polish until it stops jammed (no descent, or the
-best loss fell by less than 1e-6 over 500 evaluations) or runs out of
-evaluations, so that the members below N* end at minima of the loss
-(docs/generalization.md has the probe near N*). The options enter the cells
-only when the polish is on, so unpolished sweeps keep their directories.
+Polish (``--polish lbfgs``, ``--polish_steps``; on in ``cpu``, off in the
+other presets): after the Adam stage every member that did not reach
+N_Delta = 0 is continued with the ensemble job's L-BFGS polish until it
+stops jammed (no descent, or the best loss fell by less than 1e-6 over 500
+evaluations) or runs out of evaluations, so that the members end at minima
+of the loss (on ReLU kinks, where the one-sided |grad L| need not vanish:
+docs/generalization.md has the probe near N* and the minimum check). The
+options enter the cells only when the polish is on, so unpolished sweeps
+keep their directories (``--polish none`` reproduces the runs made before).
 
 Label noise: the ensemble job has no such option, so the noisy data set is
 built here (:func:`lossland.data.make_dataset` with ``label_noise``, keyed by
@@ -94,7 +98,10 @@ PRESETS = {
                 widths=[4, 8, 11, 13, 15, 16, 17, 18, 20, 23, 28, 40, 64, 96], n_seeds=16,
                 max_steps=30_000, lr=1e-3, decay_every=10_000, jam_window=10_000,
                 jam_after_decays=True, net="authors", subtract_init=False,
-                polish="none", polish_steps=5000),
+                # then L-BFGS from every member not at N_Delta = 0: below N*
+                # they end at (kink) minima, near N* most turn sat (probe in
+                # docs/generalization.md; ~+20 % CPU)
+                polish="lbfgs", polish_steps=5000),
     # 1810.09665 Fig. 2 (nn_jamming/nips2018.md): adam0 = lr 1e-4 / 10 every 250k
     "paper": dict(dataset="mnist", P=10_000, d=10, n_test=None, depth=5,
                   widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150,
