@@ -27,10 +27,10 @@ Presets (the flags given explicitly override them):
   333), P/N in {1.25, 1.75, 2.25} then 2 bisection rounds, 6 members, Adam
   lr 1e-2 divided by 10 every 20k steps down to 1e-4, at most 60k steps
   (hand-over at 1e-4 once the best loss gains < 0.1% in 2000 steps), then
-  an L-BFGS polish of every member not sat (at most 20k evaluations; jammed
+  an L-BFGS polish of every member not sat (at most 50k evaluations; jammed
   when the best loss gains < 1e-6 in 1000 evaluations or the line search
-  finds no descent), 2 workers (9 min 23 s wall with a warm compilation
-  cache, docs/jamming.md).
+  finds no descent), 2 workers (6 min 15 s wall on an idle 2-core machine
+  with a warm compilation cache, docs/jamming.md).
 * ``paper``: L = 2, d = h = 62 (N = 7750); L = 3, d = h = 51 (N = 7854);
   L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
   lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
@@ -59,7 +59,7 @@ PRESETS = {
                 rounds=2, n_seeds=6, max_steps=60_000, lr=1e-2, schedule="step",
                 decay_every=20_000, decay_factor=0.1, min_lr=1e-4,
                 jam_window=2000, jam_rtol=1e-3, jam_after_decays=True,
-                optimizer="adam", polish="lbfgs", polish_steps=20_000,
+                optimizer="adam", polish="lbfgs", polish_steps=50_000,
                 polish_jam_window=1000, polish_jam_rtol=1e-6),
     "paper": dict(depths=[2, 3, 5], widths=[62, 51, 40],
                   p_over_n=[2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0],
