@@ -14,8 +14,11 @@ as jax key arrays); the caller places them on devices.
 Nothing is pickled: the file holds numeric arrays and one unicode string (the
 JSON of ``meta``), and it is read with ``allow_pickle=False``.
 """
+import contextlib
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -47,15 +50,43 @@ def save(path: str, tree: Any, meta: dict | None = None) -> None:
             "meta": meta or {}}
   arrays[_META] = np.asarray(json.dumps(header))
   tmp = f"{path}.{os.getpid()}.tmp"
+  with _sigint_deferred():
+    try:
+      with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+  """Holds back Ctrl-C (SIGINT) while a checkpoint is written.
+
+  A KeyboardInterrupt raised inside ``np.savez`` leaves its zip writer open,
+  and closing it then raises ``ValueError`` in place of the interrupt (seen
+  as a resume that exits 1 instead of 130). In the main thread the signal
+  is recorded and re-raised as KeyboardInterrupt once the file is complete
+  and renamed; elsewhere (signal handlers can only be set there) nothing
+  changes.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
   try:
-    with open(tmp, "wb") as fh:
-      np.savez(fh, **arrays)
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    yield
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    signal.signal(signal.SIGINT, previous)
+  if caught and previous is not signal.SIG_IGN:
+    if callable(previous):
+      previous(signal.SIGINT, None)   # default_int_handler raises KeyboardInterrupt
+    else:
+      raise KeyboardInterrupt
 
 
 def read_meta(path: str) -> dict:

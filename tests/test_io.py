@@ -113,3 +113,30 @@ def test_only_errors_raised_on_purpose_count_as_bad_input():
   except ValueError as e:
     assert not _cli._on_purpose(e)  # an internal error keeps its traceback
   assert not _cli._on_purpose(ValueError("raised by hand"))
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_raised_after_the_file_is_complete(tmp_path, monkeypatch):
+  # A SIGINT landing inside np.savez used to leave the zip writer open and turn
+  # the interrupt into "ValueError: Can't close the ZIP file ..." (exit 1, not 130).
+  import os
+  import signal
+  import jax.numpy as jnp
+  import numpy as np
+  from lossland import checkpoint
+  real_savez = np.savez
+
+  def savez_interrupted(fh, **arrays):
+    os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of the write
+    real_savez(fh, **arrays)
+
+  monkeypatch.setattr(checkpoint.np, "savez", savez_interrupted)
+  path = str(tmp_path / "c.npz")
+  tree = {"w": jnp.arange(5.0), "k": jnp.int32(3)}
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save(path, tree, meta={"t": 7})
+  assert sorted(os.listdir(tmp_path)) == ["c.npz"]   # renamed, no staging file left
+  restored, meta = checkpoint.restore(path, tree)
+  np.testing.assert_array_equal(restored["w"], np.arange(5.0))
+  assert meta["t"] == 7
+  assert signal.signal(signal.SIGINT, before) is signal.default_int_handler  # restored
