@@ -231,12 +231,32 @@ def flip_labels(key, y, fraction: float) -> jax.Array:
   Returns:
     [n] labels, same dtype.
   """
+  return jnp.where(flip_mask(key, y.shape[0], fraction), -y, y)
+
+
+def flip_mask(key, n: int, fraction: float) -> jax.Array:
+  """Which of ``n`` labels :func:`flip_labels` flips with ``key``: [n] bool.
+
+  Exactly ``round(fraction * n)`` entries are True: the first ones of
+  ``jax.random.permutation(key, n)``.
+
+  Raises:
+    DataError: ``fraction`` is not in [0, 1].
+  """
   if not 0.0 <= fraction <= 1.0:
     raise DataError(f"label noise must be a fraction in [0, 1], got {fraction}")
-  n = y.shape[0]
   m = int(round(fraction * n))
-  flip = jnp.zeros((n,), bool).at[jax.random.permutation(key, n)[:m]].set(True)
-  return jnp.where(flip, -y, y)
+  return jnp.zeros((n,), bool).at[jax.random.permutation(key, n)[:m]].set(True)
+
+
+def label_noise_key(key):
+  """The key of :func:`make_dataset`'s label noise: ``fold_in(key, LABEL_NOISE_STREAM)``.
+
+  ``key`` is the data key (the ensemble job's ``jax.random.key(data_seed)``);
+  the noise stream is independent of the draw of a synthetic data set, which
+  uses ``key`` itself.
+  """
+  return jax.random.fold_in(key, LABEL_NOISE_STREAM)
 
 
 def with_label_noise(ds: Dataset, key, fraction: float) -> Dataset:
@@ -1046,8 +1066,10 @@ def save_prepared_npz(ds: Dataset, path: str) -> None:
   array ``lossland_prepared``; :func:`from_npz` then skips the preprocessing
   (no relabelling, re-split, PCA or normalization) and returns the first P
   training and the first ``n_test`` test points. This is how a data set made
-  in Python (e.g. :func:`with_label_noise` of digits) reaches the ensemble job
-  (``--dataset npz --data_file``). Written to a temporary name, then renamed.
+  in Python (your own features, or any transformation of a built-in set)
+  reaches the ensemble job (``--dataset npz --data_file``); label noise needs
+  no file: it is the job's own option (``--label_noise``). Written to a
+  temporary name, then renamed.
   """
   arrays = {k: np.asarray(getattr(ds, k), np.float64)
             for k in ("x_train", "y_train", "x_test", "y_test")}
@@ -1110,8 +1132,10 @@ def make_dataset(name: str, P: int, d: int, n_test: int | None = None,
     split: "official" or "pooled" (see :func:`prepare`); default "official" for
       the image data sets, "pooled" for digits and npz.
     label_noise: fraction of the training labels flipped
-      (:func:`with_label_noise`, keyed by ``fold_in(key, LABEL_NOISE_STREAM)``;
-      needs ``key``); the test labels stay clean.
+      (:func:`with_label_noise`, keyed by :func:`label_noise_key` of ``key``,
+      i.e. ``fold_in(key, LABEL_NOISE_STREAM)``; needs ``key``; the flipped
+      points are :func:`flip_mask` of that key and ``P``); the test labels
+      stay clean.
   """
   if not 0.0 <= label_noise <= 1.0:
     raise DataError(f"label noise must be a fraction in [0, 1], got {label_noise}")
@@ -1121,7 +1145,7 @@ def make_dataset(name: str, P: int, d: int, n_test: int | None = None,
                      teacher_depth, dtype, data_dir=data_dir, verify=verify,
                      classes=classes, split=split)
   if label_noise:
-    ds = with_label_noise(ds, jax.random.fold_in(key, LABEL_NOISE_STREAM), label_noise)
+    ds = with_label_noise(ds, label_noise_key(key), label_noise)
   return ds
 
 

@@ -74,7 +74,10 @@ SPEC = (
     Option("n_test", "int", None, "Test points (default: all remaining real data; P for synthetic data)."),
     Option("noverify_data", "bool", False, "Accept image data files whose checksum differs "
            "from the official one."),
-    Option("data_seed", "int", 0, "Seed of synthetic data sets."),
+    Option("data_seed", "int", 0, "Seed of synthetic data sets and of the label noise."),
+    Option("label_noise", "float", 0.0, "Fraction of the TRAINING labels flipped, in [0, 0.5): "
+           "exactly round(label_noise * P) of them, drawn with "
+           "lossland.data.label_noise_key(jax.random.key(data_seed)); the test labels stay clean."),
     Option("teacher_depth", "int", 0, "Hidden layers of the teacher (0: perceptron)."),
     Option("teacher_width", "int", 32, "Width of the teacher's hidden layers."),
     Option("depth", "int", 3, "Number of hidden layers L."),
@@ -139,6 +142,11 @@ OPTIONS = {o.name: o for o in SPEC}
 
 # Options that do not change the numbers: left out of the checkpoint's identity.
 NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
+
+# Options added after checkpoints existed, with the value that reproduces the
+# runs made before them: left out of the checkpoint's identity at that value,
+# so that an interrupted run resumes across the upgrade.
+LATER_OPTIONS = {"label_noise": 0.0}
 
 # The compiled program unrolls the layers; deeper nets take minutes to compile.
 MAX_DEPTH = 1000
@@ -249,6 +257,8 @@ def validate(values: dict) -> dict:
   need(v["min_lr"] >= 0, "min_lr", "must be >= 0")
   need(v["jam_rtol"] >= 0, "jam_rtol", "must be >= 0")
   need(v["polish_jam_rtol"] >= 0, "polish_jam_rtol", "must be >= 0")
+  need(0 <= v["label_noise"] < 0.5, "label_noise",
+       "must be in [0, 0.5) (a fraction of the training labels; 0.5 erases the task)")
   if v["polish"] != "none" and v["batch_size"]:
     raise JobError(f"--polish {v['polish']} is full batch; got --batch_size {v['batch_size']}")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
@@ -268,8 +278,10 @@ def validate(values: dict) -> dict:
 
 
 def key_values(values: dict) -> dict:
-  """The options that determine the numbers (all but :data:`NON_KEY_OPTIONS`)."""
-  return {k: x for k, x in values.items() if k not in NON_KEY_OPTIONS}
+  """The options that determine the numbers (all but :data:`NON_KEY_OPTIONS`,
+  and :data:`LATER_OPTIONS` at their old behaviour's value)."""
+  return {k: x for k, x in values.items() if k not in NON_KEY_OPTIONS
+          and not (k in LATER_OPTIONS and x == LATER_OPTIONS[k])}
 
 
 def configs(values: dict) -> tuple:
@@ -326,7 +338,8 @@ def polish_config(values: dict, cfg):
   return train.TrainConfig(
       optimizer=values["polish"], lr=POLISH_LR, max_steps=values["polish_steps"],
       jam_window=values["polish_jam_window"], jam_rtol=values["polish_jam_rtol"],
-      subtract_init=cfg.subtract_init, chunk_steps=cfg.chunk_steps)
+      subtract_init=cfg.subtract_init, chunk_steps=cfg.chunk_steps,
+      n_log_per_decade=cfg.n_log_per_decade, record_unsat=cfg.record_unsat)
 
 
 def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=60.0,
@@ -336,12 +349,14 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
   Each such member k restarts from its final params (its initial params kept
   as ``params0``) under the same seed; the polish's stop reason, final
   measurements, outputs and params replace the first stage's, its
-  evaluations are added to ``steps``. The histories stay the first stage's.
+  evaluations are added to ``steps``. The histories in ``res`` stay the first
+  stage's; the polish's own are ``info["arrays"]`` (:func:`polish_arrays`).
 
   Returns:
     ``(res, info)``: the merged :class:`lossland.train.EnsembleResult` and
     per member ``polished`` (bool), ``loss_before``, ``stop_before``,
-    ``polish_steps`` (evaluations, 0 if not polished).
+    ``polish_steps`` (evaluations, 0 if not polished), and ``arrays``: the
+    polish's histories over all K members (:func:`polish_arrays`).
   """
   import jax
   import numpy as np
@@ -352,6 +367,7 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
   info = {"polished": [False] * K, "loss_before": [float(x) for x in res.final["loss"]],
           "stop_before": reasons, "polish_steps": [0] * K}
   if idx.size == 0:
+    info["arrays"] = polish_arrays(res, None, idx, cfg2, ds.P)
     return res, info
   take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
   r2 = train.train_ensemble(np.asarray(res.seeds)[idx], ds, net, loss, cfg2,
@@ -372,7 +388,103 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
   for j, k in enumerate(idx):
     info["polished"][k] = True
     info["polish_steps"][k] = int(r2.steps[j])
+  info["arrays"] = polish_arrays(res, r2, idx, cfg2, ds.P)
   return merged, info
+
+
+def polish_arrays(res, r2, idx, cfg2, P: int) -> dict:
+  """The polish stage's histories over all K members, for arrays.npz.
+
+  The polish's measurements are on its own log-spaced grid of evaluations
+  counted from its start (``train.measurement_steps(cfg2.max_steps,
+  cfg2.n_log_per_decade)``, whether or not a member was polished), so the
+  shapes depend only on K, P and the polish options.
+
+  Args:
+    res: the first stage's :class:`lossland.train.EnsembleResult` (K members).
+    r2: the polish's result for the members ``idx`` (None if there are none).
+    idx: [K2] indices of the polished members in ``res``.
+    cfg2: the polish's TrainConfig (:func:`polish_config`).
+    P: training points.
+
+  Returns:
+    dict of numpy arrays (M2 = number of measurement points of the polish):
+    ``polish_history_step`` [M2] evaluations since the polish started;
+    ``polish_history_<name>`` [K, M2] for every ``train.MEASUREMENTS`` name,
+    NaN where the member was not polished or had stopped;
+    ``polish_history_running`` [K, M2] bool;
+    ``polish_history_unsat`` [K, M2, P] bool, Delta > 0 per point (only with
+    ``record_unsat``; False where not running);
+    ``polished`` [K] bool; ``polish_steps`` [K] evaluations of the polish (0
+    if not polished); ``steps_before_polish`` [K] and
+    ``stop_code_before_polish`` [K]: the first stage's ``steps`` and
+    ``stop_code``.
+  """
+  import numpy as np
+  from lossland import train
+  K = len(res.stop_code)
+  sched = np.asarray(train.measurement_steps(cfg2.max_steps, cfg2.n_log_per_decade),
+                     np.int64)
+  M2 = len(sched)
+  out = {"polish_history_step": sched}
+  for m in train.MEASUREMENTS:
+    out[f"polish_history_{m}"] = np.full((K, M2), np.nan)
+  out["polish_history_running"] = np.zeros((K, M2), bool)
+  if cfg2.record_unsat:
+    out["polish_history_unsat"] = np.zeros((K, M2, P), bool)
+  out["polished"] = np.zeros(K, bool)
+  out["polish_steps"] = np.zeros(K, np.int64)
+  out["steps_before_polish"] = np.asarray(res.steps, np.int64).copy()
+  out["stop_code_before_polish"] = np.asarray(res.stop_code, np.int64).copy()
+  if r2 is None or len(idx) == 0:
+    return out
+  if not np.array_equal(np.asarray(r2.history_step), sched):
+    raise AssertionError("the polish measured on another grid than "
+                         "train.measurement_steps")  # the trainer's contract
+  for m in train.MEASUREMENTS:
+    out[f"polish_history_{m}"][idx] = np.asarray(r2.history[m], np.float64)
+  running = (np.asarray(r2.history_running, bool) if r2.history_running is not None
+             else ~np.isnan(np.asarray(r2.history["loss"])))
+  out["polish_history_running"][idx] = running
+  if cfg2.record_unsat:
+    out["polish_history_unsat"][idx] = np.asarray(r2.history_unsat, bool)
+  out["polished"][idx] = True
+  out["polish_steps"][idx] = np.asarray(r2.steps, np.int64)
+  return out
+
+
+def flipped_labels(values: dict, P: int):
+  """[P] bool: the training labels that :func:`make_data` flipped (``label_noise``).
+
+  The same draw as :func:`lossland.data.make_dataset`'s: :func:`lossland.data.flip_mask`
+  of ``data.label_noise_key(jax.random.key(data_seed))``; all False without noise.
+  """
+  import jax
+  import numpy as np
+  from lossland import data as data_lib
+  if not values["label_noise"]:
+    return np.zeros(P, bool)
+  key = data_lib.label_noise_key(jax.random.key(values["data_seed"]))
+  return np.asarray(data_lib.flip_mask(key, P, values["label_noise"]))
+
+
+class _ExtraArrays:
+  """A run writer whose ``save_arrays`` also writes ``extra`` (keys that
+  experiment.save_ensemble does not know: the polish's histories, the flipped
+  labels)."""
+
+  def __init__(self, writer, extra: dict):
+    self._writer = writer
+    self._extra = extra
+
+  def __getattr__(self, name):
+    return getattr(self._writer, name)
+
+  def save_arrays(self, name: str = "arrays.npz", **arrays):
+    clash = sorted(set(arrays) & set(self._extra))
+    if clash:
+      raise AssertionError(f"arrays.npz keys written twice: {clash}")
+    self._writer.save_arrays(name, **arrays, **self._extra)
 
 
 def _n_test_planned(v) -> int:
@@ -400,7 +512,8 @@ def make_data(values: dict, dtype):
         v["dataset"], v["P"], v["d"], v["n_test"],
         key=jax.random.key(v["data_seed"]), data_file=v["data_file"],
         teacher_width=v["teacher_width"], teacher_depth=v["teacher_depth"],
-        dtype=dtype, verify=not v["noverify_data"], **extra)
+        dtype=dtype, verify=not v["noverify_data"], label_noise=v["label_noise"],
+        **extra)
   except ValueError as e:  # data.py's checks of the sizes, labels and files
     raise JobError(str(e)) from None
   except (OSError, EOFError, zipfile.BadZipFile, TypeError, KeyError) as e:
@@ -623,7 +736,9 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   if cfg.batch_size > ds.P:
     raise JobError(f"--batch_size {cfg.batch_size} exceeds P={ds.P}")
   seeds = list(range(v["seed"], v["seed"] + v["n_seeds"]))
-  say(f"lossland ensemble: {len(seeds)} members, {v['dataset']} P={ds.P} "
+  flipped = flipped_labels(v, ds.P)
+  noise = (f" ({int(flipped.sum())} training labels flipped)" if v["label_noise"] else "")
+  say(f"lossland ensemble: {len(seeds)} members, {v['dataset']} P={ds.P}{noise} "
       f"d={ds.d} n_test={ds.x_test.shape[0]}, depth={net.depth} "
       f"width={net.width} N={n_w} ({nets.n_params(net)} params), "
       f"{loss.name} eps={loss.epsilon:g}, {cfg.optimizer} lr={cfg.lr:g}, "
@@ -675,12 +790,17 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
       raise
     summary["n_devices"] = jax.local_device_count()
     summary["backend"] = jax.default_backend()
+    summary["label_noise"] = v["label_noise"]
+    summary["n_labels_flipped"] = int(flipped.sum())
+    extra = dict(polish["arrays"]) if polish is not None else {}
+    if v["label_noise"]:
+      extra["label_flipped"] = flipped
     dirs.makedirs(v["out_dir"])
     with io.new_run(v["out_dir"], "ensemble", v,
                     net=dataclasses.asdict(net), loss=dataclasses.asdict(loss),
                     train=dataclasses.asdict(cfg), seeds=seeds,
                     polish_train=dataclasses.asdict(cfg2) if cfg2 else None) as w:
-      experiment.save_ensemble(w, seeds, res, ds)
+      experiment.save_ensemble(_ExtraArrays(w, extra), seeds, res, ds)
       w.write_json("summary.json", summary)
       if v["plots"]:
         plots.plot_run(w.path)

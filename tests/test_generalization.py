@@ -177,7 +177,10 @@ def test_script_label_noise_trains_every_width_on_the_same_noisy_labels(tmp_path
   root = tmp_path / "generalization"
   (run,) = os.listdir(root)
   cells = json.load(open(root / run / "config.json"))["cells"]
-  assert {c["dataset"] for c in cells} == {"npz"}
+  # the job's own option, no prepared npz detour
+  assert {(c["dataset"], c["label_noise"], c["data_seed"]) for c in cells} == {
+      ("digits", 0.25, 3)}
+  assert not (tmp_path / "generalization_data").exists()
   (sweep,) = (tmp_path / "generalization_sweeps").iterdir()
   rec = [json.loads(line) for line in open(sweep / "cells.jsonl")]
   assert len(rec) == 2
@@ -186,6 +189,8 @@ def test_script_label_noise_trains_every_width_on_the_same_noisy_labels(tmp_path
     y = a["y_train"]
     np.testing.assert_array_equal(y, want.y_train)
     assert np.sum(y != np.asarray(clean.y_train)) == 10  # round(0.25 * 40)
+    np.testing.assert_array_equal(a["label_flipped"], y != np.asarray(clean.y_train))
+    assert cell["summary"]["n_labels_flipped"] == 10
     np.testing.assert_array_equal(a["y_test"], clean.y_test)  # test labels clean
     np.testing.assert_allclose(a["x_train"], clean.x_train)
 

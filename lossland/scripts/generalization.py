@@ -38,12 +38,13 @@ docs/generalization.md has the probe near N* and the minimum check). The
 options enter the cells only when the polish is on, so unpolished sweeps
 keep their directories (``--polish none`` reproduces the runs made before).
 
-Label noise: the ensemble job has no such option, so the noisy data set is
-built here (:func:`lossland.data.make_dataset` with ``label_noise``, keyed by
-``--data_seed``) and written once to
-``<out_dir>/generalization_data/<hash>.npz`` with
-:func:`lossland.data.save_prepared_npz`; every cell reads it back exactly
-(``dataset=npz``).
+Label noise (``--label_noise``) is the ensemble job's option of the same
+name, given to every cell (only when it is not 0, so that clean sweeps keep
+their directories): each cell flips the same round(label_noise * P) training
+labels, drawn with ``lossland.data.label_noise_key(jax.random.key(data_seed))``
+-- the draw this script made before, when it wrote the noisy data set to a
+prepared .npz that every cell read back; the numbers are the same
+(docs/generalization.md), the sweep directories are new.
 """
 import hashlib
 import json
@@ -166,38 +167,25 @@ def _grid():
     base["data_seed"] = _DATA_SEED.value
   noisy = None
   if p["label_noise"]:
-    # The job builds its data from options that have no label noise: the noisy
-    # data set is built here once and given to every cell as a prepared .npz
-    # (data.save_prepared_npz), which the job reads back exactly.
-    noisy = dict(base, label_noise=p["label_noise"], data_seed=_DATA_SEED.value)
-    digest = hashlib.sha1(json.dumps({k: noisy.get(k) for k in (
-        "dataset", "P", "d", "n_test", "data_seed", "label_noise", "x64")},
-        sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(_OUT_DIR.value, "generalization_data", f"{digest}.npz")
-    noisy["data_file"] = path
-    base = dict(base, dataset="npz", data_file=path)
-    for k in ("data_dir", "data_seed"):
-      base.pop(k, None)
+    # the job's own option; only when on, so that the cells (and the sweep
+    # digest) of clean runs stay those of the runs made before it existed
+    base["label_noise"] = p["label_noise"]
+    # config.json's "data": what the noisy data set is (its "data_file" was
+    # the prepared .npz that the cells read before the job had the option)
+    noisy = {k: base.get(k) for k in ("dataset", "P", "d", "n_test", "data_dir", "x64",
+                                      "label_noise")}
+    noisy["data_seed"] = _DATA_SEED.value
   cells = [dict(base, width=w) for w in sorted(set(p["widths"]))]
   return base, cells, noisy
 
 
-def _write_noisy_data(noisy):
-  """Builds the label-noise data set and writes its prepared .npz (once)."""
+def _check_data(cell):
+  """Builds the cells' data set once, so that unusable sizes or files fail
+  before anything is written (every cell builds the same one)."""
   import jax
-  from lossland import data as data_lib
-  path = noisy["data_file"]
-  try:
-    ds = data_lib.make_dataset(
-        noisy["dataset"], noisy["P"], noisy["d"], noisy.get("n_test"),
-        key=jax.random.key(noisy["data_seed"]), data_dir=noisy.get("data_dir"),
-        dtype=jax.numpy.float64 if noisy["x64"] else jax.numpy.float32,
-        label_noise=noisy["label_noise"])
-  except ValueError as e:
-    raise _cli.UsageError(str(e))
-  if not os.path.exists(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    data_lib.save_prepared_npz(ds, path)
+  from lossland import job
+  values = job.validate(dict(cell))
+  job.make_data(values, jax.numpy.float64 if values["x64"] else jax.numpy.float32)
 
 
 def main(argv):
@@ -213,8 +201,10 @@ def main(argv):
       job.validate(dict(c))
     except ValueError as e:
       raise _cli.UsageError(str(e))
-  if noisy is not None:
-    _write_noisy_data(noisy)
+  try:
+    _check_data(cells[0])
+  except ValueError as e:
+    raise _cli.UsageError(str(e))
   digest = hashlib.sha1(json.dumps(cells, sort_keys=True).encode()).hexdigest()[:12]
   sweep_dir = os.path.join(_OUT_DIR.value, "generalization_sweeps", digest)
   print(f"lossland generalization: {len(cells)} widths x {base['n_seeds']} members "

@@ -1,0 +1,117 @@
+"""Ensemble-job options: label noise, and the polish stage's histories in arrays.npz."""
+import io as stdio
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lossland import data, io, job, sweep, train
+
+TINY = dict(dataset="digits", P=40, d=4, n_test=30, depth=1, width=3, n_seeds=2,
+            max_steps=20, plots=False, resume=False)
+
+
+def _run(tmp_path, **values):
+  run_dir, summary = job.run_ensemble_job(dict(TINY, out_dir=str(tmp_path), **values),
+                                          progress=False, stdout=stdio.StringIO())
+  return io.load_run(run_dir).arrays, summary
+
+
+def test_label_noise_flips_the_old_routes_training_labels_and_only_those(tmp_path):
+  a, s = _run(tmp_path, label_noise=0.25, data_seed=3)
+  clean = data.digits(40, 4, 30)
+  flipped = a["y_train"] != np.asarray(clean.y_train)
+  assert flipped.sum() == 10 == s["n_labels_flipped"]  # round(0.25 * 40)
+  assert s["label_noise"] == 0.25
+  np.testing.assert_array_equal(a["label_flipped"], flipped)
+  np.testing.assert_array_equal(a["y_test"], clean.y_test)  # test labels clean
+  np.testing.assert_array_equal(a["x_train"], clean.x_train)
+  # the route the generalization script took before: make_dataset with the
+  # noise, written to a prepared npz that the job read back (dataset=npz)
+  path = str(tmp_path / "prepared.npz")
+  data.save_prepared_npz(data.make_dataset("digits", 40, 4, 30, key=jax.random.key(3),
+                                           label_noise=0.25), path)
+  np.testing.assert_array_equal(a["y_train"], data.from_npz(path, 40, 4, 30).y_train)
+  # another data seed flips other points
+  other = job.flipped_labels(job.validate(dict(TINY, label_noise=0.25, data_seed=4)), 40)
+  assert other.sum() == 10 and (other != flipped).any()
+  # no noise, no polish: neither key (nor a polish key) is written
+  a0, s0 = _run(tmp_path / "clean")
+  assert s0["label_noise"] == 0.0 and s0["n_labels_flipped"] == 0
+  assert not [k for k in a0 if k.startswith("polish") or k == "label_flipped"]
+  np.testing.assert_array_equal(a0["y_train"], clean.y_train)
+
+
+def test_label_noise_on_synthetic_data_keeps_the_draw_and_is_a_sweep_axis():
+  v = job.validate(dict(TINY, dataset="sphere", P=50, label_noise=0.1, data_seed=2))
+  noisy = job.make_data(v, np.float64)
+  clean = job.make_data(dict(v, label_noise=0.0), np.float64)
+  np.testing.assert_array_equal(noisy.x_train, clean.x_train)  # own key stream
+  np.testing.assert_array_equal(noisy.y_test, clean.y_test)
+  mask = np.asarray(noisy.y_train != clean.y_train)
+  assert mask.sum() == 5
+  np.testing.assert_array_equal(mask, job.flipped_labels(v, 50))
+  # the option at 0 leaves sweep cell ids and checkpoint digests as before it existed
+  base = job.validate(dict(TINY))
+  assert sweep.cell_id(base) == sweep.cell_id(dict(base, label_noise=0.0))
+  assert sweep.cell_id(base) != sweep.cell_id(dict(base, label_noise=0.1))
+  assert "label_noise" not in job.key_values(base)
+  assert job.key_values(dict(base, label_noise=0.1))["label_noise"] == 0.1
+  assert job.parse_value("label_noise", "0.05") == 0.05
+  for bad in (0.5, -0.01, 1.0):
+    with pytest.raises(job.JobError, match="--label_noise"):
+      job.validate(dict(TINY, label_noise=bad))
+
+
+@pytest.mark.parametrize("bad", ["0.5", "-0.1"])
+def test_bad_label_noise_exits_2_and_writes_nothing(tmp_path, bad):
+  r = subprocess.run([sys.executable, "-m", "lossland.scripts.ensemble", "--out_dir",
+                      str(tmp_path), "--label_noise", bad, "--P", "30", "--d", "4"],
+                     capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 2, r.stderr
+  err = r.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: --label_noise"), r.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_polish_histories_are_saved_under_their_own_keys(tmp_path):
+  # 20 Adam steps leave every member unsat: all are polished, for 30
+  # evaluations (fewer than the 500 of the polish's jamming window)
+  a, s = _run(tmp_path, polish="lbfgs", polish_steps=30, record_unsat=True)
+  K, P = 2, 40
+  sched = train.measurement_steps(30)
+  M2 = len(sched)
+  np.testing.assert_array_equal(a["polish_history_step"], sched)
+  for m in train.MEASUREMENTS:
+    assert a[f"polish_history_{m}"].shape == (K, M2)
+  assert a["polish_history_running"].shape == (K, M2)
+  assert a["polish_history_unsat"].shape == (K, M2, P)
+  assert a["polish_history_unsat"].dtype == bool
+  members = s["members"]
+  np.testing.assert_array_equal(a["polished"], [m["polished"] for m in members])
+  np.testing.assert_array_equal(a["polish_steps"], [m["polish_steps"] for m in members])
+  np.testing.assert_array_equal(a["steps"], a["steps_before_polish"] + a["polish_steps"])
+  assert [train.STOP_REASONS[c] for c in a["stop_code_before_polish"]] == [
+      m["stop_before_polish"] for m in members]
+  # the existing keys are the first stage's histories, unchanged in shape
+  assert a["history_loss"].shape == (K, len(train.measurement_steps(20)))
+  assert a["polished"].all()
+  run = a["polish_history_running"]
+  np.testing.assert_array_equal(run, np.isfinite(a["polish_history_loss"]))
+  np.testing.assert_array_equal(a["polish_history_unsat"].sum(-1)[run],
+                                a["polish_history_n_delta"][run])
+  assert not a["polish_history_unsat"][~run].any()
+  for k, m in enumerate(members):
+    loss = a["polish_history_loss"][k][run[k]]
+    # L-BFGS accepts only descent, from where Adam stopped
+    assert np.all(np.diff(loss) <= 0) and loss[0] <= m["loss_before_polish"]
+    if m["stop_reason"] == "max_steps":  # its stop is the grid's last point
+      assert run[k, -1] and loss[-1] == a["final_loss"][k] == m["loss"]
+      assert m["polish_steps"] == 30
+    else:
+      assert m["polish_steps"] <= 30 and loss[-1] >= a["final_loss"][k]
