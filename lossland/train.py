@@ -79,6 +79,7 @@ import optax
 from lossland import checkpoint as ckpt_lib
 from lossland import data as data_lib
 from lossland import fire as fire_lib
+from lossland import lbfgs as lbfgs_lib
 from lossland import losses
 from lossland import nets
 
@@ -365,11 +366,12 @@ def _axpy(a, x, y):
 
 
 def lbfgs_direction(g, S, Y, rho, k):
-  """-H g, the L-BFGS direction by the two-loop recursion (Nocedal & Wright, Alg. 7.4).
+  """-H g, the L-BFGS direction with H_0 = gamma I (Nocedal & Wright, Alg. 7.4, Eq. 7.20).
 
-  The pairs live in a ring buffer: pair j (j = 0 .. k-1, oldest first) is row
-  j % m; only the last min(k, m) pairs are used. H_0 = gamma I with
-  gamma = s.y / y.y of the newest pair (Eq. 7.20); with no pair, H = I.
+  :func:`lossland.lbfgs.two_loop` with h0 = :func:`lossland.lbfgs.scaling`
+  (gamma = s.y / y.y of the newest pair; with no pair, H = I). The pairs live
+  in a ring buffer: pair j (j = 0 .. k-1, oldest first) is row j % m; only the
+  last min(k, m) pairs are used.
 
   Args:
     g: [n] gradient.
@@ -380,27 +382,7 @@ def lbfgs_direction(g, S, Y, rho, k):
   Returns:
     [n] the direction -H g (a descent direction when every rho > 0).
   """
-  m = S.shape[0]
-  n_used = jnp.minimum(k, m)
-
-  def newest_first(j, carry):
-    q, al = carry
-    i = (k - 1 - j) % m
-    a = jnp.where(j < n_used, rho[i] * jnp.dot(S[i], q), 0.0)
-    return q - a * Y[i], al.at[i].set(a)
-
-  q, al = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros_like(rho)))
-  last = (k - 1) % m
-  yy = jnp.dot(Y[last], Y[last])
-  gamma = jnp.where((k > 0) & (yy > 0), 1.0 / (rho[last] * jnp.where(yy > 0, yy, 1.0)),
-                    1.0)
-
-  def oldest_first(j, r):
-    i = (k - n_used + j) % m
-    b = rho[i] * jnp.dot(Y[i], r)
-    return r + jnp.where(j < n_used, al[i] - b, 0.0) * S[i]
-
-  return -jax.lax.fori_loop(0, m, oldest_first, gamma * q)
+  return lbfgs_lib.two_loop(g, S, Y, rho, k, lbfgs_lib.scaling(S, Y, rho, k))
 
 
 def make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
@@ -625,10 +607,7 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     # after a quasi-Newton step a = 1; along -g (no pair) the accepted a
     a0_acc = jnp.where(k_acc > 0, 1.0, a_acc)
     # a failed search: restart along -g with the last gamma (else lr), or stuck
-    last = (c["k"] - 1) % cfg.lbfgs_memory
-    ylast = jnp.dot(c["Y"][last], c["Y"][last])
-    gamma = jnp.where((c["k"] > 0) & (ylast > 0),
-                      1.0 / (c["rho"][last] * jnp.where(ylast > 0, ylast, 1.0)), cfg.lr)
+    gamma = lbfgs_lib.scaling(c["S"], c["Y"], c["rho"], c["k"], default=cfg.lr)
     restart = fail & ~c["sd"]
     stuck = c["stuck"] | (fail & c["sd"])
     reset = acc | restart            # a new line search starts

@@ -6,39 +6,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lossland import data, losses, nets, train
+from lossland import data, lbfgs, losses, nets, train
 
 LOSS = losses.LossConfig()
 
 
-def test_lbfgs_direction_is_the_inverse_bfgs_matrix_times_g():
-  # Ground truth: the dense inverse-BFGS recursion H <- (I - r s y') H (I - r y s') + r s s'
-  # from H0 = gamma I, over the last m pairs in the ring buffer.
+def test_lbfgs_direction_is_two_loop_with_gamma_scaling():
+  # the dense inverse-BFGS ground truth of both paths is in tests/test_lbfgs.py;
+  # here: the trainer's direction is exactly two_loop with H0 = scaling() I,
+  # -g with no pair, and a descent direction after a wrap-around (k > m)
   rng = np.random.default_rng(0)
   n, m = 7, 3
   A = rng.normal(size=(n, n))
   A = A @ A.T + n * np.eye(n)
-  pairs = []
-  for _ in range(5):
-    s = rng.normal(size=n)
-    pairs.append((s, A @ s))
   S, Y, rho = np.zeros((m, n)), np.zeros((m, n)), np.zeros(m)
-  for j, (s, y) in enumerate(pairs):
-    S[j % m], Y[j % m], rho[j % m] = s, y, 1 / (s @ y)
-  g = rng.normal(size=n)
-  s_l, y_l = pairs[-1]
-  H = (s_l @ y_l) / (y_l @ y_l) * np.eye(n)
-  for s, y in pairs[-m:]:
-    r = 1 / (s @ y)
-    V = np.eye(n) - r * np.outer(y, s)
-    H = V.T @ H @ V + r * np.outer(s, s)
-  got = train.lbfgs_direction(jnp.asarray(g), jnp.asarray(S), jnp.asarray(Y),
-                              jnp.asarray(rho), jnp.int32(len(pairs)))
-  np.testing.assert_allclose(np.asarray(got), -H @ g, rtol=1e-10)
-  # no pair: -g
-  got0 = train.lbfgs_direction(jnp.asarray(g), jnp.asarray(S), jnp.asarray(Y),
-                               jnp.asarray(rho), jnp.int32(0))
-  np.testing.assert_allclose(np.asarray(got0), -g, rtol=1e-14)
+  for j in range(5):
+    s = rng.normal(size=n)
+    S[j % m], Y[j % m], rho[j % m] = s, A @ s, 1 / (s @ A @ s)
+  g, S, Y, rho = map(jnp.asarray, (rng.normal(size=n), S, Y, rho))
+  for k in (jnp.int32(0), jnp.int32(5)):
+    got = train.lbfgs_direction(g, S, Y, rho, k)
+    want = lbfgs.two_loop(g, S, Y, rho, k, lbfgs.scaling(S, Y, rho, k))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(train.lbfgs_direction(g, S, Y, rho, jnp.int32(0))),
+                                -np.asarray(g))
+  assert float(jnp.dot(g, train.lbfgs_direction(g, S, Y, rho, jnp.int32(5)))) < 0
 
 
 def test_sat_when_over_parametrized():

@@ -11,7 +11,8 @@ flat vector ``x`` of shape ``[D]``; extra ``args`` are passed through (HEF uses 
 project the gradient onto the tangent space of the current eigenvector).
 
 References:
-  Nocedal, Math. Comp. 35, 773 (1980): limited-memory BFGS two-loop recursion.
+  Nocedal, Math. Comp. 35, 773 (1980): limited-memory BFGS two-loop recursion
+  (:func:`lossland.lbfgs.two_loop`, shared with the trainer).
   Wales group GMIN/OPTIM and pele (Stevenson et al.): L-BFGS without a line search,
   with the step capped by ``max_step`` and halved while the energy rises by more than
   ``max_erise``.
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lossland import fire as fire_lib
+from lossland import lbfgs as lbfgs_lib
 
 Array = Any
 
@@ -62,31 +64,6 @@ class LBFGSState(NamedTuple):
 def rms(g: Array) -> Array:
   """Root-mean-square of a flat vector, ``|g| / sqrt(D)``."""
   return jnp.sqrt(jnp.mean(g * g))
-
-
-def _two_loop(g, s_hist, y_hist, rho, k, h0):
-  """Returns ``-H g`` for the L-BFGS inverse-Hessian estimate H (Nocedal 1980)."""
-  m = s_hist.shape[0]
-  n = jnp.minimum(k, m)
-
-  def newest_to_oldest(i, carry):
-    q, alphas = carry
-    j = (k - 1 - i) % m
-    a = jnp.where(i < n, rho[j] * jnp.vdot(s_hist[j], q), 0.0)
-    return q - a * y_hist[j], alphas.at[i].set(a)
-
-  q, alphas = lax.fori_loop(0, m, newest_to_oldest,
-                            (g, jnp.zeros((m,), g.dtype)))
-  r = h0 * q
-
-  def oldest_to_newest(i, r):
-    ii = m - 1 - i
-    j = (k - 1 - ii) % m
-    b = rho[j] * jnp.vdot(y_hist[j], r)
-    return r + jnp.where(ii < n, alphas[ii] - b, 0.0) * s_hist[j]
-
-  r = lax.fori_loop(0, m, oldest_to_newest, r)
-  return -r
 
 
 def make_lbfgs(value_and_grad_fn: Callable[..., Any],
@@ -133,7 +110,7 @@ def make_lbfgs(value_and_grad_fn: Callable[..., Any],
       return (rms(s.grad) > gtol) & (s.n_iter < max_iter)
 
     def body(s):
-      step = _two_loop(s.grad, s.s_hist, s.y_hist, s.rho, s.k, s.h0)
+      step = lbfgs_lib.two_loop(s.grad, s.s_hist, s.y_hist, s.rho, s.k, s.h0)
       step = jnp.where(jnp.vdot(step, s.grad) > 0, -step, step)
       norm = jnp.linalg.norm(step)
       scale = jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-300))
