@@ -18,6 +18,15 @@ run directory ``<out_dir>/ensemble/<UTC time>_<hash>/`` (config.json,
 metrics.jsonl, arrays.npz, summary.json, figures), prints the member table and
 returns ``(run_dir, summary)``.
 
+Label noise (``label_noise``) flips exactly round(label_noise * P) training
+labels (never test labels), drawn with
+``data.label_noise_key(jax.random.key(data_seed))`` (the same draw as
+``data.make_dataset(..., key=jax.random.key(data_seed), label_noise=...)``);
+summary.json records ``label_noise`` and ``n_labels_flipped``, arrays.npz the
+mask ``label_flipped`` [P] (noisy runs only). The polish stage (``polish``)
+saves its own histories as ``polish_history_*`` besides the first stage's
+``history_*`` (:func:`polish_arrays`; the keys are listed in docs/data.md).
+
 Members are classified by :func:`lossland.observables.member_classes`; the
 headline numbers (mean and ensemble test error, output variance, mean train
 error and loss, jammed counts) are over the *healthy* members (neither

@@ -21,6 +21,8 @@ Examples:
     # random data near the jamming transition, depth 3, float64
     python -m lossland.scripts.ensemble --dataset sphere --P 2000 --d 20 \
         --depth 3 --N 2000 --max_steps 100000 --n_seeds 8
+    # 5 % of the training labels flipped (keyed by --data_seed; test labels clean)
+    python -m lossland.scripts.ensemble --label_noise 0.05 --data_seed 1
     # your own data (e.g. MNIST saved as x_train, y_train, x_test, y_test)
     python -m lossland.scripts.ensemble --dataset npz --data_file mnist.npz \
         --P 10000 --d 10 --depth 5 --width 30
