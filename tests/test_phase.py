@@ -163,13 +163,42 @@ def test_script_end_to_end_tiny_grid(tmp_path):
   assert r.returncode == 0 and "running cell" not in r.stderr
 
 
+def _cell_nets(tmp_path):
+  """The network config of every cell of a finished run (config.json)."""
+  out = []
+  for line in open(tmp_path / "out" / "sweep" / "cells.jsonl"):
+    r = json.loads(line)
+    if "summary" in r:
+      rd = os.path.join(tmp_path / "out" / "sweep", r["run_dir"])
+      out.append(json.load(open(os.path.join(rd, "config.json")))["net"])
+  return out
+
+
+@pytest.mark.parametrize("extra, want", [
+    (["--net", "authors"], dict(parametrization="standard", init="orthogonal_gain1",
+                                normalize_activation=False, bias=True)),
+    (["--net", "authors", "--nobias"], dict(init="orthogonal_gain1", bias=False)),
+    (["--bias"], dict(parametrization="ntk", init="normal", normalize_activation=True,
+                      bias=True))])
+def test_net_flags_reach_every_cell(extra, want, tmp_path):
+  r = _run(["--depths", "2", "--widths", "4", "--p_over_n", "1", "--n_seeds", "1",
+            "--max_steps", "20", "--rounds", "0", "--n_boot", "0", "--noplots", *extra],
+           tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  cfgs = _cell_nets(tmp_path)
+  assert len(cfgs) == 1
+  for k, v in want.items():
+    assert cfgs[0][k] == v, (k, cfgs[0])
+
+
 @pytest.mark.parametrize("bad", [["--depths", "2,3", "--widths", "4,5,6"],
                                  ["--shard", "3/2", "--preset", "cpu"],
                                  ["--preset", "cpu", "--n_seeds", "0"],
                                  # the trainer's config rejects it (FIRE adapts dt itself)
                                  ["--preset", "cpu", "--optimizer", "fire"],
                                  ["--preset", "cpu", "--min_lr", "-1"],
-                                 ["--preset", "cpu", "--workers", "0"]])
+                                 ["--preset", "cpu", "--workers", "0"],
+                                 ["--preset", "cpu", "--net", "wide"]])
 def test_bad_flags_exit_2(bad, tmp_path):
   r = _run(bad, tmp_path)
   assert r.returncode == 2, r.stderr

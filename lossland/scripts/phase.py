@@ -68,6 +68,13 @@ PRESETS = {
                   optimizer="adam"),
 }
 
+# Job options of the --net choices (docs/jamming.md, "The authors' networks").
+NETS = {
+    "default": {},
+    "authors": dict(parametrization="standard", init="orthogonal_gain1",
+                    normalize_activation=False, bias=True),
+}
+
 _PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "Preset grid (flags override).")
 _DEPTHS = flags.DEFINE_list("depths", None, "Depths L (hidden layers).")
 _WIDTHS = flags.DEFINE_list("widths", None, "Width h per depth (d = h unless --d).")
@@ -95,6 +102,12 @@ _POLISH = flags.DEFINE_enum("polish", None, ["none", "lbfgs"], "Continue every m
 _POLISH_STEPS = flags.DEFINE_integer("polish_steps", None, "Most gradient evaluations of the polish (default: the preset's or the job's).")
 _POLISH_WINDOW = flags.DEFINE_integer("polish_jam_window", None, "Polish: jamming-rule window in evaluations (default: the preset's or the job's).")
 _POLISH_RTOL = flags.DEFINE_float("polish_jam_rtol", None, "Polish: jamming-rule relative decrease (default: the preset's or the job's).")
+_NET = flags.DEFINE_enum(
+    "net", None, ["default", "authors"],
+    "Network: default (lossland's: NTK parametrization, ReLU*sqrt2, no biases, normal init) or "
+    "authors (nn_jamming's: standard parametrization, plain ReLU, biases zero at init, "
+    "orthogonal gain 1; nets.authors_net). Default: the preset's, else default.")
+_BIAS = flags.DEFINE_boolean("bias", None, "Trainable biases, zero at init (overrides --net).")
 _X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
@@ -157,6 +170,7 @@ def _settings():
     return p[key] if key in p else default
 
   s = {"depths": depths, "widths": widths, "p_over_n": x, "shard": (i, n),
+       "net": pick(_NET, "net", "default"),
        "rounds": pick(_ROUNDS, "rounds", 2), "n_seeds": pick(_N_SEEDS, "n_seeds", 8),
        "max_steps": pick(_MAX_STEPS, "max_steps", 20_000), "lr": pick(_LR, "lr", 1e-2),
        "schedule": pick(_SCHEDULE, "schedule", "constant"),
@@ -169,6 +183,7 @@ def _settings():
                   (_POLISH, "polish"), (_POLISH_STEPS, "polish_steps"),
                   (_POLISH_WINDOW, "polish_jam_window"), (_POLISH_RTOL, "polish_jam_rtol")):
     s[key] = pick(fl, key, None)
+  s["bias"] = pick(_BIAS, "bias", None)
   for k in ("rounds",):
     if s[k] < 0:
       raise _cli.UsageError(f"--{k} must be >= 0, got {s[k]}")
@@ -290,6 +305,9 @@ def main(argv):
             "plots": False,
             # which points are unsatisfied at each measurement: avalanches
             "record_unsat": True}
+    base.update(NETS[s["net"]])
+    if s["bias"] is not None:
+      base["bias"] = bool(s["bias"])
     if _DATASET.value == "sphere":
       base["n_test"] = 0
     if _DATA_FILE.value:
