@@ -296,6 +296,10 @@ def avalanche_data(record: dict, load_fn=_load_arrays):
 
   Reads ``history_unsat`` [K, M, P] (train.TrainConfig.record_unsat) and, if
   present, ``history_running`` [K, M]; else running = finite history_loss.
+  With a polish stage (job option ``polish``), the polish's own measurements
+  (``polish_history_unsat`` [K, M2, P], ``polish_history_running`` [K, M2],
+  counted in gradient evaluations) add their sizes too; the interval that
+  spans the hand-over from the first stage to the polish is not counted.
   """
   a = load_fn(record["run_dir"])
   if "history_unsat" not in a:
@@ -307,7 +311,11 @@ def avalanche_data(record: dict, load_fn=_load_arrays):
     run = np.isfinite(a["history_loss"])
   else:
     run = None
-  return avalanche_sizes(u, run)
+  sizes = avalanche_sizes(u, run)
+  if "polish_history_unsat" in a:
+    sizes = np.concatenate([sizes, avalanche_sizes(a["polish_history_unsat"],
+                                                   a.get("polish_history_running"))])
+  return sizes
 
 
 def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,

@@ -139,6 +139,21 @@ def test_avalanche_sizes():
   assert sorted(phase.avalanche_sizes(u).tolist()) == [0, 0, 3, 3, 5, 5]
 
 
+def test_avalanche_data_adds_the_polish_stage():
+  u = np.zeros((1, 2, 3), bool)
+  u[0, 1] = [1, 1, 0]                       # first stage: 2 flips
+  pu = np.zeros((1, 3, 3), bool)
+  pu[0, 0] = [1, 1, 1]                      # hand-over interval: not counted
+  pu[0, 1] = [0, 1, 1]                      # 1
+  pu[0, 2] = [0, 0, 0]                      # 2, but the polish had stopped
+  arrays = {"history_unsat": u, "history_running": np.ones((1, 2), bool)}
+  rec = {"run_dir": "x"}
+  assert phase.avalanche_data(rec, lambda _: arrays).tolist() == [2]
+  arrays.update(polish_history_unsat=pu,
+                polish_history_running=np.array([[1, 1, 0]], bool))
+  assert sorted(phase.avalanche_data(rec, lambda _: arrays).tolist()) == [1, 2]
+
+
 def _run(args, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "lossland.scripts.phase", *args,
