@@ -21,7 +21,17 @@ steps                  [K]                          steps done by each member
 stop_code              [K]                          see train.STOP_REASONS
 history_unsat          [K, M, P] bool               Delta > 0 per point (record_unsat only)
 history_running        [K, M] bool                  member running (record_unsat only)
+label_flipped          [P] bool                     training labels flipped (label_noise > 0 only)
 =====================  ===========================  ==============================
+
+With a polish stage (job option ``polish`` not ``none``) the job adds the
+polish's own histories, on its own measurement grid of M2 points counted in
+gradient evaluations (docs/data.md): ``polish_history_step`` [M2],
+``polish_history_<name>`` [K, M2] (NaN where not polished or stopped),
+``polish_history_running`` [K, M2] bool, ``polish_history_unsat`` [K, M2, P]
+bool (record_unsat only), ``polished`` [K] bool, ``polish_steps`` [K],
+``steps_before_polish`` [K] and ``stop_code_before_polish`` [K]; then
+``steps`` = ``steps_before_polish`` + ``polish_steps``.
 
 Flattening is :func:`jax.flatten_util.ravel_pytree` of the params list
 (:func:`lossland.nets.flatten_members`, :func:`lossland.nets.unravel_fn`).
@@ -38,7 +48,8 @@ from lossland import losses
 from lossland import nets
 
 
-def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset):
+def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset,
+                  extra: dict | None = None):
   """Writes a trained ensemble into a run being written (the layout above).
 
   Args:
@@ -46,6 +57,8 @@ def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset):
     seeds: [K] member seeds.
     res: the :class:`lossland.train.EnsembleResult` of ``train_ensemble``.
     ds: the Dataset it was trained on.
+    extra: further arrays for arrays.npz (the job's polish histories and
+      flipped-label mask); a key that clashes with the layout is an error.
 
   Also appends to ``metrics.jsonl`` one record per member and measurement step
   (``{"seed", "step", <measurements>}``) and one ``"final": True`` record per
@@ -63,14 +76,14 @@ def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset):
                     "stop_reason": res.stop_reasons[k],
                     **{m: float(res.final[m][k]) for m in train.MEASUREMENTS}})
   writer.log(records)
-  extra = {}
+  unsat = {}
   if getattr(res, "history_unsat", None) is not None:
     # which points are unsatisfied at each measurement (record_unsat): the
     # avalanches of lossland.phase
-    extra = {"history_unsat": np.asarray(res.history_unsat, bool),
+    unsat = {"history_unsat": np.asarray(res.history_unsat, bool),
              "history_running": np.asarray(res.history_running, bool)}
-  writer.save_arrays(
-      **extra,
+  arrays = dict(
+      **unsat,
       seeds=np.asarray(seeds),
       params_final=nets.flatten_members(res.params),
       params_init=nets.flatten_members(res.params0),
@@ -79,6 +92,10 @@ def save_ensemble(writer: io.RunWriter, seeds, res, ds: data_lib.Dataset):
       steps=res.steps, history_step=res.history_step,
       **{f"history_{m}": res.history[m] for m in train.MEASUREMENTS},
       **{f"final_{m}": res.final[m] for m in train.MEASUREMENTS})
+  clash = sorted(set(arrays) & set(extra or {}))
+  if clash:
+    raise ValueError(f"arrays.npz keys written twice: {clash}")
+  writer.save_arrays(**arrays, **(extra or {}))
 
 
 class Ensemble(NamedTuple):

@@ -477,25 +477,6 @@ def flipped_labels(values: dict, P: int):
   return np.asarray(data_lib.flip_mask(key, P, values["label_noise"]))
 
 
-class _ExtraArrays:
-  """A run writer whose ``save_arrays`` also writes ``extra`` (keys that
-  experiment.save_ensemble does not know: the polish's histories, the flipped
-  labels)."""
-
-  def __init__(self, writer, extra: dict):
-    self._writer = writer
-    self._extra = extra
-
-  def __getattr__(self, name):
-    return getattr(self._writer, name)
-
-  def save_arrays(self, name: str = "arrays.npz", **arrays):
-    clash = sorted(set(arrays) & set(self._extra))
-    if clash:
-      raise AssertionError(f"arrays.npz keys written twice: {clash}")
-    self._writer.save_arrays(name, **arrays, **self._extra)
-
-
 def _n_test_planned(v) -> int:
   if v["n_test"] is not None:
     return v["n_test"]
@@ -809,7 +790,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
                     net=dataclasses.asdict(net), loss=dataclasses.asdict(loss),
                     train=dataclasses.asdict(cfg), seeds=seeds,
                     polish_train=dataclasses.asdict(cfg2) if cfg2 else None) as w:
-      experiment.save_ensemble(_ExtraArrays(w, extra), seeds, res, ds)
+      experiment.save_ensemble(w, seeds, res, ds, extra=extra)
       w.write_json("summary.json", summary)
       if v["plots"]:
         plots.plot_run(w.path)
