@@ -614,8 +614,20 @@ def _table(rows, header):
   return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
 
 
+def _dead_points(net, res, ds):
+  """[K, P] dead training points (nets.dead_points) of a ReLU NetConfig, else None."""
+  from lossland import nets
+  if not isinstance(net, nets.NetConfig) or net.activation != "relu":
+    return None
+  import jax
+  import numpy as np
+  x = jax.numpy.asarray(ds.x_train)
+  return np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, x))(res.params))
+
+
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
-              lr: float, epsilon: float = 1.0, polish: dict | None = None) -> dict:
+              lr: float, epsilon: float = 1.0, polish: dict | None = None,
+              net=None) -> dict:
   """summary.json of an ensemble: members with their classes, healthy-member
   headline numbers, class and stop-reason counts.
 
@@ -627,7 +639,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   reasons = list(res.stop_reasons)
   classes = observables.member_classes(
       reasons, res.final["n_delta"], res.final["max_delta"], res.f_train, n_w,
-      y_train=ds.y_train, epsilon=epsilon)
+      y_train=ds.y_train, epsilon=epsilon, dead_points=_dead_points(net, res, ds))
   healthy = np.array([c not in observables.UNHEALTHY for c in classes])
   if not healthy.any():
     counts = {c: classes.count(c) for c in observables.UNHEALTHY if c in classes}
@@ -773,7 +785,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
     wall = time.time() - t0
     try:
       summary = summarize(res, ds, seeds, n_w, nets.n_params(net), wall, cfg.lr,
-                          epsilon=loss.epsilon, polish=polish)
+                          epsilon=loss.epsilon, polish=polish, net=net)
     except JobError:
       if ckpt and os.path.exists(ckpt):
         os.remove(ckpt)

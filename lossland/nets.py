@@ -253,9 +253,6 @@ def make_net(cfg: NetConfig, dtype=None) -> tuple:
     from lossland import flax_nets  # flax only when used
     return flax_nets.make_net(_flax_config(cfg), dtype)
   sizes = cfg.layer_sizes
-  phi = _ACTIVATIONS[cfg.activation]
-  act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
-               if cfg.normalize_activation else 1.0)
   ntk = cfg.parametrization == "ntk"
 
   def init_fn(key) -> Params:
@@ -281,21 +278,56 @@ def make_net(cfg: NetConfig, dtype=None) -> tuple:
     return params
 
   def apply_fn(params: Params, x):
-    z = x
-    n_layers = len(params)
-    for i, layer in enumerate(params):
-      fan_in = layer["w"].shape[0]
-      z = z @ layer["w"]
-      if ntk:
-        z = z / math.sqrt(fan_in)
-      if "b" in layer:
-        z = z + layer["b"]
-      if i < n_layers - 1:
-        z = act_scale * phi(z)
+    z = _forward(cfg, params, x)[-1]
     z = cfg.alpha * z
     return z[..., 0] if cfg.n_out == 1 else z
 
   return init_fn, apply_fn
+
+
+def _forward(cfg: NetConfig, params: Params, x) -> list:
+  """Pre-activations of every layer: [z_1, ..., z_L, output before alpha]."""
+  phi = _ACTIVATIONS[cfg.activation]
+  act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
+               if cfg.normalize_activation else 1.0)
+  zs, z = [], x
+  for i, layer in enumerate(params):
+    if i > 0:
+      z = act_scale * phi(zs[-1])
+    z = z @ layer["w"]
+    if cfg.parametrization == "ntk":
+      z = z / math.sqrt(layer["w"].shape[0])
+    if "b" in layer:
+      z = z + layer["b"]
+    zs.append(z)
+  return zs
+
+
+def dead_points(cfg: NetConfig, params: Params, x):
+  """Where a ReLU net is dead: some hidden layer has every unit off.
+
+  On such an input the output does not depend on the input nor on any
+  weight before that layer: without biases f = 0 exactly and the gradient
+  is 0, so the point keeps Delta = epsilon whatever the training does; with
+  biases every dead point gets the same output (the layers after the dead
+  one applied to their biases), so dead points of both labels cannot all be
+  satisfied. These are the issue's "dead points" (docs/jamming.md).
+
+  Args:
+    cfg: a :class:`NetConfig` with ``activation="relu"``.
+    params: one network's params.
+    x: [..., d] inputs.
+
+  Returns:
+    [...] bool.
+  """
+  if not isinstance(cfg, NetConfig) or cfg.activation != "relu":
+    raise ValueError("dead points are defined for ReLU NetConfig networks only")
+  hidden = _forward(cfg, params, x)[:-1]
+  dead = jnp.zeros(x.shape[:-1], bool)
+  for z in hidden:
+    dead = dead | jnp.all(z <= 0, axis=-1)
+  return dead
 
 
 def output_fn(apply_fn: Callable, subtract_init: bool = False) -> Callable:

@@ -77,7 +77,7 @@ UNHEALTHY = ("diverged", "dead")
 
 def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
                    limbo_max_nd: int = 4, limbo_delta: float = 1e-6,
-                   y_train=None, epsilon: float = 1.0) -> list:
+                   y_train=None, epsilon: float = 1.0, dead_points=None) -> list:
   """Classifies the members of an ensemble at the end of training.
 
   The first class that applies, in this order:
@@ -87,7 +87,9 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     units are all off), a net that cannot learn;
   * ``sat``: N_Delta = 0, every constraint satisfied;
   * ``sat_dead`` (only when ``y_train`` is given): N_Delta > 0 and every
-    unsatisfied point is a dead point, f = 0 exactly. A ReLU net without
+    unsatisfied point is a dead point: f = 0 exactly, or where
+    ``dead_points`` says so (:func:`lossland.nets.dead_points`: some hidden
+    layer entirely off, which also covers nets with biases). A ReLU net without
     biases outputs exactly 0 on an input where every unit of a layer is off;
     such a point keeps Delta = epsilon and a zero gradient whatever the
     training does (the issue's "dead points"), so every live constraint is
@@ -113,6 +115,9 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     limbo_max_nd, limbo_delta: the precision-limbo thresholds.
     y_train: [P] labels; enables ``sat_dead``.
     epsilon: the margin of Delta = epsilon - y f (``sat_dead``).
+    dead_points: optional [K, P] bool, dead training points of each member
+      (:func:`lossland.nets.dead_points`); a member dead on every point is
+      ``dead``.
 
   Returns:
     list of K class names from :data:`MEMBER_CLASSES`.
@@ -124,13 +129,19 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   dead = np.zeros(n_delta.shape[0], bool)
   if y_train is not None:
     unsat = losses.margins(f_train, np.asarray(y_train, np.float64)[None, :], epsilon) > 0
-    dead = unsat.any(-1) & np.all((f_train == 0) | ~unsat, axis=-1)
+    is_dead = f_train == 0
+    if dead_points is not None:
+      is_dead = is_dead | np.asarray(dead_points, bool).reshape(f_train.shape)
+    dead = unsat.any(-1) & np.all(is_dead | ~unsat, axis=-1)
+  all_dead = np.zeros(n_delta.shape[0], bool)
+  if dead_points is not None:
+    all_dead = np.asarray(dead_points, bool).reshape(f_train.shape).all(-1)
   out = []
   for k, reason in enumerate(stop_reasons):
     nd, md, f = n_delta[k], max_delta[k], f_train[k]
     if reason == "diverged" or not np.all(np.isfinite(f)) or not np.isfinite(nd):
       out.append("diverged")
-    elif f.size and np.all(f == 0):
+    elif f.size and (np.all(f == 0) or all_dead[k]):
       out.append("dead")
     elif nd == 0:
       out.append("sat")

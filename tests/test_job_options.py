@@ -115,3 +115,24 @@ def test_polish_histories_are_saved_under_their_own_keys(tmp_path):
       assert m["polish_steps"] == 30
     else:
       assert m["polish_steps"] <= 30 and loss[-1] >= a["final_loss"][k]
+
+
+def test_summary_classes_use_the_nets_dead_points():
+  """job._dead_points: per member nets.dead_points on the training set; None
+  for networks where dead points are not defined (tanh)."""
+  import types
+  import jax
+  from lossland import job, nets
+  cfg = nets.NetConfig(d=3, width=2, depth=2, bias=True)
+  init_fn, _ = nets.make_net(cfg)
+  params = jax.vmap(init_fn)(jax.random.split(jax.random.key(0), 3))
+  x = jax.random.normal(jax.random.key(1), (50, 3))
+  res = types.SimpleNamespace(params=params)
+  ds = types.SimpleNamespace(x_train=x)
+  got = job._dead_points(cfg, res, ds)
+  assert got.shape == (3, 50) and got.any()   # width 2: many inputs kill a layer
+  for k in range(3):
+    pk = jax.tree.map(lambda a: a[k], params)
+    np.testing.assert_array_equal(got[k], np.asarray(nets.dead_points(cfg, pk, x)))
+  assert job._dead_points(nets.NetConfig(d=3, width=2, depth=2, activation="tanh"),
+                          res, ds) is None

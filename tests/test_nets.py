@@ -184,3 +184,37 @@ def test_authors_net_output_scale_halves_per_layer():
   x = x * jnp.sqrt(20) / jnp.linalg.norm(x, axis=1, keepdims=True)
   f = jnp.stack([apply_fn(init_fn(jax.random.key(s)), x) for s in range(40)])
   assert 0.65 < float(jnp.mean(f ** 2)) * 2 ** depth < 1.5
+
+
+@pytest.mark.parametrize("bias, param", [(False, "ntk"), (True, "standard")])
+def test_dead_points_against_a_plain_loop(bias, param):
+  """Dead point: some hidden layer has every unit off, by a NumPy forward pass."""
+  cfg = nets.NetConfig(d=3, width=3, depth=3, bias=bias, parametrization=param)
+  init_fn, apply_fn = nets.make_net(cfg)
+  params = init_fn(jax.random.key(1))
+  # push layer 2's biases / weights so that some inputs kill it
+  params[1]["w"] = params[1]["w"] - 0.6 * jnp.abs(params[1]["w"]).max()
+  if bias:
+    params[2]["b"] = jnp.array([0.7, -0.2, 0.1])
+  x = jax.random.normal(jax.random.key(2), (400, 3))
+  got = np.asarray(nets.dead_points(cfg, params, x))
+  want = np.zeros(400, bool)
+  for i in range(400):
+    z = np.asarray(x[i], np.float64)
+    for l, layer in enumerate(params[:-1]):
+      w = np.asarray(layer["w"], np.float64)
+      z = z @ w / (np.sqrt(w.shape[0]) if param == "ntk" else 1.0)
+      if bias:
+        z = z + np.asarray(layer["b"])
+      if np.all(z <= 0):
+        want[i] = True
+      z = np.maximum(z, 0) * (np.sqrt(2.0) if cfg.normalize_activation else 1.0)
+  assert 0 < want.sum() < 400
+  np.testing.assert_array_equal(got, want)
+  f = np.asarray(apply_fn(params, x))
+  if not bias:
+    np.testing.assert_array_equal(f[got], 0.0)     # bias-free: f = 0 exactly
+  else:
+    np.testing.assert_allclose(f[got], f[got][0])   # with biases: one common value
+  with pytest.raises(ValueError):
+    nets.dead_points(nets.NetConfig(d=3, width=3, depth=1, activation="tanh"), params[:2], x)

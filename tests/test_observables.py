@@ -171,3 +171,19 @@ def test_sat_dead_needs_every_unsatisfied_point_dead():
   got2 = observables.member_classes(["max_steps"] * 2, [2, 1], [2.0, 2.0], f2, 10,
                                     y_train=y, epsilon=2.0)
   assert got2 == ["not_converged", "sat_dead"]
+
+
+def test_sat_dead_with_dead_points_given():
+  """A net with biases: dead points have f = b (not 0); the mask decides."""
+  y = np.array([1.0, -1.0, 1.0, -1.0])
+  f = np.array([[0.3, 0.3, 2.0, -1.5],     # points 0, 1 unsatisfied, both dead
+                [0.3, 0.3, 2.0, -1.5],     # same outputs, point 1 live
+                [0.3, 0.3, 0.3, 0.3]])     # dead everywhere: a dead net
+  dead = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
+  nd = [2, 2, 4]
+  got = observables.member_classes(["jammed"] * 3, nd, [1.0] * 3, f, 30, y_train=y,
+                                   dead_points=dead)
+  assert got == ["sat_dead", "stalled", "dead"]
+  # without the mask none of them has f = 0: nothing is dead
+  got = observables.member_classes(["jammed"] * 3, nd, [1.0] * 3, f, 30, y_train=y)
+  assert got == ["stalled", "stalled", "jammed"]
