@@ -508,3 +508,78 @@ def plot_all(result: dict, out_dir: str):
     ax.set_ylabel("count")
     save(fig, "avalanches.png")
   return files
+
+
+def finite_size(results: Sequence[dict]) -> dict:
+  """How P*/N and its depth spread change with the network size N.
+
+  1809.09349 finds P*/N independent of depth at N ~ 8000; at the few hundred
+  weights a CPU affords the thin deep nets jam earlier (docs/jamming.md).
+  This puts several :func:`analyze` results (or phase summary.json dicts),
+  one per size, side by side.
+
+  Args:
+    results: per size, a dict with ``per_depth`` {L: {"N", "p_star_over_n",
+      "p_star_ci"}} and ``depth_spread``.
+
+  Returns:
+    dict with ``sizes`` (mean N over depths, ascending), ``per_depth`` {L:
+    {"N": [...], "p_star_over_n": [...], "p_star_ci": [...]}},
+    ``depth_spread`` [...] per size, and ``spread_slope``: the least-squares
+    slope of log(depth_spread) vs log(N) over the sizes with a spread > 0
+    (None with fewer than two). The slope is descriptive (two or three sizes,
+    no error bar), not a fitted law.
+  """
+  rows = []
+  for r in results:
+    pd = r["per_depth"]
+    ns = [v["N"] for v in pd.values() if isinstance(v.get("N"), (int, float))]
+    rows.append((float(np.mean(ns)) if ns else float("nan"), r))
+  rows.sort(key=lambda t: t[0])
+  per_depth = {}
+  for _, r in rows:
+    for L, v in r["per_depth"].items():
+      d = per_depth.setdefault(str(L), {"N": [], "p_star_over_n": [], "p_star_ci": []})
+      d["N"].append(v.get("N"))
+      d["p_star_over_n"].append(v.get("p_star_over_n"))
+      d["p_star_ci"].append(v.get("p_star_ci"))
+  sizes = [n for n, _ in rows]
+  spread = [r.get("depth_spread") for _, r in rows]
+  ok = [(n, s) for n, s in zip(sizes, spread) if s is not None and s > 0 and n > 0]
+  slope = None
+  if len(ok) >= 2:
+    x = np.log([n for n, _ in ok])
+    y = np.log([s for _, s in ok])
+    slope = float(np.polyfit(x, y, 1)[0])
+  return {"sizes": sizes, "per_depth": per_depth, "depth_spread": spread,
+          "spread_slope": slope}
+
+
+def plot_finite_size(fs: dict, path: str) -> str:
+  """P*/N vs N per depth (with CIs) and the depth spread vs N, one PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axs = plt.subplots(1, 2, figsize=(8, 3.3))
+  for L, v in fs["per_depth"].items():
+    pts = [(n, x, ci) for n, x, ci in zip(v["N"], v["p_star_over_n"], v["p_star_ci"])
+           if x is not None and n is not None]
+    if not pts:
+      continue
+    n, x, ci = zip(*pts)
+    lo = [xi - (c[0] if c and c[0] is not None else xi) for xi, c in zip(x, ci)]
+    hi = [(c[1] if c and c[1] is not None else xi) - xi for xi, c in zip(x, ci)]
+    axs[0].errorbar(n, x, yerr=[lo, hi], marker="o", capsize=3, label=f"L={L}")
+  axs[0].set_xscale("log")
+  axs[0].set_xlabel("N (weights)"), axs[0].set_ylabel("P*/N")
+  axs[0].legend()
+  pts = [(n, s) for n, s in zip(fs["sizes"], fs["depth_spread"]) if s is not None]
+  if pts:
+    axs[1].loglog(*zip(*pts), "ko-")
+  axs[1].set_xlabel("N (weights)"), axs[1].set_ylabel("depth spread of P*/N")
+  if fs["spread_slope"] is not None:
+    axs[1].set_title(f"slope {fs['spread_slope']:.2f}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path

@@ -178,6 +178,43 @@ def test_script_end_to_end_tiny_grid(tmp_path):
   assert r.returncode == 0 and "running cell" not in r.stderr
 
 
+def test_finite_size_puts_sizes_side_by_side():
+  def res(ns, xs, spread):
+    return {"per_depth": {L: {"N": n, "p_star_over_n": x,
+                              "p_star_ci": [None, None] if x is None else [x - 0.1, x + 0.1]}
+                          for L, n, x in zip((2, 3), ns, xs)},
+            "depth_spread": spread}
+  big, small = res([600, 620], [2.7, 2.4], 0.2), res([300, 310], [2.4, 1.8], 0.4)
+  fs = phase.finite_size([big, small])            # any order in
+  assert fs["sizes"] == [305.0, 610.0]
+  assert fs["per_depth"]["3"]["p_star_over_n"] == [1.8, 2.4]
+  assert fs["per_depth"]["2"]["N"] == [300, 600]
+  assert fs["depth_spread"] == [0.4, 0.2]
+  # log(0.2 / 0.4) / log(610 / 305) = -1
+  assert fs["spread_slope"] == pytest.approx(-1.0)
+  # one size, or a spread of None: no slope
+  assert phase.finite_size([small])["spread_slope"] is None
+  assert phase.finite_size([small, res([600, 620], [None, 2.4], None)])["spread_slope"] is None
+
+
+def test_script_sizes_runs_each_size_and_compares(tmp_path):
+  args = ["--depths", "1,2", "--sizes", "20,40", "--p_over_n", "4", "--n_seeds", "2",
+          "--max_steps", "50", "--rounds", "0", "--n_boot", "0"]
+  r = _run(args, tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert len(os.listdir(tmp_path / "out" / "phase")) == 2
+  runs = os.listdir(tmp_path / "out" / "phase_sizes")
+  assert len(runs) == 1
+  d = tmp_path / "out" / "phase_sizes" / runs[0]
+  fs = json.load(open(d / "summary.json"))
+  assert len(fs["sizes"]) == 2 and fs["sizes"][0] < fs["sizes"][1]
+  assert [len(v["N"]) for v in fs["per_depth"].values()] == [2, 2]
+  for rd in fs["run_dirs"]:
+    s = json.load(open(os.path.join(rd, "summary.json")))
+    assert set(s["per_depth"]) == {"1", "2"}
+  assert os.path.exists(d / "p_star_vs_n.png")
+
+
 def _cell_nets(tmp_path):
   """The network config of every cell of a finished run (config.json)."""
   out = []
@@ -213,7 +250,9 @@ def test_net_flags_reach_every_cell(extra, want, tmp_path):
                                  ["--preset", "cpu", "--optimizer", "fire"],
                                  ["--preset", "cpu", "--min_lr", "-1"],
                                  ["--preset", "cpu", "--workers", "0"],
-                                 ["--preset", "cpu", "--net", "wide"]])
+                                 ["--preset", "cpu", "--net", "wide"],
+                                 ["--preset", "cpu", "--sizes", "300", "--N", "300"],
+                                 ["--preset", "cpu", "--sizes", "0,300"]])
 def test_bad_flags_exit_2(bad, tmp_path):
   r = _run(bad, tmp_path)
   assert r.returncode == 2, r.stderr

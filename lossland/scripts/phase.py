@@ -2,6 +2,7 @@ r"""Jamming phase diagram on random data (1809.09349): P*(N) per depth, N_Delta/
 
     python -m lossland.scripts.phase --preset cpu
     python -m lossland.scripts.phase --preset paper --out_dir runs/phase_paper [--shard 0/4]
+    python -m lossland.scripts.phase --preset cpu --sizes 300,600   # finite-size check
 
 For each depth L a network of fixed width (N weights) is trained on P random
 points for a grid of P/N (ensembles of ``--n_seeds`` members, one sweep cell
@@ -79,6 +80,10 @@ _PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "Preset grid (flags o
 _DEPTHS = flags.DEFINE_list("depths", None, "Depths L (hidden layers).")
 _WIDTHS = flags.DEFINE_list("widths", None, "Width h per depth (d = h unless --d).")
 _N = flags.DEFINE_list("N", None, "Target weight count per depth (sets the width; instead of --widths).")
+_SIZES = flags.DEFINE_list(
+    "sizes", None, "Finite-size check: target weight counts N; the whole search runs at "
+    "each (d = h per depth, or --d), one phase run directory per size, plus a phase_sizes "
+    "run directory with P*/N and the depth spread vs N (instead of --N / --widths).")
 _D = flags.DEFINE_integer("d", None, "Input dimension (default: d = h per depth).")
 _P_OVER_N = flags.DEFINE_list("p_over_n", None, "Initial grid of P/N.")
 _ROUNDS = flags.DEFINE_integer("rounds", None, "Bracketing/bisection rounds after the grid.")
@@ -136,7 +141,14 @@ def _settings():
   depths = _ints("depths", _DEPTHS.value) if _DEPTHS.value else p.get("depths")
   if not depths:
     raise _cli.UsageError("give --preset or --depths")
-  if _N.value:
+  sizes = None
+  if _SIZES.value:
+    if _N.value or _WIDTHS.value:
+      raise _cli.UsageError("--sizes replaces --N and --widths; give one of them")
+    sizes = sorted(set(_ints("sizes", _SIZES.value)))
+  if sizes:
+    widths = _widths_for_n(sizes[0], depths)
+  elif _N.value:
     ns = _ints("N", _N.value)
     if len(ns) == 1:
       ns = ns * len(depths)
@@ -169,7 +181,7 @@ def _settings():
       return fl.value
     return p[key] if key in p else default
 
-  s = {"depths": depths, "widths": widths, "p_over_n": x, "shard": (i, n),
+  s = {"depths": depths, "widths": widths, "sizes": sizes, "p_over_n": x, "shard": (i, n),
        "net": pick(_NET, "net", "default"),
        "rounds": pick(_ROUNDS, "rounds", 2), "n_seeds": pick(_N_SEEDS, "n_seeds", 8),
        "max_steps": pick(_MAX_STEPS, "max_steps", 20_000), "lr": pick(_LR, "lr", 1e-2),
@@ -276,6 +288,14 @@ def _run_parallel(cells, sweep_dir, n_workers, x64, say, run_sweep):
       err.close()
 
 
+def _widths_for_n(n_target, depths):
+  """Per depth, the width whose N is nearest n_target (d = h, or --d)."""
+  from lossland import nets
+  if _D.value:
+    return [nets.width_for_n(n_target, _D.value, L) for L in depths]
+  return [_d_eq_h(n_target, L) for L in depths]
+
+
 def _d_eq_h(n_target, depth):
   # d = h: N = L h^2 + h
   from lossland import nets
@@ -288,10 +308,48 @@ def main(argv):
   s = _settings()
   import jax
   jax.config.update("jax_enable_x64", bool(_X64.value))
-  from lossland import io, job, nets, phase, sweep
+  from lossland import io, phase
 
+  sizes = s["sizes"] or [None]
+  widths_per_size = [s["widths"] if n is None else _widths_for_n(n, s["depths"])
+                     for n in sizes]
+  # Validate every cell of every size before anything runs (bad options exit 2).
+  groups_per_size = [_groups(s, w) for w in widths_per_size]
+  results = []
+  for n_target, groups in zip(sizes, groups_per_size):
+    if n_target is not None:
+      print(f"size N ~ {n_target}: widths {[g['width'] for g in groups]}", file=sys.stderr,
+            flush=True)
+    out = _run_size(s, groups)
+    if out is None:  # a shard: no analysis
+      continue
+    results.append(out)
+  if s["shard"][1] > 1:
+    print(f"shard {s['shard'][0]}/{s['shard'][1]} done; run again without --shard "
+          f"(same --out_dir) to bisect and analyse")
+    return
+  if len(sizes) > 1:
+    fs = phase.finite_size([r for r, _ in results])
+    fs["run_dirs"] = [p for _, p in results]
+    flags_dict = {f.name: f.value
+                  for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    with io.new_run(_OUT_DIR.value, "phase_sizes", flags_dict) as w:
+      if _PLOTS.value:
+        fs["figure"] = os.path.basename(
+            phase.plot_finite_size(fs, os.path.join(w.path, "p_star_vs_n.png")))
+      w.write_json("summary.json", fs)
+    fmt = lambda v: "None" if v is None else f"{v:.3f}"
+    print("finite size: N " + ", ".join(f"{n:.0f}" for n in fs["sizes"]) +
+          "; depth spread " + ", ".join(fmt(v) for v in fs["depth_spread"]) +
+          f"; slope of log spread vs log N {fmt(fs['spread_slope'])}")
+    print(f"run directory: {w.final_path}")
+
+
+def _groups(s, widths):
+  """The cell template of every depth at these widths, validated."""
+  from lossland import job, nets
   groups = []
-  for L, h in zip(s["depths"], s["widths"]):
+  for L, h in zip(s["depths"], widths):
     d = _D.value or h
     base = {"dataset": _DATASET.value, "d": d, "depth": L, "width": h,
             "n_seeds": s["n_seeds"], "seed": _SEED.value,
@@ -314,14 +372,21 @@ def main(argv):
       base["data_file"] = _DATA_FILE.value
     base["_N"] = nets.n_weights(d, h, L)
     groups.append(base)
-  # Validate every cell before anything runs (bad options exit 2).
   try:
     for g in groups:
       job.configs(job.validate(dict({k: v for k, v in g.items() if not k.startswith("_")},
                                     P=100)))
   except ValueError as e:
     raise _cli.UsageError(str(e)) from None
+  return groups
 
+
+def _run_size(s, groups):
+  """Transition search, analysis and the phase run directory of one size.
+
+  Returns ``(result, run_dir)``, or None when only a shard ran.
+  """
+  from lossland import io, phase, sweep
   sweep_dir = os.path.join(_OUT_DIR.value, "sweep")
   i, n = s["shard"]
   say = lambda m: print(m, file=sys.stderr, flush=True)
@@ -337,13 +402,12 @@ def main(argv):
   per_group = phase.search_transition(groups, s["p_over_n"], run_cells,
                                       n_rounds=rounds, log_fn=say)
   if n > 1:
-    print(f"shard {i}/{n} done; run again without --shard (same --out_dir) to "
-          f"bisect and analyse")
-    return
+    return None
   result = phase.analyze({L: recs for L, recs in zip(s["depths"], per_group)},
                          n_boot=_N_BOOT.value)
   samples = result.pop("_samples")
   result["settings"] = {k: v for k, v in s.items() if k != "shard"}
+  result["settings"]["widths"] = [g["width"] for g in groups]
   result["preset"] = _PRESET.value
   result["sweep_dir"] = sweep_dir
   flags_dict = {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
@@ -364,6 +428,7 @@ def main(argv):
   print(f"theta {fmt(result['theta'])} {[fmt(c) for c in result['theta_ci']]}, "
         f"gamma {fmt(result['gamma'])} {[fmt(c) for c in result['gamma_ci']]}")
   print(f"run directory: {w.final_path}")
+  return result, w.final_path
 
 
 if __name__ == "__main__":
