@@ -442,6 +442,20 @@ def prepare_cells(cells: Sequence[dict], validate_fn: Callable | None = None):
   return out, ids
 
 
+def release_compiled():
+  """Drops jax's compiled programs (``jax.clear_caches``) after a cell.
+
+  Every compiled XLA CPU program keeps its own memory mappings (~1500 for a
+  cell's trainer and polish, measured with /proc/self/maps). A process that
+  ran a few dozen cells of different shapes (the phase search with
+  ``--sizes``) reached Linux's vm.max_map_count (65530) and aborted with
+  "LLVM ERROR: Unable to allocate section memory". Cells seldom share
+  shapes (P differs), so dropping the programs costs little recompilation.
+  """
+  import jax
+  jax.clear_caches()
+
+
 def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
               run_cell_fn: Callable | None = None, progress: bool = True,
               validate_fn: Callable | None = None,
@@ -575,6 +589,8 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
               failures.append((v, str(e)))
               bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")
               continue
+            finally:
+              release_compiled()
             bar.ran += 1
             bar.ran_seconds += time.time() - t0
             how = "ran"
