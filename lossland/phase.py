@@ -560,6 +560,7 @@ def plot_finite_size(fs: dict, path: str) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
   fig, axs = plt.subplots(1, 2, figsize=(8, 3.3))
   for L, v in fs["per_depth"].items():
     pts = [(n, x, ci) for n, x, ci in zip(v["N"], v["p_star_over_n"], v["p_star_ci"])
@@ -579,6 +580,12 @@ def plot_finite_size(fs: dict, path: str) -> str:
   axs[1].set_xlabel("N (weights)"), axs[1].set_ylabel("depth spread of P*/N")
   if fs["spread_slope"] is not None:
     axs[1].set_title(f"slope {fs['spread_slope']:.2f}", fontsize=9)
+  ticks = [round(n) for n in fs["sizes"] if n == n]
+  for ax in axs:
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if ticks:
+      ax.set_xticks(ticks)
+      ax.set_xticklabels([str(t) for t in ticks])
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
