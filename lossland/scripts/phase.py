@@ -136,7 +136,6 @@ def _ints(name, vals):
 
 
 def _settings():
-  from lossland import nets
   p = dict(PRESETS[_PRESET.value]) if _PRESET.value else {}
   depths = _ints("depths", _DEPTHS.value) if _DEPTHS.value else p.get("depths")
   if not depths:
@@ -154,8 +153,7 @@ def _settings():
       ns = ns * len(depths)
     if len(ns) != len(depths):
       raise _cli.UsageError(f"--N needs 1 or {len(depths)} values, got {len(ns)}")
-    widths = [nets.width_for_n(n, _D.value or _d_eq_h(n, L), L) if _D.value else _d_eq_h(n, L)
-              for n, L in zip(ns, depths)]
+    widths = [_widths_for_n(n, [L])[0] for n, L in zip(ns, depths)]
   elif _WIDTHS.value:
     widths = _ints("widths", _WIDTHS.value)
     if len(widths) == 1:
