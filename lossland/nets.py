@@ -36,6 +36,7 @@ linen module or an nnx constructor in a ``FlaxNet`` config that
 wherever a :class:`NetConfig` goes (:mod:`lossland.flax_nets`).
 """
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -56,6 +57,9 @@ _SECOND_MOMENT = {
     "tanh": 0.39429449039784,
     "softplus": 0.92124590885930,
 }
+
+# Activations with phi(0) = 0: a zero unit stays zero (make_net's pad_to).
+_ZERO_AT_ZERO = ("relu", "tanh")
 
 _ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -237,18 +241,40 @@ def from_flax(module, example_input, *, alpha: float = 1.0):
   return flax_nets.from_flax(module, example_input, alpha=alpha)
 
 
-def make_net(cfg: NetConfig, dtype=None) -> tuple:
+def make_net(cfg: NetConfig, dtype=None, wgrad_split: int = 0,
+             pad_to: int = 0) -> tuple:
   """Returns ``(init_fn, apply_fn)`` for the network described by ``cfg``.
 
   Args:
     cfg: the architecture: a :class:`NetConfig`, or a ``FlaxNet`` of
       :func:`from_flax`.
     dtype: parameter dtype; default is jax's default float (float64 under x64).
+    wgrad_split: 0 (default) lets XLA differentiate every ``x @ w``; n > 1
+      computes each weight gradient of a batch of inputs [P, d] as the sum
+      of n partial products over chunks of P (:func:`split_k_matmul`): the
+      same function and gradient up to rounding, a different kernel on GPUs
+      (docs/engine.md, "The step at paper scale"). NetConfig nets only.
+    pad_to: 0 (default), or n >= 2: inside ``apply_fn`` the input and every
+      hidden layer are padded with zero units to a multiple of n (rows of
+      16 bytes or more for GPU matrix kernels). The params and the function
+      are unchanged: a zero unit of an activation with phi(0) = 0 (relu,
+      tanh) outputs 0 and gets a zero gradient, so only the rounding of the
+      sums can differ. NetConfig nets with relu or tanh only.
 
   Returns:
     init_fn(key) -> params, and apply_fn(params, x) with x of shape [..., d]
     returning [..., n_out], or [...] when ``cfg.n_out == 1``.
   """
+  if wgrad_split < 0 or wgrad_split == 1:
+    raise ValueError(f"wgrad_split must be 0 or >= 2, got {wgrad_split}")
+  if pad_to < 0 or pad_to == 1:
+    raise ValueError(f"pad_to must be 0 or >= 2, got {pad_to}")
+  if not isinstance(cfg, NetConfig):
+    if wgrad_split or pad_to:
+      raise ValueError("wgrad_split and pad_to apply to NetConfig networks only")
+  elif pad_to and cfg.activation not in _ZERO_AT_ZERO:
+    raise ValueError(f"pad_to needs an activation with phi(0) = 0 "
+                     f"({', '.join(_ZERO_AT_ZERO)}), got {cfg.activation!r}")
   if not isinstance(cfg, NetConfig):
     from lossland import flax_nets  # flax only when used
     return flax_nets.make_net(_flax_config(cfg), dtype)
@@ -278,27 +304,88 @@ def make_net(cfg: NetConfig, dtype=None) -> tuple:
     return params
 
   def apply_fn(params: Params, x):
-    z = _forward(cfg, params, x)[-1]
+    z = _forward(cfg, params, x, wgrad_split, pad_to)[-1]
     z = cfg.alpha * z
     return z[..., 0] if cfg.n_out == 1 else z
 
   return init_fn, apply_fn
 
 
-def _forward(cfg: NetConfig, params: Params, x) -> list:
-  """Pre-activations of every layer: [z_1, ..., z_L, output before alpha]."""
+def _split_rows(a, n: int):
+  """[P, c] -> [n, ceil(P / n), c], zero rows appended (they add nothing)."""
+  m = -(-a.shape[0] // n)
+  a = jnp.pad(a, ((0, n * m - a.shape[0]), (0, 0)))
+  return a.reshape(n, m, a.shape[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def split_k_matmul(x, w, n_split: int):
+  """``x @ w`` for x [P, i], w [i, j], whose weight gradient is split over P.
+
+  The backward pass computes dW = x^T g as ``sum_c x_c^T g_c`` over
+  ``n_split`` chunks c of the rows (a batched product with n_split output
+  tiles, then a sum: deterministic, no atomics) instead of one contraction
+  of length P with a single small output tile, which occupies only a few of
+  a GPU's multiprocessors when i, j << P (split-K). dx = g w^T as usual.
+  Under ``vmap`` over members the chunk products become
+  ``einsum('kcpi,kcpj->kcij')``.
+  """
+  del n_split
+  return x @ w
+
+
+def _split_k_fwd(x, w, n_split):
+  del n_split
+  return x @ w, (x, w)
+
+
+def _split_k_bwd(n_split, res, g):
+  x, w = res
+  dw = jnp.einsum("cpi,cpj->cij", _split_rows(x, n_split),
+                  _split_rows(g, n_split)).sum(axis=0)
+  return g @ w.T, dw
+
+
+split_k_matmul.defvjp(_split_k_fwd, _split_k_bwd)
+
+
+def _matmul(x, w, wgrad_split: int):
+  if wgrad_split and x.ndim == 2 and x.shape[0] >= 2 * wgrad_split:
+    return split_k_matmul(x, w, wgrad_split)
+  return x @ w
+
+
+def _pad_axes(a, shape):
+  """``a`` with zeros appended along each axis up to ``shape``."""
+  if tuple(a.shape) == tuple(shape):
+    return a
+  return jnp.pad(a, [(0, s - n) for s, n in zip(shape, a.shape)])
+
+
+def _forward(cfg: NetConfig, params: Params, x, wgrad_split: int = 0,
+             pad_to: int = 0) -> list:
+  """Pre-activations of every layer: [z_1, ..., z_L, output before alpha].
+
+  With ``pad_to`` (make_net) the input and the hidden layers carry zero
+  units up to a multiple of ``pad_to``; the output layer is not padded.
+  """
   phi = _ACTIVATIONS[cfg.activation]
   act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
                if cfg.normalize_activation else 1.0)
+  sizes = [layer["w"].shape[0] for layer in params] + [params[-1]["w"].shape[1]]
+  if pad_to:
+    sizes = [-(-n // pad_to) * pad_to for n in sizes[:-1]] + sizes[-1:]
+    x = _pad_axes(x, x.shape[:-1] + (sizes[0],))
   zs, z = [], x
   for i, layer in enumerate(params):
     if i > 0:
       z = act_scale * phi(zs[-1])
-    z = z @ layer["w"]
+    fan_in = layer["w"].shape[0]
+    z = _matmul(z, _pad_axes(layer["w"], sizes[i:i + 2]), wgrad_split)
     if cfg.parametrization == "ntk":
-      z = z / math.sqrt(layer["w"].shape[0])
+      z = z / math.sqrt(fan_in)
     if "b" in layer:
-      z = z + layer["b"]
+      z = z + _pad_axes(layer["b"], sizes[i + 1:i + 2])
     zs.append(z)
   return zs
 

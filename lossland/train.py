@@ -163,6 +163,15 @@ class TrainConfig:
     record_unsat: store, at every measurement step, which training points are
       unsatisfied (Delta > 0) in ``EnsembleResult.history_unsat`` (bit-packed
       on the device).
+    wgrad_split: 0 lets XLA differentiate the network; n >= 2 computes every
+      weight gradient as a sum over n chunks of the training points
+      (:func:`lossland.nets.split_k_matmul`; split-K, for GPUs at paper
+      scale: docs/engine.md). The same training up to rounding.
+    pad_to: 0, or n >= 2: the input and hidden layers are padded with zero
+      units to a multiple of n inside the step (:func:`lossland.nets.make_net`;
+      relu and tanh nets). The same training up to rounding.
+    scan_unroll: unroll factor of the chunk's ``lax.scan`` (0: the backend's
+      default, :data:`UNROLL`). The same training up to rounding.
   """
   optimizer: str = "adam"
   lr: float = 1e-2
@@ -200,6 +209,9 @@ class TrainConfig:
   ls_c2: float = 0.9
   ls_min_step: float = 1e-12
   record_unsat: bool = False
+  wgrad_split: int = 0
+  pad_to: int = 0
+  scan_unroll: int = 0
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -244,6 +256,11 @@ class TrainConfig:
       raise ValueError(f"need 0 < ls_c1 < ls_c2 < 1, got {self.ls_c1}, {self.ls_c2}")
     if not self.ls_min_step > 0:
       raise ValueError(f"ls_min_step must be positive, got {self.ls_min_step}")
+    for name in ("wgrad_split", "pad_to"):
+      if getattr(self, name) < 0 or getattr(self, name) == 1:
+        raise ValueError(f"{name} must be 0 or >= 2, got {getattr(self, name)}")
+    if self.scan_unroll < 0:
+      raise ValueError(f"scan_unroll must be >= 0, got {self.scan_unroll}")
 
 
 class TrainState(NamedTuple):
@@ -410,7 +427,8 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     static Python int: vmap it with ``in_axes=(0, None, None)`` over
     ``functools.partial(chunk_fn, n=n)``.
   """
-  init_net, apply_fn = nets.make_net(net_cfg)
+  init_net, apply_fn = nets.make_net(net_cfg, wgrad_split=cfg.wgrad_split,
+                                     pad_to=cfg.pad_to)
   f_fn = nets.output_fn(apply_fn, cfg.subtract_init)
   ell, eps = loss_cfg.fn, loss_cfg.epsilon
   scale = loss_scale(loss_cfg)
@@ -670,7 +688,7 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     def body(carry, _):
       s, t = carry
       return (step(t, s, data), t + 1), None
-    unroll = max(1, min(n, UNROLL.get(jax.default_backend(), 1)))
+    unroll = max(1, min(n, cfg.scan_unroll or UNROLL.get(jax.default_backend(), 1)))
     (state, _), _ = jax.lax.scan(body, (state, jnp.asarray(t0, jnp.int32)),
                                  None, length=n, unroll=unroll)
     return state
@@ -1094,13 +1112,31 @@ _MEMBER_SENTINEL = np.iinfo(np.int32).max
 def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact, n_dev,
                  start=None):
   h = hashlib.sha1()
-  h.update(repr(("engine-2", seeds.tolist(), net_cfg, loss_cfg, cfg, group_size,
+  h.update(repr(("engine-2", seeds.tolist(), net_cfg, loss_cfg, _cfg_repr(cfg), group_size,
                  compact, n_dev, str(data.x_train.dtype))).encode())
   for a in data:
     h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
   for a in jax.tree_util.tree_leaves(start):
     h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
+
+
+# TrainConfig fields added after checkpoints were written: left out of the
+# fingerprint at their defaults, so that those checkpoints still resume.
+_LATE_FIELDS = ("wgrad_split", "pad_to", "scan_unroll")
+
+
+class _Raw(str):
+  def __repr__(self):
+    return str(self)
+
+
+def _cfg_repr(cfg: TrainConfig):
+  """repr(cfg) as it was before the fields of _LATE_FIELDS existed, when they
+  are at their defaults (dataclasses' own repr format otherwise)."""
+  parts = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
+           if not (f.name in _LATE_FIELDS and getattr(cfg, f.name) == f.default)]
+  return _Raw(f"{type(cfg).__qualname__}({', '.join(parts)})")
 
 
 def _keys(seeds: np.ndarray):

@@ -9,10 +9,13 @@
 #   2. runs the whole test suite on the GPU in WORKERS (default 8) pytest-xdist
 #      processes, with XLA_PYTHON_CLIENT_PREALLOCATE=false so they share the
 #      device (each would otherwise take 75 % of its memory);
-#   3. runs the ensemble benchmark (vmapped vs sequential rows and the rows
+#   3. runs the paper-scale step profile (bench step: L = 3, d = h = 51,
+#      P = 23562, K = 8, float64 and float32, the split-K variants);
+#   4. runs the ensemble benchmark (vmapped vs sequential rows and the rows
 #      against a naive jit(vmap(scan(adam)))), in float32 and in float64.
 # Everything goes to OUT_DIR (default runs/gpu_check/<UTC time>): environment.txt,
-# pytest.txt, bench_ensemble_f32/, bench_ensemble_f64/ and their .txt logs.
+# pytest.txt, bench_step/, bench_ensemble_f32/, bench_ensemble_f64/ and their
+# .txt logs.
 # Exit status: 0 if the suite and both benchmarks passed, 1 if one failed,
 # 2 if jax sees no GPU.
 #
@@ -49,6 +52,13 @@ start=$(date +%s)
   | tee "$OUT/pytest.txt"
 rc=${PIPESTATUS[0]}
 echo "suite: exit $rc, $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest.txt"
+[ "$rc" -eq 0 ] || status=1
+
+echo "== paper-scale step profile"
+start=$(date +%s)
+"$PY" -m lossland.scripts.bench step --out_dir "$OUT/bench_step" 2>&1 | tee "$OUT/bench_step.txt"
+rc=${PIPESTATUS[0]}
+echo "bench step: exit $rc, $(( $(date +%s) - start )) s" | tee -a "$OUT/bench_step.txt"
 [ "$rc" -eq 0 ] || status=1
 
 for prec in f32 f64; do

@@ -38,3 +38,29 @@ def test_tiny_ensemble_benchmark(tmp_path):
     np.testing.assert_allclose(
         ratio, s["naive_member_steps_per_s"][case] / s["lib_member_steps_per_s"][case], rtol=1e-9)
   assert on_disk["n_devices"] >= 1
+
+
+def test_tiny_step_profile(tmp_path):
+  import jax.numpy as jnp
+  from lossland.scripts import bench_step
+  s = bench_step.run_benchmark(str(tmp_path), quick=True, steps=2, repeats=1,
+                               dtypes=(jnp.float64,),
+                               variants=({}, {"wgrad_split": 4, "pad_to": 8}))
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  res = on_disk["dtypes"]["float64"]
+  assert set(res["variants"]) == {
+      "forward", "act_grad", "grad[base]", "engine[base]", "naive", "naive[unroll4]",
+      "naive_flat", "grad[split4+pad8]", "engine[split4+pad8]"}
+  for part, rec in res["variants"].items():
+    np.testing.assert_allclose(rec["member_steps_per_s"] * rec["us_per_member_step"], 1e6)
+    np.testing.assert_allclose(rec["seconds_per_step"] / res["K"] * 1e6,
+                               rec["us_per_member_step"])
+  # the floor: 9 passes over a [P, h] float64 array per hidden layer
+  np.testing.assert_allclose(
+      res["memory_floor_us_per_member_step"] * 1e-6 * on_disk["copy_bandwidth_gbs"] * 1e9,
+      9 * res["depth"] * res["P"] * res["width"] * 8)
+  assert res["hlo"]["grad_base_float64"]["n_dot"] >= 2 * res["depth"] + 1
+  assert res["hlo"]["chunk8_float64"]["n_while"] >= 1
+  assert (tmp_path / "hlo_grad_base_float64.txt").exists()
+  assert s["dtypes"]["float64"]["engine_over_naive"] > 0
+  assert bench_step.variant_name({"scan_unroll": 1, "wgrad_split": 64}) == "split64+unroll1"

@@ -108,8 +108,12 @@ def test_polish_histories_are_saved_under_their_own_keys(tmp_path):
   assert not a["polish_history_unsat"][~run].any()
   for k, m in enumerate(members):
     loss = a["polish_history_loss"][k][run[k]]
-    # L-BFGS accepts only descent, from where Adam stopped
-    assert np.all(np.diff(loss) <= 0) and loss[0] <= m["loss_before_polish"]
+    # L-BFGS accepts only descent, from where Adam stopped. The history is a
+    # re-measure: bitwise the stop's loss on the CPU, within rounding on a GPU
+    # (an H200 gave 1 ulp above loss_before_polish at the first point).
+    ulp = 0.0 if jax.default_backend() == "cpu" else 1e-13
+    assert np.all(np.diff(loss) <= ulp * loss[:-1])
+    assert loss[0] <= m["loss_before_polish"] * (1 + ulp)
     if m["stop_reason"] == "max_steps":  # its stop is the grid's last point
       assert run[k, -1] and loss[-1] == a["final_loss"][k] == m["loss"]
       assert m["polish_steps"] == 30

@@ -3,6 +3,7 @@ r"""Benchmarks: ratios measured side by side in one process.
     python -m lossland.scripts.bench ensemble  --out_dir DIR [--quick]
     python -m lossland.scripts.bench hessian   --out_dir DIR [--quick]
     python -m lossland.scripts.bench landscape --out_dir DIR [--quick]
+    python -m lossland.scripts.bench step      --out_dir DIR [--quick]
 
 Each prints a table and writes ``DIR/summary.json`` (plus a config.json with
 the library versions and the device). ``--quick`` shrinks the sizes for a
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "ensemble": "lossland.scripts.bench_ensemble",
     "hessian": "lossland.scripts.bench_hessian",
     "landscape": "lossland.scripts.bench_landscape",
+    "step": "lossland.scripts.bench_step",
 }
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory for summary.json (created).")

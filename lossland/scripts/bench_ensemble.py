@@ -54,7 +54,7 @@ NAIVE_STEPS = (100, 1000)
 
 
 def naive_runner(net: nets.NetConfig, loss: losses.LossConfig, steps: int,
-                 lr: float, dtype):
+                 lr: float, dtype, unroll: int = 1):
   """``jax.jit(jax.vmap(run))``: init as the library, then ``steps`` Adam steps.
 
   Returns:
@@ -75,7 +75,7 @@ def naive_runner(net: nets.NetConfig, loss: losses.LossConfig, steps: int,
       return (optax.apply_updates(p, u), s), None
 
     (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None,
-                                  length=steps)
+                                  length=steps, unroll=unroll)
     return params
 
   return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
