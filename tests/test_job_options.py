@@ -114,11 +114,12 @@ def test_polish_histories_are_saved_under_their_own_keys(tmp_path):
     ulp = 0.0 if jax.default_backend() == "cpu" else 1e-13
     assert np.all(np.diff(loss) <= ulp * loss[:-1])
     assert loss[0] <= m["loss_before_polish"] * (1 + ulp)
+    assert a["final_loss"][k] == m["loss"]
     if m["stop_reason"] == "max_steps":  # its stop is the grid's last point
-      assert run[k, -1] and loss[-1] == a["final_loss"][k] == m["loss"]
+      assert run[k, -1] and abs(loss[-1] - m["loss"]) <= ulp * m["loss"]
       assert m["polish_steps"] == 30
     else:
-      assert m["polish_steps"] <= 30 and loss[-1] >= a["final_loss"][k]
+      assert m["polish_steps"] <= 30 and loss[-1] >= a["final_loss"][k] * (1 - ulp)
 
 
 def test_summary_classes_use_the_nets_dead_points():
