@@ -723,8 +723,9 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
     raise ValueError("x64=True needs jax.config.update('jax_enable_x64', True) "
                      "before run_ensemble_job")
   import numpy as np
-  from lossland import experiment, nets, plots, train
-  from lossland.scripts import _cli
+  from lossland import experiment, nets, train
+  from lossland.plots import ensemble as ensemble_plots
+  from lossland.progress import Progress
 
   check_out_dir(v["out_dir"])
   net, loss, cfg = configs(v)
@@ -746,7 +747,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
       f"{loss.name} eps={loss.epsilon:g}, {cfg.optimizer} lr={cfg.lr:g}, "
       f"{'float64' if v['x64'] else 'float32'} on {jax.default_backend()}")
 
-  bar = _cli.Progress("training", enabled=progress)
+  bar = Progress("training", enabled=progress)
   K = len(seeds)
 
   def progress_fn(step, max_steps, n_running, n_done, n_total):
@@ -805,7 +806,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
       experiment.save_ensemble(w, seeds, res, ds, extra=extra)
       w.write_json("summary.json", summary)
       if v["plots"]:
-        plots.plot_run(w.path)
+        ensemble_plots.plot_run(w.path)
     ok = True
   finally:
     if not ok:

@@ -707,7 +707,7 @@ def split_grid_argv(argv: Sequence[str], spec, exclude: Sequence[str] = ("out_di
   return axes, rest
 
 
-# -- reports: a table and figures from cells.jsonl -------------------------
+# -- reports: a table and the figures' numbers from cells.jsonl ----------
 
 METRICS = {
     "frac_sat": "fraction of healthy members with loss 0 (class sat)",
@@ -809,18 +809,20 @@ def _x_value(rec, x):
   return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-def plot_report(records: Sequence[dict], out_dir: str, x: str = "auto",
-                metrics: Sequence[str] = tuple(METRICS)) -> list:
-  """Writes ``out_dir/report_<metric>.png``: each metric against ``x``, one
-  line per value of the other swept options (:func:`report_axes`).
+def report_series(records: Sequence[dict], x: str = "auto",
+                  metrics: Sequence[str] = tuple(METRICS)) -> dict:
+  """The numbers of the report figures: each metric against ``x``, one line
+  per value of the other swept options (:func:`report_axes`); drawn by
+  :func:`lossland.plots.sweep.plot_report`.
 
   Returns:
-    the paths written (each renamed into place when complete).
+    dict with ``x`` (``"auto"`` resolved), ``line_keys`` (the options that
+    split the lines), ``numeric`` (every x value is a float: each line's
+    points are sorted by x; otherwise the x values are categories, in record
+    order), ``x_values`` (of every record, in order) and ``metrics``
+    {metric: {"title", "lines": {label: [(x value, metric value), ...]}}},
+    the labels ``"k=v, ..."`` of the line keys ("" when there are none).
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import matplotlib.ticker
   x, line_keys = report_axes(records, x)
   groups = {}
   for r in records:
@@ -828,33 +830,14 @@ def plot_report(records: Sequence[dict], out_dir: str, x: str = "auto",
     groups.setdefault(label, []).append(r)
   xs_all = [_x_value(r, x) for r in records]
   numeric = all(isinstance(v, float) for v in xs_all)
-  paths = []
+  per_metric = {}
   for metric in metrics:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    lines = {}
     for label, recs in groups.items():
       pts = [(_x_value(r, x), cell_metrics(r)[metric]) for r in recs]
       if numeric:
         pts.sort(key=lambda p: p[0])
-      ax.plot([str(p[0]) if not numeric else p[0] for p in pts], [p[1] for p in pts],
-              "o-", label=label or None)
-    if numeric:
-      pos = [v for v in xs_all if v > 0]
-      if len(pos) == len(xs_all) and pos and max(pos) / min(pos) > 20:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(10, subs=(1, 2, 5)))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.set_xlabel(x)
-    ax.set_ylabel(metric)
-    ax.set_title(METRICS.get(metric, metric), fontsize=9)
-    if any(groups):  # labelled lines
-      ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"report_{metric}.png")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    paths.append(path)
-  return paths
+      lines[label] = pts
+    per_metric[metric] = {"title": METRICS.get(metric, metric), "lines": lines}
+  return {"x": x, "line_keys": line_keys, "numeric": numeric, "x_values": xs_all,
+          "metrics": per_metric}

@@ -494,7 +494,7 @@ def test_density_figures_of_an_all_zero_spectrum(tmp_path):
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
-  from lossland import curvature_plots as cp
+  from lossland.plots import curvature as cp
   nodes = np.zeros((2, 1, 10))
   weights = np.full_like(nodes, 0.1)
   seen = []

@@ -135,7 +135,7 @@ def test_n_delta_of_an_ensemble_is_per_member():
 def test_delta_distribution_plot_uses_the_runs_margin(tmp_path, monkeypatch, margin, eps):
   """plots reads the run through io and histograms Delta = eps - y f of the
   healthy members only, with eps from the run's loss config."""
-  from lossland import plots
+  from lossland.plots import ensemble as plots
   f = np.array([[0.5, -0.2, 2.0], [0.1, 0.3, -0.4], [0.0, 0.0, 0.0]])
   y = np.array([1.0, -1.0, 1.0])
   with io.new_run(str(tmp_path), "ensemble", {},

@@ -482,6 +482,39 @@ def test_report_prints_a_table_and_writes_figures(tmp_path):
   assert res.returncode == 2 and res.stderr.startswith("error: no completed cells")
 
 
+def test_report_series_are_the_numbers_of_the_figures():
+  """Hand-made records: one line per depth, points sorted by P/N, values from
+  each summary; a string-valued x keeps the record order as categories."""
+  recs = []
+  for P, depth, data in ((40, 2, "sphere"), (10, 2, "teacher"), (20, 3, "sphere"),
+                         (10, 3, "teacher")):
+    k = P // 10  # members sat out of 4
+    recs.append({"cell_id": f"{P}_{depth}", "flags": {"P": P, "depth": depth, "dataset": data,
+                                                      "out_dir": "ignored"},
+                 "summary": {"members": [{"class": "sat" if i < k else "jammed",
+                                          "n_delta_over_n": 0.0 if i < k else 0.5}
+                                         for i in range(4)],
+                             "member_class_counts": {"sat": k, "jammed": 4 - k},
+                             "n_weights": 10 * depth, "P": P}})
+  s = sweep.report_series(recs, metrics=("frac_sat", "n_delta_over_n"))
+  assert (s["x"], s["line_keys"], s["numeric"]) == ("P/N", ["depth", "dataset"], True)
+  assert s["x_values"] == [2.0, 0.5, 20 / 30, 10 / 30]
+  lines = s["metrics"]["frac_sat"]["lines"]
+  assert lines == {"depth=2, dataset=sphere": [(2.0, 1.0)],
+                   "depth=2, dataset=teacher": [(0.5, 0.25)],
+                   "depth=3, dataset=sphere": [(20 / 30, 0.5)],
+                   "depth=3, dataset=teacher": [(10 / 30, 0.25)]}
+  assert s["metrics"]["n_delta_over_n"]["title"] == sweep.METRICS["n_delta_over_n"]
+  s = sweep.report_series(recs, x="P", metrics=("n_delta_over_n",))
+  assert s["line_keys"] == ["depth", "dataset"]
+  s = sweep.report_series(recs, x="depth", metrics=("frac_sat",))
+  assert s["numeric"] and s["line_keys"] == ["P", "dataset"]
+  assert s["metrics"]["frac_sat"]["lines"]["P=10, dataset=teacher"] == [(2.0, 0.25), (3.0, 0.25)]
+  s = sweep.report_series(recs, x="dataset", metrics=("frac_sat",))
+  assert not s["numeric"] and s["x_values"] == ["sphere", "teacher", "sphere", "teacher"]
+  assert s["metrics"]["frac_sat"]["lines"]["P=10, depth=2"] == [("teacher", 0.25)]
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
 def test_a_long_sweep_does_not_pile_up_compiled_programs(tmp_path):
   """Each cell's compiled programs are dropped after it (sweep.release_compiled):

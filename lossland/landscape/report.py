@@ -91,6 +91,36 @@ def save_figure(graph: Graph, path: str, title: str = '', n_levels: int = 25,
   return tree
 
 
+def save_grid(cells, path: str, n_levels: int = 25, value_label: str = 'test acc.',
+              dpi: int = 110):
+  """:func:`draw` of several graphs on one grid of panels, saved as ``path`` (PNG).
+
+  Args:
+    cells: ``(row, column, graph, title)`` per panel; the rows are the sorted
+      distinct ``row`` values (e.g. depths), the columns the sorted ``column``
+      values (e.g. n_data); a grid position without a cell stays empty.
+    path: the PNG to write.
+    n_levels: disconnectivity levels of every panel.
+    value_label: the colour bar's label.
+    dpi: of the PNG.
+  """
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rows = sorted({c[0] for c in cells})
+  cols = sorted({c[1] for c in cells})
+  fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.5 * len(cols), 3.8 * len(rows)),
+                           squeeze=False)
+  try:
+    for row, col, graph, title in cells:
+      draw(graph, axes[rows.index(row)][cols.index(col)], n_levels=n_levels,
+           value_label=value_label, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+  finally:
+    plt.close(fig)
+
+
 def counts(graph: Graph) -> str:
   """``'M min, T TS'`` for figure titles."""
   return f'{len(graph.min_energies)} min, {len(graph.ts_energies)} TS'

@@ -1,4 +1,5 @@
-"""Shared plumbing of the absl entry points: flags, errors, exit codes, progress.
+"""Shared plumbing of the absl entry points: flags, errors, exit codes, progress
+(:class:`Progress`, re-exported from :mod:`lossland.progress`).
 
 * Bad input gives a one-line ``error: ...`` on stderr and exit status 2
   (absl's default for a flag error is a multi-line message and status 1).
@@ -16,7 +17,6 @@
 """
 import os
 import sys
-import time
 import warnings
 
 from absl import app
@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from lossland import io
+from lossland.progress import Progress  # noqa: F401 (re-export: scripts use _cli.Progress)
 
 
 class UsageError(io.InputError):
@@ -205,50 +206,3 @@ def run(main, interrupted="interrupted"):
         fail(e)
       raise
   app.run(wrapped, flags_parser=_parse)
-
-
-class Progress:
-  """A one-line progress bar on stderr (a new line every 10% when not a tty).
-
-  ``note(text)`` prints a line at once (e.g. "compiling..." before the first
-  bar); ``enabled=False`` silences everything.
-  """
-
-  def __init__(self, label: str, width: int = 30, stream=None, enabled: bool = True):
-    self.label, self.width, self.enabled = label, width, enabled
-    self.stream = stream or sys.stderr
-    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self.t0 = time.time()
-    self._last_decile = -1
-    self._open = False
-
-  def note(self, text: str):
-    if not self.enabled:
-      return
-    if self._open:
-      self.stream.write("\n")
-      self._open = False
-    self.stream.write(f"{self.label}: {text} ({time.time() - self.t0:.0f}s)\n")
-    self.stream.flush()
-
-  def __call__(self, done: float, total: float, extra: str = ""):
-    if not self.enabled:
-      return
-    frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
-    n = int(round(frac * self.width))
-    line = (f"{self.label} [{'#' * n}{'.' * (self.width - n)}] "
-            f"{100 * frac:5.1f}% {extra} ({time.time() - self.t0:.0f}s)")
-    if self.tty:
-      self.stream.write("\r" + line)
-      self.stream.flush()
-      self._open = True
-    elif int(frac * 10) > self._last_decile:
-      self._last_decile = int(frac * 10)
-      self.stream.write(line + "\n")
-      self.stream.flush()
-
-  def close(self):
-    if self.tty and self._open and self.enabled:
-      self.stream.write("\n")
-      self.stream.flush()
-      self._open = False

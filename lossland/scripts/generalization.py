@@ -195,6 +195,7 @@ def main(argv):
   import jax
   jax.config.update("jax_enable_x64", bool(_X64.value))
   from lossland import experiment, generalization, io, job, losses
+  from lossland.plots import generalization as generalization_plots
 
   for c in cells:  # bad options fail before anything is written
     try:
@@ -237,7 +238,7 @@ def main(argv):
                      for k in generalization.PER_N_KEYS})
     w.write_json("summary.json", summary)
     if _PLOTS.value:
-      generalization.plot(summary, os.path.join(w.path, "generalization"))
+      generalization_plots.plot(summary, os.path.join(w.path, "generalization"))
   print(f"N* = {summary['n_star']}; kernel (N -> inf) test error = "
         f"{summary['kernel_test_error']}")
   print(f"cusp: {summary['cusp']}")

@@ -190,9 +190,9 @@ def main(argv):
   # tolerance. "highest" is full float32 there; no change for float64 or CPU.
   jax.config.update("jax_default_matmul_precision", "highest")
   from lossland import curvature as cv
-  from lossland import curvature_plots
   from lossland import io
   from lossland import nets
+  from lossland.plots import curvature as curvature_plots
 
   ens = _load(FLAGS.run_dir)
   if ens.net.n_out != 1:

@@ -26,9 +26,6 @@ def main(argv):
     raise _cli.UsageError(f'--out {_OUT.value} is a directory; give a .png file name')
   if not os.access(out_parent, os.W_OK):
     raise _cli.UsageError(f'--out {_OUT.value}: folder {out_parent} is not writable')
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
   from lossland.landscape import report
   from lossland.landscape.database import Database, DatabaseError
   cells = []
@@ -44,16 +41,12 @@ def main(argv):
     if len(graph.ids) == 0:
       raise _cli.UsageError(f'{r}: its database holds no minima')
     cells.append((cfg['depth'], cfg['n_data'], graph, summ, r))
-  depths = sorted({c[0] for c in cells})
-  ns = sorted({c[1] for c in cells})
-  fig, axes = plt.subplots(len(depths), len(ns), figsize=(4.5 * len(ns), 3.8 * len(depths)),
-                           squeeze=False)
+  panels = []
   table = []
   for depth, n, graph, summ, r in cells:
-    report.draw(graph, axes[depths.index(depth)][ns.index(n)], n_levels=25,
-                value_label='test acc.',
-                title=f'depth {depth}, P={n}: {report.counts(graph)}, '
-                      f'f={summ["frustration"]:.2f}, funnel={summ["funnel_fraction"]:.2f}')
+    panels.append((depth, n, graph,
+                   f'depth {depth}, P={n}: {report.counts(graph)}, '
+                   f'f={summ["frustration"]:.2f}, funnel={summ["funnel_fraction"]:.2f}'))
     table.append({'run': r, 'depth': depth, 'n_data': n,
                   **{k: summ.get(k) for k in ('n_minima', 'n_ts', 'global_min_loss',
                                               'frustration', 'funnel_fraction',
@@ -63,8 +56,7 @@ def main(argv):
                                               'test_accuracy_quantiles', 'seconds')},
                   'n_components': summ.get('connect', {}).get('n_components'),
                   'n_connect_attempts': summ.get('connect', {}).get('n_attempts')})
-  fig.tight_layout()
-  fig.savefig(_OUT.value, dpi=110)
+  report.save_grid(panels, _OUT.value, n_levels=25, value_label='test acc.', dpi=110)
   with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
     json.dump(table, f, indent=2)
   print(_OUT.value)

@@ -307,6 +307,7 @@ def main(argv):
   import jax
   jax.config.update("jax_enable_x64", bool(_X64.value))
   from lossland import io, phase
+  from lossland.plots import phase as phase_plots
 
   sizes = s["sizes"] or [None]
   widths_per_size = [s["widths"] if n is None else _widths_for_n(n, s["depths"])
@@ -334,7 +335,7 @@ def main(argv):
     with io.new_run(_OUT_DIR.value, "phase_sizes", flags_dict) as w:
       if _PLOTS.value:
         fs["figure"] = os.path.basename(
-            phase.plot_finite_size(fs, os.path.join(w.path, "p_star_vs_n.png")))
+            phase_plots.plot_finite_size(fs, os.path.join(w.path, "p_star_vs_n.png")))
       w.write_json("summary.json", fs)
     fmt = lambda v: "None" if v is None else f"{v:.3f}"
     print("finite size: N " + ", ".join(f"{n:.0f}" for n in fs["sizes"]) +
@@ -385,6 +386,7 @@ def _run_size(s, groups):
   Returns ``(result, run_dir)``, or None when only a shard ran.
   """
   from lossland import io, phase, sweep
+  from lossland.plots import phase as phase_plots
   sweep_dir = os.path.join(_OUT_DIR.value, "sweep")
   i, n = s["shard"]
   say = lambda m: print(m, file=sys.stderr, flush=True)
@@ -414,7 +416,7 @@ def _run_size(s, groups):
     w.save_arrays(delta_positive=samples["positive"], delta_negative=samples["negative"],
                   avalanche_sizes=samples["avalanche_sizes"])
     if _PLOTS.value:
-      result["figures"] = phase.plot_all({**result, "_samples": samples}, w.path)
+      result["figures"] = phase_plots.plot_all({**result, "_samples": samples}, w.path)
     w.write_json("summary.json", result)
   fmt = lambda v: "None" if v is None else f"{v:.3f}"
   for L, v in result["per_depth"].items():

@@ -31,6 +31,7 @@ import sys
 from absl import flags
 
 from lossland import sweep
+from lossland.plots import sweep as sweep_plots
 from lossland.scripts import _cli
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Sweep directory (required): cells.jsonl and cells/<cell_id>/.")
@@ -136,8 +137,9 @@ def _report(cells, grid_given):
                           f"option ({', '.join(sorted(known - {'auto', 'P/N', 'N', 'P'})) or 'none'}), "
                           f"got {x!r}")
   print(sweep.report_table(records))
-  x, lines = sweep.report_axes(records, x)
-  paths = sweep.plot_report(records, out_dir, x)
+  series = sweep.report_series(records, x)
+  paths = sweep_plots.plot_report(series, out_dir)
+  x, lines = series["x"], series["line_keys"]
   print(f"{len(records)} cells; figures against {x}"
         + (f", one line per {', '.join(lines)}" if lines else "") + ":")
   for p in paths:

@@ -12,13 +12,7 @@ import numpy as np
 from lossland import io
 from lossland import losses
 from lossland import observables
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+from lossland.plots import _agg
 
 
 def _load(run_dir):
@@ -45,7 +39,7 @@ def _classes(run) -> list:
 def _save(fig, path):
   fig.tight_layout()
   fig.savefig(path, dpi=90)
-  _pyplot().close(fig)
+  _agg.pyplot().close(fig)
   return path
 
 
@@ -54,7 +48,7 @@ _REASON_COLORS = {1: "tab:green", 2: "tab:red", 3: "tab:orange", 4: "black"}
 
 def plot_training(run_dir: str, path: str | None = None) -> str:
   """Loss and N_Delta against step for every member (log-log)."""
-  plt = _pyplot()
+  plt = _agg.pyplot()
   a, _, classes = _load(run_dir)
   steps = a["history_step"]
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -87,7 +81,7 @@ def plot_training(run_dir: str, path: str | None = None) -> str:
 
 def plot_test_errors(run_dir: str, path: str | None = None) -> str:
   """Test error of each member beside the ensemble predictor's."""
-  plt = _pyplot()
+  plt = _agg.pyplot()
   a, _, classes = _load(run_dir)
   if a["y_test"].shape[0] == 0:
     return ""
@@ -126,7 +120,7 @@ def plot_delta_distribution(run_dir: str, path: str | None = None) -> str:
   Delta < 0, both on log-log axes as in 1809.09349 (theta ~ 0.3, gamma ~ 0.2
   at jamming).
   """
-  plt = _pyplot()
+  plt = _agg.pyplot()
   a, config, classes = _load(run_dir)
   eps = losses.LossConfig(**config["loss"]).epsilon
   bins = observables.log_bins(1e-6, 1e2, 64)

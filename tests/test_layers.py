@@ -1,0 +1,75 @@
+"""The package's layering, read from the import statements of its source files:
+matplotlib only under lossland/plots/ (and the landscape's own figures), no
+library module importing the scripts or the analysis importing the figures,
+and the old import paths of moved names still working for one release."""
+import ast
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(ROOT, "lossland")
+
+
+def _imports(rel):
+  """Every module named by an import statement of lossland/<rel> (also inside functions)."""
+  with open(os.path.join(PKG, rel)) as fh:
+    tree = ast.parse(fh.read())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      out.add(node.module)
+      out |= {f"{node.module}.{a.name}" for a in node.names}
+  return out
+
+
+def _sources():
+  for d, _, files in os.walk(PKG):
+    for f in files:
+      if f.endswith(".py"):
+        yield os.path.relpath(os.path.join(d, f), PKG)
+
+
+def _importers(prefix, skip=()):
+  return sorted(rel for rel in _sources() if not rel.startswith(skip)
+                and any(m == prefix or m.startswith(prefix + ".") for m in _imports(rel)))
+
+
+def test_matplotlib_only_in_plots_and_landscape():
+  assert _importers("matplotlib", skip=("plots" + os.sep, "landscape" + os.sep)) == []
+  # and the package does use it there (the check above reads real imports)
+  assert "plots/_agg.py" in [r.replace(os.sep, "/") for r in _importers("matplotlib")]
+
+
+def test_no_library_module_imports_the_scripts():
+  assert _importers("lossland.scripts", skip=("scripts" + os.sep,)) == []
+
+
+def test_analysis_does_not_import_the_figures():
+  for rel in ("phase.py", "generalization.py", "sweep.py", "fits.py", "observables.py"):
+    assert not any(m.startswith("lossland.plots") for m in _imports(rel)), rel
+
+
+def test_importing_the_library_loads_no_matplotlib():
+  code = ("import sys, lossland, lossland.plots, lossland.plots.phase, "
+          "lossland.plots.sweep, lossland.plots.generalization, lossland.plots.curvature, "
+          "lossland.curvature_plots, lossland.progress; "
+          "print('matplotlib' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "False"
+
+
+def test_old_import_paths_still_work():
+  from lossland import curvature_plots, plots
+  from lossland.plots import curvature, ensemble
+  from lossland.progress import Progress
+  from lossland.scripts import _cli
+  for name in ("plot_training", "plot_test_errors", "plot_delta_distribution", "plot_run"):
+    assert getattr(plots, name) is getattr(ensemble, name)
+  for name in curvature_plots.__all__:
+    assert getattr(curvature_plots, name) is getattr(curvature, name)
+  assert _cli.Progress is Progress
