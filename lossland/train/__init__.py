@@ -84,3 +84,6 @@ from lossland.train.stop import (
 from lossland.train.trainer import (
     MEASUREMENTS, OPTIMIZERS, UNROLL, Trainer, TrainConfig, TrainState,
     _make_trainer, loss_scale, make_trainer, measurement_steps, member_keys)
+from lossland.train import protocol
+from lossland.train.protocol import (Stage, ProtocolResult, StageRecord, chain,
+                                     continue_stage, run_protocol)
