@@ -27,6 +27,7 @@ from lossland import losses
 from lossland import nets
 from lossland import ntk
 from lossland import observables
+from lossland import optim
 from lossland import phase
 from lossland import sweep
 from lossland import train

@@ -353,13 +353,8 @@ def polish_config(values: dict, cfg):
 
 def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=60.0,
                progress_fn=None):
-  """Continues the members of ``res`` that did not stop sat or diverged with ``cfg2``.
-
-  Each such member k restarts from its final params (its initial params kept
-  as ``params0``) under the same seed; the polish's stop reason, final
-  measurements, outputs and params replace the first stage's, its
-  evaluations are added to ``steps``. The histories in ``res`` stay the first
-  stage's; the polish's own are ``info["arrays"]`` (:func:`polish_arrays`).
+  """The polish: stage 2 of the protocol, from the members of ``res`` that
+  did not stop sat or diverged (:func:`lossland.train.protocol.continue_stage`).
 
   Returns:
     ``(res, info)``: the merged :class:`lossland.train.EnsembleResult` and
@@ -367,37 +362,21 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
     ``polish_steps`` (evaluations, 0 if not polished), and ``arrays``: the
     polish's histories over all K members (:func:`polish_arrays`).
   """
-  import jax
   import numpy as np
-  from lossland import train
-  reasons = list(res.stop_reasons)
-  K = len(reasons)
-  idx = np.array([k for k, r in enumerate(reasons) if r not in ("sat", "diverged")], int)
-  info = {"polished": [False] * K, "loss_before": [float(x) for x in res.final["loss"]],
-          "stop_before": reasons, "polish_steps": [0] * K}
-  if idx.size == 0:
-    info["arrays"] = polish_arrays(res, None, idx, cfg2, ds.P)
-    return res, info
-  take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
-  r2 = train.train_ensemble(np.asarray(res.seeds)[idx], ds, net, loss, cfg2,
-                            start=(take(res.params), take(res.params0)),
-                            checkpoint_path=checkpoint_path,
-                            checkpoint_every=checkpoint_every, progress_fn=progress_fn)
-
-  def put(a, b):
-    a = np.array(a, copy=True)
-    a[idx] = np.asarray(b, a.dtype)
-    return a
-  params = jax.tree_util.tree_map(put, res.params, r2.params)
-  final = {m: put(res.final[m], r2.final[m]) for m in res.final}
-  merged = res._replace(
-      params=params, stop_code=put(res.stop_code, r2.stop_code),
-      steps=put(res.steps, np.asarray(res.steps)[idx] + r2.steps), final=final,
-      f_train=put(res.f_train, r2.f_train), f_test=put(res.f_test, r2.f_test))
-  for j, k in enumerate(idx):
-    info["polished"][k] = True
-    info["polish_steps"][k] = int(r2.steps[j])
-  info["arrays"] = polish_arrays(res, r2, idx, cfg2, ds.P)
+  from lossland.train import protocol
+  merged, rec = protocol.continue_stage(
+      res, protocol.Stage(cfg2, name="polish"), ds, net, loss,
+      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+      progress_fn=progress_fn)
+  steps = np.zeros(len(rec.entered), np.int64)
+  if rec.result is not None:
+    steps[rec.entered] = rec.result.steps
+  info = {"polished": [bool(e) for e in rec.entered],
+          "loss_before": [float(x) for x in rec.loss_before],
+          "stop_before": list(res.stop_reasons),
+          "polish_steps": [int(n) for n in steps],
+          "arrays": polish_arrays(res, rec.result, np.flatnonzero(rec.entered),
+                                  cfg2, ds.P)}
   return merged, info
 
 

@@ -12,12 +12,12 @@ project the gradient onto the tangent space of the current eigenvector).
 
 References:
   Nocedal, Math. Comp. 35, 773 (1980): limited-memory BFGS two-loop recursion
-  (:func:`lossland.lbfgs.two_loop`, shared with the trainer).
+  (:func:`lossland.optim.lbfgs.two_loop`, shared with the trainer).
   Wales group GMIN/OPTIM and pele (Stevenson et al.): L-BFGS without a line search,
   with the step capped by ``max_step`` and halved while the energy rises by more than
   ``max_erise``.
   Bitzek, Koskinen, Gähler, Moseler & Gumbsch, PRL 97, 170201 (2006): FIRE (the
-  update rule is :func:`lossland.fire.fire_step`, shared with the trainer).
+  update rule is :func:`lossland.optim.fire.fire_step`, shared with the trainer).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -25,8 +25,8 @@ from typing import Any, Callable, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from lossland import fire as fire_lib
-from lossland import lbfgs as lbfgs_lib
+from lossland.optim import fire as fire_lib
+from lossland.optim import lbfgs as lbfgs_lib
 
 Array = Any
 
@@ -183,7 +183,7 @@ def make_fire(value_and_grad_fn: Callable[..., Any],
               f_alpha: float = 0.99) -> Callable[..., MinimizeResult]:
   """FIRE: fast inertial relaxation engine (Bitzek et al., PRL 97, 170201, 2006).
 
-  The update is :func:`lossland.fire.fire_step` (unit masses, semi-implicit Euler,
+  The update is :func:`lossland.optim.fire.fire_step` (unit masses, semi-implicit Euler,
   the position update capped at ``max_step``), iterated in one ``lax.while_loop``.
   ``value_and_grad_fn`` may return any "gradient" (the nudged-elastic-band driver
   passes minus the NEB force); the energy is only reported, never used for
