@@ -133,6 +133,9 @@ SPEC = (
     Option("polish_jam_window", "int", 500, "Polish: jamming-rule window (evaluations)."),
     Option("polish_jam_rtol", "float", 1e-6, "Polish: stop jammed when the best loss fell by "
            "less than this fraction over the window (or the line search finds no descent)."),
+    Option("bulk_float32", "bool", False, "Train the first stage in float32 and the polish in "
+           "float64 (needs --x64 and --polish): a float32 bulk, a float64 finish "
+           "(docs/engine.md; validated on phase cells in docs/jamming.md)."),
     Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
     Option("record_unsat", "bool", False, "Save which training points are unsatisfied at every "
            "measurement step (history_unsat [K, M, P] in arrays.npz: avalanches)."),
@@ -155,7 +158,7 @@ NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
 # Options added after checkpoints existed, with the value that reproduces the
 # runs made before them: left out of the checkpoint's identity at that value,
 # so that an interrupted run resumes across the upgrade.
-LATER_OPTIONS = {"label_noise": 0.0}
+LATER_OPTIONS = {"label_noise": 0.0, "bulk_float32": False}
 
 # The compiled program unrolls the layers; deeper nets take minutes to compile.
 MAX_DEPTH = 1000
@@ -270,6 +273,9 @@ def validate(values: dict) -> dict:
        "must be in [0, 0.5) (a fraction of the training labels; 0.5 erases the task)")
   if v["polish"] != "none" and v["batch_size"]:
     raise JobError(f"--polish {v['polish']} is full batch; got --batch_size {v['batch_size']}")
+  if v["bulk_float32"] and (not v["x64"] or v["polish"] == "none"):
+    raise JobError("--bulk_float32 trains the first stage in float32 and finishes in "
+                   "float64: it needs --x64 and a --polish")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
   if v["margin"] is not None:
     need(v["margin"] >= 0, "margin", "must be >= 0")
@@ -352,9 +358,12 @@ def polish_config(values: dict, cfg):
 
 
 def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=60.0,
-               progress_fn=None):
-  """The polish: stage 2 of the protocol, from the members of ``res`` that
-  did not stop sat or diverged (:func:`lossland.train.protocol.continue_stage`).
+               progress_fn=None, entry=("jammed", "max_steps")):
+  """The polish: stage 2 of the protocol, from the members of ``res`` whose
+  stop reason is in ``entry`` (by default those that did not stop sat or
+  diverged; :func:`lossland.train.protocol.continue_stage`). After a float32
+  first stage the job passes ``entry`` with "sat" too: every member is
+  re-evaluated in float64, and one sat only in float32 continues.
 
   Returns:
     ``(res, info)``: the merged :class:`lossland.train.EnsembleResult` and
@@ -365,7 +374,7 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
   import numpy as np
   from lossland.train import protocol
   merged, rec = protocol.continue_stage(
-      res, protocol.Stage(cfg2, name="polish"), ds, net, loss,
+      res, protocol.Stage(cfg2, entry=tuple(entry), name="polish"), ds, net, loss,
       checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
       progress_fn=progress_fn)
   steps = np.zeros(len(rec.entered), np.int64)
@@ -747,7 +756,9 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
         say(f"resuming from {ckpt}")
     bar.note("compiling and running the first chunk...")
     t0 = time.time()
-    res = train.train_ensemble(seeds, ds, net, loss, cfg,
+    from lossland.train import protocol
+    ds1 = protocol.cast_data(ds, "float32") if v["bulk_float32"] else ds
+    res = train.train_ensemble(seeds, ds1, net, loss, cfg,
                                group_size=v["group_size"] or None,
                                progress_fn=progress_fn, checkpoint_path=ckpt,
                                checkpoint_every=v["checkpoint_every"])
@@ -756,8 +767,9 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
     if cfg2 is not None:
       bar.note(f"polishing with {cfg2.optimizer}...")
       ckpt2 = ckpt and ckpt[:-len(".npz")] + "_polish.npz"
+      entry = ("sat", "jammed", "max_steps") if v["bulk_float32"] else ("jammed", "max_steps")
       res, polish = run_polish(res, ds, net, loss, cfg2, checkpoint_path=ckpt2,
-                               checkpoint_every=v["checkpoint_every"])
+                               checkpoint_every=v["checkpoint_every"], entry=entry)
       if ckpt2 and os.path.exists(ckpt2):
         os.remove(ckpt2)
     bar(1, 1, f"done {K}/{K}")

@@ -141,3 +141,35 @@ def test_summary_classes_use_the_nets_dead_points():
     np.testing.assert_array_equal(got[k], np.asarray(nets.dead_points(cfg, pk, x)))
   assert job._dead_points(nets.NetConfig(d=3, width=2, depth=2, activation="tanh"),
                           res, ds) is None
+
+
+def test_bulk_float32_trains_in_float32_then_finishes_every_member_in_float64(tmp_path):
+  """bulk_float32: the Adam stage sees float32 data and params; the polish
+  re-evaluates every member (sat ones too) in float64, so a member is sat
+  only if it is sat in float64; the results are float64."""
+  kw = dict(dataset="sphere", P=24, d=5, width=6, depth=2, n_test=0, n_seeds=4,
+            max_steps=600, lr=0.1, polish="lbfgs", polish_steps=40, polish_jam_window=20)
+  a, s = _run(tmp_path / "bulk", bulk_float32=True, **kw)
+  a64, s64 = _run(tmp_path / "f64", **kw)
+  assert a["params_final"].dtype == np.float64 == a["f_train"].dtype
+  assert a["params_init"].dtype == np.float64
+  reasons1 = [m["stop_before_polish"] for m in s["members"]]
+  assert "sat" in reasons1, reasons1                      # a sat member in float32 ...
+  np.testing.assert_array_equal(a["polished"],             # ... is re-evaluated too
+                                [r != "diverged" for r in reasons1])
+  for m, n in zip(s["members"], a["polish_steps"]):
+    if m["stop_before_polish"] == "sat" and m["stop_reason"] == "sat":
+      assert n == 0                                       # sat in float64 at once
+  # the same class as all-float64 on this easy cell
+  assert [m["class"] for m in s["members"]] == [m["class"] for m in s64["members"]]
+  # the float32 stage really ran in float32: its losses differ from float64's
+  assert not np.array_equal(a["history_loss"], a64["history_loss"])
+
+
+def test_bulk_float32_needs_x64_and_a_polish():
+  for bad in (dict(polish="none"), dict(polish="lbfgs", x64=False)):
+    with pytest.raises(job.JobError, match="--bulk_float32"):
+      job.validate(dict(TINY, bulk_float32=True, **bad))
+  base = job.validate(dict(TINY))
+  assert sweep.cell_id(base) == sweep.cell_id(dict(base, bulk_float32=False))
+  assert "bulk_float32" not in job.key_values(base)

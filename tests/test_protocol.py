@@ -87,3 +87,24 @@ def test_bad_stages_are_refused():
     protocol.chain()
   with pytest.raises(ValueError, match="one or more Stage"):
     protocol.chain(cfg)
+
+
+def test_a_float32_stage_then_a_float64_stage(setup):
+  net, ds, loss = setup
+  adam, _, lbfgs = _stages()
+  bulk = protocol.Stage(adam.config, dtype="float32")
+  finish = protocol.Stage(lbfgs.config, entry=("sat", "jammed", "max_steps"), dtype="float64")
+  out = protocol.run_protocol(protocol.chain(bulk, finish), [0, 1, 2], ds, net, loss)
+  r1, r2 = out.stages
+  assert r1.result.f_train.dtype == np.float32
+  assert nets.flatten_members(r1.result.params).dtype == np.float32
+  assert r2.entered.all()
+  final = out.final
+  assert final.f_train.dtype == np.float64
+  assert nets.flatten_members(final.params).dtype == np.float64
+  assert nets.flatten_members(final.params0).dtype == np.float64
+  # params0 is the float32 init, widened exactly
+  np.testing.assert_array_equal(nets.flatten_members(final.params0),
+                                nets.flatten_members(r1.result.params0).astype(np.float64))
+  with pytest.raises(ValueError, match="dtype"):
+    protocol.Stage(adam.config, dtype="bfloat16")

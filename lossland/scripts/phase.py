@@ -114,6 +114,7 @@ _NET = flags.DEFINE_enum(
     "orthogonal gain 1; nets.authors_net). Default: the preset's, else default.")
 _BIAS = flags.DEFINE_boolean("bias", None, "Trainable biases, zero at init (overrides --net).")
 _X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
+_BULK32 = flags.DEFINE_boolean("bulk_float32", None, "Train each cell's first stage in float32 and its polish in float64 (job option bulk_float32; default: the job's, off).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
 _N_BOOT = flags.DEFINE_integer("n_boot", 500, "Bootstrap replicates of the exponent fits.")
@@ -191,7 +192,8 @@ def _settings():
                   (_PATIENCE, "plateau_patience"), (_MIN_LR, "min_lr"),
                   (_JAM_RTOL, "jam_rtol"), (_JAM_AFTER, "jam_after_decays"),
                   (_POLISH, "polish"), (_POLISH_STEPS, "polish_steps"),
-                  (_POLISH_WINDOW, "polish_jam_window"), (_POLISH_RTOL, "polish_jam_rtol")):
+                  (_POLISH_WINDOW, "polish_jam_window"), (_POLISH_RTOL, "polish_jam_rtol"),
+                  (_BULK32, "bulk_float32")):
     s[key] = pick(fl, key, None)
   s["bias"] = pick(_BIAS, "bias", None)
   for k in ("rounds",):
@@ -357,7 +359,8 @@ def _groups(s, widths):
             "jam_window": s["jam_window"], "x64": bool(_X64.value),
             **{k: s[k] for k in ("decay_every", "decay_factor", "plateau_patience",
                                  "min_lr", "jam_rtol", "jam_after_decays", "polish",
-                                 "polish_steps", "polish_jam_window", "polish_jam_rtol")
+                                 "polish_steps", "polish_jam_window", "polish_jam_rtol",
+                                 "bulk_float32")
                if s[k] is not None},
             "plots": False,
             # which points are unsatisfied at each measurement: avalanches

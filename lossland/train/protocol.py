@@ -46,16 +46,30 @@ class Stage:
     entry: stop reasons of the previous stage that continue into this one
       (ignored for the first stage, which every member runs).
     name: a label for reports (e.g. "adam", "polish").
+    dtype: None (the data's), or "float32" / "float64": the stage trains on
+      the data cast to it, from params cast to it (a float32 bulk, then a
+      float64 finish: docs/engine.md). Merged results take the wider dtype.
   """
   config: TrainConfig
   entry: tuple = CONTINUABLE
   name: str = ""
+  dtype: Optional[str] = None
 
   def __post_init__(self):
     bad = [r for r in self.entry if r not in STOP_REASONS or r == "running"]
     if bad:
       raise ValueError(f"unknown entry stop reasons {bad}; choose from "
                        f"{[r for r in STOP_REASONS if r != 'running']}")
+    if self.dtype not in (None, "float32", "float64"):
+      raise ValueError(f"dtype must be None, 'float32' or 'float64', got {self.dtype!r}")
+
+
+def cast_data(data, dtype):
+  """The data set with its float arrays in ``dtype`` (None: unchanged)."""
+  if dtype is None:
+    return data
+  return jax.tree_util.tree_map(
+      lambda a: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a, data)
 
 
 def chain(*stages: Stage) -> tuple:
@@ -116,18 +130,21 @@ def continue_stage(res: EnsembleResult, stage: Stage, data, net, loss,
   if idx.size == 0:
     return res, StageRecord(stage, entered, None, **before)
   take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
-  r2 = train_ensemble(np.asarray(res.seeds)[idx], data, net, loss, stage.config,
+  r2 = train_ensemble(np.asarray(res.seeds)[idx], cast_data(data, stage.dtype),
+                      net, loss, stage.config,
                       start=(take(res.params), take(res.params0)),
                       checkpoint_path=checkpoint_path,
                       checkpoint_every=checkpoint_every, progress_fn=progress_fn)
 
   def put(a, b):
-    a = np.array(a, copy=True)
-    a[idx] = np.asarray(b, a.dtype)
+    b = np.asarray(b)
+    a = np.array(a, dtype=np.result_type(np.asarray(a).dtype, b.dtype), copy=True)
+    a[idx] = b
     return a
 
   merged = res._replace(
       params=jax.tree_util.tree_map(put, res.params, r2.params),
+      params0=jax.tree_util.tree_map(put, res.params0, r2.params0),
       stop_code=put(res.stop_code, r2.stop_code),
       steps=put(res.steps, np.asarray(res.steps)[idx] + r2.steps),
       final={m: put(res.final[m], r2.final[m]) for m in res.final},
@@ -159,7 +176,8 @@ def run_protocol(protocol: tuple, seeds, data, net, loss,
   path = checkpoint_path_fn or (lambda i: None)
   if on_stage:
     on_stage(0, protocol[0])
-  res = train_ensemble(seeds, data, net, loss, protocol[0].config,
+  res = train_ensemble(seeds, cast_data(data, protocol[0].dtype), net, loss,
+                       protocol[0].config,
                        group_size=group_size, progress_fn=progress_fn,
                        checkpoint_path=path(0), checkpoint_every=checkpoint_every)
   K = len(res.stop_code)
