@@ -137,6 +137,12 @@ SPEC = (
            "float64 (needs --x64 and --polish): a float32 bulk, a float64 finish "
            "(docs/engine.md; validated on phase cells in docs/jamming.md)."),
     Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
+    Option("wgrad_split", "int", 0, "Engine: weight gradients as sums over this many chunks of "
+           "the points (split-K; 0: XLA's own). Same training up to rounding; pays on GPUs at "
+           "paper scale (docs/engine.md)."),
+    Option("pad_to", "int", 0, "Engine: pad the input and hidden widths with zero units to a "
+           "multiple of this inside the step (0: none; relu/tanh). Same training up to "
+           "rounding; pays on GPUs when rows are not 16-byte aligned (docs/engine.md)."),
     Option("record_unsat", "bool", False, "Save which training points are unsatisfied at every "
            "measurement step (history_unsat [K, M, P] in arrays.npz: avalanches)."),
     Option("n_seeds", "int", 20, "Ensemble size K."),
@@ -158,7 +164,8 @@ NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
 # Options added after checkpoints existed, with the value that reproduces the
 # runs made before them: left out of the checkpoint's identity at that value,
 # so that an interrupted run resumes across the upgrade.
-LATER_OPTIONS = {"label_noise": 0.0, "bulk_float32": False}
+LATER_OPTIONS = {"label_noise": 0.0, "bulk_float32": False, "wgrad_split": 0,
+                 "pad_to": 0}
 
 # The compiled program unrolls the layers; deeper nets take minutes to compile.
 MAX_DEPTH = 1000
@@ -333,7 +340,11 @@ def configs(values: dict) -> tuple:
         check_every=v["check_every"], subtract_init=v["subtract_init"],
         jam_window=v["jam_window"], jam_rtol=v["jam_rtol"],
         jam_after_decays=v["jam_after_decays"],
-        chunk_steps=v["chunk_steps"], record_unsat=v["record_unsat"])
+        chunk_steps=v["chunk_steps"], record_unsat=v["record_unsat"],
+        wgrad_split=v["wgrad_split"], pad_to=v["pad_to"])
+    if v["pad_to"] and v["activation"] not in ("relu", "tanh"):
+      raise ValueError(f"--pad_to needs --activation relu or tanh (a zero unit must "
+                       f"stay zero), got {v['activation']}")
     polish_config(v, cfg)
   except ValueError as e:  # the configs' own validation (their __post_init__)
     raise JobError(str(e)) from None
@@ -354,7 +365,8 @@ def polish_config(values: dict, cfg):
       optimizer=values["polish"], lr=POLISH_LR, max_steps=values["polish_steps"],
       jam_window=values["polish_jam_window"], jam_rtol=values["polish_jam_rtol"],
       subtract_init=cfg.subtract_init, chunk_steps=cfg.chunk_steps,
-      n_log_per_decade=cfg.n_log_per_decade, record_unsat=cfg.record_unsat)
+      n_log_per_decade=cfg.n_log_per_decade, record_unsat=cfg.record_unsat,
+      wgrad_split=cfg.wgrad_split, pad_to=cfg.pad_to)
 
 
 def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=60.0,

@@ -303,3 +303,26 @@ def test_workers_give_the_same_records_as_one_process(tmp_path):
       for key in ("class", "loss", "n_delta_over_n", "stop_reason"):
         assert a[key] == b[key], (cid, key)
       assert isinstance(a["loss"], float)
+
+
+def test_gpu_preset_sets_the_paper_nets_and_the_engine_layout(tmp_path):
+  """--preset gpu: the paper's depths and N ~ 8000, the polish, and the
+  engine layout (wgrad_split, pad_to) in every cell; run here at tiny widths."""
+  from lossland import nets
+  from lossland.scripts import phase
+  p = phase.PRESETS["gpu"]
+  assert [nets.n_weights(h, h, L) for L, h in zip(p["depths"], p["widths"])] == [7750, 7854, 8040]
+  assert p["polish"] == "lbfgs" and p["wgrad_split"] == 64 and p["pad_to"] == 8
+  r = _run(["--preset", "gpu", "--widths", "3,3,3", "--p_over_n", "1", "--n_seeds", "1",
+            "--max_steps", "20", "--rounds", "0", "--n_boot", "0", "--polish_steps", "10",
+            "--noplots", "--workers", "1"], tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  trains = []
+  for line in open(tmp_path / "out" / "sweep" / "cells.jsonl"):
+    rec = json.loads(line)
+    if "summary" in rec:
+      rd = os.path.join(tmp_path / "out" / "sweep", rec["run_dir"])
+      trains.append(json.load(open(os.path.join(rd, "config.json")))["train"])
+  assert len(trains) == 3
+  for t in trains:
+    assert (t["wgrad_split"], t["pad_to"], t["optimizer"]) == (64, 8, "adam")

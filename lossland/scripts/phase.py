@@ -1,6 +1,7 @@
 r"""Jamming phase diagram on random data (1809.09349): P*(N) per depth, N_Delta/N jump, theta, gamma.
 
     python -m lossland.scripts.phase --preset cpu
+    python -m lossland.scripts.phase --preset gpu --out_dir runs/phase_gpu     # one GPU
     python -m lossland.scripts.phase --preset paper --out_dir runs/phase_paper [--shard 0/4]
     python -m lossland.scripts.phase --preset cpu --sizes 300,600   # finite-size check
 
@@ -35,6 +36,15 @@ Presets (the flags given explicitly override them):
 * ``paper``: L = 2, d = h = 62 (N = 7750); L = 3, d = h = 51 (N = 7854);
   L = 5, d = h = 40 (N = 8040); P/N 2.0 to 4.0 by 0.25; 8 members; Adam
   lr 1e-4 divided by 10 every 250k steps, 2M steps (the authors' adam0).
+* ``gpu``: the paper's three nets (N = 7750, 7854, 8040) with the cpu
+  preset's protocol (Adam 1e-2 with decays, 60k steps, then the L-BFGS
+  polish), P/N in {2.5, 3.0, 3.5} then 2 bisection rounds, 8 members, and
+  the engine layout measured fastest on an H200 (``wgrad_split=64``,
+  ``pad_to=8``: 168 us per member-step in float64 at L = 3, docs/engine.md).
+  Not yet run: from that step cost a cell takes about 1.5 min of Adam plus
+  up to about as long of polish, so the 15 to 21 cells of a run take about
+  30 to 50 min, run one after another (cells are not yet batched into one
+  program, issue 18 item 2).
 """
 import json
 import os
@@ -62,6 +72,15 @@ PRESETS = {
                 jam_window=2000, jam_rtol=1e-3, jam_after_decays=True,
                 optimizer="adam", polish="lbfgs", polish_steps=50_000,
                 polish_jam_window=1000, polish_jam_rtol=1e-6),
+    # the paper's nets at the cpu preset's protocol, with the fastest engine
+    # layout of the H200 profile (docs/engine.md); not yet run
+    "gpu": dict(depths=[2, 3, 5], widths=[62, 51, 40], p_over_n=[2.5, 3.0, 3.5],
+                rounds=2, n_seeds=8, max_steps=60_000, lr=1e-2, schedule="step",
+                decay_every=20_000, decay_factor=0.1, min_lr=1e-4,
+                jam_window=2000, jam_rtol=1e-3, jam_after_decays=True,
+                optimizer="adam", polish="lbfgs", polish_steps=50_000,
+                polish_jam_window=1000, polish_jam_rtol=1e-6,
+                wgrad_split=64, pad_to=8),
     "paper": dict(depths=[2, 3, 5], widths=[62, 51, 40],
                   p_over_n=[2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0],
                   rounds=2, n_seeds=8, max_steps=2_000_000, lr=1e-4,
@@ -114,6 +133,8 @@ _NET = flags.DEFINE_enum(
     "orthogonal gain 1; nets.authors_net). Default: the preset's, else default.")
 _BIAS = flags.DEFINE_boolean("bias", None, "Trainable biases, zero at init (overrides --net).")
 _X64 = flags.DEFINE_boolean("x64", True, "float64 (recommended near jamming).")
+_WGRAD = flags.DEFINE_integer("wgrad_split", None, "Engine: split-K weight gradients over this many chunks (job option wgrad_split; default: the preset's, else 0).")
+_PAD_TO = flags.DEFINE_integer("pad_to", None, "Engine: pad widths to a multiple of this inside the step (job option pad_to; default: the preset's, else 0).")
 _BULK32 = flags.DEFINE_boolean("bulk_float32", None, "Train each cell's first stage in float32 and its polish in float64 (job option bulk_float32; default: the job's, off).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/phase_run", "Sweep cells and the phase run directory go here.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: run the I-th of N parts of the initial grid only.")
@@ -193,7 +214,7 @@ def _settings():
                   (_JAM_RTOL, "jam_rtol"), (_JAM_AFTER, "jam_after_decays"),
                   (_POLISH, "polish"), (_POLISH_STEPS, "polish_steps"),
                   (_POLISH_WINDOW, "polish_jam_window"), (_POLISH_RTOL, "polish_jam_rtol"),
-                  (_BULK32, "bulk_float32")):
+                  (_BULK32, "bulk_float32"), (_WGRAD, "wgrad_split"), (_PAD_TO, "pad_to")):
     s[key] = pick(fl, key, None)
   s["bias"] = pick(_BIAS, "bias", None)
   for k in ("rounds",):
@@ -360,7 +381,7 @@ def _groups(s, widths):
             **{k: s[k] for k in ("decay_every", "decay_factor", "plateau_patience",
                                  "min_lr", "jam_rtol", "jam_after_decays", "polish",
                                  "polish_steps", "polish_jam_window", "polish_jam_rtol",
-                                 "bulk_float32")
+                                 "bulk_float32", "wgrad_split", "pad_to")
                if s[k] is not None},
             "plots": False,
             # which points are unsatisfied at each measurement: avalanches
