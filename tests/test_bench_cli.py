@@ -64,3 +64,21 @@ def test_tiny_step_profile(tmp_path):
   assert (tmp_path / "hlo_grad_base_float64.txt").exists()
   assert s["dtypes"]["float64"]["engine_over_naive"] > 0
   assert bench_step.variant_name({"scan_unroll": 1, "wgrad_split": 64}) == "split64+unroll1"
+
+
+def test_paper_row_of_the_ensemble_benchmark():
+  import jax.numpy as jnp
+  from lossland.scripts import bench_step
+  row = bench_step.paper_row(quick=True, dtypes=(jnp.float64, jnp.float32), steps=2)
+  assert set(row["dtypes"]) == {"float64", "float32"}
+  for r in row["dtypes"].values():
+    assert set(r["variants"]) == {"engine[base]", "engine[split64+pad8]", "naive"}
+    for rec in r["variants"].values():
+      np.testing.assert_allclose(rec["frac_memory_floor"],
+                                 r["memory_floor_us_per_member_step"] / rec["us_per_member_step"])
+    np.testing.assert_allclose(r["engine_over_naive"],
+                               r["variants"]["engine[base]"]["us_per_member_step"]
+                               / r["variants"]["naive"]["us_per_member_step"])
+  # float32's floor is half float64's (bytes per element)
+  np.testing.assert_allclose(row["dtypes"]["float32"]["memory_floor_us_per_member_step"] * 2,
+                             row["dtypes"]["float64"]["memory_floor_us_per_member_step"])

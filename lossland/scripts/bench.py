@@ -1,6 +1,6 @@
 r"""Benchmarks: ratios measured side by side in one process.
 
-    python -m lossland.scripts.bench ensemble  --out_dir DIR [--quick]
+    python -m lossland.scripts.bench ensemble  --out_dir DIR [--quick | --full]
     python -m lossland.scripts.bench hessian   --out_dir DIR [--quick]
     python -m lossland.scripts.bench landscape --out_dir DIR [--quick]
     python -m lossland.scripts.bench step      --out_dir DIR [--quick]
@@ -27,6 +27,8 @@ BENCHMARKS = {
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory for summary.json (created).")
 _QUICK = flags.DEFINE_boolean("quick", False, "Small sizes, for a smoke test.")
 _X64 = flags.DEFINE_boolean("x64", False, "Benchmark in float64 (ensemble benchmark).")
+_FULL = flags.DEFINE_boolean("full", False, "Ensemble benchmark: every size and ensemble size "
+                             "(the long version; the default takes a few minutes).")
 
 
 def main(argv):
@@ -47,7 +49,8 @@ def main(argv):
   with open(os.path.join(_OUT_DIR.value, "config.json"), "w") as fh:
     fh.write(io.dumps({"benchmark": argv[1], "quick": _QUICK.value,
                        "argv": sys.argv, "environment": io.environment()}, indent=2))
-  summary = module.run_benchmark(out_dir=_OUT_DIR.value, quick=_QUICK.value)
+  kw = {"full": True} if _FULL.value and argv[1] == "ensemble" else {}
+  summary = module.run_benchmark(out_dir=_OUT_DIR.value, quick=_QUICK.value, **kw)
   print(f"summary: {os.path.join(_OUT_DIR.value, 'summary.json')}")
   return 0 if summary is not None else 1
 

@@ -46,10 +46,14 @@ QUICK_SIZES = (
 )
 
 
-# Ensemble sizes of the naive comparison, per backend kind and size.
+# Ensemble sizes of the naive comparison, per backend kind and size
+# (--full; the default benchmark runs DEFAULT_SIZES with DEFAULT_MEMBERS_*).
 NAIVE_MEMBERS_CPU = {"small": (20, 200), "medium": (20, 200), "large": (20,)}
 NAIVE_MEMBERS_ACCEL = {"small": (20, 200, 1000), "medium": (20, 200, 1000),
                        "large": (20, 100)}
+DEFAULT_SIZES = SIZES[:2]
+DEFAULT_MEMBERS_CPU = {"small": (20,), "medium": (20,)}
+DEFAULT_MEMBERS_ACCEL = {"small": (20, 1000), "medium": (20, 1000)}
 NAIVE_STEPS = (100, 1000)
 
 
@@ -154,20 +158,30 @@ def _time_path(seeds, ds, net, loss, cfg, group_size, repeats):
 def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
                   steps: int | None = None, repeats: int = 3,
                   naive_members: dict | None = None,
-                  naive_steps: tuple | None = None) -> dict:
-  """Runs both comparisons and writes ``out_dir/summary.json``.
+                  naive_steps: tuple | None = None, full: bool = False,
+                  paper: bool | None = None) -> dict:
+  """Runs the comparisons and writes ``out_dir/summary.json``.
+
+  The default runs the small and medium sizes (vmapped vs sequential, and
+  against the naive scan with K = 20, plus K = 1000 on accelerators) and the
+  paper-scale row (:func:`lossland.scripts.bench_step.paper_row`: L = 3,
+  d = h = 51, P = 23562, K = 8, float64 and float32, member-steps/s and the
+  fraction of the memory floor); ``full`` adds the large size and every
+  ensemble size of NAIVE_MEMBERS_*.
 
   Args:
     out_dir: existing directory.
     quick: small sizes (smoke test); the naive comparison then uses
       ``n_members`` members and ``steps`` steps only.
+    full: the long version (all sizes and ensemble sizes).
+    paper: run the paper-scale row (default: unless ``quick``).
     n_members, steps, repeats: of the vmapped-vs-sequential comparison.
     naive_members: size name -> ensemble sizes of the naive comparison
       (default: NAIVE_MEMBERS_CPU on CPU, NAIVE_MEMBERS_ACCEL elsewhere).
     naive_steps: step counts of the naive comparison (default NAIVE_STEPS).
   """
   dtype = dtypes.float_dtype()
-  sizes = QUICK_SIZES if quick else SIZES
+  sizes = QUICK_SIZES if quick else SIZES if full else DEFAULT_SIZES
   steps = steps or (20 if quick else 100)
   seeds = list(range(n_members))
   loss = losses.LossConfig()
@@ -229,14 +243,28 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
     if quick:
       naive_members = {name: (n_members,) for name, *_ in sizes}
     else:
-      naive_members = (NAIVE_MEMBERS_CPU if jax.default_backend() == "cpu"
-                       else NAIVE_MEMBERS_ACCEL)
+      cpu = jax.default_backend() == "cpu"
+      naive_members = ((NAIVE_MEMBERS_CPU if cpu else NAIVE_MEMBERS_ACCEL) if full else
+                       (DEFAULT_MEMBERS_CPU if cpu else DEFAULT_MEMBERS_ACCEL))
   if naive_steps is None:
     naive_steps = (steps,) if quick else NAIVE_STEPS
   print(f"train_ensemble (one group) against a naive jit(vmap(scan(adam))), "
         f"same member-steps, {train.n_devices()} device(s):", flush=True)
   out.update(naive_comparison(sizes, naive_members, naive_steps, repeats))
   out["n_devices"] = train.n_devices()
+  if paper if paper is not None else not quick:
+    from lossland.scripts import bench_step
+    jax.config.update("jax_enable_x64", True)  # the row has a float64 and a float32 part
+    print("paper scale (L = 3, d = h = 51, P = 23562, K = 8): engine and naive "
+          "scan, us per member-step", flush=True)
+    row = bench_step.paper_row()
+    out["paper"] = row
+    for name, r in row["dtypes"].items():
+      v = r["variants"]
+      print(f"  {name}: " + ", ".join(f"{k} {x['us_per_member_step']:.1f} "
+                                       f"({x['member_steps_per_s']:.0f}/s, floor frac "
+                                       f"{x['frac_memory_floor']:.2f})"
+                                       for k, x in v.items()), flush=True)
   with open(os.path.join(out_dir, "summary.json"), "w") as fh:
     json.dump(out, fh, indent=2)
   return out

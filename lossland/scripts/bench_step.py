@@ -52,7 +52,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
 from lossland import data, losses, nets, train
@@ -160,7 +159,10 @@ def _write_hlo(out, out_dir, tag, text):
 
 
 def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
-                   bandwidth):
+                   bandwidth, lean=False):
+  """Times of every part and variant (module docstring); ``lean``: the
+  engine variants and the naive scan only (no forward/gradient split, HLO,
+  unrolled or flat naive scans, precision check)."""
   itemsize = np.dtype(dtype).itemsize
   net = nets.NetConfig(d=width, width=width, depth=depth)
   N = nets.n_params(net)
@@ -178,7 +180,7 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
   times = {}
   for i, var in enumerate(variants):
     vname = variant_name(var)
-    if not var.get("scan_unroll"):   # the unroll changes the engine only
+    if not var.get("scan_unroll") and not lean:   # the unroll changes the engine only
       _, apply_fn = nets.make_net(net, dtype=dtype,
                                   wgrad_split=var.get("wgrad_split", 0),
                                   pad_to=var.get("pad_to", 0))
@@ -201,7 +203,10 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
                             n_log_per_decade=1, **var)
     times[f"engine[{vname}]"] = bench_ensemble._time_path(
         list(range(K)), ds, net, loss, cfg, K, repeats) / steps
-    if i == 0:
+    if i == 0 and lean:
+      naive = bench_ensemble.naive_runner(net, loss, steps, 1e-3, dtype)
+      times["naive"] = _best(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
+    elif i == 0:
       fns = train._compiled(net, loss, cfg)
       group = fns.init_group(keys, jnp.arange(K, dtype=jnp.int32),
                              jnp.zeros(K, bool), ds, 2)
@@ -232,6 +237,36 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
     out["engine_over_naive"] = (base["us_per_member_step"] /
                                 out["variants"]["naive"]["us_per_member_step"])
   return out, rows
+
+
+PAPER_ROW_VARIANTS = ({}, {"wgrad_split": 64, "pad_to": 8})
+
+
+def paper_row(quick: bool = False, dtypes=None, steps: int | None = None,
+              repeats: int | None = None) -> dict:
+  """The paper-scale row of ``bench ensemble``: engine (XLA's layout and the
+  fastest H200 layout) and the naive scan, member-steps/s and the fraction
+  of the memory floor, in float64 and float32 (x64 must be on for float64).
+
+  40 steps, best of 3 on accelerators; 3 steps, one run on the CPU (a
+  paper-scale member-step costs about 1 GFLOP there).
+  """
+  depth, width, P, K = QUICK if quick else PAPER
+  cpu = jax.default_backend() == "cpu"
+  steps = steps or (3 if cpu or quick else 40)
+  repeats = repeats or (1 if cpu or quick else 3)
+  if dtypes is None:
+    dtypes = ((jnp.float64,) if jax.config.jax_enable_x64 else ()) + (jnp.float32,)
+  bandwidth = copy_bandwidth((64 if cpu or quick else 1024) * 2 ** 20)
+  out = {"depth": depth, "width": width, "P": P, "K": K, "steps": steps,
+         "copy_bandwidth_gbs": bandwidth / 1e9, "dtypes": {}}
+  for dtype in dtypes:
+    res, _ = _profile_dtype(dtype, depth, width, P, K, PAPER_ROW_VARIANTS, steps,
+                            repeats, None, bandwidth, lean=True)
+    out["dtypes"][np.dtype(dtype).name] = {
+        k: res[k] for k in ("N", "memory_floor_us_per_member_step",
+                            "member_steps_per_s_at_floor", "variants", "engine_over_naive")}
+  return out
 
 
 def run_benchmark(out_dir: str, quick: bool = False, steps: int | None = None,
