@@ -146,14 +146,28 @@ class _Fns(NamedTuple):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
+def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _Fns:
   """The jitted, vmapped functions of the driver, built once per config.
 
   jax caches compilations per function object; building the closures once
   per (hashable) config makes repeated ensembles (tests, sweeps, benchmarks)
   reuse them instead of recompiling.
+
+  ``masked``: the members train on data of their own (a grid of cells,
+  :mod:`lossland.train.cells`). ``data`` is then ``(stacked, member_cell)``:
+  a Dataset with a leading cell axis, padded with y = 0 points, and [K] the
+  cell of each member; every function gathers the rows it needs.
   """
-  trainer, measure = _make_trainer(net_cfg, loss_cfg, cfg)
+  trainer, measure = _make_trainer(net_cfg, loss_cfg, cfg, masked)
+
+  def member_rows(data, member):
+    """(the data of these rows, their vmap axis)."""
+    if not masked:
+      return data, None
+    stacked, member_cell = data
+    cell = member_cell[jnp.clip(member, 0, member_cell.shape[0] - 1)]
+    return jax.tree_util.tree_map(lambda a: a[cell], stacked), 0
+
   mesh = None
   if n_dev > 1:
     mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:n_dev]), ("m",))
@@ -163,26 +177,29 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
     constrain = lambda tree: tree
 
   def init_group(keys, member, done, data, M, start=None):
-    state = jax.vmap(trainer.init_fn, in_axes=(0, None, 0))(keys, data, start)
+    data, ax = member_rows(data, member)
+    state = jax.vmap(trainer.init_fn, in_axes=(0, ax, 0))(keys, data, start)
     G = member.shape[0]
     dtype = data.x_train.dtype
     # Padding rows are born stopped and recorded: computed, never reported.
     state = state._replace(code=jnp.where(done, MAX_STEPS, state.code).astype(jnp.int32))
     nan = jnp.full((G,), jnp.nan, dtype)
-    n_bytes = -(-data.x_train.shape[0] // 8) if cfg.record_unsat else 0
+    n_bytes = -(-data.x_train.shape[-2] // 8) if cfg.record_unsat else 0
     return constrain(Group(
         state=state, member=member, done=done,
         hist={m: jnp.full((G, M), jnp.nan, dtype) for m in MEASUREMENTS},
         final={m: nan for m in MEASUREMENTS},
         unsat=jnp.zeros((G, M if cfg.record_unsat else 0, n_bytes), jnp.uint8)))
 
-  def chunk(state, data, t0, n):
+  def chunk(state, member, data, t0, n):
+    data, ax = member_rows(data, member)
     return jax.vmap(functools.partial(trainer.chunk_fn, n=n),
-                    in_axes=(0, None, None))(state, data, t0)
+                    in_axes=(0, ax, None))(state, data, t0)
 
   def record(group: Group, data, j):
     """Measures every row; running rows write column j, new stops their finals."""
-    meas, unsat = jax.vmap(measure, in_axes=(0, None))(group.state, data)
+    data, ax = member_rows(data, group.member)
+    meas, unsat = jax.vmap(measure, in_axes=(0, ax))(group.state, data)
     s = group.state
     dtype = data.x_train.dtype
     meas = {k: v.astype(dtype) for k, v in meas.items()}
@@ -224,12 +241,13 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
                    if jnp.issubdtype(a.dtype, jnp.floating)
                    else jnp.zeros((K,) + a.shape[1:], a.dtype)), _results_of(group))
 
-  outs = jax.vmap(trainer.outputs_fn, in_axes=(0, 0, None))
 
   def finish(results: Results, group: Group, data):
     """Stores every row of a finished group; the final outputs of all members."""
     results = scatter(results, group, jnp.ones_like(group.done))
-    return results, outs(results.params, results.params0, data)
+    data, ax = member_rows(data, jnp.arange(results.code.shape[0]))
+    return results, jax.vmap(trainer.outputs_fn, in_axes=(0, 0, ax))(
+        results.params, results.params0, data)
 
   # Donating the driver's state lets accelerators update it in place; the
   # CPU client cannot use donations (it would only warn).
@@ -238,7 +256,7 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1) -> _Fns:
   return _Fns(
       trainer=trainer,
       init_group=jax.jit(init_group, static_argnums=4),
-      chunk=jax.jit(chunk, static_argnums=3, donate_argnums=donate(0)),
+      chunk=jax.jit(chunk, static_argnums=4, donate_argnums=donate(0)),
       record=jax.jit(record, donate_argnums=donate(0)),
       # compact returns a smaller group and finish none: only the results
       # buffer can be reused (donating the group would only warn).
@@ -255,8 +273,9 @@ def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact, n_dev
                  start=None):
   h = hashlib.sha1()
   h.update(repr(("engine-2", seeds.tolist(), net_cfg, loss_cfg, _cfg_repr(cfg), group_size,
-                 compact, n_dev, str(data.x_train.dtype))).encode())
-  for a in data:
+                 compact, n_dev, str(jax.tree_util.tree_leaves(data)[0].dtype))).encode())
+  # the data's arrays (Dataset fields; for a grid of cells also the member -> cell map)
+  for a in jax.tree_util.tree_leaves(data):
     h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
   for a in jax.tree_util.tree_leaves(start):
     h.update(np.ascontiguousarray(a).tobytes())
@@ -299,7 +318,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
                    compact: bool = True,
                    checkpoint_path: str | None = None,
                    checkpoint_every: float = 60.0,
-                   start=None) -> EnsembleResult:
+                   start=None, member_cell=None) -> EnsembleResult:
   """Trains one network per seed; members are vmapped in groups.
 
   Args:
@@ -326,6 +345,11 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       ``subtract_init`` and ``w_dist``) instead of its seed's init; its seed
       still gives its mini-batch key. Used to polish a run with another
       optimizer (the ensemble job's ``polish``).
+    member_cell: [K] ints, for :func:`lossland.train.cells.train_cells`:
+      ``data`` is then a stack of cells' data sets (leading cell axis,
+      padded with y = 0 points) and member k trains on cell
+      ``member_cell[k]``; outputs and the unsatisfied record keep the
+      padded length.
 
   Returns:
     An :class:`EnsembleResult`.
@@ -335,12 +359,15 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   if K == 0:
     raise ValueError("need at least one seed")
   n_dev = n_devices()
-  fns = _compiled(net_cfg, loss_cfg, cfg, n_dev)
+  masked = member_cell is not None
+  if masked and cfg.batch_size:
+    raise ValueError("cells of different P train full batch only (batch_size=0)")
+  fns = _compiled(net_cfg, loss_cfg, cfg, n_dev, masked)
   dtype = data.x_train.dtype
+  P, n_test = data.x_train.shape[-2], data.x_test.shape[-2]
   if group_size is None:
-    plan = memory_plan(net_cfg, cfg, data.P, data.x_test.shape[0], K,
-                       np.dtype(dtype).itemsize)
-    group_size = min(default_group_size(K, float(data.P) * nets.n_params(net_cfg)),
+    plan = memory_plan(net_cfg, cfg, P, n_test, K, np.dtype(dtype).itemsize)
+    group_size = min(default_group_size(K, float(P) * nets.n_params(net_cfg)),
                      plan["group_size"])
   group_size = max(1, min(int(group_size), K))
   buckets = _buckets(group_size, n_dev)
@@ -360,6 +387,8 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   else:
     place_rows = place_all = lambda tree: jax.device_put(tree)
   data = place_all(data)
+  if masked:
+    data = (data, place_all(jnp.asarray(np.asarray(member_cell), jnp.int32)))
 
   if start is not None:
     start = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), tuple(start))
@@ -425,7 +454,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       state = group.state
       for n in scan_lengths(b - t, cfg.chunk_steps):
         shapes_seen.add((G, n))
-        state = fns.chunk(state, data, jnp.int32(t), n)
+        state = fns.chunk(state, group.member, data, jnp.int32(t), n)
         t += n
       j = sched_index.get(b, M) if b <= cfg.max_steps else M
       group, n_running = fns.record(group._replace(state=state), data, jnp.int32(j))
@@ -458,7 +487,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   unsat = None
   if cfg.record_unsat:
     unsat = np.unpackbits(np.asarray(res.unsat), axis=-1,
-                          count=data.P).astype(bool)
+                          count=P).astype(bool)
     unsat &= running[:, :, None]
   return EnsembleResult(
       seeds=seeds, params=res.params, params0=res.params0,

@@ -280,47 +280,69 @@ def make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
 
 
 class _Objective(NamedTuple):
-  """One member's training loss, built once per (net, loss, cfg)."""
+  """One member's training loss, built once per (net, loss, cfg, masked)."""
   init_net: Callable     # key -> params
   f_fn: Callable         # (params, params0, x) -> outputs
   eps: float
-  scaled_loss: Callable  # delta -> scale * mean ell(delta)
-  n_delta_of: Callable   # delta -> int32 N_Delta
+  masked: bool
+  mean: Callable         # (values [P], y [P]) -> mean over the real points
+  n_delta_of: Callable   # (delta, y) -> int32 N_Delta over the real points
   loss_fn: Callable      # (params, params0, x, y) -> (loss, n_delta)
   evaluate: Callable     # (params, params0, data) -> (loss, n_delta, f_train, grad)
 
 
-def _objective(net_cfg, loss_cfg, cfg: TrainConfig) -> _Objective:
-  """The training loss ``scale * mean_mu ell(Delta_mu)``, Delta = epsilon - y f."""
+def _objective(net_cfg, loss_cfg, cfg: TrainConfig, masked: bool = False) -> _Objective:
+  """The training loss ``scale * mean_mu ell(Delta_mu)``, Delta = epsilon - y f.
+
+  ``masked``: the data are padded with points of label y = 0 (a grid of
+  cells of different P trained as one program, :mod:`lossland.train.cells`):
+  means, N_Delta and the outputs returned by ``evaluate`` count the real
+  points (y != 0) only; padded points have zero loss, gradient and output.
+  """
   init_net, apply_fn = nets.make_net(net_cfg, wgrad_split=cfg.wgrad_split,
                                      pad_to=cfg.pad_to)
   f_fn = nets.output_fn(apply_fn, cfg.subtract_init)
   ell, eps = loss_cfg.fn, loss_cfg.epsilon
   scale = loss_scale(loss_cfg)
 
-  def scaled_loss(delta):
-    loss = jnp.mean(ell(delta))
-    return loss if scale == 1.0 else scale * loss
+  if masked:
+    def mean(values, y):
+      real = y != 0
+      return jnp.sum(jnp.where(real, values, 0)) / jnp.sum(real)
 
-  # One definition of Delta and N_Delta (losses.margins, losses.n_unsatisfied).
-  def n_delta_of(delta):
-    return losses.n_unsatisfied(delta).astype(jnp.int32)
+    def n_delta_of(delta, y):
+      return jnp.sum((delta > 0) & (y != 0)).astype(jnp.int32)
+  else:
+    def mean(values, y):
+      del y
+      return jnp.mean(values)
+
+    # One definition of Delta and N_Delta (losses.margins, losses.n_unsatisfied).
+    def n_delta_of(delta, y):
+      del y
+      return losses.n_unsatisfied(delta).astype(jnp.int32)
+
+  def scaled_loss(delta, y):
+    loss = mean(ell(delta), y)
+    return loss if scale == 1.0 else scale * loss
 
   def loss_fn(params, params0, x, y):
     delta = losses.margins(f_fn(params, params0, x), y, eps)
-    return scaled_loss(delta), n_delta_of(delta)
+    return scaled_loss(delta, y), n_delta_of(delta, y)
 
   def loss_out_fn(params, params0, x, y):
     f = f_fn(params, params0, x)
     delta = losses.margins(f, y, eps)
-    return scaled_loss(delta), (n_delta_of(delta), f)
+    if masked:
+      f = jnp.where(y != 0, f, 0)
+    return scaled_loss(delta, y), (n_delta_of(delta, y), f)
 
   def evaluate(params, params0, data):
     (loss, (nd, f)), g = jax.value_and_grad(loss_out_fn, has_aux=True)(
         params, params0, data.x_train, data.y_train)
     return loss, nd, f, g
 
-  return _Objective(init_net, f_fn, eps, scaled_loss, n_delta_of, loss_fn, evaluate)
+  return _Objective(init_net, f_fn, eps, masked, mean, n_delta_of, loss_fn, evaluate)
 
 
 def _init_fn(obj: _Objective, minimizer, cfg: TrainConfig) -> Callable:
@@ -417,42 +439,51 @@ def _step_fn(obj: _Objective, minimizer, cfg: TrainConfig) -> Callable:
   return step
 
 
-def _measure_fn(obj: _Objective) -> Callable:
+def _measure_fn(obj: _Objective, loss_cfg) -> Callable:
   """measure(state, data) -> (MEASUREMENTS dict, unsatisfied mask [P])."""
+  scale = loss_scale(loss_cfg)
+
   def measure(state: TrainState, data):
     f_tr = obj.f_fn(state.params, state.params0, data.x_train)
     f_te = obj.f_fn(state.params, state.params0, data.x_test)
-    delta = losses.margins(f_tr, data.y_train, obj.eps)
+    y_tr, y_te = data.y_train, data.y_test
+    delta = losses.margins(f_tr, y_tr, obj.eps)
     nan = jnp.full((), jnp.nan, f_tr.dtype)
     has_test = data.x_test.shape[0] > 0
+    loss = obj.mean(loss_cfg.fn(delta), y_tr)
+    unsat = delta > 0
+    if obj.masked:
+      unsat = unsat & (y_tr != 0)
     meas = {
-        "loss": obj.scaled_loss(delta),
-        "n_delta": obj.n_delta_of(delta),
+        "loss": loss if scale == 1.0 else scale * loss,
+        "n_delta": obj.n_delta_of(delta, y_tr),
         # The largest Delta tells a jammed member (Delta = O(1)) from one stuck
         # with a few points at rounding level (Delta ~ 1e-16 epsilon).
-        "max_delta": jnp.max(delta),
-        "train_error": jnp.mean((data.y_train * f_tr <= 0).astype(f_tr.dtype)),
-        "test_error": (jnp.mean((data.y_test * f_te <= 0).astype(f_te.dtype))
+        "max_delta": (jnp.max(jnp.where(y_tr != 0, delta, -jnp.inf)) if obj.masked
+                      else jnp.max(delta)),
+        "train_error": obj.mean((y_tr * f_tr <= 0).astype(f_tr.dtype), y_tr),
+        "test_error": (obj.mean((y_te * f_te <= 0).astype(f_te.dtype), y_te)
                        if has_test else nan),
-        "f2_train": jnp.mean(f_tr ** 2),
-        "f2_test": jnp.mean(f_te ** 2) if has_test else nan,
+        "f2_train": obj.mean(f_tr ** 2, y_tr),
+        "f2_test": obj.mean(f_te ** 2, y_te) if has_test else nan,
         "w_dist": jnp.sqrt(optim_base.tree_sum(lambda a, b: jnp.square(a - b),
                                                state.params, state.params0)),
         "lr": state.lr,
     }
-    return meas, delta > 0
+    return meas, unsat
 
   return measure
 
 
 def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
-                  cfg: TrainConfig) -> tuple:
+                  cfg: TrainConfig, masked: bool = False) -> tuple:
   """Builds the per-member training functions.
 
   The training loss is ``scale * mean_mu ell(Delta_mu)`` with
   ``Delta = epsilon - y f`` and ``scale = getattr(loss_cfg, "scale", 1)``;
   the divergence reference and the measured "loss" use the same scaled loss.
-  The minimizer is ``optim.make(cfg.minimizer_config(), ...)``.
+  The minimizer is ``optim.make(cfg.minimizer_config(), ...)``. ``masked``:
+  the data are padded with y = 0 points (:func:`_objective`).
 
   Returns:
     ``(trainer, measure)``: a :class:`Trainer` and the measurement that also
@@ -461,10 +492,10 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
     static Python int: vmap it with ``in_axes=(0, None, None)`` over
     ``functools.partial(chunk_fn, n=n)``.
   """
-  obj = _objective(net_cfg, loss_cfg, cfg)
+  obj = _objective(net_cfg, loss_cfg, cfg, masked)
   minimizer = optim.make(cfg.minimizer_config(), optim.Objective(obj.evaluate))
   step = _step_fn(obj, minimizer, cfg)
-  measure = _measure_fn(obj)
+  measure = _measure_fn(obj, loss_cfg)
 
   def chunk_fn(state: TrainState, data, t0, n: int) -> TrainState:
     def body(carry, _):
