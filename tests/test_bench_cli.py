@@ -38,6 +38,11 @@ def test_tiny_ensemble_benchmark(tmp_path):
     np.testing.assert_allclose(
         ratio, s["naive_member_steps_per_s"][case] / s["lib_member_steps_per_s"][case], rtol=1e-9)
   assert on_disk["n_devices"] >= 1
+  g = on_disk["grid"]   # the batched grid row, tiny here: 3 cells x 2 members
+  assert g["n_cells"] == 3 and len(g["P"]) == 3 and g["P"][0] < g["P"][-1]
+  np.testing.assert_allclose(g["speedup_batched"],
+                             g["seconds_cell_by_cell"] / g["seconds_batched"])
+  assert "paper" not in on_disk  # the quick run skips the paper-scale row
 
 
 def test_tiny_step_profile(tmp_path):

@@ -130,6 +130,50 @@ def naive_comparison(sizes, members: dict, steps_list, repeats: int,
   return out
 
 
+def grid_row(n_cells: int = 9, members: int = 8, steps: int = 200, depth: int = 2,
+             width: int = 12, repeats: int = 2) -> dict:
+  """A phase grid batched into one program against cell by cell.
+
+  ``n_cells`` cells of P/N = 1.25, 1.5, ... (sphere data, d = h = width,
+  N = 300 at the defaults), ``members`` members each, ``steps`` Adam steps
+  with stops off: :func:`lossland.train.cells.train_cells` on all of them
+  against one ``train_ensemble`` per cell (each one group), in the same
+  process, compilation excluded (a warm-up run of each), best of ``repeats``.
+  """
+  from lossland.train import cells
+  net = nets.NetConfig(d=width, width=width, depth=depth)
+  N = nets.n_weights(width, width, depth)
+  loss = losses.LossConfig()
+  cfg = train.TrainConfig(lr=1e-3, max_steps=steps, stop_at_sat=False,
+                          jam_window=10 * steps, chunk_steps=steps, n_log_per_decade=1)
+  grid = [(list(range(members)),
+           data.sphere(jax.random.key(c), int(round((1.25 + 0.25 * c) * N)), width))
+          for c in range(n_cells)]
+
+  def batched():
+    return cells.train_cells(grid, net, loss, cfg, group_size=members * n_cells)
+
+  def one_by_one():
+    return [train.train_ensemble(s, ds, net, loss, cfg, group_size=members) for s, ds in grid]
+
+  times = {}
+  for name, fn in (("batched", batched), ("cell_by_cell", one_by_one)):
+    fn()  # compile
+    best = np.inf
+    for _ in range(repeats):
+      t = time.perf_counter()
+      fn()
+      best = min(best, time.perf_counter() - t)
+    times[name] = best
+  ms = n_cells * members * steps
+  return {"n_cells": n_cells, "members": members, "steps": steps, "N": N,
+          "P": [ds.P for _, ds in grid], "seconds_batched": times["batched"],
+          "seconds_cell_by_cell": times["cell_by_cell"],
+          "speedup_batched": times["cell_by_cell"] / times["batched"],
+          "member_steps_per_s_batched": ms / times["batched"],
+          "member_steps_per_s_cell_by_cell": ms / times["cell_by_cell"]}
+
+
 def matmul_flops(dtype, n: int = 1024, repeats: int = 5) -> float:
   """FLOP/s of a dense n x n matmul (2 n^3 FLOPs), best of ``repeats``."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -166,8 +210,9 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
   against the naive scan with K = 20, plus K = 1000 on accelerators) and the
   paper-scale row (:func:`lossland.scripts.bench_step.paper_row`: L = 3,
   d = h = 51, P = 23562, K = 8, float64 and float32, member-steps/s and the
-  fraction of the memory floor); ``full`` adds the large size and every
-  ensemble size of NAIVE_MEMBERS_*.
+  fraction of the memory floor) and the grid row (:func:`grid_row`: a
+  9-cell x 8-member phase grid at N = 300 batched vs cell by cell);
+  ``full`` adds the large size and every ensemble size of NAIVE_MEMBERS_*.
 
   Args:
     out_dir: existing directory.
@@ -252,6 +297,11 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
         f"same member-steps, {train.n_devices()} device(s):", flush=True)
   out.update(naive_comparison(sizes, naive_members, naive_steps, repeats))
   out["n_devices"] = train.n_devices()
+  g = grid_row(n_cells=3, members=2, steps=5, width=6, repeats=1) if quick else grid_row()
+  out["grid"] = g
+  print(f"grid of {g['n_cells']} cells x {g['members']} members (N = {g['N']}, "
+        f"{g['steps']} steps): batched {g['seconds_batched']:.2f} s, cell by cell "
+        f"{g['seconds_cell_by_cell']:.2f} s, speedup {g['speedup_batched']:.2f}", flush=True)
   if paper if paper is not None else not quick:
     from lossland.scripts import bench_step
     jax.config.update("jax_enable_x64", True)  # the row has a float64 and a float32 part
