@@ -13,6 +13,12 @@ runs. Criteria of issue 18 item 3: the same class for at least 95 % of the
 members, and |mean N_Delta/N (bulk) - mean N_Delta/N (float64)| <= 0.02 in
 every cell. Prints a table, writes the per-member comparison as JSON, exits 0
 if both criteria hold, 1 if not, 2 on bad input.
+
+The control: the all-float64 run again with ``pad_to=8`` (the same function
+and training, with sums in another order: rounding differences only). Its
+agreement with the float64 run is what rounding alone does to the classes
+near the transition, where trajectories are chaotic; the float32 bulk can
+only be judged against it.
 """
 import argparse
 import json
@@ -30,7 +36,7 @@ def _floats(text):
   return [float(x) for x in text.split(",") if x]
 
 
-def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None):
+def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None, pad_to=0):
   from lossland import job, nets
   from lossland.scripts import phase
   p = phase.PRESETS["cpu"]
@@ -45,7 +51,7 @@ def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None):
            polish=p["polish"], polish_steps=p["polish_steps"],
            polish_jam_window=p["polish_jam_window"],
            polish_jam_rtol=p["polish_jam_rtol"], x64=True, plots=False,
-           resume=False, out_dir=out_dir, bulk_float32=bulk)
+           resume=False, out_dir=out_dir, bulk_float32=bulk, pad_to=pad_to)
   t = time.time()
   with open(os.devnull, "w") as null:
     _, summary = job.run_ensemble_job(job.validate(v), progress=False, stdout=null)
@@ -73,8 +79,8 @@ def main(argv=None):
     return 2
   import jax
   jax.config.update("jax_enable_x64", True)
-  cells, n_same, n_all, worst = [], 0, 0, 0.0
-  print(f"{'L':>2} {'h':>3} {'P/N':>5} {'same class':>10} {'nd/N f64':>9} "
+  cells, n_same, n_all, worst, n_same_ctl = [], 0, 0, 0.0, 0
+  print(f"{'L':>2} {'h':>3} {'P/N':>5} {'same class':>10} {'control':>7} {'nd/N f64':>9} "
         f"{'nd/N bulk':>9} {'t f64[s]':>8} {'t bulk[s]':>9}", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     for L, h in zip(depths, widths):
@@ -83,8 +89,12 @@ def main(argv=None):
                                  a.max_steps)
         blk, t_blk, _ = run_cell(L, h, x, a.n_seeds, True, os.path.join(tmp, "bulk"),
                                  a.max_steps)
+        ctl, _, _ = run_cell(L, h, x, a.n_seeds, False, os.path.join(tmp, "ctl"),
+                             a.max_steps, pad_to=8)
         pairs = list(zip(ref["members"], blk["members"]))
         same = [m0["class"] == m1["class"] for m0, m1 in pairs]
+        same_ctl = [m0["class"] == m1["class"] for m0, m1 in zip(ref["members"], ctl["members"])]
+        n_same_ctl += sum(same_ctl)
         both = [(m0["n_delta_over_n"], m1["n_delta_over_n"]) for m0, m1 in pairs
                 if m0["class"] == m1["class"] == "jammed"]
         nd0 = sum(b[0] for b in both) / len(both) if both else None
@@ -96,6 +106,7 @@ def main(argv=None):
         cells.append({"depth": L, "width": h, "N": N, "p_over_n": x,
                       "classes_f64": [m["class"] for m in ref["members"]],
                       "classes_bulk": [m["class"] for m in blk["members"]],
+                      "classes_control": [m["class"] for m in ctl["members"]],
                       "n_delta_over_n_f64": [m["n_delta_over_n"] for m in ref["members"]],
                       "n_delta_over_n_bulk": [m["n_delta_over_n"] for m in blk["members"]],
                       "steps_f64": [m["steps"] for m in ref["members"]],
@@ -103,16 +114,19 @@ def main(argv=None):
                       "mean_nd_over_n_jammed_f64": nd0, "mean_nd_over_n_jammed_bulk": nd1,
                       "seconds_f64": t_ref, "seconds_bulk": t_blk})
         fmt = lambda z: "   -" if z is None else f"{z:.3f}"
-        print(f"{L:>2} {h:>3} {x:>5.2f} {sum(same):>4}/{len(same):<5} {fmt(nd0):>9} "
+        print(f"{L:>2} {h:>3} {x:>5.2f} {sum(same):>4}/{len(same):<5} "
+              f"{sum(same_ctl):>3}/{len(same_ctl):<3} {fmt(nd0):>9} "
               f"{fmt(nd1):>9} {t_ref:>8.1f} {t_blk:>9.1f}", flush=True)
   frac = n_same / n_all
   ok = frac >= 0.95 and worst <= 0.02
   out = {"cells": cells, "fraction_same_class": frac,
+         "fraction_same_class_control": n_same_ctl / n_all,
          "max_abs_diff_mean_nd_over_n_jammed": worst, "passed": ok,
          "criteria": "same class >= 95 % of members; |mean nd/N diff| <= 0.02 per cell"}
   os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
   with open(a.out, "w") as fh:
     json.dump(out, fh, indent=2)
+  print(f"control (float64 with pad_to=8, rounding only): {n_same_ctl}/{n_all} same class")
   print(f"same class: {n_same}/{n_all} = {frac:.3f}; largest |mean nd/N diff| "
         f"{worst:.4f}; {'PASSED' if ok else 'FAILED'}; {a.out}")
   return 0 if ok else 1

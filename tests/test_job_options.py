@@ -173,3 +173,15 @@ def test_bulk_float32_needs_x64_and_a_polish():
   base = job.validate(dict(TINY))
   assert sweep.cell_id(base) == sweep.cell_id(dict(base, bulk_float32=False))
   assert "bulk_float32" not in job.key_values(base)
+
+
+def test_bulk_validation_script_refuses_bad_grids(tmp_path):
+  script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts",
+                        "validate_bulk_float32.py")
+  for bad in (["--depths", "2,3", "--widths", "4"], ["--p_over_n", "x"], ["--n_seeds", "0"]):
+    r = subprocess.run([sys.executable, script, "--out", str(tmp_path / "v.json"), *bad],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "v.json").exists()
