@@ -52,9 +52,15 @@ def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None, pad
            polish_jam_window=p["polish_jam_window"],
            polish_jam_rtol=p["polish_jam_rtol"], x64=True, plots=False,
            resume=False, out_dir=out_dir, bulk_float32=bulk, pad_to=pad_to)
+  from lossland import sweep
   t = time.time()
-  with open(os.devnull, "w") as null:
-    _, summary = job.run_ensemble_job(job.validate(v), progress=False, stdout=null)
+  try:
+    with open(os.devnull, "w") as null:
+      _, summary = job.run_ensemble_job(job.validate(v), progress=False, stdout=null)
+  finally:
+    # each cell compiles its own programs: drop them, as the sweep engine does
+    # (vm.max_map_count, lossland.sweep.release_compiled)
+    sweep.release_compiled()
   return summary, time.time() - t, N
 
 
