@@ -45,7 +45,7 @@ def test_gpu_path_donates_and_keeps_the_guarantees(ds, tmp_path, monkeypatch):
   group = fns.init_group(train._keys(np.arange(2)), jnp.arange(2, dtype=jnp.int32),
                          jnp.zeros(2, bool), ds, 5)
   state = group.state
-  fns.chunk(state, ds, jnp.int32(0), 8)
+  fns.chunk(state, group.member, ds, jnp.int32(0), 8)
   assert jax.tree_util.tree_leaves(state.params)[0].is_deleted()
 
   # Interrupted mid-way and resumed from the checkpoint: bitwise the same

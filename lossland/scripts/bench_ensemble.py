@@ -28,10 +28,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lossland import dtypes
 from lossland import data, losses, nets, train
+# the shared helpers, also importable from here as before
+from lossland.scripts._bench_common import (  # noqa: F401
+    _time_naive, _time_path, matmul_flops, naive_runner)
 
 # (name, P, d, depth, width): P * N of about 1e5, 1e6 and 1e7 or more.
 SIZES = (
@@ -55,44 +57,6 @@ DEFAULT_SIZES = SIZES[:2]
 DEFAULT_MEMBERS_CPU = {"small": (20,), "medium": (20,)}
 DEFAULT_MEMBERS_ACCEL = {"small": (20, 1000), "medium": (20, 1000)}
 NAIVE_STEPS = (100, 1000)
-
-
-def naive_runner(net: nets.NetConfig, loss: losses.LossConfig, steps: int,
-                 lr: float, dtype, unroll: int = 1):
-  """``jax.jit(jax.vmap(run))``: init as the library, then ``steps`` Adam steps.
-
-  Returns:
-    fn(keys [K], x [P, d], y [P]) -> final params with a leading [K] axis.
-  """
-  init_net, apply_fn = nets.make_net(net)
-
-  def run(key, x, y):
-    k_init, _ = jax.random.split(key)
-    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), init_net(k_init))
-    opt = optax.adam(lr)
-    loss_fn = lambda p: losses.mean_loss(loss, apply_fn(p, x), y)
-
-    def body(carry, _):
-      p, s = carry
-      g = jax.grad(loss_fn)(p)
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-
-    (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None,
-                                  length=steps, unroll=unroll)
-    return params
-
-  return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
-
-
-def _time_naive(fn, keys, ds, repeats):
-  jax.block_until_ready(fn(keys, ds.x_train, ds.y_train))  # compile
-  best = np.inf
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(keys, ds.x_train, ds.y_train))
-    best = min(best, time.perf_counter() - t)
-  return best
 
 
 def naive_comparison(sizes, members: dict, steps_list, repeats: int,
@@ -172,31 +136,6 @@ def grid_row(n_cells: int = 9, members: int = 8, steps: int = 200, depth: int = 
           "speedup_batched": times["cell_by_cell"] / times["batched"],
           "member_steps_per_s_batched": ms / times["batched"],
           "member_steps_per_s_cell_by_cell": ms / times["cell_by_cell"]}
-
-
-def matmul_flops(dtype, n: int = 1024, repeats: int = 5) -> float:
-  """FLOP/s of a dense n x n matmul (2 n^3 FLOPs), best of ``repeats``."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  best = np.inf
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
-
-
-def _time_path(seeds, ds, net, loss, cfg, group_size, repeats):
-  train.train_ensemble(seeds, ds, net, loss, cfg, group_size=group_size)  # compile
-  best = np.inf
-  for _ in range(repeats):
-    t = time.perf_counter()
-    res = train.train_ensemble(seeds, ds, net, loss, cfg, group_size=group_size)
-    best = min(best, time.perf_counter() - t)
-  assert np.all(res.steps == cfg.max_steps), "every member must run all steps"
-  return best
 
 
 def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,

@@ -20,7 +20,7 @@ not timed):
 * ``engine``: member-steps of :func:`lossland.train.train_ensemble` (Adam, stop
   rules and measurements as in a real run, stops disabled; one group of K).
 * ``naive``: a plain jit(vmap(scan(optax.adam))) of the same net, loss, data
-  (bench_ensemble.naive_runner), also with the scan unrolled 4 times, and
+  (_bench_common.naive_runner), also with the scan unrolled 4 times, and
   ``naive_flat``: params and Adam moments as one flat [N] buffer per member
   (one update kernel).
 
@@ -55,7 +55,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lossland import data, losses, nets, train
-from lossland.scripts import bench_ensemble
+from lossland.scripts import _bench_common as common
 
 # (depth, d = width, P, K)
 PAPER = (3, 51, 23562, 8)
@@ -201,20 +201,20 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
     cfg = train.TrainConfig(lr=1e-3, max_steps=steps, stop_at_sat=False,
                             jam_window=10 * steps, chunk_steps=steps,
                             n_log_per_decade=1, **var)
-    times[f"engine[{vname}]"] = bench_ensemble._time_path(
+    times[f"engine[{vname}]"] = common._time_path(
         list(range(K)), ds, net, loss, cfg, K, repeats) / steps
     if i == 0 and lean:
-      naive = bench_ensemble.naive_runner(net, loss, steps, 1e-3, dtype)
+      naive = common.naive_runner(net, loss, steps, 1e-3, dtype)
       times["naive"] = _best(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
     elif i == 0:
       fns = train._compiled(net, loss, cfg)
       group = fns.init_group(keys, jnp.arange(K, dtype=jnp.int32),
                              jnp.zeros(K, bool), ds, 2)
       _write_hlo(out, out_dir, f"chunk8_{name}",
-                 fns.chunk.lower(group.state, ds, jnp.int32(0), 8).compile().as_text())
-      naive = bench_ensemble.naive_runner(net, loss, steps, 1e-3, dtype)
+                 fns.chunk.lower(group.state, group.member, ds, jnp.int32(0), 8).compile().as_text())
+      naive = common.naive_runner(net, loss, steps, 1e-3, dtype)
       times["naive"] = _best(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
-      naive4 = bench_ensemble.naive_runner(net, loss, steps, 1e-3, dtype, unroll=4)
+      naive4 = common.naive_runner(net, loss, steps, 1e-3, dtype, unroll=4)
       times["naive[unroll4]"] = _best(naive4, keys, ds.x_train, ds.y_train,
                                       repeats=repeats) / steps
       flat = flat_naive_runner(net, loss, steps, 1e-3, dtype)
@@ -291,7 +291,7 @@ def run_benchmark(out_dir: str, quick: bool = False, steps: int | None = None,
     name = np.dtype(dtype).name
     res, rows = _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats,
                                out_dir, bandwidth)
-    res["matmul_tflops"] = bench_ensemble.matmul_flops(dtype, n=512 if quick else 4096) / 1e12
+    res["matmul_tflops"] = common.matmul_flops(dtype, n=512 if quick else 4096) / 1e12
     out["dtypes"][name] = res
     all_rows += rows
     print(f"{name}: N = {res['N']}, memory floor "

@@ -362,7 +362,9 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   masked = member_cell is not None
   if masked and cfg.batch_size:
     raise ValueError("cells of different P train full batch only (batch_size=0)")
-  fns = _compiled(net_cfg, loss_cfg, cfg, n_dev, masked)
+  # (the unmasked call keeps the 4-argument cache key that callers use)
+  fns = (_compiled(net_cfg, loss_cfg, cfg, n_dev, True) if masked
+         else _compiled(net_cfg, loss_cfg, cfg, n_dev))
   dtype = data.x_train.dtype
   P, n_test = data.x_train.shape[-2], data.x_test.shape[-2]
   if group_size is None:
