@@ -16,7 +16,8 @@ def _bench(args):
 
 
 def test_unknown_benchmark_and_missing_out_dir_exit_2(tmp_path):
-  for args in (["nosuch", "--out_dir", str(tmp_path / "x")], ["ensemble"], []):
+  for args in (["nosuch", "--out_dir", str(tmp_path / "x")], ["ensemble"], [],
+               ["hessian", "--full", "--out_dir", str(tmp_path / "x")]):
     out = _bench(args)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1

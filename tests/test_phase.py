@@ -215,14 +215,14 @@ def test_script_sizes_runs_each_size_and_compares(tmp_path):
   assert os.path.exists(d / "p_star_vs_n.png")
 
 
-def _cell_nets(tmp_path):
-  """The network config of every cell of a finished run (config.json)."""
+def _cell_nets(tmp_path, section="net"):
+  """The ``section`` ("net", "train", ...) of every cell's config.json."""
   out = []
   for line in open(tmp_path / "out" / "sweep" / "cells.jsonl"):
     r = json.loads(line)
     if "summary" in r:
       rd = os.path.join(tmp_path / "out" / "sweep", r["run_dir"])
-      out.append(json.load(open(os.path.join(rd, "config.json")))["net"])
+      out.append(json.load(open(os.path.join(rd, "config.json")))[section])
   return out
 
 
@@ -317,12 +317,7 @@ def test_gpu_preset_sets_the_paper_nets_and_the_engine_layout(tmp_path):
             "--max_steps", "20", "--rounds", "0", "--n_boot", "0", "--polish_steps", "10",
             "--noplots", "--workers", "1"], tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
-  trains = []
-  for line in open(tmp_path / "out" / "sweep" / "cells.jsonl"):
-    rec = json.loads(line)
-    if "summary" in rec:
-      rd = os.path.join(tmp_path / "out" / "sweep", rec["run_dir"])
-      trains.append(json.load(open(os.path.join(rd, "config.json")))["train"])
+  trains = _cell_nets(tmp_path, "train")
   assert len(trains) == 3
   for t in trains:
     assert (t["wgrad_split"], t["pad_to"], t["optimizer"]) == (64, 8, "adam")

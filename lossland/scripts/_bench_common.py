@@ -41,28 +41,27 @@ def naive_runner(net: nets.NetConfig, loss: losses.LossConfig, steps: int,
   return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
 
 
-def _time_naive(fn, keys, ds, repeats):
-  jax.block_until_ready(fn(keys, ds.x_train, ds.y_train))  # compile
+def best_time(fn, *args, repeats=3):
+  """Best wall time of ``fn(*args)`` over ``repeats`` runs, after a warm-up
+  run (compilation not timed); waits for the device."""
+  jax.block_until_ready(fn(*args))
   best = np.inf
   for _ in range(repeats):
     t = time.perf_counter()
-    jax.block_until_ready(fn(keys, ds.x_train, ds.y_train))
+    jax.block_until_ready(fn(*args))
     best = min(best, time.perf_counter() - t)
   return best
+
+
+def _time_naive(fn, keys, ds, repeats):
+  return best_time(fn, keys, ds.x_train, ds.y_train, repeats=repeats)
 
 
 def matmul_flops(dtype, n: int = 1024, repeats: int = 5) -> float:
   """FLOP/s of a dense n x n matmul (2 n^3 FLOPs), best of ``repeats``."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  best = np.inf
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+  return 2 * n ** 3 / best_time(jax.jit(lambda a, b: a @ b), a, b, repeats=repeats)
 
 
 def _time_path(seeds, ds, net, loss, cfg, group_size, repeats):

@@ -38,6 +38,8 @@ def main(argv):
         f"--out_dir DIR (got {' '.join(argv[1:]) or 'no benchmark name'})")
   if not _OUT_DIR.value:
     raise _cli.UsageError("--out_dir is required")
+  if _FULL.value and argv[1] != "ensemble":
+    raise _cli.UsageError(f"--full applies to the ensemble benchmark only, not {argv[1]}")
   if os.path.exists(_OUT_DIR.value) and not os.path.isdir(_OUT_DIR.value):
     raise _cli.UsageError(f"--out_dir {_OUT_DIR.value} exists and is not a directory")
   import jax

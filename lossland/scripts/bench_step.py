@@ -47,7 +47,6 @@ many fusions, which dots became cuBLAS calls or Triton GEMM fusions) in
 import json
 import os
 import re
-import time
 
 import jax
 import jax.numpy as jnp
@@ -67,20 +66,10 @@ QUICK_VARIANTS = ({}, {"wgrad_split": 8, "pad_to": 8}, {"scan_unroll": 2})
 PASSES_PER_LAYER = 9
 
 
-def _best(fn, *args, repeats=3):
-  jax.block_until_ready(fn(*args))
-  best = np.inf
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t)
-  return best
-
-
 def copy_bandwidth(n_bytes: int, repeats: int = 5) -> float:
   """Bytes/s of x + 1 over a float32 array of n_bytes (read + write counted)."""
   x = jnp.arange(n_bytes // 4, dtype=jnp.float32)
-  t = _best(jax.jit(lambda a: a + 1), x, repeats=repeats)
+  t = common.best_time(jax.jit(lambda a: a + 1), x, repeats=repeats)
   return 2 * x.size * 4 / t
 
 
@@ -147,7 +136,7 @@ def _f32_precision_check(lfn, params, x, repeats):
   with jax.default_matmul_precision("highest"):
     g_hi = jax.jit(grad)
     errors["highest"] = rel(g_hi(params, x))
-    t_hi = _best(g_hi, params, x, repeats=repeats)
+    t_hi = common.best_time(g_hi, params, x, repeats=repeats)
   return t_hi, errors
 
 
@@ -189,9 +178,9 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
       if i == 0:
         fwd = jax.jit(jax.vmap(lfn, in_axes=(0, None)))
         act = jax.jit(jax.vmap(jax.grad(lfn, argnums=1), in_axes=(0, None)))
-        times["forward"] = _best(fwd, params, ds.x_train, repeats=repeats)
-        times["act_grad"] = _best(act, params, ds.x_train, repeats=repeats)
-      times[f"grad[{vname}]"] = _best(grad, params, ds.x_train, repeats=repeats)
+        times["forward"] = common.best_time(fwd, params, ds.x_train, repeats=repeats)
+        times["act_grad"] = common.best_time(act, params, ds.x_train, repeats=repeats)
+      times[f"grad[{vname}]"] = common.best_time(grad, params, ds.x_train, repeats=repeats)
       _write_hlo(out, out_dir if i == 0 else None, f"grad_{vname}_{name}",
                  grad.lower(params, ds.x_train).compile().as_text())
       if i == 0 and dtype == jnp.float32:
@@ -205,7 +194,7 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
         list(range(K)), ds, net, loss, cfg, K, repeats) / steps
     if i == 0 and lean:
       naive = common.naive_runner(net, loss, steps, 1e-3, dtype)
-      times["naive"] = _best(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
+      times["naive"] = common.best_time(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
     elif i == 0:
       fns = train._compiled(net, loss, cfg)
       group = fns.init_group(keys, jnp.arange(K, dtype=jnp.int32),
@@ -213,12 +202,12 @@ def _profile_dtype(dtype, depth, width, P, K, variants, steps, repeats, out_dir,
       _write_hlo(out, out_dir, f"chunk8_{name}",
                  fns.chunk.lower(group.state, group.member, ds, jnp.int32(0), 8).compile().as_text())
       naive = common.naive_runner(net, loss, steps, 1e-3, dtype)
-      times["naive"] = _best(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
+      times["naive"] = common.best_time(naive, keys, ds.x_train, ds.y_train, repeats=repeats) / steps
       naive4 = common.naive_runner(net, loss, steps, 1e-3, dtype, unroll=4)
-      times["naive[unroll4]"] = _best(naive4, keys, ds.x_train, ds.y_train,
+      times["naive[unroll4]"] = common.best_time(naive4, keys, ds.x_train, ds.y_train,
                                       repeats=repeats) / steps
       flat = flat_naive_runner(net, loss, steps, 1e-3, dtype)
-      times["naive_flat"] = _best(flat, keys, ds.x_train, ds.y_train,
+      times["naive_flat"] = common.best_time(flat, keys, ds.x_train, ds.y_train,
                                   repeats=repeats) / steps
   rows = []
   for part, t in times.items():

@@ -34,6 +34,9 @@ MEASUREMENTS = ("loss", "n_delta", "max_delta", "train_error", "test_error",
 # moderate unroll lets XLA fuse the step's elementwise tail across steps).
 UNROLL = {"cpu": 1, "gpu": 4, "cuda": 4, "rocm": 4, "tpu": 4}
 
+# The minimizers' own configs hold the defaults of TrainConfig's flat fields.
+_GF, _FIRE, _LBFGS = optim.GradientFlowConfig(), optim.FireConfig(), optim.LBFGSConfig()
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -126,21 +129,21 @@ class TrainConfig:
   divergence_factor: float = 1e6
   chunk_steps: int = 2000
   n_log_per_decade: int = 10
-  max_dgrad: float = 1e-4
-  max_dout: float = 0.1
-  dt_grow: float = 1.1
-  dt_shrink: float = 0.1
-  dt_max: float = 0.0
-  dt_min: float = 0.0
-  fire_n_min: int = 5
-  fire_f_inc: float = 1.1
-  fire_f_dec: float = 0.5
-  fire_alpha_start: float = 0.1
-  fire_f_alpha: float = 0.99
-  lbfgs_memory: int = 10
-  ls_c1: float = 1e-4
-  ls_c2: float = 0.9
-  ls_min_step: float = 1e-12
+  max_dgrad: float = _GF.max_dgrad
+  max_dout: float = _GF.max_dout
+  dt_grow: float = _GF.dt_grow
+  dt_shrink: float = _GF.dt_shrink
+  dt_max: float = _GF.dt_max
+  dt_min: float = _GF.dt_min
+  fire_n_min: int = _FIRE.n_min
+  fire_f_inc: float = _FIRE.f_inc
+  fire_f_dec: float = _FIRE.f_dec
+  fire_alpha_start: float = _FIRE.alpha_start
+  fire_f_alpha: float = _FIRE.f_alpha
+  lbfgs_memory: int = _LBFGS.memory
+  ls_c1: float = _LBFGS.c1
+  ls_c2: float = _LBFGS.c2
+  ls_min_step: float = _LBFGS.min_step
   record_unsat: bool = False
   wgrad_split: int = 0
   pad_to: int = 0
@@ -286,6 +289,7 @@ class _Objective(NamedTuple):
   eps: float
   masked: bool
   mean: Callable         # (values [P], y [P]) -> mean over the real points
+  scaled_loss: Callable  # (delta, y) -> scale * mean ell(delta)
   n_delta_of: Callable   # (delta, y) -> int32 N_Delta over the real points
   loss_fn: Callable      # (params, params0, x, y) -> (loss, n_delta)
   evaluate: Callable     # (params, params0, data) -> (loss, n_delta, f_train, grad)
@@ -342,7 +346,8 @@ def _objective(net_cfg, loss_cfg, cfg: TrainConfig, masked: bool = False) -> _Ob
         params, params0, data.x_train, data.y_train)
     return loss, nd, f, g
 
-  return _Objective(init_net, f_fn, eps, masked, mean, n_delta_of, loss_fn, evaluate)
+  return _Objective(init_net, f_fn, eps, masked, mean, scaled_loss, n_delta_of,
+                    loss_fn, evaluate)
 
 
 def _init_fn(obj: _Objective, minimizer, cfg: TrainConfig) -> Callable:
@@ -439,10 +444,8 @@ def _step_fn(obj: _Objective, minimizer, cfg: TrainConfig) -> Callable:
   return step
 
 
-def _measure_fn(obj: _Objective, loss_cfg) -> Callable:
+def _measure_fn(obj: _Objective) -> Callable:
   """measure(state, data) -> (MEASUREMENTS dict, unsatisfied mask [P])."""
-  scale = loss_scale(loss_cfg)
-
   def measure(state: TrainState, data):
     f_tr = obj.f_fn(state.params, state.params0, data.x_train)
     f_te = obj.f_fn(state.params, state.params0, data.x_test)
@@ -450,12 +453,11 @@ def _measure_fn(obj: _Objective, loss_cfg) -> Callable:
     delta = losses.margins(f_tr, y_tr, obj.eps)
     nan = jnp.full((), jnp.nan, f_tr.dtype)
     has_test = data.x_test.shape[0] > 0
-    loss = obj.mean(loss_cfg.fn(delta), y_tr)
     unsat = delta > 0
     if obj.masked:
       unsat = unsat & (y_tr != 0)
     meas = {
-        "loss": loss if scale == 1.0 else scale * loss,
+        "loss": obj.scaled_loss(delta, y_tr),
         "n_delta": obj.n_delta_of(delta, y_tr),
         # The largest Delta tells a jammed member (Delta = O(1)) from one stuck
         # with a few points at rounding level (Delta ~ 1e-16 epsilon).
@@ -495,7 +497,7 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
   obj = _objective(net_cfg, loss_cfg, cfg, masked)
   minimizer = optim.make(cfg.minimizer_config(), optim.Objective(obj.evaluate))
   step = _step_fn(obj, minimizer, cfg)
-  measure = _measure_fn(obj, loss_cfg)
+  measure = _measure_fn(obj)
 
   def chunk_fn(state: TrainState, data, t0, n: int) -> TrainState:
     def body(carry, _):
