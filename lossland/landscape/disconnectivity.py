@@ -80,26 +80,15 @@ class UnionFind:
       self.p[max(ri, rj)] = min(ri, rj)
 
 
-def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
-               ts_pairs: Sequence[Sequence[int]], n_levels: int = 20,
-               e_max: Optional[float] = None) -> DisconnectivityTree:
-  """Builds the disconnectivity tree.
-
-  Args:
-    min_energies: ``[M]`` minimum energies.
-    ts_energies: ``[T]`` TS energies.
-    ts_pairs: ``[T, 2]`` indices into ``min_energies`` of the minima each TS joins.
-    n_levels: number of energy levels K (>= 2).
-    e_max: top level; default slightly above the highest kept TS.
+def _prune(me: np.ndarray, te: np.ndarray, tp: np.ndarray,
+           e_max: Optional[float]) -> tuple:
+  """Step 2: drops self-connecting TS, TS at or above ``e_max`` and everything
+  outside the global minimum's component.
 
   Returns:
-    :class:`DisconnectivityTree`.
+    ``(te, tp, comp, dropped)``: the kept TS energies and pairs, the minima of the
+    global minimum's component (ascending list) and the others (tuple).
   """
-  me = np.asarray(min_energies, np.float64)
-  te = np.asarray(ts_energies, np.float64).reshape(-1)
-  tp = np.asarray(ts_pairs, np.int64).reshape(-1, 2)
-  if me.size == 0:
-    raise ValueError('no minima')
   gmin = int(np.argmin(me))
   keep = tp[:, 0] != tp[:, 1]
   if e_max is not None:
@@ -113,8 +102,13 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
   in_comp = np.zeros(me.size, bool)
   in_comp[comp] = True
   sel = in_comp[tp[:, 0]] & in_comp[tp[:, 1]]
-  te, tp = te[sel], tp[sel]
+  return te[sel], tp[sel], comp, dropped
 
+
+def _levels(me: np.ndarray, te: np.ndarray, comp: list, n_levels: int,
+            e_max: Optional[float]) -> np.ndarray:
+  """Step 1: the energy levels, from the lowest kept TS to just above the highest
+  (or ``e_max``); one level above the component's minima when no TS is kept."""
   if te.size:
     lo, hi = float(te.min()), float(te.max())
     if e_max is None:
@@ -122,18 +116,27 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
       e_top = hi + span / max(n_levels - 1, 1)
     else:
       e_top = float(e_max)
-    levels = np.linspace(lo if lo < e_top else e_top - 1.0, e_top, n_levels)
     # The lowest level is the lowest kept TS energy (also with e_max, which only
     # drops the TS at or above it); a level counts the TS strictly below it, so at
     # the lowest level every minimum is its own superbasin.
-  else:
-    e_top = float(me[comp].max()) + 1.0 if e_max is None else float(e_max)
-    levels = np.array([e_top])
+    return np.linspace(lo if lo < e_top else e_top - 1.0, e_top, n_levels)
+  e_top = float(me[comp].max()) + 1.0 if e_max is None else float(e_max)
+  return np.array([e_top])
 
+
+def _superbasins(me: np.ndarray, te: np.ndarray, tp: np.ndarray, comp: list,
+                 levels: np.ndarray) -> tuple:
+  """Step 3: the superbasins at every level, by a union-find sweep over the TS in
+  energy order (Kruskal).
+
+  Returns:
+    ``(basins, merge_energy)``: ``basins[k]`` lists the sets of minima (sorted
+    tuples) with energy below ``levels[k]`` joined by TS below it, k ascending;
+    ``merge_energy`` maps every set of several minima to the energy of the TS that
+    completed it.
+  """
   order = np.argsort(te, kind='stable')
   te, tp = te[order], tp[order]
-
-  # basins[k]: dict root -> tuple of minima (energy < level k), k ascending.
   uf = UnionFind(me.size)
   t = 0
   basins = []
@@ -157,6 +160,33 @@ def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
       if len(g) > 1:
         merge_energy[g] = formed[root]
     basins.append(level_basins)
+  return basins, merge_energy
+
+
+def build_tree(min_energies: Sequence[float], ts_energies: Sequence[float],
+               ts_pairs: Sequence[Sequence[int]], n_levels: int = 20,
+               e_max: Optional[float] = None) -> DisconnectivityTree:
+  """Builds the disconnectivity tree.
+
+  Args:
+    min_energies: ``[M]`` minimum energies.
+    ts_energies: ``[T]`` TS energies.
+    ts_pairs: ``[T, 2]`` indices into ``min_energies`` of the minima each TS joins.
+    n_levels: number of energy levels K (>= 2).
+    e_max: top level; default slightly above the highest kept TS.
+
+  Returns:
+    :class:`DisconnectivityTree`.
+  """
+  me = np.asarray(min_energies, np.float64)
+  te = np.asarray(ts_energies, np.float64).reshape(-1)
+  tp = np.asarray(ts_pairs, np.int64).reshape(-1, 2)
+  if me.size == 0:
+    raise ValueError('no minima')
+  gmin = int(np.argmin(me))
+  te, tp, comp, dropped = _prune(me, te, tp, e_max)
+  levels = _levels(me, te, comp, n_levels, e_max)
+  basins, merge_energy = _superbasins(me, te, tp, comp, levels)
 
   def make(k, members, top):
     """Node for the set ``members`` at level index k, recursing to lower levels;

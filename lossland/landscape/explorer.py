@@ -400,6 +400,78 @@ def calibrate_temperature(ex: Explorer, state, key, n_steps: int = 10,
   return float(np.median(rises) / np.log(2.0)) if rises.size else 1.0
 
 
+def _start_chains(db: Database, ex: Explorer, key, x0s, state, chunk: int,
+                  seen_tol: float) -> tuple:
+  """The chains at the start of :func:`basin_hopping`: new ones from ``x0s`` (the
+  temperature set or calibrated) or ``state`` resumed.
+
+  Returns:
+    ``(state, keys [C], rec0, seen)``: the initial quenches ``rec0`` (None when
+    resuming) and the sorted energies already offered to the database.
+  """
+  if state is None:
+    x0s = jnp.asarray(check_coordinates(x0s))
+    n_chains = x0s.shape[0]
+    state, rec0 = ex.bh_init(x0s, ex.config.step_size, 1.0)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+    if ex.config.temperature is None:
+      cal_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys)
+      temp = calibrate_temperature(ex, state, cal_keys, chunk, min_rise=seen_tol)
+    else:
+      temp = float(ex.config.temperature)
+    state = state._replace(temperature=jnp.full_like(state.temperature, temp))
+    return state, keys, rec0, np.zeros(0)
+  check_coordinates(state.x, 'state.x')
+  n_chains = state.x.shape[0]
+  state = jax.tree_util.tree_map(jnp.asarray, state)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+  return state, keys, None, np.sort(db.graph_arrays()[1])
+
+
+def _minima_offer(db: Database, ex: Explorer, seen: np.ndarray, seen_tol: float,
+                  metrics_fn) -> Callable:
+  """``offer(xq [n, D], eq [n], conv [n])``: stores the quenched minima of energies
+  not offered before (from the sorted ``seen``, updated on every call)."""
+
+  def offer(xq, eq, conv):
+    # Sloppy quenches of one minimum agree in energy to far better than seen_tol, so
+    # one representative per energy is re-quenched tightly; the database then
+    # decides identity with the tight energies (and distances).
+    nonlocal seen
+    xq = np.asarray(xq)
+    reps, seen = new_energies(seen, eq, conv, seen_tol)
+    if reps:
+      add_minima(db, ex, xq[reps], metrics_fn=metrics_fn)
+
+  return offer
+
+
+def _count_chunk(counts: dict, rec) -> None:
+  """Adds the quenches, trials, converged quenches and accepted moves of one
+  chunk's records ``rec`` to ``counts``."""
+  counts['n_quenches'] += int(rec.energy.size)
+  counts['n_trials'] += int(rec.energy.size)
+  counts['n_converged'] += int(np.sum(rec.converged))
+  counts['n_accepted'] += int(np.sum(rec.accepted))
+
+
+def _bh_summary(state, counts: dict, done: int, reached: bool, target, t0: float) -> dict:
+  """The summary :func:`basin_hopping` returns (see there)."""
+  n_acc, n_trials = counts['n_accepted'], counts['n_trials']
+  best = float(np.min(state.best_energy))
+  return {'n_quenches': counts['n_quenches'], 'n_converged': counts['n_converged'],
+          'n_accepted': n_acc,
+          'acceptance': n_acc / max(n_trials, 1),
+          'best_energy': best,
+          'final_step_size': np.asarray(state.step_size).tolist(),
+          'temperature': np.asarray(state.temperature).tolist(),
+          'n_steps_done': done,
+          'total_steps': np.asarray(state.n_step).tolist(),
+          'reached_target': bool(reached or (target is not None and best <= target)),
+          'seconds': time.time() - t0,
+          'state': jax.device_get(state)}
+
+
 def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
                   chunk: int = 10, metrics_fn=None,
                   progress: Optional[Callable[[str], None]] = None,
@@ -443,42 +515,13 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
   """
   t0 = time.time()
   seen_tol = max(10 * db.energy_tol, 1e-6)
-  if state is None:
-    x0s = jnp.asarray(check_coordinates(x0s))
-    n_chains = x0s.shape[0]
-    state, rec0 = ex.bh_init(x0s, ex.config.step_size, 1.0)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
-    if ex.config.temperature is None:
-      cal_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys)
-      temp = calibrate_temperature(ex, state, cal_keys, chunk, min_rise=seen_tol)
-    else:
-      temp = float(ex.config.temperature)
-    state = state._replace(temperature=jnp.full_like(state.temperature, temp))
-    seen = np.zeros(0)  # sorted energies already offered to the database
-  else:
-    check_coordinates(state.x, 'state.x')
-    n_chains = state.x.shape[0]
-    state = jax.tree_util.tree_map(jnp.asarray, state)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
-    rec0 = None
-    seen = np.sort(db.graph_arrays()[1])
-
-  def offer(xq, eq, conv):
-    # Sloppy quenches of one minimum agree in energy to far better than seen_tol, so
-    # one representative per energy is re-quenched tightly; the database then
-    # decides identity with the tight energies (and distances).
-    nonlocal seen
-    xq = np.asarray(xq)
-    reps, seen = new_energies(seen, eq, conv, seen_tol)
-    if reps:
-      add_minima(db, ex, xq[reps], metrics_fn=metrics_fn)
-
+  state, keys, rec0, seen = _start_chains(db, ex, key, x0s, state, chunk, seen_tol)
+  offer = _minima_offer(db, ex, seen, seen_tol, metrics_fn)
+  counts = {'n_quenches': 0, 'n_converged': 0, 'n_accepted': 0, 'n_trials': 0}
   if rec0 is not None:
     offer(rec0.x, rec0.energy, rec0.converged)
-    n_quench, n_conv = n_chains, int(np.sum(rec0.converged))
-  else:
-    n_quench, n_conv = 0, 0
-  n_acc, n_trials = 0, 0
+    counts['n_quenches'] = len(keys)  # one initial quench per chain
+    counts['n_converged'] = int(np.sum(rec0.converged))
   done = 0
   reached = False
   target = None if target_energy is None else float(target_energy) + db.energy_tol
@@ -487,29 +530,17 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
     done += chunk
     d = rec.x.shape[-1]
     offer(rec.x.reshape(-1, d), rec.energy.reshape(-1), rec.converged.reshape(-1))
-    n_quench += int(rec.energy.size)
-    n_trials += int(rec.energy.size)
-    n_conv += int(np.sum(rec.converged))
-    n_acc += int(np.sum(rec.accepted))
+    _count_chunk(counts, rec)
     best = float(np.min(state.best_energy))
     if progress is not None:
       progress(f'basin-hopping step {done}/{n_steps}: {db.n_minima()} minima, '
-               f'best {best:.10g}, accept {n_acc / max(n_trials, 1):.2f}, '
+               f'best {best:.10g}, accept '
+               f'{counts["n_accepted"] / max(counts["n_trials"], 1):.2f}, '
                f'{time.time() - t0:.1f}s')
     if target is not None and best <= target:
       reached = True
       break
-  best = float(np.min(state.best_energy))
-  return {'n_quenches': n_quench, 'n_converged': n_conv, 'n_accepted': n_acc,
-          'acceptance': n_acc / max(n_trials, 1),
-          'best_energy': best,
-          'final_step_size': np.asarray(state.step_size).tolist(),
-          'temperature': np.asarray(state.temperature).tolist(),
-          'n_steps_done': done,
-          'total_steps': np.asarray(state.n_step).tolist(),
-          'reached_target': bool(reached or (target is not None and best <= target)),
-          'seconds': time.time() - t0,
-          'state': jax.device_get(state)}
+  return _bh_summary(state, counts, done, reached, target, t0)
 
 
 # ----------------------------------------------------------------------------
@@ -519,6 +550,24 @@ def basin_hopping(db: Database, ex: Explorer, key: Array, x0s, n_steps: int, *,
 def _count(stats, name, n=1):
   if stats is not None:
     stats[name] = stats.get(name, 0) + n
+
+
+def _verified_saddles(c: ExplorerConfig, converged, eigs, stats) -> list:
+  """Indices of the HEF results that are transition states: converged, exactly one
+  eigenvalue below ``-evcut`` and at most ``n_zero_modes`` of modulus up to
+  ``evcut``; the rejections are counted into ``stats``."""
+  good = []
+  for i in range(eigs.shape[0]):
+    if not converged[i]:
+      _count(stats, 'hef_unconverged')
+      continue
+    n_neg = int(np.sum(eigs[i] < -c.evcut))
+    n_zero = int(np.sum(np.abs(eigs[i]) <= c.evcut))
+    if n_neg != 1 or n_zero > c.n_zero_modes:
+      _count(stats, 'wrong_index')
+      continue
+    good.append(i)
+  return good
 
 
 def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None,
@@ -549,17 +598,7 @@ def refine_and_store_ts(db: Database, ex: Explorer, x0s, v0s, *, metrics_fn=None
   hres = jax.device_get(ex.hef(jnp.asarray(x0s), jnp.asarray(v0s)))
   xs, vs = np.asarray(hres.x), np.asarray(hres.eigenvector)
   eigs = _hessian_eigs(ex, xs)
-  good = []
-  for i in range(xs.shape[0]):
-    if not hres.converged[i]:
-      _count(stats, 'hef_unconverged')
-      continue
-    n_neg = int(np.sum(eigs[i] < -c.evcut))
-    n_zero = int(np.sum(np.abs(eigs[i]) <= c.evcut))
-    if n_neg != 1 or n_zero > c.n_zero_modes:
-      _count(stats, 'wrong_index')
-      continue
-    good.append(i)
+  good = _verified_saddles(ex.config, hres.converged, eigs, stats)
   # The first push-off of every candidate in one fixed-size quench call (a candidate
   # that turns out to duplicate an accepted one is quenched for nothing).
   first = (_quench(ex, np.concatenate([[xs[i] + c.pushoff * vs[i], xs[i] - c.pushoff * vs[i]]
@@ -690,6 +729,74 @@ def components(db: Database) -> list:
   return _Graph(db).components()
 
 
+def _closest_pair_fn(db: Database, ex: Explorer, tried: set, dist_cache: dict) -> Callable:
+  """``closest(pairs)``: ``(distance, a, b)`` of the closest pair of db ids in
+  ``pairs`` not in ``tried`` (the first one on ties), or None.
+
+  Coordinates, lower bounds and distances (into ``dist_cache``, keyed by
+  ``(min, max)`` id pair) are cached across calls; with ``ex.distance_lower_bound``
+  the pairs are visited by increasing bound and ``distance_fn`` is skipped for every
+  pair whose bound is not below the best distance so far.
+  """
+  coords, bounds = {}, {}
+  lower = ex.distance_lower_bound
+
+  def x_of(i):
+    if i not in coords:
+      coords[i] = db.get_minimum(i).coords
+    return coords[i]
+
+  def distance(key):
+    if key not in dist_cache:
+      dist_cache[key] = ex.distance_fn(x_of(key[0]), x_of(key[1]))
+    return dist_cache[key]
+
+  def closest(pairs):
+    """(distance, a, b) of the closest untried pair (first one on ties), or None."""
+    cands = [(k, a, b) for k, a, b in (((min(a, b), max(a, b)), a, b) for a, b in pairs)
+             if k not in tried]
+    if lower is not None:  # distances only where the bound cannot rule a pair out
+      known = [dist_cache[k] for k, _, _ in cands if k in dist_cache]
+      cut = min(known, default=np.inf)
+      for k, _, _ in cands:
+        if k not in bounds:
+          bounds[k] = lower(x_of(k[0]), x_of(k[1]))
+      for k in sorted((k for k, _, _ in cands if k not in dist_cache), key=bounds.get):
+        if bounds[k] >= cut:
+          break
+        cut = min(cut, distance(k))
+      cands = [c for c in cands if c[0] in dist_cache]
+    best = None
+    for k, a, b in cands:
+      if best is None or distance(k) < best[0]:
+        best = (distance(k), a, b)
+    return best
+
+  return closest
+
+
+def _next_pair(graph: _Graph, closest: Callable, refine: bool) -> tuple:
+  """The next connect attempt: ``(best, refining)``, ``best`` from ``closest``.
+
+  The closest untried pair between the global minimum's component and the rest;
+  once connected (or when every such pair was tried) and with ``refine``, the
+  closest untried pair of minima not yet joined by a TS. ``best`` is None when
+  there is nothing left to try.
+  """
+  comps = graph.components()
+  if len(comps) > 1:
+    main = comps[0]
+    rest = [i for comp in comps[1:] for i in comp]
+    best = closest((a, b) for a in main for b in rest)
+    if best is not None:
+      return best, False
+  if not refine:
+    return None, False
+  ids = [i for comp in comps for i in comp]
+  return closest((a, b) for k, a in enumerate(ids) for b in ids[k + 1:]
+                 if (min(a, b), max(a, b)) not in graph.joined), True
+
+
 def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None,
                      refine: bool = False,
                      progress: Optional[Callable[[str], None]] = None) -> dict:
@@ -732,62 +839,18 @@ def connect_database(db: Database, ex: Explorer, budget: int, *, metrics_fn=None
   """
   t0 = time.time()
   tried = {tuple(sorted(a[:2])) for a in db.attempts()}
-  dist_cache, coords, bounds = {}, {}, {}
+  dist_cache = {}
   n_attempts, n_ts = 0, 0
   n_min0 = db.n_minima()
   stats = {}
   n_refine = 0
   graph = _Graph(db)
-  lower = ex.distance_lower_bound
-
-  def x_of(i):
-    if i not in coords:
-      coords[i] = db.get_minimum(i).coords
-    return coords[i]
-
-  def distance(key):
-    if key not in dist_cache:
-      dist_cache[key] = ex.distance_fn(x_of(key[0]), x_of(key[1]))
-    return dist_cache[key]
-
-  def closest(pairs):
-    """(distance, a, b) of the closest untried pair (first one on ties), or None."""
-    cands = [(k, a, b) for k, a, b in (((min(a, b), max(a, b)), a, b) for a, b in pairs)
-             if k not in tried]
-    if lower is not None:  # distances only where the bound cannot rule a pair out
-      known = [dist_cache[k] for k, _, _ in cands if k in dist_cache]
-      cut = min(known, default=np.inf)
-      for k, _, _ in cands:
-        if k not in bounds:
-          bounds[k] = lower(x_of(k[0]), x_of(k[1]))
-      for k in sorted((k for k, _, _ in cands if k not in dist_cache), key=bounds.get):
-        if bounds[k] >= cut:
-          break
-        cut = min(cut, distance(k))
-      cands = [c for c in cands if c[0] in dist_cache]
-    best = None
-    for k, a, b in cands:
-      if best is None or distance(k) < best[0]:
-        best = (distance(k), a, b)
-    return best
+  closest = _closest_pair_fn(db, ex, tried, dist_cache)
 
   while n_attempts < budget:
-    comps = graph.components()
-    best = None
-    if len(comps) > 1:
-      main = comps[0]
-      rest = [i for comp in comps[1:] for i in comp]
-      best = closest((a, b) for a in main for b in rest)
-      refining = False
+    best, refining = _next_pair(graph, closest, refine)
     if best is None:
-      if not refine:
-        break
-      ids = [i for comp in comps for i in comp]
-      best = closest((a, b) for k, a in enumerate(ids) for b in ids[k + 1:]
-                     if (min(a, b), max(a, b)) not in graph.joined)
-      refining = True
-      if best is None:
-        break
+      break
     _, a, b = best
     tried.add((min(a, b), max(a, b)))
     found = local_connect(db, ex, a, b, metrics_fn=metrics_fn, stats=stats)

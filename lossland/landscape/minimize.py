@@ -66,6 +66,51 @@ def rms(g: Array) -> Array:
   return jnp.sqrt(jnp.mean(g * g))
 
 
+def _lbfgs_step(s: LBFGSState, max_step: float) -> Array:
+  """The trial step from ``s``: the L-BFGS direction ``-H g`` (reversed if it points
+  uphill), scaled to norm at most ``max_step`` and halved once per consecutive
+  rejection."""
+  step = lbfgs_lib.two_loop(s.grad, s.s_hist, s.y_hist, s.rho, s.k, s.h0)
+  step = jnp.where(jnp.vdot(step, s.grad) > 0, -step, step)
+  norm = jnp.linalg.norm(step)
+  scale = jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-300))
+  return step * scale * (0.5 ** s.n_fail)
+
+
+def _store_curvature(s: LBFGSState, sk: Array, yk: Array, accept: Array,
+                     memory: int) -> tuple:
+  """The memory after a step ``sk`` with gradient change ``yk``.
+
+  An accepted step of positive curvature is stored as a correction pair (circular
+  buffer of ``memory``) and sets the inverse-Hessian scale ``h0``; an accepted step
+  of negative curvature only sets ``h0`` to ``1/|λ|`` along the step; a rejected
+  step changes nothing.
+
+  Returns:
+    ``(s_hist, y_hist, rho, k, h0)``.
+  """
+  ys = jnp.vdot(yk, sk)
+  yy = jnp.vdot(yk, yk)
+  update = accept & (ys > 1e-12 * jnp.sqrt(yy * jnp.vdot(sk, sk)))
+  j = s.k % memory
+  s_hist = jnp.where(update, s.s_hist.at[j].set(sk), s.s_hist)
+  y_hist = jnp.where(update, s.y_hist.at[j].set(yk), s.y_hist)
+  rho = jnp.where(update, s.rho.at[j].set(1.0 / jnp.where(update, ys, 1.0)), s.rho)
+  k = jnp.where(update, s.k + 1, s.k)
+  # Along a step of negative curvature (near a saddle, e.g. a quench pushed off a
+  # transition state) there is no curvature pair to store, and keeping the old
+  # inverse-Hessian scale means steepest descent with steps h0·|g|, which leaves a
+  # flat saddle region only after ~1/(h0|λ|) steps (~1e5 for network losses with
+  # |λ| ~ 1e-3 and h0 = 0.1). Scaling by the modulus of the measured curvature,
+  # h0 = |y·s|/(y·y) = 1/|λ| along the step, makes each step about as long as the
+  # distance already travelled from the saddle: a geometric escape in a few
+  # dozen steps, still bounded by max_step and max_erise.
+  neg_curv = accept & (ys < -1e-12 * jnp.sqrt(yy * jnp.vdot(sk, sk)))
+  h0 = jnp.where(update, ys / jnp.where(update, yy, 1.0),
+                 jnp.where(neg_curv, -ys / jnp.where(neg_curv, yy, 1.0), s.h0))
+  return s_hist, y_hist, rho, k, h0
+
+
 def make_lbfgs(value_and_grad_fn: Callable[..., Any],
                *,
                gtol: float = 1e-8,
@@ -110,36 +155,11 @@ def make_lbfgs(value_and_grad_fn: Callable[..., Any],
       return (rms(s.grad) > gtol) & (s.n_iter < max_iter)
 
     def body(s):
-      step = lbfgs_lib.two_loop(s.grad, s.s_hist, s.y_hist, s.rho, s.k, s.h0)
-      step = jnp.where(jnp.vdot(step, s.grad) > 0, -step, step)
-      norm = jnp.linalg.norm(step)
-      scale = jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-300))
-      step = step * scale * (0.5 ** s.n_fail)
-      x_new = s.x + step
+      x_new = s.x + _lbfgs_step(s, max_step)
       e_new, g_new = value_and_grad_fn(x_new, *args)
       accept = (e_new - s.energy <= max_erise) & jnp.isfinite(e_new)
-
-      sk = x_new - s.x
-      yk = g_new - s.grad
-      ys = jnp.vdot(yk, sk)
-      yy = jnp.vdot(yk, yk)
-      update = accept & (ys > 1e-12 * jnp.sqrt(yy * jnp.vdot(sk, sk)))
-      j = s.k % memory
-      s_hist = jnp.where(update, s.s_hist.at[j].set(sk), s.s_hist)
-      y_hist = jnp.where(update, s.y_hist.at[j].set(yk), s.y_hist)
-      rho = jnp.where(update, s.rho.at[j].set(1.0 / jnp.where(update, ys, 1.0)), s.rho)
-      k = jnp.where(update, s.k + 1, s.k)
-      # Along a step of negative curvature (near a saddle, e.g. a quench pushed off a
-      # transition state) there is no curvature pair to store, and keeping the old
-      # inverse-Hessian scale means steepest descent with steps h0·|g|, which leaves a
-      # flat saddle region only after ~1/(h0|λ|) steps (~1e5 for network losses with
-      # |λ| ~ 1e-3 and h0 = 0.1). Scaling by the modulus of the measured curvature,
-      # h0 = |y·s|/(y·y) = 1/|λ| along the step, makes each step about as long as the
-      # distance already travelled from the saddle: a geometric escape in a few
-      # dozen steps, still bounded by max_step and max_erise.
-      neg_curv = accept & (ys < -1e-12 * jnp.sqrt(yy * jnp.vdot(sk, sk)))
-      h0 = jnp.where(update, ys / jnp.where(update, yy, 1.0),
-                     jnp.where(neg_curv, -ys / jnp.where(neg_curv, yy, 1.0), s.h0))
+      s_hist, y_hist, rho, k, h0 = _store_curvature(s, x_new - s.x, g_new - s.grad,
+                                                    accept, memory)
 
       n_fail = jnp.where(accept, 0, s.n_fail + 1)
       reset = n_fail > max_fail

@@ -112,34 +112,24 @@ def _network_task(quick):
   return net, sizes, lam, xtr, ytr, np.asarray(starts)
 
 
-def run_benchmark(out_dir: str, quick: bool = False) -> dict:
-  """Runs the benchmark, prints a table, writes ``out_dir/summary.json``.
+# L-BFGS settings of the quench task, ours and pele's alike.
+_GTOL, _MAX_ITER, _MAX_STEP, _MEMORY = 1e-8, 20000, 0.5, 10
+
+
+def _quench_rates(net, sizes, lam, ytr, starts, quick) -> tuple:
+  """Phase 1: quenches per second on the network loss, one vmapped batch against
+  one start at a time (each timed after a compiling call).
 
   Returns:
-    The summary dict with ``quenches_per_s_vmapped``, ``quenches_per_s_sequential``,
-    ``lj13_median_seconds`` and, when pele runs, the ``pele_*`` peers.
+    ``(entries, rs)``: the summary entries and the sequential results (their
+    starts are ``starts[:len(rs)]``).
   """
   import jax
-  jax.config.update('jax_enable_x64', True)
   import jax.numpy as jnp
-  from lossland.landscape import potentials
-  from lossland.landscape.explorer import ExplorerConfig, make_explorer
   from lossland.landscape.minimize import make_lbfgs
-
-  os.makedirs(out_dir, exist_ok=True)
-  summary = {'quick': quick, 'backend': jax.default_backend(),
-             'devices': [str(d) for d in jax.devices()]}
-  gtol, max_iter, max_step, memory = 1e-8, 20000, 0.5, 10
-
-  from lossland.scripts._cli import Progress
-  bar = Progress('bench landscape')
-  n_work = 2 + (2 if quick else 3)  # quench task, LJ13 per chain count, pele
-  done_work = 0
-  bar(0, n_work, 'network quenches (compiling)')
-  # 1. Quenches per second on a network loss ---------------------------------
-  net, sizes, lam, xtr, ytr, starts = _network_task(quick)
   vg = jax.value_and_grad(net.loss_fn)
-  lbfgs = make_lbfgs(vg, gtol=gtol, max_iter=max_iter, max_step=max_step, memory=memory)
+  lbfgs = make_lbfgs(vg, gtol=_GTOL, max_iter=_MAX_ITER, max_step=_MAX_STEP,
+                     memory=_MEMORY)
   batched = jax.jit(jax.vmap(lbfgs))
   single = jax.jit(lbfgs)
   xs = jnp.asarray(starts)
@@ -156,9 +146,9 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   t = time.time()
   rs = [jax.block_until_ready(single(xs[i])) for i in range(n_seq)]
   dt_s = time.time() - t
-  summary.update({
+  return {
       'network': {'layer_sizes': list(sizes), 'n_params': net.n_params, 'P': len(ytr),
-                  'lam': lam, 'gtol_rms': gtol},
+                  'lam': lam, 'gtol_rms': _GTOL},
       'n_quenches_vmapped': len(starts),
       'quenches_per_s_vmapped': len(starts) / dt_b,
       'vmapped_converged': int(np.sum(rb.converged)),
@@ -168,53 +158,54 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
       'quenches_per_s_sequential': n_seq / dt_s,
       'sequential_converged': int(sum(bool(r.converged) for r in rs)),
       'compile_seconds_vmapped': compile_b, 'compile_seconds_single': compile_s,
-  })
+  }, rs
 
-  done_work += 1
-  bar(done_work, n_work, 'LJ13 basin-hopping')
-  # 2. LJ13 basin-hopping ----------------------------------------------------
-  n_atoms, target = 13, potentials.LJ13_GLOBAL_MINIMUM + 1e-4
-  seeds = list(range(3 if quick else 7))
-  lj_results = {}
-  for n_chains in ((1, 8) if quick else (1, 8, 32)):
-    ex = make_explorer(potentials.lennard_jones(n_atoms),
-                       ExplorerConfig(bh_gtol=1e-5, step_size=0.4, temperature=1.0,
-                                      max_step=0.2, n_zero_modes=6),
-                       perturb_fn=potentials.lj_perturb_fn(n_atoms))
-    chunk = 5
-    times, steps = [], []
-    compile_t = None
-    bar(done_work, n_work, f'LJ13 basin-hopping, {n_chains} chain(s)')
-    done_work += 1
-    for seed in [-1] + seeds:  # seed -1 compiles
-      key = jax.random.key(max(seed, 0) + 1000)
-      x0 = jax.vmap(lambda k: potentials.lj_random_configuration(k, n_atoms,
-                                                                 dtype=jnp.float64))(
-          jax.random.split(jax.random.fold_in(key, 1), n_chains))
-      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
-      t = time.time()
-      state, _ = ex.bh_init(x0, 0.4, ex.config.temperature)
-      n = 0
-      while float(jnp.min(state.best_energy)) > target and n < 2000:
-        state, _ = ex.bh_run(state, keys, chunk)
-        n += chunk
-        if seed < 0:
-          break
-      jax.block_until_ready(state.best_energy)
+
+def _lj13_to_target(n_chains, seeds, target) -> dict:
+  """Phase 2, one chain count: seconds (and steps per chain) for ``n_chains``
+  basin-hopping chains to reach ``target`` from random LJ13 clusters, one run per
+  seed after a compiling run."""
+  import jax
+  import jax.numpy as jnp
+  from lossland.landscape import potentials
+  from lossland.landscape.explorer import ExplorerConfig, make_explorer
+  n_atoms = 13
+  ex = make_explorer(potentials.lennard_jones(n_atoms),
+                     ExplorerConfig(bh_gtol=1e-5, step_size=0.4, temperature=1.0,
+                                    max_step=0.2, n_zero_modes=6),
+                     perturb_fn=potentials.lj_perturb_fn(n_atoms))
+  chunk = 5
+  times, steps = [], []
+  compile_t = None
+  for seed in [-1] + seeds:  # seed -1 compiles
+    key = jax.random.key(max(seed, 0) + 1000)
+    x0 = jax.vmap(lambda k: potentials.lj_random_configuration(k, n_atoms,
+                                                               dtype=jnp.float64))(
+        jax.random.split(jax.random.fold_in(key, 1), n_chains))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chains))
+    t = time.time()
+    state, _ = ex.bh_init(x0, 0.4, ex.config.temperature)
+    n = 0
+    while float(jnp.min(state.best_energy)) > target and n < 2000:
+      state, _ = ex.bh_run(state, keys, chunk)
+      n += chunk
       if seed < 0:
-        compile_t = time.time() - t
-        continue
-      times.append(time.time() - t)
-      steps.append(n)
-    lj_results[n_chains] = {'seconds': times, 'steps_per_chain': steps,
-                            'median_seconds': float(np.median(times)),
-                            'compile_seconds': compile_t}
-  summary['lj13'] = {str(k): v for k, v in lj_results.items()}
-  summary['lj13_median_seconds'] = lj_results[8]['median_seconds']
-  summary['lj13_median_seconds_single_chain'] = lj_results[1]['median_seconds']
+        break
+    jax.block_until_ready(state.best_energy)
+    if seed < 0:
+      compile_t = time.time() - t
+      continue
+    times.append(time.time() - t)
+    steps.append(n)
+  return {'seconds': times, 'steps_per_chain': steps,
+          'median_seconds': float(np.median(times)),
+          'compile_seconds': compile_t}
 
-  bar(n_work - 1, n_work, 'pele peer')
-  # 3. pele peer (subprocess, separate venv) ---------------------------------
+
+def _pele_peer(xtr, ytr, starts, sizes, lam, n_params, seeds, target, rs) -> dict:
+  """Phase 3: pele's L-BFGS on ``starts`` (ours gave ``rs``) and its LJ13
+  basin-hopping, in a subprocess of ``$LOSSLAND_PELE_PYTHON``; ``{'available':
+  False, ...}`` with the reason when it cannot run."""
   pele = {'available': False}
   PELE_PYTHON = pele_python()
   if PELE_PYTHON is None:
@@ -224,11 +215,11 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   else:
     with tempfile.TemporaryDirectory() as tmp:
       npz = os.path.join(tmp, 'task.npz')
-      np.savez(npz, x=np.asarray(xtr), y=np.asarray(ytr), starts=starts[:n_seq])
+      np.savez(npz, x=np.asarray(xtr), y=np.asarray(ytr), starts=starts)
       spec = {'npz': npz, 'sizes': list(sizes), 'lam': lam,
               # pele's tol is on the gradient norm; match our RMS tolerance.
-              'gtol_norm_pele': gtol * np.sqrt(net.n_params), 'max_iter': max_iter,
-              'max_step': max_step, 'memory': memory, 'lj_seeds': seeds,
+              'gtol_norm_pele': _GTOL * np.sqrt(n_params), 'max_iter': _MAX_ITER,
+              'max_step': _MAX_STEP, 'memory': _MEMORY, 'lj_seeds': seeds,
               'lj_target': target, 'lj_max_steps': 20000}
       spec_path, out_path = os.path.join(tmp, 'spec.json'), os.path.join(tmp, 'out.json')
       with open(spec_path, 'w') as f:
@@ -250,13 +241,11 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
                 'lj13_median_seconds': res['lj13_median_seconds']}
       else:
         pele = {'available': False, 'error': proc.stderr.strip().splitlines()[-1:]}
-  summary['pele'] = pele
-  bar(n_work, n_work, 'done')
-  bar.close()
-  if pele.get('available'):
-    summary['pele_quenches_per_s'] = pele['quenches_per_s']
-    summary['pele_lj13_median_seconds'] = pele['lj13_median_seconds']
+  return pele
 
+
+def _print_table(summary, pele) -> None:
+  """Prints the headline numbers, ours and pele's (NaN where pele did not run)."""
   rows = [('quenches/s, vmapped batch (JAX)', summary['quenches_per_s_vmapped']),
           ('quenches/s, one at a time (JAX)', summary['quenches_per_s_sequential']),
           ('quenches/s, pele lbfgs_cpp', pele.get('quenches_per_s', float('nan'))),
@@ -266,6 +255,59 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   print(f"{'task':42s} {'value':>12s}")
   for name, v in rows:
     print(f'{name:42s} {v:12.4g}')
+
+
+def run_benchmark(out_dir: str, quick: bool = False) -> dict:
+  """Runs the benchmark, prints a table, writes ``out_dir/summary.json``.
+
+  Returns:
+    The summary dict with ``quenches_per_s_vmapped``, ``quenches_per_s_sequential``,
+    ``lj13_median_seconds`` and, when pele runs, the ``pele_*`` peers.
+  """
+  import jax
+  jax.config.update('jax_enable_x64', True)
+  from lossland.landscape import potentials
+
+  os.makedirs(out_dir, exist_ok=True)
+  summary = {'quick': quick, 'backend': jax.default_backend(),
+             'devices': [str(d) for d in jax.devices()]}
+
+  from lossland.scripts._cli import Progress
+  bar = Progress('bench landscape')
+  n_work = 2 + (2 if quick else 3)  # quench task, LJ13 per chain count, pele
+  done_work = 0
+  bar(0, n_work, 'network quenches (compiling)')
+  # 1. Quenches per second on a network loss ---------------------------------
+  net, sizes, lam, xtr, ytr, starts = _network_task(quick)
+  entries, rs = _quench_rates(net, sizes, lam, ytr, starts, quick)
+  summary.update(entries)
+
+  done_work += 1
+  bar(done_work, n_work, 'LJ13 basin-hopping')
+  # 2. LJ13 basin-hopping ----------------------------------------------------
+  target = potentials.LJ13_GLOBAL_MINIMUM + 1e-4
+  seeds = list(range(3 if quick else 7))
+  lj_results = {}
+  for n_chains in ((1, 8) if quick else (1, 8, 32)):
+    bar(done_work, n_work, f'LJ13 basin-hopping, {n_chains} chain(s)')
+    done_work += 1
+    lj_results[n_chains] = _lj13_to_target(n_chains, seeds, target)
+  summary['lj13'] = {str(k): v for k, v in lj_results.items()}
+  summary['lj13_median_seconds'] = lj_results[8]['median_seconds']
+  summary['lj13_median_seconds_single_chain'] = lj_results[1]['median_seconds']
+
+  bar(n_work - 1, n_work, 'pele peer')
+  # 3. pele peer (subprocess, separate venv) ---------------------------------
+  pele = _pele_peer(xtr, ytr, starts[:len(rs)], sizes, lam, net.n_params, seeds, target,
+                    rs)
+  summary['pele'] = pele
+  bar(n_work, n_work, 'done')
+  bar.close()
+  if pele.get('available'):
+    summary['pele_quenches_per_s'] = pele['quenches_per_s']
+    summary['pele_lj13_median_seconds'] = pele['lj13_median_seconds']
+
+  _print_table(summary, pele)
   with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   return summary
