@@ -53,12 +53,6 @@ PER_N_KEYS = ("N", "width", "mean_test_error", "sem_test_error",
               "output_norm", "max_grad_norm", "mean_n_delta_over_n", "n_polished")
 
 
-def run_width_sweep(cells, out_dir, **kw) -> list:
-  """Runs (or resumes) the cells with the sweep engine; the one place it is called."""
-  from lossland import sweep
-  return sweep.run_sweep(cells, out_dir, **kw)
-
-
 def analyze_run(run_dir: str, n_ntk: int = 50) -> dict:
   """The per-N observables of one ensemble run directory (module docstring)."""
   ens = experiment.load_ensemble(run_dir)

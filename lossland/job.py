@@ -9,8 +9,9 @@ same options and the same run directories, without flag collisions::
     from lossland import job
     run_dir, summary = job.run_ensemble_job({"P": 200, "n_seeds": 4})
 
-:data:`SPEC` lists every option once (name, type, default, help, choices);
-the command-line flags are generated from it (``_cli.define_flags``).
+:class:`JobOptions` lists every option once, a dataclass field each (default,
+help, choices); :data:`SPEC` holds its rows, from which the command-line
+flags are generated (``_cli.define_flags``).
 :func:`validate` fills defaults and rejects bad values with a one-line
 :class:`JobError` naming the option. :func:`run_ensemble_job` builds the data
 and configs, trains with a resumable checkpoint under ``out_dir``, writes the
@@ -44,117 +45,135 @@ import time
 from typing import Any, NamedTuple
 
 from lossland import io
+from lossland.experiments import options
+from lossland.experiments.options import Option, option  # noqa: F401 (job.Option: the rows of SPEC)
 
 
 class JobError(io.InputError):
   """Bad input to the job (an option, a size, a file, an out_dir): the user's to fix."""
 
 
-class Option(NamedTuple):
-  """One option of the job.
-
-  Attributes:
-    name: the option (and flag) name.
-    type: "int", "float", "bool", "str" or "enum".
-    default: default value (None: unset, e.g. ``N`` or ``margin``).
-    help: one-line help.
-    choices: the allowed values of an "enum".
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+  """Every option of the ensemble job, once: a field per option (its default,
+  and its help and choices as metadata, :func:`lossland.experiments.options.option`).
+  The command-line flags of ``python -m lossland.scripts.ensemble`` are generated
+  from these fields (:data:`SPEC`); the job itself takes a dict of them
+  (:func:`validate`), which sweeps store as JSON cells.
   """
-  name: str
-  type: str
-  default: Any
-  help: str
-  choices: tuple = ()
+  dataset: str = option(
+      "digits", "Training data (labels +-1, inputs on the sphere of radius sqrt(d)).",
+      ("digits", "sphere", "teacher", "npz", "mnist", "fashion_mnist", "cifar10"))
+  data_file: str | None = option(
+      None, ".npz with x_train, y_train[, x_test, y_test] for --dataset npz.")
+  data_dir: str | None = option(
+      None, "Folder of the image data sets (mnist, fashion_mnist, cifar10; default: "
+      "lossland.data.default_data_dir()).")
+  classes: str | None = option(
+      None, "Binary task of real data: 'parity' or two groups such as '0-4/5-9' (default:"
+      " parity; 0-4/5-9 for fashion_mnist and cifar10).")
+  split: str | None = option(
+      None, "Real data: 'official' train/test split or 'pooled' and re-split (default: "
+      "official for the image data sets, pooled for digits and npz).",
+      ("official", "pooled"))
+  P: int = option(400, "Number of training points.")
+  d: int = option(16, "Input dimension (PCA components for real data).")
+  n_test: int | None = option(
+      None, "Test points (default: all remaining real data; P for synthetic data).")
+  noverify_data: bool = option(
+      False, "Accept image data files whose checksum differs from the official one.")
+  data_seed: int = option(0, "Seed of synthetic data sets and of the label noise.")
+  label_noise: float = option(
+      0.0, "Fraction of the TRAINING labels flipped, in [0, 0.5): exactly "
+      "round(label_noise * P) of them, drawn with "
+      "lossland.data.label_noise_key(jax.random.key(data_seed)); the test labels "
+      "stay clean.")
+  teacher_depth: int = option(0, "Hidden layers of the teacher (0: perceptron).")
+  teacher_width: int = option(32, "Width of the teacher's hidden layers.")
+  depth: int = option(3, "Number of hidden layers L.")
+  width: int = option(12, "Hidden width h (ignored if --N is given).")
+  N: int | None = option(None, "Target number of weights; sets the width h.")
+  activation: str = option("relu", "Hidden activation.", ("relu", "tanh", "softplus"))
+  parametrization: str = option("ntk", "NTK or standard parametrization.", ("ntk", "standard"))
+  init: str = option(
+      "normal", "Weight initialization (orthogonal_gain1: the authors' nn_jamming init, "
+      "orthogonal with gain 1).",
+      ("normal", "orthogonal", "orthogonal_gain1"))
+  normalize_activation: bool = option(
+      True, "Divide the activation by sqrt(E[phi(z)^2]) (relu*sqrt2); "
+      "--nonormalize_activation runs the authors' forward pass.")
+  bias: bool = option(False, "Use biases (zero at init).")
+  alpha: float = option(1.0, "Output scale alpha.")
+  subtract_init: bool = option(False, "Train f(w) - f(w0).")
+  alpha_loss: bool = option(
+      False, "Divide the loss by alpha^2 (1906.08034: lazy vs feature training; changes "
+      "gradient-descent dynamics, not Adam's).")
+  loss: str = option(
+      "quadratic_hinge", "Per-example loss of Delta = margin - y f.",
+      ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared"))
+  margin: float | None = option(
+      None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic).")
+  optimizer: str = option(
+      "adam", "Optimizer (gradient_flow: adaptive-step Euler of the gradient flow; fire: "
+      "FIRE, Bitzek 2006; lbfgs: L-BFGS with a weak-Wolfe line search).",
+      ("adam", "sgd", "momentum", "gradient_flow", "fire", "lbfgs"))
+  lr: float = option(0.01, "Learning rate.")
+  momentum: float = option(0.9, "Momentum (--optimizer momentum).")
+  schedule: str = option("constant", "Learning-rate schedule.", ("constant", "step", "plateau"))
+  decay_every: int = option(250_000, "Steps between decays (--schedule step).")
+  decay_factor: float = option(0.1, "Decay factor (step and plateau schedules).")
+  plateau_patience: int = option(1000, "Steps per plateau test.")
+  min_lr: float = option(1e-07, "Learning-rate floor.")
+  max_steps: int = option(20_000, "Maximum number of steps.")
+  batch_size: int = option(0, "Mini-batch size (0: full batch).")
+  check_every: int = option(100, "Full-set stop checks every this many steps (mini-batch).")
+  jam_window: int = option(2000, "Jamming rule: window in steps.")
+  jam_rtol: float = option(
+      0.001, "Jamming rule: relative decrease of the best loss below which a window counts"
+      " as stalled.")
+  jam_after_decays: bool = option(
+      False, "Jamming rule with --schedule step: stop jammed only at the last lr level "
+      "(min_lr or past the last decay; a stall at a larger lr is Adam's noise "
+      "floor, not a minimum).")
+  polish: str = option(
+      "none", "After training, continue every member that did not stop sat (or diverged) "
+      "with this optimizer from where it stopped (lbfgs: L-BFGS, docs/jamming.md); "
+      "its stop reason and final numbers replace the first stage's.",
+      ("none", "lbfgs"))
+  polish_steps: int = option(5000, "Most gradient evaluations of the polish.")
+  polish_jam_window: int = option(500, "Polish: jamming-rule window (evaluations).")
+  polish_jam_rtol: float = option(
+      1e-06, "Polish: stop jammed when the best loss fell by less than this fraction over "
+      "the window (or the line search finds no descent).")
+  bulk_float32: bool = option(
+      False, "Train the first stage in float32 and the polish in float64 (needs --x64 and "
+      "--polish): a float32 bulk, a float64 finish (docs/engine.md; validated on "
+      "phase cells in docs/jamming.md).")
+  chunk_steps: int = option(2000, "Most steps per jitted chunk.")
+  wgrad_split: int = option(
+      0, "Engine: weight gradients as sums over this many chunks of the points "
+      "(split-K; 0: XLA's own). Same training up to rounding; pays on GPUs at paper"
+      " scale (docs/engine.md).")
+  pad_to: int = option(
+      0, "Engine: pad the input and hidden widths with zero units to a multiple of "
+      "this inside the step (0: none; relu/tanh). Same training up to rounding; "
+      "pays on GPUs when rows are not 16-byte aligned (docs/engine.md).")
+  record_unsat: bool = option(
+      False, "Save which training points are unsatisfied at every measurement step "
+      "(history_unsat [K, M, P] in arrays.npz: avalanches).")
+  n_seeds: int = option(20, "Ensemble size K.")
+  seed: int = option(0, "Seed of member 0; member k uses seed + k.")
+  group_size: int = option(0, "Members vmapped together (0: automatic).")
+  x64: bool = option(True, "Train in float64 (recommended near jamming).")
+  out_dir: str = option("runs", "Root of run directories.")
+  plots: bool = option(True, "Write PNG figures into the run directory.")
+  resume: bool = option(
+      True, "Checkpoint while training and resume an interrupted run with the same flags.")
+  checkpoint_every: float = option(60.0, "Seconds between checkpoints (--resume).")
 
 
-SPEC = (
-    Option("dataset", "enum", "digits", "Training data (labels +-1, inputs on the sphere of radius sqrt(d)).",
-           ("digits", "sphere", "teacher", "npz", "mnist", "fashion_mnist", "cifar10")),
-    Option("data_file", "str", None, ".npz with x_train, y_train[, x_test, y_test] for --dataset npz."),
-    Option("data_dir", "str", None, "Folder of the image data sets (mnist, fashion_mnist, cifar10; "
-           "default: lossland.data.default_data_dir())."),
-    Option("classes", "str", None, "Binary task of real data: 'parity' or two groups such as "
-           "'0-4/5-9' (default: parity; 0-4/5-9 for fashion_mnist and cifar10)."),
-    Option("split", "enum", None, "Real data: 'official' train/test split or 'pooled' and re-split "
-           "(default: official for the image data sets, pooled for digits and npz).",
-           ("official", "pooled")),
-    Option("P", "int", 400, "Number of training points."),
-    Option("d", "int", 16, "Input dimension (PCA components for real data)."),
-    Option("n_test", "int", None, "Test points (default: all remaining real data; P for synthetic data)."),
-    Option("noverify_data", "bool", False, "Accept image data files whose checksum differs "
-           "from the official one."),
-    Option("data_seed", "int", 0, "Seed of synthetic data sets and of the label noise."),
-    Option("label_noise", "float", 0.0, "Fraction of the TRAINING labels flipped, in [0, 0.5): "
-           "exactly round(label_noise * P) of them, drawn with "
-           "lossland.data.label_noise_key(jax.random.key(data_seed)); the test labels stay clean."),
-    Option("teacher_depth", "int", 0, "Hidden layers of the teacher (0: perceptron)."),
-    Option("teacher_width", "int", 32, "Width of the teacher's hidden layers."),
-    Option("depth", "int", 3, "Number of hidden layers L."),
-    Option("width", "int", 12, "Hidden width h (ignored if --N is given)."),
-    Option("N", "int", None, "Target number of weights; sets the width h."),
-    Option("activation", "enum", "relu", "Hidden activation.", ("relu", "tanh", "softplus")),
-    Option("parametrization", "enum", "ntk", "NTK or standard parametrization.", ("ntk", "standard")),
-    Option("init", "enum", "normal", "Weight initialization (orthogonal_gain1: the authors' "
-           "nn_jamming init, orthogonal with gain 1).", ("normal", "orthogonal", "orthogonal_gain1")),
-    Option("normalize_activation", "bool", True, "Divide the activation by sqrt(E[phi(z)^2]) "
-           "(relu*sqrt2); --nonormalize_activation runs the authors' forward pass."),
-    Option("bias", "bool", False, "Use biases (zero at init)."),
-    Option("alpha", "float", 1.0, "Output scale alpha."),
-    Option("subtract_init", "bool", False, "Train f(w) - f(w0)."),
-    Option("alpha_loss", "bool", False, "Divide the loss by alpha^2 (1906.08034: lazy vs "
-           "feature training; changes gradient-descent dynamics, not Adam's)."),
-    Option("loss", "enum", "quadratic_hinge", "Per-example loss of Delta = margin - y f.",
-           ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared")),
-    Option("margin", "float", None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic)."),
-    Option("optimizer", "enum", "adam", "Optimizer (gradient_flow: adaptive-step Euler of the "
-           "gradient flow; fire: FIRE, Bitzek 2006; lbfgs: L-BFGS with a weak-Wolfe line search).",
-           ("adam", "sgd", "momentum", "gradient_flow", "fire", "lbfgs")),
-    Option("lr", "float", 1e-2, "Learning rate."),
-    Option("momentum", "float", 0.9, "Momentum (--optimizer momentum)."),
-    Option("schedule", "enum", "constant", "Learning-rate schedule.", ("constant", "step", "plateau")),
-    Option("decay_every", "int", 250_000, "Steps between decays (--schedule step)."),
-    Option("decay_factor", "float", 0.1, "Decay factor (step and plateau schedules)."),
-    Option("plateau_patience", "int", 1000, "Steps per plateau test."),
-    Option("min_lr", "float", 1e-7, "Learning-rate floor."),
-    Option("max_steps", "int", 20_000, "Maximum number of steps."),
-    Option("batch_size", "int", 0, "Mini-batch size (0: full batch)."),
-    Option("check_every", "int", 100, "Full-set stop checks every this many steps (mini-batch)."),
-    Option("jam_window", "int", 2000, "Jamming rule: window in steps."),
-    Option("jam_rtol", "float", 1e-3,
-           "Jamming rule: relative decrease of the best loss below which a window counts as stalled."),
-    Option("jam_after_decays", "bool", False, "Jamming rule with --schedule step: stop jammed only "
-           "at the last lr level (min_lr or past the last decay; a stall at a larger lr is Adam's "
-           "noise floor, not a minimum)."),
-    Option("polish", "enum", "none", "After training, continue every member that did not stop "
-           "sat (or diverged) with this optimizer from where it stopped (lbfgs: L-BFGS, "
-           "docs/jamming.md); its stop reason and final numbers replace the first stage's.",
-           ("none", "lbfgs")),
-    Option("polish_steps", "int", 5000, "Most gradient evaluations of the polish."),
-    Option("polish_jam_window", "int", 500, "Polish: jamming-rule window (evaluations)."),
-    Option("polish_jam_rtol", "float", 1e-6, "Polish: stop jammed when the best loss fell by "
-           "less than this fraction over the window (or the line search finds no descent)."),
-    Option("bulk_float32", "bool", False, "Train the first stage in float32 and the polish in "
-           "float64 (needs --x64 and --polish): a float32 bulk, a float64 finish "
-           "(docs/engine.md; validated on phase cells in docs/jamming.md)."),
-    Option("chunk_steps", "int", 2000, "Most steps per jitted chunk."),
-    Option("wgrad_split", "int", 0, "Engine: weight gradients as sums over this many chunks of "
-           "the points (split-K; 0: XLA's own). Same training up to rounding; pays on GPUs at "
-           "paper scale (docs/engine.md)."),
-    Option("pad_to", "int", 0, "Engine: pad the input and hidden widths with zero units to a "
-           "multiple of this inside the step (0: none; relu/tanh). Same training up to "
-           "rounding; pays on GPUs when rows are not 16-byte aligned (docs/engine.md)."),
-    Option("record_unsat", "bool", False, "Save which training points are unsatisfied at every "
-           "measurement step (history_unsat [K, M, P] in arrays.npz: avalanches)."),
-    Option("n_seeds", "int", 20, "Ensemble size K."),
-    Option("seed", "int", 0, "Seed of member 0; member k uses seed + k."),
-    Option("group_size", "int", 0, "Members vmapped together (0: automatic)."),
-    Option("x64", "bool", True, "Train in float64 (recommended near jamming)."),
-    Option("out_dir", "str", "runs", "Root of run directories."),
-    Option("plots", "bool", True, "Write PNG figures into the run directory."),
-    Option("resume", "bool", True,
-           "Checkpoint while training and resume an interrupted run with the same flags."),
-    Option("checkpoint_every", "float", 60.0, "Seconds between checkpoints (--resume)."),
-)
+# The job's options as rows (name, type, default, help, choices), in field order.
+SPEC = options.spec_of(JobOptions)
 
 OPTIONS = {o.name: o for o in SPEC}
 
@@ -718,16 +737,50 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   out = stdout or sys.stdout
   say = lambda *a: print(*a, file=out, flush=True)
   import jax
-  import jax.numpy as jnp
   if v["x64"] and not jax.config.jax_enable_x64:
     raise ValueError("x64=True needs jax.config.update('jax_enable_x64', True) "
                      "before run_ensemble_job")
-  import numpy as np
-  from lossland import experiment, nets, train
-  from lossland.plots import ensemble as ensemble_plots
   from lossland.progress import Progress
-
   check_out_dir(v["out_dir"])
+  job = _prepare(v, say)
+  bar = Progress("training", enabled=progress)
+  dirs = _Dirs()
+  ckpt = None
+  ok = False
+  try:
+    ckpt = _checkpoint_path(v, dirs, say)
+    bar.note("compiling and running the first chunk...")
+    res, polish, cfg2, wall = _train(v, job, ckpt, bar)
+    summary = _summary(v, job, res, polish, wall, ckpt)
+    dirs.makedirs(v["out_dir"])
+    run_dir = _write_run(v, job, res, polish, cfg2, summary)
+    ok = True
+  finally:
+    if not ok:
+      dirs.remove_empty()
+  if ckpt and os.path.exists(ckpt):
+    os.remove(ckpt)
+  report(summary, run_dir, say)
+  return run_dir, summary
+
+
+class _Job(NamedTuple):
+  """What the job trains: configs, data, seeds and the label-noise mask."""
+  net: Any
+  loss: Any
+  cfg: Any
+  ds: Any
+  n_w: int
+  seeds: list
+  flipped: Any
+
+
+def _prepare(v: dict, say) -> _Job:
+  """Configs, memory check, data and the job's first line."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lossland import nets
   net, loss, cfg = configs(v)
   dtype = jnp.float64 if v["x64"] else jnp.float32
   check_memory(net, cfg, v, np.dtype(dtype).itemsize)
@@ -746,78 +799,91 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
       f"width={net.width} N={n_w} ({nets.n_params(net)} params), "
       f"{loss.name} eps={loss.epsilon:g}, {cfg.optimizer} lr={cfg.lr:g}, "
       f"{'float64' if v['x64'] else 'float32'} on {jax.default_backend()}")
+  return _Job(net, loss, cfg, ds, n_w, seeds, flipped)
 
-  bar = Progress("training", enabled=progress)
-  K = len(seeds)
+
+def _checkpoint_path(v: dict, dirs, say) -> str | None:
+  """The resumable checkpoint of these options (None with ``resume=False``)."""
+  if not v["resume"]:
+    return None
+  digest = hashlib.sha1(io.dumps(key_values(v), sort_keys=True).encode()).hexdigest()[:12]
+  dirs.makedirs(os.path.join(v["out_dir"], "ensemble"))
+  ckpt = os.path.join(v["out_dir"], "ensemble", f".checkpoint_{digest}.npz")
+  if os.path.exists(ckpt):
+    say(f"resuming from {ckpt}")
+  return ckpt
+
+
+def _train(v: dict, job: _Job, ckpt, bar) -> tuple:
+  """The first stage, then the polish; returns ``(res, polish, cfg2, wall)``."""
+  from lossland import train
+  from lossland.train import protocol
+  K = len(job.seeds)
 
   def progress_fn(step, max_steps, n_running, n_done, n_total):
     frac = work_fraction(step, max_steps, n_running, n_done, n_total)
     bar(frac, 1.0, f"done {n_done}/{n_total} running {n_running} "
         f"step {step}/{max_steps}")
 
-  dirs = _Dirs()
-  ckpt = None
-  ok = False
-  try:
-    if v["resume"]:
-      digest = hashlib.sha1(io.dumps(key_values(v), sort_keys=True).encode()
-                            ).hexdigest()[:12]
-      dirs.makedirs(os.path.join(v["out_dir"], "ensemble"))
-      ckpt = os.path.join(v["out_dir"], "ensemble", f".checkpoint_{digest}.npz")
-      if os.path.exists(ckpt):
-        say(f"resuming from {ckpt}")
-    bar.note("compiling and running the first chunk...")
-    t0 = time.time()
-    from lossland.train import protocol
-    ds1 = protocol.cast_data(ds, "float32") if v["bulk_float32"] else ds
-    res = train.train_ensemble(seeds, ds1, net, loss, cfg,
-                               group_size=v["group_size"] or None,
-                               progress_fn=progress_fn, checkpoint_path=ckpt,
-                               checkpoint_every=v["checkpoint_every"])
-    polish = None
-    cfg2 = polish_config(v, cfg)
-    if cfg2 is not None:
-      bar.note(f"polishing with {cfg2.optimizer}...")
-      ckpt2 = ckpt and ckpt[:-len(".npz")] + "_polish.npz"
-      entry = ("sat", "jammed", "max_steps") if v["bulk_float32"] else ("jammed", "max_steps")
-      res, polish = run_polish(res, ds, net, loss, cfg2, checkpoint_path=ckpt2,
-                               checkpoint_every=v["checkpoint_every"], entry=entry)
-      if ckpt2 and os.path.exists(ckpt2):
-        os.remove(ckpt2)
-    bar(1, 1, f"done {K}/{K}")
-    bar.close()
-    wall = time.time() - t0
-    try:
-      summary = summarize(res, ds, seeds, n_w, nets.n_params(net), wall, cfg.lr,
-                          epsilon=loss.epsilon, polish=polish, net=net)
-    except JobError:
-      if ckpt and os.path.exists(ckpt):
-        os.remove(ckpt)
-      raise
-    summary["n_devices"] = jax.local_device_count()
-    summary["backend"] = jax.default_backend()
-    summary["label_noise"] = v["label_noise"]
-    summary["n_labels_flipped"] = int(flipped.sum())
-    extra = dict(polish["arrays"]) if polish is not None else {}
-    if v["label_noise"]:
-      extra["label_flipped"] = flipped
-    dirs.makedirs(v["out_dir"])
-    with io.new_run(v["out_dir"], "ensemble", v,
-                    net=dataclasses.asdict(net), loss=dataclasses.asdict(loss),
-                    train=dataclasses.asdict(cfg), seeds=seeds,
-                    polish_train=dataclasses.asdict(cfg2) if cfg2 else None) as w:
-      experiment.save_ensemble(w, seeds, res, ds, extra=extra)
-      w.write_json("summary.json", summary)
-      if v["plots"]:
-        ensemble_plots.plot_run(w.path)
-    ok = True
-  finally:
-    if not ok:
-      dirs.remove_empty()
-  run_dir = w.final_path
-  if ckpt and os.path.exists(ckpt):
-    os.remove(ckpt)
+  t0 = time.time()
+  ds1 = protocol.cast_data(job.ds, "float32") if v["bulk_float32"] else job.ds
+  res = train.train_ensemble(job.seeds, ds1, job.net, job.loss, job.cfg,
+                             group_size=v["group_size"] or None,
+                             progress_fn=progress_fn, checkpoint_path=ckpt,
+                             checkpoint_every=v["checkpoint_every"])
+  polish = None
+  cfg2 = polish_config(v, job.cfg)
+  if cfg2 is not None:
+    bar.note(f"polishing with {cfg2.optimizer}...")
+    ckpt2 = ckpt and ckpt[:-len(".npz")] + "_polish.npz"
+    entry = ("sat", "jammed", "max_steps") if v["bulk_float32"] else ("jammed", "max_steps")
+    res, polish = run_polish(res, job.ds, job.net, job.loss, cfg2, checkpoint_path=ckpt2,
+                             checkpoint_every=v["checkpoint_every"], entry=entry)
+    if ckpt2 and os.path.exists(ckpt2):
+      os.remove(ckpt2)
+  bar(1, 1, f"done {K}/{K}")
+  bar.close()
+  return res, polish, cfg2, time.time() - t0
 
+
+def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt) -> dict:
+  """summary.json; with no healthy member the checkpoint goes too (JobError)."""
+  import jax
+  from lossland import nets
+  try:
+    summary = summarize(res, job.ds, job.seeds, job.n_w, nets.n_params(job.net), wall,
+                        job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net)
+  except JobError:
+    if ckpt and os.path.exists(ckpt):
+      os.remove(ckpt)
+    raise
+  summary["n_devices"] = jax.local_device_count()
+  summary["backend"] = jax.default_backend()
+  summary["label_noise"] = v["label_noise"]
+  summary["n_labels_flipped"] = int(job.flipped.sum())
+  return summary
+
+
+def _write_run(v: dict, job: _Job, res, polish, cfg2, summary: dict) -> str:
+  """The run directory (config.json, arrays.npz, summary.json, figures)."""
+  from lossland import experiment
+  from lossland.plots import ensemble as ensemble_plots
+  extra = dict(polish["arrays"]) if polish is not None else {}
+  if v["label_noise"]:
+    extra["label_flipped"] = job.flipped
+  with io.new_run(v["out_dir"], "ensemble", v,
+                  net=dataclasses.asdict(job.net), loss=dataclasses.asdict(job.loss),
+                  train=dataclasses.asdict(job.cfg), seeds=job.seeds,
+                  polish_train=dataclasses.asdict(cfg2) if cfg2 else None) as w:
+    experiment.save_ensemble(w, job.seeds, res, job.ds, extra=extra)
+    w.write_json("summary.json", summary)
+    if v["plots"]:
+      ensemble_plots.plot_run(w.path)
+  return w.final_path
+
+
+def report(summary: dict, run_dir: str, say) -> None:
+  """The member table and the headline numbers, one ``say`` per line."""
   members = summary["members"]
   header = ("seed", "class", "stop", "steps", "loss", "N_delta", "N_delta/N",
             "max_delta", "train_err", "test_err")
@@ -832,7 +898,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   bad = [f"diverged seeds {summary['diverged_seeds']}" if summary["diverged_seeds"] else "",
          f"dead seeds {summary['dead_seeds']}" if summary["dead_seeds"] else ""]
   bad = "; ".join(b for b in bad if b)
-  say(f"healthy members: {summary['n_healthy']}/{K}"
+  say(f"healthy members: {summary['n_healthy']}/{len(members)}"
       + (f" (left out of the numbers below: {bad})" if bad else ""))
   say(f"jammed by the authors' rule (N_delta > 0.1 N): "
       f"{summary['n_jammed_nd_over_0.1N']}")
@@ -841,4 +907,3 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   say(f"output variance <|f - fbar|^2>: {summary['output_variance']:.4g}")
   say(f"wall time: {summary['wall_seconds']:.1f} s")
   say(f"run directory: {run_dir}")
-  return run_dir, summary

@@ -8,8 +8,8 @@ P_-(Delta) ~ |Delta|^-gamma (gamma ~ 0.2).
 
 This module is analysis only: it reads ensemble cells (records of
 :func:`lossland.sweep.run_sweep`, ``{"flags", "run_dir", "summary"}``) and
-proposes the next cells of a bisection; running them is the caller's
-``run_cells_fn``. Member classes come from ``summary["members"][k]["class"]``
+proposes the next P/N of a bisection (:func:`propose_next`); running the
+cells is the study's (:mod:`lossland.experiments.phase_study`). Member classes come from ``summary["members"][k]["class"]``
 (:func:`lossland.observables.member_classes`): only ``sat`` and ``jammed``
 enter the fraction; ``limbo``, ``dead``, ``not_converged``, ``stalled`` and
 ``diverged`` are counted and reported, never counted as jammed; members
@@ -18,7 +18,7 @@ whose unsatisfied points are all dead points (f = 0 exactly) are
 """
 import math
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -135,51 +135,6 @@ def propose_next(stats: Sequence[dict], grow: float = 1.3,
   if hi - lo <= rel_tol * 0.5 * (hi + lo):
     return None
   return 0.5 * (lo + hi)
-
-
-def search_transition(groups: Sequence[dict], x_init: Sequence[float],
-                      run_cells_fn: Callable, n_rounds: int = 3,
-                      rel_tol: float = 0.03, log_fn: Callable | None = None) -> list:
-  """Bracketing and bisection over P at fixed N, for several groups at once.
-
-  Args:
-    groups: one base cell per group (e.g. per depth): options of the ensemble
-      job without ``P``, plus ``"_N"``, the group's weight count N (turns P/N
-      into P; keys starting with "_" are not passed to the job).
-    x_init: initial P/N grid (every group).
-    run_cells_fn: ``fn(cells) -> records`` (same order), e.g. sweep.run_sweep.
-    n_rounds: bracketing/bisection rounds after the initial grid.
-    rel_tol: stop bisecting a group when its bracket is this narrow.
-    log_fn: optional ``fn(str)``.
-
-  Returns:
-    per group, the list of its records (all P measured).
-  """
-  recs = [dict() for _ in groups]  # P -> record
-
-  def cell(g, x):
-    base = {k: v for k, v in g.items() if not k.startswith("_")}
-    return dict(base, P=max(2, int(round(x * g["_N"]))))
-
-  todo = [(i, cell(g, x)) for i, g in enumerate(groups) for x in x_init]
-  for rnd in range(n_rounds + 1):
-    todo = [(i, c) for i, c in todo if c["P"] not in recs[i]]
-    if not todo:
-      break
-    if log_fn:
-      log_fn(f"round {rnd}: {len(todo)} cell(s): " + ", ".join(
-          f"L={c.get('depth')} P={c['P']}" for _, c in todo))
-    out = run_cells_fn([c for _, c in todo])
-    for (i, c), r in zip(todo, out):
-      recs[i][c["P"]] = r
-    if rnd == n_rounds:
-      break
-    todo = []
-    for i, g in enumerate(groups):
-      x = propose_next([cell_stats(r) for r in recs[i].values()], rel_tol=rel_tol)
-      if x is not None:
-        todo.append((i, cell(g, x)))
-  return [[recs[i][p] for p in sorted(recs[i])] for i in range(len(groups))]
 
 
 def nd_over_n_at_jamming(stats: Sequence[dict], x_star, min_members: int = 3):
@@ -337,65 +292,29 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     Also ``_samples`` (not JSON: arrays for :func:`lossland.plots.phase.plot_all`).
   """
   per_depth, p_star = {}, {}
-  pos, neg, pos_g, neg_g, aval = [], [], [], [], []
-  exps = {}
+  pooled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
+  aval, exps = [], {}
   for L, recs in sorted(records_by_depth.items()):
     stats = sorted((cell_stats(r, load_fn) for r in recs), key=lambda c: c["p_over_n"])
     fit = fit_cells(stats, level=level)
-    xs = fit["x_half"]
-    p_star[L] = xs
-    nd, used = nd_over_n_at_jamming(stats, xs)
-    counts = {}
-    for c in stats:
-      for k, v in c["counts"].items():
-        counts[k] = counts.get(k, 0) + v
-    Ns = sorted({c["N"] for c in stats})
-    per_depth[L] = {
-        "p_star_over_n": xs, "p_star_ci": fit["ci"],
-        "p_star": None if xs is None else xs * Ns[0],
-        "transition_width": fit["width"], "separated": fit["separated"],
-        "bracketed": fit["bracketed"],
-        "nd_over_n_at_jamming": nd, "nd_cells_p_over_n": used,
-        "n_members": int(sum(c["n_members"] for c in stats)),
-        "N": Ns[0] if len(Ns) == 1 else Ns,
-        "width": stats[0]["width"] if stats else None,
-        "d": stats[0]["d"] if stats else None,
-        "counts": counts,
-        "cells": [{k: c[k] for k in ("P", "p_over_n", "n_members", "counts",
-                                      "nd_over_n_jammed")} for c in stats],
-    }
+    p_star[L] = fit["x_half"]
+    per_depth[L] = _depth_summary(stats, fit)
     # Delta distribution: the cell nearest P* (on either side) with jammed members.
     # Only depths whose transition was located: far from P* the distribution
     # is not the critical one.
-    ref = xs
-    by_x = sorted(recs, key=lambda r: r["summary"]["P"] / r["summary"]["n_weights"])
-    jam_cells = [(c, r) for c, r in zip(stats, by_x) if c["n_jammed"] > 0]
-    if ref is not None and jam_cells:
-      c, r = min(jam_cells, key=lambda cr: abs(cr[0]["p_over_n"] - ref))
-      try:
-        ds = delta_samples(r, load_fn=load_fn)
-      except (OSError, KeyError, ValueError):
-        ds = None
-      if ds is not None:
-        off = 1000 * len(pos)
-        pos.append(ds["positive"]), neg.append(ds["negative"])
-        pos_g.append(ds["positive_member"] + off), neg_g.append(ds["negative_member"] + off)
-        ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot)
-        en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot)
-        exps[L] = {"p_over_n": c["p_over_n"],
-                   "theta": ep["exponent"], "theta_ci": ep["ci"],
-                   "gamma": None if en["exponent"] is None else -en["exponent"],
-                   "gamma_ci": [None if v is None else -v for v in en["ci"][::-1]]}
+    e = _depth_exponents(stats, recs, fit["x_half"], pooled, n_boot, load_fn)
+    if e is not None:
+      exps[L] = e
     # Avalanches: every cell that recorded the unsatisfied sets.
     for r in recs:
       try:
-        s = avalanche_data(r, load_fn=load_fn)
+        a = avalanche_data(r, load_fn=load_fn)
       except (OSError, KeyError, ValueError):
-        s = None
-      if s is not None:
-        aval.append(s)
+        a = None
+      if a is not None:
+        aval.append(a)
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-  P_, N_, Pg, Ng = cat(pos), cat(neg), cat(pos_g), cat(neg_g)
+  P_, N_, Pg, Ng = (cat(pooled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
   th = fit_exponent(P_, Pg, n_boot=n_boot)
   ga = fit_exponent(N_, Ng, n_boot=n_boot)
   sizes = cat(aval).astype(np.int64)
@@ -415,6 +334,54 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
                    "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max")},
   }
+
+
+def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
+  """One depth's entry of ``per_depth`` (see :func:`analyze`)."""
+  xs = fit["x_half"]
+  nd, used = nd_over_n_at_jamming(stats, xs)
+  counts = {}
+  for c in stats:
+    for k, v in c["counts"].items():
+      counts[k] = counts.get(k, 0) + v
+  Ns = sorted({c["N"] for c in stats})
+  return {
+      "p_star_over_n": xs, "p_star_ci": fit["ci"],
+      "p_star": None if xs is None else xs * Ns[0],
+      "transition_width": fit["width"], "separated": fit["separated"],
+      "bracketed": fit["bracketed"],
+      "nd_over_n_at_jamming": nd, "nd_cells_p_over_n": used,
+      "n_members": int(sum(c["n_members"] for c in stats)),
+      "N": Ns[0] if len(Ns) == 1 else Ns,
+      "width": stats[0]["width"] if stats else None,
+      "d": stats[0]["d"] if stats else None,
+      "counts": counts,
+      "cells": [{k: c[k] for k in ("P", "p_over_n", "n_members", "counts",
+                                    "nd_over_n_jammed")} for c in stats],
+  }
+
+
+def _depth_exponents(stats, recs, ref, pooled: dict, n_boot: int, load_fn) -> dict | None:
+  """theta and gamma of one depth from its jammed cell nearest P* (``ref``);
+  its samples are appended to ``pooled`` (members numbered apart per depth)."""
+  by_x = sorted(recs, key=lambda r: r["summary"]["P"] / r["summary"]["n_weights"])
+  jam_cells = [(c, r) for c, r in zip(stats, by_x) if c["n_jammed"] > 0]
+  if ref is None or not jam_cells:
+    return None
+  c, r = min(jam_cells, key=lambda cr: abs(cr[0]["p_over_n"] - ref))
+  try:
+    ds = delta_samples(r, load_fn=load_fn)
+  except (OSError, KeyError, ValueError):
+    return None
+  off = 1000 * len(pooled["pos"])
+  pooled["pos"].append(ds["positive"]), pooled["neg"].append(ds["negative"])
+  pooled["pos_g"].append(ds["positive_member"] + off)
+  pooled["neg_g"].append(ds["negative_member"] + off)
+  ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot)
+  en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot)
+  return {"p_over_n": c["p_over_n"], "theta": ep["exponent"], "theta_ci": ep["ci"],
+          "gamma": None if en["exponent"] is None else -en["exponent"],
+          "gamma_ci": [None if v is None else -v for v in en["ci"][::-1]]}
 
 
 def finite_size(results: Sequence[dict]) -> dict:

@@ -38,8 +38,8 @@ def _floats(text):
 
 def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None, pad_to=0):
   from lossland import job, nets
-  from lossland.scripts import phase
-  p = phase.PRESETS["cpu"]
+  from lossland.configs import phase as presets
+  p = presets.cpu().job
   N = nets.n_weights(width, width, depth)
   v = job.defaults()
   v.update(dataset="sphere", d=width, width=width, depth=depth,

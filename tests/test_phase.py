@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lossland import fits, phase
+from lossland.experiments import phase_study
 
 
 def _record(P, N, classes, nd=None, depth=3, run_dir=None, losses=None):
@@ -62,7 +63,7 @@ def test_search_transition_finds_known_crossing():
     return fake(cells)
 
   groups = [{"depth": 3, "_N": 200}, {"depth": 2, "_N": 200}]
-  per_group = phase.search_transition(groups, [1.5, 2.0, 2.5, 3.0], run_cells, n_rounds=3)
+  per_group = phase_study.search_transition(groups, [1.5, 2.0, 2.5, 3.0], run_cells, n_rounds=3)
   assert calls[0] == 8 and all(c <= 2 for c in calls[1:]) and len(calls) == 4
   for recs in per_group:
     assert len(recs) >= 5  # bisection added cells
@@ -70,7 +71,7 @@ def test_search_transition_finds_known_crossing():
     lo, hi = fit["ci"]
     assert lo < 2.3 < hi and hi - lo < 0.3
   # a group that starts all sat is extended outward
-  per_group = phase.search_transition([{"depth": 3, "_N": 200}], [1.0, 1.2], _fake_cells(2.3),
+  per_group = phase_study.search_transition([{"depth": 3, "_N": 200}], [1.0, 1.2], _fake_cells(2.3),
                                       n_rounds=4)
   assert max(phase.cell_stats(r)["p_over_n"] for r in per_group[0]) > 2.3
 
@@ -309,10 +310,10 @@ def test_gpu_preset_sets_the_paper_nets_and_the_engine_layout(tmp_path):
   """--preset gpu: the paper's depths and N ~ 8000, the polish, and the
   engine layout (wgrad_split, pad_to) in every cell; run here at tiny widths."""
   from lossland import nets
-  from lossland.scripts import phase
-  p = phase.PRESETS["gpu"]
-  assert [nets.n_weights(h, h, L) for L, h in zip(p["depths"], p["widths"])] == [7750, 7854, 8040]
-  assert p["polish"] == "lbfgs" and p["wgrad_split"] == 64 and p["pad_to"] == 8
+  from lossland.configs import phase as presets
+  p = presets.gpu()
+  assert [nets.n_weights(h, h, L) for L, h in zip(p.depths, p.widths)] == [7750, 7854, 8040]
+  assert p.job["polish"] == "lbfgs" and p.job["wgrad_split"] == 64 and p.job["pad_to"] == 8
   r = _run(["--preset", "gpu", "--widths", "3,3,3", "--p_over_n", "1", "--n_seeds", "1",
             "--max_steps", "20", "--rounds", "0", "--n_boot", "0", "--polish_steps", "10",
             "--noplots", "--workers", "1"], tmp_path)

@@ -85,12 +85,10 @@ class StudyConfig:
 
 def flag_spec() -> tuple:
   """The options of :class:`StudyConfig` for ``lossland.scripts._cli.define_flags``:
-  one :class:`lossland.job.Option` per field (name, type, default, help, choices)."""
-  from lossland.job import Option
-  kinds = {int: 'int', float: 'float', bool: 'bool', str: 'str'}
-  return tuple(Option(f.name, 'enum' if f.metadata['choices'] else kinds[f.type],
-                      f.default, f.metadata['help'], f.metadata['choices'])
-               for f in dataclasses.fields(StudyConfig))
+  one :class:`lossland.experiments.options.Option` per field (name, type, default,
+  help, choices)."""
+  from lossland.experiments import options
+  return options.spec_of(StudyConfig)
 
 
 def width_for_params(d: int, depth: int, n_out: int, n_params: int) -> int:
@@ -160,6 +158,38 @@ def explorer_config(cfg: StudyConfig, n_params: int) -> ExplorerConfig:
 ENERGY_TOL = 1e-8  # identity of stationary points (the database's, used by the drivers)
 
 
+def _accuracy_metrics_fn(net, data: tuple, dtype) -> Callable[[np.ndarray], dict]:
+  """The per-minimum metrics of the study: ``w [N] -> {'test_accuracy',
+  'train_accuracy'}`` of the network loss ``net`` on ``data = (x_train, y_train,
+  x_test, y_test)``."""
+  xtr, ytr, xte, yte = data
+  acc = jax.jit(net.accuracy_fn)
+  xtr_j, ytr_j, xte_j, yte_j = (jnp.asarray(xtr, dtype), jnp.asarray(ytr),
+                                jnp.asarray(xte, dtype), jnp.asarray(yte))
+
+  def metrics_fn(w):
+    w = jnp.asarray(w)
+    return {'test_accuracy': float(acc(w, xte_j, yte_j)),
+            'train_accuracy': float(acc(w, xtr_j, ytr_j))}
+
+  return metrics_fn
+
+
+def _open_database(out_dir: str, cfg: StudyConfig, sizes: tuple, net,
+                   distance_fn: Callable) -> Database:
+  """Creates ``out_dir/landscape.sqlite`` with the study's identity tolerances and
+  the meta data that say how to read its coordinates (config, layer sizes,
+  ``NetConfig``, layout)."""
+  db_path = os.path.join(out_dir, 'landscape.sqlite')
+  db = Database(db_path, energy_tol=ENERGY_TOL, distance_fn=distance_fn,
+                distance_tol=1e-3)
+  db.set_meta('study_config', dataclasses.asdict(cfg))
+  db.set_meta('layer_sizes', list(sizes))
+  db.set_meta('net_config', dataclasses.asdict(net.net))
+  db.set_meta('coords_layout', 'ravel_pytree(nets params): per layer b, then w row-major')
+  return db
+
+
 def run_study(cfg: StudyConfig, out_dir: str,
               progress: Optional[Callable[[str], None]] = None,
               data: Optional[tuple] = None) -> dict:
@@ -196,26 +226,13 @@ def run_study(cfg: StudyConfig, out_dir: str,
                                      cfg.lam)
   say(f'network {sizes}: N={net.n_params} parameters, P={len(ytr)}, test={len(yte)}')
 
-  acc = jax.jit(net.accuracy_fn)
-  xtr_j, ytr_j, xte_j, yte_j = (jnp.asarray(xtr, dtype), jnp.asarray(ytr),
-                                jnp.asarray(xte, dtype), jnp.asarray(yte))
-
-  def metrics_fn(w):
-    w = jnp.asarray(w)
-    return {'test_accuracy': float(acc(w, xte_j, yte_j)),
-            'train_accuracy': float(acc(w, xtr_j, ytr_j))}
-
+  metrics_fn = _accuracy_metrics_fn(net, (xtr, ytr, xte, yte), dtype)
   ex_cfg = explorer_config(cfg, net.n_params)
   align = lambda a, b: symmetry.align_network(a, b, net.net)
   dist = symmetry.network_distance_fn(net.net)
   ex = make_explorer(net.loss_fn, ex_cfg, align_fn=align, distance_fn=dist)
 
-  db_path = os.path.join(out_dir, 'landscape.sqlite')
-  db = Database(db_path, energy_tol=ENERGY_TOL, distance_fn=dist, distance_tol=1e-3)
-  db.set_meta('study_config', dataclasses.asdict(cfg))
-  db.set_meta('layer_sizes', list(sizes))
-  db.set_meta('net_config', dataclasses.asdict(net.net))
-  db.set_meta('coords_layout', 'ravel_pytree(nets params): per layer b, then w row-major')
+  db = _open_database(out_dir, cfg, sizes, net, dist)
 
   key = jax.random.key(cfg.seed)
   k_init, k_bh = jax.random.split(key)

@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from lossland import io
+from lossland.compilation_cache import cache_dir, enable_compilation_cache  # noqa: F401 (re-export)
 from lossland.progress import Progress  # noqa: F401 (re-export: scripts use _cli.Progress)
 
 
@@ -70,6 +71,10 @@ def define_flags(spec, module_name: str, flag_values=flags.FLAGS) -> dict:
       holders[o.name] = flags.DEFINE_enum(o.name, o.default, list(o.choices), o.help,
                                           flag_values=flag_values,
                                           module_name=module_name)
+    elif o.type in ("ints", "floats"):  # comma-separated; parsed by options.parse_list
+      default = None if o.default is None else [str(v) for v in o.default]
+      holders[o.name] = flags.DEFINE_list(o.name, default, o.help, flag_values=flag_values,
+                                          module_name=module_name)
     else:
       holders[o.name] = define[o.type](o.name, o.default, o.help,
                                        flag_values=flag_values,
@@ -82,40 +87,10 @@ def flag_values(spec, flag_values=flags.FLAGS) -> dict:
   return {o.name: flag_values[o.name].value for o in spec}
 
 
-def cache_dir() -> str:
-  """The per-user directory of JAX's persistent compilation cache."""
-  if os.environ.get("LOSSLAND_CACHE_DIR"):
-    return os.environ["LOSSLAND_CACHE_DIR"]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "lossland", "jax")
-
-
-def enable_compilation_cache(path: str | None = None) -> str | None:
-  """Turns on JAX's persistent compilation cache in ``path`` (default
-  :func:`cache_dir`); returns the directory, or None if it cannot be used.
-
-  Every compiled program is cached (minimum compile time 0), so a second run
-  of the same command skips most of its start-up. Works on jax 0.10 and 0.11.
-  """
-  import jax
-  path = path or cache_dir()
-  try:
-    os.makedirs(path, exist_ok=True)
-    if not os.access(path, os.W_OK | os.X_OK):
-      return None
-  except OSError:
-    return None
-  try:
-    jax.config.update("jax_compilation_cache_dir", path)
-  except (AttributeError, KeyError, ValueError):  # a jax without the option
-    return None
-  for name, value in (("jax_persistent_cache_min_compile_time_secs", 0.0),
-                      ("jax_persistent_cache_min_entry_size_bytes", 0)):
-    try:
-      jax.config.update(name, value)
-    except (AttributeError, KeyError, ValueError):
-      pass
-  return path
+def given_values(spec, flag_values=flags.FLAGS) -> dict:
+  """The values of the spec's flags that the command line gave (a preset's
+  overrides): dict name -> value."""
+  return {o.name: flag_values[o.name].value for o in spec if flag_values[o.name].present}
 
 
 def _cache_wanted() -> bool:
