@@ -171,31 +171,33 @@ def _tree_or_flat(params, v):
   return unravel(v), lambda t: ravel_pytree(t)[0]
 
 
-def curvature_fns(apply_fn: Callable, loss, epsilon: float | None = None,
-                  chunk_size: int | None = None) -> CurvatureFns:
-  """Matrix-free curvature of L = sum_i w_i ell(epsilon - y_i (f(x_i) - offset_i)).
-
-  Args:
-    apply_fn: ``apply_fn(params, x[P, d]) -> f [P]`` (scalar output).
-    loss: a :class:`lossland.losses.LossConfig`, or a per-example loss
-      function ``ell(delta)`` (then ``epsilon`` is required).
-    epsilon: margin; defaults to ``loss.epsilon`` for a LossConfig.
-    chunk_size: if set, every quantity is accumulated over chunks of this many
-      examples with ``lax.scan`` (memory ~ chunk_size instead of P); padding
-      examples have weight 0.
-
-  Returns:
-    :class:`CurvatureFns`. Cost (benchmark in docs/curvature.md): H v, H0 v and
-    Hp v each cost a small constant times one gradient (2-4.5); ``split_vp``
-    shares no work between them and costs about the sum of the three.
-  """
+def _loss_and_margin(loss, epsilon) -> tuple:
+  """(ell, epsilon) of a LossConfig or of a per-example loss function."""
   if isinstance(loss, losses_lib.LossConfig):
-    loss_fn = loss.fn
-    epsilon = loss.epsilon if epsilon is None else epsilon
-  else:
-    loss_fn = loss
-    if epsilon is None:
-      raise ValueError("epsilon is required when loss is a function")
+    return loss.fn, (loss.epsilon if epsilon is None else epsilon)
+  if epsilon is None:
+    raise ValueError("epsilon is required when loss is a function")
+  return loss, epsilon
+
+
+class _ChunkFns(NamedTuple):
+  """The per-chunk quantities that :func:`curvature_fns` sums over chunks.
+
+  Attributes:
+    delta: (params, batch) -> Delta [P].
+    loss: (params, batch) -> sum_i w_i ell(Delta_i).
+    hp_potential: (params, batch) -> sum_i w_i ell'(Delta_i) Delta_i with
+      ell' frozen (stop_gradient): its Hessian is Hp.
+    h0vp: (params, batch, v) -> H0 v (pytree v).
+  """
+  delta: Callable
+  loss: Callable
+  hp_potential: Callable
+  h0vp: Callable
+
+
+def _chunk_fns(apply_fn: Callable, loss_fn: Callable, epsilon) -> _ChunkFns:
+  """Delta, L, the Hp potential and H0 v of one chunk of examples."""
   d1_fn, d2_fn = loss_derivatives(loss_fn)
 
   def delta_fn(params, batch):
@@ -218,18 +220,44 @@ def curvature_fns(apply_fn: Callable, loss, epsilon: float | None = None,
     _, vjp = jax.vjp(f, params)
     return vjp(u)[0]
 
-  def chunk_hvp(fun, params, batch, v):
-    return jax.jvp(lambda p: jax.grad(fun)(p, batch), (params,), (v,))[1]
+  return _ChunkFns(delta_fn, chunk_loss, chunk_hp_potential, chunk_h0vp)
+
+
+def _chunk_hvp(fun, params, batch, v):
+  """Forward-over-reverse product of the Hessian of fun(., batch) with v."""
+  return jax.jvp(lambda p: jax.grad(fun)(p, batch), (params,), (v,))[1]
+
+
+def curvature_fns(apply_fn: Callable, loss, epsilon: float | None = None,
+                  chunk_size: int | None = None) -> CurvatureFns:
+  """Matrix-free curvature of L = sum_i w_i ell(epsilon - y_i (f(x_i) - offset_i)).
+
+  Args:
+    apply_fn: ``apply_fn(params, x[P, d]) -> f [P]`` (scalar output).
+    loss: a :class:`lossland.losses.LossConfig`, or a per-example loss
+      function ``ell(delta)`` (then ``epsilon`` is required).
+    epsilon: margin; defaults to ``loss.epsilon`` for a LossConfig.
+    chunk_size: if set, every quantity is accumulated over chunks of this many
+      examples with ``lax.scan`` (memory ~ chunk_size instead of P); padding
+      examples have weight 0.
+
+  Returns:
+    :class:`CurvatureFns`. Cost (benchmark in docs/curvature.md): H v, H0 v and
+    Hp v each cost a small constant times one gradient (2-4.5); ``split_vp``
+    shares no work between them and costs about the sum of the three.
+  """
+  loss_fn, epsilon = _loss_and_margin(loss, epsilon)
+  chunk = _chunk_fns(apply_fn, loss_fn, epsilon)
 
   def loss_total(params, batch):
-    return _accumulate(lambda b: chunk_loss(params, b), batch, chunk_size)
+    return _accumulate(lambda b: chunk.loss(params, b), batch, chunk_size)
 
   def grad(params, batch):
-    return _accumulate(lambda b: jax.grad(chunk_loss)(params, b), batch,
+    return _accumulate(lambda b: jax.grad(chunk.loss)(params, b), batch,
                        chunk_size)
 
   def delta(params, batch):
-    return delta_fn(params, batch)
+    return chunk.delta(params, batch)
 
   def product(chunk_fn):
     def vp(params, batch, v):
@@ -238,18 +266,18 @@ def curvature_fns(apply_fn: Callable, loss, epsilon: float | None = None,
       return back(out)
     return vp
 
-  hvp = product(lambda p, b, v: chunk_hvp(chunk_loss, p, b, v))
-  hpvp = product(lambda p, b, v: chunk_hvp(chunk_hp_potential, p, b, v))
-  h0vp = product(chunk_h0vp)
+  hvp = product(lambda p, b, v: _chunk_hvp(chunk.loss, p, b, v))
+  hpvp = product(lambda p, b, v: _chunk_hvp(chunk.hp_potential, p, b, v))
+  h0vp = product(chunk.h0vp)
 
   def split_vp(params, batch, v):
     v, back = _tree_or_flat(params, v)
 
-    def chunk(b):
-      return (chunk_hvp(chunk_loss, params, b, v), chunk_h0vp(params, b, v),
-              chunk_hvp(chunk_hp_potential, params, b, v))
+    def all_three(b):
+      return (_chunk_hvp(chunk.loss, params, b, v), chunk.h0vp(params, b, v),
+              _chunk_hvp(chunk.hp_potential, params, b, v))
 
-    hv, h0v, hpv = _accumulate(chunk, batch, chunk_size)
+    hv, h0v, hpv = _accumulate(all_three, batch, chunk_size)
     return back(hv), back(h0v), back(hpv)
 
   return CurvatureFns(delta=delta, loss=loss_total, grad=grad, hvp=hvp,

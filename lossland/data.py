@@ -464,6 +464,81 @@ def apply_pca(x: np.ndarray, mean, components, scale) -> np.ndarray:
 SPLITS = ("official", "pooled")
 
 
+def _flat(x) -> np.ndarray:
+  """[n, ...] -> [n, D]: each point's inputs flattened."""
+  x = np.asarray(x)
+  return x.reshape(x.shape[0], -1)
+
+
+def _split_pooled(x_train, x_test, keep, y, P: int, n_test, d: int,
+                  source: str) -> tuple:
+  """Step 2 of :func:`prepare`, ``split="pooled"``: train and test points pooled
+  (train first) in the balanced order, the first P train, the next n_test test.
+
+  Args:
+    x_train, x_test: [n, D] and [n', D] (or None) flattened inputs.
+    keep, y: :func:`binary_labels` of the pooled labels.
+
+  Returns:
+    ``(x_tr_raw [P, D], y_tr [P], x_te_raw [n_test, D], y_te [n_test], n_test)``.
+  """
+  x_pool = np.concatenate([x_train, x_test]) if x_test is not None else x_train
+  order, _ = interleave_classes(y)
+  if n_test is None:
+    n_test = max(len(order) - P, 0)
+  _check_sizes(P, n_test, d, available=len(order), what=source)
+  idx = keep[order]
+  train, test = idx[:P], idx[P:P + n_test]
+  return (x_pool[train], y[order[:P]], x_pool[test], y[order[P:P + n_test]],
+          n_test)
+
+
+def _split_official(x_train, x_test, keep, y, n_tr: int, P: int, n_test,
+                    d: int, source: str) -> tuple:
+  """Step 2 of :func:`prepare`, ``split="official"``: the first P points of the
+  official training set and the first n_test of the official test set, each in
+  its balanced order.
+
+  Args:
+    x_train, x_test: [n, D] and [n', D] (or None) flattened inputs.
+    keep, y: :func:`binary_labels` of the training labels followed by the test
+      labels.
+    n_tr: the number of training labels.
+
+  Returns:
+    ``(x_tr_raw [P, D], y_tr [P], x_te_raw [n_test, D], y_te [n_test], n_test)``.
+  """
+  if x_test is None:
+    raise DataError(f"{source} has no separate test set: use split='pooled'")
+  is_tr = keep < n_tr
+  y_a, keep_a = y[is_tr], keep[is_tr]
+  y_b, keep_b = y[~is_tr], keep[~is_tr] - n_tr
+  order_a, _ = interleave_classes(y_a)
+  order_b, _ = interleave_classes(y_b)
+  if n_test is None:
+    n_test = len(order_b)
+  _check_sizes(P, n_test, d)
+  if P > len(order_a):
+    raise DataError(f"asked for P={P} training points but the training set "
+                     f"of {source} has only {len(order_a)}")
+  if n_test > len(order_b):
+    raise DataError(f"asked for {n_test} test points but the test set of "
+                     f"{source} has only {len(order_b)}")
+  return (x_train[keep_a[order_a[:P]]], y_a[order_a[:P]],
+          x_test[keep_b[order_b[:n_test]]], y_b[order_b[:n_test]], n_test)
+
+
+def _to_inputs(x_raw, labels, d: int, pca_fit, dt) -> tuple:
+  """Step 3 of :func:`prepare` on some points: the whitening PCA ``pca_fit``
+  (mean, components, scale; None: the raw inputs), each point normalized to
+  norm sqrt(d); (x [n, d], y [n]) as JAX arrays of dtype ``dt``."""
+  z = (apply_pca(x_raw, *pca_fit) if pca_fit is not None
+       else np.asarray(x_raw, np.float64))
+  z = z * (np.sqrt(d) / np.maximum(np.linalg.norm(z, axis=1, keepdims=True),
+                                   1e-300))
+  return jnp.asarray(z, dt), jnp.asarray(labels.astype(np.float64), dt)
+
+
 def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
             x_test=None, labels_test=None, *, classes=None, split="pooled",
             dtype=None, source: str = "data", pca: bool = True) -> Dataset:
@@ -498,63 +573,26 @@ def prepare(x_train, labels_train, P: int, d: int, n_test: int | None = None,
   """
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; choose from {SPLITS}")
-  x_train = np.asarray(x_train)
-  x_train = x_train.reshape(x_train.shape[0], -1)
+  x_train = _flat(x_train)
   if not pca and d != x_train.shape[1]:
     raise DataError(f"without PCA the {x_train.shape[1]} raw inputs of {source} are "
                     f"kept: d must be {x_train.shape[1]}, got {d}")
   has_test = x_test is not None
   if has_test:
-    x_test = np.asarray(x_test)
-    x_test = x_test.reshape(x_test.shape[0], -1)
+    x_test = _flat(x_test)
   all_labels = (np.concatenate([labels_train, labels_test]) if has_test
                 else np.asarray(labels_train))
   keep, y = binary_labels(all_labels, classes, source)
-  n_tr = len(labels_train)
   if split == "pooled":
-    x_pool = np.concatenate([x_train, x_test]) if has_test else x_train
-    order, _ = interleave_classes(y)
-    if n_test is None:
-      n_test = max(len(order) - P, 0)
-    _check_sizes(P, n_test, d, available=len(order), what=source)
-    idx = keep[order]
-    train, test = idx[:P], idx[P:P + n_test]
-    x_tr_raw, x_te_raw = x_pool[train], x_pool[test]
-    y_tr = y[order[:P]]
-    y_te = y[order[P:P + n_test]]
+    parts = _split_pooled(x_train, x_test, keep, y, P, n_test, d, source)
   else:
-    if not has_test:
-      raise DataError(f"{source} has no separate test set: use split='pooled'")
-    is_tr = keep < n_tr
-    y_a, keep_a = y[is_tr], keep[is_tr]
-    y_b, keep_b = y[~is_tr], keep[~is_tr] - n_tr
-    order_a, _ = interleave_classes(y_a)
-    order_b, _ = interleave_classes(y_b)
-    if n_test is None:
-      n_test = len(order_b)
-    _check_sizes(P, n_test, d)
-    if P > len(order_a):
-      raise DataError(f"asked for P={P} training points but the training set "
-                       f"of {source} has only {len(order_a)}")
-    if n_test > len(order_b):
-      raise DataError(f"asked for {n_test} test points but the test set of "
-                       f"{source} has only {len(order_b)}")
-    x_tr_raw = x_train[keep_a[order_a[:P]]]
-    x_te_raw = x_test[keep_b[order_b[:n_test]]]
-    y_tr, y_te = y_a[order_a[:P]], y_b[order_b[:n_test]]
-  if pca:
-    mean, comps, scale = pca_whiten(x_tr_raw, d)
+    parts = _split_official(x_train, x_test, keep, y, len(labels_train), P,
+                            n_test, d, source)
+  x_tr_raw, y_tr, x_te_raw, y_te, n_test = parts
+  pca_fit = pca_whiten(x_tr_raw, d) if pca else None
   dt = dtypes.float_dtype(dtype)
-
-  def prep(x_raw, labels):
-    z = (apply_pca(x_raw, mean, comps, scale) if pca
-         else np.asarray(x_raw, np.float64))
-    z = z * (np.sqrt(d) / np.maximum(np.linalg.norm(z, axis=1, keepdims=True),
-                                     1e-300))
-    return jnp.asarray(z, dt), jnp.asarray(labels.astype(np.float64), dt)
-
-  x_tr, y_tr = prep(x_tr_raw, y_tr)
-  x_te, y_te = (prep(x_te_raw, y_te) if n_test else
+  x_tr, y_tr = _to_inputs(x_tr_raw, y_tr, d, pca_fit, dt)
+  x_te, y_te = (_to_inputs(x_te_raw, y_te, d, pca_fit, dt) if n_test else
                 (jnp.zeros((0, d), dt), jnp.zeros((0,), dt)))
   return Dataset(x_tr, y_tr, x_te, y_te)
 

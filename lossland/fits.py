@@ -83,6 +83,73 @@ def _profile_over_slope(x, k, n, x0, b_max):
   return _binom_loglik(b[:, None] * dx, k, n), b
 
 
+def _counts(x, n_sat, n_total) -> tuple:
+  """(x, k, n) as flat float64 arrays, checked, cells with 0 trials dropped."""
+  x = np.asarray(x, np.float64).ravel()
+  k = np.asarray(n_sat, np.float64).ravel()
+  n = np.asarray(n_total, np.float64).ravel()
+  if not (x.shape == k.shape == n.shape):
+    raise ValueError(f"x, n_sat and n_total must have the same length, got "
+                     f"{x.shape}, {k.shape}, {n.shape}")
+  if np.any(k < 0) or np.any(k > n):
+    raise ValueError("need 0 <= n_sat <= n_total")
+  keep = n > 0
+  return x[keep], k[keep], n[keep]
+
+
+def _profile_argmax(x, k, n, grid, prof, b_max) -> float:
+  """The crossing point of largest profile likelihood.
+
+  Under perfect separation the profile is flat (at the saturated likelihood)
+  on the gap: the middle of the flat part. Otherwise the maximum is refined
+  between the grid neighbours of the best point (three rounds of 33 points).
+  """
+  near = np.flatnonzero(prof >= prof.max() - 1e-9)
+  if near.size > 1:
+    return float(0.5 * (grid[near[0]] + grid[near[-1]]))
+  i = int(near[0])
+  a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+  for _ in range(3):
+    t = np.linspace(a, b, 33)
+    j = int(np.argmax(_profile_over_slope(x, k, n, t, b_max)[0]))
+    a, b = t[max(j - 1, 0)], t[min(j + 1, t.size - 1)]
+  return float(0.5 * (a + b))
+
+
+def _is_separated(x, k, n) -> bool:
+  """Perfect separation: every x has fraction 0 or 1 and, in order of x, the
+  fraction changes once."""
+  xs = np.unique(x)
+  fx = np.array([k[x == v].sum() / n[x == v].sum() for v in xs])
+  return bool(np.all((fx == 0) | (fx == 1)) and 0 < fx.sum() < fx.size
+              and np.count_nonzero(np.diff(fx)) == 1)
+
+
+def _cut_crossing(x, k, n, b_max, floor, a, b) -> float:
+  """Where the profile crosses ``floor`` between ``a`` (below) and ``b`` (above).
+
+  Three rounds of a vectorized 33-point grid (resolution 32^-3 of |b - a|).
+  """
+  for _ in range(3):
+    t = np.linspace(a, b, 33)
+    inside_t = _profile_over_slope(x, k, n, t, b_max)[0] >= floor
+    j = int(np.argmax(inside_t))  # first inside point (b is inside)
+    a, b = t[max(j - 1, 0)], t[j]
+  return float(0.5 * (a + b))
+
+
+def _profile_ci(x, k, n, grid, prof, b_max, cut) -> list:
+  """[lo, hi] of {x0: profile(x0) >= max - cut}; None where it runs off the grid."""
+  lmax = prof.max()
+  idx = np.flatnonzero(prof >= lmax - cut)
+  lo_i, hi_i = idx.min(), idx.max()
+  ci_lo = (None if lo_i == 0 else
+           _cut_crossing(x, k, n, b_max, lmax - cut, grid[lo_i - 1], grid[lo_i]))
+  ci_hi = (None if hi_i == grid.size - 1 else
+           _cut_crossing(x, k, n, b_max, lmax - cut, grid[hi_i + 1], grid[hi_i]))
+  return [ci_lo, ci_hi]
+
+
 def fit_threshold(x, n_sat, n_total, level: float = 0.95,
                   n_grid: int = 401) -> dict:
   """Where the fraction ``n_sat / n_total`` crosses 1/2, with a CI.
@@ -110,16 +177,7 @@ def fit_threshold(x, n_sat, n_total, level: float = 0.95,
     ``bracketed`` (the fraction is above 1/2 at some measured x and below at
     another), ``loglik``, ``n_cells``, ``n_trials``, ``method``.
   """
-  x = np.asarray(x, np.float64).ravel()
-  k = np.asarray(n_sat, np.float64).ravel()
-  n = np.asarray(n_total, np.float64).ravel()
-  if not (x.shape == k.shape == n.shape):
-    raise ValueError(f"x, n_sat and n_total must have the same length, got "
-                     f"{x.shape}, {k.shape}, {n.shape}")
-  if np.any(k < 0) or np.any(k > n):
-    raise ValueError("need 0 <= n_sat <= n_total")
-  keep = n > 0
-  x, k, n = x[keep], k[keep], n[keep]
+  x, k, n = _counts(x, n_sat, n_total)
   out = {"x_half": None, "ci": [None, None], "width": None, "slope": None,
          "separated": False, "bracketed": False, "loglik": None,
          "n_cells": int(x.size), "n_trials": int(n.sum()), "level": level,
@@ -135,52 +193,16 @@ def fit_threshold(x, n_sat, n_total, level: float = 0.95,
   lo_g, hi_g = x.min() - 0.5 * span, x.max() + 0.5 * span
   grid = np.linspace(lo_g, hi_g, n_grid)
   grid = np.unique(np.concatenate([grid, x]))
-  prof, bs = _profile_over_slope(x, k, n, grid, b_max)
-  lmax = prof.max()
+  prof, _ = _profile_over_slope(x, k, n, grid, b_max)
   cut = _chi2_1_quantile(level) / 2.0
-  # Perfect separation: the profile is flat (at the saturated likelihood) on
-  # the gap; take its middle.
-  near = np.flatnonzero(prof >= lmax - 1e-9)
-  if near.size > 1:
-    x_best = float(0.5 * (grid[near[0]] + grid[near[-1]]))
-  else:  # refine the maximum between the neighbours of the best point
-    i = int(near[0])
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
-    for _ in range(3):
-      t = np.linspace(a, b, 33)
-      j = int(np.argmax(_profile_over_slope(x, k, n, t, b_max)[0]))
-      a, b = t[max(j - 1, 0)], t[min(j + 1, t.size - 1)]
-    x_best = float(0.5 * (a + b))
+  x_best = _profile_argmax(x, k, n, grid, prof, b_max)
   lbest, bbest = _profile_over_slope(x, k, n, np.array([x_best]), b_max)
-  # Perfect separation: every x has fraction 0 or 1 and, in order of x, the
-  # fraction changes once.
-  xs = np.unique(x)
-  fx = np.array([k[x == v].sum() / n[x == v].sum() for v in xs])
-  separated = bool(np.all((fx == 0) | (fx == 1)) and 0 < fx.sum() < fx.size
-                   and np.count_nonzero(np.diff(fx)) == 1)
+  separated = _is_separated(x, k, n)
   out["separated"] = separated
   out["loglik"] = float(lbest[0])
   out["slope"] = float(bbest[0])
   out["width"] = 0.0 if separated else float(1.0 / abs(bbest[0]))
-
-  inside = prof >= lmax - cut
-  idx = np.flatnonzero(inside)
-  lo_i, hi_i = idx.min(), idx.max()
-
-  def refine(i_in, i_out):
-    # The crossing of the cut between two grid points, by three rounds of a
-    # vectorized 33-point grid (resolution 32^-3 of the grid spacing).
-    a, b = grid[i_out], grid[i_in]  # outside, inside
-    for _ in range(3):
-      t = np.linspace(a, b, 33)
-      inside_t = _profile_over_slope(x, k, n, t, b_max)[0] >= lmax - cut
-      j = int(np.argmax(inside_t))  # first inside point (b is inside)
-      a, b = t[max(j - 1, 0)], t[j]
-    return float(0.5 * (a + b))
-
-  ci_lo = None if lo_i == 0 else refine(lo_i, lo_i - 1)
-  ci_hi = None if hi_i == grid.size - 1 else refine(hi_i, hi_i + 1)
-  out["ci"] = [ci_lo, ci_hi]
+  out["ci"] = _profile_ci(x, k, n, grid, prof, b_max, cut)
   inside_data = x.min() <= x_best <= x.max()
   out["x_half"] = x_best if (inside_data and out["bracketed"]) else None
   return out

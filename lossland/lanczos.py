@@ -54,6 +54,61 @@ class LanczosResult(NamedTuple):
   basis: jax.Array
 
 
+def _orth_all(basis, w):
+  """w minus its projection on the rows of ``basis``: classical Gram-Schmidt
+  twice, as matrix products."""
+  w = w - basis.T @ (basis @ w)
+  return w - basis.T @ (basis @ w)
+
+
+def _lanczos_step(matvec: Callable, project: Callable, num_steps: int,
+                  reorthogonalize: bool, tol) -> Callable:
+  """The body of :func:`lanczos`'s ``fori_loop``: step j of the recurrence.
+
+  The carry is ``(basis [m, n], alpha [m], beta [m], colnorm [n], anorm)``:
+  ``colnorm`` is the running sum of squares of the basis columns (to pick a
+  restart vector), ``anorm`` the running |T| estimate of the breakdown test.
+  """
+
+  def step(j, carry):
+    basis, alpha, beta, colnorm, anorm = carry
+    q = basis[j]
+    q_prev = jnp.where(j > 0, basis[jnp.maximum(j - 1, 0)], jnp.zeros_like(q))
+    b_prev = jnp.where(j > 0, beta[jnp.maximum(j - 1, 0)], 0.0)
+    w = project(matvec(q))
+    a = jnp.vdot(q, w)
+    w = w - a * q - b_prev * q_prev
+    if reorthogonalize:
+      w = _orth_all(basis, w)
+    b = jnp.linalg.norm(w)
+    anorm = jnp.maximum(anorm, jnp.maximum(jnp.abs(a), b))
+    broke = b <= tol * anorm
+
+    def restart(w):
+      # The coordinate vector least represented in the basis, orthogonalized.
+      e = project(jnp.zeros_like(q).at[jnp.argmin(colnorm)].set(1.0))
+      if reorthogonalize:
+        return _orth_all(basis, e)
+      return e - jnp.vdot(q, e) * q - jnp.vdot(q_prev, e) * q_prev
+
+    # A real branch unbatched (the restart costs two more passes over Q);
+    # under vmap it becomes a select.
+    w = jax.lax.cond(broke, restart, lambda w: w, w)
+    w_norm = jnp.linalg.norm(w)
+    q_next = w / jnp.where(w_norm > 0, w_norm, 1.0)
+    b = jnp.where(broke, jnp.zeros_like(b), b)
+    alpha = alpha.at[j].set(a)
+    beta = beta.at[j].set(b)
+    # The last step's residual is not stored in the basis.
+    inside = j + 1 < num_steps
+    idx = jnp.minimum(j + 1, num_steps - 1)
+    basis = basis.at[idx].set(jnp.where(inside, q_next, basis[idx]))
+    colnorm = jnp.where(inside, colnorm + q_next * q_next, colnorm)
+    return basis, alpha, beta, colnorm, anorm
+
+  return step
+
+
 def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
             reorthogonalize: bool = True,
             breakdown_rtol: float | None = None,
@@ -98,48 +153,7 @@ def lanczos(matvec: Callable, v0: jax.Array, num_steps: int, *,
   q0 = v0 / jnp.linalg.norm(v0)
   basis = jnp.zeros((num_steps, n), dtype).at[0].set(q0)
   colnorm = q0 * q0  # running sum of squares of Q's columns, to pick restarts
-
-  def orth_all(basis, w):
-    # Classical Gram-Schmidt twice, as matrix products.
-    w = w - basis.T @ (basis @ w)
-    return w - basis.T @ (basis @ w)
-
-  def step(j, carry):
-    basis, alpha, beta, colnorm, anorm = carry
-    q = basis[j]
-    q_prev = jnp.where(j > 0, basis[jnp.maximum(j - 1, 0)], jnp.zeros_like(q))
-    b_prev = jnp.where(j > 0, beta[jnp.maximum(j - 1, 0)], 0.0)
-    w = project(matvec(q))
-    a = jnp.vdot(q, w)
-    w = w - a * q - b_prev * q_prev
-    if reorthogonalize:
-      w = orth_all(basis, w)
-    b = jnp.linalg.norm(w)
-    anorm = jnp.maximum(anorm, jnp.maximum(jnp.abs(a), b))
-    broke = b <= tol * anorm
-
-    def restart(w):
-      # The coordinate vector least represented in the basis, orthogonalized.
-      e = project(jnp.zeros_like(q).at[jnp.argmin(colnorm)].set(1.0))
-      if reorthogonalize:
-        return orth_all(basis, e)
-      return e - jnp.vdot(q, e) * q - jnp.vdot(q_prev, e) * q_prev
-
-    # A real branch unbatched (the restart costs two more passes over Q);
-    # under vmap it becomes a select.
-    w = jax.lax.cond(broke, restart, lambda w: w, w)
-    w_norm = jnp.linalg.norm(w)
-    q_next = w / jnp.where(w_norm > 0, w_norm, 1.0)
-    b = jnp.where(broke, jnp.zeros_like(b), b)
-    alpha = alpha.at[j].set(a)
-    beta = beta.at[j].set(b)
-    # The last step's residual is not stored in the basis.
-    inside = j + 1 < num_steps
-    idx = jnp.minimum(j + 1, num_steps - 1)
-    basis = basis.at[idx].set(jnp.where(inside, q_next, basis[idx]))
-    colnorm = jnp.where(inside, colnorm + q_next * q_next, colnorm)
-    return basis, alpha, beta, colnorm, anorm
-
+  step = _lanczos_step(matvec, project, num_steps, reorthogonalize, tol)
   alpha = jnp.zeros((num_steps,), dtype)
   beta = jnp.zeros((num_steps,), dtype)
   init = (basis, alpha, beta, colnorm, jnp.zeros((), dtype))

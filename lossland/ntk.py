@@ -358,6 +358,56 @@ def _top_eigenvalue(k, n_iter: int = 100):
   return v @ (k @ v)
 
 
+def _margin_loss_fn(K, y, f0, loss_cfg, scale):
+  """c -> (loss, N_Delta, Delta) of the outputs f = f0 + K c."""
+  ell, eps = loss_cfg.fn, loss_cfg.epsilon
+
+  def loss_nd(c):
+    delta = losses_lib.margins(f0 + K @ c, y, eps)
+    return scale * jnp.mean(ell(delta)), losses_lib.n_unsatisfied(delta), delta
+
+  return loss_nd
+
+
+def _euler_flow(loss_nd, increment, c0, dt_max, max_steps: int, rtol: float,
+                reject: bool) -> tuple:
+  """Explicit Euler on c inside a ``lax.while_loop``: c += increment(h, Delta).
+
+  Runs until N_Delta = 0, the loss falls to ``rtol`` times its initial value,
+  or ``max_steps`` steps. With ``reject``, a step that increases the loss is
+  undone and the step halved; accepted steps grow it by 1.1 up to ``dt_max``.
+
+  Returns:
+    ``(c, loss, n_delta, steps, t, target)``, t the flow time and target the
+    loss of the rtol criterion.
+  """
+  dtype = c0.dtype
+  loss0, nd0, delta0 = loss_nd(c0)
+  target = rtol * loss0
+
+  def cond(s):
+    c, loss, nd, delta, step, t, h = s
+    return (nd > 0) & (loss > target) & (step < max_steps)
+
+  def body(s):
+    c, loss, nd, delta, step, t, h = s
+    c_new = c + increment(h, delta)
+    loss_new, nd_new, delta_new = loss_nd(c_new)
+    if reject:
+      ok = loss_new <= loss
+      h_next = jnp.where(ok, jnp.minimum(1.1 * h, dt_max), 0.5 * h)
+    else:
+      ok, h_next = True, h
+    pick = lambda a, b: jnp.where(ok, a, b)
+    return (pick(c_new, c), pick(loss_new, loss), pick(nd_new, nd),
+            pick(delta_new, delta), step + 1, pick(t + h, t), h_next)
+
+  state = (c0, loss0, nd0, delta0, jnp.asarray(0), jnp.zeros((), dtype),
+           jnp.asarray(dt_max, dtype))
+  c, loss, nd, _, steps, t, _ = jax.lax.while_loop(cond, body, state)
+  return c, loss, nd, steps, t, target
+
+
 def kernel_hinge_flow(k_train_train, y_train, k_test_train=None,
                       loss_cfg: losses_lib.LossConfig = losses_lib.LossConfig(),
                       f0_train=None, f0_test=None, dt=None,
@@ -404,47 +454,21 @@ def kernel_hinge_flow(k_train_train, y_train, k_test_train=None,
   P = K.shape[0]
   y = jnp.asarray(y_train, dtype)
   f0 = jnp.zeros((P,), dtype) if f0_train is None else jnp.asarray(f0_train, dtype)
-  ell, eps = loss_cfg.fn, loss_cfg.epsilon
   scale = getattr(loss_cfg, "scale", 1.0)
-  dell = jax.grad(lambda d: jnp.sum(ell(d)))
+  dell = jax.grad(lambda d: jnp.sum(loss_cfg.fn(d)))
   # The linear hinge has a discontinuous ell': its loss may rise on a good step
   # (points chatter across Delta = 0), so steps are never rejected; plain Euler
   # is then the batch perceptron with margin epsilon, which reaches N_Delta = 0
   # in finitely many steps on separable data (Novikoff 1962).
   smooth = loss_cfg.name != "hinge"
-
-  def loss_nd(c):
-    delta = losses_lib.margins(f0 + K @ c, y, eps)
-    return scale * jnp.mean(ell(delta)), losses_lib.n_unsatisfied(delta), delta
-
   if dt is None:
     dt_max = P / (scale * _top_eigenvalue(K))
   else:
     dt_max = jnp.asarray(dt, dtype)
-  c0 = jnp.zeros((P,), dtype)
-  loss0, nd0, delta0 = loss_nd(c0)
-  target = rtol * loss0
-
-  def cond(s):
-    c, loss, nd, delta, step, t, h = s
-    return (nd > 0) & (loss > target) & (step < max_steps)
-
-  def body(s):
-    c, loss, nd, delta, step, t, h = s
-    c_new = c + h * (scale / P) * dell(delta) * y
-    loss_new, nd_new, delta_new = loss_nd(c_new)
-    if adaptive and smooth:
-      ok = loss_new <= loss
-      h_next = jnp.where(ok, jnp.minimum(1.1 * h, dt_max), 0.5 * h)
-    else:
-      ok, h_next = True, h
-    pick = lambda a, b: jnp.where(ok, a, b)
-    return (pick(c_new, c), pick(loss_new, loss), pick(nd_new, nd),
-            pick(delta_new, delta), step + 1, pick(t + h, t), h_next)
-
-  state = (c0, loss0, nd0, delta0, jnp.asarray(0), jnp.zeros((), dtype),
-           jnp.asarray(dt_max, dtype))
-  c, loss, nd, _, steps, t, _ = jax.lax.while_loop(cond, body, state)
+  c, loss, nd, steps, t, target = _euler_flow(
+      _margin_loss_fn(K, y, f0, loss_cfg, scale),
+      lambda h, delta: h * (scale / P) * dell(delta) * y, jnp.zeros((P,), dtype),
+      dt_max, max_steps, rtol, adaptive and smooth)
   out = {"f_train": f0 + K @ c, "coef": c, "loss": loss, "n_delta": nd,
          "steps": steps, "time": t,
          "converged": (nd == 0) | (loss <= target)}

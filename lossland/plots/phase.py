@@ -7,31 +7,18 @@ from lossland import fits
 from lossland.plots import _agg
 
 
-def plot_all(result: dict, out_dir: str):
-  """Small PNG figures of :func:`lossland.phase.analyze`'s result into ``out_dir``.
+def _sat(cell: dict) -> int:
+  """Members of a cell that reached N_Delta = 0 (with or without dead units)."""
+  return cell["counts"].get("sat", 0) + cell["counts"].get("sat_dead", 0)
 
-  Writes fraction_sat.png, nd_over_n.png, phase_diagram.png,
-  delta_distributions.png and, when avalanche sizes were recorded,
-  avalanches.png; ``result`` needs its ``_samples`` (not stored in
-  summary.json). Returns the file names written.
-  """
-  plt = _agg.pyplot()
-  pd = result["per_depth"]
-  files = []
 
-  def save(fig, name):
-    p = os.path.join(out_dir, name)
-    fig.tight_layout()
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    files.append(name)
-
+def _fraction_sat(plt, per_depth: dict):
+  """Fraction sat / (sat + jammed) vs P/N per depth, with the logistic fit."""
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for L, v in pd.items():
+  for L, v in per_depth.items():
     x = np.array([c["p_over_n"] for c in v["cells"]])
-    sat = lambda c: c["counts"].get("sat", 0) + c["counts"].get("sat_dead", 0)
-    k = np.array([sat(c) for c in v["cells"]])
-    n = np.array([sat(c) + c["counts"].get("jammed", 0) for c in v["cells"]])
+    k = np.array([_sat(c) for c in v["cells"]])
+    n = np.array([_sat(c) + c["counts"].get("jammed", 0) for c in v["cells"]])
     m = n > 0
     line = ax.plot(x[m], k[m] / n[m], "o", label=f"L={L}")[0]
     if v["p_star_over_n"] is not None and x.size:
@@ -42,22 +29,28 @@ def plot_all(result: dict, out_dir: str):
   ax.axhline(0.5, color="gray", lw=0.5)
   ax.set_xlabel("P/N"), ax.set_ylabel("fraction sat / (sat + jammed)")
   ax.legend()
-  save(fig, "fraction_sat.png")
+  return fig
 
+
+def _nd_over_n(plt, per_depth: dict):
+  """N_Delta / N of every member (0 for the sat ones) vs P/N per depth."""
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for L, v in pd.items():
+  for L, v in per_depth.items():
     xs, ys = [], []
     for c in v["cells"]:
-      n_sat = c["counts"].get("sat", 0) + c["counts"].get("sat_dead", 0)
+      n_sat = _sat(c)
       xs += [c["p_over_n"]] * (len(c["nd_over_n_jammed"]) + n_sat)
       ys += c["nd_over_n_jammed"] + [0.0] * n_sat
     ax.plot(xs, ys, "o", alpha=0.5, label=f"L={L}")
   ax.set_xlabel("P/N"), ax.set_ylabel("N_Delta / N (sat and jammed)")
   ax.legend()
-  save(fig, "nd_over_n.png")
+  return fig
 
+
+def _phase_diagram(plt, per_depth: dict):
+  """N* against P* per depth (log-log), with the CI of P*."""
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  for L, v in pd.items():
+  for L, v in per_depth.items():
     if v["p_star"] is not None and isinstance(v["N"], int):
       lo, hi = v["p_star_ci"]
       ax.errorbar([v["p_star"]], [v["N"]], xerr=[[v["p_star"] - lo * v["N"] if lo else 0],
@@ -66,8 +59,11 @@ def plot_all(result: dict, out_dir: str):
   ax.set_xscale("log"), ax.set_yscale("log")
   ax.set_xlabel("P*"), ax.set_ylabel("N*")
   ax.legend()
-  save(fig, "phase_diagram.png")
+  return fig
 
+
+def _delta_distributions(plt, result: dict):
+  """Densities of Delta/sqrt(L) > 0 and of -Delta > 0 with the fitted power laws."""
   s = result["_samples"]
   fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
   for ax, key, name, a in ((axs[0], "positive", "Delta/sqrt(L), Delta>0", result["theta"]),
@@ -88,19 +84,48 @@ def plot_all(result: dict, out_dir: str):
                   label=f"exponent {a:.2f}")
         ax.legend()
     ax.set_xlabel(name), ax.set_ylabel("density")
-  save(fig, "delta_distributions.png")
+  return fig
 
-  sz = s["avalanche_sizes"]
+
+def _avalanches(plt, sizes):
+  """Histogram of the avalanche sizes (log-log)."""
+  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  nz = sizes[sizes > 0]
+  if nz.size:
+    bins = np.unique(np.logspace(0, np.log10(nz.max() + 1), 20).astype(int))
+    h, _ = np.histogram(nz, bins)
+    ax.loglog(bins[:-1], np.maximum(h, 0.5), "o")
+  ax.set_xlabel("constraints changing sign between measurements")
+  ax.set_ylabel("count")
+  return fig
+
+
+def plot_all(result: dict, out_dir: str):
+  """Small PNG figures of :func:`lossland.phase.analyze`'s result into ``out_dir``.
+
+  Writes fraction_sat.png, nd_over_n.png, phase_diagram.png,
+  delta_distributions.png and, when avalanche sizes were recorded,
+  avalanches.png; ``result`` needs its ``_samples`` (not stored in
+  summary.json). Returns the file names written.
+  """
+  plt = _agg.pyplot()
+  pd = result["per_depth"]
+  files = []
+
+  def save(fig, name):
+    p = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    files.append(name)
+
+  save(_fraction_sat(plt, pd), "fraction_sat.png")
+  save(_nd_over_n(plt, pd), "nd_over_n.png")
+  save(_phase_diagram(plt, pd), "phase_diagram.png")
+  save(_delta_distributions(plt, result), "delta_distributions.png")
+  sz = result["_samples"]["avalanche_sizes"]
   if sz.size:
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    nz = sz[sz > 0]
-    if nz.size:
-      bins = np.unique(np.logspace(0, np.log10(nz.max() + 1), 20).astype(int))
-      h, _ = np.histogram(nz, bins)
-      ax.loglog(bins[:-1], np.maximum(h, 0.5), "o")
-    ax.set_xlabel("constraints changing sign between measurements")
-    ax.set_ylabel("count")
-    save(fig, "avalanches.png")
+    save(_avalanches(plt, sz), "avalanches.png")
   return files
 
 

@@ -138,6 +138,96 @@ def grid_row(n_cells: int = 9, members: int = 8, steps: int = 200, depth: int = 
           "member_steps_per_s_cell_by_cell": ms / times["cell_by_cell"]}
 
 
+def _vmapped_vs_sequential(out: dict, sizes, n_members: int, steps: int,
+                           repeats: int, peak: float, quick: bool) -> tuple:
+  """Times K members vmapped, one after another and in the library's groups.
+
+  Fills ``out["sizes"]`` and the speedups, and ``flops_fraction_of_matmul``
+  against the best matmul so far (re-timed at every size and the best value
+  kept, so that a slow moment of a shared machine cannot inflate the fractions).
+
+  Returns:
+    ``(rows, peak)``: one table row per size and the best matmul FLOP/s.
+  """
+  dtype = dtypes.float_dtype()
+  seeds = list(range(n_members))
+  loss = losses.LossConfig()
+  # No stops: every member runs exactly `steps` steps on both paths.
+  cfg = train.TrainConfig(lr=1e-3, max_steps=steps, stop_at_sat=False,
+                          jam_window=10 * steps, chunk_steps=steps,
+                          n_log_per_decade=1)
+  rows = []
+  for name, P, d, depth, width in sizes:
+    net = nets.NetConfig(d=d, width=width, depth=depth)
+    N = nets.n_params(net)
+    ds = data.sphere(jax.random.key(0), P, d, n_test=0)
+    auto = train.default_group_size(n_members, float(P) * N)
+    t_vmap = _time_path(seeds, ds, net, loss, cfg, n_members, repeats)
+    t_seq = _time_path(seeds, ds, net, loss, cfg, 1, repeats)
+    t_lib = (t_vmap if auto == n_members else t_seq if auto == 1 else
+             _time_path(seeds, ds, net, loss, cfg, auto, repeats))
+    peak = max(peak, matmul_flops(dtype, n=512 if quick else 1024))
+    flops = 6.0 * N * P * n_members * steps
+    out["sizes"][name] = {"P": P, "d": d, "depth": depth, "width": width, "N": N,
+                          "PN": P * N, "seconds_vmapped": t_vmap,
+                          "seconds_sequential": t_seq, "seconds_library": t_lib,
+                          "library_group_size": auto,
+                          "gflops_library": flops / t_lib / 1e9}
+    out["speedup_vmapped_vs_sequential"][name] = t_seq / t_vmap
+    out["speedup_library_vs_sequential"][name] = t_seq / t_lib
+    out["flops_fraction_of_matmul"][name] = flops / t_lib / peak
+    rows.append((name, P, N, f"{P * N:.1e}", f"{t_vmap:.3f}", f"{t_seq:.3f}",
+                 f"{t_seq / t_vmap:.2f}", auto, f"{t_seq / t_lib:.2f}",
+                 f"{flops / t_lib / 1e9:.1f}"))
+  return rows, peak
+
+
+def _print_size_table(out: dict, rows: list, peak: float) -> None:
+  """Sets the fractions against the best matmul of the whole run, prints the table."""
+  for name in out["sizes"]:
+    sz = out["sizes"][name]
+    out["flops_fraction_of_matmul"][name] = sz["gflops_library"] * 1e9 / peak
+  out["matmul_gflops"] = peak / 1e9
+  print(f"dense matmul, best over the run: {peak / 1e9:.1f} GFLOP/s "
+        f"(frac_matmul is relative to it)")
+  rows = [r + (f"{out['sizes'][r[0]]['gflops_library'] * 1e9 / peak:.2f}",)
+          for r in rows]
+  header = ("size", "P", "N", "P*N", "t_vmap[s]", "t_seq[s]", "vmap/seq",
+            "lib_group", "lib/seq", "lib GFLOP/s", "frac_matmul")
+  widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+  fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+  print(fmt.format(*header))
+  for r in rows:
+    print(fmt.format(*r))
+
+
+def _naive_defaults(sizes, n_members: int, steps: int, quick: bool,
+                    full: bool) -> tuple:
+  """The default (members per size, step counts) of the naive comparison."""
+  if quick:
+    return {name: (n_members,) for name, *_ in sizes}, (steps,)
+  cpu = jax.default_backend() == "cpu"
+  members = ((NAIVE_MEMBERS_CPU if cpu else NAIVE_MEMBERS_ACCEL) if full else
+             (DEFAULT_MEMBERS_CPU if cpu else DEFAULT_MEMBERS_ACCEL))
+  return members, NAIVE_STEPS
+
+
+def _paper_scale() -> dict:
+  """The paper-scale row of :mod:`lossland.scripts.bench_step`, printed."""
+  from lossland.scripts import bench_step
+  jax.config.update("jax_enable_x64", True)  # the row has a float64 and a float32 part
+  print("paper scale (L = 3, d = h = 51, P = 23562, K = 8): engine and naive "
+        "scan, us per member-step", flush=True)
+  row = bench_step.paper_row()
+  for name, r in row["dtypes"].items():
+    v = r["variants"]
+    print(f"  {name}: " + ", ".join(f"{k} {x['us_per_member_step']:.1f} "
+                                     f"({x['member_steps_per_s']:.0f}/s, floor frac "
+                                     f"{x['frac_memory_floor']:.2f})"
+                                     for k, x in v.items()), flush=True)
+  return row
+
+
 def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
                   steps: int | None = None, repeats: int = 3,
                   naive_members: dict | None = None,
@@ -167,71 +257,25 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
   dtype = dtypes.float_dtype()
   sizes = QUICK_SIZES if quick else SIZES if full else DEFAULT_SIZES
   steps = steps or (20 if quick else 100)
-  seeds = list(range(n_members))
-  loss = losses.LossConfig()
-  # No stops: every member runs exactly `steps` steps on both paths.
-  cfg = train.TrainConfig(lr=1e-3, max_steps=steps, stop_at_sat=False,
-                          jam_window=10 * steps, chunk_steps=steps,
-                          n_log_per_decade=1)
   peak = matmul_flops(dtype, n=512 if quick else 1024)
   print(f"backend {jax.default_backend()}, dtype {np.dtype(dtype).name}, "
         f"K = {n_members} members, {steps} steps, dense matmul "
         f"{peak / 1e9:.1f} GFLOP/s")
-  rows, out = [], {"backend": jax.default_backend(), "dtype": np.dtype(dtype).name,
-                   "n_members": n_members, "steps": steps,
-                   "matmul_gflops": peak / 1e9, "sizes": {},
-                   "speedup_vmapped_vs_sequential": {},
-                   "speedup_library_vs_sequential": {},
-                   "flops_fraction_of_matmul": {}}
-  for name, P, d, depth, width in sizes:
-    net = nets.NetConfig(d=d, width=width, depth=depth)
-    N = nets.n_params(net)
-    ds = data.sphere(jax.random.key(0), P, d, n_test=0)
-    auto = train.default_group_size(n_members, float(P) * N)
-    t_vmap = _time_path(seeds, ds, net, loss, cfg, n_members, repeats)
-    t_seq = _time_path(seeds, ds, net, loss, cfg, 1, repeats)
-    t_lib = (t_vmap if auto == n_members else t_seq if auto == 1 else
-             _time_path(seeds, ds, net, loss, cfg, auto, repeats))
-    # The matmul reference is re-timed at every size and the best value kept,
-    # so a slow moment of a shared machine cannot inflate the fractions.
-    peak = max(peak, matmul_flops(dtype, n=512 if quick else 1024))
-    flops = 6.0 * N * P * n_members * steps
-    out["sizes"][name] = {"P": P, "d": d, "depth": depth, "width": width, "N": N,
-                          "PN": P * N, "seconds_vmapped": t_vmap,
-                          "seconds_sequential": t_seq, "seconds_library": t_lib,
-                          "library_group_size": auto,
-                          "gflops_library": flops / t_lib / 1e9}
-    out["speedup_vmapped_vs_sequential"][name] = t_seq / t_vmap
-    out["speedup_library_vs_sequential"][name] = t_seq / t_lib
-    out["flops_fraction_of_matmul"][name] = flops / t_lib / peak
-    rows.append((name, P, N, f"{P * N:.1e}", f"{t_vmap:.3f}", f"{t_seq:.3f}",
-                 f"{t_seq / t_vmap:.2f}", auto, f"{t_seq / t_lib:.2f}",
-                 f"{flops / t_lib / 1e9:.1f}"))
-  # Fractions against the best matmul seen in the whole run.
-  for name in out["sizes"]:
-    sz = out["sizes"][name]
-    out["flops_fraction_of_matmul"][name] = sz["gflops_library"] * 1e9 / peak
-  out["matmul_gflops"] = peak / 1e9
-  print(f"dense matmul, best over the run: {peak / 1e9:.1f} GFLOP/s "
-        f"(frac_matmul is relative to it)")
-  rows = [r + (f"{out['sizes'][r[0]]['gflops_library'] * 1e9 / peak:.2f}",)
-          for r in rows]
-  header = ("size", "P", "N", "P*N", "t_vmap[s]", "t_seq[s]", "vmap/seq",
-            "lib_group", "lib/seq", "lib GFLOP/s", "frac_matmul")
-  widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
-  fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-  print(fmt.format(*header))
-  for r in rows:
-    print(fmt.format(*r))
+  out = {"backend": jax.default_backend(), "dtype": np.dtype(dtype).name,
+         "n_members": n_members, "steps": steps,
+         "matmul_gflops": peak / 1e9, "sizes": {},
+         "speedup_vmapped_vs_sequential": {},
+         "speedup_library_vs_sequential": {},
+         "flops_fraction_of_matmul": {}}
+  rows, peak = _vmapped_vs_sequential(out, sizes, n_members, steps, repeats,
+                                      peak, quick)
+  _print_size_table(out, rows, peak)
+  default_members, default_steps = _naive_defaults(sizes, n_members, steps,
+                                                   quick, full)
   if naive_members is None:
-    if quick:
-      naive_members = {name: (n_members,) for name, *_ in sizes}
-    else:
-      cpu = jax.default_backend() == "cpu"
-      naive_members = ((NAIVE_MEMBERS_CPU if cpu else NAIVE_MEMBERS_ACCEL) if full else
-                       (DEFAULT_MEMBERS_CPU if cpu else DEFAULT_MEMBERS_ACCEL))
+    naive_members = default_members
   if naive_steps is None:
-    naive_steps = (steps,) if quick else NAIVE_STEPS
+    naive_steps = default_steps
   print(f"train_ensemble (one group) against a naive jit(vmap(scan(adam))), "
         f"same member-steps, {train.n_devices()} device(s):", flush=True)
   out.update(naive_comparison(sizes, naive_members, naive_steps, repeats))
@@ -242,18 +286,7 @@ def run_benchmark(out_dir: str, quick: bool = False, n_members: int = 20,
         f"{g['steps']} steps): batched {g['seconds_batched']:.2f} s, cell by cell "
         f"{g['seconds_cell_by_cell']:.2f} s, speedup {g['speedup_batched']:.2f}", flush=True)
   if paper if paper is not None else not quick:
-    from lossland.scripts import bench_step
-    jax.config.update("jax_enable_x64", True)  # the row has a float64 and a float32 part
-    print("paper scale (L = 3, d = h = 51, P = 23562, K = 8): engine and naive "
-          "scan, us per member-step", flush=True)
-    row = bench_step.paper_row()
-    out["paper"] = row
-    for name, r in row["dtypes"].items():
-      v = r["variants"]
-      print(f"  {name}: " + ", ".join(f"{k} {x['us_per_member_step']:.1f} "
-                                       f"({x['member_steps_per_s']:.0f}/s, floor frac "
-                                       f"{x['frac_memory_floor']:.2f})"
-                                       for k, x in v.items()), flush=True)
+    out["paper"] = _paper_scale()
   with open(os.path.join(out_dir, "summary.json"), "w") as fh:
     json.dump(out, fh, indent=2)
   return out

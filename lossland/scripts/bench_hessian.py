@@ -52,29 +52,10 @@ def _problem(d, width, depth, P, seed=0):
   return cfg, params, batch, fns, nets.n_params(cfg)
 
 
-def run_benchmark(out_dir: str, quick: bool = False) -> dict:
-  """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
+def _bench_products(quick: bool) -> dict:
+  """1. One H v, H0 v, Hp v and split product relative to one gradient."""
   import jax
-  jax.config.update("jax_enable_x64", True)
-  import jax.numpy as jnp
   from jax.flatten_util import ravel_pytree
-  from lossland import curvature as cv
-  from lossland import io
-  from lossland import lanczos as lz
-
-  os.makedirs(out_dir, exist_ok=True)
-  out = {"quick": quick, "dtype": "float64", "backend": jax.default_backend(),
-         "devices": [str(d) for d in jax.devices()],
-         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-         "jax": jax.__version__,
-         # OpenBLAS threads spin badly on a loaded machine (eigvalsh of an
-         # 840 x 840 matrix: 5 s multi-threaded vs 0.1 s single-threaded).
-         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
-
-  from lossland.scripts._cli import Progress
-  bar = Progress('bench hessian')
-  bar(0, 3, 'products vs one gradient (compiling)')
-  # 1. Products relative to one gradient.
   d, width, depth, P = (20, 64, 3, 256) if quick else (30, 100, 3, 1000)
   cfg, params, batch, fns, n = _problem(d, width, depth, P)
   v = jax.random.normal(jax.random.key(2), (n,))
@@ -91,16 +72,20 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
     args = (params, batch) if name == "grad" else (params, batch, vt)
     t[name] = _time(f, *args)
   g = t["grad"][1]
-  out["products"] = {"N": n, "P": P, "d": d, "width": width, "depth": depth,
-                     "seconds": {k: v[1] for k, v in t.items()},
-                     "compile_seconds": {k: v[0] for k, v in t.items()}}
-  out["hvp_over_grad"] = t["hvp"][1] / g
-  out["h0v_over_grad"] = t["h0vp"][1] / g
-  out["hpv_over_grad"] = t["hpvp"][1] / g
-  out["split_over_grad"] = t["split_vp"][1] / g
+  return {"products": {"N": n, "P": P, "d": d, "width": width, "depth": depth,
+                       "seconds": {k: v[1] for k, v in t.items()},
+                       "compile_seconds": {k: v[0] for k, v in t.items()}},
+          "hvp_over_grad": t["hvp"][1] / g,
+          "h0v_over_grad": t["h0vp"][1] / g,
+          "hpv_over_grad": t["hpvp"][1] / g,
+          "split_over_grad": t["split_vp"][1] / g}
 
-  bar(1, 3, 'Lanczos at N ~ 1e5')
-  # 2. 100 Lanczos steps at N ~ 1e5.
+
+def _bench_lanczos(quick: bool) -> dict:
+  """2. 100 Lanczos steps on H at N ~ 1e5, full reorthogonalization on and off."""
+  import jax
+  from lossland import curvature as cv
+  from lossland import lanczos as lz
   d2, w2, depth2, P2, steps = ((20, 90, 3, 256, 20) if quick
                                else (30, 215, 3, 1000, 100))
   cfg2, params2, batch2, fns2, n2 = _problem(d2, w2, depth2, P2)
@@ -114,13 +99,23 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
                                                  "compile_plus_first": first}
   hv2 = jax.jit(lambda p, b, v: fns2.hvp(p, b, v))
   _, t_hv2 = _time(hv2, params2, batch2, v0)
-  out["lanczos"] = {"N": n2, "P": P2, "width": w2, "depth": depth2, "steps": steps,
-                    "hvp_seconds": t_hv2, **lres}
+  return {"N": n2, "P": P2, "width": w2, "depth": depth2, "steps": steps,
+          "hvp_seconds": t_hv2, **lres}
 
-  bar(2, 3, 'dense vs Lanczos crossover')
-  # 3. Dense vs Lanczos crossover (same d, depth, P; width varies).
+
+def _crossover_grid(quick: bool) -> tuple:
+  """(widths, d, depth, P, Lanczos steps) of the dense/Lanczos crossover."""
   widths = (4, 8, 16, 24) if quick else (4, 6, 8, 12, 16, 24, 32, 48)
-  d3, depth3, P3, m3 = (10, 2, 128, 30) if quick else (10, 2, 256, 100)
+  return (widths,) + ((10, 2, 128, 30) if quick else (10, 2, 256, 100))
+
+
+def _bench_crossover(quick: bool) -> dict:
+  """3. Dense vs Lanczos (same d, depth, P; the width varies)."""
+  import jax
+  import jax.numpy as jnp
+  from lossland import curvature as cv
+  from lossland import lanczos as lz
+  widths, d3, depth3, P3, m3 = _crossover_grid(quick)
   rows = []
   for w in widths:
     _, p3, b3, f3, n3 = _problem(d3, w, depth3, P3)
@@ -140,26 +135,58 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
     if r["N"] <= r["lanczos_steps"] or r["lanczos_seconds"] >= r["dense_seconds"]:
       break
     cross = r["N"]
-  out["crossover"] = {"P": P3, "d": d3, "depth": depth3, "rows": rows,
-                      "lanczos_faster_from_N": cross}
+  return {"P": P3, "d": d3, "depth": depth3, "rows": rows,
+          "lanczos_faster_from_N": cross}
 
+
+def _table(out: dict, quick: bool, backend: str) -> list:
+  """The printed summary of the three measurements, one string per line."""
+  prod, lan, cross = out["products"], out["lanczos"], out["crossover"]
+  sec = prod["seconds"]
+  lines = [f"products at N={prod['N']}, P={prod['P']} (float64, {backend}):",
+           f"  {'op':10s} {'ms':>9s} {'/grad':>7s}"]
+  for k in sec:
+    lines.append(f"  {k:10s} {1e3 * sec[k]:9.3f} {sec[k] / sec['grad']:7.2f}")
+  lines.append(f"lanczos {lan['steps']} steps on H at N={lan['N']}, P={lan['P']}: "
+               f"{lan['reorth']['seconds']:.2f} s with full reorthogonalization, "
+               f"{lan['no_reorth']['seconds']:.2f} s without "
+               f"(one H v: {1e3 * lan['hvp_seconds']:.1f} ms; compile+first "
+               f"{lan['reorth']['compile_plus_first']:.1f} s)")
+  lines.append(f"dense (N H v + eigvalsh) vs Lanczos ({_crossover_grid(quick)[-1]} "
+               f"steps), P={cross['P']}:")
+  lines.append(f"  {'N':>6s} {'dense s':>9s} {'lanczos s':>10s}")
+  for r in cross["rows"]:
+    lines.append(f"  {r['N']:6d} {r['dense_seconds']:9.3f} {r['lanczos_seconds']:10.3f}")
+  lines.append(f"  Lanczos faster from N = {cross['lanczos_faster_from_N']}")
+  return lines
+
+
+def run_benchmark(out_dir: str, quick: bool = False) -> dict:
+  """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
+  import jax
+  jax.config.update("jax_enable_x64", True)
+  from lossland import io
+
+  os.makedirs(out_dir, exist_ok=True)
+  out = {"quick": quick, "dtype": "float64", "backend": jax.default_backend(),
+         "devices": [str(d) for d in jax.devices()],
+         "cpu_count": os.cpu_count(), "platform": platform.platform(),
+         "jax": jax.__version__,
+         # OpenBLAS threads spin badly on a loaded machine (eigvalsh of an
+         # 840 x 840 matrix: 5 s multi-threaded vs 0.1 s single-threaded).
+         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
+
+  from lossland.scripts._cli import Progress
+  bar = Progress('bench hessian')
+  bar(0, 3, 'products vs one gradient (compiling)')
+  out.update(_bench_products(quick))
+  bar(1, 3, 'Lanczos at N ~ 1e5')
+  out["lanczos"] = _bench_lanczos(quick)
+  bar(2, 3, 'dense vs Lanczos crossover')
+  out["crossover"] = _bench_crossover(quick)
   bar(3, 3, 'done')
   bar.close()
-  # Table.
-  lines = [f"products at N={n}, P={P} (float64, {jax.default_backend()}):",
-           f"  {'op':10s} {'ms':>9s} {'/grad':>7s}"]
-  for k in fn:
-    lines.append(f"  {k:10s} {1e3 * t[k][1]:9.3f} {t[k][1] / g:7.2f}")
-  lines.append(f"lanczos {steps} steps on H at N={n2}, P={P2}: "
-               f"{lres['reorth']['seconds']:.2f} s with full reorthogonalization, "
-               f"{lres['no_reorth']['seconds']:.2f} s without "
-               f"(one H v: {1e3 * t_hv2:.1f} ms; compile+first "
-               f"{lres['reorth']['compile_plus_first']:.1f} s)")
-  lines.append(f"dense (N H v + eigvalsh) vs Lanczos ({m3} steps), P={P3}:")
-  lines.append(f"  {'N':>6s} {'dense s':>9s} {'lanczos s':>10s}")
-  for r in rows:
-    lines.append(f"  {r['N']:6d} {r['dense_seconds']:9.3f} {r['lanczos_seconds']:10.3f}")
-  lines.append(f"  Lanczos faster from N = {cross}")
+  lines = _table(out, quick, jax.default_backend())
   print("\n".join(lines))
   out["table"] = lines
   with open(os.path.join(out_dir, "summary.json"), "w") as fh:

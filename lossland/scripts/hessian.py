@@ -162,11 +162,8 @@ def _load(run_dir):
                           f"(rerun the ensemble job)") from None
 
 
-def main(argv):
-  del argv
-  if FLAGS.x64:
-    import jax
-    jax.config.update("jax_enable_x64", True)
+def _check_flags() -> str:
+  """Exits with status 2 on a bad flag; returns the output root directory."""
   if not FLAGS.run_dir:
     _cli.fail("--run_dir is required")
   if FLAGS.method not in _METHODS:
@@ -182,21 +179,11 @@ def main(argv):
     _cli.fail(f"run directory not found: {FLAGS.run_dir}")
   out_root = FLAGS.out_dir or os.path.join(FLAGS.run_dir, "hessian")
   check_out_dir(out_root)
+  return out_root
 
-  import jax
-  import numpy as np
-  # Zero-eigenvalue counts use rtol = N eps(dtype): on a GPU a float32 matmul
-  # at the default precision is TF32 (10-bit mantissa), far above that
-  # tolerance. "highest" is full float32 there; no change for float64 or CPU.
-  jax.config.update("jax_default_matmul_precision", "highest")
-  from lossland import curvature as cv
-  from lossland import io
-  from lossland import nets
-  from lossland.plots import curvature as curvature_plots
 
-  ens = _load(FLAGS.run_dir)
-  if ens.net.n_out != 1:
-    _cli.fail(f"the Hessian script handles scalar-output nets, got n_out={ens.net.n_out}")
+def _members(ens) -> list:
+  """The member indices of --members (default all), checked against the run."""
   members = list(range(ens.n_members))
   if FLAGS.members:
     try:
@@ -206,8 +193,12 @@ def main(argv):
     bad = [m for m in members if not 0 <= m < ens.n_members]
     if bad:
       _cli.fail(f"--members {bad} out of range: the run has {ens.n_members} members")
+  return members
 
-  n, dtype = nets.n_params(ens.net), ens.data.x_train.dtype
+
+def _spectra_config(n: int, dtype):
+  """The :class:`lossland.curvature.SpectraConfig` of the flags for N = n."""
+  from lossland import curvature as cv
   try:
     method = cv.choose_method(FLAGS.method, n, dtype, FLAGS.dense_max_n)
   except MemoryError as e:
@@ -216,17 +207,26 @@ def main(argv):
     _cli.fail(f"--lanczos_steps={FLAGS.lanczos_steps} exceeds N={n}")
   if method == "lanczos" and FLAGS.num_probes < 2:
     _cli.fail("--num_probes must be >= 2 with Lanczos (error bars need two probes)")
-  cfg = cv.SpectraConfig(method=method, rtol=FLAGS.rtol,
-                         batch_size=FLAGS.batch_size,
-                         num_steps=FLAGS.lanczos_steps,
-                         num_probes=FLAGS.num_probes, top_k=FLAGS.top_k,
-                         vmap_size=FLAGS.vmap_members)
+  return cv.SpectraConfig(method=method, rtol=FLAGS.rtol,
+                          batch_size=FLAGS.batch_size,
+                          num_steps=FLAGS.lanczos_steps,
+                          num_probes=FLAGS.num_probes, top_k=FLAGS.top_k,
+                          vmap_size=FLAGS.vmap_members)
+
+
+def _run_spectra(ens, members: list, n: int, cfg) -> tuple:
+  """:func:`lossland.curvature.spectra` of the members, progress on stderr.
+
+  Returns:
+    ``(result, t_start)``: the spectra and the time at which they started.
+  """
+  import jax
+  from lossland import curvature as cv
   fns, params, batch = ens.curvature_inputs(members, FLAGS.at,
                                             FLAGS.chunk_size or None)
-
   t_start = time.time()
   print(f"hessian: {FLAGS.run_dir}: {len(members)} member(s), N={n}, "
-        f"P={ens.data.P}, method={method}, at={FLAGS.at} (the first call "
+        f"P={ens.data.P}, method={cfg.method}, at={FLAGS.at} (the first call "
         f"includes compilation)", file=sys.stderr, flush=True)
   bar = _cli.Progress("hessian")
   bar(0, len(members), "members")
@@ -236,7 +236,59 @@ def main(argv):
                    member_ids=members, group_size=FLAGS.members_per_call,
                    progress=progress)
   bar.close()
+  return res, t_start
 
+
+def _write_analysis(out_root: str, settings: dict, summary: dict, arrays: dict,
+                    labels: list) -> str:
+  """Writes spectra.npz, summary.json and the figures into a new analysis
+  directory of ``out_root`` (staged, then published); returns its path."""
+  import numpy as np
+  from lossland import io
+  from lossland.plots import curvature as curvature_plots
+  os.makedirs(out_root, exist_ok=True)
+  name = analysis_name(settings)
+  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root)
+  try:
+    with open(os.path.join(staging, "spectra.npz"), "wb") as fh:
+      np.savez(fh, **arrays)
+    with open(os.path.join(staging, "summary.json"), "w") as fh:
+      fh.write(io.dumps(summary, indent=2) + "\n")
+    curvature_plots.plot_all(staging, curvature_plots.quadratures(arrays),
+                             arrays["loss"], labels)
+    return publish(out_root, staging, name,
+                   {"method": settings["method"], "at": settings["at"],
+                    "members": settings["members_analysed"],
+                    "utc": name.split("_")[0]})
+  except BaseException:
+    import shutil
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+def main(argv):
+  del argv
+  if FLAGS.x64:
+    import jax
+    jax.config.update("jax_enable_x64", True)
+  out_root = _check_flags()
+
+  import jax
+  import numpy as np
+  # Zero-eigenvalue counts use rtol = N eps(dtype): on a GPU a float32 matmul
+  # at the default precision is TF32 (10-bit mantissa), far above that
+  # tolerance. "highest" is full float32 there; no change for float64 or CPU.
+  jax.config.update("jax_default_matmul_precision", "highest")
+  from lossland import nets
+
+  ens = _load(FLAGS.run_dir)
+  if ens.net.n_out != 1:
+    _cli.fail(f"the Hessian script handles scalar-output nets, got n_out={ens.net.n_out}")
+  members = _members(ens)
+  n, dtype = nets.n_params(ens.net), ens.data.x_train.dtype
+  cfg = _spectra_config(n, dtype)
+  method = cfg.method
+  res, t_start = _run_spectra(ens, members, n, cfg)
   rows = [{"member": k, "seed": int(ens.seeds[k]), **row}
           for k, row in zip(members, res.rows)]
   arrays = dict(res.arrays, seeds=np.array([r["seed"] for r in rows]),
@@ -256,24 +308,8 @@ def main(argv):
       "seconds": time.time() - t_start,
       "members": rows,
   }
-  labels = [f"seed {r['seed']}" for r in rows]
-  os.makedirs(out_root, exist_ok=True)
-  name = analysis_name(settings)
-  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root)
-  try:
-    with open(os.path.join(staging, "spectra.npz"), "wb") as fh:
-      np.savez(fh, **arrays)
-    with open(os.path.join(staging, "summary.json"), "w") as fh:
-      fh.write(io.dumps(summary, indent=2) + "\n")
-    curvature_plots.plot_all(staging, curvature_plots.quadratures(arrays),
-                             arrays["loss"], labels)
-    final = publish(out_root, staging, name,
-                    {"method": method, "at": FLAGS.at, "members": members,
-                     "utc": name.split("_")[0]})
-  except BaseException:
-    import shutil
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+  final = _write_analysis(out_root, settings, summary, arrays,
+                          [f"seed {r['seed']}" for r in rows])
   _print_table(rows, method)
   print(final)
 
