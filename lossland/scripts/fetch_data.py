@@ -17,6 +17,7 @@ right checksum are kept. The sources are tried in order (for MNIST, mirrors
 first); ``--url_base`` replaces them (http(s):// or file:// URL of a folder
 holding the files). Bad input or a failed download: one line, exit status 2.
 """
+import dataclasses
 import http.client
 import os
 import re
@@ -24,18 +25,25 @@ import sys
 import urllib.error
 import urllib.request
 
-from absl import flags
 
 from lossland import data
+from lossland.experiments import options
+from lossland.experiments.options import option
 from lossland.scripts import _cli
 
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Data directory (default: $LOSSLAND_DATA_DIR, else "
-    "$XDG_CACHE_HOME/lossland/data or ~/.cache/lossland/data).")
-_URL_BASE = flags.DEFINE_string(
-    "url_base", None, "Download from this folder URL (http://, https:// or "
-    "file://) instead of the official sources.")
-_TIMEOUT = flags.DEFINE_float("timeout", 60.0, "Network timeout in seconds.")
+@dataclasses.dataclass(frozen=True)
+class FetchOptions:
+  """The script's options (each field is the flag of the same name)."""
+  data_dir: str | None = option(None, "Data directory (default: $LOSSLAND_DATA_DIR, else "
+                                "$XDG_CACHE_HOME/lossland/data or ~/.cache/lossland/data).")
+  url_base: str | None = option(None, "Download from this folder URL (http://, https:// or "
+                                "file://) instead of the official sources.")
+  timeout: float = option(60.0, "Network timeout in seconds.")
+
+
+_OPTIONS = FetchOptions
+_SPEC = options.spec_of(FetchOptions)
+_cli.define_flags(_SPEC, __name__)
 
 _CHUNK = 1 << 16
 
@@ -190,6 +198,7 @@ def fetch(name: str, data_dir: str | None = None, url_base: str | None = None,
 
 
 def main(argv):
+  o = _OPTIONS(**_cli.flag_values(_SPEC))
   names = argv[1:]
   if len(names) != 1:
     raise _cli.UsageError("give one data set: python -m lossland.scripts.fetch_data "
@@ -199,17 +208,17 @@ def main(argv):
   if name != "all" and name not in data.IMAGE_DATASETS:
     raise _cli.UsageError(f"unknown data set {name!r}; choose from "
                           f"{', '.join(data.IMAGE_DATASETS)}, all")
-  if _URL_BASE.value is not None and not re.match(r"(https?|file)://", _URL_BASE.value):
-    raise _cli.UsageError(f"--url_base {_URL_BASE.value!r}: expected an http://, "
+  if o.url_base is not None and not re.match(r"(https?|file)://", o.url_base):
+    raise _cli.UsageError(f"--url_base {o.url_base!r}: expected an http://, "
                           "https:// or file:// URL")
-  if _TIMEOUT.value <= 0:
-    raise _cli.UsageError(f"--timeout must be positive, got {_TIMEOUT.value}")
+  if o.timeout <= 0:
+    raise _cli.UsageError(f"--timeout must be positive, got {o.timeout}")
   for n in todo:
     try:
-      fetch(n, _DATA_DIR.value, _URL_BASE.value, timeout=_TIMEOUT.value)
+      fetch(n, o.data_dir, o.url_base, timeout=o.timeout)
     except (DownloadError, OSError) as e:
       raise _cli.UsageError(str(e)) from None
-    print(data.dataset_dir(n, _DATA_DIR.value))
+    print(data.dataset_dir(n, o.data_dir))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ directory), progress to stderr.
 ``--method auto`` uses the dense path (exact counts) when N <= --dense_max_n and
 the matrices fit in memory, else Lanczos/SLQ.
 """
+import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -43,33 +44,38 @@ import tempfile
 import time
 import zipfile
 
-from absl import flags
-
+from lossland.experiments import options
+from lossland.experiments.options import option
 from lossland.scripts import _cli
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "Ensemble run directory.")
-flags.DEFINE_string("at", "final", "Parameters to analyse: 'final' or 'init'.")
-flags.DEFINE_string("method", "auto", "'auto', 'dense' or 'lanczos'.")
-flags.DEFINE_bool("x64", True, "Enable float64 (before any array exists).")
-flags.DEFINE_integer("dense_max_n", 10000, "Largest N for the dense path (auto).")
-flags.DEFINE_integer("lanczos_steps", 100, "Lanczos steps per probe (SLQ).")
-flags.DEFINE_integer("num_probes", 4, "SLQ probes per matrix.")
-flags.DEFINE_integer("top_k", 5, "Extreme Ritz pairs of H to report (Lanczos).")
-flags.DEFINE_integer("seed", 0, "PRNG seed for probes and start vectors.")
-flags.DEFINE_float("rtol", None, "Relative zero tolerance for eigenvalue "
-                   "counts (default N*eps for dense, 1e-8 for SLQ).")
-flags.DEFINE_integer("chunk_size", 0, "Accumulate over data chunks of this "
-                     "size (0: whole training set at once).")
-flags.DEFINE_integer("batch_size", 64, "Basis vectors per batch when building "
-                     "dense matrices.")
-flags.DEFINE_list("members", None, "Member indices to analyse (default all).")
-flags.DEFINE_integer("members_per_call", 0, "Members per jitted call, with a "
-                     "progress line after each (0: all in one call).")
-flags.DEFINE_integer("vmap_members", 1, "Members vmapped together inside the "
-                     "lax.map over members (memory grows by this factor).")
-flags.DEFINE_string("out_dir", None, "Directory that receives one new "
-                    "subdirectory per analysis (default RUN_DIR/hessian).")
+@dataclasses.dataclass(frozen=True)
+class HessianOptions:
+  """The script's options: each field is the flag of the same name."""
+  run_dir: str | None = option(None, "Ensemble run directory.")
+  at: str = option("final", "Parameters to analyse: 'final' or 'init'.")
+  method: str = option("auto", "'auto', 'dense' or 'lanczos'.")
+  x64: bool = option(True, "Enable float64 (before any array exists).")
+  dense_max_n: int = option(10000, "Largest N for the dense path (auto).")
+  lanczos_steps: int = option(100, "Lanczos steps per probe (SLQ).")
+  num_probes: int = option(4, "SLQ probes per matrix.")
+  top_k: int = option(5, "Extreme Ritz pairs of H to report (Lanczos).")
+  seed: int = option(0, "PRNG seed for probes and start vectors.")
+  rtol: float | None = option(None, "Relative zero tolerance for eigenvalue counts "
+                              "(default N*eps for dense, 1e-8 for SLQ).")
+  chunk_size: int = option(0, "Accumulate over data chunks of this size (0: whole "
+                           "training set at once).")
+  batch_size: int = option(64, "Basis vectors per batch when building dense matrices.")
+  members: tuple[int, ...] | None = option(None, "Member indices to analyse (default all).")
+  members_per_call: int = option(0, "Members per jitted call, with a progress line after "
+                                 "each (0: all in one call).")
+  vmap_members: int = option(1, "Members vmapped together inside the lax.map over "
+                             "members (memory grows by this factor).")
+  out_dir: str | None = option(None, "Directory that receives one new subdirectory per "
+                               "analysis (default RUN_DIR/hessian).")
+
+
+_SPEC = options.spec_of(HessianOptions)
+_cli.define_flags(_SPEC, __name__)
 
 _METHODS = ("auto", "dense", "lanczos")
 _AT = ("final", "init")
@@ -162,59 +168,56 @@ def _load(run_dir):
                           f"(rerun the ensemble job)") from None
 
 
-def _check_flags() -> str:
+def _check_flags(o: HessianOptions) -> str:
   """Exits with status 2 on a bad flag; returns the output root directory."""
-  if not FLAGS.run_dir:
+  if not o.run_dir:
     _cli.fail("--run_dir is required")
-  if FLAGS.method not in _METHODS:
-    _cli.fail(f"--method must be one of {', '.join(_METHODS)}, got {FLAGS.method!r}")
-  if FLAGS.at not in _AT:
-    _cli.fail(f"--at must be 'final' or 'init', got {FLAGS.at!r}")
+  if o.method not in _METHODS:
+    _cli.fail(f"--method must be one of {', '.join(_METHODS)}, got {o.method!r}")
+  if o.at not in _AT:
+    _cli.fail(f"--at must be 'final' or 'init', got {o.at!r}")
   for name in ("lanczos_steps", "num_probes", "batch_size", "vmap_members"):
-    if getattr(FLAGS, name) < 1:
+    if getattr(o, name) < 1:
       _cli.fail(f"--{name} must be >= 1")
-  if FLAGS.chunk_size < 0 or FLAGS.top_k < 0 or FLAGS.members_per_call < 0:
+  if o.chunk_size < 0 or o.top_k < 0 or o.members_per_call < 0:
     _cli.fail("--chunk_size, --top_k and --members_per_call must be >= 0")
-  if not os.path.isdir(FLAGS.run_dir):
-    _cli.fail(f"run directory not found: {FLAGS.run_dir}")
-  out_root = FLAGS.out_dir or os.path.join(FLAGS.run_dir, "hessian")
+  if not os.path.isdir(o.run_dir):
+    _cli.fail(f"run directory not found: {o.run_dir}")
+  out_root = o.out_dir or os.path.join(o.run_dir, "hessian")
   check_out_dir(out_root)
   return out_root
 
 
-def _members(ens) -> list:
+def _members(o: HessianOptions, ens) -> list:
   """The member indices of --members (default all), checked against the run."""
   members = list(range(ens.n_members))
-  if FLAGS.members:
-    try:
-      members = [int(m) for m in FLAGS.members]
-    except ValueError:
-      _cli.fail(f"--members must be integers, got {FLAGS.members}")
+  if o.members:
+    members = list(o.members)
     bad = [m for m in members if not 0 <= m < ens.n_members]
     if bad:
       _cli.fail(f"--members {bad} out of range: the run has {ens.n_members} members")
   return members
 
 
-def _spectra_config(n: int, dtype):
+def _spectra_config(o: HessianOptions, n: int, dtype):
   """The :class:`lossland.curvature.SpectraConfig` of the flags for N = n."""
   from lossland import curvature as cv
   try:
-    method = cv.choose_method(FLAGS.method, n, dtype, FLAGS.dense_max_n)
+    method = cv.choose_method(o.method, n, dtype, o.dense_max_n)
   except MemoryError as e:
     _cli.fail(e)
-  if method == "lanczos" and FLAGS.lanczos_steps > n:
-    _cli.fail(f"--lanczos_steps={FLAGS.lanczos_steps} exceeds N={n}")
-  if method == "lanczos" and FLAGS.num_probes < 2:
+  if method == "lanczos" and o.lanczos_steps > n:
+    _cli.fail(f"--lanczos_steps={o.lanczos_steps} exceeds N={n}")
+  if method == "lanczos" and o.num_probes < 2:
     _cli.fail("--num_probes must be >= 2 with Lanczos (error bars need two probes)")
-  return cv.SpectraConfig(method=method, rtol=FLAGS.rtol,
-                          batch_size=FLAGS.batch_size,
-                          num_steps=FLAGS.lanczos_steps,
-                          num_probes=FLAGS.num_probes, top_k=FLAGS.top_k,
-                          vmap_size=FLAGS.vmap_members)
+  return cv.SpectraConfig(method=method, rtol=o.rtol,
+                          batch_size=o.batch_size,
+                          num_steps=o.lanczos_steps,
+                          num_probes=o.num_probes, top_k=o.top_k,
+                          vmap_size=o.vmap_members)
 
 
-def _run_spectra(ens, members: list, n: int, cfg) -> tuple:
+def _run_spectra(o: HessianOptions, ens, members: list, n: int, cfg) -> tuple:
   """:func:`lossland.curvature.spectra` of the members, progress on stderr.
 
   Returns:
@@ -222,18 +225,18 @@ def _run_spectra(ens, members: list, n: int, cfg) -> tuple:
   """
   import jax
   from lossland import curvature as cv
-  fns, params, batch = ens.curvature_inputs(members, FLAGS.at,
-                                            FLAGS.chunk_size or None)
+  fns, params, batch = ens.curvature_inputs(members, o.at,
+                                            o.chunk_size or None)
   t_start = time.time()
-  print(f"hessian: {FLAGS.run_dir}: {len(members)} member(s), N={n}, "
-        f"P={ens.data.P}, method={cfg.method}, at={FLAGS.at} (the first call "
+  print(f"hessian: {o.run_dir}: {len(members)} member(s), N={n}, "
+        f"P={ens.data.P}, method={cfg.method}, at={o.at} (the first call "
         f"includes compilation)", file=sys.stderr, flush=True)
   bar = _cli.Progress("hessian")
   bar(0, len(members), "members")
   progress = lambda done, total: bar(
       done, total, f"member {done}/{total} ({time.time() - t_start:.1f}s)")
-  res = cv.spectra(fns, params, batch, cfg, key=jax.random.key(FLAGS.seed),
-                   member_ids=members, group_size=FLAGS.members_per_call,
+  res = cv.spectra(fns, params, batch, cfg, key=jax.random.key(o.seed),
+                   member_ids=members, group_size=o.members_per_call,
                    progress=progress)
   bar.close()
   return res, t_start
@@ -268,10 +271,11 @@ def _write_analysis(out_root: str, settings: dict, summary: dict, arrays: dict,
 
 def main(argv):
   del argv
-  if FLAGS.x64:
+  o = options.build(HessianOptions, _cli.flag_values(_SPEC))
+  if o.x64:
     import jax
     jax.config.update("jax_enable_x64", True)
-  out_root = _check_flags()
+  out_root = _check_flags(o)
 
   import jax
   import numpy as np
@@ -281,24 +285,24 @@ def main(argv):
   jax.config.update("jax_default_matmul_precision", "highest")
   from lossland import nets
 
-  ens = _load(FLAGS.run_dir)
+  ens = _load(o.run_dir)
   if ens.net.n_out != 1:
     _cli.fail(f"the Hessian script handles scalar-output nets, got n_out={ens.net.n_out}")
-  members = _members(ens)
+  members = _members(o, ens)
   n, dtype = nets.n_params(ens.net), ens.data.x_train.dtype
-  cfg = _spectra_config(n, dtype)
+  cfg = _spectra_config(o, n, dtype)
   method = cfg.method
-  res, t_start = _run_spectra(ens, members, n, cfg)
+  res, t_start = _run_spectra(o, ens, members, n, cfg)
   rows = [{"member": k, "seed": int(ens.seeds[k]), **row}
           for k, row in zip(members, res.rows)]
   arrays = dict(res.arrays, seeds=np.array([r["seed"] for r in rows]),
                 members=np.array(members))
   settings = {
-      "run_dir": os.path.abspath(FLAGS.run_dir),
-      "at": FLAGS.at, "method": method, "members_analysed": members,
-      "lanczos_steps": FLAGS.lanczos_steps if method == "lanczos" else None,
-      "num_probes": FLAGS.num_probes if method == "lanczos" else None,
-      "seed": FLAGS.seed, "rtol": FLAGS.rtol, "chunk_size": FLAGS.chunk_size,
+      "run_dir": os.path.abspath(o.run_dir),
+      "at": o.at, "method": method, "members_analysed": members,
+      "lanczos_steps": o.lanczos_steps if method == "lanczos" else None,
+      "num_probes": o.num_probes if method == "lanczos" else None,
+      "seed": o.seed, "rtol": o.rtol, "chunk_size": o.chunk_size,
   }
   summary = {
       **settings, "n_params": n, "P": ens.data.P,

@@ -19,15 +19,25 @@ import os
 import shutil
 import sys
 
-from absl import flags
-
+from lossland.experiments import options
+from lossland.experiments.options import option
 from lossland.landscape import study
 from lossland.scripts import _cli
 
 _SPEC = study.flag_spec()
 _cli.define_flags(_SPEC, __name__)  # one flag per StudyConfig field
-_OUT = flags.DEFINE_string('out_dir', 'runs', 'root of run directories')
-_FROM_DB = flags.DEFINE_string('from_db', None, 're-analyse this database instead')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """Where the run goes (each field is the flag of the same name); the study's
+  own options are :class:`lossland.landscape.study.StudyConfig`'s fields."""
+  out_dir: str = option('runs', 'root of run directories')
+  from_db: str | None = option(None, 're-analyse this database instead')
+
+
+_RUN_SPEC = options.spec_of(RunOptions)
+_cli.define_flags(_RUN_SPEC, __name__)
 
 
 def _reanalyse(path, cfg, out_dir):
@@ -71,34 +81,35 @@ def main(argv):
     raise _cli.UsageError(f'unexpected arguments: {argv[1:]}')
   cfg = study.StudyConfig(**_cli.flag_values(_SPEC))
   cfg.validate()
-  _check_out_dir(_OUT.value)
-  if _FROM_DB.value is not None and not os.path.isfile(_FROM_DB.value):
-    raise _cli.UsageError(f'--from_db: no such file {_FROM_DB.value}')
-  if _FROM_DB.value is not None:
+  o = RunOptions(**_cli.flag_values(_RUN_SPEC))
+  _check_out_dir(o.out_dir)
+  if o.from_db is not None and not os.path.isfile(o.from_db):
+    raise _cli.UsageError(f'--from_db: no such file {o.from_db}')
+  if o.from_db is not None:
     # Fail before creating anything if the file is not a landscape database.
     from lossland.landscape.database import Database, DatabaseError
     try:
-      Database(_FROM_DB.value, create=False).close()
+      Database(o.from_db, create=False).close()
     except DatabaseError as e:
       raise _cli.UsageError(str(e)) from None
 
   import jax
   jax.config.update('jax_enable_x64', True)
   from lossland import io
-  data = study.make_data(cfg) if _FROM_DB.value is None else None  # bad sizes: exit 2
+  data = study.make_data(cfg) if o.from_db is None else None  # bad sizes: exit 2
   print(f'landscape: depth={cfg.depth} n_data={cfg.n_data} bh {cfg.bh_chains}x'
         f'{cfg.bh_steps} steps, connect budget {cfg.connect_budget}; compiling '
         '(about a minute the first time)...', file=sys.stderr, flush=True)
 
-  flag_values = {**_cli.flag_values(_SPEC), 'out_dir': _OUT.value, 'from_db': _FROM_DB.value}
-  with io.new_run(_OUT.value, 'landscape', flag_values,
+  flag_values = {**_cli.flag_values(_SPEC), **_cli.flag_values(_RUN_SPEC)}
+  with io.new_run(o.out_dir, 'landscape', flag_values,
                   study_config=dataclasses.asdict(cfg)) as run:
     def progress(line):
       print(line, file=sys.stderr, flush=True)
       run.log([{'progress': line}])
 
-    if _FROM_DB.value is not None:
-      summary = _reanalyse(_FROM_DB.value, cfg, run.path)
+    if o.from_db is not None:
+      summary = _reanalyse(o.from_db, cfg, run.path)
     else:
       summary = study.run_study(cfg, run.path, progress=progress, data=data)
     from lossland.landscape.database import Database

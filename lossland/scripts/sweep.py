@@ -24,25 +24,38 @@ Examples:
     # what is there, and a report against P/N, one line per depth
     python -m lossland.scripts.sweep --out_dir $SCRATCH/jam --report
 """
+import dataclasses
 import os
 import re
 import sys
 
-from absl import flags
-
 from lossland import sweep
+from lossland.experiments import options
+from lossland.experiments.options import option
 from lossland.plots import sweep as sweep_plots
 from lossland.scripts import _cli
 
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Sweep directory (required): cells.jsonl and cells/<cell_id>/.")
-_SHARD = flags.DEFINE_string("shard", "0/1", "Run only the I-th of N round-robin parts of the grid, as I/N "
-                             "(0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$N.")
-_DRY_RUN = flags.DEFINE_boolean("dry_run", False, "List the cells (and which are done) and write nothing.")
-_REPORT = flags.DEFINE_boolean("report", False, "Print a table and write report_<metric>.png into --out_dir "
-                               "from cells.jsonl (restricted to the grid if grid options are given); runs nothing.")
-_REPORT_X = flags.DEFINE_string("report_x", "auto", "x axis of the report figures: an option name, 'N', 'P' or "
-                                "'P/N' (auto: P/N when P, width or N is swept, else the first swept option).")
-_POLL = flags.DEFINE_float("poll_seconds", 2.0, "Wait between looks at cells that another process is running.")
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+  """The sweep's own options (each field is the flag of the same name); every
+  other flag is a grid option of the ensemble job."""
+  out_dir: str | None = option(None, "Sweep directory (required): cells.jsonl and "
+                               "cells/<cell_id>/.")
+  shard: str = option("0/1", "Run only the I-th of N round-robin parts of the grid, as I/N "
+                      "(0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$N.")
+  dry_run: bool = option(False, "List the cells (and which are done) and write nothing.")
+  report: bool = option(False, "Print a table and write report_<metric>.png into --out_dir "
+                        "from cells.jsonl (restricted to the grid if grid options are "
+                        "given); runs nothing.")
+  report_x: str = option("auto", "x axis of the report figures: an option name, 'N', 'P' or "
+                         "'P/N' (auto: P/N when P, width or N is swept, else the first "
+                         "swept option).")
+  poll_seconds: float = option(2.0, "Wait between looks at cells that another process is "
+                               "running.")
+
+
+_SPEC = options.spec_of(SweepOptions)
+_cli.define_flags(_SPEC, __name__)
 
 # The sweep's own --out_dir replaces the job's (each cell gets its own).
 _NOT_GRID = ("out_dir",)
@@ -91,8 +104,8 @@ def _cells():
   return sweep.expand_grid(base, axes), list(axes)
 
 
-def _dry_run(cells, keys, shard_i, shard_n):
-  out_dir = _OUT_DIR.value
+def _dry_run(o, cells, keys, shard_i, shard_n):
+  out_dir = o.out_dir
   values, ids = sweep.prepare_cells(cells)
   states = sweep.cell_states(out_dir, ids)
   rows, n_mine, n_done = [], 0, 0
@@ -115,8 +128,8 @@ def _sort_key(v):
   return (1, 0, str(v))
 
 
-def _report(cells, grid_given):
-  out_dir = _OUT_DIR.value
+def _report(o, cells, grid_given):
+  out_dir = o.out_dir
   records = sweep.read_cells(out_dir)
   if not records:
     raise _cli.UsageError(f"no completed cells in {os.path.join(out_dir, sweep.CELLS_FILE)}")
@@ -130,7 +143,7 @@ def _report(cells, grid_given):
   else:  # file order is completion order: sort by the swept options
     keys = sweep.swept_options(records)
     records.sort(key=lambda r: tuple(_sort_key(r["flags"].get(k)) for k in keys))
-  x = _REPORT_X.value
+  x = o.report_x
   known = set(sweep.swept_options(records)) | {"auto", "P/N", "N", "P"}
   if x not in known:
     raise _cli.UsageError(f"--report_x must be 'auto', 'P/N', 'N', 'P' or a swept "
@@ -149,25 +162,26 @@ def _report(cells, grid_given):
 def main(argv):
   if len(argv) > 1:
     raise _cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not _OUT_DIR.value:
+  o = SweepOptions(**_cli.flag_values(_SPEC))
+  if not o.out_dir:
     raise _cli.UsageError("--out_dir is required")
-  shard_i, shard_n = _parse_shard(_SHARD.value)
-  if _DRY_RUN.value and _REPORT.value:
+  shard_i, shard_n = _parse_shard(o.shard)
+  if o.dry_run and o.report:
     raise _cli.UsageError("--dry_run and --report exclude each other")
-  if _POLL.value <= 0:
-    raise _cli.UsageError(f"--poll_seconds must be positive, got {_POLL.value}")
+  if o.poll_seconds <= 0:
+    raise _cli.UsageError(f"--poll_seconds must be positive, got {o.poll_seconds}")
   cells, keys = _cells()
-  if _REPORT.value:
-    return _report(cells, bool(_AXES))
-  if _DRY_RUN.value:
-    return _dry_run(cells, keys, shard_i, shard_n)
-  _check_out_dir(_OUT_DIR.value)
+  if o.report:
+    return _report(o, cells, bool(_AXES))
+  if o.dry_run:
+    return _dry_run(o, cells, keys, shard_i, shard_n)
+  _check_out_dir(o.out_dir)
   values, _ = sweep.prepare_cells(cells)   # bad options: one line, nothing written
   import jax
   jax.config.update("jax_enable_x64", values[0]["x64"])
   n_mine = len(sweep.shard(cells, shard_i, shard_n))
   print(f"lossland sweep: {len(cells)} cells ({' x '.join(f'{len(_AXES[k])} {k}' for k in keys) or 'one cell'}), "
-        f"shard {shard_i}/{shard_n}: {n_mine} cells, into {_OUT_DIR.value}", flush=True)
+        f"shard {shard_i}/{shard_n}: {n_mine} cells, into {o.out_dir}", flush=True)
 
   def done(rec, how):
     if how == "recorded":
@@ -178,10 +192,10 @@ def main(argv):
           f"test err {m['mean_test_error']:.4f} ensemble {m['ensemble_test_error']:.4f}"
           f" -> {rec['run_dir']}", flush=True)
 
-  records = sweep.run_sweep(cells, _OUT_DIR.value, shard=(shard_i, shard_n),
-                            progress=True, poll_seconds=_POLL.value, on_cell_done=done)
+  records = sweep.run_sweep(cells, o.out_dir, shard=(shard_i, shard_n),
+                            progress=True, poll_seconds=o.poll_seconds, on_cell_done=done)
   print(sweep.report_table(records, keys))
-  print(f"cells: {os.path.join(_OUT_DIR.value, sweep.CELLS_FILE)}")
+  print(f"cells: {os.path.join(o.out_dir, sweep.CELLS_FILE)}")
 
 
 def _interrupted():
