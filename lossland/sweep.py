@@ -497,6 +497,48 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       member diverged) while running; the others ran and were recorded. Any
       other exception stops the sweep at once (a restart resumes it).
   """
+  mine, run_cell_fn = _shard_cells(cells, shard, run_cell_fn, validate_fn)
+  os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
+  ledger = _Ledger(out_dir).refresh()
+  keys = varying_keys(cells)   # the caller's order, e.g. the command line's
+  unique = list(dict((c, v) for v, c in mine).items())  # first of duplicates
+  bar = _GridProgress(len(unique), keys, progress)
+  bar.done = sum(c in ledger.records for c, _ in unique)
+  pending = [(c, v) for c, v in unique if c not in ledger.records]
+  if bar.done:
+    bar.show(f"{bar.done} already done")
+  run = _ShardRun(out_dir, ledger, bar, keys, run_cell_fn, on_cell_done)
+  run.report_recorded(unique)
+  try:
+    while pending:
+      held = []
+      for cid, v in pending:
+        if not run.visit(cid, v):
+          held.append((cid, v))
+      pending = held
+      if pending:
+        bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
+        time.sleep(poll_seconds)
+    if run.failures:
+      bar.show(f"{len(run.failures)} cell(s) failed")
+    else:
+      bar.show("all cells of this shard done")
+  finally:
+    bar.close()
+  ledger.refresh()
+  records = [ledger.records[c] for _, c in mine if c in ledger.records]
+  if run.failures:
+    raise CellsFailed(records, run.failures, keys)
+  return records
+
+
+def _shard_cells(cells, shard: tuple, run_cell_fn, validate_fn) -> tuple:
+  """Validates every cell and takes this shard's part of them.
+
+  Returns:
+    ([(values, cell id)] of the shard in grid order, the run_cell_fn to use:
+    the default one once the cells' ``x64`` is checked against jax's).
+  """
   i, n = shard
   values, ids = prepare_cells(cells, validate_fn)
   _check_shard(i, n)
@@ -512,111 +554,127 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
                        f"{bool(jax.config.jax_enable_x64)}; the caller sets it "
                        f"(jax.config.update('jax_enable_x64', ...))")
     run_cell_fn = _default_run_cell
-  os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
+  return mine, run_cell_fn
 
-  ledger = _Ledger(out_dir).refresh()
-  keys = varying_keys(cells)   # the caller's order, e.g. the command line's
-  unique = list(dict((c, v) for v, c in mine).items())  # first of duplicates
-  bar = _GridProgress(len(unique), keys, progress)
-  bar.done = sum(c in ledger.records for c, _ in unique)
-  pending = [(c, v) for c, v in unique if c not in ledger.records]
-  if bar.done:
-    bar.show(f"{bar.done} already done")
-  failures = []
 
-  def check(cid, v, recorded, where):
-    diff = _mismatch(recorded, v)
-    if diff:
-      raise io.InputError(
-          f"cell {cid} in {where} has other options than the same cell now "
-          f"({diff}): a default of the job changed; use a new sweep directory")
+def _check_same_options(cid, v, recorded, where):
+  """Refuses a cell recorded (at ``where``) with other options than ``v``."""
+  diff = _mismatch(recorded, v)
+  if diff:
+    raise io.InputError(
+        f"cell {cid} in {where} has other options than the same cell now "
+        f"({diff}): a default of the job changed; use a new sweep directory")
 
-  def finish(cid, v, how):
-    check(cid, v, ledger.records[cid]["flags"], os.path.join(out_dir, CELLS_FILE))
-    bar.done += 1
-    if on_cell_done:
-      on_cell_done(ledger.records[cid], how)
 
-  for cid, v in unique:
-    if cid in ledger.records:
-      check(cid, v, ledger.records[cid]["flags"], os.path.join(out_dir, CELLS_FILE))
-      if on_cell_done:
-        on_cell_done(ledger.records[cid], "recorded")
+class _ShardRun:
+  """The cells of one :func:`run_sweep` call as they complete: each is found
+  recorded, or adopted or run under its lock and then recorded.
 
-  try:
-    while pending:
-      held = []
-      for cid, v in pending:
-        ledger.refresh()
-        if cid in ledger.records:
-          finish(cid, v, "recorded")
-          continue
-        cell_dir = os.path.join(out_dir, "cells", cid)
-        os.makedirs(cell_dir, exist_ok=True)
-        with _flock(os.path.join(cell_dir, ".lock"), blocking=False) as got:
-          if not got:
-            held.append((cid, v))
-            continue
-          ledger.refresh()  # it may have completed while we took the lock
-          if cid in ledger.records:
-            finish(cid, v, "recorded")
-            continue
-          ens_dir = os.path.join(cell_dir, "ensemble")
-          _clean_leftovers(ens_dir, keep_checkpoints=True)
-          runs = _complete_runs(ens_dir)
-          how = "adopted"
-          if runs:
-            if len(runs) > 1:
-              warnings.warn(f"cell {cid} has {len(runs)} run directories; "
-                            f"recording the first, {runs[0]}")
-            run_dir = runs[0]
-            with open(os.path.join(run_dir, "summary.json")) as fh:
-              summary = json.load(fh)
-            config = os.path.join(run_dir, "config.json")
-            if os.path.isfile(config):
-              with open(config) as fh:
-                check(cid, v, json.load(fh).get("flags", {}), run_dir)
-            bar.show(f"adopting finished run of cell {cid} ({cell_label(v, keys)})")
-          else:
-            vals = dict(v, out_dir=cell_dir)
-            _write_json_atomic(os.path.join(cell_dir, "cell.json"), vals)
-            resuming = " from its checkpoint" if _checkpoints(ens_dir) else ""
-            bar.show(f"running cell {cid} ({cell_label(v, keys)}){resuming}")
-            t0 = time.time()
-            try:
-              run_dir, summary = run_cell_fn(vals)
-            except io.InputError as e:
-              failures.append((v, str(e)))
-              bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")
-              continue
-            finally:
-              release_compiled()
-            bar.ran += 1
-            bar.ran_seconds += time.time() - t0
-            how = "ran"
-          flags = dict(v, out_dir=os.path.relpath(cell_dir, out_dir))
-          rec = {"cell_id": cid, "flags": flags,
-                 "run_dir": os.path.relpath(run_dir, out_dir), "summary": summary}
-          _append_record(out_dir, rec)
-          _clean_leftovers(ens_dir, keep_checkpoints=False)
-          ledger.refresh()
-          finish(cid, v, how)
-          bar.show(f"finished cell {cid} ({cell_label(v, keys)})")
-      pending = held
-      if pending:
-        bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
-        time.sleep(poll_seconds)
-    if failures:
-      bar.show(f"{len(failures)} cell(s) failed")
+  Attributes:
+    failures: (cell values, message) of the cells that raised io.InputError.
+  """
+
+  def __init__(self, out_dir: str, ledger: _Ledger, bar: _GridProgress, keys,
+               run_cell_fn: Callable, on_cell_done: Callable | None):
+    self.out_dir, self.ledger, self.bar, self.keys = out_dir, ledger, bar, keys
+    self.run_cell_fn, self.on_cell_done = run_cell_fn, on_cell_done
+    self.failures = []
+
+  def report_recorded(self, cells):
+    """Checks the (cell id, values) already in cells.jsonl; tells on_cell_done."""
+    for cid, v in cells:
+      if cid in self.ledger.records:
+        _check_same_options(cid, v, self.ledger.records[cid]["flags"],
+                            os.path.join(self.out_dir, CELLS_FILE))
+        if self.on_cell_done:
+          self.on_cell_done(self.ledger.records[cid], "recorded")
+
+  def finish(self, cid, v, how):
+    """Counts a cell found in cells.jsonl as done; tells on_cell_done."""
+    _check_same_options(cid, v, self.ledger.records[cid]["flags"],
+                        os.path.join(self.out_dir, CELLS_FILE))
+    self.bar.done += 1
+    if self.on_cell_done:
+      self.on_cell_done(self.ledger.records[cid], how)
+
+  def visit(self, cid, v) -> bool:
+    """Completes the cell unless another process holds it (then False).
+
+    A cell that failed (``failures``) counts as visited: it is retried by a
+    restart, not by this call.
+    """
+    self.ledger.refresh()
+    if cid in self.ledger.records:
+      self.finish(cid, v, "recorded")
+      return True
+    cell_dir = os.path.join(self.out_dir, "cells", cid)
+    os.makedirs(cell_dir, exist_ok=True)
+    with _flock(os.path.join(cell_dir, ".lock"), blocking=False) as got:
+      if not got:
+        return False
+      self.ledger.refresh()  # it may have completed while we took the lock
+      if cid in self.ledger.records:
+        self.finish(cid, v, "recorded")
+      else:
+        self._complete(cid, v, cell_dir)
+    return True
+
+  def _complete(self, cid, v, cell_dir):
+    """With the cell's lock held: adopts its finished run or runs it; records it."""
+    ens_dir = os.path.join(cell_dir, "ensemble")
+    _clean_leftovers(ens_dir, keep_checkpoints=True)
+    runs = _complete_runs(ens_dir)
+    if runs:
+      run_dir, summary = self._adopt(cid, v, runs)
+      how = "adopted"
     else:
-      bar.show("all cells of this shard done")
-  finally:
-    bar.close()
-  ledger.refresh()
-  records = [ledger.records[c] for _, c in mine if c in ledger.records]
-  if failures:
-    raise CellsFailed(records, failures, keys)
-  return records
+      ran = self._run(cid, v, cell_dir, ens_dir)
+      if ran is None:
+        return
+      (run_dir, summary), how = ran, "ran"
+    flags = dict(v, out_dir=os.path.relpath(cell_dir, self.out_dir))
+    rec = {"cell_id": cid, "flags": flags,
+           "run_dir": os.path.relpath(run_dir, self.out_dir), "summary": summary}
+    _append_record(self.out_dir, rec)
+    _clean_leftovers(ens_dir, keep_checkpoints=False)
+    self.ledger.refresh()
+    self.finish(cid, v, how)
+    self.bar.show(f"finished cell {cid} ({cell_label(v, self.keys)})")
+
+  def _adopt(self, cid, v, runs) -> tuple:
+    """(run_dir, summary) of the run a killed process completed but never recorded."""
+    if len(runs) > 1:
+      warnings.warn(f"cell {cid} has {len(runs)} run directories; "
+                    f"recording the first, {runs[0]}")
+    run_dir = runs[0]
+    with open(os.path.join(run_dir, "summary.json")) as fh:
+      summary = json.load(fh)
+    config = os.path.join(run_dir, "config.json")
+    if os.path.isfile(config):
+      with open(config) as fh:
+        _check_same_options(cid, v, json.load(fh).get("flags", {}), run_dir)
+    self.bar.show(f"adopting finished run of cell {cid} ({cell_label(v, self.keys)})")
+    return run_dir, summary
+
+  def _run(self, cid, v, cell_dir, ens_dir):
+    """(run_dir, summary) of the cell run now (resuming its checkpoint), or
+    None if it failed on bad input (added to ``failures``)."""
+    vals = dict(v, out_dir=cell_dir)
+    _write_json_atomic(os.path.join(cell_dir, "cell.json"), vals)
+    resuming = " from its checkpoint" if _checkpoints(ens_dir) else ""
+    self.bar.show(f"running cell {cid} ({cell_label(v, self.keys)}){resuming}")
+    t0 = time.time()
+    try:
+      run_dir, summary = self.run_cell_fn(vals)
+    except io.InputError as e:
+      self.failures.append((v, str(e)))
+      self.bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")
+      return None
+    finally:
+      release_compiled()
+    self.bar.ran += 1
+    self.bar.ran_seconds += time.time() - t0
+    return run_dir, summary
 
 
 # -- command lines: comma lists of the job's options ---------------------------

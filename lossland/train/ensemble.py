@@ -159,22 +159,52 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _
   cell of each member; every function gathers the rows it needs.
   """
   trainer, measure = _make_trainer(net_cfg, loss_cfg, cfg, masked)
+  mesh, constrain = _row_sharding(n_dev)
+  member_rows = functools.partial(_member_rows, masked=masked)
+  init_group, chunk, record = _group_fns(trainer, measure, cfg, member_rows, constrain)
+  compact, finish, empty = _results_fns(trainer, member_rows, constrain)
+  # Donating the driver's state lets accelerators update it in place; the
+  # CPU client cannot use donations (it would only warn).
+  cpu = jax.default_backend() == "cpu"
+  donate = lambda *i: () if cpu else i
+  return _Fns(
+      trainer=trainer,
+      init_group=jax.jit(init_group, static_argnums=4),
+      chunk=jax.jit(chunk, static_argnums=4, donate_argnums=donate(0)),
+      record=jax.jit(record, donate_argnums=donate(0)),
+      # compact returns a smaller group and finish none: only the results
+      # buffer can be reused (donating the group would only warn).
+      compact=jax.jit(compact, static_argnums=2, donate_argnums=donate(0)),
+      finish=jax.jit(finish, donate_argnums=donate(0)),
+      empty=jax.jit(empty, static_argnums=1), mesh=mesh)
 
-  def member_rows(data, member):
-    """(the data of these rows, their vmap axis)."""
-    if not masked:
-      return data, None
-    stacked, member_cell = data
-    cell = member_cell[jnp.clip(member, 0, member_cell.shape[0] - 1)]
-    return jax.tree_util.tree_map(lambda a: a[cell], stacked), 0
 
-  mesh = None
-  if n_dev > 1:
-    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:n_dev]), ("m",))
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("m"))
-    constrain = lambda tree: jax.lax.with_sharding_constraint(tree, rows)
-  else:
-    constrain = lambda tree: tree
+def _row_sharding(n_dev: int):
+  """(mesh, constrain): members' rows split over ``n_dev`` local devices.
+
+  ``constrain(tree)`` pins a tree with a leading member axis to that split
+  inside jit (the identity on one device, where ``mesh`` is None).
+  """
+  if n_dev <= 1:
+    return None, lambda tree: tree
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:n_dev]), ("m",))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("m"))
+  return mesh, lambda tree: jax.lax.with_sharding_constraint(tree, rows)
+
+
+def _member_rows(data, member, masked: bool):
+  """(the data of these rows, their vmap axis): ``data`` itself and None
+  unless ``masked``, else each row's cell gathered from the stack."""
+  if not masked:
+    return data, None
+  stacked, member_cell = data
+  cell = member_cell[jnp.clip(member, 0, member_cell.shape[0] - 1)]
+  return jax.tree_util.tree_map(lambda a: a[cell], stacked), 0
+
+
+def _group_fns(trainer: Trainer, measure: Callable, cfg, member_rows: Callable,
+               constrain: Callable):
+  """The running group's functions (unjitted): (init_group, chunk, record)."""
 
   def init_group(keys, member, done, data, M, start=None):
     data, ax = member_rows(data, member)
@@ -220,6 +250,12 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _
     return (Group(s, group.member, group.done | newly, hist, final, packed),
             n_running)
 
+  return init_group, chunk, record
+
+
+def _results_fns(trainer: Trainer, member_rows: Callable, constrain: Callable):
+  """The ensemble's results' functions (unjitted): (compact, finish, empty)."""
+
   def scatter(results: Results, group: Group, rows_mask):
     K = results.code.shape[0]
     idx = jnp.where(rows_mask & (group.member < K), group.member, K)
@@ -234,14 +270,6 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _
     group = jax.tree_util.tree_map(lambda a: a[order], group)
     return results, constrain(group)
 
-  def empty(group: Group, K: int) -> Results:
-    """K rows shaped like one row of the group: NaN floats, zero ints."""
-    return jax.tree_util.tree_map(
-        lambda a: (jnp.full((K,) + a.shape[1:], jnp.nan, a.dtype)
-                   if jnp.issubdtype(a.dtype, jnp.floating)
-                   else jnp.zeros((K,) + a.shape[1:], a.dtype)), _results_of(group))
-
-
   def finish(results: Results, group: Group, data):
     """Stores every row of a finished group; the final outputs of all members."""
     results = scatter(results, group, jnp.ones_like(group.done))
@@ -249,20 +277,14 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _
     return results, jax.vmap(trainer.outputs_fn, in_axes=(0, 0, ax))(
         results.params, results.params0, data)
 
-  # Donating the driver's state lets accelerators update it in place; the
-  # CPU client cannot use donations (it would only warn).
-  cpu = jax.default_backend() == "cpu"
-  donate = lambda *i: () if cpu else i
-  return _Fns(
-      trainer=trainer,
-      init_group=jax.jit(init_group, static_argnums=4),
-      chunk=jax.jit(chunk, static_argnums=4, donate_argnums=donate(0)),
-      record=jax.jit(record, donate_argnums=donate(0)),
-      # compact returns a smaller group and finish none: only the results
-      # buffer can be reused (donating the group would only warn).
-      compact=jax.jit(compact, static_argnums=2, donate_argnums=donate(0)),
-      finish=jax.jit(finish, donate_argnums=donate(0)),
-      empty=jax.jit(empty, static_argnums=1), mesh=mesh)
+  def empty(group: Group, K: int) -> Results:
+    """K rows shaped like one row of the group: NaN floats, zero ints."""
+    return jax.tree_util.tree_map(
+        lambda a: (jnp.full((K,) + a.shape[1:], jnp.nan, a.dtype)
+                   if jnp.issubdtype(a.dtype, jnp.floating)
+                   else jnp.zeros((K,) + a.shape[1:], a.dtype)), _results_of(group))
+
+  return compact, finish, empty
 
 
 # Member index of padding rows: larger than any ensemble (int32).
@@ -354,6 +376,58 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   Returns:
     An :class:`EnsembleResult`.
   """
+  ens = _setup(seeds, data, net_cfg, loss_cfg, cfg, group_size, start, member_cell)
+  K, G_max = len(ens.seeds), ens.buckets[-1]
+  shapes_seen = set()
+  first = _new_group(ens, 0, G_max)  # also the template of the results
+  results = ens.place_all(ens.fns.empty(first, K))
+  start_g0, resume = 0, None
+  saver = _Saver(checkpoint_path, checkpoint_every)
+  if checkpoint_path:
+    saver.fingerprint = _fingerprint(ens.seeds, ens.data, net_cfg, loss_cfg, cfg,
+                                     ens.group_size, compact, ens.n_dev, ens.start)
+    results, start_g0, resume = _resume(ens, saver, results)
+
+  done_before = start_g0
+  for g0 in range(start_g0, K, ens.group_size):
+    n_real = min(ens.group_size, K - g0)
+    if resume is not None:
+      (group, t), resume = resume, None
+    elif g0 == 0 and first is not None:
+      group, t, first = first, 0, None
+    else:
+      G = G_max if n_real == ens.group_size else min(b for b in ens.buckets if b >= n_real)
+      group, t = _new_group(ens, g0, G), 0
+    results, group = _run_group(ens, results, group, t, g0, done_before + n_real,
+                                progress_fn, compact, saver, shapes_seen)
+    results, outputs = ens.fns.finish(results, group, ens.data)
+    done_before += n_real
+    if checkpoint_path and g0 + ens.group_size < K:
+      saver.save({"results": results}, g0=g0 + ens.group_size, t=0, G=0)
+  return _assemble(ens, results, outputs, len(shapes_seen))
+
+
+class _Ensemble(NamedTuple):
+  """What stays fixed while one ensemble trains (built by :func:`_setup`)."""
+  fns: _Fns
+  cfg: TrainConfig
+  seeds: np.ndarray        # [K] int64
+  data: Any                # placed; (data, member_cell) for a grid of cells
+  start: Any               # host (params, params0) with a leading [K] axis, or None
+  group_size: int
+  buckets: list            # padded group sizes (:func:`_buckets`)
+  sched: np.ndarray        # [M] measurement steps
+  sched_index: dict        # measurement step -> its column
+  bounds: list             # chunk boundaries: measurement steps and chunk_steps multiples
+  n_dev: int
+  P: int
+  place_rows: Callable     # host tree with a leading member axis -> device(s)
+  place_all: Callable      # host tree -> device(s), replicated
+
+
+def _setup(seeds, data, net_cfg, loss_cfg, cfg, group_size, start,
+           member_cell) -> _Ensemble:
+  """Checks :func:`train_ensemble`'s arguments; its groups, schedule and placement."""
   seeds = np.asarray(seeds, np.int64).reshape(-1)
   K = len(seeds)
   if K == 0:
@@ -372,22 +446,14 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     group_size = min(default_group_size(K, float(P) * nets.n_params(net_cfg)),
                      plan["group_size"])
   group_size = max(1, min(int(group_size), K))
-  buckets = _buckets(group_size, n_dev)
 
   sched = measurement_steps(cfg.max_steps, cfg.n_log_per_decade)
-  M = len(sched)
   sched_index = {int(s): i for i, s in enumerate(sched)}
   bounds = sorted(set(int(s) for s in sched)
                   | set(range(0, cfg.max_steps + 1, cfg.chunk_steps))
                   | {cfg.max_steps + 1})
 
-  if n_dev > 1:
-    shard = jax.sharding.NamedSharding(fns.mesh, jax.sharding.PartitionSpec("m"))
-    repl = jax.sharding.NamedSharding(fns.mesh, jax.sharding.PartitionSpec())
-    place_rows = lambda tree: jax.device_put(tree, shard)
-    place_all = lambda tree: jax.device_put(tree, repl)
-  else:
-    place_rows = place_all = lambda tree: jax.device_put(tree)
+  place_rows, place_all = _placements(fns.mesh, n_dev)
   data = place_all(data)
   if masked:
     data = (data, place_all(jnp.asarray(np.asarray(member_cell), jnp.int32)))
@@ -396,107 +462,144 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     start = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), tuple(start))
     if any(a.shape[0] != K for a in jax.tree_util.tree_leaves(start)):
       raise ValueError(f"start must have a leading axis of {K} members")
+  return _Ensemble(fns=fns, cfg=cfg, seeds=seeds, data=data, start=start,
+                   group_size=group_size, buckets=_buckets(group_size, n_dev),
+                   sched=sched, sched_index=sched_index, bounds=bounds, n_dev=n_dev,
+                   P=P, place_rows=place_rows, place_all=place_all)
 
-  def start_rows(rows):
-    if start is None:
-      return None
-    return place_rows(jax.tree_util.tree_map(lambda a: jnp.asarray(a[rows]), start))
 
-  def new_group(first: int, G: int) -> Group:
-    members = np.arange(first, min(first + group_size, K))
-    pad = G - len(members)
-    member = np.concatenate([members, np.full(pad, _MEMBER_SENTINEL)]).astype(np.int32)
-    done = np.arange(G) >= len(members)
-    row_seeds = np.concatenate([seeds[members], np.full(pad, seeds[members[0]])])
-    rows = np.concatenate([members, np.full(pad, members[0])])
-    keys = place_rows(_keys(row_seeds))
-    return fns.init_group(keys, place_rows(jnp.asarray(member)),
-                          place_rows(jnp.asarray(done)), data, M, start_rows(rows))
+def _placements(mesh, n_dev: int):
+  """(place_rows, place_all): device_put split over the mesh's member axis /
+  replicated on every device (plain device_put on one device)."""
+  if n_dev > 1:
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("m"))
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    place_rows = lambda tree: jax.device_put(tree, shard)
+    place_all = lambda tree: jax.device_put(tree, repl)
+  else:
+    place_rows = place_all = lambda tree: jax.device_put(tree)
+  return place_rows, place_all
 
-  def new_group_shape(G):
-    return fns.init_group(_keys(np.zeros(G, np.int64)),
-                          jnp.zeros(G, jnp.int32), jnp.zeros(G, bool), data, M,
-                          start_rows(np.zeros(G, np.int64)))
 
-  shapes_seen = set()
-  first = new_group(0, buckets[-1])  # also the template of the results
-  results = place_all(fns.empty(first, K))
-  start_g0, resume = 0, None
-  fingerprint, last_save = None, time.time()
-  if checkpoint_path:
-    fingerprint = _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size,
-                               compact, n_dev, start)
-    resume = _read_checkpoint(checkpoint_path, fingerprint)
-    if resume is not None:
-      meta = resume
-      G = int(meta["G"])
-      like = {"results": results}
-      if G:
-        like["group"] = new_group_shape(G)
-      tree, _ = ckpt_lib.restore(checkpoint_path, like)
-      results = place_all(tree["results"])
-      start_g0 = int(meta["g0"])
-      resume = (place_rows(tree["group"]), int(meta["t"])) if G else None
+def _start_rows(ens: _Ensemble, rows):
+  """The start params of these member rows, placed (None without a start)."""
+  if ens.start is None:
+    return None
+  return ens.place_rows(jax.tree_util.tree_map(lambda a: jnp.asarray(a[rows]), ens.start))
 
-  done_before = int(start_g0)
-  for g0 in range(start_g0, K, group_size):
-    n_real = min(group_size, K - g0)
-    if resume is not None:
-      group, t = resume
-      resume = None
-    elif g0 == 0 and first is not None:
-      group, t, first = first, 0, None
-    else:
-      group, t = new_group(g0, buckets[-1] if n_real == group_size else
-                           min(b for b in buckets if b >= n_real)), 0
-    for b in bounds[1:]:
-      if b <= t:
-        continue
-      G = int(group.member.shape[0])
-      state = group.state
-      for n in scan_lengths(b - t, cfg.chunk_steps):
-        shapes_seen.add((G, n))
-        state = fns.chunk(state, group.member, data, jnp.int32(t), n)
-        t += n
-      j = sched_index.get(b, M) if b <= cfg.max_steps else M
-      group, n_running = fns.record(group._replace(state=state), data, jnp.int32(j))
-      n_running = int(n_running)  # the one device -> host transfer of a chunk
-      if progress_fn is not None:
-        progress_fn(min(t, cfg.max_steps), cfg.max_steps, n_running,
-                    done_before + n_real - n_running, K)
-      if n_running == 0:
-        break
-      if compact:
-        size = min(s for s in buckets if s >= n_running)
-        if size < G:
-          results, group = fns.compact(results, group, size)
-      if checkpoint_path and time.time() - last_save >= checkpoint_every:
-        _write_checkpoint(checkpoint_path, fingerprint,
-                          {"results": results, "group": group},
-                          g0=g0, t=t, G=int(group.member.shape[0]))
-        last_save = time.time()
-    results, outputs = fns.finish(results, group, data)
-    done_before += n_real
-    if checkpoint_path and g0 + group_size < K:
-      _write_checkpoint(checkpoint_path, fingerprint, {"results": results},
-                        g0=g0 + group_size, t=0, G=0)
-      last_save = time.time()
 
+def _new_group(ens: _Ensemble, first: int, G: int) -> Group:
+  """The group of members first, first + 1, ... (at most group_size), padded to G rows."""
+  K = len(ens.seeds)
+  members = np.arange(first, min(first + ens.group_size, K))
+  pad = G - len(members)
+  member = np.concatenate([members, np.full(pad, _MEMBER_SENTINEL)]).astype(np.int32)
+  done = np.arange(G) >= len(members)
+  row_seeds = np.concatenate([ens.seeds[members], np.full(pad, ens.seeds[members[0]])])
+  rows = np.concatenate([members, np.full(pad, members[0])])
+  keys = ens.place_rows(_keys(row_seeds))
+  return ens.fns.init_group(keys, ens.place_rows(jnp.asarray(member)),
+                            ens.place_rows(jnp.asarray(done)), ens.data,
+                            len(ens.sched), _start_rows(ens, rows))
+
+
+def _group_shape(ens: _Ensemble, G: int) -> Group:
+  """A group of G rows: the shapes and dtypes a checkpoint's group restores into."""
+  return ens.fns.init_group(_keys(np.zeros(G, np.int64)),
+                            jnp.zeros(G, jnp.int32), jnp.zeros(G, bool), ens.data,
+                            len(ens.sched), _start_rows(ens, np.zeros(G, np.int64)))
+
+
+class _Saver:
+  """The driver's checkpoint file: where, whose (fingerprint), when last written."""
+
+  def __init__(self, path: str | None, every: float):
+    self.path, self.every = path, every
+    self.fingerprint, self.last_save = None, time.time()
+
+  def due(self) -> bool:
+    return bool(self.path) and time.time() - self.last_save >= self.every
+
+  def save(self, tree, **meta):
+    _write_checkpoint(self.path, self.fingerprint, tree, **meta)
+    self.last_save = time.time()
+
+
+def _resume(ens: _Ensemble, saver: _Saver, results: Results):
+  """(results, first group to run, (group, t) or None) from a matching
+  checkpoint; ``results`` and a fresh start if there is none."""
+  meta = _read_checkpoint(saver.path, saver.fingerprint)
+  if meta is None:
+    return results, 0, None
+  G = int(meta["G"])
+  like = {"results": results}
+  if G:
+    like["group"] = _group_shape(ens, G)
+  tree, _ = ckpt_lib.restore(saver.path, like)
+  results = ens.place_all(tree["results"])
+  resume = (ens.place_rows(tree["group"]), int(meta["t"])) if G else None
+  return results, int(meta["g0"]), resume
+
+
+def _run_group(ens: _Ensemble, results: Results, group: Group, t: int, g0: int,
+               n_done_after: int, progress_fn, compact: bool, saver: _Saver,
+               shapes_seen: set):
+  """Trains one group from step t until its members stop or max_steps.
+
+  Chunk by chunk: the scans up to the next boundary, a record, progress,
+  compaction of stopped rows into ``results`` and the timed checkpoint.
+  ``n_done_after``: members done once this group is. Adds each (rows, scan
+  length) run to ``shapes_seen``.
+
+  Returns:
+    (results, group); the group's rows still to be stored (``fns.finish``).
+  """
+  fns, cfg, data = ens.fns, ens.cfg, ens.data
+  K, M = len(ens.seeds), len(ens.sched)
+  for b in ens.bounds[1:]:
+    if b <= t:
+      continue
+    G = int(group.member.shape[0])
+    state = group.state
+    for n in scan_lengths(b - t, cfg.chunk_steps):
+      shapes_seen.add((G, n))
+      state = fns.chunk(state, group.member, data, jnp.int32(t), n)
+      t += n
+    j = ens.sched_index.get(b, M) if b <= cfg.max_steps else M
+    group, n_running = fns.record(group._replace(state=state), data, jnp.int32(j))
+    n_running = int(n_running)  # the one device -> host transfer of a chunk
+    if progress_fn is not None:
+      progress_fn(min(t, cfg.max_steps), cfg.max_steps, n_running,
+                  n_done_after - n_running, K)
+    if n_running == 0:
+      break
+    if compact:
+      size = min(s for s in ens.buckets if s >= n_running)
+      if size < G:
+        results, group = fns.compact(results, group, size)
+    if saver.due():
+      saver.save({"results": results, "group": group},
+                 g0=g0, t=t, G=int(group.member.shape[0]))
+  return results, group
+
+
+def _assemble(ens: _Ensemble, results: Results, outputs, n_compiles: int) -> EnsembleResult:
+  """The host-side :class:`EnsembleResult` of the finished ensemble."""
   res, (f_train, f_test) = jax.device_get((results, outputs))
   history = {k: np.asarray(v, np.float64) for k, v in res.hist.items()}
   final = {k: np.asarray(v, np.float64) for k, v in res.final.items()}
   running = ~np.isnan(history["loss"])
   unsat = None
-  if cfg.record_unsat:
+  if ens.cfg.record_unsat:
     unsat = np.unpackbits(np.asarray(res.unsat), axis=-1,
-                          count=P).astype(bool)
+                          count=ens.P).astype(bool)
     unsat &= running[:, :, None]
   return EnsembleResult(
-      seeds=seeds, params=res.params, params0=res.params0,
+      seeds=ens.seeds, params=res.params, params0=res.params0,
       stop_code=np.asarray(res.code, np.int64), steps=np.asarray(res.steps, np.int64),
-      final=final, history_step=sched, history=history,
+      final=final, history_step=ens.sched, history=history,
       f_train=np.asarray(f_train), f_test=np.asarray(f_test),
-      group_size=group_size, n_compiles=len(shapes_seen), n_devices=n_dev,
+      group_size=ens.group_size, n_compiles=n_compiles, n_devices=ens.n_dev,
       history_running=running, history_unsat=unsat)
 
 
