@@ -8,8 +8,10 @@ initializations as one jitted, vmapped program with per-member stop reasons
 them. :mod:`lossland.curvature` and :mod:`lossland.lanczos` give the Hessian
 and its split H = H0 + Hp, dense and matrix-free; :mod:`lossland.landscape`
 explores minima and transition states. :mod:`lossland.ntk` gives empirical and
-infinite-width kernels; :mod:`lossland.job` and :mod:`lossland.sweep` run
-ensemble jobs and resumable grids of them; :mod:`lossland.phase` and
+infinite-width kernels; :mod:`lossland.experiments` runs
+ensemble jobs (``experiments.job``), resumable grids of them
+(``experiments.sweep``) and studies (the phase diagram, the generalization
+curve; presets in :mod:`lossland.configs`); :mod:`lossland.phase` and
 :mod:`lossland.generalization` analyse jamming and generalization sweeps. Importing lossland has no side effects (float64 is switched on by the
 caller: ``jax.config.update("jax_enable_x64", True)``).
 """
@@ -17,6 +19,7 @@ from lossland import checkpoint
 from lossland import curvature
 from lossland import data
 from lossland import experiment
+from lossland import experiments
 from lossland import fire
 from lossland import fits
 from lossland import generalization
@@ -39,7 +42,7 @@ from lossland.train import TrainConfig, train_ensemble
 __version__ = "0.1.0"
 
 __all__ = [
-    "checkpoint", "curvature", "data", "experiment", "fire", "fits", "generalization", "io", "job",
+    "checkpoint", "curvature", "data", "experiment", "experiments", "fire", "fits", "generalization", "io", "job",
     "lanczos", "losses", "nets", "ntk", "observables", "phase", "sweep", "train",
     "DataError", "Dataset", "LossConfig", "NetConfig", "TrainConfig", "make_net",
     "n_params", "n_weights", "train_ensemble", "width_for_n",

@@ -37,7 +37,8 @@ def _floats(text):
 
 
 def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None, pad_to=0):
-  from lossland import job, nets
+  from lossland import nets
+  from lossland.experiments import job
   from lossland.configs import phase as presets
   p = presets.cpu().job
   N = nets.n_weights(width, width, depth)
@@ -52,7 +53,7 @@ def run_cell(depth, width, p_over_n, n_seeds, bulk, out_dir, max_steps=None, pad
            polish_jam_window=p["polish_jam_window"],
            polish_jam_rtol=p["polish_jam_rtol"], x64=True, plots=False,
            resume=False, out_dir=out_dir, bulk_float32=bulk, pad_to=pad_to)
-  from lossland import sweep
+  from lossland.experiments import sweep
   t = time.time()
   try:
     with open(os.devnull, "w") as null:

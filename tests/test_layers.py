@@ -48,7 +48,8 @@ def test_no_library_module_imports_the_scripts():
 
 
 def test_analysis_does_not_import_the_figures():
-  for rel in ("phase.py", "generalization.py", "sweep.py", "fits.py", "observables.py"):
+  for rel in ("phase.py", "generalization.py", "experiments/sweep.py", "fits.py",
+              "observables.py"):
     assert not any(m.startswith("lossland.plots") for m in _imports(rel)), rel
 
 
@@ -73,3 +74,29 @@ def test_old_import_paths_still_work():
   for name in curvature_plots.__all__:
     assert getattr(curvature_plots, name) is getattr(curvature, name)
   assert _cli.Progress is Progress
+
+
+# The layers below experiments/ (physics, data, optim, train, analysis, plots).
+_BELOW_EXPERIMENTS = ("nets.py", "flax_nets.py", "losses.py", "observables.py", "ntk.py",
+                      "lanczos.py", "curvature.py", "dtypes.py", "data.py", "io.py",
+                      "checkpoint.py", "progress.py", "compilation_cache.py", "fits.py",
+                      "phase.py", "generalization.py", "experiment.py", "optim", "train",
+                      "plots")
+
+
+def test_lower_layers_never_import_experiments_or_configs():
+  for prefix in ("lossland.experiments", "lossland.configs", "lossland.job",
+                 "lossland.sweep"):
+    low = [r for r in _importers(prefix) if r.startswith(_BELOW_EXPERIMENTS)]
+    assert low == [], (prefix, low)
+  # the experiments do import the layers below (the check reads real imports)
+  assert "experiments/phase_study.py" in [
+      r.replace(os.sep, "/") for r in _importers("lossland.phase")]
+
+
+def test_moved_modules_are_the_same_objects_under_their_old_names():
+  import lossland
+  from lossland import job, sweep
+  from lossland.experiments import job as job2, sweep as sweep2
+  assert job is job2 and sweep is sweep2 and lossland.job is job2
+  assert job.run_ensemble_job.__module__ == "lossland.experiments.job"

@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from lossland import experiment, generalization, job
+from lossland import experiment, generalization
+from lossland.experiments import job
 from lossland.experiments import study
 from lossland.experiments.options import OptionError, check_fields, option
 
@@ -194,7 +195,7 @@ def run(config: GeneralizationConfig, log_fn: Callable = print) -> tuple:
 
   Every cell and the data set are checked before anything is written.
   """
-  from lossland import sweep
+  from lossland.experiments import sweep
   cell_list = cells(config)
   check_data(cell_list[0])
   where = sweep_dir(config, cell_list)

@@ -45,7 +45,7 @@ def run_cells(cells: Sequence[dict], sweep_dir: str, *, shard: tuple = (0, 1),
     log_fn: ``fn(str)`` for a failed worker's one-line report.
     progress: show the sweep's progress line.
   """
-  from lossland import sweep
+  from lossland.experiments import sweep
   cells = sweep.shard(list(cells), *shard)
   run = lambda cs: sweep.run_sweep(cs, sweep_dir, progress=progress)
   if workers <= 1 or len(cells) <= 1:
@@ -68,7 +68,7 @@ def _worker():
     compilation_cache.enable_compilation_cache(spec["cache_dir"])
   import jax
   jax.config.update("jax_enable_x64", bool(spec["x64"]))
-  from lossland import sweep
+  from lossland.experiments import sweep
   sweep.run_sweep(spec["cells"], spec["sweep_dir"], progress=False)
 
 

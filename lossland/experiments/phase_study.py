@@ -14,8 +14,8 @@ import dataclasses
 import os
 from typing import Callable, Sequence
 
-from lossland import job, nets, phase
-from lossland.experiments import grid, study
+from lossland import nets, phase
+from lossland.experiments import grid, job, study
 from lossland.experiments.options import OptionError, check_fields, option
 
 # Job options of the ``net`` choices (docs/jamming.md, "The authors' networks").

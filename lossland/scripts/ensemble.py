@@ -31,7 +31,7 @@ import sys
 
 from absl import flags
 
-from lossland import job
+from lossland.experiments import job
 from lossland.scripts import _cli
 
 _FLAGS = _cli.define_flags(job.SPEC, __name__)

@@ -56,7 +56,7 @@ import sys
 
 from absl import flags
 
-from lossland import job
+from lossland.experiments import job
 from lossland.configs import generalization as presets
 from lossland.experiments import options
 from lossland.experiments.generalization_study import GeneralizationConfig

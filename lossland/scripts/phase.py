@@ -34,7 +34,7 @@ import sys
 
 from absl import flags
 
-from lossland import job
+from lossland.experiments import job
 from lossland.configs import phase as presets
 from lossland.experiments import options
 from lossland.experiments.phase_study import PhaseConfig

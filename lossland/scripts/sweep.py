@@ -29,7 +29,7 @@ import os
 import re
 import sys
 
-from lossland import sweep
+from lossland.experiments import sweep
 from lossland.experiments import options
 from lossland.experiments.options import option
 from lossland.plots import sweep as sweep_plots
@@ -62,7 +62,7 @@ _NOT_GRID = ("out_dir",)
 
 
 def _job():
-  from lossland import job
+  from lossland.experiments import job
   return job
 
 

@@ -1,0 +1,909 @@
+r"""The ensemble job as a library function: options, validation, one call.
+
+``python -m lossland.scripts.ensemble`` is a thin command line over this
+module, and sweeps (or any script) run ensemble cells in-process with the
+same options and the same run directories, without flag collisions::
+
+    import jax
+    jax.config.update("jax_enable_x64", True)   # the caller's choice (x64)
+    from lossland.experiments import job
+    run_dir, summary = job.run_ensemble_job({"P": 200, "n_seeds": 4})
+
+:class:`JobOptions` lists every option once, a dataclass field each (default,
+help, choices); :data:`SPEC` holds its rows, from which the command-line
+flags are generated (``_cli.define_flags``).
+:func:`validate` fills defaults and rejects bad values with a one-line
+:class:`JobError` naming the option. :func:`run_ensemble_job` builds the data
+and configs, trains with a resumable checkpoint under ``out_dir``, writes the
+run directory ``<out_dir>/ensemble/<UTC time>_<hash>/`` (config.json,
+metrics.jsonl, arrays.npz, summary.json, figures), prints the member table and
+returns ``(run_dir, summary)``.
+
+Label noise (``label_noise``) flips exactly round(label_noise * P) training
+labels (never test labels), drawn with
+``data.label_noise_key(jax.random.key(data_seed))`` (the same draw as
+``data.make_dataset(..., key=jax.random.key(data_seed), label_noise=...)``);
+summary.json records ``label_noise`` and ``n_labels_flipped``, arrays.npz the
+mask ``label_flipped`` [P] (noisy runs only). The polish stage (``polish``)
+saves its own histories as ``polish_history_*`` besides the first stage's
+``history_*`` (:func:`polish_arrays`; the keys are listed in docs/data.md).
+
+Members are classified by :func:`lossland.observables.member_classes`; the
+headline numbers (mean and ensemble test error, output variance, mean train
+error and loss, jammed counts) are over the *healthy* members (neither
+diverged nor dead); the others are counted and listed separately.
+
+This module never calls ``jax.config``: float64 must be switched on by the
+caller when ``x64`` is true (the script does it from ``--x64``).
+"""
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+from typing import Any, NamedTuple
+
+from lossland import io
+from lossland.experiments import options
+from lossland.experiments.options import Option, option  # noqa: F401 (job.Option: the rows of SPEC)
+
+
+class JobError(io.InputError):
+  """Bad input to the job (an option, a size, a file, an out_dir): the user's to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+  """Every option of the ensemble job, once: a field per option (its default,
+  and its help and choices as metadata, :func:`lossland.experiments.options.option`).
+  The command-line flags of ``python -m lossland.scripts.ensemble`` are generated
+  from these fields (:data:`SPEC`); the job itself takes a dict of them
+  (:func:`validate`), which sweeps store as JSON cells.
+  """
+  dataset: str = option(
+      "digits", "Training data (labels +-1, inputs on the sphere of radius sqrt(d)).",
+      ("digits", "sphere", "teacher", "npz", "mnist", "fashion_mnist", "cifar10"))
+  data_file: str | None = option(
+      None, ".npz with x_train, y_train[, x_test, y_test] for --dataset npz.")
+  data_dir: str | None = option(
+      None, "Folder of the image data sets (mnist, fashion_mnist, cifar10; default: "
+      "lossland.data.default_data_dir()).")
+  classes: str | None = option(
+      None, "Binary task of real data: 'parity' or two groups such as '0-4/5-9' (default:"
+      " parity; 0-4/5-9 for fashion_mnist and cifar10).")
+  split: str | None = option(
+      None, "Real data: 'official' train/test split or 'pooled' and re-split (default: "
+      "official for the image data sets, pooled for digits and npz).",
+      ("official", "pooled"))
+  P: int = option(400, "Number of training points.")
+  d: int = option(16, "Input dimension (PCA components for real data).")
+  n_test: int | None = option(
+      None, "Test points (default: all remaining real data; P for synthetic data).")
+  noverify_data: bool = option(
+      False, "Accept image data files whose checksum differs from the official one.")
+  data_seed: int = option(0, "Seed of synthetic data sets and of the label noise.")
+  label_noise: float = option(
+      0.0, "Fraction of the TRAINING labels flipped, in [0, 0.5): exactly "
+      "round(label_noise * P) of them, drawn with "
+      "lossland.data.label_noise_key(jax.random.key(data_seed)); the test labels "
+      "stay clean.")
+  teacher_depth: int = option(0, "Hidden layers of the teacher (0: perceptron).")
+  teacher_width: int = option(32, "Width of the teacher's hidden layers.")
+  depth: int = option(3, "Number of hidden layers L.")
+  width: int = option(12, "Hidden width h (ignored if --N is given).")
+  N: int | None = option(None, "Target number of weights; sets the width h.")
+  activation: str = option("relu", "Hidden activation.", ("relu", "tanh", "softplus"))
+  parametrization: str = option("ntk", "NTK or standard parametrization.", ("ntk", "standard"))
+  init: str = option(
+      "normal", "Weight initialization (orthogonal_gain1: the authors' nn_jamming init, "
+      "orthogonal with gain 1).",
+      ("normal", "orthogonal", "orthogonal_gain1"))
+  normalize_activation: bool = option(
+      True, "Divide the activation by sqrt(E[phi(z)^2]) (relu*sqrt2); "
+      "--nonormalize_activation runs the authors' forward pass.")
+  bias: bool = option(False, "Use biases (zero at init).")
+  alpha: float = option(1.0, "Output scale alpha.")
+  subtract_init: bool = option(False, "Train f(w) - f(w0).")
+  alpha_loss: bool = option(
+      False, "Divide the loss by alpha^2 (1906.08034: lazy vs feature training; changes "
+      "gradient-descent dynamics, not Adam's).")
+  loss: str = option(
+      "quadratic_hinge", "Per-example loss of Delta = margin - y f.",
+      ("quadratic_hinge", "hinge", "soft_hinge", "logistic", "squared"))
+  margin: float | None = option(
+      None, "Margin epsilon (default: 1 for hinges and squared, 0 for logistic).")
+  optimizer: str = option(
+      "adam", "Optimizer (gradient_flow: adaptive-step Euler of the gradient flow; fire: "
+      "FIRE, Bitzek 2006; lbfgs: L-BFGS with a weak-Wolfe line search).",
+      ("adam", "sgd", "momentum", "gradient_flow", "fire", "lbfgs"))
+  lr: float = option(0.01, "Learning rate.")
+  momentum: float = option(0.9, "Momentum (--optimizer momentum).")
+  schedule: str = option("constant", "Learning-rate schedule.", ("constant", "step", "plateau"))
+  decay_every: int = option(250_000, "Steps between decays (--schedule step).")
+  decay_factor: float = option(0.1, "Decay factor (step and plateau schedules).")
+  plateau_patience: int = option(1000, "Steps per plateau test.")
+  min_lr: float = option(1e-07, "Learning-rate floor.")
+  max_steps: int = option(20_000, "Maximum number of steps.")
+  batch_size: int = option(0, "Mini-batch size (0: full batch).")
+  check_every: int = option(100, "Full-set stop checks every this many steps (mini-batch).")
+  jam_window: int = option(2000, "Jamming rule: window in steps.")
+  jam_rtol: float = option(
+      0.001, "Jamming rule: relative decrease of the best loss below which a window counts"
+      " as stalled.")
+  jam_after_decays: bool = option(
+      False, "Jamming rule with --schedule step: stop jammed only at the last lr level "
+      "(min_lr or past the last decay; a stall at a larger lr is Adam's noise "
+      "floor, not a minimum).")
+  polish: str = option(
+      "none", "After training, continue every member that did not stop sat (or diverged) "
+      "with this optimizer from where it stopped (lbfgs: L-BFGS, docs/jamming.md); "
+      "its stop reason and final numbers replace the first stage's.",
+      ("none", "lbfgs"))
+  polish_steps: int = option(5000, "Most gradient evaluations of the polish.")
+  polish_jam_window: int = option(500, "Polish: jamming-rule window (evaluations).")
+  polish_jam_rtol: float = option(
+      1e-06, "Polish: stop jammed when the best loss fell by less than this fraction over "
+      "the window (or the line search finds no descent).")
+  bulk_float32: bool = option(
+      False, "Train the first stage in float32 and the polish in float64 (needs --x64 and "
+      "--polish): a float32 bulk, a float64 finish (docs/engine.md; validated on "
+      "phase cells in docs/jamming.md).")
+  chunk_steps: int = option(2000, "Most steps per jitted chunk.")
+  wgrad_split: int = option(
+      0, "Engine: weight gradients as sums over this many chunks of the points "
+      "(split-K; 0: XLA's own). Same training up to rounding; pays on GPUs at paper"
+      " scale (docs/engine.md).")
+  pad_to: int = option(
+      0, "Engine: pad the input and hidden widths with zero units to a multiple of "
+      "this inside the step (0: none; relu/tanh). Same training up to rounding; "
+      "pays on GPUs when rows are not 16-byte aligned (docs/engine.md).")
+  record_unsat: bool = option(
+      False, "Save which training points are unsatisfied at every measurement step "
+      "(history_unsat [K, M, P] in arrays.npz: avalanches).")
+  n_seeds: int = option(20, "Ensemble size K.")
+  seed: int = option(0, "Seed of member 0; member k uses seed + k.")
+  group_size: int = option(0, "Members vmapped together (0: automatic).")
+  x64: bool = option(True, "Train in float64 (recommended near jamming).")
+  out_dir: str = option("runs", "Root of run directories.")
+  plots: bool = option(True, "Write PNG figures into the run directory.")
+  resume: bool = option(
+      True, "Checkpoint while training and resume an interrupted run with the same flags.")
+  checkpoint_every: float = option(60.0, "Seconds between checkpoints (--resume).")
+
+
+# The job's options as rows (name, type, default, help, choices), in field order.
+SPEC = options.spec_of(JobOptions)
+
+OPTIONS = {o.name: o for o in SPEC}
+
+# Options that do not change the numbers: left out of the checkpoint's identity.
+NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
+
+# Options added after checkpoints existed, with the value that reproduces the
+# runs made before them: left out of the checkpoint's identity at that value,
+# so that an interrupted run resumes across the upgrade.
+LATER_OPTIONS = {"label_noise": 0.0, "bulk_float32": False, "wgrad_split": 0,
+                 "pad_to": 0}
+
+# The compiled program unrolls the layers; deeper nets take minutes to compile.
+MAX_DEPTH = 1000
+
+
+def defaults() -> dict:
+  """Every option's default value, in :data:`SPEC` order."""
+  return {o.name: o.default for o in SPEC}
+
+
+def parse_value(name: str, text: str):
+  """Converts a command-line string to option ``name``'s type (e.g. for sweeps).
+
+  Raises:
+    JobError: unknown option or a string that is not of the option's type.
+  """
+  if name not in OPTIONS:
+    raise JobError(f"unknown option --{name}")
+  o = OPTIONS[name]
+  text = str(text).strip()
+  try:
+    if o.type == "int":
+      return int(text)
+    if o.type == "float":
+      return float(text)
+    if o.type == "bool":
+      low = text.lower()
+      if low in ("1", "true", "t", "yes"):
+        return True
+      if low in ("0", "false", "f", "no"):
+        return False
+      raise ValueError(text)
+  except ValueError:
+    raise JobError(f"--{name}: expected {o.type}, got {text!r}") from None
+  return text
+
+
+def _check_type(o: Option, v):
+  if v is None:
+    if o.default is None:
+      return None
+    raise JobError(f"--{o.name} cannot be None")
+  if o.type == "bool":
+    if isinstance(v, bool):
+      return v
+  elif o.type == "int":
+    if isinstance(v, int) and not isinstance(v, bool):
+      return int(v)
+    if isinstance(v, float) and v.is_integer():
+      return int(v)
+  elif o.type == "float":
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+      v = float(v)
+      if not math.isfinite(v):
+        raise JobError(f"--{o.name} must be finite, got {v}")
+      return v
+  elif o.type == "str":
+    if isinstance(v, str):
+      return v
+  elif o.type == "enum":
+    if v in o.choices:
+      return v
+    raise JobError(f"--{o.name} must be one of {', '.join(o.choices)}, got {v!r}")
+  raise JobError(f"--{o.name} must be of type {o.type}, got {v!r}")
+
+
+def validate(values: dict) -> dict:
+  """Fills defaults, checks types and ranges; returns a new, complete dict.
+
+  Integers given as integral floats are converted; floats must be finite.
+
+  Raises:
+    JobError (a ValueError): one line naming the first bad option (unknown
+      names included).
+  """
+  unknown = sorted(set(values) - set(OPTIONS))
+  if unknown:
+    raise JobError(f"unknown option{'s' if len(unknown) > 1 else ''} "
+                   f"{', '.join('--' + u for u in unknown)}")
+  out = defaults()
+  for name, v in values.items():
+    out[name] = _check_type(OPTIONS[name], v)
+  v = out
+
+  def need(ok, name, what):
+    if not ok:
+      raise JobError(f"--{name} {what}, got {v[name]}")
+
+  for name in ("P", "d", "n_seeds", "max_steps", "decay_every",
+               "plateau_patience", "check_every", "jam_window", "chunk_steps",
+               "polish_steps", "polish_jam_window"):
+    need(v[name] > 0, name, "must be positive")
+  for name in ("batch_size", "group_size", "data_seed", "teacher_depth"):
+    need(v[name] >= 0, name, "must be >= 0")
+  need(v["depth"] >= 1, "depth", "must be >= 1")
+  need(v["depth"] <= MAX_DEPTH, "depth",
+       f"must be <= {MAX_DEPTH} (the compiled program unrolls the layers)")
+  need(v["width"] >= 1, "width", "must be positive")
+  need(v["teacher_width"] >= 1, "teacher_width", "must be positive")
+  if v["n_test"] is not None:
+    need(v["n_test"] >= 0, "n_test", "must be >= 0")
+  if v["N"] is not None:
+    need(v["N"] > 0, "N", "must be positive")
+  need(v["alpha"] > 0, "alpha", "must be positive (alpha = 0 gives f = 0 for every input)")
+  need(v["lr"] > 0, "lr", "must be positive")
+  need(0 <= v["momentum"] < 1, "momentum", "must be in [0, 1)")
+  need(0 < v["decay_factor"] <= 1, "decay_factor", "must be in (0, 1]")
+  need(v["min_lr"] >= 0, "min_lr", "must be >= 0")
+  need(v["jam_rtol"] >= 0, "jam_rtol", "must be >= 0")
+  need(v["polish_jam_rtol"] >= 0, "polish_jam_rtol", "must be >= 0")
+  need(0 <= v["label_noise"] < 0.5, "label_noise",
+       "must be in [0, 0.5) (a fraction of the training labels; 0.5 erases the task)")
+  if v["polish"] != "none" and v["batch_size"]:
+    raise JobError(f"--polish {v['polish']} is full batch; got --batch_size {v['batch_size']}")
+  if v["bulk_float32"] and (not v["x64"] or v["polish"] == "none"):
+    raise JobError("--bulk_float32 trains the first stage in float32 and finishes in "
+                   "float64: it needs --x64 and a --polish")
+  need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
+  if v["margin"] is not None:
+    need(v["margin"] >= 0, "margin", "must be >= 0")
+  if v["dataset"] == "npz" and not v["data_file"]:
+    raise JobError("--dataset npz needs --data_file")
+  if v["dataset"] in ("sphere", "teacher"):
+    for name in ("classes", "split"):
+      if v[name] is not None:
+        raise JobError(f"--{name} applies to real data, not --dataset {v['dataset']}")
+  if v["batch_size"] and v["batch_size"] > v["P"]:
+    raise JobError(f"--batch_size {v['batch_size']} exceeds P={v['P']}")
+  if not v["out_dir"]:
+    raise JobError("--out_dir must not be empty")
+  return out
+
+
+def key_values(values: dict) -> dict:
+  """The options that determine the numbers (all but :data:`NON_KEY_OPTIONS`,
+  and :data:`LATER_OPTIONS` at their old behaviour's value)."""
+  return {k: x for k, x in values.items() if k not in NON_KEY_OPTIONS
+          and not (k in LATER_OPTIONS and x == LATER_OPTIONS[k])}
+
+
+def configs(values: dict) -> tuple:
+  """``(net_cfg, loss_cfg, train_cfg)`` of validated option values.
+
+  ``N`` sets the width by :func:`lossland.nets.width_for_n`.
+
+  Raises:
+    JobError: a config rejects a value, or ``N`` is below the smallest net.
+  """
+  from lossland import losses, nets, train
+  v = values
+  width = v["width"]
+  if v["N"] is not None:
+    n_min = nets.n_weights(v["d"], 1, v["depth"])
+    if v["N"] < n_min:
+      raise JobError(f"--N {v['N']} is below the smallest net: width 1 has "
+                     f"N = {n_min} weights at d={v['d']}, depth={v['depth']}")
+    width = nets.width_for_n(v["N"], v["d"], v["depth"])
+  try:
+    net = nets.NetConfig(d=v["d"], width=width, depth=v["depth"],
+                         activation=v["activation"],
+                         parametrization=v["parametrization"], init=v["init"],
+                         bias=v["bias"], alpha=v["alpha"],
+                         normalize_activation=v["normalize_activation"])
+    loss = (losses.alpha_loss_config(v["loss"], v["alpha"], v["margin"])
+            if v["alpha_loss"] else losses.LossConfig(v["loss"], v["margin"]))
+    cfg = train.TrainConfig(
+        optimizer=v["optimizer"], lr=v["lr"], momentum=v["momentum"],
+        schedule=v["schedule"], decay_every=v["decay_every"],
+        decay_factor=v["decay_factor"],
+        plateau_patience=v["plateau_patience"], min_lr=v["min_lr"],
+        max_steps=v["max_steps"], batch_size=v["batch_size"],
+        check_every=v["check_every"], subtract_init=v["subtract_init"],
+        jam_window=v["jam_window"], jam_rtol=v["jam_rtol"],
+        jam_after_decays=v["jam_after_decays"],
+        chunk_steps=v["chunk_steps"], record_unsat=v["record_unsat"],
+        wgrad_split=v["wgrad_split"], pad_to=v["pad_to"])
+    if v["pad_to"] and v["activation"] not in ("relu", "tanh"):
+      raise ValueError(f"--pad_to needs --activation relu or tanh (a zero unit must "
+                       f"stay zero), got {v['activation']}")
+    polish_config(v, cfg)
+  except ValueError as e:  # the configs' own validation (their __post_init__)
+    raise JobError(str(e)) from None
+  return net, loss, cfg
+
+
+# The polish's first step along -g (before any curvature pair): the weak-Wolfe
+# line search doubles or bisects it, so only its order of magnitude matters.
+POLISH_LR = 1e-3
+
+
+def polish_config(values: dict, cfg):
+  """The TrainConfig of the polish stage (None for ``polish="none"``)."""
+  from lossland import train
+  if values["polish"] == "none":
+    return None
+  return train.TrainConfig(
+      optimizer=values["polish"], lr=POLISH_LR, max_steps=values["polish_steps"],
+      jam_window=values["polish_jam_window"], jam_rtol=values["polish_jam_rtol"],
+      subtract_init=cfg.subtract_init, chunk_steps=cfg.chunk_steps,
+      n_log_per_decade=cfg.n_log_per_decade, record_unsat=cfg.record_unsat,
+      wgrad_split=cfg.wgrad_split, pad_to=cfg.pad_to)
+
+
+def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=60.0,
+               progress_fn=None, entry=("jammed", "max_steps")):
+  """The polish: stage 2 of the protocol, from the members of ``res`` whose
+  stop reason is in ``entry`` (by default those that did not stop sat or
+  diverged; :func:`lossland.train.protocol.continue_stage`). After a float32
+  first stage the job passes ``entry`` with "sat" too: every member is
+  re-evaluated in float64, and one sat only in float32 continues.
+
+  Returns:
+    ``(res, info)``: the merged :class:`lossland.train.EnsembleResult` and
+    per member ``polished`` (bool), ``loss_before``, ``stop_before``,
+    ``polish_steps`` (evaluations, 0 if not polished), and ``arrays``: the
+    polish's histories over all K members (:func:`polish_arrays`).
+  """
+  import numpy as np
+  from lossland.train import protocol
+  merged, rec = protocol.continue_stage(
+      res, protocol.Stage(cfg2, entry=tuple(entry), name="polish"), ds, net, loss,
+      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+      progress_fn=progress_fn)
+  steps = np.zeros(len(rec.entered), np.int64)
+  if rec.result is not None:
+    steps[rec.entered] = rec.result.steps
+  info = {"polished": [bool(e) for e in rec.entered],
+          "loss_before": [float(x) for x in rec.loss_before],
+          "stop_before": list(res.stop_reasons),
+          "polish_steps": [int(n) for n in steps],
+          "arrays": polish_arrays(res, rec.result, np.flatnonzero(rec.entered),
+                                  cfg2, ds.P)}
+  return merged, info
+
+
+def polish_arrays(res, r2, idx, cfg2, P: int) -> dict:
+  """The polish stage's histories over all K members, for arrays.npz.
+
+  The polish's measurements are on its own log-spaced grid of evaluations
+  counted from its start (``train.measurement_steps(cfg2.max_steps,
+  cfg2.n_log_per_decade)``, whether or not a member was polished), so the
+  shapes depend only on K, P and the polish options.
+
+  Args:
+    res: the first stage's :class:`lossland.train.EnsembleResult` (K members).
+    r2: the polish's result for the members ``idx`` (None if there are none).
+    idx: [K2] indices of the polished members in ``res``.
+    cfg2: the polish's TrainConfig (:func:`polish_config`).
+    P: training points.
+
+  Returns:
+    dict of numpy arrays (M2 = number of measurement points of the polish):
+    ``polish_history_step`` [M2] evaluations since the polish started;
+    ``polish_history_<name>`` [K, M2] for every ``train.MEASUREMENTS`` name,
+    NaN where the member was not polished or had stopped;
+    ``polish_history_running`` [K, M2] bool;
+    ``polish_history_unsat`` [K, M2, P] bool, Delta > 0 per point (only with
+    ``record_unsat``; False where not running);
+    ``polished`` [K] bool; ``polish_steps`` [K] evaluations of the polish (0
+    if not polished); ``steps_before_polish`` [K] and
+    ``stop_code_before_polish`` [K]: the first stage's ``steps`` and
+    ``stop_code``.
+  """
+  import numpy as np
+  from lossland import train
+  K = len(res.stop_code)
+  sched = np.asarray(train.measurement_steps(cfg2.max_steps, cfg2.n_log_per_decade),
+                     np.int64)
+  M2 = len(sched)
+  out = {"polish_history_step": sched}
+  for m in train.MEASUREMENTS:
+    out[f"polish_history_{m}"] = np.full((K, M2), np.nan)
+  out["polish_history_running"] = np.zeros((K, M2), bool)
+  if cfg2.record_unsat:
+    out["polish_history_unsat"] = np.zeros((K, M2, P), bool)
+  out["polished"] = np.zeros(K, bool)
+  out["polish_steps"] = np.zeros(K, np.int64)
+  out["steps_before_polish"] = np.asarray(res.steps, np.int64).copy()
+  out["stop_code_before_polish"] = np.asarray(res.stop_code, np.int64).copy()
+  if r2 is None or len(idx) == 0:
+    return out
+  if not np.array_equal(np.asarray(r2.history_step), sched):
+    raise AssertionError("the polish measured on another grid than "
+                         "train.measurement_steps")  # the trainer's contract
+  for m in train.MEASUREMENTS:
+    out[f"polish_history_{m}"][idx] = np.asarray(r2.history[m], np.float64)
+  running = (np.asarray(r2.history_running, bool) if r2.history_running is not None
+             else ~np.isnan(np.asarray(r2.history["loss"])))
+  out["polish_history_running"][idx] = running
+  if cfg2.record_unsat:
+    out["polish_history_unsat"][idx] = np.asarray(r2.history_unsat, bool)
+  out["polished"][idx] = True
+  out["polish_steps"][idx] = np.asarray(r2.steps, np.int64)
+  return out
+
+
+def flipped_labels(values: dict, P: int):
+  """[P] bool: the training labels that :func:`make_data` flipped (``label_noise``).
+
+  The same draw as :func:`lossland.data.make_dataset`'s: :func:`lossland.data.flip_mask`
+  of ``data.label_noise_key(jax.random.key(data_seed))``; all False without noise.
+  """
+  import jax
+  import numpy as np
+  from lossland import data as data_lib
+  if not values["label_noise"]:
+    return np.zeros(P, bool)
+  key = data_lib.label_noise_key(jax.random.key(values["data_seed"]))
+  return np.asarray(data_lib.flip_mask(key, P, values["label_noise"]))
+
+
+def _n_test_planned(v) -> int:
+  if v["n_test"] is not None:
+    return v["n_test"]
+  if v["dataset"] in ("sphere", "teacher"):
+    return v["P"]
+  return 0  # real data: the rest of the file, known only once it is read
+
+
+def make_data(values: dict, dtype):
+  """The job's Dataset (:func:`lossland.data.make_dataset` of the options).
+
+  Raises:
+    JobError: the sizes or the data file are unusable (data.py's own checks,
+      and any failure to read a user's file, say which).
+  """
+  import zipfile
+  import jax
+  from lossland import data as data_lib
+  v = values
+  extra = {k: v[k] for k in ("classes", "split", "data_dir") if v[k] is not None}
+  try:
+    return data_lib.make_dataset(
+        v["dataset"], v["P"], v["d"], v["n_test"],
+        key=jax.random.key(v["data_seed"]), data_file=v["data_file"],
+        teacher_width=v["teacher_width"], teacher_depth=v["teacher_depth"],
+        dtype=dtype, verify=not v["noverify_data"], label_noise=v["label_noise"],
+        **extra)
+  except ValueError as e:  # data.py's checks of the sizes, labels and files
+    raise JobError(str(e)) from None
+  except (OSError, EOFError, zipfile.BadZipFile, TypeError, KeyError) as e:
+    if v["dataset"] != "npz":
+      raise
+    # A user's file that data.py did not anticipate: still one line.
+    raise JobError(f"--data_file {v['data_file']}: cannot be used "
+                   f"({type(e).__name__}: {e})") from None
+
+
+def work_fraction(step: int, max_steps: int, n_running: int, n_done: int,
+                  n_total: int) -> float:
+  """Fraction of the ensemble's work done: finished members count whole,
+  running ones by their steps (members not started yet count 0)."""
+  run = n_running * min(max(step, 0), max_steps) / max(max_steps, 1)
+  return min((n_done + run) / max(n_total, 1), 1.0)
+
+
+def check_memory(net, cfg, values: dict, itemsize: int, available=None):
+  """Refuses an ensemble that cannot fit, before anything is allocated.
+
+  Uses ``train.memory_plan`` where the trainer provides it; in any case checks
+  a lower bound of the host memory the job needs against MemAvailable: the
+  data, two parameter vectors per member (initial and final, kept for the run
+  directory), the optimizer's state of one group, one member's activations
+  (forward and backward, P x (d + 2 h L)) and the outputs of every member.
+
+  Raises:
+    JobError: one line with the estimate and what is available.
+  """
+  from lossland import curvature, nets, train
+  v = values
+  P, K, n_test = v["P"], v["n_seeds"], _n_test_planned(v)
+  if hasattr(train, "memory_plan"):
+    try:
+      train.memory_plan(net, cfg, P, n_test, K, itemsize)
+    except (ValueError, MemoryError) as e:
+      raise JobError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+  n_par = nets.n_params(net)
+  need = itemsize * (
+      (P + n_test) * (net.d + 1)                       # data
+      + K * n_par * 2                                  # params init/final (host)
+      + n_par * 4                                      # one member: params, grads, adam
+      + 2 * P * (net.d + 2 * net.width * net.depth)    # one member's activations
+      + K * (P + n_test))                              # outputs
+  available = curvature.available_memory_bytes() if available is None else available
+  if available is not None and need > available:
+    raise JobError(
+        f"the ensemble needs at least {need / 2**30:.3g} GiB (K={K} members of "
+        f"{n_par} params, P={P}, depth {net.depth}, width {net.width}) but "
+        f"{available / 2**30:.3g} GiB are available; lower --n_seeds, --P, "
+        f"--width or --depth")
+
+
+def _nearest_existing(path):
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return path
+
+
+def check_out_dir(out_dir: str):
+  """Refuses an ``out_dir`` that cannot hold run directories, creating nothing.
+
+  Raises:
+    JobError: out_dir (or ``out_dir/ensemble``, or an ancestor) is a file, or
+      the directory that would hold the runs is not writable.
+  """
+  target = os.path.join(out_dir, "ensemble")
+  base = _nearest_existing(target)
+  if not os.path.isdir(base):
+    raise JobError(f"--out_dir {out_dir}: {base} exists and is not a directory")
+  if not os.access(base, os.W_OK | os.X_OK):
+    raise JobError(f"--out_dir {out_dir}: {base} is not writable")
+
+
+class _Dirs:
+  """Creates directories on demand and removes the ones it made if left empty."""
+
+  def __init__(self):
+    self.made = []
+
+  def makedirs(self, path):
+    path = os.path.abspath(path)
+    todo = []
+    while not os.path.exists(path):
+      todo.append(path)
+      path = os.path.dirname(path)
+    for p in reversed(todo):
+      os.mkdir(p)
+      self.made.append(p)
+
+  def remove_empty(self):
+    for p in reversed(self.made):
+      try:
+        os.rmdir(p)
+      except OSError:
+        pass
+
+
+def _table(rows, header):
+  widths = [max(len(str(h)), *(len(str(r[i])) for r in rows))
+            for i, h in enumerate(header)]
+  fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+  return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
+
+
+def _dead_points(net, res, ds):
+  """[K, P] dead training points (nets.dead_points) of a ReLU NetConfig, else None."""
+  from lossland import nets
+  if not isinstance(net, nets.NetConfig) or net.activation != "relu":
+    return None
+  import jax
+  import numpy as np
+  x = jax.numpy.asarray(ds.x_train)
+  return np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, x))(res.params))
+
+
+def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
+              lr: float, epsilon: float = 1.0, polish: dict | None = None,
+              net=None) -> dict:
+  """summary.json of an ensemble: members with their classes, healthy-member
+  headline numbers, class and stop-reason counts.
+
+  Raises:
+    JobError: no member is healthy (all diverged or dead).
+  """
+  import numpy as np
+  from lossland import observables, train
+  reasons = list(res.stop_reasons)
+  classes = observables.member_classes(
+      reasons, res.final["n_delta"], res.final["max_delta"], res.f_train, n_w,
+      y_train=ds.y_train, epsilon=epsilon, dead_points=_dead_points(net, res, ds))
+  healthy = np.array([c not in observables.UNHEALTHY for c in classes])
+  if not healthy.any():
+    counts = {c: classes.count(c) for c in observables.UNHEALTHY if c in classes}
+    if counts.get("diverged", 0) == len(classes):
+      first = int(np.min(res.steps))
+      raise JobError(
+          f"every member diverged (non-finite or exploding loss by step {first}); "
+          f"lower --lr (now {lr:g})")
+    raise JobError(
+        "no healthy member: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + " (dead: f = 0 on every training point); try another --init, "
+        "--activation or --lr")
+  members = []
+  for k, s in enumerate(seeds):
+    members.append({
+        "seed": int(s), "stop_reason": reasons[k], "class": classes[k],
+        "steps": int(res.steps[k]), "loss": float(res.final["loss"][k]),
+        "n_delta": int(np.nan_to_num(res.final["n_delta"][k], nan=-1)),
+        "n_delta_over_n": float(res.final["n_delta"][k]) / n_w,
+        "max_delta": float(res.final["max_delta"][k]),
+        "train_error": float(res.final["train_error"][k]),
+        "test_error": float(res.final["test_error"][k]),
+    })
+    if polish is not None:
+      members[-1].update({"polished": polish["polished"][k],
+                          "polish_steps": polish["polish_steps"][k],
+                          "loss_before_polish": polish["loss_before"][k],
+                          "stop_before_polish": polish["stop_before"][k]})
+  ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
+  h_members = [m for m, ok in zip(members, healthy) if ok]
+  return {
+      "members": members,
+      "n_members": len(seeds),
+      "n_healthy": int(healthy.sum()),
+      "member_class_counts": {c: classes.count(c) for c in observables.MEMBER_CLASSES
+                              if c in classes},
+      "diverged_seeds": [m["seed"] for m in members if m["class"] == "diverged"],
+      "dead_seeds": [m["seed"] for m in members if m["class"] == "dead"],
+      "stop_reason_counts": {r: reasons.count(r)
+                             for r in train.STOP_REASONS if r in reasons},
+      # The authors' classification (nn_jamming/transition.py): a run is jammed
+      # if N_delta > 0.1 N; fewer unsatisfied points are precision artefacts.
+      # Healthy members only, as every headline number below.
+      "n_jammed_nd_over_0.1N": sum(m["n_delta_over_n"] > 0.1 for m in h_members),
+      "mean_test_error": ens["mean_test_error"],
+      "ensemble_test_error": ens["ensemble_test_error"],
+      "output_variance": ens["output_variance"],
+      "mean_train_error": float(np.mean([m["train_error"] for m in h_members])),
+      "mean_loss": float(np.mean([m["loss"] for m in h_members])),
+      "n_weights": n_w, "n_params": n_params, "P": ds.P,
+      "wall_seconds": wall, "group_size": res.group_size,
+      **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
+  }
+
+
+def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
+  """Runs the ensemble job: data, configs, training, run directory, table.
+
+  The caller sets float64: ``jax.config.update("jax_enable_x64", values["x64"])``
+  before the call (this function never touches ``jax.config``). With
+  ``x64=False`` the data are float32 whatever the global setting.
+
+  Args:
+    values: option values (missing ones take their defaults; see :data:`SPEC`).
+    progress: show a progress bar on stderr.
+    stdout: stream of the report (default sys.stdout).
+
+  Returns:
+    ``(run_dir, summary)``: the complete run directory and its summary.json.
+
+  Raises:
+    JobError: bad input (options, sizes, data file, out_dir), or no healthy
+      member; nothing is written then.
+  """
+  v = validate(values)
+  out = stdout or sys.stdout
+  say = lambda *a: print(*a, file=out, flush=True)
+  import jax
+  if v["x64"] and not jax.config.jax_enable_x64:
+    raise ValueError("x64=True needs jax.config.update('jax_enable_x64', True) "
+                     "before run_ensemble_job")
+  from lossland.progress import Progress
+  check_out_dir(v["out_dir"])
+  job = _prepare(v, say)
+  bar = Progress("training", enabled=progress)
+  dirs = _Dirs()
+  ckpt = None
+  ok = False
+  try:
+    ckpt = _checkpoint_path(v, dirs, say)
+    bar.note("compiling and running the first chunk...")
+    res, polish, cfg2, wall = _train(v, job, ckpt, bar)
+    summary = _summary(v, job, res, polish, wall, ckpt)
+    dirs.makedirs(v["out_dir"])
+    run_dir = _write_run(v, job, res, polish, cfg2, summary)
+    ok = True
+  finally:
+    if not ok:
+      dirs.remove_empty()
+  if ckpt and os.path.exists(ckpt):
+    os.remove(ckpt)
+  report(summary, run_dir, say)
+  return run_dir, summary
+
+
+class _Job(NamedTuple):
+  """What the job trains: configs, data, seeds and the label-noise mask."""
+  net: Any
+  loss: Any
+  cfg: Any
+  ds: Any
+  n_w: int
+  seeds: list
+  flipped: Any
+
+
+def _prepare(v: dict, say) -> _Job:
+  """Configs, memory check, data and the job's first line."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lossland import nets
+  net, loss, cfg = configs(v)
+  dtype = jnp.float64 if v["x64"] else jnp.float32
+  check_memory(net, cfg, v, np.dtype(dtype).itemsize)
+  n_w = nets.n_weights(net.d, net.width, net.depth)
+  if v["N"] is not None and n_w != v["N"]:
+    say(f"N = {v['N']} is not reachable at depth {net.depth}, d = {net.d}: "
+        f"using width {net.width}, N = {n_w}")
+  ds = make_data(v, dtype)
+  if cfg.batch_size > ds.P:
+    raise JobError(f"--batch_size {cfg.batch_size} exceeds P={ds.P}")
+  seeds = list(range(v["seed"], v["seed"] + v["n_seeds"]))
+  flipped = flipped_labels(v, ds.P)
+  noise = (f" ({int(flipped.sum())} training labels flipped)" if v["label_noise"] else "")
+  say(f"lossland ensemble: {len(seeds)} members, {v['dataset']} P={ds.P}{noise} "
+      f"d={ds.d} n_test={ds.x_test.shape[0]}, depth={net.depth} "
+      f"width={net.width} N={n_w} ({nets.n_params(net)} params), "
+      f"{loss.name} eps={loss.epsilon:g}, {cfg.optimizer} lr={cfg.lr:g}, "
+      f"{'float64' if v['x64'] else 'float32'} on {jax.default_backend()}")
+  return _Job(net, loss, cfg, ds, n_w, seeds, flipped)
+
+
+def _checkpoint_path(v: dict, dirs, say) -> str | None:
+  """The resumable checkpoint of these options (None with ``resume=False``)."""
+  if not v["resume"]:
+    return None
+  digest = hashlib.sha1(io.dumps(key_values(v), sort_keys=True).encode()).hexdigest()[:12]
+  dirs.makedirs(os.path.join(v["out_dir"], "ensemble"))
+  ckpt = os.path.join(v["out_dir"], "ensemble", f".checkpoint_{digest}.npz")
+  if os.path.exists(ckpt):
+    say(f"resuming from {ckpt}")
+  return ckpt
+
+
+def _train(v: dict, job: _Job, ckpt, bar) -> tuple:
+  """The first stage, then the polish; returns ``(res, polish, cfg2, wall)``."""
+  from lossland import train
+  from lossland.train import protocol
+  K = len(job.seeds)
+
+  def progress_fn(step, max_steps, n_running, n_done, n_total):
+    frac = work_fraction(step, max_steps, n_running, n_done, n_total)
+    bar(frac, 1.0, f"done {n_done}/{n_total} running {n_running} "
+        f"step {step}/{max_steps}")
+
+  t0 = time.time()
+  ds1 = protocol.cast_data(job.ds, "float32") if v["bulk_float32"] else job.ds
+  res = train.train_ensemble(job.seeds, ds1, job.net, job.loss, job.cfg,
+                             group_size=v["group_size"] or None,
+                             progress_fn=progress_fn, checkpoint_path=ckpt,
+                             checkpoint_every=v["checkpoint_every"])
+  polish = None
+  cfg2 = polish_config(v, job.cfg)
+  if cfg2 is not None:
+    bar.note(f"polishing with {cfg2.optimizer}...")
+    ckpt2 = ckpt and ckpt[:-len(".npz")] + "_polish.npz"
+    entry = ("sat", "jammed", "max_steps") if v["bulk_float32"] else ("jammed", "max_steps")
+    res, polish = run_polish(res, job.ds, job.net, job.loss, cfg2, checkpoint_path=ckpt2,
+                             checkpoint_every=v["checkpoint_every"], entry=entry)
+    if ckpt2 and os.path.exists(ckpt2):
+      os.remove(ckpt2)
+  bar(1, 1, f"done {K}/{K}")
+  bar.close()
+  return res, polish, cfg2, time.time() - t0
+
+
+def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt) -> dict:
+  """summary.json; with no healthy member the checkpoint goes too (JobError)."""
+  import jax
+  from lossland import nets
+  try:
+    summary = summarize(res, job.ds, job.seeds, job.n_w, nets.n_params(job.net), wall,
+                        job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net)
+  except JobError:
+    if ckpt and os.path.exists(ckpt):
+      os.remove(ckpt)
+    raise
+  summary["n_devices"] = jax.local_device_count()
+  summary["backend"] = jax.default_backend()
+  summary["label_noise"] = v["label_noise"]
+  summary["n_labels_flipped"] = int(job.flipped.sum())
+  return summary
+
+
+def _write_run(v: dict, job: _Job, res, polish, cfg2, summary: dict) -> str:
+  """The run directory (config.json, arrays.npz, summary.json, figures)."""
+  from lossland import experiment
+  from lossland.plots import ensemble as ensemble_plots
+  extra = dict(polish["arrays"]) if polish is not None else {}
+  if v["label_noise"]:
+    extra["label_flipped"] = job.flipped
+  with io.new_run(v["out_dir"], "ensemble", v,
+                  net=dataclasses.asdict(job.net), loss=dataclasses.asdict(job.loss),
+                  train=dataclasses.asdict(job.cfg), seeds=job.seeds,
+                  polish_train=dataclasses.asdict(cfg2) if cfg2 else None) as w:
+    experiment.save_ensemble(w, job.seeds, res, job.ds, extra=extra)
+    w.write_json("summary.json", summary)
+    if v["plots"]:
+      ensemble_plots.plot_run(w.path)
+  return w.final_path
+
+
+def report(summary: dict, run_dir: str, say) -> None:
+  """The member table and the headline numbers, one ``say`` per line."""
+  members = summary["members"]
+  header = ("seed", "class", "stop", "steps", "loss", "N_delta", "N_delta/N",
+            "max_delta", "train_err", "test_err")
+  rows = [(m["seed"], m["class"], m["stop_reason"], m["steps"], f"{m['loss']:.3e}",
+           m["n_delta"], f"{m['n_delta_over_n']:.3f}", f"{m['max_delta']:.2e}",
+           f"{m['train_error']:.4f}", f"{m['test_error']:.4f}")
+          for m in members]
+  say(_table(rows, header))
+  counts = ", ".join(f"{n} {k}" for k, n in summary["stop_reason_counts"].items())
+  classes = ", ".join(f"{n} {k}" for k, n in summary["member_class_counts"].items())
+  say(f"stop reasons: {counts}; classes: {classes}")
+  bad = [f"diverged seeds {summary['diverged_seeds']}" if summary["diverged_seeds"] else "",
+         f"dead seeds {summary['dead_seeds']}" if summary["dead_seeds"] else ""]
+  bad = "; ".join(b for b in bad if b)
+  say(f"healthy members: {summary['n_healthy']}/{len(members)}"
+      + (f" (left out of the numbers below: {bad})" if bad else ""))
+  say(f"jammed by the authors' rule (N_delta > 0.1 N): "
+      f"{summary['n_jammed_nd_over_0.1N']}")
+  say(f"mean single-network test error: {summary['mean_test_error']:.4f}")
+  say(f"ensemble (mean output) test error: {summary['ensemble_test_error']:.4f}")
+  say(f"output variance <|f - fbar|^2>: {summary['output_variance']:.4g}")
+  say(f"wall time: {summary['wall_seconds']:.1f} s")
+  say(f"run directory: {run_dir}")
