@@ -417,6 +417,53 @@ def dead_points(cfg: NetConfig, params: Params, x):
   return dead
 
 
+def preactivations(cfg: NetConfig, params: Params, x) -> list:
+  """Pre-activations of every layer of a NetConfig net: ``[z_1, ..., z_L, out]``
+  (``out`` before the output scale alpha), each [..., width] (out [..., n_out])."""
+  return _forward(cfg, params, x)
+
+
+def apply_with_kink_slopes(cfg: NetConfig, params: Params, x, kinks, slopes):
+  """f(x) of a ReLU NetConfig net whose ReLU derivative is ``slopes`` at the
+  (point, unit) pairs of ``kinks`` and the usual 1[z > 0] elsewhere.
+
+  The value equals ``make_net``'s ``apply_fn`` (the ReLU itself is unchanged);
+  only derivatives differ: at a pre-activation z = 0 the ReLU has the
+  one-sided derivatives 0 and 1, and a (Clarke) subgradient of the loss takes
+  any slope in [0, 1] there (:mod:`lossland.stationarity`).
+
+  Args:
+    cfg: a ReLU :class:`NetConfig`.
+    params: one network's params.
+    x: [P, d] inputs.
+    kinks: per hidden layer, [P, width] bool.
+    slopes: per hidden layer, [P, width] derivatives used where ``kinks``.
+
+  Returns:
+    [P] (or [P, n_out]) outputs.
+  """
+  if cfg.activation != "relu":
+    raise ValueError("kink slopes are defined for ReLU networks only")
+  act_scale = (1.0 / math.sqrt(_SECOND_MOMENT["relu"]) if cfg.normalize_activation
+               else 1.0)
+  zs, z = [], x
+  for i, layer in enumerate(params):
+    if i > 0:
+      zp = zs[-1]
+      d = jnp.where(kinks[i - 1], slopes[i - 1], (zp > 0).astype(zp.dtype))
+      # value relu(zp), derivative d: a straight-through form of the ReLU
+      a = jax.lax.stop_gradient(jax.nn.relu(zp)) + d * (zp - jax.lax.stop_gradient(zp))
+      z = act_scale * a
+    z = z @ layer["w"]
+    if cfg.parametrization == "ntk":
+      z = z / math.sqrt(layer["w"].shape[0])
+    if "b" in layer:
+      z = z + layer["b"]
+    zs.append(z)
+  out = cfg.alpha * zs[-1]
+  return out[..., 0] if cfg.n_out == 1 else out
+
+
 def output_fn(apply_fn: Callable, subtract_init: bool = False) -> Callable:
   """The trained function: ``f(w; x)`` or ``f(w; x) - f(w0; x)`` (1906.08034).
 

@@ -93,6 +93,12 @@ def cell_stats(record: dict, load_fn=None) -> dict:
       "n_jammed": counts.get("jammed", 0),
       "nd_over_n_jammed": [float(m["n_delta_over_n"]) for m, c in
                            zip(members, classes) if c == "jammed"],
+      # force balance of the jammed members (None: recorded before the job
+      # measured it, lossland.stationarity)
+      "force_residual_jammed": [m.get("force_residual") for m, c in
+                                zip(members, classes) if c == "jammed"],
+      "n_kink_jammed": [m.get("n_kink") for m, c in zip(members, classes)
+                        if c == "jammed"],
       "run_dir": record.get("run_dir"),
   }
 
@@ -345,7 +351,13 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
     for k, v in c["counts"].items():
       counts[k] = counts.get(k, 0) + v
   Ns = sorted({c["N"] for c in stats})
+  res = [r for c in stats for r in c["force_residual_jammed"] if r is not None]
+  kinks = [k for c in stats for k in c["n_kink_jammed"] if k is not None]
   return {
+      # r_sub of the jammed members (lossland.stationarity): a minimum has 0
+      "force_residual_max": max(res) if res else None,
+      "force_residual_median": float(np.median(res)) if res else None,
+      "n_kink_median": float(np.median(kinks)) if kinks else None,
       "p_star_over_n": xs, "p_star_ci": fit["ci"],
       "p_star": None if xs is None else xs * Ns[0],
       "transition_width": fit["width"], "separated": fit["separated"],

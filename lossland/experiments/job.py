@@ -644,11 +644,46 @@ def _dead_points(net, res, ds):
   return np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, x))(res.params))
 
 
+# Kink pairs: |z| below this fraction of their layer's rms pre-activation.
+KINK_RTOL = 1e-7
+
+
+def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
+                      subtract_init: bool = False) -> dict:
+  """Member k's force balance (:mod:`lossland.stationarity`): ``force_residual``
+  (r_sub, the minimum-norm subgradient over the ReLU slopes at kink pairs),
+  ``force_residual_smooth`` (r, the usual derivative), ``n_kink`` (at
+  :data:`KINK_RTOL`) and ``force_residual_exact`` (r_sub is the exact minimum:
+  at most one kink per point); None for members that are sat, unhealthy, or
+  not NetConfig nets."""
+  import jax
+  import numpy as np
+  from lossland import nets, observables, stationarity
+  none = {"force_residual": None, "force_residual_smooth": None, "n_kink": None,
+          "force_residual_exact": None}
+  if (not isinstance(net, nets.NetConfig) or member_class in observables.UNHEALTHY
+      or not res.final["n_delta"][k] > 0):
+    return none
+  _, apply_fn = nets.make_net(net, ds.x_train.dtype)
+  params = jax.tree_util.tree_map(lambda a: a[k], res.params)
+  off = None
+  if subtract_init:
+    off = apply_fn(jax.tree_util.tree_map(lambda a: a[k], res.params0), ds.x_train)
+  st = stationarity.stationarity(net, apply_fn, params, ds.x_train, ds.y_train, loss,
+                                 kink_rtol=KINK_RTOL, f_offset=off)
+  nan = lambda v: None if not np.isfinite(v) else float(v)
+  return {"force_residual": nan(st.force_residual),
+          "force_residual_smooth": nan(st.force_residual_smooth),
+          "n_kink": st.n_kink, "force_residual_exact": st.exact}
+
+
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
               lr: float, epsilon: float = 1.0, polish: dict | None = None,
-              net=None) -> dict:
+              net=None, loss=None, subtract_init: bool = False) -> dict:
   """summary.json of an ensemble: members with their classes, healthy-member
-  headline numbers, class and stop-reason counts.
+  headline numbers, class and stop-reason counts; with ``net`` (a NetConfig)
+  and ``loss`` (its LossConfig), the stationarity of every healthy member
+  with N_Delta > 0 (:func:`stationarity_rows`).
 
   Raises:
     JobError: no member is healthy (all diverged or dead).
@@ -682,6 +717,9 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
         "train_error": float(res.final["train_error"][k]),
         "test_error": float(res.final["test_error"][k]),
     })
+    if net is not None and loss is not None:
+      members[-1].update(stationarity_rows(net, loss, res, ds, k, classes[k],
+                                           subtract_init))
     if polish is not None:
       members[-1].update({"polished": polish["polished"][k],
                           "polish_steps": polish["polish_steps"][k],
@@ -852,7 +890,8 @@ def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt) -> dict:
   from lossland import nets
   try:
     summary = summarize(res, job.ds, job.seeds, job.n_w, nets.n_params(job.net), wall,
-                        job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net)
+                        job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net,
+                        loss=job.loss, subtract_init=job.cfg.subtract_init)
   except JobError:
     if ckpt and os.path.exists(ckpt):
       os.remove(ckpt)
@@ -861,6 +900,7 @@ def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt) -> dict:
   summary["backend"] = jax.default_backend()
   summary["label_noise"] = v["label_noise"]
   summary["n_labels_flipped"] = int(job.flipped.sum())
+  summary["kink_rtol"] = KINK_RTOL
   return summary
 
 
@@ -886,10 +926,12 @@ def report(summary: dict, run_dir: str, say) -> None:
   """The member table and the headline numbers, one ``say`` per line."""
   members = summary["members"]
   header = ("seed", "class", "stop", "steps", "loss", "N_delta", "N_delta/N",
-            "max_delta", "train_err", "test_err")
+            "max_delta", "r_sub", "train_err", "test_err")
+  r_sub = lambda m: ("-" if m.get("force_residual") is None
+                     else f"{m['force_residual']:.1e}")
   rows = [(m["seed"], m["class"], m["stop_reason"], m["steps"], f"{m['loss']:.3e}",
            m["n_delta"], f"{m['n_delta_over_n']:.3f}", f"{m['max_delta']:.2e}",
-           f"{m['train_error']:.4f}", f"{m['test_error']:.4f}")
+           r_sub(m), f"{m['train_error']:.4f}", f"{m['test_error']:.4f}")
           for m in members]
   say(_table(rows, header))
   counts = ", ".join(f"{n} {k}" for k, n in summary["stop_reason_counts"].items())
@@ -905,5 +947,7 @@ def report(summary: dict, run_dir: str, say) -> None:
   say(f"mean single-network test error: {summary['mean_test_error']:.4f}")
   say(f"ensemble (mean output) test error: {summary['ensemble_test_error']:.4f}")
   say(f"output variance <|f - fbar|^2>: {summary['output_variance']:.4g}")
+  say("r_sub: force balance of members with N_delta > 0 (0 at a minimum; "
+      "lossland/stationarity.py)")
   say(f"wall time: {summary['wall_seconds']:.1f} s")
   say(f"run directory: {run_dir}")

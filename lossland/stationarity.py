@@ -1,0 +1,192 @@
+r"""Is a trained network at a stationary point of its loss? Force balance on
+the unsatisfied points, ReLU kinks, and the minimum-norm subgradient.
+
+The loss L(w) = sum_mu ell(Delta_mu), Delta_mu = epsilon - y_mu f_mu(w), has
+the gradient sum_mu ell'(Delta_mu) grad Delta_mu, a sum of "forces" of the
+unsatisfied points (for the quadratic hinge ell'(Delta) = Delta for
+Delta > 0, else 0). Its scale-free size
+
+    r = |sum_mu ell'(Delta_mu) grad Delta_mu| / sum_mu |ell'(Delta_mu) grad Delta_mu|
+
+is 0 at a stationary point and of order one far from it
+(:func:`force_residual`). The loss's overall scale (1/P, alpha^-2) cancels.
+
+A ReLU net is not differentiable where a pre-activation z of a unit on an
+unsatisfied point is exactly 0 (a *kink pair*); there the ReLU's one-sided
+derivatives are 0 and 1 and a minimum only needs 0 in the Clarke
+subdifferential. :func:`kink_pairs` finds the pairs with |z| below ``rtol``
+times the rms of their layer's pre-activations on the unsatisfied points,
+and :func:`subgradient_residual` gives
+
+    r_sub = min over slopes s in [0, 1]^K of |g(s)| / sum_mu |ell'(Delta_mu) grad Delta_mu|,
+
+where g(s) is the gradient with the ReLU derivative s_k at kink pair k
+(:func:`lossland.nets.apply_with_kink_slopes`; the value of the net does not
+depend on s). When every point has at most one kink pair, g is affine in s
+and the minimum is a bounded least-squares problem solved exactly
+(scipy's BVLS); when a point has kinks in several layers, g is multilinear in
+that point's slopes and r_sub comes from successive linearizations, each an
+exact bounded least-squares step, kept only while they lower |g| (an upper
+bound of the true minimum; the result says which). r_sub <= r always: the
+usual derivative is one of the admissible slopes. For smooth activations
+there are no kinks and r_sub = r.
+
+Everything here is for one network in float64 numpy/jax; the per-point
+gradients are computed in chunks of ``chunk`` points (memory chunk x N).
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from lossland import losses, nets
+
+
+class Stationarity(NamedTuple):
+  """The stationarity record of one network (see the module docstring).
+
+  Attributes:
+    force_residual: r_sub (equals r without kinks); nan without
+      unsatisfied points.
+    force_residual_smooth: r, with the usual ReLU derivative 1[z > 0].
+    n_kink: kink pairs (unit, unsatisfied point) at tolerance ``kink_rtol``.
+    n_unsat: unsatisfied points N_Delta.
+    exact: whether r_sub is the exact minimum (at most one kink per point).
+    kink_rtol: the tolerance used.
+  """
+  force_residual: float
+  force_residual_smooth: float
+  n_kink: int
+  n_unsat: int
+  exact: bool
+  kink_rtol: float
+
+
+def _point_forces(apply_fn, params, x, y, loss: losses.LossConfig, off=0.0):
+  """Delta [P] and dL_mu/dDelta_mu [P] of every point (outputs minus ``off``)."""
+  delta = losses.margins(apply_fn(params, x) - off, y, loss.epsilon)
+  dell = jax.vmap(jax.grad(loss.fn))(delta)
+  return delta, dell
+
+
+def force_norm_sum(apply_fn, params, x, y, loss: losses.LossConfig, chunk: int = 256,
+                   off=0.0):
+  """sum_mu |ell'(Delta_mu) grad_w Delta_mu|: the denominator of r."""
+  _, dell = _point_forces(apply_fn, params, x, y, loss, off)
+  grad_f = jax.vmap(lambda xi: ravel_pytree(jax.grad(
+      lambda p: apply_fn(p, xi[None])[0])(params))[0])
+  total = 0.0
+  for i in range(0, x.shape[0], chunk):
+    norms = jnp.linalg.norm(grad_f(x[i:i + chunk]), axis=-1)
+    total += float(jnp.sum(jnp.abs(dell[i:i + chunk]) * norms))
+  return total
+
+
+def _loss_grad(apply_fn, params, x, y, loss, off=0.0):
+  """The flat gradient of sum_mu ell(Delta_mu) (no 1/P: r is scale-free)."""
+  def total(p):
+    return jnp.sum(loss.fn(losses.margins(apply_fn(p, x) - off, y, loss.epsilon)))
+  return ravel_pytree(jax.grad(total)(params))[0]
+
+
+def force_residual(apply_fn, params, x, y, loss: losses.LossConfig,
+                   chunk: int = 256) -> float:
+  """r = |grad L| / sum_mu |ell'(Delta_mu) grad Delta_mu| (nan if no point
+  is unsatisfied, where both vanish)."""
+  den = force_norm_sum(apply_fn, params, x, y, loss, chunk)
+  if den == 0:
+    return float("nan")
+  return float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss))) / den
+
+
+def kink_pairs(cfg: nets.NetConfig, params, x, unsat, rtol: float = 1e-7) -> list:
+  """Per hidden layer, [P, width] bool: unsatisfied points whose pre-activation
+  has |z| <= rtol * rms(z over the layer's unsatisfied points)."""
+  unsat = jnp.asarray(unsat, bool)
+  out = []
+  for z in nets.preactivations(cfg, params, x)[:-1]:
+    n = jnp.maximum(jnp.sum(unsat) * z.shape[-1], 1)
+    rms = jnp.sqrt(jnp.sum(jnp.where(unsat[:, None], z * z, 0.0)) / n)
+    out.append(np.asarray((jnp.abs(z) <= rtol * rms) & unsat[:, None]))
+  return out
+
+
+def _slope_grad_fn(cfg, params, x, y, loss, kinks, off=0.0):
+  """s [K] -> the flat gradient with ReLU slopes s at the kink pairs."""
+  where = [np.nonzero(k) for k in kinks]
+  sizes = [len(w[0]) for w in where]
+  offsets = np.cumsum([0] + sizes)
+
+  def grad_at(s):
+    slopes = [jnp.zeros(k.shape, s.dtype).at[w].set(s[offsets[i]:offsets[i + 1]])
+              for i, (k, w) in enumerate(zip(kinks, where))]
+    apply_fn = lambda p, xx: nets.apply_with_kink_slopes(cfg, p, xx, kinks, slopes)
+    return _loss_grad(apply_fn, params, x, y, loss, off)
+  return jax.jit(grad_at), int(offsets[-1])
+
+
+def _bvls(V, b):
+  """argmin_{0 <= s <= 1} |V s + b| (exact: scipy's bounded-variable LSQ)."""
+  from scipy.optimize import lsq_linear
+  return lsq_linear(V, -b, bounds=(0.0, 1.0), method="bvls").x
+
+
+def _min_norm_slopes(grad_at, s0, exact: bool, max_iter: int = 20):
+  """The slopes minimizing |g(s)| (one exact step when g is affine)."""
+  jac = jax.jit(jax.jacfwd(grad_at))
+  s = s0
+  g = np.asarray(grad_at(s))
+  for _ in range(1 if exact else max_iter):
+    V = np.asarray(jac(s))
+    s_new = _bvls(V, g - V @ np.asarray(s))
+    g_new = np.asarray(grad_at(jnp.asarray(s_new)))
+    if np.linalg.norm(g_new) >= np.linalg.norm(g) and not exact:
+      break
+    done = np.allclose(s_new, np.asarray(s), atol=1e-12)
+    s, g = jnp.asarray(s_new), g_new
+    if done:
+      break
+  return s, g
+
+
+def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
+                 kink_rtol: float = 1e-7, chunk: int = 256, f_offset=None) -> Stationarity:
+  """The :class:`Stationarity` record of one network.
+
+  Args:
+    cfg: its NetConfig (ReLU nets get kinks and r_sub; other activations or
+      architectures r_sub = r).
+    apply_fn: ``apply_fn(params, x) -> [P]`` outputs.
+    params: the network's params.
+    x, y: the training set [P, d], [P].
+    loss: the LossConfig (its margin and per-example loss).
+    kink_rtol: tolerance of :func:`kink_pairs`.
+    chunk: points per chunk of per-point gradients.
+    f_offset: optional [P] constant subtracted from the outputs (a net trained
+      as f(w) - f(w0): the offset f(w0) moves Delta, not the gradients).
+  """
+  off = 0.0 if f_offset is None else jnp.asarray(f_offset)
+  delta, _ = _point_forces(apply_fn, params, x, y, loss, off)
+  unsat = np.asarray(delta > 0)
+  n_unsat = int(unsat.sum())
+  den = force_norm_sum(apply_fn, params, x, y, loss, chunk, off)
+  if n_unsat == 0 or den == 0:
+    return Stationarity(float("nan"), float("nan"), 0, n_unsat, True, kink_rtol)
+  r = float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off))) / den
+  relu = isinstance(cfg, nets.NetConfig) and cfg.activation == "relu" and cfg.depth > 0
+  if not relu:
+    return Stationarity(r, r, 0, n_unsat, True, kink_rtol)
+  kinks = kink_pairs(cfg, params, x, unsat, kink_rtol)
+  n_kink = int(sum(k.sum() for k in kinks))
+  if n_kink == 0:
+    return Stationarity(r, r, 0, n_unsat, True, kink_rtol)
+  per_point = sum(k.sum(-1) for k in kinks)
+  exact = bool(per_point.max() <= 1)
+  grad_at, K = _slope_grad_fn(cfg, params, x, y, loss, kinks, off)
+  zs = nets.preactivations(cfg, params, x)[:-1]
+  s0 = jnp.concatenate([(z[np.nonzero(k)] > 0).astype(x.dtype) for z, k in zip(zs, kinks)])
+  _, g = _min_norm_slopes(grad_at, s0, exact)
+  r_sub = min(float(np.linalg.norm(g)) / den, r)
+  return Stationarity(r_sub, r, n_kink, n_unsat, exact, kink_rtol)

@@ -1,0 +1,167 @@
+"""Force balance and the minimum-norm subgradient (lossland.stationarity)
+against ground truth: a minimum found by scipy, one-sided finite differences
+at a kink, a brute-force scan of the slope, and a hand-made kink point."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from lossland import data, losses, nets, stationarity
+
+LOSS = losses.LossConfig("quadratic_hinge")
+
+
+def _total_loss(apply_fn, x, y):
+  return lambda p: jnp.sum(LOSS.fn(losses.margins(apply_fn(p, x), y, LOSS.epsilon)))
+
+
+def test_force_residual_vanishes_at_a_minimum_and_not_elsewhere():
+  """The convex hinge problem: a linear model (depth 0, N = d = 5) on P = 40
+  random labels cannot fit them; its minimum (loss > 0) is found by scipy's
+  trust-region Newton on the dense Hessian (piecewise quadratic: exact)."""
+  from scipy.optimize import minimize
+  cfg = nets.NetConfig(d=5, width=1, depth=0)
+  init_fn, apply_fn = nets.make_net(cfg)
+  ds = data.sphere(jax.random.key(1), 40, 5, n_test=0)
+  p0 = init_fn(jax.random.key(2))
+  flat0, unravel = ravel_pytree(p0)
+  L = _total_loss(apply_fn, ds.x_train, ds.y_train)
+  f = jax.jit(lambda v: L(unravel(v)))
+  g = jax.jit(jax.grad(lambda v: L(unravel(v))))
+  hess = jax.jit(jax.hessian(lambda v: L(unravel(v))))
+  r0 = stationarity.force_residual(apply_fn, p0, ds.x_train, ds.y_train, LOSS)
+  assert r0 > 0.05
+  opt = minimize(lambda v: float(f(v)), np.asarray(flat0), jac=lambda v: np.asarray(g(v)),
+                 hess=lambda v: np.asarray(hess(v)), method="trust-exact",
+                 options=dict(gtol=1e-13, maxiter=500))
+  p = unravel(jnp.asarray(opt.x))
+  st = stationarity.stationarity(cfg, apply_fn, p, ds.x_train, ds.y_train, LOSS)
+  assert st.n_unsat > cfg.d  # loss > 0: a jammed minimum
+  assert st.force_residual_smooth < 1e-12, (st, opt.message)
+  assert st.force_residual == st.force_residual_smooth and st.n_kink == 0  # no kinks
+  # smooth activations: r_sub = r, no kinks counted
+  cfg2 = nets.NetConfig(d=5, width=4, depth=1, activation="softplus")
+  init2, apply2 = nets.make_net(cfg2)
+  st2 = stationarity.stationarity(cfg2, apply2, init2(jax.random.key(3)), ds.x_train,
+                                  ds.y_train, LOSS)
+  assert st2.force_residual == st2.force_residual_smooth > 0.05 and st2.n_kink == 0
+
+
+def _kinked_net(seed=0):
+  """A ReLU net with training point 0 on a kink of unit 0 of layer 1 (its input
+  projected orthogonal to that unit's weights), every point unsatisfied."""
+  cfg = nets.NetConfig(d=4, width=8, depth=2)
+  init_fn, apply_fn = nets.make_net(cfg)
+  params = init_fn(jax.random.key(seed))
+  x = np.array(data.sphere(jax.random.key(seed + 1), 12, 4, n_test=0).x_train)
+  w = np.asarray(params[0]["w"][:, 0])
+  x[0] -= (x[0] @ w) / (w @ w) * w
+  x = jnp.asarray(x)
+  f = apply_fn(params, x)
+  y = -jnp.sign(f)  # Delta = 1 + |f| > 0 everywhere
+  return cfg, apply_fn, params, x, y
+
+
+def test_kink_slopes_give_the_one_sided_derivatives():
+  cfg, apply_fn, params, x, y = _kinked_net()
+  unsat = np.ones(x.shape[0], bool)
+  kinks = stationarity.kink_pairs(cfg, params, x, unsat)
+  assert kinks[0][0, 0] and sum(k.sum() for k in kinks) == 1
+  flat, unravel = ravel_pytree(params)
+  L = _total_loss(apply_fn, x, y)
+  grad_at, K = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
+  assert K == 1
+  # the slope 1[z > 0] (z is 0 to rounding, of either sign) is the plain gradient
+  z00 = nets.preactivations(cfg, params, x[:1])[0][0, 0]
+  assert abs(float(z00)) < 1e-14
+  np.testing.assert_allclose(grad_at(jnp.array([float(z00 > 0)])),
+                             ravel_pytree(jax.grad(L)(params))[0], rtol=1e-12, atol=1e-14)
+  # one kink: g is affine in the slope
+  g0, g1, gh = (np.asarray(grad_at(jnp.array([s]))) for s in (0.0, 1.0, 0.5))
+  np.testing.assert_allclose(gh, (g0 + g1) / 2, rtol=1e-10, atol=1e-13)
+  # the one-sided directional derivative along v uses slope 1 if v switches
+  # the unit on (dz > 0), 0 if it keeps it off
+  rng = np.random.default_rng(0)
+  z_of = lambda v: nets.preactivations(cfg, unravel(v), x[:1])[0][0, 0]
+  for _ in range(4):
+    v = rng.normal(size=flat.shape)
+    h = 1e-7
+    fd = (float(L(unravel(flat + h * v))) - float(L(unravel(flat)))) / h
+    on = float(z_of(flat + h * v)) > 0
+    want = (g1 if on else g0) @ v
+    assert fd == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_r_sub_is_the_minimum_over_the_slope():
+  cfg, apply_fn, params, x, y = _kinked_net(seed=3)
+  st = stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS)
+  assert st.n_kink == 1 and st.exact and st.n_unsat == x.shape[0]
+  den = stationarity.force_norm_sum(apply_fn, params, x, y, LOSS)
+  kinks = stationarity.kink_pairs(cfg, params, x, np.ones(x.shape[0], bool))
+  grad_at, _ = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
+  scan = min(float(np.linalg.norm(grad_at(jnp.array([s])))) for s in np.linspace(0, 1, 2001))
+  assert st.force_residual <= scan / den + 1e-12
+  assert st.force_residual >= scan / den - 1e-6 * st.force_residual_smooth
+  assert st.force_residual <= st.force_residual_smooth
+
+
+def test_r_sub_vanishes_at_a_hand_made_kink_point_where_r_does_not():
+  """f(x) = relu(x_1) (d = 2, one unit, w1 = e_1, w2 = 1, relu*sqrt2, NTK).
+  B = (1/2, 0), y = +1 and C = (c, 1/2), y = -1 with c (1 + c) = 1/4 balance
+  the forces on w2 and on w1's first component; A = (0, 1 + c), y = +1 sits on
+  the kink (z = 0, Delta = 1) and balances w1's second component with the
+  ReLU slope 1/2. The usual slope 0 leaves a force (0, (1 + c)/2) on w1."""
+  cfg = nets.NetConfig(d=2, width=1, depth=1)
+  _, apply_fn = nets.make_net(cfg)
+  params = [{"w": jnp.array([[1.0], [0.0]])}, {"w": jnp.array([[1.0]])}]
+  c = (math.sqrt(2) - 1) / 2
+  x = jnp.array([[0.0, 1 + c], [0.5, 0.0], [c, 0.5]])
+  y = jnp.array([1.0, 1.0, -1.0])
+  np.testing.assert_allclose(apply_fn(params, x), [0.0, 0.5, c], atol=1e-15)
+  st = stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS)
+  assert st.n_unsat == 3 and st.n_kink == 1 and st.exact
+  assert st.force_residual_smooth > 0.2
+  assert st.force_residual < 1e-12
+  # without the kink pair (tolerance below the exact 0 is impossible): r
+  assert stationarity.force_residual(apply_fn, params, x, y, LOSS) == pytest.approx(
+      st.force_residual_smooth, rel=1e-12)
+
+
+def test_no_unsatisfied_point_gives_nan():
+  cfg = nets.NetConfig(d=2, width=1, depth=1)
+  _, apply_fn = nets.make_net(cfg)
+  params = [{"w": jnp.array([[1.0], [0.0]])}, {"w": jnp.array([[4.0]])}]
+  x = jnp.array([[1.0, 0.0]])
+  st = stationarity.stationarity(cfg, apply_fn, params, x, jnp.array([1.0]), LOSS)
+  assert st.n_unsat == 0 and math.isnan(st.force_residual)
+
+
+def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
+  """summary.json: r_sub <= r for every healthy member with N_Delta > 0 (None
+  for the sat ones), the same numbers as recomputed from the run directory."""
+  import io as _io
+  from lossland import experiment
+  from lossland.experiments import job
+  values = dict(dataset="sphere", P=80, d=4, n_test=0, depth=2, width=4, n_seeds=3,
+                max_steps=400, lr=0.02, polish="lbfgs", polish_steps=300, plots=False,
+                resume=False, out_dir=str(tmp_path))
+  run_dir, s = job.run_ensemble_job(values, progress=False, stdout=_io.StringIO())
+  assert s["kink_rtol"] == job.KINK_RTOL
+  ens = experiment.load_ensemble(run_dir)
+  _, apply_fn = nets.make_net(ens.net)
+  checked = 0
+  for k, m in enumerate(s["members"]):
+    if m["n_delta"] == 0 or m["class"] in ("dead", "diverged", "sat_dead"):
+      assert m["force_residual"] is None
+      continue
+    params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
+    st = stationarity.stationarity(ens.net, apply_fn, params, ens.data.x_train,
+                                   ens.data.y_train, LOSS, kink_rtol=job.KINK_RTOL)
+    assert m["force_residual"] == pytest.approx(st.force_residual, rel=1e-9)
+    assert m["force_residual_smooth"] == pytest.approx(st.force_residual_smooth, rel=1e-9)
+    assert m["n_kink"] == st.n_kink and m["force_residual"] <= m["force_residual_smooth"]
+    checked += 1
+  assert checked >= 1  # P/N = 80/36: members stop with N_Delta > 0
