@@ -56,7 +56,7 @@ def ensemble_summary(f_test, y_test) -> dict:
   """
   f_test = np.asarray(f_test, np.float64)
   y_test = np.asarray(y_test, np.float64)
-  if f_test.shape[-1] == 0:
+  if f_test.shape[-1] == 0 or f_test.shape[0] == 0:  # no test set, or no member
     nan = float("nan")
     return {"member_test_errors": [nan] * f_test.shape[0],
             "mean_test_error": nan, "ensemble_test_error": nan,
@@ -70,9 +70,22 @@ def ensemble_summary(f_test, y_test) -> dict:
   }
 
 
-MEMBER_CLASSES = ("sat", "sat_dead", "limbo", "jammed", "stalled",
+MEMBER_CLASSES = ("sat", "dead_points", "limbo", "jammed", "stalled",
                   "not_converged", "diverged", "dead")
-UNHEALTHY = ("diverged", "dead")
+UNHEALTHY = ("diverged", "dead", "dead_points")
+
+
+def unsatisfied_dead_points(f_train, y_train, epsilon: float = 1.0,
+                            dead_points=None) -> np.ndarray:
+  """[K] the number of unsatisfied dead points of each member (f = 0
+  exactly, or ``dead_points`` [K, P] of :func:`lossland.nets.dead_points`)."""
+  f_train = np.asarray(f_train, np.float64)
+  f_train = f_train.reshape(-1, f_train.shape[-1])
+  unsat = losses.margins(f_train, np.asarray(y_train, np.float64)[None, :], epsilon) > 0
+  is_dead = f_train == 0
+  if dead_points is not None:
+    is_dead = is_dead | np.asarray(dead_points, bool).reshape(f_train.shape)
+  return np.sum(is_dead & unsat, axis=-1)
 
 
 def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
@@ -86,16 +99,17 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   * ``dead``: f = 0 exactly on every training point (e.g. a ReLU net whose
     units are all off), a net that cannot learn;
   * ``sat``: N_Delta = 0, every constraint satisfied;
-  * ``sat_dead`` (only when ``y_train`` is given): N_Delta > 0 and every
+  * ``dead_points`` (only when ``y_train`` is given): N_Delta > 0 and some
     unsatisfied point is a dead point: f = 0 exactly, or where
     ``dead_points`` says so (:func:`lossland.nets.dead_points`: some hidden
-    layer entirely off, which also covers nets with biases). A ReLU net without
-    biases outputs exactly 0 on an input where every unit of a layer is off;
-    such a point keeps Delta = epsilon and a zero gradient whatever the
-    training does (the issue's "dead points"), so every live constraint is
-    satisfied. Whatever the stop reason and N_Delta (docs/jamming.md: an
-    L = 4 member with 156 dead points and no live unsatisfied point was
-    counted as jammed before);
+    layer entirely off, which also covers nets with biases). A ReLU net
+    without biases outputs exactly 0 on an input where every unit of a layer
+    is off; such a point keeps Delta = epsilon and a zero gradient whatever
+    the training does, so no optimizer can satisfy it: the member is neither
+    sat nor a jammed minimum of its live constraints, and is left out of the
+    sat fraction and the headline numbers (unhealthy). (Before issue 20 a
+    member whose unsatisfied points were *all* dead was ``sat_dead`` and
+    counted as sat.)
   * ``limbo``: 1 <= N_Delta <= ``limbo_max_nd`` and max Delta <
     ``limbo_delta``: satisfied up to the floating-point precision;
   * ``not_converged``: stopped at max_steps (or still running) with N_Delta > 0;
@@ -104,7 +118,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   * ``stalled``: stopped as jammed with N_Delta <= 0.1 N (the loss stalled
     with few unsatisfied points, e.g. dead ReLU units).
 
-  Healthy members are all but ``diverged`` and ``dead`` (:data:`UNHEALTHY`).
+  Healthy members are all but ``diverged``, ``dead`` and ``dead_points``
+  (:data:`UNHEALTHY`).
 
   Args:
     stop_reasons: [K] strings of ``train.STOP_REASONS``.
@@ -113,8 +128,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     f_train: [K, P] final outputs on the training set.
     n_weights: N, the number of weights of one network.
     limbo_max_nd, limbo_delta: the precision-limbo thresholds.
-    y_train: [P] labels; enables ``sat_dead``.
-    epsilon: the margin of Delta = epsilon - y f (``sat_dead``).
+    y_train: [P] labels; enables ``dead_points``.
+    epsilon: the margin of Delta = epsilon - y f (``dead_points``).
     dead_points: optional [K, P] bool, dead training points of each member
       (:func:`lossland.nets.dead_points`); a member dead on every point is
       ``dead``.
@@ -128,11 +143,7 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   f_train = f_train.reshape(n_delta.shape[0], -1)
   dead = np.zeros(n_delta.shape[0], bool)
   if y_train is not None:
-    unsat = losses.margins(f_train, np.asarray(y_train, np.float64)[None, :], epsilon) > 0
-    is_dead = f_train == 0
-    if dead_points is not None:
-      is_dead = is_dead | np.asarray(dead_points, bool).reshape(f_train.shape)
-    dead = unsat.any(-1) & np.all(is_dead | ~unsat, axis=-1)
+    dead = unsatisfied_dead_points(f_train, y_train, epsilon, dead_points) > 0
   all_dead = np.zeros(n_delta.shape[0], bool)
   if dead_points is not None:
     all_dead = np.asarray(dead_points, bool).reshape(f_train.shape).all(-1)
@@ -146,7 +157,7 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     elif nd == 0:
       out.append("sat")
     elif dead[k]:
-      out.append("sat_dead")
+      out.append("dead_points")
     elif 1 <= nd <= limbo_max_nd and md < limbo_delta:
       out.append("limbo")
     elif reason == "jammed":

@@ -13,8 +13,8 @@ cells is the study's (:mod:`lossland.experiments.phase_study`). Member classes c
 (:func:`lossland.observables.member_classes`): only ``sat`` and ``jammed``
 enter the fraction; ``limbo``, ``dead``, ``not_converged``, ``stalled`` and
 ``diverged`` are counted and reported, never counted as jammed; members
-whose unsatisfied points are all dead points (f = 0 exactly) are
-``sat_dead`` and count as sat (:func:`cell_stats`).
+with an unsatisfied dead point (some hidden layer entirely off on it) are
+``dead_points``: neither sat nor jammed (:func:`cell_stats`).
 """
 import math
 import os
@@ -38,14 +38,15 @@ def member_class(m: dict) -> str:
 
 
 def dead_point_members(record: dict, load_fn=None) -> list:
-  """Per member: whether every unsatisfied point is a dead point (f = 0 exactly).
+  """Per member: whether some unsatisfied point is a dead point (f = 0 exactly).
 
   A ReLU net without biases outputs exactly 0 on an input for which every
   unit of a layer is off; that point keeps Delta = epsilon and a zero
-  gradient whatever the training does (the issue's "dead points"). A member
-  whose unsatisfied points are all dead has satisfied every live constraint.
-  Reads ``f_train``/``y_train`` of the cell's arrays.npz; all False when the
-  record has no run directory or the arrays cannot be read.
+  gradient whatever the training does (the issue's "dead points"): no
+  optimizer can satisfy it. For summaries written before the job classified
+  such members itself. Reads ``f_train``/``y_train`` of the cell's
+  arrays.npz; all False when the record has no run directory or the arrays
+  cannot be read.
   """
   members = record["summary"]["members"]
   if not record.get("run_dir"):
@@ -61,35 +62,36 @@ def dead_point_members(record: dict, load_fn=None) -> list:
   out = []
   for k in range(len(members)):
     unsat = losses.margins(f[k], y, eps) > 0
-    out.append(bool(unsat.any() and np.all(f[k][unsat] == 0)))
+    out.append(bool(np.any(f[k][unsat] == 0)))
   return out
 
 
 def cell_stats(record: dict, load_fn=None) -> dict:
   """Counts of one cell: P, N, P/N, classes, N_Delta/N of the jammed members.
 
-  Members whose unsatisfied points are all dead points have the class
-  ``sat_dead`` (:func:`lossland.observables.member_classes`, in the cell's
-  summary): every live constraint is satisfied. They count as sat in the
-  fraction (``n_sat``) and are reported separately (``counts["sat_dead"]``).
-  Summaries written before the classifier had that class: their ``stalled``,
-  ``jammed`` and ``not_converged`` members are checked here
-  (:func:`dead_point_members`).
+  Members with an unsatisfied dead point have the class ``dead_points``
+  (:func:`lossland.observables.member_classes`, in the cell's summary):
+  neither sat nor jammed, left out of the fraction and reported
+  (``counts["dead_points"]``). Summaries written before that class: their
+  ``sat_dead`` members (every unsatisfied point dead, counted as sat then)
+  are ``dead_points``, and their ``stalled``, ``jammed`` and ``not_converged``
+  members are checked here (:func:`dead_point_members`).
   """
   s, f = record["summary"], record.get("flags", {})
   members = s["members"]
-  classes = [member_class(m) for m in members]
+  classes = ["dead_points" if c == "sat_dead" else c for c in map(member_class, members)]
   old = ("stalled", "jammed", "not_converged")
-  if "sat_dead" not in classes and any(c in old for c in classes):
+  if not any("n_dead_points" in m for m in members) and any(c in old for c in classes):
     dead = dead_point_members(record, load_fn)
-    classes = ["sat_dead" if c in old and d else c for c, d in zip(classes, dead)]
+    classes = ["dead_points" if c in old and d else c for c, d in zip(classes, dead)]
   N, P = int(s["n_weights"]), int(s["P"])
   counts = {c: classes.count(c) for c in sorted(set(classes))}
   return {
       "P": P, "N": N, "p_over_n": P / N,
       "depth": f.get("depth"), "width": f.get("width"), "d": f.get("d"),
       "n_members": len(members), "counts": counts,
-      "n_sat": counts.get("sat", 0) + counts.get("sat_dead", 0),
+      "n_sat": counts.get("sat", 0),
+      "n_dead_points": counts.get("dead_points", 0),
       "n_jammed": counts.get("jammed", 0),
       "nd_over_n_jammed": [float(m["n_delta_over_n"]) for m, c in
                            zip(members, classes) if c == "jammed"],
@@ -364,6 +366,7 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
       "bracketed": fit["bracketed"],
       "nd_over_n_at_jamming": nd, "nd_cells_p_over_n": used,
       "n_members": int(sum(c["n_members"] for c in stats)),
+      "n_dead_point_members": int(sum(c["n_dead_points"] for c in stats)),
       "N": Ns[0] if len(Ns) == 1 else Ns,
       "width": stats[0]["width"] if stats else None,
       "d": stats[0]["d"] if stats else None,

@@ -90,7 +90,7 @@ def test_member_classes_by_construction():
       ("max_steps", 3, 1e-3, "not_converged"),  # Delta too large for limbo
       ("jammed", 11, 0.2, "jammed"),          # N_delta > 0.1 N
       ("jammed", 10, 0.2, "stalled"),         # N_delta = 0.1 N is not > 0.1 N
-      ("jammed", 30, 1.0, "sat_dead"),        # every unsatisfied point has f = 0
+      ("jammed", 30, 1.0, "dead_points"),     # an unsatisfied point has f = 0
   ]
   f = np.ones((len(rows), P))
   f[1, 2] = np.nan
@@ -156,34 +156,39 @@ def test_delta_distribution_plot_uses_the_runs_margin(tmp_path, monkeypatch, mar
     assert loss == [0.3, 0.0][k]
 
 
-def test_sat_dead_needs_every_unsatisfied_point_dead():
-  """Delta = eps - y f by hand: one live unsatisfied point keeps the class."""
+def test_dead_points_class_needs_an_unsatisfied_dead_point():
+  """Delta = eps - y f by hand: one unsatisfied dead point (f = 0 exactly)
+  makes the class, whatever the live points do."""
   y = np.array([1.0, -1.0, 1.0, -1.0])
   f = np.array([[0.0, 0.0, 2.0, -1.5],     # two dead points, the rest satisfied
-                [0.0, -1.2, 0.5, -1.0],    # point 2: Delta = 0.5 > 0, live
-                [0.0, -2.0, 1e-300, -3.0],  # f tiny but not 0: live
-                [0.0, -2.0, 1.0, -3.0]])   # margin 2: y f = 1 < 2 is live
-  nd = [2, 2, 2, 2]
+                [0.0, -1.2, 0.5, -1.0],    # a dead point and a live unsatisfied one
+                [0.5, -2.0, 1e-300, -3.0],  # f tiny but not 0: live; no dead point
+                [0.0, -2.0, 1.0, -3.0]])   # one dead point
+  nd = [2, 2, 2, 1]
   got = observables.member_classes(["jammed"] * 4, nd, [1.0] * 4, f, 10, y_train=y)
-  assert got == ["sat_dead", "jammed", "jammed", "sat_dead"]
-  # epsilon = 2: row 0's y f = 1.5 < 2 is now live; a row with y f >= 2 is not
-  f2 = np.array([f[0], [0.0, -2.5, 3.0, -2.0]])
-  got2 = observables.member_classes(["max_steps"] * 2, [2, 1], [2.0, 2.0], f2, 10,
+  assert got == ["dead_points", "dead_points", "jammed", "dead_points"]
+  np.testing.assert_array_equal(observables.unsatisfied_dead_points(f, y), [2, 1, 0, 1])
+  # epsilon = 2: a dead point that is satisfied does not count (none can be:
+  # y f = 0 < 2); a member whose unsatisfied points are all live stays
+  f2 = np.array([[0.5, -2.5, 3.0, -2.0], [0.0, -2.5, 3.0, -2.0]])
+  got2 = observables.member_classes(["max_steps"] * 2, [1, 1], [2.0, 2.0], f2, 10,
                                     y_train=y, epsilon=2.0)
-  assert got2 == ["not_converged", "sat_dead"]
+  assert got2 == ["not_converged", "dead_points"]
+  assert "dead_points" in observables.UNHEALTHY
 
 
-def test_sat_dead_with_dead_points_given():
+def test_dead_points_with_the_mask_given():
   """A net with biases: dead points have f = b (not 0); the mask decides."""
   y = np.array([1.0, -1.0, 1.0, -1.0])
   f = np.array([[0.3, 0.3, 2.0, -1.5],     # points 0, 1 unsatisfied, both dead
-                [0.3, 0.3, 2.0, -1.5],     # same outputs, point 1 live
+                [0.3, 0.3, 2.0, -1.5],     # same outputs, point 0 dead, point 1 live
+                [1.5, 0.3, 2.0, -1.5],     # the dead point 0 is satisfied (y f = 1.5)
                 [0.3, 0.3, 0.3, 0.3]])     # dead everywhere: a dead net
-  dead = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
-  nd = [2, 2, 4]
-  got = observables.member_classes(["jammed"] * 3, nd, [1.0] * 3, f, 30, y_train=y,
+  dead = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
+  nd = [2, 2, 1, 4]
+  got = observables.member_classes(["jammed"] * 4, nd, [1.0] * 4, f, 30, y_train=y,
                                    dead_points=dead)
-  assert got == ["sat_dead", "stalled", "dead"]
+  assert got == ["dead_points", "dead_points", "stalled", "dead"]
   # without the mask none of them has f = 0: nothing is dead
-  got = observables.member_classes(["jammed"] * 3, nd, [1.0] * 3, f, 30, y_train=y)
-  assert got == ["stalled", "stalled", "jammed"]
+  got = observables.member_classes(["jammed"] * 4, nd, [1.0] * 4, f, 30, y_train=y)
+  assert got == ["stalled", "stalled", "stalled", "jammed"]

@@ -261,22 +261,42 @@ def test_bad_flags_exit_2(bad, tmp_path):
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_stalled_members_with_only_dead_points_count_as_sat():
-  # member 0: its one unsatisfied point has f = 0 exactly (dead point);
-  # member 1: an unsatisfied point with f != 0 (a real stall); member 2 jammed
+@pytest.mark.parametrize("rows, recorded, want", [
+    # (outputs f on 4 points with y = [1, -1, 1, 1], recorded class, class)
+    ([2.0, -3.0, 0.0, 1.5], "stalled", "dead_points"),   # its one unsat point: f = 0
+    ([2.0, -3.0, 0.5, 1.5], "stalled", "stalled"),       # a live unsat point
+    ([0.2, 0.1, 0.3, 0.0], "jammed", "dead_points"),     # live unsat points and a dead one
+    ([0.2, 0.1, 0.3, 0.4], "jammed", "jammed"),          # no dead point
+    ([2.0, -3.0, 0.0, 1.5], "sat_dead", "dead_points"),  # the old class, counted sat then
+    ([2.0, -3.0, 1.0, 1.5], "sat", "sat"),
+])
+def test_members_with_unsatisfied_dead_points_are_never_sat(rows, recorded, want):
+  """Table-driven on hand-made outputs: a member with an unsatisfied dead
+  point (f = 0 exactly: no optimizer can satisfy it) is neither sat nor
+  jammed, whatever the summary recorded (old summaries are checked here)."""
   y = np.array([1.0, -1.0, 1.0, 1.0])
-  f = np.array([[2.0, -3.0, 0.0, 1.5],
-                [2.0, -3.0, 0.5, 1.5],
-                [0.2, 0.1, 0.3, 0.0]])
+  f = np.array([rows])
+  rec = _record(4, 10, [recorded], nd=[0.4], run_dir="x")
+  c = phase.cell_stats(rec, lambda run_dir: {"f_train": f, "y_train": y})
+  assert c["counts"] == {want: 1}
+  assert c["n_sat"] == (want == "sat") and c["n_jammed"] == (want == "jammed")
+  assert c["n_dead_points"] == (want == "dead_points")
+
+
+def test_dead_point_members_reads_the_arrays_or_nothing():
+  y = np.array([1.0, -1.0, 1.0, 1.0])
+  f = np.array([[2.0, -3.0, 0.0, 1.5], [2.0, -3.0, 0.5, 1.5], [0.2, 0.1, 0.3, 0.0]])
   rec = _record(4, 10, ["stalled", "stalled", "jammed"], nd=[0.1, 0.1, 0.4], run_dir="x")
   load = lambda run_dir: {"f_train": f, "y_train": y}
-  assert phase.dead_point_members(rec, load) == [True, False, False]
-  c = phase.cell_stats(rec, load)
-  assert c["counts"] == {"sat_dead": 1, "stalled": 1, "jammed": 1}
-  assert c["n_sat"] == 1 and c["n_jammed"] == 1
+  assert phase.dead_point_members(rec, load) == [True, False, True]
   # without arrays (no run directory) nothing is reclassified
   c = phase.cell_stats(dict(rec, run_dir=None))
   assert c["counts"] == {"stalled": 2, "jammed": 1} and c["n_sat"] == 0
+  # a summary whose job classified dead points itself is not re-checked
+  rec2 = _record(4, 10, ["jammed"], nd=[0.4], run_dir="x")
+  rec2["summary"]["members"][0]["n_dead_points"] = 0
+  assert phase.cell_stats(rec2, lambda r: {"f_train": f[2:], "y_train": y})["counts"] == {
+      "jammed": 1}
 
 
 def test_workers_give_the_same_records_as_one_process(tmp_path):

@@ -145,16 +145,19 @@ def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
   import io as _io
   from lossland import experiment
   from lossland.experiments import job
-  values = dict(dataset="sphere", P=80, d=4, n_test=0, depth=2, width=4, n_seeds=3,
+  values = dict(dataset="sphere", P=150, d=4, n_test=0, depth=2, width=6, n_seeds=3,
                 max_steps=400, lr=0.02, polish="lbfgs", polish_steps=300, plots=False,
                 resume=False, out_dir=str(tmp_path))
-  run_dir, s = job.run_ensemble_job(values, progress=False, stdout=_io.StringIO())
+  out = _io.StringIO()
+  run_dir, s = job.run_ensemble_job(values, progress=False, stdout=out)
   assert s["kink_rtol"] == job.KINK_RTOL
+  header = next(l for l in out.getvalue().splitlines() if l.lstrip().startswith("seed"))
+  assert "r_sub" in header.split()
   ens = experiment.load_ensemble(run_dir)
   _, apply_fn = nets.make_net(ens.net)
   checked = 0
   for k, m in enumerate(s["members"]):
-    if m["n_delta"] == 0 or m["class"] in ("dead", "diverged", "sat_dead"):
+    if m["n_delta"] == 0 or m["class"] in ("dead", "diverged", "dead_points"):
       assert m["force_residual"] is None
       continue
     params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
@@ -164,4 +167,4 @@ def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
     assert m["force_residual_smooth"] == pytest.approx(st.force_residual_smooth, rel=1e-9)
     assert m["n_kink"] == st.n_kink and m["force_residual"] <= m["force_residual_smooth"]
     checked += 1
-  assert checked >= 1  # P/N = 80/36: members stop with N_Delta > 0
+  assert checked >= 1  # P/N = 150/66: members stop with N_Delta > 0

@@ -691,11 +691,15 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   import numpy as np
   from lossland import observables, train
   reasons = list(res.stop_reasons)
+  dead_points = _dead_points(net, res, ds)
   classes = observables.member_classes(
       reasons, res.final["n_delta"], res.final["max_delta"], res.f_train, n_w,
-      y_train=ds.y_train, epsilon=epsilon, dead_points=_dead_points(net, res, ds))
+      y_train=ds.y_train, epsilon=epsilon, dead_points=dead_points)
+  n_dead = observables.unsatisfied_dead_points(res.f_train, ds.y_train, epsilon, dead_points)
   healthy = np.array([c not in observables.UNHEALTHY for c in classes])
-  if not healthy.any():
+  # Members with unsatisfied dead points are a result (counted, reported, left
+  # out of the numbers); a job whose every member diverged or is dead is not.
+  if all(c in ("diverged", "dead") for c in classes):
     counts = {c: classes.count(c) for c in observables.UNHEALTHY if c in classes}
     if counts.get("diverged", 0) == len(classes):
       first = int(np.min(res.steps))
@@ -716,6 +720,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
         "max_delta": float(res.final["max_delta"][k]),
         "train_error": float(res.final["train_error"][k]),
         "test_error": float(res.final["test_error"][k]),
+        "n_dead_points": int(n_dead[k]),
     })
     if net is not None and loss is not None:
       members[-1].update(stationarity_rows(net, loss, res, ds, k, classes[k],
@@ -727,6 +732,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                           "stop_before_polish": polish["stop_before"][k]})
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
   h_members = [m for m, ok in zip(members, healthy) if ok]
+  mean_of = lambda key: (float(np.mean([m[key] for m in h_members])) if h_members
+                         else float("nan"))
   return {
       "members": members,
       "n_members": len(seeds),
@@ -735,6 +742,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                               if c in classes},
       "diverged_seeds": [m["seed"] for m in members if m["class"] == "diverged"],
       "dead_seeds": [m["seed"] for m in members if m["class"] == "dead"],
+      "dead_point_seeds": [m["seed"] for m in members if m["class"] == "dead_points"],
       "stop_reason_counts": {r: reasons.count(r)
                              for r in train.STOP_REASONS if r in reasons},
       # The authors' classification (nn_jamming/transition.py): a run is jammed
@@ -744,8 +752,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       "mean_test_error": ens["mean_test_error"],
       "ensemble_test_error": ens["ensemble_test_error"],
       "output_variance": ens["output_variance"],
-      "mean_train_error": float(np.mean([m["train_error"] for m in h_members])),
-      "mean_loss": float(np.mean([m["loss"] for m in h_members])),
+      "mean_train_error": mean_of("train_error"),
+      "mean_loss": mean_of("loss"),
       "n_weights": n_w, "n_params": n_params, "P": ds.P,
       "wall_seconds": wall, "group_size": res.group_size,
       **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
@@ -938,7 +946,9 @@ def report(summary: dict, run_dir: str, say) -> None:
   classes = ", ".join(f"{n} {k}" for k, n in summary["member_class_counts"].items())
   say(f"stop reasons: {counts}; classes: {classes}")
   bad = [f"diverged seeds {summary['diverged_seeds']}" if summary["diverged_seeds"] else "",
-         f"dead seeds {summary['dead_seeds']}" if summary["dead_seeds"] else ""]
+         f"dead seeds {summary['dead_seeds']}" if summary["dead_seeds"] else "",
+         f"seeds with unsatisfied dead points {summary['dead_point_seeds']}"
+         if summary.get("dead_point_seeds") else ""]
   bad = "; ".join(b for b in bad if b)
   say(f"healthy members: {summary['n_healthy']}/{len(members)}"
       + (f" (left out of the numbers below: {bad})" if bad else ""))

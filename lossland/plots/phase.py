@@ -8,8 +8,8 @@ from lossland.plots import _agg
 
 
 def _sat(cell: dict) -> int:
-  """Members of a cell that reached N_Delta = 0 (with or without dead units)."""
-  return cell["counts"].get("sat", 0) + cell["counts"].get("sat_dead", 0)
+  """Members of a cell that reached N_Delta = 0."""
+  return cell["counts"].get("sat", 0)
 
 
 def _fraction_sat(plt, per_depth: dict):
