@@ -28,7 +28,8 @@ def cpu() -> PhaseConfig:
   member not sat (at most 50k evaluations; jammed when the best loss gains
   < 1e-6 in 1000 evaluations or the line search finds no descent), 2 workers:
   6 min 15 s wall on an idle 2-core machine with a warm compilation cache
-  (docs/jamming.md)."""
+  (docs/jamming.md), measured before the job measured the force balance of
+  every unsatisfied member (about 1 s each on 2 cores, 4 s for the first)."""
   return PhaseConfig(depths=(2, 3, 4), widths=(12, 10, 9), p_over_n=(1.25, 1.75, 2.25),
                      rounds=2, n_seeds=6, job=_PROTOCOL, auto_workers=True, preset="cpu")
 
