@@ -677,6 +677,25 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
           "n_kink": st.n_kink, "force_residual_exact": st.exact}
 
 
+def _check_not_all_broken(classes, res, lr: float):
+  """Members with unsatisfied dead points are a result (counted, reported,
+  left out of the numbers); a job whose every member diverged or is dead is
+  not: JobError."""
+  import numpy as np
+  if not all(c in ("diverged", "dead") for c in classes):
+    return
+  counts = {c: classes.count(c) for c in ("diverged", "dead") if c in classes}
+  if counts.get("diverged", 0) == len(classes):
+    first = int(np.min(res.steps))
+    raise JobError(
+        f"every member diverged (non-finite or exploding loss by step {first}); "
+        f"lower --lr (now {lr:g})")
+  raise JobError(
+      "no healthy member: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+      + " (dead: f = 0 on every training point); try another --init, "
+      "--activation or --lr")
+
+
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
               lr: float, epsilon: float = 1.0, polish: dict | None = None,
               net=None, loss=None, subtract_init: bool = False) -> dict:
@@ -697,19 +716,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       y_train=ds.y_train, epsilon=epsilon, dead_points=dead_points)
   n_dead = observables.unsatisfied_dead_points(res.f_train, ds.y_train, epsilon, dead_points)
   healthy = np.array([c not in observables.UNHEALTHY for c in classes])
-  # Members with unsatisfied dead points are a result (counted, reported, left
-  # out of the numbers); a job whose every member diverged or is dead is not.
-  if all(c in ("diverged", "dead") for c in classes):
-    counts = {c: classes.count(c) for c in observables.UNHEALTHY if c in classes}
-    if counts.get("diverged", 0) == len(classes):
-      first = int(np.min(res.steps))
-      raise JobError(
-          f"every member diverged (non-finite or exploding loss by step {first}); "
-          f"lower --lr (now {lr:g})")
-    raise JobError(
-        "no healthy member: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-        + " (dead: f = 0 on every training point); try another --init, "
-        "--activation or --lr")
+  _check_not_all_broken(classes, res, lr)
   members = []
   for k, s in enumerate(seeds):
     members.append({
