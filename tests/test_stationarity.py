@@ -155,11 +155,16 @@ def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
   assert "r_sub" in header.split()
   ens = experiment.load_ensemble(run_dir)
   _, apply_fn = nets.make_net(ens.net)
+  arrays = np.load(f"{run_dir}/arrays.npz")
   checked = 0
   for k, m in enumerate(s["members"]):
     if m["n_delta"] == 0 or m["class"] in ("dead", "diverged", "dead_points"):
       assert m["force_residual"] is None
+      assert np.isnan(arrays["force_residual"][k]) and arrays["n_kink"][k] == -1
       continue
+    assert arrays["force_residual"][k] == m["force_residual"]
+    assert arrays["force_residual_smooth"][k] == m["force_residual_smooth"]
+    assert arrays["n_kink"][k] == m["n_kink"]
     params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
     st = stationarity.stationarity(ens.net, apply_fn, params, ens.data.x_train,
                                    ens.data.y_train, LOSS, kink_rtol=job.KINK_RTOL)

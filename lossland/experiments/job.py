@@ -677,6 +677,19 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
           "n_kink": st.n_kink, "force_residual_exact": st.exact}
 
 
+def stationarity_arrays(members) -> dict:
+  """arrays.npz's per-member force balance: ``force_residual``,
+  ``force_residual_smooth`` [K] float64 (nan where not measured: sat or
+  unhealthy members) and ``n_kink`` [K] int64 (-1 there)."""
+  import numpy as np
+  val = lambda m, k, none: none if m.get(k) is None else m[k]
+  return {"force_residual": np.array([val(m, "force_residual", np.nan) for m in members],
+                                     np.float64),
+          "force_residual_smooth": np.array(
+              [val(m, "force_residual_smooth", np.nan) for m in members], np.float64),
+          "n_kink": np.array([val(m, "n_kink", -1) for m in members], np.int64)}
+
+
 def _check_not_all_broken(classes, res, lr: float):
   """Members with unsatisfied dead points are a result (counted, reported,
   left out of the numbers); a job whose every member diverged or is dead is
@@ -926,6 +939,7 @@ def _write_run(v: dict, job: _Job, res, polish, cfg2, summary: dict) -> str:
   extra = dict(polish["arrays"]) if polish is not None else {}
   if v["label_noise"]:
     extra["label_flipped"] = job.flipped
+  extra.update(stationarity_arrays(summary["members"]))
   with io.new_run(v["out_dir"], "ensemble", v,
                   net=dataclasses.asdict(job.net), loss=dataclasses.asdict(job.loss),
                   train=dataclasses.asdict(job.cfg), seeds=job.seeds,
