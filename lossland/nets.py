@@ -363,13 +363,16 @@ def _pad_axes(a, shape):
 
 
 def _forward(cfg: NetConfig, params: Params, x, wgrad_split: int = 0,
-             pad_to: int = 0) -> list:
+             pad_to: int = 0, phi=None) -> list:
   """Pre-activations of every layer: [z_1, ..., z_L, output before alpha].
 
   With ``pad_to`` (make_net) the input and the hidden layers carry zero
   units up to a multiple of ``pad_to``; the output layer is not padded.
+  ``phi(layer, z)`` replaces the activation of hidden layer ``layer``
+  (:func:`apply_with_kink_slopes`).
   """
-  phi = _ACTIVATIONS[cfg.activation]
+  act = _ACTIVATIONS[cfg.activation]
+  phi = phi or (lambda layer, z: act(z))
   act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
                if cfg.normalize_activation else 1.0)
   sizes = [layer["w"].shape[0] for layer in params] + [params[-1]["w"].shape[1]]
@@ -379,7 +382,7 @@ def _forward(cfg: NetConfig, params: Params, x, wgrad_split: int = 0,
   zs, z = [], x
   for i, layer in enumerate(params):
     if i > 0:
-      z = act_scale * phi(zs[-1])
+      z = act_scale * phi(i - 1, zs[-1])
     fan_in = layer["w"].shape[0]
     z = _matmul(z, _pad_axes(layer["w"], sizes[i:i + 2]), wgrad_split)
     if cfg.parametrization == "ntk":
@@ -444,23 +447,12 @@ def apply_with_kink_slopes(cfg: NetConfig, params: Params, x, kinks, slopes):
   """
   if cfg.activation != "relu":
     raise ValueError("kink slopes are defined for ReLU networks only")
-  act_scale = (1.0 / math.sqrt(_SECOND_MOMENT["relu"]) if cfg.normalize_activation
-               else 1.0)
-  zs, z = [], x
-  for i, layer in enumerate(params):
-    if i > 0:
-      zp = zs[-1]
-      d = jnp.where(kinks[i - 1], slopes[i - 1], (zp > 0).astype(zp.dtype))
-      # value relu(zp), derivative d: a straight-through form of the ReLU
-      a = jax.lax.stop_gradient(jax.nn.relu(zp)) + d * (zp - jax.lax.stop_gradient(zp))
-      z = act_scale * a
-    z = z @ layer["w"]
-    if cfg.parametrization == "ntk":
-      z = z / math.sqrt(layer["w"].shape[0])
-    if "b" in layer:
-      z = z + layer["b"]
-    zs.append(z)
-  out = cfg.alpha * zs[-1]
+
+  def phi(layer, z):
+    d = jnp.where(kinks[layer], slopes[layer], (z > 0).astype(z.dtype))
+    # value relu(z), derivative d: a straight-through form of the ReLU
+    return jax.lax.stop_gradient(jax.nn.relu(z)) + d * (z - jax.lax.stop_gradient(z))
+  out = cfg.alpha * _forward(cfg, params, x, phi=phi)[-1]
   return out[..., 0] if cfg.n_out == 1 else out
 
 

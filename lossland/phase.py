@@ -24,6 +24,7 @@ import numpy as np
 
 from lossland import fits
 from lossland import losses
+from lossland import observables
 
 COUNTED = ("sat", "jammed")
 
@@ -59,11 +60,7 @@ def dead_point_members(record: dict, load_fn=None) -> list:
     return [False] * len(members)
   margin = record.get("flags", {}).get("margin")
   eps = 1.0 if margin is None else float(margin)
-  out = []
-  for k in range(len(members)):
-    unsat = losses.margins(f[k], y, eps) > 0
-    out.append(bool(np.any(f[k][unsat] == 0)))
-  return out
+  return [bool(n > 0) for n in observables.unsatisfied_dead_points(f, y, eps)]
 
 
 def cell_stats(record: dict, load_fn=None) -> dict:

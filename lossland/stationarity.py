@@ -92,13 +92,17 @@ def _loss_grad(apply_fn, params, x, y, loss, off=0.0):
 
 
 def force_residual(apply_fn, params, x, y, loss: losses.LossConfig,
-                   chunk: int = 256) -> float:
+                   chunk: int = 256, off=0.0) -> float:
   """r = |grad L| / sum_mu |ell'(Delta_mu) grad Delta_mu| (nan if no point
-  is unsatisfied, where both vanish)."""
-  den = force_norm_sum(apply_fn, params, x, y, loss, chunk)
-  if den == 0:
-    return float("nan")
-  return float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss))) / den
+  is unsatisfied, where both vanish); outputs minus ``off``."""
+  g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
+  return float("nan") if den == 0 else g / den
+
+
+def _residual_parts(apply_fn, params, x, y, loss, chunk, off) -> tuple:
+  """``(|grad L|, sum_mu |ell'(Delta_mu) grad Delta_mu|)``."""
+  den = force_norm_sum(apply_fn, params, x, y, loss, chunk, off)
+  return float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off))), den
 
 
 def kink_pairs(cfg: nets.NetConfig, params, x, unsat, rtol: float = 1e-7) -> list:
@@ -171,10 +175,10 @@ def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
   delta, _ = _point_forces(apply_fn, params, x, y, loss, off)
   unsat = np.asarray(delta > 0)
   n_unsat = int(unsat.sum())
-  den = force_norm_sum(apply_fn, params, x, y, loss, chunk, off)
+  g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
   if n_unsat == 0 or den == 0:
     return Stationarity(float("nan"), float("nan"), 0, n_unsat, True, kink_rtol)
-  r = float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off))) / den
+  r = g / den
   relu = isinstance(cfg, nets.NetConfig) and cfg.activation == "relu" and cfg.depth > 0
   if not relu:
     return Stationarity(r, r, 0, n_unsat, True, kink_rtol)
