@@ -137,7 +137,7 @@ class RunFailed(Exception):
 
 
 def _cpu_info():
-  model, flags = None, set()
+  model, flags, ident = None, set(), {}
   try:
     with open("/proc/cpuinfo") as fh:
       for line in fh:
@@ -147,16 +147,33 @@ def _cpu_info():
           model = v.strip()
         elif k in ("flags", "features") and not flags:
           flags = set(v.split())
+        elif k in ("cpu family", "model", "stepping") and k not in ident:
+          ident[k] = v.strip()
   except OSError:
     pass
-  return model or platform.processor() or None, sorted(f for f in _ISA_FLAGS if f in flags)
+  # A virtual machine may name every generation "AMD EPYC": the family, model
+  # and stepping numbers tell them apart (BLAS kernels are chosen by them).
+  ident = "/".join(ident.get(k, "?") for k in ("cpu family", "model", "stepping"))
+  return (model or platform.processor() or None,
+          sorted(f for f in _ISA_FLAGS if f in flags), ident)
+
+
+def _blas_info() -> list:
+  """The BLAS libraries numpy loaded and the kernel set each picked (the PCA
+  of the real data sets is a LAPACK SVD: its last bits depend on it)."""
+  try:
+    import threadpoolctl
+  except ImportError:  # pragma: no cover (scikit-learn brings it)
+    return []
+  return sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas")
 
 
 def environment() -> dict:
   """What the digests depend on: versions, machine, CPU model and threads."""
   import jax
   import jaxlib
-  model, isa = _cpu_info()
+  model, isa, ident = _cpu_info()
   try:
     n_cpus = len(os.sched_getaffinity(0))
   except AttributeError:  # pragma: no cover (not Linux)
@@ -169,6 +186,8 @@ def environment() -> dict:
       "machine": platform.machine(),
       "cpu_model": model,
       "cpu_isa": isa,
+      "cpu_id": ident,
+      "blas": _blas_info(),
       "n_cpus": n_cpus,
   }
 
