@@ -15,7 +15,10 @@ A ReLU net is not differentiable where a pre-activation z of a unit on an
 unsatisfied point is exactly 0 (a *kink pair*); there the ReLU's one-sided
 derivatives are 0 and 1 and a minimum only needs 0 in the Clarke
 subdifferential. :func:`kink_pairs` finds the pairs with |z| below ``rtol``
-times the rms of their layer's pre-activations on the unsatisfied points,
+times the rms of their unit's pre-activations on the unsatisfied points (per
+unit, so that the count does not change under the per-unit rescalings of a
+ReLU net, w_in -> c w_in, w_out -> w_out / c, which leave the loss unchanged;
+a per-layer scale counted every pair of a unit that such a drift had shrunk),
 and :func:`subgradient_residual` gives
 
     r_sub = min over slopes s in [0, 1]^K of |g(s)| / sum_mu |ell'(Delta_mu) grad Delta_mu|,
@@ -107,13 +110,21 @@ def _residual_parts(apply_fn, params, x, y, loss, chunk, off) -> tuple:
 
 def kink_pairs(cfg: nets.NetConfig, params, x, unsat, rtol: float = 1e-7) -> list:
   """Per hidden layer, [P, width] bool: unsatisfied points whose pre-activation
-  has |z| <= rtol * rms(z over the layer's unsatisfied points)."""
+  has |z| <= rtol * rms(z of the same unit over the unsatisfied points),
+  except on points whose previous layer is all off (no biases): there z and
+  its gradient vanish identically, so no slope matters."""
   unsat = jnp.asarray(unsat, bool)
   out = []
-  for z in nets.preactivations(cfg, params, x)[:-1]:
-    n = jnp.maximum(jnp.sum(unsat) * z.shape[-1], 1)
-    rms = jnp.sqrt(jnp.sum(jnp.where(unsat[:, None], z * z, 0.0)) / n)
-    out.append(np.asarray((jnp.abs(z) <= rtol * rms) & unsat[:, None]))
+  n = jnp.maximum(jnp.sum(unsat), 1)
+  zs = nets.preactivations(cfg, params, x)[:-1]
+  for l, z in enumerate(zs):
+    rms = jnp.sqrt(jnp.sum(jnp.where(unsat[:, None], z * z, 0.0), axis=0) / n)
+    live = unsat
+    if l > 0 and not cfg.bias:
+      # A point whose previous layer is all off has z = 0 with grad z = 0 in
+      # this layer (a dead point): no kink, whatever the slope.
+      live = live & jnp.any(zs[l - 1] > 0, axis=-1)
+    out.append(np.asarray((jnp.abs(z) <= rtol * rms[None, :]) & live[:, None]))
   return out
 
 
