@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lossland import fits
+from lossland import avalanches, extrapolate, fits, gap_exponents
 from lossland import losses
 from lossland import observables
 
@@ -173,12 +173,16 @@ def _load_arrays(run_dir: str) -> dict:
     return {k: z[k] for k in z.files}
 
 
-def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays) -> dict:
+def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays,
+                  select=None) -> dict:
   """Delta of the members of one cell (1809.09349: nn_jamming's histograms).
 
   Delta = eps - y f from ``arrays.npz`` (f_train [K, P], y_train [P]); eps is
   the cell's margin (1 for the hinges when unset). Positive Delta are divided
   by sqrt(loss) of their member, as the authors; negative ones give -Delta.
+
+  ``select(member) -> bool``, if given, replaces the class test (e.g. the
+  members that stopped jammed with r_sub below a threshold).
 
   Returns:
     dict with ``positive`` and ``negative`` samples and their member indices
@@ -192,7 +196,7 @@ def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays) -> di
   members = record["summary"]["members"]
   pos, neg, pm, nm = [], [], [], []
   for k, m in enumerate(members):
-    if member_class(m) not in classes:
+    if not (select(m) if select is not None else member_class(m) in classes):
       continue
     loss = float(m["loss"])
     d = delta[k]
@@ -206,25 +210,35 @@ def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays) -> di
 
 
 def fit_exponent(samples, groups=None, q: float = 0.5,
-                 q_checks=(0.25, 0.5, 0.75), n_boot: int = 500, seed: int = 0) -> dict:
-  """Exponent a of p(x) ~ x^a at small x: MLE on (0, quantile q], CI, range check.
+                 q_checks=(0.25, 0.5, 0.75), n_boot: int = 500, seed: int = 0,
+                 sign: int = 1) -> dict:
+  """Exponent of p(x) ~ x^a at small x by two methods (lossland.gap_exponents).
 
-  theta = a of the Delta > 0 side, gamma = -a of the Delta < 0 side.
+  theta = a of the Delta > 0 side (``sign=1``), gamma = -a of the Delta < 0
+  side (``sign=-1``). ``exponent``/``ci``: the density fit (truncated
+  power-law MLE on (0, quantile q]); ``exponent_cdf``/``ci_cdf``: the
+  empirical-CDF fit C(x) ~ x^(1 + a) on the same range; both with a
+  bootstrap over members (``groups``) and range checks at ``q_checks``
+  (``stable``: the density fit's). None below 10 samples.
   """
   x = np.asarray(samples, np.float64)
-  x = x[x > 0]
-  if x.size < 10:
-    return {"exponent": None, "ci": [None, None], "n_samples": int(x.size),
-            "stable": None}
-  g = None if groups is None else np.asarray(groups)[np.asarray(samples) > 0]
-  xmax = float(np.quantile(x, q))
-  f = fits.power_law_mle(x, 0.0, xmax, n_boot=n_boot, seed=seed, groups=g)
-  r = fits.exponent_vs_range(x, [(0.0, float(np.quantile(x, qq))) for qq in q_checks],
-                             n_boot=min(n_boot, 200), seed=seed, groups=g)
-  return {**f, "q": q, "range_check": {"q": list(q_checks),
-                                       "exponents": r["exponents"],
-                                       "spread": r["spread"]},
-          "stable": r["stable"]}
+  n = int(np.sum(x > 0))
+  if n < 10:
+    return {"exponent": None, "ci": [None, None], "exponent_cdf": None,
+            "ci_cdf": [None, None], "n_samples": n, "stable": None, "stable_cdf": None,
+            "method": None, "range_check": None, "q": q, "x_max": None}
+  f = gap_exponents.exponent_fits(x, groups, q=q, q_checks=q_checks, n_boot=n_boot,
+                                  seed=seed, sign=sign)
+  dens, cdf = f["density"] or {}, f["cdf"] or {}
+  return {"exponent": f["exponent"], "ci": f["ci"], "exponent_cdf": f["exponent_cdf"],
+          "ci_cdf": f["ci_cdf"], "n_samples": f["n_samples"], "q": q,
+          "x_max": f["x_max"], "method": f["method"],
+          "range_check": {"q": list(q_checks),
+                          "exponents": [None if e is None else sign * e for e in
+                                        (dens.get("range_check") or {}).get("exponents", [])],
+                          "exponents_cdf": [None if e is None else sign * e for e in
+                                            (cdf.get("range_check") or {}).get("exponents", [])]},
+          "stable": dens.get("stable"), "stable_cdf": cdf.get("stable")}
 
 
 def avalanche_sizes(history_unsat, running=None) -> np.ndarray:
@@ -321,24 +335,123 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
   P_, N_, Pg, Ng = (cat(pooled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
   th = fit_exponent(P_, Pg, n_boot=n_boot)
-  ga = fit_exponent(N_, Ng, n_boot=n_boot)
+  ga = fit_exponent(N_, Ng, n_boot=n_boot, sign=-1)
   sizes = cat(aval).astype(np.int64)
+  fit_keys = ("n_samples", "q", "x_max", "range_check", "stable", "stable_cdf")
   return {
       "per_depth": per_depth,
       "depth_spread": depth_spread(p_star),
+      "jammed_residual_threshold": _residual_threshold(records_by_depth),
       "theta": th["exponent"], "theta_ci": th["ci"],
-      "theta_fit": {k: th.get(k) for k in ("n_samples", "q", "range_check", "stable", "method")},
-      "gamma": None if ga["exponent"] is None else -ga["exponent"],
-      "gamma_ci": [None if v is None else -v for v in ga["ci"][::-1]],
-      "gamma_fit": {k: ga.get(k) for k in ("n_samples", "q", "range_check", "stable", "method")},
+      "theta_cdf": th["exponent_cdf"], "theta_cdf_ci": th["ci_cdf"],
+      "theta_method": _exponent_method(th),
+      "theta_fit": {k: th.get(k) for k in fit_keys},
+      "gamma": ga["exponent"], "gamma_ci": ga["ci"],
+      "gamma_cdf": ga["exponent_cdf"], "gamma_cdf_ci": ga["ci_cdf"],
+      "gamma_method": _exponent_method(ga),
+      "gamma_fit": {k: ga.get(k) for k in fit_keys},
       "exponents_per_depth": exps,
-      "avalanches": ({"n_intervals": int(sizes.size),
-                      "n_nonzero": int(np.count_nonzero(sizes)),
-                      "mean": float(sizes.mean()), "max": int(sizes.max())}
-                     if sizes.size else None),
+      "theta_by_residual": by_residual(records_by_depth, p_star, n_boot=n_boot,
+                                       load_fn=load_fn),
+      "theta_by_distance": by_distance(records_by_depth, p_star, n_boot=n_boot,
+                                       load_fn=load_fn),
+      "avalanches": _avalanche_summary(sizes),
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
                    "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max")},
   }
+
+
+def _exponent_method(f: dict) -> str | None:
+  if f.get("method") is None:
+    return None
+  return ("Delta of the force-balanced jammed members (class jammed: r_sub <= "
+          "jammed_residual_threshold) of the cell nearest P* of each depth, Delta > 0 "
+          "divided by sqrt(loss) per member; " + f["method"])
+
+
+def _residual_threshold(records_by_depth: dict):
+  """The jobs' ``jam_max_residual`` (None if the cells predate it or differ)."""
+  vals = {r["summary"].get("jam_max_residual") for recs in records_by_depth.values()
+          for r in recs}
+  return vals.pop() if len(vals) == 1 else None
+
+
+def _avalanche_summary(sizes) -> dict | None:
+  if not sizes.size:
+    return None
+  return {"n_intervals": int(sizes.size), "n_nonzero": int(np.count_nonzero(sizes)),
+          "mean": float(sizes.mean()), "max": int(sizes.max()),
+          # power law vs exponential of the nonzero sizes (Clauset et al. 2009)
+          "distribution": avalanches.compare(sizes)}
+
+
+RESIDUAL_THRESHOLDS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, float("inf"))
+
+
+def _stopped_jammed(m: dict) -> bool:
+  """Stopped by a stall (the training's jammed rule) with N_Delta > 0, not
+  dead-point or otherwise unhealthy: jammed or not yet force balanced."""
+  return (m.get("stop_reason") == "jammed" and member_class(m) in ("jammed", "not_converged")
+          and m.get("n_delta", 1) > 0)
+
+
+def by_residual(records_by_depth: dict, p_star: dict, thresholds=RESIDUAL_THRESHOLDS,
+                n_boot: int = 200, load_fn=_load_arrays) -> list:
+  """theta and gamma against the force-balance threshold (issue 20, 4a).
+
+  Per threshold t: the Delta samples of the members that stopped jammed with
+  r_sub <= t (any class but dead points), pooled over the cells nearest P* of
+  the depths: converged states (small t) against merely stalled ones
+  (t = inf). One row per threshold: ``threshold``, ``n_members``, theta,
+  gamma and their CIs (density fit) and the CDF fit's theta.
+  """
+  rows = []
+  for t in thresholds:
+    sel = lambda m, t=t: (_stopped_jammed(m) and m.get("force_residual") is not None
+                          and m["force_residual"] <= t)
+    rows.append({"threshold": None if math.isinf(t) else t,
+                 **_pooled_exponents(records_by_depth, p_star, sel, n_boot, load_fn)})
+  return rows
+
+
+def by_distance(records_by_depth: dict, p_star: dict, n_boot: int = 200,
+                load_fn=_load_arrays) -> list:
+  """theta and gamma of every cell with jammed members against its distance
+  from the transition, (P/N - P*/N) / (P*/N) (issue 20, 4b). One row per
+  cell: ``depth``, ``p_over_n``, ``distance``, ``n_members``, theta, gamma."""
+  rows = []
+  for L, recs in sorted(records_by_depth.items()):
+    ref = p_star.get(L)
+    for r in recs:
+      x = r["summary"]["P"] / r["summary"]["n_weights"]
+      e = _pooled_exponents({L: [r]}, {L: x}, None, n_boot, load_fn)
+      if e["n_members"]:
+        rows.append({"depth": L, "p_over_n": x,
+                     "distance": None if ref is None else (x - ref) / ref, **e})
+  return rows
+
+
+def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn) -> dict:
+  """theta/gamma of the selected members of the cell nearest P* per depth."""
+  pos, neg, pg, ng, n_mem = [], [], [], [], 0
+  for i, (L, recs) in enumerate(sorted(records_by_depth.items())):
+    ref = p_star.get(L)
+    if ref is None or not recs:
+      continue
+    r = min(recs, key=lambda r: abs(r["summary"]["P"] / r["summary"]["n_weights"] - ref))
+    try:
+      ds = delta_samples(r, load_fn=load_fn, select=select)
+    except (OSError, KeyError, ValueError):
+      continue
+    members = set(ds["positive_member"].tolist()) | set(ds["negative_member"].tolist())
+    n_mem += len(members)
+    pos.append(ds["positive"]), neg.append(ds["negative"])
+    pg.append(ds["positive_member"] + 1000 * i), ng.append(ds["negative_member"] + 1000 * i)
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
+  th = fit_exponent(cat(pos), cat(pg), n_boot=n_boot)
+  ga = fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1)
+  return {"n_members": n_mem, "theta": th["exponent"], "theta_ci": th["ci"],
+          "theta_cdf": th["exponent_cdf"], "gamma": ga["exponent"], "gamma_ci": ga["ci"]}
 
 
 def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
@@ -390,13 +503,14 @@ def _depth_exponents(stats, recs, ref, pooled: dict, n_boot: int, load_fn) -> di
   pooled["pos_g"].append(ds["positive_member"] + off)
   pooled["neg_g"].append(ds["negative_member"] + off)
   ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot)
-  en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot)
+  en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot, sign=-1)
   return {"p_over_n": c["p_over_n"], "theta": ep["exponent"], "theta_ci": ep["ci"],
-          "gamma": None if en["exponent"] is None else -en["exponent"],
-          "gamma_ci": [None if v is None else -v for v in en["ci"][::-1]]}
+          "theta_cdf": ep["exponent_cdf"], "theta_cdf_ci": ep["ci_cdf"],
+          "gamma": en["exponent"], "gamma_ci": en["ci"],
+          "gamma_cdf": en["exponent_cdf"], "gamma_cdf_ci": en["ci_cdf"]}
 
 
-def finite_size(results: Sequence[dict]) -> dict:
+def finite_size(results: Sequence[dict], model: str = "sqrt") -> dict:
   """How P*/N and its depth spread change with the network size N.
 
   1809.09349 finds P*/N independent of depth at N ~ 8000; at the few hundred
@@ -414,7 +528,12 @@ def finite_size(results: Sequence[dict]) -> dict:
     ``depth_spread`` [...] per size, and ``spread_slope``: the least-squares
     slope of log(depth_spread) vs log(N) over the sizes with a spread > 0
     (None with fewer than two). The slope is descriptive (two or three sizes,
-    no error bar), not a fitted law.
+    no error bar), not a fitted law. ``extrapolation``: per depth P*/N
+    extrapolated to N -> infinity with ``model`` (:mod:`lossland.extrapolate`:
+    P*/N = p_inf + a N^-1/2 for "sqrt", weighted by the CIs, parametric
+    bootstrap CI, residuals) and the spread of the limits over depths with a
+    test of one common limit; per_depth[L] gains
+    ``p_star_over_n_extrapolated`` and ``_ci``.
   """
   rows = []
   for r in results:
@@ -437,5 +556,11 @@ def finite_size(results: Sequence[dict]) -> dict:
     x = np.log([n for n, _ in ok])
     y = np.log([s for _, s in ok])
     slope = float(np.polyfit(x, y, 1)[0])
-  return {"sizes": sizes, "per_depth": per_depth, "depth_spread": spread,
-          "spread_slope": slope}
+  out = {"sizes": sizes, "per_depth": per_depth, "depth_spread": spread,
+         "spread_slope": slope}
+  ext = extrapolate.public(extrapolate.finite_size_extrapolation(out, model=model))
+  for L, e in ext["per_depth"].items():
+    per_depth[L]["p_star_over_n_extrapolated"] = e.get("p_inf")
+    per_depth[L]["p_star_over_n_extrapolated_ci"] = e.get("p_inf_ci")
+  out["extrapolation"] = ext
+  return out

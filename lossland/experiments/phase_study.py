@@ -340,5 +340,16 @@ def report_lines(out: dict) -> list:
     lines.append("finite size: N " + ", ".join(f"{n:.0f}" for n in fs["sizes"]) +
                  "; depth spread " + ", ".join(_fmt(v) for v in fs["depth_spread"]) +
                  f"; slope of log spread vs log N {_fmt(fs['spread_slope'])}")
+    ext = fs.get("extrapolation") or {}
+    for L, e in ext.get("per_depth", {}).items():
+      ci = e.get("p_inf_ci") or [None, None]
+      lines.append(f"L={L}: P*/N extrapolated to N -> inf ({ext.get('model_name')}) "
+                   f"{_fmt(e.get('p_inf'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+                   + ("" if e.get("p_inf") is not None else f" ({e.get('reason')})"))
+    sp = ext.get("spread") or {}
+    if sp.get("spread") is not None:
+      lines.append(f"spread of the extrapolated P*/N over depths {_fmt(sp['spread'])}, "
+                   "one common limit: p = " + ("None" if sp.get("p_value") is None
+                                                 else f"{sp['p_value']:.3g}"))
     lines.append(f"run directory: {path}")
   return lines

@@ -150,9 +150,24 @@ def plot_finite_size(fs: dict, path: str) -> str:
     n, x, ci = zip(*pts)
     lo = [xi - (c[0] if c and c[0] is not None else xi) for xi, c in zip(x, ci)]
     hi = [(c[1] if c and c[1] is not None else xi) - xi for xi, c in zip(x, ci)]
-    axs[0].errorbar(n, x, yerr=[lo, hi], marker="o", capsize=3, label=f"L={L}")
+    line = axs[0].errorbar(n, x, yerr=[lo, hi], marker="o", capsize=3, ls="none",
+                           label=f"L={L}")
+    e = fs.get("extrapolation", {}).get("per_depth", {}).get(str(L))
+    if e and e.get("p_inf") is not None:
+      # The fit p_inf + a N^-omega and its limit (a bar at the right edge).
+      grid = np.geomspace(min(n), 4 * max(n), 50)
+      color = line[0].get_color()
+      axs[0].plot(grid, e["p_inf"] + e["a"] * grid ** -e["omega"], color=color, lw=1)
+      ci = e.get("p_inf_ci") or [None, None]
+      if ci[0] is not None:
+        axs[0].errorbar([4 * max(n)], [e["p_inf"]], yerr=[[e["p_inf"] - ci[0]],
+                        [ci[1] - e["p_inf"]]], color=color, marker="s", capsize=3)
   axs[0].set_xscale("log")
   axs[0].set_xlabel("N (weights)"), axs[0].set_ylabel("P*/N")
+  ext = fs.get("extrapolation")
+  if ext and ext.get("model_name"):
+    axs[0].set_title(f"lines: p_inf + a N^-omega ({ext['model_name']}); squares: N -> inf",
+                     fontsize=8)
   axs[0].legend()
   pts = [(n, s) for n, s in zip(fs["sizes"], fs["depth_spread"]) if s is not None]
   if pts:
