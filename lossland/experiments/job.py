@@ -145,6 +145,16 @@ class JobOptions:
   polish_jam_rtol: float = option(
       1e-06, "Polish: stop jammed when the best loss fell by less than this fraction over "
       "the window (or the line search finds no descent).")
+  finish: str = option(
+      "none", "Then run a finishing stage on every member that stopped jammed: newton: a "
+      "trust-region Newton method on the loss restricted to its ReLU kink contacts, "
+      "dense Hessian, float64 (lossland.optim.kink_newton; needs --x64). Its last "
+      "iterate (lower loss) replaces the member's params; summary.json gains each "
+      "member's r_sub before and after and min_curvature.", ("none", "newton"))
+  finish_iters: int = option(400, "Most trust-region iterations of the finish per member.")
+  finish_tol: float = option(
+      1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
+      "this.")
   bulk_float32: bool = option(
       False, "Train the first stage in float32 and the polish in float64 (needs --x64 and "
       "--polish): a float32 bulk, a float64 finish (docs/engine.md; validated on "
@@ -275,7 +285,7 @@ def validate(values: dict) -> dict:
 
   for name in ("P", "d", "n_seeds", "max_steps", "decay_every",
                "plateau_patience", "check_every", "jam_window", "chunk_steps",
-               "polish_steps", "polish_jam_window"):
+               "polish_steps", "polish_jam_window", "finish_iters"):
     need(v[name] > 0, name, "must be positive")
   for name in ("batch_size", "group_size", "data_seed", "teacher_depth"):
     need(v[name] >= 0, name, "must be >= 0")
@@ -302,6 +312,9 @@ def validate(values: dict) -> dict:
   if v["bulk_float32"] and (not v["x64"] or v["polish"] == "none"):
     raise JobError("--bulk_float32 trains the first stage in float32 and finishes in "
                    "float64: it needs --x64 and a --polish")
+  need(v["finish_tol"] > 0, "finish_tol", "must be positive")
+  if v["finish"] != "none" and not v["x64"]:
+    raise JobError(f"--finish {v['finish']} measures force balance to 1e-10: it needs --x64")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
   if v["margin"] is not None:
     need(v["margin"] >= 0, "margin", "must be >= 0")
@@ -644,7 +657,7 @@ def _dead_points(net, res, ds):
   return np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, x))(res.params))
 
 
-# Kink pairs: |z| below this fraction of their layer's rms pre-activation.
+# Kink pairs: |z| below this fraction of the rms pre-activation of their unit.
 KINK_RTOL = 1e-7
 
 
@@ -677,17 +690,38 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
           "n_kink": st.n_kink, "force_residual_exact": st.exact}
 
 
+def _finish_row(fin: dict, k: int) -> dict:
+  """Member k's numbers of the finishing stage (None where it did not enter)."""
+  import math
+  if not fin["entered"][k]:
+    return {"finished": False}
+  num = lambda x: None if x is None or not math.isfinite(x) else float(x)
+  return {"finished": True, "finish_converged": bool(fin["converged"][k]),
+          "finish_reason": fin["reason"][k],
+          "force_residual_before_finish": num(fin["residual_before"][k]),
+          "loss_before_finish": num(fin["loss_before"][k]),
+          "finish_iterations": int(fin["iterations"][k]),
+          "finish_seconds": float(fin["seconds"][k]),
+          "min_curvature": num(fin["min_curvature"][k])}
+
+
 def stationarity_arrays(members) -> dict:
   """arrays.npz's per-member force balance: ``force_residual``,
   ``force_residual_smooth`` [K] float64 (nan where not measured: sat or
-  unhealthy members) and ``n_kink`` [K] int64 (-1 there)."""
+  unhealthy members) and ``n_kink`` [K] int64 (-1 there); with ``--finish``
+  also ``force_residual_before_finish`` and ``min_curvature`` [K] float64
+  (nan for members that did not enter the finish)."""
   import numpy as np
   val = lambda m, k, none: none if m.get(k) is None else m[k]
-  return {"force_residual": np.array([val(m, "force_residual", np.nan) for m in members],
-                                     np.float64),
-          "force_residual_smooth": np.array(
-              [val(m, "force_residual_smooth", np.nan) for m in members], np.float64),
-          "n_kink": np.array([val(m, "n_kink", -1) for m in members], np.int64)}
+  out = {"force_residual": np.array([val(m, "force_residual", np.nan) for m in members],
+                                    np.float64),
+         "force_residual_smooth": np.array(
+             [val(m, "force_residual_smooth", np.nan) for m in members], np.float64),
+         "n_kink": np.array([val(m, "n_kink", -1) for m in members], np.int64)}
+  if any("finished" in m for m in members):  # --finish: its own two arrays
+    for key in ("force_residual_before_finish", "min_curvature"):
+      out[key] = np.array([val(m, key, np.nan) for m in members], np.float64)
+  return out
 
 
 def _check_not_all_broken(classes, res, lr: float):
@@ -711,7 +745,8 @@ def _check_not_all_broken(classes, res, lr: float):
 
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
               lr: float, epsilon: float = 1.0, polish: dict | None = None,
-              net=None, loss=None, subtract_init: bool = False) -> dict:
+              net=None, loss=None, subtract_init: bool = False,
+              finish: dict | None = None) -> dict:
   """summary.json of an ensemble: members with their classes, healthy-member
   headline numbers, class and stop-reason counts; with ``net`` (a NetConfig)
   and ``loss`` (its LossConfig), the stationarity of every healthy member
@@ -745,6 +780,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
     if net is not None and loss is not None:
       members[-1].update(stationarity_rows(net, loss, res, ds, k, classes[k],
                                            subtract_init))
+    if finish is not None:
+      members[-1].update(_finish_row(finish, k))
     if polish is not None:
       members[-1].update({"polished": polish["polished"][k],
                           "polish_steps": polish["polish_steps"][k],
@@ -816,8 +853,8 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   try:
     ckpt = _checkpoint_path(v, dirs, say)
     bar.note("compiling and running the first chunk...")
-    res, polish, cfg2, wall = _train(v, job, ckpt, bar)
-    summary = _summary(v, job, res, polish, wall, ckpt)
+    res, polish, cfg2, wall, fin = _train(v, job, ckpt, bar)
+    summary = _summary(v, job, res, polish, wall, ckpt, fin)
     dirs.makedirs(v["out_dir"])
     run_dir = _write_run(v, job, res, polish, cfg2, summary)
     ok = True
@@ -907,19 +944,58 @@ def _train(v: dict, job: _Job, ckpt, bar) -> tuple:
                              checkpoint_every=v["checkpoint_every"], entry=entry)
     if ckpt2 and os.path.exists(ckpt2):
       os.remove(ckpt2)
+  fin = None
+  if v["finish"] != "none":
+    bar.note("finishing the jammed members (trust-region Newton)...")
+    res, fin = _finish(v, job, res, cfg2 or job.cfg)
   bar(1, 1, f"done {K}/{K}")
   bar.close()
-  return res, polish, cfg2, time.time() - t0
+  return res, polish, cfg2, time.time() - t0, fin
 
 
-def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt) -> dict:
+def _finish(v: dict, job: _Job, res, cfg):
+  """The finishing stage (:mod:`lossland.train.finish`) on the members that
+  stopped jammed: ``(res, dict of per-member lists)``."""
+  from lossland.optim import kink_newton
+  from lossland.train import finish
+  res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
+                                    max_iter=v["finish_iters"])
+  curv = []
+  for k in range(len(res.seeds)):
+    c = None
+    if info.entered[k]:
+      p = jax_tree_take(res.params, k)
+      off = None
+      if cfg.subtract_init:
+        off = _apply(job.net, job.ds)(jax_tree_take(res.params0, k), job.ds.x_train)
+      c = kink_newton.min_curvature(job.net, p, job.ds.x_train, job.ds.y_train, job.loss,
+                                    f_offset=off)
+    curv.append(c)
+  return res, {"entered": info.entered, "converged": info.converged,
+               "reason": info.reason, "residual_before": info.residual_before,
+               "loss_before": info.loss_before, "iterations": info.n_iter,
+               "seconds": info.seconds, "min_curvature": curv}
+
+
+def jax_tree_take(tree, k: int):
+  """Member k of a pytree with a leading member axis."""
+  import jax
+  return jax.tree_util.tree_map(lambda a: a[k], tree)
+
+
+def _apply(net, ds):
+  from lossland import nets
+  return nets.make_net(net, ds.x_train.dtype)[1]
+
+
+def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt, fin=None) -> dict:
   """summary.json; with no healthy member the checkpoint goes too (JobError)."""
   import jax
   from lossland import nets
   try:
     summary = summarize(res, job.ds, job.seeds, job.n_w, nets.n_params(job.net), wall,
                         job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net,
-                        loss=job.loss, subtract_init=job.cfg.subtract_init)
+                        loss=job.loss, subtract_init=job.cfg.subtract_init, finish=fin)
   except JobError:
     if ckpt and os.path.exists(ckpt):
       os.remove(ckpt)

@@ -1,0 +1,431 @@
+r"""The finishing stage: a trust-region Newton method on the loss of a ReLU
+net, restricted to the manifold of its kink contacts.
+
+Why. A loss stall is not a minimum criterion on the non-smooth loss of a
+ReLU net: L-BFGS stops at points where the force balance is off by 1e-4 to
+1e-2 (:mod:`lossland.stationarity`; docs/jamming.md), and there some (unit,
+point) pairs sit at a pre-activation z = 0, where the loss has a kink. A
+minimum there is a point where 0 is a subgradient: for slopes s_k in [0, 1]
+of the ReLU at the kink pairs k in K,
+
+    g(w, s) = grad_w L~(w; s) = 0    and    z_k(w) = 0 for k in K,         (1)
+
+where L~(w; s) is the loss of the *pattern-frozen* net: every ReLU replaced
+by the linear map z -> d z with d = 1[z > 0] fixed, and d = s_k at the kink
+pairs. L~ is smooth (a polynomial in w) and its value is the loss wherever
+the pattern holds; the slopes act as Lagrange multipliers of the contacts
+z_k = 0 (the force that holds a unit at its kink). A smooth activation has no
+kinks and (1) is grad L = 0. A minimum also needs no direction of negative
+curvature on the manifold {z_K = 0}: :func:`min_curvature` measures it.
+
+How (:func:`finish`). A trust-region Newton method on L~ restricted to
+{z_K = 0} (null-space steps, Nocedal & Wright ch. 4 and 18; the exact
+subproblem of Moré & Sorensen 1983 on the dense Hessian from
+``jax.hessian``, so negative curvature is followed out of saddle-like stall
+points), steps accepted on the true ReLU loss, and an active set:
+
+* a pair that crossed its kink back and forth joins K (a V-shaped valley);
+* at a point stationary on the manifold, a pair of K leaves it when no
+  subgradient balances the forces there (:func:`_release`);
+* the result is certified by the independent measurement of
+  :func:`lossland.stationarity.stationarity` (r_sub by bounded least
+  squares at the kinks it finds), which is what the caller should trust.
+
+Measured (docs/jamming.md, "The finishing stage"): on the polished jammed
+states of small nets the method lowers the loss (by percents) and r_sub by
+one to three decades, and shows that those states had negative curvature;
+it converges linearly, not quadratically, while points approach the margin
+(Delta -> 0+, where the quadratic hinge's curvature jumps): it does not
+reach r_sub <= 1e-10 in a few thousand iterations there.
+
+Everything is for one network in float64 (numpy on the host, jax for the
+derivatives; dense N x N Hessians: meant for the N of a CPU study and for
+single members at paper scale).
+"""
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from lossland import losses, nets, stationarity
+
+
+class FinishResult(NamedTuple):
+  """What :func:`finish` returns.
+
+  Attributes:
+    params: the last iterate (the lowest loss; the input params if no step
+      was accepted).
+    record: the :class:`lossland.stationarity.Stationarity` of ``params``.
+    n_solves: Levenberg-Marquardt solves (one per active set).
+    n_steps: accepted Levenberg-Marquardt steps in all.
+    n_evals: evaluations of (1) (each one value of the system).
+    converged: the record's r_sub <= ``tol``.
+    reason: "converged", "max_solves", "stuck" (a solve made no progress)
+      or "no_unsat" (nothing to finish).
+    residual_before: r_sub of the params it was given.
+  """
+  params: object
+  record: stationarity.Stationarity
+  n_solves: int
+  n_steps: int
+  n_evals: int
+  converged: bool
+  reason: str
+  residual_before: float = float("nan")
+
+
+def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
+  """Pre-activations of the pattern-frozen net (module docstring).
+
+  ``pattern``: per hidden layer [P, width] slopes 0/1; ``pts``, ``units``:
+  per hidden layer [Kp] indices of its kink pairs, padded with the
+  out-of-range point P (dropped); ``s``: per hidden layer [Kp] slopes.
+  """
+  def phi(layer, z):
+    d = pattern[layer].astype(z.dtype).at[pts[layer], units[layer]].set(
+        s[layer], mode="drop")
+    return d * z
+  return nets._forward(cfg, params, x, phi=phi if cfg.activation == "relu" else None)
+
+
+def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale):
+  """The frozen loss's gradient [N] and Hessian [N, N], the scaled kink
+  pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp]."""
+  unravel = nets.unravel_fn(cfg, w.dtype)
+  sizes = [p.shape[0] for p in pts]
+  starts = np.cumsum([0] + sizes)
+  split = lambda sf: [sf[starts[l]:starts[l + 1]] for l in range(len(pts))]
+
+  def total(wf, sf):
+    zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(sf))
+    f = cfg.alpha * zs[-1]
+    f = f[..., 0] if cfg.n_out == 1 else f
+    return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
+
+  def zk(wf):
+    zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(s_flat))
+    return jnp.concatenate(
+        [zs[l].at[pts[l], units[l]].get(mode="fill", fill_value=0.0)
+         / z_scale[l].at[units[l]].get(mode="fill", fill_value=1.0) for l in range(len(pts))]
+        + [jnp.zeros(0, w.dtype)])
+  grad = jax.grad(total)
+  return (total(w, s_flat), grad(w, s_flat), jax.hessian(total)(w, s_flat), zk(w),
+          jax.jacfwd(zk)(w), jax.jacfwd(grad, argnums=1)(w, s_flat))
+
+
+_PARTS = jax.jit(_parts_fn, static_argnums=(0, 1))
+
+
+def _true_loss_fn(cfg, loss, w, x, y, off):
+  f = nets.make_net(cfg, w.dtype)[1](nets.unravel_fn(cfg, w.dtype)(w), x)
+  return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
+
+
+_TRUE_LOSS = jax.jit(_true_loss_fn, static_argnums=(0, 1))
+
+
+def _bucket(n: int) -> int:
+  """Padded size of n kink pairs (few distinct shapes: few compilations)."""
+  return 0 if n == 0 else max(8, 1 << (n - 1).bit_length())
+
+
+class _Frozen(NamedTuple):
+  """The pattern-frozen problem of one active set (padded index arrays)."""
+  pattern: list
+  pts: list
+  units: list
+  real: np.ndarray  # positions of the real slopes in the padded slope vector
+  pad: int
+
+
+def _frozen(pattern, idx, P: int) -> _Frozen:
+  n_k = [len(i[0]) for i in idx]
+  pad = [_bucket(n) for n in n_k]
+  pts = [jnp.asarray(np.concatenate([i[0], np.full(kp - n, P)]).astype(np.int32))
+         for i, n, kp in zip(idx, n_k, pad)]
+  units = [jnp.asarray(np.concatenate([i[1], np.zeros(kp - n)]).astype(np.int32))
+           for i, n, kp in zip(idx, n_k, pad)]
+  starts = np.cumsum([0] + pad)
+  real = np.concatenate([np.arange(starts[l], starts[l] + n) for l, n in enumerate(n_k)]
+                        + [np.zeros(0, int)]).astype(int)
+  return _Frozen([jnp.asarray(p) for p in pattern], pts, units, real, int(sum(pad)))
+
+
+def _tr_step(g, H, radius: float):
+  """argmin g.p + p.H.p / 2 over |p| <= radius (H symmetric, eigenvalues):
+  the Moré-Sorensen characterization, lambda by bisection; the hard case
+  takes the step along the lowest eigenvector to the boundary."""
+  lam_, Q = np.linalg.eigh(H)
+  gq = Q.T @ g
+  lo = max(0.0, -lam_[0])
+  step = lambda mu: -gq / np.maximum(lam_ + mu, 1e-300)
+  if lam_[0] > 0 and np.linalg.norm(step(0.0)) <= radius:
+    return Q @ step(0.0)
+  hi = lo + np.linalg.norm(g) / radius + 1.0
+  if np.linalg.norm(step(lo + 1e-14 * max(1.0, abs(lo)))) <= radius:
+    # hard case: interior solution of the shifted system plus the lowest mode
+    p = np.where(lam_ + lo > 1e-14 * max(1.0, abs(lo)), step(lo), 0.0)
+    t = math.sqrt(max(radius ** 2 - float(p @ p), 0.0))
+    return Q @ p + t * Q[:, 0]
+  for _ in range(100):
+    mid = 0.5 * (lo + hi)
+    if np.linalg.norm(step(mid)) > radius:
+      lo = mid
+    else:
+      hi = mid
+  return Q @ step(hi)
+
+
+def _kink_idx(masks) -> list:
+  return [tuple(np.nonzero(m)) for m in masks]
+
+
+def _unit_rms(cfg, params, x, unsat) -> list:
+  """Per hidden layer, the [width] rms of each unit's z on the unsatisfied
+  points (1 for a unit whose z all vanish): the kink tolerance's scale."""
+  n = max(int(unsat.sum()), 1)
+  out = []
+  for z in nets.preactivations(cfg, params, x)[:-1]:
+    sc = np.sqrt(np.sum(np.asarray(z)[unsat] ** 2, axis=0) / n)
+    out.append(np.where(sc > 0, sc, 1.0))
+  return out
+
+
+def _release(s, b, slope_tol: float, n_released, max_release: int):
+  """Which pairs of K leave it, and on which side (True: on).
+
+  At a kink with slope s and b = (dg/ds) . grad z (the sign of dL/da, the
+  loss's derivative in the unit's activation), the on-side steepest descent
+  moves z by -(1 - s) b |grad z|^2 and the off-side one by s b |grad z|^2: a
+  side is a descent side when that move keeps the pair on it. A pair stays
+  in K when neither side descends (s in [0, 1] and b >= 0: a convex kink);
+  with s in [0, 1] and b < 0 (a concave kink) both sides descend and the pair
+  leaves towards the side with the larger slope of descent.
+  """
+  out, side = [], []
+  for j, (sj, bj) in enumerate(zip(s, b)):
+    if n_released.get(j, 0) >= max_release:
+      continue
+    if sj < -slope_tol or sj > 1 + slope_tol:
+      out.append(j), side.append(bool((1 - sj) * bj < 0))
+    elif bj < 0:
+      out.append(j), side.append(bool(sj < 0.5))
+  return out, side
+
+
+def _active_parts(cfg, loss, w, fr: _Frozen, s_real, x, y, off, z_scale):
+  """Numpy (g, H, z_K, A, C) of the frozen problem at w with slopes s_real."""
+  s_pad = np.zeros(fr.pad)
+  s_pad[fr.real] = s_real
+  _, g, H, zk, A, C = _PARTS(cfg, loss, w, jnp.asarray(s_pad, w.dtype), x, y, off,
+                             fr.pattern, fr.pts, fr.units,
+                             [jnp.asarray(z, w.dtype) for z in z_scale])
+  g, H = np.asarray(g), np.asarray(H)
+  return (g, 0.5 * (H + H.T), np.asarray(zk)[fr.real], np.asarray(A)[fr.real],
+          np.asarray(C)[:, fr.real])
+
+
+def _null_space(A, n: int):
+  """(Z [n, n - r], A^+ [n, K]): a basis of null(A) and the pseudo-inverse."""
+  if A.shape[0] == 0:
+    return np.eye(n), np.zeros((n, 0))
+  U, S, Vt = np.linalg.svd(A, full_matrices=True)
+  r = int(np.sum(S > 1e-10 * S[0])) if S.size and S[0] > 0 else 0
+  pinv = Vt[:r].T @ np.diag(1.0 / S[:r]) @ U[:, :r].T
+  return Vt[r:].T, pinv
+
+
+def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+           f_offset=None, tol: float = 1e-10, max_iter: int = 400,
+           kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
+           log_fn=None) -> FinishResult:
+  """Drive one network to a minimum of its loss where (1) holds, then certify it.
+
+  A trust-region Newton method on the loss restricted to the kink manifold
+  {z_K = 0} (Moré & Sorensen 1983 for the subproblem; Nocedal & Wright ch. 4
+  and 18 for the null-space step): with the pattern frozen, each step is a
+  restoration step -A^+ z_K onto the manifold plus the trust-region
+  minimizer of the quadratic model in null(A) (the Hessian of the frozen
+  loss, exact, dense: negative curvature is followed, so the method leaves
+  the saddle-like stall points L-BFGS stops at; docs/jamming.md). A step is
+  accepted when the true (ReLU) loss decreases as the model predicts
+  (ratio > 0.1). The slopes are the least-squares multipliers of the kink
+  contacts; the active set changes as in the module docstring.
+
+  Args:
+    cfg: a NetConfig (ReLU: kinks and slopes; other activations: no kinks).
+    params: the network's params (float64 for thresholds near 1e-10).
+    x, y: the training set [P, d], [P].
+    loss: the LossConfig.
+    f_offset: optional [P] constant subtracted from the outputs (f - f0).
+    tol: the target r_sub (the caller's ``jam_max_residual``).
+    max_iter: most trust-region iterations (each one dense Hessian).
+    kink_rtol: pairs with |z| <= kink_rtol * rms(z of the unit) start in K
+      and are what the certificate counts
+      (:func:`lossland.stationarity.kink_pairs`).
+    slope_tol: slopes in [-slope_tol, 1 + slope_tol] count as in [0, 1].
+    max_release: a pair leaves K at most this many times (against cycling).
+    log_fn: optional ``log_fn(str)`` every 20 iterations and at active-set
+      changes.
+
+  Returns:
+    A :class:`FinishResult` (``n_solves``: active-set changes, ``n_steps``:
+    accepted steps, ``n_evals``: iterations); the returned params are the
+    last iterate, whose true loss is the lowest seen (steps are accepted
+    only when the loss decreases); ``record`` is measured there by
+    :func:`lossland.stationarity.stationarity`, independently of the solve.
+  """
+  off = 0.0 if f_offset is None else jnp.asarray(f_offset)
+  apply_fn = nets.make_net(cfg, x.dtype)[1]
+  certify = lambda p: stationarity.stationarity(cfg, apply_fn, p, x, y, loss,
+                                                kink_rtol=kink_rtol, f_offset=f_offset)
+  rec = certify(params)
+  if rec.n_unsat == 0:
+    return FinishResult(params, rec, 0, 0, 0, False, "no_unsat")
+  r0 = rec.force_residual
+  if r0 <= tol:
+    return FinishResult(params, rec, 0, 0, 0, True, "converged", r0)
+  relu = cfg.activation == "relu" and cfg.depth > 0
+  w, unravel = ravel_pytree(params)
+  w = np.asarray(w, np.float64)
+  n = w.size
+  true_loss = lambda v: float(_TRUE_LOSS(cfg, loss, jnp.asarray(v, x.dtype), x, y, off))
+  unsat_of = lambda v: np.asarray(losses.margins(apply_fn(unravel(jnp.asarray(v, x.dtype)), x)
+                                                 - off, y, loss.epsilon) > 0)
+  unsat = unsat_of(w)
+  g_scale = stationarity.force_norm_sum(apply_fn, params, x, y, loss, off=off)
+  zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
+  kinks = ([np.array(m) for m in stationarity.kink_pairs(cfg, params, x, unsat, kink_rtol)]
+           if relu else [np.zeros(z.shape, bool) for z in zs])
+  pattern = [z > 0 for z in zs]
+  slopes, released, n_cross = {}, {}, {}
+  L = true_loss(w)
+  radius = 1e-3 * max(np.linalg.norm(w), 1.0)
+  n_changes = n_acc = 0
+  reason = "max_iter"
+  for it in range(max_iter):
+    idx = _kink_idx(kinks)
+    flat = [(l, int(p), int(u)) for l, (ps, us) in enumerate(idx) for p, u in zip(ps, us)]
+    fr = _frozen(pattern, idx, x.shape[0])
+    z_scale = _unit_rms(cfg, unravel(jnp.asarray(w, x.dtype)), x, unsat)
+    s_real = np.array([slopes.get(k, 0.5) for k in flat])
+    g, H, zk, A, C = _active_parts(cfg, loss, jnp.asarray(w, x.dtype), fr, s_real, x, y,
+                                   off, z_scale)
+    if flat:
+      # least-squares multipliers: g is affine in the slopes, g(s + ds) = g + C ds
+      ds = np.linalg.lstsq(C, -g, rcond=None)[0]
+      s_real, g = s_real + ds, g + C @ ds
+    Z, A_pinv = _null_space(A, n)
+    step_n = -A_pinv @ zk
+    nn = float(np.linalg.norm(step_n))
+    if nn > 0.8 * radius:  # the restoration step stays in the region (Byrd-Omojokun)
+      step_n *= 0.8 * radius / nn
+    gZ = Z.T @ (g + H @ step_n)
+    gres = float(np.linalg.norm(gZ)) / g_scale
+    b = np.einsum("ij,ji->i", A, C) if flat else np.zeros(0)
+    near = gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10
+    out, side = (_release(s_real, b, slope_tol, {j: released.get(k, 0)
+                                                for j, k in enumerate(flat)}, max_release)
+                 if near else ([], []))
+    slopes = {k: float(v) for k, v in zip(flat, s_real)}
+    if out:
+      for j, on in zip(out, side):
+        l, p, u = flat[j]
+        kinks[l][p, u] = False
+        pattern[l][p, u] = on
+        released[flat[j]] = released.get(flat[j], 0) + 1
+      n_changes += 1
+      if log_fn:
+        log_fn(f"iter {it}: {len(out)} pairs leave K (|K| = {len(flat) - len(out)})")
+      continue
+    if near or gres <= 0.01 * tol:
+      rec = certify(unravel(jnp.asarray(w, x.dtype)))
+      if rec.force_residual <= tol:
+        reason = "converged"
+        break
+    HZ = Z.T @ H @ Z
+    p = _tr_step(gZ, HZ, radius) if Z.shape[1] else np.zeros(0)
+    d = step_n + Z @ p
+    pred = -(float(g @ d) + 0.5 * float(d @ H @ d))
+    w_try = w + d
+    L_try = true_loss(w_try)
+    ratio = (L - L_try) / pred if pred > 0 else (1.0 if L_try < L else -1.0)
+    if log_fn and it % 20 == 0:
+      log_fn(f"iter {it}: L {L:.10e} |g_Z|/F {gres:.2e} |z_K| {np.linalg.norm(zk):.1e} "
+             f"|K| {len(flat)} radius {radius:.1e} ratio {ratio:.2f}")
+    if ratio > 0.1 and L_try <= L + 1e-15 * abs(L):
+      zs_new = [np.asarray(z) for z in
+                nets.preactivations(cfg, unravel(jnp.asarray(w_try, x.dtype)), x)[:-1]]
+      unsat_new = unsat_of(w_try)
+      live = (unsat | unsat_new)[:, None]
+      crossed = [((z > 0) != pat) & ~k & live for z, pat, k in zip(zs_new, pattern, kinks)]
+      for l, c in enumerate(crossed):
+        for p_, u_ in zip(*np.nonzero(c)):
+          n_cross[(l, p_, u_)] = n_cross.get((l, p_, u_), 0) + 1
+      # a pair that crossed back and forth sits in a V-shaped valley of the
+      # loss: it joins K (the restoration step brings it to z = 0); a pair
+      # that crossed once just changed side
+      back = [c & np.vectorize(lambda p_, u_, l=l: n_cross.get((l, p_, u_), 0) >= 2)(
+          *np.indices(c.shape)) if c.any() else c for l, c in enumerate(crossed)]
+      if relu and any(c.any() for c in back):
+        kinks = [k | c for k, c in zip(kinks, back)]
+        n_changes += 1
+        if log_fn:
+          log_fn(f"iter {it}: {int(sum(c.sum() for c in back))} pairs join K")
+      if log_fn and any(c.any() for c in crossed):
+        log_fn(f"iter {it}: {int(sum(c.sum() for c in crossed))} crossed, ratio {ratio:.2f}, "
+               f"dL {L - L_try:.2e}")
+      w, L, unsat = w_try, L_try, unsat_new
+      pattern = [np.where(k, pat, z > 0) for z, pat, k in zip(zs_new, pattern, kinks)]
+      kinks = [k & unsat[:, None] for k in kinks]
+      n_acc += 1
+      if ratio > 0.75 and np.linalg.norm(p) >= 0.99 * radius:
+        radius *= 2.0
+    else:
+      radius *= 0.25
+    if radius < 1e-15 * max(np.linalg.norm(w), 1.0):
+      reason = "stuck"
+      break
+  params = unravel(jnp.asarray(w, x.dtype))
+  if reason != "converged":
+    rec = certify(params)
+  return FinishResult(params, rec, n_changes, n_acc, it + 1,
+                      bool(rec.force_residual <= tol), reason, r0)
+
+
+def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+                  f_offset=None, kink_rtol: float = 1e-7) -> float:
+  """lambda_min / lambda_max of the Hessian of the loss on the kink manifold.
+
+  The Hessian of the pattern-frozen loss L~ (module docstring) at the
+  least-squares slopes of the kink pairs (those of
+  :func:`lossland.stationarity.kink_pairs`), projected on null(grad z_K): at
+  a minimum it is >= 0 up to rounding (the per-unit rescalings of a ReLU net
+  give exact zeros); a clearly negative value means a descent direction of
+  second order, a saddle rather than a minimum. Nan without unsatisfied points.
+  """
+  off = 0.0 if f_offset is None else jnp.asarray(f_offset)
+  apply_fn = nets.make_net(cfg, x.dtype)[1]
+  unsat = np.asarray(losses.margins(apply_fn(params, x) - off, y, loss.epsilon) > 0)
+  if not unsat.any():
+    return float("nan")
+  zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
+  relu = cfg.activation == "relu" and cfg.depth > 0
+  kinks = ([np.array(m) for m in stationarity.kink_pairs(cfg, params, x, unsat, kink_rtol)]
+           if relu else [np.zeros(z.shape, bool) for z in zs])
+  idx = _kink_idx(kinks)
+  fr = _frozen([z > 0 for z in zs], idx, x.shape[0])
+  z_scale = _unit_rms(cfg, params, x, unsat)
+  w = ravel_pytree(params)[0]
+  s_real = np.full(fr.real.size, 0.5)
+  g, H, _, A, C = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
+  if fr.real.size:
+    s_real = s_real + np.linalg.lstsq(C, -g, rcond=None)[0]
+    _, H, _, A, _ = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
+  Z, _ = _null_space(A, w.size)
+  ev = np.linalg.eigvalsh(Z.T @ H @ Z)
+  return float(ev[0] / max(abs(ev[-1]), 1e-300))
