@@ -123,6 +123,18 @@ def test_analyze_hand_made_cells_and_exponents():
     assert lo < out[name] < hi and hi - lo < 0.1
     assert abs(out[name] - true) < (hi - lo)
   assert abs(out["theta"] - 0.3) < 0.05 and abs(out["gamma"] - 0.2) < 0.05
+  # the CDF method agrees, and the method text names both fits
+  for name, true in (("theta", 0.3), ("gamma", 0.2)):
+    assert abs(out[f"{name}_cdf"] - true) < 0.08
+    assert "density" in out[f"{name}_method"] and "CDF" in out[f"{name}_method"]
+  # by distance from P*: one row per cell with jammed members (3 at L = 3, 2 at L = 2)
+  rows = out["theta_by_distance"]
+  assert len(rows) == 5 and all(r["n_members"] == 5 for r in rows)
+  assert sorted(r["distance"] for r in rows if r["depth"] == 3) == pytest.approx(
+      [(x - 2.25) / 2.25 for x in (2.5, 3.0, 3.5)])
+  # by residual threshold: these hand-made members carry no stop reason
+  # "jammed" nor r_sub, so no threshold selects any
+  assert [r["n_members"] for r in out["theta_by_residual"]] == [0] * 6
   assert out["avalanches"] is None
   json.dumps({k: v for k, v in out.items() if k != "_samples"})
 
@@ -196,6 +208,31 @@ def test_finite_size_puts_sizes_side_by_side():
   # one size, or a spread of None: no slope
   assert phase.finite_size([small])["spread_slope"] is None
   assert phase.finite_size([small, res([600, 620], [None, 2.4], None)])["spread_slope"] is None
+  # extrapolation to N -> inf (P*/N = p_inf + a N^-1/2): two sizes, exact
+  ext = fs["extrapolation"]["per_depth"]["3"]
+  a = (2.4 - 1.8) / (620 ** -0.5 - 310 ** -0.5)
+  assert ext["p_inf"] == pytest.approx(2.4 - a * 620 ** -0.5, rel=1e-9)
+  assert fs["per_depth"]["3"]["p_star_over_n_extrapolated"] == ext["p_inf"]
+  lo, hi = fs["per_depth"]["3"]["p_star_over_n_extrapolated_ci"]
+  assert lo < ext["p_inf"] < hi
+  json.dumps(fs)
+
+
+def test_finite_size_extrapolation_recovers_a_known_limit():
+  """Synthetic P*/N(N) = 0.9 + 2 N^-1/2 (depth 2) and 1.3 - 3 N^-1/2 (depth 3)
+  at four sizes with CIs: the limits come back and the depths differ."""
+  def res(n):
+    pd = {}
+    for L, (p_inf, a) in ((2, (0.9, 2.0)), (3, (1.3, -3.0))):
+      x = p_inf + a * n ** -0.5
+      pd[L] = {"N": n, "p_star_over_n": x, "p_star_ci": [x - 0.01, x + 0.01]}
+    return {"per_depth": pd, "depth_spread": 0.1}
+  fs = phase.finite_size([res(n) for n in (150, 300, 600, 900)])
+  pd = fs["per_depth"]
+  assert pd["2"]["p_star_over_n_extrapolated"] == pytest.approx(0.9, abs=1e-9)
+  assert pd["3"]["p_star_over_n_extrapolated"] == pytest.approx(1.3, abs=1e-9)
+  sp = fs["extrapolation"]["spread"]
+  assert sp["spread"] == pytest.approx(0.4, abs=1e-9) and not sp["consistent"]
 
 
 def test_script_sizes_runs_each_size_and_compares(tmp_path):
