@@ -307,35 +307,61 @@ def compare(s, s_min: int | None = None, min_tail: int = 50) -> dict:
   x = _as_sizes(s)
   n_total, n_zero = int(x.size), int(np.count_nonzero(x == 0))
   pos = x[x >= 1]
-  if s_min is None:
-    try:
-      s_min, source = choose_s_min(pos, min_tail=min_tail), "ks"
-    except ValueError:
-      s_min, source = 1, "default"
-  else:
-    s_min, source = _check_s_min(s_min), "given"
+  s_min, source = _compare_s_min(pos, s_min, min_tail)
   t = pos[pos >= s_min]
-  out = {"favored": None, "reason": None, "loglik_ratio": None, "llr_std": None,
-         "vuong_z": None, "p_value": None, "tau": None, "tau_stderr": None,
-         "tau_at_bound": None, "lam": None, "ks": None, "s_min": int(s_min),
-         "s_min_source": source, "n_tail": int(t.size), "n_zero": n_zero,
-         "n_total": n_total,
-         "method": ("discrete power law s^-tau / zeta(tau, s_min) vs discrete "
-                    "exponential (1 - e^-lam) e^(-lam (s - s_min)), both by "
-                    "maximum likelihood on the nonzero sizes s >= s_min ("
-                    + {"ks": "s_min of least KS distance",
-                       "given": "s_min given",
-                       "default": "s_min = 1: too few sizes to choose it"}[source]
-                    + "); Vuong's normalized log-likelihood ratio, two-sided "
-                    f"normal p-value, undecided if p >= {P_UNDECIDED} "
-                    "(Clauset, Shalizi & Newman 2009)")}
+  out = _compare_result(s_min, source, t, n_zero, n_total)
+  out["reason"] = _compare_skip_reason(t, s_min)
+  if out["reason"] is not None:
+    return out
+  out.update(_vuong(t, s_min))
+  return out
+
+
+def _compare_s_min(pos, s_min, min_tail: int):
+  """(s_min, source) of :func:`compare`: the given one, the KS choice, or 1
+  when no candidate has min_tail sizes."""
+  if s_min is not None:
+    return _check_s_min(s_min), "given"
+  try:
+    return choose_s_min(pos, min_tail=min_tail), "ks"
+  except ValueError:
+    return 1, "default"
+
+
+def _compare_result(s_min: int, source: str, t, n_zero: int,
+                    n_total: int) -> dict:
+  """The result dict of :func:`compare` before the fits (nothing favored)."""
+  how = {"ks": "s_min of least KS distance",
+         "given": "s_min given",
+         "default": "s_min = 1: too few sizes to choose it"}[source]
+  return {"favored": None, "reason": None, "loglik_ratio": None,
+          "llr_std": None, "vuong_z": None, "p_value": None, "tau": None,
+          "tau_stderr": None, "tau_at_bound": None, "lam": None, "ks": None,
+          "s_min": int(s_min), "s_min_source": source, "n_tail": int(t.size),
+          "n_zero": n_zero, "n_total": n_total,
+          "method": ("discrete power law s^-tau / zeta(tau, s_min) vs discrete "
+                     "exponential (1 - e^-lam) e^(-lam (s - s_min)), both by "
+                     "maximum likelihood on the nonzero sizes s >= s_min ("
+                     + how + "); Vuong's normalized log-likelihood ratio, "
+                     "two-sided normal p-value, undecided if p >= "
+                     f"{P_UNDECIDED} "
+                     "(Clauset, Shalizi & Newman 2009)")}
+
+
+def _compare_skip_reason(t, s_min: int):
+  """Why the tail ``t`` is not compared (too few sizes, or all equal), or
+  None."""
   if t.size < MIN_TAIL_COMPARE:
-    out["reason"] = (f"{t.size} sizes >= s_min = {s_min}, fewer than "
-                     f"{MIN_TAIL_COMPARE}")
-    return out
+    return (f"{t.size} sizes >= s_min = {s_min}, fewer than "
+            f"{MIN_TAIL_COMPARE}")
   if t.min() == t.max():
-    out["reason"] = f"all {t.size} tail sizes equal {int(t[0])}"
-    return out
+    return f"all {t.size} tail sizes equal {int(t[0])}"
+  return None
+
+
+def _vuong(t, s_min: int) -> dict:
+  """Both fits on the tail ``t`` and Vuong's test: the fitted keys of
+  :func:`compare`'s result."""
   pl = discrete_power_law_mle(t, s_min)
   ex = discrete_exponential_mle(t, s_min)
   ell = (_pl_loglik_each(t, pl["tau"], s_min)
@@ -345,14 +371,13 @@ def compare(s, s_min: int | None = None, min_tail: int = 50) -> dict:
   n = t.size
   z = r / (sigma * math.sqrt(n))
   p = math.erfc(abs(z) / math.sqrt(2))
-  out.update({
+  return {
       "loglik_ratio": r, "llr_std": sigma, "vuong_z": float(z),
       "p_value": float(p), "tau": pl["tau"], "tau_stderr": pl["tau_stderr"],
       "tau_at_bound": pl["at_bound"], "lam": ex["lam"],
       "ks": _pl_ks(t, pl["tau"], s_min),
       "favored": ("undecided" if p >= P_UNDECIDED
-                  else "power_law" if r > 0 else "exponential")})
-  return out
+                  else "power_law" if r > 0 else "exponential")}
 
 
 # --------------------------------------------------------------------------

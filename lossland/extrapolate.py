@@ -243,22 +243,51 @@ def extrapolate(N, p, ci=None, model: str = "sqrt", omega: float | None = None,
   Raises:
     ValueError: unknown model, inconsistent omega, or lengths that differ.
   """
+  omega = _check_model(model, omega)
+  N, p = _as_lists(N, p, ci)
+  z = _z(level if ci_level is None else ci_level)
+  rows, dropped, weighted = _usable_rows(N, p, ci, z)
+  out = _extrapolate_result(rows, dropped, omega, model, weighted, level)
+  out["reason"] = _too_few(rows, model, omega is None, weighted)
+  if out["reason"] is not None:
+    return out
+  fit = _point_fit(out, rows, omega, weighted)
+  if n_boot > 0:
+    out.update(_bootstrap(fit, omega, weighted, n_boot, level, seed))
+  return out
+
+
+def _check_model(model: str, omega):
+  """The exponent omega of ``model`` (None: free); ValueError for an unknown
+  model or an omega that contradicts it."""
   if model not in MODELS:
     raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
   if model != "power":
     if omega is not None and float(omega) != MODELS[model]:
       raise ValueError(f"model {model!r} fixes omega = {MODELS[model]}, got omega={omega}")
-    omega = MODELS[model]
-  elif omega is not None:
+    return MODELS[model]
+  if omega is not None:
     omega = float(omega)
     if not omega > 0:
       raise ValueError(f"omega must be > 0, got {omega}")
+  return omega
+
+
+def _as_lists(N, p, ci):
+  """(N, p) as lists; ValueError unless N, p (and ci) have one length."""
   N, p = list(N), list(p)
   if len(N) != len(p) or (ci is not None and len(ci) != len(N)):
     raise ValueError(f"N, p and ci must have the same length, got {len(N)}, "
                      f"{len(p)}, {None if ci is None else len(ci)}")
-  z = _z(level if ci_level is None else ci_level)
+  return N, p
 
+
+def _usable_rows(N, p, ci, z: float):
+  """(rows [(N, p, sigma)] ascending N, dropped [{N, p, reason}], weighted).
+
+  Sizes without a positive N or without p are dropped; ``weighted`` when some
+  size has a finite CI, and then the sizes without one are dropped too.
+  """
   rows, dropped = [], []
   for i, (n_i, p_i) in enumerate(zip(N, p)):
     nf, pf = _num(n_i), _num(p_i)
@@ -275,10 +304,12 @@ def extrapolate(N, p, ci=None, model: str = "sqrt", omega: float | None = None,
       dropped.append({"N": r[0], "p": r[1], "reason": "no finite CI (weight unknown)"})
     rows = [r for r in rows if r[2] is not None]
   rows.sort(key=lambda r: r[0])
+  return rows, dropped, weighted
 
-  free = omega is None
-  k = 3 if free else 2
-  need = (4 if free else 2) if weighted else k + 1
+
+def _extrapolate_result(rows, dropped, omega, model: str, weighted: bool,
+                        level: float) -> dict:
+  """The result dict of :func:`extrapolate` before the fit (no p_inf)."""
   out = {"p_inf": None, "p_inf_ci": [None, None], "p_inf_se": None,
          "a": None, "a_ci": [None, None], "omega": omega, "omega_ci": [None, None],
          "omega_at_edge": None, "model": _model_sentence(omega, weighted),
@@ -288,15 +319,35 @@ def extrapolate(N, p, ci=None, model: str = "sqrt", omega: float | None = None,
          "dropped": dropped, "n_boot": 0, "level": level, "reason": None,
          "_boot": np.zeros(0)}
   out["sigma"] = [r[2] for r in rows] if weighted else [None] * len(rows)
+  return out
+
+
+def _n_params(free: bool) -> int:
+  """Parameters of the law: p_inf, a (and omega when free)."""
+  return 3 if free else 2
+
+
+def _too_few(rows, model: str, free: bool, weighted: bool):
+  """Why ``rows`` cannot be fitted (too few sizes or distinct N), or None."""
+  k = _n_params(free)
+  need = (4 if free else 2) if weighted else k + 1
   n = len(rows)
   if n < need:
-    out["reason"] = (f"{n} usable size(s); the {model} model "
-                     f"{'with' if weighted else 'without'} CIs needs {need}")
-    return out
+    return (f"{n} usable size(s); the {model} model "
+            f"{'with' if weighted else 'without'} CIs needs {need}")
   if len({r[0] for r in rows}) < k:
-    out["reason"] = f"fewer than {k} distinct N"
-    return out
+    return f"fewer than {k} distinct N"
+  return None
 
+
+def _point_fit(out: dict, rows, omega, weighted: bool) -> dict:
+  """Fits the law to ``rows``, fills the fit keys of ``out`` in place.
+
+  Returns:
+    dict of what the bootstrap needs: ``log_n``, ``w`` (weights), ``sig``,
+    ``fitted``, ``res`` (residuals), each [n], and ``dof``.
+  """
+  n = len(rows)
   log_n = np.log(np.array([r[0] for r in rows]))
   y = np.array([r[1] for r in rows])
   sig = np.array([r[2] for r in rows]) if weighted else np.ones(n)
@@ -304,32 +355,42 @@ def extrapolate(N, p, ci=None, model: str = "sqrt", omega: float | None = None,
   p_inf, a, chi2, om = (float(v[0]) for v in _fit(log_n, y[None], w, omega))
   fitted = p_inf + a * np.exp(-om * log_n)
   res = y - fitted
-  dof = n - k
+  dof = n - _n_params(omega is None)
   out.update(p_inf=p_inf, a=a, omega=om, residuals=[float(v) for v in res],
              chi2=float(chi2), rss=float(np.sum(res**2)), dof=dof)
-  if free:
+  if omega is None:
     out["omega_at_edge"] = bool(min(om - OMEGA_RANGE[0], OMEGA_RANGE[1] - om) < 1e-9)
   if weighted and dof > 0:
     out["chi2_pvalue"] = float(stats.chi2.sf(chi2, dof))
+  return {"log_n": log_n, "w": w, "sig": sig, "fitted": fitted, "res": res,
+          "dof": dof}
 
-  if n_boot > 0:
-    rng = np.random.default_rng(seed)
-    if weighted:
-      yb = fitted + sig * rng.standard_normal((n_boot, n))
-    else:
-      r = res * math.sqrt(n / dof)
-      yb = fitted + r[rng.integers(0, n, size=(n_boot, n))]
-    pb, ab, _, ob = _fit(log_n, yb, w, omega)
-    ok = np.isfinite(pb) & np.isfinite(ab)
-    pb, ab, ob = pb[ok], ab[ok], ob[ok]
-    out["n_boot"] = int(pb.size)
-    out["_boot"] = pb
-    if pb.size >= 2:
-      out["p_inf_ci"] = _quantiles(pb, level)
-      out["p_inf_se"] = float(np.std(pb, ddof=1))
-      out["a_ci"] = _quantiles(ab, level)
-      if free:
-        out["omega_ci"] = _quantiles(ob, level)
+
+def _bootstrap(fit: dict, omega, weighted: bool, n_boot: int, level: float,
+               seed: int) -> dict:
+  """The bootstrap keys of :func:`extrapolate`'s result (``n_boot``,
+  ``_boot``; with >= 2 finite replicates the CIs and ``p_inf_se``).
+
+  Parametric (normal, sigma per size) when ``weighted``, else residuals
+  rescaled by sqrt(n / dof); each replicate refitted as the data.
+  """
+  rng = np.random.default_rng(seed)
+  fitted, n = fit["fitted"], fit["fitted"].size
+  if weighted:
+    yb = fitted + fit["sig"] * rng.standard_normal((n_boot, n))
+  else:
+    r = fit["res"] * math.sqrt(n / fit["dof"])
+    yb = fitted + r[rng.integers(0, n, size=(n_boot, n))]
+  pb, ab, _, ob = _fit(fit["log_n"], yb, fit["w"], omega)
+  ok = np.isfinite(pb) & np.isfinite(ab)
+  pb, ab, ob = pb[ok], ab[ok], ob[ok]
+  out = {"n_boot": int(pb.size), "_boot": pb}
+  if pb.size >= 2:
+    out["p_inf_ci"] = _quantiles(pb, level)
+    out["p_inf_se"] = float(np.std(pb, ddof=1))
+    out["a_ci"] = _quantiles(ab, level)
+    if omega is None:
+      out["omega_ci"] = _quantiles(ob, level)
   return out
 
 
@@ -367,19 +428,7 @@ def depth_spread_extrapolated(per_depth: dict, level: float = 0.95,
     ``level``, ``method``, ``reason`` (None when computed).
   """
   ok = {str(L): r for L, r in per_depth.items() if r.get("p_inf") is not None}
-  out = {"depths": sorted(ok, key=_depth_key),
-         "p_inf": {L: ok[L]["p_inf"] for L in sorted(ok, key=_depth_key)},
-         "p_inf_se": {L: ok[L].get("p_inf_se") for L in sorted(ok, key=_depth_key)},
-         "spread": None, "spread_ci": [None, None], "spread_relative": None,
-         "common_p_inf": None, "common_p_inf_se": None, "chi2": None,
-         "dof": None, "p_value": None, "consistent": None,
-         "excluded": sorted((str(L) for L in per_depth if str(L) not in ok), key=_depth_key),
-         "level": level,
-         "method": ("spread = max - min of p_inf over depths, percentile CI from "
-                    "the per-depth bootstrap replicates (shuffled independently); "
-                    "common limit: chi^2 of the inverse-variance weighted mean "
-                    "against the bootstrap standard errors"),
-         "reason": None}
+  out = _spread_result(ok, per_depth, level)
   if len(ok) < 2:
     out["reason"] = f"{len(ok)} depth(s) with an extrapolated p_inf; need 2"
     return out
@@ -387,7 +436,36 @@ def depth_spread_extrapolated(per_depth: dict, level: float = 0.95,
   v = np.array([ok[L]["p_inf"] for L in depths])
   out["spread"] = float(v.max() - v.min())
   out["spread_relative"] = float((v.max() - v.min()) / v.mean()) if v.mean() != 0 else None
+  out["spread_ci"] = _spread_ci(ok, depths, level, seed)
+  out.update(_common_limit(ok, depths, v, level))
+  return out
 
+
+def _spread_result(ok: dict, per_depth: dict, level: float) -> dict:
+  """The result dict of :func:`depth_spread_extrapolated` before the spread;
+  ``ok`` the depths (as str) with a p_inf."""
+  depths = sorted(ok, key=_depth_key)
+  excluded = sorted((str(L) for L in per_depth if str(L) not in ok),
+                    key=_depth_key)
+  return {"depths": depths,
+          "p_inf": {L: ok[L]["p_inf"] for L in depths},
+          "p_inf_se": {L: ok[L].get("p_inf_se") for L in depths},
+          "spread": None, "spread_ci": [None, None], "spread_relative": None,
+          "common_p_inf": None, "common_p_inf_se": None, "chi2": None,
+          "dof": None, "p_value": None, "consistent": None,
+          "excluded": excluded, "level": level,
+          "method": ("spread = max - min of p_inf over depths, percentile CI "
+                     "from the per-depth bootstrap replicates (shuffled "
+                     "independently); common limit: chi^2 of the "
+                     "inverse-variance weighted mean against the bootstrap "
+                     "standard errors"),
+          "reason": None}
+
+
+def _spread_ci(ok: dict, depths, level: float, seed: int) -> list:
+  """Percentile CI of max - min over ``depths`` from their replicates
+  (``_boot``, else Normal(p_inf, p_inf_se) draws), each shuffled; [None,
+  None] when a depth has neither."""
   rng = np.random.default_rng(seed)
   reps = []
   for L in depths:
@@ -397,21 +475,28 @@ def depth_spread_extrapolated(per_depth: dict, level: float = 0.95,
     if b is None or b.size < 2:
       b = None if se is None else ok[L]["p_inf"] + se * rng.standard_normal(1000)
     reps.append(b)
-  if all(b is not None for b in reps):
-    m = min(b.size for b in reps)
-    mat = np.stack([rng.permutation(b)[:m] for b in reps])  # [depths, m]
-    out["spread_ci"] = _quantiles(mat.max(0) - mat.min(0), level)
+  if not all(b is not None for b in reps):
+    return [None, None]
+  m = min(b.size for b in reps)
+  mat = np.stack([rng.permutation(b)[:m] for b in reps])  # [depths, m]
+  return _quantiles(mat.max(0) - mat.min(0), level)
 
+
+def _common_limit(ok: dict, depths, v, level: float) -> dict:
+  """chi^2 test of one common limit of the p_inf ``v`` of ``depths``: the
+  keys ``common_p_inf`` ... ``consistent``; {} unless every depth has a
+  positive p_inf_se."""
   se = [_num(ok[L].get("p_inf_se")) for L in depths]
-  if all(s is not None and s > 0 for s in se):
-    wt = 1.0 / np.array(se) ** 2
-    pbar = float(np.sum(wt * v) / np.sum(wt))
-    chi2 = float(np.sum(wt * (v - pbar) ** 2))
-    dof = len(depths) - 1
-    pval = float(stats.chi2.sf(chi2, dof))
-    out.update(common_p_inf=pbar, common_p_inf_se=float(1 / math.sqrt(np.sum(wt))),
-               chi2=chi2, dof=dof, p_value=pval, consistent=bool(pval > 1 - level))
-  return out
+  if not all(s is not None and s > 0 for s in se):
+    return {}
+  wt = 1.0 / np.array(se) ** 2
+  pbar = float(np.sum(wt * v) / np.sum(wt))
+  chi2 = float(np.sum(wt * (v - pbar) ** 2))
+  dof = len(depths) - 1
+  pval = float(stats.chi2.sf(chi2, dof))
+  return {"common_p_inf": pbar,
+          "common_p_inf_se": float(1 / math.sqrt(np.sum(wt))), "chi2": chi2,
+          "dof": dof, "p_value": pval, "consistent": bool(pval > 1 - level)}
 
 
 def _depth_key(L):

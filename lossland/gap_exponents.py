@@ -51,6 +51,29 @@ def _check_groups(x, groups):
   return g
 
 
+def _positive(x, groups):
+  """(x, g): the finite positive samples of ``x`` and their group labels.
+
+  ``groups`` is checked against ``x`` (see :func:`_check_groups`) before the
+  non-finite and non-positive samples are dropped from both.
+  """
+  g = _check_groups(x, groups)
+  keep = np.isfinite(x) & (x > 0)
+  x = x[keep]
+  if g is not None:
+    g = g[keep]
+  return x, g
+
+
+def _group_index(x, g):
+  """(inv [n] group index in [0, G), G); without g, one group per sample."""
+  if g is None:
+    return np.arange(x.size), x.size
+  _, inv = np.unique(g, return_inverse=True)
+  inv = inv.ravel()
+  return inv, int(inv.max()) + 1 if inv.size else 0
+
+
 def _padded_groups(x, inv, n_groups, x_max):
   """Per-group values <= x_max, padded with NaN, and per-group totals.
 
@@ -179,30 +202,10 @@ def cdf_exponent(samples, x_max: float, groups=None, n_boot: int = 500,
     ValueError: x_max <= x_min, x_min < 0, or groups of another length.
   """
   x = np.asarray(samples, np.float64).ravel()
-  finite = np.isfinite(x_min) and np.isfinite(x_max)
-  if not finite or x_min < 0 or x_max <= x_min:
-    raise ValueError(f"need 0 <= x_min < x_max, got {x_min}, {x_max}")
-  g = _check_groups(x, groups)
-  keep = np.isfinite(x) & (x > 0)
-  x = x[keep]
-  if g is not None:
-    g = g[keep]
-  over = "groups" if g is not None else "samples"
-  out = {"exponent": None, "ci": [None, None],
-         "n_samples": int(np.sum((x > x_min) & (x <= x_max))),
-         "n_total": int(x.size), "x_min": float(x_min), "x_max": float(x_max),
-         "level": level, "n_boot_used": 0,
-         "method": (f"least squares of log C(x) vs log x on ({x_min:g}, "
-                    f"{x_max:g}], C = mid-rank empirical CDF (i - 1/2)/n over "
-                    f"all samples, a = slope - 1; percentile bootstrap over "
-                    f"{over}")}
-  if g is None:
-    inv = np.arange(x.size)
-    n_groups = x.size
-  else:
-    _, inv = np.unique(g, return_inverse=True)
-    inv = inv.ravel()
-    n_groups = int(inv.max()) + 1 if inv.size else 0
+  _check_range(x_min, x_max)
+  x, g = _positive(x, groups)
+  out = _cdf_result(x, g, x_min, x_max, level)
+  inv, n_groups = _group_index(x, g)
   if out["n_samples"] < _MIN_IN_RANGE or (g is not None and n_groups < 2):
     return out
   vals, totals = _padded_groups(x, inv, n_groups, x_max)
@@ -212,16 +215,48 @@ def cdf_exponent(samples, x_max: float, groups=None, n_boot: int = 500,
     return out
   out["exponent"] = float(slope[0] - 1.0)
   if n_boot > 0:
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    boots, _ = _cdf_slopes(vals, totals, pick, x_min, x_max)
-    boots = boots[np.isfinite(boots)] - 1.0
-    out["n_boot_used"] = int(boots.size)
-    if boots.size:
-      lo = (1 - level) / 2
-      out["ci"] = [float(np.quantile(boots, lo)),
-                   float(np.quantile(boots, 1 - lo))]
+    out["n_boot_used"], out["ci"] = _cdf_bootstrap(
+        vals, totals, x_min, x_max, n_boot, level, seed)
   return out
+
+
+def _check_range(x_min, x_max):
+  """ValueError unless 0 <= x_min < x_max, both finite."""
+  finite = np.isfinite(x_min) and np.isfinite(x_max)
+  if not finite or x_min < 0 or x_max <= x_min:
+    raise ValueError(f"need 0 <= x_min < x_max, got {x_min}, {x_max}")
+
+
+def _cdf_result(x, g, x_min, x_max, level) -> dict:
+  """The result dict of :func:`cdf_exponent` before the fit (no exponent)."""
+  over = "groups" if g is not None else "samples"
+  return {"exponent": None, "ci": [None, None],
+          "n_samples": int(np.sum((x > x_min) & (x <= x_max))),
+          "n_total": int(x.size), "x_min": float(x_min), "x_max": float(x_max),
+          "level": level, "n_boot_used": 0,
+          "method": (f"least squares of log C(x) vs log x on ({x_min:g}, "
+                     f"{x_max:g}], C = mid-rank empirical CDF (i - 1/2)/n over "
+                     f"all samples, a = slope - 1; percentile bootstrap over "
+                     f"{over}")}
+
+
+def _cdf_bootstrap(vals, totals, x_min, x_max, n_boot, level, seed):
+  """(replicates with a fit, percentile CI [lo, hi]) of the CDF exponent.
+
+  Each of the n_boot replicates resamples the G groups of ``vals`` /
+  ``totals`` (see :func:`_cdf_slopes`) with replacement; the CI is
+  [None, None] when no replicate has a fit.
+  """
+  n_groups = vals.shape[0]
+  rng = np.random.default_rng(seed)
+  pick = rng.integers(0, n_groups, size=(n_boot, n_groups))
+  boots, _ = _cdf_slopes(vals, totals, pick, x_min, x_max)
+  boots = boots[np.isfinite(boots)] - 1.0
+  if not boots.size:
+    return 0, [None, None]
+  lo = (1 - level) / 2
+  return int(boots.size), [float(np.quantile(boots, lo)),
+                           float(np.quantile(boots, 1 - lo))]
 
 
 def _stability(fits: Sequence[dict]):
@@ -300,62 +335,82 @@ def exponent_fits(samples, groups=None, q: float = 0.5,
     ValueError: sign not +-1, q or q_checks outside (0, 1], groups of
       another length.
   """
-  if sign not in (1, -1):
-    raise ValueError(f"sign must be +1 or -1, got {sign}")
-  qs = [float(v) for v in q_checks]
-  if not all(0 < v <= 1 for v in [q] + qs):
-    raise ValueError(f"quantiles must be in (0, 1], got q={q}, q_checks={qs}")
-  x = np.asarray(samples, np.float64).ravel()
-  g = _check_groups(x, groups)
-  keep = np.isfinite(x) & (x > 0)
-  x = x[keep]
-  if g is not None:
-    g = g[keep]
-  over = "groups" if g is not None else "samples"
-  out = {"exponent": None, "ci": [None, None], "exponent_cdf": None,
-         "ci_cdf": [None, None], "sign": int(sign), "q": float(q),
-         "x_max": None,
-         "n_samples": int(x.size),
-         "n_groups": None if g is None else int(np.unique(g).size),
-         "level": level,
-         "method": (f"(1) density: truncated power-law MLE of p(x) ~ x^a on "
-                    f"(0, x_max]; (2) CDF: least squares slope of log C(x) vs "
-                    f"log x on (0, x_max] minus 1 (mid-rank empirical CDF); "
-                    f"x_max = {q:g}-quantile of the samples; percentile "
-                    f"bootstrap over {over}; range checks at quantiles {qs}; "
-                    + ("exponent = a" if sign > 0 else "exponent = -a")),
-         "density": None, "cdf": None}
+  qs = _check_fit_args(sign, q, q_checks)
+  x, g = _positive(np.asarray(samples, np.float64).ravel(), groups)
+  out = _fits_result(x, g, sign, q, qs, level)
   if x.size == 0:
     return out
   x_max = float(np.quantile(x, q))
   out["x_max"] = x_max
   ranges = [(0.0, float(np.quantile(x, v))) for v in qs]
-  n_check = min(n_boot, 200)
-
-  dens = _enough(power_law_mle(x, 0.0, x_max, n_boot=n_boot, level=level,
-                               seed=seed, groups=g))
-  r = exponent_vs_range(x, ranges, n_boot=n_check, level=level, seed=seed,
-                        groups=g)
-  dfits = [_enough(f) for f in r["fits"]]
-  spread, stable = _stability(dfits)  # = r["spread"], r["stable"] when all fit
-  dens["range_check"] = {"q": qs, "x_max": [hi for _, hi in ranges],
-                         "exponents": [f["exponent"] for f in dfits],
-                         "cis": [f["ci"] for f in dfits],
-                         "spread": spread, "stable": stable}
-  dens["stable"] = stable
-
-  cdf = cdf_exponent(x, x_max, groups=g, n_boot=n_boot, level=level, seed=seed)
-  cfits = [cdf_exponent(x, hi, groups=g, n_boot=n_check, level=level, seed=seed)
-           for _, hi in ranges]
-  spread, stable = _stability(cfits)
-  cdf["range_check"] = {"q": qs, "x_max": [hi for _, hi in ranges],
-                        "exponents": [f["exponent"] for f in cfits],
-                        "cis": [f["ci"] for f in cfits],
-                        "spread": spread, "stable": stable}
-  cdf["stable"] = stable
-
+  dens = _density_fits(x, g, x_max, qs, ranges, n_boot, level, seed)
+  cdf = _cdf_fits(x, g, x_max, qs, ranges, n_boot, level, seed)
   out["density"], out["cdf"] = dens, cdf
   out["exponent"], out["ci"] = _signed(dens["exponent"], dens["ci"], sign)
   out["exponent_cdf"], out["ci_cdf"] = _signed(cdf["exponent"], cdf["ci"],
                                                sign)
   return out
+
+
+def _check_fit_args(sign, q, q_checks) -> list:
+  """The q_checks as floats; ValueError for a sign not +-1 or a quantile
+  outside (0, 1]."""
+  if sign not in (1, -1):
+    raise ValueError(f"sign must be +1 or -1, got {sign}")
+  qs = [float(v) for v in q_checks]
+  if not all(0 < v <= 1 for v in [q] + qs):
+    raise ValueError(f"quantiles must be in (0, 1], got q={q}, q_checks={qs}")
+  return qs
+
+
+def _fits_result(x, g, sign, q, qs, level) -> dict:
+  """The result dict of :func:`exponent_fits` before the fits."""
+  over = "groups" if g is not None else "samples"
+  return {"exponent": None, "ci": [None, None], "exponent_cdf": None,
+          "ci_cdf": [None, None], "sign": int(sign), "q": float(q),
+          "x_max": None,
+          "n_samples": int(x.size),
+          "n_groups": None if g is None else int(np.unique(g).size),
+          "level": level,
+          "method": (f"(1) density: truncated power-law MLE of p(x) ~ x^a on "
+                     f"(0, x_max]; (2) CDF: least squares slope of log C(x) vs "
+                     f"log x on (0, x_max] minus 1 (mid-rank empirical CDF); "
+                     f"x_max = {q:g}-quantile of the samples; percentile "
+                     f"bootstrap over {over}; range checks at quantiles {qs}; "
+                     + ("exponent = a" if sign > 0 else "exponent = -a")),
+          "density": None, "cdf": None}
+
+
+def _density_fits(x, g, x_max, qs, ranges, n_boot, level, seed) -> dict:
+  """The density MLE on (0, x_max] with its range check at ``ranges``
+  (bootstraps of at most 200 replicates there)."""
+  n_check = min(n_boot, 200)
+  dens = _enough(power_law_mle(x, 0.0, x_max, n_boot=n_boot, level=level,
+                               seed=seed, groups=g))
+  r = exponent_vs_range(x, ranges, n_boot=n_check, level=level, seed=seed,
+                        groups=g)
+  # _stability of these = r["spread"], r["stable"] when all fit
+  _add_range_check(dens, [_enough(f) for f in r["fits"]], qs, ranges)
+  return dens
+
+
+def _cdf_fits(x, g, x_max, qs, ranges, n_boot, level, seed) -> dict:
+  """The CDF fit on (0, x_max] with its range check at ``ranges``
+  (bootstraps of at most 200 replicates there)."""
+  n_check = min(n_boot, 200)
+  cdf = cdf_exponent(x, x_max, groups=g, n_boot=n_boot, level=level, seed=seed)
+  cfits = [cdf_exponent(x, hi, groups=g, n_boot=n_check, level=level, seed=seed)
+           for _, hi in ranges]
+  _add_range_check(cdf, cfits, qs, ranges)
+  return cdf
+
+
+def _add_range_check(fit: dict, checks: Sequence[dict], qs, ranges) -> None:
+  """Adds ``range_check`` and ``stable`` (from the fits ``checks`` at the
+  quantiles ``qs``, upper ends of ``ranges``) to ``fit``, in place."""
+  spread, stable = _stability(checks)
+  fit["range_check"] = {"q": qs, "x_max": [hi for _, hi in ranges],
+                        "exponents": [f["exponent"] for f in checks],
+                        "cis": [f["ci"] for f in checks],
+                        "spread": spread, "stable": stable}
+  fit["stable"] = stable
