@@ -82,9 +82,10 @@ def test_finish_reaches_force_balance_where_the_polish_stalled():
 
 
 def test_finish_improves_a_stalled_state_it_does_not_converge_on():
-  """Seed 0: the finish does not reach 1e-10 in 400 iterations (points
+  """Seed 0: the polish stopped on a saddle (negative curvature on the kink
+  manifold); the finish does not reach 1e-10 in 400 iterations (points
   approaching the margin slow it down) and says so, but its last iterate has
-  a lower loss and less negative curvature than the polished state."""
+  a clearly lower loss."""
   cfg, params, ds = _jammed_relu(0)
   _, apply_fn = nets.make_net(cfg)
   x, y = ds.x_train, ds.y_train
@@ -92,8 +93,7 @@ def test_finish_improves_a_stalled_state_it_does_not_converge_on():
   assert not out.converged and out.reason in ("max_iter", "stuck")
   L = _loss(apply_fn, x, y)
   assert L(out.params) < (1 - 1e-3) * L(params)
-  c0 = kink_newton.min_curvature(cfg, params, x, y, LOSS)
-  assert kink_newton.min_curvature(cfg, out.params, x, y, LOSS) > c0
+  assert kink_newton.min_curvature(cfg, params, x, y, LOSS) < -1e-8
 
 
 def test_min_curvature_sees_a_saddle_and_a_minimum():
@@ -123,29 +123,37 @@ def test_min_curvature_sees_a_saddle_and_a_minimum():
 
 
 def test_finish_members_replaces_only_the_entered_members():
-  """The ensemble stage: member 1 (no dead point) is finished in place, its
-  params, outputs and final loss replaced consistently; member 0 (unsatisfied
-  dead points: no step can move them) does not enter and is untouched."""
-  from lossland import train
+  """The ensemble stage: members that stopped jammed or at max_steps with no
+  unsatisfied dead point (counted here from nets.dead_points, independently)
+  are finished in place, their params, outputs and final loss replaced
+  consistently; the others are untouched."""
+  from lossland import observables, train
   from lossland.train import finish
   cfg = nets.NetConfig(d=3, width=8, depth=2)
   ds = data.sphere(jax.random.key(1), 120, 3, n_test=20)
   tc = train.TrainConfig(optimizer="lbfgs", lr=1e-3, max_steps=4000, jam_window=500,
                          jam_rtol=1e-6)
-  res = train.train_ensemble([0, 1], ds, cfg, LOSS, tc)
-  out, info = finish.finish_members(res, ds, cfg, LOSS, tc, tol=1e-10, max_iter=100)
+  res = train.train_ensemble([0, 1, 2, 3], ds, cfg, LOSS, tc)
+  out, info = finish.finish_members(res, ds, cfg, LOSS, tc, tol=1e-10, max_iter=60)
   _, apply_fn = nets.make_net(cfg)
-  for k in range(2):
+  L = _loss(apply_fn, ds.x_train, ds.y_train)
+  for k in range(4):
+    p0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params)
+    dead = np.asarray(nets.dead_points(cfg, p0, ds.x_train))
+    n_dead = observables.unsatisfied_dead_points(res.f_train[k:k + 1], ds.y_train, 1.0,
+                                                 dead[None])[0]
+    want = res.stop_reasons[k] in ("jammed", "max_steps") and n_dead == 0 \
+        and res.final["n_delta"][k] > 0
+    assert info.entered[k] == want
     p = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), out.params)
     np.testing.assert_allclose(out.f_train[k], apply_fn(p, ds.x_train), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out.f_test[k], apply_fn(p, ds.x_test), rtol=1e-12, atol=1e-12)
-    if not info.entered[k]:
+    if want:
+      assert out.final["loss"][k] < res.final["loss"][k]
+      assert out.final["loss"][k] == pytest.approx(L(p) / ds.P, rel=1e-10)
+    else:
       np.testing.assert_array_equal(out.f_train[k], res.f_train[k])
-  assert info.entered == [False, True]
-  assert out.final["loss"][1] < res.final["loss"][1]
-  L = _loss(apply_fn, ds.x_train, ds.y_train)
-  p1 = jax.tree_util.tree_map(lambda a: jnp.asarray(a[1]), out.params)
-  assert out.final["loss"][1] == pytest.approx(L(p1) / ds.P, rel=1e-10)
+  assert any(info.entered)
   assert list(out.stop_reasons) == list(res.stop_reasons)
 
 

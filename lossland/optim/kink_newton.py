@@ -239,6 +239,126 @@ def _null_space(A, n: int):
   return Vt[r:].T, pinv
 
 
+class _Search:
+  """The host-side state of one :func:`finish` (numpy; jax for derivatives)."""
+
+  def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release):
+    self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
+    self.slope_tol, self.max_release = slope_tol, max_release
+    self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
+    self.apply_fn = nets.make_net(cfg, x.dtype)[1]
+    self.relu = cfg.activation == "relu" and cfg.depth > 0
+    w, self.unravel = ravel_pytree(params)
+    self.w = np.asarray(w, np.float64)
+    self.unsat = self.unsat_of(self.w)
+    self.g_scale = stationarity.force_norm_sum(self.apply_fn, params, x, y, loss, off=self.off)
+    zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
+    self.kinks = ([np.array(m) for m in
+                   stationarity.kink_pairs(cfg, params, x, self.unsat, kink_rtol)]
+                  if self.relu else [np.zeros(z.shape, bool) for z in zs])
+    self.pattern = [z > 0 for z in zs]
+    self.slopes, self.released, self.n_cross = {}, {}, {}
+    self.L = self.true_loss(self.w)
+    self.radius = 1e-3 * max(np.linalg.norm(self.w), 1.0)
+    self.n_changes = self.n_acc = 0
+
+  def params(self, w=None):
+    return self.unravel(jnp.asarray(self.w if w is None else w, self.x.dtype))
+
+  def true_loss(self, w) -> float:
+    return float(_TRUE_LOSS(self.cfg, self.loss, jnp.asarray(w, self.x.dtype), self.x, self.y,
+                            self.off))
+
+  def unsat_of(self, w):
+    f = self.apply_fn(self.params(w), self.x)
+    return np.asarray(losses.margins(f - self.off, self.y, self.loss.epsilon) > 0)
+
+  def model(self) -> dict:
+    """The quadratic model on the kink manifold at w: multipliers (slopes),
+    the restoration step, the reduced gradient and its size."""
+    idx = _kink_idx(self.kinks)
+    flat = [(l, int(p), int(u)) for l, (ps, us) in enumerate(idx) for p, u in zip(ps, us)]
+    fr = _frozen(self.pattern, idx, self.x.shape[0])
+    z_scale = _unit_rms(self.cfg, self.params(), self.x, self.unsat)
+    s_real = np.array([self.slopes.get(k, 0.5) for k in flat])
+    g, H, zk, A, C = _active_parts(self.cfg, self.loss, jnp.asarray(self.w, self.x.dtype), fr,
+                                   s_real, self.x, self.y, self.off, z_scale)
+    if flat:
+      # least-squares multipliers: g is affine in the slopes, g(s + ds) = g + C ds
+      ds = np.linalg.lstsq(C, -g, rcond=None)[0]
+      s_real, g = s_real + ds, g + C @ ds
+    Z, A_pinv = _null_space(A, self.w.size)
+    step_n = -A_pinv @ zk
+    nn = float(np.linalg.norm(step_n))
+    if nn > 0.8 * self.radius:  # the restoration step stays in the region (Byrd-Omojokun)
+      step_n *= 0.8 * self.radius / nn
+    gZ = Z.T @ (g + H @ step_n)
+    gres = float(np.linalg.norm(gZ)) / self.g_scale
+    self.slopes = {k: float(v) for k, v in zip(flat, s_real)}
+    return dict(flat=flat, g=g, H=H, zk=zk, Z=Z, step_n=step_n, gZ=gZ, gres=gres,
+                s=s_real, b=np.einsum("ij,ji->i", A, C) if flat else np.zeros(0),
+                near=gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10)
+
+  def release(self, m: dict) -> int:
+    """At a point stationary on the manifold, pairs of K that no slope
+    balances leave it (:func:`_release`); returns how many left."""
+    if not m["near"]:
+      return 0
+    flat = m["flat"]
+    out, side = _release(m["s"], m["b"], self.slope_tol,
+                         {j: self.released.get(k, 0) for j, k in enumerate(flat)},
+                         self.max_release)
+    for j, on in zip(out, side):
+      l, p, u = flat[j]
+      self.kinks[l][p, u] = False
+      self.pattern[l][p, u] = on
+      self.released[flat[j]] = self.released.get(flat[j], 0) + 1
+    self.n_changes += bool(out)
+    return len(out)
+
+  def step(self, m: dict):
+    """One trust-region step: (ratio, crossed pairs or None if rejected)."""
+    p = _tr_step(m["gZ"], m["Z"].T @ m["H"] @ m["Z"], self.radius) if m["Z"].shape[1] \
+        else np.zeros(0)
+    d = m["step_n"] + m["Z"] @ p
+    pred = -(float(m["g"] @ d) + 0.5 * float(d @ m["H"] @ d))
+    w_try = self.w + d
+    L_try = self.true_loss(w_try)
+    ratio = (self.L - L_try) / pred if pred > 0 else (1.0 if L_try < self.L else -1.0)
+    if not (ratio > 0.1 and L_try <= self.L + 1e-15 * abs(self.L)):
+      self.radius *= 0.25
+      return ratio, None
+    n = self.accept(w_try, L_try)
+    if ratio > 0.75 and np.linalg.norm(p) >= 0.99 * self.radius:
+      self.radius *= 2.0
+    return ratio, n
+
+  def accept(self, w_try, L_try) -> int:
+    """Moves to w_try; pairs that crossed their kink back and forth join K
+    (a V-shaped valley: the restoration step brings them to z = 0), a pair
+    that crossed once just changed side. Returns the number that crossed."""
+    zs_new = [np.asarray(z) for z in nets.preactivations(self.cfg, self.params(w_try),
+                                                           self.x)[:-1]]
+    unsat_new = self.unsat_of(w_try)
+    live = (self.unsat | unsat_new)[:, None]
+    crossed = [((z > 0) != pat) & ~k & live
+               for z, pat, k in zip(zs_new, self.pattern, self.kinks)]
+    for l, c in enumerate(crossed):
+      for p_, u_ in zip(*np.nonzero(c)):
+        self.n_cross[(l, p_, u_)] = self.n_cross.get((l, p_, u_), 0) + 1
+    back = [c & np.vectorize(lambda p_, u_, l=l: self.n_cross.get((l, p_, u_), 0) >= 2)(
+        *np.indices(c.shape)) if c.any() else c for l, c in enumerate(crossed)]
+    if self.relu and any(c.any() for c in back):
+      self.kinks = [k | c for k, c in zip(self.kinks, back)]
+      self.n_changes += 1
+    self.w, self.L, self.unsat = w_try, L_try, unsat_new
+    self.pattern = [np.where(k, pat, z > 0)
+                    for z, pat, k in zip(zs_new, self.pattern, self.kinks)]
+    self.kinks = [k & self.unsat[:, None] for k in self.kinks]
+    self.n_acc += 1
+    return int(sum(c.sum() for c in crossed))
+
+
 def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
@@ -279,7 +399,6 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     only when the loss decreases); ``record`` is measured there by
     :func:`lossland.stationarity.stationarity`, independently of the solve.
   """
-  off = 0.0 if f_offset is None else jnp.asarray(f_offset)
   apply_fn = nets.make_net(cfg, x.dtype)[1]
   certify = lambda p: stationarity.stationarity(cfg, apply_fn, p, x, y, loss,
                                                 kink_rtol=kink_rtol, f_offset=f_offset)
@@ -289,111 +408,31 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   r0 = rec.force_residual
   if r0 <= tol:
     return FinishResult(params, rec, 0, 0, 0, True, "converged", r0)
-  relu = cfg.activation == "relu" and cfg.depth > 0
-  w, unravel = ravel_pytree(params)
-  w = np.asarray(w, np.float64)
-  n = w.size
-  true_loss = lambda v: float(_TRUE_LOSS(cfg, loss, jnp.asarray(v, x.dtype), x, y, off))
-  unsat_of = lambda v: np.asarray(losses.margins(apply_fn(unravel(jnp.asarray(v, x.dtype)), x)
-                                                 - off, y, loss.epsilon) > 0)
-  unsat = unsat_of(w)
-  g_scale = stationarity.force_norm_sum(apply_fn, params, x, y, loss, off=off)
-  zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
-  kinks = ([np.array(m) for m in stationarity.kink_pairs(cfg, params, x, unsat, kink_rtol)]
-           if relu else [np.zeros(z.shape, bool) for z in zs])
-  pattern = [z > 0 for z in zs]
-  slopes, released, n_cross = {}, {}, {}
-  L = true_loss(w)
-  radius = 1e-3 * max(np.linalg.norm(w), 1.0)
-  n_changes = n_acc = 0
+  st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release)
   reason = "max_iter"
   for it in range(max_iter):
-    idx = _kink_idx(kinks)
-    flat = [(l, int(p), int(u)) for l, (ps, us) in enumerate(idx) for p, u in zip(ps, us)]
-    fr = _frozen(pattern, idx, x.shape[0])
-    z_scale = _unit_rms(cfg, unravel(jnp.asarray(w, x.dtype)), x, unsat)
-    s_real = np.array([slopes.get(k, 0.5) for k in flat])
-    g, H, zk, A, C = _active_parts(cfg, loss, jnp.asarray(w, x.dtype), fr, s_real, x, y,
-                                   off, z_scale)
-    if flat:
-      # least-squares multipliers: g is affine in the slopes, g(s + ds) = g + C ds
-      ds = np.linalg.lstsq(C, -g, rcond=None)[0]
-      s_real, g = s_real + ds, g + C @ ds
-    Z, A_pinv = _null_space(A, n)
-    step_n = -A_pinv @ zk
-    nn = float(np.linalg.norm(step_n))
-    if nn > 0.8 * radius:  # the restoration step stays in the region (Byrd-Omojokun)
-      step_n *= 0.8 * radius / nn
-    gZ = Z.T @ (g + H @ step_n)
-    gres = float(np.linalg.norm(gZ)) / g_scale
-    b = np.einsum("ij,ji->i", A, C) if flat else np.zeros(0)
-    near = gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10
-    out, side = (_release(s_real, b, slope_tol, {j: released.get(k, 0)
-                                                for j, k in enumerate(flat)}, max_release)
-                 if near else ([], []))
-    slopes = {k: float(v) for k, v in zip(flat, s_real)}
-    if out:
-      for j, on in zip(out, side):
-        l, p, u = flat[j]
-        kinks[l][p, u] = False
-        pattern[l][p, u] = on
-        released[flat[j]] = released.get(flat[j], 0) + 1
-      n_changes += 1
+    m = st.model()
+    n_out = st.release(m)
+    if n_out:
       if log_fn:
-        log_fn(f"iter {it}: {len(out)} pairs leave K (|K| = {len(flat) - len(out)})")
+        log_fn(f"iter {it}: {n_out} pairs leave K")
       continue
-    if near or gres <= 0.01 * tol:
-      rec = certify(unravel(jnp.asarray(w, x.dtype)))
+    if m["near"] or m["gres"] <= 0.01 * tol:
+      rec = certify(st.params())
       if rec.force_residual <= tol:
         reason = "converged"
         break
-    HZ = Z.T @ H @ Z
-    p = _tr_step(gZ, HZ, radius) if Z.shape[1] else np.zeros(0)
-    d = step_n + Z @ p
-    pred = -(float(g @ d) + 0.5 * float(d @ H @ d))
-    w_try = w + d
-    L_try = true_loss(w_try)
-    ratio = (L - L_try) / pred if pred > 0 else (1.0 if L_try < L else -1.0)
-    if log_fn and it % 20 == 0:
-      log_fn(f"iter {it}: L {L:.10e} |g_Z|/F {gres:.2e} |z_K| {np.linalg.norm(zk):.1e} "
-             f"|K| {len(flat)} radius {radius:.1e} ratio {ratio:.2f}")
-    if ratio > 0.1 and L_try <= L + 1e-15 * abs(L):
-      zs_new = [np.asarray(z) for z in
-                nets.preactivations(cfg, unravel(jnp.asarray(w_try, x.dtype)), x)[:-1]]
-      unsat_new = unsat_of(w_try)
-      live = (unsat | unsat_new)[:, None]
-      crossed = [((z > 0) != pat) & ~k & live for z, pat, k in zip(zs_new, pattern, kinks)]
-      for l, c in enumerate(crossed):
-        for p_, u_ in zip(*np.nonzero(c)):
-          n_cross[(l, p_, u_)] = n_cross.get((l, p_, u_), 0) + 1
-      # a pair that crossed back and forth sits in a V-shaped valley of the
-      # loss: it joins K (the restoration step brings it to z = 0); a pair
-      # that crossed once just changed side
-      back = [c & np.vectorize(lambda p_, u_, l=l: n_cross.get((l, p_, u_), 0) >= 2)(
-          *np.indices(c.shape)) if c.any() else c for l, c in enumerate(crossed)]
-      if relu and any(c.any() for c in back):
-        kinks = [k | c for k, c in zip(kinks, back)]
-        n_changes += 1
-        if log_fn:
-          log_fn(f"iter {it}: {int(sum(c.sum() for c in back))} pairs join K")
-      if log_fn and any(c.any() for c in crossed):
-        log_fn(f"iter {it}: {int(sum(c.sum() for c in crossed))} crossed, ratio {ratio:.2f}, "
-               f"dL {L - L_try:.2e}")
-      w, L, unsat = w_try, L_try, unsat_new
-      pattern = [np.where(k, pat, z > 0) for z, pat, k in zip(zs_new, pattern, kinks)]
-      kinks = [k & unsat[:, None] for k in kinks]
-      n_acc += 1
-      if ratio > 0.75 and np.linalg.norm(p) >= 0.99 * radius:
-        radius *= 2.0
-    else:
-      radius *= 0.25
-    if radius < 1e-15 * max(np.linalg.norm(w), 1.0):
+    ratio, n_crossed = st.step(m)
+    if log_fn and (it % 20 == 0 or n_crossed):
+      log_fn(f"iter {it}: L {st.L:.10e} |g_Z|/F {m['gres']:.2e} |K| {len(m['flat'])} "
+             f"radius {st.radius:.1e} ratio {ratio:.2f} crossed {n_crossed}")
+    if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
       reason = "stuck"
       break
-  params = unravel(jnp.asarray(w, x.dtype))
+  params = st.params()
   if reason != "converged":
     rec = certify(params)
-  return FinishResult(params, rec, n_changes, n_acc, it + 1,
+  return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,
                       bool(rec.force_residual <= tol), reason, r0)
 
 
