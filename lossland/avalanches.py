@@ -28,7 +28,6 @@ NumPy + SciPy only; no NumPy global RNG.
 import math
 
 import numpy as np
-from scipy import optimize, special
 
 # Search interval of the power-law exponent: tau <= 1 is not normalizable; the
 # upper end is far above physical values, but a far tail of an exponential law
@@ -61,13 +60,28 @@ def _tail(s, s_min: int) -> np.ndarray:
   return x[x >= s_min]
 
 
+def _nonempty_tail(s, s_min):
+  """(s_min checked, the sizes >= s_min); ValueError when there are none."""
+  s_min = _check_s_min(s_min)
+  x = _tail(s, s_min)
+  if x.size == 0:
+    raise ValueError(f"no sizes >= s_min = {s_min}")
+  return s_min, x
+
+
 # --------------------------------------------------------------------------
 # Discrete power law
 # --------------------------------------------------------------------------
 
 
+def _zeta(tau, q):
+  """Hurwitz zeta (scipy.special imported on use: lossland's import stays light)."""
+  from scipy import special
+  return special.zeta(tau, q)
+
+
 def _log_zeta(tau, s_min):
-  return np.log(special.zeta(tau, s_min))
+  return np.log(_zeta(tau, s_min))
 
 
 def _pl_neg_loglik(tau, sum_log, n, s_min):
@@ -92,6 +106,7 @@ def _pl_var_log(tau: float, s_min: int) -> float:
 def _pl_fit(sum_log: float, n: int, s_min: int) -> tuple:
   """(tau, at_bound) maximizing the likelihood (convex in tau: Brent)."""
   lo, hi = TAU_BOUNDS
+  from scipy import optimize  # on use (import cost)
   r = optimize.minimize_scalar(_pl_neg_loglik, bounds=(lo, hi), method="bounded",
                                args=(sum_log, n, s_min),
                                options={"xatol": 1e-9})
@@ -121,10 +136,7 @@ def discrete_power_law_mle(s, s_min: int = 1) -> dict:
   Raises:
     ValueError: no size >= s_min, or invalid sizes.
   """
-  s_min = _check_s_min(s_min)
-  x = _tail(s, s_min)
-  if x.size == 0:
-    raise ValueError(f"no sizes >= s_min = {s_min}")
+  s_min, x = _nonempty_tail(s, s_min)
   n = int(x.size)
   sum_log = float(np.sum(np.log(x)))
   tau, at_bound = _pl_fit(sum_log, n, s_min)
@@ -157,9 +169,9 @@ def _pl_ks(x, tau: float, s_min: int) -> float:
   """
   v, c = np.unique(x, return_counts=True)
   emp = np.cumsum(c) / x.size                                  # F_n(v_j)
-  z0 = special.zeta(tau, s_min)
-  model_at = 1.0 - special.zeta(tau, v + 1.0) / z0              # P(v_j)
-  model_before = 1.0 - special.zeta(tau, v.astype(np.float64)) / z0  # P(v_j - 1)
+  z0 = _zeta(tau, s_min)
+  model_at = 1.0 - _zeta(tau, v + 1.0) / z0              # P(v_j)
+  model_before = 1.0 - _zeta(tau, v.astype(np.float64)) / z0  # P(v_j - 1)
   emp_before = np.concatenate([[0.0], emp[:-1]])                # F_n(v_j - 1)
   return float(max(np.max(np.abs(emp - model_at)),
                    np.max(np.abs(emp_before - model_before))))
@@ -201,10 +213,7 @@ def discrete_exponential_mle(s, s_min: int = 1) -> dict:
   Raises:
     ValueError: no size >= s_min, or invalid sizes.
   """
-  s_min = _check_s_min(s_min)
-  x = _tail(s, s_min)
-  if x.size == 0:
-    raise ValueError(f"no sizes >= s_min = {s_min}")
+  s_min, x = _nonempty_tail(s, s_min)
   n = int(x.size)
   m = float(np.mean(x - s_min))
   lam = _exp_lam(m)
