@@ -159,14 +159,21 @@ def _cpu_info():
 
 
 def _blas_info() -> list:
-  """The BLAS libraries numpy loaded and the kernel set each picked (the PCA
-  of the real data sets is a LAPACK SVD: its last bits depend on it)."""
+  """numpy's own BLAS and the kernel set it picked (the PCA of the real data
+  sets is a LAPACK SVD: its last bits depend on it). Only the library under
+  numpy's install: scipy brings its own, loaded or not depending on what the
+  calling process imported before."""
   try:
     import threadpoolctl
   except ImportError:  # pragma: no cover (scikit-learn brings it)
     return []
+  root = os.path.dirname(os.path.dirname(np.__file__))
   return sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas")
+                for i in threadpoolctl.threadpool_info()
+                if i.get("user_api") == "blas"
+                and os.path.basename(os.path.dirname(i.get("filepath", ""))) in ("numpy.libs",
+                                                                                  "numpy")
+                and os.path.dirname(os.path.dirname(i.get("filepath", ""))) == root)
 
 
 def environment() -> dict:
