@@ -11,6 +11,13 @@ creates its backend; on CPU it changes nothing.
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The tests' programs are tiny: compiling them costs more than running them.
+# XLA's backend optimization level 0 compiles faster (the suite's wall time on
+# 2 cores: BUILD_NOTES.md) and changes only rounding, which every comparison
+# inside the suite sees on both sides; the bitwise baseline's subprocesses
+# (scripts/compare_runs.py) drop XLA_* variables and run with the defaults.
+# A caller's own XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import jax  # noqa: E402  (after the allocator setting)
 import pytest  # noqa: E402
@@ -35,3 +42,32 @@ def on_cpu():
   """
   cpu = jax.devices("cpu")[0]
   return lambda: jax.default_device(cpu)
+
+
+# Known-slow tests first: pytest-xdist hands tests to its workers in
+# collection order, and a minutes-long test that starts last keeps one worker
+# busy while the other idles. Stable: everything else keeps its order.
+_SLOW_FIRST = (
+    "test_bitwise_baseline.py::test_runs_bitwise_equal_to_baseline",
+    "test_generalization.py::test_script_end_to_end_tiny_grid",
+    "test_cells.py::test_each_member_equals_its_own_cell",
+    "test_generalization.py::test_script_polish_continues",
+    "test_flax.py::test_cnn_on_digits_ensemble_hessian_and_ntk",
+    "test_phase.py::test_workers_give_the_same_records_as_one_process",
+    "test_sweep.py::test_a_long_sweep_does_not_pile_up_compiled_programs",
+    "test_bench_cli.py::test_tiny_ensemble_benchmark",
+    "test_phase.py::test_script_sizes_runs_each_size_and_compares",
+    "test_train_lbfgs.py::test_members_equal_one_by_one_and_resume_is_bitwise",
+    "test_multidevice.py::test_sharded_ensemble_equals_single_device",
+    "test_phase.py::test_gpu_preset_sets_the_paper_nets_and_the_engine_layout",
+    "test_job_options.py::test_bulk_float32_trains_in_float32",
+    "test_phase.py::test_script_end_to_end_tiny_grid",
+    "test_kink_newton.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = lambda item: next((i for i, s in enumerate(_SLOW_FIRST) if s in item.nodeid),
+                           len(_SLOW_FIRST))
+  items.sort(key=rank)

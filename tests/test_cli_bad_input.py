@@ -77,7 +77,7 @@ def _run(args, timeout=120):
                         capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def results(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("bad_input")
   subs = dict(_data_files(tmp), tmp=str(tmp))
@@ -92,6 +92,10 @@ def results(tmp_path_factory):
     return {name: (f.result(), out_dir) for name, (f, out_dir) in jobs.items()}
 
 
+# One worker runs every row (setup.cfg: --dist loadgroup), and the fixture is
+# per session (a module fixture is rebuilt when the worker's tests of other
+# modules come in between): all the subprocesses start once.
+@pytest.mark.xdist_group("cli_bad_input")
 @pytest.mark.parametrize("name,extra,word", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_written(results, name, extra, word):
   out, out_dir = results[name]

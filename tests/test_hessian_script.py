@@ -38,7 +38,12 @@ def _ensemble_run(tmp_root):
   return run_dir
 
 
-@pytest.fixture(scope="module")
+# One worker runs this module (setup.cfg: --dist loadgroup) and the fixture
+# is per session: the trained run below is made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("hessian_script")
+
+
+@pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
   return _ensemble_run(str(tmp_path_factory.mktemp("runs")))
 
