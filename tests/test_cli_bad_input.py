@@ -7,9 +7,12 @@ run in parallel (they fail before any training, so each costs about the
 interpreter and jax start-up).
 """
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pytest
@@ -77,9 +80,8 @@ def _run(args, timeout=120):
                         capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def results(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("bad_input")
+def _compute(tmp):
+  """Runs every row (4 at a time): {name: {returncode, stderr, out_dir}}."""
   subs = dict(_data_files(tmp), tmp=str(tmp))
   (tmp / "a_file").write_text("x")
   subs["file"] = str(tmp / "a_file")
@@ -89,13 +91,38 @@ def results(tmp_path_factory):
       out_dir = tmp / f"out_{name}"
       args = SMALL + ["--out_dir", str(out_dir)] + [a.format(**subs) for a in extra]
       jobs[name] = (pool.submit(_run, args), out_dir)
-    return {name: (f.result(), out_dir) for name, (f, out_dir) in jobs.items()}
+    return {name: {"returncode": f.result().returncode, "stderr": f.result().stderr,
+                   "out_dir": str(out_dir)} for name, (f, out_dir) in jobs.items()}
 
 
-# One worker runs every row (setup.cfg: --dist loadgroup), and the fixture is
-# per session (a module fixture is rebuilt when the worker's tests of other
-# modules come in between): all the subprocesses start once.
-@pytest.mark.xdist_group("cli_bad_input")
+@pytest.fixture(scope="session")
+def results(tmp_path_factory):
+  """The rows' outcomes, computed once per test session: with pytest-xdist
+  the first worker to get here runs them in a folder every worker sees, the
+  others wait for its results.json (about 22 interpreter start-ups saved)."""
+  base = tmp_path_factory.getbasetemp()
+  root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "bad_input_rows"
+  root.mkdir(exist_ok=True)
+  done = root / "results.json"
+  try:
+    os.close(os.open(root / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    owner = True
+  except FileExistsError:
+    owner = False
+  if owner:
+    rows = _compute(root)
+    (root / "results.tmp").write_text(json.dumps(rows))
+    os.replace(root / "results.tmp", done)
+  deadline = time.time() + 600
+  while not done.exists():
+    if time.time() > deadline:
+      pytest.fail(f"no {done}: the worker running the rows did not finish")
+    time.sleep(0.2)
+  rows = json.loads(done.read_text())
+  return {name: (types.SimpleNamespace(returncode=r["returncode"], stderr=r["stderr"]),
+                 r["out_dir"]) for name, r in rows.items()}
+
+
 @pytest.mark.parametrize("name,extra,word", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_written(results, name, extra, word):
   out, out_dir = results[name]

@@ -38,11 +38,8 @@ def _ensemble_run(tmp_root):
   return run_dir
 
 
-# One worker runs this module (setup.cfg: --dist loadgroup) and the fixture
-# is per session: the trained run below is made once, not once per worker.
-pytestmark = pytest.mark.xdist_group("hessian_script")
-
-
+# Per session: a module fixture is rebuilt whenever a worker's tests of
+# other modules come in between.
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
   return _ensemble_run(str(tmp_path_factory.mktemp("runs")))
