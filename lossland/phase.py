@@ -321,7 +321,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     # Delta distribution: the cell nearest P* (on either side) with jammed members.
     # Only depths whose transition was located: far from P* the distribution
     # is not the critical one.
-    e = _depth_exponents(stats, recs, fit["x_half"], pooled, n_boot, load_fn)
+    e = _depth_exponents(recs, fit["x_half"], pooled, n_boot, load_fn)
     if e is not None:
       exps[L] = e
     # Avalanches: every cell that recorded the unsatisfied sets.
@@ -431,6 +431,20 @@ def by_distance(records_by_depth: dict, p_star: dict, n_boot: int = 200,
   return rows
 
 
+def _p_over_n(record: dict) -> float:
+  return record["summary"]["P"] / record["summary"]["n_weights"]
+
+
+def _nearest_cell(recs, ref, select=None):
+  """The cell nearest P*/N = ``ref`` among those with a member that
+  ``select`` takes (default: class jammed); None if there is none."""
+  takes = select or (lambda m: member_class(m) == "jammed")
+  cells = [r for r in recs if any(map(takes, r["summary"]["members"]))]
+  if ref is None or not cells:
+    return None
+  return min(cells, key=lambda r: abs(_p_over_n(r) - ref))
+
+
 def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn) -> dict:
   """theta/gamma of the selected members of the cell nearest P* per depth."""
   pos, neg, pg, ng, n_mem = [], [], [], [], 0
@@ -438,7 +452,9 @@ def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn) -> dict
     ref = p_star.get(L)
     if ref is None or not recs:
       continue
-    r = min(recs, key=lambda r: abs(r["summary"]["P"] / r["summary"]["n_weights"] - ref))
+    r = _nearest_cell(recs, ref, select)
+    if r is None:
+      continue
     try:
       ds = delta_samples(r, load_fn=load_fn, select=select)
     except (OSError, KeyError, ValueError):
@@ -486,14 +502,12 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
   }
 
 
-def _depth_exponents(stats, recs, ref, pooled: dict, n_boot: int, load_fn) -> dict | None:
+def _depth_exponents(recs, ref, pooled: dict, n_boot: int, load_fn) -> dict | None:
   """theta and gamma of one depth from its jammed cell nearest P* (``ref``);
   its samples are appended to ``pooled`` (members numbered apart per depth)."""
-  by_x = sorted(recs, key=lambda r: r["summary"]["P"] / r["summary"]["n_weights"])
-  jam_cells = [(c, r) for c, r in zip(stats, by_x) if c["n_jammed"] > 0]
-  if ref is None or not jam_cells:
+  r = _nearest_cell(recs, ref)
+  if r is None:
     return None
-  c, r = min(jam_cells, key=lambda cr: abs(cr[0]["p_over_n"] - ref))
   try:
     ds = delta_samples(r, load_fn=load_fn)
   except (OSError, KeyError, ValueError):
@@ -504,7 +518,7 @@ def _depth_exponents(stats, recs, ref, pooled: dict, n_boot: int, load_fn) -> di
   pooled["neg_g"].append(ds["negative_member"] + off)
   ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot)
   en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot, sign=-1)
-  return {"p_over_n": c["p_over_n"], "theta": ep["exponent"], "theta_ci": ep["ci"],
+  return {"p_over_n": _p_over_n(r), "theta": ep["exponent"], "theta_ci": ep["ci"],
           "theta_cdf": ep["exponent_cdf"], "theta_cdf_ci": ep["ci_cdf"],
           "gamma": en["exponent"], "gamma_ci": en["ci"],
           "gamma_cdf": en["exponent_cdf"], "gamma_cdf_ci": en["ci_cdf"]}

@@ -108,6 +108,14 @@ def _residual_parts(apply_fn, params, x, y, loss, chunk, off) -> tuple:
   return float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off))), den
 
 
+def unit_rms(zs, unsat) -> list:
+  """Per hidden layer's pre-activations z [P, width]: the [width] rms of each
+  unit's z over the unsatisfied points (the scale of the kink tolerance)."""
+  unsat = jnp.asarray(unsat, bool)
+  n = jnp.maximum(jnp.sum(unsat), 1)
+  return [jnp.sqrt(jnp.sum(jnp.where(unsat[:, None], z * z, 0.0), axis=0) / n) for z in zs]
+
+
 def kink_pairs(cfg: nets.NetConfig, params, x, unsat, rtol: float = 1e-7) -> list:
   """Per hidden layer, [P, width] bool: unsatisfied points whose pre-activation
   has |z| <= rtol * rms(z of the same unit over the unsatisfied points),
@@ -115,10 +123,8 @@ def kink_pairs(cfg: nets.NetConfig, params, x, unsat, rtol: float = 1e-7) -> lis
   its gradient vanish identically, so no slope matters."""
   unsat = jnp.asarray(unsat, bool)
   out = []
-  n = jnp.maximum(jnp.sum(unsat), 1)
   zs = nets.preactivations(cfg, params, x)[:-1]
-  for l, z in enumerate(zs):
-    rms = jnp.sqrt(jnp.sum(jnp.where(unsat[:, None], z * z, 0.0), axis=0) / n)
+  for l, (z, rms) in enumerate(zip(zs, unit_rms(zs, unsat))):
     live = unsat
     if l > 0 and not cfg.bias:
       # A point whose previous layer is all off has z = 0 with grad z = 0 in

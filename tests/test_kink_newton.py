@@ -177,3 +177,5 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
     if m["finished"]:
       assert m["loss"] <= m["loss_before_finish"]
       assert m["finish_reason"] in ("converged", "max_iter", "stuck")
+      assert m["finish_iterations"] <= 20
+      assert m["force_residual_before_finish"] is not None and "min_curvature" in m

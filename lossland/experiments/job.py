@@ -956,36 +956,13 @@ def _train(v: dict, job: _Job, ckpt, bar) -> tuple:
 def _finish(v: dict, job: _Job, res, cfg):
   """The finishing stage (:mod:`lossland.train.finish`) on the members that
   stopped jammed: ``(res, dict of per-member lists)``."""
-  from lossland.optim import kink_newton
   from lossland.train import finish
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
                                     max_iter=v["finish_iters"])
-  curv = []
-  for k in range(len(res.seeds)):
-    c = None
-    if info.entered[k]:
-      p = jax_tree_take(res.params, k)
-      off = None
-      if cfg.subtract_init:
-        off = _apply(job.net, job.ds)(jax_tree_take(res.params0, k), job.ds.x_train)
-      c = kink_newton.min_curvature(job.net, p, job.ds.x_train, job.ds.y_train, job.loss,
-                                    f_offset=off)
-    curv.append(c)
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,
-               "seconds": info.seconds, "min_curvature": curv}
-
-
-def jax_tree_take(tree, k: int):
-  """Member k of a pytree with a leading member axis."""
-  import jax
-  return jax.tree_util.tree_map(lambda a: a[k], tree)
-
-
-def _apply(net, ds):
-  from lossland import nets
-  return nets.make_net(net, ds.x_train.dtype)[1]
+               "seconds": info.seconds, "min_curvature": info.min_curvature}
 
 
 def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt, fin=None) -> dict:

@@ -43,7 +43,7 @@ derivatives; dense N x N Hessians: meant for the N of a CPU study and for
 single members at paper scale).
 """
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,19 +60,19 @@ class FinishResult(NamedTuple):
     params: the last iterate (the lowest loss; the input params if no step
       was accepted).
     record: the :class:`lossland.stationarity.Stationarity` of ``params``.
-    n_solves: Levenberg-Marquardt solves (one per active set).
-    n_steps: accepted Levenberg-Marquardt steps in all.
-    n_evals: evaluations of (1) (each one value of the system).
+    n_changes: changes of the active set K.
+    n_steps: accepted trust-region steps.
+    n_iter: iterations (each one dense Hessian).
     converged: the record's r_sub <= ``tol``.
-    reason: "converged", "max_solves", "stuck" (a solve made no progress)
+    reason: "converged", "max_iter", "stuck" (the trust region collapsed)
       or "no_unsat" (nothing to finish).
     residual_before: r_sub of the params it was given.
   """
   params: object
   record: stationarity.Stationarity
-  n_solves: int
+  n_changes: int
   n_steps: int
-  n_evals: int
+  n_iter: int
   converged: bool
   reason: str
   residual_before: float = float("nan")
@@ -186,13 +186,10 @@ def _kink_idx(masks) -> list:
 
 def _unit_rms(cfg, params, x, unsat) -> list:
   """Per hidden layer, the [width] rms of each unit's z on the unsatisfied
-  points (1 for a unit whose z all vanish): the kink tolerance's scale."""
-  n = max(int(unsat.sum()), 1)
-  out = []
-  for z in nets.preactivations(cfg, params, x)[:-1]:
-    sc = np.sqrt(np.sum(np.asarray(z)[unsat] ** 2, axis=0) / n)
-    out.append(np.where(sc > 0, sc, 1.0))
-  return out
+  points (:func:`lossland.stationarity.unit_rms`, the kink tolerance's
+  scale), 1 for a unit whose z all vanish."""
+  zs = nets.preactivations(cfg, params, x)[:-1]
+  return [np.where(sc > 0, sc, 1.0) for sc in map(np.asarray, stationarity.unit_rms(zs, unsat))]
 
 
 def _release(s, b, slope_tol: float, n_released, max_release: int):
@@ -393,8 +390,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       changes.
 
   Returns:
-    A :class:`FinishResult` (``n_solves``: active-set changes, ``n_steps``:
-    accepted steps, ``n_evals``: iterations); the returned params are the
+    A :class:`FinishResult`; the returned params are the
     last iterate, whose true loss is the lowest seen (steps are accepted
     only when the loss decreases); ``record`` is measured there by
     :func:`lossland.stationarity.stationarity`, independently of the solve.

@@ -37,6 +37,8 @@ class FinishInfo(NamedTuple):
     loss_before: the member's final loss measurement at entry (nan where not
       entered).
     n_iter: trust-region iterations (0 where not entered).
+    min_curvature: :func:`lossland.optim.kink_newton.min_curvature` at exit
+      (nan where not entered).
     seconds: host time of each member's finish.
   """
   entered: list
@@ -46,6 +48,7 @@ class FinishInfo(NamedTuple):
   residual_after: list
   loss_before: list
   n_iter: list
+  min_curvature: list
   seconds: list
 
 
@@ -73,7 +76,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   """
   K = len(res.seeds)
   info = FinishInfo([False] * K, [False] * K, [""] * K, [float("nan")] * K,
-                    [float("nan")] * K, [float("nan")] * K, [0] * K, [0.0] * K)
+                    [float("nan")] * K, [float("nan")] * K, [0] * K,
+                    [float("nan")] * K, [0.0] * K)
   if not isinstance(net, nets.NetConfig):
     return res, info
   codes = [STOP_REASONS.index(r) for r in entry]
@@ -115,10 +119,12 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     info.residual_after[k] = float(out.record.force_residual)
     info.residual_before[k] = float(out.residual_before)
     info.loss_before[k] = float(res.final["loss"][k])
-    info.n_iter[k], info.seconds[k] = out.n_evals, time.time() - t0
+    info.min_curvature[k] = kink_newton.min_curvature(net, out.params, data.x_train,
+                                                       data.y_train, loss, f_offset=off)
+    info.n_iter[k], info.seconds[k] = out.n_iter, time.time() - t0
     if log_fn:
       log_fn(f"finish seed {int(res.seeds[k])}: r_sub {out.residual_before:.2e} -> "
-             f"{out.record.force_residual:.2e} ({out.reason}, {out.n_evals} iterations, "
+             f"{out.record.force_residual:.2e} ({out.reason}, {out.n_iter} iterations, "
              f"{info.seconds[k]:.1f} s)")
   merged = res._replace(params=jax.tree_util.tree_map(np.asarray, params), final=final,
                         f_train=f_train, f_test=f_test)
