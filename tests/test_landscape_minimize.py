@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lossland.landscape import potentials
-from lossland.landscape.minimize import make_fire, make_lbfgs
+from lossland.landscape.minimize import (CPU_VMAP_CHUNK, make_fire, make_lbfgs, vmap_chunk,
+                                         vmap_chunked)
 
 
 def rosenbrock(x):
@@ -140,3 +141,54 @@ def test_fire_step_keeps_dtype():
     x1, s1 = fire.fire_step(x, s, x)
     assert x1.dtype == dt and s1.dt.dtype == dt and s1.alpha.dtype == dt
     assert s1.v.dtype == dt and s1.n_pos.dtype == jnp.int32
+
+
+def _tiny_network():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((12, 3)))
+  y = jnp.asarray(rng.integers(0, 2, 12))
+  return potentials.make_network_loss(x, y, (3, 3, 2), 1e-3)
+
+
+def test_chunked_batch_finds_the_same_minima_as_vmap_and_one_at_a_time():
+  """The CPU path (vmapped chunks in turn) against the accelerator path (the whole
+  batch vmapped) and single runs: the same minima up to rounding."""
+  net = _tiny_network()
+  n_traces = []
+
+  def vg(x):
+    n_traces.append(1)  # one trace per distinct batch shape
+    return jax.value_and_grad(net.loss_fn)(x)
+
+  lbfgs = make_lbfgs(vg, gtol=1e-9)
+  x0 = jax.vmap(lambda k: net.init_fn(k, jnp.float64))(jax.random.split(jax.random.key(1), 7))
+  whole = jax.jit(vmap_chunked(lbfgs, 0))(x0)
+  n_whole = len(n_traces)
+  chunked = jax.jit(vmap_chunked(lbfgs, 3))(x0)  # two chunks of 3, a remainder of 1
+  assert len(n_traces) - n_whole == 2 * n_whole  # the chunk and the remainder
+  assert bool(jnp.all(whole.converged)) and bool(jnp.all(chunked.converged))
+  assert len(np.unique(np.round(np.asarray(whole.energy), 6))) >= 2  # minima differ
+  single = jax.jit(lbfgs)
+  for i in range(7):
+    one = single(x0[i])
+    for e, x in ((chunked.energy[i], chunked.x[i]), (one.energy, one.x)):
+      np.testing.assert_allclose(e, whole.energy[i], rtol=0, atol=1e-12)
+      # a minimum's position is known to ~gtol / (smallest curvature ~ 2 λ)
+      np.testing.assert_allclose(x, whole.x[i], rtol=0, atol=1e-5)
+
+
+def test_vmap_chunk_by_backend_and_shared_arguments():
+  assert vmap_chunk(None, 'cpu') == CPU_VMAP_CHUNK > 0
+  assert vmap_chunk(None, 'gpu') == 0 and vmap_chunk(None, 'tpu') == 0
+  assert vmap_chunk(5, 'gpu') == 5 and vmap_chunk(0, 'cpu') == 0
+  with pytest.raises(ValueError, match='>= 0'):
+    vmap_chunk(-1)
+  with pytest.raises(ValueError, match='0 or None'):
+    vmap_chunked(lambda a: a, 2, in_axes=1)
+  # shared (None) arguments and pytree outputs, batch not a multiple of the chunk
+  f = lambda a, s, b: {'y': a * s + b, 'z': jnp.sum(a)}
+  a, b = jnp.arange(10.0).reshape(5, 2), jnp.ones((5, 2))
+  ref = jax.vmap(f, in_axes=(0, None, 0))(a, 3.0, b)
+  out = jax.jit(vmap_chunked(f, 2, in_axes=(0, None, 0)))(a, 3.0, b)
+  for k in ref:
+    np.testing.assert_array_equal(out[k], ref[k])

@@ -13,6 +13,7 @@ from lossland import landscape as ls
 from lossland.landscape import explorer as E
 from lossland.landscape import potentials
 from lossland.landscape.database import Database
+from lossland.landscape.minimize import CPU_VMAP_CHUNK
 
 jax.config.update('jax_enable_x64', True)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,3 +128,26 @@ def test_report_figure_and_summary_of_a_hand_made_database(tmp_path):
   assert summary['n_connected_to_global_min'] == 3 and summary['global_min_loss'] == 0.0
   assert summary['test_accuracy_at_global_min'] == 0.9
   assert (tmp_path / 'disconnectivity.png').stat().st_size > 5000
+
+
+def test_chains_in_vmapped_chunks_equal_the_whole_batch_vmapped():
+  """The CPU default (chains and quenches in vmapped chunks) against the
+  accelerator path (the whole batch vmapped): the same minima, moves and
+  acceptances, up to rounding."""
+  default = E.make_explorer(potentials.muller_brown(), E.ExplorerConfig())
+  assert default.vmap_chunk == (CPU_VMAP_CHUNK if jax.default_backend() == 'cpu' else 0)
+  runs = []
+  for chunk in (0, 2):  # 4 chains: two chunks of 2 (remainders: test_landscape_minimize)
+    ex = E.make_explorer(potentials.muller_brown(), E.ExplorerConfig(vmap_chunk=chunk))
+    assert ex.vmap_chunk == chunk
+    state, rec0 = ex.bh_init(_x0(5, 4), 0.5, 50.0)
+    state, rec = ex.bh_run(state, jax.random.split(jax.random.key(2), 4), 8)
+    runs.append((rec0, rec, state))
+  (r0a, ra, sa), (r0b, rb, sb) = runs
+  for a, b in ((r0a, r0b), (ra, rb)):
+    np.testing.assert_array_equal(a.accepted, b.accepted)
+    np.testing.assert_array_equal(a.converged, b.converged)
+    np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(a.x, b.x, rtol=0, atol=1e-7)
+  np.testing.assert_allclose(sa.best_energy, sb.best_energy, rtol=0, atol=1e-9)
+  assert np.asarray(ra.accepted).any() and len(np.unique(np.round(ra.energy, 3))) >= 2

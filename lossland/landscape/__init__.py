@@ -4,7 +4,8 @@ jittable scalar function of a flat vector (network losses, cluster energies).
 Verpoort, Lee & Wales, PNAS 117, 21857 (2020). See docs/landscape.md.
 
 Modules:
-  minimize        L-BFGS (GMIN/pele style) and FIRE, one lax.while_loop each.
+  minimize        L-BFGS (GMIN/pele style) and FIRE, one lax.while_loop each;
+                  vmap_chunked / vmap_chunk: how a batch of them runs per backend.
   basinhopping    perturb / quench / Metropolis with adaptive step, per chain.
   transition      DNEB, Lanczos lowest eigenpair, hybrid eigenvector-following.
   explorer        jitted+vmapped engine and the host drivers (BH → db, connect loop).
@@ -36,6 +37,7 @@ from lossland.landscape.explorer import (Explorer, ExplorerConfig, add_minima,
                                          check_coordinates, components, connect_database,
                                          local_connect, make_explorer, refine_and_store_ts)
 from lossland.landscape.metrics import downhill_barriers, landscape_metrics, uphill_barriers
-from lossland.landscape.minimize import MinimizeResult, make_fire, make_lbfgs
+from lossland.landscape.minimize import (MinimizeResult, make_fire, make_lbfgs, vmap_chunk,
+                                         vmap_chunked)
 from lossland.landscape.transition import (hessian_eigenvalues_fn, hvp_fn_from,
                                            lowest_eigenpair, make_dneb, make_hef)

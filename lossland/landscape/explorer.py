@@ -34,7 +34,7 @@ from lossland.landscape import basinhopping as bh_lib
 from lossland.landscape import potentials
 from lossland.landscape.database import Database, norm_gap  # noqa: F401 (re-export)
 from lossland.landscape.disconnectivity import UnionFind
-from lossland.landscape.minimize import make_fire, make_lbfgs
+from lossland.landscape.minimize import make_fire, make_lbfgs, vmap_chunk, vmap_chunked
 from lossland.landscape.transition import (hessian_eigenvalues_fn, make_dneb, make_hef)
 
 Array = Any
@@ -72,6 +72,12 @@ class ExplorerConfig:
       spectra (candidate minima, push-offs, TS candidates): every call is padded
       to it, so each executable compiles once (>= 2 * n_climb keeps all push-offs
       of an attempt in one call).
+    vmap_chunk: members vmapped together in the batched quenches, basin-hopping
+      chains and HEF runs: ``None`` (default) chooses by backend
+      (:func:`~lossland.landscape.minimize.vmap_chunk`: chunks of 16 on CPU, where
+      a large vmapped batch is slower than one quench at a time; the whole batch
+      on an accelerator); 0 the whole batch; ``k > 0`` chunks of ``k``. Results
+      agree up to rounding whatever the chunk.
 
   The energy tolerance for the identity of stationary points is the database's
   (``Database(energy_tol=...)``): one tolerance, used by the drivers as well.
@@ -102,6 +108,7 @@ class ExplorerConfig:
   max_uphill: float = 0.1
   pushoff: float = 0.01
   quench_batch: int = 8
+  vmap_chunk: Optional[int] = None
 
 
 class Explorer(NamedTuple):
@@ -110,7 +117,9 @@ class Explorer(NamedTuple):
   Attributes:
     config: the :class:`ExplorerConfig`.
     energy_fn: ``x [D] -> []`` (not jitted; for reference).
-    quench: ``xs [B, D] -> MinimizeResult`` batched, to ``config.gtol``.
+    quench: ``xs [B, D] -> MinimizeResult`` batched, to ``config.gtol`` (the
+      batched functions run ``vmap_chunk`` members at a time, see
+      ``ExplorerConfig``).
     fire_quench: ``xs [B, D] -> MinimizeResult`` batched FIRE, to ``config.gtol``.
     hessian_eigs: ``xs [B, D] -> [B, D]`` dense Hessian spectra.
     bh_init: ``(xs [C, D], step_size, temperature) -> (BHState, BHRecord)`` for C
@@ -124,6 +133,9 @@ class Explorer(NamedTuple):
       ``distance_lower_bound(a, b) <= distance_fn(a, b)``, or None: a cheap
       pre-screen that spares ``distance_fn`` (a Hungarian alignment for networks)
       for pairs that cannot be the closest.
+    vmap_chunk: members vmapped together in ``quench``, ``fire_quench``,
+      ``bh_init``, ``bh_run`` and ``hef``: ``config.vmap_chunk`` resolved for the
+      backend (0: the whole batch).
   """
   config: ExplorerConfig
   energy_fn: Callable
@@ -137,6 +149,7 @@ class Explorer(NamedTuple):
   align_fn: Callable
   distance_fn: Callable
   distance_lower_bound: Optional[Callable] = None
+  vmap_chunk: int = 0
 
 
 def make_explorer(energy_fn: Callable[[Array], Array],
@@ -165,6 +178,7 @@ def make_explorer(energy_fn: Callable[[Array], Array],
     An :class:`Explorer`.
   """
   c = config
+  chunk = vmap_chunk(c.vmap_chunk)
   vg = jax.value_and_grad(energy_fn)
   lbfgs = make_lbfgs(vg, gtol=c.gtol, max_iter=c.max_iter, memory=c.lbfgs_memory,
                      max_step=c.max_step, max_erise=c.max_erise)
@@ -191,16 +205,18 @@ def make_explorer(energy_fn: Callable[[Array], Array],
 
   return Explorer(
       config=c, energy_fn=energy_fn,
-      quench=jax.jit(jax.vmap(lbfgs)),
-      fire_quench=jax.jit(jax.vmap(fire)),
+      quench=jax.jit(vmap_chunked(lbfgs, chunk)),
+      fire_quench=jax.jit(vmap_chunked(fire, chunk)),
       hessian_eigs=jax.jit(jax.vmap(hessian_eigenvalues_fn(energy_fn))),
-      bh_init=jax.jit(jax.vmap(init_fn, in_axes=(0, None, None))),
-      bh_run=jax.jit(jax.vmap(run_fn, in_axes=(0, 0, None)), static_argnums=2),
+      bh_init=jax.jit(vmap_chunked(init_fn, chunk, in_axes=(0, None, None))),
+      bh_run=jax.jit(vmap_chunked(run_fn, chunk, in_axes=(0, 0, None)),
+                     static_argnums=2),
       dneb=jax.jit(dneb),
-      hef=jax.jit(jax.vmap(hef)),
+      hef=jax.jit(vmap_chunked(hef, chunk)),
       align_fn=align_fn, distance_fn=distance_fn,
       distance_lower_bound=(distance_lower_bound if distance_lower_bound is not None
-                            else getattr(distance_fn, 'lower_bound', None)))
+                            else getattr(distance_fn, 'lower_bound', None)),
+      vmap_chunk=chunk)
 
 
 # ----------------------------------------------------------------------------
