@@ -32,9 +32,11 @@ Layers of this module:
 * :func:`output_jacobian`, :func:`matrix_rank`, :func:`spectral_counts`: N_eff,
   rank(H0), N_-(Hp), the number of near-zero eigenvalues of H and the checks
   rank(H0) <= N_Delta and N_-(Hp) <= N_Delta at a stable minimum.
-* :func:`h0_kernel`, :func:`slq_counts`, :func:`lanczos_counts`: the same at
-  scale, exact rank(H0) from the N_Delta x N_Delta kernel and SLQ estimates
-  with error bars.
+* :func:`h0_kernel`, :func:`slq_counts`, :func:`settled_count`,
+  :func:`lanczos_counts`: the same matrix-free, exact rank(H0) from the
+  N_Delta x N_Delta kernel, and the other counts either exact from a Lanczos
+  run of dimension N (when that costs no more products than SLQ,
+  :func:`choose_krylov`) or SLQ estimates with error bars.
 * :func:`spectra` (:class:`SpectraConfig`, :func:`choose_method`): the whole
   analysis of every member of an ensemble, dense or Lanczos, ``lax.map``-ped
   over the members; ``python -m lossland.scripts.hessian`` writes it out.
@@ -600,6 +602,42 @@ def estimate_fraction(nodes, weights, residuals, lo: float, hi: float,
           "interval": [max(est - half, 0.0), min(est + half, 1.0)]}
 
 
+def settled_count(values, inside, bounds, check_index, check_residual) -> dict:
+  """A count of eigenvalues with the number that rounding could reclassify.
+
+  ``values`` are computed eigenvalues (e.g. of a full Krylov run), ``inside``
+  marks the class counted. The true residual r_i = |A y_i - theta_i y_i| of a
+  pair says an eigenvalue of A lies within r_i of theta_i; a value whose
+  distance to the nearest class boundary is at most r_i is unsettled. r_i is
+  known for the checked pairs (the few nearest each boundary); every other
+  value is farther from the boundaries than those and gets the largest
+  checked residual.
+
+  Args:
+    values: [n] eigenvalues.
+    inside: [n] bool, the class.
+    bounds: the class boundaries (e.g. (-tol,) for negatives, (-tol, tol)
+      for zeros).
+    check_index: indices of the checked pairs (any shape; repeats allowed).
+    check_residual: their true residuals, same shape.
+
+  Returns:
+    dict with count, unresolved (unsettled values) and interval [count -
+    unsettled inside, count + unsettled outside].
+  """
+  values, inside = np.asarray(values), np.asarray(inside, bool)
+  idx = np.asarray(check_index).reshape(-1)
+  res = np.asarray(check_residual).reshape(-1)
+  r = np.full(values.shape, float(res.max()) if res.size else 0.0)
+  r[idx] = res
+  dist = np.min(np.abs(values[:, None] - np.asarray(bounds)[None, :]), axis=1)
+  unsure = (dist <= r) & (r > 0)  # r = 0: an exact eigenvalue (e.g. H = 0)
+  count = int(np.sum(inside))
+  return {"count": count, "unresolved": int(np.sum(unsure)),
+          "interval": [count - int(np.sum(unsure & inside)),
+                       count + int(np.sum(unsure & ~inside))]}
+
+
 def slq_counts(slq_h, slq_hp, n: int, rtol: float | None = None,
                z: float = 3.0) -> dict:
   """Estimated counts of H and Hp eigenvalues from SLQ, with error bars.
@@ -664,6 +702,7 @@ def n_active(fns: CurvatureFns, params, batch: Examples) -> jax.Array:
 # Spectra of every member of an ensemble (the library side of scripts.hessian)
 
 METHODS = ("dense", "lanczos")
+KRYLOV = ("auto", "full", "slq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -688,6 +727,11 @@ class SpectraConfig:
       numbers fit in half of the available memory.
     vmap_size: members vmapped together inside the ``lax.map`` over members
       (its ``batch_size``); memory grows by this factor, 1 keeps one member's.
+    krylov: how the Lanczos path counts the eigenvalues of H and Hp: "full"
+      (a Lanczos run of dimension N on each, :func:`lossland.lanczos.spectrum`:
+      every eigenvalue, exact counts), "slq" (estimates with error bars) or
+      "auto" (:func:`choose_krylov`: "full" when it needs no more products
+      than the SLQ estimate and fits in memory).
   """
   method: str = "dense"
   rtol: float | None = None
@@ -699,10 +743,13 @@ class SpectraConfig:
   z: float = 3.0
   n_eff: bool | None = None
   vmap_size: int = 1
+  krylov: str = "auto"
 
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+    if self.krylov not in KRYLOV:
+      raise ValueError(f"krylov must be one of {KRYLOV}, got {self.krylov!r}")
     for name in ("batch_size", "num_steps", "num_probes", "pad_to", "vmap_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -738,6 +785,39 @@ def choose_method(method: str, n: int, dtype, dense_max_n: int = 10000) -> str:
   return method
 
 
+def krylov_memory_bytes(n: int, itemsize: int) -> int:
+  """Peak bytes of one full-dimension Lanczos run: Q, T's eigenvectors, the
+  eigh workspace (~2 N^2) and T, [N, N] each."""
+  return 5 * n * n * itemsize
+
+
+def choose_krylov(cfg: SpectraConfig, n: int, dtype) -> str:
+  """"full" or "slq": how the Lanczos path counts eigenvalues for N = n.
+
+  "auto" is "full" when a Lanczos run of dimension N on H and on Hp (2 N
+  products) costs no more products than the SLQ estimate it replaces
+  (``num_probes * num_steps`` on each plus ``num_steps`` for the Ritz run of
+  H), i.e. N <= (num_probes + 1/2) num_steps (450 with the defaults), and
+  ``vmap_size`` copies of :func:`krylov_memory_bytes` fit in half the free
+  memory; else "slq".
+
+  Raises:
+    MemoryError: "full" asked for but beyond the available memory.
+  """
+  need = krylov_memory_bytes(n, np.dtype(dtype).itemsize) * cfg.vmap_size
+  avail = array_memory_bytes()
+  fits = avail is None or need <= 0.5 * avail
+  if cfg.krylov == "full" and not fits:
+    raise MemoryError(
+        f"a full Krylov decomposition needs about {need / 2**30:.1f} GiB for "
+        f"N={n} but only {avail / 2**30:.1f} GiB is available; use SLQ "
+        f"(krylov='slq')")
+  if cfg.krylov != "auto":
+    return cfg.krylov
+  cheaper = 2 * n <= (2 * cfg.num_probes + 1) * cfg.num_steps
+  return "full" if cheaper and fits else "slq"
+
+
 class Spectra(NamedTuple):
   """Per-member results of :func:`spectra`.
 
@@ -749,14 +829,72 @@ class Spectra(NamedTuple):
   arrays: dict
 
 
+# Ritz pairs per class boundary whose true residual settles their class.
+N_CHECK = 8
+
+
+def _slq_part(fns: CurvatureFns, params, batch: Examples, key, n: int, dtype,
+              cfg: SpectraConfig) -> dict:
+  """SLQ quadratures of H and Hp and the extreme Ritz pairs of one
+  ``num_steps`` run on H, with their true residuals (device side)."""
+  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
+  top = min(cfg.top_k, cfg.num_steps)
+  k_h, k_hp, k_top = jax.random.split(key, 3)
+  mv_h = flat_matvec(fns.hvp, params, batch)
+  s_h = lz.slq(mv_h, k_h, n, cfg.num_steps, cfg.num_probes, dtype,
+               probe_batch_size=1)
+  s_hp = lz.slq(flat_matvec(fns.hpvp, params, batch), k_hp, n, cfg.num_steps,
+                cfg.num_probes, dtype, probe_batch_size=1)
+  v0 = jax.random.normal(k_top, (n,), dtype)
+  theta, vecs, est = lz.ritz(lz.lanczos(mv_h, v0, cfg.num_steps))
+  idx = jnp.concatenate([jnp.arange(top),
+                         jnp.arange(cfg.num_steps - top, cfg.num_steps)])
+  return dict(nodes_h=s_h.nodes, weights_h=s_h.weights,
+              residuals_h=s_h.residuals, nodes_hp=s_hp.nodes,
+              weights_hp=s_hp.weights, residuals_hp=s_hp.residuals,
+              ritz_h=theta, ritz_residual_estimate_h=est, ritz_index=idx,
+              ritz_residual_h=lz.residual_norms(mv_h, theta[idx], vecs[:, idx]))
+
+
+def _krylov_part(fns: CurvatureFns, params, batch: Examples, key, n: int,
+                 dtype, cfg: SpectraConfig) -> dict:
+  """Every eigenvalue of H and of Hp (:func:`lossland.lanczos.spectrum`) with
+  the true residuals of the N_CHECK pairs nearest each class boundary (H:
+  -tol_H, tol_H; Hp: -tol_Hp, tol_Hp and -tol_H, for the resolved count) and
+  of the ``top_k`` extreme pairs of H (device side)."""
+  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
+  rtol = default_rtol(n, dtype) if cfg.rtol is None else cfg.rtol
+  top, k = min(cfg.top_k, n), min(N_CHECK, n)
+  k_h, k_hp = jax.random.split(key)
+  out, tol_h = {}, None
+  for name, vp, kk in (("h", fns.hvp, k_h), ("hp", fns.hpvp, k_hp)):
+    mv = flat_matvec(vp, params, batch)
+    spec = lz.spectrum(mv, jax.random.normal(kk, (n,), dtype))
+    tol = rtol * jnp.max(jnp.abs(spec.values))
+    points = [-tol, tol] if name == "h" else [-tol, tol, -tol_h]
+    check = lz.nearest(spec.values, jnp.stack(points), k)
+    idx = check.reshape(-1)
+    if name == "h":
+      tol_h = tol
+      ritz = jnp.concatenate([jnp.arange(top), jnp.arange(n - top, n)])
+      idx = jnp.concatenate([idx, ritz])
+      out["ritz_index"] = ritz
+    res = spec.residuals(mv, idx)
+    out[f"eig_{name}"] = spec.values
+    out[f"check_index_{name}"] = check
+    out[f"check_residual_{name}"] = res[:check.size].reshape(check.shape)
+    if name == "h":
+      out["ritz_residual_h"] = res[check.size:]
+  return out
+
+
 def _member_analysis(fns: CurvatureFns, cfg: SpectraConfig, n: int, dtype,
                      do_neff: bool) -> Callable:
   """The device part of the analysis of one member: (params, batch, key) ->
   dict of arrays (key is None on the dense path). The H0 kernel of the
   Lanczos path is compiled apart (:func:`_mapped_kernel`): its size depends on
-  the data, the rest only on N and the settings."""
-  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
-  top = min(cfg.top_k, cfg.num_steps)
+  the data, the rest only on N and the settings. ``cfg.krylov`` is resolved
+  ("full" or "slq") on the Lanczos path."""
 
   def one(params, batch, key):
     delta = fns.delta(params, batch)
@@ -767,23 +905,10 @@ def _member_analysis(fns: CurvatureFns, cfg: SpectraConfig, n: int, dtype,
       h, h0, hp = dense_split(fns, params, batch, cfg.batch_size)
       eig = jnp.linalg.eigvalsh
       out.update(eig_h=eig(h), eig_h0=eig(h0), eig_hp=eig(hp))
+    elif cfg.krylov == "full":
+      out.update(_krylov_part(fns, params, batch, key, n, dtype, cfg))
     else:
-      k_h, k_hp, k_top = jax.random.split(key, 3)
-      mv_h = flat_matvec(fns.hvp, params, batch)
-      s_h = lz.slq(mv_h, k_h, n, cfg.num_steps, cfg.num_probes, dtype,
-                   probe_batch_size=1)
-      s_hp = lz.slq(flat_matvec(fns.hpvp, params, batch), k_hp, n,
-                    cfg.num_steps, cfg.num_probes, dtype, probe_batch_size=1)
-      v0 = jax.random.normal(k_top, (n,), dtype)
-      theta, vecs, est = lz.ritz(lz.lanczos(mv_h, v0, cfg.num_steps))
-      idx = jnp.concatenate([jnp.arange(top),
-                             jnp.arange(cfg.num_steps - top, cfg.num_steps)])
-      out.update(nodes_h=s_h.nodes, weights_h=s_h.weights,
-                 residuals_h=s_h.residuals, nodes_hp=s_hp.nodes,
-                 weights_hp=s_hp.weights, residuals_hp=s_hp.residuals,
-                 ritz_h=theta, ritz_residual_estimate_h=est, ritz_index=idx,
-                 ritz_residual_h=lz.residual_norms(mv_h, theta[idx],
-                                                   vecs[:, idx]))
+      out.update(_slq_part(fns, params, batch, key, n, dtype, cfg))
     if do_neff:
       # rank of dDelta/dW = -y J equals rank J (labels +-1): N_eff.
       flat, unravel = ravel_pytree(params)
@@ -881,45 +1006,50 @@ def _dense_row(out: dict, n: int, dtype, rtol) -> tuple:
   return row, {"eig_h": eh, "eig_h0": eh0, "eig_hp": ehp}
 
 
-def _lanczos_row(out: dict, n: int, dtype, cfg: SpectraConfig, n_act: int,
-                 kernel_note: str | None) -> tuple:
-  """Row and arrays of one member on the Lanczos path (host side).
-
-  ``out["eig_k"]`` holds the kernel eigenvalues when the kernel was computed;
-  otherwise ``kernel_note`` says why not (None: no active point at all).
-  """
-  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
+def _h0_row(out: dict, n: int, dtype, rtol, n_act: int,
+            kernel_note: str | None) -> tuple:
+  """Row and arrays of the exact H0 part of the Lanczos path (host side):
+  rank(H0), Tr(H0) and spec(H0) from the kernel eigenvalues ``out["eig_k"]``,
+  or nulls with ``kernel_note`` saying why they were not computed."""
   row, arrays = {"n_active": n_act}, {}
-  rtol = cfg.rtol
   row["rtol"] = rtol if rtol is not None else default_rtol(n, dtype)
   if kernel_note is not None:
     row.update(rank_h0=None, trace_h0=None, rank_h0_le_n_delta=None,
                rank_h0_note=kernel_note)
     arrays["eig_h0"] = np.full((n,), np.nan, dtype)
-  else:
-    eig_k = np.sort(out["eig_k"]) if n_act else np.zeros((0,), dtype)
-    top_n = eig_k[-n:] if eig_k.size >= n else np.concatenate(
-        [np.zeros(n - eig_k.size, dtype), eig_k])
-    arrays["eig_h0"] = np.sort(top_n)
-    rank = kernel_rank(eig_k, n, rtol, n_active=n_act)
-    row.update(rank_h0=rank, trace_h0=float(np.sum(eig_k)),
-               rank_h0_le_n_delta=bool(rank <= int(out["n_delta"])))
+    return row, arrays
+  eig_k = np.sort(out["eig_k"]) if n_act else np.zeros((0,), dtype)
+  top_n = eig_k[-n:] if eig_k.size >= n else np.concatenate(
+      [np.zeros(n - eig_k.size, dtype), eig_k])
+  arrays["eig_h0"] = np.sort(top_n)
+  rank = kernel_rank(eig_k, n, rtol, n_active=n_act)
+  row.update(rank_h0=rank, trace_h0=float(np.sum(eig_k)),
+             rank_h0_le_n_delta=bool(rank <= int(out["n_delta"])))
+  return row, arrays
+
+
+def _ritz_keys(theta, idx, true, top: int) -> dict:
+  """The extreme Ritz pairs of H of a row: ``idx`` holds the ``top`` lowest
+  then the ``top`` highest indices into ``theta``, ``true`` their residuals."""
+  return {"ritz_bottom_h": theta[idx[:top]].tolist(),
+          "ritz_bottom_residual_h": true[:top].tolist(),
+          "ritz_top_h": theta[idx[top:]][::-1].tolist(),
+          "ritz_top_residual_h": true[top:][::-1].tolist(),
+          "lambda_min_h_upper_bound": float(theta[0]),
+          "lambda_max_h_lower_bound": float(theta[-1])}
+
+
+def _slq_row(out: dict, n: int, dtype, cfg: SpectraConfig) -> tuple:
+  """Row and arrays of the SLQ counts of H and Hp (host side)."""
+  from lossland import lanczos as lz  # pylint: disable=g-import-not-at-top
   s_h = lz.SLQResult(out["nodes_h"], out["weights_h"], out["residuals_h"])
   s_hp = lz.SLQResult(out["nodes_hp"], out["weights_hp"], out["residuals_hp"])
-  counts = slq_counts(s_h, s_hp, n, rtol, cfg.z)
-  row.update(counts)
-  if row.get("trace_h0") is not None:
-    row["trace_h"] = row["trace_h0"] + counts["trace_hp"]
-    row["trace_h_stderr"] = counts["trace_hp_stderr"]
-  theta, idx, true = out["ritz_h"], out["ritz_index"], out["ritz_residual_h"]
-  top = min(cfg.top_k, cfg.num_steps)
-  row["ritz_bottom_h"] = theta[idx[:top]].tolist()
-  row["ritz_bottom_residual_h"] = true[:top].tolist()
-  row["ritz_top_h"] = theta[idx[top:]][::-1].tolist()
-  row["ritz_top_residual_h"] = true[top:][::-1].tolist()
-  row["lambda_min_h_upper_bound"] = float(theta[0])
-  row["lambda_max_h_lower_bound"] = float(theta[-1])
-  r = default_rtol(n, dtype) if rtol is None else rtol
+  row = {"lanczos_counts": "slq"}
+  row.update(slq_counts(s_h, s_hp, n, cfg.rtol, cfg.z))
+  theta, true = out["ritz_h"], out["ritz_residual_h"]
+  row.update(_ritz_keys(theta, out["ritz_index"], true,
+                        min(cfg.top_k, cfg.num_steps)))
+  r = default_rtol(n, dtype) if cfg.rtol is None else cfg.rtol
   tol_upper = r * (float(np.max(np.abs(theta))) + float(np.max(true, initial=0.0)))
   row["stable"] = False if theta[0] < -tol_upper else None
   row["n_negative_hp_le_n_delta"] = None
@@ -927,9 +1057,66 @@ def _lanczos_row(out: dict, n: int, dtype, cfg: SpectraConfig, n_act: int,
   row["estimated"] = ["n_negative_hp", "n_zero_h", "n_negative_h", "trace_hp",
                       "trace_h"]
   row["exact"] = ["rank_h0", "trace_h0", "n_active"]
-  for name in ("nodes_h", "weights_h", "residuals_h", "nodes_hp", "weights_hp",
-               "residuals_hp", "ritz_h", "ritz_residual_estimate_h"):
-    arrays[name] = out[name]
+  names = ("nodes_h", "weights_h", "residuals_h", "nodes_hp", "weights_hp",
+           "residuals_hp", "ritz_h", "ritz_residual_estimate_h")
+  return row, {name: out[name] for name in names}
+
+
+def _krylov_row(out: dict, n: int, cfg: SpectraConfig, n_delta: int) -> tuple:
+  """Row and arrays of the full-Krylov counts of H and Hp (host side): the
+  dense path's counts and checks from every eigenvalue, each count with the
+  interval of :func:`settled_count`."""
+  eh, ehp = np.asarray(out["eig_h"]), np.asarray(out["eig_hp"])
+  ch, chp = count_eigenvalues(eh, cfg.rtol), count_eigenvalues(ehp, cfg.rtol)
+  th, thp = ch["tol"], chp["tol"]
+  row = {"lanczos_counts": "full", "tol_h": th, "tol_hp": thp}
+  classes = (("n_negative_hp", ehp, "hp", ehp < -thp, (-thp,)),
+             ("n_positive_hp", ehp, "hp", ehp > thp, (thp,)),
+             ("n_negative_hp_resolved", ehp, "hp", ehp < -th, (-th,)),
+             ("n_zero_h", eh, "h", np.abs(eh) <= th, (-th, th)),
+             ("n_negative_h", eh, "h", eh < -th, (-th,)))
+  for name, values, m, inside, bounds in classes:
+    c = settled_count(values, inside, bounds, out[f"check_index_{m}"],
+                      out[f"check_residual_{m}"])
+    row[name] = c["count"]
+    row[f"{name}_unresolved"] = c["unresolved"]
+    row[f"{name}_interval"] = c["interval"]
+    row[f"{name}_stderr"] = 0.0
+  neg_lo, neg_hi = row["n_negative_h_interval"]
+  row["stable"] = True if neg_hi == 0 else (False if neg_lo > 0 else None)
+  res_lo, res_hi = row["n_negative_hp_resolved_interval"]
+  row["n_negative_hp_le_n_delta"] = (
+      None if row["stable"] is not True else
+      True if res_hi <= n_delta else False if res_lo > n_delta else None)
+  row.update(lambda_min_h=float(eh[0]), lambda_max_h=float(eh[-1]),
+             trace_h=float(np.sum(eh)), trace_hp=float(np.sum(ehp)),
+             trace_h_stderr=0.0, trace_hp_stderr=0.0)
+  row.update(_ritz_keys(eh, out["ritz_index"], out["ritz_residual_h"],
+                        min(cfg.top_k, n)))
+  row["estimated"] = []
+  row["exact"] = ["rank_h0", "trace_h0", "n_active", "n_negative_hp",
+                  "n_zero_h", "n_negative_h", "trace_hp", "trace_h", "stable"]
+  return row, {"eig_h": eh, "eig_hp": ehp}
+
+
+def _lanczos_row(out: dict, n: int, dtype, cfg: SpectraConfig, n_act: int,
+                 kernel_note: str | None) -> tuple:
+  """Row and arrays of one member on the Lanczos path (host side).
+
+  ``out["eig_k"]`` holds the kernel eigenvalues when the kernel was computed;
+  otherwise ``kernel_note`` says why not (None: no active point at all).
+  ``cfg.krylov`` is resolved: "full" or "slq".
+  """
+  row, arrays = _h0_row(out, n, dtype, cfg.rtol, n_act, kernel_note)
+  if cfg.krylov == "full":
+    counts, more = _krylov_row(out, n, cfg, int(out["n_delta"]))
+  else:
+    counts, more = _slq_row(out, n, dtype, cfg)
+    if row.get("trace_h0") is not None:
+      counts["trace_h"] = row["trace_h0"] + counts["trace_hp"]
+      counts["trace_h_stderr"] = counts["trace_hp_stderr"]
+  row.update(counts)
+  arrays.update(more)
   return row, arrays
 
 
@@ -944,8 +1131,10 @@ def spectra(fns: CurvatureFns, params, batch: Examples,
   over the members (``cfg.vmap_size`` of them vmapped together) inside one
   jitted call per group of ``group_size`` members; the counts and checks are
   then read from those arrays on the host (:func:`spectral_counts` on the
-  dense path; :func:`kernel_rank` and :func:`slq_counts` on the Lanczos path,
-  as described in docs/curvature.md). Member k's result equals the analysis
+  dense path; :func:`kernel_rank` with :func:`count_eigenvalues` and
+  :func:`settled_count` (``cfg.krylov`` "full") or :func:`slq_counts`
+  ("slq") on the Lanczos path, as described in docs/curvature.md; "auto" is
+  resolved by :func:`choose_krylov`). Member k's result equals the analysis
   of that member alone (tested against a plain loop).
 
   On the Lanczos path the active points (w_i ell''(Delta_i) != 0) of every
@@ -972,12 +1161,13 @@ def spectra(fns: CurvatureFns, params, batch: Examples,
     :class:`Spectra`. Every row has n_params, n_delta, n_active, loss,
     method, rtol, n_eff (None when skipped), n_negative_hp_over_n and the
     counts of :func:`spectral_counts` (dense) or the exact and estimated
-    counts with error bars of the Lanczos path (``estimated`` lists the
-    estimated keys). Arrays: ``loss``, ``n_delta`` [K] and ``eig_h``,
-    ``eig_h0``, ``eig_hp`` [K, N] (dense) or ``eig_h0`` [K, N] (NaN when not
-    computed), ``nodes_*``, ``weights_*``, ``residuals_*`` [K, num_probes,
-    num_steps] of H and Hp, ``ritz_h``, ``ritz_residual_estimate_h`` [K,
-    num_steps] (Lanczos).
+    counts with intervals of the Lanczos path (``lanczos_counts`` says
+    "full" or "slq"; ``estimated`` lists the estimated keys). Arrays:
+    ``loss``, ``n_delta`` [K] and ``eig_h``, ``eig_h0``, ``eig_hp`` [K, N]
+    (dense, and Lanczos "full"; there ``eig_h0`` is NaN when the kernel was
+    not computed) or ``eig_h0`` [K, N] (NaN when not computed), ``nodes_*``,
+    ``weights_*``, ``residuals_*`` [K, num_probes, num_steps] of H and Hp,
+    ``ritz_h``, ``ritz_residual_estimate_h`` [K, num_steps] (Lanczos "slq").
   """
   if cfg.method == "lanczos" and key is None:
     raise ValueError("spectra(method='lanczos') needs a PRNG key")
@@ -997,8 +1187,7 @@ def _spectra(fns: CurvatureFns, params, batch: Examples, cfg: SpectraConfig,
              keys, group_size: int | None = None,
              progress: Callable | None = None) -> Spectra:
   """:func:`spectra` with explicit per-member keys ([K] key array or None)."""
-  leaves = jax.tree_util.tree_leaves(params)
-  n_members = int(leaves[0].shape[0])
+  n_members = int(jax.tree_util.tree_leaves(params)[0].shape[0])
   flat0, _ = ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], params))
   n, dtype = int(flat0.shape[0]), np.dtype(flat0.dtype)
   shared = batch.y.ndim == 1
@@ -1013,12 +1202,12 @@ def _spectra(fns: CurvatureFns, params, batch: Examples, cfg: SpectraConfig,
   active = counts = None
   kernel, kernel_note = False, None
   if lanczos_path:
-    if not 1 <= cfg.num_steps <= n:
+    cfg = dataclasses.replace(cfg, krylov=choose_krylov(cfg, n, dtype))
+    if cfg.krylov == "slq" and not 1 <= cfg.num_steps <= n:
       raise ValueError(f"num_steps must be in [1, N={n}], got {cfg.num_steps}")
     weights = _curvature_weights(fns, shared)(params, batch)
     index, mask, counts = _active_sets(jax.device_get(weights), cfg.pad_to)
-    k_bytes = (kernel_memory_bytes(index.shape[1], dtype.itemsize)
-               * cfg.vmap_size)
+    k_bytes = kernel_memory_bytes(index.shape[1], dtype.itemsize) * cfg.vmap_size
     if counts.max(initial=0) == 0:
       pass  # no active point anywhere: H0 = 0, no kernel needed
     elif avail is not None and k_bytes > 0.5 * avail:
@@ -1077,7 +1266,8 @@ def _spectra(fns: CurvatureFns, params, batch: Examples, cfg: SpectraConfig,
 def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
                    num_steps: int = 100, num_probes: int = 8, top_k: int = 5,
                    rtol: float | None = None, block_size: int = 64,
-                   pad_to: int = 64, z: float = 3.0) -> tuple:
+                   pad_to: int = 64, z: float = 3.0,
+                   krylov: str = "auto") -> tuple:
   """Counts of one network at scale: exact where possible, else estimated.
 
   The Lanczos path of :func:`spectra` for one network (no member axis, probes
@@ -1088,34 +1278,43 @@ def lanczos_counts(fns: CurvatureFns, params, batch: Examples, key, *,
     (:func:`h0_kernel`, N_active x N_active; the non-zero eigenvalues of
     H0 = J^T S^2 J and K = S J J^T S coincide). rank(H0) uses the dense
     path's tolerance, max(N, N_active) eps, so it equals the dense count.
-  * Estimated, with error bars (:func:`slq_counts`): n_zero(H), N_-(H),
-    N_-(Hp) and Tr(Hp) from SLQ over ``num_probes`` Rademacher probes;
-    Tr(H) = Tr(H0) (exact) + Tr(Hp) (estimated).
-  * Bounded: the lowest Ritz value of H is >= lambda_min(H), so H is
-    certainly not stable when it is below -tol; otherwise stability is unknown
-    (``None``), never claimed from an estimate.
+  * With ``krylov="full"`` (the "auto" choice when N <= (num_probes + 1/2)
+    num_steps, :func:`choose_krylov`): every eigenvalue of H and of Hp from a
+    Lanczos run of dimension N (:func:`lossland.lanczos.spectrum`), so
+    n_zero(H), N_-(H), N_-(Hp), the traces and the checks are the dense
+    path's counts (``estimated`` is empty); each count has an ``_interval``
+    from :func:`settled_count` (values that rounding could move across a
+    class boundary). Arrays: eig_h, eig_hp, eig_h0.
+  * With ``krylov="slq"``, estimated with error bars (:func:`slq_counts`):
+    n_zero(H), N_-(H), N_-(Hp) and Tr(Hp) from SLQ over ``num_probes``
+    Rademacher probes; Tr(H) = Tr(H0) (exact) + Tr(Hp) (estimated). The
+    lowest Ritz value of H is >= lambda_min(H), so H is certainly not stable
+    when it is below -tol; otherwise stability is unknown (``None``), never
+    claimed from an estimate.
   * Extreme Ritz pairs of H with their true residuals |H y - theta y|.
 
   Args:
     fns: from :func:`curvature_fns`.
     params, batch: one network and its data.
     key: PRNG key for the probes and the Ritz start vector.
-    num_steps: Lanczos steps (<= N).
+    num_steps: Lanczos steps per SLQ probe (<= N with SLQ).
     num_probes: SLQ probes per matrix (>= 2 for error bars).
     top_k: extreme Ritz pairs reported at each end.
     rtol: zero tolerance (default N eps, as the dense path).
     block_size: kernel columns per block.
     pad_to: the active set is padded to a multiple of this (fewer compiles).
-    z: standard errors in the reported intervals.
+    z: standard errors in the reported intervals (SLQ).
+    krylov: "auto", "full" or "slq" (:class:`SpectraConfig`).
 
   Returns:
-    (row, arrays): ``row`` a JSON-ready dict of counts (``estimated`` lists
-    the keys that are estimates; also loss, n_delta and n_eff), ``arrays`` the
-    SLQ nodes/weights/residuals of H and Hp, the exact eig_h0 [N] and the
-    Ritz values/residuals of H.
+    (row, arrays): ``row`` a JSON-ready dict of counts (``lanczos_counts``
+    says "full" or "slq"; ``estimated`` lists the keys that are estimates;
+    also loss, n_delta and n_eff), ``arrays`` the exact eig_h0 [N] with
+    eig_h and eig_hp [N] (full) or the SLQ nodes/weights/residuals of H and
+    Hp and the Ritz values/residuals of H (slq).
   """
   cfg = SpectraConfig("lanczos", rtol, block_size, num_steps, num_probes,
-                      top_k, pad_to, z, n_eff=False)
+                      top_k, pad_to, z, n_eff=False, krylov=krylov)
   one = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], t)
   res = _spectra(fns, one(params), batch, cfg, key[None])
   return res.rows[0], {k: v[0] for k, v in res.arrays.items()}

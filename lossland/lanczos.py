@@ -22,6 +22,11 @@ Design choices (software_anchors.md §3, bugs of existing tools avoided):
   column norm of Q), orthogonalized, and the coupling ``beta`` is set to 0, so
   T becomes block diagonal and stays exact. With full reorthogonalization and
   ``num_steps = n`` the Ritz values are then all the eigenvalues.
+* :func:`spectrum` runs Lanczos to the full dimension n: with full
+  reorthogonalization and the restarts above, T is the operator in an
+  orthonormal basis of R^n, so its eigenvalues are all of the operator's
+  (exact counts of negative and zero eigenvalues for n matvecs, where SLQ
+  only estimates them).
 * SLQ weights are the squared FIRST components of the eigenvectors of T
   (Golub & Meurant 2010, §6; the PyHessian PR #18/#23 bug squared the whole
   eigenvector matrix).
@@ -222,6 +227,52 @@ def residual_norms(matvec: Callable, values: jax.Array,
   """True residuals |A y_i - theta_i y_i| (one matvec per pair). vectors [n, k]."""
   av = jax.vmap(matvec, in_axes=1, out_axes=1)(vectors)
   return jnp.linalg.norm(av - vectors * values[None, :], axis=0)
+
+
+class Spectrum(NamedTuple):
+  """Every eigenvalue of an operator, from a Lanczos run of full dimension.
+
+  Attributes:
+    values: [n] eigenvalues, ascending (the Ritz values of an n-step run).
+    s: [n, n] eigenvectors of T (columns, same order); Ritz vector i is
+      ``basis.T @ s[:, i]``.
+    basis: [n, n] the orthonormal Lanczos vectors as rows.
+  """
+  values: jax.Array
+  s: jax.Array
+  basis: jax.Array
+
+  def residuals(self, matvec: Callable, idx: jax.Array) -> jax.Array:
+    """True residuals |A y_i - theta_i y_i| of the pairs ``idx`` [k] (k matvecs)."""
+    return residual_norms(matvec, self.values[idx], self.basis.T @ self.s[:, idx])
+
+
+def spectrum(matvec: Callable, v0: jax.Array) -> Spectrum:
+  """All n eigenvalues of a symmetric n x n operator by Lanczos with m = n.
+
+  With full reorthogonalization and the breakdown restarts of :func:`lanczos`,
+  n steps span R^n with an orthonormal basis Q, so T = Q A Q^T is A in that
+  basis and its eigenvalues are A's up to rounding: an exact count of
+  negative, zero or positive eigenvalues (Sylvester), not a quadrature
+  estimate. Cost: n matvecs, three [n, n] arrays (Q, T's eigenvectors and
+  workspace) and O(n^3) flops, like a dense eigh; no probes.
+
+  Args:
+    matvec: [n] -> [n] symmetric operator.
+    v0: [n] non-zero start vector.
+
+  Returns:
+    :class:`Spectrum`.
+  """
+  res = lanczos(matvec, v0, v0.shape[-1], reorthogonalize=True)
+  values, s = jnp.linalg.eigh(tridiagonal(res))
+  return Spectrum(values, s, res.basis)
+
+
+def nearest(values: jax.Array, points: jax.Array, k: int) -> jax.Array:
+  """Indices [p, k] of the k entries of ``values`` [n] nearest each of ``points`` [p]."""
+  dist = jnp.abs(values[None, :] - points[:, None])
+  return jnp.argsort(dist, axis=1)[:, :k]
 
 
 def rademacher(key, n: int, dtype) -> jax.Array:

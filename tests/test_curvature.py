@@ -1,4 +1,5 @@
 """H v, H0 v, Hp v and the dense split against jax.hessian, jax.jacobian and eigh."""
+import dataclasses
 import functools
 import os
 
@@ -307,6 +308,13 @@ def test_sat_point_has_zero_hessian():
   n = nets.n_params(cfg)
   assert c["n_zero_h"] == n and c["rank_h0"] == 0 and c["n_negative_hp"] == 0
   assert float(fns.loss(params, batch)) == 0.0
+  # The full-Krylov Lanczos path (breakdown at every step) says the same, with
+  # no unsettled value: the residuals of an exact zero matrix are 0.
+  row, _ = cv.lanczos_counts(fns, params, batch, jax.random.key(0), krylov="full")
+  for key in ("n_zero_h", "n_negative_h", "n_negative_hp", "rank_h0", "stable",
+              "n_negative_hp_le_n_delta"):
+    assert row[key] == c[key], key
+  assert row["n_zero_h_interval"] == [n, n] and row["n_negative_h_interval"] == [0, 0]
 
 
 def test_zero_modes_at_jammed_minimum():
@@ -357,15 +365,17 @@ def test_zero_modes_at_jammed_minimum():
 
 
 def test_lanczos_counts_against_dense_on_jammed_run():
-  """At scale: rank(H0), Tr(H0) and spec(H0) are exact (the N_Delta x N_Delta
-  kernel), the other counts are estimates whose intervals hold the dense truth,
-  and no check is stated from an estimate."""
+  """At scale (SLQ): rank(H0), Tr(H0) and spec(H0) are exact (the N_Delta x
+  N_Delta kernel), the other counts are estimates whose intervals hold the
+  dense truth, and no check is stated from an estimate."""
   _, net, _, fns, batch, members = _dense_truth(160, 6, 8, 3)
   n = nets.n_params(net)
   for k, (params, n_delta, (h, h0, _), truth) in enumerate(members):
     assert n_delta > 0 and truth["rank_h0"] > 0
     row, arrays = cv.lanczos_counts(fns, params, batch, jax.random.key(k),
-                                    num_steps=80, num_probes=8, top_k=3, pad_to=32)
+                                    num_steps=80, num_probes=8, top_k=3, pad_to=32,
+                                    krylov="slq")
+    assert row["lanczos_counts"] == "slq"
     assert row["n_active"] == n_delta
     assert row["rank_h0"] == truth["rank_h0"]
     np.testing.assert_allclose(row["trace_h0"], h0.sum(), rtol=1e-10)
@@ -383,6 +393,76 @@ def test_lanczos_counts_against_dense_on_jammed_run():
     assert row["stable"] in (False, None) and row["n_negative_hp_le_n_delta"] is None
     if row["stable"] is False:
       assert not truth["stable"]
+
+
+# The dense path's counts and checks that the full-Krylov Lanczos path reproduces.
+_EXACT_KEYS = ("n_negative_hp", "n_positive_hp", "n_zero_h", "n_negative_h",
+               "n_negative_hp_resolved", "stable", "n_negative_hp_le_n_delta",
+               "rank_h0", "rank_h0_le_n_delta")
+
+
+def test_full_krylov_counts_equal_dense_on_jammed_run():
+  """The default Lanczos path at N = 120 <= (8 + 1/2) 80 is a Lanczos run of
+  dimension N on H and on Hp: every count and check equals dense eigh's (the
+  same N eps tolerance), the eigenvalues agree to rounding, each interval
+  holds the dense count, and nothing is listed as estimated."""
+  _, net, _, fns, batch, members = _dense_truth(160, 6, 8, 3)
+  n = nets.n_params(net)
+  assert n == 120
+  for k, (params, _, (h, h0, hp), truth) in enumerate(members):
+    row, arrays = cv.lanczos_counts(fns, params, batch, jax.random.key(k),
+                                    num_steps=80, num_probes=8, top_k=3, pad_to=32)
+    assert row["lanczos_counts"] == "full" and row["estimated"] == []
+    for key in _EXACT_KEYS:
+      assert row[key] == truth[key], (k, key, row[key], truth[key])
+    for key in ("n_negative_hp", "n_zero_h", "n_negative_h"):
+      lo, hi = row[f"{key}_interval"]
+      assert lo <= truth[key] <= hi and hi - lo <= 2, (key, lo, hi)
+    scale = np.abs(h).max()
+    np.testing.assert_allclose(arrays["eig_h"], h, atol=1e-12 * scale)
+    np.testing.assert_allclose(arrays["eig_hp"], hp, atol=1e-12 * scale)
+    np.testing.assert_allclose(arrays["eig_h0"], h0, atol=1e-10 * h0.max())
+    np.testing.assert_allclose(row["trace_h"], h.sum(), atol=1e-10 * scale)
+    assert row["lambda_min_h"] == pytest.approx(h.min(), abs=1e-12 * scale)
+    np.testing.assert_allclose(row["ritz_top_h"][0], h.max(), rtol=1e-12)
+    assert 0 < row["ritz_top_residual_h"][0] < 1e-10 * scale
+  # n_zero(H) > 0 and N_-(H) > 0 in this run: the counts are not trivial.
+  assert all(m[3]["n_zero_h"] > 0 and m[3]["n_negative_h"] > 0 for m in members)
+
+
+def test_settled_count_closed_form():
+  """Values within their true residual of a class boundary are unsettled;
+  unchecked values get the largest checked residual."""
+  values = np.array([-1.0, -2e-3, -0.5e-3, 0.0, 1.5e-3, 5e-3, 1.0])
+  tol = 1e-3
+  inside = values < -tol
+  # Checked, the three nearest -tol: index 1 (residual 2e-3 reaches -tol), 2
+  # and 3 (settled); the others are farther than 2e-3 from -tol.
+  c = cv.settled_count(values, inside, (-tol,), [1, 2, 3], [2e-3, 1e-4, 1e-5])
+  assert c["count"] == 2 and c["unresolved"] == 1 and c["interval"] == [1, 2]
+  zero = np.abs(values) <= tol
+  c = cv.settled_count(values, zero, (-tol, tol), np.array([[2, 3], [4, 3]]),
+                       np.array([[1e-4, 0.0], [6e-4, 0.0]]))
+  # Index 4 (1.5e-3, residual 6e-4) may be zero; unchecked 1 (-2e-3) is
+  # 1e-3 away from -tol, beyond the largest checked residual 6e-4.
+  assert c["count"] == 2 and c["unresolved"] == 1 and c["interval"] == [2, 3]
+
+
+def test_choose_krylov():
+  cfg = cv.SpectraConfig("lanczos")
+  assert cv.choose_krylov(cfg, 450, np.float64) == "full"
+  assert cv.choose_krylov(cfg, 451, np.float64) == "slq"
+  more = cv.SpectraConfig("lanczos", num_probes=10)
+  assert cv.choose_krylov(more, 1050, np.float64) == "full"
+  assert cv.choose_krylov(cv.SpectraConfig("lanczos", krylov="full"), 5000,
+                          np.float64) == "full"
+  assert cv.choose_krylov(cv.SpectraConfig("lanczos", krylov="slq"), 10,
+                          np.float64) == "slq"
+  with pytest.raises(MemoryError, match="slq"):
+    cv.choose_krylov(cv.SpectraConfig("lanczos", krylov="full"), 10 ** 7,
+                     np.float64)
+  with pytest.raises(ValueError, match="krylov"):
+    cv.SpectraConfig("lanczos", krylov="exact")
 
 
 def _three_members():
@@ -437,13 +517,13 @@ def test_spectra_equals_plain_loop_over_members():
   ids = [4, 0, 9]
   lan_cfg = cv.SpectraConfig("lanczos", batch_size=16, num_steps=20,
                              num_probes=2, top_k=2, pad_to=8, vmap_size=2,
-                             n_eff=False)
+                             n_eff=False, krylov="slq")
   lan = cv.spectra(fns, params, batch, lan_cfg, key=key, member_ids=ids,
                    group_size=2)
   for k, (p, b) in enumerate(zip(members, batches)):
     row, arrays = cv.lanczos_counts(fns, p, b, jax.random.fold_in(key, ids[k]),
                                     num_steps=20, num_probes=2, top_k=2,
-                                    block_size=16, pad_to=8)
+                                    block_size=16, pad_to=8, krylov="slq")
     got = lan.rows[k]
     for name, value in row.items():
       if isinstance(value, float):
@@ -460,6 +540,16 @@ def test_spectra_equals_plain_loop_over_members():
     np.testing.assert_allclose(lan.arrays["eig_h0"][k], h0, atol=1e-10 * h0.max())
     assert got["rank_h0"] == res.rows[k]["rank_h0"] and got["rank_h0_le_n_delta"]
   assert lan.arrays["nodes_h"].shape == (3, 2, 20)
+  # The full-Krylov path ("auto" at N = 40 <= 2.5 * 20), mapped the same way:
+  # every count and check of every member equals the dense one.
+  full = cv.spectra(fns, params, batch, dataclasses.replace(lan_cfg, krylov="auto"),
+                    key=key, member_ids=ids, group_size=2)
+  for k in range(3):
+    got, want = full.rows[k], res.rows[k]
+    assert got["lanczos_counts"] == "full"
+    assert {q: got[q] for q in _EXACT_KEYS} == {q: want[q] for q in _EXACT_KEYS}
+    np.testing.assert_allclose(full.arrays["eig_hp"][k], res.arrays["eig_hp"][k],
+                               atol=1e-12 * np.abs(res.arrays["eig_h"][k]).max())
 
 
 def test_spectra_config_and_method_choice():

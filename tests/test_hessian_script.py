@@ -120,10 +120,10 @@ def test_lanczos_agrees_with_dense(run_dir):
   with np.load(os.path.join(dense_dir, "spectra.npz")) as z:
     eig_h, eig_h0 = z["eig_h"], z["eig_h0"]
   out = _run("lossland.scripts.hessian", "--run_dir", run_dir, "--method", "lanczos",
-             "--lanczos_steps", "30", "--num_probes", "8")
+             "--lanczos_steps", "30", "--num_probes", "8", "--krylov", "slq")
   assert out.returncode == 0, out.stderr[-2000:]
   slq = _summary(run_dir)
-  assert slq["method"] == "lanczos"
+  assert slq["method"] == "lanczos" and slq["krylov"] == "slq"
   # Both analyses are kept (nothing overwritten).
   assert dense_dir in _analyses(run_dir) and dense_dir != _latest(run_dir)
   assert os.path.isfile(os.path.join(dense_dir, "summary.json"))
@@ -152,6 +152,36 @@ def test_lanczos_agrees_with_dense(run_dir):
       assert d["stable"] is False
     assert s["loss"] == d["loss"] and s["n_delta"] == d["n_delta"]
   assert "+-" in out.stdout and "unres" in out.stdout
+
+
+def test_lanczos_default_is_exact_at_small_n(run_dir):
+  """With the default settings at N = 55 <= (4 + 1/2) 100, --method lanczos
+  runs Lanczos of dimension N on H and Hp (2 N products, fewer than the 900
+  of SLQ): every count and check equals the dense analysis', the table
+  prints integers, and nothing is listed as estimated."""
+  dense_dir, dense = _dense_analysis(run_dir)
+  with np.load(os.path.join(dense_dir, "spectra.npz")) as z:
+    eig_h, eig_hp = z["eig_h"], z["eig_hp"]
+  out = _run("lossland.scripts.hessian", "--run_dir", run_dir, "--method", "lanczos")
+  assert out.returncode == 0, out.stderr[-2000:]
+  summ = _summary(run_dir)
+  assert summ["method"] == "lanczos" and summ["krylov"] == "full"
+  assert "(full Krylov)" in out.stderr and "+-" not in out.stdout
+  with np.load(os.path.join(_latest(run_dir), "spectra.npz")) as z:
+    full_h, full_hp = z["eig_h"], z["eig_hp"]
+  for k, (d, s) in enumerate(zip(dense["members"], summ["members"])):
+    for key in ("n_negative_hp", "n_positive_hp", "n_zero_h", "n_negative_h",
+                "n_negative_hp_resolved", "stable", "n_negative_hp_le_n_delta",
+                "rank_h0", "n_delta"):
+      assert s[key] == d[key], (k, key, s[key], d[key])
+    for key in ("n_negative_hp", "n_zero_h", "n_negative_h"):
+      lo, hi = s[f"{key}_interval"]
+      assert lo <= d[key] <= hi
+    assert s["estimated"] == [] and s["lanczos_counts"] == "full"
+    scale = max(abs(eig_h[k]).max(), 1e-300)
+    np.testing.assert_allclose(full_h[k], eig_h[k], atol=1e-12 * scale)
+    np.testing.assert_allclose(full_hp[k], eig_hp[k], atol=1e-12 * scale)
+    np.testing.assert_allclose(s["trace_h"], d["trace_h"], atol=1e-10 * scale)
 
 
 def test_at_init(run_dir):
@@ -190,6 +220,7 @@ BAD_INPUT = [
     (["--run_dir", "/nonexistent/run"], "not found"),
     ([], "--run_dir is required"),
     (["--run_dir", "{tmp}", "--method", "magic"], "--method"),
+    (["--run_dir", "{tmp}", "--method", "lanczos", "--krylov", "exact"], "--krylov"),
     (["--run_dir", "{file}"], "not found"),
     (["--run_dir", "{tmp}", "--out_dir", "{file}"], "not a directory"),
     (["--run_dir", "{tmp}", "--out_dir", "{file}/sub"], "not a directory"),

@@ -183,9 +183,10 @@ def test_dtype_preserved_float32():
   def run(v):
     res = lz.lanczos(mv, v, 10)
     return (res, lz.ritz(res), lz.slq(mv, jax.random.key(0), n, 5, 2, jnp.float32),
-            lz.ritz(lz.lanczos(mv, v, n))[0])
+            lz.ritz(lz.lanczos(mv, v, n))[0], lz.spectrum(mv, v))
 
-  res, (theta, vecs, _), s, theta = run(jnp.ones(n, jnp.float32))
+  res, (theta, vecs, _), s, theta, spec = run(jnp.ones(n, jnp.float32))
+  assert spec.values.dtype == jnp.float32 and spec.basis.dtype == jnp.float32
   assert res.alpha.dtype == jnp.float32 and res.basis.dtype == jnp.float32
   assert theta.dtype == jnp.float32 and vecs.dtype == jnp.float32
   assert s.nodes.dtype == jnp.float32 and s.weights.dtype == jnp.float32
@@ -230,3 +231,51 @@ def test_deflated_lanczos_sees_the_complement_only():
   vals, _, _ = lz.eigsh(lambda v: jnp.asarray(a) @ v, jnp.ones(10), 8, k=1,
                              which="SA", deflate=modes)
   assert float(vals[0]) == pytest.approx(ev[1], abs=1e-10)
+
+
+def _multiscale(n_zero=6, seed=15):
+  """A symmetric matrix shaped like a jammed network's H: a positive bulk in
+  [1e-3, 1], 40 negative eigenvalues in -[1e-10, 1e-5], 40 positive ones in
+  [1e-12, 1e-6], four at +-1e-15 (zero at the N eps tolerance) and ``n_zero``
+  structural zeros (zero rows and columns), coordinates shuffled."""
+  rng = np.random.default_rng(seed)
+  eigs = np.concatenate([np.geomspace(1e-3, 1, 60), -np.geomspace(1e-10, 1e-5, 40),
+                         np.geomspace(1e-12, 1e-6, 40), [1e-15, -1e-15, 2e-15, -3e-15]])
+  q, _ = np.linalg.qr(rng.normal(size=(eigs.size, eigs.size)))
+  n = eigs.size + n_zero
+  a = np.zeros((n, n))
+  a[:eigs.size, :eigs.size] = (q * eigs) @ q.T
+  perm = rng.permutation(n)
+  return a[np.ix_(perm, perm)], eigs
+
+
+def test_spectrum_counts_equal_eigh_across_decades():
+  """Lanczos of full dimension gives every eigenvalue: the counts at the N eps
+  tolerance (negatives at 1e-10 of the bulk, structural and rounding-level
+  zeros) equal dense eigh's and the designed spectrum's; SLQ with 30 steps
+  cannot resolve them (its zero and negative fractions are far off)."""
+  a, eigs = _multiscale()
+  n = a.shape[0]
+  aj = jnp.asarray(a)
+  mv = lambda x: aj @ x
+  spec = jax.jit(lambda v: lz.spectrum(mv, v))(jnp.asarray(
+      np.random.default_rng(16).normal(size=n)))
+  values = np.asarray(spec.values)
+  exact = np.linalg.eigvalsh(a)
+  np.testing.assert_allclose(values, exact, atol=1e-14)
+  tol = n * np.finfo(np.float64).eps * np.abs(exact).max()
+  counts = lambda e: (int(np.sum(e < -tol)), int(np.sum(np.abs(e) <= tol)))
+  assert counts(values) == counts(exact) == (40, 6 + 4)
+  # True residuals of chosen pairs, and the pairs nearest given points.
+  idx = lz.nearest(spec.values, jnp.asarray([-tol, tol]), 3)
+  assert idx.shape == (2, 3)
+  near = np.argsort(np.abs(values + tol))[:3]
+  assert sorted(np.asarray(idx[0]).tolist()) == sorted(near.tolist())
+  flat = idx.reshape(-1)
+  y = np.asarray(spec.basis).T @ np.asarray(spec.s)[:, np.asarray(flat)]
+  direct = np.linalg.norm(a @ y - y * values[np.asarray(flat)], axis=0)
+  np.testing.assert_allclose(np.asarray(spec.residuals(mv, flat)), direct,
+                             atol=1e-15)
+  assert direct.max() < 1e-14
+  slq = jax.jit(lambda k: lz.slq(mv, k, n, 30, 4))(jax.random.key(0))
+  assert abs(float(slq.fraction(lambda x: x < -tol)) * n - 40) > 10

@@ -10,7 +10,11 @@ one process and side by side:
 2. the time of 100 Lanczos steps on H at N ~ 1e5 (full reorthogonalization on
    and off), compile time apart;
 3. the N at which 100 Lanczos steps (+ the tridiagonal eigenproblem) become
-   cheaper than the dense path (build H from N products + eigvalsh).
+   cheaper than the dense path (build H from N products + eigvalsh);
+4. one member's whole analysis (``curvature.spectra``) at N = 420, P = 1000
+   (issue 19): dense against the Lanczos path counting exactly (``krylov
+   "full"``: Lanczos runs of dimension N on H and Hp) and by SLQ (4 probes x
+   100 steps), with the number of operator products of each.
 
 All timings: jitted functions, compile excluded (reported apart), median of
 repeats, ``block_until_ready``. float64 is switched on here (a script).
@@ -139,6 +143,31 @@ def _bench_crossover(quick: bool) -> dict:
           "lanczos_faster_from_N": cross}
 
 
+def _bench_counts(quick: bool) -> dict:
+  """4. ``curvature.spectra`` of one member: dense, Lanczos "full", Lanczos "slq"."""
+  import jax
+  from lossland import curvature as cv
+  d, width, depth, P = (5, 4, 2, 100) if quick else (10, 12, 3, 1000)
+  _, params, batch, fns, n = _problem(d, width, depth, P)
+  one = jax.tree_util.tree_map(lambda a: a[None], params)
+  steps, probes, top = min(100, n), 4, 5
+  cfgs = {"dense": cv.SpectraConfig("dense", n_eff=False),
+          "lanczos_full": cv.SpectraConfig("lanczos", n_eff=False, krylov="full"),
+          "lanczos_slq": cv.SpectraConfig("lanczos", n_eff=False, krylov="slq",
+                                          num_steps=steps, num_probes=probes)}
+  products = {"dense": 3 * n,  # N columns of split_vp: H, H0 and Hp products
+              "lanczos_full": 2 * n + 5 * cv.N_CHECK + 2 * top,
+              "lanczos_slq": (2 * probes + 1) * steps + 2 * top}
+  rows = {}
+  for name, cfg in cfgs.items():
+    run = lambda cfg=cfg: cv.spectra(fns, one, batch, cfg,
+                                     key=jax.random.key(0)).rows[0]["loss"]
+    first, sec = _time(run, repeats=3, min_time=0.0)
+    rows[name] = {"seconds": sec, "compile_plus_first": first,
+                  "products": products[name]}
+  return {"N": n, "P": P, "d": d, "width": width, "depth": depth, "rows": rows}
+
+
 def _table(out: dict, quick: bool, backend: str) -> list:
   """The printed summary of the three measurements, one string per line."""
   prod, lan, cross = out["products"], out["lanczos"], out["crossover"]
@@ -158,6 +187,13 @@ def _table(out: dict, quick: bool, backend: str) -> list:
   for r in cross["rows"]:
     lines.append(f"  {r['N']:6d} {r['dense_seconds']:9.3f} {r['lanczos_seconds']:10.3f}")
   lines.append(f"  Lanczos faster from N = {cross['lanczos_faster_from_N']}")
+  counts = out.get("counts")
+  if counts:
+    lines.append(f"one member's spectra() at N={counts['N']}, P={counts['P']} "
+                 f"(compile excluded):")
+    for name, r in counts["rows"].items():
+      lines.append(f"  {name:13s} {r['seconds']:8.3f} s  {r['products']:6d} products "
+                   f"(compile+first {r['compile_plus_first']:.1f} s)")
   return lines
 
 
@@ -178,13 +214,15 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
 
   from lossland.scripts._cli import Progress
   bar = Progress('bench hessian')
-  bar(0, 3, 'products vs one gradient (compiling)')
+  bar(0, 4, 'products vs one gradient (compiling)')
   out.update(_bench_products(quick))
-  bar(1, 3, 'Lanczos at N ~ 1e5')
+  bar(1, 4, 'Lanczos at N ~ 1e5')
   out["lanczos"] = _bench_lanczos(quick)
-  bar(2, 3, 'dense vs Lanczos crossover')
+  bar(2, 4, 'dense vs Lanczos crossover')
   out["crossover"] = _bench_crossover(quick)
-  bar(3, 3, 'done')
+  bar(3, 4, 'dense vs exact and SLQ Lanczos counts')
+  out["counts"] = _bench_counts(quick)
+  bar(4, 4, 'done')
   bar.close()
   lines = _table(out, quick, jax.default_backend())
   print("\n".join(lines))

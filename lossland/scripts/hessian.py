@@ -1,7 +1,7 @@
 r"""Hessian spectra H, H0, Hp of every member of an ensemble run.
 
     python -m lossland.scripts.hessian --run_dir RUN [--at init] \
-        [--method auto|dense|lanczos] [--out_dir RUN/hessian]
+        [--method auto|dense|lanczos] [--krylov auto|full|slq] [--out_dir RUN/hessian]
 
 Reads a run directory written by ``lossland.scripts.ensemble``. Every analysis
 gets its own new directory ``OUT_DIR/<UTC time>_<hash>/`` (default OUT_DIR is
@@ -12,16 +12,21 @@ and the append to ``OUT_DIR/index.jsonl`` (one line per finished analysis:
 its directory, method, members and time), so concurrent analyses of one run
 all keep their results. Each analysis directory holds:
 
-* ``spectra.npz``: per member, ``eig_h``, ``eig_h0``, ``eig_hp`` [K, N] (dense)
-  or ``nodes_*``/``weights_*``/``residuals_*`` [K, n_probes, m] (SLQ of H and
-  Hp) with the exact ``eig_h0`` [K, N] (from the N_Delta x N_Delta kernel),
-  plus ``loss``, ``n_delta``, ``seeds``, and Ritz values/residuals of H.
+* ``spectra.npz``: per member, ``eig_h``, ``eig_h0``, ``eig_hp`` [K, N] (dense,
+  and Lanczos with full Krylov runs) or ``nodes_*``/``weights_*``/
+  ``residuals_*`` [K, n_probes, m] (SLQ of H and Hp) with the exact ``eig_h0``
+  [K, N] (from the N_Delta x N_Delta kernel) and the Ritz values/residuals of
+  H, plus ``loss``, ``n_delta``, ``seeds``.
 * ``summary.json``: per member n_params, n_delta, loss, n_negative_hp,
   rank_h0, n_zero_h, n_eff, trace_h, the checks rank(H0) <= N_Delta and (at a
   stable minimum) N_-(Hp) <= N_Delta, and the method. With Lanczos, rank(H0)
-  and Tr(H0) are exact; the other counts are estimates with ``_stderr``,
-  ``_unresolved`` and ``_interval`` (listed in each member's ``estimated``),
-  and checks that would rest on an estimate are null.
+  and Tr(H0) are exact. ``--krylov full`` (the ``auto`` choice when N <=
+  (num_probes + 1/2) * lanczos_steps, 450 with the defaults) runs Lanczos of
+  dimension N on H and on Hp: every eigenvalue, so the counts and checks are
+  exact too, each with an ``_interval`` of what rounding could reclassify.
+  With ``--krylov slq`` they are estimates with ``_stderr``, ``_unresolved``
+  and ``_interval`` (listed in each member's ``estimated``), and checks that
+  would rest on an estimate are null.
 * ``density_h.png``, ``density_h0.png``, ``density_hp.png``, ``hp_rescaled.png``.
 
 The analysis itself is :func:`lossland.curvature.spectra` (``lax.map`` over
@@ -58,6 +63,11 @@ class HessianOptions:
   dense_max_n: int = option(10000, "Largest N for the dense path (auto).")
   lanczos_steps: int = option(100, "Lanczos steps per probe (SLQ).")
   num_probes: int = option(4, "SLQ probes per matrix.")
+  krylov: str = option("auto", "Lanczos counts: 'full' (every eigenvalue of H and Hp "
+                       "from a Lanczos run of dimension N: exact counts, N products "
+                       "each), 'slq' (estimates with error bars) or 'auto' (full "
+                       "when N <= (num_probes + 1/2) * lanczos_steps and it fits "
+                       "in memory).")
   top_k: int = option(5, "Extreme Ritz pairs of H to report (Lanczos).")
   seed: int = option(0, "PRNG seed for probes and start vectors.")
   rtol: float | None = option(None, "Relative zero tolerance for eigenvalue counts "
@@ -78,6 +88,7 @@ _SPEC = options.spec_of(HessianOptions)
 _cli.define_flags(_SPEC, __name__)
 
 _METHODS = ("auto", "dense", "lanczos")
+_KRYLOV = ("auto", "full", "slq")
 _AT = ("final", "init")
 
 
@@ -141,7 +152,8 @@ def publish(out_dir: str, staging: str, name: str, record: dict) -> str:
 
 
 def _fmt(row: dict, key: str) -> str:
-  """An exact count as an integer, an estimate as 'x +- se (+-u unresolved)'."""
+  """An exact count as an integer (with its interval [lo..hi] when rounding
+  leaves some values unsettled), an estimate as 'x +- se (+-u unresolved)'."""
   v = row.get(key)
   if v is None:
     return "null"
@@ -149,6 +161,9 @@ def _fmt(row: dict, key: str) -> str:
     out = f"{v:.4g}+-{row.get(key + '_stderr', float('nan')):.2g}"
     u = row.get(key + "_unresolved")
     return out + (f"(+-{u:.2g}unres)" if u else "")
+  if row.get(key + "_unresolved"):
+    lo, hi = row[key + "_interval"]
+    return f"{v}[{lo}..{hi}]"
   return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
@@ -174,6 +189,8 @@ def _check_flags(o: HessianOptions) -> str:
     _cli.fail("--run_dir is required")
   if o.method not in _METHODS:
     _cli.fail(f"--method must be one of {', '.join(_METHODS)}, got {o.method!r}")
+  if o.krylov not in _KRYLOV:
+    _cli.fail(f"--krylov must be one of {', '.join(_KRYLOV)}, got {o.krylov!r}")
   if o.at not in _AT:
     _cli.fail(f"--at must be 'final' or 'init', got {o.at!r}")
   for name in ("lanczos_steps", "num_probes", "batch_size", "vmap_members"):
@@ -206,15 +223,21 @@ def _spectra_config(o: HessianOptions, n: int, dtype):
     method = cv.choose_method(o.method, n, dtype, o.dense_max_n)
   except MemoryError as e:
     _cli.fail(e)
-  if method == "lanczos" and o.lanczos_steps > n:
-    _cli.fail(f"--lanczos_steps={o.lanczos_steps} exceeds N={n}")
   if method == "lanczos" and o.num_probes < 2:
     _cli.fail("--num_probes must be >= 2 with Lanczos (error bars need two probes)")
-  return cv.SpectraConfig(method=method, rtol=o.rtol,
-                          batch_size=o.batch_size,
-                          num_steps=o.lanczos_steps,
-                          num_probes=o.num_probes, top_k=o.top_k,
-                          vmap_size=o.vmap_members)
+  cfg = cv.SpectraConfig(method=method, rtol=o.rtol, batch_size=o.batch_size,
+                         num_steps=o.lanczos_steps, num_probes=o.num_probes,
+                         top_k=o.top_k, vmap_size=o.vmap_members,
+                         krylov=o.krylov)
+  if method != "lanczos":
+    return cfg
+  try:
+    cfg = dataclasses.replace(cfg, krylov=cv.choose_krylov(cfg, n, dtype))
+  except MemoryError as e:
+    _cli.fail(e)
+  if cfg.krylov == "slq" and o.lanczos_steps > n:
+    _cli.fail(f"--lanczos_steps={o.lanczos_steps} exceeds N={n}")
+  return cfg
 
 
 def _run_spectra(o: HessianOptions, ens, members: list, n: int, cfg) -> tuple:
@@ -229,7 +252,9 @@ def _run_spectra(o: HessianOptions, ens, members: list, n: int, cfg) -> tuple:
                                             o.chunk_size or None)
   t_start = time.time()
   print(f"hessian: {o.run_dir}: {len(members)} member(s), N={n}, "
-        f"P={ens.data.P}, method={cfg.method}, at={o.at} (the first call "
+        f"P={ens.data.P}, method={cfg.method}"
+        + (f" ({cfg.krylov} Krylov)" if cfg.method == "lanczos" else "")
+        + f", at={o.at} (the first call "
         f"includes compilation)", file=sys.stderr, flush=True)
   bar = _cli.Progress("hessian")
   bar(0, len(members), "members")
@@ -300,6 +325,7 @@ def main(argv):
   settings = {
       "run_dir": os.path.abspath(o.run_dir),
       "at": o.at, "method": method, "members_analysed": members,
+      "krylov": cfg.krylov if method == "lanczos" else None,
       "lanczos_steps": o.lanczos_steps if method == "lanczos" else None,
       "num_probes": o.num_probes if method == "lanczos" else None,
       "seed": o.seed, "rtol": o.rtol, "chunk_size": o.chunk_size,
@@ -314,11 +340,11 @@ def main(argv):
   }
   final = _write_analysis(out_root, settings, summary, arrays,
                           [f"seed {r['seed']}" for r in rows])
-  _print_table(rows, method)
+  _print_table(rows)
   print(final)
 
 
-def _print_table(rows, method):
+def _print_table(rows):
   """One line per member on stdout."""
   cols = ("n_delta", "rank_h0", "n_negative_hp", "n_zero_h", "n_negative_h",
           "trace_h", "n_eff")
@@ -326,10 +352,13 @@ def _print_table(rows, method):
   for r in rows:
     print(f"{r['member']} {r['seed']} {r['loss']:.4g} "
           + " ".join(_fmt(r, c) for c in cols))
-  if method == "lanczos":
+  if any(r.get("estimated") for r in rows):
     print("(a+-s: estimate and standard error over probes; unres: weight of "
           "Ritz nodes their residual does not classify; see summary.json "
           "*_interval)")
+  elif any(r.get("lanczos_counts") == "full" for r in rows):
+    print("(full Krylov: every eigenvalue, exact counts; n[lo..hi]: values "
+          "rounding could move across the zero tolerance)")
 
 
 if __name__ == "__main__":
