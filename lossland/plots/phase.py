@@ -15,6 +15,15 @@ def _sat(cell: dict) -> int:
 def _fraction_sat(plt, per_depth: dict):
   """Fraction sat / (sat + jammed) vs P/N per depth, with the logistic fit."""
   fig, ax = plt.subplots(figsize=(5, 3.5))
+  fraction_sat_ax(ax, per_depth)
+  return fig
+
+
+def fraction_sat_ax(ax, per_depth: dict) -> dict:
+  """Draws the fraction sat / (sat + jammed) of each cell vs P/N per depth and
+  the fitted logistic curve; returns the points drawn {L: {"p_over_n",
+  "n_sat", "n_counted"}}."""
+  data = {}
   for L, v in per_depth.items():
     x = np.array([c["p_over_n"] for c in v["cells"]])
     k = np.array([_sat(c) for c in v["cells"]])
@@ -26,15 +35,24 @@ def _fraction_sat(plt, per_depth: dict):
       w = v["transition_width"] or 1e-3
       ax.plot(xx, fits.logistic(xx, v["p_star_over_n"], -1.0 / max(w, 1e-3)),
               color=line.get_color())
+    data[str(L)] = {"p_over_n": x.tolist(), "n_sat": k.tolist(), "n_counted": n.tolist()}
   ax.axhline(0.5, color="gray", lw=0.5)
   ax.set_xlabel("P/N"), ax.set_ylabel("fraction sat / (sat + jammed)")
-  ax.legend()
-  return fig
+  ax.legend(fontsize=7)
+  return data
 
 
 def _nd_over_n(plt, per_depth: dict):
   """N_Delta / N of every member (0 for the sat ones) vs P/N per depth."""
   fig, ax = plt.subplots(figsize=(5, 3.5))
+  nd_over_n_ax(ax, per_depth)
+  return fig
+
+
+def nd_over_n_ax(ax, per_depth: dict) -> dict:
+  """Draws N_Delta/N of the sat (0) and jammed members vs P/N per depth and
+  returns the points {L: {"p_over_n", "nd_over_n"}}."""
+  data = {}
   for L, v in per_depth.items():
     xs, ys = [], []
     for c in v["cells"]:
@@ -42,48 +60,113 @@ def _nd_over_n(plt, per_depth: dict):
       xs += [c["p_over_n"]] * (len(c["nd_over_n_jammed"]) + n_sat)
       ys += c["nd_over_n_jammed"] + [0.0] * n_sat
     ax.plot(xs, ys, "o", alpha=0.5, label=f"L={L}")
+    data[str(L)] = {"p_over_n": xs, "nd_over_n": ys}
   ax.set_xlabel("P/N"), ax.set_ylabel("N_Delta / N (sat and jammed)")
-  ax.legend()
-  return fig
+  ax.legend(fontsize=7)
+  return data
 
 
 def _phase_diagram(plt, per_depth: dict):
   """N* against P* per depth (log-log), with the CI of P*."""
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  phase_diagram_ax(ax, per_depth)
+  return fig
+
+
+def _star_points(per_depth: dict, sizes: dict | None) -> dict:
+  """{L: [(N, P*, P*_lo, P*_hi)]} from one phase result (and a finite-size
+  result's per-depth lists, when given)."""
+  pts = {}
+  if sizes:
+    for L, v in sizes["per_depth"].items():
+      for n, x, ci in zip(v["N"], v["p_star_over_n"], v["p_star_ci"]):
+        if x is not None and isinstance(n, (int, float)):
+          ci = ci or [None, None]
+          pts.setdefault(str(L), []).append(
+              (n, x * n, (ci[0] or x) * n, (ci[1] or x) * n))
+    return pts
   for L, v in per_depth.items():
-    if v["p_star"] is not None and isinstance(v["N"], int):
-      lo, hi = v["p_star_ci"]
-      ax.errorbar([v["p_star"]], [v["N"]], xerr=[[v["p_star"] - lo * v["N"] if lo else 0],
-                                                 [hi * v["N"] - v["p_star"] if hi else 0]],
-                  fmt="o", label=f"L={L}")
+    if v["p_star"] is not None and isinstance(v["N"], (int, float)):
+      lo, hi = v["p_star_ci"] or (None, None)
+      n = v["N"]
+      pts[str(L)] = [(n, v["p_star"], (lo or v["p_star_over_n"]) * n,
+                      (hi or v["p_star_over_n"]) * n)]
+  return pts
+
+
+def phase_diagram_ax(ax, per_depth: dict, sizes: dict | None = None) -> dict:
+  """Draws N* against P* per depth (log-log) with the CI of P*, and the line
+  N = P / c for the mean P*/N of the points (1809.09349: N* < c0 P); with a
+  finite-size result (``sizes``), one point per size. Returns the points."""
+  pts = _star_points(per_depth, sizes)
+  ratios = []
+  for L, rows in pts.items():
+    n, p, lo, hi = map(np.asarray, zip(*rows))
+    ax.errorbar(p, n, xerr=[p - lo, hi - p], fmt="o", capsize=3, label=f"L={L}")
+    ratios += list(p / n)
+  if ratios:
+    c = float(np.mean(ratios))
+    lim = np.array(ax.get_xlim())
+    ax.plot(lim, lim / c, color="gray", lw=0.7, ls="--", label=f"N = P/{c:.2f}")
   ax.set_xscale("log"), ax.set_yscale("log")
   ax.set_xlabel("P*"), ax.set_ylabel("N*")
-  ax.legend()
-  return fig
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
+  return {L: [dict(zip(("N", "p_star", "p_star_lo", "p_star_hi"), map(float, r)))
+              for r in rows] for L, rows in pts.items()}
+
+
+def _power_law_density(x, a, xm):
+  """The density a + 1 ... of p(x) ~ x^a on (0, xm], scaled by the sample
+  fraction below xm (the fits' normalization)."""
+  return (a + 1) * x ** a / xm ** (a + 1)
+
+
+def delta_ax(ax, x, exponent, ci, x_max, name: str, reference=None) -> dict:
+  """Draws the log-binned density of the samples ``x`` (> 0) with the fitted
+  power law x^exponent over its fitted range (0, x_max], the band of the
+  exponents at the ends of its CI, and a paper's exponent (``reference``,
+  dashed) for comparison; returns the histogram and the curves."""
+  x = np.asarray(x, np.float64)
+  x = x[x > 0]
+  out = {"n_samples": int(x.size), "exponent": exponent, "ci": ci, "x_max": x_max}
+  if not x.size:
+    ax.set_xlabel(name)
+    return out
+  bins = np.logspace(np.log10(x.min()), np.log10(x.max()), 30)
+  h, _ = np.histogram(x, bins, density=True)
+  c = np.sqrt(bins[1:] * bins[:-1])
+  ax.loglog(c[h > 0], h[h > 0], "o", ms=4, label=f"{x.size} samples")
+  out.update(bin_centers=c.tolist(), density=h.tolist())
+  if exponent is not None:
+    xm = x_max or x.max()
+    frac = float(np.mean(x <= xm))
+    xx = np.logspace(np.log10(x.min()), np.log10(xm), 20)
+    lab = f"fit {exponent:.2f}"
+    if ci and ci[0] is not None:
+      lab += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+      lo, hi = (frac * _power_law_density(xx, a, xm) for a in ci)
+      ax.fill_between(xx, np.minimum(lo, hi), np.maximum(lo, hi), alpha=0.25)
+    ax.loglog(xx, frac * _power_law_density(xx, exponent, xm), "-", label=lab)
+    if reference is not None:
+      ax.loglog(xx, frac * _power_law_density(xx, reference, xm), "k--", lw=0.8,
+                label=f"papers {reference:+.1f}")
+  ax.set_xlabel(name), ax.set_ylabel("density")
+  ax.legend(fontsize=7)
+  return out
 
 
 def _delta_distributions(plt, result: dict):
   """Densities of Delta/sqrt(L) > 0 and of -Delta > 0 with the fitted power laws."""
   s = result["_samples"]
   fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
-  for ax, key, name, a in ((axs[0], "positive", "Delta/sqrt(L), Delta>0", result["theta"]),
-                           (axs[1], "negative", "-Delta, Delta<0",
-                            None if result["gamma"] is None else -result["gamma"])):
-    x = s[key][s[key] > 0]
-    if x.size:
-      bins = np.logspace(np.log10(x.min()), np.log10(x.max()), 30)
-      h, _ = np.histogram(x, bins, density=True)
-      c = np.sqrt(bins[1:] * bins[:-1])
-      ax.loglog(c[h > 0], h[h > 0], "o")
-      if a is not None:
-        xm = s["theta_xmax" if key == "positive" else "gamma_xmax"] or x.max()
-        xx = np.logspace(np.log10(x.min()), np.log10(xm), 20)
-        # normalized on (0, xm] with the sample fraction below xm
-        frac = np.mean(x <= xm)
-        ax.loglog(xx, frac * (a + 1) * xx ** a / xm ** (a + 1), "-",
-                  label=f"exponent {a:.2f}")
-        ax.legend()
-    ax.set_xlabel(name), ax.set_ylabel("density")
+  delta_ax(axs[0], s["positive"], result["theta"], result.get("theta_ci"),
+           s["theta_xmax"], "Delta/sqrt(loss), Delta>0")
+  gamma = result["gamma"]
+  ci = result.get("gamma_ci")
+  delta_ax(axs[1], s["negative"], None if gamma is None else -gamma,
+           None if not ci or ci[0] is None else [-ci[1], -ci[0]], s["gamma_xmax"],
+           "-Delta, Delta<0")
   return fig
 
 
@@ -185,3 +268,66 @@ def plot_finite_size(fs: dict, path: str) -> str:
   fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
+
+
+def _save(plt, fig, path_prefix: str):
+  fig.tight_layout()
+  fig.savefig(path_prefix + ".png", dpi=80)
+  fig.savefig(path_prefix + ".pdf")
+  plt.close(fig)
+
+
+def phase_diagram_figure(result: dict, path_prefix: str, sizes: dict | None = None) -> dict:
+  """The jamming phase diagram (1809.09349 Figs. 1-2) in three panels: the
+  fraction sat vs P/N per depth with the logistic fits, N* vs P* (log-log;
+  one point per size with a finite-size result ``sizes``), N_Delta/N vs P/N
+  (the jump). Writes ``<path_prefix>.png`` and ``.pdf``; returns the data
+  drawn (JSON)."""
+  plt = _agg.pyplot()
+  pd = result["per_depth"]
+  fig, axs = plt.subplots(1, 3, figsize=(12, 3.6))
+  data = {"fraction_sat": fraction_sat_ax(axs[0], pd),
+          "n_star_vs_p_star": phase_diagram_ax(axs[1], pd, sizes),
+          "nd_over_n": nd_over_n_ax(axs[2], pd),
+          "p_star_over_n": {str(L): v["p_star_over_n"] for L, v in pd.items()},
+          "p_star_ci": {str(L): v["p_star_ci"] for L, v in pd.items()},
+          "nd_over_n_at_jamming": {str(L): v["nd_over_n_at_jamming"] for L, v in pd.items()},
+          "depth_spread": result.get("depth_spread")}
+  _save(plt, fig, path_prefix)
+  return data
+
+
+# 1809.09349: p(Delta) ~ Delta^theta (Delta > 0), p(-Delta) ~ |Delta|^-gamma.
+PAPER_THETA, PAPER_GAMMA = 0.3, 0.2
+
+
+def delta_distributions_figure(result: dict, positive, negative, path_prefix: str) -> dict:
+  """P+(Delta/sqrt(loss)) and P-(-Delta) of the jammed members of the cells
+  nearest P* (:func:`lossland.phase.analyze`'s samples) with the fitted power
+  laws, their CI bands and the papers' exponents. Writes PNG and PDF; returns
+  the histograms and fits (JSON)."""
+  plt = _agg.pyplot()
+  fig, axs = plt.subplots(1, 2, figsize=(8.5, 3.6))
+  th = result.get("theta_fit") or {}
+  ga = result.get("gamma_fit") or {}
+  gamma, gci = result.get("gamma"), result.get("gamma_ci")
+  data = {
+      "positive": delta_ax(axs[0], positive, result.get("theta"), result.get("theta_ci"),
+                           th.get("x_max"), "Delta/sqrt(loss), Delta > 0", PAPER_THETA),
+      "negative": delta_ax(axs[1], negative, None if gamma is None else -gamma,
+                           None if not gci or gci[0] is None else [-gci[1], -gci[0]],
+                           ga.get("x_max"), "-Delta, Delta < 0", -PAPER_GAMMA)}
+  axs[0].set_title(f"theta = {_fmt(result.get('theta'))} {_fmt_ci(result.get('theta_ci'))}",
+                   fontsize=8)
+  axs[1].set_title(f"gamma = {_fmt(gamma)} {_fmt_ci(gci)}", fontsize=8)
+  data["theta_method"] = result.get("theta_method")
+  _save(plt, fig, path_prefix)
+  return data
+
+
+def _fmt(x) -> str:
+  return "n/a" if x is None else f"{x:.2f}"
+
+
+def _fmt_ci(ci) -> str:
+  return "" if not ci or ci[0] is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"

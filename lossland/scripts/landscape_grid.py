@@ -37,36 +37,9 @@ def main(argv):
     raise _cli.UsageError(f'--out {o.out} is a directory; give a .png file name')
   if not os.access(out_parent, os.W_OK):
     raise _cli.UsageError(f'--out {o.out}: folder {out_parent} is not writable')
+  from lossland.experiments import figures
   from lossland.landscape import report
-  from lossland.landscape.database import Database, DatabaseError
-  cells = []
-  for r in runs:
-    try:
-      cfg = json.load(open(os.path.join(r, 'config.json')))['study_config']
-      summ = json.load(open(os.path.join(r, 'summary.json')))
-      db = Database(os.path.join(r, 'landscape.sqlite'), create=False)
-      graph = report.read_graph(db)
-    except (OSError, KeyError, ValueError, DatabaseError) as e:
-      raise _cli.UsageError(f'{r}: not a landscape run directory ({e})') from None
-    db.close()
-    if len(graph.ids) == 0:
-      raise _cli.UsageError(f'{r}: its database holds no minima')
-    cells.append((cfg['depth'], cfg['n_data'], graph, summ, r))
-  panels = []
-  table = []
-  for depth, n, graph, summ, r in cells:
-    panels.append((depth, n, graph,
-                   f'depth {depth}, P={n}: {report.counts(graph)}, '
-                   f'f={summ["frustration"]:.2f}, funnel={summ["funnel_fraction"]:.2f}'))
-    table.append({'run': r, 'depth': depth, 'n_data': n,
-                  **{k: summ.get(k) for k in ('n_minima', 'n_ts', 'global_min_loss',
-                                              'frustration', 'funnel_fraction',
-                                              'n_connected_to_global_min',
-                                              'downhill_barrier_quantiles',
-                                              'barrier_to_global_min_quantiles',
-                                              'test_accuracy_quantiles', 'seconds')},
-                  'n_components': summ.get('connect', {}).get('n_components'),
-                  'n_connect_attempts': summ.get('connect', {}).get('n_attempts')})
+  panels, table = figures.landscape_panels(runs)
   report.save_grid(panels, o.out, n_levels=25, value_label='test acc.', dpi=110)
   with open(os.path.splitext(o.out)[0] + '.json', 'w') as f:
     json.dump(table, f, indent=2)
