@@ -147,12 +147,17 @@ def test_phase_config_rejects_bad_settings(kw, msg):
 
 
 def test_generalization_preset_keeps_its_sweep_directory(tmp_path):
-  """The cpu preset's cells hash to the sweep directory of the runs made
-  before the option system moved."""
+  """The cpu preset's cells hash to a pinned sweep directory: the widths of the
+  runs made before the option system moved still hash to theirs (the preset
+  with ``widths=NEAR_WIDTHS`` resumes them), and the preset with its tail
+  widths (issue 19) to the directory of its recorded run."""
   from lossland.configs import generalization as presets
+  near = dataclasses.replace(presets.cpu(), out_dir=str(tmp_path), widths=presets.NEAR_WIDTHS)
+  assert os.path.basename(generalization_study.sweep_dir(
+      near, generalization_study.cells(near))) == "e857974cb3e0"
   cfg = dataclasses.replace(presets.cpu(), out_dir=str(tmp_path))
   cells = generalization_study.cells(cfg)
-  assert os.path.basename(generalization_study.sweep_dir(cfg, cells)) == "e857974cb3e0"
+  assert os.path.basename(generalization_study.sweep_dir(cfg, cells)) == "95dbb37beeaa"
   assert [c["width"] for c in cells] == sorted(presets.cpu().widths)
   noisy = generalization_study.noisy_data(cfg, cells[0])
   assert noisy["label_noise"] == 0.05 and noisy["data_seed"] == 0

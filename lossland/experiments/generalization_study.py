@@ -65,6 +65,9 @@ class GeneralizationConfig:
                                "kernel flow from 0).")
   n_ntk: int = option(50, "Test points on which the empirical NTKs are computed.")
   n_boot: int = option(1000, "Bootstrap replicates of the fits.")
+  fit_min_n_over_n_star: float = option(
+      10.0, "The power laws are fitted on the tail N >= this times N* (the near-N* "
+      "regime N* < N below it is fitted separately); at least 1.")
   kernel_max_steps: int = option(200_000, "Steps of the infinite-width hinge flow.")
   x64: bool = option(True, "float64.")
   out_dir: str = option("runs", "Root of run directories.")
@@ -84,6 +87,7 @@ class GeneralizationConfig:
       raise OptionError("--n_seeds must be at least 2 (ensembles and fluctuations)")
     check_fields(self, (("decay_every", self.decay_every >= 0),
                         ("n_boot", self.n_boot >= 0),
+                        ("fit_min_n_over_n_star", self.fit_min_n_over_n_star >= 1),
                         ("kernel_max_steps", self.kernel_max_steps >= 1)))
 
 
@@ -172,14 +176,16 @@ def generalization_study(config: GeneralizationConfig, cell_list,
     ens = experiment.load_ensemble(max(per_n, key=lambda r: r["N"])["run_dir"])
     kernel = generalization.kernel_test_error(ens.net, ens.data, ens.loss,
                                               max_steps=config.kernel_max_steps)
-    summary = generalization.summarize(per_n, kernel, n_boot=config.n_boot)
+    summary = generalization.summarize(
+        per_n, kernel, n_boot=config.n_boot,
+        fit_min_n_over_n_star=config.fit_min_n_over_n_star)
     arrays = {k: np.asarray([r[k] for r in summary["per_n"]], np.float64)
               for k in generalization.PER_N_KEYS}
     return summary, {"log": [dict(r) for r in per_n], "arrays": arrays}
 
   def plot(summary, extras, path):
     from lossland.plots import generalization as generalization_plots
-    generalization_plots.plot(summary, os.path.join(path, "generalization"))
+    generalization_plots.plot_figure(summary, os.path.join(path, "generalization"))
 
   return study.Study(propose, analyze, plot)
 
@@ -214,8 +220,16 @@ def report_lines(summary: dict, run_dir: str) -> list:
   """The lines the script prints at the end."""
   lines = [f"N* = {summary['n_star']}; kernel (N -> inf) test error = "
            f"{summary['kernel_test_error']}", f"cusp: {summary['cusp']}"]
-  for k, f in summary["fits"].items():
-    lines.append(f"fit {k}: exponent {f.get('exponent')} CI {f.get('ci')} "
-                 f"(expected {summary['expected_exponents'][k]})")
+  grid = summary.get("expected_exponents_grid") or {}
+  for name, key, where in (
+      ("tail", "fits", f"N >= {summary['fit_min_n_over_n_star']} N* = "
+                       f"{summary['tail_n_min']}"),
+      ("near N*", "fits_near_n_star", "N* < N below the tail"),
+      ("above N*", "fits_above_n_star", "every N > N*")):
+    lines.append(f"fits, {name} ({where}):")
+    for k, f in summary[key].items():
+      lines.append(f"  {k}: exponent {f.get('exponent')} CI {f.get('ci')} "
+                   f"over N = {f.get('fitted_N')} (papers, N ~ h^2 L: "
+                   f"{summary['expected_exponents'][k]}; this grid: {grid.get(k)})")
   lines.append(f"run directory: {run_dir}")
   return lines

@@ -6,36 +6,40 @@ Trains K members per width h (the sweep engine, resumable: rerunning the same
 command skips finished widths) on one fixed data set, then records per N the
 single-net, ensemble and early-stopped test errors, the output variance, the
 NTK fluctuation at init and its drift during training, the fraction of sat
-members; N* (frac_sat = 1/2), power-law fits above N* with bootstrap CIs, and
-the infinite-width NTK asymptote (lossland/generalization.py). Writes
-``<out_dir>/generalization/<UTC time>_<hash>/`` (config.json, metrics.jsonl,
-arrays.npz, summary.json, two PNG figures); the member runs live in
-``<out_dir>/generalization_sweeps/<hash>/``.
+members; N* (frac_sat = 1/2), power-law fits with bootstrap CIs on the tail
+N >= ``--fit_min_n_over_n_star`` N* (default 10) and, separately, on the
+near-N* regime below it, and the infinite-width NTK asymptote
+(lossland/generalization.py). Writes ``<out_dir>/generalization/<UTC
+time>_<hash>/`` (config.json, metrics.jsonl, arrays.npz, summary.json, the
+figure generalization.png and .pdf: lossland.plots.generalization.plot_figure);
+the member runs live in ``<out_dir>/generalization_sweeps/<hash>/``.
 
-Presets (``--preset cpu|paper|none``) are values in
+Presets (``--preset cpu|gpu|paper|none``) are values in
 ``lossland/configs/generalization.py`` whose docstrings give their commands;
 the flags given explicitly override them. The study's flags are the fields of
 ``lossland.experiments.generalization_study.GeneralizationConfig``; every other
 flag is an ensemble-job option (``lossland.job.SPEC``) given to every cell.
 
-Both presets follow 1810.09665's runs: the authors' network (``--net
+The presets follow 1810.09665's runs: the authors' network (``--net
 authors``: standard parametrization, orthogonal init with gain 1, zero-init
 biases, plain ReLU), f itself trained (not f - f0), quadratic hinge with
 eps = 1, full-batch Adam whose learning rate is divided by 10 every
 ``--decay_every`` steps, stop at N_Delta = 0 (or jammed: no progress over
 ``--jam_window`` steps). ``cpu``: digits parity, PCA d = 10, P = 1000 with 5 %
 of the training labels flipped (``--label_noise``; the test labels stay
-clean), one hidden layer, widths 4..96 (N = 11 h, every integer from 15 to 18
-around N*), 16 members, lr 1e-3 / 10 every 10k steps, 30k steps, no member
-stopped jammed before the last learning-rate level, then the L-BFGS polish
-(at most 5000 evaluations) of every member not at N_Delta = 0. ``paper``:
+clean), one hidden layer, widths 4..768 (N = 11 h, every integer from 15 to 18
+around N*, 192..768 the tail N >= 10 N*), 16 members, lr 1e-3 / 10 every 10k
+steps, 30k steps, no member stopped jammed before the last learning-rate
+level, then the L-BFGS polish (at most 5000 evaluations) of every member not
+at N_Delta = 0. ``gpu``: the
+cpu preset with widths 1024, 1536, 2048 added (N/N* up to ~100-130). ``paper``:
 MNIST parity, PCA d = 10, L = 5, P = 10k, widths 1 to ~3000, lr 1e-4 / 10
 every 250k steps, 500k steps (needs ``--data_dir`` with the MNIST files and
 a GPU). Other flags override the preset; ``--preset none`` uses only the
 flags.
 
-Polish (``--polish lbfgs``, ``--polish_steps``; on in ``cpu``, off in the
-other presets): after the Adam stage every member that did not reach
+Polish (``--polish lbfgs``, ``--polish_steps``; on in ``cpu`` and ``gpu``,
+off in the other presets): after the Adam stage every member that did not reach
 N_Delta = 0 is continued with the ensemble job's L-BFGS polish until it
 stops jammed (no descent, or the best loss fell by less than 1e-6 over 500
 evaluations) or runs out of evaluations, so that the members end at minima
