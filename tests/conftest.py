@@ -63,6 +63,8 @@ _SLOW_FIRST = (
     "test_job_options.py::test_bulk_float32_trains_in_float32",
     "test_phase.py::test_script_end_to_end_tiny_grid",
     "test_kink_newton.py",
+    "test_notebooks.py::test_notebook_runs_at_tiny_sizes[landscape]",
+    "test_figures.py::test_phase_diagram_draws_the_cells_it_read",
 )
 
 

@@ -100,3 +100,20 @@ def test_moved_modules_are_the_same_objects_under_their_old_names():
   from lossland.experiments import job as job2, sweep as sweep2
   assert job is job2 and sweep is sweep2 and lossland.job is job2
   assert job.run_ensemble_job.__module__ == "lossland.experiments.job"
+
+
+def test_figures_keep_a_backend_the_user_chose():
+  # Agg when nothing was chosen; a notebook's backend (pyplot imported first,
+  # or $MPLBACKEND as Jupyter kernels set it) is kept: switching would close
+  # the user's figures.
+  code = ("import matplotlib; {pre}from lossland.plots import _agg; "
+          "print(_agg.pyplot().get_backend().lower())")
+  env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+  cases = [("", env, "agg"),
+           ("matplotlib.use('svg'); import matplotlib.pyplot; ", env, "svg"),
+           ("", dict(env, MPLBACKEND="pdf"), "pdf")]
+  for pre, e, want in cases:
+    out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], capture_output=True,
+                         text=True, env=e, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip().endswith(want), (pre, out.stdout)

@@ -304,9 +304,9 @@ def plot_disconnectivity(tree: DisconnectivityTree, min_energies: Sequence[float
   Returns:
     The matplotlib ``Axes``.
   """
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from lossland.plots import _agg  # the one backend choice
+  plt = _agg.pyplot()
+  import matplotlib.colors
   from matplotlib.collections import LineCollection
 
   if ax is None:

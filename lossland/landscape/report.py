@@ -78,9 +78,8 @@ def save_figure(graph: Graph, path: str, title: str = '', n_levels: int = 25,
   Returns:
     The disconnectivity tree.
   """
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from lossland.plots import _agg  # the one backend choice
+  plt = _agg.pyplot()
   fig, ax = plt.subplots(figsize=figsize)
   try:
     tree = draw(graph, ax, title=title, n_levels=n_levels)
@@ -104,9 +103,8 @@ def save_grid(cells, path: str, n_levels: int = 25, value_label: str = 'test acc
     value_label: the colour bar's label.
     dpi: of the PNG.
   """
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from lossland.plots import _agg  # the one backend choice
+  plt = _agg.pyplot()
   rows = sorted({c[0] for c in cells})
   cols = sorted({c[1] for c in cells})
   fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.5 * len(cols), 3.8 * len(rows)),
