@@ -6,13 +6,17 @@ with a weak-Wolfe line search, H_0 = gamma I from :func:`scaling`) and by
 :func:`lossland.landscape.minimize.make_lbfgs` (GMIN/pele style, H_0 = h0 I kept
 in its state).
 
-Ring-buffer convention (both callers): the correction pairs are rows of
-``S, Y`` of shape ``[m, n]`` with ``rho`` of shape ``[m]``; pair j (j = 0, 1, ...,
-counted from the first pair ever stored, oldest first) lives in row ``j % m``,
-and ``k`` is the number of pairs stored so far (unbounded). Only the newest
-``min(k, m)`` pairs, j = k - min(k, m) .. k - 1, are used; rows that hold no
-used pair are never read into the result, whatever they contain, as long as
-they are finite.
+Ring-buffer convention: the correction pairs are rows of ``S, Y`` of shape
+``[m, n]`` with ``rho`` of shape ``[m]``; pair j (j = 0, 1, ..., counted from
+the first pair ever stored, oldest first) lives in row ``j % m``, and ``k`` is
+the number of pairs stored so far (unbounded). Only the newest ``min(k, m)``
+pairs, j = k - min(k, m) .. k - 1, are used; rows that hold no used pair are
+never read into the result, whatever they contain, as long as they are
+finite. The trainer keeps its pairs this way; the landscape minimizer keeps
+the newest pair in the last row (rows shifted up on each update, no
+per-member gathers under vmap) and calls :func:`two_loop` with k = m, a
+special case of the convention (empty or reset rows hold rho = 0 and add
+exact zeros).
 
 References:
   Nocedal, Math. Comp. 35, 773 (1980): the limited-memory BFGS update.
