@@ -1,5 +1,6 @@
 """The README's promises that are not covered elsewhere: the notebook example
-runs, and every script it names exists and answers -h/--help with exit 0."""
+runs, every script it and docs/usage.md name exists and answers -h/--help with
+exit 0, every gallery figure is a figure command with its PNG committed."""
 import os
 import re
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
+USAGE = open(os.path.join(ROOT, "docs", "usage.md")).read()
 
 
 def test_notebook_example_runs_as_written_in_small():
@@ -21,9 +23,9 @@ def test_notebook_example_runs_as_written_in_small():
 
 
 def test_every_script_in_the_readme_has_help():
-  names = sorted(set(re.findall(r"python -m lossland\.scripts\.(\w+)", README)))
+  names = sorted(set(re.findall(r"python -m lossland\.scripts\.(\w+)", README + USAGE)))
   assert {"ensemble", "sweep", "phase", "generalization", "hessian", "landscape",
-          "fetch_data", "bench"} <= set(names)
+          "fetch_data", "bench", "figures"} <= set(names)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   procs = {n: subprocess.Popen([sys.executable, "-m", f"lossland.scripts.{n}", "--help"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -40,7 +42,7 @@ def test_flax_example_runs_in_small():
   # README: "examples/flax_cnn_digits.py" trains a flax CNN ensemble and reports
   # its Hessian split and NTK (here 2 members, 60 steps).
   example = os.path.join(ROOT, "examples", "flax_cnn_digits.py")
-  assert "examples/flax_cnn_digits.py" in README
+  assert "examples/flax_cnn_digits.py" in USAGE
   out = subprocess.run([sys.executable, example, "2", "60"], capture_output=True,
                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-2000:]
@@ -67,3 +69,22 @@ def test_hessian_script_uses_full_float32_matmuls():
   # README: "the Hessian script switches to full float32 precision under --nox64".
   src = open(os.path.join(ROOT, "lossland", "scripts", "hessian.py")).read()
   assert 'jax.config.update("jax_default_matmul_precision", "highest")' in src
+
+
+def test_gallery_figures_are_commands_with_committed_pngs():
+  from lossland.experiments import figures
+  named = re.findall(r"python -m lossland\.scripts\.figures ([a-z_]+)", README)
+  assert set(named) == set(figures.FIGURES), named
+  images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+  assert len(images) >= len(figures.FIGURES)
+  for img in images:
+    path = os.path.join(ROOT, img)
+    assert os.path.isfile(path) and os.path.getsize(path) < 400_000, img
+  for name in figures.FIGURES:
+    assert f"docs/gallery/{name}.png" in images, name
+
+
+def test_documentation_links_resolve():
+  for text, base in ((README, ROOT), (USAGE, os.path.join(ROOT, "docs"))):
+    for link in re.findall(r"\]\(([^)#:]+\.(?:md|ipynb|png))\)", text):
+      assert os.path.isfile(os.path.join(base, link)), link

@@ -31,11 +31,10 @@ def cpu() -> GeneralizationConfig:
   learning-rate level, then the L-BFGS polish (at most 5000 evaluations) of
   every member not at N_Delta = 0: below N* they end at (kink) minima, near
   N* most turn sat (probe in docs/generalization.md; ~+20 % CPU). Runtime
-  (docs/generalization.md, "The tail fit"): the first 18 widths (to h = 384)
-  took 50 min wall, 1633 s user CPU on the shared 2-core machine at load
-  5-12; the whole preset is estimated at 60-65 min wall there (h = 512 and
-  768 about 4 and 7 min at load 5), ~35-40 min of CPU. Widths up to 96
-  alone (the preset before issue 19): 15 min wall, 827 s CPU.
+  (docs/generalization.md, "The tail fit"): 58 min 14 s wall, 2121 s user
+  CPU on the shared 2-core machine at load 5-12 (the cells run one after
+  another on about one core: about 35 min on an idle machine, an estimate). Widths up to 96 alone (the preset before issue 19): 15 min wall,
+  827 s CPU.
   """
   return GeneralizationConfig(
       dataset="digits", P=1000, d=10, n_test=None, depth=1, label_noise=0.05,
