@@ -2,8 +2,10 @@
 drawn against their inputs, the Hessian across the phases against jax.hessian."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +18,44 @@ from lossland.experiments.phase_study import PhaseConfig
 from lossland.plots import phase as phase_plots
 
 
+def _tiny_phase_study(root):
+  from lossland.experiments import phase_study
+  cfg = PhaseConfig(depths=(1,), widths=(8,), p_over_n=(0.3, 3.0), n_seeds=2, rounds=0,
+                    n_boot=20, plots=False, out_dir=str(root),
+                    job=dict(max_steps=600, lr=1e-2, optimizer="adam"))
+  phase_study.run(cfg, log_fn=lambda m: None)
+
+
 @pytest.fixture(scope="module")
 def phase_root(tmp_path_factory):
   """A tiny phase study (one hidden layer of 8 units, N = 72: a sat cell and an
-  under-parametrized one; wide enough that dead points are rare)."""
-  from lossland.experiments import phase_study
-  root = str(tmp_path_factory.mktemp("figures"))
-  cfg = PhaseConfig(depths=(1,), widths=(8,), p_over_n=(0.3, 3.0), n_seeds=2, rounds=0,
-                    n_boot=20, plots=False, out_dir=root,
-                    job=dict(max_steps=600, lr=1e-2, optimizer="adam"))
-  phase_study.run(cfg, log_fn=lambda m: None)
-  return root
+  under-parametrized one; wide enough that dead points are rare), run once per
+  test session: with pytest-xdist the first worker to get here runs it in a
+  folder every worker sees, and each worker draws into its own copy."""
+  base = tmp_path_factory.getbasetemp()
+  shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "figures_study"
+  shared.mkdir(exist_ok=True)
+  done = shared / "done"
+  try:
+    os.close(os.open(shared / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+  except FileExistsError:
+    deadline = time.time() + 600
+    while not done.exists():
+      if time.time() > deadline:
+        pytest.fail(f"no {done}: the worker running the study did not finish")
+      time.sleep(0.2)
+    if done.read_text() != "ok":
+      pytest.fail(f"the shared study failed in another worker: {done.read_text()}")
+  else:
+    try:
+      _tiny_phase_study(shared / "study")
+    except BaseException as e:
+      done.write_text(f"{type(e).__name__}: {e}")
+      raise
+    done.write_text("ok")
+  root = tmp_path_factory.mktemp("figures")
+  shutil.copytree(shared / "study" / "phase", root / "phase")
+  return str(root)
 
 
 def _figure(root, name):
@@ -149,3 +178,16 @@ def test_script_redraws_and_rejects_bad_input(phase_root, tmp_path):
     assert p.returncode == 2, (b, err[-500:])
     assert err.strip().count("\n") == 0 and err.startswith("error")
   assert os.listdir(tmp_path) == []
+
+
+def test_hessian_phases_beyond_memory_is_bad_input_and_writes_nothing(phase_root, monkeypatch):
+  from lossland import curvature, io
+
+  def too_big(method, n, dtype, dense_max_n=10000):
+    raise MemoryError(f"dense needs more than is available at N = {n}")
+  monkeypatch.setattr(curvature, "choose_method", too_big)
+  figs = os.path.join(phase_root, "figures")
+  before = sorted(os.listdir(figs)) if os.path.isdir(figs) else []
+  with pytest.raises(io.InputError, match="do not fit"):
+    _figure(phase_root, "hessian_phases")
+  assert sorted(os.listdir(figs)) == before  # nothing new, no staging folder left

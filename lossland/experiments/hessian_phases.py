@@ -72,11 +72,17 @@ def _member_rows(record: dict) -> list:
 
 def _cell_spectra(record: dict, members: list) -> tuple:
   """Dense spectra of some members of one cell: (rows, eig_h, eig_h0, eig_hp)."""
-  from lossland import curvature  # pylint: disable=g-import-not-at-top
+  from lossland import curvature, io  # pylint: disable=g-import-not-at-top
   ens = experiment.load_ensemble(record["run_dir"])
   fns, params, batch = ens.curvature_inputs(members)
+  n = int(record["summary"]["n_weights"])
+  try:  # three N x N matrices per member: the papers' N ~ 8000 fit a GPU
+    curvature.choose_method("dense", n, batch.x.dtype)
+  except MemoryError as e:
+    raise io.InputError(f"hessian_phases: dense spectra at N = {n} do not fit ({e})") from None
+  # one member at a time beyond small N, so memory stays that of one member
   sp = curvature.spectra(fns, params, batch, curvature.SpectraConfig("dense"),
-                         member_ids=members)
+                         member_ids=members, group_size=None if n <= 2000 else 1)
   a = sp.arrays
   return sp.rows, a["eig_h"], a["eig_h0"], a["eig_hp"]
 
