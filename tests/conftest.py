@@ -19,6 +19,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # A caller's own XLA_FLAGS win.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
+import time  # noqa: E402
+
 import jax  # noqa: E402  (after the allocator setting)
 import pytest  # noqa: E402
 
@@ -73,3 +75,40 @@ def pytest_collection_modifyitems(session, config, items):
   rank = lambda item: next((i for i, s in enumerate(_SLOW_FIRST) if s in item.nodeid),
                            len(_SLOW_FIRST))
   items.sort(key=rank)
+
+
+def once_per_session(tmp_path_factory, name: str, make, timeout: float = 600):
+  """A folder that ``make(folder)`` filled once per test session.
+
+  With pytest-xdist the first worker to get here runs ``make`` in a folder
+  every worker sees (beside the workers' own temporary folders); the others
+  wait for it, and fail at once if it failed. Returns the folder.
+  """
+  base = tmp_path_factory.getbasetemp()
+  shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+  shared.mkdir(exist_ok=True)
+  done = shared / ".done"
+  try:
+    os.close(os.open(shared / ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+  except FileExistsError:
+    deadline = time.time() + timeout
+    while not done.exists():
+      if time.time() > deadline:
+        pytest.fail(f"no {done}: the worker running {name} did not finish")
+      time.sleep(0.2)
+    if done.read_text() != "ok":
+      pytest.fail(f"{name} failed in another worker: {done.read_text()}")
+    return shared
+  try:
+    make(shared)
+  except BaseException as e:
+    done.write_text(f"{type(e).__name__}: {e}")
+    raise
+  done.write_text("ok")
+  return shared
+
+
+@pytest.fixture(scope="session")
+def run_once(tmp_path_factory):
+  """``run_once(name, make)``: :func:`once_per_session` for session fixtures."""
+  return lambda name, make: once_per_session(tmp_path_factory, name, make)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import types
 
 import numpy as np
@@ -96,29 +95,13 @@ def _compute(tmp):
 
 
 @pytest.fixture(scope="session")
-def results(tmp_path_factory):
+def results(run_once):
   """The rows' outcomes, computed once per test session: with pytest-xdist
   the first worker to get here runs them in a folder every worker sees, the
   others wait for its results.json (about 22 interpreter start-ups saved)."""
-  base = tmp_path_factory.getbasetemp()
-  root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "bad_input_rows"
-  root.mkdir(exist_ok=True)
-  done = root / "results.json"
-  try:
-    os.close(os.open(root / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    owner = True
-  except FileExistsError:
-    owner = False
-  if owner:
-    rows = _compute(root)
-    (root / "results.tmp").write_text(json.dumps(rows))
-    os.replace(root / "results.tmp", done)
-  deadline = time.time() + 600
-  while not done.exists():
-    if time.time() > deadline:
-      pytest.fail(f"no {done}: the worker running the rows did not finish")
-    time.sleep(0.2)
-  rows = json.loads(done.read_text())
+  def make(root):
+    (root / "results.json").write_text(json.dumps(_compute(root)))
+  rows = json.loads((run_once("bad_input_rows", make) / "results.json").read_text())
   return {name: (types.SimpleNamespace(returncode=r["returncode"], stderr=r["stderr"]),
                  r["out_dir"]) for name, r in rows.items()}
 

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,32 +26,12 @@ def _tiny_phase_study(root):
 
 
 @pytest.fixture(scope="module")
-def phase_root(tmp_path_factory):
+def phase_root(tmp_path_factory, run_once):
   """A tiny phase study (one hidden layer of 8 units, N = 72: a sat cell and an
   under-parametrized one; wide enough that dead points are rare), run once per
   test session: with pytest-xdist the first worker to get here runs it in a
   folder every worker sees, and each worker draws into its own copy."""
-  base = tmp_path_factory.getbasetemp()
-  shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "figures_study"
-  shared.mkdir(exist_ok=True)
-  done = shared / "done"
-  try:
-    os.close(os.open(shared / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-  except FileExistsError:
-    deadline = time.time() + 600
-    while not done.exists():
-      if time.time() > deadline:
-        pytest.fail(f"no {done}: the worker running the study did not finish")
-      time.sleep(0.2)
-    if done.read_text() != "ok":
-      pytest.fail(f"the shared study failed in another worker: {done.read_text()}")
-  else:
-    try:
-      _tiny_phase_study(shared / "study")
-    except BaseException as e:
-      done.write_text(f"{type(e).__name__}: {e}")
-      raise
-    done.write_text("ok")
+  shared = run_once("figures_study", lambda folder: _tiny_phase_study(folder / "study"))
   root = tmp_path_factory.mktemp("figures")
   shutil.copytree(shared / "study" / "phase", root / "phase")
   return str(root)
