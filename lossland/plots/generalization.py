@@ -109,8 +109,27 @@ def plot_figure(summary: dict, path_prefix: str) -> list:
   tail_min = summary.get("tail_n_min") if new else None
   xlabel = "N / N*" if ns else "N (no N* found)"
   fig, axs = plt.subplots(1, 3, figsize=(16, 4.4))
+  _error_panel(axs[0], summary, rows, x, scale)
+  _norm_panel(axs[1], rows, x)
+  _fluctuation_panel(axs[2], summary, rows, x, scale, new, tail_min)
+  for ax, letter in zip(axs, "abc"):
+    _regimes(ax, ns, tail_min, x.max())
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overlapping labels
+    ax.text(-0.02, 1.02, f"({letter})", transform=ax.transAxes, ha="right", fontsize=9)
+  fig.tight_layout()
+  paths = [path_prefix + ".png", path_prefix + ".pdf"]
+  fig.savefig(paths[0], dpi=120)
+  fig.savefig(paths[1])
+  plt.close(fig)
+  return paths
 
-  ax = axs[0]
+
+def _error_panel(ax, summary, rows, x, scale):
+  """Panel (a): test errors of single nets, the ensemble, early stopping, the
+  NTK limit and the cusp's peak."""
+  ns = summary.get("n_star")
   ax.errorbar(x, _column(rows, "mean_test_error"), _column(rows, "sem_test_error"),
               marker="o", ms=4, capsize=2, label="single net (+- sem)")
   for key, m, lab in (("ensemble_test_error", "s-", "ensemble average fbar"),
@@ -127,24 +146,24 @@ def plot_figure(summary: dict, path_prefix: str) -> list:
     ax.plot([c["N_peak"] / scale], [c["peak_error"]], "*", ms=14, color="tab:red",
             mfc="none", label=f"cusp: peak above sides by {txt} sem"
                                + (" (shows)" if c.get("shows") else ""))
-  _regimes(ax, ns, tail_min, x.max())
-  ax.set_xscale("log")
-  ax.set_xlabel(xlabel)
   ax.set_ylabel("test error")
   ax.set_title(f"N* = {ns:.0f}" if ns else "no N*", fontsize=9)
   ax.legend(fontsize=6, loc="upper right", framealpha=0.8)
 
-  ax = axs[1]
+
+def _norm_panel(ax, rows, x):
+  """Panel (b): <|f|^2> on the test set."""
   y = _column(rows, "output_norm")
   if y is not None:
     ax.loglog(x, y, "v-", color="tab:purple", ms=4, label="<|f|^2> (test)")
     ax.legend(fontsize=7)
-  _regimes(ax, ns, tail_min, x.max())
-  ax.set_xscale("log")
-  ax.set_xlabel(xlabel)
   ax.set_ylabel("<|f|^2>")
 
-  ax = axs[2]
+
+def _fluctuation_panel(ax, summary, rows, x, scale, new, tail_min):
+  """Panel (c): the fluctuations with their tail and near-N* fits and the
+  predicted slopes."""
+  ns = summary.get("n_star")
   fits_tail = summary.get("fits", {})
   fits_near = summary.get("fits_near_n_star", {}) if new else {}
   tail_what = "tail" if new else "N > N*"
@@ -162,19 +181,7 @@ def plot_figure(summary: dict, path_prefix: str) -> list:
     _draw_prediction(ax, predicted.get(key), f if new else None, scale, color)
     f = fits_near.get(key, {})
     _draw_fit(ax, f, _fit_span(f, rows, ns, tail_min), scale, color, "--", "near N*")
-  _regimes(ax, ns, tail_min, x.max())
-  ax.set_xscale("log")
-  ax.set_xlabel(xlabel)
   ax.set_title("shaded: N* < N < tail; solid: tail fit, dashed: near-N* fit,\n"
                "dotted: 1901.01608's slope for this grid (h exponents / (dlog N / dlog h))"
                if new else "fits over N > N*", fontsize=8)
   ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-  for ax, letter in zip(axs, "abc"):
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overlapping labels
-    ax.text(-0.02, 1.02, f"({letter})", transform=ax.transAxes, ha="right", fontsize=9)
-  fig.tight_layout()
-  paths = [path_prefix + ".png", path_prefix + ".pdf"]
-  fig.savefig(paths[0], dpi=120)
-  fig.savefig(paths[1])
-  plt.close(fig)
-  return paths

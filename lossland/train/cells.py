@@ -62,7 +62,9 @@ def train_cells(cells: Sequence[tuple], net_cfg, loss_cfg, cfg, **kwargs) -> lis
       across cells: each member is its cell's).
     net_cfg, loss_cfg, cfg: shared by every cell (cfg full batch).
     **kwargs: passed to ``train_ensemble`` (group_size, progress_fn,
-      checkpoint_path, checkpoint_every, compact).
+      checkpoint_path, checkpoint_every, compact, and ``start=(params,
+      params0)`` with a leading axis over all cells' members in order, to
+      continue them, e.g. an L-BFGS polish after Adam).
 
   Returns:
     One :class:`EnsembleResult` per cell, as ``train_ensemble(seeds, data,
