@@ -275,23 +275,8 @@ def fit_range(per_n, key, n_min=None, n_max=None, n_boot=1000, seed=0,
     return {"exponent": None, "prefactor": None, "ci": [None, None],
             "n_points": int(len(x)), **where}
   out = {**fits.log_log_slope(x, y, n_boot=n_boot, seed=seed), **where}
-  ok = (x > 0) & (y > 0) & np.isfinite(y)
-  out["ci_t"] = _t_interval(np.log(x[ok]), np.log(y[ok]), out.get("level", 0.95))
+  out["ci_t"] = fits.log_log_t_interval(x, y, out.get("level", 0.95))
   return out
-
-
-def _t_interval(lx, ly, level) -> list:
-  """slope +- t_{n-2} SE of the least-squares line through (lx, ly)."""
-  n = lx.size
-  if n < 3:
-    return [None, None]
-  from scipy import stats
-  sxx = np.sum((lx - lx.mean()) ** 2)
-  slope = np.sum((lx - lx.mean()) * (ly - ly.mean())) / sxx
-  resid = ly - ly.mean() - slope * (lx - lx.mean())
-  se = math.sqrt(np.sum(resid ** 2) / (n - 2) / sxx)
-  t = float(stats.t.ppf(0.5 + level / 2, n - 2))
-  return [float(slope - t * se), float(slope + t * se)]
 
 
 FIT_KEYS = ("output_variance", "ntk_fluctuation", "ntk_drift")

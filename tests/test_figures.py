@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lossland import experiment, losses
+from lossland import experiment
 from lossland.experiments import figures, hessian_phases
 from lossland.experiments.phase_study import PhaseConfig
 from lossland.plots import phase as phase_plots

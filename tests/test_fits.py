@@ -145,3 +145,15 @@ def test_log_log_slope():
   assert f["ci"][1] - f["ci"][0] < 0.2
   with pytest.raises(ValueError):
     fits.log_log_slope(x, y[:3])
+
+
+def test_log_log_t_interval_is_the_textbook_one():
+  from scipy import stats
+  rng = np.random.default_rng(3)
+  x = np.geomspace(10, 1000, 6)
+  y = 2.0 * x ** -0.7 * np.exp(0.05 * rng.standard_normal(6))
+  lo, hi = fits.log_log_t_interval(x, y)
+  r = stats.linregress(np.log(x), np.log(y))
+  half = stats.t.ppf(0.975, 4) * r.stderr
+  np.testing.assert_allclose([lo, hi], [r.slope - half, r.slope + half], rtol=1e-10)
+  assert fits.log_log_t_interval(x[:2], y[:2]) == [None, None]

@@ -106,8 +106,7 @@ def generalization_run(cfg: FigureConfig, log_fn: Callable = print) -> str:
     return found
   from lossland.configs import generalization as presets  # pylint: disable=g-import-not-at-top
   from lossland.experiments import generalization_study  # pylint: disable=g-import-not-at-top
-  name = "paper" if cfg.preset in ("gpu", "paper") and "gpu" not in presets.PRESETS else cfg.preset
-  study_cfg = dataclasses.replace(presets.PRESETS[name](), out_dir=cfg.root)
+  study_cfg = dataclasses.replace(presets.PRESETS[cfg.preset](), out_dir=cfg.root)
   return generalization_study.run(study_cfg, log_fn=log_fn)[1]
 
 

@@ -20,6 +20,7 @@ run of each of its cells from the sweep directory and computes the dense
 spectra of every healthy member (:func:`lossland.curvature.spectra`: exact
 eigenvalues and counts). No training happens here.
 """
+import json
 import os
 from typing import Callable, Sequence
 
@@ -157,7 +158,6 @@ def analyze(run_dir: str, depths: Sequence[int] | None = None,
     eigenvalues of H, the asymmetry of Hp's spectrum); ``arrays``:
     ``L<depth>_eig_h``, ``_eig_h0``, ``_eig_hp`` [members, N].
   """
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(run_dir, "summary.json")) as fh:
     summary = json.load(fh)
   result, arrays = {"phase_run": os.path.abspath(run_dir), "per_depth": {}}, {}

@@ -117,8 +117,7 @@ def phase_diagram_ax(ax, per_depth: dict, sizes: dict | None = None) -> dict:
 
 
 def _power_law_density(x, a, xm):
-  """The density a + 1 ... of p(x) ~ x^a on (0, xm], scaled by the sample
-  fraction below xm (the fits' normalization)."""
+  """The normalized density (a + 1) x^a / xm^(a + 1) of p(x) ~ x^a on (0, xm]."""
   return (a + 1) * x ** a / xm ** (a + 1)
 
 
@@ -157,17 +156,26 @@ def delta_ax(ax, x, exponent, ci, x_max, name: str, reference=None) -> dict:
 
 
 def _delta_distributions(plt, result: dict):
-  """Densities of Delta/sqrt(L) > 0 and of -Delta > 0 with the fitted power laws."""
+  """Densities of Delta/sqrt(loss) > 0 and of -Delta > 0 with the fitted power laws."""
   s = result["_samples"]
   fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
-  delta_ax(axs[0], s["positive"], result["theta"], result.get("theta_ci"),
-           s["theta_xmax"], "Delta/sqrt(loss), Delta>0")
-  gamma = result["gamma"]
-  ci = result.get("gamma_ci")
-  delta_ax(axs[1], s["negative"], None if gamma is None else -gamma,
-           None if not ci or ci[0] is None else [-ci[1], -ci[0]], s["gamma_xmax"],
-           "-Delta, Delta<0")
+  _delta_pair(axs, result, s["positive"], s["negative"], s["theta_xmax"], s["gamma_xmax"])
   return fig
+
+
+def _delta_pair(axs, result: dict, positive, negative, x_max_pos, x_max_neg,
+                reference: bool = False) -> dict:
+  """The two panels of the Delta distributions (theta, then gamma as the
+  exponent -gamma of -Delta), with the papers' exponents when ``reference``."""
+  gamma, gci = result.get("gamma"), result.get("gamma_ci")
+  return {
+      "positive": delta_ax(axs[0], positive, result.get("theta"), result.get("theta_ci"),
+                           x_max_pos, "Delta/sqrt(loss), Delta > 0",
+                           PAPER_THETA if reference else None),
+      "negative": delta_ax(axs[1], negative, None if gamma is None else -gamma,
+                           None if not gci or gci[0] is None else [-gci[1], -gci[0]],
+                           x_max_neg, "-Delta, Delta < 0",
+                           -PAPER_GAMMA if reference else None)}
 
 
 def _avalanches(plt, sizes):
@@ -311,12 +319,8 @@ def delta_distributions_figure(result: dict, positive, negative, path_prefix: st
   th = result.get("theta_fit") or {}
   ga = result.get("gamma_fit") or {}
   gamma, gci = result.get("gamma"), result.get("gamma_ci")
-  data = {
-      "positive": delta_ax(axs[0], positive, result.get("theta"), result.get("theta_ci"),
-                           th.get("x_max"), "Delta/sqrt(loss), Delta > 0", PAPER_THETA),
-      "negative": delta_ax(axs[1], negative, None if gamma is None else -gamma,
-                           None if not gci or gci[0] is None else [-gci[1], -gci[0]],
-                           ga.get("x_max"), "-Delta, Delta < 0", -PAPER_GAMMA)}
+  data = _delta_pair(axs, result, positive, negative, th.get("x_max"), ga.get("x_max"),
+                     reference=True)
   axs[0].set_title(f"theta = {_fmt(result.get('theta'))} {_fmt_ci(result.get('theta_ci'))}",
                    fontsize=8)
   axs[1].set_title(f"gamma = {_fmt(gamma)} {_fmt_ci(gci)}", fontsize=8)

@@ -16,6 +16,8 @@ cells). The figure lands in ``<out_dir>/figures/NAME/`` as PNG, PDF and JSON
 (the numbers drawn and the run directories they come from). See
 lossland/experiments/figures.py.
 """
+import sys
+
 from lossland.experiments import figures, options
 from lossland.scripts import _cli
 
@@ -29,7 +31,7 @@ def main(argv):
   cfg = figures.FigureConfig(name=argv[1], **_cli.flag_values(_SPEC))
   import jax
   jax.config.update("jax_enable_x64", True)
-  say = lambda m: print(m, file=__import__("sys").stderr, flush=True)
+  say = lambda m: print(m, file=sys.stderr, flush=True)
   path = figures.make_figure(cfg, log_fn=say)
   print(path)
 
