@@ -1,4 +1,4 @@
-"""The seeds' figures (lossland.experiments.figures, scripts.figures): the numbers
+"""The seeds' figures (lossland.figures, scripts.figures): the numbers
 drawn against their inputs, the Hessian across the phases against jax.hessian."""
 import json
 import os
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lossland import experiment
-from lossland.experiments import figures, hessian_phases
+from lossland import figures
+from lossland.experiments import hessian_phases
 from lossland.experiments.phase_study import PhaseConfig
 from lossland.plots import phase as phase_plots
 

@@ -117,3 +117,11 @@ def test_figures_keep_a_backend_the_user_chose():
                          text=True, env=e, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
     assert out.stdout.strip().endswith(want), (pre, out.stdout)
+
+
+def test_presets_and_figures_sit_above_the_studies():
+  # configs/ builds study configs and figures.py composes presets and studies:
+  # the studies, the analysis and everything below never import either.
+  for prefix in ("lossland.configs", "lossland.figures"):
+    allowed = ("scripts" + os.sep, "configs" + os.sep, "figures.py")
+    assert _importers(prefix, skip=allowed) == [], prefix

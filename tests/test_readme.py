@@ -72,7 +72,7 @@ def test_hessian_script_uses_full_float32_matmuls():
 
 
 def test_gallery_figures_are_commands_with_committed_pngs():
-  from lossland.experiments import figures
+  from lossland import figures
   named = re.findall(r"python -m lossland\.scripts\.figures ([a-z_]+)", README)
   assert set(named) == set(figures.FIGURES), named
   images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)

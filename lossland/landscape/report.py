@@ -4,11 +4,13 @@ of ``python -m lossland.scripts.landscape --from_db`` and the grid of
 ``python -m lossland.scripts.landscape_grid``.
 """
 
+import json
 import os
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from lossland.io import InputError
 from lossland.landscape import disconnectivity, metrics
 
 # Per-minimum values the study stores (``Database.update_metrics``).
@@ -141,3 +143,45 @@ def figure_and_summary(graph: Graph, out_dir: str, title: str, temperature: floa
                      title=f'{title}: {counts(graph)}', n_levels=n_levels)
   summary['tree_dropped_minima'] = len(tree.dropped_minima)
   return summary
+
+
+def _summary(run_dir: str) -> dict:
+  with open(os.path.join(run_dir, "summary.json")) as fh:
+    return json.load(fh)
+
+
+def grid_panels(run_dirs) -> tuple:
+  """(panels, table) of a grid of landscape runs for
+  :func:`save_grid` and its JSON table.
+
+  Raises:
+    io.InputError: a directory is not a landscape run or holds no minima.
+  """
+  from lossland.landscape.database import Database, DatabaseError  # pylint: disable=g-import-not-at-top
+  panels, table = [], []
+  for r in run_dirs:
+    try:
+      with open(os.path.join(r, "config.json")) as fh:
+        cfg = json.load(fh)["study_config"]
+      summ = _summary(r)
+      db = Database(os.path.join(r, "landscape.sqlite"), create=False)
+      graph = read_graph(db)
+    except (OSError, KeyError, ValueError, DatabaseError) as e:
+      raise InputError(f"{r}: not a landscape run directory ({e})") from None
+    db.close()
+    if len(graph.ids) == 0:
+      raise InputError(f"{r}: its database holds no minima")
+    depth, n = cfg["depth"], cfg["n_data"]
+    panels.append((depth, n, graph,
+                   f"depth {depth}, P={n}: {counts(graph)}, "
+                   f"f={summ['frustration']:.2f}, funnel={summ['funnel_fraction']:.2f}"))
+    table.append({"run": r, "depth": depth, "n_data": n,
+                  **{k: summ.get(k) for k in ("n_minima", "n_ts", "global_min_loss",
+                                              "frustration", "funnel_fraction",
+                                              "n_connected_to_global_min",
+                                              "downhill_barrier_quantiles",
+                                              "barrier_to_global_min_quantiles",
+                                              "test_accuracy_quantiles", "seconds")},
+                  "n_components": summ.get("connect", {}).get("n_components"),
+                  "n_connect_attempts": summ.get("connect", {}).get("n_attempts")})
+  return panels, table

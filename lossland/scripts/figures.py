@@ -14,11 +14,12 @@ the first three figures share one phase study). A finished study is reused:
 drawing again costs no training (``--rerun`` runs it again, resuming its
 cells). The figure lands in ``<out_dir>/figures/NAME/`` as PNG, PDF and JSON
 (the numbers drawn and the run directories they come from). See
-lossland/experiments/figures.py.
+lossland/figures.py.
 """
 import sys
 
-from lossland.experiments import figures, options
+from lossland import figures
+from lossland.experiments import options
 from lossland.scripts import _cli
 
 _SPEC = [o for o in options.spec_of(figures.FigureConfig) if o.name != "name"]

@@ -37,9 +37,8 @@ def main(argv):
     raise _cli.UsageError(f'--out {o.out} is a directory; give a .png file name')
   if not os.access(out_parent, os.W_OK):
     raise _cli.UsageError(f'--out {o.out}: folder {out_parent} is not writable')
-  from lossland.experiments import figures
   from lossland.landscape import report
-  panels, table = figures.landscape_panels(runs)
+  panels, table = report.grid_panels(runs)
   report.save_grid(panels, o.out, n_levels=25, value_label='test acc.', dpi=110)
   with open(os.path.splitext(o.out)[0] + '.json', 'w') as f:
     json.dump(table, f, indent=2)

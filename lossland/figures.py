@@ -1,5 +1,8 @@
 """The seeds' figures, one command each: ``python -m lossland.scripts.figures NAME``.
 
+The top of the library: it composes the studies' presets (lossland.configs),
+the studies (lossland.experiments) and the landscape runs (lossland.landscape).
+
 =====================  ========================================  ==========================
 NAME                   reads (runs it when absent)               draws
 =====================  ========================================  ==========================
@@ -191,47 +194,9 @@ def draw_generalization(run_dir: str, prefix: str) -> dict:
   return {k: summary.get(k) for k in ("n_star", "per_n", "fits", "kernel_test_error")}
 
 
-def landscape_panels(run_dirs) -> tuple:
-  """(panels, table) of a grid of landscape runs for
-  :func:`lossland.landscape.report.save_grid` and its JSON table.
-
-  Raises:
-    io.InputError: a directory is not a landscape run or holds no minima.
-  """
-  from lossland.landscape import report  # pylint: disable=g-import-not-at-top
-  from lossland.landscape.database import Database, DatabaseError  # pylint: disable=g-import-not-at-top
-  panels, table = [], []
-  for r in run_dirs:
-    try:
-      with open(os.path.join(r, "config.json")) as fh:
-        cfg = json.load(fh)["study_config"]
-      summ = _load_summary(r)
-      db = Database(os.path.join(r, "landscape.sqlite"), create=False)
-      graph = report.read_graph(db)
-    except (OSError, KeyError, ValueError, DatabaseError) as e:
-      raise io.InputError(f"{r}: not a landscape run directory ({e})") from None
-    db.close()
-    if len(graph.ids) == 0:
-      raise io.InputError(f"{r}: its database holds no minima")
-    depth, n = cfg["depth"], cfg["n_data"]
-    panels.append((depth, n, graph,
-                   f"depth {depth}, P={n}: {report.counts(graph)}, "
-                   f"f={summ['frustration']:.2f}, funnel={summ['funnel_fraction']:.2f}"))
-    table.append({"run": r, "depth": depth, "n_data": n,
-                  **{k: summ.get(k) for k in ("n_minima", "n_ts", "global_min_loss",
-                                              "frustration", "funnel_fraction",
-                                              "n_connected_to_global_min",
-                                              "downhill_barrier_quantiles",
-                                              "barrier_to_global_min_quantiles",
-                                              "test_accuracy_quantiles", "seconds")},
-                  "n_components": summ.get("connect", {}).get("n_components"),
-                  "n_connect_attempts": summ.get("connect", {}).get("n_attempts")})
-  return panels, table
-
-
 def draw_landscapes(run_dirs, prefix: str) -> dict:
   from lossland.landscape import report  # pylint: disable=g-import-not-at-top
-  panels, table = landscape_panels(run_dirs)
+  panels, table = report.grid_panels(run_dirs)
   report.save_grid(panels, prefix + ".png", n_levels=25, value_label="test acc.", dpi=80)
   report.save_grid(panels, prefix + ".pdf", n_levels=25, value_label="test acc.")
   return {"cells": table}
@@ -239,9 +204,9 @@ def draw_landscapes(run_dirs, prefix: str) -> dict:
 
 class Figure(NamedTuple):
   """One figure: ``source(cfg, log_fn)`` gives its run directory (or list of
-  them), ``draw(source, prefix[, log_fn])`` writes it and returns its data."""
+  them), ``render(source, prefix[, log_fn])`` writes it and returns its data."""
   source: Callable
-  draw: Callable
+  render: Callable
   takes_log: bool = False
 
 
@@ -263,7 +228,7 @@ def make_figure(cfg: FigureConfig, log_fn: Callable = print) -> str:
   os.makedirs(parent, exist_ok=True)
   with io.staged_subdir(parent, cfg.name) as tmp:
     prefix = os.path.join(tmp, cfg.name)
-    data = (fig.draw(source, prefix, log_fn) if fig.takes_log else fig.draw(source, prefix))
+    data = (fig.render(source, prefix, log_fn) if fig.takes_log else fig.render(source, prefix))
     record = {"figure": cfg.name, "preset": cfg.preset, "source": source, "data": data,
               "environment": io.environment()}
     with open(prefix + ".json", "w") as fh:
