@@ -67,6 +67,7 @@ _SLOW_FIRST = (
     "test_kink_newton.py",
     "test_notebooks.py::test_notebook_runs_at_tiny_sizes[landscape]",
     "test_figures.py::test_phase_diagram_draws_the_cells_it_read",
+    "test_readme.py::test_main_job_gives_the_numbers_the_readme_states",
 )
 
 
