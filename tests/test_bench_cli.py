@@ -1,17 +1,16 @@
 """The benchmark entry point: dispatch, bad input, and a tiny ensemble run."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
 from lossland.scripts import bench_ensemble
 
+import cli_runner
+
 
 def _bench(args):
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.bench"] + args,
-                        capture_output=True, text=True, timeout=300,
+  return cli_runner.run("lossland.scripts.bench", args, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 

@@ -9,12 +9,12 @@ interpreter and jax start-up).
 import concurrent.futures
 import json
 import os
-import subprocess
-import sys
 import types
 
 import numpy as np
 import pytest
+
+import cli_runner
 
 SMALL = ["--P", "20", "--d", "3", "--depth", "1", "--width", "3", "--n_test", "10",
          "--max_steps", "10", "--n_seeds", "2", "--plots=false"]
@@ -75,8 +75,7 @@ CASES = [
 
 def _run(args, timeout=120):
   env = dict(os.environ, JAX_PLATFORMS="cpu", LOSSLAND_COMPILATION_CACHE="0")
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.ensemble"] + args,
-                        capture_output=True, text=True, env=env, timeout=timeout)
+  return cli_runner.run("lossland.scripts.ensemble", args, env=env, timeout=timeout)
 
 
 def _compute(tmp):

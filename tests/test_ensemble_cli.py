@@ -9,15 +9,16 @@ import pytest
 
 from lossland import experiment, io
 
+import cli_runner
+
 TINY = ["--P", "30", "--d", "5", "--depth", "2", "--width", "6", "--n_test", "40",
         "--max_steps", "300", "--n_seeds", "3", "--plots=false"]
 
 
 def run_cli(args, tmp_path, **env_extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", **env_extra)
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.ensemble",
-                         "--out_dir", str(tmp_path)] + args,
-                        capture_output=True, text=True, env=env, timeout=600)
+  return cli_runner.run("lossland.scripts.ensemble", ["--out_dir", str(tmp_path)] + args,
+                        env=env, timeout=600)
 
 
 def test_cli_writes_a_complete_run_directory(tmp_path, on_cpu):

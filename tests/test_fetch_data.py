@@ -4,8 +4,6 @@ that ignores Range, a connection cut mid-file, checksum refusal."""
 import hashlib
 import http.server
 import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -13,6 +11,8 @@ import pytest
 
 from lossland import data
 from lossland.scripts import fetch_data
+
+import cli_runner
 
 NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -185,8 +185,7 @@ def test_file_urls_and_mirror_fallback(tmp_path):
 def run_cli(args, env_extra=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", LOSSLAND_COMPILATION_CACHE="0")
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.fetch_data"] + args,
-                        capture_output=True, text=True, env=env, timeout=120)
+  return cli_runner.run("lossland.scripts.fetch_data", args, env=env, timeout=120)
 
 
 def test_cli_checksum_refusal_and_bad_input(server, tmp_path):

@@ -3,8 +3,6 @@ drawn against their inputs, the Hessian across the phases against jax.hessian.""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,8 @@ from lossland import figures
 from lossland.experiments import hessian_phases
 from lossland.experiments.phase_study import PhaseConfig
 from lossland.plots import phase as phase_plots
+
+import cli_runner
 
 
 def _tiny_phase_study(root):
@@ -142,21 +142,17 @@ def test_delta_figure_draws_the_fitted_law_over_the_samples(tmp_path):
 
 def test_script_redraws_and_rejects_bad_input(phase_root, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  start = lambda *a: subprocess.Popen([sys.executable, "-m", "lossland.scripts.figures", *a],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env)
+  run = lambda *a: cli_runner.run("lossland.scripts.figures", a, env=env, timeout=300)
   bad = [("nope", "--out_dir", str(tmp_path)), ("--out_dir", str(tmp_path)),
          ("phase_diagram", "--preset", "huge", "--out_dir", str(tmp_path))]
-  good = start("phase_diagram", "--out_dir", phase_root)
-  procs = [start(*b) for b in bad]
-  out, err = good.communicate(timeout=300)
-  assert good.returncode == 0, err[-2000:]
-  assert out.strip().endswith(os.path.join("figures", "phase_diagram"))
-  assert "reusing" in err
-  for b, p in zip(bad, procs):
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 2, (b, err[-500:])
-    assert err.strip().count("\n") == 0 and err.startswith("error")
+  good = run("phase_diagram", "--out_dir", phase_root)
+  assert good.returncode == 0, good.stderr[-2000:]
+  assert good.stdout.strip().endswith(os.path.join("figures", "phase_diagram"))
+  assert "reusing" in good.stderr
+  for b in bad:
+    p = run(*b)
+    assert p.returncode == 2, (b, p.stderr[-500:])
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error")
   assert os.listdir(tmp_path) == []
 
 

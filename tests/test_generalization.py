@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 import types
 
 import jax
@@ -12,6 +10,8 @@ import pytest
 from lossland import generalization
 from lossland import losses
 from lossland import nets
+
+import cli_runner
 
 
 def test_n_star_interpolates_in_log_n():
@@ -261,9 +261,8 @@ def test_grad_norms_match_finite_differences(subtract_init):
 
 def _run(tmp_path, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.generalization",
-                         f"--out_dir={tmp_path}", *args], capture_output=True,
-                        text=True, env=env, timeout=600)
+  return cli_runner.run("lossland.scripts.generalization", [f"--out_dir={tmp_path}", *args],
+                        env=env, timeout=600)
 
 
 def test_script_end_to_end_tiny_grid(tmp_path):

@@ -16,14 +16,15 @@ from jax.flatten_util import ravel_pytree
 from lossland import experiment
 from lossland import losses
 
+import cli_runner
+
 jax.config.update("jax_enable_x64", True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout,
+  return cli_runner.run(args[0], args[1:], cwd=ROOT, timeout=timeout,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 

@@ -1,6 +1,5 @@
 """Ensemble-job options: label noise, and the polish stage's histories in arrays.npz."""
 import io as stdio
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import numpy as np
 import pytest
 
 from lossland import data, io, job, sweep, train
+
+import cli_runner
 
 TINY = dict(dataset="digits", P=40, d=4, n_test=30, depth=1, width=3, n_seeds=2,
             max_steps=20, plots=False, resume=False)
@@ -69,9 +70,8 @@ def test_label_noise_on_synthetic_data_keeps_the_draw_and_is_a_sweep_axis():
 
 @pytest.mark.parametrize("bad", ["0.5", "-0.1"])
 def test_bad_label_noise_exits_2_and_writes_nothing(tmp_path, bad):
-  r = subprocess.run([sys.executable, "-m", "lossland.scripts.ensemble", "--out_dir",
-                      str(tmp_path), "--label_noise", bad, "--P", "30", "--d", "4"],
-                     capture_output=True, text=True, timeout=300,
+  r = cli_runner.run("lossland.scripts.ensemble", ["--out_dir", str(tmp_path), "--label_noise",
+                     bad, "--P", "30", "--d", "4"], timeout=300,
                      env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert r.returncode == 2, r.stderr
   err = r.stderr.strip().splitlines()

@@ -1,17 +1,16 @@
 """End-to-end: the landscape script writes a complete run directory; bad input exits 2."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+import cli_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, cwd):
-  return subprocess.run([sys.executable, '-m', 'lossland.scripts.landscape', *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+  return cli_runner.run('lossland.scripts.landscape', args, cwd=ROOT, timeout=600,
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
@@ -41,9 +40,8 @@ def test_tiny_run_writes_everything(tmp_path):
             'train_accuracy_quantiles', 'tree_dropped_minima'):
     assert s2[k] == s[k], k  # one figure + summary helper for the study and --from_db
   # The grid of graphs reads the run directory.
-  g = subprocess.run([sys.executable, '-m', 'lossland.scripts.landscape_grid', '--out',
-                      str(tmp_path / 'grid.png'), str(d)], cwd=ROOT, capture_output=True,
-                     text=True, timeout=120)
+  g = cli_runner.run('lossland.scripts.landscape_grid', ['--out', str(tmp_path / 'grid.png'),
+                     str(d)], cwd=ROOT, timeout=120)
   assert g.returncode == 0, g.stderr[-2000:]
   (cell,) = json.load(open(tmp_path / 'grid.json'))
   assert cell['n_minima'] == s['n_minima'] and cell['depth'] == 1 and cell['n_data'] == 20
@@ -77,8 +75,7 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, args, msg):
 ])
 def test_grid_bad_out_exit_2(tmp_path, args, msg):
   args = [a.replace('{tmp}', str(tmp_path)) for a in args]
-  p = subprocess.run([sys.executable, '-m', 'lossland.scripts.landscape_grid', *args],
-                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  p = cli_runner.run('lossland.scripts.landscape_grid', args, cwd=ROOT, timeout=120)
   assert p.returncode == 2 and msg in p.stderr, p.stderr
   assert len(p.stderr.strip().splitlines()) == 1
   assert os.listdir(tmp_path) == []

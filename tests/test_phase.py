@@ -1,13 +1,13 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from lossland import fits, phase
 from lossland.experiments import phase_study
+
+import cli_runner
 
 
 def _record(P, N, classes, nd=None, depth=3, run_dir=None, losses=None):
@@ -169,9 +169,8 @@ def test_avalanche_data_adds_the_polish_stage():
 
 def _run(args, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.phase", *args,
-                         "--out_dir", str(tmp_path / "out")],
-                        capture_output=True, text=True, env=env, timeout=300)
+  return cli_runner.run("lossland.scripts.phase", [*args, "--out_dir", str(tmp_path / "out")],
+                        env=env, timeout=300)
 
 
 def test_script_end_to_end_tiny_grid(tmp_path):

@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 
+import cli_runner
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
 USAGE = open(os.path.join(ROOT, "docs", "usage.md")).read()
@@ -31,13 +33,10 @@ def test_every_script_in_the_readme_has_help():
   assert {"ensemble", "sweep", "phase", "generalization", "hessian", "landscape",
           "fetch_data", "bench", "figures"} <= set(names)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = {n: subprocess.Popen([sys.executable, "-m", f"lossland.scripts.{n}", "--help"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env) for n in names}
-  for n, p in procs.items():
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0, (n, err[-500:])
-    assert out.strip() or err.strip(), n
+  for n in names:
+    p = cli_runner.run(f"lossland.scripts.{n}", ["--help"], env=env, timeout=300)
+    assert p.returncode == 0, (n, p.stderr[-500:])
+    assert p.stdout.strip() or p.stderr.strip(), n
   example = os.path.join(ROOT, "examples", "muller_brown.py")
   assert os.path.isfile(example)
 

@@ -15,6 +15,8 @@ import pytest
 from lossland import io
 from lossland import sweep
 
+import cli_runner
+
 
 # -- a fake ensemble job: writes a run directory the way io.new_run does -----
 
@@ -312,9 +314,7 @@ def _env(tmp_path):
 
 
 def _script(args, tmp_path, **kw):
-  return subprocess.run([sys.executable, "-m", "lossland.scripts.sweep"] + args,
-                        capture_output=True, text=True, env=_env(tmp_path),
-                        timeout=300, **kw)
+  return cli_runner.run("lossland.scripts.sweep", args, env=_env(tmp_path), timeout=300, **kw)
 
 
 TINY = ["--dataset", "sphere", "--P", "40", "--d", "5", "--depth", "2", "--width", "3",
