@@ -9,14 +9,21 @@
   ``ValueError`` a config dataclass raises from its ``__post_init__`` or
   ``validate``. Any other exception is a bug and keeps its traceback.
 * ``-h``/``--help`` print the script's help and exit 0.
-* Ctrl-C prints one line (``interrupted``) and exits 130.
+* Ctrl-C prints one line (``interrupted``) and exits 130. An interrupt that
+  lands where Python swallows exceptions (a garbage-collection callback, such
+  as jax's, prints "Exception ignored" and goes on) is raised again every
+  2 s until the script has handled it (:func:`_sigint_redelivered`).
 * JAX's persistent compilation cache is on for every script, in
   ``$LOSSLAND_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossland/jax``, else
   ``~/.cache/lossland/jax``; ``--nocompilation_cache`` or
   ``LOSSLAND_COMPILATION_CACHE=0`` turn it off.
 """
+import _thread
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from absl import app
@@ -153,6 +160,52 @@ def _on_purpose(e: BaseException) -> bool:
   return False
 
 
+# Seconds between redeliveries of a Ctrl-C that was swallowed.
+REDELIVER_SECONDS = 2.0
+
+
+@contextlib.contextmanager
+def _sigint_redelivered():
+  """Ctrl-C raises KeyboardInterrupt, and keeps raising it until handled.
+
+  Python runs a signal's handler at the next bytecode of the main thread; if
+  that is inside a callback whose exceptions the interpreter ignores (gc
+  callbacks: jax registers one), the KeyboardInterrupt is printed as
+  "Exception ignored" and the script runs on (seen as a Ctrl-C that a
+  training ignored). The first SIGINT starts a thread that re-raises it in
+  the main thread (``_thread.interrupt_main``) every
+  :data:`REDELIVER_SECONDS` until the body's ``except KeyboardInterrupt``
+  calls the yielded ``handled()``, or the body ends. Only in the main thread
+  (elsewhere: no change).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: None
+    return
+  done = threading.Event()
+
+  def redeliver():
+    while not done.wait(REDELIVER_SECONDS):
+      _thread.interrupt_main(signal.SIGINT)
+
+  def handler(signum, frame):
+    if not getattr(handler, "thread", None):
+      handler.thread = threading.Thread(target=redeliver, daemon=True)
+      handler.thread.start()
+    raise KeyboardInterrupt
+
+  def handled():
+    # no second KeyboardInterrupt while the script says goodbye
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    done.set()
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield handled
+  finally:
+    done.set()
+    if signal.getsignal(signal.SIGINT) is handler:
+      signal.signal(signal.SIGINT, previous)
+
+
 def run(main, interrupted="interrupted"):
   """``absl.app.run(main)`` with one-line bad-input errors and exit status 2.
 
@@ -167,17 +220,24 @@ def run(main, interrupted="interrupted"):
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     if _cache_wanted():
       enable_compilation_cache()
-    try:
-      return main(argv)
-    except KeyboardInterrupt:
-      msg = interrupted() if callable(interrupted) else interrupted
-      sys.stdout.flush()
-      tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-      sys.stderr.write(("\n" if tty else "") + msg + "\n")
-      sys.stderr.flush()
-      sys.exit(130)
-    except (Exception,) as e:  # pylint: disable=broad-except
-      if _on_purpose(e):
-        fail(e)
-      raise
+    with _sigint_redelivered() as handled:
+      try:
+        return main(argv)
+      except KeyboardInterrupt:
+        handled()
+        _interrupted(interrupted)
+      except (Exception,) as e:  # pylint: disable=broad-except
+        if _on_purpose(e):
+          fail(e)
+        raise
   app.run(wrapped, flags_parser=_parse)
+
+
+def _interrupted(interrupted):
+  """Ctrl-C: the one line on stderr, exit status 130."""
+  msg = interrupted() if callable(interrupted) else interrupted
+  sys.stdout.flush()
+  tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+  sys.stderr.write(("\n" if tty else "") + msg + "\n")
+  sys.stderr.flush()
+  sys.exit(130)
