@@ -70,7 +70,7 @@ def ensemble_summary(f_test, y_test) -> dict:
   }
 
 
-MEMBER_CLASSES = ("sat", "dead_points", "limbo", "jammed", "stalled",
+MEMBER_CLASSES = ("sat", "dead_points", "limbo", "jammed", "unbalanced", "stalled",
                   "not_converged", "diverged", "dead")
 UNHEALTHY = ("diverged", "dead", "dead_points")
 
@@ -114,7 +114,9 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     ``limbo_delta``: satisfied up to the floating-point precision;
   * ``not_converged``: stopped at max_steps (or still running) with N_Delta > 0;
   * ``jammed``: stopped as jammed with N_Delta > 0.1 N, the authors'
-    criterion (nn_jamming/transition.py, 1809.09349);
+    criterion (nn_jamming/transition.py, 1809.09349); the ensemble job then
+    keeps it ``jammed`` only where its force balance closes
+    (:func:`apply_force_balance`, class ``unbalanced`` otherwise);
   * ``stalled``: stopped as jammed with N_Delta <= 0.1 N (the loss stalled
     with few unsatisfied points, e.g. dead ReLU units).
 
@@ -164,6 +166,37 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
       out.append("jammed" if nd > 0.1 * n_weights else "stalled")
     else:
       out.append("not_converged")
+  return out
+
+
+def apply_force_balance(classes, force_residuals, threshold: float | None) -> list:
+  """``jammed`` members not shown to be minima become ``unbalanced`` (issue 20).
+
+  A member that stopped jammed (the training's stall rule, N_Delta > 0.1 N)
+  is a jammed *minimum* only when its force balance is measured and closes:
+  r_sub <= ``threshold`` (:mod:`lossland.stationarity`; 0 at a minimum of the
+  non-smooth loss). Otherwise its loss stalled at a point that is not shown
+  to be stationary: class ``unbalanced``. It still stopped with N_Delta > 0,
+  so the phase diagram counts it as not sat (the protocol did not satisfy
+  it), but the exponents theta and gamma, which describe jammed minima, use
+  only ``jammed`` members.
+
+  Args:
+    classes: K class names (:func:`member_classes`).
+    force_residuals: K values of r_sub (None or nan where not measured).
+    threshold: ``jam_max_residual``; None leaves the classes as they are
+      (summaries and callers without a force-balance criterion).
+
+  Returns:
+    the K class names, ``jammed`` replaced by ``unbalanced`` where r_sub is
+    missing or above the threshold.
+  """
+  if threshold is None:
+    return list(classes)
+  out = []
+  for c, r in zip(classes, force_residuals):
+    ok = r is not None and np.isfinite(r) and r <= threshold
+    out.append("unbalanced" if c == "jammed" and not ok else c)
   return out
 
 

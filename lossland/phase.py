@@ -26,7 +26,11 @@ from lossland import avalanches, extrapolate, fits, gap_exponents
 from lossland import losses
 from lossland import observables
 
-COUNTED = ("sat", "jammed")
+COUNTED = ("sat", "jammed", "unbalanced")
+# Stopped jammed with N_Delta > 0.1 N: force-balanced (jammed) or not shown
+# to be a minimum (unbalanced, lossland.observables.apply_force_balance). Both
+# count as "not sat" in the sat fraction; the exponents use jammed only.
+NOT_SAT = ("jammed", "unbalanced")
 
 
 def member_class(m: dict) -> str:
@@ -77,7 +81,7 @@ def cell_stats(record: dict, load_fn=None) -> dict:
   s, f = record["summary"], record.get("flags", {})
   members = s["members"]
   classes = ["dead_points" if c == "sat_dead" else c for c in map(member_class, members)]
-  old = ("stalled", "jammed", "not_converged")
+  old = ("stalled", "jammed", "unbalanced", "not_converged")
   if not any("n_dead_points" in m for m in members) and any(c in old for c in classes):
     dead = dead_point_members(record, load_fn)
     classes = ["dead_points" if c in old and d else c for c, d in zip(classes, dead)]
@@ -89,15 +93,20 @@ def cell_stats(record: dict, load_fn=None) -> dict:
       "n_members": len(members), "counts": counts,
       "n_sat": counts.get("sat", 0),
       "n_dead_points": counts.get("dead_points", 0),
-      "n_jammed": counts.get("jammed", 0),
+      # not sat: stopped jammed, force-balanced or not (NOT_SAT)
+      "n_jammed": sum(counts.get(c, 0) for c in NOT_SAT),
+      "n_force_balanced": counts.get("jammed", 0),
+      "n_unbalanced": counts.get("unbalanced", 0),
       "nd_over_n_jammed": [float(m["n_delta_over_n"]) for m, c in
-                           zip(members, classes) if c == "jammed"],
-      # force balance of the jammed members (None: recorded before the job
+                           zip(members, classes) if c in NOT_SAT],
+      # force balance of those members (None: recorded before the job
       # measured it, lossland.stationarity)
       "force_residual_jammed": [m.get("force_residual") for m, c in
-                                zip(members, classes) if c == "jammed"],
+                                zip(members, classes) if c in NOT_SAT],
       "n_kink_jammed": [m.get("n_kink") for m, c in zip(members, classes)
-                        if c == "jammed"],
+                        if c in NOT_SAT],
+      "force_residual_balanced": [m.get("force_residual") for m, c in
+                                  zip(members, classes) if c == "jammed"],
       "run_dir": record.get("run_dir"),
   }
 
@@ -391,7 +400,8 @@ RESIDUAL_THRESHOLDS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, float("inf"))
 def _stopped_jammed(m: dict) -> bool:
   """Stopped by a stall (the training's jammed rule) with N_Delta > 0, not
   dead-point or otherwise unhealthy: jammed or not yet force balanced."""
-  return (m.get("stop_reason") == "jammed" and member_class(m) in ("jammed", "not_converged")
+  return (m.get("stop_reason") == "jammed"
+          and member_class(m) in ("jammed", "unbalanced", "not_converged")
           and m.get("n_delta", 1) > 0)
 
 
@@ -480,12 +490,18 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
       counts[k] = counts.get(k, 0) + v
   Ns = sorted({c["N"] for c in stats})
   res = [r for c in stats for r in c["force_residual_jammed"] if r is not None]
+  bal = [r for c in stats for r in c.get("force_residual_balanced", []) if r is not None]
   kinks = [k for c in stats for k in c["n_kink_jammed"] if k is not None]
   return {
-      # r_sub of the jammed members (lossland.stationarity): a minimum has 0
-      "force_residual_max": max(res) if res else None,
-      "force_residual_median": float(np.median(res)) if res else None,
+      # r_sub (lossland.stationarity; a minimum has 0) of the force-balanced
+      # jammed members, which the exponents use, and of every member that
+      # stopped jammed (force-balanced or unbalanced)
+      "force_residual_max": max(bal) if bal else None,
+      "n_force_balanced": int(sum(c.get("n_force_balanced", 0) for c in stats)),
+      "n_unbalanced": int(sum(c.get("n_unbalanced", 0) for c in stats)),
+      "force_residual_median_stopped_jammed": float(np.median(res)) if res else None,
       "n_kink_median": float(np.median(kinks)) if kinks else None,
+      "n_kink_range": [int(min(kinks)), int(max(kinks))] if kinks else None,
       "p_star_over_n": xs, "p_star_ci": fit["ci"],
       "p_star": None if xs is None else xs * Ns[0],
       "transition_width": fit["width"], "separated": fit["separated"],

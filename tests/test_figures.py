@@ -52,9 +52,11 @@ def test_phase_diagram_draws_the_cells_it_read(phase_root):
   drawn = rec["data"]["fraction_sat"]["1"]
   assert drawn["p_over_n"] == [c["p_over_n"] for c in cells]
   assert drawn["n_sat"] == [c["counts"].get("sat", 0) for c in cells]
-  # the members drawn in N_Delta/N: every sat and jammed member of every cell
+  # the members drawn in N_Delta/N: every sat member and every member that
+  # stopped jammed (force-balanced or unbalanced) of every cell
   nd = rec["data"]["nd_over_n"]["1"]["nd_over_n"]
-  assert len(nd) == sum(c["counts"].get("sat", 0) + c["counts"].get("jammed", 0) for c in cells)
+  assert len(nd) == sum(sum(c["counts"].get(k, 0) for k in ("sat", "jammed", "unbalanced"))
+                        for c in cells)
 
 
 def test_redrawing_reuses_the_study_and_replaces_the_figure(phase_root):

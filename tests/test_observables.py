@@ -102,7 +102,8 @@ def test_member_classes_by_construction():
   y = np.ones(P)
   got = observables.member_classes(reasons, nd, md, f, N, y_train=y)
   assert got == [r[3] for r in rows]
-  assert set(got) == set(observables.MEMBER_CLASSES)
+  # every class but unbalanced, which only apply_force_balance gives
+  assert set(got) == set(observables.MEMBER_CLASSES) - {"unbalanced"}
   # without the labels there is no dead-point test (the old classes)
   assert observables.member_classes(reasons[11:], nd[11:], md[11:], f[11:], N) == ["jammed"]
   # The thresholds are arguments.
@@ -192,3 +193,21 @@ def test_dead_points_with_the_mask_given():
   # without the mask none of them has f = 0: nothing is dead
   got = observables.member_classes(["jammed"] * 4, nd, [1.0] * 4, f, 30, y_train=y)
   assert got == ["stalled", "stalled", "stalled", "jammed"]
+
+
+@pytest.mark.parametrize("cls,r,threshold,want", [
+    ("jammed", 1e-8, 1e-6, "jammed"),
+    ("jammed", 1e-6, 1e-6, "jammed"),          # at the threshold: balanced
+    ("jammed", 2e-6, 1e-6, "unbalanced"),
+    ("jammed", None, 1e-6, "unbalanced"),      # not measured: not shown to be a minimum
+    ("jammed", float("nan"), 1e-6, "unbalanced"),
+    ("jammed", 5e-3, None, "jammed"),          # no criterion
+    ("sat", None, 1e-6, "sat"),
+    ("stalled", 5e-3, 1e-6, "stalled"),
+    ("not_converged", 5e-3, 1e-6, "not_converged"),
+    ("dead_points", 5e-3, 1e-6, "dead_points"),
+])
+def test_apply_force_balance(cls, r, threshold, want):
+  assert observables.apply_force_balance([cls], [r], threshold) == [want]
+  assert "unbalanced" in observables.MEMBER_CLASSES
+  assert "unbalanced" not in observables.UNHEALTHY

@@ -44,6 +44,32 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
 
 
+def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
+  """Issue 20: a member that stopped jammed without force balance (class
+  unbalanced) is not sat in the fraction, but the Delta samples of the
+  exponents come from force-balanced (jammed) members only."""
+  y = np.array([1.0, -1.0, 1.0, -1.0])
+  f = np.array([[0.5, -0.2, 2.0, 0.1],      # jammed: Delta = 0.5, 0.8, -1, 1.1
+                [0.1, -0.1, 0.3, -0.3],     # unbalanced
+                [2.0, -2.0, 2.0, -2.0]])    # sat
+  np.savez(tmp_path / "arrays.npz", f_train=f, y_train=y)
+  r = _record(400, 100, ["jammed", "unbalanced", "sat"], nd=[0.3, 0.4, 0.0],
+              run_dir=str(tmp_path), losses=[1.0, 1.0, 0.0])
+  for m, res in zip(r["summary"]["members"], (1e-8, 3e-3, None)):
+    m["force_residual"] = res
+  s = phase.cell_stats(r)
+  assert (s["n_sat"], s["n_jammed"], s["n_force_balanced"], s["n_unbalanced"]) == (1, 2, 1, 1)
+  assert s["nd_over_n_jammed"] == [0.3, 0.4]
+  assert s["force_residual_balanced"] == [1e-8]
+  ds = phase.delta_samples(r, load_fn=lambda d: np.load(os.path.join(d, "arrays.npz")))
+  assert set(ds["positive_member"].tolist()) | set(ds["negative_member"].tolist()) == {0}
+  np.testing.assert_allclose(np.sort(ds["positive"]), [0.5, 0.8, 1.1])
+  summ = phase._depth_summary([s], {"x_half": 4.0, "ci": None, "width": None,
+                                    "separated": True, "bracketed": True})
+  assert summ["force_residual_max"] == 1e-8 and summ["n_unbalanced"] == 1
+  assert summ["force_residual_median_stopped_jammed"] == pytest.approx((1e-8 + 3e-3) / 2)
+
+
 def test_propose_next_brackets_then_bisects():
   st = lambda x, k, n: {"p_over_n": x, "n_sat": k, "n_jammed": n - k}
   assert phase.propose_next([st(1.0, 5, 5), st(2.0, 4, 5)]) == pytest.approx(2.6)

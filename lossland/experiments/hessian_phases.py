@@ -31,7 +31,7 @@ from lossland.experiments import sweep
 
 # Members that no optimizer could fix (dead points), or that diverged or died,
 # say nothing about the landscape near a minimum.
-CLASSES = ("sat", "jammed", "stalled", "limbo", "not_converged")
+CLASSES = ("sat", "jammed", "unbalanced", "stalled", "limbo", "not_converged")
 
 
 def sweep_dir(run_dir: str, summary: dict) -> str:
@@ -112,7 +112,7 @@ def _collapse(rows: list, eig_hp: np.ndarray) -> dict | None:
   """How well sqrt(loss) collapses the Hp spectra of the jammed members: the
   standard deviation over members of log10 of the median |lambda(Hp)|,
   before and after dividing by sqrt(loss) (smaller after: a collapse)."""
-  idx = [i for i, r in enumerate(rows) if r["class"] == "jammed" and r["loss"] > 0]
+  idx = [i for i, r in enumerate(rows) if r["class"] in phase.NOT_SAT and r["loss"] > 0]
   if len(idx) < 2:
     return None
   med = np.array([np.median(np.abs(eig_hp[i])) for i in idx])
@@ -126,11 +126,12 @@ def _collapse(rows: list, eig_hp: np.ndarray) -> dict | None:
 def _checks(rows: list, eig_h: np.ndarray) -> dict:
   """The papers' statements as counts over the analyzed members."""
   sat = [i for i, r in enumerate(rows) if r["class"] == "sat"]
-  jam = [r for r in rows if r["class"] == "jammed"]
+  jam = [r for r in rows if r["class"] in phase.NOT_SAT]
   return {
       "n_sat": len(sat),
       "n_sat_with_h_exactly_zero": int(sum(np.all(eig_h[i] == 0) for i in sat)),
-      "n_jammed": len(jam),
+      "n_jammed": len(jam),  # stopped jammed: force-balanced or unbalanced
+      "n_force_balanced": sum(r["class"] == "jammed" for r in jam),
       "n_jammed_rank_h0_eq_n_delta": sum(r["rank_h0"] == min(r["n_delta"], r["N"])
                                          for r in jam),
       "n_jammed_rank_h0_le_n_delta": sum(bool(r["rank_h0_le_n_delta"]) for r in jam),

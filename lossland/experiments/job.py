@@ -155,6 +155,12 @@ class JobOptions:
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")
+  jam_max_residual: float = option(
+      1e-6, "A member that stopped jammed is class jammed (a jammed minimum) only if its "
+      "force balance r_sub (lossland.stationarity) is at most this; otherwise class "
+      "unbalanced: counted as not sat, left out of the jamming exponents. inf: no "
+      "criterion (jammed = the stall rule's verdict, as before issue 20). float32 cannot "
+      "certify: its r_sub floor is far above 1e-6 (docs/jamming.md).")
   bulk_float32: bool = option(
       False, "Train the first stage in float32 and the polish in float64 (needs --x64 and "
       "--polish): a float32 bulk, a float64 finish (docs/engine.md; validated on "
@@ -194,7 +200,7 @@ NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
 # runs made before them: left out of the checkpoint's identity at that value,
 # so that an interrupted run resumes across the upgrade.
 LATER_OPTIONS = {"label_noise": 0.0, "bulk_float32": False, "wgrad_split": 0,
-                 "pad_to": 0}
+                 "pad_to": 0, "jam_max_residual": float("inf")}
 
 # The compiled program unrolls the layers; deeper nets take minutes to compile.
 MAX_DEPTH = 1000
@@ -313,6 +319,7 @@ def validate(values: dict) -> dict:
     raise JobError("--bulk_float32 trains the first stage in float32 and finishes in "
                    "float64: it needs --x64 and a --polish")
   need(v["finish_tol"] > 0, "finish_tol", "must be positive")
+  need(v["jam_max_residual"] > 0, "jam_max_residual", "must be positive (inf: no criterion)")
   if v["finish"] != "none" and not v["x64"]:
     raise JobError(f"--finish {v['finish']} measures force balance to 1e-10: it needs --x64")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
@@ -746,11 +753,14 @@ def _check_not_all_broken(classes, res, lr: float):
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
               lr: float, epsilon: float = 1.0, polish: dict | None = None,
               net=None, loss=None, subtract_init: bool = False,
-              finish: dict | None = None) -> dict:
+              finish: dict | None = None, jam_max_residual: float | None = None) -> dict:
   """summary.json of an ensemble: members with their classes, healthy-member
   headline numbers, class and stop-reason counts; with ``net`` (a NetConfig)
   and ``loss`` (its LossConfig), the stationarity of every healthy member
-  with N_Delta > 0 (:func:`stationarity_rows`).
+  with N_Delta > 0 (:func:`stationarity_rows`), and with
+  ``jam_max_residual`` (finite) members that stopped jammed keep the class
+  only where r_sub is at most it (``unbalanced`` otherwise:
+  :func:`lossland.observables.apply_force_balance`).
 
   Raises:
     JobError: no member is healthy (all diverged or dead).
@@ -780,6 +790,11 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
     if net is not None and loss is not None:
       members[-1].update(stationarity_rows(net, loss, res, ds, k, classes[k],
                                            subtract_init))
+      thr = (None if jam_max_residual is None or math.isinf(jam_max_residual)
+             else jam_max_residual)
+      classes[k] = observables.apply_force_balance(
+          [classes[k]], [members[-1]["force_residual"]], thr)[0]
+      members[-1]["class"] = classes[k]
     if finish is not None:
       members[-1].update(_finish_row(finish, k))
     if polish is not None:
@@ -812,6 +827,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       "mean_train_error": mean_of("train_error"),
       "mean_loss": mean_of("loss"),
       "n_weights": n_w, "n_params": n_params, "P": ds.P,
+      "jam_max_residual": (None if jam_max_residual is None or math.isinf(jam_max_residual)
+                           else jam_max_residual),
       "wall_seconds": wall, "group_size": res.group_size,
       **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
   }
@@ -972,7 +989,8 @@ def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt, fin=None) -> di
   try:
     summary = summarize(res, job.ds, job.seeds, job.n_w, nets.n_params(job.net), wall,
                         job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net,
-                        loss=job.loss, subtract_init=job.cfg.subtract_init, finish=fin)
+                        loss=job.loss, subtract_init=job.cfg.subtract_init, finish=fin,
+                        jam_max_residual=v["jam_max_residual"])
   except JobError:
     if ckpt and os.path.exists(ckpt):
       os.remove(ckpt)

@@ -1,6 +1,7 @@
 """The figure of :mod:`lossland.experiments.hessian_phases`: H, H0 and Hp across the phases."""
 import numpy as np
 
+from lossland import phase
 from lossland.plots import _agg
 
 
@@ -10,7 +11,7 @@ def representatives(rows: list) -> dict:
   jammed member of largest loss at the largest P/N); absent when none."""
   out = {}
   sat = [i for i, r in enumerate(rows) if r["class"] == "sat"]
-  jam = [i for i, r in enumerate(rows) if r["class"] == "jammed"]
+  jam = [i for i, r in enumerate(rows) if r["class"] in phase.NOT_SAT]
   if sat:
     out["over"] = min(sat, key=lambda i: rows[i]["p_over_n"])
   if jam:
@@ -38,7 +39,7 @@ def _sorted_ax(ax, curves, n, title):
 
 def _collapse_ax(ax, rows, eig_hp):
   """Densities of lambda(Hp)/sqrt(loss) of the jammed members (up to 6, spread in loss)."""
-  jam = sorted((i for i, r in enumerate(rows) if r["class"] == "jammed" and r["loss"] > 0),
+  jam = sorted((i for i, r in enumerate(rows) if r["class"] in phase.NOT_SAT and r["loss"] > 0),
                key=lambda i: rows[i]["loss"])
   if len(jam) > 6:
     jam = [jam[j] for j in np.linspace(0, len(jam) - 1, 6).round().astype(int)]
@@ -62,7 +63,7 @@ def _bound_ax(ax, per_depth):
   """N_-(Hp)/N against N_Delta/N of every jammed member, the line N_Delta = N_-."""
   pts = {}
   for L, v in per_depth.items():
-    rows = [r for r in v["members"] if r["class"] == "jammed"]
+    rows = [r for r in v["members"] if r["class"] in phase.NOT_SAT]
     if rows:
       x = [r["n_delta_over_n"] for r in rows]
       y = [r["n_negative_hp_over_n"] for r in rows]

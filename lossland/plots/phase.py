@@ -13,7 +13,7 @@ def _sat(cell: dict) -> int:
 
 
 def _fraction_sat(plt, per_depth: dict):
-  """Fraction sat / (sat + jammed) vs P/N per depth, with the logistic fit."""
+  """Fraction sat / (sat + stopped jammed) vs P/N per depth, with the logistic fit."""
   fig, ax = plt.subplots(figsize=(5, 3.5))
   fraction_sat_ax(ax, per_depth)
   return fig
@@ -27,7 +27,8 @@ def fraction_sat_ax(ax, per_depth: dict) -> dict:
   for L, v in per_depth.items():
     x = np.array([c["p_over_n"] for c in v["cells"]])
     k = np.array([_sat(c) for c in v["cells"]])
-    n = np.array([_sat(c) + c["counts"].get("jammed", 0) for c in v["cells"]])
+    n = np.array([_sat(c) + sum(c["counts"].get(j, 0) for j in ("jammed", "unbalanced"))
+                  for c in v["cells"]])
     m = n > 0
     line = ax.plot(x[m], k[m] / n[m], "o", label=f"L={L}")[0]
     if v["p_star_over_n"] is not None and x.size:
