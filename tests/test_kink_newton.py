@@ -36,6 +36,17 @@ def test_convex_hinge_problem_reaches_the_minimum():
                  options=dict(xatol=1e-10, fatol=1e-14, maxiter=20000))
   assert L(out.params) <= opt.fun + 1e-9
   assert out.residual_before > 0.05
+  # float32's rounding floor of r at this exact minimum (docs/jamming.md):
+  # below the default jam_max_residual (1e-6), far above float64's
+  assert 1e-9 < _float32_r_sub(cfg, out.params, ds.x_train, ds.y_train) < 1e-6
+
+
+def _float32_r_sub(cfg, params, x, y):
+  """r_sub of float64 params evaluated in float32."""
+  f32 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
+  _, apply32 = nets.make_net(cfg, jnp.float32)
+  return stationarity.stationarity(cfg, apply32, f32(params), f32(x), f32(y),
+                                   LOSS).force_residual
 
 
 def _jammed_relu(seed=0, P=60, d=3, width=4):
@@ -68,6 +79,7 @@ def test_finish_reaches_force_balance_where_the_polish_stalled():
   rec = out.record
   assert rec.force_residual <= 1e-10 and rec.n_unsat > 0
   assert kink_newton.min_curvature(cfg, out.params, x, y, LOSS) > -1e-10
+  assert 1e-9 < _float32_r_sub(cfg, out.params, x, y) < 1e-6  # float32's floor here
   L = _loss(apply_fn, x, y)
   flat, unravel = ravel_pytree(out.params)
   L0 = L(out.params)
