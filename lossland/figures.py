@@ -174,7 +174,9 @@ def draw_delta_distributions(run_dir: str, prefix: str) -> dict:
   from lossland.plots import phase as plots  # pylint: disable=g-import-not-at-top
   with np.load(os.path.join(run_dir, "arrays.npz")) as z:
     pos, neg = z["delta_positive"], z["delta_negative"]
-  return plots.delta_distributions_figure(_load_summary(run_dir), pos, neg, prefix)
+    stalled = (z["delta_positive_stalled"], z["delta_negative_stalled"]) \
+        if "delta_positive_stalled" in z.files else None
+  return plots.delta_distributions_figure(_load_summary(run_dir), pos, neg, prefix, stalled)
 
 
 def draw_hessian_phases(run_dir: str, prefix: str, log_fn: Callable = print) -> dict:

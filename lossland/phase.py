@@ -321,6 +321,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   """
   per_depth, p_star = {}, {}
   pooled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
+  stalled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
   aval, exps = [], {}
   for L, recs in sorted(records_by_depth.items()):
     stats = sorted((cell_stats(r, load_fn) for r in recs), key=lambda c: c["p_over_n"])
@@ -333,6 +334,8 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     e = _depth_exponents(recs, fit["x_half"], pooled, n_boot, load_fn)
     if e is not None:
       exps[L] = e
+    # the same from the members that stalled without force balance
+    _depth_exponents(recs, fit["x_half"], stalled, n_boot, load_fn, ("unbalanced",))
     # Avalanches: every cell that recorded the unsatisfied sets.
     for r in recs:
       try:
@@ -345,6 +348,9 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   P_, N_, Pg, Ng = (cat(pooled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
   th = fit_exponent(P_, Pg, n_boot=n_boot)
   ga = fit_exponent(N_, Ng, n_boot=n_boot, sign=-1)
+  SP, SN, SPg, SNg = (cat(stalled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
+  th_s = fit_exponent(SP, SPg, n_boot=n_boot)
+  ga_s = fit_exponent(SN, SNg, n_boot=n_boot, sign=-1)
   sizes = cat(aval).astype(np.int64)
   fit_keys = ("n_samples", "q", "x_max", "range_check", "stable", "stable_cdf")
   return {
@@ -360,13 +366,20 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
       "gamma_method": _exponent_method(ga),
       "gamma_fit": {k: ga.get(k) for k in fit_keys},
       "exponents_per_depth": exps,
+      # the stalled states: members that stopped jammed without force balance
+      # (class unbalanced), same method; not the exponents of jammed minima
+      "theta_stalled": th_s["exponent"], "theta_stalled_ci": th_s["ci"],
+      "gamma_stalled": ga_s["exponent"], "gamma_stalled_ci": ga_s["ci"],
+      "stalled_fit": {"theta": {k: th_s.get(k) for k in fit_keys},
+                      "gamma": {k: ga_s.get(k) for k in fit_keys}},
       "theta_by_residual": by_residual(records_by_depth, p_star, n_boot=n_boot,
                                        load_fn=load_fn),
       "theta_by_distance": by_distance(records_by_depth, p_star, n_boot=n_boot,
                                        load_fn=load_fn),
       "avalanches": _avalanche_summary(sizes),
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
-                   "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max")},
+                   "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max"),
+                   "positive_stalled": SP, "negative_stalled": SN},
   }
 
 
@@ -518,14 +531,17 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
   }
 
 
-def _depth_exponents(recs, ref, pooled: dict, n_boot: int, load_fn) -> dict | None:
-  """theta and gamma of one depth from its jammed cell nearest P* (``ref``);
-  its samples are appended to ``pooled`` (members numbered apart per depth)."""
-  r = _nearest_cell(recs, ref)
+def _depth_exponents(recs, ref, pooled: dict, n_boot: int, load_fn,
+                     classes=("jammed",)) -> dict | None:
+  """theta and gamma of one depth from its cell nearest P* (``ref``) with
+  members of ``classes``; their samples are appended to ``pooled`` (members
+  numbered apart per depth)."""
+  takes = lambda m: member_class(m) in classes
+  r = _nearest_cell(recs, ref, takes)
   if r is None:
     return None
   try:
-    ds = delta_samples(r, load_fn=load_fn)
+    ds = delta_samples(r, classes=classes, load_fn=load_fn)
   except (OSError, KeyError, ValueError):
     return None
   off = 1000 * len(pooled["pos"])

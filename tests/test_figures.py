@@ -169,3 +169,25 @@ def test_hessian_phases_beyond_memory_is_bad_input_and_writes_nothing(phase_root
   with pytest.raises(io.InputError, match="do not fit"):
     _figure(phase_root, "hessian_phases")
   assert sorted(os.listdir(figs)) == before  # nothing new, no staging folder left
+
+
+def test_delta_figure_falls_back_to_the_stalled_states_and_says_so(tmp_path):
+  """No force-balanced member (issue 20): the figure draws the unbalanced
+  members' samples with their own exponents, titled as stalled states."""
+  rng = np.random.default_rng(1)
+  x = rng.uniform(size=5000) ** (1 / 0.6)  # p(x) ~ x^-0.4 on (0, 1]
+  result = {"theta": None, "theta_ci": None, "theta_fit": {}, "gamma": None,
+            "gamma_ci": None, "gamma_fit": {}, "theta_stalled": -0.4,
+            "theta_stalled_ci": [-0.45, -0.35], "gamma_stalled": None,
+            "gamma_stalled_ci": None, "stalled_fit": {"theta": {"x_max": 1.0}, "gamma": {}}}
+  data = phase_plots.delta_distributions_figure(result, np.zeros(0), np.zeros(0),
+                                                str(tmp_path / "d"), stalled=(x, np.zeros(0)))
+  assert data["states"] == "stalled (unbalanced)"
+  assert data["positive"]["n_samples"] == 5000
+  c, h = np.array(data["positive"]["bin_centers"]), np.array(data["positive"]["density"])
+  m = (h > 0) & (c > 0.05)
+  np.testing.assert_allclose(h[m], 0.6 * c[m] ** -0.4, rtol=0.3)
+  # with force-balanced samples those are drawn, whatever the stalled ones
+  data = phase_plots.delta_distributions_figure(dict(result, theta=0.3), x, np.zeros(0),
+                                                str(tmp_path / "e"), stalled=(x, x))
+  assert data["states"] == "force-balanced (jammed)"

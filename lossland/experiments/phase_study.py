@@ -246,6 +246,8 @@ def phase_study(config: PhaseConfig, groups: Sequence[dict], sweep_dir: str,
                       for c in v["cells"]],
               "arrays": dict(delta_positive=samples["positive"],
                              delta_negative=samples["negative"],
+                             delta_positive_stalled=samples["positive_stalled"],
+                             delta_negative_stalled=samples["negative_stalled"],
                              avalanche_sizes=samples["avalanche_sizes"])}
     return result, extras
 

@@ -310,21 +310,38 @@ def phase_diagram_figure(result: dict, path_prefix: str, sizes: dict | None = No
 PAPER_THETA, PAPER_GAMMA = 0.3, 0.2
 
 
-def delta_distributions_figure(result: dict, positive, negative, path_prefix: str) -> dict:
-  """P+(Delta/sqrt(loss)) and P-(-Delta) of the jammed members of the cells
-  nearest P* (:func:`lossland.phase.analyze`'s samples) with the fitted power
-  laws, their CI bands and the papers' exponents. Writes PNG and PDF; returns
-  the histograms and fits (JSON)."""
+def delta_distributions_figure(result: dict, positive, negative, path_prefix: str,
+                               stalled=None) -> dict:
+  """P+(Delta/sqrt(loss)) and P-(-Delta) of the force-balanced jammed members
+  of the cells nearest P* (:func:`lossland.phase.analyze`'s samples) with the
+  fitted power laws, their CI bands and the papers' exponents. Without such
+  members and with ``stalled`` = (positive, negative) samples of the members
+  that stalled unbalanced, draws those instead, titled as stalled states (not
+  minima). Writes PNG and PDF; returns the histograms and fits (JSON), with
+  ``states`` saying which were drawn."""
   plt = _agg.pyplot()
   fig, axs = plt.subplots(1, 2, figsize=(8.5, 3.6))
-  th = result.get("theta_fit") or {}
-  ga = result.get("gamma_fit") or {}
-  gamma, gci = result.get("gamma"), result.get("gamma_ci")
-  data = _delta_pair(axs, result, positive, negative, th.get("x_max"), ga.get("x_max"),
+  use_stalled = (not np.size(positive) and not np.size(negative) and stalled is not None
+                 and (np.size(stalled[0]) or np.size(stalled[1])))
+  if use_stalled:
+    fits_ = result.get("stalled_fit") or {}
+    th, ga = fits_.get("theta") or {}, fits_.get("gamma") or {}
+    positive, negative = stalled
+    theta, tci = result.get("theta_stalled"), result.get("theta_stalled_ci")
+    gamma, gci = result.get("gamma_stalled"), result.get("gamma_stalled_ci")
+    shown = dict(result, theta=theta, theta_ci=tci, gamma=gamma, gamma_ci=gci)
+    tag = "stalled states (unbalanced, not minima): "
+  else:
+    th = result.get("theta_fit") or {}
+    ga = result.get("gamma_fit") or {}
+    theta, tci = result.get("theta"), result.get("theta_ci")
+    gamma, gci = result.get("gamma"), result.get("gamma_ci")
+    shown, tag = result, ""
+  data = _delta_pair(axs, shown, positive, negative, th.get("x_max"), ga.get("x_max"),
                      reference=True)
-  axs[0].set_title(f"theta = {_fmt(result.get('theta'))} {_fmt_ci(result.get('theta_ci'))}",
-                   fontsize=8)
-  axs[1].set_title(f"gamma = {_fmt(gamma)} {_fmt_ci(gci)}", fontsize=8)
+  axs[0].set_title(f"{tag}theta = {_fmt(theta)} {_fmt_ci(tci)}", fontsize=8)
+  axs[1].set_title(f"{tag}gamma = {_fmt(gamma)} {_fmt_ci(gci)}", fontsize=8)
+  data["states"] = "stalled (unbalanced)" if use_stalled else "force-balanced (jammed)"
   data["theta_method"] = result.get("theta_method")
   _save(plt, fig, path_prefix)
   return data
