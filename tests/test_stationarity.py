@@ -184,3 +184,6 @@ def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
     assert m["class"] == ("jammed" if m["force_residual"] <= 1e-6 else "unbalanced"), m
   assert s["member_class_counts"].get("unbalanced", 0) == sum(
       m["class"] == "unbalanced" for m in s["members"]) >= 1
+  n_bal = s["member_class_counts"].get("jammed", 0)
+  assert (f"force-balanced (r_sub <= 1e-06, class jammed): {n_bal} of the {len(stopped)} "
+          "that stopped jammed") in out.getvalue()

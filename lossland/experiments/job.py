@@ -1058,6 +1058,11 @@ def report(summary: dict, run_dir: str, say) -> None:
       + (f" (left out of the numbers below: {bad})" if bad else ""))
   say(f"jammed by the authors' rule (N_delta > 0.1 N): "
       f"{summary['n_jammed_nd_over_0.1N']}")
+  cc, thr = summary["member_class_counts"], summary.get("jam_max_residual")
+  n_stopped = cc.get("jammed", 0) + cc.get("unbalanced", 0)
+  if thr is not None and n_stopped:
+    say(f"force-balanced (r_sub <= {thr:g}, class jammed): {cc.get('jammed', 0)} of the "
+        f"{n_stopped} that stopped jammed; the others are unbalanced (not shown to be minima)")
   say(f"mean single-network test error: {summary['mean_test_error']:.4f}")
   say(f"ensemble (mean output) test error: {summary['ensemble_test_error']:.4f}")
   say(f"output variance <|f - fbar|^2>: {summary['output_variance']:.4g}")
