@@ -21,22 +21,23 @@ _PROTOCOL = dict(max_steps=60_000, lr=1e-2, schedule="step", decay_every=20_000,
 def cpu() -> PhaseConfig:
   """``python -m lossland.scripts.phase --preset cpu``
 
-  Sphere data in d = 4, L = 2, 3, 4 with h = 16 hidden units per layer
-  (N = 336, 592, 848), P/N in {1.25, 1.75, 2.25} then 2 bisection rounds, 6
-  members, Adam lr 1e-2 divided by 10 every 20k steps down to 1e-4, at most
-  60k steps (hand-over at 1e-4 once the best loss gains < 0.1 % in 2000
-  steps), then an L-BFGS polish of every member not sat (at most 50k
-  evaluations; it stops when the best loss gains < 1e-6 in 1000 evaluations
-  or the line search finds no descent), 2 workers. A member that stops
-  jammed is class jammed only if force-balanced (r_sub <= 1e-6), else
-  unbalanced (docs/jamming.md, issue 20).
+  Sphere data, L = 2, 3, 4 with d = h = 12, 10, 9 (N = 300, 310, 333), P/N in
+  {1.25, 1.75, 2.25} then 2 bisection rounds, 6 members, Adam lr 1e-2 divided
+  by 10 every 20k steps down to 1e-4, at most 60k steps (hand-over at 1e-4 once
+  the best loss gains < 0.1 % in 2000 steps), then an L-BFGS polish of every
+  member not sat (at most 50k evaluations; jammed when the best loss gains
+  < 1e-6 in 1000 evaluations or the line search finds no descent), 2 workers:
+  6 min 15 s wall on an idle 2-core machine with a warm compilation cache
+  (docs/jamming.md), measured before the job measured the force balance of
+  every unsatisfied member (about 1 s each on 2 cores, 4 s for the first).
 
-  Why h = 16: a ReLU net without biases loses a training point for good when
-  a whole layer is off on it (a dead point); with the thin layers of the
-  earlier preset (d = h = 12, 10, 9 at N = 300) 58 of 90 members had one. At
-  h = 16 such members are rare (docs/jamming.md, "where the dead points come
-  from"); the price is N growing with depth. Runtime: docs/jamming.md."""
-  return PhaseConfig(depths=(2, 3, 4), widths=(16,), d=4, p_over_n=(1.25, 1.75, 2.25),
+  A member that stops jammed is class jammed only if force-balanced (r_sub
+  <= 1e-6), else unbalanced (issue 20). Dead points: with these thin
+  bias-free layers most members lose a point to a layer switched off
+  (docs/jamming.md); the same study on h = 16 nets (``--widths 16 --d 4``,
+  N = 336, 592, 848: 20 min wall, 1796 s CPU) has fewer (0, 20 and 17 % per
+  depth) but its P* lies at or below the grid's lowest P/N for L = 3, 4."""
+  return PhaseConfig(depths=(2, 3, 4), widths=(12, 10, 9), p_over_n=(1.25, 1.75, 2.25),
                      rounds=2, n_seeds=6, job=_PROTOCOL, auto_workers=True, preset="cpu")
 
 

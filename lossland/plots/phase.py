@@ -20,7 +20,7 @@ def _fraction_sat(plt, per_depth: dict):
 
 
 def fraction_sat_ax(ax, per_depth: dict) -> dict:
-  """Draws the fraction sat / (sat + jammed) of each cell vs P/N per depth and
+  """Draws the fraction sat / (sat + stopped jammed) of each cell vs P/N per depth and
   the fitted logistic curve; returns the points drawn {L: {"p_over_n",
   "n_sat", "n_counted"}}."""
   data = {}
@@ -38,7 +38,7 @@ def fraction_sat_ax(ax, per_depth: dict) -> dict:
               color=line.get_color())
     data[str(L)] = {"p_over_n": x.tolist(), "n_sat": k.tolist(), "n_counted": n.tolist()}
   ax.axhline(0.5, color="gray", lw=0.5)
-  ax.set_xlabel("P/N"), ax.set_ylabel("fraction sat / (sat + jammed)")
+  ax.set_xlabel("P/N"), ax.set_ylabel("fraction sat / (sat + stopped jammed)")
   ax.legend(fontsize=7)
   return data
 
@@ -62,7 +62,7 @@ def nd_over_n_ax(ax, per_depth: dict) -> dict:
       ys += c["nd_over_n_jammed"] + [0.0] * n_sat
     ax.plot(xs, ys, "o", alpha=0.5, label=f"L={L}")
     data[str(L)] = {"p_over_n": xs, "nd_over_n": ys}
-  ax.set_xlabel("P/N"), ax.set_ylabel("N_Delta / N (sat and jammed)")
+  ax.set_xlabel("P/N"), ax.set_ylabel("N_Delta / N (sat and stopped jammed)")
   ax.legend(fontsize=7)
   return data
 
