@@ -762,6 +762,22 @@ def _check_not_all_broken(classes, res, lr: float):
       "--activation or --lr")
 
 
+def _member_row(res, k: int, seed, reason: str, member_class: str, n_w: int,
+                n_dead: int) -> dict:
+  """Member k's final numbers in summary.json."""
+  import numpy as np
+  return {
+      "seed": int(seed), "stop_reason": reason, "class": member_class,
+      "steps": int(res.steps[k]), "loss": float(res.final["loss"][k]),
+      "n_delta": int(np.nan_to_num(res.final["n_delta"][k], nan=-1)),
+      "n_delta_over_n": float(res.final["n_delta"][k]) / n_w,
+      "max_delta": float(res.final["max_delta"][k]),
+      "train_error": float(res.final["train_error"][k]),
+      "test_error": float(res.final["test_error"][k]),
+      "n_dead_points": n_dead,
+  }
+
+
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
               lr: float, epsilon: float = 1.0, polish: dict | None = None,
               net=None, loss=None, subtract_init: bool = False,
@@ -789,16 +805,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   _check_not_all_broken(classes, res, lr)
   members = []
   for k, s in enumerate(seeds):
-    members.append({
-        "seed": int(s), "stop_reason": reasons[k], "class": classes[k],
-        "steps": int(res.steps[k]), "loss": float(res.final["loss"][k]),
-        "n_delta": int(np.nan_to_num(res.final["n_delta"][k], nan=-1)),
-        "n_delta_over_n": float(res.final["n_delta"][k]) / n_w,
-        "max_delta": float(res.final["max_delta"][k]),
-        "train_error": float(res.final["train_error"][k]),
-        "test_error": float(res.final["test_error"][k]),
-        "n_dead_points": int(n_dead[k]),
-    })
+    members.append(_member_row(res, k, s, reasons[k], classes[k], n_w, int(n_dead[k])))
     if net is not None and loss is not None:
       members[-1].update(stationarity_rows(net, loss, res, ds, k, classes[k],
                                            subtract_init))
