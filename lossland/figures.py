@@ -88,29 +88,30 @@ def latest_run(root: str, script: str, match: Callable | None = None) -> str | N
 # ----------------------------------------------------------------------------
 # The studies
 
-def phase_run(cfg: FigureConfig, log_fn: Callable = print) -> str:
-  """The phase run directory of ``cfg`` (run with the preset when absent)."""
-  found = None if cfg.rerun else latest_run(cfg.root, "phase")
+def _study_run(cfg: FigureConfig, kind: str, presets, run: Callable, log_fn: Callable) -> str:
+  """The latest ``kind`` run directory under ``cfg.root``, or, when absent or
+  with ``--rerun``, ``run(preset config)``'s (the preset from ``presets``)."""
+  found = None if cfg.rerun else latest_run(cfg.root, kind)
   if found:
     log_fn(f"reusing {found}")
     return found
+  return run(dataclasses.replace(presets.PRESETS[cfg.preset](), out_dir=cfg.root))
+
+
+def phase_run(cfg: FigureConfig, log_fn: Callable = print) -> str:
+  """The phase run directory of ``cfg`` (run with the preset when absent)."""
   from lossland.configs import phase as presets  # pylint: disable=g-import-not-at-top
   from lossland.experiments import phase_study  # pylint: disable=g-import-not-at-top
-  study_cfg = dataclasses.replace(presets.PRESETS[cfg.preset](), out_dir=cfg.root)
-  out = phase_study.run(study_cfg, log_fn=log_fn)
-  return out["runs"][-1][1]
+  return _study_run(cfg, "phase", presets,
+                    lambda c: phase_study.run(c, log_fn=log_fn)["runs"][-1][1], log_fn)
 
 
 def generalization_run(cfg: FigureConfig, log_fn: Callable = print) -> str:
   """The generalization run directory of ``cfg`` (run with the preset when absent)."""
-  found = None if cfg.rerun else latest_run(cfg.root, "generalization")
-  if found:
-    log_fn(f"reusing {found}")
-    return found
   from lossland.configs import generalization as presets  # pylint: disable=g-import-not-at-top
   from lossland.experiments import generalization_study  # pylint: disable=g-import-not-at-top
-  study_cfg = dataclasses.replace(presets.PRESETS[cfg.preset](), out_dir=cfg.root)
-  return generalization_study.run(study_cfg, log_fn=log_fn)[1]
+  return _study_run(cfg, "generalization", presets,
+                    lambda c: generalization_study.run(c, log_fn=log_fn)[1], log_fn)
 
 
 # The depth x data grid of Verpoort, Lee & Wales at comparable parameter count

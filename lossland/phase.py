@@ -503,15 +503,15 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
       counts[k] = counts.get(k, 0) + v
   Ns = sorted({c["N"] for c in stats})
   res = [r for c in stats for r in c["force_residual_jammed"] if r is not None]
-  bal = [r for c in stats for r in c.get("force_residual_balanced", []) if r is not None]
+  bal = [r for c in stats for r in c["force_residual_balanced"] if r is not None]
   kinks = [k for c in stats for k in c["n_kink_jammed"] if k is not None]
   return {
       # r_sub (lossland.stationarity; a minimum has 0) of the force-balanced
       # jammed members, which the exponents use, and of every member that
       # stopped jammed (force-balanced or unbalanced)
       "force_residual_max": max(bal) if bal else None,
-      "n_force_balanced": int(sum(c.get("n_force_balanced", 0) for c in stats)),
-      "n_unbalanced": int(sum(c.get("n_unbalanced", 0) for c in stats)),
+      "n_force_balanced": int(sum(c["n_force_balanced"] for c in stats)),
+      "n_unbalanced": int(sum(c["n_unbalanced"] for c in stats)),
       "force_residual_median_stopped_jammed": float(np.median(res)) if res else None,
       "n_kink_median": float(np.median(kinks)) if kinks else None,
       "n_kink_range": [int(min(kinks)), int(max(kinks))] if kinks else None,

@@ -803,17 +803,14 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   n_dead = observables.unsatisfied_dead_points(res.f_train, ds.y_train, epsilon, dead_points)
   healthy = np.array([c not in observables.UNHEALTHY for c in classes])
   _check_not_all_broken(classes, res, lr)
+  thr = (None if jam_max_residual is None or math.isinf(jam_max_residual)
+         else jam_max_residual)
   members = []
   for k, s in enumerate(seeds):
     members.append(_member_row(res, k, s, reasons[k], classes[k], n_w, int(n_dead[k])))
     if net is not None and loss is not None:
       members[-1].update(stationarity_rows(net, loss, res, ds, k, classes[k],
                                            subtract_init))
-      thr = (None if jam_max_residual is None or math.isinf(jam_max_residual)
-             else jam_max_residual)
-      classes[k] = observables.apply_force_balance(
-          [classes[k]], [members[-1]["force_residual"]], thr)[0]
-      members[-1]["class"] = classes[k]
     if finish is not None:
       members[-1].update(_finish_row(finish, k))
     if polish is not None:
@@ -821,6 +818,11 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                           "polish_steps": polish["polish_steps"][k],
                           "loss_before_polish": polish["loss_before"][k],
                           "stop_before_polish": polish["stop_before"][k]})
+  if net is not None and loss is not None:   # r_sub measured: jammed needs force balance
+    classes = observables.apply_force_balance(
+        classes, [m["force_residual"] for m in members], thr)
+    for m, c in zip(members, classes):
+      m["class"] = c
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
   h_members = [m for m, ok in zip(members, healthy) if ok]
   mean_of = lambda key: (float(np.mean([m[key] for m in h_members])) if h_members
@@ -846,8 +848,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       "mean_train_error": mean_of("train_error"),
       "mean_loss": mean_of("loss"),
       "n_weights": n_w, "n_params": n_params, "P": ds.P,
-      "jam_max_residual": (None if jam_max_residual is None or math.isinf(jam_max_residual)
-                           else jam_max_residual),
+      "jam_max_residual": thr,
       "wall_seconds": wall, "group_size": res.group_size,
       **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
   }

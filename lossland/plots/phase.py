@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from lossland import fits
+from lossland import fits, phase
 from lossland.plots import _agg
 
 
@@ -27,7 +27,7 @@ def fraction_sat_ax(ax, per_depth: dict) -> dict:
   for L, v in per_depth.items():
     x = np.array([c["p_over_n"] for c in v["cells"]])
     k = np.array([_sat(c) for c in v["cells"]])
-    n = np.array([_sat(c) + sum(c["counts"].get(j, 0) for j in ("jammed", "unbalanced"))
+    n = np.array([_sat(c) + sum(c["counts"].get(j, 0) for j in phase.NOT_SAT)
                   for c in v["cells"]])
     m = n > 0
     line = ax.plot(x[m], k[m] / n[m], "o", label=f"L={L}")[0]

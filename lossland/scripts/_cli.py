@@ -181,16 +181,16 @@ def _sigint_redelivered():
   if threading.current_thread() is not threading.main_thread():
     yield lambda: None
     return
-  done = threading.Event()
+  done, started = threading.Event(), threading.Event()
 
   def redeliver():
     while not done.wait(REDELIVER_SECONDS):
       _thread.interrupt_main(signal.SIGINT)
 
   def handler(signum, frame):
-    if not getattr(handler, "thread", None):
-      handler.thread = threading.Thread(target=redeliver, daemon=True)
-      handler.thread.start()
+    if not started.is_set():
+      started.set()
+      threading.Thread(target=redeliver, daemon=True).start()
     raise KeyboardInterrupt
 
   def handled():
