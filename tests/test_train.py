@@ -116,22 +116,42 @@ def test_plateau_schedule_reduces_lr():
   assert np.nanmin(lr) < 1e-2
 
 
-def test_chunk_compiles_once_per_shape(ds):
+def test_chunk_compiles_once_per_group_size(ds):
+  """On the CPU a chunk's length is traced: one program per padded group size."""
   cfg = train.TrainConfig(lr=1e-2, max_steps=400, chunk_steps=100)
+  assert not train.static_scans(cfg)
   res = train.train_ensemble(range(4), ds, NET, LOSS, cfg)
-  fns = train._compiled(NET, LOSS, cfg, train.n_devices())
+  fns = train._compiled(NET, LOSS, cfg, train.n_devices(), False, False)
   n = fns.chunk._cache_size()
-  assert n == res.n_compiles  # one compilation per (padded group size, scan length)
+  assert n == res.n_compiles >= 1  # one compilation per padded group size
   n_record = fns.record._cache_size()
   train.train_ensemble(range(4), ds, NET, LOSS, cfg)
   assert fns.chunk._cache_size() == n  # the same run compiles nothing new
   assert fns.record._cache_size() == n_record
   train.train_ensemble(range(10, 14), ds, NET, LOSS, cfg)
+  # group sizes 4, 2, 1 at most, whatever the lengths between measurements
+  assert fns.chunk._cache_size() <= len(train._buckets(4))
+  assert fns.record._cache_size() <= len(train._buckets(4))
+
+
+def test_static_scans_compile_per_shape_and_give_the_same_numbers(ds, monkeypatch):
+  """Accelerators' scans of known lengths: one program per (group size,
+  length), and bitwise the numbers of the CPU's traced-length loop."""
+  cfg = train.TrainConfig(lr=1.0131e-2, max_steps=300, chunk_steps=100)
+  ref = train.train_ensemble(range(3), ds, NET, LOSS, cfg)
+  assert train.static_scans(dataclasses.replace(cfg, scan_unroll=2))
+  monkeypatch.setattr(train.ensemble, "static_scans", lambda c: True)
+  res = train.train_ensemble(range(3), ds, NET, LOSS, cfg)
+  fns = train._compiled(NET, LOSS, cfg, train.n_devices(), False, True)
+  assert fns.static and fns.chunk._cache_size() == res.n_compiles > ref.n_compiles
   lengths = {m for i in range(1, 101) for m in train.scan_lengths(i, 100)}
   assert lengths == {1, 8, 64}
-  # group sizes 4, 2, 1 at most, times the scan lengths
-  assert fns.chunk._cache_size() <= len(train._buckets(4)) * len(lengths)
-  assert fns.record._cache_size() <= len(train._buckets(4))
+  assert res.n_compiles <= len(train._buckets(3)) * len(lengths)
+  np.testing.assert_array_equal(res.steps, ref.steps)
+  np.testing.assert_array_equal(res.stop_code, ref.stop_code)
+  np.testing.assert_array_equal(res.f_test, ref.f_test)
+  for k in train.MEASUREMENTS:
+    np.testing.assert_array_equal(res.history[k], ref.history[k])
 
 
 def test_scan_lengths_cover_the_interval():

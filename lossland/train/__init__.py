@@ -8,16 +8,18 @@ driver), :mod:`~lossland.train.plan` (memory and devices); every public name
 is importable from ``lossland.train``.
 
 * :func:`make_trainer` returns pure functions for **one** network: ``init_fn``,
-  ``chunk_fn`` (a ``lax.scan`` of a static number of steps, no host sync
-  inside), ``measure_fn`` and ``outputs_fn``. They are written per member.
+  ``chunk_fn`` (n steps, no host sync inside: a ``lax.scan`` for a static
+  n, a while loop for a traced one), ``measure_fn`` and ``outputs_fn``.
+  They are written per member.
 * :func:`train_ensemble` is the host-side driver. Its state is a small pytree
   on the device(s): the running group (:class:`Group`: the members'
   :class:`TrainState`, their histories and final measurements, written inside
   jitted code) and the ensemble's results (:class:`Results`, one row per
-  member). Between two measurement steps the driver dispatches a few scans
-  whose lengths are powers of :data:`SCAN_BASE` (few compilations, no traced
-  loop bounds), then :func:`record` measures every member on device and
-  returns the number still running: **one device-to-host transfer per chunk**,
+  member). Between two measurement steps the driver dispatches one chunk of
+  a traced length on the CPU, or on accelerators a few scans whose lengths
+  are powers of :data:`SCAN_BASE` (known trip counts, few compilations;
+  :func:`static_scans`), then :func:`record` measures every member on
+  device and returns the number still running: **one device-to-host transfer per chunk**,
   whatever the number of members K. Stopped members are dropped by a
   device-side gather (:func:`compact`) that first scatters their rows into the
   results; the group is padded to a few bucket sizes so recompilations stay
@@ -73,7 +75,7 @@ from lossland.optim.schedules import SCHEDULES
 from lossland.train.ensemble import (
     SCAN_BASE, EnsembleResult, Group, Results, _buckets, _cfg_repr, _compiled,
     _fingerprint, _keys, _LATE_FIELDS, _MEMBER_SENTINEL, _read_checkpoint,
-    _write_checkpoint, scan_lengths, train_ensemble)
+    _write_checkpoint, scan_lengths, static_scans, train_ensemble)
 from lossland.train.plan import (
     CPU_VMAP_WORK_LIMIT, MEMORY_FRACTION, _device_memory, _fmt_bytes,
     cluster_detected, default_group_size, maybe_initialize_distributed,

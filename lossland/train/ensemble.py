@@ -24,9 +24,24 @@ from lossland.train.stop import MAX_STEPS, RUNNING, STOP_REASONS
 from lossland.train.trainer import (MEASUREMENTS, TrainConfig, Trainer, TrainState,
                                     _make_trainer, measurement_steps)
 
-# Scans have lengths SCAN_BASE**i (i >= 0, at most chunk_steps): an interval
-# of n steps is cut into at most (SCAN_BASE - 1) * log_base(n) scans.
+# Static scans have lengths SCAN_BASE**i (i >= 0, at most chunk_steps): an
+# interval of n steps is cut into at most (SCAN_BASE - 1) * log_base(n) scans.
 SCAN_BASE = 8
+
+
+def static_scans(cfg: TrainConfig) -> bool:
+  """Whether the driver's chunks are scans of known lengths or one while loop.
+
+  Known lengths (powers of :data:`SCAN_BASE`, :func:`scan_lengths`) cost one
+  compilation per (group size, length), and buy what a known trip count
+  gives: the unrolling of ``scan_unroll`` and, on GPUs, a loop that XLA runs
+  without reading its condition back to the host at every step. On the CPU
+  the loop runs on the host either way and nothing is unrolled (``UNROLL``),
+  so the driver passes the length as a traced int32 there: one program per
+  group size, the same steps in the same order (the same numbers, bitwise;
+  tests/test_train.py). A ``scan_unroll`` above 1 asks for static scans.
+  """
+  return jax.default_backend() != "cpu" or cfg.scan_unroll > 1
 
 
 def scan_lengths(n: int, max_len: int, base: int = SCAN_BASE) -> list:
@@ -54,8 +69,6 @@ def _buckets(group: int, multiple: int = 1) -> list:
   return sorted(sizes)
 
 
-
-
 class EnsembleResult(NamedTuple):
   """What :func:`train_ensemble` returns (host numpy arrays).
 
@@ -69,7 +82,8 @@ class EnsembleResult(NamedTuple):
     history: dict name -> [K, M], NaN where the member was not running.
     f_train, f_test: [K, P], [K, n_test] final outputs.
     group_size: members vmapped together.
-    n_compiles: number of distinct chunk shapes (group size, scan length)
+    n_compiles: number of distinct chunk programs run: (group size, scan
+      length) pairs with static scans, group sizes otherwise (:func:`static_scans`)
       compiled.
     n_devices: local devices the members were sharded over.
     history_running: [K, M] bool, the member was running at that step.
@@ -137,16 +151,18 @@ def _results_of(group: Group) -> Results:
 class _Fns(NamedTuple):
   trainer: Trainer
   init_group: Callable   # (keys [G], member [G], done [G], data, M) -> Group
-  chunk: Callable        # (state, data, t0, n) -> state
+  chunk: Callable        # (state, member, data, t0, n) -> state
   record: Callable       # (group, data, j) -> (group, n_running)
   compact: Callable      # (results, group, size) -> (results, group)
   finish: Callable       # (results, group, data) -> (results, (f_train, f_test))
   empty: Callable        # (group, K) -> Results of K members
   mesh: Any
+  static: bool           # chunk's n is a static int (else a traced int32)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _Fns:
+def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False,
+              static: bool = True) -> _Fns:
   """The jitted, vmapped functions of the driver, built once per config.
 
   jax caches compilations per function object; building the closures once
@@ -157,6 +173,9 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _
   :mod:`lossland.train.cells`). ``data`` is then ``(stacked, member_cell)``:
   a Dataset with a leading cell axis, padded with y = 0 points, and [K] the
   cell of each member; every function gathers the rows it needs.
+
+  ``static``: ``chunk``'s length ``n`` is a static int (one program per
+  length) or a traced int32 (one program for all, :func:`static_scans`).
   """
   trainer, measure = _make_trainer(net_cfg, loss_cfg, cfg, masked)
   mesh, constrain = _row_sharding(n_dev)
@@ -170,13 +189,13 @@ def _compiled(net_cfg, loss_cfg, cfg, n_dev: int = 1, masked: bool = False) -> _
   return _Fns(
       trainer=trainer,
       init_group=jax.jit(init_group, static_argnums=4),
-      chunk=jax.jit(chunk, static_argnums=4, donate_argnums=donate(0)),
+      chunk=jax.jit(chunk, static_argnums=4 if static else (), donate_argnums=donate(0)),
       record=jax.jit(record, donate_argnums=donate(0)),
       # compact returns a smaller group and finish none: only the results
       # buffer can be reused (donating the group would only warn).
       compact=jax.jit(compact, static_argnums=2, donate_argnums=donate(0)),
       finish=jax.jit(finish, donate_argnums=donate(0)),
-      empty=jax.jit(empty, static_argnums=1), mesh=mesh)
+      empty=jax.jit(empty, static_argnums=1), mesh=mesh, static=static)
 
 
 def _row_sharding(n_dev: int):
@@ -436,9 +455,7 @@ def _setup(seeds, data, net_cfg, loss_cfg, cfg, group_size, start,
   masked = member_cell is not None
   if masked and cfg.batch_size:
     raise ValueError("cells of different P train full batch only (batch_size=0)")
-  # (the unmasked call keeps the 4-argument cache key that callers use)
-  fns = (_compiled(net_cfg, loss_cfg, cfg, n_dev, True) if masked
-         else _compiled(net_cfg, loss_cfg, cfg, n_dev))
+  fns = _compiled(net_cfg, loss_cfg, cfg, n_dev, masked, static_scans(cfg))
   dtype = data.x_train.dtype
   P, n_test = data.x_train.shape[-2], data.x_test.shape[-2]
   if group_size is None:
@@ -561,10 +578,17 @@ def _run_group(ens: _Ensemble, results: Results, group: Group, t: int, g0: int,
       continue
     G = int(group.member.shape[0])
     state = group.state
-    for n in scan_lengths(b - t, cfg.chunk_steps):
-      shapes_seen.add((G, n))
-      state = fns.chunk(state, group.member, data, jnp.int32(t), n)
-      t += n
+    if fns.static:
+      for n in scan_lengths(b - t, cfg.chunk_steps):
+        shapes_seen.add((G, n))
+        state = fns.chunk(state, group.member, data, jnp.int32(t), n)
+        t += n
+    else:
+      shapes_seen.add((G,))
+      while t < b:
+        n = min(b - t, cfg.chunk_steps)
+        state = fns.chunk(state, group.member, data, jnp.int32(t), jnp.int32(n))
+        t += n
     j = ens.sched_index.get(b, M) if b <= cfg.max_steps else M
     group, n_running = fns.record(group._replace(state=state), data, jnp.int32(j))
     n_running = int(n_running)  # the one device -> host transfer of a chunk

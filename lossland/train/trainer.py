@@ -260,7 +260,7 @@ class TrainState(NamedTuple):
 class Trainer(NamedTuple):
   """Pure per-member functions returned by :func:`make_trainer`."""
   init_fn: Callable      # (key, data, start=None) -> TrainState
-  chunk_fn: Callable     # (state, data, t0, n) -> state: steps t0 .. t0+n-1, n static
+  chunk_fn: Callable     # (state, data, t0, n) -> state: steps t0 .. t0+n-1
   measure_fn: Callable   # (state, data) -> dict of scalars (MEASUREMENTS)
   outputs_fn: Callable   # (params, params0, data) -> (f_train [P], f_test [n_test])
 
@@ -490,8 +490,11 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
   Returns:
     ``(trainer, measure)``: a :class:`Trainer` and the measurement that also
     returns the unsatisfied mask. ``chunk_fn(state, data, t0, n)`` runs steps
-    t0 .. t0+n-1 as a ``lax.scan``; ``t0`` is an unbatched int32 and ``n`` a
-    static Python int: vmap it with ``in_axes=(0, None, None)`` over
+    t0 .. t0+n-1; ``t0`` is an unbatched int32. ``n`` a Python int gives a
+    ``lax.scan`` of that known length (unrolled by ``scan_unroll``): one
+    program per length. ``n`` a traced int32 gives a while loop: one program
+    for every length (:func:`lossland.train.ensemble.static_scans` says which
+    the driver uses). vmap it with ``in_axes=(0, None, None)`` over
     ``functools.partial(chunk_fn, n=n)``.
   """
   obj = _objective(net_cfg, loss_cfg, cfg, masked)
@@ -499,14 +502,18 @@ def _make_trainer(net_cfg: nets.NetConfig, loss_cfg: losses.LossConfig,
   step = _step_fn(obj, minimizer, cfg)
   measure = _measure_fn(obj)
 
-  def chunk_fn(state: TrainState, data, t0, n: int) -> TrainState:
-    def body(carry, _):
-      s, t = carry
-      return (step(t, s, data), t + 1), None
-    unroll = max(1, min(n, cfg.scan_unroll or UNROLL.get(jax.default_backend(), 1)))
-    (state, _), _ = jax.lax.scan(body, (state, jnp.asarray(t0, jnp.int32)),
-                                 None, length=n, unroll=unroll)
-    return state
+  def chunk_fn(state: TrainState, data, t0, n) -> TrainState:
+    t0 = jnp.asarray(t0, jnp.int32)
+    if isinstance(n, (int, np.integer)):
+      def body(carry, _):
+        s, t = carry
+        return (step(t, s, data), t + 1), None
+      unroll = max(1, min(int(n), cfg.scan_unroll or UNROLL.get(jax.default_backend(), 1)))
+      (state, _), _ = jax.lax.scan(body, (state, t0), None, length=int(n), unroll=unroll)
+      return state
+    # a traced length: a while loop, the same steps in the same order
+    return jax.lax.fori_loop(jnp.int32(0), jnp.asarray(n, jnp.int32),
+                             lambda i, s: step(t0 + i, s, data), state)
 
   def outputs_fn(params, params0, data):
     return obj.f_fn(params, params0, data.x_train), obj.f_fn(params, params0, data.x_test)
