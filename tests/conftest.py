@@ -12,12 +12,15 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The tests' programs are tiny: compiling them costs more than running them.
-# XLA's backend optimization level 0 compiles faster (the suite's wall time on
-# 2 cores: BUILD_NOTES.md) and changes only rounding, which every comparison
-# inside the suite sees on both sides; the bitwise baseline's subprocesses
-# (scripts/compare_runs.py) drop XLA_* variables and run with the defaults.
-# A caller's own XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# XLA's backend optimization level 0 and the CPU's legacy fusion emitters
+# (the MLIR fusion emitters take most of a small program's compile time) each
+# roughly halve it (the suite's wall time on 2 cores: BUILD_NOTES.md, "What
+# costs"). They change only rounding, which every comparison inside the suite
+# sees on both sides (subprocesses inherit os.environ); the bitwise baseline's
+# subprocesses (scripts/compare_runs.py) drop XLA_* variables and run with the
+# defaults. A caller's own XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                      "--xla_cpu_use_fusion_emitters=false")
 
 import time  # noqa: E402
 
