@@ -169,7 +169,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   return out
 
 
-def apply_force_balance(classes, force_residuals, threshold: float | None) -> list:
+def apply_force_balance(classes, force_residuals, threshold: float | None,
+                        finished=None) -> list:
   """``jammed`` members not shown to be minima become ``unbalanced`` (issue 20).
 
   A member that stopped jammed (the training's stall rule, N_Delta > 0.1 N)
@@ -181,22 +182,36 @@ def apply_force_balance(classes, force_residuals, threshold: float | None) -> li
   it), but the exponents theta and gamma, which describe jammed minima, use
   only ``jammed`` members.
 
+  A member that ran out of steps (``not_converged``) but that a finishing
+  stage then brought to force balance is a jammed minimum too, whatever
+  stopped its first stages: with ``finished[k]`` true (the member entered
+  the finish and has N_Delta > 0.1 N) it becomes ``jammed`` where r_sub <=
+  ``threshold`` and stays ``not_converged`` otherwise.
+
   Args:
     classes: K class names (:func:`member_classes`).
     force_residuals: K values of r_sub (None or nan where not measured).
     threshold: ``jam_max_residual``; None leaves the classes as they are
       (summaries and callers without a force-balance criterion).
+    finished: optional K bools, the members a finishing stage entered whose
+      N_Delta exceeds 0.1 N.
 
   Returns:
     the K class names, ``jammed`` replaced by ``unbalanced`` where r_sub is
-    missing or above the threshold.
+    missing or above the threshold, and finished ``not_converged`` members
+    replaced by ``jammed`` where it is at most the threshold.
   """
   if threshold is None:
     return list(classes)
+  finished = [False] * len(classes) if finished is None else list(finished)
   out = []
-  for c, r in zip(classes, force_residuals):
+  for c, r, fin in zip(classes, force_residuals, finished):
     ok = r is not None and np.isfinite(r) and r <= threshold
-    out.append("unbalanced" if c == "jammed" and not ok else c)
+    if c == "jammed" and not ok:
+      c = "unbalanced"
+    elif c == "not_converged" and fin and ok:
+      c = "jammed"
+    out.append(c)
   return out
 
 

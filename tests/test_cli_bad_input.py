@@ -64,6 +64,7 @@ CASES = [
     ("width_zero", ["--width", "0"], "--width"),
     ("jam_max_residual_zero", ["--jam_max_residual", "0"], "--jam_max_residual"),
     ("jam_max_residual_nan", ["--jam_max_residual", "nan"], "--jam_max_residual"),
+    ("jam_max_residual_minus_inf", ["--jam_max_residual", "-inf"], "--jam_max_residual"),
     ("classes_on_synthetic", ["--dataset", "sphere", "--classes", "parity"], "--classes"),
     ("npz_truncated", ["--dataset", "npz", "--data_file", "{truncated}"], "truncated.npz"),
     ("npz_garbage", ["--dataset", "npz", "--data_file", "{garbage}"], "garbage.npz"),

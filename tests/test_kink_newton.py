@@ -228,3 +228,27 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
       assert m["finish_reason"] in ("converged", "max_iter", "stuck")
       assert m["finish_iterations"] <= 20
       assert m["force_residual_before_finish"] is not None and "min_curvature" in m
+
+
+def test_a_member_out_of_steps_that_the_finish_balances_is_jammed(tmp_path):
+  """A one-unit tanh net on random labels (N = 6, P = 40) stopped by its
+  step budget away from a minimum (r_sub 1e-3 to 1e-2): the finish reaches
+  force balance, and the member is a jammed minimum (class jammed, not
+  not_converged); without a threshold (``--jam_max_residual inf``) the class
+  stays what the training gave. (Wider smooth nets do not always get there:
+  width 2 tanh or softplus nets stop at r_sub ~ 1e-5 to 1e-3 after 300 to
+  1000 iterations, docs/jamming.md.)"""
+  from lossland import job
+  base = dict(dataset="sphere", P=40, d=5, depth=1, width=1, activation="tanh",
+              n_seeds=2, optimizer="adam", lr=1e-2, max_steps=200, finish="newton",
+              finish_iters=100, plots=False)
+  quiet = dict(progress=False, stdout=open(os.devnull, "w"))
+  _, summary = job.run_ensemble_job(dict(base, out_dir=str(tmp_path / "a")), **quiet)
+  for m in summary["members"]:
+    assert m["stop_reason"] == "max_steps" and m["finished"] and m["finish_converged"]
+    assert m["n_delta"] > 0.1 * 6 and m["force_residual"] <= 1e-10
+    assert m["force_residual_before_finish"] > 1e-3
+    assert m["class"] == "jammed"
+  _, summary = job.run_ensemble_job(dict(base, out_dir=str(tmp_path / "b"),
+                                         jam_max_residual=float("inf")), **quiet)
+  assert [m["class"] for m in summary["members"]] == ["not_converged"] * 2

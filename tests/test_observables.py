@@ -211,3 +211,19 @@ def test_apply_force_balance(cls, r, threshold, want):
   assert observables.apply_force_balance([cls], [r], threshold) == [want]
   assert "unbalanced" in observables.MEMBER_CLASSES
   assert "unbalanced" not in observables.UNHEALTHY
+
+
+@pytest.mark.parametrize("cls,r,finished,want", [
+    ("not_converged", 1e-8, True, "jammed"),          # finished to balance: a jammed minimum
+    ("not_converged", 1e-6, True, "jammed"),
+    ("not_converged", 2e-6, True, "not_converged"),   # the finish did not close it
+    ("not_converged", None, True, "not_converged"),
+    ("not_converged", 1e-8, False, "not_converged"),  # never finished (or N_Delta <= 0.1 N)
+    ("jammed", 1e-8, True, "jammed"),
+    ("jammed", 2e-6, True, "unbalanced"),
+    ("stalled", 1e-8, True, "stalled"),
+    ("dead_points", 1e-8, True, "dead_points"),
+])
+def test_a_finished_member_out_of_steps_is_jammed_only_when_balanced(cls, r, finished, want):
+  assert observables.apply_force_balance([cls], [r], 1e-6, [finished]) == [want]
+  assert observables.apply_force_balance([cls], [r], None, [finished]) == [cls]

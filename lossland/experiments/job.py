@@ -239,6 +239,10 @@ def parse_value(name: str, text: str):
   return text
 
 
+# Options whose value may be +inf (documented in their help: no criterion).
+_INF_ALLOWED = frozenset({"jam_max_residual"})
+
+
 def _check_type(o: Option, v):
   if v is None:
     if o.default is None:
@@ -255,7 +259,7 @@ def _check_type(o: Option, v):
   elif o.type == "float":
     if isinstance(v, (int, float)) and not isinstance(v, bool):
       v = float(v)
-      if not math.isfinite(v):
+      if not math.isfinite(v) and not (v == math.inf and o.name in _INF_ALLOWED):
         raise JobError(f"--{o.name} must be finite, got {v}")
       return v
   elif o.type == "str":
@@ -271,7 +275,8 @@ def _check_type(o: Option, v):
 def validate(values: dict) -> dict:
   """Fills defaults, checks types and ranges; returns a new, complete dict.
 
-  Integers given as integral floats are converted; floats must be finite.
+  Integers given as integral floats are converted; floats must be finite
+  (+inf where an option allows it: ``_INF_ALLOWED``).
 
   Raises:
     JobError (a ValueError): one line naming the first bad option (unknown
@@ -787,8 +792,9 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   and ``loss`` (its LossConfig), the stationarity of every healthy member
   with N_Delta > 0 (:func:`stationarity_rows`), and with
   ``jam_max_residual`` (finite) members that stopped jammed keep the class
-  only where r_sub is at most it (``unbalanced`` otherwise:
-  :func:`lossland.observables.apply_force_balance`).
+  only where r_sub is at most it (``unbalanced`` otherwise), and members that
+  ran out of steps become ``jammed`` where the finish brought r_sub to at
+  most it (:func:`lossland.observables.apply_force_balance`).
 
   Raises:
     JobError: no member is healthy (all diverged or dead).
@@ -819,8 +825,10 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                           "loss_before_polish": polish["loss_before"][k],
                           "stop_before_polish": polish["stop_before"][k]})
   if net is not None and loss is not None:   # r_sub measured: jammed needs force balance
+    finished = [bool(m.get("finished")) and res.final["n_delta"][k] > 0.1 * n_w
+                for k, m in enumerate(members)]
     classes = observables.apply_force_balance(
-        classes, [m["force_residual"] for m in members], thr)
+        classes, [m["force_residual"] for m in members], thr, finished)
     for m, c in zip(members, classes):
       m["class"] = c
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
