@@ -112,7 +112,9 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     counted as sat.)
   * ``limbo``: 1 <= N_Delta <= ``limbo_max_nd`` and max Delta <
     ``limbo_delta``: satisfied up to the floating-point precision;
-  * ``not_converged``: stopped at max_steps (or still running) with N_Delta > 0;
+  * ``not_converged``: stopped at max_steps (or still running) with N_Delta > 0
+    (the ensemble job makes it ``jammed`` where a finishing stage brought it
+    to force balance with N_Delta > 0.1 N: :func:`apply_force_balance`);
   * ``jammed``: stopped as jammed with N_Delta > 0.1 N, the authors'
     criterion (nn_jamming/transition.py, 1809.09349); the ensemble job then
     keeps it ``jammed`` only where its force balance closes
