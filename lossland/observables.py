@@ -88,6 +88,11 @@ def unsatisfied_dead_points(f_train, y_train, epsilon: float = 1.0,
   return np.sum(is_dead & unsat, axis=-1)
 
 
+# The authors' jamming criterion (nn_jamming/transition.py, 1809.09349): a
+# stopped run is jammed when N_Delta > this fraction of N.
+JAMMED_ND_FRACTION = 0.1
+
+
 def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
                    limbo_max_nd: int = 4, limbo_delta: float = 1e-6,
                    y_train=None, epsilon: float = 1.0, dead_points=None) -> list:
@@ -165,7 +170,7 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
     elif 1 <= nd <= limbo_max_nd and md < limbo_delta:
       out.append("limbo")
     elif reason == "jammed":
-      out.append("jammed" if nd > 0.1 * n_weights else "stalled")
+      out.append("jammed" if nd > JAMMED_ND_FRACTION * n_weights else "stalled")
     else:
       out.append("not_converged")
   return out

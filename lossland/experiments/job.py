@@ -161,7 +161,7 @@ class JobOptions:
       "unbalanced: counted as not sat, left out of the jamming exponents. inf: no "
       "criterion (jammed = the stall rule's verdict, as before issue 20). Rounding floor of "
       "r_sub at an exact minimum: ~1e-12 to 1e-16 in float64, 3e-8 to 9e-8 in float32 on "
-      "small nets (docs/jamming.md).")
+      "small nets (docs/jamming.md).", allow_inf=True)
   bulk_float32: bool = option(
       False, "Train the first stage in float32 and the polish in float64 (needs --x64 and "
       "--polish): a float32 bulk, a float64 finish (docs/engine.md; validated on "
@@ -239,10 +239,6 @@ def parse_value(name: str, text: str):
   return text
 
 
-# Options whose value may be +inf (documented in their help: no criterion).
-_INF_ALLOWED = frozenset({"jam_max_residual"})
-
-
 def _check_type(o: Option, v):
   if v is None:
     if o.default is None:
@@ -259,7 +255,7 @@ def _check_type(o: Option, v):
   elif o.type == "float":
     if isinstance(v, (int, float)) and not isinstance(v, bool):
       v = float(v)
-      if not math.isfinite(v) and not (v == math.inf and o.name in _INF_ALLOWED):
+      if not math.isfinite(v) and not (v == math.inf and o.allow_inf):
         raise JobError(f"--{o.name} must be finite, got {v}")
       return v
   elif o.type == "str":
@@ -276,7 +272,7 @@ def validate(values: dict) -> dict:
   """Fills defaults, checks types and ranges; returns a new, complete dict.
 
   Integers given as integral floats are converted; floats must be finite
-  (+inf where an option allows it: ``_INF_ALLOWED``).
+  (+inf where the option allows it: ``option(..., allow_inf=True)``).
 
   Raises:
     JobError (a ValueError): one line naming the first bad option (unknown
@@ -825,7 +821,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                           "loss_before_polish": polish["loss_before"][k],
                           "stop_before_polish": polish["stop_before"][k]})
   if net is not None and loss is not None:   # r_sub measured: jammed needs force balance
-    finished = [bool(m.get("finished")) and res.final["n_delta"][k] > 0.1 * n_w
+    finished = [bool(m.get("finished"))
+                and res.final["n_delta"][k] > observables.JAMMED_ND_FRACTION * n_w
                 for k, m in enumerate(members)]
     classes = observables.apply_force_balance(
         classes, [m["force_residual"] for m in members], thr, finished)
@@ -849,7 +846,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       # The authors' classification (nn_jamming/transition.py): a run is jammed
       # if N_delta > 0.1 N; fewer unsatisfied points are precision artefacts.
       # Healthy members only, as every headline number below.
-      "n_jammed_nd_over_0.1N": sum(m["n_delta_over_n"] > 0.1 for m in h_members),
+      "n_jammed_nd_over_0.1N": sum(m["n_delta_over_n"] > observables.JAMMED_ND_FRACTION
+                                   for m in h_members),
       "mean_test_error": ens["mean_test_error"],
       "ensemble_test_error": ens["ensemble_test_error"],
       "output_variance": ens["output_variance"],

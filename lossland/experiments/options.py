@@ -35,23 +35,26 @@ class Option(NamedTuple):
     default: default value (None: unset, e.g. ``N`` or ``margin``).
     help: one-line help.
     choices: the allowed values of an "enum".
+    allow_inf: a "float" that may be +inf (its help says what inf means).
   """
   name: str
   type: str
   default: Any
   help: str
   choices: tuple = ()
+  allow_inf: bool = False
 
 
-def option(default, help: str, choices: tuple = (), flag: bool = True):
+def option(default, help: str, choices: tuple = (), flag: bool = True,
+           allow_inf: bool = False):
   """A dataclass field that is an option: ``help`` (and ``choices``) document it
   and are the help of its flag; ``flag=False`` keeps it off the command line
-  (a value only a preset or a caller sets, e.g. a dict)."""
+  (a value only a preset or a caller sets, e.g. a dict); ``allow_inf`` lets a
+  float option be +inf."""
+  meta = {"help": help, "choices": choices, "flag": flag, "allow_inf": allow_inf}
   if isinstance(default, (dict, list)):
-    return dataclasses.field(default_factory=lambda: type(default)(default),
-                             metadata={"help": help, "choices": choices, "flag": flag})
-  return dataclasses.field(default=default,
-                           metadata={"help": help, "choices": choices, "flag": flag})
+    return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+  return dataclasses.field(default=default, metadata=meta)
 
 
 _SCALARS = {int: "int", float: "float", bool: "bool", str: "str"}
@@ -79,7 +82,7 @@ def spec_of(cls) -> tuple:
       continue
     choices = tuple(f.metadata.get("choices", ()))
     rows.append(Option(f.name, _kind(hints[f.name], choices), f.default,
-                       f.metadata["help"], choices))
+                       f.metadata["help"], choices, f.metadata.get("allow_inf", False)))
   return tuple(rows)
 
 

@@ -19,8 +19,8 @@ is importable from ``lossland.train``.
   a traced length on the CPU, or on accelerators a few scans whose lengths
   are powers of :data:`SCAN_BASE` (known trip counts, few compilations;
   :func:`static_scans`), then :func:`record` measures every member on
-  device and returns the number still running: **one device-to-host transfer per chunk**,
-  whatever the number of members K. Stopped members are dropped by a
+  device and returns the number still running: **one device-to-host
+  transfer per chunk**, whatever the number of members K. Stopped members are dropped by a
   device-side gather (:func:`compact`) that first scatters their rows into the
   results; the group is padded to a few bucket sizes so recompilations stay
   few. With several local devices the member axis is sharded over them.
