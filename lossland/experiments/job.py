@@ -721,6 +721,7 @@ def _finish_row(fin: dict, k: int) -> dict:
           "force_residual_before_finish": num(fin["residual_before"][k]),
           "loss_before_finish": num(fin["loss_before"][k]),
           "finish_iterations": int(fin["iterations"][k]),
+          "finish_restarts": int(fin["restarts"][k]),
           "finish_seconds": float(fin["seconds"][k]),
           "min_curvature": num(fin["min_curvature"][k])}
 
@@ -1005,7 +1006,8 @@ def _finish(v: dict, job: _Job, res, cfg):
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,
-               "seconds": info.seconds, "min_curvature": info.min_curvature}
+               "seconds": info.seconds, "min_curvature": info.min_curvature,
+               "restarts": info.n_restarts}
 
 
 def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt, fin=None) -> dict:

@@ -64,9 +64,12 @@ class FinishResult(NamedTuple):
     n_steps: accepted trust-region steps.
     n_iter: iterations (each one dense Hessian).
     converged: the record's r_sub <= ``tol``.
-    reason: "converged", "max_iter", "stuck" (the trust region collapsed)
-      or "no_unsat" (nothing to finish).
+    reason: "converged", "max_iter", "stuck" (the trust region collapsed
+      without an accepted step since the last restart) or "no_unsat"
+      (nothing to finish).
     residual_before: r_sub of the params it was given.
+    n_restarts: times the search was restarted from its last iterate after
+      its trust region collapsed.
   """
   params: object
   record: stationarity.Stationarity
@@ -76,6 +79,7 @@ class FinishResult(NamedTuple):
   converged: bool
   reason: str
   residual_before: float = float("nan")
+  n_restarts: int = 0
 
 
 def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
@@ -240,6 +244,7 @@ class _Search:
   """The host-side state of one :func:`finish` (numpy; jax for derivatives)."""
 
   def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release):
+    self.args = (cfg, x, y, loss, f_offset, kink_rtol, slope_tol, max_release)
     self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
     self.slope_tol, self.max_release = slope_tol, max_release
     self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
@@ -257,7 +262,16 @@ class _Search:
     self.slopes, self.released, self.n_cross = {}, {}, {}
     self.L = self.true_loss(self.w)
     self.radius = 1e-3 * max(np.linalg.norm(self.w), 1.0)
-    self.n_changes = self.n_acc = 0
+    self.n_changes = self.n_acc = self.n_restarts = self.acc_at_start = 0
+
+  def restarted(self) -> "_Search":
+    """A new search from the last iterate (the kink pairs measured there,
+    the initial radius), carrying the counters."""
+    cfg, x, y, loss, *rest = self.args
+    new = _Search(cfg, self.params(), x, y, loss, *rest)
+    new.n_changes, new.n_acc, new.n_restarts = self.n_changes, self.n_acc, self.n_restarts + 1
+    new.acc_at_start = self.n_acc
+    return new
 
   def params(self, w=None):
     return self.unravel(jnp.asarray(self.w if w is None else w, self.x.dtype))
@@ -390,10 +404,9 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       changes.
 
   Returns:
-    A :class:`FinishResult`; the returned params are the
-    last iterate, whose true loss is the lowest seen (steps are accepted
-    only when the loss decreases); ``record`` is measured there by
-    :func:`lossland.stationarity.stationarity`, independently of the solve.
+    A :class:`FinishResult`; its params are the last iterate, whose true loss
+    is the lowest seen (steps are accepted only when the loss decreases);
+    ``record`` is measured there by :func:`lossland.stationarity.stationarity`.
   """
   apply_fn = nets.make_net(cfg, x.dtype)[1]
   certify = lambda p: stationarity.stationarity(cfg, apply_fn, p, x, y, loss,
@@ -423,13 +436,20 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       log_fn(f"iter {it}: L {st.L:.10e} |g_Z|/F {m['gres']:.2e} |K| {len(m['flat'])} "
              f"radius {st.radius:.1e} ratio {ratio:.2f} crossed {n_crossed}")
     if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
-      reason = "stuck"
-      break
+      if st.n_acc == st.acc_at_start:
+        reason = "stuck"
+        break
+      # Collapsed after progress: the contacts K it gathered (pairs that
+      # crossed back and forth) and its radius no longer fit the landscape
+      # here; restarts keep lowering the loss (docs/jamming.md).
+      st = st.restarted()
+      if log_fn:
+        log_fn(f"iter {it}: trust region collapsed; restart {st.n_restarts} at L {st.L:.10e}")
   params = st.params()
   if reason != "converged":
     rec = certify(params)
   return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,
-                      bool(rec.force_residual <= tol), reason, r0)
+                      bool(rec.force_residual <= tol), reason, r0, st.n_restarts)
 
 
 def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,

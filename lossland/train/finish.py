@@ -40,6 +40,8 @@ class FinishInfo(NamedTuple):
     min_curvature: :func:`lossland.optim.kink_newton.min_curvature` at exit
       (nan where not entered).
     seconds: host time of each member's finish.
+    n_restarts: restarts after a collapsed trust region (0 where not
+      entered).
   """
   entered: list
   converged: list
@@ -50,6 +52,7 @@ class FinishInfo(NamedTuple):
   n_iter: list
   min_curvature: list
   seconds: list
+  n_restarts: list
 
 
 def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
@@ -77,7 +80,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   K = len(res.seeds)
   info = FinishInfo([False] * K, [False] * K, [""] * K, [float("nan")] * K,
                     [float("nan")] * K, [float("nan")] * K, [0] * K,
-                    [float("nan")] * K, [0.0] * K)
+                    [float("nan")] * K, [0.0] * K, [0] * K)
   if not isinstance(net, nets.NetConfig):
     return res, info
   codes = [STOP_REASONS.index(r) for r in entry]
@@ -122,9 +125,11 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     info.min_curvature[k] = kink_newton.min_curvature(net, out.params, data.x_train,
                                                        data.y_train, loss, f_offset=off)
     info.n_iter[k], info.seconds[k] = out.n_iter, time.time() - t0
+    info.n_restarts[k] = out.n_restarts
     if log_fn:
       log_fn(f"finish seed {int(res.seeds[k])}: r_sub {out.residual_before:.2e} -> "
              f"{out.record.force_residual:.2e} ({out.reason}, {out.n_iter} iterations, "
+             f"{out.n_restarts} restarts, "
              f"{info.seconds[k]:.1f} s)")
   merged = res._replace(params=jax.tree_util.tree_map(np.asarray, params), final=final,
                         f_train=f_train, f_test=f_test)
