@@ -107,6 +107,12 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                         if c in NOT_SAT],
       "force_residual_balanced": [m.get("force_residual") for m, c in
                                   zip(members, classes) if c == "jammed"],
+      # item 4e: the contacts of the force-balanced states, unsatisfied
+      # points and kink pairs (unit, unsatisfied point at z = 0), over N
+      "nd_over_n_balanced": [float(m["n_delta_over_n"]) for m, c in
+                             zip(members, classes) if c == "jammed"],
+      "kinks_over_n_balanced": [m.get("n_kink", 0) / N for m, c in
+                                zip(members, classes) if c == "jammed"],
       "run_dir": record.get("run_dir"),
   }
 
@@ -527,7 +533,8 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
       "d": stats[0]["d"] if stats else None,
       "counts": counts,
       "cells": [{k: c[k] for k in ("P", "p_over_n", "n_members", "counts",
-                                    "nd_over_n_jammed")} for c in stats],
+                                    "nd_over_n_jammed", "nd_over_n_balanced",
+                                    "kinks_over_n_balanced") if k in c} for c in stats],
   }
 
 

@@ -55,12 +55,14 @@ def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_pa
   np.savez(tmp_path / "arrays.npz", f_train=f, y_train=y)
   r = _record(400, 100, ["jammed", "unbalanced", "sat"], nd=[0.3, 0.4, 0.0],
               run_dir=str(tmp_path), losses=[1.0, 1.0, 0.0])
-  for m, res in zip(r["summary"]["members"], (1e-8, 3e-3, None)):
-    m["force_residual"] = res
+  for m, res, nk in zip(r["summary"]["members"], (1e-8, 3e-3, None), (7, 9, 0)):
+    m["force_residual"], m["n_kink"] = res, nk
   s = phase.cell_stats(r)
   assert (s["n_sat"], s["n_jammed"], s["n_force_balanced"], s["n_unbalanced"]) == (1, 2, 1, 1)
   assert s["nd_over_n_jammed"] == [0.3, 0.4]
   assert s["force_residual_balanced"] == [1e-8]
+  # the contacts of the force-balanced member only (item 4e)
+  assert s["nd_over_n_balanced"] == [0.3] and s["kinks_over_n_balanced"] == [0.07]
   ds = phase.delta_samples(r, load_fn=lambda d: np.load(os.path.join(d, "arrays.npz")))
   assert set(ds["positive_member"].tolist()) | set(ds["negative_member"].tolist()) == {0}
   np.testing.assert_allclose(np.sort(ds["positive"]), [0.5, 0.8, 1.1])
@@ -68,6 +70,7 @@ def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_pa
                                     "separated": True, "bracketed": True})
   assert summ["force_residual_max"] == 1e-8 and summ["n_unbalanced"] == 1
   assert summ["force_residual_median_stopped_jammed"] == pytest.approx((1e-8 + 3e-3) / 2)
+  assert summ["cells"][0]["kinks_over_n_balanced"] == [0.07]
 
 
 def test_propose_next_brackets_then_bisects():
