@@ -218,3 +218,40 @@ def test_dead_points_against_a_plain_loop(bias, param):
     np.testing.assert_allclose(f[got], f[got][0])   # with biases: one common value
   with pytest.raises(ValueError):
     nets.dead_points(nets.NetConfig(d=3, width=3, depth=1, activation="tanh"), params[:2], x)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_balanced_keeps_the_function_and_has_the_least_norm_on_the_orbit(bias):
+  """nets.balanced: the same outputs, |in| = |out| for every hidden unit, and
+  no rescaling of the balanced net (random factors per unit, the orbit) has
+  a smaller norm; the input's norm is not smaller either."""
+  cfg = nets.NetConfig(d=5, width=7, depth=3, bias=bias)
+  init_fn, apply_fn = nets.make_net(cfg, jnp.float64)
+  params = init_fn(jax.random.key(3))
+  rng = np.random.default_rng(0)
+  # move the net along its orbit first, far from balance
+  for l in range(cfg.depth):
+    c = np.exp(rng.normal(scale=1.5, size=cfg.width))
+    params[l] = {k: v * c for k, v in params[l].items()}
+    params[l + 1] = dict(params[l + 1], w=params[l + 1]["w"] / c[:, None])
+  x = jax.random.normal(jax.random.key(4), (30, 5), jnp.float64)
+  bal = nets.balanced(cfg, params)
+  np.testing.assert_allclose(apply_fn(bal, x), apply_fn(params, x), rtol=1e-10, atol=1e-12)
+  norm = lambda p: float(np.sqrt(sum(np.sum(np.asarray(a) ** 2)
+                                     for a in jax.tree_util.tree_leaves(p))))
+  for l in range(cfg.depth):
+    w_in = np.sum(np.asarray(bal[l]["w"]) ** 2, axis=0)
+    if bias:
+      w_in = w_in + np.asarray(bal[l]["b"]) ** 2
+    np.testing.assert_allclose(w_in, np.sum(np.asarray(bal[l + 1]["w"]) ** 2, axis=1),
+                               rtol=1e-8)
+  assert norm(bal) < 0.9 * norm(params)
+  for _ in range(20):
+    q = [dict(layer) for layer in bal]
+    for l in range(cfg.depth):
+      c = np.exp(rng.normal(scale=0.3, size=cfg.width))
+      q[l] = {k: v * c for k, v in q[l].items()}
+      q[l + 1] = dict(q[l + 1], w=q[l + 1]["w"] / c[:, None])
+    assert norm(q) >= norm(bal) * (1 - 1e-12)
+  with pytest.raises(ValueError, match="ReLU"):
+    nets.balanced(nets.NetConfig(d=5, width=7, depth=3, activation="tanh"), params)
