@@ -152,6 +152,32 @@ def test_finish_improves_a_stalled_state_it_does_not_converge_on():
   assert L(out.params) < (1 - 1e-3) * at_restart[0]
 
 
+def test_finish_stops_when_its_steps_satisfy_every_point_or_leave_only_dead_ones():
+  """From initialization on 6 points (N = 28 > P), the finish's steps
+  satisfy every point (reason "no_unsat", loss 0) or leave only points with
+  zero force, a hidden layer all off there (reason "no_force": r_sub is
+  undefined, 0/0). Both happen among these six nets (measured: seeds 2, 4
+  and 0, 1, 3, 5); the finish used to divide by zero when a restart met
+  such a state."""
+  cfg = nets.NetConfig(d=3, width=4, depth=2)
+  init_fn, apply_fn = nets.make_net(cfg, jnp.float64)
+  seen = set()
+  for s in range(6):
+    ds = data.sphere(jax.random.key(s), 6, 3, n_test=0)
+    out = kink_newton.finish(cfg, init_fn(jax.random.key(s + 10)), ds.x_train, ds.y_train,
+                             LOSS, tol=1e-10, max_iter=200)
+    seen.add(out.reason)
+    delta = np.asarray(LOSS.epsilon - ds.y_train * apply_fn(out.params, ds.x_train))
+    if out.reason == "no_unsat":
+      assert out.record.n_unsat == 0 and np.all(delta <= 0)
+    else:
+      assert out.reason == "no_force" and out.record.n_unsat > 0
+      dead = np.asarray(nets.dead_points(cfg, out.params, ds.x_train))
+      assert np.all(dead[delta > 0])
+    assert not out.converged
+  assert seen == {"no_unsat", "no_force"}
+
+
 def test_min_curvature_sees_a_saddle_and_a_minimum():
   """f = w2 relu(w1 x) has the rescaling zero mode; a quadratic hinge on one
   point at its minimum has no negative curvature, a point on a negative
@@ -232,7 +258,7 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
     assert "finished" in m
     if m["finished"]:
       assert m["loss"] <= m["loss_before_finish"]
-      assert m["finish_reason"] in ("converged", "max_iter", "stuck")
+      assert m["finish_reason"] in ("converged", "max_iter", "stuck", "no_unsat", "no_force")
       assert m["finish_iterations"] <= 20 and 0 <= m["finish_restarts"] <= 20
       assert m["force_residual_before_finish"] is not None and "min_curvature" in m
 

@@ -65,8 +65,9 @@ class FinishResult(NamedTuple):
     n_iter: iterations (each one dense Hessian).
     converged: the record's r_sub <= ``tol``.
     reason: "converged", "max_iter", "stuck" (the trust region collapsed
-      without an accepted step since the last restart) or "no_unsat"
-      (nothing to finish).
+      without an accepted step since the last restart), "no_unsat" (every
+      point satisfied, at entry or after some steps) or "no_force" (every
+      unsatisfied point has zero force).
     residual_before: r_sub of the params it was given.
     n_restarts: times the search was restarted from its last iterate after
       its trust region collapsed.
@@ -266,7 +267,10 @@ class _Search:
 
   def restarted(self) -> "_Search":
     """A new search from the last iterate (the kink pairs measured there,
-    the initial radius), carrying the counters."""
+    the initial radius), carrying the counters. For a trust region that
+    collapsed after progress: the contacts K it gathered (pairs that crossed
+    back and forth) and its radius no longer fit the landscape there, and
+    restarts keep lowering the loss (docs/jamming.md)."""
     cfg, x, y, loss, *rest = self.args
     new = _Search(cfg, self.params(), x, y, loss, *rest)
     new.n_changes, new.n_acc, new.n_restarts = self.n_changes, self.n_acc, self.n_restarts + 1
@@ -370,6 +374,17 @@ class _Search:
     return int(sum(c.sum() for c in crossed))
 
 
+def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
+  """Why a state needs no (more) finishing, or None: "no_unsat" (every point
+  satisfied), "converged" (r_sub <= tol) or "no_force" (every unsatisfied
+  point has zero force: dead points, r_sub undefined)."""
+  if rec.n_unsat == 0:
+    return "no_unsat"
+  if rec.force_residual <= tol:
+    return "converged"
+  return None if math.isfinite(rec.force_residual) else "no_force"
+
+
 def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
@@ -412,13 +427,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   certify = lambda p: stationarity.stationarity(cfg, apply_fn, p, x, y, loss,
                                                 kink_rtol=kink_rtol, f_offset=f_offset)
   rec = certify(params)
-  if rec.n_unsat == 0:
-    return FinishResult(params, rec, 0, 0, 0, False, "no_unsat")
-  r0 = rec.force_residual
-  if r0 <= tol:
-    return FinishResult(params, rec, 0, 0, 0, True, "converged", r0)
+  r0, reason = rec.force_residual, _done(rec, tol)
+  if reason:
+    return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
   st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release)
-  reason = "max_iter"
   for it in range(max_iter):
     m = st.model()
     n_out = st.release(m)
@@ -428,8 +440,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       continue
     if m["near"] or m["gres"] <= 0.01 * tol:
       rec = certify(st.params())
-      if rec.force_residual <= tol:
-        reason = "converged"
+      if _done(rec, tol):
         break
     ratio, n_crossed = st.step(m)
     if log_fn and (it % 20 == 0 or n_crossed):
@@ -439,15 +450,18 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       if st.n_acc == st.acc_at_start:
         reason = "stuck"
         break
-      # Collapsed after progress: the contacts K it gathered (pairs that
-      # crossed back and forth) and its radius no longer fit the landscape
-      # here; restarts keep lowering the loss (docs/jamming.md).
-      st = st.restarted()
+      rec = certify(st.params())
+      if _done(rec, tol):  # e.g. every point satisfied by the last steps
+        break
+      st = st.restarted()  # collapsed after progress
       if log_fn:
         log_fn(f"iter {it}: trust region collapsed; restart {st.n_restarts} at L {st.L:.10e}")
+  else:
+    reason = "max_iter"
   params = st.params()
-  if reason != "converged":
+  if reason in ("max_iter", "stuck"):
     rec = certify(params)
+  reason = _done(rec, tol) or reason
   return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,
                       bool(rec.force_residual <= tol), reason, r0, st.n_restarts)
 
