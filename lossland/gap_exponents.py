@@ -292,10 +292,11 @@ def _signed(a, ci, sign):
 def exponent_fits(samples, groups=None, q: float = 0.5,
                   q_checks: Sequence[float] = (0.25, 0.5, 0.75),
                   n_boot: int = 500, seed: int = 0, sign: int = +1,
-                  level: float = 0.95) -> dict:
+                  level: float = 0.95, x_floor: float = 0.0) -> dict:
   """Small-x exponent by the density MLE and by the CDF fit, with range checks.
 
-  Both fits are on (0, x_max], x_max = the q-quantile of the positive samples,
+  Both fits are on (x_floor, x_max], x_max = the q-quantile of the samples
+  above x_floor (with x_floor = 0: the positive samples),
   with a percentile bootstrap over groups (or samples); each is repeated with
   x_max at the quantiles ``q_checks`` (bootstraps of at most 200 replicates)
   and is ``stable`` when the spread of those exponents is at most their
@@ -316,6 +317,12 @@ def exponent_fits(samples, groups=None, q: float = 0.5,
     seed: bootstrap RNG seed.
     sign: +1 (top-level exponent = a) or -1 (= -a).
     level: CI level.
+    x_floor: samples at or below it are left out of the fits and counted
+      (``n_below_floor``): values that are zero up to the accuracy of the
+      state they come from (docs/jamming.md: points at the margin of a
+      force-balanced state), which are a peak at 0, not the small-x tail.
+      With x_floor > 0 the density fit is the truncated power law on
+      [x_floor, x_max] and the CDF is that of the samples above x_floor.
 
   Returns:
     JSON-serializable dict: ``density`` (the
@@ -336,13 +343,18 @@ def exponent_fits(samples, groups=None, q: float = 0.5,
       another length.
   """
   qs = _check_fit_args(sign, q, q_checks)
+  if not (np.isfinite(x_floor) and x_floor >= 0):
+    raise ValueError(f"x_floor must be finite and >= 0, got {x_floor}")
   x, g = _positive(np.asarray(samples, np.float64).ravel(), groups)
-  out = _fits_result(x, g, sign, q, qs, level)
+  above = x > x_floor
+  n_below = int(x.size - np.sum(above))
+  x, g = x[above], None if g is None else g[above]
+  out = _fits_result(x, g, sign, q, qs, level, x_floor, n_below)
   if x.size == 0:
     return out
   x_max = float(np.quantile(x, q))
   out["x_max"] = x_max
-  ranges = [(0.0, float(np.quantile(x, v))) for v in qs]
+  ranges = [(float(x_floor), float(np.quantile(x, v))) for v in qs]
   dens = _density_fits(x, g, x_max, qs, ranges, n_boot, level, seed)
   cdf = _cdf_fits(x, g, x_max, qs, ranges, n_boot, level, seed)
   out["density"], out["cdf"] = dens, cdf
@@ -363,18 +375,22 @@ def _check_fit_args(sign, q, q_checks) -> list:
   return qs
 
 
-def _fits_result(x, g, sign, q, qs, level) -> dict:
+def _fits_result(x, g, sign, q, qs, level, x_floor=0.0, n_below=0) -> dict:
   """The result dict of :func:`exponent_fits` before the fits."""
   over = "groups" if g is not None else "samples"
+  lo = "0" if x_floor == 0 else f"{x_floor:g}"
+  floor = ("" if x_floor == 0 else
+           f"samples <= {x_floor:g} left out (zero up to the states' accuracy; "
+           f"{n_below} of {x.size + n_below}); ")
   return {"exponent": None, "ci": [None, None], "exponent_cdf": None,
           "ci_cdf": [None, None], "sign": int(sign), "q": float(q),
-          "x_max": None,
+          "x_max": None, "x_floor": float(x_floor), "n_below_floor": n_below,
           "n_samples": int(x.size),
           "n_groups": None if g is None else int(np.unique(g).size),
           "level": level,
-          "method": (f"(1) density: truncated power-law MLE of p(x) ~ x^a on "
-                     f"(0, x_max]; (2) CDF: least squares slope of log C(x) vs "
-                     f"log x on (0, x_max] minus 1 (mid-rank empirical CDF); "
+          "method": (floor + f"(1) density: truncated power-law MLE of p(x) ~ x^a on "
+                     f"({lo}, x_max]; (2) CDF: least squares slope of log C(x) vs "
+                     f"log x on ({lo}, x_max] minus 1 (mid-rank empirical CDF); "
                      f"x_max = {q:g}-quantile of the samples; percentile "
                      f"bootstrap over {over}; range checks at quantiles {qs}; "
                      + ("exponent = a" if sign > 0 else "exponent = -a")),
@@ -385,7 +401,7 @@ def _density_fits(x, g, x_max, qs, ranges, n_boot, level, seed) -> dict:
   """The density MLE on (0, x_max] with its range check at ``ranges``
   (bootstraps of at most 200 replicates there)."""
   n_check = min(n_boot, 200)
-  dens = _enough(power_law_mle(x, 0.0, x_max, n_boot=n_boot, level=level,
+  dens = _enough(power_law_mle(x, ranges[0][0], x_max, n_boot=n_boot, level=level,
                                seed=seed, groups=g))
   r = exponent_vs_range(x, ranges, n_boot=n_check, level=level, seed=seed,
                         groups=g)
@@ -398,8 +414,9 @@ def _cdf_fits(x, g, x_max, qs, ranges, n_boot, level, seed) -> dict:
   """The CDF fit on (0, x_max] with its range check at ``ranges``
   (bootstraps of at most 200 replicates there)."""
   n_check = min(n_boot, 200)
-  cdf = cdf_exponent(x, x_max, groups=g, n_boot=n_boot, level=level, seed=seed)
-  cfits = [cdf_exponent(x, hi, groups=g, n_boot=n_check, level=level, seed=seed)
+  lo = ranges[0][0]
+  cdf = cdf_exponent(x, x_max, groups=g, n_boot=n_boot, level=level, seed=seed, x_min=lo)
+  cfits = [cdf_exponent(x, hi, groups=g, n_boot=n_check, level=level, seed=seed, x_min=lo)
            for _, hi in ranges]
   _add_range_check(cdf, cfits, qs, ranges)
   return cdf

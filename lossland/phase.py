@@ -226,7 +226,7 @@ def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays,
 
 def fit_exponent(samples, groups=None, q: float = 0.5,
                  q_checks=(0.25, 0.5, 0.75), n_boot: int = 500, seed: int = 0,
-                 sign: int = 1) -> dict:
+                 sign: int = 1, x_floor: float = 0.0) -> dict:
   """Exponent of p(x) ~ x^a at small x by two methods (lossland.gap_exponents).
 
   theta = a of the Delta > 0 side (``sign=1``), gamma = -a of the Delta < 0
@@ -234,20 +234,25 @@ def fit_exponent(samples, groups=None, q: float = 0.5,
   power-law MLE on (0, quantile q]); ``exponent_cdf``/``ci_cdf``: the
   empirical-CDF fit C(x) ~ x^(1 + a) on the same range; both with a
   bootstrap over members (``groups``) and range checks at ``q_checks``
-  (``stable``: the density fit's). None below 10 samples.
+  (``stable``: the density fit's). Samples <= ``x_floor`` (zero up to the
+  states' accuracy: points at the margin) are left out and counted
+  (``n_below_floor``). None below 10 samples above the floor.
   """
   x = np.asarray(samples, np.float64)
-  n = int(np.sum(x > 0))
+  n = int(np.sum(x > x_floor))
+  n_below = int(np.sum((x > 0) & (x <= x_floor)))
   if n < 10:
     return {"exponent": None, "ci": [None, None], "exponent_cdf": None,
             "ci_cdf": [None, None], "n_samples": n, "stable": None, "stable_cdf": None,
-            "method": None, "range_check": None, "q": q, "x_max": None}
+            "method": None, "range_check": None, "q": q, "x_max": None,
+            "x_floor": x_floor, "n_below_floor": n_below}
   f = gap_exponents.exponent_fits(x, groups, q=q, q_checks=q_checks, n_boot=n_boot,
-                                  seed=seed, sign=sign)
+                                  seed=seed, sign=sign, x_floor=x_floor)
   dens, cdf = f["density"] or {}, f["cdf"] or {}
   return {"exponent": f["exponent"], "ci": f["ci"], "exponent_cdf": f["exponent_cdf"],
           "ci_cdf": f["ci_cdf"], "n_samples": f["n_samples"], "q": q,
-          "x_max": f["x_max"], "method": f["method"],
+          "x_max": f["x_max"], "method": f["method"], "x_floor": x_floor,
+          "n_below_floor": f["n_below_floor"],
           "range_check": {"q": list(q_checks),
                           "exponents": [None if e is None else sign * e for e in
                                         (dens.get("range_check") or {}).get("exponents", [])],
@@ -307,8 +312,14 @@ def avalanche_data(record: dict, load_fn=_load_arrays):
   return sizes
 
 
+# Delta (Delta / sqrt(loss) for Delta > 0) at or below this is zero up to the
+# accuracy of a force-balanced state: points at the margin (docs/jamming.md,
+# "points at the margin"), left out of the exponent fits and counted.
+GAP_FLOOR = 1e-4
+
+
 def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
-            load_fn=_load_arrays) -> dict:
+            load_fn=_load_arrays, gap_floor: float = GAP_FLOOR) -> dict:
   """The phase-diagram summary of a set of cells.
 
   Args:
@@ -316,6 +327,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     level: CI level.
     n_boot: bootstrap replicates of the exponent fits.
     load_fn: reads a run directory's arrays (tests pass a fake).
+    gap_floor: the exponent fits' x_floor (:func:`fit_exponent`).
 
   Returns:
     dict with ``per_depth`` {L: {p_star_over_n, p_star_ci, fit, N, width,
@@ -337,28 +349,23 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     # Delta distribution: the cell nearest P* (on either side) with jammed members.
     # Only depths whose transition was located: far from P* the distribution
     # is not the critical one.
-    e = _depth_exponents(recs, fit["x_half"], pooled, n_boot, load_fn)
+    e = _depth_exponents(recs, fit["x_half"], pooled, n_boot, load_fn, gap_floor=gap_floor)
     if e is not None:
       exps[L] = e
     # the same from the members that stalled without force balance
-    _depth_exponents(recs, fit["x_half"], stalled, n_boot, load_fn, ("unbalanced",))
-    # Avalanches: every cell that recorded the unsatisfied sets.
-    for r in recs:
-      try:
-        a = avalanche_data(r, load_fn=load_fn)
-      except (OSError, KeyError, ValueError):
-        a = None
-      if a is not None:
-        aval.append(a)
+    _depth_exponents(recs, fit["x_half"], stalled, n_boot, load_fn, ("unbalanced",),
+                     gap_floor)
+    aval += _cell_avalanches(recs, load_fn)
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
   P_, N_, Pg, Ng = (cat(pooled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
-  th = fit_exponent(P_, Pg, n_boot=n_boot)
-  ga = fit_exponent(N_, Ng, n_boot=n_boot, sign=-1)
+  th = fit_exponent(P_, Pg, n_boot=n_boot, x_floor=gap_floor)
+  ga = fit_exponent(N_, Ng, n_boot=n_boot, sign=-1, x_floor=gap_floor)
   SP, SN, SPg, SNg = (cat(stalled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
-  th_s = fit_exponent(SP, SPg, n_boot=n_boot)
-  ga_s = fit_exponent(SN, SNg, n_boot=n_boot, sign=-1)
+  th_s = fit_exponent(SP, SPg, n_boot=n_boot, x_floor=gap_floor)
+  ga_s = fit_exponent(SN, SNg, n_boot=n_boot, sign=-1, x_floor=gap_floor)
   sizes = cat(aval).astype(np.int64)
-  fit_keys = ("n_samples", "q", "x_max", "range_check", "stable", "stable_cdf")
+  fit_keys = ("n_samples", "q", "x_max", "x_floor", "n_below_floor", "range_check", "stable",
+              "stable_cdf")
   return {
       "per_depth": per_depth,
       "depth_spread": depth_spread(p_star),
@@ -379,14 +386,29 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
       "stalled_fit": {"theta": {k: th_s.get(k) for k in fit_keys},
                       "gamma": {k: ga_s.get(k) for k in fit_keys}},
       "theta_by_residual": by_residual(records_by_depth, p_star, n_boot=n_boot,
-                                       load_fn=load_fn),
+                                       load_fn=load_fn, gap_floor=gap_floor),
       "theta_by_distance": by_distance(records_by_depth, p_star, n_boot=n_boot,
-                                       load_fn=load_fn),
+                                       load_fn=load_fn, gap_floor=gap_floor),
+      "gap_floor": gap_floor,
       "avalanches": _avalanche_summary(sizes),
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
                    "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max"),
+                   "gap_floor": gap_floor,
                    "positive_stalled": SP, "negative_stalled": SN},
   }
+
+
+def _cell_avalanches(recs, load_fn) -> list:
+  """The avalanche sizes of every cell that recorded its unsatisfied sets."""
+  out = []
+  for r in recs:
+    try:
+      a = avalanche_data(r, load_fn=load_fn)
+    except (OSError, KeyError, ValueError):
+      a = None
+    if a is not None:
+      out.append(a)
+  return out
 
 
 def _exponent_method(f: dict) -> str | None:
@@ -425,7 +447,7 @@ def _stopped_jammed(m: dict) -> bool:
 
 
 def by_residual(records_by_depth: dict, p_star: dict, thresholds=RESIDUAL_THRESHOLDS,
-                n_boot: int = 200, load_fn=_load_arrays) -> list:
+                n_boot: int = 200, load_fn=_load_arrays, gap_floor: float = 0.0) -> list:
   """theta and gamma against the force-balance threshold (issue 20, 4a).
 
   Per threshold t: the Delta samples of the members that stopped jammed with
@@ -439,12 +461,13 @@ def by_residual(records_by_depth: dict, p_star: dict, thresholds=RESIDUAL_THRESH
     sel = lambda m, t=t: (_stopped_jammed(m) and m.get("force_residual") is not None
                           and m["force_residual"] <= t)
     rows.append({"threshold": None if math.isinf(t) else t,
-                 **_pooled_exponents(records_by_depth, p_star, sel, n_boot, load_fn)})
+                 **_pooled_exponents(records_by_depth, p_star, sel, n_boot, load_fn,
+                                     gap_floor)})
   return rows
 
 
 def by_distance(records_by_depth: dict, p_star: dict, n_boot: int = 200,
-                load_fn=_load_arrays) -> list:
+                load_fn=_load_arrays, gap_floor: float = 0.0) -> list:
   """theta and gamma of every cell with jammed members against its distance
   from the transition, (P/N - P*/N) / (P*/N) (issue 20, 4b). One row per
   cell: ``depth``, ``p_over_n``, ``distance``, ``n_members``, theta, gamma."""
@@ -453,7 +476,7 @@ def by_distance(records_by_depth: dict, p_star: dict, n_boot: int = 200,
     ref = p_star.get(L)
     for r in recs:
       x = r["summary"]["P"] / r["summary"]["n_weights"]
-      e = _pooled_exponents({L: [r]}, {L: x}, None, n_boot, load_fn)
+      e = _pooled_exponents({L: [r]}, {L: x}, None, n_boot, load_fn, gap_floor)
       if e["n_members"]:
         rows.append({"depth": L, "p_over_n": x,
                      "distance": None if ref is None else (x - ref) / ref, **e})
@@ -474,7 +497,8 @@ def _nearest_cell(recs, ref, select=None):
   return min(cells, key=lambda r: abs(_p_over_n(r) - ref))
 
 
-def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn) -> dict:
+def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn,
+                      gap_floor: float = 0.0) -> dict:
   """theta/gamma of the selected members of the cell nearest P* per depth."""
   pos, neg, pg, ng, n_mem = [], [], [], [], 0
   for i, (L, recs) in enumerate(sorted(records_by_depth.items())):
@@ -493,10 +517,11 @@ def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn) -> dict
     pos.append(ds["positive"]), neg.append(ds["negative"])
     pg.append(ds["positive_member"] + 1000 * i), ng.append(ds["negative_member"] + 1000 * i)
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-  th = fit_exponent(cat(pos), cat(pg), n_boot=n_boot)
-  ga = fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1)
+  th = fit_exponent(cat(pos), cat(pg), n_boot=n_boot, x_floor=gap_floor)
+  ga = fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1, x_floor=gap_floor)
   return {"n_members": n_mem, "theta": th["exponent"], "theta_ci": th["ci"],
-          "theta_cdf": th["exponent_cdf"], "gamma": ga["exponent"], "gamma_ci": ga["ci"]}
+          "theta_cdf": th["exponent_cdf"], "gamma": ga["exponent"], "gamma_ci": ga["ci"],
+          "n_at_margin": [th["n_below_floor"], ga["n_below_floor"]]}
 
 
 def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
@@ -539,7 +564,7 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
 
 
 def _depth_exponents(recs, ref, pooled: dict, n_boot: int, load_fn,
-                     classes=("jammed",)) -> dict | None:
+                     classes=("jammed",), gap_floor: float = 0.0) -> dict | None:
   """theta and gamma of one depth from its cell nearest P* (``ref``) with
   members of ``classes``; their samples are appended to ``pooled`` (members
   numbered apart per depth)."""
@@ -555,8 +580,9 @@ def _depth_exponents(recs, ref, pooled: dict, n_boot: int, load_fn,
   pooled["pos"].append(ds["positive"]), pooled["neg"].append(ds["negative"])
   pooled["pos_g"].append(ds["positive_member"] + off)
   pooled["neg_g"].append(ds["negative_member"] + off)
-  ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot)
-  en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot, sign=-1)
+  ep = fit_exponent(ds["positive"], ds["positive_member"], n_boot=n_boot, x_floor=gap_floor)
+  en = fit_exponent(ds["negative"], ds["negative_member"], n_boot=n_boot, sign=-1,
+                    x_floor=gap_floor)
   return {"p_over_n": _p_over_n(r), "theta": ep["exponent"], "theta_ci": ep["ci"],
           "theta_cdf": ep["exponent_cdf"], "theta_cdf_ci": ep["ci_cdf"],
           "gamma": en["exponent"], "gamma_ci": en["ci"],

@@ -199,3 +199,25 @@ def test_bad_input_raises():
     ge.exponent_fits(x, groups=np.zeros(101))
   with pytest.raises(ValueError):
     ge.exponent_fits(x, q=0.0)
+
+
+def test_a_floor_leaves_out_a_peak_at_zero_and_recovers_the_tail_exponent():
+  """Force-balanced states hold points at the margin, Delta = 0 up to the
+  state's accuracy (docs/jamming.md): a peak at 0, here 12 % of the samples
+  at 1e-12..1e-6. Fitted with them the exponent is dragged far below the
+  truth; with x_floor = 1e-4 both fits recover a = 0.3 and count the peak."""
+  rng = np.random.default_rng(7)
+  tail = sample_power_law(rng, 0.3, 0.0, 1.0, 60 * 50)
+  peak = 10.0 ** rng.uniform(-12, -6, size=60 * 7)
+  x = np.concatenate([tail, peak])
+  g = np.concatenate([np.repeat(np.arange(60), 50), np.repeat(np.arange(60), 7)])
+  raw = ge.exponent_fits(x, g, n_boot=200, seed=0)
+  assert raw["ci"][1] < 0.0 and raw["x_floor"] == 0.0 and raw["n_below_floor"] == 0
+  r = ge.exponent_fits(x, g, n_boot=200, seed=0, x_floor=1e-4)
+  assert r["n_below_floor"] == 60 * 7 + int(np.sum(tail <= 1e-4))
+  assert r["n_samples"] == int(np.sum(tail > 1e-4))
+  assert r["ci"][0] < 0.3 < r["ci"][1] and r["ci_cdf"][0] < 0.3 < r["ci_cdf"][1]
+  assert r["density"]["x_min"] == 1e-4 and "samples <= 0.0001 left out" in r["method"]
+  assert r["x_max"] == pytest.approx(float(np.quantile(tail[tail > 1e-4], 0.5)))
+  with pytest.raises(ValueError, match="x_floor"):
+    ge.exponent_fits(x, g, x_floor=-1.0)

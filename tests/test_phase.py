@@ -108,7 +108,9 @@ def test_search_transition_finds_known_crossing():
 def test_analyze_hand_made_cells_and_exponents():
   # Depth 3 crosses at 2.25 (separated), depth 2 at 2.75; the jammed members'
   # Delta follow known power laws: theta = 0.3 (Delta > 0 rescaled by
-  # sqrt(loss)), gamma = 0.2 (|Delta|^-0.2 for Delta < 0).
+  # sqrt(loss)), gamma = 0.2 (|Delta|^-0.2 for Delta < 0), plus 40 points
+  # per member at the margin (|Delta| ~ 1e-9..1e-7: zero up to the state's
+  # accuracy), which the default gap floor leaves out and counts.
   rng = np.random.default_rng(0)
   arrays = {}
 
@@ -119,10 +121,11 @@ def test_analyze_hand_made_cells_and_exponents():
     f = np.zeros((K, P))
     y = np.where(np.arange(P) % 2 == 0, 1.0, -1.0)
     for k in range(K):
-      half = P // 2
+      half = P // 2 - 20
       pos = fits.sample_power_law(rng, 0.3, 0.0, 1.0, half) * np.sqrt(losses[k])
-      neg = -fits.sample_power_law(rng, -0.2, 0.0, 1.0, P - half)
-      delta = np.concatenate([pos, neg])
+      neg = -fits.sample_power_law(rng, -0.2, 0.0, 1.0, P - half - 40)
+      at_margin = 10.0 ** rng.uniform(-9, -7, 40) * np.where(np.arange(40) < 20, 1, -1)
+      delta = np.concatenate([pos, neg, at_margin])
       f[k] = (1.0 - delta) * y  # Delta = 1 - y f
     return {"f_train": f, "y_train": y}
 
@@ -152,6 +155,11 @@ def test_analyze_hand_made_cells_and_exponents():
     assert lo < out[name] < hi and hi - lo < 0.1
     assert abs(out[name] - true) < (hi - lo)
   assert abs(out["theta"] - 0.3) < 0.05 and abs(out["gamma"] - 0.2) < 0.05
+  # the margin points: 20 per side per member, 5 members at each depth's cell
+  assert out["gap_floor"] == phase.GAP_FLOOR == 1e-4
+  assert out["theta_fit"]["n_below_floor"] == 2 * 5 * 20
+  assert 2 * 5 * 20 <= out["gamma_fit"]["n_below_floor"] <= 2 * 5 * 20 + 20
+  assert "left out" in out["theta_method"]
   # the CDF method agrees, and the method text names both fits
   for name, true in (("theta", 0.3), ("gamma", 0.2)):
     assert abs(out[f"{name}_cdf"] - true) < 0.08
@@ -166,6 +174,9 @@ def test_analyze_hand_made_cells_and_exponents():
   assert [r["n_members"] for r in out["theta_by_residual"]] == [0] * 6
   assert out["avalanches"] is None
   json.dumps({k: v for k, v in out.items() if k != "_samples"})
+  # fitted with the margin points, theta is dragged far below the truth
+  raw = phase.analyze(recs, n_boot=50, load_fn=load, gap_floor=0.0)
+  assert raw["theta_ci"][1] < 0.2 and raw["theta_fit"]["n_below_floor"] == 0
 
 
 def test_avalanche_sizes():
@@ -318,7 +329,9 @@ def test_net_flags_reach_every_cell(extra, want, tmp_path):
                                  ["--preset", "cpu", "--workers", "0"],
                                  ["--preset", "cpu", "--net", "wide"],
                                  ["--preset", "cpu", "--sizes", "300", "--N", "300"],
-                                 ["--preset", "cpu", "--sizes", "0,300"]])
+                                 ["--preset", "cpu", "--sizes", "0,300"],
+                                 ["--preset", "cpu", "--gap_floor", "-1"],
+                                 ["--preset", "cpu", "--gap_floor", "nan"]])
 def test_bad_flags_exit_2(bad, tmp_path):
   r = _run(bad, tmp_path)
   assert r.returncode == 2, r.stderr

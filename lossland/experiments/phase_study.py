@@ -11,6 +11,7 @@ run directory per size, and with several ``sizes`` a ``phase_sizes`` run
 directory comparing them (:func:`lossland.phase.finite_size`).
 """
 import dataclasses
+import math
 import os
 from typing import Callable, Sequence
 
@@ -59,6 +60,10 @@ class PhaseConfig:
   out_dir: str = option("runs/phase_run", "Sweep cells and the phase run directory go here.")
   shard: str = option("0/1", "I/N: run the I-th of N parts of the initial grid only.")
   n_boot: int = option(500, "Bootstrap replicates of the exponent fits.")
+  gap_floor: float = option(
+      phase.GAP_FLOOR, "Exponent fits leave out Delta / sqrt(loss) (Delta > 0) and -Delta (Delta < 0) at "
+      "or below this: points at the margin, zero up to the accuracy of a force-balanced "
+      "state (counted as n_below_floor; docs/jamming.md). 0: fit every sample.")
   plots: bool = option(True, "Write PNG figures.")
   workers: int | None = option(
       None, "Processes that run the cells of each batch (the initial grid, each bisection "
@@ -89,6 +94,7 @@ class PhaseConfig:
     self.shard_index()
     check_fields(self, (("rounds", self.rounds >= 0), ("n_seeds", self.n_seeds > 0),
                         ("n_boot", self.n_boot >= 0),
+                        ("gap_floor", math.isfinite(self.gap_floor) and self.gap_floor >= 0),
                         ("workers", self.workers is None or self.workers > 0),
                         ("d", self.d is None or self.d > 0)))
 
@@ -236,7 +242,7 @@ def phase_study(config: PhaseConfig, groups: Sequence[dict], sweep_dir: str,
     for i, g in enumerate(groups):
       recs = {c["P"]: r for c, r in pairs if _group_of(groups, c) == i}
       by_depth[g["depth"]] = [recs[p] for p in sorted(recs)]
-    result = phase.analyze(by_depth, n_boot=config.n_boot)
+    result = phase.analyze(by_depth, n_boot=config.n_boot, gap_floor=config.gap_floor)
     samples = result.pop("_samples")
     result["settings"] = _settings(config, groups)
     result["preset"] = config.preset

@@ -117,19 +117,27 @@ def phase_diagram_ax(ax, per_depth: dict, sizes: dict | None = None) -> dict:
               for r in rows] for L, rows in pts.items()}
 
 
-def _power_law_density(x, a, xm):
-  """The normalized density (a + 1) x^a / xm^(a + 1) of p(x) ~ x^a on (0, xm]."""
-  return (a + 1) * x ** a / xm ** (a + 1)
+def _power_law_density(x, a, xm, lo=0.0):
+  """The normalized density of p(x) ~ x^a on (lo, xm]: (a + 1) x^a /
+  (xm^(a + 1) - lo^(a + 1)), or x^-1 / log(xm / lo) at a = -1."""
+  if abs(a + 1) < 1e-12:
+    return 1.0 / (x * np.log(xm / lo))
+  return (a + 1) * x ** a / (xm ** (a + 1) - lo ** (a + 1))
 
 
-def delta_ax(ax, x, exponent, ci, x_max, name: str, reference=None) -> dict:
+def delta_ax(ax, x, exponent, ci, x_max, name: str, reference=None,
+             x_floor: float = 0.0) -> dict:
   """Draws the log-binned density of the samples ``x`` (> 0) with the fitted
-  power law x^exponent over its fitted range (0, x_max], the band of the
-  exponents at the ends of its CI, and a paper's exponent (``reference``,
-  dashed) for comparison; returns the histogram and the curves."""
+  power law x^exponent over its fitted range (x_floor, x_max], the band of
+  the exponents at the ends of its CI, and a paper's exponent
+  (``reference``, dashed) for comparison; samples at or below ``x_floor``
+  (points at the margin, left out of the fit) are drawn and the floor
+  marked. Returns the histogram and the curves."""
   x = np.asarray(x, np.float64)
   x = x[x > 0]
-  out = {"n_samples": int(x.size), "exponent": exponent, "ci": ci, "x_max": x_max}
+  lo = float(x_floor or 0.0)
+  out = {"n_samples": int(x.size), "exponent": exponent, "ci": ci, "x_max": x_max,
+         "x_floor": lo, "n_below_floor": int(np.sum(x <= lo))}
   if not x.size:
     ax.set_xlabel(name)
     return out
@@ -138,19 +146,23 @@ def delta_ax(ax, x, exponent, ci, x_max, name: str, reference=None) -> dict:
   c = np.sqrt(bins[1:] * bins[:-1])
   ax.loglog(c[h > 0], h[h > 0], "o", ms=4, label=f"{x.size} samples")
   out.update(bin_centers=c.tolist(), density=h.tolist())
-  if exponent is not None:
-    xm = x_max or x.max()
-    frac = float(np.mean(x <= xm))
-    xx = np.logspace(np.log10(x.min()), np.log10(xm), 20)
+  if lo > 0 and out["n_below_floor"]:
+    ax.axvline(lo, color="gray", ls=":", lw=0.8,
+               label=f"floor: {out['n_below_floor']} at the margin")
+  above = x[x > lo]
+  if exponent is not None and above.size:
+    xm = x_max or above.max()
+    frac = float(np.mean((x > lo) & (x <= xm)))
+    xx = np.logspace(np.log10(above.min()), np.log10(xm), 20)
     lab = f"fit {exponent:.2f}"
+    dens = lambda a: frac * _power_law_density(xx, a, xm, lo)
     if ci and ci[0] is not None:
       lab += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-      lo, hi = (frac * _power_law_density(xx, a, xm) for a in ci)
-      ax.fill_between(xx, np.minimum(lo, hi), np.maximum(lo, hi), alpha=0.25)
-    ax.loglog(xx, frac * _power_law_density(xx, exponent, xm), "-", label=lab)
+      c_lo, c_hi = dens(ci[0]), dens(ci[1])
+      ax.fill_between(xx, np.minimum(c_lo, c_hi), np.maximum(c_lo, c_hi), alpha=0.25)
+    ax.loglog(xx, dens(exponent), "-", label=lab)
     if reference is not None:
-      ax.loglog(xx, frac * _power_law_density(xx, reference, xm), "k--", lw=0.8,
-                label=f"papers {reference:+.1f}")
+      ax.loglog(xx, dens(reference), "k--", lw=0.8, label=f"papers {reference:+.1f}")
   ax.set_xlabel(name), ax.set_ylabel("density")
   ax.legend(fontsize=7)
   return out
@@ -160,23 +172,24 @@ def _delta_distributions(plt, result: dict):
   """Densities of Delta/sqrt(loss) > 0 and of -Delta > 0 with the fitted power laws."""
   s = result["_samples"]
   fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
-  _delta_pair(axs, result, s["positive"], s["negative"], s["theta_xmax"], s["gamma_xmax"])
+  _delta_pair(axs, result, s["positive"], s["negative"], s["theta_xmax"], s["gamma_xmax"],
+              x_floor=s.get("gap_floor", 0.0))
   return fig
 
 
 def _delta_pair(axs, result: dict, positive, negative, x_max_pos, x_max_neg,
-                reference: bool = False) -> dict:
+                reference: bool = False, x_floor: float = 0.0) -> dict:
   """The two panels of the Delta distributions (theta, then gamma as the
   exponent -gamma of -Delta), with the papers' exponents when ``reference``."""
   gamma, gci = result.get("gamma"), result.get("gamma_ci")
   return {
       "positive": delta_ax(axs[0], positive, result.get("theta"), result.get("theta_ci"),
                            x_max_pos, "Delta/sqrt(loss), Delta > 0",
-                           PAPER_THETA if reference else None),
+                           PAPER_THETA if reference else None, x_floor),
       "negative": delta_ax(axs[1], negative, None if gamma is None else -gamma,
                            None if not gci or gci[0] is None else [-gci[1], -gci[0]],
                            x_max_neg, "-Delta, Delta < 0",
-                           -PAPER_GAMMA if reference else None)}
+                           -PAPER_GAMMA if reference else None, x_floor)}
 
 
 def _avalanches(plt, sizes):
@@ -338,7 +351,7 @@ def delta_distributions_figure(result: dict, positive, negative, path_prefix: st
     gamma, gci = result.get("gamma"), result.get("gamma_ci")
     shown, tag = result, ""
   data = _delta_pair(axs, shown, positive, negative, th.get("x_max"), ga.get("x_max"),
-                     reference=True)
+                     reference=True, x_floor=result.get("gap_floor") or 0.0)
   axs[0].set_title(f"{tag}theta = {_fmt(theta)} {_fmt_ci(tci)}", fontsize=8)
   axs[1].set_title(f"{tag}gamma = {_fmt(gamma)} {_fmt_ci(gci)}", fontsize=8)
   data["states"] = "stalled (unbalanced)" if use_stalled else "force-balanced (jammed)"
