@@ -420,3 +420,30 @@ def test_gpu_preset_sets_the_paper_nets_and_the_engine_layout(tmp_path):
   assert len(trains) == 3
   for t in trains:
     assert (t["wgrad_split"], t["pad_to"], t["optimizer"]) == (64, 8, "adam")
+
+
+def test_contacts_script_counts_unsatisfied_margin_and_kinks(tmp_path, capsys):
+  """scripts/contacts.py on a hand-made cell: one force-balanced member with
+  3 unsatisfied points (one at the margin, Delta/sqrt(loss) = 1e-9), one
+  satisfied point at the margin (-Delta = 1e-8) and 2 kink pairs; N = 20,
+  L = 1, h = 4, so the constraints (2 + 2 + 2) count against N - hL = 16."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "contacts", os.path.join(os.path.dirname(__file__), "..", "scripts", "contacts.py"))
+  contacts = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(contacts)
+  run = tmp_path / "sweep" / "cells" / "c0"
+  run.mkdir(parents=True)
+  y = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+  delta = np.array([0.5, 0.3, 1e-9 * np.sqrt(0.01), -1e-8, -0.7, -2.0])
+  np.savez(run / "arrays.npz", f_train=((1.0 - delta) * y)[None, :], y_train=y)
+  members = [{"class": "jammed", "n_delta": 3, "loss": 0.01, "n_kink": 2}]
+  (run / "summary.json").write_text(json.dumps({"members": members, "n_weights": 20, "P": 6}))
+  (tmp_path / "sweep" / "cells.jsonl").write_text(json.dumps(
+      {"run_dir": "cells/c0", "flags": {"width": 4, "depth": 1}}) + "\n")
+  assert contacts.main(["contacts.py", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert "P/N 0.300  members 1" in out
+  # N_Delta/N = 0.15, margin 2/20 = 0.10, kinks 2/20 = 0.10, (2 + 2 + 2)/16
+  assert "0.15 (0.15-0.15) 0.10 (0.10-0.10) 0.10 (0.10-0.10) 0.38 (0.38-0.38)" in out
+  assert contacts.main(["contacts.py", str(tmp_path / "nowhere")]) == 2
