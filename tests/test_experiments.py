@@ -115,15 +115,15 @@ def test_run_study_writes_one_run_directory(tmp_path):
 def test_phase_presets_keep_their_cells():
   """The cpu preset's initial cells keep their ids (so existing sweep
   directories resume): those of its run recorded in docs/jamming.md (the
-  preset of 2026-12-05, d = 4, h = 16, lr 1e-3; a preset change changes
-  them on purpose)."""
+  preset of 2026-12-05, d = 4, h = 16 with biases, lr 1e-3; a preset change
+  changes them on purpose)."""
   from lossland.configs import phase as presets
   cfg = presets.cpu()
   groups = phase_study.cell_groups(cfg, phase_study.widths_for(cfg))
   cells = phase_study.transition_proposer(groups, cfg.p_over_n)([])
   assert [sweep.cell_id(job.validate(dict(c))) for c in cells] == [
-      "311396f0411c", "9b5c916b1719", "954f09d0f6f9", "e782678836e6", "aecf46fc001d",
-      "c73928d38749", "14d9c4b98f2e", "884c9ba818e1", "b92be000f2dd"]
+      "72e1c8be0af9", "e6aa937ab305", "5b09082ea496", "0933a096c43f", "bc4f37be28bb",
+      "e65cfe0b6cf6", "f37b3fc3eb54", "56584743140b", "5c925167a5cb"]
   assert all(c["record_unsat"] and c["n_test"] == 0 for c in cells)
 
 

@@ -21,39 +21,40 @@ _PROTOCOL = dict(max_steps=60_000, lr=1e-2, schedule="step", decay_every=20_000,
 def cpu() -> PhaseConfig:
   """``python -m lossland.scripts.phase --preset cpu``
 
-  Sphere data in d = 4, L = 2, 3, 4 hidden layers of h = 16 units (N = 336,
-  592, 848), P/N in {1.0, 1.5, 2.0} then 2 bisection rounds, 6 members, Adam
-  lr 1e-3 divided by 10 every 20k steps down to 1e-4, at most 60k steps
-  (hand-over at 1e-4 once the best loss gains < 0.1 % in 2000 steps), then an
-  L-BFGS polish of every member not sat (at most 50k evaluations; stopped
-  jammed when the best loss gains < 1e-6 in 1000 evaluations or the line
-  search finds no descent), 2 workers (docs/jamming.md for its runtime).
+  Sphere data in d = 4, L = 2, 3, 4 hidden layers of h = 16 units with biases
+  (N = 336, 592, 848 weights, biases not counted, as the authors), P/N in
+  {1.0, 1.5, 2.0} then 2 bisection rounds, 6 members, Adam lr 1e-3 divided by
+  10 every 20k steps down to 1e-4, at most 60k steps (hand-over at 1e-4 once
+  the best loss gains < 0.1 % in 2000 steps), then an L-BFGS polish of every
+  member not sat (at most 50k evaluations; stopped jammed when the best loss
+  gains < 1e-6 in 1000 evaluations or the line search finds no descent), 2
+  workers: 22 min 45 s wall on the idle 2-core machine (docs/jamming.md).
 
-  Why these nets (issue 20, item 3; docs/jamming.md, "where the dead points
-  come from"): a member with an unsatisfied dead point (a hidden layer all off
+  Why these nets (issue 20, item 3; docs/jamming.md, "two sources of dead
+  points"): a member with an unsatisfied dead point (a hidden layer all off
   for an input) is never sat and leaves the counts. Thin first layers with
   h ~ d leave a cap of the input sphere that no unit covers (Wendel: h
   half-spaces through the origin of R^d always leave one when h <= d), and
-  Adam at lr 1e-2 switches the last hidden layer off for some points of thin
-  or deep nets. With d = 4, h = 16 and lr 1e-3 its run has 6 dead-point
-  members of 78 (0, 17 and 3 % at L = 2, 3, 4; 29 min on 2 cores); the
-  earlier preset (d = h = 12, 10, 9, lr 1e-2) lost 58 of its 90.
+  the descent switches the last hidden layer off for some points of thin or
+  deep bias-free nets. Its run has no dead-point member in 78; without the
+  biases 6 of 78 (17 % at L = 3), and the earlier preset (d = h = 12, 10, 9,
+  lr 1e-2, no biases) lost 58 of its 90.
 
   A member that stops jammed is class jammed only if force-balanced (r_sub
   <= 1e-6), else unbalanced (issue 20)."""
   return PhaseConfig(depths=(2, 3, 4), widths=(16, 16, 16), d=4, p_over_n=(1.0, 1.5, 2.0),
-                     rounds=2, n_seeds=6, job=dict(_PROTOCOL, lr=1e-3), auto_workers=True,
-                     preset="cpu")
+                     rounds=2, n_seeds=6, job=dict(_PROTOCOL, lr=1e-3, bias=True),
+                     auto_workers=True, preset="cpu")
 
 
 def gpu() -> PhaseConfig:
   """``python -m lossland.scripts.phase --preset gpu --out_dir runs/phase_gpu``
 
   The paper's three nets (N = 7750, 7854, 8040) with the cpu preset's
-  protocol at Adam lr 1e-2 (the cpu preset's value before the dead-point
-  probe of issue 20), P/N in {2.5, 3.0, 3.5} then 2 bisection rounds, 8 members,
-  and the engine
-  layout measured fastest on an H200 (wgrad_split=64, pad_to=8: 168 us per
+  protocol at Adam lr 1e-2 and without biases (the cpu preset's values
+  before the dead-point probes of issue 20), P/N in {2.5, 3.0, 3.5} then 2
+  bisection rounds, 8 members, and the engine layout measured fastest on an
+  H200 (wgrad_split=64, pad_to=8: 168 us per
   member-step in float64 at L = 3, docs/engine.md). Not yet run: from that step
   cost a cell takes about 1.5 min of Adam plus up to about as long of polish,
   so the 15 to 21 cells of a run take about 30 to 50 min, one after another."""
