@@ -191,3 +191,21 @@ def test_delta_figure_falls_back_to_the_stalled_states_and_says_so(tmp_path):
   data = phase_plots.delta_distributions_figure(dict(result, theta=0.3), x, np.zeros(0),
                                                 str(tmp_path / "e"), stalled=(x, x))
   assert data["states"] == "force-balanced (jammed)"
+
+
+def test_sorted_spectra_follow_the_parameter_count_of_nets_with_biases():
+  """A net with biases has more parameters than weights (the authors' N): a
+  cpu-preset cell of L = 2, h = 16, d = 4 has 336 weights and 369
+  parameters, and the Hessian figure drew eigenvalues against rank / N and
+  failed on it. Each curve now runs over its own eigenvalues."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from lossland.plots import hessian_phases as hp_plots
+  fig, ax = plt.subplots()
+  e = np.linspace(-1.0, 2.0, 369)
+  hp_plots._sorted_ax(ax, [(e, "H"), (e[:336], "weights only")], "title")
+  xs = [line.get_xdata() for line in ax.get_lines()]
+  assert [len(x) for x in xs] == [369, 336] and all(x[-1] == 1.0 for x in xs)
+  np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), np.sort(e))
+  plt.close(fig)

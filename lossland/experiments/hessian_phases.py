@@ -24,6 +24,7 @@ import json
 import os
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from lossland import experiment, phase
@@ -76,8 +77,9 @@ def _cell_spectra(record: dict, members: list) -> tuple:
   from lossland import curvature, io  # pylint: disable=g-import-not-at-top
   ens = experiment.load_ensemble(record["run_dir"])
   fns, params, batch = ens.curvature_inputs(members)
-  n = int(record["summary"]["n_weights"])
-  try:  # three N x N matrices per member: the papers' N ~ 8000 fit a GPU
+  # the parameters (N weights plus any biases) set the matrices' size
+  n = sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(params)) // max(len(members), 1)
+  try:  # three n x n matrices per member: the papers' N ~ 8000 fit a GPU
     curvature.choose_method("dense", n, batch.x.dtype)
   except MemoryError as e:
     raise io.InputError(f"hessian_phases: dense spectra at N = {n} do not fit ({e})") from None

@@ -26,13 +26,16 @@ def _label(r) -> str:
   return f"P/N={r['p_over_n']:.2f} {r['class']}, loss {r['loss']:.1e}"
 
 
-def _sorted_ax(ax, curves, n, title):
-  """Sorted eigenvalues against their rank / N on a symlog axis."""
+def _sorted_ax(ax, curves, title):
+  """Sorted eigenvalues against their rank / (number of eigenvalues: the
+  parameters, N weights plus the biases of a net with biases) on a symlog
+  axis."""
   top = max([float(np.max(np.abs(e))) for e, _ in curves] + [1e-30])
   for e, lab in curves:
-    ax.plot(np.arange(1, n + 1) / n, np.sort(e), lw=1.2, label=lab)
+    m = len(e)
+    ax.plot(np.arange(1, m + 1) / m, np.sort(e), lw=1.2, label=lab)
   ax.set_yscale("symlog", linthresh=max(top * 1e-8, 1e-300))
-  ax.set_xlabel("rank / N"), ax.set_ylabel("eigenvalue (symlog)")
+  ax.set_xlabel("rank / parameters"), ax.set_ylabel("eigenvalue (symlog)")
   ax.set_title(title, fontsize=8)
   ax.legend(fontsize=6)
 
@@ -97,14 +100,14 @@ def plot(result: dict, arrays: dict, path_prefix: str, depth: int | None = None)
   rep = representatives(rows)
   fig, axs = plt.subplots(2, 2, figsize=(9, 6.6))
   _sorted_ax(axs[0, 0], [(e["h"][i], f"{ph}: {_label(rows[i])}") for ph, i in rep.items()],
-             n, f"H, L={L}, N={n} (sat: H = 0 exactly)")
+             f"H, L={L}, N={n} (sat: H = 0 exactly)")
   drawn = {ph: rows[i] for ph, i in rep.items()}
   if "jamming" in rep:
     i = rep["jamming"]
     _sorted_ax(axs[0, 1], [(e["h0"][i], f"H0 (rank {rows[i]['rank_h0']})"),
                            (e["hp"][i], f"Hp (N_- = {rows[i]['n_negative_hp']})"),
                            (e["h"][i], "H")],
-               n, f"near jamming: {_label(rows[i])}, N_Delta = {rows[i]['n_delta']}")
+               f"near jamming: {_label(rows[i])}, N_Delta = {rows[i]['n_delta']}")
   _collapse_ax(axs[1, 0], rows, e["hp"])
   bound = _bound_ax(axs[1, 1], pd)
   fig.tight_layout()
