@@ -127,8 +127,7 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   * ``stalled``: stopped as jammed with N_Delta <= 0.1 N (the loss stalled
     with few unsatisfied points, e.g. dead ReLU units).
 
-  Healthy members are all but ``diverged``, ``dead`` and ``dead_points``
-  (:data:`UNHEALTHY`).
+  Healthy members are all but ``diverged``, ``dead`` and ``dead_points``.
 
   Args:
     stop_reasons: [K] strings of ``train.STOP_REASONS``.
