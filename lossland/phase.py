@@ -393,7 +393,6 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
       "avalanches": _avalanche_summary(sizes),
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
                    "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max"),
-                   "gap_floor": gap_floor,
                    "positive_stalled": SP, "negative_stalled": SN},
   }
 

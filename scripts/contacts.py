@@ -23,6 +23,8 @@ import sys
 
 import numpy as np
 
+from lossland import losses
+
 
 def main(argv):
   if len(argv) not in (2, 3):
@@ -43,7 +45,7 @@ def main(argv):
       continue
     a = np.load(os.path.join(run, "arrays.npz"))
     eps = c["flags"].get("margin") or 1.0
-    delta = eps - a["y_train"][None, :] * a["f_train"]
+    delta = np.asarray(losses.margins(a["f_train"], a["y_train"][None, :], eps))
     N, f = s["n_weights"], c["flags"]
     units = f["width"] * f["depth"] if f.get("activation", "relu") == "relu" else 0
     per = []

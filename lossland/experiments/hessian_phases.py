@@ -24,7 +24,6 @@ import json
 import os
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
 
 from lossland import experiment, phase
@@ -78,7 +77,7 @@ def _cell_spectra(record: dict, members: list) -> tuple:
   ens = experiment.load_ensemble(record["run_dir"])
   fns, params, batch = ens.curvature_inputs(members)
   # the parameters (N weights plus any biases) set the matrices' size
-  n = sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(params)) // max(len(members), 1)
+  n = int(record["summary"].get("n_params", record["summary"]["n_weights"]))
   try:  # three n x n matrices per member: the papers' N ~ 8000 fit a GPU
     curvature.choose_method("dense", n, batch.x.dtype)
   except MemoryError as e:

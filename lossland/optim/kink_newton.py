@@ -245,7 +245,7 @@ class _Search:
   """The host-side state of one :func:`finish` (numpy; jax for derivatives)."""
 
   def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release):
-    self.args = (cfg, x, y, loss, f_offset, kink_rtol, slope_tol, max_release)
+    self.settings = (f_offset, kink_rtol, slope_tol, max_release)  # for restarted()
     self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
     self.slope_tol, self.max_release = slope_tol, max_release
     self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
@@ -271,8 +271,7 @@ class _Search:
     collapsed after progress: the contacts K it gathered (pairs that crossed
     back and forth) and its radius no longer fit the landscape there, and
     restarts keep lowering the loss (docs/jamming.md)."""
-    cfg, x, y, loss, *rest = self.args
-    new = _Search(cfg, self.params(), x, y, loss, *rest)
+    new = _Search(self.cfg, self.params(), self.x, self.y, self.loss, *self.settings)
     new.n_changes, new.n_acc, new.n_restarts = self.n_changes, self.n_acc, self.n_restarts + 1
     new.acc_at_start = self.n_acc
     return new

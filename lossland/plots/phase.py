@@ -173,7 +173,7 @@ def _delta_distributions(plt, result: dict):
   s = result["_samples"]
   fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
   _delta_pair(axs, result, s["positive"], s["negative"], s["theta_xmax"], s["gamma_xmax"],
-              x_floor=s.get("gap_floor", 0.0))
+              x_floor=result.get("gap_floor") or 0.0)
   return fig
 
 
