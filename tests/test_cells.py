@@ -113,3 +113,37 @@ def test_a_batched_grid_resumes_bitwise(tmp_path):
     np.testing.assert_array_equal(nets.flatten_members(a.params),
                                   nets.flatten_members(b.params))
     np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+
+
+def test_a_stage_continues_every_cell_as_alone():
+  """continue_cells (the polish of a batched grid) equals continue_stage of
+  each cell alone: the same entrants (a cell with none keeps its result), the
+  same merged result, steps added, the stage's own record."""
+  from lossland.train import protocol
+  grid = _cells()
+  adam = train.TrainConfig(lr=0.02, max_steps=150, chunk_steps=64)
+  first = cells.train_cells(grid, NET, LOSS, adam)
+  # a cell of only sat members, so that one cell has no entrant
+  easy = data.sphere(jax.random.key(9), 8, 5, n_test=0)
+  first.append(cells.train_cells([([0, 1], easy)], NET, LOSS,
+                                 train.TrainConfig(lr=0.02, max_steps=400))[0])
+  assert set(first[-1].stop_reasons) == {"sat"}
+  stage = protocol.Stage(train.TrainConfig(optimizer="lbfgs", lr=1e-2, max_steps=20,
+                                           jam_window=40), name="polish")
+  datasets = [ds for _, ds in grid] + [easy]
+  out = cells.continue_cells(first, stage, datasets, NET, LOSS)
+  assert len(out) == 4
+  n_entered = 0
+  for res, ds, (merged, rec) in zip(first, datasets, out):
+    ref, ref_rec = protocol.continue_stage(res, stage, ds, NET, LOSS)
+    np.testing.assert_array_equal(rec.entered, ref_rec.entered)
+    n_entered += rec.entered.sum()
+    _check_same(merged, ref)
+    np.testing.assert_array_equal(rec.loss_before, ref_rec.loss_before)
+    if ref_rec.result is None:
+      assert rec.result is None
+    else:
+      _check_same(rec.result, ref_rec.result)
+  assert out[-1][1].result is None and n_entered >= 2
+  with pytest.raises(ValueError, match="results for"):
+    cells.continue_cells(first, stage, datasets[:2], NET, LOSS)

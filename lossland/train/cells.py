@@ -78,8 +78,52 @@ def train_cells(cells: Sequence[tuple], net_cfg, loss_cfg, cfg, **kwargs) -> lis
   member_cell = np.concatenate([np.full(s.size, c) for c, s in enumerate(seeds)])
   res = train_ensemble(np.concatenate(seeds), stacked, net_cfg, loss_cfg, cfg,
                        member_cell=member_cell, **kwargs)
+  return _split(res, seeds, [ds for _, ds in cells])
+
+
+def continue_cells(results: Sequence[EnsembleResult], stage, datasets: Sequence,
+                   net_cfg, loss_cfg, **kwargs) -> list:
+  """:func:`lossland.train.protocol.continue_stage` for a grid of cells in one
+  program: the entrants of every cell's result continue together.
+
+  Args:
+    results: one :class:`EnsembleResult` per cell (e.g. from
+      :func:`train_cells`).
+    stage: the :class:`lossland.train.protocol.Stage` (its config full batch).
+    datasets: the cells' data sets, in the order of ``results``.
+    net_cfg, loss_cfg: shared by every cell.
+    **kwargs: passed to ``train_ensemble`` (checkpoint_path,
+      checkpoint_every, progress_fn, group_size).
+
+  Returns:
+    ``[(merged, record)]`` per cell, as ``continue_stage`` of that cell
+    alone would return them (up to rounding).
+  """
+  from lossland.train import protocol
+  if len(results) != len(datasets):
+    raise ValueError(f"{len(results)} results for {len(datasets)} data sets")
+  ents = [protocol.entrants(r, stage) for r in results]
+  live = [c for c, (e, _) in enumerate(ents) if e.any()]
+  out = [(r, protocol.StageRecord(stage, e, None, **b)) for r, (e, b) in zip(results, ents)]
+  if not live:
+    return out
+  idx = {c: np.flatnonzero(ents[c][0]) for c in live}
+  starts = [protocol.start_of(results[c], idx[c]) for c in live]
+  import jax
+  cat = lambda *trees: jax.tree_util.tree_map(lambda *a: np.concatenate(a), *trees)
+  start = (cat(*(s[0] for s in starts)), cat(*(s[1] for s in starts)))
+  r2s = train_cells([(np.asarray(results[c].seeds)[idx[c]],
+                      protocol.cast_data(datasets[c], stage.dtype)) for c in live],
+                    net_cfg, loss_cfg, stage.config, start=start, **kwargs)
+  for c, r2 in zip(live, r2s):
+    out[c] = protocol.merge_stage(results[c], stage, ents[c][0], r2, ents[c][1])
+  return out
+
+
+def _split(res: EnsembleResult, seeds: Sequence, datasets: Sequence) -> list:
+  """The stacked result ``res`` as one result per cell, trimmed to its P and n_test."""
   out, k0 = [], 0
-  for (s, ds) in zip(seeds, (ds for _, ds in cells)):
+  for s, ds in zip(seeds, datasets):
     sl = slice(k0, k0 + s.size)
     P, T = ds.x_train.shape[0], ds.x_test.shape[0]
     take = lambda tree: _tree_rows(tree, sl)

@@ -115,26 +115,47 @@ def continue_stage(res: EnsembleResult, stage: Stage, data, net, loss,
   seed; the stage's stop reason, final measurements, outputs and params
   replace the earlier ones and its steps are added to ``steps``. The
   histories of ``res`` stay as they are; the stage's own are in the record.
+  (:func:`lossland.train.cells.continue_cells` does the same for a grid of
+  cells in one program.)
 
   Returns:
     ``(merged, record)``: the merged :class:`EnsembleResult` and the
     :class:`StageRecord`.
   """
-  reasons = list(res.stop_reasons)
-  K = len(reasons)
-  entered = np.array([r in stage.entry for r in reasons], bool)
+  entered, before = entrants(res, stage)
   idx = np.flatnonzero(entered)
+  if idx.size == 0:
+    return res, StageRecord(stage, entered, None, **before)
+  r2 = train_ensemble(np.asarray(res.seeds)[idx], cast_data(data, stage.dtype),
+                      net, loss, stage.config, start=start_of(res, idx),
+                      checkpoint_path=checkpoint_path,
+                      checkpoint_every=checkpoint_every, progress_fn=progress_fn)
+  return merge_stage(res, stage, entered, r2, before)
+
+
+def entrants(res: EnsembleResult, stage: Stage) -> tuple:
+  """``(entered, before)``: [K] bool, the members of ``res`` whose stop reason
+  is in ``stage.entry``, and their steps, stop codes and final loss before it
+  (the :class:`StageRecord` fields ``*_before``)."""
+  entered = np.array([r in stage.entry for r in res.stop_reasons], bool)
   before = dict(steps_before=np.asarray(res.steps, np.int64).copy(),
                 stop_code_before=np.asarray(res.stop_code, np.int64).copy(),
                 loss_before=np.asarray(res.final["loss"], np.float64).copy())
-  if idx.size == 0:
-    return res, StageRecord(stage, entered, None, **before)
+  return entered, before
+
+
+def start_of(res: EnsembleResult, idx) -> tuple:
+  """``(params, params0)`` of members ``idx``: the ``start`` of their next stage."""
   take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
-  r2 = train_ensemble(np.asarray(res.seeds)[idx], cast_data(data, stage.dtype),
-                      net, loss, stage.config,
-                      start=(take(res.params), take(res.params0)),
-                      checkpoint_path=checkpoint_path,
-                      checkpoint_every=checkpoint_every, progress_fn=progress_fn)
+  return take(res.params), take(res.params0)
+
+
+def merge_stage(res: EnsembleResult, stage: Stage, entered, r2: EnsembleResult,
+                before: dict) -> tuple:
+  """``(merged, record)``: ``res`` with the entrants' results ``r2`` (in member
+  order) in place of theirs (steps added), and the :class:`StageRecord`."""
+  idx = np.flatnonzero(entered)
+  K = len(entered)
 
   def put(a, b):
     b = np.asarray(b)
