@@ -424,22 +424,26 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
     ``polish_steps`` (evaluations, 0 if not polished), and ``arrays``: the
     polish's histories over all K members (:func:`polish_arrays`).
   """
-  import numpy as np
   from lossland.train import protocol
   merged, rec = protocol.continue_stage(
       res, protocol.Stage(cfg2, entry=tuple(entry), name="polish"), ds, net, loss,
       checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
       progress_fn=progress_fn)
+  return merged, polish_info(res, rec, cfg2, ds.P)
+
+
+def polish_info(res, rec, cfg2, P: int) -> dict:
+  """:func:`run_polish`'s per-member info from the result before the polish
+  and the polish's :class:`lossland.train.protocol.StageRecord`."""
+  import numpy as np
   steps = np.zeros(len(rec.entered), np.int64)
   if rec.result is not None:
     steps[rec.entered] = rec.result.steps
-  info = {"polished": [bool(e) for e in rec.entered],
+  return {"polished": [bool(e) for e in rec.entered],
           "loss_before": [float(x) for x in rec.loss_before],
           "stop_before": list(res.stop_reasons),
           "polish_steps": [int(n) for n in steps],
-          "arrays": polish_arrays(res, rec.result, np.flatnonzero(rec.entered),
-                                  cfg2, ds.P)}
-  return merged, info
+          "arrays": polish_arrays(res, rec.result, np.flatnonzero(rec.entered), cfg2, P)}
 
 
 def polish_arrays(res, r2, idx, cfg2, P: int) -> dict:
