@@ -544,3 +544,84 @@ def test_a_long_sweep_does_not_pile_up_compiled_programs(tmp_path):
   assert len(counts) == 3
   # without release_compiled: about +1500 per cell (+3000 over two cells)
   assert counts[-1] - counts[0] < 1000, counts
+
+
+# -- cells batched into one program (batch_cells) ------------------------------
+
+class FakeBatch:
+  """A batched run: the groups it was given; a cell with P = 30 fails."""
+  def __init__(self):
+    self.groups = []
+
+  def __call__(self, values_list):
+    self.groups.append([(v["P"], v["width"]) for v in values_list])
+    return [io.InputError("no healthy member") if v["P"] == 30 else
+            _write_run(v["out_dir"], v) for v in values_list]
+
+
+def test_batched_cells_run_by_key_each_with_its_own_line(tmp_path):
+  out = str(tmp_path)
+  job, fake = FakeJob(), FakeBatch()
+  key = lambda v: v["width"] if v["width"] != 4 else None   # width 4: never batched
+  kw = dict(run_cell_fn=job, validate_fn=_fake_validate, progress=False,
+            batch_cells=True, run_batch_fn=fake, batch_key_fn=key)
+  with pytest.raises(sweep.CellsFailed) as e:
+    sweep.run_sweep(GRID, out, **kw)
+  # width 2: one program of its three cells; width 4: each cell alone
+  assert fake.groups == [[(10, 2), (20, 2), (30, 2)]]
+  assert sorted((v["P"], v["width"]) for v in job.calls) == [(10, 4), (20, 4), (30, 4)]
+  assert [v["P"] for v, _ in e.value.failures] == [30]
+  lines = _lines(out)
+  assert len(lines) == 5 and len({l["cell_id"] for l in lines}) == 5
+  for l in lines:
+    assert len(_run_dirs(out, l["cell_id"])) == 1
+    assert l["run_dir"].startswith(os.path.join("cells", l["cell_id"]))
+  # the restart reruns only the failed cell, alone (a group of one)
+  recs = sweep.run_sweep(GRID, out, **dict(kw, run_batch_fn=lambda vs: [
+      _write_run(v["out_dir"], v) for v in vs]))
+  assert len(recs) == 6 and len(_lines(out)) == 6
+  assert [v["P"] for v in job.calls[3:]] == [30]
+  with pytest.raises(ValueError, match="run_batch_fn"):
+    sweep.run_sweep(GRID, out, run_cell_fn=job, validate_fn=_fake_validate,
+                    batch_cells=True)
+
+
+def test_a_batch_leaves_cells_held_by_another_process(tmp_path):
+  out = str(tmp_path)
+  held = sweep.cell_id(_fake_validate(GRID[2]))     # P = 20, width 2
+  os.makedirs(tmp_path / "cells" / held)
+  lock = open(tmp_path / "cells" / held / ".lock", "w")
+  fcntl.flock(lock, fcntl.LOCK_EX)
+  groups = []
+
+  def run_batch(values_list):
+    groups.append(sorted((v["P"], v["width"]) for v in values_list))
+    if len(groups) == 2:
+      lock.close()
+    return [_write_run(v["out_dir"], v) for v in values_list]
+
+  sweep.run_sweep(GRID, out, run_cell_fn=FakeJob(), validate_fn=_fake_validate,
+                  progress=False, poll_seconds=0.01, batch_cells=True,
+                  run_batch_fn=run_batch, batch_key_fn=lambda v: v["width"])
+  assert groups == [[(10, 2), (30, 2)], [(10, 4), (20, 4), (30, 4)]]
+  assert len(_lines(out)) == 6   # the held cell ran alone once released
+
+
+def test_a_batched_sweep_equals_the_cell_by_cell_sweep(tmp_path):
+  import numpy as np
+  base = dict(dataset="sphere", d=4, depth=2, width=5, n_test=0, max_steps=200, lr=0.02,
+              jam_window=100, n_seeds=2, plots=False, polish="lbfgs", polish_steps=10,
+              polish_jam_window=40)
+  cells = sweep.expand_grid(base, {"P": [20, 45, 80]})
+  a = sweep.run_sweep(cells, str(tmp_path / "a"), progress=False)
+  b = sweep.run_sweep(cells, str(tmp_path / "b"), progress=False, batch_cells=True)
+  assert [r["cell_id"] for r in a] == [r["cell_id"] for r in b]
+  for ra, rb in zip(a, b):
+    assert rb["summary"]["batch"] == {"jobs": 3, "members": 6}
+    assert [m["class"] for m in ra["summary"]["members"]] == \
+        [m["class"] for m in rb["summary"]["members"]]
+    ea, eb = io.load_run(ra["run_dir"]).arrays, io.load_run(rb["run_dir"]).arrays
+    np.testing.assert_allclose(eb["f_train"], ea["f_train"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(eb["y_train"], ea["y_train"])
+  again = sweep.run_sweep(cells, str(tmp_path / "b"), progress=False, batch_cells=True)
+  assert [r["run_dir"] for r in again] == [r["run_dir"] for r in b]

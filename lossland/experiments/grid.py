@@ -33,7 +33,7 @@ def auto_workers() -> int:
 
 def run_cells(cells: Sequence[dict], sweep_dir: str, *, shard: tuple = (0, 1),
               workers: int = 1, log_fn: Callable | None = None,
-              progress: bool = True) -> list:
+              progress: bool = True, batch_cells: bool = False) -> list:
   """Runs the ``shard`` of ``cells`` in ``sweep_dir``; returns their records in order.
 
   Args:
@@ -44,13 +44,16 @@ def run_cells(cells: Sequence[dict], sweep_dir: str, *, shard: tuple = (0, 1),
       records do not depend on it.
     log_fn: ``fn(str)`` for a failed worker's one-line report.
     progress: show the sweep's progress line.
+    batch_cells: cells that share a network and protocol train as one
+      program (``run_sweep``'s ``batch_cells``; in every worker).
   """
   from lossland.experiments import sweep
   cells = sweep.shard(list(cells), *shard)
-  run = lambda cs: sweep.run_sweep(cs, sweep_dir, progress=progress)
+  run = lambda cs: sweep.run_sweep(cs, sweep_dir, progress=progress, batch_cells=batch_cells)
   if workers <= 1 or len(cells) <= 1:
     return run(cells)
-  return _run_parallel(cells, sweep_dir, workers, log_fn or (lambda m: None), run)
+  return _run_parallel(cells, sweep_dir, workers, log_fn or (lambda m: None), run,
+                       batch_cells)
 
 
 def _worker():
@@ -69,10 +72,11 @@ def _worker():
   import jax
   jax.config.update("jax_enable_x64", bool(spec["x64"]))
   from lossland.experiments import sweep
-  sweep.run_sweep(spec["cells"], spec["sweep_dir"], progress=False)
+  sweep.run_sweep(spec["cells"], spec["sweep_dir"], progress=False,
+                  batch_cells=bool(spec.get("batch_cells")))
 
 
-def _start_worker(cells, sweep_dir):
+def _start_worker(cells, sweep_dir, batch_cells=False):
   import jax
   err = tempfile.TemporaryFile(mode="w+")
   # On an accelerator the processes share one device: no preallocation in
@@ -83,6 +87,7 @@ def _start_worker(cells, sweep_dir):
                           stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
   proc.stdin.write(json.dumps({
       "cells": cells, "sweep_dir": sweep_dir, "x64": bool(jax.config.jax_enable_x64),
+      "batch_cells": bool(batch_cells),
       "cache_dir": jax.config.jax_compilation_cache_dir}))
   proc.stdin.close()
   return proc, err
@@ -99,7 +104,7 @@ def _stop_worker(proc, err):
   err.close()
 
 
-def _run_parallel(cells, sweep_dir, n_workers, say, run_sweep):
+def _run_parallel(cells, sweep_dir, n_workers, say, run_sweep, batch_cells=False):
   """Runs ``cells`` in ``n_workers`` processes; returns their records in order.
 
   Workers 1..n-1 are subprocesses running ``sweep.run_sweep`` on all cells
@@ -113,7 +118,7 @@ def _run_parallel(cells, sweep_dir, n_workers, say, run_sweep):
   procs = []
   try:
     for _ in range(min(n_workers, len(cells)) - 1):
-      procs.append(_start_worker(cells, sweep_dir))
+      procs.append(_start_worker(cells, sweep_dir, batch_cells))
     out = run_sweep(cells)
     for k, (proc, err) in enumerate(procs):
       if proc.wait() != 0:

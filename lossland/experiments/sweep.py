@@ -415,6 +415,34 @@ def _default_run_cell(values: dict):
     return job.run_ensemble_job(values, progress=False, stdout=sink)
 
 
+def _default_run_batch(values_list: list) -> list:
+  import jax
+  from lossland.experiments import batch
+  if bool(jax.config.jax_enable_x64) != bool(values_list[0]["x64"]):
+    raise ValueError(f"the cells have x64={values_list[0]['x64']} but jax_enable_x64 "
+                     f"is {bool(jax.config.jax_enable_x64)}")
+  with open(os.devnull, "w") as sink:
+    return batch.run_ensemble_jobs(values_list, progress=False, stdout=sink)
+
+
+def _default_batch_key(values: dict):
+  from lossland.experiments import batch
+  return batch.batch_key(values)
+
+
+def _batches(pending: list, key_fn: Callable | None) -> list:
+  """``pending`` (cell id, values) pairs as groups to run together: those of
+  one key, in the order of their first cell (each alone without ``key_fn``
+  or with key None)."""
+  if key_fn is None:
+    return [[p] for p in pending]
+  groups = {}
+  for n, (cid, v) in enumerate(pending):
+    k = key_fn(v)
+    groups.setdefault(("alone", n) if k is None else ("key", k), []).append((cid, v))
+  return list(groups.values())
+
+
 def varying_keys(cells: Iterable[dict]) -> list:
   """Options whose value differs between the cells (the swept axes), in the
   order they first appear (for :func:`expand_grid` cells: the axes' order)."""
@@ -459,7 +487,9 @@ def release_compiled():
 def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
               run_cell_fn: Callable | None = None, progress: bool = True,
               validate_fn: Callable | None = None,
-              poll_seconds: float = 2.0, on_cell_done: Callable | None = None) -> list:
+              poll_seconds: float = 2.0, on_cell_done: Callable | None = None,
+              batch_cells: bool = False, run_batch_fn: Callable | None = None,
+              batch_key_fn: Callable | None = None) -> list:
   """Runs the cells of one shard into ``out_dir``; resumable, safe to share.
 
   Each cell becomes an ensemble run directory ``out_dir/cells/<cell_id>/
@@ -486,6 +516,15 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       the shard as it is found complete; ``how`` is "recorded" (already in
       cells.jsonl, by an earlier or another process), "adopted" (its run
       directory existed without its line) or "ran" (by this call).
+    batch_cells: train the pending cells that share a network and protocol
+      (:func:`lossland.experiments.batch.batch_key`) as one program
+      (:func:`lossland.experiments.batch.run_ensemble_jobs`), each still
+      with its own run directory, line and lock; a group of one runs as
+      usual. The records equal those of ``batch_cells=False`` up to rounding.
+    run_batch_fn, batch_key_fn: with a custom ``run_cell_fn``, the batched
+      run (``fn([values]) -> [(run_dir, summary) or io.InputError]``) and the
+      key of the cells it may run together (``fn(values) -> hashable or
+      None``, None: never batched); default those of the ensemble job.
 
   Returns:
     the records (as :func:`read_cells`) of the shard's cells, in grid order.
@@ -497,7 +536,13 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       member diverged) while running; the others ran and were recorded. Any
       other exception stops the sweep at once (a restart resumes it).
   """
+  custom = run_cell_fn is not None
   mine, run_cell_fn = _shard_cells(cells, shard, run_cell_fn, validate_fn)
+  if batch_cells and custom and (run_batch_fn is None or batch_key_fn is None):
+    raise ValueError("batch_cells with a custom run_cell_fn needs run_batch_fn and "
+                     "batch_key_fn")
+  if batch_cells and not custom:
+    run_batch_fn, batch_key_fn = _default_run_batch, _default_batch_key
   os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
   ledger = _Ledger(out_dir).refresh()
   keys = varying_keys(cells)   # the caller's order, e.g. the command line's
@@ -507,14 +552,13 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   pending = [(c, v) for c, v in unique if c not in ledger.records]
   if bar.done:
     bar.show(f"{bar.done} already done")
-  run = _ShardRun(out_dir, ledger, bar, keys, run_cell_fn, on_cell_done)
+  run = _ShardRun(out_dir, ledger, bar, keys, run_cell_fn, on_cell_done, run_batch_fn)
   run.report_recorded(unique)
   try:
     while pending:
       held = []
-      for cid, v in pending:
-        if not run.visit(cid, v):
-          held.append((cid, v))
+      for group in _batches(pending, batch_key_fn if batch_cells else None):
+        held += run.visit_group(group)
       pending = held
       if pending:
         bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
@@ -575,9 +619,11 @@ class _ShardRun:
   """
 
   def __init__(self, out_dir: str, ledger: _Ledger, bar: _GridProgress, keys,
-               run_cell_fn: Callable, on_cell_done: Callable | None):
+               run_cell_fn: Callable, on_cell_done: Callable | None,
+               run_batch_fn: Callable | None = None):
     self.out_dir, self.ledger, self.bar, self.keys = out_dir, ledger, bar, keys
     self.run_cell_fn, self.on_cell_done = run_cell_fn, on_cell_done
+    self.run_batch_fn = run_batch_fn
     self.failures = []
 
   def report_recorded(self, cells):
@@ -596,6 +642,63 @@ class _ShardRun:
     self.bar.done += 1
     if self.on_cell_done:
       self.on_cell_done(self.ledger.records[cid], how)
+
+  def visit_group(self, group: list) -> list:
+    """Completes the cells of ``group`` (one program for those left to run);
+    returns the (cell id, values) that other processes hold."""
+    if len(group) == 1 or self.run_batch_fn is None:
+      return [(cid, v) for cid, v in group if not self.visit(cid, v)]
+    held, todo = [], []
+    with contextlib.ExitStack() as locks:
+      for cid, v in group:
+        self.ledger.refresh()
+        if cid in self.ledger.records:
+          self.finish(cid, v, "recorded")
+          continue
+        cell_dir = os.path.join(self.out_dir, "cells", cid)
+        os.makedirs(cell_dir, exist_ok=True)
+        if not locks.enter_context(_flock(os.path.join(cell_dir, ".lock"), blocking=False)):
+          held.append((cid, v))
+          continue
+        self.ledger.refresh()  # it may have completed while we took the lock
+        if cid in self.ledger.records:
+          self.finish(cid, v, "recorded")
+          continue
+        ens_dir = os.path.join(cell_dir, "ensemble")
+        _clean_leftovers(ens_dir, keep_checkpoints=True)
+        runs = _complete_runs(ens_dir)
+        if runs:
+          self._record(cid, v, cell_dir, *self._adopt(cid, v, runs), "adopted")
+        else:
+          todo.append((cid, v, cell_dir))
+      if len(todo) == 1:
+        self._complete(*todo[0])
+      elif todo:
+        self._run_batch(todo)
+    return held
+
+  def _run_batch(self, todo: list):
+    """With the cells' locks held: runs them as one program; records each."""
+    vals = [dict(v, out_dir=cell_dir) for _, v, cell_dir in todo]
+    for x in vals:
+      _write_json_atomic(os.path.join(x["out_dir"], "cell.json"), x)
+    self.bar.show(f"running {len(todo)} cells in one program: "
+                  + ", ".join(cell_label(v, self.keys) for _, v, _ in todo))
+    t0 = time.time()
+    try:
+      outs = self.run_batch_fn(vals)
+    except io.InputError as e:
+      outs = [e] * len(todo)
+    finally:
+      release_compiled()
+    self.bar.ran_seconds += time.time() - t0
+    for (cid, v, cell_dir), o in zip(todo, outs):
+      if isinstance(o, io.InputError):
+        self.failures.append((v, str(o)))
+        self.bar.show(f"cell {cid} failed: {' '.join(str(o).split())}")
+        continue
+      self.bar.ran += 1
+      self._record(cid, v, cell_dir, *o, "ran")
 
   def visit(self, cid, v) -> bool:
     """Completes the cell unless another process holds it (then False).
@@ -632,11 +735,15 @@ class _ShardRun:
       if ran is None:
         return
       (run_dir, summary), how = ran, "ran"
+    self._record(cid, v, cell_dir, run_dir, summary, how)
+
+  def _record(self, cid, v, cell_dir, run_dir, summary, how):
+    """Appends the cell's line to cells.jsonl; drops its leftovers."""
     flags = dict(v, out_dir=os.path.relpath(cell_dir, self.out_dir))
     rec = {"cell_id": cid, "flags": flags,
            "run_dir": os.path.relpath(run_dir, self.out_dir), "summary": summary}
     _append_record(self.out_dir, rec)
-    _clean_leftovers(ens_dir, keep_checkpoints=False)
+    _clean_leftovers(os.path.join(cell_dir, "ensemble"), keep_checkpoints=False)
     self.ledger.refresh()
     self.finish(cid, v, how)
     self.bar.show(f"finished cell {cid} ({cell_label(v, self.keys)})")
