@@ -127,34 +127,46 @@ def fit_cells(stats: Sequence[dict], level: float = 0.95) -> dict:
 
 def propose_next(stats: Sequence[dict], grow: float = 1.3,
                  rel_tol: float = 0.03, x_bounds=(0.2, 20.0)):
-  """The next P/N of a bisection of the sat -> jammed transition, or None.
+  """The next P/N of a bisection of the sat -> jammed transition, or None
+  (:func:`propose_points` with one point)."""
+  xs = propose_points(stats, 1, grow, rel_tol, x_bounds)
+  return xs[0] if xs else None
 
-  Not bracketed (all cells sat or all jammed): step out by ``grow``. Else
-  the midpoint of the two measured P/N values adjacent to the logistic fit's
-  crossing; None once they are within ``rel_tol`` (relative) of each other.
+
+def propose_points(stats: Sequence[dict], n_points: int = 1, grow: float = 1.3,
+                   rel_tol: float = 0.03, x_bounds=(0.2, 20.0)) -> list:
+  """The next ``n_points`` P/N of a (parallel) bisection of the sat -> jammed
+  transition; [] when done.
+
+  Not bracketed (all cells sat or all jammed): step out by ``grow``,
+  ``grow**2``, ... (within ``x_bounds``). Else the two measured P/N values
+  adjacent to the logistic fit's crossing, lo and hi, split into
+  ``n_points + 1`` equal parts (one point: their midpoint); [] once they are
+  within ``rel_tol`` (relative) of each other.
   """
+  if n_points < 1:
+    raise ValueError(f"n_points must be >= 1, got {n_points}")
   stats = [c for c in stats if c["n_sat"] + c["n_jammed"] > 0]
   if not stats:
-    return None
+    return []
   xs = np.array(sorted({c["p_over_n"] for c in stats}))
   frac = {x: (sum(c["n_sat"] for c in stats if c["p_over_n"] == x) /
               sum(c["n_sat"] + c["n_jammed"] for c in stats if c["p_over_n"] == x))
           for x in xs}
+  steps = range(1, n_points + 1)
   if all(v > 0.5 for v in frac.values()):
-    nxt = xs.max() * grow
-    return nxt if nxt <= x_bounds[1] else None
+    return [float(xs.max() * grow ** j) for j in steps if xs.max() * grow ** j <= x_bounds[1]]
   if all(v < 0.5 for v in frac.values()):
-    nxt = xs.min() / grow
-    return nxt if nxt >= x_bounds[0] else None
+    return [float(xs.min() / grow ** j) for j in steps if xs.min() / grow ** j >= x_bounds[0]]
   fit = fit_cells(stats)
   xh = fit["x_half"]
   if xh is None:
-    return None
+    return []
   lo = xs[xs <= xh].max() if np.any(xs <= xh) else xs.min()
   hi = xs[xs >= xh].min() if np.any(xs >= xh) else xs.max()
   if hi - lo <= rel_tol * 0.5 * (hi + lo):
-    return None
-  return 0.5 * (lo + hi)
+    return []
+  return [float(lo + (hi - lo) * j / (n_points + 1)) for j in steps]
 
 
 def nd_over_n_at_jamming(stats: Sequence[dict], x_star, min_members: int = 3):

@@ -83,6 +83,39 @@ def test_propose_next_brackets_then_bisects():
   assert phase.propose_next([st(2.0, 5, 5), st(2.01, 0, 5)]) is None
 
 
+def test_propose_points_is_a_parallel_bisection():
+  st = lambda x, k, n: {"p_over_n": x, "n_sat": k, "n_jammed": n - k}
+  brk = [st(1.0, 5, 5), st(2.0, 5, 5), st(3.0, 0, 5)]
+  # bracketed between 2 and 3: k points split it into k + 1 equal parts
+  assert phase.propose_points(brk, 1) == pytest.approx([2.5])
+  assert phase.propose_points(brk, 3) == pytest.approx([2.25, 2.5, 2.75])
+  assert phase.propose_next(brk) == phase.propose_points(brk, 1)[0]
+  # not bracketed: step out by grow, grow^2, ... within the bounds
+  assert phase.propose_points([st(1.0, 5, 5)], 3) == pytest.approx([1.3, 1.69, 2.197])
+  assert phase.propose_points([st(3.0, 0, 5)], 2) == pytest.approx([3 / 1.3, 3 / 1.69])
+  assert phase.propose_points([st(15.0, 5, 5)], 3) == pytest.approx([19.5])
+  # done: the bracket is narrow, or no cell has a sat or jammed member
+  assert phase.propose_points([st(2.0, 5, 5), st(2.01, 0, 5)], 4) == []
+  assert phase.propose_points([{"p_over_n": 1.0, "n_sat": 0, "n_jammed": 0}], 2) == []
+  with pytest.raises(ValueError):
+    phase.propose_points(brk, 0)
+
+
+def test_a_round_proposes_several_p_per_depth():
+  from lossland.experiments import phase_study
+  groups = [dict(depth=2, width=5, _N=100), dict(depth=3, width=4, _N=60)]
+  prop = phase_study.transition_proposer(groups, (1.0, 3.0), n_points=3)
+  first = prop([])
+  assert [(c["depth"], c["P"]) for c in first] == [(2, 100), (2, 300), (3, 60), (3, 180)]
+  # every depth sat at P/N = 1 and jammed at 3: three points inside each bracket
+  pairs = [(c, _record(c["P"], g["_N"], ["sat"] * 4 if c["P"] / g["_N"] < 2 else
+                       ["jammed"] * 4, depth=c["depth"]))
+           for c in first for g in groups if g["depth"] == c["depth"]]
+  nxt = prop(pairs)
+  assert [(c["depth"], c["P"]) for c in nxt] == [(2, 150), (2, 200), (2, 250),
+                                                 (3, 90), (3, 120), (3, 150)]
+
+
 def test_search_transition_finds_known_crossing():
   calls = []
   fake = _fake_cells(2.3)
@@ -412,14 +445,18 @@ def test_gpu_preset_sets_the_paper_nets_and_the_engine_layout(tmp_path):
   p = presets.gpu()
   assert [nets.n_weights(h, h, L) for L, h in zip(p.depths, p.widths)] == [7750, 7854, 8040]
   assert p.job["polish"] == "lbfgs" and p.job["wgrad_split"] == 64 and p.job["pad_to"] == 8
-  r = _run(["--preset", "gpu", "--widths", "3,3,3", "--p_over_n", "1", "--n_seeds", "1",
+  assert p.bisect_points == 3 and p.batch_cells is None   # batched on an accelerator
+  # here on the CPU with --batch_cells: each depth's two cells in one program
+  r = _run(["--preset", "gpu", "--widths", "3,3,3", "--p_over_n", "1,2", "--n_seeds", "1",
             "--max_steps", "20", "--rounds", "0", "--n_boot", "0", "--polish_steps", "10",
-            "--noplots", "--workers", "1"], tmp_path)
+            "--noplots", "--workers", "1", "--batch_cells"], tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
   trains = _cell_nets(tmp_path, "train")
-  assert len(trains) == 3
+  assert len(trains) == 6
   for t in trains:
     assert (t["wgrad_split"], t["pad_to"], t["optimizer"]) == (64, 8, "adam")
+  for line in open(tmp_path / "out" / "sweep" / "cells.jsonl"):
+    assert json.loads(line)["summary"]["batch"] == {"jobs": 2, "members": 2}
 
 
 def test_contacts_script_counts_unsatisfied_margin_and_kinks(tmp_path, capsys):
@@ -447,3 +484,32 @@ def test_contacts_script_counts_unsatisfied_margin_and_kinks(tmp_path, capsys):
   # N_Delta/N = 0.15, margin 2/20 = 0.10, kinks 2/20 = 0.10, (2 + 2 + 2)/16
   assert "0.15 (0.15-0.15) 0.10 (0.10-0.10) 0.10 (0.10-0.10) 0.38 (0.38-0.38)" in out
   assert contacts.main(["contacts.py", str(tmp_path / "nowhere")]) == 2
+
+
+def test_script_batched_cells_and_parallel_bisection(tmp_path):
+  """--batch_cells: each depth's new cells of a batch are one program (the
+  grid, then each round's --bisect_points cells); the cells, their classes
+  and the estimate are those of the cell-by-cell run."""
+  args = ["--depths", "1,2", "--widths", "8", "--d", "3", "--bias", "--p_over_n", "0.5,6",
+          "--n_seeds", "2", "--max_steps", "1500", "--lr", "0.02", "--jam_window", "200",
+          "--rounds", "1", "--bisect_points", "2", "--n_boot", "0", "--plots=false"]
+  out = {}
+  for name, flag in (("batched", "--batch_cells"), ("alone", "--nobatch_cells")):
+    r = _run(args + [flag], tmp_path / name)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(l) for l in open(tmp_path / name / "out" / "sweep" / "cells.jsonl")]
+    out[name] = {rec["cell_id"]: rec["summary"] for rec in recs}
+    run = os.listdir(tmp_path / name / "out" / "phase")[0]
+    s = json.load(open(tmp_path / name / "out" / "phase" / run / "summary.json"))
+    assert s["settings"]["batch_cells"] == (name == "batched")
+    assert s["settings"]["bisect_points"] == 2
+  b, a = out["batched"], out["alone"]
+  # 4 grid cells, then 2 for depth 1 (jammed at both P/N: two steps down)
+  assert set(b) == set(a) and len(b) == 6
+  for cid in a:
+    assert [m["class"] for m in b[cid]["members"]] == [m["class"] for m in a[cid]["members"]]
+    assert "batch" not in a[cid]
+  jobs = sorted(s["batch"]["jobs"] for s in b.values() if "batch" in s)
+  assert jobs and set(jobs) == {2}, jobs      # two cells per depth and batch
+  r = _run(args + ["--batch_cells", "--bisect_points", "0"], tmp_path / "bad")
+  assert r.returncode == 2 and "bisect_points" in r.stderr

@@ -53,14 +53,17 @@ def gpu() -> PhaseConfig:
   The paper's three nets (N = 7750, 7854, 8040) with the cpu preset's
   protocol at Adam lr 1e-2 and without biases (the cpu preset's values
   before the dead-point probes of issue 20), P/N in {2.5, 3.0, 3.5} then 2
-  bisection rounds, 8 members, and the engine layout measured fastest on an
-  H200 (wgrad_split=64, pad_to=8: 168 us per
-  member-step in float64 at L = 3, docs/engine.md). Not yet run: from that step
-  cost a cell takes about 1.5 min of Adam plus up to about as long of polish,
-  so the 15 to 21 cells of a run take about 30 to 50 min, one after another."""
+  rounds of a parallel bisection with 3 new P/N per depth, 8 members, the
+  cells of one depth and round trained as one program (--batch_cells, on by
+  default on an accelerator), and the engine layout measured fastest on an
+  H200 (wgrad_split=64, pad_to=8: 168 us per member-step in float64 at L =
+  3, docs/engine.md). Not yet run: from that step cost a cell's 8 members
+  take about 1.5 min of Adam plus up to about as long of polish, so the 18
+  to 27 cells take 30 to 60 min if the device gives no gain to batched
+  cells; the batched gain on a GPU is not measured."""
   return PhaseConfig(depths=(2, 3, 5), widths=(62, 51, 40), p_over_n=(2.5, 3.0, 3.5),
-                     rounds=2, n_seeds=8, job=dict(_PROTOCOL, wgrad_split=64, pad_to=8),
-                     preset="gpu")
+                     rounds=2, n_seeds=8, bisect_points=3,
+                     job=dict(_PROTOCOL, wgrad_split=64, pad_to=8), preset="gpu")
 
 
 def paper() -> PhaseConfig:

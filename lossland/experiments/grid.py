@@ -31,6 +31,14 @@ def auto_workers() -> int:
   return min(2, os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
 
 
+def auto_batch_cells() -> bool:
+  """``batch_cells=None``: on an accelerator, where one small cell leaves the
+  device idle; off on a CPU, where a cell already keeps the cores busy and the
+  padding to the largest P is extra work (docs/engine.md, the grid row)."""
+  import jax
+  return jax.default_backend() != "cpu"
+
+
 def run_cells(cells: Sequence[dict], sweep_dir: str, *, shard: tuple = (0, 1),
               workers: int = 1, log_fn: Callable | None = None,
               progress: bool = True, batch_cells: bool = False) -> list:

@@ -70,6 +70,15 @@ class PhaseConfig:
       "round's new cells) concurrently; default 1, with --preset cpu on a CPU min(2, cpu "
       "count). The results do not depend on it. On a GPU the workers share the device: "
       "start with XLA_PYTHON_CLIENT_PREALLOCATE=false.")
+  batch_cells: bool | None = option(
+      None, "Train the new cells of one depth in each batch (the initial grid, each "
+      "round) as one program, each with its own run directory, line and resume; the "
+      "numbers equal those cell by cell up to rounding. Default: on an accelerator, off "
+      "on a CPU (no gain there: docs/engine.md).")
+  bisect_points: int = option(
+      1, "New P/N per depth in each bracketing/bisection round: k points split the "
+      "bracket into k + 1 parts (a parallel bisection; with --batch_cells one program per "
+      "depth and round).")
   job: dict = option({}, "Ensemble-job options of every cell (the protocol).", flag=False)
   auto_workers: bool = option(False, "workers=None means lossland.experiments.grid."
                               "auto_workers() (else 1).", flag=False)
@@ -94,6 +103,7 @@ class PhaseConfig:
     self.shard_index()
     check_fields(self, (("rounds", self.rounds >= 0), ("n_seeds", self.n_seeds > 0),
                         ("n_boot", self.n_boot >= 0),
+                        ("bisect_points", 1 <= self.bisect_points <= 64),
                         ("gap_floor", math.isfinite(self.gap_floor) and self.gap_floor >= 0),
                         ("workers", self.workers is None or self.workers > 0),
                         ("d", self.d is None or self.d > 0)))
@@ -107,6 +117,9 @@ class PhaseConfig:
     except ValueError:
       raise OptionError(f"--shard must be I/N with 0 <= I < N, got {self.shard}") from None
     return i, n
+
+  def batched(self) -> bool:
+    return grid.auto_batch_cells() if self.batch_cells is None else self.batch_cells
 
   def n_workers(self) -> int:
     if self.workers is not None:
@@ -179,12 +192,12 @@ def _group_of(groups, cell) -> int:
 
 
 def transition_proposer(groups: Sequence[dict], x_init: Sequence[float],
-                        rel_tol: float = 0.03) -> Callable:
+                        rel_tol: float = 0.03, n_points: int = 1) -> Callable:
   """A study's ``propose`` for bracketing and bisection over P at fixed N.
 
   The first call gives the initial grid ``x_init`` (P = round(x N)) of every
-  group; each later call gives, per group, the next P/N of
-  :func:`lossland.phase.propose_next` from that group's records. P values
+  group; each later call gives, per group, the next ``n_points`` P/N of
+  :func:`lossland.phase.propose_points` from that group's records. P values
   already measured are not proposed again.
   """
   def propose(pairs):
@@ -196,11 +209,16 @@ def transition_proposer(groups: Sequence[dict], x_init: Sequence[float],
     else:
       todo = []
       for i, g in enumerate(groups):
-        x = phase.propose_next([phase.cell_stats(r) for r in recs[i].values()],
-                               rel_tol=rel_tol)
-        if x is not None:
-          todo.append((i, _cell(g, x)))
-    return [c for i, c in todo if c["P"] not in recs[i]]
+        xs = phase.propose_points([phase.cell_stats(r) for r in recs[i].values()],
+                                  n_points, rel_tol=rel_tol)
+        todo += [(i, _cell(g, x)) for x in xs]
+    seen = set()
+    out = []
+    for i, c in todo:
+      if c["P"] not in recs[i] and (i, c["P"]) not in seen:
+        seen.add((i, c["P"]))
+        out.append(c)
+    return out
   return propose
 
 
@@ -261,7 +279,8 @@ def phase_study(config: PhaseConfig, groups: Sequence[dict], sweep_dir: str,
     from lossland.plots import phase as phase_plots
     return phase_plots.plot_all({**result, "_samples": extras["samples"]}, path)
 
-  return study.Study(transition_proposer(groups, config.p_over_n, rel_tol), analyze, plot)
+  return study.Study(transition_proposer(groups, config.p_over_n, rel_tol,
+                                         config.bisect_points), analyze, plot)
 
 
 def _settings(config: PhaseConfig, groups) -> dict:
@@ -271,6 +290,7 @@ def _settings(config: PhaseConfig, groups) -> dict:
   s.update({k: v for k, v in config.job.items()})
   s["widths"] = [g["width"] for g in groups]
   s["workers"] = config.n_workers()
+  s["batch_cells"] = config.batched()
   return s
 
 
@@ -295,8 +315,9 @@ def run(config: PhaseConfig, log_fn: Callable = print) -> dict:
   i, n = config.shard_index()
   sweep_dir = os.path.join(config.out_dir, "sweep")
   workers = config.n_workers()
+  batch = config.batched()
   run_cells = lambda cells: grid.run_cells(cells, sweep_dir, shard=(i, n), workers=workers,
-                                           log_fn=log_fn)
+                                           log_fn=log_fn, batch_cells=batch)
   runs = []
   for n_target, groups in zip(sizes, groups_per_size):
     if n_target is not None:

@@ -13,7 +13,9 @@ is one fsync'd line of ``--out_dir/cells.jsonl``. Run the same command again
 after a crash or SIGKILL: finished cells are skipped and the interrupted one
 resumes from its checkpoint. ``--shard I/N`` runs the I-th of N disjoint parts
 (cluster job arrays, into one shared directory or separate ones); sweeps may
-share a directory at the same time. ``--dry_run`` lists the cells;
+share a directory at the same time. ``--batch_cells`` (default on an
+accelerator) trains the cells that differ only in data and members as one
+program. ``--dry_run`` lists the cells;
 ``--report`` prints a table and writes ``report_<metric>.png`` from
 ``cells.jsonl``. Layout and guarantees: docs/sweeps.md, lossland/sweep.py.
 
@@ -52,6 +54,11 @@ class SweepOptions:
                          "swept option).")
   poll_seconds: float = option(2.0, "Wait between looks at cells that another process is "
                                "running.")
+  batch_cells: bool | None = option(
+      None, "Train the cells that share a network and protocol (they differ in data and "
+      "members: P, data seed, seeds) as one program, each with its own run directory, "
+      "line and resume; the numbers equal those cell by cell up to rounding. Default: on "
+      "an accelerator, off on a CPU (docs/engine.md).")
 
 
 _SPEC = options.spec_of(SweepOptions)
@@ -192,8 +199,11 @@ def main(argv):
           f"test err {m['mean_test_error']:.4f} ensemble {m['ensemble_test_error']:.4f}"
           f" -> {rec['run_dir']}", flush=True)
 
+  from lossland.experiments import grid
+  batch = grid.auto_batch_cells() if o.batch_cells is None else o.batch_cells
   records = sweep.run_sweep(cells, o.out_dir, shard=(shard_i, shard_n),
-                            progress=True, poll_seconds=o.poll_seconds, on_cell_done=done)
+                            progress=True, poll_seconds=o.poll_seconds, on_cell_done=done,
+                            batch_cells=batch)
   print(sweep.report_table(records, keys))
   print(f"cells: {os.path.join(o.out_dir, sweep.CELLS_FILE)}")
 
