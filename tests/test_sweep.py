@@ -625,3 +625,46 @@ def test_a_batched_sweep_equals_the_cell_by_cell_sweep(tmp_path):
     np.testing.assert_array_equal(eb["y_train"], ea["y_train"])
   again = sweep.run_sweep(cells, str(tmp_path / "b"), progress=False, batch_cells=True)
   assert [r["run_dir"] for r in again] == [r["run_dir"] for r in b]
+
+
+def test_a_killed_batch_resumes_in_a_copied_directory(tmp_path):
+  """--batch_cells: killed once the program's checkpoint exists, the sweep
+  directory copied elsewhere (another machine) resumes there, and its cells
+  equal those of an uninterrupted batched sweep bitwise."""
+  import shutil
+  import numpy as np
+  args = TINY + ["--seed", "0,2,4", "--max_steps", "400", "--chunk_steps", "16",
+                 "--checkpoint_every", "0", "--batch_cells"]
+  cmd = lambda out: [sys.executable, "-m", "lossland.scripts.sweep", "--out_dir", str(out)] + args
+  env = _env(tmp_path)
+  ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, env=env,
+                       timeout=300)
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  first = tmp_path / "first"
+
+  def batch_checkpoint():
+    for root, _, files in os.walk(first / "cells"):
+      if any(f.startswith(".checkpoint_batch_") and f.endswith(".npz") for f in files):
+        return True
+    return False
+  p = subprocess.Popen(cmd(first), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=env)
+  assert _wait_for(batch_checkpoint, p, dt=0.005), p.communicate()
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not (first / "cells.jsonl").exists()
+  moved = tmp_path / "elsewhere" / "copy"
+  shutil.copytree(first, moved)
+  shutil.rmtree(first)
+  r = subprocess.run(cmd(moved), capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "3 cells in one program from its checkpoint" in r.stderr, r.stderr[-2000:]
+  got, want = _lines(str(moved)), _lines(str(tmp_path / "ref"))
+  assert sorted(l["cell_id"] for l in got) == sorted(l["cell_id"] for l in want)
+  want = {l["cell_id"]: l for l in want}
+  for l in got:
+    a = io.load_run(os.path.join(str(moved), l["run_dir"])).arrays
+    b = io.load_run(os.path.join(str(tmp_path / "ref"), want[l["cell_id"]]["run_dir"])).arrays
+    np.testing.assert_array_equal(a["params_final"], b["params_final"])
+    np.testing.assert_array_equal(a["history_loss"], b["history_loss"])
+    assert l["summary"]["batch"] == {"jobs": 3, "members": 6}

@@ -682,7 +682,9 @@ class _ShardRun:
     vals = [dict(v, out_dir=cell_dir) for _, v, cell_dir in todo]
     for x in vals:
       _write_json_atomic(os.path.join(x["out_dir"], "cell.json"), x)
-    self.bar.show(f"running {len(todo)} cells in one program: "
+    resuming = any(_checkpoints(os.path.join(d, "ensemble")) for _, _, d in todo)
+    self.bar.show(f"running {len(todo)} cells in one program"
+                  + (" from its checkpoint" if resuming else "") + ": "
                   + ", ".join(cell_label(v, self.keys) for _, v, _ in todo))
     t0 = time.time()
     try:
