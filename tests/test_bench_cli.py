@@ -42,6 +42,9 @@ def test_tiny_ensemble_benchmark(tmp_path):
   assert g["n_cells"] == 3 and len(g["P"]) == 3 and g["P"][0] < g["P"][-1]
   np.testing.assert_allclose(g["speedup_batched"],
                              g["seconds_cell_by_cell"] / g["seconds_batched"])
+  np.testing.assert_allclose(g["speedup_first_batched"],
+                             g["seconds_first_cell_by_cell"] / g["seconds_first_batched"])
+  assert g["seconds_first_batched"] >= g["seconds_batched"]   # compiles, then runs
   assert "paper" not in on_disk  # the quick run skips the paper-scale row
 
 
