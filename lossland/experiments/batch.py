@@ -82,7 +82,7 @@ def run_ensemble_jobs(values_list, progress: bool = True, stdout=None) -> list:
                      "before run_ensemble_jobs")
   for v in vs:
     job_lib.check_out_dir(v["out_dir"])
-  jobs = [job_lib._prepare(v, say) for v in vs]
+  jobs = [job_lib.prepare_job(v, say) for v in vs]
   _check_batch(vs, jobs)
   from lossland.progress import Progress
   bar = Progress("training", enabled=progress)
@@ -171,7 +171,7 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
   if v0["finish"] != "none":
     bar.note("finishing the jammed members (trust-region Newton)...")
     for c, (v, j) in enumerate(zip(vs, jobs)):
-      results[c], fins[c] = job_lib._finish(v, j, results[c], cfg2 or j.cfg)
+      results[c], fins[c] = job_lib.finish_jammed(v, j, results[c], cfg2 or j.cfg)
   bar(1, 1, f"{len(jobs)} jobs: done {K}/{K}")
   bar.close()
   return results, polish, cfg2, time.time() - t0, fins
@@ -181,16 +181,16 @@ def _write(v, j, res, polish, cfg2, wall, fin, n_jobs, n_members, say):
   """One job's summary, run directory and report; its JobError instead if
   it has no healthy member (nothing written)."""
   try:
-    summary = job_lib._summary(v, j, res, polish, wall, None, fin)
+    summary = job_lib.job_summary(v, j, res, polish, wall, None, fin)
   except job_lib.JobError as e:
     say(f"{v['out_dir']}: {e}")
     return e
   summary["batch"] = {"jobs": n_jobs, "members": n_members}
-  dirs = job_lib._Dirs()
+  dirs = job_lib.CreatedDirs()
   ok = False
   try:
     dirs.makedirs(v["out_dir"])
-    run_dir = job_lib._write_run(v, j, res, polish, cfg2, summary)
+    run_dir = job_lib.write_job_run(v, j, res, polish, cfg2, summary)
     ok = True
   finally:
     if not ok:

@@ -628,7 +628,7 @@ def check_out_dir(out_dir: str):
     raise JobError(f"--out_dir {out_dir}: {base} is not writable")
 
 
-class _Dirs:
+class CreatedDirs:
   """Creates directories on demand and removes the ones it made if left empty."""
 
   def __init__(self):
@@ -893,18 +893,18 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
                      "before run_ensemble_job")
   from lossland.progress import Progress
   check_out_dir(v["out_dir"])
-  job = _prepare(v, say)
+  job = prepare_job(v, say)
   bar = Progress("training", enabled=progress)
-  dirs = _Dirs()
+  dirs = CreatedDirs()
   ckpt = None
   ok = False
   try:
     ckpt = _checkpoint_path(v, dirs, say)
     bar.note("compiling and running the first chunk...")
     res, polish, cfg2, wall, fin = _train(v, job, ckpt, bar)
-    summary = _summary(v, job, res, polish, wall, ckpt, fin)
+    summary = job_summary(v, job, res, polish, wall, ckpt, fin)
     dirs.makedirs(v["out_dir"])
-    run_dir = _write_run(v, job, res, polish, cfg2, summary)
+    run_dir = write_job_run(v, job, res, polish, cfg2, summary)
     ok = True
   finally:
     if not ok:
@@ -915,7 +915,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   return run_dir, summary
 
 
-class _Job(NamedTuple):
+class Job(NamedTuple):
   """What the job trains: configs, data, seeds and the label-noise mask."""
   net: Any
   loss: Any
@@ -926,7 +926,7 @@ class _Job(NamedTuple):
   flipped: Any
 
 
-def _prepare(v: dict, say) -> _Job:
+def prepare_job(v: dict, say) -> Job:
   """Configs, memory check, data and the job's first line."""
   import jax
   import jax.numpy as jnp
@@ -950,7 +950,7 @@ def _prepare(v: dict, say) -> _Job:
       f"width={net.width} N={n_w} ({nets.n_params(net)} params), "
       f"{loss.name} eps={loss.epsilon:g}, {cfg.optimizer} lr={cfg.lr:g}, "
       f"{'float64' if v['x64'] else 'float32'} on {jax.default_backend()}")
-  return _Job(net, loss, cfg, ds, n_w, seeds, flipped)
+  return Job(net, loss, cfg, ds, n_w, seeds, flipped)
 
 
 def _checkpoint_path(v: dict, dirs, say) -> str | None:
@@ -965,7 +965,7 @@ def _checkpoint_path(v: dict, dirs, say) -> str | None:
   return ckpt
 
 
-def _train(v: dict, job: _Job, ckpt, bar) -> tuple:
+def _train(v: dict, job: Job, ckpt, bar) -> tuple:
   """The first stage, then the polish; returns ``(res, polish, cfg2, wall)``."""
   from lossland import train
   from lossland.train import protocol
@@ -995,13 +995,13 @@ def _train(v: dict, job: _Job, ckpt, bar) -> tuple:
   fin = None
   if v["finish"] != "none":
     bar.note("finishing the jammed members (trust-region Newton)...")
-    res, fin = _finish(v, job, res, cfg2 or job.cfg)
+    res, fin = finish_jammed(v, job, res, cfg2 or job.cfg)
   bar(1, 1, f"done {K}/{K}")
   bar.close()
   return res, polish, cfg2, time.time() - t0, fin
 
 
-def _finish(v: dict, job: _Job, res, cfg):
+def finish_jammed(v: dict, job: Job, res, cfg):
   """The finishing stage (:mod:`lossland.train.finish`) on the members that
   stopped jammed: ``(res, dict of per-member lists)``."""
   from lossland.train import finish
@@ -1014,7 +1014,7 @@ def _finish(v: dict, job: _Job, res, cfg):
                "restarts": info.n_restarts}
 
 
-def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt, fin=None) -> dict:
+def job_summary(v: dict, job: Job, res, polish, wall: float, ckpt, fin=None) -> dict:
   """summary.json; with no healthy member the checkpoint goes too (JobError)."""
   import jax
   from lossland import nets
@@ -1035,7 +1035,7 @@ def _summary(v: dict, job: _Job, res, polish, wall: float, ckpt, fin=None) -> di
   return summary
 
 
-def _write_run(v: dict, job: _Job, res, polish, cfg2, summary: dict) -> str:
+def write_job_run(v: dict, job: Job, res, polish, cfg2, summary: dict) -> str:
   """The run directory (config.json, arrays.npz, summary.json, figures)."""
   from lossland import experiment
   from lossland.plots import ensemble as ensemble_plots
