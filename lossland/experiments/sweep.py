@@ -430,6 +430,19 @@ def _default_batch_key(values: dict):
   return batch.batch_key(values)
 
 
+def _batch_fns(batch_cells: bool, run_cell_fn, run_batch_fn, batch_key_fn) -> tuple:
+  """``(run_batch_fn, batch_key_fn)`` of :func:`run_sweep`: both None without
+  ``batch_cells``, the ensemble job's by default."""
+  if not batch_cells:
+    return None, None
+  if run_cell_fn is None:
+    return _default_run_batch, _default_batch_key
+  if run_batch_fn is None or batch_key_fn is None:
+    raise ValueError("batch_cells with a custom run_cell_fn needs run_batch_fn and "
+                     "batch_key_fn")
+  return run_batch_fn, batch_key_fn
+
+
 def _batches(pending: list, key_fn: Callable | None) -> list:
   """``pending`` (cell id, values) pairs as groups to run together: those of
   one key, in the order of their first cell (each alone without ``key_fn``
@@ -516,15 +529,12 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       the shard as it is found complete; ``how`` is "recorded" (already in
       cells.jsonl, by an earlier or another process), "adopted" (its run
       directory existed without its line) or "ran" (by this call).
-    batch_cells: train the pending cells that share a network and protocol
-      (:func:`lossland.experiments.batch.batch_key`) as one program
-      (:func:`lossland.experiments.batch.run_ensemble_jobs`), each still
-      with its own run directory, line and lock; a group of one runs as
-      usual. The records equal those of ``batch_cells=False`` up to rounding.
-    run_batch_fn, batch_key_fn: with a custom ``run_cell_fn``, the batched
-      run (``fn([values]) -> [(run_dir, summary) or io.InputError]``) and the
-      key of the cells it may run together (``fn(values) -> hashable or
-      None``, None: never batched); default those of the ensemble job.
+    batch_cells: run the pending cells of one ``batch_key_fn`` as one
+      program (default: the job's ``experiments.batch`` functions), each
+      with its own run directory, line and lock; equal up to rounding.
+    run_batch_fn, batch_key_fn: with a custom ``run_cell_fn``: ``fn([values])
+      -> [(run_dir, summary) or io.InputError]`` and ``fn(values) -> key or
+      None`` (None: never batched).
 
   Returns:
     the records (as :func:`read_cells`) of the shard's cells, in grid order.
@@ -536,13 +546,9 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
       member diverged) while running; the others ran and were recorded. Any
       other exception stops the sweep at once (a restart resumes it).
   """
-  custom = run_cell_fn is not None
+  run_batch_fn, batch_key_fn = _batch_fns(batch_cells, run_cell_fn, run_batch_fn,
+                                          batch_key_fn)
   mine, run_cell_fn = _shard_cells(cells, shard, run_cell_fn, validate_fn)
-  if batch_cells and custom and (run_batch_fn is None or batch_key_fn is None):
-    raise ValueError("batch_cells with a custom run_cell_fn needs run_batch_fn and "
-                     "batch_key_fn")
-  if batch_cells and not custom:
-    run_batch_fn, batch_key_fn = _default_run_batch, _default_batch_key
   os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
   ledger = _Ledger(out_dir).refresh()
   keys = varying_keys(cells)   # the caller's order, e.g. the command line's
@@ -555,14 +561,7 @@ def run_sweep(cells: Sequence[dict], out_dir: str, shard: tuple = (0, 1),
   run = _ShardRun(out_dir, ledger, bar, keys, run_cell_fn, on_cell_done, run_batch_fn)
   run.report_recorded(unique)
   try:
-    while pending:
-      held = []
-      for group in _batches(pending, batch_key_fn if batch_cells else None):
-        held += run.visit_group(group)
-      pending = held
-      if pending:
-        bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
-        time.sleep(poll_seconds)
+    run.complete_all(pending, batch_key_fn, poll_seconds)
     if run.failures:
       bar.show(f"{len(run.failures)} cell(s) failed")
     else:
@@ -642,6 +641,18 @@ class _ShardRun:
     self.bar.done += 1
     if self.on_cell_done:
       self.on_cell_done(self.ledger.records[cid], how)
+
+  def complete_all(self, pending: list, batch_key_fn, poll_seconds: float):
+    """Completes every (cell id, values) of ``pending`` (in groups of one
+    ``batch_key_fn``), waiting for those other processes hold."""
+    while pending:
+      held = []
+      for group in _batches(pending, batch_key_fn):
+        held += self.visit_group(group)
+      pending = held
+      if pending:
+        self.bar.show(f"waiting for {len(pending)} cell(s) held by other processes")
+        time.sleep(poll_seconds)
 
   def visit_group(self, group: list) -> list:
     """Completes the cells of ``group`` (one program for those left to run);
