@@ -71,3 +71,26 @@ def test_jobs_that_cannot_share_a_program_are_refused(tmp_path):
     batch.run_ensemble_jobs([dict(BASE, P=-3, out_dir=str(tmp_path / "c"))],
                             progress=False, stdout=_quiet())
   assert not os.listdir(tmp_path)   # nothing written
+
+
+def test_a_job_without_a_healthy_member_fails_alone(tmp_path, monkeypatch):
+  """A job that raises after training (e.g. every member diverged) comes back
+  as its JobError with nothing written; the other jobs are written."""
+  real = job.job_summary
+
+  def summary(v, *a, **kw):
+    if v["out_dir"].endswith("b1"):
+      raise job.JobError("every member diverged")
+    return real(v, *a, **kw)
+  monkeypatch.setattr(job, "job_summary", summary)
+  vals = [dict(BASE, **c, polish="none", out_dir=str(tmp_path / f"b{i}"))
+          for i, c in enumerate(CELLS)]
+  out = batch.run_ensemble_jobs(vals, progress=False, stdout=_quiet())
+  assert isinstance(out[1], job.JobError) and "diverged" in str(out[1])
+  assert not os.path.exists(tmp_path / "b1" / "ensemble") or not [
+      n for n in os.listdir(tmp_path / "b1" / "ensemble") if not n.startswith(".")]
+  for i in (0, 2):
+    run_dir, summary = out[i]
+    assert os.path.isdir(run_dir) and summary["batch"]["jobs"] == 3
+  # the program's checkpoint is gone (it lay in the first job's directory)
+  assert not [n for n in os.listdir(tmp_path / "b0" / "ensemble") if n.startswith(".")]
