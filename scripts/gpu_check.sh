@@ -12,14 +12,16 @@
 #   3. runs the paper-scale step profile (bench step: L = 3, d = h = 51,
 #      P = 23562, K = 8, float64 and float32, the split-K variants);
 #   4. runs the ensemble benchmark (vmapped vs sequential rows and the rows
-#      against a naive jit(vmap(scan(adam)))), in float32 and in float64.
+#      against a naive jit(vmap(scan(adam)))), in float32 and in float64;
+#   5. with PHASE_SECONDS > 0, runs the gpu preset's phase study (batched
+#      cells) for at most that long, into OUT_DIR/phase_gpu (resumable).
 # Everything goes to OUT_DIR (default runs/gpu_check/<UTC time>): environment.txt,
 # pytest.txt, bench_step/, bench_ensemble_f32/, bench_ensemble_f64/ and their
 # .txt logs.
 # Exit status: 0 if the suite and both benchmarks passed, 1 if one failed,
 # 2 if jax sees no GPU.
 #
-# Settings (environment): PYTHON (default python), WORKERS (8), PYTEST_ARGS
+# Settings (environment): PYTHON (default python), WORKERS (8), PHASE_SECONDS (0), PYTEST_ARGS
 # (extra pytest arguments, e.g. a test file), BENCH_ARGS (extra benchmark flags,
 # e.g. --quick), GPU_CHECK_ALLOW_CPU=1 (run anyway without a GPU: only to try
 # this script). XLA_FLAGS etc. pass through (e.g.
@@ -73,6 +75,19 @@ for prec in f32 f64; do
   echo "bench $prec: exit $rc, $(( $(date +%s) - start )) s" | tee -a "$OUT/bench_ensemble_$prec.txt"
   [ "$rc" -eq 0 ] || status=1
 done
+
+if [ "${PHASE_SECONDS:-0}" -gt 0 ]; then
+  # As much of the gpu preset's phase study as PHASE_SECONDS allow; it resumes
+  # from a copy of $OUT/phase_gpu (same command, --out_dir pointing at the copy).
+  echo "== phase --preset gpu (at most ${PHASE_SECONDS} s)"
+  start=$(date +%s)
+  timeout "${PHASE_SECONDS}" "$PY" -m lossland.scripts.phase --preset gpu \
+    --out_dir "$OUT/phase_gpu" 2>&1 | tee "$OUT/phase_gpu.txt"
+  rc=${PIPESTATUS[0]}
+  echo "phase gpu: exit $rc, $(( $(date +%s) - start )) s (124: stopped by the time limit; resumable)" \
+    | tee -a "$OUT/phase_gpu.txt"
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || status=1
+fi
 
 echo "gpu_check: $( [ $status -eq 0 ] && echo passed || echo FAILED ), results in $OUT"
 exit $status
