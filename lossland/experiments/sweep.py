@@ -11,6 +11,8 @@ directory and records each finished cell as one line of ``cells.jsonl``::
   OUT/cells/<cell_id>/cell.json          the cell's validated options
   OUT/cells/<cell_id>/ensemble/<run>/    the cell's run directory (complete once it exists)
   OUT/cells/<cell_id>/ensemble/.checkpoint_<digest>.npz   the in-flight cell's checkpoint
+  OUT/cells/<cell_id>/ensemble/.checkpoint_batch_<digest>.npz   batch_cells: the in-flight
+                                         program's, in its first cell
 
 A line of ``cells.jsonl`` is ``{"cell_id", "flags", "run_dir", "summary"}``:
 ``flags`` holds every option of the cell (validated, defaults filled in),
