@@ -92,7 +92,7 @@ def run_ensemble_jobs(values_list, progress: bool = True, stdout=None) -> list:
   K = sum(len(j.seeds) for j in jobs)
   done = [_write(v, j, r, p, cfg2, wall, f, len(jobs), K, say)
           for v, j, r, p, f in zip(vs, jobs, results, polish, fins)]
-  for path in (ckpt, ckpt and _polish_path(ckpt)):
+  for path in (ckpt, ckpt and job_lib.polish_checkpoint_path(ckpt)):
     if path and os.path.exists(path):
       os.remove(path)
   return done
@@ -123,13 +123,9 @@ def _checkpoint_path(vs, say) -> str | None:
   where = os.path.join(vs[0]["out_dir"], "ensemble")
   os.makedirs(where, exist_ok=True)
   ckpt = os.path.join(where, f".checkpoint_batch_{digest}.npz")
-  if os.path.exists(ckpt) or os.path.exists(_polish_path(ckpt)):
+  if os.path.exists(ckpt):
     say(f"resuming from {ckpt}")
   return ckpt
-
-
-def _polish_path(ckpt: str) -> str:
-  return ckpt[:-len(".npz")] + "_polish.npz"
 
 
 def _train(vs, jobs, ckpt, bar) -> tuple:
@@ -137,7 +133,6 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
   cfg2, wall, finish infos)``, lists over the jobs."""
   from lossland.train import cells, protocol
   v0, j0 = vs[0], jobs[0]
-  K = sum(len(j.seeds) for j in jobs)
 
   def progress_fn(step, max_steps, n_running, n_done, n_total):
     frac = job_lib.work_fraction(step, max_steps, n_running, n_done, n_total)
@@ -147,9 +142,6 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
   t0 = time.time()
   cast = (lambda ds: protocol.cast_data(ds, "float32")) if v0["bulk_float32"] else None
   stage1 = [(j.seeds, cast(j.ds) if cast else j.ds) for j in jobs]
-  polish_ckpt = ckpt and _polish_path(ckpt)
-  if polish_ckpt and os.path.exists(polish_ckpt) and not os.path.exists(ckpt):
-    raise job_lib.JobError(f"{polish_ckpt} has no first-stage checkpoint beside it")
   results = cells.train_cells(stage1, j0.net, j0.loss, j0.cfg,
                               group_size=v0["group_size"] or None, progress_fn=progress_fn,
                               checkpoint_path=ckpt, checkpoint_every=v0["checkpoint_every"])
@@ -157,11 +149,9 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
   cfg2 = job_lib.polish_config(v0, j0.cfg)
   if cfg2 is not None:
     bar.note(f"polishing with {cfg2.optimizer}...")
-    entry = (("sat", "jammed", "max_steps") if v0["bulk_float32"]
-             else ("jammed", "max_steps"))
-    stage = protocol.Stage(cfg2, entry=entry, name="polish")
+    stage = protocol.Stage(cfg2, entry=job_lib.polish_entry(v0), name="polish")
     merged = cells.continue_cells(results, stage, [j.ds for j in jobs], j0.net, j0.loss,
-                                  checkpoint_path=polish_ckpt,
+                                  checkpoint_path=ckpt and job_lib.polish_checkpoint_path(ckpt),
                                   checkpoint_every=v0["checkpoint_every"],
                                   progress_fn=progress_fn)
     polish = [job_lib.polish_info(r, rec, cfg2, j.ds.P)
@@ -172,7 +162,7 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
     bar.note("finishing the jammed members (trust-region Newton)...")
     for c, (v, j) in enumerate(zip(vs, jobs)):
       results[c], fins[c] = job_lib.finish_jammed(v, j, results[c], cfg2 or j.cfg)
-  bar(1, 1, f"{len(jobs)} jobs: done {K}/{K}")
+  bar(1, 1, f"{len(jobs)} jobs done")
   bar.close()
   return results, polish, cfg2, time.time() - t0, fins
 

@@ -432,6 +432,18 @@ def run_polish(res, ds, net, loss, cfg2, checkpoint_path=None, checkpoint_every=
   return merged, polish_info(res, rec, cfg2, ds.P)
 
 
+def polish_entry(values: dict) -> tuple:
+  """The stop reasons that enter the polish: after a float32 bulk also "sat"
+  (every member is re-evaluated in float64, :func:`run_polish`)."""
+  return (("sat", "jammed", "max_steps") if values["bulk_float32"]
+          else ("jammed", "max_steps"))
+
+
+def polish_checkpoint_path(ckpt: str) -> str:
+  """The polish's checkpoint beside the first stage's ``ckpt``."""
+  return ckpt[:-len(".npz")] + "_polish.npz"
+
+
 def polish_info(res, rec, cfg2, P: int) -> dict:
   """:func:`run_polish`'s per-member info from the result before the polish
   and the polish's :class:`lossland.train.protocol.StageRecord`."""
@@ -986,10 +998,9 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
   cfg2 = polish_config(v, job.cfg)
   if cfg2 is not None:
     bar.note(f"polishing with {cfg2.optimizer}...")
-    ckpt2 = ckpt and ckpt[:-len(".npz")] + "_polish.npz"
-    entry = ("sat", "jammed", "max_steps") if v["bulk_float32"] else ("jammed", "max_steps")
+    ckpt2 = ckpt and polish_checkpoint_path(ckpt)
     res, polish = run_polish(res, job.ds, job.net, job.loss, cfg2, checkpoint_path=ckpt2,
-                             checkpoint_every=v["checkpoint_every"], entry=entry)
+                             checkpoint_every=v["checkpoint_every"], entry=polish_entry(v))
     if ckpt2 and os.path.exists(ckpt2):
       os.remove(ckpt2)
   fin = None

@@ -406,23 +406,24 @@ def _default_validate(values: dict) -> dict:
   return job.validate(values)
 
 
-def _default_run_cell(values: dict):
+def _check_x64(values: dict):
   import jax
-  from lossland.experiments import job
   if bool(jax.config.jax_enable_x64) != bool(values["x64"]):
     raise ValueError(f"the cell has x64={values['x64']} but jax_enable_x64 is "
                      f"{bool(jax.config.jax_enable_x64)}: call "
                      f"jax.config.update('jax_enable_x64', {values['x64']}) first")
+
+
+def _default_run_cell(values: dict):
+  from lossland.experiments import job
+  _check_x64(values)
   with open(os.devnull, "w") as sink:
     return job.run_ensemble_job(values, progress=False, stdout=sink)
 
 
 def _default_run_batch(values_list: list) -> list:
-  import jax
   from lossland.experiments import batch
-  if bool(jax.config.jax_enable_x64) != bool(values_list[0]["x64"]):
-    raise ValueError(f"the cells have x64={values_list[0]['x64']} but jax_enable_x64 "
-                     f"is {bool(jax.config.jax_enable_x64)}")
+  _check_x64(values_list[0])   # one key: one x64
   with open(os.devnull, "w") as sink:
     return batch.run_ensemble_jobs(values_list, progress=False, stdout=sink)
 
