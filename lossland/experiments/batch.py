@@ -159,7 +159,7 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
     results = [m for m, _ in merged]
   fins = [None] * len(jobs)
   if v0["finish"] != "none":
-    bar.note("finishing the jammed members (trust-region Newton)...")
+    bar.note(f"finishing the jammed members ({v0['finish']})...")
     for c, (v, j) in enumerate(zip(vs, jobs)):
       results[c], fins[c] = job_lib.finish_jammed(v, j, results[c], cfg2 or j.cfg)
   bar(1, 1, f"{len(jobs)} jobs done")

@@ -146,12 +146,20 @@ class JobOptions:
       1e-06, "Polish: stop jammed when the best loss fell by less than this fraction over "
       "the window (or the line search finds no descent).")
   finish: str = option(
-      "none", "Then run a finishing stage on every member that stopped jammed: newton: a "
-      "trust-region Newton method on the loss restricted to its ReLU kink contacts, "
-      "dense Hessian, float64 (lossland.optim.kink_newton; needs --x64). Its last "
-      "iterate (lower loss) replaces the member's params; summary.json gains each "
-      "member's r_sub before and after and min_curvature.", ("none", "newton"))
+      "none", "Then run a finishing stage on every member that stopped jammed or ran out of "
+      "steps, float64 (needs --x64): newton: a trust-region Newton method on the loss "
+      "restricted to its ReLU kink contacts, dense Hessian (lossland.optim.kink_newton); "
+      "anneal: L-BFGS through smoothed nets whose activation sharpens back to the ReLU "
+      "(lossland.optim.anneal; members with dead points enter too); anneal_newton: both. "
+      "Its result replaces the member's params; summary.json gains each member's r_sub "
+      "before and after and min_curvature.", ("none", "newton", "anneal", "anneal_newton"))
   finish_iters: int = option(400, "Most trust-region iterations of the finish per member.")
+  anneal_levels: str = option(
+      "10,100,1000,10000,100000,inf",
+      "The anneal's sharpnesses b, increasing: each unit's ReLU becomes "
+      "s softplus(b z / s) / b (s: the unit's rms pre-activation at entry); inf is the "
+      "ReLU itself.")
+  anneal_iters: int = option(4000, "Most L-BFGS iterations of the anneal per level.")
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")
@@ -321,6 +329,11 @@ def validate(values: dict) -> dict:
     raise JobError("--bulk_float32 trains the first stage in float32 and finishes in "
                    "float64: it needs --x64 and a --polish")
   need(v["finish_tol"] > 0, "finish_tol", "must be positive")
+  need(v["anneal_iters"] > 0, "anneal_iters", "must be positive")
+  try:
+    anneal_levels(v)
+  except ValueError as e:
+    raise JobError(f"--anneal_levels: {e}") from None
   need(v["jam_max_residual"] > 0, "jam_max_residual", "must be positive (inf: no criterion)")
   if v["finish"] != "none" and not v["x64"]:
     raise JobError(f"--finish {v['finish']} measures force balance to 1e-10: it needs --x64")
@@ -1005,11 +1018,17 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
       os.remove(ckpt2)
   fin = None
   if v["finish"] != "none":
-    bar.note("finishing the jammed members (trust-region Newton)...")
+    bar.note(f"finishing the jammed members ({v['finish']})...")
     res, fin = finish_jammed(v, job, res, cfg2 or job.cfg)
   bar(1, 1, f"done {K}/{K}")
   bar.close()
   return res, polish, cfg2, time.time() - t0, fin
+
+
+def anneal_levels(v: dict) -> tuple:
+  """The parsed ``--anneal_levels`` (ValueError if malformed)."""
+  from lossland.optim import anneal
+  return anneal.parse_levels(v["anneal_levels"])
 
 
 def finish_jammed(v: dict, job: Job, res, cfg):
@@ -1017,7 +1036,8 @@ def finish_jammed(v: dict, job: Job, res, cfg):
   stopped jammed: ``(res, dict of per-member lists)``."""
   from lossland.train import finish
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
-                                    max_iter=v["finish_iters"])
+                                    max_iter=v["finish_iters"], method=v["finish"],
+                                    levels=anneal_levels(v), anneal_iters=v["anneal_iters"])
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

@@ -1,12 +1,21 @@
-"""The finishing stage: members that stopped jammed, driven to force balance.
+"""The finishing stage: members that stopped jammed, driven further down.
 
 After the first stage (and the polish, if any) a member that stopped jammed
 has only *stalled*: its force-balance residual r_sub is 1e-4 to 1e-2 after
 L-BFGS on the non-smooth loss of a ReLU net (docs/jamming.md). This stage runs
-:func:`lossland.optim.kink_newton.finish` on each such member, on the host,
-one after another (members enter it at different times, as they do any
-stage; each iteration is a dense N x N Hessian and its eigenvectors), and
-replaces its params, outputs and final measurements by the finished ones.
+one of two methods on each such member, on the host, one after another
+(members enter it at different times, as they do any stage), and replaces its
+params, outputs and final measurements by the finished ones:
+
+* ``newton``: :func:`lossland.optim.kink_newton.finish`, a trust-region
+  Newton method on the kink manifold (each iteration a dense N x N Hessian
+  and its eigenvectors), which aims at force balance;
+* ``anneal``: :func:`lossland.optim.anneal.anneal`, L-BFGS through smoothed
+  nets that sharpen back to the ReLU, which aims at a lower loss (it brings
+  some stalled members to loss 0). Members with an unsatisfied dead point
+  enter it too: the smoothed net moves them.
+* ``anneal_newton``: the anneal, then the Newton finish from its result.
+
 A member whose solve does not reach the target keeps the last iterate (its
 loss is lower than at entry; its r_sub is measured, not assumed): the caller
 reads the measured r_sub, not this stage's verdict.
@@ -31,12 +40,14 @@ class FinishInfo(NamedTuple):
     entered: bool, the member stopped jammed and entered.
     converged: bool, r_sub <= tol after the stage.
     reason: str, :class:`lossland.optim.kink_newton.FinishResult` reason
-      ("" where not entered).
+      (newton, anneal_newton) or :class:`lossland.optim.anneal.AnnealResult`
+      reason (anneal; "sat" where it left no point unsatisfied); "" where
+      not entered.
     residual_before, residual_after: r_sub at entry and at exit (nan where
       not entered).
     loss_before: the member's final loss measurement at entry (nan where not
       entered).
-    n_iter: trust-region iterations (0 where not entered).
+    n_iter: trust-region plus L-BFGS iterations (0 where not entered).
     min_curvature: :func:`lossland.optim.kink_newton.min_curvature` at exit
       (nan where not entered).
     seconds: host time of each member's finish.
@@ -55,9 +66,33 @@ class FinishInfo(NamedTuple):
   n_restarts: list
 
 
+METHODS = ("newton", "anneal", "anneal_newton")
+
+
+def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, levels, anneal_iters):
+  """One member: ``(params, record, reason, r_before, n_iter, n_restarts)``."""
+  from lossland import stationarity
+  from lossland.optim import anneal
+  n_iter, r0, reason = 0, None, ""
+  if method in ("anneal", "anneal_newton"):
+    apply_fn = nets.make_net(net, x.dtype)[1]
+    r0 = stationarity.stationarity(net, apply_fn, p, x, y, loss,
+                                   f_offset=off).force_residual
+    a = anneal.anneal(net, p, x, y, loss, f_offset=off, levels=levels, iters=anneal_iters)
+    p, n_iter, reason = a.params, a.n_iter, a.reason
+    if method == "anneal":
+      rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
+      reason = "sat" if rec.n_unsat == 0 else reason
+      return p, rec, reason, r0, n_iter, 0
+  out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol, max_iter=max_iter)
+  r0 = out.residual_before if r0 is None else r0
+  return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts)
+
+
 def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
                    tol: float, max_iter: int = 400, entry=("jammed", "max_steps"),
-                   log_fn: Callable | None = None) -> tuple:
+                   log_fn: Callable | None = None, method: str = "newton",
+                   levels=None, anneal_iters: int = 4000) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -67,16 +102,24 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     loss: the LossConfig.
     cfg: the last stage's TrainConfig (its ``subtract_init`` and measures).
     tol: the target r_sub.
-    max_iter: trust-region iterations per member at most.
+    max_iter: trust-region iterations per member at most (newton).
     entry: stop reasons that enter (members with an unsatisfied dead point
-      never do).
+      enter only the methods with the anneal).
     log_fn: optional ``log_fn(str)``, one line per member.
+    method: one of :data:`METHODS` (module docstring).
+    levels: the anneal's sharpnesses (default
+      :data:`lossland.optim.anneal.DEFAULT_LEVELS`).
+    anneal_iters: L-BFGS iterations per level of the anneal at most.
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
     final measurements replaced for the entered members; stop reasons kept)
     and a :class:`FinishInfo`.
   """
+  from lossland.optim import anneal
+  if method not in METHODS:
+    raise ValueError(f"finish method must be one of {METHODS}, got {method!r}")
+  levels = anneal.DEFAULT_LEVELS if levels is None else tuple(levels)
   K = len(res.seeds)
   info = FinishInfo([False] * K, [False] * K, [""] * K, [float("nan")] * K,
                     [float("nan")] * K, [float("nan")] * K, [0] * K,
@@ -84,12 +127,15 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   if not isinstance(net, nets.NetConfig):
     return res, info
   codes = [STOP_REASONS.index(r) for r in entry]
-  # Members with an unsatisfied dead point stay as they are: no step moves
-  # such a point (observables.member_classes: class dead_points).
+  # Members with an unsatisfied dead point: no step of the ReLU net moves such
+  # a point (observables.member_classes: class dead_points); the smoothed nets
+  # of the anneal do.
   dead = observables.unsatisfied_dead_points(
       np.asarray(res.f_train), np.asarray(data.y_train), loss.epsilon,
       np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, data.x_train))(res.params))
       if net.activation == "relu" else None)
+  if method != "newton":
+    dead = np.zeros_like(dead)
   idx = [k for k in range(K) if int(res.stop_code[k]) in codes and dead[k] == 0
          and np.isfinite(res.final["n_delta"][k]) and res.final["n_delta"][k] > 0]
   if not idx:
@@ -106,31 +152,31 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     p = jax.tree_util.tree_map(lambda a: a[k], params)
     p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
     off = apply_fn(p0, data.x_train) if cfg.subtract_init else None
-    out = kink_newton.finish(net, p, data.x_train, data.y_train, loss, f_offset=off,
-                             tol=tol, max_iter=max_iter)
-    state = trainer.init_fn(jax.random.key(0), data, start=(out.params, p0))
+    p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
+        method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, levels,
+        anneal_iters)
+    state = trainer.init_fn(jax.random.key(0), data, start=(p_new, p0))
     meas = measure(state, data)
     for m in final:
       if m != "lr":
         final[m][k] = np.asarray(meas[m])
-    ftr, fte = outputs(out.params, p0, data)
+    ftr, fte = outputs(p_new, p0, data)
     f_train[k], f_test[k] = np.asarray(ftr), np.asarray(fte)
-    for leaf, new in zip(jax.tree_util.tree_leaves(params),
-                         jax.tree_util.tree_leaves(out.params)):
+    for leaf, new in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p_new)):
       leaf[k] = np.asarray(new)
-    info.entered[k], info.converged[k], info.reason[k] = True, out.converged, out.reason
-    info.residual_after[k] = float(out.record.force_residual)
-    info.residual_before[k] = float(out.residual_before)
+    info.entered[k], info.reason[k] = True, reason
+    info.converged[k] = bool(rec.force_residual <= tol)
+    info.residual_after[k] = float(rec.force_residual)
+    info.residual_before[k] = float(r0)
     info.loss_before[k] = float(res.final["loss"][k])
-    info.min_curvature[k] = kink_newton.min_curvature(net, out.params, data.x_train,
+    info.min_curvature[k] = kink_newton.min_curvature(net, p_new, data.x_train,
                                                        data.y_train, loss, f_offset=off)
-    info.n_iter[k], info.seconds[k] = out.n_iter, time.time() - t0
-    info.n_restarts[k] = out.n_restarts
+    info.n_iter[k], info.seconds[k] = n_iter, time.time() - t0
+    info.n_restarts[k] = n_restarts
     if log_fn:
-      log_fn(f"finish seed {int(res.seeds[k])}: r_sub {out.residual_before:.2e} -> "
-             f"{out.record.force_residual:.2e} ({out.reason}, {out.n_iter} iterations, "
-             f"{out.n_restarts} restarts, "
-             f"{info.seconds[k]:.1f} s)")
+      log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
+             f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
+             f"iterations, {n_restarts} restarts, {info.seconds[k]:.1f} s)")
   merged = res._replace(params=jax.tree_util.tree_map(np.asarray, params), final=final,
                         f_train=f_train, f_test=f_test)
   return merged, info
