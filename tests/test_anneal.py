@@ -1,0 +1,114 @@
+"""The annealed finish (lossland.optim.anneal): the smoothed ReLU against its
+closed-form bounds, the levels' parsing, a member that the polish left
+jammed and the anneal satisfies exactly (loss 0, checked on the ReLU net), a
+satisfied net that it never makes worse, and the job's option and bad input."""
+import contextlib
+import io
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lossland import data, losses, nets
+from lossland.optim import anneal
+
+LOSS = losses.LossConfig("quadratic_hinge")
+QUIET = dict(progress=False, stdout=open(os.devnull, "w"))
+
+
+def test_smoothed_relu_lies_within_its_bound_above_the_relu():
+  z = jnp.linspace(-5.0, 5.0, 2001)
+  for s in (0.3, 1.0, 7.0):
+    for b in (1.0, 10.0, 1e3, 1e5):
+      gap = np.asarray(anneal.smoothed_relu(z, s, b) - jax.nn.relu(z))
+      assert gap.min() >= -1e-15
+      assert gap.max() <= s * math.log(2) / b * (1 + 1e-12)
+      assert gap[1000] == pytest.approx(s * math.log(2) / b, rel=1e-12)  # z = 0
+  np.testing.assert_array_equal(anneal.smoothed_relu(z, 2.0, math.inf), jax.nn.relu(z))
+  # a traced sharpness (the anneal's jitted loss) gives the same values
+  f = jax.jit(lambda b: anneal.smoothed_relu(z, 0.5, b))
+  np.testing.assert_allclose(f(30.0), anneal.smoothed_relu(z, 0.5, 30.0), rtol=1e-14)
+
+
+def test_levels_parse_and_refuse_bad_ones():
+  assert anneal.parse_levels("10,100,inf") == (10.0, 100.0, math.inf)
+  assert anneal.parse_levels("1e3") == (1000.0,)
+  for bad in ("", "a,b", "100,10", "10,10", "0,10", "-1,inf", "inf,10"):
+    with pytest.raises(ValueError):
+      anneal.parse_levels(bad)
+
+
+def test_unit_scales_are_the_rms_preactivations():
+  cfg = nets.NetConfig(d=3, width=5, depth=2, bias=True)
+  init_fn, _ = nets.make_net(cfg)
+  p = init_fn(jax.random.key(0))
+  x = data.sphere(jax.random.key(1), 30, 3, n_test=0).x_train
+  h1 = x @ p[0]["w"] / math.sqrt(3) + p[0]["b"]  # the NTK parametrization
+  assert cfg.parametrization == "ntk"
+  got = anneal.unit_scales(cfg, p, x)
+  np.testing.assert_allclose(got[0], np.sqrt(np.mean(np.asarray(h1) ** 2, axis=0)), rtol=1e-12)
+  p[1]["w"] = p[1]["w"].at[:, 2].set(0.0)
+  p[1]["b"] = p[1]["b"].at[2].set(0.0)
+  assert float(anneal.unit_scales(cfg, p, x)[1][2]) == 1.0  # a silent unit: scale 1
+
+
+def test_anneal_never_makes_a_satisfied_net_worse():
+  """A net at loss 0 (trained to sat): the result has loss 0, whatever the
+  smoothed levels do on the way (entry params kept, or another sat point)."""
+  from lossland import train
+  cfg = nets.NetConfig(d=3, width=8, depth=1)
+  ds = data.sphere(jax.random.key(2), 20, 3, n_test=0)
+  tc = train.TrainConfig(optimizer="adam", lr=0.1, max_steps=3000)
+  res = train.train_ensemble([0], ds, cfg, LOSS, tc)
+  assert res.stop_reasons[0] == "sat"
+  p = jax.tree_util.tree_map(lambda a: jnp.asarray(a[0]), res.params)
+  out = anneal.anneal(cfg, p, ds.x_train, ds.y_train, LOSS, levels=(3.0, math.inf), iters=200)
+  assert out.loss_before == 0.0 and out.loss_after == 0.0
+  _, apply_fn = nets.make_net(cfg)
+  delta = LOSS.epsilon - ds.y_train * apply_fn(out.params, ds.x_train)
+  assert float(jnp.max(delta)) <= 0.0
+  assert out.reason in ("sat", "kept")
+
+
+_JOB = dict(dataset="sphere", depth=2, width=8, d=4, bias=True, P=120, seed=3, n_seeds=1,
+            x64=True, max_steps=3000, lr=1e-2, optimizer="adam", polish="lbfgs",
+            polish_steps=2000, polish_jam_window=200, plots=False)
+
+
+def test_the_anneal_satisfies_a_member_the_polish_left_jammed(tmp_path):
+  """L = 2, h = 8, d = 4 with biases, P = 120: member 3 stops jammed after
+  Adam and the L-BFGS polish (N_Delta > 0); the anneal brings it to loss 0
+  exactly, measured on the ReLU net from the saved params."""
+  from lossland import job
+  dir_a, s0 = job.run_ensemble_job(dict(_JOB, out_dir=str(tmp_path / "a")), **QUIET)
+  m0 = s0["members"][0]
+  assert m0["stop_reason"] == "jammed" and m0["n_delta"] > 0 and m0["class"] != "sat"
+  # scripts/anneal_probe.py on the saved member gives the same result
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "anneal_probe", os.path.join(os.path.dirname(__file__), "..", "scripts",
+                                   "anneal_probe.py"))
+  probe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(probe)
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    assert probe.main(["anneal_probe.py", dir_a, "0"]) == 0
+  line = json.loads(buf.getvalue().strip().splitlines()[-1])
+  assert line["stage"] == "anneal" and line["reason"] == "sat" and line["loss_after"] == 0.0
+  assert line["loss_before"] == pytest.approx(m0["loss"] * 120, rel=1e-10)
+  assert probe.main(["anneal_probe.py", dir_a]) == 2
+  run_dir, s1 = job.run_ensemble_job(dict(_JOB, out_dir=str(tmp_path / "b"), finish="anneal",
+                                          anneal_iters=1000), **QUIET)
+  m1 = s1["members"][0]
+  assert m1["finished"] and m1["finish_reason"] == "sat"
+  assert m1["loss_before_finish"] == pytest.approx(m0["loss"], rel=1e-12)
+  assert m1["class"] == "sat" and m1["n_delta"] == 0 and m1["loss"] == 0.0
+  cfg = nets.NetConfig(d=4, width=8, depth=2, bias=True)
+  with np.load(os.path.join(run_dir, "arrays.npz")) as a:
+    p = nets.unravel_fn(cfg, jnp.float64)(jnp.asarray(a["params_final"][0]))
+    x, y = jnp.asarray(a["x_train"]), jnp.asarray(a["y_train"])
+  assert float(jnp.max(1.0 - y * nets.make_net(cfg)[1](p, x))) <= 0.0
