@@ -149,8 +149,9 @@ class JobOptions:
       "none", "Then run a finishing stage on every member that stopped jammed or ran out of "
       "steps, float64 (needs --x64): newton: a trust-region Newton method on the loss "
       "restricted to its ReLU kink contacts, dense Hessian (lossland.optim.kink_newton); "
-      "anneal: L-BFGS through smoothed nets whose activation sharpens back to the ReLU "
-      "(lossland.optim.anneal; members with dead points enter too); anneal_newton: both. "
+      "anneal: L-BFGS through smoothed nets whose activation sharpens back to the ReLU, "
+      "every entrant in one program (lossland.optim.anneal; members with dead points "
+      "enter too); anneal_newton: both. "
       "Its result replaces the member's params; summary.json gains each member's r_sub "
       "before and after and min_curvature.", ("none", "newton", "anneal", "anneal_newton"))
   finish_iters: int = option(400, "Most trust-region iterations of the finish per member.")
@@ -159,7 +160,8 @@ class JobOptions:
       "The anneal's sharpnesses b, increasing: each unit's ReLU becomes "
       "s softplus(b z / s) / b (s: the unit's rms pre-activation at entry); inf is the "
       "ReLU itself.")
-  anneal_iters: int = option(4000, "Most L-BFGS iterations of the anneal per level.")
+  anneal_iters: int = option(
+      4000, "Most L-BFGS loss evaluations (line-search trials) of the anneal per level.")
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")

@@ -18,23 +18,26 @@ How (:func:`anneal`). Each hidden unit u's ReLU is replaced by
 with s_u the rms of the unit's pre-activations on the training set at entry
 (so that the sharpness b is scale-free and the same for every unit; a unit
 with s_u = 0 gets s_u = 1). For each b of ``levels`` in turn (increasing;
-``inf`` is the ReLU itself) the loss of the smoothed net is minimized by
-L-BFGS (scipy's L-BFGS-B, exact jax gradients, float64), each level from the
-last one's result. The result is measured on the ReLU net; if the ReLU loss
+``inf`` is the ReLU itself) the loss of the smoothed net is minimized by the
+project's L-BFGS (:mod:`lossland.optim.lbfgs`: weak-Wolfe line search, one
+loss evaluation per trial, 30 pairs), each level from the last one's result,
+for every entrant at once (one vmapped program per level; a member leaves a
+level when its line search is stuck or its loss is 0). The result is measured on the ReLU net; if the ReLU loss
 at the end is above the entry's, the entry params are kept (the stage never
 makes a member worse). The continuation is a heuristic global step, not a
 certificate: the caller measures force balance
 (:func:`lossland.stationarity.stationarity`) and classifies on it.
 
-Everything is for one network on the host (as :mod:`lossland.optim.kink_newton`).
+The members run on the default device in the dtype of their params (float64
+for the certificates that follow).
 """
 import math
+import types
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from lossland import losses, nets
 
@@ -49,7 +52,7 @@ class AnnealResult(NamedTuple):
       ReLU loss).
     loss_before, loss_after: the ReLU loss Σ_μ ℓ(Δ_μ) (no 1/P) at entry and
       of ``params``.
-    n_iter: L-BFGS iterations over all levels.
+    n_iter: L-BFGS line-search trials (loss evaluations) over all levels.
     level_losses: the ReLU loss after each level run.
     reason: "sat" (every point satisfied), "levels" (every level run) or
       "kept" (the ReLU loss did not decrease: entry params kept).
@@ -95,29 +98,141 @@ def unit_scales(cfg: nets.NetConfig, params, x) -> list:
   return out
 
 
-def _loss_fns(cfg, unravel, x, y, loss, off, scales):
-  """jitted ``value_and_grad`` of the smoothed loss (b a traced scalar; the
-  ReLU net's own loss for b = inf is a separate function)."""
-  def total(w, b):
-    phi = lambda l, z: smoothed_relu(z, scales[l], b)
-    zs = nets._forward(cfg, unravel(w), x, phi=phi)
-    f = cfg.alpha * zs[-1]
-    f = f[..., 0] if cfg.n_out == 1 else f
-    return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
+def _smoothed_outputs(cfg, params, x, scales, b):
+  """Outputs [P] of the net with each unit's ReLU smoothed (b traced), or of
+  the ReLU net itself (``scales`` None)."""
+  phi = None if scales is None else (lambda l, z: smoothed_relu(z, scales[l], b))
+  zs = nets._forward(cfg, params, x, phi=phi)
+  f = cfg.alpha * zs[-1]
+  return f[..., 0] if cfg.n_out == 1 else f
 
-  def relu_total(w):
-    zs = nets._forward(cfg, unravel(w), x)
-    f = cfg.alpha * zs[-1]
-    f = f[..., 0] if cfg.n_out == 1 else f
+
+def _objective(cfg, loss, x, y, smooth: bool):
+  """``evaluate(params, aux, b)`` -> (sum of ell(Delta), N_Delta, f, grad) of
+  one member; ``aux`` = (unit scales, output offset [P])."""
+  def total(params, aux, b):
+    scales, off = aux
+    f = _smoothed_outputs(cfg, params, x, scales if smooth else None, b)
+    delta = losses.margins(f - off, y, loss.epsilon)
+    return jnp.sum(loss.fn(delta)), (losses.n_unsatisfied(delta), f)
+
+  def evaluate(params, aux, b):
+    (value, (nd, f)), g = jax.value_and_grad(total, has_aux=True)(params, aux, b)
+    return value, nd, f, g
+  return evaluate
+
+
+def _level_program(cfg, loss, x, y, smooth: bool, memory: int):
+  """A jitted ``run(params, opt, a, active, aux, b, n) -> (params, opt, a,
+  active, evaluations)``: ``n`` line-search trials of the project's L-BFGS
+  (:mod:`lossland.optim.lbfgs`, weak-Wolfe, one evaluation per trial) on every
+  member at once (vmapped), members leaving ``active`` once stuck or at
+  loss 0; and ``init(params, aux, b) -> opt``."""
+  from lossland.optim import base
+  from lossland.optim import lbfgs
+  evaluate = _objective(cfg, loss, x, y, smooth)
+
+  def make(aux, b):
+    obj = base.Objective(lambda p, p0, data: evaluate(p, aux, b))
+    return lbfgs.make(lbfgs.LBFGSConfig(lr=1e-2, memory=memory), obj)
+
+  data = types.SimpleNamespace(x_train=x)  # the minimizer reads its dtype
+
+  def init_one(params, aux, b):
+    return make(aux, b).init(params, None, data)
+
+  def run_one(params, opt, a, active, aux, b, n):
+    mz = make(aux, b)
+
+    def body(_, carry):
+      params, opt, a, active, evals = carry
+      p1, o1, a1 = mz.update(params, None, opt, a, None, None, 0, data)
+      keep = lambda new, old: jax.tree_util.tree_map(
+          lambda u, v: jnp.where(active, u, v), new, old)
+      params, opt, a = keep(p1, params), keep(o1, opt), jnp.where(active, a1, a)
+      evals = evals + active.astype(jnp.int32)
+      active = active & ~mz.stuck(opt) & (opt["loss"] > 0)
+      return params, opt, a, active, evals
+    return jax.lax.fori_loop(0, n, body, (params, opt, a, active, jnp.int32(0)))
+
+  init = jax.jit(jax.vmap(init_one, in_axes=(0, 0, None)))
+  run = jax.jit(jax.vmap(run_one, in_axes=(0, 0, 0, 0, 0, None, None)), static_argnums=(6,))
+  return init, run
+
+
+def _relu_losses(cfg, loss, x, y):
+  """jitted ``(params [K], off [K, P]) -> [K]`` ReLU loss sums."""
+  def one(params, off):
+    f = _smoothed_outputs(cfg, params, x, None, None)
     return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
-  return (jax.jit(jax.value_and_grad(total)), jax.jit(jax.value_and_grad(relu_total)),
-          jax.jit(relu_total))
+  return jax.jit(jax.vmap(one))
+
+
+def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+                   f_offset=None, levels=DEFAULT_LEVELS, iters: int = 4000,
+                   memory: int = 30, chunk: int = 500, log_fn=None) -> list:
+  """:func:`anneal` of K members at once (one vmapped program per level).
+
+  Args:
+    cfg, x, y, loss, levels, iters, log_fn: as :func:`anneal` (``iters``:
+      line-search trials, i.e. loss evaluations, per level).
+    params: the members' params, leading axis K.
+    f_offset: optional [K, P] offsets (f - f0), or None.
+    memory: L-BFGS pairs kept.
+    chunk: trials per call of the compiled program (progress lines between).
+
+  Returns:
+    K :class:`AnnealResult`.
+  """
+  K = jax.tree_util.tree_leaves(params)[0].shape[0]
+  off = (jnp.zeros((K, x.shape[0]), x.dtype) if f_offset is None
+         else jnp.asarray(f_offset, x.dtype))
+  relu = cfg.activation == "relu"
+  levels = tuple(levels) if relu else (math.inf,)
+  scales = (jax.vmap(lambda p: unit_scales(cfg, p, x))(params) if relu
+            else [jnp.ones((K, 1), x.dtype)])
+  relu_losses = _relu_losses(cfg, loss, x, y)
+  loss0 = np.asarray(relu_losses(params, off))
+  p, n_evals, level_losses = params, np.zeros(K, np.int64), []
+  done = loss0 == 0
+  for b in levels:
+    smooth = not math.isinf(b)
+    init, run = _level_program(cfg, loss, x, y, smooth, memory)
+    bb = jnp.asarray(1.0 if not smooth else b, x.dtype)
+    aux = (scales, off)
+    opt = init(p, aux, bb)
+    a = jnp.full((K,), 1e-2, x.dtype)
+    active = jnp.asarray(~done)
+    for start in range(0, iters, chunk):
+      if not bool(jnp.any(active)):
+        break
+      p, opt, a, active, ev = run(p, opt, a, active, aux, bb, min(chunk, iters - start))
+      n_evals += np.asarray(ev)
+    level_losses.append(np.asarray(relu_losses(p, off)))
+    done = done | (level_losses[-1] == 0)
+    if log_fn:
+      log_fn(f"anneal b={b:g}: ReLU loss " + " ".join(f"{v:.4e}" for v in level_losses[-1]))
+    if done.all():
+      break
+  out = []
+  for k in range(K):
+    mine = [float(v[k]) for v in level_losses]
+    last = mine[-1] if mine else float(loss0[k])
+    member = jax.tree_util.tree_map(lambda t: t[k], p)
+    if loss0[k] == 0 or not last <= loss0[k]:  # also nan: keep the entry params
+      out.append(AnnealResult(jax.tree_util.tree_map(lambda t: t[k], params), float(loss0[k]),
+                              float(loss0[k]), int(n_evals[k]), mine,
+                              "sat" if loss0[k] == 0 else "kept"))
+    else:
+      out.append(AnnealResult(member, float(loss0[k]), last, int(n_evals[k]), mine,
+                              "sat" if last == 0 else "levels"))
+  return out
 
 
 def anneal(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig, f_offset=None,
            levels=DEFAULT_LEVELS, iters: int = 4000, log_fn=None) -> AnnealResult:
   """Minimize the loss through smoothed nets of increasing sharpness (module
-  docstring).
+  docstring): one member (:func:`anneal_members` with K = 1).
 
   Args:
     cfg: a NetConfig; for activations other than the ReLU only the level
@@ -127,35 +242,9 @@ def anneal(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig, f_offset=
     loss: the LossConfig.
     f_offset: optional [P] constant subtracted from the outputs (f - f0).
     levels: increasing sharpnesses b (``inf``: the ReLU itself).
-    iters: most L-BFGS iterations per level.
+    iters: most L-BFGS line-search trials (loss evaluations) per level.
     log_fn: optional ``log_fn(str)``, one line per level.
   """
-  from scipy.optimize import minimize
-  w0, unravel = ravel_pytree(params)
-  off = 0.0 if f_offset is None else jnp.asarray(f_offset)
-  relu = cfg.activation == "relu"
-  levels = tuple(levels) if relu else (math.inf,)
-  scales = unit_scales(cfg, params, x) if relu else None
-  smooth_vg, relu_vg, relu_loss = _loss_fns(cfg, unravel, x, y, loss, off, scales)
-  loss0 = float(relu_loss(w0))
-  w, n_iter, level_losses, reason = np.asarray(w0), 0, [], "levels"
-  for b in levels:
-    if math.isinf(b):
-      fun = lambda v: tuple(np.asarray(t, np.float64) for t in relu_vg(jnp.asarray(v)))
-    else:
-      fun = lambda v, b=b: tuple(np.asarray(t, np.float64) for t in smooth_vg(jnp.asarray(v), b))
-    res = minimize(fun, w, jac=True, method="L-BFGS-B",
-                   options=dict(maxiter=iters, maxfun=2 * iters, gtol=0.0, ftol=0.0,
-                                maxcor=30))
-    w, n_iter = np.asarray(res.x, w0.dtype), n_iter + int(res.nit)
-    level_losses.append(float(relu_loss(w)))
-    if log_fn:
-      log_fn(f"anneal b={b:g}: {res.nit} iterations, smoothed loss {float(res.fun):.6e}, "
-             f"ReLU loss {level_losses[-1]:.6e}")
-    if level_losses[-1] == 0.0:
-      reason = "sat"
-      break
-  loss1 = level_losses[-1] if level_losses else loss0
-  if not loss1 <= loss0:  # also nan
-    return AnnealResult(params, loss0, loss0, n_iter, level_losses, "kept")
-  return AnnealResult(unravel(jnp.asarray(w)), loss0, loss1, n_iter, level_losses, reason)
+  batched = jax.tree_util.tree_map(lambda t: jnp.asarray(t)[None], params)
+  off = None if f_offset is None else jnp.asarray(f_offset)[None]
+  return anneal_members(cfg, batched, x, y, loss, off, levels, iters, log_fn=log_fn)[0]

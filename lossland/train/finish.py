@@ -50,7 +50,8 @@ class FinishInfo(NamedTuple):
     n_iter: trust-region plus L-BFGS iterations (0 where not entered).
     min_curvature: :func:`lossland.optim.kink_newton.min_curvature` at exit
       (nan where not entered).
-    seconds: host time of each member's finish.
+    seconds: host time of each member's finish (the anneal, which runs all
+      entrants in one program, shared equally among them).
     n_restarts: restarts after a collapsed trust region (0 where not
       entered).
   """
@@ -69,17 +70,17 @@ class FinishInfo(NamedTuple):
 METHODS = ("newton", "anneal", "anneal_newton")
 
 
-def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, levels, anneal_iters):
-  """One member: ``(params, record, reason, r_before, n_iter, n_restarts)``."""
+def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed):
+  """One member: ``(params, record, reason, r_before, n_iter, n_restarts)``;
+  ``annealed``: its :class:`lossland.optim.anneal.AnnealResult` (anneal
+  methods) or None."""
   from lossland import stationarity
-  from lossland.optim import anneal
   n_iter, r0, reason = 0, None, ""
-  if method in ("anneal", "anneal_newton"):
+  if annealed is not None:
     apply_fn = nets.make_net(net, x.dtype)[1]
     r0 = stationarity.stationarity(net, apply_fn, p, x, y, loss,
                                    f_offset=off).force_residual
-    a = anneal.anneal(net, p, x, y, loss, f_offset=off, levels=levels, iters=anneal_iters)
-    p, n_iter, reason = a.params, a.n_iter, a.reason
+    p, n_iter, reason = annealed.params, annealed.n_iter, annealed.reason
     if method == "anneal":
       rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
       reason = "sat" if rec.n_unsat == 0 else reason
@@ -109,7 +110,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     method: one of :data:`METHODS` (module docstring).
     levels: the anneal's sharpnesses (default
       :data:`lossland.optim.anneal.DEFAULT_LEVELS`).
-    anneal_iters: L-BFGS iterations per level of the anneal at most.
+    anneal_iters: L-BFGS line-search trials per level of the anneal at most.
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -147,14 +148,24 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   params = jax.tree_util.tree_map(np.array, res.params)
   final = {m: np.array(v, copy=True) for m, v in res.final.items()}
   f_train, f_test = np.array(res.f_train, copy=True), np.array(res.f_test, copy=True)
-  for k in idx:
+  offs = [apply_fn(jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0),
+                   data.x_train) if cfg.subtract_init else None for k in idx]
+  annealed, t_anneal = [None] * len(idx), 0.0
+  if method != "newton":  # every entrant at once, one program per level
+    t0 = time.time()
+    annealed = anneal.anneal_members(
+        net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], params),
+        data.x_train, data.y_train, loss,
+        None if not cfg.subtract_init else np.stack([np.asarray(o) for o in offs]),
+        levels=levels, iters=anneal_iters)
+    t_anneal = (time.time() - t0) / len(idx)
+  for i, k in enumerate(idx):
     t0 = time.time()
     p = jax.tree_util.tree_map(lambda a: a[k], params)
     p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
-    off = apply_fn(p0, data.x_train) if cfg.subtract_init else None
+    off = offs[i]
     p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
-        method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, levels,
-        anneal_iters)
+        method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, annealed[i])
     state = trainer.init_fn(jax.random.key(0), data, start=(p_new, p0))
     meas = measure(state, data)
     for m in final:
@@ -171,7 +182,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     info.loss_before[k] = float(res.final["loss"][k])
     info.min_curvature[k] = kink_newton.min_curvature(net, p_new, data.x_train,
                                                        data.y_train, loss, f_offset=off)
-    info.n_iter[k], info.seconds[k] = n_iter, time.time() - t0
+    info.n_iter[k], info.seconds[k] = n_iter, time.time() - t0 + t_anneal
     info.n_restarts[k] = n_restarts
     if log_fn:
       log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
