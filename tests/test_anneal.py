@@ -142,3 +142,23 @@ def test_members_at_once_equal_each_member_alone():
     f = apply_fn(got[k].params, ds.x_train) - offs[k]
     want = float(jnp.sum(LOSS.fn(LOSS.epsilon - ds.y_train * f)))
     assert got[k].loss_after == pytest.approx(want, rel=1e-12)
+
+
+def test_anneal_newton_runs_the_newton_finish_from_the_annealed_state(tmp_path):
+  """--finish anneal_newton: the entrants' loss never rises, the reasons are
+  the Newton finish's, and the iterations count both stages."""
+  from lossland import job
+  base = dict(_JOB, P=160, seed=0, n_seeds=2, max_steps=800, polish_steps=400,
+              out_dir=str(tmp_path / "a"))
+  _, s0 = job.run_ensemble_job(dict(base, finish="anneal", anneal_iters=200), **QUIET)
+  _, s1 = job.run_ensemble_job(dict(base, finish="anneal_newton", anneal_iters=200,
+                                    finish_iters=30, out_dir=str(tmp_path / "b")), **QUIET)
+  entered = [m for m in s1["members"] if m["finished"]]
+  assert entered
+  for m0, m1 in zip(s0["members"], s1["members"]):
+    assert m0["finished"] == m1["finished"]
+    if m1["finished"]:
+      assert m1["finish_reason"] in ("converged", "max_iter", "stuck", "no_unsat", "no_force")
+      assert m1["loss"] <= m0["loss"] * (1 + 1e-12)
+      assert m0["loss"] <= m1["loss_before_finish"] * (1 + 1e-12)
+      assert m1["finish_iterations"] > m0["finish_iterations"] or m0["finish_reason"] == "sat"
