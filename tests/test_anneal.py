@@ -162,3 +162,37 @@ def test_anneal_newton_runs_the_newton_finish_from_the_annealed_state(tmp_path):
       assert m1["loss"] <= m0["loss"] * (1 + 1e-12)
       assert m0["loss"] <= m1["loss_before_finish"] * (1 + 1e-12)
       assert m1["finish_iterations"] > m0["finish_iterations"] or m0["finish_reason"] == "sat"
+
+
+def test_finish_table_counts_a_hand_made_cell(tmp_path, capsys):
+  """scripts/finish_table.py on a cell with one member sat by the finish, one
+  kept, one lowered to a quarter of its loss, one never entered."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "finish_table", os.path.join(os.path.dirname(__file__), "..", "scripts",
+                                   "finish_table.py"))
+  table = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(table)
+  run = tmp_path / "study" / "sweep" / "cells" / "abc" / "ensemble" / "r1"
+  run.mkdir(parents=True)
+  members = [
+      dict(seed=0, **{"class": "sat"}, n_delta=0, loss=0.0, finished=False),
+      dict(seed=1, **{"class": "sat"}, n_delta=0, loss=0.0, finished=True,
+           finish_reason="sat", loss_before_finish=0.2, force_residual=None),
+      dict(seed=2, **{"class": "unbalanced"}, n_delta=30, loss=0.1, finished=True,
+           finish_reason="kept", loss_before_finish=0.1, force_residual=3e-4),
+      dict(seed=3, **{"class": "jammed"}, n_delta=40, loss=0.05, finished=True,
+           finish_reason="levels", loss_before_finish=0.2, force_residual=1e-8)]
+  (run / "summary.json").write_text(json.dumps(dict(
+      members=members, P=100, n_weights=50,
+      member_class_counts={"sat": 2, "unbalanced": 1, "jammed": 1})))
+  (run / "config.json").write_text(json.dumps(dict(net=dict(depth=2))))
+  assert table.main(["finish_table.py", str(tmp_path / "study")]) == 0
+  lines = [json.loads(v) for v in capsys.readouterr().out.strip().splitlines()]
+  row, total = lines
+  assert row["p_over_n"] == 2.0 and row["entered"] == 3 and row["finished_sat"] == 1
+  assert row["kept"] == 1 and row["loss_ratio_median"] == 0.25
+  assert row["r_sub_range"] == [1e-8, 3e-4] and row["n_force_balanced"] == 1
+  assert total == dict(total_entered=3, total_finished_sat=1, total_kept=1,
+                       total_force_balanced=1)
+  assert table.main(["finish_table.py", str(tmp_path / "nothing")]) == 2
