@@ -90,6 +90,22 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed):
   return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts)
 
 
+def _entrants(res: EnsembleResult, data, net, loss, entry, dead_enter: bool) -> list:
+  """Indices of the members that stopped in ``entry`` with N_Delta > 0;
+  members with an unsatisfied dead point only if ``dead_enter``: no step of
+  the ReLU net moves such a point (observables.member_classes: class
+  dead_points), the smoothed nets of the anneal do."""
+  codes = [STOP_REASONS.index(r) for r in entry]
+  dead = np.zeros(len(res.seeds), np.int64)
+  if not dead_enter:
+    dead = observables.unsatisfied_dead_points(
+        np.asarray(res.f_train), np.asarray(data.y_train), loss.epsilon,
+        np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, data.x_train))(res.params))
+        if net.activation == "relu" else None)
+  return [k for k in range(len(res.seeds)) if int(res.stop_code[k]) in codes and dead[k] == 0
+          and np.isfinite(res.final["n_delta"][k]) and res.final["n_delta"][k] > 0]
+
+
 def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
                    tol: float, max_iter: int = 400, entry=("jammed", "max_steps"),
                    log_fn: Callable | None = None, method: str = "newton",
@@ -127,18 +143,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                     [float("nan")] * K, [0.0] * K, [0] * K)
   if not isinstance(net, nets.NetConfig):
     return res, info
-  codes = [STOP_REASONS.index(r) for r in entry]
-  # Members with an unsatisfied dead point: no step of the ReLU net moves such
-  # a point (observables.member_classes: class dead_points); the smoothed nets
-  # of the anneal do.
-  dead = observables.unsatisfied_dead_points(
-      np.asarray(res.f_train), np.asarray(data.y_train), loss.epsilon,
-      np.asarray(jax.vmap(lambda p: nets.dead_points(net, p, data.x_train))(res.params))
-      if net.activation == "relu" else None)
-  if method != "newton":
-    dead = np.zeros_like(dead)
-  idx = [k for k in range(K) if int(res.stop_code[k]) in codes and dead[k] == 0
-         and np.isfinite(res.final["n_delta"][k]) and res.final["n_delta"][k] > 0]
+  idx = _entrants(res, data, net, loss, entry, dead_enter=method != "newton")
   if not idx:
     return res, info
   trainer = make_trainer(net, loss, cfg)
@@ -148,15 +153,14 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   params = jax.tree_util.tree_map(np.array, res.params)
   final = {m: np.array(v, copy=True) for m, v in res.final.items()}
   f_train, f_test = np.array(res.f_train, copy=True), np.array(res.f_test, copy=True)
-  offs = [apply_fn(jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0),
-                   data.x_train) if cfg.subtract_init else None for k in idx]
+  offs = [np.asarray(apply_fn(jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0),
+                              data.x_train)) if cfg.subtract_init else None for k in idx]
   annealed, t_anneal = [None] * len(idx), 0.0
   if method != "newton":  # every entrant at once, one program per level
     t0 = time.time()
     annealed = anneal.anneal_members(
         net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], params),
-        data.x_train, data.y_train, loss,
-        None if not cfg.subtract_init else np.stack([np.asarray(o) for o in offs]),
+        data.x_train, data.y_train, loss, None if not cfg.subtract_init else np.stack(offs),
         levels=levels, iters=anneal_iters)
     t_anneal = (time.time() - t0) / len(idx)
   for i, k in enumerate(idx):
@@ -175,15 +179,16 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     f_train[k], f_test[k] = np.asarray(ftr), np.asarray(fte)
     for leaf, new in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p_new)):
       leaf[k] = np.asarray(new)
-    info.entered[k], info.reason[k] = True, reason
-    info.converged[k] = bool(rec.force_residual <= tol)
-    info.residual_after[k] = float(rec.force_residual)
-    info.residual_before[k] = float(r0)
-    info.loss_before[k] = float(res.final["loss"][k])
-    info.min_curvature[k] = kink_newton.min_curvature(net, p_new, data.x_train,
-                                                       data.y_train, loss, f_offset=off)
-    info.n_iter[k], info.seconds[k] = n_iter, time.time() - t0 + t_anneal
-    info.n_restarts[k] = n_restarts
+    curv = kink_newton.min_curvature(net, p_new, data.x_train, data.y_train, loss,
+                                     f_offset=off)
+    for field, value in (("entered", True), ("reason", reason),
+                         ("converged", bool(rec.force_residual <= tol)),
+                         ("residual_after", float(rec.force_residual)),
+                         ("residual_before", float(r0)),
+                         ("loss_before", float(res.final["loss"][k])),
+                         ("min_curvature", curv), ("n_iter", n_iter),
+                         ("seconds", time.time() - t0 + t_anneal), ("n_restarts", n_restarts)):
+      getattr(info, field)[k] = value
     if log_fn:
       log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
              f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
