@@ -90,6 +90,36 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed):
   return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts)
 
 
+class _Merge:
+  """The ensemble's arrays, copied, with finished members written in: params,
+  outputs and the final measurements of the trainer at the new params."""
+
+  def __init__(self, res: EnsembleResult, data, trainer):
+    self.res, self.data, self.trainer = res, data, trainer
+    self.measure = jax.jit(trainer.measure_fn)
+    self.outputs = jax.jit(trainer.outputs_fn)
+    self.params = jax.tree_util.tree_map(np.array, res.params)
+    self.final = {m: np.array(v, copy=True) for m, v in res.final.items()}
+    self.f_train = np.array(res.f_train, copy=True)
+    self.f_test = np.array(res.f_test, copy=True)
+
+  def put(self, k: int, p_new, p0):
+    state = self.trainer.init_fn(jax.random.key(0), self.data, start=(p_new, p0))
+    meas = self.measure(state, self.data)
+    for m in self.final:
+      if m != "lr":
+        self.final[m][k] = np.asarray(meas[m])
+    ftr, fte = self.outputs(p_new, p0, self.data)
+    self.f_train[k], self.f_test[k] = np.asarray(ftr), np.asarray(fte)
+    for leaf, new in zip(jax.tree_util.tree_leaves(self.params),
+                         jax.tree_util.tree_leaves(p_new)):
+      leaf[k] = np.asarray(new)
+
+  def result(self) -> EnsembleResult:
+    return self.res._replace(params=jax.tree_util.tree_map(np.asarray, self.params),
+                             final=self.final, f_train=self.f_train, f_test=self.f_test)
+
+
 def _entrants(res: EnsembleResult, data, net, loss, entry, dead_enter: bool) -> list:
   """Indices of the members that stopped in ``entry`` with N_Delta > 0;
   members with an unsatisfied dead point only if ``dead_enter``: no step of
@@ -146,13 +176,9 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   idx = _entrants(res, data, net, loss, entry, dead_enter=method != "newton")
   if not idx:
     return res, info
-  trainer = make_trainer(net, loss, cfg)
+  merge = _Merge(res, data, make_trainer(net, loss, cfg))
+  params = merge.params
   _, apply_fn = nets.make_net(net, data.x_train.dtype)
-  measure = jax.jit(trainer.measure_fn)
-  outputs = jax.jit(trainer.outputs_fn)
-  params = jax.tree_util.tree_map(np.array, res.params)
-  final = {m: np.array(v, copy=True) for m, v in res.final.items()}
-  f_train, f_test = np.array(res.f_train, copy=True), np.array(res.f_test, copy=True)
   offs = [np.asarray(apply_fn(jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0),
                               data.x_train)) if cfg.subtract_init else None for k in idx]
   annealed, t_anneal = [None] * len(idx), 0.0
@@ -170,15 +196,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     off = offs[i]
     p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
         method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, annealed[i])
-    state = trainer.init_fn(jax.random.key(0), data, start=(p_new, p0))
-    meas = measure(state, data)
-    for m in final:
-      if m != "lr":
-        final[m][k] = np.asarray(meas[m])
-    ftr, fte = outputs(p_new, p0, data)
-    f_train[k], f_test[k] = np.asarray(ftr), np.asarray(fte)
-    for leaf, new in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p_new)):
-      leaf[k] = np.asarray(new)
+    merge.put(k, p_new, p0)
     curv = kink_newton.min_curvature(net, p_new, data.x_train, data.y_train, loss,
                                      f_offset=off)
     for field, value in (("entered", True), ("reason", reason),
@@ -193,6 +211,4 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
       log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
              f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
              f"iterations, {n_restarts} restarts, {info.seconds[k]:.1f} s)")
-  merged = res._replace(params=jax.tree_util.tree_map(np.asarray, params), final=final,
-                        f_train=f_train, f_test=f_test)
-  return merged, info
+  return merge.result(), info
