@@ -42,6 +42,22 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
   assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
+  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0}
+
+
+def test_finish_counts_per_cell_and_depth():
+  """--finish: members the stage entered, left sat, and kept as they were."""
+  r = _record(500, 200, ["sat", "sat", "unbalanced", "unbalanced", "jammed"])
+  extra = [{}, {"finished": True, "finish_reason": "sat"},
+           {"finished": True, "finish_reason": "kept"},
+           {"finished": True, "finish_reason": "levels"}, {"finished": False}]
+  for m, e in zip(r["summary"]["members"], extra):
+    m.update(e)
+  s = phase.cell_stats(r)
+  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1}
+  summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
+                                       "separated": True, "bracketed": True})
+  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2}
 
 
 def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
