@@ -304,11 +304,16 @@ def make_net(cfg: NetConfig, dtype=None, wgrad_split: int = 0,
     return params
 
   def apply_fn(params: Params, x):
-    z = _forward(cfg, params, x, wgrad_split, pad_to)[-1]
-    z = cfg.alpha * z
-    return z[..., 0] if cfg.n_out == 1 else z
+    return readout(cfg, _forward(cfg, params, x, wgrad_split, pad_to)[-1])
 
   return init_fn, apply_fn
+
+
+def readout(cfg: NetConfig, z_out):
+  """The outputs from the last layer's pre-activations [..., n_out] (the last
+  entry of :func:`preactivations`): alpha z, squeezed to [...] when n_out = 1."""
+  z = cfg.alpha * z_out
+  return z[..., 0] if cfg.n_out == 1 else z
 
 
 def _split_rows(a, n: int):
@@ -495,8 +500,7 @@ def apply_with_kink_slopes(cfg: NetConfig, params: Params, x, kinks, slopes):
     d = jnp.where(kinks[layer], slopes[layer], (z > 0).astype(z.dtype))
     # value relu(z), derivative d: a straight-through form of the ReLU
     return jax.lax.stop_gradient(jax.nn.relu(z)) + d * (z - jax.lax.stop_gradient(z))
-  out = cfg.alpha * _forward(cfg, params, x, phi=phi)[-1]
-  return out[..., 0] if cfg.n_out == 1 else out
+  return readout(cfg, _forward(cfg, params, x, phi=phi)[-1])
 
 
 def output_fn(apply_fn: Callable, subtract_init: bool = False) -> Callable:

@@ -102,9 +102,7 @@ def _smoothed_outputs(cfg, params, x, scales, b):
   """Outputs [P] of the net with each unit's ReLU smoothed (b traced), or of
   the ReLU net itself (``scales`` None)."""
   phi = None if scales is None else (lambda l, z: smoothed_relu(z, scales[l], b))
-  zs = nets._forward(cfg, params, x, phi=phi)
-  f = cfg.alpha * zs[-1]
-  return f[..., 0] if cfg.n_out == 1 else f
+  return nets.readout(cfg, nets._forward(cfg, params, x, phi=phi)[-1])
 
 
 def _objective(cfg, loss, x, y, smooth: bool):
@@ -179,7 +177,8 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     params: the members' params, leading axis K.
     f_offset: optional [K, P] offsets (f - f0), or None.
     memory: L-BFGS pairs kept.
-    chunk: trials per call of the compiled program (progress lines between).
+    chunk: trials per call of the compiled program (between calls, a level
+      ends early once no member is active).
 
   Returns:
     K :class:`AnnealResult`.
@@ -195,9 +194,12 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   loss0 = np.asarray(relu_losses(params, off))
   p, n_evals, level_losses = params, np.zeros(K, np.int64), []
   done = loss0 == 0
+  # one compiled program for every finite b (b is traced), one for the ReLU
+  programs = {smooth: _level_program(cfg, loss, x, y, smooth, memory)
+              for smooth in {not math.isinf(b) for b in levels}}
   for b in levels:
     smooth = not math.isinf(b)
-    init, run = _level_program(cfg, loss, x, y, smooth, memory)
+    init, run = programs[smooth]
     bb = jnp.asarray(1.0 if not smooth else b, x.dtype)
     aux = (scales, off)
     opt = init(p, aux, bb)

@@ -107,8 +107,7 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale):
 
   def total(wf, sf):
     zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(sf))
-    f = cfg.alpha * zs[-1]
-    f = f[..., 0] if cfg.n_out == 1 else f
+    f = nets.readout(cfg, zs[-1])
     return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
 
   def zk(wf):

@@ -3,18 +3,22 @@
 After the first stage (and the polish, if any) a member that stopped jammed
 has only *stalled*: its force-balance residual r_sub is 1e-4 to 1e-2 after
 L-BFGS on the non-smooth loss of a ReLU net (docs/jamming.md). This stage runs
-one of two methods on each such member, on the host, one after another
-(members enter it at different times, as they do any stage), and replaces its
-params, outputs and final measurements by the finished ones:
+one of three methods on the members that enter it and replaces their params,
+outputs and final measurements by the finished ones:
 
 * ``newton``: :func:`lossland.optim.kink_newton.finish`, a trust-region
   Newton method on the kink manifold (each iteration a dense N x N Hessian
-  and its eigenvectors), which aims at force balance;
-* ``anneal``: :func:`lossland.optim.anneal.anneal`, L-BFGS through smoothed
-  nets that sharpen back to the ReLU, which aims at a lower loss (it brings
-  some stalled members to loss 0). Members with an unsatisfied dead point
-  enter it too: the smoothed net moves them.
+  and its eigenvectors), which aims at force balance; on the host, one
+  member after another;
+* ``anneal``: :func:`lossland.optim.anneal.anneal_members`, L-BFGS through
+  smoothed nets that sharpen back to the ReLU, every entrant in one vmapped
+  program per level, which aims at a lower loss (it brings some stalled
+  members to loss 0). Members with an unsatisfied dead point enter it too:
+  the smoothed net moves them.
 * ``anneal_newton``: the anneal, then the Newton finish from its result.
+
+Each entrant's r_sub before and after and its curvature are then measured on
+the host.
 
 A member whose solve does not reach the target keeps the last iterate (its
 loss is lower than at entry; its r_sub is measured, not assumed): the caller
