@@ -51,7 +51,8 @@ def test_gpu_path_donates_and_keeps_the_guarantees(ds, tmp_path, monkeypatch):
   # Interrupted mid-way and resumed from the checkpoint: bitwise the same
   # numbers. Members stop at different steps, so compact and finish (which
   # donate too) run.
-  ref = train.train_ensemble(range(3), ds, NET, LOSS, CFG, group_size=2)
+  ref = train.train_ensemble(range(3), ds, NET, LOSS, CFG, group_size=2,
+                             compact_min_work=0)
   assert len(set(ref.steps)) > 1, ref.steps
   path = str(tmp_path / "ckpt.npz")
   calls = []
@@ -63,8 +64,9 @@ def test_gpu_path_donates_and_keeps_the_guarantees(ds, tmp_path, monkeypatch):
 
   with pytest.raises(_Interrupt):
     train.train_ensemble(range(3), ds, NET, LOSS, CFG, group_size=2, progress_fn=bomb,
+                         compact_min_work=0,
                          checkpoint_path=path, checkpoint_every=0)
-  res = train.train_ensemble(range(3), ds, NET, LOSS, CFG, group_size=2,
+  res = train.train_ensemble(range(3), ds, NET, LOSS, CFG, group_size=2, compact_min_work=0,
                              checkpoint_path=path, checkpoint_every=0)
   np.testing.assert_array_equal(res.steps, ref.steps)
   np.testing.assert_array_equal(res.f_test, ref.f_test)

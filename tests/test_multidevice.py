@@ -25,7 +25,7 @@ assert train.n_devices() == 4, train.n_devices()
 ds = data.sphere(jax.random.key(3), 30, 5, n_test=10)
 net = nets.NetConfig(d=5, width=8, depth=2)
 cfg = train.TrainConfig(lr=1e-2, max_steps=300, chunk_steps=100, jam_window=100)
-res = train.train_ensemble(range(5), ds, net, losses.LossConfig(), cfg)
+res = train.train_ensemble(range(5), ds, net, losses.LossConfig(), cfg, compact_min_work=0)
 assert res.n_devices == 4 and res.group_size == 5
 np.savez(sys.argv[1], steps=res.steps, code=res.stop_code, f_test=res.f_test,
          loss=res.history["loss"], final_loss=res.final["loss"],
@@ -45,7 +45,7 @@ def test_sharded_ensemble_equals_single_device(tmp_path, on_cpu):
     ds = data.sphere(jax.random.key(3), 30, 5, n_test=10)
     net = nets.NetConfig(d=5, width=8, depth=2)
     cfg = train.TrainConfig(lr=1e-2, max_steps=300, chunk_steps=100, jam_window=100)
-    one = train.train_ensemble(range(5), ds, net, losses.LossConfig(), cfg)
+    one = train.train_ensemble(range(5), ds, net, losses.LossConfig(), cfg, compact_min_work=0)
   assert one.n_devices == 1
   # several stop reasons, so compaction ran on the sharded group too
   assert len(set(one.stop_reasons)) > 1, one.stop_reasons

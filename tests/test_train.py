@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import jax
 import numpy as np
@@ -29,7 +30,7 @@ def test_vmapped_ensemble_equals_loop_over_seeds(ds):
 
 def test_group_sizes_give_the_same_members(ds):
   cfg = train.TrainConfig(lr=1e-2, max_steps=200, chunk_steps=50)
-  a = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=5)
+  a = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=5, compact_min_work=0)
   b = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=2)
   c = train.train_ensemble(range(5), ds, NET, LOSS, cfg, group_size=5, compact=False)
   for other in (b, c):
@@ -132,6 +133,29 @@ def test_chunk_compiles_once_per_group_size(ds):
   # group sizes 4, 2, 1 at most, whatever the lengths between measurements
   assert fns.chunk._cache_size() <= len(train._buckets(4))
   assert fns.record._cache_size() <= len(train._buckets(4))
+
+
+def test_compaction_only_where_it_pays(ds):
+  """The deterministic rule (plan.compaction_pays): rows dropped x steps left
+  x P x N against the break-even. A small run keeps its group and compiles
+  one program; compacting everywhere visits more group sizes; the members
+  are the same up to rounding."""
+  from lossland.train import plan
+  # 4 rows x min(t, max_steps - t) steps x 1e4 against 4e7
+  assert plan.compaction_pays(8, 4, 1000, 5000, 1e4, 4e7)
+  assert not plan.compaction_pays(8, 4, 999, 5000, 1e4, 4e7)
+  assert plan.compaction_pays(8, 4, 4000, 5000, 1e4, 4e7)
+  assert not plan.compaction_pays(8, 4, 4001, 5000, 1e4, 4e7)
+  assert not plan.compaction_pays(4, 4, 10 ** 6, 10 ** 9, 1e9, 0)  # nothing to drop
+  assert plan.compaction_pays(8, 2, 5000, 5000, 1.0, 0)  # 0: whenever the group shrinks
+  assert not plan.compaction_pays(8, 2, 10 ** 6, 10 ** 9, 1e9, math.inf)
+  cfg = train.TrainConfig(lr=1e-2, max_steps=400, chunk_steps=50)
+  every = train.train_ensemble(range(6), ds, NET, LOSS, cfg, compact_min_work=0)
+  assert len(set(every.steps)) > 1, every.steps  # members stop at different steps
+  ruled = train.train_ensemble(range(6), ds, NET, LOSS, cfg)  # the CPU's 1e9: never here
+  assert ruled.n_compiles == 1 < every.n_compiles
+  np.testing.assert_array_equal(ruled.steps, every.steps)
+  np.testing.assert_allclose(ruled.f_test, every.f_test, rtol=1e-9, atol=1e-12)
 
 
 def test_static_scans_compile_per_shape_and_give_the_same_numbers(ds, monkeypatch):

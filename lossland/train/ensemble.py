@@ -19,7 +19,8 @@ from lossland import checkpoint as ckpt_lib
 from lossland import data as data_lib
 from lossland import losses
 from lossland import nets
-from lossland.train.plan import default_group_size, memory_plan, n_devices
+from lossland.train.plan import (COMPACT_MIN_WORK, compaction_pays, default_group_size,
+                                 memory_plan, n_devices)
 from lossland.train.stop import MAX_STEPS, RUNNING, STOP_REASONS
 from lossland.train.trainer import (MEASUREMENTS, TrainConfig, Trainer, TrainState,
                                     _make_trainer, measurement_steps)
@@ -310,11 +311,11 @@ def _results_fns(trainer: Trainer, member_rows: Callable, constrain: Callable):
 _MEMBER_SENTINEL = np.iinfo(np.int32).max
 
 
-def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, compact, n_dev,
+def _fingerprint(seeds, data, net_cfg, loss_cfg, cfg, group_size, min_work, n_dev,
                  start=None):
   h = hashlib.sha1()
   h.update(repr(("engine-2", seeds.tolist(), net_cfg, loss_cfg, _cfg_repr(cfg), group_size,
-                 compact, n_dev, str(jax.tree_util.tree_leaves(data)[0].dtype))).encode())
+                 min_work, n_dev, str(jax.tree_util.tree_leaves(data)[0].dtype))).encode())
   # the data's arrays (Dataset fields; for a grid of cells also the member -> cell map)
   for a in jax.tree_util.tree_leaves(data):
     h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
@@ -357,6 +358,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
                    cfg: TrainConfig, group_size: int | None = None,
                    progress_fn: Callable | None = None,
                    compact: bool = True,
+                   compact_min_work: float | None = None,
                    checkpoint_path: str | None = None,
                    checkpoint_every: float = 60.0,
                    start=None, member_cell=None) -> EnsembleResult:
@@ -371,7 +373,12 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       :func:`default_group_size` and what :func:`memory_plan` lets fit.
     progress_fn: called after each chunk as ``progress_fn(step, max_steps,
       n_running, n_done, n_members)``.
-    compact: drop stopped members between chunks (padded to bucket sizes).
+    compact: drop stopped members between chunks (padded to bucket sizes)
+      when it pays (:func:`lossland.train.plan.compaction_pays`).
+    compact_min_work: the multiply-adds (rows dropped x steps left x P x N)
+      a compaction must save; None: the backend's
+      :data:`lossland.train.plan.COMPACT_MIN_WORK`; 0: compact whenever the
+      group can shrink.
     checkpoint_path: if given, the driver's whole state (the running group and
       the results so far, PRNG keys included) is saved there atomically
       (:mod:`lossland.checkpoint`) at chunk boundaries at most every
@@ -396,6 +403,9 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     An :class:`EnsembleResult`.
   """
   ens = _setup(seeds, data, net_cfg, loss_cfg, cfg, group_size, start, member_cell)
+  if compact_min_work is None:
+    compact_min_work = COMPACT_MIN_WORK.get(jax.default_backend(), COMPACT_MIN_WORK["gpu"])
+  min_work = float(compact_min_work) if compact else None  # None: never compact
   K, G_max = len(ens.seeds), ens.buckets[-1]
   shapes_seen = set()
   first = _new_group(ens, 0, G_max)  # also the template of the results
@@ -404,7 +414,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
   saver = _Saver(checkpoint_path, checkpoint_every)
   if checkpoint_path:
     saver.fingerprint = _fingerprint(ens.seeds, ens.data, net_cfg, loss_cfg, cfg,
-                                     ens.group_size, compact, ens.n_dev, ens.start)
+                                     ens.group_size, min_work, ens.n_dev, ens.start)
     results, start_g0, resume = _resume(ens, saver, results)
 
   done_before = start_g0
@@ -418,7 +428,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
       G = G_max if n_real == ens.group_size else min(b for b in ens.buckets if b >= n_real)
       group, t = _new_group(ens, g0, G), 0
     results, group = _run_group(ens, results, group, t, g0, done_before + n_real,
-                                progress_fn, compact, saver, shapes_seen)
+                                progress_fn, min_work, saver, shapes_seen)
     results, outputs = ens.fns.finish(results, group, ens.data)
     done_before += n_real
     if checkpoint_path and g0 + ens.group_size < K:
@@ -438,6 +448,7 @@ class _Ensemble(NamedTuple):
   sched: np.ndarray        # [M] measurement steps
   sched_index: dict        # measurement step -> its column
   bounds: list             # chunk boundaries: measurement steps and chunk_steps multiples
+  work: float              # multiply-adds per member-step (P x N, or batch x N)
   n_dev: int
   P: int
   place_rows: Callable     # host tree with a leading member axis -> device(s)
@@ -482,6 +493,7 @@ def _setup(seeds, data, net_cfg, loss_cfg, cfg, group_size, start,
   return _Ensemble(fns=fns, cfg=cfg, seeds=seeds, data=data, start=start,
                    group_size=group_size, buckets=_buckets(group_size, n_dev),
                    sched=sched, sched_index=sched_index, bounds=bounds, n_dev=n_dev,
+                   work=float(cfg.batch_size or P) * nets.n_params(net_cfg),
                    P=P, place_rows=place_rows, place_all=place_all)
 
 
@@ -559,13 +571,15 @@ def _resume(ens: _Ensemble, saver: _Saver, results: Results):
 
 
 def _run_group(ens: _Ensemble, results: Results, group: Group, t: int, g0: int,
-               n_done_after: int, progress_fn, compact: bool, saver: _Saver,
+               n_done_after: int, progress_fn, min_work: float | None, saver: _Saver,
                shapes_seen: set):
   """Trains one group from step t until its members stop or max_steps.
 
   Chunk by chunk: the scans up to the next boundary, a record, progress,
-  compaction of stopped rows into ``results`` and the timed checkpoint.
-  ``n_done_after``: members done once this group is. Adds each (rows, scan
+  compaction of stopped rows into ``results`` where
+  :func:`~lossland.train.plan.compaction_pays` with ``min_work`` (None:
+  never) and the timed checkpoint. ``n_done_after``: members done once this
+  group is. Adds each (rows, scan
   length) run to ``shapes_seen``.
 
   Returns:
@@ -597,9 +611,9 @@ def _run_group(ens: _Ensemble, results: Results, group: Group, t: int, g0: int,
                   n_done_after - n_running, K)
     if n_running == 0:
       break
-    if compact:
+    if min_work is not None:
       size = min(s for s in ens.buckets if s >= n_running)
-      if size < G:
+      if compaction_pays(G, size, t, cfg.max_steps, ens.work, min_work):
         results, group = fns.compact(results, group, size)
     if saver.due():
       saver.save({"results": results, "group": group},

@@ -73,6 +73,31 @@ def default_group_size(n_members: int, work_per_member_step: float,
 
 
 CPU_VMAP_WORK_LIMIT = 3e6
+
+# Compaction's break-even, in multiply-adds (P x N per member-step) that a
+# smaller group must save before its new programs are worth compiling: about
+# 1 s of compilation per group size on a cold cache (chunk, record and
+# compact of the main job, idle 2-core CPU) against about 1e9 multiply-adds
+# per second of the CPU engine on small nets, and 1 to 2 s against the
+# 3e11 to 5e11 per second of a GPU at paper scale (BUILD_NOTES.md, "Fewer
+# compiled programs").
+COMPACT_MIN_WORK = {"cpu": 1e9, "gpu": 5e11, "tpu": 5e11}
+
+
+def compaction_pays(G: int, size: int, t: int, max_steps: int, work_per_member_step: float,
+                    min_work: float) -> bool:
+  """Whether shrinking a running group of G rows to ``size`` rows at step t pays.
+
+  A deterministic cost model (no timing, so runs stay reproducible bit for
+  bit): the rows dropped, times the steps the survivors are expected to run
+  on, times P x N, must reach ``min_work`` multiply-adds, the cost of
+  compiling the smaller group's programs (:data:`COMPACT_MIN_WORK`). The
+  expected steps are min(t, max_steps - t): members still running after t
+  steps are taken to run about t more. ``min_work`` 0 compacts whenever the
+  group shrinks (the engine before this rule), ``inf`` never.
+  """
+  steps_left = max(min(t, max_steps - t), 0)
+  return size < G and (G - size) * steps_left * work_per_member_step >= min_work
 # Share of the free memory the planner lets an ensemble use.
 MEMORY_FRACTION = 0.8
 
