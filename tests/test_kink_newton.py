@@ -41,6 +41,34 @@ def test_convex_hinge_problem_reaches_the_minimum():
   assert 1e-9 < _float32_r_sub(cfg, out.params, ds.x_train, ds.y_train) < 1e-6
 
 
+def test_finish_with_weight_decay_reaches_the_regularized_minimum():
+  """``weight_decay`` mu: the finish minimizes the loss + mu |w|^2 / 2 and
+  stops where its gradient vanishes (reason "decay_stationary"); on a linear
+  model this objective is strongly convex, so the gradient (jax.grad,
+  independent of the finish) is 0 there and scipy finds no lower value."""
+  from scipy.optimize import minimize
+  cfg = nets.NetConfig(d=5, width=1, depth=0)
+  init_fn, apply_fn = nets.make_net(cfg)
+  ds = data.sphere(jax.random.key(1), 40, 5, n_test=0)
+  p0 = init_fn(jax.random.key(2))
+  mu = 0.3
+  out = kink_newton.finish(cfg, p0, ds.x_train, ds.y_train, LOSS, tol=1e-12, weight_decay=mu)
+  assert out.reason == "decay_stationary", out.reason
+  flat, unravel = ravel_pytree(out.params)
+  L = _loss(apply_fn, ds.x_train, ds.y_train)
+  reg = lambda v: L(unravel(jnp.asarray(v))) + 0.5 * mu * float(v @ v)
+  grad = jax.grad(lambda v: jnp.sum(LOSS.fn(losses.margins(
+      apply_fn(unravel(v), ds.x_train), ds.y_train, LOSS.epsilon))) + 0.5 * mu * v @ v)
+  g_scale = stationarity.force_norm_sum(apply_fn, out.params, ds.x_train, ds.y_train, LOSS)
+  assert float(jnp.linalg.norm(grad(flat))) / g_scale < 1e-10
+  opt = minimize(reg, np.asarray(ravel_pytree(p0)[0]), method="BFGS", options=dict(gtol=1e-12))
+  assert reg(np.asarray(flat)) <= opt.fun + 1e-12
+  # the decay pulls the weights in: the loss alone is higher, not stationary
+  free = kink_newton.finish(cfg, p0, ds.x_train, ds.y_train, LOSS, tol=1e-12)
+  assert float(jnp.linalg.norm(flat)) < float(jnp.linalg.norm(ravel_pytree(free.params)[0]))
+  assert L(out.params) > L(free.params) and out.record.force_residual > 1e-3
+
+
 def _float32_r_sub(cfg, params, x, y, kink_rtol=None):
   """r_sub of float64 params evaluated in float32, at the job's float32 kink
   tolerance by default."""

@@ -66,8 +66,9 @@ class FinishResult(NamedTuple):
     converged: the record's r_sub <= ``tol``.
     reason: "converged", "max_iter", "stuck" (the trust region collapsed
       without an accepted step since the last restart), "no_unsat" (every
-      point satisfied, at entry or after some steps) or "no_force" (every
-      unsatisfied point has zero force).
+      point satisfied, at entry or after some steps), "no_force" (every
+      unsatisfied point has zero force) or "decay_stationary" (with
+      ``weight_decay``: stationary for the regularized loss).
     residual_before: r_sub of the params it was given.
     n_restarts: times the search was restarted from its last iterate after
       its trust region collapsed.
@@ -97,9 +98,10 @@ def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
   return nets._forward(cfg, params, x, phi=phi if cfg.activation == "relu" else None)
 
 
-def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale):
+def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, decay):
   """The frozen loss's gradient [N] and Hessian [N, N], the scaled kink
-  pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp]."""
+  pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp];
+  the loss plus ``decay`` |w|^2 / 2."""
   unravel = nets.unravel_fn(cfg, w.dtype)
   sizes = [p.shape[0] for p in pts]
   starts = np.cumsum([0] + sizes)
@@ -108,7 +110,7 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale):
   def total(wf, sf):
     zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(sf))
     f = nets.readout(cfg, zs[-1])
-    return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
+    return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon))) + 0.5 * decay * wf @ wf
 
   def zk(wf):
     zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(s_flat))
@@ -124,9 +126,9 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale):
 _PARTS = jax.jit(_parts_fn, static_argnums=(0, 1))
 
 
-def _true_loss_fn(cfg, loss, w, x, y, off):
+def _true_loss_fn(cfg, loss, w, x, y, off, decay):
   f = nets.make_net(cfg, w.dtype)[1](nets.unravel_fn(cfg, w.dtype)(w), x)
-  return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
+  return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon))) + 0.5 * decay * w @ w
 
 
 _TRUE_LOSS = jax.jit(_true_loss_fn, static_argnums=(0, 1))
@@ -218,13 +220,13 @@ def _release(s, b, slope_tol: float, n_released, max_release: int):
   return out, side
 
 
-def _active_parts(cfg, loss, w, fr: _Frozen, s_real, x, y, off, z_scale):
+def _active_parts(cfg, loss, w, fr: _Frozen, s_real, x, y, off, z_scale, decay=0.0):
   """Numpy (g, H, z_K, A, C) of the frozen problem at w with slopes s_real."""
   s_pad = np.zeros(fr.pad)
   s_pad[fr.real] = s_real
   _, g, H, zk, A, C = _PARTS(cfg, loss, w, jnp.asarray(s_pad, w.dtype), x, y, off,
                              fr.pattern, fr.pts, fr.units,
-                             [jnp.asarray(z, w.dtype) for z in z_scale])
+                             [jnp.asarray(z, w.dtype) for z in z_scale], decay)
   g, H = np.asarray(g), np.asarray(H)
   return (g, 0.5 * (H + H.T), np.asarray(zk)[fr.real], np.asarray(A)[fr.real],
           np.asarray(C)[:, fr.real])
@@ -243,8 +245,10 @@ def _null_space(A, n: int):
 class _Search:
   """The host-side state of one :func:`finish` (numpy; jax for derivatives)."""
 
-  def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release):
-    self.settings = (f_offset, kink_rtol, slope_tol, max_release)  # for restarted()
+  def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
+               decay=0.0):
+    self.settings = (f_offset, kink_rtol, slope_tol, max_release, decay)  # for restarted()
+    self.decay = float(decay)
     self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
     self.slope_tol, self.max_release = slope_tol, max_release
     self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
@@ -280,7 +284,7 @@ class _Search:
 
   def true_loss(self, w) -> float:
     return float(_TRUE_LOSS(self.cfg, self.loss, jnp.asarray(w, self.x.dtype), self.x, self.y,
-                            self.off))
+                            self.off, self.decay))
 
   def unsat_of(self, w):
     f = self.apply_fn(self.params(w), self.x)
@@ -295,7 +299,7 @@ class _Search:
     z_scale = _unit_rms(self.cfg, self.params(), self.x, self.unsat)
     s_real = np.array([self.slopes.get(k, 0.5) for k in flat])
     g, H, zk, A, C = _active_parts(self.cfg, self.loss, jnp.asarray(self.w, self.x.dtype), fr,
-                                   s_real, self.x, self.y, self.off, z_scale)
+                                   s_real, self.x, self.y, self.off, z_scale, self.decay)
     if flat:
       # least-squares multipliers: g is affine in the slopes, g(s + ds) = g + C ds
       ds = np.linalg.lstsq(C, -g, rcond=None)[0]
@@ -386,7 +390,7 @@ def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
 def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
-           log_fn=None) -> FinishResult:
+           log_fn=None, weight_decay: float = 0.0) -> FinishResult:
   """Drive one network to a minimum of its loss where (1) holds, then certify it.
 
   A trust-region Newton method on the loss restricted to the kink manifold
@@ -415,6 +419,12 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     max_release: a pair leaves K at most this many times (against cycling).
     log_fn: optional ``log_fn(str)`` every 20 iterations and at active-set
       changes.
+    weight_decay: mu >= 0; with mu > 0 the method minimizes the loss + mu
+      |w|^2 / 2 (a finite minimum always exists and the rescaling symmetry
+      is broken) and stops "decay_stationary" where that objective's reduced
+      gradient is <= ``tol`` (relative, as r_sub); the record still
+      certifies the loss alone. A probe of the landscape (docs/jamming.md,
+      "where the descent goes"), not a classification stage.
 
   Returns:
     A :class:`FinishResult`; its params are the last iterate, whose true loss
@@ -428,9 +438,13 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   r0, reason = rec.force_residual, _done(rec, tol)
   if reason:
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
-  st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release)
+  st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
+               weight_decay)
   for it in range(max_iter):
     m = st.model()
+    if weight_decay and m["gres"] <= tol and float(np.linalg.norm(m["zk"])) <= 1e-10:
+      reason = "decay_stationary"  # stationary for the loss + decay |w|^2 / 2
+      break
     n_out = st.release(m)
     if n_out:
       if log_fn:
@@ -457,7 +471,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   else:
     reason = "max_iter"
   params = st.params()
-  if reason in ("max_iter", "stuck"):
+  if reason in ("max_iter", "stuck", "decay_stationary"):
     rec = certify(params)
   reason = _done(rec, tol) or reason
   return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,

@@ -1,0 +1,69 @@
+"""scripts/drift_probe.py (docs/jamming.md, "where the descent goes"): on a
+member the L-BFGS polish leaves jammed, the segments of the finish never
+raise the loss, the per-unit table is the balanced net's, and the decay mode
+and bad arguments behave."""
+import contextlib
+import importlib.util
+import io
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from lossland import job, nets
+
+QUIET = dict(progress=False, stdout=open(os.devnull, "w"))
+# the jammed member of tests/test_anneal.py (L = 2, h = 8, d = 4, biases, P = 120)
+_JOB = dict(dataset="sphere", depth=2, width=8, d=4, bias=True, P=120, seed=3, n_seeds=1,
+            x64=True, max_steps=3000, lr=1e-2, optimizer="adam", polish="lbfgs",
+            polish_steps=2000, polish_jam_window=200, plots=False)
+
+
+def _probe():
+  spec = importlib.util.spec_from_file_location(
+      "drift_probe", os.path.join(os.path.dirname(__file__), "..", "scripts", "drift_probe.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _lines(probe, argv):
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    rc = probe.main(argv)
+  return rc, [json.loads(t) for t in buf.getvalue().strip().splitlines()]
+
+
+def test_drift_probe_segments_and_unit_table(tmp_path):
+  run_dir, s = job.run_ensemble_job(dict(_JOB, out_dir=str(tmp_path / "run")), **QUIET)
+  m = s["members"][0]
+  assert m["n_delta"] > 0
+  probe = _probe()
+  rc, lines = _lines(probe, ["drift_probe.py", run_dir, "0", "20", "10"])
+  assert rc == 0
+  segs, last = lines[:-1], lines[-1]
+  assert segs[0]["iterations"] == 0 and segs[0]["n_delta"] == m["n_delta"]
+  assert abs(segs[0]["loss"] - m["loss"] * 120) <= 1e-10 * segs[0]["loss"]
+  losses_ = [t["loss"] for t in segs]
+  assert all(b <= a for a, b in zip(losses_, losses_[1:]))  # steps only lower the loss
+  assert "grew_most" in last and last["P"] == 120
+  # the unit table against a hand computation on the balanced net
+  cfg = nets.NetConfig(d=4, width=8, depth=2, bias=True)
+  with np.load(os.path.join(run_dir, "arrays.npz")) as a:
+    p = nets.unravel_fn(cfg, jnp.float64)(jnp.asarray(a["params_final"][0]))
+    x, y = jnp.asarray(a["x_train"]), jnp.asarray(a["y_train"])
+  unsat = np.asarray(1.0 - y * nets.make_net(cfg)[1](p, x)) > 0
+  rows = probe.unit_table(cfg, p, x, unsat)
+  bal = nets.balanced(cfg, p)
+  w_in0 = np.sqrt(np.sum(np.asarray(bal[0]["w"]) ** 2, 0) + np.asarray(bal[0]["b"]) ** 2)
+  w_out0 = np.sqrt(np.sum(np.asarray(bal[1]["w"]) ** 2, 1))
+  np.testing.assert_allclose([r[2] for r in rows[:8]], w_in0, rtol=1e-12)
+  np.testing.assert_allclose(w_in0, w_out0, rtol=1e-8)  # balanced: |in| = |out|
+  z = np.asarray(nets.preactivations(cfg, p, x)[0])
+  assert [r[3] for r in rows[:8]] == list((z > 0).sum(0))
+  assert [r[4] for r in rows[:8]] == list(((z > 0) & unsat[:, None]).sum(0))
+  # the decay mode runs from the balanced params and reports its gradient
+  rc, lines = _lines(probe, ["drift_probe.py", run_dir, "0", "10", "10", "1e-3"])
+  assert rc == 0 and lines[1]["gres"] is not None and lines[1]["gres"] > 0
+  assert probe.main(["drift_probe.py", run_dir, "0"]) == 2
