@@ -1,7 +1,8 @@
-"""scripts/drift_probe.py (docs/jamming.md, "where the descent goes"): on a
-member the L-BFGS polish leaves jammed, the segments of the finish never
-raise the loss, the per-unit table is the balanced net's, and the decay mode
-and bad arguments behave."""
+"""scripts/drift_probe.py and scripts/margin_census.py (docs/jamming.md,
+"where the descent goes"): on a member the L-BFGS polish leaves jammed, the
+segments of the finish never raise the loss, the per-unit table is the
+balanced net's, the decay mode and bad arguments behave, and the census
+counts hand-made margins exactly and agrees with the run's saved outputs."""
 import contextlib
 import importlib.util
 import io
@@ -20,9 +21,9 @@ _JOB = dict(dataset="sphere", depth=2, width=8, d=4, bias=True, P=120, seed=3, n
             polish_steps=2000, polish_jam_window=200, plots=False)
 
 
-def _probe():
+def _probe(name="drift_probe"):
   spec = importlib.util.spec_from_file_location(
-      "drift_probe", os.path.join(os.path.dirname(__file__), "..", "scripts", "drift_probe.py"))
+      name, os.path.join(os.path.dirname(__file__), "..", "scripts", f"{name}.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
@@ -67,3 +68,21 @@ def test_drift_probe_segments_and_unit_table(tmp_path):
   rc, lines = _lines(probe, ["drift_probe.py", run_dir, "0", "10", "10", "1e-3"])
   assert rc == 0 and lines[1]["gres"] is not None and lines[1]["gres"] > 0
   assert probe.main(["drift_probe.py", run_dir, "0"]) == 2
+  # the margin census from the params against the run's saved outputs
+  census = _probe("margin_census")
+  rc, lines = _lines(census, ["margin_census.py", run_dir])
+  assert rc == 0 and len(lines) == 1 and lines[0]["member"] == 0
+  with np.load(os.path.join(run_dir, "arrays.npz")) as a:
+    delta = 1.0 - np.asarray(a["y_train"]) * np.asarray(a["f_train"])[0]
+  assert lines[0] == dict(lines[0], **census.census(delta, s["n_weights"]))
+  assert lines[0]["n_delta_over_n"] * s["n_weights"] == m["n_delta"]
+  assert census.main(["margin_census.py"]) == 2
+  assert census.main(["margin_census.py", str(tmp_path / "nowhere")]) == 2
+
+
+def test_margin_census_counts_hand_made_margins():
+  # sqrt(sum Delta_+^2) = sqrt(9 + 16) = 5: |Delta| < 5e-4, 5e-3, 5e-2
+  delta = np.array([3.0, 4.0, 1e-5, -1e-5, 2e-3, -4e-2, -0.5, 0.0])
+  out = _probe("margin_census").census(delta, 10)
+  assert out["n_delta_over_n"] == 0.4
+  assert out["near_margin_over_n"] == {"0.0001": 0.3, "0.001": 0.4, "0.01": 0.5}
