@@ -268,7 +268,7 @@ class _Search:
     self.radius = 1e-3 * max(np.linalg.norm(self.w), 1.0)
     self.n_changes = self.n_acc = self.n_restarts = self.acc_at_start = 0
 
-  def restarted(self) -> "_Search":
+  def restarted(self, log_fn=None, it: int = 0) -> "_Search":
     """A new search from the last iterate (the kink pairs measured there,
     the initial radius), carrying the counters. For a trust region that
     collapsed after progress: the contacts K it gathered (pairs that crossed
@@ -277,6 +277,8 @@ class _Search:
     new = _Search(self.cfg, self.params(), self.x, self.y, self.loss, *self.settings)
     new.n_changes, new.n_acc, new.n_restarts = self.n_changes, self.n_acc, self.n_restarts + 1
     new.acc_at_start = self.n_acc
+    if log_fn:
+      log_fn(f"iter {it}: trust region collapsed; restart {new.n_restarts} at L {new.L:.10e}")
     return new
 
   def params(self, w=None):
@@ -316,7 +318,12 @@ class _Search:
                 s=s_real, b=np.einsum("ij,ji->i", A, C) if flat else np.zeros(0),
                 near=gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10)
 
-  def release(self, m: dict) -> int:
+  def decay_stationary(self, m: dict, tol: float) -> bool:
+    """With weight decay: stationary for the loss + decay |w|^2 / 2 on the
+    manifold (reduced gradient <= tol, contacts held)."""
+    return bool(self.decay) and m["gres"] <= tol and float(np.linalg.norm(m["zk"])) <= 1e-10
+
+  def release(self, m: dict, log_fn=None, it: int = 0) -> int:
     """At a point stationary on the manifold, pairs of K that no slope
     balances leave it (:func:`_release`); returns how many left."""
     if not m["near"]:
@@ -331,10 +338,20 @@ class _Search:
       self.pattern[l][p, u] = on
       self.released[flat[j]] = self.released.get(flat[j], 0) + 1
     self.n_changes += bool(out)
+    if log_fn and out:
+      log_fn(f"iter {it}: {len(out)} pairs leave K")
     return len(out)
 
-  def step(self, m: dict):
-    """One trust-region step: (ratio, crossed pairs or None if rejected)."""
+  def step(self, m: dict, log_fn=None, it: int = 0):
+    """One trust-region step: (ratio, crossed pairs or None if rejected);
+    logged every 20 iterations and when pairs crossed."""
+    ratio, n_crossed = self._step(m)
+    if log_fn and (it % 20 == 0 or n_crossed):
+      log_fn(f"iter {it}: L {self.L:.10e} |g_Z|/F {m['gres']:.2e} |K| {len(m['flat'])} "
+             f"radius {self.radius:.1e} ratio {ratio:.2f} crossed {n_crossed}")
+    return ratio, n_crossed
+
+  def _step(self, m: dict):
     p = _tr_step(m["gZ"], m["Z"].T @ m["H"] @ m["Z"], self.radius) if m["Z"].shape[1] \
         else np.zeros(0)
     d = m["step_n"] + m["Z"] @ p
@@ -419,12 +436,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     max_release: a pair leaves K at most this many times (against cycling).
     log_fn: optional ``log_fn(str)`` every 20 iterations and at active-set
       changes.
-    weight_decay: mu >= 0; with mu > 0 the method minimizes the loss + mu
-      |w|^2 / 2 (a finite minimum always exists and the rescaling symmetry
-      is broken) and stops "decay_stationary" where that objective's reduced
-      gradient is <= ``tol`` (relative, as r_sub); the record still
-      certifies the loss alone. A probe of the landscape (docs/jamming.md,
-      "where the descent goes"), not a classification stage.
+    weight_decay: mu > 0 minimizes the loss + mu |w|^2 / 2 instead (a finite
+      minimum exists) and stops "decay_stationary" where its reduced
+      gradient is <= ``tol``; ``record`` certifies the loss alone. A probe
+      (docs/jamming.md, "where the descent goes"), not a classification.
 
   Returns:
     A :class:`FinishResult`; its params are the last iterate, whose true loss
@@ -442,22 +457,16 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
                weight_decay)
   for it in range(max_iter):
     m = st.model()
-    if weight_decay and m["gres"] <= tol and float(np.linalg.norm(m["zk"])) <= 1e-10:
-      reason = "decay_stationary"  # stationary for the loss + decay |w|^2 / 2
+    if st.decay_stationary(m, tol):
+      reason = "decay_stationary"
       break
-    n_out = st.release(m)
-    if n_out:
-      if log_fn:
-        log_fn(f"iter {it}: {n_out} pairs leave K")
+    if st.release(m, log_fn, it):
       continue
     if m["near"] or m["gres"] <= 0.01 * tol:
       rec = certify(st.params())
       if _done(rec, tol):
         break
-    ratio, n_crossed = st.step(m)
-    if log_fn and (it % 20 == 0 or n_crossed):
-      log_fn(f"iter {it}: L {st.L:.10e} |g_Z|/F {m['gres']:.2e} |K| {len(m['flat'])} "
-             f"radius {st.radius:.1e} ratio {ratio:.2f} crossed {n_crossed}")
+    st.step(m, log_fn, it)
     if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
       if st.n_acc == st.acc_at_start:
         reason = "stuck"
@@ -465,9 +474,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       rec = certify(st.params())
       if _done(rec, tol):  # e.g. every point satisfied by the last steps
         break
-      st = st.restarted()  # collapsed after progress
-      if log_fn:
-        log_fn(f"iter {it}: trust region collapsed; restart {st.n_restarts} at L {st.L:.10e}")
+      st = st.restarted(log_fn, it)  # collapsed after progress
   else:
     reason = "max_iter"
   params = st.params()

@@ -403,9 +403,7 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     An :class:`EnsembleResult`.
   """
   ens = _setup(seeds, data, net_cfg, loss_cfg, cfg, group_size, start, member_cell)
-  if compact_min_work is None:
-    compact_min_work = COMPACT_MIN_WORK.get(jax.default_backend(), COMPACT_MIN_WORK["gpu"])
-  min_work = float(compact_min_work) if compact else None  # None: never compact
+  min_work = _min_work(compact, compact_min_work)
   K, G_max = len(ens.seeds), ens.buckets[-1]
   shapes_seen = set()
   first = _new_group(ens, 0, G_max)  # also the template of the results
@@ -434,6 +432,15 @@ def train_ensemble(seeds: Sequence[int], data: data_lib.Dataset,
     if checkpoint_path and g0 + ens.group_size < K:
       saver.save({"results": results}, g0=g0 + ens.group_size, t=0, G=0)
   return _assemble(ens, results, outputs, len(shapes_seen))
+
+
+def _min_work(compact: bool, compact_min_work: float | None) -> float | None:
+  """The compaction break-even of a run (None: never compact)."""
+  if not compact:
+    return None
+  if compact_min_work is None:
+    return COMPACT_MIN_WORK.get(jax.default_backend(), COMPACT_MIN_WORK["gpu"])
+  return float(compact_min_work)
 
 
 class _Ensemble(NamedTuple):
