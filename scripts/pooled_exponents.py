@@ -1,0 +1,95 @@
+"""theta and gamma of the force-balanced jammed states of a band of cells.
+
+    python scripts/pooled_exponents.py STUDY_DIR LO HI
+
+STUDY_DIR is a phase study's --out_dir (sweep/cells.jsonl, the cells' run
+directories and phase/*/summary.json, of which the newest gives P*/N per
+depth and the gap floor). Pools the members of class ``jammed``
+(force-balanced, r_sub <= the study's jam_max_residual) of every cell whose
+distance from the transition, (P/N - P*/N) / (P*/N), lies in [LO, HI], and
+fits theta (Delta > 0 over sqrt(loss) of its member) and gamma (-Delta of
+the satisfied points) as the phase summary does (``lossland.phase.fit_exponent``:
+density MLE and empirical CDF on the small half, bootstrap over members,
+samples at or below the gap floor left out and counted). Prints one JSON
+line per depth with cells, members, samples and both fits. The phase
+summary fits the cell nearest P* alone (``theta_by_distance`` one cell at a
+time); pooling a band gives the few-member cells of small studies a usable
+sample. Used for docs/jamming.md, "converged states with the anneal".
+Writes nothing.
+"""
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+from lossland import phase
+
+
+def pooled(records, p_star: float, lo: float, hi: float, gap_floor: float,
+           load_fn=None, n_boot: int = 500) -> dict:
+  """The pooled fits of the jammed members of ``records`` (one depth) with
+  distance in [lo, hi] from ``p_star`` (P*/N)."""
+  pos, neg, pg, ng, cells, n_mem = [], [], [], [], [], 0
+  kw = {} if load_fn is None else {"load_fn": load_fn}
+  for i, r in enumerate(records):
+    x = r["summary"]["P"] / r["summary"]["n_weights"]
+    dist = (x - p_star) / p_star
+    if not lo <= dist <= hi:
+      continue
+    ds = phase.delta_samples(r, **kw)
+    members = set(ds["positive_member"].tolist()) | set(ds["negative_member"].tolist())
+    if not members:
+      continue
+    cells.append(dict(p_over_n=round(x, 4), distance=round(dist, 4), members=len(members)))
+    n_mem += len(members)
+    pos.append(ds["positive"]), neg.append(ds["negative"])
+    pg.append(ds["positive_member"] + 10000 * i), ng.append(ds["negative_member"] + 10000 * i)
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
+  th = phase.fit_exponent(cat(pos), cat(pg), n_boot=n_boot, x_floor=gap_floor)
+  ga = phase.fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1, x_floor=gap_floor)
+  return dict(cells=cells, n_members=n_mem, n_theta_samples=th["n_samples"],
+              n_gamma_samples=ga["n_samples"], theta=th["exponent"], theta_ci=th["ci"],
+              theta_cdf=th["exponent_cdf"], theta_cdf_ci=th["ci_cdf"], gamma=ga["exponent"],
+              gamma_ci=ga["ci"], gamma_cdf=ga["exponent_cdf"], gamma_cdf_ci=ga["ci_cdf"],
+              n_at_margin=[th["n_below_floor"], ga["n_below_floor"]])
+
+
+def main(argv):
+  if len(argv) != 4:
+    print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    return 2
+  study = argv[1]
+  try:
+    lo, hi = float(argv[2]), float(argv[3])
+  except ValueError:
+    print(f"pooled_exponents: LO and HI must be numbers, got {argv[2]!r} {argv[3]!r}",
+          file=sys.stderr)
+    return 2
+  sweep = os.path.join(study, "sweep")
+  summaries = sorted(glob.glob(os.path.join(study, "phase", "*", "summary.json")))
+  if not os.path.isfile(os.path.join(sweep, "cells.jsonl")) or not summaries or lo > hi:
+    print(f"pooled_exponents: {study} is not a finished phase study (or LO > HI)",
+          file=sys.stderr)
+    return 2
+  with open(summaries[-1]) as fh:
+    summary = json.load(fh)
+  by_depth = {}
+  with open(os.path.join(sweep, "cells.jsonl")) as fh:
+    for line in fh:
+      r = json.loads(line)
+      r["run_dir"] = os.path.join(sweep, r["run_dir"])
+      by_depth.setdefault(int(r["flags"]["depth"]), []).append(r)
+  for L, recs in sorted(by_depth.items()):
+    p_star = (summary["per_depth"].get(str(L)) or {}).get("p_star_over_n")
+    if p_star is None:
+      print(json.dumps(dict(depth=L, p_star_over_n=None)))
+      continue
+    out = pooled(recs, p_star, lo, hi, float(summary.get("gap_floor") or 0.0))
+    print(json.dumps(dict(depth=L, p_star_over_n=p_star, band=[lo, hi], **out)), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
