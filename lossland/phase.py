@@ -514,17 +514,14 @@ def _nearest_cell(recs, ref, select=None):
   return min(cells, key=lambda r: abs(_p_over_n(r) - ref))
 
 
-def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn,
-                      gap_floor: float = 0.0) -> dict:
-  """theta/gamma of the selected members of the cell nearest P* per depth."""
+def pool_fits(records, select=None, n_boot: int = 200, load_fn=_load_arrays,
+              gap_floor: float = 0.0):
+  """theta and gamma of the members of several cells pooled: ``(n_members,
+  theta fit, gamma fit)``, the fits of :func:`fit_exponent` (bootstrap over
+  members, cell by cell); ``select`` as in :func:`delta_samples` (default:
+  class jammed). A cell whose arrays cannot be read is skipped."""
   pos, neg, pg, ng, n_mem = [], [], [], [], 0
-  for i, (L, recs) in enumerate(sorted(records_by_depth.items())):
-    ref = p_star.get(L)
-    if ref is None or not recs:
-      continue
-    r = _nearest_cell(recs, ref, select)
-    if r is None:
-      continue
+  for i, r in enumerate(records):
     try:
       ds = delta_samples(r, load_fn=load_fn, select=select)
     except (OSError, KeyError, ValueError):
@@ -536,6 +533,16 @@ def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn,
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
   th = fit_exponent(cat(pos), cat(pg), n_boot=n_boot, x_floor=gap_floor)
   ga = fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1, x_floor=gap_floor)
+  return n_mem, th, ga
+
+
+def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn,
+                      gap_floor: float = 0.0) -> dict:
+  """theta/gamma of the selected members of the cell nearest P* per depth."""
+  nearest = [_nearest_cell(recs, p_star.get(L), select)
+             for L, recs in sorted(records_by_depth.items()) if recs]
+  n_mem, th, ga = pool_fits([r for r in nearest if r is not None], select, n_boot, load_fn,
+                            gap_floor)
   return {"n_members": n_mem, "theta": th["exponent"], "theta_ci": th["ci"],
           "theta_cdf": th["exponent_cdf"], "gamma": ga["exponent"], "gamma_ci": ga["ci"],
           "n_at_margin": [th["n_below_floor"], ga["n_below_floor"]]}

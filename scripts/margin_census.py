@@ -2,8 +2,8 @@
 
     python scripts/margin_census.py RUN_DIR [RUN_DIR ...]
 
-Each RUN_DIR is an ensemble run directory (config.json, summary.json,
-arrays.npz) of the quadratic hinge without subtract_init. For every member
+Each RUN_DIR is an ensemble run directory (``experiment.load_ensemble``) of
+the quadratic hinge without subtract_init. For every member
 that ends with unsatisfied points, prints one JSON line: the run's N, P, the
 member, its class and r_sub, N_Delta / N, and for t = 1e-4, 1e-3, 1e-2 the
 number of points, in units of N, with |Delta| < t sqrt(sum Delta_+^2) (both
@@ -13,16 +13,14 @@ derivative vanishes there) and are the weakly active constraints of
 docs/jamming.md, "where the descent goes". Writes nothing.
 """
 import json
-import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from lossland import losses, nets  # noqa: E402
+from lossland import experiment, io, losses, nets  # noqa: E402
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
 
@@ -40,32 +38,24 @@ def main(argv):
     return 2
   for run in argv[1:]:
     try:
-      with open(os.path.join(run, "config.json")) as fh:
-        conf = json.load(fh)
-      with open(os.path.join(run, "summary.json")) as fh:
-        summary = json.load(fh)
-      arrays = np.load(os.path.join(run, "arrays.npz"))
-    except (OSError, ValueError) as e:
-      print(f"margin_census: {run}: {e}", file=sys.stderr)
+      ens = experiment.load_ensemble(run)
+    except io.RunError as e:
+      print(f"margin_census: {e}", file=sys.stderr)
       return 2
-    if conf["loss"]["name"] != "quadratic_hinge" or conf["flags"].get("subtract_init"):
+    if ens.loss.name != "quadratic_hinge" or ens.subtract_init:
       print(f"margin_census: {run}: needs the quadratic hinge without subtract_init",
             file=sys.stderr)
       return 2
-    cfg = nets.NetConfig(**conf["net"])
-    loss = losses.LossConfig(**conf["loss"])
-    apply_fn = nets.make_net(cfg)[1]
-    unravel = nets.unravel_fn(cfg, jnp.float64)
-    x, y = jnp.asarray(arrays["x_train"]), jnp.asarray(arrays["y_train"])
-    n_weights = int(summary["n_weights"])
-    for k, m in enumerate(summary["members"]):
+    apply_fn = nets.make_net(ens.net)[1]
+    n_weights = int(ens.summary["n_weights"])  # N as in P/N (weights, not biases)
+    f = np.asarray(jax.vmap(apply_fn, in_axes=(0, None))(ens.params, ens.data.x_train))
+    deltas = np.asarray(losses.margins(f, ens.data.y_train[None, :], ens.loss.epsilon))
+    for k, m in enumerate(ens.summary["members"]):
       if not m.get("n_delta"):
         continue
-      f = apply_fn(unravel(jnp.asarray(arrays["params_final"][k])), x)
-      delta = np.asarray(losses.margins(f, y, loss.epsilon))
-      print(json.dumps(dict(run=run, N=n_weights, P=int(y.shape[0]), member=k,
+      print(json.dumps(dict(run=run, N=n_weights, P=int(deltas.shape[1]), member=k,
                             member_class=m.get("class"), r_sub=m.get("force_residual"),
-                            **census(delta, n_weights))), flush=True)
+                            **census(deltas[k], n_weights))), flush=True)
   return 0
 
 

@@ -8,7 +8,7 @@ depth and the gap floor). Pools the members of class ``jammed``
 (force-balanced, r_sub <= the study's jam_max_residual) of every cell whose
 distance from the transition, (P/N - P*/N) / (P*/N), lies in [LO, HI], and
 fits theta (Delta > 0 over sqrt(loss) of its member) and gamma (-Delta of
-the satisfied points) as the phase summary does (``lossland.phase.fit_exponent``:
+the satisfied points) as the phase summary does (``lossland.phase.pool_fits``:
 density MLE and empirical CDF on the small half, bootstrap over members,
 samples at or below the gap floor left out and counted). Prints one JSON
 line per depth with cells, members, samples and both fits. The phase
@@ -22,33 +22,23 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from lossland import phase
 
 
 def pooled(records, p_star: float, lo: float, hi: float, gap_floor: float,
            load_fn=None, n_boot: int = 500) -> dict:
-  """The pooled fits of the jammed members of ``records`` (one depth) with
-  distance in [lo, hi] from ``p_star`` (P*/N)."""
-  pos, neg, pg, ng, cells, n_mem = [], [], [], [], [], 0
-  kw = {} if load_fn is None else {"load_fn": load_fn}
-  for i, r in enumerate(records):
+  """The pooled fits (``lossland.phase.pool_fits``) of the jammed members of
+  ``records`` (one depth) with distance in [lo, hi] from ``p_star`` (P*/N)."""
+  band, cells = [], []
+  for r in records:
     x = r["summary"]["P"] / r["summary"]["n_weights"]
     dist = (x - p_star) / p_star
-    if not lo <= dist <= hi:
-      continue
-    ds = phase.delta_samples(r, **kw)
-    members = set(ds["positive_member"].tolist()) | set(ds["negative_member"].tolist())
-    if not members:
-      continue
-    cells.append(dict(p_over_n=round(x, 4), distance=round(dist, 4), members=len(members)))
-    n_mem += len(members)
-    pos.append(ds["positive"]), neg.append(ds["negative"])
-    pg.append(ds["positive_member"] + 10000 * i), ng.append(ds["negative_member"] + 10000 * i)
-  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-  th = phase.fit_exponent(cat(pos), cat(pg), n_boot=n_boot, x_floor=gap_floor)
-  ga = phase.fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1, x_floor=gap_floor)
+    n = sum(phase.member_class(m) == "jammed" for m in r["summary"]["members"])
+    if lo <= dist <= hi and n:
+      band.append(r)
+      cells.append(dict(p_over_n=round(x, 4), distance=round(dist, 4), members=n))
+  kw = {} if load_fn is None else {"load_fn": load_fn}
+  n_mem, th, ga = phase.pool_fits(band, n_boot=n_boot, gap_floor=gap_floor, **kw)
   return dict(cells=cells, n_members=n_mem, n_theta_samples=th["n_samples"],
               n_gamma_samples=ga["n_samples"], theta=th["exponent"], theta_ci=th["ci"],
               theta_cdf=th["exponent_cdf"], theta_cdf_ci=th["ci_cdf"], gamma=ga["exponent"],

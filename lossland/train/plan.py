@@ -98,6 +98,8 @@ def compaction_pays(G: int, size: int, t: int, max_steps: int, work_per_member_s
   """
   steps_left = max(min(t, max_steps - t), 0)
   return size < G and (G - size) * steps_left * work_per_member_step >= min_work
+
+
 # Share of the free memory the planner lets an ensemble use.
 MEMORY_FRACTION = 0.8
 

@@ -1,8 +1,9 @@
-"""scripts/drift_probe.py and scripts/margin_census.py (docs/jamming.md,
+"""scripts/finish_probe.py and scripts/margin_census.py (docs/jamming.md,
 "where the descent goes"): on a member the L-BFGS polish leaves jammed, the
-segments of the finish never raise the loss, the per-unit table is the
-balanced net's, the decay mode and bad arguments behave, and the census
-counts hand-made margins exactly and agrees with the run's saved outputs."""
+probe's one-shot and segment modes never raise the loss, the per-unit table
+is the balanced net's, the decay mode and bad arguments behave, and the
+census counts hand-made margins exactly and agrees with the run's saved
+outputs."""
 import contextlib
 import importlib.util
 import io
@@ -21,7 +22,7 @@ _JOB = dict(dataset="sphere", depth=2, width=8, d=4, bias=True, P=120, seed=3, n
             polish_steps=2000, polish_jam_window=200, plots=False)
 
 
-def _probe(name="drift_probe"):
+def _probe(name="finish_probe"):
   spec = importlib.util.spec_from_file_location(
       name, os.path.join(os.path.dirname(__file__), "..", "scripts", f"{name}.py"))
   mod = importlib.util.module_from_spec(spec)
@@ -36,12 +37,12 @@ def _lines(probe, argv):
   return rc, [json.loads(t) for t in buf.getvalue().strip().splitlines()]
 
 
-def test_drift_probe_segments_and_unit_table(tmp_path):
+def test_finish_probe_segments_and_unit_table(tmp_path):
   run_dir, s = job.run_ensemble_job(dict(_JOB, out_dir=str(tmp_path / "run")), **QUIET)
   m = s["members"][0]
   assert m["n_delta"] > 0
   probe = _probe()
-  rc, lines = _lines(probe, ["drift_probe.py", run_dir, "0", "20", "10"])
+  rc, lines = _lines(probe, ["finish_probe.py", run_dir, "0", "20", "10"])
   assert rc == 0
   segs, last = lines[:-1], lines[-1]
   assert segs[0]["iterations"] == 0 and segs[0]["n_delta"] == m["n_delta"]
@@ -65,9 +66,16 @@ def test_drift_probe_segments_and_unit_table(tmp_path):
   assert [r[3] for r in rows[:8]] == list((z > 0).sum(0))
   assert [r[4] for r in rows[:8]] == list(((z > 0) & unsat[:, None]).sum(0))
   # the decay mode runs from the balanced params and reports its gradient
-  rc, lines = _lines(probe, ["drift_probe.py", run_dir, "0", "10", "10", "1e-3"])
+  rc, lines = _lines(probe, ["finish_probe.py", run_dir, "0", "10", "10", "1e-3"])
   assert rc == 0 and lines[1]["gres"] is not None and lines[1]["gres"] > 0
-  assert probe.main(["drift_probe.py", run_dir, "0"]) == 2
+  assert probe.main(["finish_probe.py", run_dir, "0"]) == 2
+  assert probe.main(["finish_probe.py", run_dir, "5", "10"]) == 2  # no member 5
+  assert probe.main(["finish_probe.py", str(tmp_path / "nowhere"), "0", "10"]) == 2
+  # the one-shot mode: the loss before is the run's, the finish never raises it
+  rc, lines = _lines(probe, ["finish_probe.py", run_dir, "0", "10"])
+  assert rc == 0 and len(lines) == 1
+  assert abs(lines[0]["loss_before"] - m["loss"] * 120) <= 1e-10 * lines[0]["loss_before"]
+  assert lines[0]["loss_after"] <= lines[0]["loss_before"]
   # the margin census from the params against the run's saved outputs
   census = _probe("margin_census")
   rc, lines = _lines(census, ["margin_census.py", run_dir])
