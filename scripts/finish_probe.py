@@ -1,6 +1,6 @@
 """Continues the finishing stage (trust-region Newton) from a run's final params.
 
-    python scripts/finish_probe.py RUN_DIR MEMBER ITERATIONS [SEGMENT [DECAY]]
+    python scripts/finish_probe.py RUN_DIR MEMBER ITERATIONS [SEGMENT [DECAY [MODEL]]]
 
 RUN_DIR is an ensemble run directory (``experiment.load_ensemble``; a run of
 the quadratic hinge without subtract_init); MEMBER is the member's index.
@@ -24,8 +24,10 @@ of the growth of the squared norm they carry, and the mean |f| on the
 satisfied points and the largest |f|, first and last. With DECAY mu > 0 the
 finish minimizes the loss + mu |w|^2 / 2 instead
 (``kink_newton.finish(weight_decay=mu)``), from the member's balanced
-params. docs/jamming.md, "how far from a minimum the polished states are"
-and "where the descent goes". Writes nothing.
+params. MODEL is the finish's step model, newton (default) or hinge
+(``kink_newton.STEP_MODELS``; DECAY 0 for none). docs/jamming.md, "how far
+from a minimum the polished states are", "where the descent goes" and "the
+hinge step model". Writes nothing.
 """
 import json
 import sys
@@ -56,13 +58,16 @@ def unit_table(cfg, params, x, unsat):
 
 
 def main(argv):
-  if len(argv) not in (4, 5, 6):
+  if len(argv) not in (4, 5, 6, 7):
     print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
     return 2
   try:
     run, k, iters = argv[1], int(argv[2]), int(argv[3])
     segment = int(argv[4]) if len(argv) >= 5 else 0
-    decay = float(argv[5]) if len(argv) == 6 else 0.0
+    decay = float(argv[5]) if len(argv) >= 6 else 0.0
+    model = argv[6] if len(argv) == 7 else "newton"
+    if model not in kink_newton.STEP_MODELS:
+      raise ValueError(f"MODEL must be one of {kink_newton.STEP_MODELS}, got {model!r}")
     ens = experiment.load_ensemble(run)
   except (ValueError, io.RunError) as e:
     print(f"finish_probe: {e}", file=sys.stderr)
@@ -80,8 +85,8 @@ def main(argv):
   norms = lambda p: [round(float(np.linalg.norm(np.asarray(layer["w"]))), 3) for layer in p]
   t = time.time()
   if segment:
-    return _segments(cfg, params, x, y, loss, iters, segment, decay, apply_fn, t)
-  out = kink_newton.finish(cfg, params, x, y, loss, tol=1e-10, max_iter=iters)
+    return _segments(cfg, params, x, y, loss, iters, segment, decay, apply_fn, t, model)
+  out = kink_newton.finish(cfg, params, x, y, loss, tol=1e-10, max_iter=iters, step_model=model)
   print(json.dumps(dict(
       member=k, reason=out.reason, n_iter=out.n_iter,
       r_before=float(out.residual_before), r_after=float(out.record.force_residual),
@@ -92,7 +97,7 @@ def main(argv):
   return 0
 
 
-def _segments(cfg, params, x, y, loss, iters, segment, decay, apply_fn, t):
+def _segments(cfg, params, x, y, loss, iters, segment, decay, apply_fn, t, model="newton"):
   """One JSON line per segment of SEGMENT iterations, then the growth line
   (the docstring)."""
   relu = cfg.activation == "relu"
@@ -123,7 +128,7 @@ def _segments(cfg, params, x, y, loss, iters, segment, decay, apply_fn, t):
   for i in range(1, iters // segment + 1):
     logged = []
     out = kink_newton.finish(cfg, params, x, y, loss, tol=1e-10, max_iter=segment,
-                             weight_decay=decay, log_fn=logged.append)
+                             step_model=model, weight_decay=decay, log_fn=logged.append)
     params, s = out.params, state(out.params)
     gres = [float(m.split("|g_Z|/F ")[1].split()[0]) for m in logged if "|g_Z|/F" in m]
     line(params, s, iterations=i * segment, reason=out.reason,

@@ -68,6 +68,10 @@ def test_finish_probe_segments_and_unit_table(tmp_path):
   # the decay mode runs from the balanced params and reports its gradient
   rc, lines = _lines(probe, ["finish_probe.py", run_dir, "0", "10", "10", "1e-3"])
   assert rc == 0 and lines[1]["gres"] is not None and lines[1]["gres"] > 0
+  # the hinge step model: segments that never raise the loss; a bad model exits 2
+  rc, lines = _lines(probe, ["finish_probe.py", run_dir, "0", "20", "10", "0", "hinge"])
+  assert rc == 0 and lines[2]["loss"] <= lines[1]["loss"] <= lines[0]["loss"]
+  assert probe.main(["finish_probe.py", run_dir, "0", "10", "10", "0", "lm"]) == 2
   assert probe.main(["finish_probe.py", run_dir, "0"]) == 2
   assert probe.main(["finish_probe.py", run_dir, "5", "10"]) == 2  # no member 5
   assert probe.main(["finish_probe.py", str(tmp_path / "nowhere"), "0", "10"]) == 2

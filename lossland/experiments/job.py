@@ -155,6 +155,12 @@ class JobOptions:
       "Its result replaces the member's params; summary.json gains each member's r_sub "
       "before and after and min_curvature.", ("none", "newton", "anneal", "anneal_newton"))
   finish_iters: int = option(400, "Most trust-region iterations of the finish per member.")
+  finish_model: str = option(
+      "newton", "The Newton finish's step model: newton (the quadratic model of the loss "
+      "with the ReLU pattern frozen) or hinge (the margins exact in the model, so that "
+      "points may cross the margin within a step; about 2.5x the cost per iteration, "
+      "1.3 to 1.5x the loss decrease per second on the L = 1 and 2 states measured in "
+      "docs/jamming.md).", ("newton", "hinge"))
   anneal_levels: str = option(
       "10,100,1000,10000,100000,inf",
       "The anneal's sharpnesses b, increasing: each unit's ReLU becomes "
@@ -1039,7 +1045,8 @@ def finish_jammed(v: dict, job: Job, res, cfg):
   from lossland.train import finish
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
                                     max_iter=v["finish_iters"], method=v["finish"],
-                                    levels=anneal_levels(v), anneal_iters=v["anneal_iters"])
+                                    levels=anneal_levels(v), anneal_iters=v["anneal_iters"],
+                                    step_model=v["finish_model"])
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

@@ -98,14 +98,18 @@ def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
   return nets._forward(cfg, params, x, phi=phi if cfg.activation == "relu" else None)
 
 
+def _splitter(pts):
+  """Splits a flat padded slope vector into the per-layer pieces of ``pts``."""
+  starts = np.cumsum([0] + [p.shape[0] for p in pts])
+  return lambda sf: [sf[starts[l]:starts[l + 1]] for l in range(len(pts))]
+
+
 def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, decay):
   """The frozen loss's gradient [N] and Hessian [N, N], the scaled kink
   pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp];
   the loss plus ``decay`` |w|^2 / 2."""
   unravel = nets.unravel_fn(cfg, w.dtype)
-  sizes = [p.shape[0] for p in pts]
-  starts = np.cumsum([0] + sizes)
-  split = lambda sf: [sf[starts[l]:starts[l + 1]] for l in range(len(pts))]
+  split = _splitter(pts)
 
   def total(wf, sf):
     zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(sf))
@@ -124,6 +128,20 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, dec
 
 
 _PARTS = jax.jit(_parts_fn, static_argnums=(0, 1))
+
+
+def _margins_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units):
+  """The margins Delta [P] of the frozen net and their Jacobian J [P, N]
+  (every point, satisfied or not: the hinge step model's pieces)."""
+  unravel, split = nets.unravel_fn(cfg, w.dtype), _splitter(pts)
+
+  def margins(wf):
+    zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(s_flat))
+    return losses.margins(nets.readout(cfg, zs[-1]) - off, y, loss.epsilon)
+  return margins(w), jax.jacfwd(margins)(w)
+
+
+_MARGINS = jax.jit(_margins_fn, static_argnums=(0, 1))
 
 
 def _true_loss_fn(cfg, loss, w, x, y, off, decay):
@@ -186,6 +204,86 @@ def _tr_step(g, H, radius: float):
   return Q @ step(hi)
 
 
+def _hinge_step(m: dict, radius: float, max_sets: int = 20):
+  """The trust-region step of the hinge-exact model: ``(p, d, predicted decrease)``.
+
+  The Newton model treats every unsatisfied point as a quadratic and every
+  satisfied one as absent, so a step that moves points across the margin
+  Delta = 0 (where the quadratic hinge's curvature jumps) is mispredicted and
+  rejected. This model keeps the hinge:
+
+      m(d) = sum_mu (Delta_mu + J_mu d)_+^2 / 2 + e.d + d.R.d / 2,
+
+  J the margins' Jacobian of the frozen net (every point), R = H - J_U^T J_U
+  the Hessian's part beyond Gauss-Newton (U the unsatisfied points; with the
+  decay's identity) and e = g - J_U^T Delta_U (the decay's gradient and the
+  slopes' update), so that m has the Newton model's value, gradient and
+  Hessian at d = 0. m is piecewise quadratic and C^1, not convex where R is
+  not. Over d = step_n + Z p with |p| <= radius: an active-set iteration,
+  each set's quadratic solved exactly (:func:`_tr_step`, negative curvature
+  followed), the set recomputed from the step, at most ``max_sets`` sets;
+  the step with the lowest m is taken.
+  """
+  D, J, Z, d0 = m["delta"], m["J"], m["Z"], m["step_n"]
+  U = D > 0
+  e = m["g"] - J[U].T @ D[U]
+  R = m["H"] - J[U].T @ J[U]
+  v0, JZ = D + J @ d0, J @ Z
+  lin0 = Z.T @ (e + R @ d0)
+  RZZ = Z.T @ R @ Z
+
+  def value(p):
+    """m(d) - m(0), summed per point without cancellation (near a
+    stationary point the change is 1e-15 of the loss)."""
+    d = d0 + Z @ p
+    t = J @ d
+    v = D + t
+    per = np.where(U, np.where(v > 0, t * (D + 0.5 * t), -0.5 * D * D),
+                   np.where(v > 0, 0.5 * v * v, 0.0))
+    return float(np.sum(per)) + float(e @ d) + 0.5 * float(d @ R @ d)
+
+  if not Z.shape[1]:
+    return np.zeros(0), d0, -value(np.zeros(0))
+  best_p, best = np.zeros(Z.shape[1]), value(np.zeros(Z.shape[1]))
+  active = v0 > 0
+  for _ in range(max_sets):
+    p = _tr_step(JZ[active].T @ v0[active] + lin0, JZ[active].T @ JZ[active] + RZZ, radius)
+    val = value(p)
+    if val < best:
+      best_p, best = p, val
+    new = (v0 + JZ @ p) > 0
+    if np.array_equal(new, active):
+      break
+    active = new
+  return best_p, d0 + Z @ best_p, -best
+
+
+def _release_early(s, b, c_norm, floor: float, no_force: float, n_released,
+                   max_release: int):
+  """Pairs of K that leave it before the manifold's stationary point, and on
+  which side (True: on; None: the side it was on).
+
+  A pair leaves when its slope does not move the gradient (``c_norm`` =
+  |dg/ds| <= ``no_force``: its contact holds no force, the constraint only
+  takes a direction away) or when its slope is out of [0, 1] and the force
+  left unbalanced by the nearest admissible slope, |dg/ds| dist(s, [0, 1]),
+  exceeds ``floor`` (a multiple of the reduced gradient): holding such a
+  pair costs more descent than the manifold still offers. Measured on the
+  small jammed nets of the tests: the manifold's own descent slows to
+  1e-4..1e-5 of the force scale, and pairs held with slopes 1.06, -0.7 or
+  without force were never released at the stationary-point test alone.
+  """
+  out, side = [], []
+  for j, (sj, bj, cj) in enumerate(zip(s, b, c_norm)):
+    if n_released.get(j, 0) >= max_release:
+      continue
+    if cj <= no_force:
+      out.append(j), side.append(None)
+    elif cj * max(-sj, sj - 1.0, 0.0) > floor:
+      out.append(j), side.append(bool((1 - sj) * bj < 0))
+  return out, side
+
+
 def _kink_idx(masks) -> list:
   return [tuple(np.nonzero(m)) for m in masks]
 
@@ -246,9 +344,11 @@ class _Search:
   """The host-side state of one :func:`finish` (numpy; jax for derivatives)."""
 
   def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
-               decay=0.0):
-    self.settings = (f_offset, kink_rtol, slope_tol, max_release, decay)  # for restarted()
-    self.decay = float(decay)
+               decay=0.0, step_model="newton"):
+    # for restarted()
+    self.settings = (f_offset, kink_rtol, slope_tol, max_release, decay, step_model)
+    self.decay, self.step_model = float(decay), step_model
+    self.early_release = 10.0
     self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
     self.slope_tol, self.max_release = slope_tol, max_release
     self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
@@ -300,11 +400,20 @@ class _Search:
     fr = _frozen(self.pattern, idx, self.x.shape[0])
     z_scale = _unit_rms(self.cfg, self.params(), self.x, self.unsat)
     s_real = np.array([self.slopes.get(k, 0.5) for k in flat])
-    g, H, zk, A, C = _active_parts(self.cfg, self.loss, jnp.asarray(self.w, self.x.dtype), fr,
-                                   s_real, self.x, self.y, self.off, z_scale, self.decay)
+    w = jnp.asarray(self.w, self.x.dtype)
+    g, H, zk, A, C = _active_parts(self.cfg, self.loss, w, fr, s_real, self.x, self.y,
+                                   self.off, z_scale, self.decay)
+    hinge = {}
+    if self.step_model == "hinge":  # the margins' Jacobian at the slopes H was taken at
+      s_pad = np.zeros(fr.pad)
+      s_pad[fr.real] = s_real
+      D, J = _MARGINS(self.cfg, self.loss, w, jnp.asarray(s_pad, w.dtype), self.x, self.y,
+                      self.off, fr.pattern, fr.pts, fr.units)
+      hinge = dict(delta=np.asarray(D), J=np.asarray(J))
     if flat:
       # least-squares multipliers: g is affine in the slopes, g(s + ds) = g + C ds
-      ds = np.linalg.lstsq(C, -g, rcond=None)[0]
+      # (a pair whose slope does not move the gradient keeps its slope)
+      ds = np.linalg.lstsq(C, -g, rcond=1e-10)[0]
       s_real, g = s_real + ds, g + C @ ds
     Z, A_pinv = _null_space(A, self.w.size)
     step_n = -A_pinv @ zk
@@ -316,7 +425,8 @@ class _Search:
     self.slopes = {k: float(v) for k, v in zip(flat, s_real)}
     return dict(flat=flat, g=g, H=H, zk=zk, Z=Z, step_n=step_n, gZ=gZ, gres=gres,
                 s=s_real, b=np.einsum("ij,ji->i", A, C) if flat else np.zeros(0),
-                near=gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10)
+                c_norm=np.linalg.norm(C, axis=0) if flat else np.zeros(0),
+                near=gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10, **hinge)
 
   def decay_stationary(self, m: dict, tol: float) -> bool:
     """With weight decay: stationary for the loss + decay |w|^2 / 2 on the
@@ -324,14 +434,25 @@ class _Search:
     return bool(self.decay) and m["gres"] <= tol and float(np.linalg.norm(m["zk"])) <= 1e-10
 
   def release(self, m: dict, log_fn=None, it: int = 0) -> int:
-    """At a point stationary on the manifold, pairs of K that no slope
-    balances leave it (:func:`_release`); returns how many left."""
-    if not m["near"]:
-      return 0
+    """Pairs of K that leave it; returns how many left.
+
+    At a point stationary on the manifold, the pairs that no slope balances
+    (:func:`_release`). Elsewhere (:func:`_release_early`), the pairs whose
+    contact no longer holds anything: a slope that does not move the
+    gradient (the pair carries no force), or a slope out of [0, 1] whose
+    unbalanced force outweighs the reduced gradient on the manifold."""
     flat = m["flat"]
-    out, side = _release(m["s"], m["b"], self.slope_tol,
-                         {j: self.released.get(k, 0) for j, k in enumerate(flat)},
-                         self.max_release)
+    if not flat:
+      return 0
+    counts = {j: self.released.get(k, 0) for j, k in enumerate(flat)}
+    if m["near"]:
+      out, side = _release(m["s"], m["b"], self.slope_tol, counts, self.max_release)
+    else:
+      out, side = _release_early(m["s"], m["b"], m["c_norm"],
+                                 self.early_release * m["gres"] * self.g_scale,
+                                 1e-9 * self.g_scale, counts, self.max_release)
+      side = [self.pattern[flat[j][0]][flat[j][1:]] if on is None else on
+              for j, on in zip(out, side)]
     for j, on in zip(out, side):
       l, p, u = flat[j]
       self.kinks[l][p, u] = False
@@ -352,10 +473,13 @@ class _Search:
     return ratio, n_crossed
 
   def _step(self, m: dict):
-    p = _tr_step(m["gZ"], m["Z"].T @ m["H"] @ m["Z"], self.radius) if m["Z"].shape[1] \
-        else np.zeros(0)
-    d = m["step_n"] + m["Z"] @ p
-    pred = -(float(m["g"] @ d) + 0.5 * float(d @ m["H"] @ d))
+    if self.step_model == "hinge":
+      p, d, pred = _hinge_step(m, self.radius)
+    else:
+      p = _tr_step(m["gZ"], m["Z"].T @ m["H"] @ m["Z"], self.radius) if m["Z"].shape[1] \
+          else np.zeros(0)
+      d = m["step_n"] + m["Z"] @ p
+      pred = -(float(m["g"] @ d) + 0.5 * float(d @ m["H"] @ d))
     w_try = self.w + d
     L_try = self.true_loss(w_try)
     ratio = (self.L - L_try) / pred if pred > 0 else (1.0 if L_try < self.L else -1.0)
@@ -393,6 +517,9 @@ class _Search:
     return int(sum(c.sum() for c in crossed))
 
 
+STEP_MODELS = ("newton", "hinge")
+
+
 def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
   """Why a state needs no (more) finishing, or None: "no_unsat" (every point
   satisfied), "converged" (r_sub <= tol) or "no_force" (every unsatisfied
@@ -407,7 +534,7 @@ def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
 def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
-           log_fn=None, weight_decay: float = 0.0) -> FinishResult:
+           log_fn=None, weight_decay: float = 0.0, step_model: str = "newton") -> FinishResult:
   """Drive one network to a minimum of its loss where (1) holds, then certify it.
 
   A trust-region Newton method on the loss restricted to the kink manifold
@@ -440,6 +567,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       minimum exists) and stops "decay_stationary" where its reduced
       gradient is <= ``tol``; ``record`` certifies the loss alone. A probe
       (docs/jamming.md, "where the descent goes"), not a classification.
+    step_model: "newton" (the quadratic model of the frozen loss) or "hinge"
+      (:func:`_hinge_step`: the margins exact in the model, so that points
+      may cross Delta = 0 within a step; one [P, N] Jacobian more per
+      iteration).
 
   Returns:
     A :class:`FinishResult`; its params are the last iterate, whose true loss
@@ -453,8 +584,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   r0, reason = rec.force_residual, _done(rec, tol)
   if reason:
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
+  if step_model not in STEP_MODELS:
+    raise ValueError(f"step_model must be one of {STEP_MODELS}, got {step_model!r}")
   st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
-               weight_decay)
+               weight_decay, step_model)
   for it in range(max_iter):
     m = st.model()
     if st.decay_stationary(m, tol):

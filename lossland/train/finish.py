@@ -74,7 +74,7 @@ class FinishInfo(NamedTuple):
 METHODS = ("newton", "anneal", "anneal_newton")
 
 
-def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed):
+def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton"):
   """One member: ``(params, record, reason, r_before, n_iter, n_restarts)``;
   ``annealed``: its :class:`lossland.optim.anneal.AnnealResult` (anneal
   methods) or None."""
@@ -89,7 +89,8 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed):
       rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
       reason = "sat" if rec.n_unsat == 0 else reason
       return p, rec, reason, r0, n_iter, 0
-  out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol, max_iter=max_iter)
+  out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol, max_iter=max_iter,
+                           step_model=step_model)
   r0 = out.residual_before if r0 is None else r0
   return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts)
 
@@ -143,7 +144,7 @@ def _entrants(res: EnsembleResult, data, net, loss, entry, dead_enter: bool) -> 
 def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
                    tol: float, max_iter: int = 400, entry=("jammed", "max_steps"),
                    log_fn: Callable | None = None, method: str = "newton",
-                   levels=None, anneal_iters: int = 4000) -> tuple:
+                   levels=None, anneal_iters: int = 4000, step_model: str = "newton") -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -161,6 +162,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     levels: the anneal's sharpnesses (default
       :data:`lossland.optim.anneal.DEFAULT_LEVELS`).
     anneal_iters: L-BFGS line-search trials per level of the anneal at most.
+    step_model: the Newton finish's step model
+      (:data:`lossland.optim.kink_newton.STEP_MODELS`).
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -199,7 +202,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
     off = offs[i]
     p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
-        method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, annealed[i])
+        method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, annealed[i],
+        step_model)
     merge.put(k, p_new, p0)
     curv = kink_newton.min_curvature(net, p_new, data.x_train, data.y_train, loss,
                                      f_offset=off)
