@@ -95,10 +95,15 @@ def test_documentation_links_resolve():
 
 def test_main_job_gives_the_numbers_the_readme_states(tmp_path):
   # README, "The main job": 20 members, all sat, ensemble 7.4 %, members 12.6 %
-  # of the 1397 test digits (the first of the two commands, as written).
+  # of the 1397 test digits (the first of the two commands, as written, so
+  # without the XLA_FLAGS that conftest.py sets for the suite: under those, on
+  # an Intel Xeon, member 17, which ends at Delta ~ 1e-18 on one point, counts
+  # N_Delta = 1 and is class limbo; with XLA's defaults it is sat there and on
+  # the AMD EPYC where the numbers were recorded).
+  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
   out = subprocess.run([sys.executable, "-m", "lossland.scripts.ensemble", "--n_seeds", "20",
                         "--out_dir", str(tmp_path)], capture_output=True, text=True,
-                       timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                       timeout=900, env=dict(env, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-2000:]
   (run,) = os.listdir(tmp_path / "ensemble")
   s = json.load(open(tmp_path / "ensemble" / run / "summary.json"))
