@@ -158,9 +158,9 @@ class JobOptions:
   finish_model: str = option(
       "newton", "The Newton finish's step model: newton (the quadratic model of the loss "
       "with the ReLU pattern frozen) or hinge (the margins exact in the model, so that "
-      "points may cross the margin within a step; about 2.5x the cost per iteration, "
-      "1.3 to 1.5x the loss decrease per second on the L = 1 and 2 states measured in "
-      "docs/jamming.md).", ("newton", "hinge"))
+      "points may cross the margin within a step: 1.3 to 4x the loss decrease per "
+      "iteration, at 1.6 to 3x the cost, on the five L = 1 and 2 states of "
+      "docs/jamming.md, 'the hinge step model').", ("newton", "hinge"))
   anneal_levels: str = option(
       "10,100,1000,10000,100000,inf",
       "The anneal's sharpnesses b, increasing: each unit's ReLU becomes "

@@ -26,7 +26,11 @@ points), steps accepted on the true ReLU loss, and an active set:
 
 * a pair that crossed its kink back and forth joins K (a V-shaped valley);
 * at a point stationary on the manifold, a pair of K leaves it when no
-  subgradient balances the forces there (:func:`_release`);
+  subgradient balances the forces there (:func:`_release`); before that,
+  a pair leaves when it holds no force or its slope is out of [0, 1] by a
+  force larger than the manifold's reduced gradient
+  (:func:`_release_early`: without it such pairs were held for thousands of
+  iterations while the descent crawled, docs/jamming.md);
 * the result is certified by the independent measurement of
   :func:`lossland.stationarity.stationarity` (r_sub by bounded least
   squares at the kinks it finds), which is what the caller should trust.
@@ -37,6 +41,13 @@ one to three decades, and shows that those states had negative curvature;
 it converges linearly, not quadratically, while points approach the margin
 (Delta -> 0+, where the quadratic hinge's curvature jumps): it does not
 reach r_sub <= 1e-10 in a few thousand iterations there.
+
+The step model (``step_model``): "newton", the quadratic model of the
+frozen loss; or "hinge" (:func:`_hinge_step`), the margins linearized
+inside the hinge, so that points may cross Delta = 0 within a step: per
+iteration it lowers the loss 1.3 to 4 times more on the unbalanced states of
+N = 256 and 336, at 1.6 to 3 times the cost (docs/jamming.md, "the hinge
+step model"); neither converges there.
 
 Everything is for one network in float64 (numpy on the host, jax for the
 derivatives; dense N x N Hessians: meant for the N of a CPU study and for
