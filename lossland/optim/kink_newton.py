@@ -542,6 +542,31 @@ def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
   return None if math.isfinite(rec.force_residual) else "no_force"
 
 
+def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn):
+  """The finish's iterations: ``(search, last record, reason, last iteration)``;
+  reason "" where the record decides (converged, every point satisfied)."""
+  reason = ""
+  for it in range(max_iter):
+    m = st.model()
+    if st.decay_stationary(m, tol):
+      return st, rec, "decay_stationary", it
+    if st.release(m, log_fn, it):
+      continue
+    if m["near"] or m["gres"] <= 0.01 * tol:
+      rec = certify(st.params())
+      if _done(rec, tol):
+        return st, rec, reason, it
+    st.step(m, log_fn, it)
+    if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
+      if st.n_acc == st.acc_at_start:
+        return st, rec, "stuck", it
+      rec = certify(st.params())
+      if _done(rec, tol):  # e.g. every point satisfied by the last steps
+        return st, rec, reason, it
+      st = st.restarted(log_fn, it)  # collapsed after progress
+  return st, rec, "max_iter", max_iter - 1
+
+
 def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
@@ -588,6 +613,8 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     is the lowest seen (steps are accepted only when the loss decreases);
     ``record`` is measured there by :func:`lossland.stationarity.stationarity`.
   """
+  if step_model not in STEP_MODELS:
+    raise ValueError(f"step_model must be one of {STEP_MODELS}, got {step_model!r}")
   apply_fn = nets.make_net(cfg, x.dtype)[1]
   certify = lambda p: stationarity.stationarity(cfg, apply_fn, p, x, y, loss,
                                                 kink_rtol=kink_rtol, f_offset=f_offset)
@@ -595,32 +622,9 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   r0, reason = rec.force_residual, _done(rec, tol)
   if reason:
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
-  if step_model not in STEP_MODELS:
-    raise ValueError(f"step_model must be one of {STEP_MODELS}, got {step_model!r}")
   st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
                weight_decay, step_model)
-  for it in range(max_iter):
-    m = st.model()
-    if st.decay_stationary(m, tol):
-      reason = "decay_stationary"
-      break
-    if st.release(m, log_fn, it):
-      continue
-    if m["near"] or m["gres"] <= 0.01 * tol:
-      rec = certify(st.params())
-      if _done(rec, tol):
-        break
-    st.step(m, log_fn, it)
-    if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
-      if st.n_acc == st.acc_at_start:
-        reason = "stuck"
-        break
-      rec = certify(st.params())
-      if _done(rec, tol):  # e.g. every point satisfied by the last steps
-        break
-      st = st.restarted(log_fn, it)  # collapsed after progress
-  else:
-    reason = "max_iter"
+  st, rec, reason, it = _iterate(st, certify, rec, tol, max_iter, log_fn)
   params = st.params()
   if reason in ("max_iter", "stuck", "decay_stationary"):
     rec = certify(params)
