@@ -269,6 +269,11 @@ def _hinge_step(m: dict, radius: float, max_sets: int = 20):
   return best_p, d0 + Z @ best_p, -best
 
 
+# A pair out of [0, 1] leaves K early when its unbalanced force exceeds this
+# multiple of the reduced gradient on the manifold (:func:`_release_early`).
+_EARLY_RELEASE = 10.0
+
+
 def _release_early(s, b, c_norm, floor: float, no_force: float, n_released,
                    max_release: int):
   """Pairs of K that leave it before the manifold's stationary point, and on
@@ -359,7 +364,6 @@ class _Search:
     # for restarted()
     self.settings = (f_offset, kink_rtol, slope_tol, max_release, decay, step_model)
     self.decay, self.step_model = float(decay), step_model
-    self.early_release = 10.0
     self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
     self.slope_tol, self.max_release = slope_tol, max_release
     self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
@@ -460,7 +464,7 @@ class _Search:
       out, side = _release(m["s"], m["b"], self.slope_tol, counts, self.max_release)
     else:
       out, side = _release_early(m["s"], m["b"], m["c_norm"],
-                                 self.early_release * m["gres"] * self.g_scale,
+                                 _EARLY_RELEASE * m["gres"] * self.g_scale,
                                  1e-9 * self.g_scale, counts, self.max_release)
       side = [self.pattern[flat[j][0]][flat[j][1:]] if on is None else on
               for j, on in zip(out, side)]
