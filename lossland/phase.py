@@ -303,7 +303,7 @@ def avalanche_sizes(history_unsat, running=None) -> np.ndarray:
   return flips[both].astype(np.int64)
 
 
-def avalanche_data(record: dict, load_fn=_load_arrays):
+def avalanche_data(record: dict, load_fn=_load_arrays, select=None):
   """Avalanche sizes of a cell's members from its arrays.npz, or None.
 
   Reads ``history_unsat`` [K, M, P] (train.TrainConfig.record_unsat) and, if
@@ -312,21 +312,30 @@ def avalanche_data(record: dict, load_fn=_load_arrays):
   (``polish_history_unsat`` [K, M2, P], ``polish_history_running`` [K, M2],
   counted in gradient evaluations) add their sizes too; the interval that
   spans the hand-over from the first stage to the polish is not counted.
+  ``select(member summary) -> bool`` keeps only the members it takes (the
+  record's ``summary["members"]``, in the arrays' order); None keeps all.
   """
   a = load_fn(record["run_dir"])
   if "history_unsat" not in a:
     return None
   u = a["history_unsat"]
   if "history_running" in a:
-    run = a["history_running"]
+    run = np.asarray(a["history_running"], bool)
   elif "history_loss" in a:
     run = np.isfinite(a["history_loss"])
   else:
-    run = None
-  sizes = avalanche_sizes(u, run)
+    run = np.ones(np.shape(u)[:2], bool)
+  keep = np.ones(np.shape(u)[0], bool)
+  if select is not None:
+    keep = np.array([bool(select(m)) for m in record["summary"]["members"]], bool)
+    if keep.shape[0] != np.shape(u)[0]:
+      raise ValueError(f"{keep.shape[0]} members in the summary, {np.shape(u)[0]} in the arrays")
+  sizes = avalanche_sizes(u, run & keep[:, None])
   if "polish_history_unsat" in a:
-    sizes = np.concatenate([sizes, avalanche_sizes(a["polish_history_unsat"],
-                                                   a.get("polish_history_running"))])
+    pu = a["polish_history_unsat"]
+    prun = a.get("polish_history_running")
+    prun = np.ones(np.shape(pu)[:2], bool) if prun is None else np.asarray(prun, bool)
+    sizes = np.concatenate([sizes, avalanche_sizes(pu, prun & keep[:, None])])
   return sizes
 
 
@@ -359,6 +368,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   pooled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
   stalled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
   aval, exps = [], {}
+  aval_conv = {"sizes": [], "n_members": 0, "n_cells": 0}
   for L, recs in sorted(records_by_depth.items()):
     stats = sorted((cell_stats(r, load_fn) for r in recs), key=lambda c: c["p_over_n"])
     fit = fit_cells(stats, level=level)
@@ -374,6 +384,10 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     _depth_exponents(recs, fit["x_half"], stalled, n_boot, load_fn, ("unbalanced",),
                      gap_floor)
     aval += _cell_avalanches(recs, load_fn)
+    conv = _converged_avalanches(recs, fit["x_half"], load_fn)
+    aval_conv["sizes"] += conv[0]
+    aval_conv["n_members"] += conv[1]
+    aval_conv["n_cells"] += conv[2]
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
   P_, N_, Pg, Ng = (cat(pooled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
   th = fit_exponent(P_, Pg, n_boot=n_boot, x_floor=gap_floor)
@@ -409,23 +423,60 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
                                        load_fn=load_fn, gap_floor=gap_floor),
       "gap_floor": gap_floor,
       "avalanches": _avalanche_summary(sizes),
+      "avalanches_converged": _avalanche_summary(
+          cat(aval_conv["sizes"]).astype(np.int64),
+          selection=CONVERGED_SELECTION, window=AVALANCHE_WINDOW,
+          n_members=aval_conv["n_members"], n_cells=aval_conv["n_cells"]),
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
                    "theta_xmax": th.get("x_max"), "gamma_xmax": ga.get("x_max"),
                    "positive_stalled": SP, "negative_stalled": SN},
   }
 
 
-def _cell_avalanches(recs, load_fn) -> list:
-  """The avalanche sizes of every cell that recorded its unsatisfied sets."""
+def _cell_avalanches(recs, load_fn, select=None) -> list:
+  """The avalanche sizes of every cell that recorded its unsatisfied sets
+  (of the members ``select`` takes, :func:`avalanche_data`)."""
   out = []
   for r in recs:
     try:
-      a = avalanche_data(r, load_fn=load_fn)
+      a = avalanche_data(r, load_fn=load_fn, select=select)
     except (OSError, KeyError, ValueError):
       a = None
     if a is not None:
       out.append(a)
   return out
+
+
+# Avalanches of converged runs (issue 20, item 6): the members that ended at a
+# minimum, class sat (loss 0) or jammed (force-balanced, r_sub <= the
+# threshold), of the cells within this relative distance of P*/N.
+AVALANCHE_WINDOW = 0.2
+CONVERGED_CLASSES = ("sat", "jammed")
+CONVERGED_SELECTION = (
+    "members of class sat (loss 0) or jammed (force-balanced) of the cells with "
+    "|P/N - P*/N| <= window * P*/N; sizes of the changes of the unsatisfied set between "
+    "consecutive measurements of the training (Adam, then the polish), recorded before "
+    "any finish")
+
+
+def _converged_avalanches(recs, x_star, load_fn):
+  """(sizes per cell, members, cells) of the converged members of the cells
+  near P*/N = ``x_star`` (:data:`AVALANCHE_WINDOW`)."""
+  if x_star is None:
+    return [], 0, 0
+  take = lambda m: member_class(m) in CONVERGED_CLASSES
+  near = [r for r in recs if abs(_p_over_n(r) - x_star) <= AVALANCHE_WINDOW * x_star]
+  sizes, n_mem, n_cells = [], 0, 0
+  for r in near:
+    try:
+      a = avalanche_data(r, load_fn=load_fn, select=take)
+    except (OSError, KeyError, ValueError):
+      a = None
+    if a is not None:
+      sizes.append(a)
+      n_mem += sum(map(take, r["summary"]["members"]))
+      n_cells += 1
+  return sizes, n_mem, n_cells
 
 
 def _exponent_method(f: dict) -> str | None:
@@ -443,13 +494,16 @@ def _residual_threshold(records_by_depth: dict):
   return vals.pop() if len(vals) == 1 else None
 
 
-def _avalanche_summary(sizes) -> dict | None:
+def _avalanche_summary(sizes, **extra) -> dict | None:
   if not sizes.size:
     return None
   return {"n_intervals": int(sizes.size), "n_nonzero": int(np.count_nonzero(sizes)),
           "mean": float(sizes.mean()), "max": int(sizes.max()),
           # power law vs exponential of the nonzero sizes (Clauset et al. 2009)
-          "distribution": avalanches.compare(sizes)}
+          "distribution": avalanches.compare(sizes),
+          # the same from s = 1: the chosen s_min favours a power-law-like
+          # tail (avalanches.compare's caveat)
+          "distribution_from_1": avalanches.compare(sizes, s_min=1), **extra}
 
 
 RESIDUAL_THRESHOLDS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, float("inf"))

@@ -256,6 +256,57 @@ def test_avalanche_data_adds_the_polish_stage():
   assert sorted(phase.avalanche_data(rec, lambda _: arrays).tolist()) == [1, 2]
 
 
+def test_avalanche_data_keeps_only_the_selected_members():
+  # member k flips k + 1 points once in the first stage and once in the polish
+  u = np.zeros((3, 2, 8), bool)
+  pu = np.zeros((3, 2, 8), bool)
+  for k in range(3):
+    u[k, 1, :k + 1] = True
+    pu[k, 1, :k + 1] = True
+  arrays = {"history_unsat": u, "history_running": np.ones((3, 2), bool),
+            "polish_history_unsat": pu}
+  rec = {"run_dir": "x", "summary": {"members": [{"class": c} for c in
+                                                 ("sat", "unbalanced", "jammed")]}}
+  take = lambda m: m["class"] in ("sat", "jammed")
+  assert sorted(phase.avalanche_data(rec, lambda _: arrays).tolist()) == [1, 1, 2, 2, 3, 3]
+  assert sorted(phase.avalanche_data(rec, lambda _: arrays, take).tolist()) == [1, 1, 3, 3]
+  rec["summary"]["members"].pop()
+  with pytest.raises(ValueError, match="members"):
+    phase.avalanche_data(rec, lambda _: arrays, take)
+
+
+def test_avalanches_of_converged_runs_near_p_star():
+  # cells at P/N 1, 2, 2.2 and 4 (N = 100); the transition lies between 2 and
+  # 2.2, so only those two cells are within 20 % of P*/N. Member k of cell c
+  # flips 10 c + k + 1 points once: the sizes name the members counted.
+  classes = {1.0: ["sat"] * 6,
+             2.0: ["sat", "sat", "sat", "sat", "jammed", "unbalanced"],
+             2.2: ["sat", "sat", "jammed", "unbalanced", "unbalanced", "dead_points"],
+             4.0: ["jammed"] * 5 + ["unbalanced"]}
+  arrays, recs = {}, []
+  for c, (x, cl) in enumerate(classes.items()):
+    u = np.zeros((6, 2, 80), bool)
+    for k in range(6):
+      u[k, 1, :10 * c + k + 1] = True
+    arrays[f"c{c}"] = {"history_unsat": u, "history_running": np.ones((6, 2), bool)}
+    recs.append(_record(int(x * 100), 100, cl, depth=2, run_dir=f"c{c}"))
+  out = phase.analyze({2: recs}, n_boot=20, load_fn=arrays.__getitem__)
+  x_star = out["per_depth"][2]["p_star_over_n"]
+  assert 2.0 < x_star < 2.2 and 4.0 - x_star > phase.AVALANCHE_WINDOW * x_star
+  conv = out["avalanches_converged"]
+  # cell 1 (P/N = 2): members 0-3 sat, 4 jammed; cell 2: 0, 1 sat, 2 jammed
+  want = [11, 12, 13, 14, 15, 21, 22, 23]
+  assert conv["n_members"] == 8 and conv["n_cells"] == 2
+  assert conv["n_nonzero"] == 8 and conv["max"] == max(want)
+  assert conv["mean"] == pytest.approx(sum(want) / 8)
+  assert conv["window"] == phase.AVALANCHE_WINDOW and "force-balanced" in conv["selection"]
+  # the all-member summary counts every member of every cell
+  assert out["avalanches"]["n_nonzero"] == 24 and out["avalanches"]["max"] == 36
+  for a in (conv, out["avalanches"]):
+    assert "favored" in a["distribution"] and "favored" in a["distribution_from_1"]
+  json.dumps({k: v for k, v in out.items() if k != "_samples"})
+
+
 def _run(args, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return cli_runner.run("lossland.scripts.phase", [*args, "--out_dir", str(tmp_path / "out")],

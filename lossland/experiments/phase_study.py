@@ -351,6 +351,19 @@ def _fmt(v) -> str:
   return "None" if v is None else f"{v:.3f}"
 
 
+def _avalanche_line(a) -> str:
+  """The report's line on the avalanches of the converged runs near P*."""
+  if a is None:
+    return "avalanches of converged runs near P*: none recorded"
+  d = a["distribution"]
+  verdict = d.get("favored") or d.get("reason")
+  return (f"avalanches of converged runs near P*: {a['n_members']} members, "
+          f"{a['n_nonzero']} nonzero sizes, mean {a['mean']:.2f}, max {a['max']}; "
+          f"power law vs exponential: {verdict}"
+          + ("" if d.get("vuong_z") is None else
+             f" (Vuong z {d['vuong_z']:.2f}, p {d['p_value']:.3g})"))
+
+
 def report_lines(out: dict) -> list:
   """The lines the script prints for :func:`run`'s result."""
   lines = []
@@ -363,6 +376,7 @@ def report_lines(out: dict) -> list:
     lines.append(f"depth spread {_fmt(result['depth_spread'])}")
     lines.append(f"theta {_fmt(result['theta'])} {[_fmt(c) for c in result['theta_ci']]}, "
                  f"gamma {_fmt(result['gamma'])} {[_fmt(c) for c in result['gamma_ci']]}")
+    lines.append(_avalanche_line(result.get("avalanches_converged")))
     lines.append(f"run directory: {run_dir}")
   if out["finite_size"] is not None:
     fs, path = out["finite_size"]
