@@ -123,10 +123,22 @@ def cell_stats(record: dict, load_fn=None) -> dict:
   }
 
 
-def fit_cells(stats: Sequence[dict], level: float = 0.95) -> dict:
-  """fits.fit_threshold of fraction sat / (sat + jammed) vs P/N over cells."""
+UNBALANCED_AS = ("not_sat", "sat")
+
+
+def fit_cells(stats: Sequence[dict], level: float = 0.95, unbalanced: str = "not_sat") -> dict:
+  """fits.fit_threshold of fraction sat / (sat + jammed) vs P/N over cells.
+
+  ``unbalanced``: how the members that stopped jammed without force balance
+  count, "not_sat" (the default, as the force-balanced ones) or "sat" (only
+  force-balanced members count as jammed). A finish that converged would
+  leave each of them sat or force-balanced, so the two fits bracket the P*
+  of the same protocol with such a finish (up to their CIs).
+  """
+  if unbalanced not in UNBALANCED_AS:
+    raise ValueError(f"unbalanced must be one of {UNBALANCED_AS}, got {unbalanced!r}")
   x = [c["p_over_n"] for c in stats]
-  k = [c["n_sat"] for c in stats]
+  k = [c["n_sat"] + (c.get("n_unbalanced", 0) if unbalanced == "sat" else 0) for c in stats]
   n = [c["n_sat"] + c["n_jammed"] for c in stats]
   return fits.fit_threshold(x, k, n, level=level)
 
@@ -358,7 +370,9 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
 
   Returns:
     dict with ``per_depth`` {L: {p_star_over_n, p_star_ci, fit, N, width,
-    nd_over_n_at_jamming, n_members, counts, cells}}, ``depth_spread``,
+    nd_over_n_at_jamming, n_members, counts, cells,
+    p_star_over_n_unbalanced_sat, p_star_ci_unbalanced_sat}} (the second
+    P*/N counts the unbalanced members as sat, :func:`fit_cells`), ``depth_spread``,
     ``theta``, ``theta_ci``, ``gamma``, ``gamma_ci`` (pooled over the depths
     whose P* was found, jammed members of the cell nearest P* of each,
     bootstrap over members), ``exponents_per_depth``, ``avalanches``.
@@ -374,6 +388,10 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     fit = fit_cells(stats, level=level)
     p_star[L] = fit["x_half"]
     per_depth[L] = _depth_summary(stats, fit)
+    # the bracket's other end: only the force-balanced members as jammed
+    upper = fit_cells(stats, level=level, unbalanced="sat")
+    per_depth[L]["p_star_over_n_unbalanced_sat"] = upper["x_half"]
+    per_depth[L]["p_star_ci_unbalanced_sat"] = upper["ci"]
     # Delta distribution: the cell nearest P* (on either side) with jammed members.
     # Only depths whose transition was located: far from P* the distribution
     # is not the critical one.

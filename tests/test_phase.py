@@ -256,6 +256,33 @@ def test_avalanche_data_adds_the_polish_stage():
   assert sorted(phase.avalanche_data(rec, lambda _: arrays).tolist()) == [1, 2]
 
 
+def test_unbalanced_members_bracket_p_star():
+  # 20 members per cell: sat below 2.0; from 1.5 up, unbalanced members
+  # replace sat ones; force-balanced jammed members appear from 2.5 on.
+  # Counted as not sat (the default), the unbalanced members move P* down;
+  # counted as sat, P* is where the force-balanced ones take over.
+  table = {1.0: (20, 0, 0), 1.5: (14, 6, 0), 2.0: (6, 14, 0), 2.5: (2, 14, 4),
+           3.0: (0, 4, 16), 3.5: (0, 0, 20)}
+  stats = [phase.cell_stats(_record(int(x * 100), 100, ["sat"] * s + ["unbalanced"] * u
+                                    + ["jammed"] * j + ["dead_points"]))
+           for x, (s, u, j) in table.items()]
+  lo, hi = (phase.fit_cells(stats, unbalanced=u) for u in phase.UNBALANCED_AS)
+  want = {"not_sat": ([20, 14, 6, 2, 0, 0], [20] * 6), "sat": ([20, 20, 20, 16, 4, 0], [20] * 6)}
+  for fit, u in ((lo, "not_sat"), (hi, "sat")):
+    ref = fits.fit_threshold(list(table), *want[u])
+    assert fit["x_half"] == pytest.approx(ref["x_half"])
+  assert 1.5 < lo["x_half"] < 2.0 < 2.5 < hi["x_half"] < 3.0
+  with pytest.raises(ValueError, match="unbalanced"):
+    phase.fit_cells(stats, unbalanced="maybe")
+  out = phase.analyze({2: [_record(int(x * 100), 100, ["sat"] * s + ["unbalanced"] * u
+                                   + ["jammed"] * j, depth=2) for x, (s, u, j) in table.items()]},
+                      n_boot=10, load_fn=lambda _: {})
+  d = out["per_depth"][2]
+  assert d["p_star_over_n"] == pytest.approx(lo["x_half"])
+  assert d["p_star_over_n_unbalanced_sat"] == pytest.approx(hi["x_half"])
+  assert d["p_star_ci_unbalanced_sat"] == pytest.approx(hi["ci"])
+
+
 def test_avalanche_data_keeps_only_the_selected_members():
   # member k flips k + 1 points once in the first stage and once in the polish
   u = np.zeros((3, 2, 8), bool)

@@ -370,9 +370,12 @@ def report_lines(out: dict) -> list:
   for result, run_dir in out["runs"]:
     for L, v in result["per_depth"].items():
       lo, hi = v["p_star_ci"]
+      ulo, uhi = v.get("p_star_ci_unbalanced_sat") or (None, None)
       lines.append(f"L={L} h={v['width']} N={v['N']}: P*/N = {_fmt(v['p_star_over_n'])} "
-                   f"[{_fmt(lo)}, {_fmt(hi)}], N_Delta/N at jamming "
-                   f"{_fmt(v['nd_over_n_at_jamming'])}, classes {v['counts']}")
+                   f"[{_fmt(lo)}, {_fmt(hi)}] (unbalanced members as sat: "
+                   f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]), "
+                   f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
+                   f"classes {v['counts']}")
     lines.append(f"depth spread {_fmt(result['depth_spread'])}")
     lines.append(f"theta {_fmt(result['theta'])} {[_fmt(c) for c in result['theta_ci']]}, "
                  f"gamma {_fmt(result['gamma'])} {[_fmt(c) for c in result['gamma_ci']]}")
