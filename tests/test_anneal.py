@@ -144,6 +144,48 @@ def test_members_at_once_equal_each_member_alone():
     assert got[k].loss_after == pytest.approx(want, rel=1e-12)
 
 
+def test_rounds_repeat_the_anneal_from_the_last_result():
+  """rounds > 1 against a plain loop of one-round anneals, each from the last
+  result (unit scales measured again): the same losses and round counts;
+  min_gain ends the rounds; the loss never rises."""
+  from lossland import train
+  cfg = nets.NetConfig(d=3, width=6, depth=2, bias=True)
+  ds = data.sphere(jax.random.key(4), 60, 3, n_test=0)
+  res = train.train_ensemble([0, 1], ds, cfg, LOSS,
+                             train.TrainConfig(optimizer="adam", lr=1e-2, max_steps=300))
+  x, y = ds.x_train, ds.y_train
+  kw = dict(levels=(10.0, math.inf), iters=40)  # few trials: every round gains
+  got = anneal.anneal_members(cfg, res.params, x, y, LOSS, rounds=3, min_gain=0.0, **kw)
+  for k in range(2):
+    q = jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params)
+    first = anneal.anneal(cfg, q, x, y, LOSS, **kw)
+    cur, n = first.loss_before, 0
+    assert cur > 0
+    for _ in range(3):
+      o = anneal.anneal(cfg, q, x, y, LOSS, **kw)
+      n += 1
+      if not o.loss_after < cur:
+        break
+      q, cur = o.params, o.loss_after
+      if cur == 0:
+        break
+    alone = anneal.anneal(cfg, jax.tree_util.tree_map(lambda a: jnp.asarray(a[k]), res.params),
+                          x, y, LOSS, rounds=3, min_gain=0.0, **kw)
+    assert got[k].n_rounds == alone.n_rounds == n and n >= 2
+    # one member alone runs the loop's programs: the same numbers exactly;
+    # two at once round differently (test_members_at_once_equal_each_member_alone),
+    # which 3 rounds of 80 line-search trials amplify to ~1e-4
+    assert alone.loss_after == pytest.approx(cur, rel=1e-12)
+    assert got[k].loss_after == pytest.approx(cur, rel=1e-3)
+    assert got[k].loss_after < first.loss_after <= first.loss_before
+    assert len(got[k].level_losses) == 2 * n
+  # a round must gain more than min_gain of the loss to be followed by another
+  once = anneal.anneal_members(cfg, res.params, x, y, LOSS, rounds=3, min_gain=1.0, **kw)
+  assert [o.n_rounds for o in once] == [1, 1]
+  with pytest.raises(ValueError, match="rounds"):
+    anneal.anneal_members(cfg, res.params, x, y, LOSS, rounds=0, **kw)
+
+
 def test_anneal_newton_runs_the_newton_finish_from_the_annealed_state(tmp_path):
   """--finish anneal_newton: the entrants' loss never rises, the reasons are
   the Newton finish's, and the iterations count both stages."""
@@ -162,6 +204,16 @@ def test_anneal_newton_runs_the_newton_finish_from_the_annealed_state(tmp_path):
       assert m1["loss"] <= m0["loss"] * (1 + 1e-12)
       assert m0["loss"] <= m1["loss_before_finish"] * (1 + 1e-12)
       assert m1["finish_iterations"] > m0["finish_iterations"] or m0["finish_reason"] == "sat"
+  # --anneal_rounds: round 1 is the one-round anneal, later rounds only lower the loss
+  _, s2 = job.run_ensemble_job(dict(base, finish="anneal", anneal_iters=200, anneal_rounds=3,
+                                    out_dir=str(tmp_path / "c")), **QUIET)
+  for m0, m2 in zip(s0["members"], s2["members"]):
+    assert m0["finished"] == m2["finished"]
+    if m2["finished"]:
+      assert m2["loss"] <= m0["loss"] * (1 + 1e-12)
+      assert m2["finish_anneal_rounds"] >= (0 if m0["finish_reason"] == "sat" else 1)
+      assert m0["finish_anneal_rounds"] == (0 if m0["loss_before_finish"] == 0 else 1)
+  assert max(m["finish_anneal_rounds"] for m in s2["members"] if m["finished"]) >= 2
 
 
 def test_finish_table_counts_a_hand_made_cell(tmp_path, capsys):

@@ -71,6 +71,8 @@ CASES = [
      "--anneal_levels"),
     ("anneal_iters_zero", ["--x64", "--finish", "anneal", "--anneal_iters", "0"],
      "--anneal_iters"),
+    ("anneal_rounds_zero", ["--x64", "--finish", "anneal", "--anneal_rounds", "0"],
+     "--anneal_rounds"),
     ("finish_anneal_without_x64", ["--nox64", "--finish", "anneal"], "--x64"),
     ("classes_on_synthetic", ["--dataset", "sphere", "--classes", "parity"], "--classes"),
     ("npz_truncated", ["--dataset", "npz", "--data_file", "{truncated}"], "truncated.npz"),

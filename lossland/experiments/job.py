@@ -168,6 +168,10 @@ class JobOptions:
       "ReLU itself.")
   anneal_iters: int = option(
       4000, "Most L-BFGS loss evaluations (line-search trials) of the anneal per level.")
+  anneal_rounds: int = option(
+      1, "Most rounds of the anneal (every level once per round), each from the last "
+      "round's result; a member runs another round while its last one lowered its ReLU "
+      "loss by more than 1 % (docs/jamming.md, 'rounds of the anneal').")
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")
@@ -338,6 +342,7 @@ def validate(values: dict) -> dict:
                    "float64: it needs --x64 and a --polish")
   need(v["finish_tol"] > 0, "finish_tol", "must be positive")
   need(v["anneal_iters"] > 0, "anneal_iters", "must be positive")
+  need(v["anneal_rounds"] >= 1, "anneal_rounds", "must be at least 1")
   try:
     anneal_levels(v)
   except ValueError as e:
@@ -759,6 +764,7 @@ def _finish_row(fin: dict, k: int) -> dict:
           "loss_before_finish": num(fin["loss_before"][k]),
           "finish_iterations": int(fin["iterations"][k]),
           "finish_restarts": int(fin["restarts"][k]),
+          "finish_anneal_rounds": int(fin.get("rounds", [0] * (k + 1))[k]),
           "finish_seconds": float(fin["seconds"][k]),
           "min_curvature": num(fin["min_curvature"][k])}
 
@@ -1046,12 +1052,13 @@ def finish_jammed(v: dict, job: Job, res, cfg):
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
                                     max_iter=v["finish_iters"], method=v["finish"],
                                     levels=anneal_levels(v), anneal_iters=v["anneal_iters"],
-                                    step_model=v["finish_model"])
+                                    step_model=v["finish_model"],
+                                    anneal_rounds=v["anneal_rounds"])
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,
                "seconds": info.seconds, "min_curvature": info.min_curvature,
-               "restarts": info.n_restarts}
+               "restarts": info.n_restarts, "rounds": info.n_rounds}
 
 
 def job_summary(v: dict, job: Job, res, polish, wall: float, ckpt, fin=None) -> dict:

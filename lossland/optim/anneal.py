@@ -53,9 +53,11 @@ class AnnealResult(NamedTuple):
     loss_before, loss_after: the ReLU loss Σ_μ ℓ(Δ_μ) (no 1/P) at entry and
       of ``params``.
     n_iter: L-BFGS line-search trials (loss evaluations) over all levels.
-    level_losses: the ReLU loss after each level run.
+    level_losses: the ReLU loss after each level run (of every round it
+      ran).
     reason: "sat" (every point satisfied), "levels" (every level run) or
       "kept" (the ReLU loss did not decrease: entry params kept).
+    n_rounds: rounds run (:func:`anneal_members`).
   """
   params: object
   loss_before: float
@@ -63,6 +65,7 @@ class AnnealResult(NamedTuple):
   n_iter: int
   level_losses: list
   reason: str
+  n_rounds: int = 1
 
 
 def smoothed_relu(z, scale, b):
@@ -166,9 +169,16 @@ def _relu_losses(cfg, loss, x, y):
   return jax.jit(jax.vmap(one))
 
 
+# A round of the anneal (every level once) is repeated for a member, from its
+# last result and with its unit scales measured again, while a round lowers
+# its ReLU loss by more than this fraction (anneal_members' ``rounds``).
+ROUND_MIN_GAIN = 0.01
+
+
 def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
                    f_offset=None, levels=DEFAULT_LEVELS, iters: int = 4000,
-                   memory: int = 30, chunk: int = 500, log_fn=None) -> list:
+                   memory: int = 30, chunk: int = 500, log_fn=None, rounds: int = 1,
+                   min_gain: float = ROUND_MIN_GAIN) -> list:
   """:func:`anneal` of K members at once (one vmapped program per level).
 
   Args:
@@ -179,60 +189,91 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     memory: L-BFGS pairs kept.
     chunk: trials per call of the compiled program (between calls, a level
       ends early once no member is active).
+    rounds: most rounds (every level once per round). Each round starts from
+      the last one's result with the unit scales measured there; a member
+      runs another round only if its last one lowered its ReLU loss by more
+      than ``min_gain`` of itself (and left it above 0); a round that does
+      not lower a member's ReLU loss is undone for that member. One round
+      reaches a state that the next round moves much further
+      (docs/jamming.md, "rounds of the anneal").
+    min_gain: see ``rounds``.
 
   Returns:
     K :class:`AnnealResult`.
   """
+  if rounds < 1:
+    raise ValueError(f"rounds must be at least 1, got {rounds}")
   K = jax.tree_util.tree_leaves(params)[0].shape[0]
   off = (jnp.zeros((K, x.shape[0]), x.dtype) if f_offset is None
          else jnp.asarray(f_offset, x.dtype))
   relu = cfg.activation == "relu"
   levels = tuple(levels) if relu else (math.inf,)
-  scales = (jax.vmap(lambda p: unit_scales(cfg, p, x))(params) if relu
-            else [jnp.ones((K, 1), x.dtype)])
   relu_losses = _relu_losses(cfg, loss, x, y)
   loss0 = np.asarray(relu_losses(params, off))
-  p, n_evals, level_losses = params, np.zeros(K, np.int64), []
-  done = loss0 == 0
   # one compiled program for every finite b (b is traced), one for the ReLU
   programs = {smooth: _level_program(cfg, loss, x, y, smooth, memory)
               for smooth in {not math.isinf(b) for b in levels}}
+  p, cur = params, loss0.copy()
+  n_evals, n_rounds, level_losses = np.zeros(K, np.int64), np.zeros(K, np.int64), []
+  going = loss0 > 0
+  for _ in range(rounds if relu else 1):
+    if not going.any():
+      break
+    scales = (jax.vmap(lambda q: unit_scales(cfg, q, x))(p) if relu
+              else [jnp.ones((K, 1), x.dtype)])
+    p_new, ev, lv = _round(programs, p, (scales, off), levels, going, iters, chunk,
+                           relu_losses, x.dtype, log_fn)
+    n_evals += ev
+    n_rounds += going
+    level_losses += [(going, v) for v in lv]
+    end = lv[-1] if lv else cur
+    better = going & (end <= cur)  # nan: not better
+    p = jax.tree_util.tree_map(
+        lambda a, b: jnp.where(better.reshape((K,) + (1,) * (a.ndim - 1)), a, b), p_new, p)
+    going = better & (end > 0) & (cur - end > min_gain * cur)
+    cur = np.where(better, end, cur)
+  out = []
+  for k in range(K):
+    member = jax.tree_util.tree_map(lambda t: t[k], p)
+    mine = [float(v[k]) for ran, v in level_losses if ran[k]]
+    reason = ("sat" if cur[k] == 0 else "kept" if not cur[k] < loss0[k] else "levels")
+    out.append(AnnealResult(member, float(loss0[k]), float(cur[k]), int(n_evals[k]), mine,
+                            reason, int(n_rounds[k])))
+  return out
+
+
+def _round(programs, p, aux, levels, going, iters: int, chunk: int, relu_losses, dtype,
+           log_fn):
+  """One round of :func:`anneal_members`: ``(params, evaluations [K], ReLU
+  loss [K] after each level)`` for the members in ``going`` (the others keep
+  their params)."""
+  K = going.shape[0]
+  n_evals, level_losses = np.zeros(K, np.int64), []
+  done = ~going
   for b in levels:
     smooth = not math.isinf(b)
     init, run = programs[smooth]
-    bb = jnp.asarray(1.0 if not smooth else b, x.dtype)
-    aux = (scales, off)
+    bb = jnp.asarray(1.0 if not smooth else b, dtype)
     opt = init(p, aux, bb)
-    a = jnp.full((K,), 1e-2, x.dtype)
+    a = jnp.full((K,), 1e-2, dtype)
     active = jnp.asarray(~done)
     for start in range(0, iters, chunk):
       if not bool(jnp.any(active)):
         break
       p, opt, a, active, ev = run(p, opt, a, active, aux, bb, min(chunk, iters - start))
       n_evals += np.asarray(ev)
-    level_losses.append(np.asarray(relu_losses(p, off)))
+    level_losses.append(np.asarray(relu_losses(p, aux[1])))
     done = done | (level_losses[-1] == 0)
     if log_fn:
       log_fn(f"anneal b={b:g}: ReLU loss " + " ".join(f"{v:.4e}" for v in level_losses[-1]))
     if done.all():
       break
-  out = []
-  for k in range(K):
-    mine = [float(v[k]) for v in level_losses]
-    last = mine[-1] if mine else float(loss0[k])
-    member = jax.tree_util.tree_map(lambda t: t[k], p)
-    if loss0[k] == 0 or not last <= loss0[k]:  # also nan: keep the entry params
-      out.append(AnnealResult(jax.tree_util.tree_map(lambda t: t[k], params), float(loss0[k]),
-                              float(loss0[k]), int(n_evals[k]), mine,
-                              "sat" if loss0[k] == 0 else "kept"))
-    else:
-      out.append(AnnealResult(member, float(loss0[k]), last, int(n_evals[k]), mine,
-                              "sat" if last == 0 else "levels"))
-  return out
+  return p, n_evals, level_losses
 
 
 def anneal(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig, f_offset=None,
-           levels=DEFAULT_LEVELS, iters: int = 4000, log_fn=None) -> AnnealResult:
+           levels=DEFAULT_LEVELS, iters: int = 4000, log_fn=None,
+           rounds: int = 1, min_gain: float = ROUND_MIN_GAIN) -> AnnealResult:
   """Minimize the loss through smoothed nets of increasing sharpness (module
   docstring): one member (:func:`anneal_members` with K = 1).
 
@@ -246,7 +287,10 @@ def anneal(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig, f_offset=
     levels: increasing sharpnesses b (``inf``: the ReLU itself).
     iters: most L-BFGS line-search trials (loss evaluations) per level.
     log_fn: optional ``log_fn(str)``, one line per level.
+    rounds, min_gain: most rounds of every level, and the gain that earns
+      another (:func:`anneal_members`).
   """
   batched = jax.tree_util.tree_map(lambda t: jnp.asarray(t)[None], params)
   off = None if f_offset is None else jnp.asarray(f_offset)[None]
-  return anneal_members(cfg, batched, x, y, loss, off, levels, iters, log_fn=log_fn)[0]
+  return anneal_members(cfg, batched, x, y, loss, off, levels, iters, log_fn=log_fn,
+                        rounds=rounds, min_gain=min_gain)[0]

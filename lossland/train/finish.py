@@ -58,6 +58,7 @@ class FinishInfo(NamedTuple):
       entrants in one program, shared equally among them).
     n_restarts: restarts after a collapsed trust region (0 where not
       entered).
+    n_rounds: rounds of the anneal run (0 where not entered or no anneal).
   """
   entered: list
   converged: list
@@ -69,6 +70,7 @@ class FinishInfo(NamedTuple):
   min_curvature: list
   seconds: list
   n_restarts: list
+  n_rounds: list
 
 
 METHODS = ("newton", "anneal", "anneal_newton")
@@ -144,7 +146,8 @@ def _entrants(res: EnsembleResult, data, net, loss, entry, dead_enter: bool) -> 
 def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
                    tol: float, max_iter: int = 400, entry=("jammed", "max_steps"),
                    log_fn: Callable | None = None, method: str = "newton",
-                   levels=None, anneal_iters: int = 4000, step_model: str = "newton") -> tuple:
+                   levels=None, anneal_iters: int = 4000, step_model: str = "newton",
+                   anneal_rounds: int = 1) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -164,6 +167,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     anneal_iters: L-BFGS line-search trials per level of the anneal at most.
     step_model: the Newton finish's step model
       (:data:`lossland.optim.kink_newton.STEP_MODELS`).
+    anneal_rounds: most rounds of the anneal
+      (:func:`lossland.optim.anneal.anneal_members`).
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -177,7 +182,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   K = len(res.seeds)
   info = FinishInfo([False] * K, [False] * K, [""] * K, [float("nan")] * K,
                     [float("nan")] * K, [float("nan")] * K, [0] * K,
-                    [float("nan")] * K, [0.0] * K, [0] * K)
+                    [float("nan")] * K, [0.0] * K, [0] * K, [0] * K)
   if not isinstance(net, nets.NetConfig):
     return res, info
   idx = _entrants(res, data, net, loss, entry, dead_enter=method != "newton")
@@ -194,7 +199,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     annealed = anneal.anneal_members(
         net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], params),
         data.x_train, data.y_train, loss, None if not cfg.subtract_init else np.stack(offs),
-        levels=levels, iters=anneal_iters)
+        levels=levels, iters=anneal_iters, rounds=anneal_rounds)
     t_anneal = (time.time() - t0) / len(idx)
   for i, k in enumerate(idx):
     t0 = time.time()
@@ -213,10 +218,12 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                          ("residual_before", float(r0)),
                          ("loss_before", float(res.final["loss"][k])),
                          ("min_curvature", curv), ("n_iter", n_iter),
-                         ("seconds", time.time() - t0 + t_anneal), ("n_restarts", n_restarts)):
+                         ("seconds", time.time() - t0 + t_anneal), ("n_restarts", n_restarts),
+                         ("n_rounds", 0 if annealed[i] is None else annealed[i].n_rounds)):
       getattr(info, field)[k] = value
     if log_fn:
       log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
              f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
-             f"iterations, {n_restarts} restarts, {info.seconds[k]:.1f} s)")
+             f"iterations, {n_restarts} restarts, {info.n_rounds[k]} anneal rounds, "
+             f"{info.seconds[k]:.1f} s)")
   return merge.result(), info
