@@ -401,7 +401,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     # the same from the members that stalled without force balance
     _depth_exponents(recs, fit["x_half"], stalled, n_boot, load_fn, ("unbalanced",),
                      gap_floor)
-    aval += _cell_avalanches(recs, load_fn)
+    aval += [a for _, a in _cell_avalanches(recs, load_fn)]
     conv = _converged_avalanches(recs, fit["x_half"], load_fn)
     aval_conv["sizes"] += conv[0]
     aval_conv["n_members"] += conv[1]
@@ -452,8 +452,8 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
 
 
 def _cell_avalanches(recs, load_fn, select=None) -> list:
-  """The avalanche sizes of every cell that recorded its unsatisfied sets
-  (of the members ``select`` takes, :func:`avalanche_data`)."""
+  """``[(record, sizes)]`` of every cell that recorded its unsatisfied sets
+  (the sizes of the members ``select`` takes, :func:`avalanche_data`)."""
   out = []
   for r in recs:
     try:
@@ -461,7 +461,7 @@ def _cell_avalanches(recs, load_fn, select=None) -> list:
     except (OSError, KeyError, ValueError):
       a = None
     if a is not None:
-      out.append(a)
+      out.append((r, a))
   return out
 
 
@@ -484,17 +484,9 @@ def _converged_avalanches(recs, x_star, load_fn):
     return [], 0, 0
   take = lambda m: member_class(m) in CONVERGED_CLASSES
   near = [r for r in recs if abs(_p_over_n(r) - x_star) <= AVALANCHE_WINDOW * x_star]
-  sizes, n_mem, n_cells = [], 0, 0
-  for r in near:
-    try:
-      a = avalanche_data(r, load_fn=load_fn, select=take)
-    except (OSError, KeyError, ValueError):
-      a = None
-    if a is not None:
-      sizes.append(a)
-      n_mem += sum(map(take, r["summary"]["members"]))
-      n_cells += 1
-  return sizes, n_mem, n_cells
+  got = _cell_avalanches(near, load_fn, take)
+  return ([a for _, a in got], sum(sum(map(take, r["summary"]["members"])) for r, _ in got),
+          len(got))
 
 
 def _exponent_method(f: dict) -> str | None:
