@@ -171,7 +171,7 @@ class JobOptions:
   anneal_rounds: int = option(
       1, "Most rounds of the anneal (every level once per round), each from the last "
       "round's result; a member runs another round while its last one lowered its ReLU "
-      "loss by more than 1 % (docs/jamming.md, 'rounds of the anneal').")
+      "loss (docs/jamming.md, 'rounds of the anneal').")
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")
