@@ -218,7 +218,7 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
               for smooth in {not math.isinf(b) for b in levels}}
   p, cur = params, loss0.copy()
   n_evals, n_rounds, level_losses = np.zeros(K, np.int64), np.zeros(K, np.int64), []
-  going = loss0 > 0
+  going, moved = loss0 > 0, np.zeros(K, bool)
   for _ in range(rounds if relu else 1):
     if not going.any():
       break
@@ -234,12 +234,12 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     p = jax.tree_util.tree_map(
         lambda a, b: jnp.where(better.reshape((K,) + (1,) * (a.ndim - 1)), a, b), p_new, p)
     going = better & (end > 0) & (cur - end > min_gain * cur)
-    cur = np.where(better, end, cur)
+    cur, moved = np.where(better, end, cur), moved | better
   out = []
   for k in range(K):
     member = jax.tree_util.tree_map(lambda t: t[k], p)
     mine = [float(v[k]) for ran, v in level_losses if ran[k]]
-    reason = ("sat" if cur[k] == 0 else "kept" if not cur[k] < loss0[k] else "levels")
+    reason = "sat" if cur[k] == 0 else "levels" if moved[k] else "kept"
     out.append(AnnealResult(member, float(loss0[k]), float(cur[k]), int(n_evals[k]), mine,
                             reason, int(n_rounds[k])))
   return out
