@@ -179,6 +179,15 @@ def test_rounds_repeat_the_anneal_from_the_last_result():
     assert got[k].loss_after == pytest.approx(cur, rel=1e-3)
     assert got[k].loss_after < first.loss_after <= first.loss_before
     assert len(got[k].level_losses) == 2 * n
+  # later rounds leave out the first (smoothest) level
+  q = jax.tree_util.tree_map(lambda a: jnp.asarray(a[0]), res.params)
+  o1 = anneal.anneal(cfg, q, x, y, LOSS, levels=(3.0, 10.0, math.inf), iters=40)
+  o2 = anneal.anneal(cfg, o1.params, x, y, LOSS, levels=(10.0, math.inf), iters=40)
+  two = anneal.anneal(cfg, q, x, y, LOSS, levels=(3.0, 10.0, math.inf), iters=40, rounds=2,
+                      min_gain=0.0)
+  assert 0 < o1.loss_after < o1.loss_before and two.n_rounds == 2
+  assert two.level_losses == o1.level_losses + o2.level_losses
+  assert two.loss_after == min(o1.loss_after, o2.loss_after)
   # a round must gain more than min_gain of the loss to be followed by another
   once = anneal.anneal_members(cfg, res.params, x, y, LOSS, rounds=3, min_gain=1.0, **kw)
   assert [o.n_rounds for o in once] == [1, 1]

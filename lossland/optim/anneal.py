@@ -176,6 +176,11 @@ def _relu_losses(cfg, loss, x, y):
 # cell of docs/jamming.md ("rounds of the anneal") gained 0.6 % in its third
 # round and 10 to 80 % in each of the next four.
 ROUND_MIN_GAIN = 0.0
+# Rounds after the first start at the second level: from an annealed state a
+# round that starts at the smoothest level (b = 10 by default) ended above its
+# entry for 6 of the 7 members of that cell, where rounds from b = 100 kept
+# lowering the loss (docs/jamming.md, "rounds of the anneal").
+LATER_ROUNDS_SKIP = 1
 
 
 def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
@@ -192,8 +197,10 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     memory: L-BFGS pairs kept.
     chunk: trials per call of the compiled program (between calls, a level
       ends early once no member is active).
-    rounds: most rounds (every level once per round). Each round starts from
-      the last one's result with the unit scales measured there; a member
+    rounds: most rounds (every level once in the first round, every level
+      but the first in the later ones, :data:`LATER_ROUNDS_SKIP`). Each
+      round starts from the last one's result with the unit scales measured
+      there; a member
       runs another round only if its last one lowered its ReLU loss by more
       than ``min_gain`` of itself (and left it above 0); a round that does
       not lower a member's ReLU loss is undone for that member. One round
@@ -219,12 +226,14 @@ def anneal_members(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   p, cur = params, loss0.copy()
   n_evals, n_rounds, level_losses = np.zeros(K, np.int64), np.zeros(K, np.int64), []
   going, moved = loss0 > 0, np.zeros(K, bool)
-  for _ in range(rounds if relu else 1):
+  for r in range(rounds if relu else 1):
     if not going.any():
       break
     scales = (jax.vmap(lambda q: unit_scales(cfg, q, x))(p) if relu
               else [jnp.ones((K, 1), x.dtype)])
-    p_new, ev, lv = _round(programs, p, (scales, off), levels, going, iters, chunk,
+    # later rounds leave out the smoothest level (module constant LATER_ROUNDS_SKIP)
+    lv_r = levels if r == 0 or len(levels) <= 2 else levels[LATER_ROUNDS_SKIP:]
+    p_new, ev, lv = _round(programs, p, (scales, off), lv_r, going, iters, chunk,
                            relu_losses, x.dtype, log_fn)
     n_evals += ev
     n_rounds += going
