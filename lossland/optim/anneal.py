@@ -174,7 +174,7 @@ def _relu_losses(cfg, loss, x, y):
 # its ReLU loss by more than this fraction of it (anneal_members' ``rounds``).
 # 0: while it lowers it at all. The gains are erratic: a member of the N = 256
 # cell of docs/jamming.md ("rounds of the anneal") gained 0.6 % in its third
-# round and 10 to 80 % in each of the next four.
+# round and 9.5 to 82 % in each of the next five.
 ROUND_MIN_GAIN = 0.0
 # Rounds after the first start at the second level: from an annealed state a
 # round that starts at the smoothest level (b = 10 by default) ended above its
