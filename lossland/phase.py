@@ -249,9 +249,8 @@ def delta_samples(record: dict, classes=("jammed",), load_fn=_load_arrays,
     n = -d[d < 0]
     pos.append(p), neg.append(n)
     pm.append(np.full(p.size, k)), nm.append(np.full(n.size, k))
-  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-  return {"positive": cat(pos), "negative": cat(neg),
-          "positive_member": cat(pm), "negative_member": cat(nm)}
+  return {"positive": _cat(pos), "negative": _cat(neg),
+          "positive_member": _cat(pm), "negative_member": _cat(nm)}
 
 
 def fit_exponent(samples, groups=None, q: float = 0.5,
@@ -381,17 +380,13 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
   per_depth, p_star = {}, {}
   pooled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
   stalled = {"pos": [], "neg": [], "pos_g": [], "neg_g": []}
-  aval, exps = [], {}
-  aval_conv = {"sizes": [], "n_members": 0, "n_cells": 0}
+  aval, exps, aval_conv = [], {}, {"sizes": [], "n_members": 0, "n_cells": 0}
   for L, recs in sorted(records_by_depth.items()):
     stats = sorted((cell_stats(r, load_fn) for r in recs), key=lambda c: c["p_over_n"])
     fit = fit_cells(stats, level=level)
     p_star[L] = fit["x_half"]
-    per_depth[L] = _depth_summary(stats, fit)
     # the bracket's other end: only the force-balanced members as jammed
-    upper = fit_cells(stats, level=level, unbalanced="sat")
-    per_depth[L]["p_star_over_n_unbalanced_sat"] = upper["x_half"]
-    per_depth[L]["p_star_ci_unbalanced_sat"] = upper["ci"]
+    per_depth[L] = _depth_summary(stats, fit, fit_cells(stats, level=level, unbalanced="sat"))
     # Delta distribution: the cell nearest P* (on either side) with jammed members.
     # Only depths whose transition was located: far from P* the distribution
     # is not the critical one.
@@ -402,18 +397,10 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
     _depth_exponents(recs, fit["x_half"], stalled, n_boot, load_fn, ("unbalanced",),
                      gap_floor)
     aval += [a for _, a in _cell_avalanches(recs, load_fn)]
-    conv = _converged_avalanches(recs, fit["x_half"], load_fn)
-    aval_conv["sizes"] += conv[0]
-    aval_conv["n_members"] += conv[1]
-    aval_conv["n_cells"] += conv[2]
-  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-  P_, N_, Pg, Ng = (cat(pooled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
-  th = fit_exponent(P_, Pg, n_boot=n_boot, x_floor=gap_floor)
-  ga = fit_exponent(N_, Ng, n_boot=n_boot, sign=-1, x_floor=gap_floor)
-  SP, SN, SPg, SNg = (cat(stalled[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
-  th_s = fit_exponent(SP, SPg, n_boot=n_boot, x_floor=gap_floor)
-  ga_s = fit_exponent(SN, SNg, n_boot=n_boot, sign=-1, x_floor=gap_floor)
-  sizes = cat(aval).astype(np.int64)
+    _converged_avalanches(recs, fit["x_half"], load_fn, aval_conv)
+  th, ga, P_, N_ = _fit_pair(pooled, n_boot, gap_floor)
+  th_s, ga_s, SP, SN = _fit_pair(stalled, n_boot, gap_floor)
+  sizes = _cat(aval).astype(np.int64)
   fit_keys = ("n_samples", "q", "x_max", "x_floor", "n_below_floor", "range_check", "stable",
               "stable_cdf")
   return {
@@ -442,7 +429,7 @@ def analyze(records_by_depth: dict, level: float = 0.95, n_boot: int = 500,
       "gap_floor": gap_floor,
       "avalanches": _avalanche_summary(sizes),
       "avalanches_converged": _avalanche_summary(
-          cat(aval_conv["sizes"]).astype(np.int64),
+          _cat(aval_conv["sizes"]).astype(np.int64),
           selection=CONVERGED_SELECTION, window=AVALANCHE_WINDOW,
           n_members=aval_conv["n_members"], n_cells=aval_conv["n_cells"]),
       "_samples": {"positive": P_, "negative": N_, "avalanche_sizes": sizes,
@@ -477,16 +464,30 @@ CONVERGED_SELECTION = (
     "any finish")
 
 
-def _converged_avalanches(recs, x_star, load_fn):
-  """(sizes per cell, members, cells) of the converged members of the cells
-  near P*/N = ``x_star`` (:data:`AVALANCHE_WINDOW`)."""
+def _converged_avalanches(recs, x_star, load_fn, acc: dict):
+  """Adds to ``acc`` ("sizes" per cell, "n_members", "n_cells") the
+  converged members of the cells near P*/N = ``x_star``
+  (:data:`AVALANCHE_WINDOW`)."""
   if x_star is None:
-    return [], 0, 0
+    return
   take = lambda m: member_class(m) in CONVERGED_CLASSES
   near = [r for r in recs if abs(_p_over_n(r) - x_star) <= AVALANCHE_WINDOW * x_star]
   got = _cell_avalanches(near, load_fn, take)
-  return ([a for _, a in got], sum(sum(map(take, r["summary"]["members"])) for r, _ in got),
-          len(got))
+  acc["sizes"] += [a for _, a in got]
+  acc["n_members"] += sum(sum(map(take, r["summary"]["members"])) for r, _ in got)
+  acc["n_cells"] += len(got)
+
+
+def _cat(xs):
+  return np.concatenate(xs) if xs else np.zeros(0)
+
+
+def _fit_pair(acc: dict, n_boot: int, gap_floor: float):
+  """``(theta fit, gamma fit, Delta > 0 samples, -Delta samples)`` of the
+  samples :func:`_depth_exponents` gathered in ``acc``."""
+  P_, N_, Pg, Ng = (_cat(acc[k]) for k in ("pos", "neg", "pos_g", "neg_g"))
+  return (fit_exponent(P_, Pg, n_boot=n_boot, x_floor=gap_floor),
+          fit_exponent(N_, Ng, n_boot=n_boot, sign=-1, x_floor=gap_floor), P_, N_)
 
 
 def _exponent_method(f: dict) -> str | None:
@@ -594,9 +595,8 @@ def pool_fits(records, select=None, n_boot: int = 200, load_fn=_load_arrays,
     n_mem += len(members)
     pos.append(ds["positive"]), neg.append(ds["negative"])
     pg.append(ds["positive_member"] + 1000 * i), ng.append(ds["negative_member"] + 1000 * i)
-  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-  th = fit_exponent(cat(pos), cat(pg), n_boot=n_boot, x_floor=gap_floor)
-  ga = fit_exponent(cat(neg), cat(ng), n_boot=n_boot, sign=-1, x_floor=gap_floor)
+  th = fit_exponent(_cat(pos), _cat(pg), n_boot=n_boot, x_floor=gap_floor)
+  ga = fit_exponent(_cat(neg), _cat(ng), n_boot=n_boot, sign=-1, x_floor=gap_floor)
   return n_mem, th, ga
 
 
@@ -612,8 +612,9 @@ def _pooled_exponents(records_by_depth, p_star, select, n_boot, load_fn,
           "n_at_margin": [th["n_below_floor"], ga["n_below_floor"]]}
 
 
-def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
-  """One depth's entry of ``per_depth`` (see :func:`analyze`)."""
+def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = None) -> dict:
+  """One depth's entry of ``per_depth`` (see :func:`analyze`); ``fit_upper``:
+  :func:`fit_cells` with the unbalanced members as sat (None: not fitted)."""
   xs = fit["x_half"]
   nd, used = nd_over_n_at_jamming(stats, xs)
   counts = {}
@@ -635,6 +636,8 @@ def _depth_summary(stats: Sequence[dict], fit: dict) -> dict:
       "n_kink_median": float(np.median(kinks)) if kinks else None,
       "n_kink_range": [int(min(kinks)), int(max(kinks))] if kinks else None,
       "p_star_over_n": xs, "p_star_ci": fit["ci"],
+      "p_star_over_n_unbalanced_sat": (fit_upper or {}).get("x_half"),
+      "p_star_ci_unbalanced_sat": (fit_upper or {}).get("ci"),
       "p_star": None if xs is None else xs * Ns[0],
       "transition_width": fit["width"], "separated": fit["separated"],
       "bracketed": fit["bracketed"],

@@ -72,6 +72,13 @@ class FinishInfo(NamedTuple):
   n_restarts: list
   n_rounds: list
 
+  @classmethod
+  def none(cls, K: int) -> "FinishInfo":
+    """K members none of which entered."""
+    nan = [float("nan")] * K
+    return cls([False] * K, [False] * K, [""] * K, nan[:], nan[:], nan[:], [0] * K, nan[:],
+               [0.0] * K, [0] * K, [0] * K)
+
 
 METHODS = ("newton", "anneal", "anneal_newton")
 
@@ -179,17 +186,13 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   if method not in METHODS:
     raise ValueError(f"finish method must be one of {METHODS}, got {method!r}")
   levels = anneal.DEFAULT_LEVELS if levels is None else tuple(levels)
-  K = len(res.seeds)
-  info = FinishInfo([False] * K, [False] * K, [""] * K, [float("nan")] * K,
-                    [float("nan")] * K, [float("nan")] * K, [0] * K,
-                    [float("nan")] * K, [0.0] * K, [0] * K, [0] * K)
+  info = FinishInfo.none(len(res.seeds))
   if not isinstance(net, nets.NetConfig):
     return res, info
   idx = _entrants(res, data, net, loss, entry, dead_enter=method != "newton")
   if not idx:
     return res, info
   merge = _Merge(res, data, make_trainer(net, loss, cfg))
-  params = merge.params
   _, apply_fn = nets.make_net(net, data.x_train.dtype)
   offs = [np.asarray(apply_fn(jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0),
                               data.x_train)) if cfg.subtract_init else None for k in idx]
@@ -197,21 +200,20 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   if method != "newton":  # every entrant at once, one program per level
     t0 = time.time()
     annealed = anneal.anneal_members(
-        net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], params),
+        net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], merge.params),
         data.x_train, data.y_train, loss, None if not cfg.subtract_init else np.stack(offs),
         levels=levels, iters=anneal_iters, rounds=anneal_rounds)
     t_anneal = (time.time() - t0) / len(idx)
   for i, k in enumerate(idx):
     t0 = time.time()
-    p = jax.tree_util.tree_map(lambda a: a[k], params)
+    p = jax.tree_util.tree_map(lambda a: a[k], merge.params)
     p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
-    off = offs[i]
     p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
-        method, net, p, data.x_train, data.y_train, loss, off, tol, max_iter, annealed[i],
+        method, net, p, data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
         step_model)
     merge.put(k, p_new, p0)
     curv = kink_newton.min_curvature(net, p_new, data.x_train, data.y_train, loss,
-                                     f_offset=off)
+                                     f_offset=offs[i])
     for field, value in (("entered", True), ("reason", reason),
                          ("converged", bool(rec.force_residual <= tol)),
                          ("residual_after", float(rec.force_residual)),
