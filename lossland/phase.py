@@ -138,7 +138,7 @@ def fit_cells(stats: Sequence[dict], level: float = 0.95, unbalanced: str = "not
   if unbalanced not in UNBALANCED_AS:
     raise ValueError(f"unbalanced must be one of {UNBALANCED_AS}, got {unbalanced!r}")
   x = [c["p_over_n"] for c in stats]
-  k = [c["n_sat"] + (c.get("n_unbalanced", 0) if unbalanced == "sat" else 0) for c in stats]
+  k = [c["n_sat"] + (c["n_unbalanced"] if unbalanced == "sat" else 0) for c in stats]
   n = [c["n_sat"] + c["n_jammed"] for c in stats]
   return fits.fit_threshold(x, k, n, level=level)
 

@@ -764,7 +764,7 @@ def _finish_row(fin: dict, k: int) -> dict:
           "loss_before_finish": num(fin["loss_before"][k]),
           "finish_iterations": int(fin["iterations"][k]),
           "finish_restarts": int(fin["restarts"][k]),
-          "finish_anneal_rounds": int(fin.get("rounds", [0] * (k + 1))[k]),
+          "finish_anneal_rounds": int(fin["rounds"][k]),
           "finish_seconds": float(fin["seconds"][k]),
           "min_curvature": num(fin["min_curvature"][k])}
 
