@@ -134,18 +134,89 @@ def kink_pairs(cfg: nets.NetConfig, params, x, unsat, rtol: float = 1e-7) -> lis
   return out
 
 
+def _bucket(n: int) -> int:
+  """Padded size of n kink pairs (few distinct shapes: few compilations)."""
+  return 0 if n == 0 else max(8, 1 << (n - 1).bit_length())
+
+
+class PaddedKinks(NamedTuple):
+  """Kink pairs as padded index arrays, one jit shape per size bucket.
+
+  Attributes:
+    pts, units: per hidden layer [Kp] point and unit indices of its kink
+      pairs, padded with the out-of-range point P (writes there are dropped).
+    real: positions of the real pairs in the flat padded slope vector.
+    pad: length of that vector (sum of the Kp).
+  """
+  pts: list
+  units: list
+  real: np.ndarray
+  pad: int
+
+
+def padded_kinks(idx, P: int) -> PaddedKinks:
+  """:class:`PaddedKinks` of ``idx``: per hidden layer ``(points, units)``
+  index arrays of the kink pairs (``np.nonzero`` of the masks)."""
+  n_k = [len(i[0]) for i in idx]
+  # one bucket for every layer: one shape per bucket, whatever the layers' shares
+  pad = [_bucket(max(n_k, default=0))] * len(n_k)
+  pts = [jnp.asarray(np.concatenate([i[0], np.full(kp - n, P)]).astype(np.int32))
+         for i, n, kp in zip(idx, n_k, pad)]
+  units = [jnp.asarray(np.concatenate([i[1], np.zeros(kp - n)]).astype(np.int32))
+           for i, n, kp in zip(idx, n_k, pad)]
+  starts = np.cumsum([0] + pad)
+  real = np.concatenate([np.arange(starts[l], starts[l] + n) for l, n in enumerate(n_k)]
+                        + [np.zeros(0, int)]).astype(int)
+  return PaddedKinks(pts, units, real, int(sum(pad)))
+
+
+def split_slopes(pts):
+  """Splits a flat padded slope vector into the per-layer pieces of ``pts``."""
+  starts = np.cumsum([0] + [p.shape[0] for p in pts])
+  return lambda sf: [sf[starts[l]:starts[l + 1]] for l in range(len(pts))]
+
+
+def _slope_grad(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
+  """The flat loss gradient at flat params ``w`` with the ReLU derivative
+  ``s_pad`` (padded, :class:`PaddedKinks`) at the kink pairs ``kinks``."""
+  unravel = nets.unravel_fn(cfg, w.dtype)
+  slopes = [jnp.zeros(k.shape, w.dtype).at[p, u].set(s, mode="drop")
+            for k, p, u, s in zip(kinks, pts, units, split_slopes(pts)(s_pad))]
+
+  def total(wf):
+    f = nets.apply_with_kink_slopes(cfg, unravel(wf), x, kinks, slopes)
+    return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
+  return jax.grad(total)(w)
+
+
+def _slope_jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
+  """d(:func:`_slope_grad`)/d s_pad: [N, Kp]."""
+  return jax.jacfwd(lambda s: _slope_grad(cfg, loss, w, s, x, y, off, kinks, pts, units))(
+      s_pad)
+
+
+# module level: one compilation per (net, loss, shapes, kink bucket), not per call
+_SLOPE_GRAD = jax.jit(_slope_grad, static_argnums=(0, 1))
+_SLOPE_JAC = jax.jit(_slope_jac, static_argnums=(0, 1))
+
+
 def _slope_grad_fn(cfg, params, x, y, loss, kinks, off=0.0):
-  """s [K] -> the flat gradient with ReLU slopes s at the kink pairs."""
-  where = [np.nonzero(k) for k in kinks]
-  sizes = [len(w[0]) for w in where]
-  offsets = np.cumsum([0] + sizes)
+  """``(grad_at, jac_at, K)``: s [K] -> the flat gradient with ReLU slopes s
+  at the kink pairs, and its [N, K] Jacobian in s."""
+  pk = padded_kinks([np.nonzero(k) for k in kinks], x.shape[0])
+  w = ravel_pytree(params)[0]
+  masks = [jnp.asarray(k) for k in kinks]
+  off = jnp.asarray(off, x.dtype)
+
+  def padded(s):
+    return jnp.zeros(pk.pad, x.dtype).at[pk.real].set(jnp.asarray(s, x.dtype))
 
   def grad_at(s):
-    slopes = [jnp.zeros(k.shape, s.dtype).at[w].set(s[offsets[i]:offsets[i + 1]])
-              for i, (k, w) in enumerate(zip(kinks, where))]
-    apply_fn = lambda p, xx: nets.apply_with_kink_slopes(cfg, p, xx, kinks, slopes)
-    return _loss_grad(apply_fn, params, x, y, loss, off)
-  return jax.jit(grad_at), int(offsets[-1])
+    return _SLOPE_GRAD(cfg, loss, w, padded(s), x, y, off, masks, pk.pts, pk.units)
+
+  def jac_at(s):
+    return _SLOPE_JAC(cfg, loss, w, padded(s), x, y, off, masks, pk.pts, pk.units)[:, pk.real]
+  return grad_at, jac_at, int(pk.real.size)
 
 
 def _bvls(V, b):
@@ -154,9 +225,9 @@ def _bvls(V, b):
   return lsq_linear(V, -b, bounds=(0.0, 1.0), method="bvls").x
 
 
-def _min_norm_slopes(grad_at, s0, exact: bool, max_iter: int = 20):
-  """The slopes minimizing |g(s)| (one exact step when g is affine)."""
-  jac = jax.jit(jax.jacfwd(grad_at))
+def _min_norm_slopes(grad_at, jac, s0, exact: bool, max_iter: int = 20):
+  """The slopes minimizing |g(s)| (one exact step when g is affine);
+  ``jac(s)`` is dg/ds."""
   s = s0
   g = np.asarray(grad_at(s))
   for _ in range(1 if exact else max_iter):
@@ -205,9 +276,9 @@ def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
     return Stationarity(r, r, 0, n_unsat, True, kink_rtol)
   per_point = sum(k.sum(-1) for k in kinks)
   exact = bool(per_point.max() <= 1)
-  grad_at, K = _slope_grad_fn(cfg, params, x, y, loss, kinks, off)
+  grad_at, jac_at, _ = _slope_grad_fn(cfg, params, x, y, loss, kinks, off)
   zs = nets.preactivations(cfg, params, x)[:-1]
   s0 = jnp.concatenate([(z[np.nonzero(k)] > 0).astype(x.dtype) for z, k in zip(zs, kinks)])
-  _, g = _min_norm_slopes(grad_at, s0, exact)
+  _, g = _min_norm_slopes(grad_at, jac_at, s0, exact)
   r_sub = min(float(np.linalg.norm(g)) / den, r)
   return Stationarity(r_sub, r, n_kink, n_unsat, exact, kink_rtol)

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from lossland.scripts import bench_ensemble
 
@@ -90,3 +91,18 @@ def test_paper_row_of_the_ensemble_benchmark():
   # float32's floor is half float64's (bytes per element)
   np.testing.assert_allclose(row["dtypes"]["float32"]["memory_floor_us_per_member_step"] * 2,
                              row["dtypes"]["float64"]["memory_floor_us_per_member_step"])
+
+
+def test_tiny_stationarity_benchmark(tmp_path):
+  """The certificate's benchmark: ours and the fresh-jit reference give the
+  same r_sub on every state, and the ratio is the one of the medians."""
+  from lossland.scripts import bench_stationarity
+  s = bench_stationarity.run_benchmark(str(tmp_path), quick=True, n_states=3)
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert len(on_disk["rows"]) == 3
+  for r in s["rows"]:
+    assert r["n_kink"] == r["n_kink_reference"] > 0 and r["n_unsat"] > 0
+    assert r["r_sub"] == pytest.approx(r["r_sub_reference"], rel=1e-10)
+  np.testing.assert_allclose(s["speedup"],
+                             s["seconds_per_call_reference"] / s["seconds_per_call"])
+  assert s["max_abs_r_sub_difference"] <= 1e-10 * max(r["r_sub"] for r in s["rows"])

@@ -72,7 +72,7 @@ def test_kink_slopes_give_the_one_sided_derivatives():
   assert kinks[0][0, 0] and sum(k.sum() for k in kinks) == 1
   flat, unravel = ravel_pytree(params)
   L = _total_loss(apply_fn, x, y)
-  grad_at, K = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
+  grad_at, jac_at, K = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
   assert K == 1
   # the slope 1[z > 0] (z is 0 to rounding, of either sign) is the plain gradient
   z00 = nets.preactivations(cfg, params, x[:1])[0][0, 0]
@@ -82,6 +82,10 @@ def test_kink_slopes_give_the_one_sided_derivatives():
   # one kink: g is affine in the slope
   g0, g1, gh = (np.asarray(grad_at(jnp.array([s]))) for s in (0.0, 1.0, 0.5))
   np.testing.assert_allclose(gh, (g0 + g1) / 2, rtol=1e-10, atol=1e-13)
+  # and its Jacobian in the slope is the difference of the one-sided gradients
+  # (the padded slots of the bucket are dropped)
+  np.testing.assert_allclose(np.asarray(jac_at(jnp.array([0.3])))[:, 0], g1 - g0,
+                             rtol=1e-10, atol=1e-13)
   # the one-sided directional derivative along v uses slope 1 if v switches
   # the unit on (dz > 0), 0 if it keeps it off
   rng = np.random.default_rng(0)
@@ -101,11 +105,29 @@ def test_r_sub_is_the_minimum_over_the_slope():
   assert st.n_kink == 1 and st.exact and st.n_unsat == x.shape[0]
   den = stationarity.force_norm_sum(apply_fn, params, x, y, LOSS)
   kinks = stationarity.kink_pairs(cfg, params, x, np.ones(x.shape[0], bool))
-  grad_at, _ = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
+  grad_at, _, _ = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
   scan = min(float(np.linalg.norm(grad_at(jnp.array([s])))) for s in np.linspace(0, 1, 2001))
   assert st.force_residual <= scan / den + 1e-12
   assert st.force_residual >= scan / den - 1e-6 * st.force_residual_smooth
   assert st.force_residual <= st.force_residual_smooth
+
+
+def test_r_sub_compiles_once_per_kink_bucket():
+  """The slope gradient and its Jacobian are module-level jits of padded kink
+  indices: states of one net with other kink pairs (same size bucket) reuse
+  the compilation instead of tracing a fresh closure per call."""
+  sizes = lambda: (stationarity._SLOPE_GRAD._cache_size(),
+                   stationarity._SLOPE_JAC._cache_size())
+  cfg, apply_fn, params, x, y = _kinked_net(seed=0)
+  st = stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS)
+  assert st.n_kink == 1
+  before = sizes()
+  for seed in (3, 5):
+    cfg, apply_fn, params, x, y = _kinked_net(seed=seed)
+    st = stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS)
+    assert st.n_kink == 1 and np.nonzero(
+        stationarity.kink_pairs(cfg, params, x, np.ones(12, bool))[0])[1][0] == 0
+  assert sizes() == before
 
 
 def test_r_sub_vanishes_at_a_hand_made_kink_point_where_r_does_not():

@@ -109,18 +109,12 @@ def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
   return nets._forward(cfg, params, x, phi=phi if cfg.activation == "relu" else None)
 
 
-def _splitter(pts):
-  """Splits a flat padded slope vector into the per-layer pieces of ``pts``."""
-  starts = np.cumsum([0] + [p.shape[0] for p in pts])
-  return lambda sf: [sf[starts[l]:starts[l + 1]] for l in range(len(pts))]
-
-
 def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, decay):
   """The frozen loss's gradient [N] and Hessian [N, N], the scaled kink
   pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp];
   the loss plus ``decay`` |w|^2 / 2."""
   unravel = nets.unravel_fn(cfg, w.dtype)
-  split = _splitter(pts)
+  split = stationarity.split_slopes(pts)
 
   def total(wf, sf):
     zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(sf))
@@ -144,7 +138,7 @@ _PARTS = jax.jit(_parts_fn, static_argnums=(0, 1))
 def _margins_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units):
   """The margins Delta [P] of the frozen net and their Jacobian J [P, N]
   (every point, satisfied or not: the hinge step model's pieces)."""
-  unravel, split = nets.unravel_fn(cfg, w.dtype), _splitter(pts)
+  unravel, split = nets.unravel_fn(cfg, w.dtype), stationarity.split_slopes(pts)
 
   def margins(wf):
     zs = _frozen_forward(cfg, unravel(wf), x, pattern, pts, units, split(s_flat))
@@ -163,11 +157,6 @@ def _true_loss_fn(cfg, loss, w, x, y, off, decay):
 _TRUE_LOSS = jax.jit(_true_loss_fn, static_argnums=(0, 1))
 
 
-def _bucket(n: int) -> int:
-  """Padded size of n kink pairs (few distinct shapes: few compilations)."""
-  return 0 if n == 0 else max(8, 1 << (n - 1).bit_length())
-
-
 class _Frozen(NamedTuple):
   """The pattern-frozen problem of one active set (padded index arrays)."""
   pattern: list
@@ -178,16 +167,8 @@ class _Frozen(NamedTuple):
 
 
 def _frozen(pattern, idx, P: int) -> _Frozen:
-  n_k = [len(i[0]) for i in idx]
-  pad = [_bucket(n) for n in n_k]
-  pts = [jnp.asarray(np.concatenate([i[0], np.full(kp - n, P)]).astype(np.int32))
-         for i, n, kp in zip(idx, n_k, pad)]
-  units = [jnp.asarray(np.concatenate([i[1], np.zeros(kp - n)]).astype(np.int32))
-           for i, n, kp in zip(idx, n_k, pad)]
-  starts = np.cumsum([0] + pad)
-  real = np.concatenate([np.arange(starts[l], starts[l] + n) for l, n in enumerate(n_k)]
-                        + [np.zeros(0, int)]).astype(int)
-  return _Frozen([jnp.asarray(p) for p in pattern], pts, units, real, int(sum(pad)))
+  pk = stationarity.padded_kinks(idx, P)
+  return _Frozen([jnp.asarray(p) for p in pattern], pk.pts, pk.units, pk.real, pk.pad)
 
 
 def _tr_step(g, H, radius: float):

@@ -4,6 +4,7 @@ r"""Benchmarks: ratios measured side by side in one process.
     python -m lossland.scripts.bench hessian   --out_dir DIR [--quick]
     python -m lossland.scripts.bench landscape --out_dir DIR [--quick]
     python -m lossland.scripts.bench step      --out_dir DIR [--quick]
+    python -m lossland.scripts.bench stationarity --out_dir DIR [--quick]
 
 Each prints a table and writes ``DIR/summary.json`` (plus a config.json with
 the library versions and the device). ``--quick`` shrinks the sizes for a
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "hessian": "lossland.scripts.bench_hessian",
     "landscape": "lossland.scripts.bench_landscape",
     "step": "lossland.scripts.bench_step",
+    "stationarity": "lossland.scripts.bench_stationarity",
 }
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""Benchmark of the force-balance certificate r_sub (issue 20).
+
+    python -m lossland.scripts.bench stationarity --out_dir DIR [--quick]
+
+(dispatched by ``lossland.scripts.bench`` to :func:`run_benchmark`). The
+certificate :func:`lossland.stationarity.stationarity` runs for every member
+that stops with loss > 0, after the anneal, and at each test of the Newton
+finish. Its slope gradient and slope Jacobian are module-level jits of padded
+kink indices; the reference is the same computation as it was before, a
+fresh ``jax.jit`` of a closure over the kink pairs at every call (so every
+call compiles). Both run, side by side, on the same states: one net of the
+cpu preset's shape (L = 2, d = 4, h = 16 with biases, P = 2 N) at
+``n_states`` perturbations of one random init, whose pre-activations within
+``kink_rtol`` of 0 count as kink pairs (a loose tolerance, so that each state
+has tens of them, as the finished members have). Reported: the seconds per
+call of each (median over the states after the first), the first call of
+ours (it compiles), their ratio, and the largest difference of the r_sub
+values (the two must agree to rounding).
+"""
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _naive_r_sub(cfg, apply_fn, params, x, y, loss, kink_rtol):
+  """r_sub as computed before the module-level jits: a fresh closure, jitted
+  per call, for the slope gradient and for its Jacobian."""
+  import jax
+  import jax.numpy as jnp
+  from lossland import nets
+  from lossland import stationarity as st
+  delta, _ = st._point_forces(apply_fn, params, x, y, loss)
+  unsat = np.asarray(delta > 0)
+  g, den = st._residual_parts(apply_fn, params, x, y, loss, 256, 0.0)
+  kinks = st.kink_pairs(cfg, params, x, unsat, kink_rtol)
+  where = [np.nonzero(k) for k in kinks]
+  offsets = np.cumsum([0] + [len(w[0]) for w in where])
+
+  def grad_at(s):
+    slopes = [jnp.zeros(k.shape, s.dtype).at[w].set(s[offsets[i]:offsets[i + 1]])
+              for i, (k, w) in enumerate(zip(kinks, where))]
+    fn = lambda p, xx: nets.apply_with_kink_slopes(cfg, p, xx, kinks, slopes)
+    return st._loss_grad(fn, params, x, y, loss)
+  grad_at = jax.jit(grad_at)
+  exact = bool(sum(k.sum(-1) for k in kinks).max() <= 1)
+  zs = nets.preactivations(cfg, params, x)[:-1]
+  s0 = jnp.concatenate([(z[np.nonzero(k)] > 0).astype(x.dtype) for z, k in zip(zs, kinks)])
+  _, gs = st._min_norm_slopes(grad_at, jax.jit(jax.jacfwd(grad_at)), s0, exact)
+  return min(float(np.linalg.norm(gs)) / den, g / den), int(offsets[-1])
+
+
+def _states(quick: bool, n_states: int):
+  """(cfg, apply_fn, [params], x, y, loss) of the benchmark's net and states."""
+  import jax
+  import jax.numpy as jnp
+  from jax.flatten_util import ravel_pytree
+  from lossland import data, losses, nets
+  cfg = nets.NetConfig(d=4, width=8 if quick else 16, depth=2, bias=True)
+  init_fn, apply_fn = nets.make_net(cfg)
+  p0 = init_fn(jax.random.key(0))
+  w0, unravel = ravel_pytree(p0)
+  P = 2 * nets.n_params(cfg)
+  ds = data.sphere(jax.random.key(1), P, cfg.d, n_test=0)
+  keys = jax.random.split(jax.random.key(2), n_states)
+  states = [unravel(w0 + 0.05 * jax.random.normal(k, w0.shape, w0.dtype)) for k in keys]
+  return cfg, apply_fn, states, ds.x_train, ds.y_train, losses.LossConfig(), \
+      {"N": nets.n_params(cfg), "P": P, "d": cfg.d, "width": cfg.width, "depth": cfg.depth,
+       "bias": cfg.bias, "dtype": str(jnp.asarray(w0).dtype)}
+
+
+def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 6,
+                  kink_rtol: float = 3e-3) -> dict:
+  """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
+  import jax
+  jax.config.update("jax_enable_x64", True)
+  from lossland import io
+  from lossland import stationarity as st
+  from lossland.scripts._cli import Progress
+
+  cfg, apply_fn, states, x, y, loss, shape = _states(quick, n_states)
+  bar = Progress("bench stationarity")
+  rows = []
+  for i, p in enumerate(states):
+    bar(i, len(states), f"state {i}")
+    t0 = time.perf_counter()
+    ours = st.stationarity(cfg, apply_fn, p, x, y, loss, kink_rtol=kink_rtol)
+    t1 = time.perf_counter()
+    ref, n_kink = _naive_r_sub(cfg, apply_fn, p, x, y, loss, kink_rtol)
+    t2 = time.perf_counter()
+    rows.append({"n_kink": ours.n_kink, "n_kink_reference": n_kink, "exact": ours.exact,
+                 "n_unsat": ours.n_unsat, "r_sub": ours.force_residual,
+                 "r_sub_reference": ref, "seconds": t1 - t0, "seconds_reference": t2 - t1})
+  bar(len(states), len(states), "done")
+  bar.close()
+  warm = rows[1:]
+  ours_s = float(np.median([r["seconds"] for r in warm]))
+  ref_s = float(np.median([r["seconds_reference"] for r in warm]))
+  out = {"quick": quick, "kink_rtol": kink_rtol, **shape, "rows": rows,
+         "seconds_per_call": ours_s, "seconds_per_call_reference": ref_s,
+         "seconds_first_call": rows[0]["seconds"],
+         "speedup": ref_s / ours_s,
+         "max_abs_r_sub_difference": float(max(abs(r["r_sub"] - r["r_sub_reference"])
+                                               for r in rows)),
+         "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+         "platform": platform.platform(), "jax": jax.__version__}
+  lines = [f"r_sub of one net, N={shape['N']}, P={shape['P']} (L={shape['depth']}, "
+           f"h={shape['width']}, biases), {len(rows)} states, kink_rtol {kink_rtol:g}:",
+           f"  {'state':>5s} {'kinks':>6s} {'exact':>6s} {'ours s':>8s} {'fresh-jit s':>12s} "
+           f"{'r_sub':>10s}"]
+  for i, r in enumerate(rows):
+    lines.append(f"  {i:5d} {r['n_kink']:6d} {str(r['exact']):>6s} {r['seconds']:8.3f} "
+                 f"{r['seconds_reference']:12.3f} {r['r_sub']:10.3e}")
+  lines.append(f"  per call after the first: {ours_s:.3f} s against {ref_s:.3f} s "
+               f"(x{out['speedup']:.1f}); r_sub agree to "
+               f"{out['max_abs_r_sub_difference']:.1e}")
+  print("\n".join(lines))
+  out["table"] = lines
+  with open(os.path.join(out_dir, "summary.json"), "w") as fh:
+    fh.write(io.dumps(out, indent=2) + "\n")
+  return out
