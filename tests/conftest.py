@@ -22,6 +22,15 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                       "--xla_cpu_use_fusion_emitters=false")
 
+# pytest-xdist's workers share the cores: each one's BLAS (OpenBLAS, before
+# numpy loads it) gets its share, as the phase script's workers do
+# (lossland.experiments.grid.blas_threads): more threads spin-wait for a core
+# that the other workers hold. A caller's own setting wins.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+  os.environ.setdefault("OPENBLAS_NUM_THREADS",
+                        str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS)))
+
 import time  # noqa: E402
 
 import jax  # noqa: E402  (after the allocator setting)

@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Callable, Sequence
 
-# A worker process: reads {"cells", "sweep_dir", "x64", "cache_dir"} as JSON on
-# stdin and runs every cell that no other process holds, then exits; it exits
-# at once when its parent dies.
+# A worker process: reads {"cells", "sweep_dir", "x64", "batch_cells", "workers",
+# "cache_dir"} as JSON on stdin and runs every cell that no other process
+# holds, then exits; it exits at once when its parent dies.
 _WORKER_CODE = "from lossland.experiments import grid; grid._worker()"
 
 
@@ -29,6 +29,22 @@ def auto_workers() -> int:
   (processes sharing one device would each preallocate its memory)."""
   import jax
   return min(2, os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
+
+
+def blas_threads(workers: int):
+  """A context in which this process's BLAS uses its share of the cores,
+  ``cpu_count // workers`` threads (at least 1), where ``workers`` processes
+  share them.
+
+  The host linear algebra of the finishing stage (the Newton finish's eigh
+  and SVD of N x N matrices, scipy's bounded least squares) runs while the
+  other workers compute. OpenBLAS threads spin-wait for a core then: an
+  eigh of a 350 x 350 matrix took 1.7 s with 2 threads per process on the
+  loaded 2-core machine against 12 ms with 1 (BUILD_NOTES.md). On exit the
+  previous limits come back."""
+  from threadpoolctl import threadpool_limits
+  return threadpool_limits(limits=max(1, (os.cpu_count() or 1) // max(int(workers), 1)),
+                           user_api="blas")
 
 
 def auto_batch_cells() -> bool:
@@ -61,8 +77,9 @@ def run_cells(cells: Sequence[dict], sweep_dir: str, *, shard: tuple = (0, 1),
   run = lambda cs: sweep.run_sweep(cs, sweep_dir, progress=progress, batch_cells=batch_cells)
   if workers <= 1 or len(cells) <= 1:
     return run(cells)
-  return _run_parallel(cells, sweep_dir, workers, log_fn or (lambda m: None), run,
-                       batch_cells)
+  with blas_threads(workers):
+    return _run_parallel(cells, sweep_dir, workers, log_fn or (lambda m: None), run,
+                         batch_cells)
 
 
 def _worker():
@@ -81,11 +98,12 @@ def _worker():
   import jax
   jax.config.update("jax_enable_x64", bool(spec["x64"]))
   from lossland.experiments import sweep
-  sweep.run_sweep(spec["cells"], spec["sweep_dir"], progress=False,
-                  batch_cells=bool(spec.get("batch_cells")))
+  with blas_threads(spec.get("workers", 1)):
+    sweep.run_sweep(spec["cells"], spec["sweep_dir"], progress=False,
+                    batch_cells=bool(spec.get("batch_cells")))
 
 
-def _start_worker(cells, sweep_dir, batch_cells=False):
+def _start_worker(cells, sweep_dir, batch_cells=False, workers=2):
   import jax
   err = tempfile.TemporaryFile(mode="w+")
   # On an accelerator the processes share one device: no preallocation in
@@ -96,7 +114,7 @@ def _start_worker(cells, sweep_dir, batch_cells=False):
                           stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
   proc.stdin.write(json.dumps({
       "cells": cells, "sweep_dir": sweep_dir, "x64": bool(jax.config.jax_enable_x64),
-      "batch_cells": bool(batch_cells),
+      "batch_cells": bool(batch_cells), "workers": int(workers),
       "cache_dir": jax.config.jax_compilation_cache_dir}))
   proc.stdin.close()
   return proc, err
@@ -127,7 +145,7 @@ def _run_parallel(cells, sweep_dir, n_workers, say, run_sweep, batch_cells=False
   procs = []
   try:
     for _ in range(min(n_workers, len(cells)) - 1):
-      procs.append(_start_worker(cells, sweep_dir, batch_cells))
+      procs.append(_start_worker(cells, sweep_dir, batch_cells, n_workers))
     out = run_sweep(cells)
     for k, (proc, err) in enumerate(procs):
       if proc.wait() != 0:
