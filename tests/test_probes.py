@@ -9,6 +9,8 @@ import importlib.util
 import io
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +92,17 @@ def test_finish_probe_segments_and_unit_table(tmp_path):
   assert lines[0]["n_delta_over_n"] * s["n_weights"] == m["n_delta"]
   assert census.main(["margin_census.py"]) == 2
   assert census.main(["margin_census.py", str(tmp_path / "nowhere")]) == 2
+  # scripts/finish_pair.sh: two probes at once, their lines appended to OUT
+  pair = os.path.join(os.path.dirname(__file__), "..", "scripts", "finish_pair.sh")
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  out = tmp_path / "pair.out"
+  r = subprocess.run(["sh", pair, run_dir, "0", "0", "3", str(out)], env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  got = [json.loads(t) for t in out.read_text().splitlines() if t.startswith("{")]
+  assert len(got) == 2 and got[0]["loss_after"] == got[1]["loss_after"] <= m["loss"] * 120
+  r = subprocess.run(["sh", pair, run_dir, "0"], env=env, capture_output=True, text=True)
+  assert r.returncode == 2 and r.stderr.startswith("usage:")
 
 
 def test_margin_census_counts_hand_made_margins():
