@@ -88,6 +88,8 @@ def environment() -> dict:
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
       "x64": bool(jax.config.jax_enable_x64),
+      # flags XLA read at start-up (lossland.xla_options, tests/conftest.py)
+      "xla_flags": os.environ.get("XLA_FLAGS"),
       "git_revision": git_revision(),
   }
 

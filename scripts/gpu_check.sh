@@ -13,15 +13,20 @@
 #      P = 23562, K = 8, float64 and float32, the split-K variants);
 #   4. runs the ensemble benchmark (vmapped vs sequential rows and the rows
 #      against a naive jit(vmap(scan(adam)))), in float32 and in float64;
-#   5. with PHASE_SECONDS > 0, runs the gpu preset's phase study (batched
+#   5. runs the quick ensemble benchmark (float32) under --command_buffers off
+#      and scan (lossland.xla_options), to set against the default-mode run of
+#      step 4: launch costs are what command buffers save, and the quick
+#      sizes are the launch-bound ones (skip with COMMAND_BUFFERS=0);
+#   6. with PHASE_SECONDS > 0, runs the gpu preset's phase study (batched
 #      cells) for at most that long, into OUT_DIR/phase_gpu (resumable).
 # Everything goes to OUT_DIR (default runs/gpu_check/<UTC time>): environment.txt,
-# pytest.txt, bench_step/, bench_ensemble_f32/, bench_ensemble_f64/ and their
-# .txt logs.
+# pytest.txt, bench_step/, bench_ensemble_f32/, bench_ensemble_f64/,
+# bench_quick_cb_{xla,off,scan}/ and their .txt logs.
 # Exit status: 0 if the suite and both benchmarks passed, 1 if one failed,
 # 2 if jax sees no GPU.
 #
-# Settings (environment): PYTHON (default python), WORKERS (8), PHASE_SECONDS (0), PYTEST_ARGS
+# Settings (environment): PYTHON (default python), WORKERS (8), PHASE_SECONDS (0),
+# COMMAND_BUFFERS (1; 0 skips step 5), PYTEST_ARGS
 # (extra pytest arguments, e.g. a test file), BENCH_ARGS (extra benchmark flags,
 # e.g. --quick), GPU_CHECK_ALLOW_CPU=1 (run anyway without a GPU: only to try
 # this script). XLA_FLAGS etc. pass through (e.g.
@@ -75,6 +80,19 @@ for prec in f32 f64; do
   echo "bench $prec: exit $rc, $(( $(date +%s) - start )) s" | tee -a "$OUT/bench_ensemble_$prec.txt"
   [ "$rc" -eq 0 ] || status=1
 done
+
+if [ "${COMMAND_BUFFERS:-1}" != "0" ]; then
+  for mode in xla off scan; do
+    echo "== ensemble benchmark (f32, --quick), --command_buffers $mode"
+    start=$(date +%s)
+    "$PY" -m lossland.scripts.bench ensemble --quick --nox64 --command_buffers "$mode" \
+      --out_dir "$OUT/bench_quick_cb_$mode" 2>&1 | tee "$OUT/bench_quick_cb_$mode.txt"
+    rc=${PIPESTATUS[0]}
+    echo "bench quick, command buffers $mode: exit $rc, $(( $(date +%s) - start )) s" \
+      | tee -a "$OUT/bench_quick_cb_$mode.txt"
+    [ "$rc" -eq 0 ] || status=1
+  done
+fi
 
 if [ "${PHASE_SECONDS:-0}" -gt 0 ]; then
   # As much of the gpu preset's phase study as PHASE_SECONDS allow; it resumes

@@ -74,6 +74,7 @@ CASES = [
     ("anneal_rounds_zero", ["--x64", "--finish", "anneal", "--anneal_rounds", "0"],
      "--anneal_rounds"),
     ("finish_anneal_without_x64", ["--nox64", "--finish", "anneal"], "--x64"),
+    ("command_buffers_unknown", ["--command_buffers", "graphs"], "--command_buffers"),
     ("classes_on_synthetic", ["--dataset", "sphere", "--classes", "parity"], "--classes"),
     ("npz_truncated", ["--dataset", "npz", "--data_file", "{truncated}"], "truncated.npz"),
     ("npz_garbage", ["--dataset", "npz", "--data_file", "{garbage}"], "garbage.npz"),

@@ -13,6 +13,9 @@
   lands where Python swallows exceptions (a garbage-collection callback, such
   as jax's, prints "Exception ignored" and goes on) is raised again every
   2 s until the script has handled it (:func:`_sigint_redelivered`).
+* ``--command_buffers xla|off|scan`` sets XLA's GPU command buffers before
+  jax starts its backend (:mod:`lossland.xla_options`; worker subprocesses
+  inherit the setting).
 * JAX's persistent compilation cache is on for every script, in
   ``$LOSSLAND_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossland/jax``, else
   ``~/.cache/lossland/jax``; ``--nocompilation_cache`` or
@@ -33,6 +36,7 @@ from absl import logging
 from lossland import io
 from lossland.compilation_cache import cache_dir, enable_compilation_cache  # noqa: F401 (re-export)
 from lossland.progress import Progress  # noqa: F401 (re-export: scripts use _cli.Progress)
+from lossland.xla_options import COMMAND_BUFFERS, set_command_buffers
 
 
 class UsageError(io.InputError):
@@ -44,6 +48,12 @@ _COMPILATION_CACHE = flags.DEFINE_boolean(
     "Keep compiled programs in JAX's persistent compilation cache "
     "($LOSSLAND_CACHE_DIR, else $XDG_CACHE_HOME/lossland/jax or "
     "~/.cache/lossland/jax); LOSSLAND_COMPILATION_CACHE=0 also turns it off.")
+
+_COMMAND_BUFFERS = flags.DEFINE_enum(
+    "command_buffers", "xla", list(COMMAND_BUFFERS),
+    "GPU command buffers (CUDA graphs; lossland.xla_options): xla (XLA's default), off, or "
+    "scan (also while loops, so a chunk of training steps launches as one graph). "
+    "CPU backends ignore it.")
 
 _HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
 _FULL_HELP_ARGS = ("--helpfull", "-helpfull")
@@ -218,6 +228,7 @@ def run(main, interrupted="interrupted"):
     logging.set_verbosity(logging.WARNING)
     # Buffer donation is a no-op on CPU; its warning is noise for a user.
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    set_command_buffers(_COMMAND_BUFFERS.value)  # before jax starts its backend
     if _cache_wanted():
       enable_compilation_cache()
     with _sigint_redelivered() as handled:
