@@ -607,3 +607,27 @@ def test_script_batched_cells_and_parallel_bisection(tmp_path):
   assert jobs and set(jobs) == {2}, jobs      # two cells per depth and batch
   r = _run(args + ["--batch_cells", "--bisect_points", "0"], tmp_path / "bad")
   assert r.returncode == 2 and "bisect_points" in r.stderr
+
+
+def test_report_names_the_exponents_states():
+  """The printed theta/gamma line says whose exponents they are: the
+  force-balanced jammed members near P*, or none, and the unbalanced states'
+  apart, labelled as not minima."""
+  depth = {"width": 16, "N": 336, "p_star_over_n": 2.0, "p_star_ci": [1.9, 2.1],
+           "p_star_over_n_unbalanced_sat": None, "p_star_ci_unbalanced_sat": [None, None],
+           "nd_over_n_at_jamming": 0.5, "counts": {"sat": 3, "unbalanced": 3}}
+  base = {"per_depth": {2: depth}, "depth_spread": None, "avalanches_converged": None}
+  none = dict(base, theta=None, theta_ci=[None, None], gamma=None, gamma_ci=[None, None],
+              theta_stalled=-0.25, theta_stalled_ci=[-0.3, -0.2], gamma_stalled=0.6,
+              gamma_stalled_ci=[0.55, 0.65])
+  lines = phase_study.report_lines({"runs": [(none, "RUN")], "finite_size": None})
+  assert lines[0].startswith("L=2 h=16 N=336: P*/N = 2.000 [1.900, 2.100] (unbalanced members "
+                             "as sat: None [None, None])")
+  assert lines[2] == ("theta, gamma: none (no force-balanced jammed member in the cell nearest "
+                      "P* of a depth whose P* was found); of the unbalanced states, not minima: "
+                      "theta -0.250 [-0.300, -0.200], gamma 0.600 [0.550, 0.650]")
+  some = dict(base, theta=0.3, theta_ci=[0.1, 0.5], gamma=0.4, gamma_ci=None)
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert lines[2] == ("theta 0.300 [0.100, 0.500], gamma 0.400 [None, None] (force-balanced "
+                      "jammed members of the cell nearest P*)")
+  assert lines[-1] == "run directory: RUN"

@@ -364,6 +364,29 @@ def _avalanche_line(a) -> str:
              f" (Vuong z {d['vuong_z']:.2f}, p {d['p_value']:.3g})"))
 
 
+def _ci(ci) -> str:
+  lo, hi = ci or (None, None)
+  return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _exponent_line(result: dict) -> str:
+  """The report's line on theta and gamma: those of the force-balanced
+  jammed members near P* (the summary's), or why there are none, and those
+  of the states that stopped without force balance, labelled as such."""
+  if result["theta"] is None and result["gamma"] is None:
+    head = ("theta, gamma: none (no force-balanced jammed member in the cell nearest P* "
+            "of a depth whose P* was found)")
+  else:
+    head = (f"theta {_fmt(result['theta'])} {_ci(result['theta_ci'])}, gamma "
+            f"{_fmt(result['gamma'])} {_ci(result['gamma_ci'])} (force-balanced jammed "
+            "members of the cell nearest P*)")
+  if result.get("theta_stalled") is None and result.get("gamma_stalled") is None:
+    return head
+  return (head + f"; of the unbalanced states, not minima: theta "
+          f"{_fmt(result.get('theta_stalled'))} {_ci(result.get('theta_stalled_ci'))}, gamma "
+          f"{_fmt(result.get('gamma_stalled'))} {_ci(result.get('gamma_stalled_ci'))}")
+
+
 def report_lines(out: dict) -> list:
   """The lines the script prints for :func:`run`'s result."""
   lines = []
@@ -377,8 +400,7 @@ def report_lines(out: dict) -> list:
                    f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
                    f"classes {v['counts']}")
     lines.append(f"depth spread {_fmt(result['depth_spread'])}")
-    lines.append(f"theta {_fmt(result['theta'])} {[_fmt(c) for c in result['theta_ci']]}, "
-                 f"gamma {_fmt(result['gamma'])} {[_fmt(c) for c in result['gamma_ci']]}")
+    lines.append(_exponent_line(result))
     lines.append(_avalanche_line(result.get("avalanches_converged")))
     lines.append(f"run directory: {run_dir}")
   if out["finite_size"] is not None:
