@@ -126,3 +126,24 @@ def test_checkpoints_written_before_the_engine_fields_still_match():
   """repr(TrainConfig()) of the code before wgrad_split/pad_to/scan_unroll."""
   assert repr(train._cfg_repr(train.TrainConfig())) == OLD_DEFAULT_REPR
   assert "wgrad_split=8" in repr(train._cfg_repr(train.TrainConfig(wgrad_split=8)))
+
+
+def test_flat_buffer_naive_scan_equals_the_pytree_one():
+  """bench step's ``naive_flat`` row (params and Adam moments as one flat [N]
+  buffer per member, issue 18 item 1) runs the same Adam steps as the pytree
+  naive scan (optax.adam): same final params up to rounding."""
+  from lossland import data, losses, nets
+  from lossland.scripts import _bench_common, bench_step
+  net = nets.NetConfig(d=5, width=7, depth=2)
+  loss = losses.LossConfig()
+  ds = data.sphere(jax.random.key(1), 40, 5)
+  keys = jax.random.split(jax.random.key(2), 3)
+  tree = _bench_common.naive_runner(net, loss, 25, 1e-2, jnp.float64)(keys, ds.x_train,
+                                                                       ds.y_train)
+  flat = bench_step.flat_naive_runner(net, loss, 25, 1e-2, jnp.float64)(keys, ds.x_train,
+                                                                        ds.y_train)
+  want = jax.vmap(lambda p: ravel_pytree(p)[0])(tree)
+  start = jax.vmap(lambda k: ravel_pytree(nets.make_net(net)[0](jax.random.split(k)[0]))[0])(
+      keys)
+  assert float(jnp.max(jnp.abs(want - start))) > 1e-2  # the steps moved the weights
+  np.testing.assert_allclose(np.asarray(flat), np.asarray(want), rtol=1e-10, atol=1e-12)
