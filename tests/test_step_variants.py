@@ -132,7 +132,6 @@ def test_flat_buffer_naive_scan_equals_the_pytree_one():
   """bench step's ``naive_flat`` row (params and Adam moments as one flat [N]
   buffer per member, issue 18 item 1) runs the same Adam steps as the pytree
   naive scan (optax.adam): same final params up to rounding."""
-  from lossland import data, losses, nets
   from lossland.scripts import _bench_common, bench_step
   net = nets.NetConfig(d=5, width=7, depth=2)
   loss = losses.LossConfig()
