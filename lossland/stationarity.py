@@ -179,14 +179,10 @@ def split_slopes(pts):
 def _slope_grad(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
   """The flat loss gradient at flat params ``w`` with the ReLU derivative
   ``s_pad`` (padded, :class:`PaddedKinks`) at the kink pairs ``kinks``."""
-  unravel = nets.unravel_fn(cfg, w.dtype)
   slopes = [jnp.zeros(k.shape, w.dtype).at[p, u].set(s, mode="drop")
             for k, p, u, s in zip(kinks, pts, units, split_slopes(pts)(s_pad))]
-
-  def total(wf):
-    f = nets.apply_with_kink_slopes(cfg, unravel(wf), x, kinks, slopes)
-    return jnp.sum(loss.fn(losses.margins(f - off, y, loss.epsilon)))
-  return jax.grad(total)(w)
+  apply_fn = lambda p, xx: nets.apply_with_kink_slopes(cfg, p, xx, kinks, slopes)
+  return _loss_grad(apply_fn, nets.unravel_fn(cfg, w.dtype)(w), x, y, loss, off)
 
 
 def _slope_jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
