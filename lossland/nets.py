@@ -367,6 +367,12 @@ def _pad_axes(a, shape):
   return jnp.pad(a, [(0, s - n) for s, n in zip(shape, a.shape)])
 
 
+def activation_scale(cfg: NetConfig) -> float:
+  """The factor on every hidden activation: 1 / sqrt(E[phi(z)^2]) for
+  z ~ N(0, 1) with ``normalize_activation``, else 1."""
+  return 1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation]) if cfg.normalize_activation else 1.0
+
+
 def _forward(cfg: NetConfig, params: Params, x, wgrad_split: int = 0,
              pad_to: int = 0, phi=None) -> list:
   """Pre-activations of every layer: [z_1, ..., z_L, output before alpha].
@@ -378,8 +384,7 @@ def _forward(cfg: NetConfig, params: Params, x, wgrad_split: int = 0,
   """
   act = _ACTIVATIONS[cfg.activation]
   phi = phi or (lambda layer, z: act(z))
-  act_scale = (1.0 / math.sqrt(_SECOND_MOMENT[cfg.activation])
-               if cfg.normalize_activation else 1.0)
+  act_scale = activation_scale(cfg)
   sizes = [layer["w"].shape[0] for layer in params] + [params[-1]["w"].shape[1]]
   if pad_to:
     sizes = [-(-n // pad_to) * pad_to for n in sizes[:-1]] + sizes[-1:]

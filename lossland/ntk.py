@@ -51,8 +51,7 @@ def _structured_features(cfg: nets.NetConfig, params, x):
     (ins, deltas): lists over layers of [P, fan_in] and [P, fan_out].
   """
   phi = nets._ACTIVATIONS[cfg.activation]
-  act_scale = (1.0 / math.sqrt(nets._SECOND_MOMENT[cfg.activation])
-               if cfg.normalize_activation else 1.0)
+  act_scale = nets.activation_scale(cfg)
   ntk = cfg.parametrization == "ntk"
   n_layers = len(params)
 

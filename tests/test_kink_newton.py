@@ -186,7 +186,11 @@ def test_finish_stops_when_its_steps_satisfy_every_point_or_leave_only_dead_ones
   zero force, a hidden layer all off there (reason "no_force": r_sub is
   undefined, 0/0). Both happen among these six nets (measured: seeds 2, 4
   and 0, 1, 3, 5); the finish used to divide by zero when a restart met
-  such a state."""
+  such a state. Seed 5 ends with a live unsatisfied point whose one path
+  runs through a unit at z = 0 to rounding: force-balanced with slope 0 at
+  that kink ("converged", r_sub ~ 1e-17) or dead ("no_force"), depending on
+  the last bit of z (both were measured, on the same code under different
+  XLA flags)."""
   cfg = nets.NetConfig(d=3, width=4, depth=2)
   init_fn, apply_fn = nets.make_net(cfg, jnp.float64)
   seen = set()
@@ -198,12 +202,13 @@ def test_finish_stops_when_its_steps_satisfy_every_point_or_leave_only_dead_ones
     delta = np.asarray(LOSS.epsilon - ds.y_train * apply_fn(out.params, ds.x_train))
     if out.reason == "no_unsat":
       assert out.record.n_unsat == 0 and np.all(delta <= 0)
+    elif out.reason == "converged":
+      assert s == 5 and out.record.force_residual <= 1e-10 and out.record.n_kink >= 1
     else:
-      assert out.reason == "no_force" and out.record.n_unsat > 0
+      assert out.reason == "no_force" and out.record.n_unsat > 0 and not out.converged
       dead = np.asarray(nets.dead_points(cfg, out.params, ds.x_train))
       assert np.all(dead[delta > 0])
-    assert not out.converged
-  assert seen == {"no_unsat", "no_force"}
+  assert {"no_unsat", "no_force"} <= seen
 
 
 def test_hinge_step_model_solves_its_subproblem():

@@ -5,6 +5,7 @@ r"""Benchmarks: ratios measured side by side in one process.
     python -m lossland.scripts.bench landscape --out_dir DIR [--quick]
     python -m lossland.scripts.bench step      --out_dir DIR [--quick]
     python -m lossland.scripts.bench stationarity --out_dir DIR [--quick]
+    python -m lossland.scripts.bench finish    --out_dir DIR [--quick]
 
 Each prints a table and writes ``DIR/summary.json`` (plus a config.json with
 the library versions and the device). ``--quick`` shrinks the sizes for a
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "landscape": "lossland.scripts.bench_landscape",
     "step": "lossland.scripts.bench_step",
     "stationarity": "lossland.scripts.bench_stationarity",
+    "finish": "lossland.scripts.bench_finish",
 }
 
 @dataclasses.dataclass(frozen=True)

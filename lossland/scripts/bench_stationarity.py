@@ -51,7 +51,7 @@ def _naive_r_sub(cfg, apply_fn, params, x, y, loss, kink_rtol):
   return min(float(np.linalg.norm(gs)) / den, g / den), int(offsets[-1])
 
 
-def _states(quick: bool, n_states: int):
+def preset_states(quick: bool, n_states: int):
   """(cfg, apply_fn, [params], x, y, loss) of the benchmark's net and states."""
   import jax
   import jax.numpy as jnp
@@ -79,7 +79,7 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 6,
   from lossland import stationarity as st
   from lossland.scripts._cli import Progress
 
-  cfg, apply_fn, states, x, y, loss, shape = _states(quick, n_states)
+  cfg, apply_fn, states, x, y, loss, shape = preset_states(quick, n_states)
   bar = Progress("bench stationarity")
   rows = []
   for i, p in enumerate(states):

@@ -1,0 +1,137 @@
+r"""The gradient and dense Hessian of a pattern-frozen ReLU net's loss, layer
+by layer: the finish's Hessian without N Hessian-vector products.
+
+With the ReLU pattern frozen (every hidden unit's slope d in [0, 1] fixed
+per point: 1[z > 0], or the kink slopes of :mod:`lossland.optim.kink_newton`)
+the net is a product of linear maps. Layer i maps its input u_i [fan_in] to
+z_i = sigma_i u_i W_i + b_i (sigma_i = 1 / sqrt(fan_in) in the NTK
+parametrization, else 1), the next input is u_{i+1} = a D_i z_i (a the
+activation's normalization, D_i the slopes), and f = alpha z_L. Write
+G_i = df/dz_i and E^{ij} = du_j/dz_i (i < j). Then for one point
+
+    df/dW_i[p, q] = sigma_i u_i[p] G_i[q],      df/db_i = G_i,
+    d2f/dtheta_i dtheta_i = 0                   (f is affine in each layer),
+    d2f/dW_i[p, q] dW_j[n, k] = sigma_i sigma_j u_i[p] E^{ij}[n, q] G_j[k],
+    d2f/db_i[q] dW_j[n, k] = sigma_j E^{ij}[n, q] G_j[k],
+    d2f/dtheta_i db_j = 0                       (i < j: G_j does not depend on theta_i),
+
+because f is affine in z_j for every j (so the only second-order term is
+that of the bilinear map (W_j, u_j) -> z_j). With the margins
+Delta = epsilon - y (f - f0) and the per-point loss ell,
+
+    grad L = J^T c,   c = -y ell'(Delta),
+    H = J^T diag(y^2 ell''(Delta)) J + sum_mu c_mu d2f_mu,
+
+J [P, N] the per-point gradients of f. Cost: O(P N^2) for the Gauss-Newton
+part and O(P h^4) per pair of layers, against N forward-over-reverse passes
+over all P points for ``jax.hessian`` (measured in the finish's benchmark,
+``python -m lossland.scripts.bench finish``; tested against
+``jax.hessian`` in tests/test_frozen_derivs.py).
+
+Only for ReLU nets with one output (:func:`applies`): a smooth activation is
+not linear between kinks, and the finish then uses ``jax.hessian``.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from lossland import losses, nets
+
+
+def applies(cfg: nets.NetConfig) -> bool:
+  """Whether the layer-wise derivatives hold: a frozen ReLU pattern makes the
+  net multilinear in its layers; one output (scalar margins)."""
+  return cfg.activation == "relu" and cfg.n_out == 1
+
+
+def _sigmas(cfg: nets.NetConfig, params) -> list:
+  return [1.0 / math.sqrt(layer["w"].shape[0]) if cfg.parametrization == "ntk" else 1.0
+          for layer in params]
+
+
+def features(cfg: nets.NetConfig, params, x, slopes):
+  """Per layer the inputs u_i [P, fan_in] and G_i = df/dz_i [P, fan_out], and
+  f [P], of the net whose hidden layer i has the slopes ``slopes[i]`` [P, h]
+  (G from one backward pass through zero perturbations of every z_i)."""
+  a, sig, n = nets.activation_scale(cfg), _sigmas(cfg, params), len(params)
+
+  def fwd(eps):
+    u, ins = x, []
+    for i, layer in enumerate(params):
+      ins.append(u)
+      z = sig[i] * (u @ layer["w"]) + eps[i]
+      if "b" in layer:
+        z = z + layer["b"]
+      if i < n - 1:
+        u = a * slopes[i] * z
+    f = cfg.alpha * z[:, 0]
+    return jnp.sum(f), (ins, f)
+
+  eps = [jnp.zeros((x.shape[0], layer["w"].shape[1]), x.dtype) for layer in params]
+  G, (ins, f) = jax.grad(fwd, has_aux=True)(eps)
+  return ins, G, f
+
+
+def jacobian(cfg: nets.NetConfig, params, ins, G):
+  """J [P, N]: per point the gradient of f, flattened as ``ravel_pytree``."""
+  sig = _sigmas(cfg, params)
+  tree = []
+  for layer, s, u, g in zip(params, sig, ins, G):
+    t = {"w": s * u[:, :, None] * g[:, None, :]}
+    if "b" in layer:
+      t["b"] = g
+    tree.append(t)
+  return jax.vmap(lambda t: ravel_pytree(t)[0])(tree)
+
+
+def _offsets(params) -> dict:
+  """(layer, "w" | "b") -> its first index in the ``ravel_pytree`` vector."""
+  out, o = {}, 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    out[(path[0].idx, path[1].key)] = o
+    o += leaf.size
+  return out
+
+
+def cross_hessian(cfg: nets.NetConfig, params, ins, G, slopes, c):
+  """sum_mu c_mu d2f_mu [N, N] (the module docstring's cross blocks)."""
+  a, sig, n = nets.activation_scale(cfg), _sigmas(cfg, params), len(params)
+  offs = _offsets(params)
+  size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+  R = jnp.zeros((size, size), c.dtype)
+  for i in range(n - 1):
+    h = slopes[i].shape[1]
+    E = a * slopes[i][:, :, None] * jnp.eye(h, dtype=c.dtype)  # du_{i+1}/dz_i [P, h, h]
+    for j in range(i + 1, n):
+      cg = (c * sig[j])[:, None] * G[j]  # [P, fan_out_j]
+      w_j = params[j]["w"]
+      o_j, n_j = offs[(j, "w")], w_j.size
+      wb = jnp.einsum("pk,pnq,pr->rqnk", cg, E, sig[i] * ins[i])
+      R = R.at[offs[(i, "w")]:offs[(i, "w")] + params[i]["w"].size, o_j:o_j + n_j].set(
+          wb.reshape(-1, n_j))
+      if "b" in params[i]:
+        bb = jnp.einsum("pk,pnq->qnk", cg, E)
+        R = R.at[offs[(i, "b")]:offs[(i, "b")] + h, o_j:o_j + n_j].set(bb.reshape(h, n_j))
+      if j < n - 1:  # du_{j+1}/dz_i = a D_j sigma_j W_j^T du_j/dz_i
+        E = a * slopes[j][:, :, None] * (sig[j] * jnp.einsum("pnq,nk->pkq", E, w_j))
+  return R + R.T
+
+
+def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
+                     loss: losses.LossConfig, decay=0.0):
+  """(value, gradient [N], Hessian [N, N], J [P, N], Delta [P]) of
+  sum_mu ell(Delta_mu) + decay |w|^2 / 2 for the net with hidden slopes
+  ``slopes`` (per hidden layer [P, h]); J the per-point gradients of f."""
+  ins, G, f = features(cfg, params, x, slopes)
+  J = jacobian(cfg, params, ins, G)
+  delta = losses.margins(f - off, y, loss.epsilon)
+  ell = lambda d: jnp.sum(loss.fn(d))
+  d1 = jax.grad(ell)(delta)  # ell is per point: elementwise derivatives
+  d2 = jax.grad(lambda d: jnp.sum(jax.grad(ell)(d)))(delta)
+  c = -y * d1
+  w = ravel_pytree(params)[0]
+  H = J.T @ ((y * y * d2)[:, None] * J) + cross_hessian(cfg, params, ins, G, slopes, c)
+  H = H + decay * jnp.eye(w.size, dtype=w.dtype)
+  return ell(delta) + 0.5 * decay * w @ w, J.T @ c + decay * w, H, J, delta

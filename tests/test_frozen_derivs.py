@@ -1,0 +1,108 @@
+"""The layer-wise gradient and Hessian of the pattern-frozen ReLU net's loss
+(lossland.optim.frozen_derivs) against jax.hessian of the same loss."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from lossland import losses, nets
+from lossland.optim import frozen_derivs, kink_newton
+
+LOSS = losses.LossConfig("quadratic_hinge")
+
+
+def _case(depth, bias, parametrization, normalize, alpha, P=30, d=3, width=5):
+  cfg = nets.NetConfig(d=d, width=width, depth=depth, bias=bias,
+                       parametrization=parametrization, normalize_activation=normalize,
+                       alpha=alpha)
+  params = nets.make_net(cfg, jnp.float64)[0](jax.random.key(depth))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  params = jax.tree_util.tree_unflatten(  # biases away from 0
+      tree, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  x = jax.random.normal(jax.random.key(1), (P, d))
+  y = jnp.sign(jax.random.normal(jax.random.key(2), (P,)))
+  zs = nets.preactivations(cfg, params, x)[:-1]
+  # the 0/1 pattern, and two kink slopes strictly inside (0, 1)
+  slopes = [jnp.where(z > 0, 1.0, 0.0).at[0, 0].set(0.37).at[3, 1].set(0.8) for z in zs]
+  return cfg, params, x, y, slopes
+
+
+def _reference(cfg, params, x, y, off, slopes, decay):
+  w, unravel = ravel_pytree(params)
+
+  def total(wf):
+    zs = nets._forward(cfg, unravel(wf), x, phi=lambda l, z: slopes[l] * z)
+    f = nets.readout(cfg, zs[-1])
+    return jnp.sum(LOSS.fn(losses.margins(f - off, y, LOSS.epsilon))) + 0.5 * decay * wf @ wf
+
+  return w, total
+
+
+# every depth with and without biases; each parametrization, normalization
+# and output scale at depths 1 to 3
+_CASES = [(depth, bias, par, norm, alpha) for (depth, bias), (par, norm, alpha) in zip(
+    itertools.product((0, 1, 2, 3), (False, True)),
+    itertools.cycle([("ntk", True, 1.0), ("standard", False, 0.7), ("ntk", False, 0.7),
+                     ("standard", True, 1.0)]))]
+
+
+@pytest.mark.parametrize("depth,bias,parametrization,normalize,alpha", _CASES)
+def test_loss_derivatives_equal_jax_hessian(depth, bias, parametrization, normalize, alpha):
+  cfg, params, x, y, slopes = _case(depth, bias, parametrization, normalize, alpha)
+  # an offset that puts the margins Delta at random values in [-1, 1]
+  f = nets.readout(cfg, nets._forward(cfg, params, x, phi=lambda l, z: slopes[l] * z)[-1])
+  target = jax.random.uniform(jax.random.key(3), (x.shape[0],), minval=-1.0, maxval=1.0)
+  off = f - y * (LOSS.epsilon - target)
+  w, total = _reference(cfg, params, x, y, off, slopes, 0.01)
+  value, g, H, J, delta = frozen_derivs.loss_derivatives(cfg, params, x, y, off, slopes,
+                                                         LOSS, 0.01)
+  H_ref = jax.hessian(total)(w)
+  assert float(jnp.abs(value - total(w))) <= 1e-12 * float(total(w))
+  np.testing.assert_allclose(g, jax.grad(total)(w), rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(g))))
+  assert float(jnp.max(jnp.abs(H - H_ref))) <= 1e-13 * float(jnp.max(jnp.abs(H_ref)))
+  assert 0 < int(jnp.sum(delta > 0)) < x.shape[0]  # both sides of the hinge are tested
+  # the cross blocks are where the net's second derivatives live: not zero
+  if depth > 0:
+    gn = J.T @ (jnp.where(delta > 0, 1.0, 0.0)[:, None] * J)
+    assert float(jnp.max(jnp.abs(H - gn - 0.01 * jnp.eye(w.size)))) > 1e-3
+
+
+def test_finish_parts_equal_jax_hessian_and_jacobians():
+  """The finish's _PARTS and _MARGINS (layer-wise) against the same pieces
+  by jax.hessian and jax.jacfwd of the frozen net at kink pairs."""
+  cfg, params, x, y, _ = _case(2, True, "ntk", True, 1.0, P=24)
+  zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
+  pattern = [z > 0 for z in zs]
+  idx = [(np.array([0, 5]), np.array([1, 2])), (np.array([3]), np.array([4]))]
+  fr = kink_newton._frozen(pattern, idx, x.shape[0])
+  s_pad = np.zeros(fr.pad)
+  s_pad[fr.real] = [0.2, 0.9, 0.5]
+  s_pad = jnp.asarray(s_pad)
+  z_scale = [jnp.ones(5), jnp.ones(5)]
+  w, unravel = ravel_pytree(params)
+  args = (w, s_pad, x, y, 0.0, fr.pattern, fr.pts, fr.units)
+  value, g, H, zk, A, C = kink_newton._PARTS(cfg, LOSS, *args, z_scale, 0.0)
+  split = kink_newton.stationarity.split_slopes(fr.pts)
+
+  def margins(wf, sf):
+    zs_ = kink_newton._frozen_forward(cfg, unravel(wf), x, fr.pattern, fr.pts, fr.units,
+                                      split(sf))
+    return losses.margins(nets.readout(cfg, zs_[-1]), y, LOSS.epsilon)
+
+  total = lambda wf, sf: jnp.sum(LOSS.fn(margins(wf, sf)))
+  scale = float(jnp.max(jnp.abs(H)))
+  assert float(jnp.max(jnp.abs(H - jax.hessian(total)(w, s_pad)))) <= 1e-13 * scale
+  np.testing.assert_allclose(C, jax.jacfwd(jax.grad(total), argnums=1)(w, s_pad), atol=1e-12)
+  D, J = kink_newton._MARGINS(cfg, LOSS, *args)
+  np.testing.assert_allclose(D, margins(w, s_pad), atol=1e-13)
+  np.testing.assert_allclose(J, jax.jacfwd(margins)(w, s_pad), atol=1e-12)
+
+
+def test_applies_only_to_relu_nets_with_one_output():
+  assert frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2))
+  assert not frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2, activation="softplus"))
+  assert not frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2, n_out=2))
