@@ -72,8 +72,10 @@ def test_loss_derivatives_equal_jax_hessian(depth, bias, parametrization, normal
 
 
 def test_finish_parts_equal_jax_hessian_and_jacobians():
-  """The finish's _PARTS and _MARGINS (layer-wise) against the same pieces
-  by jax.hessian and jax.jacfwd of the frozen net at kink pairs."""
+  """The finish's _PARTS and _MARGINS (layer-wise; the slope Jacobian C one
+  point per pair) against the same pieces by jax.hessian and jax.jacfwd of
+  the frozen net at kink pairs, with an output offset; the padding columns
+  of C and rows of A are zero."""
   cfg, params, x, y, _ = _case(2, True, "ntk", True, 1.0, P=24)
   zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
   pattern = [z > 0 for z in zs]
@@ -82,21 +84,30 @@ def test_finish_parts_equal_jax_hessian_and_jacobians():
   s_pad = np.zeros(fr.pad)
   s_pad[fr.real] = [0.2, 0.9, 0.5]
   s_pad = jnp.asarray(s_pad)
-  z_scale = [jnp.ones(5), jnp.ones(5)]
+  z_scale = [jnp.full(5, 0.5), jnp.full(5, 2.0)]
   w, unravel = ravel_pytree(params)
-  args = (w, s_pad, x, y, 0.0, fr.pattern, fr.pts, fr.units)
-  value, g, H, zk, A, C = kink_newton._PARTS(cfg, LOSS, *args, z_scale, 0.0)
+  off = 0.2 * jax.random.normal(jax.random.key(4), (x.shape[0],))  # f - f0
+  args = (w, s_pad, x, y, off, fr.pattern, fr.pts, fr.units)
+  value, g, H, zk_, A, C = kink_newton._PARTS(cfg, LOSS, *args, z_scale, 0.0)
   split = kink_newton.stationarity.split_slopes(fr.pts)
 
   def margins(wf, sf):
     zs_ = kink_newton._frozen_forward(cfg, unravel(wf), x, fr.pattern, fr.pts, fr.units,
                                       split(sf))
-    return losses.margins(nets.readout(cfg, zs_[-1]), y, LOSS.epsilon)
+    return losses.margins(nets.readout(cfg, zs_[-1]) - off, y, LOSS.epsilon)
 
   total = lambda wf, sf: jnp.sum(LOSS.fn(margins(wf, sf)))
   scale = float(jnp.max(jnp.abs(H)))
   assert float(jnp.max(jnp.abs(H - jax.hessian(total)(w, s_pad)))) <= 1e-13 * scale
   np.testing.assert_allclose(C, jax.jacfwd(jax.grad(total), argnums=1)(w, s_pad), atol=1e-12)
+  def zk(wf):  # the kink pairs' pre-activations, each over its unit's scale
+    zs_ = kink_newton._frozen_forward(cfg, unravel(wf), x, fr.pattern, fr.pts, fr.units,
+                                      split(s_pad))
+    return jnp.concatenate([zs_[l].at[fr.pts[l], fr.units[l]].get(mode="fill", fill_value=0.0)
+                            / z_scale[l][0] for l in range(2)])
+
+  np.testing.assert_allclose(zk_, zk(w), atol=1e-13)
+  np.testing.assert_allclose(A, jax.jacfwd(zk)(w), atol=1e-12)
   D, J = kink_newton._MARGINS(cfg, LOSS, *args)
   np.testing.assert_allclose(D, margins(w, s_pad), atol=1e-13)
   np.testing.assert_allclose(J, jax.jacfwd(margins)(w, s_pad), atol=1e-12)

@@ -28,7 +28,9 @@ over all P points for ``jax.hessian`` (measured in the finish's benchmark,
 ``python -m lossland.scripts.bench finish``; tested against
 ``jax.hessian`` in tests/test_frozen_derivs.py).
 
-Only for ReLU nets with one output (:func:`applies`): a smooth activation is
+The slopes' part dg/ds (:func:`slope_jacobian`, the multipliers of the kink
+contacts) needs one point per kink pair. Only for ReLU nets with one output
+(:func:`applies`): a smooth activation is
 not linear between kinks, and the finish then uses ``jax.hessian``.
 """
 import math
@@ -135,3 +137,56 @@ def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
   H = J.T @ ((y * y * d2)[:, None] * J) + cross_hessian(cfg, params, ins, G, slopes, c)
   H = H + decay * jnp.eye(w.size, dtype=w.dtype)
   return ell(delta) + 0.5 * decay * w @ w, J.T @ c + decay * w, H, J, delta
+
+
+def slope_jacobian(cfg: nets.NetConfig, params, x, y, off, slopes, loss: losses.LossConfig,
+                   pts, units):
+  """dg/ds [N, K]: the loss gradient's derivative in the slope of each kink
+  pair (hidden layer l's pairs ``pts[l]``, ``units[l]``, concatenated over
+  the layers; a point index >= P is padding and gives a zero column). Only
+  the pair's own point moves, so each column is one point's forward and
+  backward pass, not a pass over all P points."""
+  P = x.shape[0]
+  off = jnp.broadcast_to(jnp.asarray(off, x.dtype), (P,))
+  ell1 = jax.grad(lambda d: jnp.sum(loss.fn(d)))
+  cols = []
+  for l in range(len(pts)):
+    def column(p, u, l=l):
+      q = jnp.minimum(p, P - 1)
+
+      def point_grad(t):
+        rows = [s[q][None] for s in slopes]
+        rows[l] = rows[l].at[0, u].set(t)
+        ins, G, f = features(cfg, params, x[q][None], rows)
+        c = -y[q] * ell1(losses.margins(f - off[q], y[q], loss.epsilon))
+        return c[0] * jacobian(cfg, params, ins, G)[0]
+      tangent = jax.jvp(point_grad, (slopes[l][q, u],), (jnp.ones((), x.dtype),))[1]
+      return jnp.where(p < P, tangent, 0.0)
+    cols.append(jax.vmap(column)(pts[l], units[l]))
+  n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+  return jnp.concatenate(cols + [jnp.zeros((0, n), x.dtype)], axis=0).T
+
+
+def kink_rows(cfg: nets.NetConfig, params, x, slopes, pts, units, z_scale):
+  """(z_K [K], A = dz_K/dw [K, N]): the pre-activations of the kink pairs
+  (hidden layer l's ``pts[l]``, ``units[l]``, concatenated over the layers),
+  each over its unit's ``z_scale[l]``, and their gradients, one point's pass
+  per pair (a point index >= P is padding: value and row 0)."""
+  P = x.shape[0]
+  w, unravel = ravel_pytree(params)
+  zs, rows = [], []
+  for l in range(len(pts)):
+    def pair(p, u, l=l):
+      q = jnp.minimum(p, P - 1)
+
+      def z_of(wf):
+        z = nets._forward(cfg, unravel(wf), x[q][None],
+                          phi=lambda m, z: slopes[m][q][None] * z)[l][0, u]
+        return z / z_scale[l].at[u].get(mode="fill", fill_value=1.0)
+      value, row = jax.value_and_grad(z_of)(w)
+      return jnp.where(p < P, value, 0.0), jnp.where(p < P, row, 0.0)
+    z, row = jax.vmap(pair)(pts[l], units[l])
+    zs.append(z)
+    rows.append(row)
+  return jnp.concatenate(zs + [jnp.zeros(0, w.dtype)]), jnp.concatenate(
+      rows + [jnp.zeros((0, w.size), w.dtype)])

@@ -123,9 +123,10 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, dec
               layerwise=True):
   """The frozen loss's gradient [N] and Hessian [N, N], the scaled kink
   pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp];
-  the loss plus ``decay`` |w|^2 / 2. ``layerwise``: the loss, gradient and
-  Hessian by :mod:`lossland.optim.frozen_derivs` where it applies, else (and
-  for the benchmark's reference) by ``jax.hessian``."""
+  the loss plus ``decay`` |w|^2 / 2. ``layerwise``: by
+  :mod:`lossland.optim.frozen_derivs` where it applies (one point's pass per
+  kink pair for A and C), else (and for the benchmark's reference) by
+  ``jax.hessian`` and ``jax.jacfwd``."""
   unravel = nets.unravel_fn(cfg, w.dtype)
   split = stationarity.split_slopes(pts)
 
@@ -142,13 +143,16 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, dec
         + [jnp.zeros(0, w.dtype)])
   grad = jax.grad(total)
   if layerwise and frozen_derivs.applies(cfg):  # 25 times faster at N = 369
-    value, g, H, _, _ = frozen_derivs.loss_derivatives(
-        cfg, unravel(w), x, y, off, _slopes(pattern, pts, units, split(s_flat), w.dtype),
-        loss, decay)
+    slopes = _slopes(pattern, pts, units, split(s_flat), w.dtype)
+    value, g, H, _, _ = frozen_derivs.loss_derivatives(cfg, unravel(w), x, y, off, slopes,
+                                                       loss, decay)
+    C = frozen_derivs.slope_jacobian(cfg, unravel(w), x, y, off, slopes, loss, pts, units)
+    z_k, A = frozen_derivs.kink_rows(cfg, unravel(w), x, slopes, pts, units, z_scale)
   else:
     value, g, H = total(w, s_flat), grad(w, s_flat), jax.hessian(total)(w, s_flat)
-  # A by reverse mode: a few kink rows against N columns (16 times faster at N = 369)
-  return value, g, H, zk(w), jax.jacrev(zk)(w), jax.jacfwd(grad, argnums=1)(w, s_flat)
+    C = jax.jacfwd(grad, argnums=1)(w, s_flat)
+    z_k, A = zk(w), jax.jacfwd(zk)(w)
+  return value, g, H, z_k, A, C
 
 
 _PARTS = jax.jit(_parts_fn, static_argnums=(0, 1), static_argnames=("layerwise",))
