@@ -14,7 +14,8 @@ drift to infinity).
 With SEGMENT, the finish runs ITERATIONS / SEGMENT times for SEGMENT
 iterations, each from the last one's output, and prints one line per
 segment: loss, N_Delta, r_sub, n_kink, the last logged reduced gradient
-over the force scale (``gres``), the weight norm and, for ReLU nets, the
+over the force scale (``gres``), lambda_min / lambda_max of the Hessian on
+the kink manifold (``min_curvature``), the weight norm and, for ReLU nets, the
 norm at the least-norm point of the rescaling orbit (``nets.balanced``,
 where every hidden unit has |in| = |out|), the hidden units' part of it and
 the five largest units there as (layer, unit, norm, points on which the
@@ -133,7 +134,8 @@ def _segments(cfg, params, x, y, loss, iters, segment, decay, apply_fn, t, model
     gres = [float(m.split("|g_Z|/F ")[1].split()[0]) for m in logged if "|g_Z|/F" in m]
     line(params, s, iterations=i * segment, reason=out.reason,
          r_sub=float(out.record.force_residual), n_kink=int(out.record.n_kink),
-         gres=gres[-1] if gres else None)
+         gres=gres[-1] if gres else None,
+         min_curvature=float(kink_newton.min_curvature(cfg, params, x, y, loss)))
     if out.converged or out.reason in ("no_unsat", "stuck", "decay_stationary"):
       break
   if relu:

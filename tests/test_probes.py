@@ -52,6 +52,7 @@ def test_finish_probe_segments_and_unit_table(tmp_path):
   losses_ = [t["loss"] for t in segs]
   assert all(b <= a for a, b in zip(losses_, losses_[1:]))  # steps only lower the loss
   assert "grew_most" in last and last["P"] == 120
+  assert all(np.isfinite(t["min_curvature"]) for t in segs[1:])
   # the unit table against a hand computation on the balanced net
   cfg = nets.NetConfig(d=4, width=8, depth=2, bias=True)
   with np.load(os.path.join(run_dir, "arrays.npz")) as a:
