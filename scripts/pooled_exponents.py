@@ -1,6 +1,6 @@
 """theta and gamma of the force-balanced jammed states of a band of cells.
 
-    python scripts/pooled_exponents.py STUDY_DIR LO HI
+    python scripts/pooled_exponents.py STUDY_DIR LO HI [P_STAR]
 
 STUDY_DIR is a phase study's --out_dir (sweep/cells.jsonl, the cells' run
 directories and phase/*/summary.json, of which the newest gives P*/N per
@@ -11,7 +11,9 @@ fits theta (Delta > 0 over sqrt(loss) of its member) and gamma (-Delta of
 the satisfied points) as the phase summary does (``lossland.phase.pool_fits``:
 density MLE and empirical CDF on the small half, bootstrap over members,
 samples at or below the gap floor left out and counted). Prints one JSON
-line per depth with cells, members, samples and both fits. The phase
+line per depth with cells, members, samples and both fits. P_STAR, a
+number, replaces every depth's P*/N (for a study whose few cells do not fix
+it; say where the value comes from). The phase
 summary fits the cell nearest P* alone (``theta_by_distance`` one cell at a
 time); pooling a band gives the few-member cells of small studies a usable
 sample. Used for docs/jamming.md, "converged states with the anneal".
@@ -47,15 +49,19 @@ def pooled(records, p_star: float, lo: float, hi: float, gap_floor: float,
 
 
 def main(argv):
-  if len(argv) != 4:
+  if len(argv) not in (4, 5):
     print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
     return 2
   study = argv[1]
   try:
     lo, hi = float(argv[2]), float(argv[3])
+    p_star_given = float(argv[4]) if len(argv) == 5 else None
   except ValueError:
-    print(f"pooled_exponents: LO and HI must be numbers, got {argv[2]!r} {argv[3]!r}",
+    print(f"pooled_exponents: LO, HI and P_STAR must be numbers, got {' '.join(argv[2:])!r}",
           file=sys.stderr)
+    return 2
+  if p_star_given is not None and not p_star_given > 0:
+    print(f"pooled_exponents: P_STAR must be positive, got {argv[4]!r}", file=sys.stderr)
     return 2
   sweep = os.path.join(study, "sweep")
   summaries = sorted(glob.glob(os.path.join(study, "phase", "*", "summary.json")))
@@ -72,12 +78,13 @@ def main(argv):
       r["run_dir"] = os.path.join(sweep, r["run_dir"])
       by_depth.setdefault(int(r["flags"]["depth"]), []).append(r)
   for L, recs in sorted(by_depth.items()):
-    p_star = (summary["per_depth"].get(str(L)) or {}).get("p_star_over_n")
+    p_star = p_star_given or (summary["per_depth"].get(str(L)) or {}).get("p_star_over_n")
     if p_star is None:
       print(json.dumps(dict(depth=L, p_star_over_n=None)))
       continue
     out = pooled(recs, p_star, lo, hi, float(summary.get("gap_floor") or 0.0))
-    print(json.dumps(dict(depth=L, p_star_over_n=p_star, band=[lo, hi], **out)), flush=True)
+    print(json.dumps(dict(depth=L, p_star_over_n=p_star, p_star_given=p_star_given is not None,
+                          band=[lo, hi], **out)), flush=True)
   return 0
 
 

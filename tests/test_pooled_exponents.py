@@ -72,6 +72,14 @@ def test_pooled_exponents_take_the_band_and_the_jammed_members(tmp_path):
   assert rc == 0 and lines[0]["n_members"] == 2 and len(lines[0]["cells"]) == 2
   rc, lines = _run(tool, ["pooled_exponents.py", str(tmp_path), "0.5", "0.9"])
   assert rc == 0 and lines[0]["n_members"] == 0 and lines[0]["theta"] is None
+  # a given P*/N moves the band: 1.9 puts the cell P/N = 2.0 at distance 0.053
+  rc, lines = _run(tool, ["pooled_exponents.py", str(tmp_path), "-0.1", "0.1", "1.9"])
+  assert rc == 0 and lines[0]["p_star_given"] and lines[0]["p_star_over_n"] == 1.9
+  assert [c["p_over_n"] for c in lines[0]["cells"]] == [2.0] and lines[0]["n_members"] == 1
+  assert not _run(tool, ["pooled_exponents.py", str(tmp_path), "-0.1", "0.1"])[1][0][
+      "p_star_given"]
+  assert tool.main(["pooled_exponents.py", str(tmp_path), "0", "1", "-2"]) == 2
+  assert tool.main(["pooled_exponents.py", str(tmp_path), "0", "1", "x"]) == 2
   assert tool.main(["pooled_exponents.py", str(tmp_path), "x", "1"]) == 2
   assert tool.main(["pooled_exponents.py", str(tmp_path), "1", "0"]) == 2
   assert tool.main(["pooled_exponents.py", str(tmp_path / "none"), "0", "1"]) == 2
