@@ -55,7 +55,8 @@ single members at paper scale). The frozen loss's Hessian and the margins'
 Jacobian of a ReLU net come layer by layer from
 :mod:`lossland.optim.frozen_derivs` (``layerwise``, the default; equal to
 ``jax.hessian``'s to rounding, 25 times faster at N = 369, P = 756), the
-kink rows by reverse mode: ``python -m lossland.scripts.bench finish``.
+kink rows and the slope columns one point per pair: ``python -m
+lossland.scripts.bench finish``.
 """
 import math
 from typing import NamedTuple
@@ -107,7 +108,8 @@ def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
   per hidden layer [Kp] indices of its kink pairs, padded with the
   out-of-range point P (dropped); ``s``: per hidden layer [Kp] slopes.
   """
-  phi = lambda layer, z: _slopes(pattern, pts, units, s, z.dtype)[layer] * z
+  d = _slopes(pattern, pts, units, s, jax.tree_util.tree_leaves(params)[0].dtype)
+  phi = lambda layer, z: d[layer] * z
   return nets._forward(cfg, params, x, phi=phi if cfg.activation == "relu" else None)
 
 
