@@ -59,6 +59,16 @@ _HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
 _FULL_HELP_ARGS = ("--helpfull", "-helpfull")
 
 
+def write_summary(out_dir: str, out: dict, lines: list) -> dict:
+  """A benchmark's end: prints its table ``lines``, keeps them as
+  ``out["table"]`` and writes ``out_dir/summary.json``; returns ``out``."""
+  print("\n".join(lines))
+  out["table"] = lines
+  with open(os.path.join(out_dir, "summary.json"), "w") as fh:
+    fh.write(io.dumps(out, indent=2) + "\n")
+  return out
+
+
 def fail(message: str):
   """Prints ``error: message`` on one line to stderr and exits with status 2."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -47,9 +47,9 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 4,
   import jax
   jax.config.update("jax_enable_x64", True)
   from jax.flatten_util import ravel_pytree
-  from lossland import io, losses
+  from lossland import losses
   from lossland.optim import kink_newton as kn
-  from lossland.scripts._cli import Progress
+  from lossland.scripts._cli import Progress, write_summary
   from lossland.scripts.bench_stationarity import preset_states
 
   if quick:
@@ -111,8 +111,4 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 4,
                f"{out['parts_seconds']:.4f} s against {out['parts_seconds_reference']:.4f} s "
                f"(x{out['parts_speedup']:.1f}); finish {out['finish_seconds']:.2f} s against "
                f"{out['finish_seconds_reference']:.2f} s (x{out['finish_speedup']:.1f})")
-  print("\n".join(lines))
-  out["table"] = lines
-  with open(os.path.join(out_dir, "summary.json"), "w") as fh:
-    fh.write(io.dumps(out, indent=2) + "\n")
-  return out
+  return write_summary(out_dir, out, lines)

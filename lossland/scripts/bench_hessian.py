@@ -201,7 +201,6 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
   import jax
   jax.config.update("jax_enable_x64", True)
-  from lossland import io
 
   os.makedirs(out_dir, exist_ok=True)
   out = {"quick": quick, "dtype": "float64", "backend": jax.default_backend(),
@@ -212,7 +211,7 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
          # 840 x 840 matrix: 5 s multi-threaded vs 0.1 s single-threaded).
          "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
 
-  from lossland.scripts._cli import Progress
+  from lossland.scripts._cli import Progress, write_summary
   bar = Progress('bench hessian')
   bar(0, 4, 'products vs one gradient (compiling)')
   out.update(_bench_products(quick))
@@ -225,11 +224,7 @@ def run_benchmark(out_dir: str, quick: bool = False) -> dict:
   bar(4, 4, 'done')
   bar.close()
   lines = _table(out, quick, jax.default_backend())
-  print("\n".join(lines))
-  out["table"] = lines
-  with open(os.path.join(out_dir, "summary.json"), "w") as fh:
-    fh.write(io.dumps(out, indent=2) + "\n")
-  return out
+  return write_summary(out_dir, out, lines)
 
 
 if __name__ == "__main__":

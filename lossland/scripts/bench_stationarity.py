@@ -75,9 +75,8 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 6,
   """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
   import jax
   jax.config.update("jax_enable_x64", True)
-  from lossland import io
   from lossland import stationarity as st
-  from lossland.scripts._cli import Progress
+  from lossland.scripts._cli import Progress, write_summary
 
   cfg, apply_fn, states, x, y, loss, shape = preset_states(quick, n_states)
   bar = Progress("bench stationarity")
@@ -115,8 +114,4 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 6,
   lines.append(f"  per call after the first: {ours_s:.3f} s against {ref_s:.3f} s "
                f"(x{out['speedup']:.1f}); r_sub agree to "
                f"{out['max_abs_r_sub_difference']:.1e}")
-  print("\n".join(lines))
-  out["table"] = lines
-  with open(os.path.join(out_dir, "summary.json"), "w") as fh:
-    fh.write(io.dumps(out, indent=2) + "\n")
-  return out
+  return write_summary(out_dir, out, lines)
