@@ -30,6 +30,7 @@ from jax.flatten_util import ravel_pytree
 
 from lossland import losses as losses_lib
 from lossland import nets
+from lossland.optim import frozen_derivs
 
 IMPLEMENTATIONS = ("auto", "structured", "vp", "jacobian")
 
@@ -40,39 +41,15 @@ IMPLEMENTATIONS = ("auto", "structured", "vp", "jacobian")
 
 
 def _structured_features(cfg: nets.NetConfig, params, x):
-  """Per-layer inputs a_{l-1}(x) and output gradients delta_l(x) = df/dz_l.
-
-  The forward pass is that of :func:`lossland.nets.make_net` with a zero
-  perturbation added to every pre-activation z_l; the gradient of
-  sum_mu f(x_mu) with respect to those perturbations is delta_l(x_mu) for each
-  example (examples do not interact).
+  """Per-layer inputs a_{l-1}(x) and output gradients delta_l(x) = df/dz_l
+  (:func:`lossland.optim.frozen_derivs.features` with the net's own
+  activation).
 
   Returns:
     (ins, deltas): lists over layers of [P, fan_in] and [P, fan_out].
   """
-  phi = nets._ACTIVATIONS[cfg.activation]
-  act_scale = nets.activation_scale(cfg)
-  ntk = cfg.parametrization == "ntk"
-  n_layers = len(params)
-
-  def fwd(eps):
-    z = x
-    ins = []
-    for i, layer in enumerate(params):
-      ins.append(z)
-      z = z @ layer["w"]
-      if ntk:
-        z = z / math.sqrt(layer["w"].shape[0])
-      if "b" in layer:
-        z = z + layer["b"]
-      z = z + eps[i]
-      if i < n_layers - 1:
-        z = act_scale * phi(z)
-    return jnp.sum(cfg.alpha * z), ins
-
-  eps = [jnp.zeros(x.shape[:-1] + (layer["w"].shape[1],), x.dtype)
-         for layer in params]
-  deltas, ins = jax.grad(fwd, has_aux=True)(eps)
+  act = nets._ACTIVATIONS[cfg.activation]
+  ins, deltas, _ = frozen_derivs.features(cfg, params, x, phi=lambda i, z: act(z))
   return ins, deltas
 
 

@@ -53,25 +53,31 @@ def _sigmas(cfg: nets.NetConfig, params) -> list:
           for layer in params]
 
 
-def features(cfg: nets.NetConfig, params, x, slopes):
+def features(cfg: nets.NetConfig, params, x, slopes=None, phi=None):
   """Per layer the inputs u_i [P, fan_in] and G_i = df/dz_i [P, fan_out], and
-  f [P], of the net whose hidden layer i has the slopes ``slopes[i]`` [P, h]
-  (G from one backward pass through zero perturbations of every z_i)."""
-  a, sig, n = nets.activation_scale(cfg), _sigmas(cfg, params), len(params)
+  the outputs f (``nets.readout``), of the net whose hidden layer i has the
+  slopes ``slopes[i]`` [P, h] (the frozen net) or, with ``phi``, the
+  activation ``phi(i, z)``; G from one backward pass of the summed outputs
+  through zero perturbations of every z_i (examples do not interact). The
+  empirical NTK's structured features (:mod:`lossland.ntk`) are these."""
+  a, n = nets.activation_scale(cfg), len(params)
+  phi = phi or (lambda i, z: slopes[i] * z)
 
   def fwd(eps):
     u, ins = x, []
     for i, layer in enumerate(params):
       ins.append(u)
-      z = sig[i] * (u @ layer["w"]) + eps[i]
+      z = u @ layer["w"]
+      if cfg.parametrization == "ntk":
+        z = z / math.sqrt(layer["w"].shape[0])
       if "b" in layer:
         z = z + layer["b"]
+      z = z + eps[i]
       if i < n - 1:
-        u = a * slopes[i] * z
-    f = cfg.alpha * z[:, 0]
-    return jnp.sum(f), (ins, f)
+        u = a * phi(i, z)
+    return jnp.sum(cfg.alpha * z), (ins, nets.readout(cfg, z))
 
-  eps = [jnp.zeros((x.shape[0], layer["w"].shape[1]), x.dtype) for layer in params]
+  eps = [jnp.zeros(x.shape[:-1] + (layer["w"].shape[1],), x.dtype) for layer in params]
   G, (ins, f) = jax.grad(fwd, has_aux=True)(eps)
   return ins, G, f
 
