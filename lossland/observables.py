@@ -176,7 +176,7 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
 
 
 def apply_force_balance(classes, force_residuals, threshold: float | None,
-                        finished=None) -> list:
+                        finished=None, descending=None) -> list:
   """``jammed`` members not shown to be minima become ``unbalanced`` (issue 20).
 
   A member that stopped jammed (the training's stall rule, N_Delta > 0.1 N)
@@ -194,28 +194,40 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
   the finish and has N_Delta > 0.1 N) it becomes ``jammed`` where r_sub <=
   ``threshold`` and stays ``not_converged`` otherwise.
 
+  A small r_sub is not enough where the finish was still descending: a
+  Newton finish that ran out of iterations (``descending[k]``, its reason
+  ``max_iter``) was still lowering the loss, and r_sub swings by decades
+  along such a descent (docs/jamming.md: states with r_sub 3e-7 to 9e-7 at
+  the stop went on to lose 0.1 % of their loss, r_sub back at 1e-5). Such
+  a member is not shown to be a minimum whatever its r_sub at the stop:
+  ``unbalanced`` (or ``not_converged``). A finish that stopped because r_sub
+  reached its own target (``finish_tol``, 1e-10 by default) or because its
+  trust region collapsed with no descent found is what shows a minimum.
+
   Args:
     classes: K class names (:func:`member_classes`).
     force_residuals: K values of r_sub (None or nan where not measured).
-    threshold: ``jam_max_residual``; None leaves the classes as they are
-      (summaries and callers without a force-balance criterion).
+    threshold: ``jam_max_residual``; None: no r_sub criterion (only the
+      ``descending`` rule applies).
     finished: optional K bools, the members a finishing stage entered whose
       N_Delta exceeds 0.1 N.
+    descending: optional K bools, the members whose Newton finish ran out
+      of iterations (still descending).
 
   Returns:
     the K class names, ``jammed`` replaced by ``unbalanced`` where r_sub is
-    missing or above the threshold, and finished ``not_converged`` members
-    replaced by ``jammed`` where it is at most the threshold.
+    missing or above the threshold or the finish was still descending, and
+    finished ``not_converged`` members replaced by ``jammed`` where r_sub is
+    at most the threshold and the finish was not.
   """
-  if threshold is None:
-    return list(classes)
   finished = [False] * len(classes) if finished is None else list(finished)
+  descending = [False] * len(classes) if descending is None else list(descending)
   out = []
-  for c, r, fin in zip(classes, force_residuals, finished):
-    ok = r is not None and np.isfinite(r) and r <= threshold
-    if c == "jammed" and not ok:
+  for c, r, fin, desc in zip(classes, force_residuals, finished, descending):
+    balanced = threshold is None or (r is not None and np.isfinite(r) and r <= threshold)
+    if c == "jammed" and (desc or not balanced):
       c = "unbalanced"
-    elif c == "not_converged" and fin and ok:
+    elif c == "not_converged" and fin and threshold is not None and balanced and not desc:
       c = "jammed"
     out.append(c)
   return out

@@ -34,8 +34,15 @@ NOT_SAT = ("jammed", "unbalanced")
 
 
 def member_class(m: dict) -> str:
-  """Class of one member of a summary (``class``; older summaries: stop reason)."""
+  """Class of one member of a summary (``class``; older summaries: stop reason).
+
+  A ``jammed`` member whose Newton finish ran out of iterations
+  (``finish_reason`` "max_iter") is ``unbalanced``: it was still descending
+  (:func:`lossland.observables.apply_force_balance`, the rule since
+  2026-12-06; summaries written before it have such members as jammed)."""
   if "class" in m:
+    if m["class"] == "jammed" and m.get("finish_reason") == "max_iter":
+      return "unbalanced"
     return m["class"]
   if m.get("stop_reason") == "sat" or m.get("n_delta") == 0:
     return "sat"

@@ -384,6 +384,8 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
       assert m["loss"] <= m["loss_before_finish"]
       assert m["finish_reason"] in ("converged", "max_iter", "stuck", "no_unsat", "no_force")
       assert m["finish_iterations"] <= 20 and 0 <= m["finish_restarts"] <= 20
+      # a finish that ran out of iterations was still descending: never jammed
+      assert m["class"] != "jammed" or m["finish_reason"] != "max_iter"
       assert m["force_residual_before_finish"] is not None and "min_curvature" in m
 
 

@@ -227,3 +227,23 @@ def test_apply_force_balance(cls, r, threshold, want):
 def test_a_finished_member_out_of_steps_is_jammed_only_when_balanced(cls, r, finished, want):
   assert observables.apply_force_balance([cls], [r], 1e-6, [finished]) == [want]
   assert observables.apply_force_balance([cls], [r], None, [finished]) == [cls]
+
+
+@pytest.mark.parametrize("cls,r,threshold,finished,want", [
+    # a Newton finish that ran out of iterations was still descending: r_sub
+    # at its stop is a snapshot (docs/jamming.md, twelfth session)
+    ("jammed", 3e-7, 1e-6, True, "unbalanced"),
+    ("jammed", 1e-12, 1e-6, True, "unbalanced"),
+    ("jammed", 3e-7, None, True, "unbalanced"),        # no r_sub criterion: the rule holds
+    ("not_converged", 3e-7, 1e-6, True, "not_converged"),
+    ("not_converged", 3e-7, None, True, "not_converged"),
+    ("stalled", 3e-7, 1e-6, True, "stalled"),
+    ("sat", None, 1e-6, False, "sat"),
+])
+def test_a_member_whose_finish_was_still_descending_is_not_jammed(cls, r, threshold, finished,
+                                                                   want):
+  got = observables.apply_force_balance([cls], [r], threshold, [finished], [True])
+  assert got == [want]
+  # the same member with a finish that stopped on its own (converged, stuck)
+  stopped = observables.apply_force_balance([cls], [r], threshold, [finished], [False])
+  assert stopped == [{"not_converged": "jammed" if threshold else cls}.get(cls, cls)]

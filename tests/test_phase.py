@@ -89,6 +89,24 @@ def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_pa
   assert summ["cells"][0]["kinks_over_n_balanced"] == [0.07]
 
 
+def test_a_jammed_member_whose_finish_ran_out_of_iterations_counts_as_unbalanced(tmp_path):
+  """Summaries written before the rule (observables.apply_force_balance,
+  ``descending``) call such a member jammed; the analysis does not: its
+  finish was still descending, so its small r_sub is a snapshot."""
+  y = np.array([1.0, -1.0, 1.0, -1.0])
+  f = np.array([[0.5, -0.2, 2.0, 0.1], [0.4, -0.3, 0.2, 0.1]])
+  np.savez(tmp_path / "arrays.npz", f_train=f, y_train=y)
+  r = _record(400, 100, ["jammed", "jammed"], nd=[0.3, 0.4], run_dir=str(tmp_path),
+              losses=[1.0, 1.0])
+  for m, why in zip(r["summary"]["members"], ("converged", "max_iter")):
+    m.update(force_residual=3e-7, n_kink=0, finished=True, finish_reason=why)
+  assert [phase.member_class(m) for m in r["summary"]["members"]] == ["jammed", "unbalanced"]
+  s = phase.cell_stats(r)
+  assert (s["n_force_balanced"], s["n_unbalanced"], s["n_jammed"]) == (1, 1, 2)
+  ds = phase.delta_samples(r, load_fn=lambda d: np.load(os.path.join(d, "arrays.npz")))
+  assert set(ds["positive_member"].tolist()) == {0}
+
+
 def test_propose_next_brackets_then_bisects():
   st = lambda x, k, n: {"p_over_n": x, "n_sat": k, "n_jammed": n - k}
   assert phase.propose_next([st(1.0, 5, 5), st(2.0, 4, 5)]) == pytest.approx(2.6)

@@ -177,9 +177,11 @@ class JobOptions:
       "this.")
   jam_max_residual: float = option(
       1e-6, "A member that stopped jammed is class jammed (a jammed minimum) only if its "
-      "force balance r_sub (lossland.stationarity) is at most this; otherwise class "
-      "unbalanced: counted as not sat, left out of the jamming exponents. inf: no "
-      "criterion (jammed = the stall rule's verdict, as before issue 20). Rounding floor of "
+      "force balance r_sub (lossland.stationarity) is at most this and its Newton finish, "
+      "if any, did not run out of iterations (it was still descending); otherwise class "
+      "unbalanced: counted as not sat, left out of the jamming exponents. inf: no r_sub "
+      "criterion (jammed = the stall rule's verdict, as before issue 20, except members "
+      "whose Newton finish ran out of iterations). Rounding floor of "
       "r_sub at an exact minimum: ~1e-12 to 1e-16 in float64, 3e-8 to 9e-8 in float32 on "
       "small nets (docs/jamming.md).", allow_inf=True)
   bulk_float32: bool = option(
@@ -832,9 +834,11 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   and ``loss`` (its LossConfig), the stationarity of every healthy member
   with N_Delta > 0 (:func:`stationarity_rows`), and with
   ``jam_max_residual`` (finite) members that stopped jammed keep the class
-  only where r_sub is at most it (``unbalanced`` otherwise), and members that
-  ran out of steps become ``jammed`` where the finish brought r_sub to at
-  most it (:func:`lossland.observables.apply_force_balance`).
+  only where r_sub is at most it and their Newton finish (if any) did not
+  run out of iterations (``unbalanced`` otherwise), and members that ran out
+  of steps become ``jammed`` where the finish brought r_sub to at most it
+  and stopped before its last iteration
+  (:func:`lossland.observables.apply_force_balance`).
 
   Raises:
     JobError: no member is healthy (all diverged or dead).
@@ -869,7 +873,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                 and res.final["n_delta"][k] > observables.JAMMED_ND_FRACTION * n_w
                 for k, m in enumerate(members)]
     classes = observables.apply_force_balance(
-        classes, [m["force_residual"] for m in members], thr, finished)
+        classes, [m["force_residual"] for m in members], thr, finished,
+        [m.get("finish_reason") == "max_iter" for m in members])
     for m, c in zip(members, classes):
       m["class"] = c
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
