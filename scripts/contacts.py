@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from lossland import losses
+from lossland import losses, phase
 
 
 def main(argv):
@@ -40,7 +40,7 @@ def main(argv):
     c = json.loads(line)
     run = os.path.join(out_dir, "sweep", c["run_dir"])
     s = json.load(open(os.path.join(run, "summary.json")))
-    keep = [k for k, m in enumerate(s["members"]) if m["class"] == "jammed"]
+    keep = [k for k, m in enumerate(s["members"]) if phase.member_class(m) == "jammed"]
     if not keep:
       continue
     a = np.load(os.path.join(run, "arrays.npz"))

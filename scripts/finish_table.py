@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from lossland import phase
+
 
 def _cells(root):
   pats = [os.path.join(root, "sweep", "cells", "*", "ensemble", "*", "summary.json"),
@@ -37,13 +39,23 @@ def _row(path):
   r_sub = [m["force_residual"] for m in entered
            if m["n_delta"] > 0 and m.get("force_residual") is not None]
   return dict(depth=net["depth"], P=s["P"], p_over_n=round(s["P"] / s["n_weights"], 3),
-              classes=s["member_class_counts"], entered=len(entered),
+              classes=_counts(s["members"]), entered=len(entered),
               finished_sat=sum(m["class"] == "sat" for m in entered),
               kept=sum(m.get("finish_reason") == "kept" for m in entered),
               loss_ratio_median=float(np.median(ratios)) if ratios else None,
               loss_ratio_range=[float(min(ratios)), float(max(ratios))] if ratios else None,
               r_sub_range=[float(min(r_sub)), float(max(r_sub))] if r_sub else None,
-              n_force_balanced=sum(m["class"] == "jammed" for m in entered))
+              n_force_balanced=sum(phase.member_class(m) == "jammed" for m in entered))
+
+
+def _counts(members) -> dict:
+  """Class counts by ``lossland.phase.member_class`` (today's rule, also for
+  summaries written before it)."""
+  out = {}
+  for m in members:
+    c = phase.member_class(m)
+    out[c] = out.get(c, 0) + 1
+  return out
 
 
 def main(argv):

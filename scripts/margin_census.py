@@ -20,7 +20,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from lossland import experiment, io, losses, nets  # noqa: E402
+from lossland import experiment, io, losses, nets, phase  # noqa: E402
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
 
@@ -54,7 +54,7 @@ def main(argv):
       if not m.get("n_delta"):
         continue
       print(json.dumps(dict(run=run, N=n_weights, P=int(deltas.shape[1]), member=k,
-                            member_class=m.get("class"), r_sub=m.get("force_residual"),
+                            member_class=phase.member_class(m) if "class" in m else None, r_sub=m.get("force_residual"),
                             **census(deltas[k], n_weights))), flush=True)
   return 0
 

@@ -243,17 +243,21 @@ def test_finish_table_counts_a_hand_made_cell(tmp_path, capsys):
       dict(seed=2, **{"class": "unbalanced"}, n_delta=30, loss=0.1, finished=True,
            finish_reason="kept", loss_before_finish=0.1, force_residual=3e-4),
       dict(seed=3, **{"class": "jammed"}, n_delta=40, loss=0.05, finished=True,
-           finish_reason="levels", loss_before_finish=0.2, force_residual=1e-8)]
+           finish_reason="levels", loss_before_finish=0.2, force_residual=1e-8),
+      # written before the rule: its Newton finish ran out of iterations
+      dict(seed=4, **{"class": "jammed"}, n_delta=40, loss=0.1, finished=True,
+           finish_reason="max_iter", loss_before_finish=0.4, force_residual=5e-7)]
   (run / "summary.json").write_text(json.dumps(dict(
       members=members, P=100, n_weights=50,
-      member_class_counts={"sat": 2, "unbalanced": 1, "jammed": 1})))
+      member_class_counts={"sat": 2, "unbalanced": 1, "jammed": 2})))
   (run / "config.json").write_text(json.dumps(dict(net=dict(depth=2))))
   assert table.main(["finish_table.py", str(tmp_path / "study")]) == 0
   lines = [json.loads(v) for v in capsys.readouterr().out.strip().splitlines()]
   row, total = lines
-  assert row["p_over_n"] == 2.0 and row["entered"] == 3 and row["finished_sat"] == 1
+  assert row["p_over_n"] == 2.0 and row["entered"] == 4 and row["finished_sat"] == 1
   assert row["kept"] == 1 and row["loss_ratio_median"] == 0.25
   assert row["r_sub_range"] == [1e-8, 3e-4] and row["n_force_balanced"] == 1
-  assert total == dict(total_entered=3, total_finished_sat=1, total_kept=1,
+  assert row["classes"] == {"sat": 2, "unbalanced": 2, "jammed": 1}
+  assert total == dict(total_entered=4, total_finished_sat=1, total_kept=1,
                        total_force_balanced=1)
   assert table.main(["finish_table.py", str(tmp_path / "nothing")]) == 2

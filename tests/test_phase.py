@@ -585,8 +585,11 @@ def test_contacts_script_counts_unsatisfied_margin_and_kinks(tmp_path, capsys):
   run.mkdir(parents=True)
   y = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
   delta = np.array([0.5, 0.3, 1e-9 * np.sqrt(0.01), -1e-8, -0.7, -2.0])
-  np.savez(run / "arrays.npz", f_train=((1.0 - delta) * y)[None, :], y_train=y)
-  members = [{"class": "jammed", "n_delta": 3, "loss": 0.01, "n_kink": 2}]
+  np.savez(run / "arrays.npz", f_train=np.stack([(1.0 - delta) * y] * 2), y_train=y)
+  members = [{"class": "jammed", "n_delta": 3, "loss": 0.01, "n_kink": 2},
+             # its finish ran out of iterations: still descending, not counted
+             {"class": "jammed", "n_delta": 3, "loss": 0.01, "n_kink": 2,
+              "finished": True, "finish_reason": "max_iter"}]
   (run / "summary.json").write_text(json.dumps({"members": members, "n_weights": 20, "P": 6}))
   (tmp_path / "sweep" / "cells.jsonl").write_text(json.dumps(
       {"run_dir": "cells/c0", "flags": {"width": 4, "depth": 1}}) + "\n")
