@@ -197,8 +197,9 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
   A small r_sub is not enough where the finish was still descending: a
   Newton finish that ran out of iterations (``descending[k]``, its reason
   ``max_iter``) was still lowering the loss, and r_sub swings by decades
-  along such a descent (docs/jamming.md: states with r_sub 3e-7 to 9e-7 at
-  the stop went on to lose 0.1 % of their loss, r_sub back at 1e-5). Such
+  along such a descent (docs/jamming.md: states with r_sub 3e-7 to 7e-7 at
+  a stop went on to lower their loss by 0.1 to 0.3 %, r_sub back at 1e-5 to
+  2e-4). Such
   a member is not shown to be a minimum whatever its r_sub at the stop:
   ``unbalanced`` (or ``not_converged``). A finish that stopped because r_sub
   reached its own target (``finish_tol``, 1e-10 by default) or because its

@@ -41,9 +41,9 @@ def member_class(m: dict) -> str:
   (:func:`lossland.observables.apply_force_balance`, the rule since
   2026-12-06; summaries written before it have such members as jammed)."""
   if "class" in m:
-    if m["class"] == "jammed" and m.get("finish_reason") == "max_iter":
-      return "unbalanced"
-    return m["class"]
+    return observables.apply_force_balance(
+        [m["class"]], [m.get("force_residual")], None,
+        descending=[m.get("finish_reason") == "max_iter"])[0]
   if m.get("stop_reason") == "sat" or m.get("n_delta") == 0:
     return "sat"
   return m.get("stop_reason", "unknown")
