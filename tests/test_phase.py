@@ -50,14 +50,14 @@ def test_finish_counts_per_cell_and_depth():
   r = _record(500, 200, ["sat", "sat", "unbalanced", "unbalanced", "jammed"])
   extra = [{}, {"finished": True, "finish_reason": "sat"},
            {"finished": True, "finish_reason": "kept"},
-           {"finished": True, "finish_reason": "levels"}, {"finished": False}]
+           {"finished": True, "finish_reason": "max_iter"}, {"finished": False}]
   for m, e in zip(r["summary"]["members"], extra):
     m.update(e)
   s = phase.cell_stats(r)
-  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1}
+  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1, "max_iter": 1}
   summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
                                        "separated": True, "bracketed": True})
-  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2}
+  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2, "max_iter": 2}
 
 
 def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
@@ -652,3 +652,8 @@ def test_report_names_the_exponents_states():
   assert lines[2] == ("theta 0.300 [0.100, 0.500], gamma 0.400 [None, None] (force-balanced "
                       "jammed members of the cell nearest P*)")
   assert lines[-1] == "run directory: RUN"
+  # with a finish, the depth line says how many ran out of iterations
+  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 3}
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert lines[0].endswith("classes {'sat': 3, 'unbalanced': 3}; finish: 4 entered, 3 ran out "
+                           "of iterations (still descending: more --finish_iters may settle them)")

@@ -387,6 +387,15 @@ def _exponent_line(result: dict) -> str:
           f"{_fmt(result.get('gamma_stalled'))} {_ci(result.get('gamma_stalled_ci'))}")
 
 
+def _finish_note(fin: dict) -> str:
+  """How many members the finish entered and how many of them ran out of
+  iterations (still descending, so never jammed); "" without a finish."""
+  if not fin.get("entered"):
+    return ""
+  return (f"; finish: {fin['entered']} entered, {fin.get('max_iter', 0)} ran out of "
+          f"iterations (still descending: more --finish_iters may settle them)")
+
+
 def report_lines(out: dict) -> list:
   """The lines the script prints for :func:`run`'s result."""
   lines = []
@@ -398,7 +407,7 @@ def report_lines(out: dict) -> list:
                    f"[{_fmt(lo)}, {_fmt(hi)}] (unbalanced members as sat: "
                    f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]), "
                    f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
-                   f"classes {v['counts']}")
+                   f"classes {v['counts']}" + _finish_note(v.get("finish") or {}))
     lines.append(f"depth spread {_fmt(result['depth_spread'])}")
     lines.append(_exponent_line(result))
     lines.append(_avalanche_line(result.get("avalanches_converged")))
