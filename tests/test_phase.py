@@ -42,7 +42,7 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
   assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
-  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0}
+  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0}
 
 
 def test_finish_counts_per_cell_and_depth():
