@@ -11,6 +11,7 @@ and range of loss after / loss before over the others, and the range of
 r_sub of the entrants left with N_Delta > 0; then one line of totals. Used
 for docs/jamming.md, "the annealed finish". Writes nothing.
 """
+import collections
 import glob
 import json
 import os
@@ -51,11 +52,7 @@ def _row(path):
 def _counts(members) -> dict:
   """Class counts by ``lossland.phase.member_class`` (today's rule, also for
   summaries written before it)."""
-  out = {}
-  for m in members:
-    c = phase.member_class(m)
-    out[c] = out.get(c, 0) + 1
-  return out
+  return dict(collections.Counter(phase.member_class(m) for m in members))
 
 
 def main(argv):

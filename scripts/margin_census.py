@@ -54,7 +54,8 @@ def main(argv):
       if not m.get("n_delta"):
         continue
       print(json.dumps(dict(run=run, N=n_weights, P=int(deltas.shape[1]), member=k,
-                            member_class=phase.member_class(m) if "class" in m else None, r_sub=m.get("force_residual"),
+                            member_class=phase.member_class(m) if "class" in m else None,
+                            r_sub=m.get("force_residual"),
                             **census(deltas[k], n_weights))), flush=True)
   return 0
 
