@@ -309,6 +309,17 @@ def make_net(cfg: NetConfig, dtype=None, wgrad_split: int = 0,
   return init_fn, apply_fn
 
 
+@functools.lru_cache(maxsize=64)
+def cached_apply_fn(cfg: NetConfig, dtype=None) -> Callable:
+  """``make_net(cfg, dtype)[1]``, one function object per ``(cfg, dtype)``.
+
+  The jitted measurements that take the apply function as a static argument
+  (:mod:`lossland.stationarity`) compile once per function object: callers
+  that build the net afresh per member or per restart of the Newton finish
+  reuse this one and compile once per net instead."""
+  return make_net(cfg, dtype)[1]
+
+
 def readout(cfg: NetConfig, z_out):
   """The outputs from the last layer's pre-activations [..., n_out] (the last
   entry of :func:`preactivations`): alpha z, squeezed to [...] when n_out = 1."""

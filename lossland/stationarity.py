@@ -74,17 +74,33 @@ def _point_forces(apply_fn, params, x, y, loss: losses.LossConfig, off=0.0):
   return delta, dell
 
 
+def _force_norms(apply_fn, loss, chunk: int, params, x, y, off):
+  """``(Delta [P], |grad L|, sum_mu |ell'(Delta_mu) grad Delta_mu|)`` in one
+  program: the per-point gradients chunk by chunk (``lax.map`` over chunks of
+  ``chunk`` points, the last one padded with zero-force rows), so memory is
+  chunk x N whatever P."""
+  delta, dell = _point_forces(apply_fn, params, x, y, loss, off)
+  P, chunk = x.shape[0], min(chunk, x.shape[0])
+  n = -(-P // chunk)
+  xs = jnp.pad(x, ((0, n * chunk - P), (0, 0))).reshape(n, chunk, x.shape[1])
+  ws = jnp.pad(jnp.abs(dell), (0, n * chunk - P)).reshape(n, chunk)
+  grad_f = jax.vmap(lambda xi: ravel_pytree(jax.grad(
+      lambda p: apply_fn(p, xi[None])[0])(params))[0])
+  den = jnp.sum(jax.lax.map(lambda c: jnp.sum(c[1] * jnp.linalg.norm(grad_f(c[0]), axis=-1)),
+                            (xs, ws)))
+  return delta, jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off)), den
+
+
+# one compilation per (apply_fn, loss, chunk, shapes): a finish certifies
+# hundreds of times with the same apply_fn (eager, each call re-traced the
+# per-point gradients: most of a deep member's finish, docs/jamming.md)
+_FORCE_NORMS = jax.jit(_force_norms, static_argnums=(0, 1, 2))
+
+
 def force_norm_sum(apply_fn, params, x, y, loss: losses.LossConfig, chunk: int = 256,
                    off=0.0):
   """sum_mu |ell'(Delta_mu) grad_w Delta_mu|: the denominator of r."""
-  _, dell = _point_forces(apply_fn, params, x, y, loss, off)
-  grad_f = jax.vmap(lambda xi: ravel_pytree(jax.grad(
-      lambda p: apply_fn(p, xi[None])[0])(params))[0])
-  total = 0.0
-  for i in range(0, x.shape[0], chunk):
-    norms = jnp.linalg.norm(grad_f(x[i:i + chunk]), axis=-1)
-    total += float(jnp.sum(jnp.abs(dell[i:i + chunk]) * norms))
-  return total
+  return float(_FORCE_NORMS(apply_fn, loss, chunk, params, x, y, off)[2])
 
 
 def _loss_grad(apply_fn, params, x, y, loss, off=0.0):
@@ -98,14 +114,14 @@ def force_residual(apply_fn, params, x, y, loss: losses.LossConfig,
                    chunk: int = 256, off=0.0) -> float:
   """r = |grad L| / sum_mu |ell'(Delta_mu) grad Delta_mu| (nan if no point
   is unsatisfied, where both vanish); outputs minus ``off``."""
-  g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
+  _, g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
   return float("nan") if den == 0 else g / den
 
 
 def _residual_parts(apply_fn, params, x, y, loss, chunk, off) -> tuple:
-  """``(|grad L|, sum_mu |ell'(Delta_mu) grad Delta_mu|)``."""
-  den = force_norm_sum(apply_fn, params, x, y, loss, chunk, off)
-  return float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off))), den
+  """``(Delta [P] numpy, |grad L|, sum_mu |ell'(Delta_mu) grad Delta_mu|)``."""
+  delta, g, den = _FORCE_NORMS(apply_fn, loss, chunk, params, x, y, off)
+  return np.asarray(delta), float(g), float(den)
 
 
 def unit_rms(zs, unsat) -> list:
@@ -256,10 +272,9 @@ def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
       as f(w) - f(w0): the offset f(w0) moves Delta, not the gradients).
   """
   off = 0.0 if f_offset is None else jnp.asarray(f_offset)
-  delta, _ = _point_forces(apply_fn, params, x, y, loss, off)
-  unsat = np.asarray(delta > 0)
+  delta, g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
+  unsat = delta > 0
   n_unsat = int(unsat.sum())
-  g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
   if n_unsat == 0 or den == 0:
     return Stationarity(float("nan"), float("nan"), 0, n_unsat, True, kink_rtol)
   r = g / den

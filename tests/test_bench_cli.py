@@ -94,7 +94,7 @@ def test_paper_row_of_the_ensemble_benchmark():
 
 
 def test_tiny_stationarity_benchmark(tmp_path):
-  """The certificate's benchmark: ours and the fresh-jit reference give the
+  """The certificate's benchmark: ours and the reference (eager sums, fresh jits) give the
   same r_sub on every state, and the ratio is the one of the medians."""
   from lossland.scripts import bench_stationarity
   s = bench_stationarity.run_benchmark(str(tmp_path), quick=True, n_states=3)

@@ -411,3 +411,47 @@ def test_a_member_out_of_steps_that_the_finish_balances_is_jammed(tmp_path):
   _, summary = job.run_ensemble_job(dict(base, out_dir=str(tmp_path / "b"),
                                          jam_max_residual=float("inf")), **quiet)
   assert [m["class"] for m in summary["members"]] == ["not_converged"] * 2
+
+
+def test_certify_every_changes_only_where_the_finish_stops(monkeypatch):
+  """The certificate runs at most every ``certify_every`` iterations near a
+  stationary point: fewer certificates, the same converged result on seed
+  1's stall, and the same path (identical params after a fixed number of
+  iterations that stop short of convergence); 0 is refused."""
+  cfg, params, ds = _seed1_stall()
+  x, y = ds.x_train, ds.y_train
+  calls = []
+  real = stationarity.stationarity
+  monkeypatch.setattr(stationarity, "stationarity",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+  out = {}
+  for every in (1, 10):
+    calls.clear()
+    out[every] = kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=400,
+                                    certify_every=every)
+    out[every] = (out[every], len(calls))
+  (o1, n1), (o10, n10) = out[1], out[10]
+  assert o1.converged and o10.converged, (o1.reason, o10.reason)
+  assert o10.record.force_residual <= 1e-10
+  assert o1.n_iter <= o10.n_iter and n10 < n1, (o1.n_iter, o10.n_iter, n1, n10)
+  short = [kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=o1.n_iter - 2,
+                              certify_every=every).params for every in (1, 10)]
+  for a, b in zip(jax.tree_util.tree_leaves(short[0]), jax.tree_util.tree_leaves(short[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="certify_every"):
+    kink_newton.finish(cfg, params, x, y, LOSS, certify_every=0)
+
+
+def test_cached_apply_fn_is_one_function_per_net():
+  """One function object per (cfg, dtype), so that the jits keyed on it
+  compile once per net, and it computes what make_net's does."""
+  cfg = nets.NetConfig(d=3, width=4, depth=2, bias=True)
+  f = nets.cached_apply_fn(cfg, jnp.float64)
+  assert nets.cached_apply_fn(nets.NetConfig(d=3, width=4, depth=2, bias=True),
+                              jnp.float64) is f
+  assert nets.cached_apply_fn(nets.NetConfig(d=3, width=5, depth=2, bias=True),
+                              jnp.float64) is not f
+  init_fn, apply_fn = nets.make_net(cfg, jnp.float64)
+  p = init_fn(jax.random.key(0))
+  x = data.sphere(jax.random.key(1), 7, 3, n_test=0).x_train
+  np.testing.assert_array_equal(np.asarray(f(p, x)), np.asarray(apply_fn(p, x)))

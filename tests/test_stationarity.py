@@ -209,3 +209,18 @@ def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
   n_bal = s["member_class_counts"].get("jammed", 0)
   assert (f"force-balanced (r_sub <= 1e-06, class jammed): {n_bal} of the {len(stopped)} "
           "that stopped jammed") in out.getvalue()
+
+
+def test_force_norm_sum_is_the_plain_sum_over_points_whatever_the_chunk():
+  """The denominator of r against a plain loop over the points (one jax.grad
+  per point), with chunks that divide P, that do not (the last one padded)
+  and that exceed it."""
+  cfg, apply_fn, params, x, y = _kinked_net(seed=2)
+  delta = np.asarray(losses.margins(apply_fn(params, x), y, LOSS.epsilon))
+  want = 0.0
+  for mu in range(x.shape[0]):
+    g = ravel_pytree(jax.grad(lambda p: apply_fn(p, x[mu:mu + 1])[0])(params))[0]
+    want += abs(float(jax.grad(LOSS.fn)(delta[mu]))) * float(np.linalg.norm(g))
+  for chunk in (1, 4, 5, 12, 256):
+    got = stationarity.force_norm_sum(apply_fn, params, x, y, LOSS, chunk=chunk)
+    assert got == pytest.approx(want, rel=1e-12), chunk

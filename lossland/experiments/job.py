@@ -741,7 +741,7 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
   if (not isinstance(net, nets.NetConfig) or member_class in observables.UNHEALTHY
       or not res.final["n_delta"][k] > 0):
     return none
-  _, apply_fn = nets.make_net(net, ds.x_train.dtype)
+  apply_fn = nets.cached_apply_fn(net, ds.x_train.dtype)
   params = jax.tree_util.tree_map(lambda a: a[k], res.params)
   off = None
   if subtract_init:

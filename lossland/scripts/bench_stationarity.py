@@ -5,10 +5,12 @@
 (dispatched by ``lossland.scripts.bench`` to :func:`run_benchmark`). The
 certificate :func:`lossland.stationarity.stationarity` runs for every member
 that stops with loss > 0, after the anneal, and at each test of the Newton
-finish. Its slope gradient and slope Jacobian are module-level jits of padded
-kink indices; the reference is the same computation as it was before, a
-fresh ``jax.jit`` of a closure over the kink pairs at every call (so every
-call compiles). Both run, side by side, on the same states: one net of the
+finish. Its parts are module-level jits: the residual's two sums (one
+program per net, the per-point gradients chunk by chunk under ``lax.map``)
+and the slope gradient and slope Jacobian of padded kink indices. The
+reference is the same computation as it was before: the two sums eagerly
+(``jax.grad`` traced anew at every call) and a fresh ``jax.jit`` of a
+closure over the kink pairs for the slopes (so every call compiles). Both run, side by side, on the same states: one net of the
 cpu preset's shape (L = 2, d = 4, h = 16 with biases, P = 2 N) at
 ``n_states`` perturbations of one random init, whose pre-activations within
 ``kink_rtol`` of 0 count as kink pairs (a loose tolerance, so that each state
@@ -25,15 +27,23 @@ import numpy as np
 
 
 def _naive_r_sub(cfg, apply_fn, params, x, y, loss, kink_rtol):
-  """r_sub as computed before the module-level jits: a fresh closure, jitted
-  per call, for the slope gradient and for its Jacobian."""
+  """r_sub as computed before the module-level jits: the residual's sums
+  eagerly, and a fresh closure, jitted per call, for the slope gradient and
+  for its Jacobian."""
   import jax
   import jax.numpy as jnp
+  from jax.flatten_util import ravel_pytree
   from lossland import nets
   from lossland import stationarity as st
-  delta, _ = st._point_forces(apply_fn, params, x, y, loss)
+  delta, dell = st._point_forces(apply_fn, params, x, y, loss)
   unsat = np.asarray(delta > 0)
-  g, den = st._residual_parts(apply_fn, params, x, y, loss, 256, 0.0)
+  grad_f = jax.vmap(lambda xi: ravel_pytree(jax.grad(
+      lambda p: apply_fn(p, xi[None])[0])(params))[0])
+  den = 0.0
+  for i in range(0, x.shape[0], 256):
+    norms = jnp.linalg.norm(grad_f(x[i:i + 256]), axis=-1)
+    den += float(jnp.sum(jnp.abs(dell[i:i + 256]) * norms))
+  g = float(jnp.linalg.norm(st._loss_grad(apply_fn, params, x, y, loss)))
   kinks = st.kink_pairs(cfg, params, x, unsat, kink_rtol)
   where = [np.nonzero(k) for k in kinks]
   offsets = np.cumsum([0] + [len(w[0]) for w in where])

@@ -90,7 +90,7 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
   from lossland import stationarity
   n_iter, r0, reason = 0, None, ""
   if annealed is not None:
-    apply_fn = nets.make_net(net, x.dtype)[1]
+    apply_fn = nets.cached_apply_fn(net, x.dtype)
     r0 = stationarity.stationarity(net, apply_fn, p, x, y, loss,
                                    f_offset=off).force_residual
     p, n_iter, reason = annealed.params, annealed.n_iter, annealed.reason
