@@ -37,13 +37,16 @@ def member_class(m: dict) -> str:
   """Class of one member of a summary (``class``; older summaries: stop reason).
 
   A ``jammed`` member whose Newton finish ran out of iterations
-  (``finish_reason`` "max_iter") is ``unbalanced``: it was still descending
-  (:func:`lossland.observables.apply_force_balance`, the rule since
-  2026-12-06; summaries written before it have such members as jammed)."""
+  (``finish_reason`` "max_iter") is ``unbalanced``: it was still descending;
+  so is one with negative curvature on its kink manifold (``min_curvature``
+  below -:data:`lossland.observables.SADDLE_CURVATURE`: a saddle)
+  (:func:`lossland.observables.apply_force_balance`, the rules since
+  2026-12-06; summaries written before them have such members as jammed)."""
   if "class" in m:
     return observables.apply_force_balance(
         [m["class"]], [m.get("force_residual")], None,
-        descending=[m.get("finish_reason") == "max_iter"])[0]
+        descending=[m.get("finish_reason") == "max_iter"],
+        curvature=[m.get("min_curvature")])[0]
   if m.get("stop_reason") == "sat" or m.get("n_delta") == 0:
     return "sat"
   return m.get("stop_reason", "unknown")

@@ -107,6 +107,21 @@ def test_a_jammed_member_whose_finish_ran_out_of_iterations_counts_as_unbalanced
   assert set(ds["positive_member"].tolist()) == {0}
 
 
+def test_a_jammed_member_with_negative_curvature_counts_as_unbalanced(tmp_path):
+  """A force-balanced member whose finish converged but whose Hessian on the
+  kink manifold has a negative eigenvalue (min_curvature below
+  -SADDLE_CURVATURE) is a saddle: unbalanced; rounding-size values and
+  unmeasured curvature leave it jammed."""
+  r = _record(400, 100, ["jammed"] * 4, nd=[0.3] * 4, losses=[1.0] * 4)
+  for m, lam in zip(r["summary"]["members"], (-1e-8, -1e-13, None, float("nan"))):
+    m.update(force_residual=1e-11, n_kink=0, finished=True, finish_reason="converged",
+             min_curvature=lam)
+  assert [phase.member_class(m) for m in r["summary"]["members"]] == [
+      "unbalanced", "jammed", "jammed", "jammed"]
+  s = phase.cell_stats(r)
+  assert (s["n_force_balanced"], s["n_unbalanced"]) == (3, 1)
+
+
 def test_propose_next_brackets_then_bisects():
   st = lambda x, k, n: {"p_over_n": x, "n_sat": k, "n_jammed": n - k}
   assert phase.propose_next([st(1.0, 5, 5), st(2.0, 4, 5)]) == pytest.approx(2.6)
