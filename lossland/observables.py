@@ -184,6 +184,13 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
 SADDLE_CURVATURE = 1e-10
 
 
+def is_saddle(curvature) -> bool:
+  """Whether lambda_min / lambda_max on the kink manifold shows negative
+  curvature beyond :data:`SADDLE_CURVATURE` (False where not measured)."""
+  return (curvature is not None and bool(np.isfinite(curvature))
+          and curvature < -SADDLE_CURVATURE)
+
+
 def apply_force_balance(classes, force_residuals, threshold: float | None,
                         finished=None, descending=None, curvature=None) -> list:
   """``jammed`` members not shown to be minima become ``unbalanced`` (issue 20).
@@ -246,7 +253,7 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
   out = []
   for c, r, fin, desc, lam in zip(classes, force_residuals, finished, descending, curvature):
     balanced = threshold is None or (r is not None and np.isfinite(r) and r <= threshold)
-    saddle = lam is not None and bool(np.isfinite(lam)) and lam < -SADDLE_CURVATURE
+    saddle = is_saddle(lam)
     if c == "jammed" and (desc or saddle or not balanced):
       c = "unbalanced"
     elif (c == "not_converged" and fin and threshold is not None and balanced and not desc

@@ -126,12 +126,15 @@ def cell_stats(record: dict, load_fn=None) -> dict:
       # the finishing stage (--finish): members it entered, left sat, left
       # as they were (the anneal's "kept"), and whose Newton finish ran out of
       # iterations ("max_iter": still descending, so never jammed; more
-      # --finish_iters may settle them)
+      # --finish_iters may settle them), and that it left at a saddle
+      # (negative curvature on the kink manifold, so never jammed)
       "finish": {"entered": sum(bool(m.get("finished")) for m in members),
                  "sat": sum(bool(m.get("finished")) and c == "sat"
                             for m, c in zip(members, classes)),
                  "kept": sum(m.get("finish_reason") == "kept" for m in members),
-                 "max_iter": sum(m.get("finish_reason") == "max_iter" for m in members)},
+                 "max_iter": sum(m.get("finish_reason") == "max_iter" for m in members),
+                 "saddle": sum(bool(m.get("finished")) and observables.is_saddle(m.get("min_curvature"))
+                               for m in members)},
       "run_dir": record.get("run_dir"),
   }
 
@@ -658,7 +661,7 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
       "n_members": int(sum(c["n_members"] for c in stats)),
       "n_dead_point_members": int(sum(c["n_dead_points"] for c in stats)),
       "finish": {k: int(sum(c.get("finish", {}).get(k, 0) for c in stats))
-                 for k in ("entered", "sat", "kept", "max_iter")},
+                 for k in ("entered", "sat", "kept", "max_iter", "saddle")},
       "N": Ns[0] if len(Ns) == 1 else Ns,
       "width": stats[0]["width"] if stats else None,
       "d": stats[0]["d"] if stats else None,

@@ -42,7 +42,7 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
   assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
-  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0}
+  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0, "saddle": 0}
 
 
 def test_finish_counts_per_cell_and_depth():
@@ -50,14 +50,16 @@ def test_finish_counts_per_cell_and_depth():
   r = _record(500, 200, ["sat", "sat", "unbalanced", "unbalanced", "jammed"])
   extra = [{}, {"finished": True, "finish_reason": "sat"},
            {"finished": True, "finish_reason": "kept"},
-           {"finished": True, "finish_reason": "max_iter"}, {"finished": False}]
+           {"finished": True, "finish_reason": "max_iter", "min_curvature": -1e-6},
+           {"finished": False, "min_curvature": -1e-6}]
   for m, e in zip(r["summary"]["members"], extra):
     m.update(e)
   s = phase.cell_stats(r)
-  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1, "max_iter": 1}
+  # a saddle counts where the finish measured it (not the member it did not enter)
+  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1, "max_iter": 1, "saddle": 1}
   summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
                                        "separated": True, "bracketed": True})
-  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2, "max_iter": 2}
+  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2, "max_iter": 2, "saddle": 2}
 
 
 def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
@@ -668,7 +670,8 @@ def test_report_names_the_exponents_states():
                       "jammed members of the cell nearest P*)")
   assert lines[-1] == "run directory: RUN"
   # with a finish, the depth line says how many ran out of iterations
-  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 3}
+  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 3, "saddle": 2}
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("classes {'sat': 3, 'unbalanced': 3}; finish: 4 entered, 3 ran out "
-                           "of iterations (still descending: more --finish_iters may settle them)")
+                           "of iterations (still descending: more --finish_iters may settle "
+                           "them), 2 at a saddle (negative curvature)")
