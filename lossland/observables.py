@@ -179,8 +179,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
 # is a direction of negative curvature: a saddle, not a minimum. Chosen from
 # the 17 studies kept on 2026-12-06 (docs/jamming.md, thirteenth session):
 # the 41 jammed and 51 stalled members with a finish all have values >=
-# -1.4e-11 (most within 1e-14 of 0), 121 of the 144 unbalanced ones values
-# below -1e-10 (down to -1e-5).
+# -1.4e-11 (28 and 20 of them within 1e-14 of 0), 121 of the 144 unbalanced
+# ones values below -1e-10 (down to -2.8e-5).
 SADDLE_CURVATURE = 1e-10
 
 
