@@ -202,10 +202,17 @@ def test_anneal_newton_runs_the_newton_finish_from_the_annealed_state(tmp_path):
   base = dict(_JOB, P=160, seed=0, n_seeds=2, max_steps=800, polish_steps=400,
               out_dir=str(tmp_path / "a"))
   _, s0 = job.run_ensemble_job(dict(base, finish="anneal", anneal_iters=200), **QUIET)
+  stages = []
   _, s1 = job.run_ensemble_job(dict(base, finish="anneal_newton", anneal_iters=200,
-                                    finish_iters=30, out_dir=str(tmp_path / "b")), **QUIET)
+                                    finish_iters=30, out_dir=str(tmp_path / "b")), **QUIET,
+                               stage_fn=stages.append)
   entered = [m for m in s1["members"] if m["finished"]]
   assert entered
+  # its progress: the anneal of the entrants at once, each level, each member's Newton
+  assert f"finish: annealing {len(entered)} members at once (at most 1 round of 6 levels)" \
+      in stages
+  assert sum(t.startswith("anneal b=") for t in stages) >= 1
+  assert sum(t.startswith("finish (anneal_newton): member ") for t in stages) == len(entered)
   for m0, m1 in zip(s0["members"], s1["members"]):
     assert m0["finished"] == m1["finished"]
     if m1["finished"]:

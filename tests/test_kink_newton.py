@@ -402,7 +402,14 @@ def test_a_member_out_of_steps_that_the_finish_balances_is_jammed(tmp_path):
               n_seeds=2, optimizer="adam", lr=1e-2, max_steps=200, finish="newton",
               finish_iters=100, plots=False)
   quiet = dict(progress=False, stdout=open(os.devnull, "w"))
-  _, summary = job.run_ensemble_job(dict(base, out_dir=str(tmp_path / "a")), **quiet)
+  stages = []
+  _, summary = job.run_ensemble_job(dict(base, out_dir=str(tmp_path / "a")), **quiet,
+                                    stage_fn=stages.append)
+  # what the job was doing, without its bar: training, then each member's finish
+  assert stages[0].startswith("compiling") and any(t.startswith("training 100%") for t in stages)
+  assert [t.split(" (seed")[0] for t in stages if t.startswith("finish (newton): ")] == [
+      "finish (newton): member 1 of 2", "finish (newton): member 2 of 2"]
+  assert sum(t.startswith("finish (newton) seed ") for t in stages) == 2
   for m in summary["members"]:
     assert m["stop_reason"] == "max_steps" and m["finished"] and m["finish_converged"]
     assert m["n_delta"] > 0.1 * 6 and m["force_residual"] <= 1e-10

@@ -149,6 +149,33 @@ def test_one_line_per_cell_and_a_restart_runs_nothing(tmp_path):
   assert sweep.read_cells(out) == recs + [recs3[6]]
 
 
+def test_the_sweep_line_shows_what_a_running_cell_is_doing(tmp_path, capsys):
+  """A run function that takes ``stage_fn`` (as the default one, which hands
+  it to the ensemble job) gets one that writes on the sweep's line, with the
+  cell's id and label; one that does not is called as before."""
+  seen = []
+
+  class StagedJob(FakeJob):
+    takes_stage_fn = True
+
+    def __call__(self, values, stage_fn=None):
+      stage_fn("training 50% step 10/20")
+      seen.append(values["P"])
+      return super().__call__(values)
+
+  recs = sweep.run_sweep(GRID[:2], str(tmp_path), run_cell_fn=StagedJob(),
+                         validate_fn=_fake_validate, progress=True)
+  err = capsys.readouterr().err
+  for r in recs:
+    assert f"cell {r['cell_id']} (" in err and "): training 50% step 10/20" in err
+  assert seen == [10, 10]
+  assert sweep._default_run_cell.takes_stage_fn and sweep._default_run_batch.takes_stage_fn
+  plain = FakeJob()   # no stage_fn argument
+  sweep.run_sweep(GRID[2:3], str(tmp_path), run_cell_fn=plain, validate_fn=_fake_validate,
+                  progress=True)
+  assert len(plain.calls) == 1
+
+
 def test_shards_into_one_directory_cover_the_grid(tmp_path):
   out = str(tmp_path)
   job = FakeJob()

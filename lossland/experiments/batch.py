@@ -50,13 +50,16 @@ def batch_key(values: dict) -> str | None:
   return repr((net, loss, cfg, job_lib.polish_config(v, cfg), sorted(shared.items())))
 
 
-def run_ensemble_jobs(values_list, progress: bool = True, stdout=None) -> list:
+def run_ensemble_jobs(values_list, progress: bool = True, stdout=None,
+                      stage_fn=None) -> list:
   """Runs ensemble jobs that share a :func:`batch_key` as one program.
 
   Args:
     values_list: the jobs' option values (each with its own ``out_dir``).
     progress: one progress bar on stderr for the program.
     stdout: stream of the jobs' reports (default sys.stdout).
+    stage_fn: optional ``fn(text)``: what the program is doing, as
+      :func:`lossland.experiments.job.run_ensemble_job`'s.
 
   Returns:
     per job, in order, ``(run_dir, summary)`` or the :class:`JobError` it
@@ -85,7 +88,7 @@ def run_ensemble_jobs(values_list, progress: bool = True, stdout=None) -> list:
   jobs = [job_lib.prepare_job(v, say) for v in vs]
   _check_batch(vs, jobs)
   from lossland.progress import Progress
-  bar = Progress("training", enabled=progress)
+  bar = Progress("training", enabled=progress, echo=stage_fn)
   ckpt = _checkpoint_path(vs, say)
   bar.note(f"compiling and running the first chunk of {len(jobs)} jobs in one program...")
   results, polish, cfg2, wall, fins = _train(vs, jobs, ckpt, bar)
@@ -161,7 +164,8 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
   if v0["finish"] != "none":
     bar.note(f"finishing the jammed members ({v0['finish']})...")
     for c, (v, j) in enumerate(zip(vs, jobs)):
-      results[c], fins[c] = job_lib.finish_jammed(v, j, results[c], cfg2 or j.cfg)
+      results[c], fins[c] = job_lib.finish_jammed(v, j, results[c], cfg2 or j.cfg,
+                                                  log_fn=bar.note)
   bar(1, 1, f"{len(jobs)} jobs done")
   bar.close()
   return results, polish, cfg2, time.time() - t0, fins

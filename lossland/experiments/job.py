@@ -910,7 +910,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   }
 
 
-def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
+def run_ensemble_job(values: dict, progress: bool = True, stdout=None,
+                     stage_fn=None) -> tuple:
   """Runs the ensemble job: data, configs, training, run directory, table.
 
   The caller sets float64: ``jax.config.update("jax_enable_x64", values["x64"])``
@@ -921,6 +922,9 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
     values: option values (missing ones take their defaults; see :data:`SPEC`).
     progress: show a progress bar on stderr.
     stdout: stream of the report (default sys.stdout).
+    stage_fn: optional ``fn(text)``: what the job is doing (training at each
+      tenth of the way, the polish, each member of the finishing stage),
+      whether or not the bar is shown; a sweep shows it on its own line.
 
   Returns:
     ``(run_dir, summary)``: the complete run directory and its summary.json.
@@ -939,7 +943,7 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None) -> tuple:
   from lossland.progress import Progress
   check_out_dir(v["out_dir"])
   job = prepare_job(v, say)
-  bar = Progress("training", enabled=progress)
+  bar = Progress("training", enabled=progress, echo=stage_fn)
   dirs = CreatedDirs()
   ckpt = None
   ok = False
@@ -1039,7 +1043,7 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
   fin = None
   if v["finish"] != "none":
     bar.note(f"finishing the jammed members ({v['finish']})...")
-    res, fin = finish_jammed(v, job, res, cfg2 or job.cfg)
+    res, fin = finish_jammed(v, job, res, cfg2 or job.cfg, log_fn=bar.note)
   bar(1, 1, f"done {K}/{K}")
   bar.close()
   return res, polish, cfg2, time.time() - t0, fin
@@ -1051,15 +1055,16 @@ def anneal_levels(v: dict) -> tuple:
   return anneal.parse_levels(v["anneal_levels"])
 
 
-def finish_jammed(v: dict, job: Job, res, cfg):
+def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None):
   """The finishing stage (:mod:`lossland.train.finish`) on the members that
-  stopped jammed: ``(res, dict of per-member lists)``."""
+  stopped jammed: ``(res, dict of per-member lists)``; ``log_fn(str)``: its
+  progress (the anneal's levels, each member's start and result)."""
   from lossland.train import finish
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
                                     max_iter=v["finish_iters"], method=v["finish"],
                                     levels=anneal_levels(v), anneal_iters=v["anneal_iters"],
                                     step_model=v["finish_model"],
-                                    anneal_rounds=v["anneal_rounds"])
+                                    anneal_rounds=v["anneal_rounds"], log_fn=log_fn)
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

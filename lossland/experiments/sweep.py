@@ -414,18 +414,26 @@ def _check_x64(values: dict):
                      f"jax.config.update('jax_enable_x64', {values['x64']}) first")
 
 
-def _default_run_cell(values: dict):
+def _default_run_cell(values: dict, stage_fn=None):
   from lossland.experiments import job
   _check_x64(values)
   with open(os.devnull, "w") as sink:
-    return job.run_ensemble_job(values, progress=False, stdout=sink)
+    return job.run_ensemble_job(values, progress=False, stdout=sink, stage_fn=stage_fn)
 
 
-def _default_run_batch(values_list: list) -> list:
+# the sweep's line shows what a cell run by this function is doing
+_default_run_cell.takes_stage_fn = True
+
+
+def _default_run_batch(values_list: list, stage_fn=None) -> list:
   from lossland.experiments import batch
   _check_x64(values_list[0])   # one key: one x64
   with open(os.devnull, "w") as sink:
-    return batch.run_ensemble_jobs(values_list, progress=False, stdout=sink)
+    return batch.run_ensemble_jobs(values_list, progress=False, stdout=sink,
+                                   stage_fn=stage_fn)
+
+
+_default_run_batch.takes_stage_fn = True
 
 
 def _default_batch_key(values: dict):
@@ -701,8 +709,11 @@ class _ShardRun:
                   + (" from its checkpoint" if resuming else "") + ": "
                   + ", ".join(cell_label(v, self.keys) for _, v, _ in todo))
     t0 = time.time()
+    stage = {}
+    if getattr(self.run_batch_fn, "takes_stage_fn", False):
+      stage["stage_fn"] = lambda text: self.bar.show(f"{len(todo)} cells in one program: {text}")
     try:
-      outs = self.run_batch_fn(vals)
+      outs = self.run_batch_fn(vals, **stage)
     except io.InputError as e:
       outs = [e] * len(todo)
     finally:
@@ -787,8 +798,12 @@ class _ShardRun:
     resuming = " from its checkpoint" if _checkpoints(ens_dir) else ""
     self.bar.show(f"running cell {cid} ({cell_label(v, self.keys)}){resuming}")
     t0 = time.time()
+    stage = {}
+    if getattr(self.run_cell_fn, "takes_stage_fn", False):
+      label = cell_label(v, self.keys)
+      stage["stage_fn"] = lambda text: self.bar.show(f"cell {cid} ({label}): {text}")
     try:
-      run_dir, summary = self.run_cell_fn(vals)
+      run_dir, summary = self.run_cell_fn(vals, **stage)
     except io.InputError as e:
       self.failures.append((v, str(e)))
       self.bar.show(f"cell {cid} failed: {' '.join(str(e).split())}")

@@ -199,13 +199,19 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   annealed, t_anneal = [None] * len(idx), 0.0
   if method != "newton":  # every entrant at once, one program per level
     t0 = time.time()
+    if log_fn:
+      log_fn(f"finish: annealing {len(idx)} members at once (at most {anneal_rounds} "
+             f"round{'s' * (anneal_rounds != 1)} of {len(levels)} levels)")
     annealed = anneal.anneal_members(
         net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], merge.params),
         data.x_train, data.y_train, loss, None if not cfg.subtract_init else np.stack(offs),
-        levels=levels, iters=anneal_iters, rounds=anneal_rounds)
+        levels=levels, iters=anneal_iters, rounds=anneal_rounds, log_fn=log_fn)
     t_anneal = (time.time() - t0) / len(idx)
   for i, k in enumerate(idx):
     t0 = time.time()
+    if log_fn and method != "anneal":
+      log_fn(f"finish ({method}): member {i + 1} of {len(idx)} (seed {int(res.seeds[k])}), "
+             f"at most {max_iter} iterations")
     p = jax.tree_util.tree_map(lambda a: a[k], merge.params)
     p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
     p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
