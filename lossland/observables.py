@@ -175,24 +175,8 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   return out
 
 
-# lambda_min / lambda_max of the Hessian on the kink manifold below minus this
-# is a direction of negative curvature: a saddle, not a minimum. Chosen from
-# the 17 studies kept on 2026-12-06 (docs/jamming.md, thirteenth session):
-# the 41 jammed and 51 stalled members with a finish all have values >=
-# -1.4e-11 (28 and 20 of them within 1e-14 of 0), 121 of the 144 unbalanced
-# ones values below -1e-10 (down to -2.8e-5).
-SADDLE_CURVATURE = 1e-10
-
-
-def is_saddle(curvature) -> bool:
-  """Whether lambda_min / lambda_max on the kink manifold shows negative
-  curvature beyond :data:`SADDLE_CURVATURE` (False where not measured)."""
-  return (curvature is not None and bool(np.isfinite(curvature))
-          and curvature < -SADDLE_CURVATURE)
-
-
 def apply_force_balance(classes, force_residuals, threshold: float | None,
-                        finished=None, descending=None, curvature=None) -> list:
+                        finished=None, descending=None) -> list:
   """``jammed`` members not shown to be minima become ``unbalanced`` (issue 20).
 
   A member that stopped jammed (the training's stall rule, N_Delta > 0.1 N)
@@ -221,13 +205,6 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
   reached its own target (``finish_tol``, 1e-10 by default) or because its
   trust region collapsed with no descent found is what shows a minimum.
 
-  Force balance is the first-order condition; a saddle has it too. Where the
-  curvature on the kink manifold was measured (``curvature[k]``,
-  :func:`lossland.optim.kink_newton.min_curvature` at the finish's exit), a
-  member with lambda_min / lambda_max < -:data:`SADDLE_CURVATURE` has a
-  direction of negative curvature and is not a minimum either: ``unbalanced``
-  (or ``not_converged``).
-
   Args:
     classes: K class names (:func:`member_classes`).
     force_residuals: K values of r_sub (None or nan where not measured).
@@ -237,27 +214,21 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
       N_Delta exceeds 0.1 N.
     descending: optional K bools, the members whose Newton finish ran out
       of iterations (still descending).
-    curvature: optional K values of lambda_min / lambda_max on the kink
-      manifold (None or nan where not measured).
 
   Returns:
     the K class names, ``jammed`` replaced by ``unbalanced`` where r_sub is
-    missing or above the threshold, the finish was still descending or the
-    curvature is negative, and finished ``not_converged`` members replaced
-    by ``jammed`` where r_sub is at most the threshold and neither of the
-    others holds.
+    missing or above the threshold or the finish was still descending, and
+    finished ``not_converged`` members replaced by ``jammed`` where r_sub is
+    at most the threshold and the finish was not.
   """
   finished = [False] * len(classes) if finished is None else list(finished)
   descending = [False] * len(classes) if descending is None else list(descending)
-  curvature = [None] * len(classes) if curvature is None else list(curvature)
   out = []
-  for c, r, fin, desc, lam in zip(classes, force_residuals, finished, descending, curvature):
+  for c, r, fin, desc in zip(classes, force_residuals, finished, descending):
     balanced = threshold is None or (r is not None and np.isfinite(r) and r <= threshold)
-    saddle = is_saddle(lam)
-    if c == "jammed" and (desc or saddle or not balanced):
+    if c == "jammed" and (desc or not balanced):
       c = "unbalanced"
-    elif (c == "not_converged" and fin and threshold is not None and balanced and not desc
-          and not saddle):
+    elif c == "not_converged" and fin and threshold is not None and balanced and not desc:
       c = "jammed"
     out.append(c)
   return out

@@ -247,22 +247,3 @@ def test_a_member_whose_finish_was_still_descending_is_not_jammed(cls, r, thresh
   # the same member with a finish that stopped on its own (converged, stuck)
   stopped = observables.apply_force_balance([cls], [r], threshold, [finished], [False])
   assert stopped == [{"not_converged": "jammed" if threshold else cls}.get(cls, cls)]
-
-
-@pytest.mark.parametrize("cls,finished,lam,want", [
-    # negative curvature on the kink manifold: a saddle, not a minimum
-    ("jammed", True, -1e-8, "unbalanced"),
-    ("jammed", True, -2e-10, "unbalanced"),
-    ("jammed", True, -1e-11, "jammed"),            # rounding size (the kept studies)
-    ("jammed", True, 0.0, "jammed"),
-    ("jammed", True, None, "jammed"),              # not measured: no criterion
-    ("jammed", True, float("nan"), "jammed"),
-    ("not_converged", True, -1e-8, "not_converged"),
-    ("not_converged", True, -1e-12, "jammed"),
-    ("stalled", True, -1e-8, "stalled"),
-    ("sat", False, -1e-8, "sat"),
-])
-def test_a_force_balanced_saddle_is_not_jammed(cls, finished, lam, want):
-  assert observables.SADDLE_CURVATURE == 1e-10
-  got = observables.apply_force_balance([cls], [1e-11], 1e-6, [finished], [False], [lam])
-  assert got == [want]

@@ -42,7 +42,7 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
   assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
-  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0, "saddle": 0}
+  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0}
 
 
 def test_finish_counts_per_cell_and_depth():
@@ -50,16 +50,14 @@ def test_finish_counts_per_cell_and_depth():
   r = _record(500, 200, ["sat", "sat", "unbalanced", "unbalanced", "jammed"])
   extra = [{}, {"finished": True, "finish_reason": "sat"},
            {"finished": True, "finish_reason": "kept"},
-           {"finished": True, "finish_reason": "max_iter", "min_curvature": -1e-6},
-           {"finished": False, "min_curvature": -1e-6}]
+           {"finished": True, "finish_reason": "max_iter"}, {"finished": False}]
   for m, e in zip(r["summary"]["members"], extra):
     m.update(e)
   s = phase.cell_stats(r)
-  # a saddle counts where the finish measured it (not the member it did not enter)
-  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1, "max_iter": 1, "saddle": 1}
+  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1, "max_iter": 1}
   summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
                                        "separated": True, "bracketed": True})
-  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2, "max_iter": 2, "saddle": 2}
+  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2, "max_iter": 2}
 
 
 def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
@@ -107,21 +105,6 @@ def test_a_jammed_member_whose_finish_ran_out_of_iterations_counts_as_unbalanced
   assert (s["n_force_balanced"], s["n_unbalanced"], s["n_jammed"]) == (1, 1, 2)
   ds = phase.delta_samples(r, load_fn=lambda d: np.load(os.path.join(d, "arrays.npz")))
   assert set(ds["positive_member"].tolist()) == {0}
-
-
-def test_a_jammed_member_with_negative_curvature_counts_as_unbalanced(tmp_path):
-  """A force-balanced member whose finish converged but whose Hessian on the
-  kink manifold has a negative eigenvalue (min_curvature below
-  -SADDLE_CURVATURE) is a saddle: unbalanced; rounding-size values and
-  unmeasured curvature leave it jammed."""
-  r = _record(400, 100, ["jammed"] * 4, nd=[0.3] * 4, losses=[1.0] * 4)
-  for m, lam in zip(r["summary"]["members"], (-1e-8, -1e-13, None, float("nan"))):
-    m.update(force_residual=1e-11, n_kink=0, finished=True, finish_reason="converged",
-             min_curvature=lam)
-  assert [phase.member_class(m) for m in r["summary"]["members"]] == [
-      "unbalanced", "jammed", "jammed", "jammed"]
-  s = phase.cell_stats(r)
-  assert (s["n_force_balanced"], s["n_unbalanced"]) == (3, 1)
 
 
 def test_propose_next_brackets_then_bisects():
@@ -670,8 +653,7 @@ def test_report_names_the_exponents_states():
                       "jammed members of the cell nearest P*)")
   assert lines[-1] == "run directory: RUN"
   # with a finish, the depth line says how many ran out of iterations
-  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 3, "saddle": 2}
+  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 3}
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("classes {'sat': 3, 'unbalanced': 3}; finish: 4 entered, 3 ran out "
-                           "of iterations (still descending: more --finish_iters may settle "
-                           "them), 2 at a saddle (negative curvature)")
+                           "of iterations (still descending: more --finish_iters may settle them)")

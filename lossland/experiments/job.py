@@ -874,8 +874,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                 for k, m in enumerate(members)]
     classes = observables.apply_force_balance(
         classes, [m["force_residual"] for m in members], thr, finished,
-        [m.get("finish_reason") == "max_iter" for m in members],
-        [m.get("min_curvature") for m in members])
+        [m.get("finish_reason") == "max_iter" for m in members])
     for m, c in zip(members, classes):
       m["class"] = c
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)

@@ -388,15 +388,12 @@ def _exponent_line(result: dict) -> str:
 
 
 def _finish_note(fin: dict) -> str:
-  """How many members the finish entered, how many of them ran out of
-  iterations (still descending) and how many it left at a saddle (negative
-  curvature on the kink manifold): neither is ever jammed; "" without a
-  finish."""
+  """How many members the finish entered and how many of them ran out of
+  iterations (still descending, so never jammed); "" without a finish."""
   if not fin.get("entered"):
     return ""
   return (f"; finish: {fin['entered']} entered, {fin.get('max_iter', 0)} ran out of "
-          f"iterations (still descending: more --finish_iters may settle them), "
-          f"{fin.get('saddle', 0)} at a saddle (negative curvature)")
+          f"iterations (still descending: more --finish_iters may settle them)")
 
 
 def report_lines(out: dict) -> list:
