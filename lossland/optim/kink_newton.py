@@ -668,22 +668,18 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
                       bool(rec.force_residual <= tol), reason, r0, st.n_restarts)
 
 
-def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
-                  f_offset=None, kink_rtol: float = 1e-7) -> float:
-  """lambda_min / lambda_max of the Hessian of the loss on the kink manifold.
-
-  The Hessian of the pattern-frozen loss L~ (module docstring) at the
-  least-squares slopes of the kink pairs (those of
-  :func:`lossland.stationarity.kink_pairs`), projected on null(grad z_K): at
-  a minimum it is >= 0 up to rounding (the per-unit rescalings of a ReLU net
-  give exact zeros); a clearly negative value means a descent direction of
-  second order, a saddle rather than a minimum. Nan without unsatisfied points.
-  """
+def _manifold_model(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+                    f_offset=None, kink_rtol: float = 1e-7) -> dict | None:
+  """The quadratic model of the pattern-frozen loss on the kink manifold at
+  ``params`` (module docstring): the kink pairs of
+  :func:`lossland.stationarity.kink_pairs`, their least-squares slopes, the
+  gradient g and Hessian H at those slopes, the contacts' Jacobian A and a
+  basis Z of its null space. None without unsatisfied points."""
   off = 0.0 if f_offset is None else jnp.asarray(f_offset)
   apply_fn = nets.cached_apply_fn(cfg, x.dtype)
   unsat = np.asarray(losses.margins(apply_fn(params, x) - off, y, loss.epsilon) > 0)
   if not unsat.any():
-    return float("nan")
+    return None
   zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
   relu = cfg.activation == "relu" and cfg.depth > 0
   kinks = ([np.array(m) for m in stationarity.kink_pairs(cfg, params, x, unsat, kink_rtol)]
@@ -696,7 +692,211 @@ def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   g, H, _, A, C = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
   if fr.real.size:
     s_real = s_real + np.linalg.lstsq(C, -g, rcond=None)[0]
-    _, H, _, A, _ = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
-  Z, _ = _null_space(A, w.size)
-  ev = np.linalg.eigvalsh(Z.T @ H @ Z)
+    g, H, _, A, _ = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
+  Z, A_pinv = _null_space(A, w.size)
+  return dict(w=np.asarray(w, np.float64), g=g, H=H, A=A, Z=Z, A_pinv=A_pinv, fr=fr,
+              z_scale=z_scale, off=off, relu=relu)
+
+
+def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+                  f_offset=None, kink_rtol: float = 1e-7) -> float:
+  """lambda_min / lambda_max of the Hessian of the loss's model on the kink manifold.
+
+  The Hessian of the pattern-frozen loss L~ (module docstring) at the
+  least-squares slopes of the kink pairs (those of
+  :func:`lossland.stationarity.kink_pairs`), projected on null(grad z_K).
+  The per-unit rescalings of a ReLU net give exact zeros. A negative value
+  is a property of the model, not yet of the loss: on a deep N = 592 member
+  the model's most negative direction (-5.6e-7 of lambda_max) was one along
+  which the true loss rises (docs/jamming.md, thirteenth session); the
+  slopes are ill-determined where many pairs sit at their kinks.
+  :func:`descent_probe` tests the true loss. Nan without unsatisfied points.
+  """
+  m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol)
+  if m is None:
+    return float("nan")
+  ev = np.linalg.eigvalsh(m["Z"].T @ m["H"] @ m["Z"])
   return float(ev[0] / max(abs(ev[-1]), 1e-300))
+
+
+# A member whose probe finds the true loss lower by more than this (relative)
+# before any rise is not a minimum (docs/jamming.md, fourteenth session).
+DESCENT_RTOL = 1e-11
+# The probe's steps along each line, in units of |w|.
+PROBE_STEPS = tuple(float(t) for t in np.logspace(-8, -1, 15))
+
+
+class DescentProbe(NamedTuple):
+  """What :func:`descent_probe` returns.
+
+  Attributes:
+    gain: the lowest (L(w') - L0) / L0 over the probe's trial points w',
+      each line taken up to the first point where the loss rose above L0
+      by more than ``tol`` (a barrier: a lower region behind it is another
+      basin, not a descent from the state); <= 0. L0 is the loss of the
+      state moved onto its kink manifold (``restore_gain``).
+    step: |w' - w0| / |w0| at the lowest point (|w' - w0| where w0 = 0;
+      0: no point lower than L0).
+    line: which line found it: "gradient", "newton", "mode j" (j-th softest
+      direction of the model's reduced Hessian, rescalings of ReLU units
+      left out) with its sign, or "" if none.
+    n_trials: trial points whose loss was evaluated.
+    min_curvature: lambda_min / lambda_max of the model on the manifold
+      (:func:`min_curvature`, rescalings included).
+    restore_gain: (L0 - L) / L, the change of moving the state itself onto
+      the manifold (its kink pairs to z = 0 exactly).
+  """
+  gain: float
+  step: float
+  line: str
+  n_trials: int
+  min_curvature: float
+  restore_gain: float
+
+  def descends(self, rtol: float = DESCENT_RTOL) -> bool:
+    """Whether the probe found the loss lower by more than ``rtol``."""
+    return bool(np.isfinite(self.gain) and self.gain < -rtol)
+
+
+def _kink_z_fn(cfg, w, x, pts, units, z_scale):
+  """The true net's pre-activations at the kink pairs, scaled by their
+  units' rms (the contacts z_K of :func:`_parts_fn`, without the frozen
+  pattern)."""
+  zs = nets.preactivations(cfg, nets.unravel_fn(cfg, w.dtype)(w), x)[:-1]
+  return jnp.concatenate(
+      [zs[l].at[pts[l], units[l]].get(mode="fill", fill_value=0.0)
+       / z_scale[l].at[units[l]].get(mode="fill", fill_value=1.0) for l in range(len(pts))]
+      + [jnp.zeros(0, w.dtype)])
+
+
+_KINK_Z = jax.jit(_kink_z_fn, static_argnums=(0,))
+
+
+def rescaling_generators(cfg: nets.NetConfig, params) -> np.ndarray:
+  """[N, n_hidden_units] the tangents of the per-unit rescalings of a
+  NetConfig net: unit u of hidden layer l, its incoming weights (and bias)
+  scaled by c, its outgoing weights by 1 / c, at c = 1. For a ReLU net
+  (positively homogeneous) these leave the function unchanged: exact flat
+  directions of every loss. Columns in ``ravel_pytree(params)`` order."""
+  cols = []
+  for l in range(cfg.depth):
+    for u in range(params[l]["w"].shape[1]):
+      t = [{k: np.zeros(np.shape(v)) for k, v in layer.items()} for layer in params]
+      t[l]["w"][:, u] = np.asarray(params[l]["w"])[:, u]
+      if "b" in t[l]:
+        t[l]["b"][u] = np.asarray(params[l]["b"])[u]
+      t[l + 1]["w"][u, :] = -np.asarray(params[l + 1]["w"])[u, :]
+      cols.append(np.asarray(ravel_pytree(t)[0]))
+  n = ravel_pytree(params)[0].size
+  return np.array(cols).T if cols else np.zeros((n, 0))
+
+
+def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+                  f_offset=None, kink_rtol: float = 1e-7, n_modes: int = 8,
+                  steps=PROBE_STEPS, tol: float = 1e-13) -> DescentProbe:
+  """Looks for a descent of the true loss near ``params`` along a few lines.
+
+  A first-order certificate (r_sub) does not bound the loss a state can
+  still lose along its soft directions (a residual gradient g along a
+  direction of curvature lambda leaves g^2 / 2 lambda), and the model's
+  curvature on the kink manifold (:func:`min_curvature`) is not the loss's.
+  This probe evaluates the true (ReLU) loss at points w0 + t d moved back
+  onto the kink manifold (each contact z_k = 0, by chord Gauss-Newton steps
+  with the Jacobian at w0), for t in ``steps`` |w0| along: the reduced
+  gradient's descent direction, the model's Newton step on its positive
+  curvature, and both signs of the ``n_modes`` softest directions of the
+  model's reduced Hessian (for ReLU nets with the per-unit rescalings,
+  exact flat directions, projected out). Each line is followed from the
+  smallest step up to the first point where the loss rises above L0 by more
+  than ``tol`` relative, or where the contacts cannot be restored.
+
+  A gain below -``DESCENT_RTOL`` shows that the state is not a minimum. No
+  gain shows only that none of these lines descends: a necessary check,
+  not a proof of minimality.
+
+  Args:
+    cfg: a NetConfig net (float64 params).
+    params: one network's params.
+    x, y: the training data.
+    loss: the LossConfig.
+    f_offset: [P] outputs subtracted (subtract_init), or None.
+    kink_rtol: the kink pairs' tolerance (:func:`lossland.stationarity.kink_pairs`).
+    n_modes: soft directions probed (each both ways).
+    steps: step lengths in units of |w0| (of 1 where w0 = 0), increasing.
+    tol: the rise (relative to L0) that ends a line.
+
+  Returns:
+    a :class:`DescentProbe`; gain nan without unsatisfied points.
+  """
+  if n_modes < 0:
+    raise ValueError(f"n_modes must be >= 0, got {n_modes}")
+  steps = np.asarray(steps, np.float64)
+  if steps.size == 0 or np.any(steps <= 0) or np.any(np.diff(steps) <= 0):
+    raise ValueError("steps must be positive and increasing")
+  m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol)
+  if m is None:
+    return DescentProbe(float("nan"), 0.0, "", 0, float("nan"), float("nan"))
+  w, g, H, Z, A_pinv, fr = m["w"], m["g"], m["H"], m["Z"], m["A_pinv"], m["fr"]
+  Hr = Z.T @ H @ Z
+  ev_all = np.linalg.eigvalsh(Hr)
+  lam_max = max(abs(ev_all[-1]), 1e-300)
+  B = np.eye(Z.shape[1])
+  if m["relu"]:  # the rescalings out of the reduced space
+    Gz = Z.T @ rescaling_generators(cfg, params)
+    if Gz.shape[1]:
+      U, S, _ = np.linalg.svd(Gz, full_matrices=True)
+      r = int(np.sum(S > 1e-8 * S[0])) if S.size and S[0] > 0 else 0
+      B = U[:, r:]
+  ev, V = np.linalg.eigh(B.T @ Hr @ B)
+  gc = B.T @ (Z.T @ g)
+  dirs = []
+  if np.linalg.norm(gc) > 0:
+    dirs.append(("gradient", -(Z @ (B @ gc))))
+  pos = ev > 1e-12 * lam_max
+  if pos.any():
+    dirs.append(("newton", -(Z @ (B @ (V[:, pos] @ ((V[:, pos].T @ gc) / ev[pos]))))))
+  for j in range(min(n_modes, ev.size)):
+    d = Z @ (B @ V[:, j])
+    dirs += [(f"mode {j} +", d), (f"mode {j} -", -d)]
+  pts, units = fr.pts, fr.units
+  zsc = [jnp.asarray(z, x.dtype) for z in m["z_scale"]]
+  kz = lambda v: np.asarray(_KINK_Z(cfg, jnp.asarray(v, x.dtype), x, pts, units, zsc))[fr.real]
+  off = m["off"]
+  true_loss = lambda v: float(_TRUE_LOSS(cfg, loss, jnp.asarray(v, x.dtype), x, y, off, 0.0))
+
+  def restore(v):
+    z = kz(v)
+    for _ in range(12):
+      if z.size == 0 or np.max(np.abs(z)) <= 1e-13:
+        return v
+      v = v - A_pinv @ z
+      z_new = kz(v)
+      if np.max(np.abs(z_new)) > 0.5 * np.max(np.abs(z)):
+        break
+      z = z_new
+    return v if z.size == 0 or np.max(np.abs(kz(v))) <= 1e-12 else None
+
+  L = true_loss(w)
+  w0 = restore(w)
+  if w0 is None:
+    w0 = w
+  L0 = true_loss(w0)
+  scale = float(np.linalg.norm(w0)) or 1.0
+  best, best_t, best_line, n_trials = 0.0, 0.0, "", 0
+  for name, d in dirs:
+    nd = float(np.linalg.norm(d))
+    if nd == 0:
+      continue
+    d = d / nd
+    for t in steps * scale:
+      v = restore(w0 + t * d)
+      if v is None:
+        break
+      gain = (true_loss(v) - L0) / abs(L0)
+      n_trials += 1
+      if gain > tol:
+        break
+      if gain < best:
+        best, best_t, best_line = gain, float(np.linalg.norm(v - w0)) / scale, name
+  return DescentProbe(float(best), best_t, best_line, n_trials,
+                      float(ev_all[0] / lam_max), float((L0 - L) / abs(L)))
