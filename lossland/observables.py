@@ -175,6 +175,25 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
   return out
 
 
+# A member whose descent probe (lossland.optim.kink_newton.descent_probe)
+# found the true loss lower by more than this, relative, is not a minimum.
+# The force-balanced members of the studies kept on 2026-12-06 gain at most
+# 4.3e-11; most members still descending gain 1e-9 or more
+# (docs/jamming.md, fourteenth session).
+DESCENT_RTOL = 1e-10
+
+
+def still_descending(member: dict, rtol: float = DESCENT_RTOL) -> bool:
+  """Whether a summary member (summary.json's ``members`` entry) is shown
+  to be still descending: its Newton finish ran out of iterations
+  (``finish_reason`` "max_iter"), or the descent probe at its end found the
+  loss lower by more than ``rtol`` (``descent_gain``; summaries written
+  before the probe have none)."""
+  gain = member.get("descent_gain")
+  return (member.get("finish_reason") == "max_iter"
+          or (gain is not None and np.isfinite(gain) and gain < -rtol))
+
+
 def apply_force_balance(classes, force_residuals, threshold: float | None,
                         finished=None, descending=None) -> list:
   """``jammed`` members not shown to be minima become ``unbalanced`` (issue 20).
@@ -199,7 +218,8 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
   ``max_iter``) was still lowering the loss, and r_sub swings by decades
   along such a descent (docs/jamming.md: states with r_sub 3e-7 to 7e-7 at
   a stop went on to lower their loss by 0.1 to 0.3 %, r_sub back at 1e-5 to
-  2e-4). Such
+  2e-4); so is a member where the descent probe found a lower loss
+  (:func:`still_descending`). Such
   a member is not shown to be a minimum whatever its r_sub at the stop:
   ``unbalanced`` (or ``not_converged``). A finish that stopped because r_sub
   reached its own target (``finish_tol``, 1e-10 by default) or because its
@@ -212,8 +232,8 @@ def apply_force_balance(classes, force_residuals, threshold: float | None,
       ``descending`` rule applies).
     finished: optional K bools, the members a finishing stage entered whose
       N_Delta exceeds 0.1 N.
-    descending: optional K bools, the members whose Newton finish ran out
-      of iterations (still descending).
+    descending: optional K bools, the members still descending
+      (:func:`still_descending`).
 
   Returns:
     the K class names, ``jammed`` replaced by ``unbalanced`` where r_sub is

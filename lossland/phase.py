@@ -36,14 +36,15 @@ NOT_SAT = ("jammed", "unbalanced")
 def member_class(m: dict) -> str:
   """Class of one member of a summary (``class``; older summaries: stop reason).
 
-  A ``jammed`` member whose Newton finish ran out of iterations
-  (``finish_reason`` "max_iter") is ``unbalanced``: it was still descending
-  (:func:`lossland.observables.apply_force_balance`, the rule since
-  2026-12-06; summaries written before it have such members as jammed)."""
+  A ``jammed`` member that was still descending
+  (:func:`lossland.observables.still_descending`: its Newton finish ran out
+  of iterations, or the descent probe found a lower loss) is ``unbalanced``
+  (:func:`lossland.observables.apply_force_balance`, the rules since
+  2026-12-06; summaries written before them have such members as jammed)."""
   if "class" in m:
     return observables.apply_force_balance(
         [m["class"]], [m.get("force_residual")], None,
-        descending=[m.get("finish_reason") == "max_iter"])[0]
+        descending=[observables.still_descending(m)])[0]
   if m.get("stop_reason") == "sat" or m.get("n_delta") == 0:
     return "sat"
   return m.get("stop_reason", "unknown")
@@ -123,12 +124,16 @@ def cell_stats(record: dict, load_fn=None) -> dict:
       # the finishing stage (--finish): members it entered, left sat, left
       # as they were (the anneal's "kept"), and whose Newton finish ran out of
       # iterations ("max_iter": still descending, so never jammed; more
-      # --finish_iters may settle them)
+      # --finish_iters may settle them), and the others where the descent
+      # probe found a lower loss ("probe_descends": not minima either)
       "finish": {"entered": sum(bool(m.get("finished")) for m in members),
                  "sat": sum(bool(m.get("finished")) and c == "sat"
                             for m, c in zip(members, classes)),
                  "kept": sum(m.get("finish_reason") == "kept" for m in members),
-                 "max_iter": sum(m.get("finish_reason") == "max_iter" for m in members)},
+                 "max_iter": sum(m.get("finish_reason") == "max_iter" for m in members),
+                 "probe_descends": sum(m.get("finish_reason") != "max_iter"
+                                       and observables.still_descending(m)
+                                       for m in members)},
       "run_dir": record.get("run_dir"),
   }
 
@@ -655,7 +660,7 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
       "n_members": int(sum(c["n_members"] for c in stats)),
       "n_dead_point_members": int(sum(c["n_dead_points"] for c in stats)),
       "finish": {k: int(sum(c.get("finish", {}).get(k, 0) for c in stats))
-                 for k in ("entered", "sat", "kept", "max_iter")},
+                 for k in ("entered", "sat", "kept", "max_iter", "probe_descends")},
       "N": Ns[0] if len(Ns) == 1 else Ns,
       "width": stats[0]["width"] if stats else None,
       "d": stats[0]["d"] if stats else None,

@@ -10,7 +10,7 @@ its stored state. Prints one JSON line per member: the run, N, P, depth, the
 member, its class (``lossland.phase.member_class``, today's rules), the
 finish's reason, r_sub, the probe's gain, step and line, the model's
 lambda_min / lambda_max and the restoration's gain. Used to choose
-``kink_newton.DESCENT_RTOL`` (docs/jamming.md, fourteenth session). Writes
+``lossland.observables.DESCENT_RTOL`` (docs/jamming.md, fourteenth session). Writes
 nothing; a run that cannot be loaded is reported on stderr and skipped,
 and the exit status is then 2 (also for a directory without runs).
 """

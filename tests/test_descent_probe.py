@@ -45,7 +45,7 @@ def test_probe_finds_no_descent_at_the_finished_minimum_and_one_at_the_stall():
   r_sub 3e-4, the probe finds the loss lower nearby (the finish then
   lowers it further); at the minimum the
   finish reaches from it (r_sub 1e-12, no descent direction by one-sided
-  differences in test_kink_newton) it finds nothing beyond DESCENT_RTOL,
+  differences in test_kink_newton) it finds nothing beyond observables.DESCENT_RTOL,
   and moving the state onto its kink manifold changes its loss only by
   rounding."""
   cfg, params, ds = _seed1_stall()

@@ -354,7 +354,7 @@ def test_finish_members_replaces_only_the_entered_members():
 
 
 def test_job_finish_option_and_its_bad_input(tmp_path):
-  from lossland import job
+  from lossland import job, observables
   base = dict(dataset="sphere", P=40, d=3, depth=2, width=4, n_seeds=2, optimizer="lbfgs",
               lr=1e-3, max_steps=600, jam_window=200, jam_rtol=1e-6, finish="newton",
               finish_iters=20, out_dir=str(tmp_path))
@@ -369,8 +369,9 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
   assert not os.listdir(tmp_path)
   run_dir, summary = job.run_ensemble_job(base, progress=False, stdout=open(os.devnull, "w"))
   with np.load(os.path.join(run_dir, "arrays.npz")) as a:
-    for key in ("min_curvature", "force_residual_before_finish"):
+    for key in ("min_curvature", "force_residual_before_finish", "descent_gain"):
       assert a[key].shape == (2,)
+  assert summary["descent_rtol"] == observables.DESCENT_RTOL
   hinge_dir, hinge = job.run_ensemble_job(dict(base, finish_model="hinge"), progress=False,
                                           stdout=open(os.devnull, "w"))
   with open(os.path.join(hinge_dir, "config.json")) as f:
@@ -384,9 +385,12 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
       assert m["loss"] <= m["loss_before_finish"]
       assert m["finish_reason"] in ("converged", "max_iter", "stuck", "no_unsat", "no_force")
       assert m["finish_iterations"] <= 20 and 0 <= m["finish_restarts"] <= 20
-      # a finish that ran out of iterations was still descending: never jammed
+      # a finish that ran out of iterations, or where the descent probe
+      # found a lower loss, was still descending: never jammed
       assert m["class"] != "jammed" or m["finish_reason"] != "max_iter"
+      assert m["class"] != "jammed" or m["descent_gain"] >= -observables.DESCENT_RTOL
       assert m["force_residual_before_finish"] is not None and "min_curvature" in m
+      assert m["descent_gain"] is None or m["descent_gain"] <= 0
 
 
 def test_a_member_out_of_steps_that_the_finish_balances_is_jammed(tmp_path):

@@ -42,22 +42,33 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
   assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
-  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0}
+  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0, "probe_descends": 0}
 
 
 def test_finish_counts_per_cell_and_depth():
-  """--finish: members the stage entered, left sat, and kept as they were."""
-  r = _record(500, 200, ["sat", "sat", "unbalanced", "unbalanced", "jammed"])
+  """--finish: members the stage entered, left sat, kept as they were, that
+  ran out of iterations, and that the descent probe found descending (a
+  jammed member whose probe found the loss lower by more than
+  observables.DESCENT_RTOL is unbalanced; one just within it stays jammed)."""
+  from lossland import observables
+  r = _record(500, 200, ["sat", "sat", "unbalanced", "unbalanced", "jammed", "jammed",
+                         "jammed"])
+  tol = observables.DESCENT_RTOL
   extra = [{}, {"finished": True, "finish_reason": "sat"},
            {"finished": True, "finish_reason": "kept"},
-           {"finished": True, "finish_reason": "max_iter"}, {"finished": False}]
+           {"finished": True, "finish_reason": "max_iter"}, {"finished": False},
+           {"finished": True, "finish_reason": "stuck", "descent_gain": -3 * tol},
+           {"finished": True, "finish_reason": "converged", "descent_gain": -0.3 * tol}]
   for m, e in zip(r["summary"]["members"], extra):
     m.update(e)
+  assert [phase.member_class(m) for m in r["summary"]["members"][4:]] == [
+      "jammed", "unbalanced", "jammed"]
   s = phase.cell_stats(r)
-  assert s["finish"] == {"entered": 3, "sat": 1, "kept": 1, "max_iter": 1}
+  assert s["finish"] == {"entered": 5, "sat": 1, "kept": 1, "max_iter": 1, "probe_descends": 1}
   summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
                                        "separated": True, "bracketed": True})
-  assert summ["finish"] == {"entered": 6, "sat": 2, "kept": 2, "max_iter": 2}
+  assert summ["finish"] == {"entered": 10, "sat": 2, "kept": 2, "max_iter": 2,
+                            "probe_descends": 2}
 
 
 def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
@@ -657,3 +668,7 @@ def test_report_names_the_exponents_states():
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("classes {'sat': 3, 'unbalanced': 3}; finish: 4 entered, 3 ran out "
                            "of iterations (still descending: more --finish_iters may settle them)")
+  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 2, "probe_descends": 1}
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert lines[0].endswith("2 ran out of iterations (still descending: more --finish_iters "
+                           "may settle them), 1 more found descending by the descent probe")

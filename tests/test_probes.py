@@ -1,9 +1,9 @@
-"""scripts/finish_probe.py and scripts/margin_census.py (docs/jamming.md,
+"""scripts/finish_probe.py, scripts/margin_census.py and scripts/descent_census.py (docs/jamming.md,
 "where the descent goes"): on a member the L-BFGS polish leaves jammed, the
 probe's one-shot and segment modes never raise the loss, the per-unit table
 is the balanced net's, the decay mode and bad arguments behave, and the
 census counts hand-made margins exactly and agrees with the run's saved
-outputs."""
+outputs; the descent census repeats the job's own descent probe."""
 import contextlib
 import importlib.util
 import io
@@ -112,3 +112,26 @@ def test_margin_census_counts_hand_made_margins():
   out = _probe("margin_census").census(delta, 10)
   assert out["n_delta_over_n"] == 0.4
   assert out["near_margin_over_n"] == {"0.0001": 0.3, "0.001": 0.4, "0.01": 0.5}
+
+
+def test_descent_census_probes_the_finished_members(tmp_path):
+  """scripts/descent_census.py on a run with --finish: one line per finished
+  member with N_Delta > 0, its gain the library's descent_probe at the saved
+  state (recomputed here) and the job's own descent_gain; a study directory
+  is walked; a directory without runs exits 2."""
+  from lossland import experiment
+  from lossland.optim import kink_newton
+  run_dir, s = job.run_ensemble_job(dict(_JOB, finish="newton", finish_iters=15,
+                                         out_dir=str(tmp_path / "study" / "cells" / "c0")),
+                                    **QUIET)
+  census = _probe("descent_census")
+  rc, lines = _lines(census, ["descent_census.py", str(tmp_path / "study")])
+  assert rc == 0 and [r["member"] for r in lines] == [0] and lines[0]["run"] == run_dir
+  ens = experiment.load_ensemble(run_dir)
+  import jax
+  params = jax.tree_util.tree_map(lambda a: a[0], ens.params)
+  pr = kink_newton.descent_probe(ens.net, params, ens.data.x_train, ens.data.y_train, ens.loss)
+  assert lines[0]["gain"] == pr.gain and lines[0]["line"] == pr.line
+  assert lines[0]["gain"] == s["members"][0]["descent_gain"]
+  assert census.main(["descent_census.py", str(tmp_path / "empty")]) == 2
+  assert census.main(["descent_census.py"]) == 2

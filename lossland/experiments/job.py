@@ -153,7 +153,8 @@ class JobOptions:
       "every entrant in one program (lossland.optim.anneal; members with dead points "
       "enter too); anneal_newton: both. "
       "Its result replaces the member's params; summary.json gains each member's r_sub "
-      "before and after and min_curvature.", ("none", "newton", "anneal", "anneal_newton"))
+      "before and after, min_curvature and the descent probe's descent_gain "
+      "(kink_newton.descent_probe).", ("none", "newton", "anneal", "anneal_newton"))
   finish_iters: int = option(400, "Most trust-region iterations of the finish per member.")
   finish_model: str = option(
       "newton", "The Newton finish's step model: newton (the quadratic model of the loss "
@@ -177,11 +178,13 @@ class JobOptions:
       "this.")
   jam_max_residual: float = option(
       1e-6, "A member that stopped jammed is class jammed (a jammed minimum) only if its "
-      "force balance r_sub (lossland.stationarity) is at most this and its Newton finish, "
-      "if any, did not run out of iterations (it was still descending); otherwise class "
+      "force balance r_sub (lossland.stationarity) is at most this and it was not still "
+      "descending (its Newton finish, if any, did not run out of iterations and the "
+      "descent probe at its end found no loss lower by more than "
+      "observables.DESCENT_RTOL, relative); otherwise class "
       "unbalanced: counted as not sat, left out of the jamming exponents. inf: no r_sub "
       "criterion (jammed = the stall rule's verdict, as before issue 20, except members "
-      "whose Newton finish ran out of iterations). Rounding floor of "
+      "still descending). Rounding floor of "
       "r_sub at an exact minimum: ~1e-12 to 1e-16 in float64, 3e-8 to 9e-8 in float32 on "
       "small nets (docs/jamming.md).", allow_inf=True)
   bulk_float32: bool = option(
@@ -768,15 +771,18 @@ def _finish_row(fin: dict, k: int) -> dict:
           "finish_restarts": int(fin["restarts"][k]),
           "finish_anneal_rounds": int(fin["rounds"][k]),
           "finish_seconds": float(fin["seconds"][k]),
-          "min_curvature": num(fin["min_curvature"][k])}
+          "min_curvature": num(fin["min_curvature"][k]),
+          "descent_gain": num(fin["descent_gain"][k]),
+          "descent_step": num(fin["descent_step"][k])}
 
 
 def stationarity_arrays(members) -> dict:
   """arrays.npz's per-member force balance: ``force_residual``,
   ``force_residual_smooth`` [K] float64 (nan where not measured: sat or
   unhealthy members) and ``n_kink`` [K] int64 (-1 there); with ``--finish``
-  also ``force_residual_before_finish`` and ``min_curvature`` [K] float64
-  (nan for members that did not enter the finish)."""
+  also ``force_residual_before_finish``, ``min_curvature`` and
+  ``descent_gain`` [K] float64 (nan for members that did not enter the
+  finish)."""
   import numpy as np
   val = lambda m, k, none: none if m.get(k) is None else m[k]
   out = {"force_residual": np.array([val(m, "force_residual", np.nan) for m in members],
@@ -785,7 +791,7 @@ def stationarity_arrays(members) -> dict:
              [val(m, "force_residual_smooth", np.nan) for m in members], np.float64),
          "n_kink": np.array([val(m, "n_kink", -1) for m in members], np.int64)}
   if any("finished" in m for m in members):  # --finish: its own two arrays
-    for key in ("force_residual_before_finish", "min_curvature"):
+    for key in ("force_residual_before_finish", "min_curvature", "descent_gain"):
       out[key] = np.array([val(m, key, np.nan) for m in members], np.float64)
   return out
 
@@ -874,7 +880,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                 for k, m in enumerate(members)]
     classes = observables.apply_force_balance(
         classes, [m["force_residual"] for m in members], thr, finished,
-        [m.get("finish_reason") == "max_iter" for m in members])
+        [observables.still_descending(m) for m in members])
     for m, c in zip(members, classes):
       m["class"] = c
   ens = observables.ensemble_summary(np.asarray(res.f_test)[healthy], ds.y_test)
@@ -904,6 +910,7 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       "mean_loss": mean_of("loss"),
       "n_weights": n_w, "n_params": n_params, "P": ds.P,
       "jam_max_residual": thr,
+      **({"descent_rtol": observables.DESCENT_RTOL} if finish is not None else {}),
       "wall_seconds": wall, "group_size": res.group_size,
       **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
   }
@@ -1068,6 +1075,7 @@ def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None):
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,
                "seconds": info.seconds, "min_curvature": info.min_curvature,
+               "descent_gain": info.descent_gain, "descent_step": info.descent_step,
                "restarts": info.n_restarts, "rounds": info.n_rounds}
 
 

@@ -388,12 +388,15 @@ def _exponent_line(result: dict) -> str:
 
 
 def _finish_note(fin: dict) -> str:
-  """How many members the finish entered and how many of them ran out of
-  iterations (still descending, so never jammed); "" without a finish."""
+  """How many members the finish entered, how many of them ran out of
+  iterations and how many more the descent probe found descending (still
+  descending, so never jammed); "" without a finish."""
   if not fin.get("entered"):
     return ""
+  probe = (f", {fin['probe_descends']} more found descending by the descent probe"
+           if fin.get("probe_descends") else "")
   return (f"; finish: {fin['entered']} entered, {fin.get('max_iter', 0)} ran out of "
-          f"iterations (still descending: more --finish_iters may settle them)")
+          f"iterations (still descending: more --finish_iters may settle them){probe}")
 
 
 def report_lines(out: dict) -> list:

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lossland import losses, nets, stationarity
+from lossland import losses, nets, observables, stationarity
 from lossland.optim import frozen_derivs
 
 
@@ -719,9 +719,6 @@ def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   return float(ev[0] / max(abs(ev[-1]), 1e-300))
 
 
-# A member whose probe finds the true loss lower by more than this (relative)
-# before any rise is not a minimum (docs/jamming.md, fourteenth session).
-DESCENT_RTOL = 1e-11
 # The probe's steps along each line, in units of |w|.
 PROBE_STEPS = tuple(float(t) for t in np.logspace(-8, -1, 15))
 
@@ -745,6 +742,7 @@ class DescentProbe(NamedTuple):
       (:func:`min_curvature`, rescalings included).
     restore_gain: (L0 - L) / L, the change of moving the state itself onto
       the manifold (its kink pairs to z = 0 exactly).
+    params: the lowest point found (the input params where none is lower).
   """
   gain: float
   step: float
@@ -752,8 +750,9 @@ class DescentProbe(NamedTuple):
   n_trials: int
   min_curvature: float
   restore_gain: float
+  params: object = None
 
-  def descends(self, rtol: float = DESCENT_RTOL) -> bool:
+  def descends(self, rtol: float = observables.DESCENT_RTOL) -> bool:
     """Whether the probe found the loss lower by more than ``rtol``."""
     return bool(np.isfinite(self.gain) and self.gain < -rtol)
 
@@ -810,7 +809,8 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   smallest step up to the first point where the loss rises above L0 by more
   than ``tol`` relative, or where the contacts cannot be restored.
 
-  A gain below -``DESCENT_RTOL`` shows that the state is not a minimum. No
+  A gain below -``lossland.observables.DESCENT_RTOL`` shows that the state
+  is not a minimum (:func:`lossland.observables.still_descending`). No
   gain shows only that none of these lines descends: a necessary check,
   not a proof of minimality.
 
@@ -835,7 +835,7 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     raise ValueError("steps must be positive and increasing")
   m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol)
   if m is None:
-    return DescentProbe(float("nan"), 0.0, "", 0, float("nan"), float("nan"))
+    return DescentProbe(float("nan"), 0.0, "", 0, float("nan"), float("nan"), params)
   w, g, H, Z, A_pinv, fr = m["w"], m["g"], m["H"], m["Z"], m["A_pinv"], m["fr"]
   Hr = Z.T @ H @ Z
   ev_all = np.linalg.eigvalsh(Hr)
@@ -882,7 +882,7 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     w0 = w
   L0 = true_loss(w0)
   scale = float(np.linalg.norm(w0)) or 1.0
-  best, best_t, best_line, n_trials = 0.0, 0.0, "", 0
+  best, best_t, best_line, n_trials, best_w = 0.0, 0.0, "", 0, None
   for name, d in dirs:
     nd = float(np.linalg.norm(d))
     if nd == 0:
@@ -898,5 +898,8 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
         break
       if gain < best:
         best, best_t, best_line = gain, float(np.linalg.norm(v - w0)) / scale, name
+        best_w = v
+  unravel = ravel_pytree(params)[1]
   return DescentProbe(float(best), best_t, best_line, n_trials,
-                      float(ev_all[0] / lam_max), float((L0 - L) / abs(L)))
+                      float(ev_all[0] / lam_max), float((L0 - L) / abs(L)),
+                      params if best_w is None else unravel(jnp.asarray(best_w, x.dtype)))

@@ -52,8 +52,14 @@ class FinishInfo(NamedTuple):
     loss_before: the member's final loss measurement at entry (nan where not
       entered).
     n_iter: trust-region plus L-BFGS iterations (0 where not entered).
-    min_curvature: :func:`lossland.optim.kink_newton.min_curvature` at exit
-      (nan where not entered).
+    min_curvature: lambda_min / lambda_max of the model's Hessian on the
+      kink manifold at exit (:func:`lossland.optim.kink_newton.min_curvature`;
+      nan where not entered).
+    descent_gain: the relative loss change that
+      :func:`lossland.optim.kink_newton.descent_probe` found at exit (<= 0;
+      below -``observables.DESCENT_RTOL``: not a minimum; nan where not
+      entered or no point is unsatisfied).
+    descent_step: |w' - w| / |w| of that point (nan where not entered).
     seconds: host time of each member's finish (the anneal, which runs all
       entrants in one program, shared equally among them).
     n_restarts: restarts after a collapsed trust region (0 where not
@@ -71,13 +77,15 @@ class FinishInfo(NamedTuple):
   seconds: list
   n_restarts: list
   n_rounds: list
+  descent_gain: list
+  descent_step: list
 
   @classmethod
   def none(cls, K: int) -> "FinishInfo":
     """K members none of which entered."""
     nan = [float("nan")] * K
     return cls([False] * K, [False] * K, [""] * K, nan[:], nan[:], nan[:], [0] * K, nan[:],
-               [0.0] * K, [0] * K, [0] * K)
+               [0.0] * K, [0] * K, [0] * K, nan[:], nan[:])
 
 
 METHODS = ("newton", "anneal", "anneal_newton")
@@ -218,14 +226,15 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
         method, net, p, data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
         step_model)
     merge.put(k, p_new, p0)
-    curv = kink_newton.min_curvature(net, p_new, data.x_train, data.y_train, loss,
-                                     f_offset=offs[i])
+    probe = kink_newton.descent_probe(net, p_new, data.x_train, data.y_train, loss,
+                                      f_offset=offs[i])
     for field, value in (("entered", True), ("reason", reason),
                          ("converged", bool(rec.force_residual <= tol)),
                          ("residual_after", float(rec.force_residual)),
                          ("residual_before", float(r0)),
                          ("loss_before", float(res.final["loss"][k])),
-                         ("min_curvature", curv), ("n_iter", n_iter),
+                         ("min_curvature", probe.min_curvature), ("n_iter", n_iter),
+                         ("descent_gain", probe.gain), ("descent_step", probe.step),
                          ("seconds", time.time() - t0 + t_anneal), ("n_restarts", n_restarts),
                          ("n_rounds", 0 if annealed[i] is None else annealed[i].n_rounds)):
       getattr(info, field)[k] = value
@@ -233,5 +242,5 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
       log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
              f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
              f"iterations, {n_restarts} restarts, {info.n_rounds[k]} anneal rounds, "
-             f"{info.seconds[k]:.1f} s)")
+             f"descent probe {probe.gain:.1e}, {info.seconds[k]:.1f} s)")
   return merge.result(), info
