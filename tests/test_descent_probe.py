@@ -107,3 +107,37 @@ def test_probe_bad_arguments():
   for kw in (dict(n_modes=-1), dict(steps=[]), dict(steps=[1e-3, 1e-4]), dict(steps=[0, 1e-3])):
     with pytest.raises(ValueError):
       kink_newton.descent_probe(cfg, params, ds.x_train, ds.y_train, LOSS, **kw)
+
+
+def test_finish_escapes_a_collapsed_trust_region_that_the_probe_can_leave(monkeypatch):
+  """Where the trust region collapses with no step accepted, the finish asks
+  the descent probe: without the escape it stops "stuck" where it is; with
+  it (the default) it restarts from the probe's lower point. Every trust-
+  region step is rejected here (a stand-in for a model that fails along a
+  direction, docs/jamming.md), so each collapse is one with no step
+  accepted and every decrease is the escape's: at seed 1's stall (r_sub 3e-4,
+  the probe finds the loss lower) the finish escapes, ends lower by at least
+  the first probe's gain, and stops either "stuck" where the probe finds
+  nothing beyond observables.DESCENT_RTOL or out of iterations."""
+  cfg, params, ds = _seed1_stall()
+  x, y = ds.x_train, ds.y_train
+  _, apply_fn = nets.make_net(cfg)
+  L = _loss(apply_fn, x, y)
+  first = kink_newton.descent_probe(cfg, params, x, y, LOSS)
+  assert first.descends()
+
+  def reject(self, m):
+    self.radius *= 0.25
+    return -1.0, None
+  monkeypatch.setattr(kink_newton._Search, "_step", reject)
+  plain = kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=200, escape=False)
+  assert plain.reason == "stuck" and plain.n_escapes == 0 and plain.n_steps == 0
+  assert L(plain.params) == L(params)
+  logs = []
+  out = kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=200, log_fn=logs.append)
+  assert out.n_escapes >= 1 and out.n_restarts == out.n_escapes and out.n_steps == 0
+  assert sum("descent probe found" in t for t in logs) == out.n_escapes
+  assert L(out.params) <= L(params) * (1 + first.gain)
+  assert out.reason in ("stuck", "max_iter", "converged")
+  if out.reason == "stuck":
+    assert not kink_newton.descent_probe(cfg, out.params, x, y, LOSS).descends()

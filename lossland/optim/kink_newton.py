@@ -82,13 +82,17 @@ class FinishResult(NamedTuple):
     n_iter: iterations (each one dense Hessian).
     converged: the record's r_sub <= ``tol``.
     reason: "converged", "max_iter", "stuck" (the trust region collapsed
-      without an accepted step since the last restart), "no_unsat" (every
+      without an accepted step since the last restart, and the descent
+      probe found no loss lower by more than ``observables.DESCENT_RTOL``
+      there, where ``escape``), "no_unsat" (every
       point satisfied, at entry or after some steps), "no_force" (every
       unsatisfied point has zero force) or "decay_stationary" (with
       ``weight_decay``: stationary for the regularized loss).
     residual_before: r_sub of the params it was given.
     n_restarts: times the search was restarted from its last iterate after
-      its trust region collapsed.
+      its trust region collapsed (escapes included).
+    n_escapes: restarts from the lower point the descent probe found where
+      the trust region collapsed with no step accepted (``escape``).
   """
   params: object
   record: stationarity.Stationarity
@@ -99,6 +103,7 @@ class FinishResult(NamedTuple):
   reason: str
   residual_before: float = float("nan")
   n_restarts: int = 0
+  n_escapes: int = 0
 
 
 def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
@@ -396,19 +401,23 @@ class _Search:
     self.slopes, self.released, self.n_cross = {}, {}, {}
     self.L = self.true_loss(self.w)
     self.radius = 1e-3 * max(np.linalg.norm(self.w), 1.0)
-    self.n_changes = self.n_acc = self.n_restarts = self.acc_at_start = 0
+    self.n_changes = self.n_acc = self.n_restarts = self.acc_at_start = self.n_escapes = 0
 
-  def restarted(self, log_fn=None, it: int = 0) -> "_Search":
-    """A new search from the last iterate (the kink pairs measured there,
-    the initial radius), carrying the counters. For a trust region that
+  def restarted(self, log_fn=None, it: int = 0, params=None) -> "_Search":
+    """A new search from the last iterate (or from ``params``: the descent
+    probe's lower point), the kink pairs measured there, the initial radius,
+    carrying the counters. For a trust region that
     collapsed after progress: the contacts K it gathered (pairs that crossed
     back and forth) and its radius no longer fit the landscape there, and
     restarts keep lowering the loss (docs/jamming.md)."""
-    new = _Search(self.cfg, self.params(), self.x, self.y, self.loss, *self.settings)
+    new = _Search(self.cfg, self.params() if params is None else params, self.x, self.y,
+                  self.loss, *self.settings)
     new.n_changes, new.n_acc, new.n_restarts = self.n_changes, self.n_acc, self.n_restarts + 1
+    new.n_escapes = self.n_escapes + (params is not None)
     new.acc_at_start = self.n_acc
     if log_fn:
-      log_fn(f"iter {it}: trust region collapsed; restart {new.n_restarts} at L {new.L:.10e}")
+      log_fn(f"iter {it}: trust region collapsed; restart {new.n_restarts} at L {new.L:.10e}"
+             + (" (the descent probe's point)" if params is not None else ""))
     return new
 
   def params(self, w=None):
@@ -561,8 +570,27 @@ def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
   return None if math.isfinite(rec.force_residual) else "no_force"
 
 
+def _escape(st: _Search, log_fn, it: int):
+  """Where the trust region collapsed with no step accepted: the descent
+  probe's lower point if it found the loss lower by more than
+  ``observables.DESCENT_RTOL`` (a collapse is not a minimum: on a deep
+  N = 592 member the probe's Newton line went 7e-10 lower, relative, and the
+  finish converged from there in 29 iterations; docs/jamming.md, fourteenth
+  session), else None."""
+  if st.decay:
+    return None
+  pr = descent_probe(st.cfg, st.params(), st.x, st.y, st.loss, f_offset=st.settings[0],
+                     kink_rtol=st.settings[1])
+  if not pr.descends():
+    return None
+  if log_fn:
+    log_fn(f"iter {it}: the descent probe found the loss lower by {-pr.gain:.1e} "
+           f"(relative) along its {pr.line} line")
+  return pr.params
+
+
 def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
-             certify_every: int = 10):
+             certify_every: int = 10, escape: bool = True):
   """The finish's iterations: ``(search, last record, reason, last iteration)``;
   reason "" where the record decides (converged, every point satisfied)."""
   reason, certified = "", -certify_every
@@ -579,7 +607,11 @@ def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
     st.step(m, log_fn, it)
     if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
       if st.n_acc == st.acc_at_start:
-        return st, rec, "stuck", it
+        lower = _escape(st, log_fn, it) if escape else None
+        if lower is None:
+          return st, rec, "stuck", it
+        st = st.restarted(log_fn, it, params=lower)
+        continue
       rec = certify(st.params())
       if _done(rec, tol):  # e.g. every point satisfied by the last steps
         return st, rec, reason, it
@@ -591,7 +623,8 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
            log_fn=None, weight_decay: float = 0.0, step_model: str = "newton",
-           layerwise: bool = True, certify_every: int = 10) -> FinishResult:
+           layerwise: bool = True, certify_every: int = 10,
+           escape: bool = True) -> FinishResult:
   """Drive one network to a minimum of its loss where (1) holds, then certify it.
 
   A trust-region Newton method on the loss restricted to the kink manifold
@@ -640,6 +673,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       docs/jamming.md), so testing each iteration only costs time; 1 tests
       each one. The path of the search does not depend on it, only the
       iteration it stops at.
+    escape: where the trust region collapses with no step accepted, run
+      :func:`descent_probe` and, if it finds the loss lower by more than
+      ``observables.DESCENT_RTOL``, restart from its lower point instead of
+      stopping "stuck" (not with ``weight_decay``).
 
   Returns:
     A :class:`FinishResult`; its params are the last iterate, whose true loss
@@ -659,13 +696,15 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
   st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
                weight_decay, step_model, layerwise)
-  st, rec, reason, it = _iterate(st, certify, rec, tol, max_iter, log_fn, certify_every)
+  st, rec, reason, it = _iterate(st, certify, rec, tol, max_iter, log_fn, certify_every,
+                                 escape)
   params = st.params()
   if reason in ("max_iter", "stuck", "decay_stationary"):
     rec = certify(params)
   reason = _done(rec, tol) or reason
   return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,
-                      bool(rec.force_residual <= tol), reason, r0, st.n_restarts)
+                      bool(rec.force_residual <= tol), reason, r0, st.n_restarts,
+                      st.n_escapes)
 
 
 def _manifold_model(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,

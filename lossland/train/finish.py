@@ -62,7 +62,8 @@ class FinishInfo(NamedTuple):
     descent_step: |w' - w| / |w| of that point (nan where not entered).
     seconds: host time of each member's finish (the anneal, which runs all
       entrants in one program, shared equally among them).
-    n_restarts: restarts after a collapsed trust region (0 where not
+    n_restarts: restarts after a collapsed trust region, the descent
+      probe's escapes included (kink_newton.finish, ``escape``; 0 where not
       entered).
     n_rounds: rounds of the anneal run (0 where not entered or no anneal).
   """
