@@ -141,3 +141,29 @@ def test_finish_escapes_a_collapsed_trust_region_that_the_probe_can_leave(monkey
   assert out.reason in ("stuck", "max_iter", "converged")
   if out.reason == "stuck":
     assert not kink_newton.descent_probe(cfg, out.params, x, y, LOSS).descends()
+
+
+def test_the_finish_runs_its_host_linear_algebra_on_one_blas_thread():
+  """kink_newton.host_blas: one BLAS thread for nets of at most
+  ONE_BLAS_THREAD_MAX_N weights (measured faster there, BUILD_NOTES.md),
+  no change above, the previous limit back on exit; the finish's iterations
+  run under it (seen from its log callback)."""
+  from threadpoolctl import threadpool_info, threadpool_limits
+
+  def blas_threads():
+    return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+  if not blas_threads():
+    pytest.skip("no BLAS library visible to threadpoolctl")
+  with threadpool_limits(limits=2, user_api="blas"):
+    outer = blas_threads()
+    with kink_newton.host_blas(kink_newton.ONE_BLAS_THREAD_MAX_N):
+      assert blas_threads() == {1}
+    assert blas_threads() == outer
+    with kink_newton.host_blas(kink_newton.ONE_BLAS_THREAD_MAX_N + 1):
+      assert blas_threads() == outer
+    cfg, params, ds = _seed1_stall()
+    seen = []
+    kink_newton.finish(cfg, params, ds.x_train, ds.y_train, LOSS, tol=1e-10, max_iter=25,
+                       log_fn=lambda line: seen.append(blas_threads()))
+    assert seen and all(t == {1} for t in seen)
+    assert blas_threads() == outer

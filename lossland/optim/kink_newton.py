@@ -58,6 +58,8 @@ Jacobian of a ReLU net come layer by layer from
 kink rows and the slope columns one point per pair: ``python -m
 lossland.scripts.bench finish``.
 """
+import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -68,6 +70,37 @@ from jax.flatten_util import ravel_pytree
 
 from lossland import losses, nets, observables, stationarity
 from lossland.optim import frozen_derivs
+
+
+# The finish's host linear algebra (SVD, eigh and least squares of N x N and
+# K x N matrices) alternates with XLA programs. Up to this N one BLAS thread
+# is faster: 2 x 200 Newton iterations at N = 336 took 13.7 s with one
+# OpenBLAS thread and 19.6 s with two on the idle 2-core machine, 2 x 60 at
+# N = 592 29.3 s against 38.3 s (the idle threads spin-wait against XLA's);
+# the BLAS calls alone gain from a second thread from N ~ 1000 (an SVD, an
+# eigh and a product: 0.98 at N = 600, 1.53 at N = 1200; BUILD_NOTES.md).
+ONE_BLAS_THREAD_MAX_N = 1000
+
+
+def host_blas(n: int):
+  """A context with one BLAS thread in this process where ``n`` (the weights
+  of the net) is at most :data:`ONE_BLAS_THREAD_MAX_N`, else no change; the
+  previous limits come back on exit."""
+  if n > ONE_BLAS_THREAD_MAX_N:
+    return contextlib.nullcontext()
+  import importlib
+  from threadpoolctl import threadpool_limits
+  importlib.import_module("scipy.optimize")  # the certificate's BLAS, loaded so the limit covers it
+  return threadpool_limits(limits=1, user_api="blas")
+
+
+def _with_host_blas(fn):
+  """``fn(cfg, params, ...)`` under :func:`host_blas` of the params' size."""
+  @functools.wraps(fn)
+  def wrapped(cfg, params, *args, **kwargs):
+    with host_blas(int(ravel_pytree(params)[0].size)):
+      return fn(cfg, params, *args, **kwargs)
+  return wrapped
 
 
 class FinishResult(NamedTuple):
@@ -619,6 +652,7 @@ def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
   return st, rec, "max_iter", max_iter - 1
 
 
+@_with_host_blas
 def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            f_offset=None, tol: float = 1e-10, max_iter: int = 400,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
@@ -829,6 +863,7 @@ def rescaling_generators(cfg: nets.NetConfig, params) -> np.ndarray:
   return np.array(cols).T if cols else np.zeros((n, 0))
 
 
+@_with_host_blas
 def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
                   f_offset=None, kink_rtol: float = 1e-7, n_modes: int = 8,
                   steps=PROBE_STEPS, tol: float = 1e-13) -> DescentProbe:
