@@ -135,3 +135,53 @@ def test_descent_census_probes_the_finished_members(tmp_path):
   assert lines[0]["gain"] == s["members"][0]["descent_gain"]
   assert census.main(["descent_census.py", str(tmp_path / "empty")]) == 2
   assert census.main(["descent_census.py"]) == 2
+
+
+def _fake_study(root, cells):
+  """A phase study directory with sweep/cells.jsonl and one run per cell:
+  ``cells`` is a list of (P/N, classes, deltas [K, P]) with N = 10."""
+  os.makedirs(os.path.join(root, "sweep"))
+  with open(os.path.join(root, "sweep", "cells.jsonl"), "w") as fh:
+    for i, (x, classes, delta) in enumerate(cells):
+      run = os.path.join(root, "sweep", f"run{i}")
+      os.makedirs(run)
+      y = np.where(np.arange(delta.shape[1]) % 2, 1.0, -1.0)
+      np.savez(os.path.join(run, "arrays.npz"), f_train=y * (1.0 - delta), y_train=y)
+      members = [{"class": c, "loss": 1.0, "n_delta_over_n": 1.0, "stop_reason": "jammed"}
+                 for c in classes]
+      fh.write(json.dumps({"flags": {"depth": 2}, "run_dir": f"run{i}",
+                           "summary": {"members": members, "n_weights": 10,
+                                       "P": int(round(x * 10))}}) + "\n")
+
+
+def test_exponent_summary_pools_the_rows_members(tmp_path):
+  """scripts/exponent_summary.py: a row pools the members of its class in
+  the cells of its P/N range (the same fits as lossland.phase.pool_fits on
+  those members), draws the figure, and bad rows or studies exit 2."""
+  from lossland import phase
+  rng = np.random.default_rng(0)
+  delta = lambda K: np.where(rng.random((K, 40)) < 0.5, rng.random((K, 40)) ** 2,
+                             -rng.random((K, 40)))
+  study = str(tmp_path / "study")
+  _fake_study(study, [(2.0, ["jammed", "unbalanced", "sat"], delta(3)),
+                      (3.0, ["jammed", "jammed", "unbalanced"], delta(3))])
+  rows = [{"label": "deep", "study": study, "p_over_n": [2.5, 3.5], "class": "jammed"},
+          {"label": "all stalled", "study": study, "p_over_n": [1, 4], "class": "unbalanced"}]
+  path = tmp_path / "rows.json"
+  path.write_text(json.dumps(rows))
+  summ = _probe("exponent_summary")
+  rc, lines = _lines(summ, ["exponent_summary.py", str(path), str(tmp_path / "fig.png")])
+  assert rc == 0 and os.path.getsize(tmp_path / "fig.png") > 1000
+  assert [(r["cells"], r["members"]) for r in lines] == [(1, 2), (2, 2)]
+  recs = summ.cells_of(study)
+  _, th, ga = phase.pool_fits(recs[1:], select=lambda m: m["class"] == "jammed",
+                              gap_floor=phase.GAP_FLOOR, n_boot=500)
+  assert lines[0]["theta"] == th["exponent"] and lines[0]["gamma_ci"] == ga["ci"]
+  for bad in ([], [{"label": "x", "study": study, "p_over_n": [3, 2], "class": "jammed"}],
+              [{"label": "x", "study": study, "p_over_n": [1, 2], "class": "sat"}],
+              [{"label": "x", "study": str(tmp_path / "none"), "p_over_n": [1, 2],
+                "class": "jammed"}]):
+    path.write_text(json.dumps(bad))
+    assert summ.main(["exponent_summary.py", str(path), str(tmp_path / "f.png")]) == 2
+  assert summ.main(["exponent_summary.py", str(path)]) == 2
+  assert not os.path.exists(tmp_path / "f.png")
