@@ -15,8 +15,11 @@ by the linear map z -> d z with d = 1[z > 0] fixed, and d = s_k at the kink
 pairs. L~ is smooth (a polynomial in w) and its value is the loss wherever
 the pattern holds; the slopes act as Lagrange multipliers of the contacts
 z_k = 0 (the force that holds a unit at its kink). A smooth activation has no
-kinks and (1) is grad L = 0. A minimum also needs no direction of negative
-curvature on the manifold {z_K = 0}: :func:`min_curvature` measures it.
+kinks and (1) is grad L = 0. A minimum also needs no descent of second
+order on the manifold {z_K = 0}: :func:`min_curvature` gives the model's
+lowest curvature there, and :func:`descent_probe` looks for a descent of the
+true loss along the model's softest lines (the model's negative curvature
+alone is not the loss's, docs/jamming.md).
 
 How (:func:`finish`). A trust-region Newton method on L~ restricted to
 {z_K = 0} (null-space steps, Nocedal & Wright ch. 4 and 18; the exact
