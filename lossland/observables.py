@@ -178,7 +178,7 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
 # A member whose descent probe (lossland.optim.kink_newton.descent_probe)
 # found the true loss lower by more than this, relative, is not a minimum.
 # The force-balanced members of the studies kept on 2026-12-06 gain at most
-# 4.3e-11; most members still descending gain 1e-9 or more
+# 4.2e-11; most members still descending gain 1e-9 or more
 # (docs/jamming.md, fourteenth session).
 DESCENT_RTOL = 1e-10
 
