@@ -786,13 +786,14 @@ def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   the model's most negative direction (-5.6e-7 of lambda_max) was one along
   which the true loss rises (docs/jamming.md, thirteenth session); the
   slopes are ill-determined where many pairs sit at their kinks.
-  :func:`descent_probe` tests the true loss. Nan without unsatisfied points.
+  :func:`descent_probe` tests the true loss. Nan without unsatisfied points
+  or where the contacts fix every direction.
   """
   m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol)
   if m is None:
     return float("nan")
   ev = np.linalg.eigvalsh(m["Z"].T @ m["H"] @ m["Z"])
-  return float(ev[0] / max(abs(ev[-1]), 1e-300))
+  return float(ev[0] / max(abs(ev[-1]), 1e-300)) if ev.size else float("nan")
 
 
 # The probe's steps along each line, in units of |w|.
@@ -903,7 +904,8 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     tol: the rise (relative to L0) that ends a line.
 
   Returns:
-    a :class:`DescentProbe`; gain nan without unsatisfied points.
+    a :class:`DescentProbe`; gain nan without unsatisfied points, 0 (no
+    line probed) where the contacts fix every direction.
   """
   if n_modes < 0:
     raise ValueError(f"n_modes must be >= 0, got {n_modes}")
@@ -916,6 +918,8 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   w, g, H, Z, A_pinv, fr = m["w"], m["g"], m["H"], m["Z"], m["A_pinv"], m["fr"]
   Hr = Z.T @ H @ Z
   ev_all = np.linalg.eigvalsh(Hr)
+  if ev_all.size == 0:  # the contacts fix every direction: no line to probe
+    return DescentProbe(0.0, 0.0, "", 0, float("nan"), float("nan"), params)
   lam_max = max(abs(ev_all[-1]), 1e-300)
   B = np.eye(Z.shape[1])
   if m["relu"]:  # the rescalings out of the reduced space
