@@ -2,8 +2,8 @@
 
     python scripts/descent_census.py STUDY_DIR [STUDY_DIR ...]
 
-Every ``sweep/cells/*/ensemble/*`` run below each STUDY_DIR (or
-``cells/*/ensemble/*``, or STUDY_DIR itself if it is an ensemble run) is
+Every cell's run of each STUDY_DIR (a phase study's ``sweep/cells.jsonl``,
+a sweep's ``cells.jsonl``, or STUDY_DIR itself if it is an ensemble run) is
 loaded; for each member that entered a finishing stage and ends with
 unsatisfied points, :func:`lossland.optim.kink_newton.descent_probe` runs at
 its stored state. Prints one JSON line per member: the run, N, P, depth, the
@@ -14,7 +14,6 @@ lambda_min / lambda_max and the restoration's gain. Used to choose
 nothing; a run that cannot be loaded is reported on stderr and skipped,
 and the exit status is then 2 (also for a directory without runs).
 """
-import glob
 import json
 import os
 import sys
@@ -25,16 +24,19 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from lossland import experiment, io, phase  # noqa: E402
+from lossland.experiments import sweep  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
 
 
 def runs_below(root: str) -> list:
-  """The ensemble run directories of a study, a sweep or one run."""
+  """The ensemble run directories of a phase study (its sweep/), a sweep or
+  one run."""
   if os.path.isfile(os.path.join(root, "summary.json")):
     return [root]
-  pats = [os.path.join(root, "sweep", "cells", "*", "ensemble", "*", "summary.json"),
-          os.path.join(root, "cells", "*", "ensemble", "*", "summary.json")]
-  return sorted(os.path.dirname(f) for pat in pats for f in glob.glob(pat))
+  for sweep_dir in (os.path.join(root, "sweep"), root):
+    if os.path.isfile(os.path.join(sweep_dir, sweep.CELLS_FILE)):
+      return [r["run_dir"] for r in sweep.read_cells(sweep_dir)]
+  return []
 
 
 def probe_run(run: str, members=None):

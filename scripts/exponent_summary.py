@@ -22,6 +22,7 @@ import os
 import sys
 
 from lossland import phase
+from lossland.experiments import sweep
 
 CLASSES = ("jammed", "unbalanced")
 
@@ -46,16 +47,10 @@ def load_rows(path: str) -> list:
 
 def cells_of(study: str) -> list:
   """The records of a phase study's sweep/cells.jsonl, run_dir made absolute."""
-  path = os.path.join(study, "sweep", "cells.jsonl")
-  if not os.path.isfile(path):
+  sweep_dir = os.path.join(study, "sweep")
+  if not os.path.isfile(os.path.join(sweep_dir, sweep.CELLS_FILE)):
     raise ValueError(f"{study}: no sweep/cells.jsonl (not a phase study's --out_dir)")
-  out = []
-  with open(path) as fh:
-    for line in fh:
-      r = json.loads(line)
-      r["run_dir"] = os.path.join(study, "sweep", r["run_dir"])
-      out.append(r)
-  return out
+  return sweep.read_cells(sweep_dir)
 
 
 def row_fit(row: dict, n_boot: int = 500) -> dict:

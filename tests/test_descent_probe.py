@@ -118,7 +118,8 @@ def test_finish_escapes_a_collapsed_trust_region_that_the_probe_can_leave(monkey
   accepted and every decrease is the escape's: at seed 1's stall (r_sub 3e-4,
   the probe finds the loss lower) the finish escapes, ends lower by at least
   the first probe's gain, and stops either "stuck" where the probe finds
-  nothing beyond observables.DESCENT_RTOL or out of iterations."""
+  nothing beyond observables.DESCENT_RTOL (that probe is returned, so the
+  caller need not run it again) or out of iterations."""
   cfg, params, ds = _seed1_stall()
   x, y = ds.x_train, ds.y_train
   _, apply_fn = nets.make_net(cfg)
@@ -132,6 +133,7 @@ def test_finish_escapes_a_collapsed_trust_region_that_the_probe_can_leave(monkey
   monkeypatch.setattr(kink_newton._Search, "_step", reject)
   plain = kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=200, escape=False)
   assert plain.reason == "stuck" and plain.n_escapes == 0 and plain.n_steps == 0
+  assert plain.probe is None  # no escape, no probe
   assert L(plain.params) == L(params)
   logs = []
   out = kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=200, log_fn=logs.append)
@@ -141,6 +143,15 @@ def test_finish_escapes_a_collapsed_trust_region_that_the_probe_can_leave(monkey
   assert out.reason in ("stuck", "max_iter", "converged")
   if out.reason == "stuck":
     assert not kink_newton.descent_probe(cfg, out.params, x, y, LOSS).descends()
+  # at the minimum the finish reaches (steps not rejected: test above) the
+  # escape's probe finds nothing: "stuck", that probe returned with the params
+  monkeypatch.undo()
+  minimum = kink_newton.finish(cfg, params, x, y, LOSS, tol=1e-10, max_iter=400).params
+  monkeypatch.setattr(kink_newton._Search, "_step", reject)
+  at_min = kink_newton.finish(cfg, minimum, x, y, LOSS, tol=1e-14, max_iter=200)
+  assert at_min.reason == "stuck" and at_min.n_escapes == 0 and at_min.probe is not None
+  again = kink_newton.descent_probe(cfg, at_min.params, x, y, LOSS)
+  assert not again.descends() and at_min.probe.gain == again.gain
 
 
 def test_the_finish_runs_its_host_linear_algebra_on_one_blas_thread():

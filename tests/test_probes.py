@@ -121,9 +121,12 @@ def test_descent_census_probes_the_finished_members(tmp_path):
   is walked; a directory without runs exits 2."""
   from lossland import experiment
   from lossland.optim import kink_newton
+  sweep_dir = tmp_path / "study" / "sweep"
   run_dir, s = job.run_ensemble_job(dict(_JOB, finish="newton", finish_iters=15,
-                                         out_dir=str(tmp_path / "study" / "cells" / "c0")),
-                                    **QUIET)
+                                         out_dir=str(sweep_dir / "cells" / "c0")), **QUIET)
+  (sweep_dir / "cells.jsonl").write_text(json.dumps(
+      {"cell_id": "c0", "flags": {}, "run_dir": os.path.relpath(run_dir, sweep_dir),
+       "summary": {}}) + "\n")
   census = _probe("descent_census")
   rc, lines = _lines(census, ["descent_census.py", str(tmp_path / "study")])
   assert rc == 0 and [r["member"] for r in lines] == [0] and lines[0]["run"] == run_dir
@@ -149,7 +152,7 @@ def _fake_study(root, cells):
       np.savez(os.path.join(run, "arrays.npz"), f_train=y * (1.0 - delta), y_train=y)
       members = [{"class": c, "loss": 1.0, "n_delta_over_n": 1.0, "stop_reason": "jammed"}
                  for c in classes]
-      fh.write(json.dumps({"flags": {"depth": 2}, "run_dir": f"run{i}",
+      fh.write(json.dumps({"cell_id": f"c{i}", "flags": {"depth": 2}, "run_dir": f"run{i}",
                            "summary": {"members": members, "n_weights": 10,
                                        "P": int(round(x * 10))}}) + "\n")
 

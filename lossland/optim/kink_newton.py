@@ -129,6 +129,8 @@ class FinishResult(NamedTuple):
       its trust region collapsed (escapes included).
     n_escapes: restarts from the lower point the descent probe found where
       the trust region collapsed with no step accepted (``escape``).
+    probe: the :class:`DescentProbe` the escape ran at ``params`` where the
+      finish stopped "stuck" (it found no descent there), else None.
   """
   params: object
   record: stationarity.Stationarity
@@ -140,6 +142,7 @@ class FinishResult(NamedTuple):
   residual_before: float = float("nan")
   n_restarts: int = 0
   n_escapes: int = 0
+  probe: object = None
 
 
 def _frozen_forward(cfg: nets.NetConfig, params, x, pattern, pts, units, s):
@@ -438,6 +441,7 @@ class _Search:
     self.L = self.true_loss(self.w)
     self.radius = 1e-3 * max(np.linalg.norm(self.w), 1.0)
     self.n_changes = self.n_acc = self.n_restarts = self.acc_at_start = self.n_escapes = 0
+    self.stop_probe = None
 
   def restarted(self, log_fn=None, it: int = 0, params=None) -> "_Search":
     """A new search from the last iterate (or from ``params``: the descent
@@ -608,21 +612,18 @@ def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
 
 def _escape(st: _Search, log_fn, it: int):
   """Where the trust region collapsed with no step accepted: the descent
-  probe's lower point if it found the loss lower by more than
-  ``observables.DESCENT_RTOL`` (a collapse is not a minimum: on a deep
-  N = 592 member the probe's Newton line went 7e-10 lower, relative, and the
-  finish converged from there in 29 iterations; docs/jamming.md, fourteenth
-  session), else None."""
+  probe at the iterate (a collapse is not a minimum: on a deep N = 592
+  member the probe's Newton line went 7e-10 lower, relative, and the finish
+  converged from there in 29 iterations; docs/jamming.md, fourteenth
+  session); None with weight decay (the probe measures the loss alone)."""
   if st.decay:
     return None
   pr = descent_probe(st.cfg, st.params(), st.x, st.y, st.loss, f_offset=st.settings[0],
                      kink_rtol=st.settings[1])
-  if not pr.descends():
-    return None
-  if log_fn:
+  if pr.descends() and log_fn:
     log_fn(f"iter {it}: the descent probe found the loss lower by {-pr.gain:.1e} "
            f"(relative) along its {pr.line} line")
-  return pr.params
+  return pr
 
 
 def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
@@ -643,10 +644,11 @@ def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
     st.step(m, log_fn, it)
     if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
       if st.n_acc == st.acc_at_start:
-        lower = _escape(st, log_fn, it) if escape else None
-        if lower is None:
+        probe = _escape(st, log_fn, it) if escape else None
+        if probe is None or not probe.descends():
+          st.stop_probe = probe  # the probe at the params the finish returns
           return st, rec, "stuck", it
-        st = st.restarted(log_fn, it, params=lower)
+        st = st.restarted(log_fn, it, params=probe.params)
         continue
       rec = certify(st.params())
       if _done(rec, tol):  # e.g. every point satisfied by the last steps
@@ -741,7 +743,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   reason = _done(rec, tol) or reason
   return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,
                       bool(rec.force_residual <= tol), reason, r0, st.n_restarts,
-                      st.n_escapes)
+                      st.n_escapes, st.stop_probe)
 
 
 def _manifold_model(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,

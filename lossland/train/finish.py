@@ -93,9 +93,10 @@ METHODS = ("newton", "anneal", "anneal_newton")
 
 
 def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton"):
-  """One member: ``(params, record, reason, r_before, n_iter, n_restarts)``;
-  ``annealed``: its :class:`lossland.optim.anneal.AnnealResult` (anneal
-  methods) or None."""
+  """One member: ``(params, record, reason, r_before, n_iter, n_restarts,
+  probe)``, ``probe`` the descent probe the Newton finish already ran at
+  ``params`` (stopped "stuck") or None; ``annealed``: its
+  :class:`lossland.optim.anneal.AnnealResult` (anneal methods) or None."""
   from lossland import stationarity
   n_iter, r0, reason = 0, None, ""
   if annealed is not None:
@@ -106,11 +107,12 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
     if method == "anneal":
       rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
       reason = "sat" if rec.n_unsat == 0 else reason
-      return p, rec, reason, r0, n_iter, 0
+      return p, rec, reason, r0, n_iter, 0, None
   out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol, max_iter=max_iter,
                            step_model=step_model)
   r0 = out.residual_before if r0 is None else r0
-  return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts)
+  return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts,
+          out.probe)
 
 
 class _Merge:
@@ -223,12 +225,13 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
              f"at most {max_iter} iterations")
     p = jax.tree_util.tree_map(lambda a: a[k], merge.params)
     p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
-    p_new, rec, reason, r0, n_iter, n_restarts = _finish_one(
+    p_new, rec, reason, r0, n_iter, n_restarts, probe = _finish_one(
         method, net, p, data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
         step_model)
     merge.put(k, p_new, p0)
-    probe = kink_newton.descent_probe(net, p_new, data.x_train, data.y_train, loss,
-                                      f_offset=offs[i])
+    if probe is None:  # not already run at p_new by the finish's escape
+      probe = kink_newton.descent_probe(net, p_new, data.x_train, data.y_train, loss,
+                                        f_offset=offs[i])
     for field, value in (("entered", True), ("reason", reason),
                          ("converged", bool(rec.force_residual <= tol)),
                          ("residual_after", float(rec.force_residual)),
