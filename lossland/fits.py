@@ -250,6 +250,17 @@ def _pl_exponent(stat, x_min, x_max, n):
   return s - 1.0
 
 
+def _log_int_exp(s: float, L: float) -> float:
+  """log of int_0^L e^{s u} du = (e^{sL} - 1) / s, without overflow where
+  s L is large (samples piled at x_max push the MLE there)."""
+  x = s * L
+  if abs(x) < 1e-12:
+    return math.log(L)
+  if x > 0:  # log(e^x - 1) = x + log(1 - e^-x)
+    return x + math.log(-math.expm1(-x)) - math.log(s)
+  return math.log(-math.expm1(x)) - math.log(-s)
+
+
 def _pl_loglik(a, logx_sum, n, x_min, x_max):
   s = a + 1.0
   if x_min == 0:
@@ -258,8 +269,7 @@ def _pl_loglik(a, logx_sum, n, x_min, x_max):
     # p(x) = (-s / x_min) (x / x_min)^a on [x_min, inf)
     return n * math.log(-s / x_min) + a * (logx_sum - n * math.log(x_min))
   L = math.log(x_max / x_min)
-  log_norm = (math.log(L) if abs(s * L) < 1e-12 else
-              math.log(abs(math.expm1(s * L) / s)))  # int_0^L e^{s u} du
+  log_norm = _log_int_exp(s, L)
   return a * (logx_sum - n * math.log(x_min)) - n * log_norm - n * math.log(x_min)
 
 
@@ -352,7 +362,8 @@ def _pl_stderr(a, n, x_min, x_max):
   if abs(sl) < 1e-4:
     var = L * L / 12
   else:
-    var = 1.0 / s**2 - L * L / (4 * math.sinh(sl / 2) ** 2)
+    e = math.exp(-abs(sl))  # L^2 / (4 sinh^2(sL / 2)), no overflow at large |sL|
+    var = 1.0 / s**2 - L * L * e / (1.0 - e) ** 2
   return 1.0 / math.sqrt(max(n * var, 1e-300))
 
 

@@ -157,3 +157,26 @@ def test_log_log_t_interval_is_the_textbook_one():
   half = stats.t.ppf(0.975, 4) * r.stderr
   np.testing.assert_allclose([lo, hi], [r.slope - half, r.slope + half], rtol=1e-10)
   assert fits.log_log_t_interval(x[:2], y[:2]) == [None, None]
+
+
+def test_power_law_mle_on_samples_piled_at_the_top_of_the_range():
+  """Samples just below x_max on [x_min, x_max]: the MLE sits near the edge
+  of its bracket, where (e^{sL} - 1) / s overflows a float; the
+  log-likelihood is computed without it and equals the closed form."""
+  x_min, x_max = 1e-3, 1.0
+  s = np.array([0.9999, 0.99995, 0.99999, 0.999999])
+  f = fits.power_law_mle(s, x_min, x_max, n_boot=20)
+  assert f["exponent"] is not None and f["exponent"] > 50
+  L = np.log(x_max / x_min)
+  for a in (-0.5, 3.0, 200.0, 5000.0):
+    sa = a + 1
+    # log((e^{sa L} - 1) / sa) in closed form, written to avoid overflow by hand
+    want = sa * L + np.log1p(-np.exp(-sa * L)) - np.log(sa)
+    assert fits._log_int_exp(sa, L) == pytest.approx(want, rel=1e-12)
+  assert fits._log_int_exp(-2.0, L) == pytest.approx(np.log((1 - np.exp(-2 * L)) / 2))
+  assert fits._log_int_exp(1e-15, L) == pytest.approx(np.log(L))
+  for a in (-3.0, 0.3, 4.0):
+    sl = (a + 1) * L
+    var = 1 / (a + 1) ** 2 - L * L / (4 * np.sinh(sl / 2) ** 2)
+    assert fits._pl_stderr(a, 10, x_min, x_max) == pytest.approx(1 / np.sqrt(10 * var))
+  assert 0 < fits._pl_stderr(5000.0, 10, x_min, x_max) < np.inf
