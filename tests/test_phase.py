@@ -487,7 +487,10 @@ def test_net_flags_reach_every_cell(extra, want, tmp_path):
                                  ["--preset", "cpu", "--sizes", "300", "--N", "300"],
                                  ["--preset", "cpu", "--sizes", "0,300"],
                                  ["--preset", "cpu", "--gap_floor", "-1"],
-                                 ["--preset", "cpu", "--gap_floor", "nan"]])
+                                 ["--preset", "cpu", "--gap_floor", "nan"],
+                                 ["--preset", "cpu", "--finish_from", "runs/x"],
+                                 ["--preset", "cpu", "--finish", "newton", "--finish_from",
+                                  "no_such_study"]])
 def test_bad_flags_exit_2(bad, tmp_path):
   r = _run(bad, tmp_path)
   assert r.returncode == 2, r.stderr

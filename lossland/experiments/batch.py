@@ -36,14 +36,15 @@ CELL_OPTIONS = ("dataset", "data_file", "data_dir", "classes", "split", "P", "n_
 
 def batch_key(values: dict) -> str | None:
   """What jobs must share to train in one program (a string), or None for a
-  job that cannot (mini-batch training samples padded points).
+  job that cannot (mini-batch training samples padded points; ``--finish_from``
+  trains nothing).
 
   Raises:
     JobError: bad options (as the job).
   """
   v = job_lib.validate(values)
   net, loss, cfg = job_lib.configs(v)
-  if cfg.batch_size:
+  if cfg.batch_size or v["finish_from"] is not None:  # --finish_from trains nothing
     return None
   shared = {k: x for k, x in job_lib.key_values(v).items()
             if k not in CELL_OPTIONS and k not in ("width", "N")}

@@ -155,7 +155,14 @@ class JobOptions:
       "Its result replaces the member's params; summary.json gains each member's r_sub "
       "before and after, min_curvature and the descent probe's descent_gain "
       "(kink_newton.descent_probe).", ("none", "newton", "anneal", "anneal_newton"))
-  finish_iters: int = option(400, "Most trust-region iterations of the finish per member.")
+  finish_iters: int = option(400, "Most trust-region iterations of the finish per member "
+                             "(with --finish_from: more iterations on top of RUN's).")
+  finish_from: str | None = option(
+      None, "Continue the finishing stage of RUN, a finished ensemble run of the same "
+      "options (all but the finish's own): its members are not trained again; the finish "
+      "runs --finish_iters more iterations from their final params on those whose finish "
+      "in RUN did not end at a minimum, and the run written is RUN with them replaced "
+      "(iterations and seconds add up; lossland/experiments/finish_from.py).")
   finish_model: str = option(
       "newton", "The Newton finish's step model: newton (the quadratic model of the loss "
       "with the ReLU pattern frozen) or hinge (the margins exact in the model, so that "
@@ -353,6 +360,8 @@ def validate(values: dict) -> dict:
   except ValueError as e:
     raise JobError(f"--anneal_levels: {e}") from None
   need(v["jam_max_residual"] > 0, "jam_max_residual", "must be positive (inf: no criterion)")
+  if v["finish_from"] is not None and v["finish"] == "none":
+    raise JobError("--finish_from continues a finishing stage: give --finish")
   if v["finish"] != "none" and not v["x64"]:
     raise JobError(f"--finish {v['finish']} measures force balance to 1e-10: it needs --x64")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
@@ -954,9 +963,12 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None,
   ckpt = None
   ok = False
   try:
-    ckpt = _checkpoint_path(v, dirs, say)
-    bar.note("compiling and running the first chunk...")
-    res, polish, cfg2, wall, fin = _train(v, job, ckpt, bar)
+    if v["finish_from"] is None:
+      ckpt = _checkpoint_path(v, dirs, say)
+      bar.note("compiling and running the first chunk...")
+      res, polish, cfg2, wall, fin = _train(v, job, ckpt, bar)
+    else:
+      res, polish, cfg2, wall, fin = _continue_finish(v, job, bar)
     summary = job_summary(v, job, res, polish, wall, ckpt, fin)
     dirs.makedirs(v["out_dir"])
     run_dir = write_job_run(v, job, res, polish, cfg2, summary)
@@ -1055,22 +1067,42 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
   return res, polish, cfg2, time.time() - t0, fin
 
 
+def _continue_finish(v: dict, job: Job, bar) -> tuple:
+  """``--finish_from``: RUN's members with their finish continued
+  (:mod:`lossland.experiments.finish_from`); returns what :func:`_train` does."""
+  from lossland.experiments import finish_from
+  t0 = time.time()
+  prev = finish_from.load(v, job)
+  method = finish_from.method_now(prev, v["finish"])
+  members = finish_from.continued(prev)
+  n = "every member that stopped jammed" if members is None else f"{len(members)} member(s)"
+  bar.note(f"continuing the finish of {prev.path}: {method} on {n}...")
+  cfg2 = polish_config(v, job.cfg)
+  res, fin = finish_jammed(dict(v, finish=method), job, prev.res, cfg2 or job.cfg,
+                           log_fn=bar.note, members=members)
+  bar(1, 1, "done")
+  bar.close()
+  return res, prev.polish, cfg2, prev.wall + time.time() - t0, finish_from.merge(prev, fin)
+
+
 def anneal_levels(v: dict) -> tuple:
   """The parsed ``--anneal_levels`` (ValueError if malformed)."""
   from lossland.optim import anneal
   return anneal.parse_levels(v["anneal_levels"])
 
 
-def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None):
+def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None):
   """The finishing stage (:mod:`lossland.train.finish`) on the members that
-  stopped jammed: ``(res, dict of per-member lists)``; ``log_fn(str)``: its
-  progress (the anneal's levels, each member's start and result)."""
+  stopped jammed (only those of ``members`` if given): ``(res, dict of
+  per-member lists)``; ``log_fn(str)``: its progress (the anneal's levels,
+  each member's start and result)."""
   from lossland.train import finish
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
                                     max_iter=v["finish_iters"], method=v["finish"],
                                     levels=anneal_levels(v), anneal_iters=v["anneal_iters"],
                                     step_model=v["finish_model"],
-                                    anneal_rounds=v["anneal_rounds"], log_fn=log_fn)
+                                    anneal_rounds=v["anneal_rounds"], log_fn=log_fn,
+                                    members=members)
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,
@@ -1097,6 +1129,8 @@ def job_summary(v: dict, job: Job, res, polish, wall: float, ckpt, fin=None) -> 
   summary["label_noise"] = v["label_noise"]
   summary["n_labels_flipped"] = int(job.flipped.sum())
   summary["kink_rtol"] = kink_rtol_for(job.ds.x_train.dtype)
+  if v["finish_from"] is not None:
+    summary["finish_from"] = v["finish_from"]
   return summary
 
 

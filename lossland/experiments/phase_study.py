@@ -16,7 +16,7 @@ import os
 from typing import Callable, Sequence
 
 from lossland import nets, phase
-from lossland.experiments import grid, job, study
+from lossland.experiments import finish_from, grid, job, study
 from lossland.experiments.options import OptionError, check_fields, option
 
 # Job options of the ``net`` choices (docs/jamming.md, "The authors' networks").
@@ -79,6 +79,12 @@ class PhaseConfig:
       1, "New P/N per depth in each bracketing/bisection round: k points split the "
       "bracket into k + 1 parts (a parallel bisection; with --batch_cells one program per "
       "depth and round).")
+  finish_from: str | None = option(
+      None, "Continue the finishing stage of the study in this out_dir, run with the same "
+      "options but the finish's own (e.g. a smaller --finish_iters): each cell it has "
+      "continues that cell's finish for --finish_iters more iterations per member (the "
+      "ensemble job's --finish_from) instead of training again; cells it lacks (new P/N "
+      "of the bisection) run whole. Needs --finish and another --out_dir.")
   job: dict = option({}, "Ensemble-job options of every cell (the protocol).", flag=False)
   auto_workers: bool = option(False, "workers=None means lossland.experiments.grid."
                               "auto_workers() (else 1).", flag=False)
@@ -100,6 +106,12 @@ class PhaseConfig:
       raise OptionError(f"need one width per depth ({len(self.depths)}): --widths or --N")
     if not self.p_over_n:
       raise OptionError("--p_over_n needs positive values")
+    if self.finish_from is not None:
+      if self.job.get("finish", "none") == "none":
+        raise OptionError("--finish_from continues a finishing stage: give --finish")
+      if os.path.abspath(self.finish_from) == os.path.abspath(self.out_dir):
+        raise OptionError("--finish_from needs another --out_dir than the study it "
+                          "continues")
     self.shard_index()
     check_fields(self, (("rounds", self.rounds >= 0), ("n_seeds", self.n_seeds > 0),
                         ("n_boot", self.n_boot >= 0),
@@ -318,6 +330,9 @@ def run(config: PhaseConfig, log_fn: Callable = print) -> dict:
   batch = config.batched()
   run_cells = lambda cells: grid.run_cells(cells, sweep_dir, shard=(i, n), workers=workers,
                                            log_fn=log_fn, batch_cells=batch)
+  if config.finish_from is not None:
+    run_cells = finish_from.continuing(run_cells, finish_from.study_runs(config.finish_from),
+                                       log_fn)
   runs = []
   for n_target, groups in zip(sizes, groups_per_size):
     if n_target is not None:

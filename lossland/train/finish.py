@@ -165,7 +165,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                    tol: float, max_iter: int = 400, entry=("jammed", "max_steps"),
                    log_fn: Callable | None = None, method: str = "newton",
                    levels=None, anneal_iters: int = 4000, step_model: str = "newton",
-                   anneal_rounds: int = 1) -> tuple:
+                   anneal_rounds: int = 1, members=None) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -187,6 +187,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
       (:data:`lossland.optim.kink_newton.STEP_MODELS`).
     anneal_rounds: most rounds of the anneal
       (:func:`lossland.optim.anneal.anneal_members`).
+    members: indices; only these may enter (default: every member).
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -201,6 +202,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   if not isinstance(net, nets.NetConfig):
     return res, info
   idx = _entrants(res, data, net, loss, entry, dead_enter=method != "newton")
+  if members is not None:
+    idx = [k for k in idx if k in set(members)]
   if not idx:
     return res, info
   merge = _Merge(res, data, make_trainer(net, loss, cfg))

@@ -1,0 +1,189 @@
+"""``--finish_from``: a finish continued from a finished run (job and phase study)."""
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+jax.config.update("jax_enable_x64", True)
+
+from lossland import experiment, io  # noqa: E402
+from lossland.experiments import finish_from, job  # noqa: E402
+from lossland.optim import kink_newton  # noqa: E402
+
+# A one-unit tanh net on random labels (N = 6, P = 40), stopped by its step
+# budget away from a minimum: the Newton finish balances it in ~40 iterations
+# (tests/test_kink_newton.py), so 2 leave every member still descending.
+BASE = dict(dataset="sphere", P=40, d=5, depth=1, width=1, activation="tanh", n_seeds=3,
+            optimizer="adam", lr=1e-2, max_steps=200, polish="lbfgs", polish_steps=30,
+            polish_jam_window=10, finish="newton", finish_iters=2, plots=False)
+QUIET = dict(progress=False, stdout=open(os.devnull, "w"))
+
+
+def _run(tmp_path, name, **kw):
+  return job.run_ensemble_job(dict(BASE, out_dir=str(tmp_path / name), **kw), **QUIET)
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory):
+  """A run whose finish ran out of its 2 iterations on every member."""
+  run_dir, summary = _run(tmp_path_factory.mktemp("short"), "a")
+  assert [m["finish_reason"] for m in summary["members"]] == ["max_iter"] * 3
+  return run_dir, summary
+
+
+def test_the_continuation_is_the_finish_from_the_runs_end(short, tmp_path):
+  """Each continued member ends where kink_newton.finish from RUN's params
+  does, for the same iterations; the counters add up, r_sub before the
+  finish is RUN's, and the histories, stop reasons and polish are RUN's."""
+  run_dir, before = short
+  cont_dir, after = _run(tmp_path, "b", finish_iters=60, finish_from=run_dir)
+  prev, now = experiment.load_ensemble(run_dir), experiment.load_ensemble(cont_dir)
+  x, y = prev.data.x_train, prev.data.y_train
+  for k, (m0, m1) in enumerate(zip(before["members"], after["members"])):
+    params, _ = prev.member(k)
+    want = kink_newton.finish(prev.net, params, x, y, prev.loss, tol=1e-10, max_iter=60)
+    got, _ = now.member(k)
+    np.testing.assert_array_equal(ravel_pytree(got)[0], ravel_pytree(want.params)[0])
+    assert m1["finish_reason"] == want.reason == "converged"
+    assert m1["finish_iterations"] == m0["finish_iterations"] + want.n_iter
+    assert m1["finish_restarts"] == m0["finish_restarts"] + want.n_restarts
+    assert m1["force_residual_before_finish"] == m0["force_residual_before_finish"]
+    assert m1["loss_before_finish"] == m0["loss_before_finish"]
+    assert m1["finish_seconds"] > m0["finish_seconds"]
+    assert m1["force_residual"] == pytest.approx(want.record.force_residual, rel=1e-6)
+    assert m1["class"] == "jammed" and m0["class"] != "jammed"
+    for key in ("stop_reason", "steps", "polished", "polish_steps", "loss_before_polish",
+                "stop_before_polish"):
+      assert m1[key] == m0[key], key
+  assert after["finish_from"] == run_dir
+  assert after["wall_seconds"] > before["wall_seconds"]
+  a, b = io.load_run(run_dir).arrays, io.load_run(cont_dir).arrays
+  kept = [k for k in a if k.startswith(("history_", "polish_")) or k in (
+      "params_init", "stop_code", "steps", "seeds", "x_train", "y_train", "polished")]
+  assert "polish_history_loss" in kept and "history_unsat" not in a
+  for k in kept:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert set(a) == set(b)
+
+
+def test_a_member_at_a_minimum_is_not_continued_again(short, tmp_path):
+  """Continuing a run whose members all ended at minima changes nothing."""
+  done_dir, done = _run(tmp_path, "b", finish_iters=60, finish_from=short[0])
+  again_dir, again = _run(tmp_path, "c", finish_iters=60, finish_from=done_dir)
+  np.testing.assert_array_equal(io.load_run(done_dir).arrays["params_final"],
+                                io.load_run(again_dir).arrays["params_final"])
+  assert again["members"] == done["members"]
+
+
+def test_continuing_a_run_without_a_finish_equals_a_run_with_it(short, tmp_path):
+  """RUN read back (members, polish, histories) is the run itself: the
+  whole finish from it equals the job that trains and finishes at once."""
+  bare_dir, _ = _run(tmp_path, "bare", finish="none", finish_iters=400)
+  cont_dir, cont = _run(tmp_path, "cont", finish_iters=60, finish_from=bare_dir)
+  once_dir, once = _run(tmp_path, "once", finish_iters=60)
+  a, b = io.load_run(cont_dir).arrays, io.load_run(once_dir).arrays
+  assert set(a) == set(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  clean = lambda s: [{k: v for k, v in m.items() if k != "finish_seconds"}
+                     for m in s["members"]]
+  assert clean(cont) == clean(once)
+  assert "finish_from" not in once and cont["finish_from"] == bare_dir
+
+
+@pytest.mark.parametrize("change,word", [
+    (dict(lr=2e-2), "--lr"),
+    (dict(n_seeds=2), "seeds"),
+    (dict(finish="anneal_newton"), "same --finish"),
+    (dict(finish="none"), "give --finish"),
+    (dict(finish_from="nowhere"), "not found"),
+], ids=["other_lr", "other_seeds", "other_finish", "no_finish", "missing"])
+def test_a_run_of_other_options_is_refused_and_nothing_written(short, tmp_path, change, word):
+  kw = dict(finish_from=short[0], finish_iters=60)
+  kw.update(change)
+  if kw["finish_from"] == "nowhere":
+    kw["finish_from"] = str(tmp_path / "nowhere")
+  with pytest.raises(job.JobError, match=word):
+    _run(tmp_path, "out", **kw)
+  assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")
+
+
+def test_a_data_file_that_changed_since_the_run_is_refused(tmp_path):
+  """Same options, other numbers in the file: the data are compared."""
+  rng = np.random.default_rng(0)
+  path = tmp_path / "data.npz"
+  np.savez(path, x_train=rng.normal(size=(30, 5)), y_train=np.arange(30) % 2)
+  kw = dict(BASE, dataset="npz", data_file=str(path), P=30)
+  run_dir, _ = job.run_ensemble_job(dict(kw, out_dir=str(tmp_path / "a")), **QUIET)
+  np.savez(path, x_train=rng.normal(size=(30, 5)), y_train=np.arange(30) % 2)
+  with pytest.raises(job.JobError, match="x_train differs"):
+    job.run_ensemble_job(dict(kw, out_dir=str(tmp_path / "b"), finish_from=run_dir), **QUIET)
+  assert not os.path.exists(tmp_path / "b")
+
+
+def test_which_members_continue():
+  """Table-driven: after a run without a finish every entrant (None); else
+  those that entered and did not end at a minimum."""
+  nan = float("nan")
+
+  def prev(rows):
+    fin = {f: [] for f in finish_from.FIELDS}
+    for entered, converged, reason, gain in rows:
+      for f, x in zip(("entered", "converged", "reason", "descent_gain"),
+                      (entered, converged, reason, gain)):
+        fin[f].append(x)
+    return finish_from.Previous("RUN", None, None, fin, "newton", 1.0)
+
+  assert finish_from.continued(finish_from.Previous("RUN", None, None, None, "none", 1)) is None
+  rows = [(False, False, "", nan),            # never entered: sat, dead points
+          (True, True, "converged", 0.0),     # a minimum
+          (True, True, "converged", -1e-8),   # balanced, the probe still descends
+          (True, False, "max_iter", -1e-5),   # out of iterations
+          (True, False, "stuck", 0.0)]        # above the target, the probe finds nothing
+  assert finish_from.continued(prev(rows)) == [2, 3, 4]
+  p = finish_from.Previous("RUN", None, None, None, "none", 1)
+  assert finish_from.method_now(p, "anneal_newton") == "anneal_newton"
+  p.finish = {}
+  assert finish_from.method_now(p, "anneal_newton") == "newton"
+  assert finish_from.method_now(p, "anneal") == "anneal"
+
+
+def test_phase_finish_from_continues_each_cell(short, tmp_path):
+  """A study continued cell by cell: each cell's run continues the matching
+  cell of the first study; a cell the first study lacks runs whole."""
+  from lossland.experiments import phase_study, sweep
+  from lossland.experiments.options import OptionError
+  cell_job = {k: v for k, v in BASE.items()
+              if k not in ("dataset", "P", "d", "depth", "width", "n_seeds", "plots")}
+  base = dict(depths=(1,), widths=(1,), d=5, n_seeds=2, rounds=0, n_boot=10, plots=False)
+  first = phase_study.PhaseConfig(p_over_n=(4.0,), out_dir=str(tmp_path / "a"),
+                                  job=cell_job, **base)
+  phase_study.run(first, log_fn=lambda m: None)
+  lines = []
+  second = phase_study.PhaseConfig(p_over_n=(4.0, 5.0), out_dir=str(tmp_path / "b"),
+                                   finish_from=str(tmp_path / "a"),
+                                   job=dict(cell_job, finish_iters=60), **base)
+  phase_study.run(second, log_fn=lines.append)
+  assert any("1 of 2 cells are not in that study" in ln for ln in lines)
+  a = {r["flags"]["P"]: r for r in sweep.read_cells(str(tmp_path / "a" / "sweep"))}
+  b = {r["flags"]["P"]: r for r in sweep.read_cells(str(tmp_path / "b" / "sweep"))}
+  assert sorted(a) == [24] and sorted(b) == [24, 30]
+  assert b[24]["flags"]["finish_from"] == os.path.abspath(
+      os.path.join(tmp_path, "a", "sweep", a[24]["run_dir"]))
+  assert b[30]["flags"].get("finish_from") is None
+  for m0, m1 in zip(a[24]["summary"]["members"], b[24]["summary"]["members"]):
+    if m0.get("finished"):
+      assert m1["finish_iterations"] > m0["finish_iterations"]
+  with pytest.raises(OptionError, match="another --out_dir"):
+    phase_study.PhaseConfig(p_over_n=(4.0,), out_dir=str(tmp_path / "a"),
+                            finish_from=str(tmp_path / "a"), job=cell_job, **base)
+  with pytest.raises(OptionError, match="give --finish"):
+    phase_study.PhaseConfig(p_over_n=(4.0,), out_dir=str(tmp_path / "c"),
+                            finish_from=str(tmp_path / "a"),
+                            job=dict(cell_job, finish="none"), **base)
+  with pytest.raises(io.InputError, match="no study"):
+    phase_study.run(phase_study.PhaseConfig(p_over_n=(4.0,), out_dir=str(tmp_path / "d"),
+                                            finish_from=str(tmp_path / "c"), job=cell_job,
+                                            **base), log_fn=lambda m: None)
