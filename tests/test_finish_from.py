@@ -187,3 +187,115 @@ def test_phase_finish_from_continues_each_cell(short, tmp_path):
     phase_study.run(phase_study.PhaseConfig(p_over_n=(4.0,), out_dir=str(tmp_path / "d"),
                                             finish_from=str(tmp_path / "c"), job=cell_job,
                                             **base), log_fn=lambda m: None)
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+  """The stage killed inside member 1's Newton finish (a snapshot every
+  iteration): run again, member 0 is read back, member 1 goes on from its
+  last iterate (the finish from there for the iterations left, counters
+  added), member 2 runs as it would have; a checkpoint of another stage is
+  ignored; the job leaves no checkpoint behind."""
+  from lossland.train import finish as finish_lib
+  run_dir, _ = _run(tmp_path, "bare", finish="none", finish_iters=400)
+  v = job.validate(dict(BASE, out_dir=str(tmp_path / "x"), finish_iters=60,
+                        finish_from=run_dir))
+  j = job.prepare_job(v, lambda *a: None)
+  res = finish_from.load(v, j).res
+  args = (res, j.ds, j.net, j.loss, j.cfg)
+  kw = dict(tol=1e-10, max_iter=60)
+  ref, ref_info = finish_lib.finish_members(*args, **kw)
+  ckpt = str(tmp_path / "finish.npz")
+  snapshot = finish_lib._Progress.snapshot
+
+  def killing(self, i, *a):
+    snapshot(self, i, *a)
+    if i == 1 and self.meta["current"] and self.meta["current"]["it"] >= 5:
+      raise _Killed
+  monkeypatch.setattr(finish_lib._Progress, "snapshot", killing)
+  with pytest.raises(_Killed):
+    finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
+  monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
+  from lossland import checkpoint
+  meta = checkpoint.read_meta(ckpt)
+  assert sorted(meta["done"]) == ["0"] and meta["current"]["i"] == 1
+  it = meta["current"]["it"]
+  flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
+  calls = []
+  real = kink_newton.finish
+  monkeypatch.setattr(kink_newton, "finish", lambda *a, **k: calls.append(k) or real(*a, **k))
+  out, info = finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt,
+                                        checkpoint_every=0.0)
+  assert [c["max_iter"] for c in calls] == [60 - it, 60]   # members 1 and 2 only
+  flat_of = lambda r: np.stack([ravel_pytree(jax.tree_util.tree_map(lambda a: a[k], r.params))[0]
+                                for k in range(3)])
+  got, want = flat_of(out), flat_of(ref)
+  np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]])
+  unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], res.params))[1]
+  x, y = j.ds.x_train, j.ds.y_train
+  cont = real(j.net, unravel(flat["current"]), x, y, j.loss, tol=1e-10, max_iter=60 - it)
+  np.testing.assert_array_equal(got[1], ravel_pytree(cont.params)[0])
+  assert info.n_iter[1] == it + cont.n_iter and info.converged[1]
+  assert info.residual_before[1] == ref_info.residual_before[1]
+  for f in ("n_iter", "reason", "residual_after", "converged"):
+    assert getattr(info, f)[0] == getattr(ref_info, f)[0]
+    assert getattr(info, f)[2] == getattr(ref_info, f)[2]
+  calls.clear()   # another stage (max_iter 61): the file is not read
+  finish_lib.finish_members(*args, tol=1e-10, max_iter=61, checkpoint_path=ckpt)
+  assert len(calls) == 3
+  run2, _ = _run(tmp_path, "job", finish_iters=60, finish_from=run_dir)
+  left = [n for n in os.listdir(tmp_path / "job" / "ensemble") if n.startswith(".")]
+  assert left == []
+
+
+def test_a_job_killed_in_its_finish_resumes_there(tmp_path):
+  """SIGKILL inside a member's Newton finish (a snapshot every iteration);
+  the same command again retrains to the same state, finds the finish's
+  checkpoint and goes on from the last iterate: each member's finish runs
+  its 300 iterations in all, not 300 after the kill."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from lossland import checkpoint
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "lossland.scripts.ensemble", "--dataset", "sphere", "--P",
+         "200", "--d", "5", "--depth", "1", "--width", "6", "--activation", "tanh",
+         "--n_seeds", "2", "--optimizer", "adam", "--lr", "1e-2", "--max_steps", "300",
+         "--finish", "newton", "--finish_iters", "300", "--checkpoint_every", "0",
+         "--plots=false", "--out_dir", str(out)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", LOSSLAND_CACHE_DIR=str(tmp_path / "cache"))
+
+  def in_finish():
+    ens = out / "ensemble"
+    for n in (os.listdir(ens) if ens.exists() else []):
+      if n.endswith("_finish.npz"):
+        try:
+          cur = checkpoint.read_meta(str(ens / n))["current"]
+        except ValueError:  # being replaced
+          continue
+        if cur and cur["it"] >= 20:
+          return cur
+    return None
+
+  p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  t0, cur = time.time(), None
+  while cur is None and p.poll() is None and time.time() - t0 < 240:
+    cur = in_finish()
+    time.sleep(0.005)
+  p.send_signal(signal.SIGKILL)
+  p.communicate()
+  assert cur is not None, "the job ended before its finish was caught"
+  r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "finish: resuming from" in r.stderr
+  assert "resumed at iteration" in r.stderr
+  runs = [n for n in os.listdir(out / "ensemble") if not n.startswith(".")]
+  assert len(runs) == 1 and not [n for n in os.listdir(out / "ensemble") if n.startswith(".")]
+  s = io.load_run(str(out / "ensemble" / runs[0])).summary
+  for m in s["members"]:
+    assert m["finished"] and m["finish_reason"] == "max_iter"
+    assert m["finish_iterations"] == 300

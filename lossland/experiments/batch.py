@@ -96,10 +96,16 @@ def run_ensemble_jobs(values_list, progress: bool = True, stdout=None,
   K = sum(len(j.seeds) for j in jobs)
   done = [_write(v, j, r, p, cfg2, wall, f, len(jobs), K, say)
           for v, j, r, p, f in zip(vs, jobs, results, polish, fins)]
-  for path in (ckpt, ckpt and job_lib.polish_checkpoint_path(ckpt)):
+  finish_ckpts = [ckpt and _finish_checkpoint_path(ckpt, c) for c in range(len(jobs))]
+  for path in (ckpt, ckpt and job_lib.polish_checkpoint_path(ckpt), *finish_ckpts):
     if path and os.path.exists(path):
       os.remove(path)
   return done
+
+
+def _finish_checkpoint_path(ckpt: str, c: int) -> str:
+  """Job ``c``'s finishing-stage progress file beside the batch's ``ckpt``."""
+  return job_lib.finish_checkpoint_path(ckpt)[:-len(".npz")] + f"_{c}.npz"
 
 
 def _check_batch(vs, jobs):
@@ -165,8 +171,9 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
   if v0["finish"] != "none":
     bar.note(f"finishing the jammed members ({v0['finish']})...")
     for c, (v, j) in enumerate(zip(vs, jobs)):
-      results[c], fins[c] = job_lib.finish_jammed(v, j, results[c], cfg2 or j.cfg,
-                                                  log_fn=bar.note)
+      results[c], fins[c] = job_lib.finish_jammed(
+          v, j, results[c], cfg2 or j.cfg, log_fn=bar.note,
+          checkpoint_path=ckpt and _finish_checkpoint_path(ckpt, c))
   bar(1, 1, f"{len(jobs)} jobs done")
   bar.close()
   return results, polish, cfg2, time.time() - t0, fins

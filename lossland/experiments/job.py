@@ -484,6 +484,12 @@ def polish_checkpoint_path(ckpt: str) -> str:
   return ckpt[:-len(".npz")] + "_polish.npz"
 
 
+def finish_checkpoint_path(ckpt: str) -> str:
+  """The finishing stage's progress file beside the first stage's ``ckpt``
+  (:class:`lossland.train.finish._Progress`)."""
+  return ckpt[:-len(".npz")] + "_finish.npz"
+
+
 def polish_info(res, rec, cfg2, P: int) -> dict:
   """:func:`run_polish`'s per-member info from the result before the polish
   and the polish's :class:`lossland.train.protocol.StageRecord`."""
@@ -963,12 +969,12 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None,
   ckpt = None
   ok = False
   try:
+    ckpt = _checkpoint_path(v, dirs, say)
     if v["finish_from"] is None:
-      ckpt = _checkpoint_path(v, dirs, say)
       bar.note("compiling and running the first chunk...")
       res, polish, cfg2, wall, fin = _train(v, job, ckpt, bar)
     else:
-      res, polish, cfg2, wall, fin = _continue_finish(v, job, bar)
+      res, polish, cfg2, wall, fin = _continue_finish(v, job, ckpt, bar)
     summary = job_summary(v, job, res, polish, wall, ckpt, fin)
     dirs.makedirs(v["out_dir"])
     run_dir = write_job_run(v, job, res, polish, cfg2, summary)
@@ -976,8 +982,9 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None,
   finally:
     if not ok:
       dirs.remove_empty()
-  if ckpt and os.path.exists(ckpt):
-    os.remove(ckpt)
+  for path in (ckpt, ckpt and finish_checkpoint_path(ckpt)):
+    if path and os.path.exists(path):
+      os.remove(path)
   report(summary, run_dir, say)
   return run_dir, summary
 
@@ -1061,13 +1068,14 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
   fin = None
   if v["finish"] != "none":
     bar.note(f"finishing the jammed members ({v['finish']})...")
-    res, fin = finish_jammed(v, job, res, cfg2 or job.cfg, log_fn=bar.note)
+    res, fin = finish_jammed(v, job, res, cfg2 or job.cfg, log_fn=bar.note,
+                             checkpoint_path=ckpt and finish_checkpoint_path(ckpt))
   bar(1, 1, f"done {K}/{K}")
   bar.close()
   return res, polish, cfg2, time.time() - t0, fin
 
 
-def _continue_finish(v: dict, job: Job, bar) -> tuple:
+def _continue_finish(v: dict, job: Job, ckpt, bar) -> tuple:
   """``--finish_from``: RUN's members with their finish continued
   (:mod:`lossland.experiments.finish_from`); returns what :func:`_train` does."""
   from lossland.experiments import finish_from
@@ -1079,7 +1087,8 @@ def _continue_finish(v: dict, job: Job, bar) -> tuple:
   bar.note(f"continuing the finish of {prev.path}: {method} on {n}...")
   cfg2 = polish_config(v, job.cfg)
   res, fin = finish_jammed(dict(v, finish=method), job, prev.res, cfg2 or job.cfg,
-                           log_fn=bar.note, members=members)
+                           log_fn=bar.note, members=members,
+                           checkpoint_path=ckpt and finish_checkpoint_path(ckpt))
   bar(1, 1, "done")
   bar.close()
   return res, prev.polish, cfg2, prev.wall + time.time() - t0, finish_from.merge(prev, fin)
@@ -1091,18 +1100,21 @@ def anneal_levels(v: dict) -> tuple:
   return anneal.parse_levels(v["anneal_levels"])
 
 
-def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None):
+def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,
+                  checkpoint_path=None):
   """The finishing stage (:mod:`lossland.train.finish`) on the members that
   stopped jammed (only those of ``members`` if given): ``(res, dict of
   per-member lists)``; ``log_fn(str)``: its progress (the anneal's levels,
-  each member's start and result)."""
+  each member's start and result); ``checkpoint_path``: its progress file
+  (resumed if there, every ``--checkpoint_every`` seconds inside a member)."""
   from lossland.train import finish
   res, info = finish.finish_members(res, job.ds, job.net, job.loss, cfg, tol=v["finish_tol"],
                                     max_iter=v["finish_iters"], method=v["finish"],
                                     levels=anneal_levels(v), anneal_iters=v["anneal_iters"],
                                     step_model=v["finish_model"],
                                     anneal_rounds=v["anneal_rounds"], log_fn=log_fn,
-                                    members=members)
+                                    members=members, checkpoint_path=checkpoint_path,
+                                    checkpoint_every=v["checkpoint_every"])
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

@@ -627,11 +627,13 @@ def _escape(st: _Search, log_fn, it: int):
 
 
 def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
-             certify_every: int = 10, escape: bool = True):
+             certify_every: int = 10, escape: bool = True, snapshot_fn=None):
   """The finish's iterations: ``(search, last record, reason, last iteration)``;
   reason "" where the record decides (converged, every point satisfied)."""
   reason, certified = "", -certify_every
   for it in range(max_iter):
+    if snapshot_fn is not None and it:
+      snapshot_fn(st.params, it, st.n_restarts)
     m = st.model()
     if st.decay_stationary(m, tol):
       return st, rec, "decay_stationary", it
@@ -663,7 +665,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
            log_fn=None, weight_decay: float = 0.0, step_model: str = "newton",
            layerwise: bool = True, certify_every: int = 10,
-           escape: bool = True) -> FinishResult:
+           escape: bool = True, snapshot_fn=None) -> FinishResult:
   """Drive one network to a minimum of its loss where (1) holds, then certify it.
 
   A trust-region Newton method on the loss restricted to the kink manifold
@@ -716,6 +718,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       :func:`descent_probe` and, if it finds the loss lower by more than
       ``observables.DESCENT_RTOL``, restart from its lower point instead of
       stopping "stuck" (not with ``weight_decay``).
+    snapshot_fn: optional ``snapshot_fn(params_fn, it, n_restarts,
+      residual_before)`` before every iteration after the first:
+      ``params_fn()`` gives the iterate after ``it`` iterations (a
+      checkpoint, :mod:`lossland.train.finish`).
 
   Returns:
     A :class:`FinishResult`; its params are the last iterate, whose true loss
@@ -735,8 +741,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
   st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
                weight_decay, step_model, layerwise)
+  snap = None if snapshot_fn is None else (
+      lambda params_fn, it, n_restarts: snapshot_fn(params_fn, it, n_restarts, r0))
   st, rec, reason, it = _iterate(st, certify, rec, tol, max_iter, log_fn, certify_every,
-                                 escape)
+                                 escape, snap)
   params = st.params()
   if reason in ("max_iter", "stuck", "decay_stationary"):
     rec = certify(params)

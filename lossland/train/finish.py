@@ -24,13 +24,17 @@ A member whose solve does not reach the target keeps the last iterate (its
 loss is lower than at entry; its r_sub is measured, not assumed): the caller
 reads the measured r_sub, not this stage's verdict.
 """
+import hashlib
+import os
 import time
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
-from lossland import nets, observables
+from lossland import checkpoint, nets, observables
 from lossland.optim import kink_newton
 from lossland.train.ensemble import EnsembleResult
 from lossland.train.stop import STOP_REASONS
@@ -92,14 +96,23 @@ class FinishInfo(NamedTuple):
 METHODS = ("newton", "anneal", "anneal_newton")
 
 
-def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton"):
+def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton",
+                start=None, snapshot_fn=None):
   """One member: ``(params, record, reason, r_before, n_iter, n_restarts,
   probe)``, ``probe`` the descent probe the Newton finish already ran at
   ``params`` (stopped "stuck") or None; ``annealed``: its
-  :class:`lossland.optim.anneal.AnnealResult` (anneal methods) or None."""
+  :class:`lossland.optim.anneal.AnnealResult` (anneal methods) or None.
+
+  ``start``: the member's Newton finish resumed at ``p``, its last snapshot
+  (:class:`_Progress`): a dict of the iterations, restarts, loss
+  evaluations (``n_iter``) and r_sub at entry recorded there.
+  ``snapshot_fn(params_fn, newton_iters, n_restarts, r_before, n_iter)``:
+  called before the Newton finish's iterations."""
   from lossland import stationarity
-  n_iter, r0, reason = 0, None, ""
-  if annealed is not None:
+  n_iter, r0, reason, it0, restarts0 = 0, None, "", 0, 0
+  if start is not None:
+    n_iter, r0, it0, restarts0 = start["n_iter"], start["r0"], start["it"], start["restarts"]
+  elif annealed is not None:
     apply_fn = nets.cached_apply_fn(net, x.dtype)
     r0 = stationarity.stationarity(net, apply_fn, p, x, y, loss,
                                    f_offset=off).force_residual
@@ -108,11 +121,93 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
       rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
       reason = "sat" if rec.n_unsat == 0 else reason
       return p, rec, reason, r0, n_iter, 0, None
-  out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol, max_iter=max_iter,
-                           step_model=step_model)
+  snap = None
+  if snapshot_fn is not None:
+    snap = lambda params_fn, it, n_restarts, r_entry: snapshot_fn(
+        params_fn, it0 + it, restarts0 + n_restarts, r_entry if r0 is None else r0,
+        n_iter + it)
+  out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol,
+                           max_iter=max(max_iter - it0, 1), step_model=step_model,
+                           snapshot_fn=snap)
   r0 = out.residual_before if r0 is None else r0
-  return (out.params, out.record, out.reason, r0, n_iter + out.n_iter, out.n_restarts,
-          out.probe)
+  return (out.params, out.record, out.reason, r0, n_iter + out.n_iter,
+          restarts0 + out.n_restarts, out.probe)
+
+
+class _Progress:
+  """The finishing stage's progress in a checkpoint file (the job's
+  ``--resume``): the anneal's result, each member finished so far and the
+  member in progress at its last snapshot (every ``every`` seconds of its
+  Newton finish). A stage run again on the same entrants (same params,
+  method and members: a digest) skips what is recorded and resumes the
+  member in progress from its last iterate, with its trust region afresh,
+  as ``--finish_from`` does (the numbers differ from an uninterrupted
+  stage's by that restart only). Another stage's file is ignored."""
+
+  def __init__(self, path, every: float, flat_entry: np.ndarray, key: str):
+    self.path, self.every, self.t_last = path, every, time.time()
+    self.digest = hashlib.sha1(flat_entry.tobytes() + key.encode()).hexdigest()
+    self.flat = {"anneal": np.zeros_like(flat_entry), "done": np.zeros_like(flat_entry),
+                 "current": np.zeros_like(flat_entry[0])}
+    self.meta = {"digest": self.digest, "anneal": None, "done": {}, "current": None}
+    if path is None or not os.path.exists(path):
+      return
+    try:
+      flat, meta = checkpoint.restore(path, self.flat)
+    except ValueError as e:
+      warnings.warn(f"ignoring the finish's checkpoint: {e}")
+      return
+    if meta.get("digest") == self.digest:
+      self.flat, self.meta = dict(flat), meta
+
+  @property
+  def resumed(self) -> bool:
+    return bool(self.meta["anneal"] is not None or self.meta["done"] or self.meta["current"])
+
+  def save(self):
+    if self.path is not None:
+      checkpoint.save(self.path, self.flat, self.meta)
+      self.t_last = time.time()
+
+  def annealed(self, unravel) -> list | None:
+    """The recorded anneal's results (AnnealResult per entrant) or None."""
+    from lossland.optim import anneal
+    if self.meta["anneal"] is None:
+      return None
+    return [anneal.AnnealResult(unravel(self.flat["anneal"][i]), **a)
+            for i, a in enumerate(self.meta["anneal"])]
+
+  def anneal_done(self, results, ravel):
+    self.meta["anneal"] = [dict(loss_before=float(a.loss_before),
+                                loss_after=float(a.loss_after), n_iter=int(a.n_iter),
+                                level_losses=[float(v) for v in a.level_losses],
+                                reason=a.reason, n_rounds=int(a.n_rounds)) for a in results]
+    for i, a in enumerate(results):
+      self.flat["anneal"][i] = ravel(a.params)
+    self.save()
+
+  def done(self, i: int):
+    """Member ``i`` (of the entrants)'s recorded fields, or None."""
+    return self.meta["done"].get(str(i))
+
+  def member_done(self, i: int, flat_params, fields: dict):
+    self.flat["done"][i] = flat_params
+    self.meta["done"][str(i)] = fields
+    self.meta["current"] = None
+    self.save()
+
+  def current(self, i: int):
+    """Entrant ``i``'s last snapshot, ``(fields, flat params)``, or None."""
+    cur = self.meta["current"]
+    return None if cur is None or cur["i"] != i else (cur, self.flat["current"])
+
+  def snapshot(self, i, params_fn, ravel, seconds, it, restarts, r0, n_iter):
+    if self.path is None or time.time() - self.t_last < self.every:
+      return
+    self.flat["current"] = ravel(params_fn())
+    self.meta["current"] = {"i": i, "it": int(it), "restarts": int(restarts),
+                            "r0": float(r0), "n_iter": int(n_iter), "seconds": float(seconds)}
+    self.save()
 
 
 class _Merge:
@@ -165,7 +260,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                    tol: float, max_iter: int = 400, entry=("jammed", "max_steps"),
                    log_fn: Callable | None = None, method: str = "newton",
                    levels=None, anneal_iters: int = 4000, step_model: str = "newton",
-                   anneal_rounds: int = 1, members=None) -> tuple:
+                   anneal_rounds: int = 1, members=None, checkpoint_path: str | None = None,
+                   checkpoint_every: float = 60.0) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -188,6 +284,10 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     anneal_rounds: most rounds of the anneal
       (:func:`lossland.optim.anneal.anneal_members`).
     members: indices; only these may enter (default: every member).
+    checkpoint_path: optional file of the stage's progress (:class:`_Progress`):
+      written after the anneal, after each member and every
+      ``checkpoint_every`` seconds of a member's Newton finish; a stage run
+      again on the same entrants resumes from it. The caller removes it.
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -210,41 +310,68 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   _, apply_fn = nets.make_net(net, data.x_train.dtype)
   offs = [np.asarray(apply_fn(jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0),
                               data.x_train)) if cfg.subtract_init else None for k in idx]
+  take = lambda k: jax.tree_util.tree_map(lambda a: a[k], merge.params)
+  unravel = ravel_pytree(take(idx[0]))[1]
+  ravel = lambda tree: np.asarray(ravel_pytree(tree)[0])
+  key = repr((idx, method, max_iter, tol, step_model, tuple(levels), anneal_iters,
+              anneal_rounds))
+  prog = _Progress(checkpoint_path, checkpoint_every,
+                   np.stack([ravel(take(k)) for k in idx]), key)
+  if prog.resumed and log_fn:
+    log_fn(f"finish: resuming from {checkpoint_path}")
   annealed, t_anneal = [None] * len(idx), 0.0
   if method != "newton":  # every entrant at once, one program per level
-    t0 = time.time()
-    if log_fn:
-      log_fn(f"finish: annealing {len(idx)} members at once (at most {anneal_rounds} "
-             f"round{'s' * (anneal_rounds != 1)} of {len(levels)} levels)")
-    annealed = anneal.anneal_members(
-        net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], merge.params),
-        data.x_train, data.y_train, loss, None if not cfg.subtract_init else np.stack(offs),
-        levels=levels, iters=anneal_iters, rounds=anneal_rounds, log_fn=log_fn)
-    t_anneal = (time.time() - t0) / len(idx)
+    annealed = prog.annealed(unravel)
+    if annealed is None:
+      t0 = time.time()
+      if log_fn:
+        log_fn(f"finish: annealing {len(idx)} members at once (at most {anneal_rounds} "
+               f"round{'s' * (anneal_rounds != 1)} of {len(levels)} levels)")
+      annealed = anneal.anneal_members(
+          net, jax.tree_util.tree_map(lambda a: np.asarray(a)[np.array(idx)], merge.params),
+          data.x_train, data.y_train, loss, None if not cfg.subtract_init else np.stack(offs),
+          levels=levels, iters=anneal_iters, rounds=anneal_rounds, log_fn=log_fn)
+      prog.meta["anneal_seconds"] = time.time() - t0
+      prog.anneal_done(annealed, ravel)
+    t_anneal = prog.meta["anneal_seconds"] / len(idx)
   for i, k in enumerate(idx):
+    p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
+    done = prog.done(i)
+    if done is not None:  # finished before an interruption
+      merge.put(k, unravel(prog.flat["done"][i]), p0)
+      for field, value in done.items():
+        getattr(info, field)[k] = value
+      continue
     t0 = time.time()
+    cur = prog.current(i)
+    t_before = 0.0 if cur is None else cur[0]["seconds"]
     if log_fn and method != "anneal":
       log_fn(f"finish ({method}): member {i + 1} of {len(idx)} (seed {int(res.seeds[k])}), "
-             f"at most {max_iter} iterations")
-    p = jax.tree_util.tree_map(lambda a: a[k], merge.params)
-    p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
+             f"at most {max_iter} iterations"
+             + ("" if cur is None else f", resumed at iteration {cur[0]['it']}"))
+    snap = (lambda params_fn, it, restarts, r0, n_iter, i=i, t0=t0, t_before=t_before:
+            prog.snapshot(i, params_fn, ravel, t_before + time.time() - t0, it, restarts, r0,
+                          n_iter))
     p_new, rec, reason, r0, n_iter, n_restarts, probe = _finish_one(
-        method, net, p, data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
-        step_model)
+        method, net, take(k) if cur is None else unravel(cur[1]), data.x_train,
+        data.y_train, loss, offs[i], tol, max_iter, annealed[i], step_model,
+        start=None if cur is None else cur[0], snapshot_fn=snap)
     merge.put(k, p_new, p0)
     if probe is None:  # not already run at p_new by the finish's escape
       probe = kink_newton.descent_probe(net, p_new, data.x_train, data.y_train, loss,
                                         f_offset=offs[i])
-    for field, value in (("entered", True), ("reason", reason),
-                         ("converged", bool(rec.force_residual <= tol)),
-                         ("residual_after", float(rec.force_residual)),
-                         ("residual_before", float(r0)),
-                         ("loss_before", float(res.final["loss"][k])),
-                         ("min_curvature", probe.min_curvature), ("n_iter", n_iter),
-                         ("descent_gain", probe.gain), ("descent_step", probe.step),
-                         ("seconds", time.time() - t0 + t_anneal), ("n_restarts", n_restarts),
-                         ("n_rounds", 0 if annealed[i] is None else annealed[i].n_rounds)):
+    fields = {"entered": True, "reason": reason,
+              "converged": bool(rec.force_residual <= tol),
+              "residual_after": float(rec.force_residual), "residual_before": float(r0),
+              "loss_before": float(res.final["loss"][k]),
+              "min_curvature": float(probe.min_curvature), "n_iter": int(n_iter),
+              "descent_gain": float(probe.gain), "descent_step": float(probe.step),
+              "seconds": t_before + time.time() - t0 + t_anneal,
+              "n_restarts": int(n_restarts),
+              "n_rounds": 0 if annealed[i] is None else int(annealed[i].n_rounds)}
+    for field, value in fields.items():
       getattr(info, field)[k] = value
+    prog.member_done(i, ravel(p_new), fields)
     if log_fn:
       log_fn(f"finish ({method}) seed {int(res.seeds[k])}: r_sub {r0:.2e} -> "
              f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
