@@ -265,56 +265,6 @@ def test_hinge_step_model_reaches_the_same_minima():
     kink_newton.finish(cfg, params, ds.x_train, ds.y_train, LOSS, step_model="lm")
 
 
-def test_margin_hessian_is_the_curvature_the_hinge_gains_past_the_margin():
-  """:func:`kink_newton.margin_hessian`: an output offset puts every point
-  at Delta = 0.5 (unsatisfied) except three satisfied ones at -Delta = 1e-4,
-  5e-4 and 2e-3 epsilon: exactly the first two are in the band (1e-3
-  epsilon), and the matrix is J^T J of their margins' gradients, taken by
-  central differences on the true net (past the margin, their loss
-  1/2 Delta^2 has that Hessian to O(Delta))."""
-  cfg, params, ds = _seed1_stall()
-  _, apply_fn = nets.make_net(cfg)
-  x, y = ds.x_train, ds.y_train
-  w, unravel = ravel_pytree(params)
-  w = np.asarray(w, np.float64)
-  eps = LOSS.epsilon
-  f = np.asarray(apply_fn(params, x))
-  delta = np.full(x.shape[0], 0.5)
-  delta[[3, 7, 11]] = [-1e-4 * eps, -5e-4 * eps, -2e-3 * eps]
-  off = f - np.asarray(y) * (eps - delta)          # Delta = eps - y (f - off)
-  np.testing.assert_allclose(losses.margins(f - off, y, eps), delta, atol=1e-12)
-  HM, M = kink_newton.margin_hessian(cfg, LOSS, w, x, y, jnp.asarray(off))
-  assert list(M) == [3, 7]
-  h = 1e-6
-  margin = lambda v, m: float(losses.margins(apply_fn(unravel(jnp.asarray(v)), x[m:m + 1])
-                                             - off[m:m + 1], y[m:m + 1], eps)[0])
-  J = np.array([[(margin(w + h * e, m) - margin(w - h * e, m)) / (2 * h)
-                 for e in np.eye(w.size)] for m in (3, 7)])
-  np.testing.assert_allclose(HM, J.T @ J, rtol=1e-6, atol=1e-8 * np.abs(HM).max())
-  HM0, M0 = kink_newton.margin_hessian(cfg, LOSS, w, x, y, jnp.asarray(off), band=1e-5)
-  assert M0.size == 0 and not HM0.any()
-
-
-def test_margin_step_model_reaches_the_same_minima():
-  """``step_model="margin"`` on the convex linear problem and on seed 1's
-  stall converges to the Newton model's minima."""
-  cfg = nets.NetConfig(d=5, width=1, depth=0)
-  init_fn, apply_fn = nets.make_net(cfg)
-  ds = data.sphere(jax.random.key(1), 40, 5, n_test=0)
-  p0 = init_fn(jax.random.key(2))
-  a = kink_newton.finish(cfg, p0, ds.x_train, ds.y_train, LOSS, tol=1e-12)
-  b = kink_newton.finish(cfg, p0, ds.x_train, ds.y_train, LOSS, tol=1e-12,
-                         step_model="margin")
-  L = _loss(apply_fn, ds.x_train, ds.y_train)
-  assert b.converged and L(b.params) == pytest.approx(L(a.params), rel=1e-10)
-  cfg, params, ds = _seed1_stall()
-  L = _loss(nets.make_net(cfg)[1], ds.x_train, ds.y_train)
-  a = kink_newton.finish(cfg, params, ds.x_train, ds.y_train, LOSS, tol=1e-10, max_iter=400)
-  b = kink_newton.finish(cfg, params, ds.x_train, ds.y_train, LOSS, tol=1e-10, max_iter=400,
-                         step_model="margin")
-  assert a.converged and b.converged and L(b.params) == pytest.approx(L(a.params), rel=1e-9)
-
-
 def test_early_release_of_contacts_that_hold_nothing():
   """:func:`kink_newton._release_early`, table-driven: a pair without force
   leaves on its side (None), a slope out of [0, 1] leaves when its
@@ -422,14 +372,13 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
     for key in ("min_curvature", "force_residual_before_finish", "descent_gain"):
       assert a[key].shape == (2,)
   assert summary["descent_rtol"] == observables.DESCENT_RTOL
-  for model in ("hinge", "margin"):
-    model_dir, other = job.run_ensemble_job(dict(base, finish_model=model), progress=False,
-                                            stdout=open(os.devnull, "w"))
-    with open(os.path.join(model_dir, "config.json")) as f:
-      assert f'"finish_model": "{model}"' in f.read()
-    for m in other["members"]:
-      if m["finished"]:
-        assert m["loss"] <= m["loss_before_finish"]
+  hinge_dir, hinge = job.run_ensemble_job(dict(base, finish_model="hinge"), progress=False,
+                                          stdout=open(os.devnull, "w"))
+  with open(os.path.join(hinge_dir, "config.json")) as f:
+    assert '"finish_model": "hinge"' in f.read()
+  for m in hinge["members"]:
+    if m["finished"]:
+      assert m["loss"] <= m["loss_before_finish"]
   for m in summary["members"]:
     assert "finished" in m
     if m["finished"]:

@@ -168,9 +168,7 @@ class JobOptions:
       "with the ReLU pattern frozen) or hinge (the margins exact in the model, so that "
       "points may cross the margin within a step: 1.3 to 4x the loss decrease per "
       "iteration, at 1.6 to 3x the cost, on the five L = 1 and 2 states of "
-      "docs/jamming.md, 'the hinge step model'), or margin (the newton model plus the "
-      "curvature of the satisfied points at the margin, which a step may unsatisfy: "
-      "docs/jamming.md, fifteenth session).", ("newton", "hinge", "margin"))
+      "docs/jamming.md, 'the hinge step model').", ("newton", "hinge"))
   anneal_levels: str = option(
       "10,100,1000,10000,100000,inf",
       "The anneal's sharpnesses b, increasing: each unit's ReLU becomes "

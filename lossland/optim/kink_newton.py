@@ -50,13 +50,7 @@ frozen loss; or "hinge" (:func:`_hinge_step`), the margins linearized
 inside the hinge, so that points may cross Delta = 0 within a step: per
 iteration it lowers the loss 1.3 to 4 times more on the unbalanced states of
 N = 256 and 336, at 1.6 to 3 times the cost (docs/jamming.md, "the hinge
-step model"); neither converges there. Or "margin": the Newton model plus
-the Gauss-Newton curvature of the satisfied points within 1e-3 epsilon of
-the margin (:func:`margin_hessian`), which otherwise cycle the trust region
-(rejected where a step unsatisfies them, too short where the model misses
-their curvature): 1.6 to 3.7 times the Newton model's loss decrease per
-iteration on three of four unbalanced N = 336 states, the same on the
-fourth (docs/jamming.md, fifteenth session).
+step model"); neither converges there.
 
 Everything is for one network in float64 (numpy on the host, jax for the
 derivatives; dense N x N Hessians: meant for the N of a CPU study and for
@@ -237,40 +231,6 @@ def _true_loss_fn(cfg, loss, w, x, y, off, decay):
 
 
 _TRUE_LOSS = jax.jit(_true_loss_fn, static_argnums=(0, 1))
-
-
-def _true_margins_fn(cfg, loss, w, x, y, off):
-  f = nets.make_net(cfg, w.dtype)[1](nets.unravel_fn(cfg, w.dtype)(w), x)
-  return losses.margins(f - off, y, loss.epsilon)
-
-
-_TRUE_MARGINS = jax.jit(_true_margins_fn, static_argnums=(0, 1))
-# rows of the margins' Jacobian for a few points (the margin step model)
-_MARGIN_ROWS = jax.jit(jax.jacrev(_true_margins_fn, argnums=2), static_argnums=(0, 1))
-
-# The margin step model's band: satisfied points with 0 <= -Delta < MARGIN_BAND
-# epsilon join its Hessian (docs/jamming.md, fifteenth session).
-MARGIN_BAND = 1e-3
-
-
-def margin_hessian(cfg, loss, w, x, y, off=0.0, band: float = MARGIN_BAND):
-  """``(J^T J, M)``: the Gauss-Newton curvature that the satisfied points
-  at the margin (0 <= -Delta_mu < band * epsilon, indices M) add to the
-  quadratic hinge's Hessian once a step makes them unsatisfied (the hinge
-  is C^1 there, its second derivative jumps from 0 to grad Delta grad
-  Delta^T). J [|M|, N] from reverse mode on the true net, the points padded
-  to a power of two (one program per size class)."""
-  w = jnp.asarray(w, x.dtype)
-  D = np.asarray(_TRUE_MARGINS(cfg, loss, w, x, y, off))
-  M = np.nonzero((D <= 0) & (D > -band * loss.epsilon))[0]
-  n_w = w.shape[0]
-  if not M.size:
-    return np.zeros((n_w, n_w)), M
-  n = 1 << int(np.ceil(np.log2(M.size)))
-  Mp = np.concatenate([M, np.full(n - M.size, M[0])])
-  off_m = off if np.ndim(off) == 0 else jnp.asarray(off)[Mp]
-  J = np.asarray(_MARGIN_ROWS(cfg, loss, w, x[Mp], y[Mp], off_m))[:M.size]
-  return J.T @ J, M
 
 
 class _Frozen(NamedTuple):
@@ -522,8 +482,6 @@ class _Search:
     w = jnp.asarray(self.w, self.x.dtype)
     g, H, zk, A, C = _active_parts(self.cfg, self.loss, w, fr, s_real, self.x, self.y,
                                    self.off, z_scale, self.decay, self.layerwise)
-    if self.step_model == "margin":
-      H = H + margin_hessian(self.cfg, self.loss, w, self.x, self.y, self.off)[0]
     hinge = {}
     if self.step_model == "hinge":  # the margins' Jacobian at the slopes H was taken at
       s_pad = np.zeros(fr.pad)
@@ -638,7 +596,7 @@ class _Search:
     return int(sum(c.sum() for c in crossed))
 
 
-STEP_MODELS = ("newton", "hinge", "margin")
+STEP_MODELS = ("newton", "hinge")
 
 
 def _done(rec: stationarity.Stationarity, tol: float) -> str | None:
@@ -740,13 +698,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       minimum exists) and stops "decay_stationary" where its reduced
       gradient is <= ``tol``; ``record`` certifies the loss alone. A probe
       (docs/jamming.md, "where the descent goes"), not a classification.
-    step_model: "newton" (the quadratic model of the frozen loss), "hinge"
+    step_model: "newton" (the quadratic model of the frozen loss) or "hinge"
       (:func:`_hinge_step`: the margins exact in the model, so that points
       may cross Delta = 0 within a step; one [P, N] Jacobian more per
-      iteration) or "margin" (the Newton model plus the curvature of the
-      satisfied points at the margin, :func:`margin_hessian`: a
-      generalized Hessian of the C^1 hinge that holds for steps that
-      unsatisfy them; a few Jacobian rows per iteration).
+      iteration).
     layerwise: the frozen loss's gradient, Hessian and margin Jacobian layer
       by layer (:mod:`lossland.optim.frozen_derivs`: ReLU nets with one
       output); False: by ``jax.hessian`` and ``jax.jacfwd`` (the reference
