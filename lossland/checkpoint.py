@@ -89,6 +89,21 @@ def _sigint_deferred():
       raise KeyboardInterrupt
 
 
+def remove(path: str) -> None:
+  """Removes the checkpoint ``path`` and the partial files (``path.<pid>.tmp``)
+  that processes killed while writing it left behind (live writers' are
+  kept)."""
+  from lossland import io
+  folder, base = os.path.split(path)
+  for name in os.listdir(folder or ".") if os.path.isdir(folder or ".") else ():
+    pid = name[len(base) + 1:-len(".tmp")]
+    if name.startswith(base + ".") and name.endswith(".tmp") and pid.isdigit() \
+        and not io._pid_alive(int(pid)):
+      os.remove(os.path.join(folder, name))
+  if os.path.exists(path):
+    os.remove(path)
+
+
 def read_meta(path: str) -> dict:
   """The ``meta`` dict of a checkpoint (ValueError if unreadable)."""
   return _load(path, meta_only=True)[0]["meta"]

@@ -134,16 +134,16 @@ def test_which_members_continue():
       for f, x in zip(("entered", "converged", "reason", "descent_gain"),
                       (entered, converged, reason, gain)):
         fin[f].append(x)
-    return finish_from.Previous("RUN", None, None, fin, "newton", 1.0)
+    return finish_from.Previous("RUN", None, None, fin, 1.0)
 
-  assert finish_from.continued(finish_from.Previous("RUN", None, None, None, "none", 1)) is None
+  assert finish_from.continued(finish_from.Previous("RUN", None, None, None, 1)) is None
   rows = [(False, False, "", nan),            # never entered: sat, dead points
           (True, True, "converged", 0.0),     # a minimum
           (True, True, "converged", -1e-8),   # balanced, the probe still descends
           (True, False, "max_iter", -1e-5),   # out of iterations
           (True, False, "stuck", 0.0)]        # above the target, the probe finds nothing
   assert finish_from.continued(prev(rows)) == [2, 3, 4]
-  p = finish_from.Previous("RUN", None, None, None, "none", 1)
+  p = finish_from.Previous("RUN", None, None, None, 1)
   assert finish_from.method_now(p, "anneal_newton") == "anneal_newton"
   p.finish = {}
   assert finish_from.method_now(p, "anneal_newton") == "newton"

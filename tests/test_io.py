@@ -140,3 +140,22 @@ def test_ctrl_c_during_a_checkpoint_write_is_raised_after_the_file_is_complete(t
   np.testing.assert_array_equal(restored["w"], np.arange(5.0))
   assert meta["t"] == 7
   assert signal.signal(signal.SIGINT, before) is signal.default_int_handler  # restored
+
+
+def test_checkpoint_remove_takes_the_partial_files_of_dead_writers(tmp_path):
+  """checkpoint.remove: the file, and ``path.<pid>.tmp`` of a process that
+  died while writing it (SIGKILL mid-save); a live writer's is kept, and
+  other files are not touched."""
+  import numpy as np
+  from lossland import checkpoint
+  path = str(tmp_path / ".checkpoint_x.npz")
+  checkpoint.save(path, {"a": np.zeros(3)})
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  for name in (f".checkpoint_x.npz.{dead}.tmp", f".checkpoint_x.npz.{os.getpid()}.tmp",
+               ".checkpoint_y.npz", "keep.txt"):
+    (tmp_path / name).write_text("x")
+  checkpoint.remove(path)
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      [f".checkpoint_x.npz.{os.getpid()}.tmp", ".checkpoint_y.npz", "keep.txt"])
+  checkpoint.remove(path)   # nothing left to remove: no error

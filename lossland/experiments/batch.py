@@ -97,9 +97,10 @@ def run_ensemble_jobs(values_list, progress: bool = True, stdout=None,
   done = [_write(v, j, r, p, cfg2, wall, f, len(jobs), K, say)
           for v, j, r, p, f in zip(vs, jobs, results, polish, fins)]
   finish_ckpts = [ckpt and _finish_checkpoint_path(ckpt, c) for c in range(len(jobs))]
+  from lossland import checkpoint
   for path in (ckpt, ckpt and job_lib.polish_checkpoint_path(ckpt), *finish_ckpts):
-    if path and os.path.exists(path):
-      os.remove(path)
+    if path:  # with the partial files of killed writers
+      checkpoint.remove(path)
   return done
 
 

@@ -56,13 +56,11 @@ class Previous:
     polish: the job's polish dict (``job.run_polish``'s) or None.
     finish: the finishing stage's per-member lists (:data:`FIELDS`) or None
       where RUN ran no finish.
-    method: RUN's ``--finish``.
     wall: RUN's wall seconds.
   """
 
-  def __init__(self, path, res, polish, finish, method, wall):
-    self.path, self.res, self.polish, self.finish = path, res, polish, finish
-    self.method, self.wall = method, wall
+  def __init__(self, path, res, polish, finish, wall):
+    self.path, self.res, self.polish, self.finish, self.wall = path, res, polish, finish, wall
 
 
 def _error(msg):
@@ -92,7 +90,7 @@ def check_options(v: dict, flags: dict, path: str):
     raise _error(f"{path} ran --finish {before}; continue it with the same --finish")
 
 
-def _polish(run, res) -> dict | None:
+def _polish(run) -> dict | None:
   """The job's polish dict, read back from RUN's summary and arrays."""
   members = run.summary["members"]
   if not members or "polished" not in members[0]:
@@ -182,8 +180,8 @@ def load(v: dict, job) -> Previous:
       f_train=a["f_train"], f_test=a["f_test"], group_size=int(summary.get("group_size", 0)),
       n_compiles=0, n_devices=int(summary.get("n_devices", 1)),
       history_running=a.get("history_running"), history_unsat=a.get("history_unsat"))
-  return Previous(path, res, _polish(run, res), _finish(summary["members"]),
-                  run.config["flags"].get("finish", "none"), float(summary["wall_seconds"]))
+  return Previous(path, res, _polish(run), _finish(summary["members"]),
+                  float(summary["wall_seconds"]))
 
 
 def method_now(prev: Previous, method: str) -> str:

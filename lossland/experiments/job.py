@@ -982,9 +982,10 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None,
   finally:
     if not ok:
       dirs.remove_empty()
+  from lossland import checkpoint
   for path in (ckpt, ckpt and finish_checkpoint_path(ckpt)):
-    if path and os.path.exists(path):
-      os.remove(path)
+    if path:  # with the partial files of killed writers
+      checkpoint.remove(path)
   report(summary, run_dir, say)
   return run_dir, summary
 
@@ -1063,8 +1064,9 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
     ckpt2 = ckpt and polish_checkpoint_path(ckpt)
     res, polish = run_polish(res, job.ds, job.net, job.loss, cfg2, checkpoint_path=ckpt2,
                              checkpoint_every=v["checkpoint_every"], entry=polish_entry(v))
-    if ckpt2 and os.path.exists(ckpt2):
-      os.remove(ckpt2)
+    if ckpt2:
+      from lossland import checkpoint
+      checkpoint.remove(ckpt2)
   fin = None
   if v["finish"] != "none":
     bar.note(f"finishing the jammed members ({v['finish']})...")
