@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from lossland import io, observables
+from lossland.experiments import job
 
 # Options that may differ from RUN's: the finish's own (what to continue
 # and how), the classification, and those that do not change the numbers.
@@ -34,16 +35,7 @@ FREE_OPTIONS = ("finish", "finish_iters", "finish_tol", "finish_model", "finish_
                 "jam_max_residual", "anneal_levels", "anneal_iters", "anneal_rounds")
 
 # The per-member lists of the finishing stage (job.finish_jammed's dict).
-FIELDS = ("entered", "converged", "reason", "residual_before", "loss_before", "iterations",
-          "seconds", "min_curvature", "descent_gain", "descent_step", "restarts", "rounds")
-
-# summary.json's member keys of those fields (job._finish_row).
-_ROW_KEYS = {"converged": "finish_converged", "reason": "finish_reason",
-             "residual_before": "force_residual_before_finish",
-             "loss_before": "loss_before_finish", "iterations": "finish_iterations",
-             "seconds": "finish_seconds", "min_curvature": "min_curvature",
-             "descent_gain": "descent_gain", "descent_step": "descent_step",
-             "restarts": "finish_restarts", "rounds": "finish_anneal_rounds"}
+FIELDS = ("entered", *job.FINISH_ROW_KEYS)
 
 
 class Previous:
@@ -64,14 +56,12 @@ class Previous:
 
 
 def _error(msg):
-  from lossland.experiments.job import JobError
-  return JobError(f"--finish_from: {msg}")
+  return job.JobError(f"--finish_from: {msg}")
 
 
 def check_options(v: dict, flags: dict, path: str):
   """RUN's options must equal ``v`` except :data:`FREE_OPTIONS` and those
   that do not change the numbers (else JobError naming the first)."""
-  from lossland.experiments import job
   known = {k: x for k, x in flags.items() if k in job.OPTIONS}
   try:
     recorded = job.key_values(job.validate(known))
@@ -109,21 +99,14 @@ def _finish(members) -> dict | None:
   if not any("finished" in m for m in members):
     return None
   out = {f: [] for f in FIELDS}
-  nan = float("nan")
   for m in members:
     out["entered"].append(bool(m.get("finished")))
-    for f, key in _ROW_KEYS.items():
+    for f, key in job.FINISH_ROW_KEYS.items():
       x = m.get(key) if m.get("finished") else None
-      if f in ("iterations", "restarts", "rounds"):
-        out[f].append(int(x or 0))
-      elif f == "seconds":
-        out[f].append(float(x or 0.0))
-      elif f == "converged":
-        out[f].append(bool(x))
-      elif f == "reason":
-        out[f].append(x or "")
-      else:
-        out[f].append(nan if x is None else float(x))
+      if x is None:  # not entered, or a number JSON could not hold
+        x = 0 if f in job.FINISH_COUNTS else "" if f == "reason" else (
+            False if f == "converged" else 0.0 if f == "seconds" else float("nan"))
+      out[f].append(x)
   return out
 
 
@@ -232,7 +215,7 @@ def merge(prev: Previous, now: dict) -> dict:
 def _cell_key(values: dict) -> str:
   """A cell's identity (``sweep.identity`` of its validated options) without
   :data:`FREE_OPTIONS`: equal for a cell and its continuation."""
-  from lossland.experiments import job, sweep
+  from lossland.experiments import sweep
   ident = sweep.identity(job.validate(values))
   return io.dumps({k: x for k, x in ident.items() if k not in FREE_OPTIONS}, sort_keys=True)
 
@@ -244,7 +227,7 @@ def study_runs(out_dir: str) -> dict:
   Raises:
     io.InputError: no sweep there, or a cell recorded twice.
   """
-  from lossland.experiments import job, sweep
+  from lossland.experiments import sweep
   sweep_dir = os.path.join(out_dir, "sweep")
   if not os.path.isfile(os.path.join(sweep_dir, sweep.CELLS_FILE)):
     raise io.InputError(f"--finish_from: no study in {out_dir} "

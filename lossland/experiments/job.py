@@ -772,23 +772,40 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
           "n_kink": st.n_kink, "force_residual_exact": st.exact}
 
 
+# The finishing stage's per-member lists (finish_jammed's dict, after
+# "entered") and their keys in summary.json's members (read back by
+# lossland.experiments.finish_from).
+FINISH_ROW_KEYS = {"converged": "finish_converged", "reason": "finish_reason",
+                   "residual_before": "force_residual_before_finish",
+                   "loss_before": "loss_before_finish", "iterations": "finish_iterations",
+                   "seconds": "finish_seconds", "min_curvature": "min_curvature",
+                   "descent_gain": "descent_gain", "descent_step": "descent_step",
+                   "restarts": "finish_restarts", "rounds": "finish_anneal_rounds"}
+# Of those, the counts (ints); "seconds" is a float, "converged" a bool,
+# "reason" a str, the rest numbers that may be missing (None in JSON, nan).
+FINISH_COUNTS = ("iterations", "restarts", "rounds")
+
+
+def finish_value(field: str, x):
+  """A finishing-stage value as summary.json stores it."""
+  import math
+  if field in FINISH_COUNTS:
+    return int(x)
+  if field == "seconds":
+    return float(x)
+  if field == "converged":
+    return bool(x)
+  if field == "reason":
+    return x
+  return None if x is None or not math.isfinite(x) else float(x)
+
+
 def _finish_row(fin: dict, k: int) -> dict:
   """Member k's numbers of the finishing stage (None where it did not enter)."""
-  import math
   if not fin["entered"][k]:
     return {"finished": False}
-  num = lambda x: None if x is None or not math.isfinite(x) else float(x)
-  return {"finished": True, "finish_converged": bool(fin["converged"][k]),
-          "finish_reason": fin["reason"][k],
-          "force_residual_before_finish": num(fin["residual_before"][k]),
-          "loss_before_finish": num(fin["loss_before"][k]),
-          "finish_iterations": int(fin["iterations"][k]),
-          "finish_restarts": int(fin["restarts"][k]),
-          "finish_anneal_rounds": int(fin["rounds"][k]),
-          "finish_seconds": float(fin["seconds"][k]),
-          "min_curvature": num(fin["min_curvature"][k]),
-          "descent_gain": num(fin["descent_gain"][k]),
-          "descent_step": num(fin["descent_step"][k])}
+  return {"finished": True, **{key: finish_value(f, fin[f][k])
+                               for f, key in FINISH_ROW_KEYS.items()}}
 
 
 def stationarity_arrays(members) -> dict:
