@@ -14,6 +14,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lossland import job, nets
 
@@ -188,3 +189,36 @@ def test_exponent_summary_pools_the_rows_members(tmp_path):
     assert summ.main(["exponent_summary.py", str(path), str(tmp_path / "f.png")]) == 2
   assert summ.main(["exponent_summary.py", str(path)]) == 2
   assert not os.path.exists(tmp_path / "f.png")
+
+
+def test_descent_exponents_follows_each_stopped_member_over_the_stages(tmp_path):
+  """scripts/descent_exponents.py: one row per stopped member (jammed or
+  unbalanced in the first study) and study, matched by cell and index, its
+  theta and gamma the phase summary's fits of that member's samples alone;
+  a cell a later study lacks is skipped; bad arguments exit 2."""
+  from lossland import phase
+  rng = np.random.default_rng(1)
+  delta = lambda K: np.where(rng.random((K, 60)) < 0.5, rng.random((K, 60)) ** 3,
+                             -rng.random((K, 60)))
+  d0, d1 = delta(3), delta(3)
+  first, second = str(tmp_path / "a"), str(tmp_path / "b")
+  _fake_study(first, [(2.0, ["unbalanced", "sat", "jammed"], d0), (3.0, ["jammed"], delta(1))])
+  _fake_study(second, [(2.0, ["jammed", "sat", "jammed"], d1)])
+  de = _probe("descent_exponents")
+  rc, rows = _lines(de, ["descent_exponents.py", str(tmp_path / "t.png"), first, second])
+  assert rc == 0 and os.path.getsize(tmp_path / "t.png") > 1000
+  assert [(r["P"], r["member"], r["stage"], r["cls"]) for r in rows] == [
+      (20, 0, 0, "unbalanced"), (20, 0, 1, "jammed"), (20, 2, 0, "jammed"),
+      (20, 2, 1, "jammed"), (30, 0, 0, "jammed")]
+  for r, d in ((rows[1], d1[0]), (rows[2], d0[2])):
+    th = phase.fit_exponent(d[d > 0], n_boot=300, x_floor=phase.GAP_FLOOR)
+    ga = phase.fit_exponent(-d[d < 0], n_boot=300, sign=-1, x_floor=phase.GAP_FLOOR)
+    # the saved outputs f = y (1 - Delta) give Delta back to rounding
+    assert [r["theta"], *r["theta_ci"], r["gamma"]] == pytest.approx(
+        [th["exponent"], *th["ci"], ga["exponent"]], rel=1e-9)
+    assert r["n_theta_samples"] == th["n_samples"] > 10
+  assert rows[0]["theta"] != rows[1]["theta"]
+  assert de.main(["descent_exponents.py", str(tmp_path / "t.png")]) == 2
+  assert de.main(["descent_exponents.py", "t.txt", first]) == 2
+  assert de.main(["descent_exponents.py", str(tmp_path / "u.png"), str(tmp_path / "none")]) == 2
+  assert not os.path.exists(tmp_path / "u.png")
