@@ -243,6 +243,46 @@ def test_hinge_step_model_solves_its_subproblem():
     np.testing.assert_allclose(fd, m["g"], rtol=1e-6, atol=1e-8)
 
 
+def test_hinge_step_on_a_manifold_equals_the_model_with_r_formed():
+  """:func:`kink_newton._hinge_step` never forms R = H - J_U^T J_U; on
+  random problems with a kink manifold (Z an orthonormal basis of a
+  subspace, a restoration step d0) and an indefinite R, each active set's
+  quadratic and so the step equal those of the model written out with R
+  (the plain program below), to rounding."""
+  rng = np.random.default_rng(5)
+  for trial in range(6):
+    P, N = 40, 9
+    D, J = rng.normal(size=P), rng.normal(size=(P, N))
+    B = rng.normal(size=(N, N))
+    R, e = 0.3 * (B + B.T), 0.1 * rng.normal(size=N)
+    U = D > 0
+    Z = np.linalg.qr(rng.normal(size=(N, N - 3)))[0]
+    d0 = 0.05 * rng.normal(size=N)
+    m = dict(delta=D, J=J, Z=Z, step_n=d0, g=J[U].T @ D[U] + e, H=J[U].T @ J[U] + R)
+    radius = [0.05, 0.5, 5.0][trial % 3]
+    p, d, pred = kink_newton._hinge_step(m, radius)
+    # the plain program: R formed, every set's quadratic from all its points
+    JZ, v0 = J @ Z, D + J @ d0
+    lin0, RZZ = Z.T @ (e + R @ d0), Z.T @ R @ Z
+    model = lambda q: (0.5 * np.sum(np.maximum(v0 + JZ @ q, 0) ** 2) + lin0 @ q
+                       + 0.5 * q @ RZZ @ q)
+    active, best, best_q = v0 > 0, None, None
+    for _ in range(20):
+      q = kink_newton._tr_step(JZ[active].T @ v0[active] + lin0,
+                               JZ[active].T @ JZ[active] + RZZ, radius)
+      if best is None or model(q) < best:
+        best, best_q = model(q), q
+      new = (v0 + JZ @ q) > 0
+      if np.array_equal(new, active):
+        break
+      active = new
+    np.testing.assert_allclose(p, best_q, rtol=1e-8, atol=1e-10 * radius)
+    np.testing.assert_allclose(d, d0 + Z @ best_q, rtol=1e-8, atol=1e-10 * radius)
+    full = lambda dd: (0.5 * np.sum(np.maximum(D + J @ dd, 0) ** 2) + e @ dd
+                       + 0.5 * dd @ R @ dd)
+    assert pred == pytest.approx(full(np.zeros(N)) - full(d), rel=1e-9, abs=1e-12)
+
+
 def test_hinge_step_model_reaches_the_same_minima():
   """``step_model="hinge"``: on the convex linear problem and on seed 1's
   stalled ReLU net the finish converges to r_sub <= 1e-10 at the loss the

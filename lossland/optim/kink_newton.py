@@ -292,13 +292,21 @@ def _hinge_step(m: dict, radius: float, max_sets: int = 20):
   followed), the set recomputed from the step, at most ``max_sets`` sets;
   the step with the lowest m is taken.
   """
-  D, J, Z, d0 = m["delta"], m["J"], m["Z"], m["step_n"]
+  D, J, Z, d0, H = m["delta"], m["J"], m["Z"], m["step_n"], m["H"]
   U = D > 0
-  e = m["g"] - J[U].T @ D[U]
-  R = m["H"] - J[U].T @ J[U]
+  JU = J[U]
+  e = m["g"] - JU.T @ D[U]
   v0, JZ = D + J @ d0, J @ Z
-  lin0 = Z.T @ (e + R @ d0)
-  RZZ = Z.T @ R @ Z
+  # R is never formed: R v = H v - J_U^T J_U v, and the quadratic of an
+  # active set a on the manifold, Z^T (J_a^T J_a + R) Z, is Z^T H Z plus the
+  # outer products of the points in a but not in U, minus those in U but not
+  # in a (a few points, where forming R and J_a^T J_a costs P N^2 each)
+  lin0 = Z.T @ (e + H @ d0 - JU.T @ (JU @ d0))
+  HZZ = Z.T @ H @ Z
+
+  def quad(active):
+    add, rem = JZ[active & ~U], JZ[U & ~active]
+    return HZZ + add.T @ add - rem.T @ rem
 
   def value(p):
     """m(d) - m(0), summed per point without cancellation (near a
@@ -308,14 +316,15 @@ def _hinge_step(m: dict, radius: float, max_sets: int = 20):
     v = D + t
     per = np.where(U, np.where(v > 0, t * (D + 0.5 * t), -0.5 * D * D),
                    np.where(v > 0, 0.5 * v * v, 0.0))
-    return float(np.sum(per)) + float(e @ d) + 0.5 * float(d @ R @ d)
+    tu = t[U]
+    return float(np.sum(per)) + float(e @ d) + 0.5 * (float(d @ H @ d) - float(tu @ tu))
 
   if not Z.shape[1]:
     return np.zeros(0), d0, -value(np.zeros(0))
   best_p, best = np.zeros(Z.shape[1]), value(np.zeros(Z.shape[1]))
   active = v0 > 0
   for _ in range(max_sets):
-    p = _tr_step(JZ[active].T @ v0[active] + lin0, JZ[active].T @ JZ[active] + RZZ, radius)
+    p = _tr_step(JZ[active].T @ v0[active] + lin0, quad(active), radius)
     val = value(p)
     if val < best:
       best_p, best = p, val
