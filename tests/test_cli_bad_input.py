@@ -75,6 +75,7 @@ CASES = [
      "--anneal_rounds"),
     ("finish_anneal_without_x64", ["--nox64", "--finish", "anneal"], "--x64"),
     ("finish_from_without_finish", ["--finish_from", "{tmp}"], "--finish_from"),
+    ("finish_workers_zero", ["--finish_workers", "0"], "--finish_workers"),
     ("finish_from_missing_run", ["--x64", "--finish", "newton", "--finish_from",
                                  "{tmp}/no_run"], "--finish_from"),
     ("finish_from_not_a_run", ["--x64", "--finish", "newton", "--finish_from", "{tmp}"],

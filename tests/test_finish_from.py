@@ -213,7 +213,7 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
 
   def killing(self, i, *a):
     snapshot(self, i, *a)
-    if i == 1 and self.meta["current"] and self.meta["current"]["it"] >= 5:
+    if i == 1 and self.meta["running"].get("1", {}).get("it", 0) >= 5:
       raise _Killed
   monkeypatch.setattr(finish_lib._Progress, "snapshot", killing)
   with pytest.raises(_Killed):
@@ -221,8 +221,8 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
   monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
   from lossland import checkpoint
   meta = checkpoint.read_meta(ckpt)
-  assert sorted(meta["done"]) == ["0"] and meta["current"]["i"] == 1
-  it = meta["current"]["it"]
+  assert sorted(meta["done"]) == ["0"] and sorted(meta["running"]) == ["1"]
+  it = meta["running"]["1"]["it"]
   flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
   calls = []
   real = kink_newton.finish
@@ -236,7 +236,7 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
   np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]])
   unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], res.params))[1]
   x, y = j.ds.x_train, j.ds.y_train
-  cont = real(j.net, unravel(flat["current"]), x, y, j.loss, tol=1e-10, max_iter=60 - it)
+  cont = real(j.net, unravel(flat["running"][1]), x, y, j.loss, tol=1e-10, max_iter=60 - it)
   np.testing.assert_array_equal(got[1], ravel_pytree(cont.params)[0])
   assert info.n_iter[1] == it + cont.n_iter and info.converged[1]
   assert info.residual_before[1] == ref_info.residual_before[1]
@@ -252,10 +252,11 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
 
 
 def test_a_job_killed_in_its_finish_resumes_there(tmp_path):
-  """SIGKILL inside a member's Newton finish (a snapshot every iteration);
-  the same command again retrains to the same state, finds the finish's
-  checkpoint and goes on from the last iterate: each member's finish runs
-  at most its 300 iterations in all, not 300 after the kill."""
+  """SIGKILL inside the Newton finish of two members run side by side
+  (--finish_workers 2; a snapshot every iteration); the same command again
+  retrains to the same state, finds the finish's checkpoint and goes on from
+  each member's last iterate: each member's finish runs at most its 300
+  iterations in all, not 300 after the kill."""
   import signal
   import subprocess
   import sys
@@ -266,7 +267,7 @@ def test_a_job_killed_in_its_finish_resumes_there(tmp_path):
          "200", "--d", "5", "--depth", "1", "--width", "6", "--activation", "tanh",
          "--n_seeds", "2", "--optimizer", "adam", "--lr", "1e-2", "--max_steps", "300",
          "--finish", "newton", "--finish_iters", "300", "--checkpoint_every", "0",
-         "--plots=false", "--out_dir", str(out)]
+         "--finish_workers", "2", "--plots=false", "--out_dir", str(out)]
   env = dict(os.environ, JAX_PLATFORMS="cpu", LOSSLAND_CACHE_DIR=str(tmp_path / "cache"))
 
   def in_finish():
@@ -274,11 +275,11 @@ def test_a_job_killed_in_its_finish_resumes_there(tmp_path):
     for n in (os.listdir(ens) if ens.exists() else []):
       if n.endswith("_finish.npz"):
         try:
-          cur = checkpoint.read_meta(str(ens / n))["current"]
+          running = checkpoint.read_meta(str(ens / n))["running"]
         except ValueError:  # being replaced
           continue
-        if cur and cur["it"] >= 20:
-          return cur
+        if any(c["it"] >= 20 for c in running.values()):
+          return {int(i): c["it"] for i, c in running.items()}
     return None
 
   p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -303,5 +304,72 @@ def test_a_job_killed_in_its_finish_resumes_there(tmp_path):
   for k, m in enumerate(s["members"]):
     assert m["finished"] and m["finish_iterations"] <= 300
     assert m["finish_reason"] != "max_iter" or m["finish_iterations"] == 300
-    if k == cur["i"]:
-      assert m["finish_iterations"] >= cur["it"]
+    if k in cur:
+      assert m["finish_iterations"] >= cur[k]
+
+
+def test_members_finished_side_by_side_equal_one_at_a_time(tmp_path, monkeypatch):
+  """finish_members(workers=3): the three entrants' finishes run at the same
+  time (seen inside kink_newton.finish), and every member's params, outputs,
+  final measurements and finish fields equal those of one at a time,
+  bitwise (seconds aside); the host's BLAS limit is back afterwards. A
+  failure in one member reaches the caller and stops the others at their
+  next iteration."""
+  import threading
+  import time
+  from threadpoolctl import threadpool_info
+  from lossland.train import finish as finish_lib
+  run_dir, _ = _run(tmp_path, "bare", finish="none", finish_iters=400)
+  v = job.validate(dict(BASE, out_dir=str(tmp_path / "x"), finish_iters=60,
+                        finish_from=run_dir))
+  j = job.prepare_job(v, lambda *a: None)
+  res = finish_from.load(v, j).res
+  args = (res, j.ds, j.net, j.loss, j.cfg)
+  ref, ref_info = finish_lib.finish_members(*args, tol=1e-10, max_iter=60)
+  real = kink_newton.finish
+  lock, now, peak = threading.Lock(), [0], [0]
+
+  def counting(*a, **k):
+    with lock:
+      now[0] += 1
+      peak[0] = max(peak[0], now[0])
+    try:
+      time.sleep(0.2)  # so that the three overlap even where one finish is quick
+      return real(*a, **k)
+    finally:
+      with lock:
+        now[0] -= 1
+  blas = lambda: sorted((d["filepath"], d["num_threads"]) for d in threadpool_info())
+  before = blas()
+  monkeypatch.setattr(kink_newton, "finish", counting)
+  out, info = finish_lib.finish_members(*args, tol=1e-10, max_iter=60, workers=3)
+  assert peak[0] == 3 and blas() == before
+  assert sum(ref_info.entered) == 3
+  for a, b in zip(jax.tree_util.tree_leaves(out.params), jax.tree_util.tree_leaves(ref.params)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(out.f_train, ref.f_train)
+  for m in ref.final:
+    np.testing.assert_array_equal(out.final[m], ref.final[m])
+  for f in ref_info._fields:
+    if f != "seconds":
+      np.testing.assert_array_equal(np.asarray(getattr(info, f)),
+                                    np.asarray(getattr(ref_info, f)), err_msg=f)
+  calls = []
+
+  def failing(*a, **k):
+    with lock:
+      calls.append(k["max_iter"])
+      first = len(calls) == 1
+    if first:
+      time.sleep(0.5)
+      raise RuntimeError("member failed")
+    for it in range(1, 3000):  # a finish of 30 s that snapshots every iteration
+      k["snapshot_fn"](lambda: a[1], it, 0, 1.0)
+      time.sleep(0.01)
+    return real(*a, **k)
+  monkeypatch.setattr(kink_newton, "finish", failing)
+  t0, n_threads = time.time(), threading.active_count()
+  with pytest.raises(RuntimeError, match="member failed"):
+    finish_lib.finish_members(*args, tol=1e-10, max_iter=60, workers=3)
+  assert len(calls) == 3 and time.time() - t0 < 10
+  assert threading.active_count() == n_threads and blas() == before

@@ -31,7 +31,7 @@ from lossland.experiments import job as job_lib
 CELL_OPTIONS = ("dataset", "data_file", "data_dir", "classes", "split", "P", "n_test",
                 "noverify_data", "data_seed", "label_noise", "teacher_depth",
                 "teacher_width", "seed", "n_seeds", "out_dir", "plots", "resume",
-                "checkpoint_every")
+                "checkpoint_every", "finish_workers")
 
 
 def batch_key(values: dict) -> str | None:

@@ -219,6 +219,11 @@ class JobOptions:
   resume: bool = option(
       True, "Checkpoint while training and resume an interrupted run with the same flags.")
   checkpoint_every: float = option(60.0, "Seconds between checkpoints (--resume).")
+  finish_workers: int = option(
+      1, "Members finished side by side, in threads, by the Newton finish (the anneal runs "
+      "every entrant in one program anyway); the numbers are those of one at a time. "
+      "Each member's host linear algebra keeps one BLAS thread up to N = 1000 weights, so "
+      "up to one worker per core helps (docs/engine.md, 'members finished side by side').")
 
 
 # The job's options as rows (name, type, default, help, choices), in field order.
@@ -227,7 +232,8 @@ SPEC = options.spec_of(JobOptions)
 OPTIONS = {o.name: o for o in SPEC}
 
 # Options that do not change the numbers: left out of the checkpoint's identity.
-NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
+NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir",
+                   "finish_workers")
 
 # Options added after checkpoints existed, with the value that reproduces the
 # runs made before them: left out of the checkpoint's identity at that value,
@@ -365,6 +371,7 @@ def validate(values: dict) -> dict:
   if v["finish"] != "none" and not v["x64"]:
     raise JobError(f"--finish {v['finish']} measures force balance to 1e-10: it needs --x64")
   need(v["checkpoint_every"] >= 0, "checkpoint_every", "must be >= 0")
+  need(v["finish_workers"] >= 1, "finish_workers", "must be at least 1")
   if v["margin"] is not None:
     need(v["margin"] >= 0, "margin", "must be >= 0")
   if v["dataset"] == "npz" and not v["data_file"]:
@@ -1133,7 +1140,8 @@ def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,
                                     step_model=v["finish_model"],
                                     anneal_rounds=v["anneal_rounds"], log_fn=log_fn,
                                     members=members, checkpoint_path=checkpoint_path,
-                                    checkpoint_every=v["checkpoint_every"])
+                                    checkpoint_every=v["checkpoint_every"],
+                                    workers=v["finish_workers"])
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

@@ -56,7 +56,8 @@ from lossland import io
 # (where the data are cached, what is drawn): left out of its id, so that a
 # restart may change them. The job's checkpoint ignores the same ones
 # (``job.NON_KEY_OPTIONS``), data_dir aside.
-IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir")
+IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir",
+                   "finish_workers")
 
 CELLS_FILE = "cells.jsonl"
 

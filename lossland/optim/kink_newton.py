@@ -64,6 +64,7 @@ lossland.scripts.bench finish``.
 import contextlib
 import functools
 import math
+import threading
 from typing import NamedTuple
 
 import jax
@@ -85,16 +86,35 @@ from lossland.optim import frozen_derivs
 ONE_BLAS_THREAD_MAX_N = 1000
 
 
+_BLAS_LOCK = threading.Lock()
+_BLAS_HELD = {"depth": 0, "limits": None}
+
+
+@contextlib.contextmanager
 def host_blas(n: int):
   """A context with one BLAS thread in this process where ``n`` (the weights
   of the net) is at most :data:`ONE_BLAS_THREAD_MAX_N`, else no change; the
-  previous limits come back on exit."""
+  previous limits come back when the last of the contexts open at once (in
+  several threads: members finished side by side, ``finish_members``'s
+  ``workers``) exits."""
   if n > ONE_BLAS_THREAD_MAX_N:
-    return contextlib.nullcontext()
+    yield
+    return
   import importlib
   from threadpoolctl import threadpool_limits
-  importlib.import_module("scipy.optimize")  # the certificate's BLAS, loaded so the limit covers it
-  return threadpool_limits(limits=1, user_api="blas")
+  with _BLAS_LOCK:
+    if not _BLAS_HELD["depth"]:
+      importlib.import_module("scipy.optimize")  # the certificate's BLAS, loaded so the limit covers it
+      _BLAS_HELD["limits"] = threadpool_limits(limits=1, user_api="blas")
+    _BLAS_HELD["depth"] += 1
+  try:
+    yield
+  finally:
+    with _BLAS_LOCK:
+      _BLAS_HELD["depth"] -= 1
+      if not _BLAS_HELD["depth"]:
+        _BLAS_HELD["limits"].restore_original_limits()
+        _BLAS_HELD["limits"] = None
 
 
 def _with_host_blas(fn):

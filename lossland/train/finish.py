@@ -9,7 +9,7 @@ outputs and final measurements by the finished ones:
 * ``newton``: :func:`lossland.optim.kink_newton.finish`, a trust-region
   Newton method on the kink manifold (each iteration a dense N x N Hessian
   and its eigenvectors), which aims at force balance; on the host, one
-  member after another;
+  member after another, or several side by side in threads (``workers``);
 * ``anneal``: :func:`lossland.optim.anneal.anneal_members`, L-BFGS through
   smoothed nets that sharpen back to the ReLU, every entrant in one vmapped
   program per level, which aims at a lower loss (it brings some stalled
@@ -24,8 +24,10 @@ A member whose solve does not reach the target keeps the last iterate (its
 loss is lower than at entry; its r_sub is measured, not assumed): the caller
 reads the measured r_sub, not this stage's verdict.
 """
+import concurrent.futures
 import hashlib
 import os
+import threading
 import time
 import warnings
 from typing import Callable, NamedTuple
@@ -64,7 +66,8 @@ class FinishInfo(NamedTuple):
       below -``observables.DESCENT_RTOL``: not a minimum; nan where not
       entered or no point is unsatisfied).
     descent_step: |w' - w| / |w| of that point (nan where not entered).
-    seconds: host time of each member's finish (the anneal, which runs all
+    seconds: wall time of each member's finish (beside the others' where
+      members run side by side; the anneal, which runs all
       entrants in one program, shared equally among them).
     n_restarts: restarts after a collapsed trust region, the descent
       probe's escapes included (kink_newton.finish, ``escape``; 0 where not
@@ -136,20 +139,26 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
 
 class _Progress:
   """The finishing stage's progress in a checkpoint file (the job's
-  ``--resume``): the anneal's result, each member finished so far and the
+  ``--resume``): the anneal's result, each member finished so far and each
   member in progress at its last snapshot (every ``every`` seconds of its
-  Newton finish). A stage run again on the same entrants (same params,
-  method and members: a digest) skips what is recorded and resumes the
-  member in progress from its last iterate, with its trust region afresh,
-  as ``--finish_from`` does (the numbers differ from an uninterrupted
-  stage's by that restart only). Another stage's file is ignored."""
+  Newton finish; several at once where members run side by side). A stage
+  run again on the same entrants (same params, method and members: a
+  digest) skips what is recorded and resumes each member in progress from
+  its last iterate, with its trust region afresh, as ``--finish_from`` does
+  (the numbers differ from an uninterrupted stage's by that restart only).
+  Another stage's file, or one written before members could run side by side,
+  is ignored. Thread-safe: workers snapshot, the caller records."""
+
+  VERSION = "running-v2"
 
   def __init__(self, path, every: float, flat_entry: np.ndarray, key: str):
-    self.path, self.every, self.t_last = path, every, time.time()
-    self.digest = hashlib.sha1(flat_entry.tobytes() + key.encode()).hexdigest()
+    self.path, self.every, self.t_last = path, every, {}
+    self.lock = threading.Lock()
+    self.digest = hashlib.sha1(flat_entry.tobytes() + key.encode()
+                               + self.VERSION.encode()).hexdigest()
     self.flat = {"anneal": np.zeros_like(flat_entry), "done": np.zeros_like(flat_entry),
-                 "current": np.zeros_like(flat_entry[0])}
-    self.meta = {"digest": self.digest, "anneal": None, "done": {}, "current": None}
+                 "running": np.zeros_like(flat_entry)}
+    self.meta = {"digest": self.digest, "anneal": None, "done": {}, "running": {}}
     if path is None or not os.path.exists(path):
       return
     try:
@@ -162,12 +171,11 @@ class _Progress:
 
   @property
   def resumed(self) -> bool:
-    return bool(self.meta["anneal"] is not None or self.meta["done"] or self.meta["current"])
+    return bool(self.meta["anneal"] is not None or self.meta["done"] or self.meta["running"])
 
   def save(self):
     if self.path is not None:
       checkpoint.save(self.path, self.flat, self.meta)
-      self.t_last = time.time()
 
   def annealed(self, unravel) -> list | None:
     """The recorded anneal's results (AnnealResult per entrant) or None."""
@@ -184,30 +192,41 @@ class _Progress:
                                 reason=a.reason, n_rounds=int(a.n_rounds)) for a in results]
     for i, a in enumerate(results):
       self.flat["anneal"][i] = ravel(a.params)
-    self.save()
+    with self.lock:
+      self.save()
 
   def done(self, i: int):
     """Member ``i`` (of the entrants)'s recorded fields, or None."""
     return self.meta["done"].get(str(i))
 
   def member_done(self, i: int, flat_params, fields: dict):
-    self.flat["done"][i] = flat_params
-    self.meta["done"][str(i)] = fields
-    self.meta["current"] = None
-    self.save()
+    with self.lock:
+      self.flat["done"][i] = flat_params
+      self.meta["done"][str(i)] = fields
+      self.meta["running"].pop(str(i), None)
+      self.save()
 
   def current(self, i: int):
     """Entrant ``i``'s last snapshot, ``(fields, flat params)``, or None."""
-    cur = self.meta["current"]
-    return None if cur is None or cur["i"] != i else (cur, self.flat["current"])
+    cur = self.meta["running"].get(str(i))
+    return None if cur is None else (cur, self.flat["running"][i])
 
   def snapshot(self, i, params_fn, ravel, seconds, it, restarts, r0, n_iter):
-    if self.path is None or time.time() - self.t_last < self.every:
+    now = time.time()
+    if self.path is None or now - self.t_last.setdefault(i, now) < self.every:
       return
-    self.flat["current"] = ravel(params_fn())
-    self.meta["current"] = {"i": i, "it": int(it), "restarts": int(restarts),
-                            "r0": float(r0), "n_iter": int(n_iter), "seconds": float(seconds)}
-    self.save()
+    flat = ravel(params_fn())
+    with self.lock:
+      self.flat["running"][i] = flat
+      self.meta["running"][str(i)] = {"it": int(it), "restarts": int(restarts),
+                                      "r0": float(r0), "n_iter": int(n_iter),
+                                      "seconds": float(seconds)}
+      self.save()
+      self.t_last[i] = time.time()
+
+
+class _Stopped(Exception):
+  """A member's finish stopped because another one failed (``workers``)."""
 
 
 class _Merge:
@@ -261,7 +280,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                    log_fn: Callable | None = None, method: str = "newton",
                    levels=None, anneal_iters: int = 4000, step_model: str = "newton",
                    anneal_rounds: int = 1, members=None, checkpoint_path: str | None = None,
-                   checkpoint_every: float = 60.0) -> tuple:
+                   checkpoint_every: float = 60.0, workers: int = 1) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -288,6 +307,9 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
       written after the anneal, after each member and every
       ``checkpoint_every`` seconds of a member's Newton finish; a stage run
       again on the same entrants resumes from it. The caller removes it.
+    workers: members finished side by side, in threads (the Newton finish
+      and the descent probe; the anneal runs every entrant in one program
+      anyway); each member's numbers are those of ``workers=1``.
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -334,40 +356,51 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
       prog.meta["anneal_seconds"] = time.time() - t0
       prog.anneal_done(annealed, ravel)
     t_anneal = prog.meta["anneal_seconds"] / len(idx)
-  for i, k in enumerate(idx):
-    p0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
+  p0_of = lambda k: jax.tree_util.tree_map(lambda a: np.asarray(a)[k], res.params0)
+  for i, k in enumerate(idx):  # finished before an interruption
     done = prog.done(i)
-    if done is not None:  # finished before an interruption
-      merge.put(k, unravel(prog.flat["done"][i]), p0)
+    if done is not None:
+      merge.put(k, unravel(prog.flat["done"][i]), p0_of(k))
       for field, value in done.items():
         getattr(info, field)[k] = value
-      continue
-    t0 = time.time()
+  pending = [i for i in range(len(idx)) if prog.done(i) is None]
+
+  def run_member(i, stop=None):
+    """Entrant i's finish and descent probe (no shared state but ``prog``)."""
+    k, t0 = idx[i], time.time()
     cur = prog.current(i)
     t_before = 0.0 if cur is None else cur[0]["seconds"]
     if log_fn and method != "anneal":
       log_fn(f"finish ({method}): member {i + 1} of {len(idx)} (seed {int(res.seeds[k])}), "
              f"at most {max_iter} iterations"
              + ("" if cur is None else f", resumed at iteration {cur[0]['it']}"))
-    snap = (lambda params_fn, it, restarts, r0, n_iter, i=i, t0=t0, t_before=t_before:
-            prog.snapshot(i, params_fn, ravel, t_before + time.time() - t0, it, restarts, r0,
-                          n_iter))
-    p_new, rec, reason, r0, n_iter, n_restarts, probe = _finish_one(
-        method, net, take(k) if cur is None else unravel(cur[1]), data.x_train,
-        data.y_train, loss, offs[i], tol, max_iter, annealed[i], step_model,
-        start=None if cur is None else cur[0], snapshot_fn=snap)
-    merge.put(k, p_new, p0)
-    if probe is None:  # not already run at p_new by the finish's escape
-      probe = kink_newton.descent_probe(net, p_new, data.x_train, data.y_train, loss,
+
+    def snap(params_fn, it, restarts, r0, n_iter):
+      if stop is not None and stop.is_set():
+        raise _Stopped
+      prog.snapshot(i, params_fn, ravel, t_before + time.time() - t0, it, restarts, r0,
+                    n_iter)
+    out = _finish_one(method, net, take(k) if cur is None else unravel(cur[1]),
+                      data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
+                      step_model, start=None if cur is None else cur[0], snapshot_fn=snap)
+    probe = out[-1]
+    if probe is None:  # not already run at the result by the finish's escape
+      probe = kink_newton.descent_probe(net, out[0], data.x_train, data.y_train, loss,
                                         f_offset=offs[i])
+    return out[:-1], probe, t_before + time.time() - t0
+
+  def record(i, result):
+    """Entrant i's result into the ensemble, the info and the progress file."""
+    (p_new, rec, reason, r0, n_iter, n_restarts), probe, seconds = result
+    k = idx[i]
+    merge.put(k, p_new, p0_of(k))
     fields = {"entered": True, "reason": reason,
               "converged": bool(rec.force_residual <= tol),
               "residual_after": float(rec.force_residual), "residual_before": float(r0),
               "loss_before": float(res.final["loss"][k]),
               "min_curvature": float(probe.min_curvature), "n_iter": int(n_iter),
               "descent_gain": float(probe.gain), "descent_step": float(probe.step),
-              "seconds": t_before + time.time() - t0 + t_anneal,
-              "n_restarts": int(n_restarts),
+              "seconds": seconds + t_anneal, "n_restarts": int(n_restarts),
               "n_rounds": 0 if annealed[i] is None else int(annealed[i].n_rounds)}
     for field, value in fields.items():
       getattr(info, field)[k] = value
@@ -377,4 +410,23 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
              f"{rec.force_residual:.2e}, N_Delta {rec.n_unsat} ({reason}, {n_iter} "
              f"iterations, {n_restarts} restarts, {info.n_rounds[k]} anneal rounds, "
              f"descent probe {probe.gain:.1e}, {info.seconds[k]:.1f} s)")
+
+  if workers <= 1 or len(pending) <= 1:
+    for i in pending:
+      record(i, run_member(i))
+    return merge.result(), info
+  # members side by side in threads: the finish's host linear algebra and its
+  # XLA programs release the GIL; results are recorded here, in the caller's
+  # thread, as they come (each member's numbers do not depend on the others')
+  stop = threading.Event()
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(pending)))
+  try:
+    futures = {pool.submit(run_member, i, stop): i for i in pending}
+    for f in concurrent.futures.as_completed(futures):
+      record(futures[f], f.result())
+  except BaseException:
+    stop.set()  # the others stop at their next iteration
+    raise
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
   return merge.result(), info
