@@ -189,6 +189,18 @@ def test_phase_finish_from_continues_each_cell(short, tmp_path):
                                             **base), log_fn=lambda m: None)
 
 
+def _stage(tmp_path):
+  """A run without a finish read back as its finishing stage would see it:
+  ``(run directory, prepared job, EnsembleResult, finish_members's
+  positional args)``."""
+  run_dir, _ = _run(tmp_path, "bare", finish="none", finish_iters=400)
+  v = job.validate(dict(BASE, out_dir=str(tmp_path / "x"), finish_iters=60,
+                        finish_from=run_dir))
+  j = job.prepare_job(v, lambda *a: None)
+  res = finish_from.load(v, j).res
+  return run_dir, j, res, (res, j.ds, j.net, j.loss, j.cfg)
+
+
 class _Killed(Exception):
   pass
 
@@ -200,12 +212,7 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
   added), member 2 runs as it would have; a checkpoint of another stage is
   ignored; the job leaves no checkpoint behind."""
   from lossland.train import finish as finish_lib
-  run_dir, _ = _run(tmp_path, "bare", finish="none", finish_iters=400)
-  v = job.validate(dict(BASE, out_dir=str(tmp_path / "x"), finish_iters=60,
-                        finish_from=run_dir))
-  j = job.prepare_job(v, lambda *a: None)
-  res = finish_from.load(v, j).res
-  args = (res, j.ds, j.net, j.loss, j.cfg)
+  run_dir, j, res, args = _stage(tmp_path)
   kw = dict(tol=1e-10, max_iter=60)
   ref, ref_info = finish_lib.finish_members(*args, **kw)
   ckpt = str(tmp_path / "finish.npz")
@@ -319,12 +326,7 @@ def test_members_finished_side_by_side_equal_one_at_a_time(tmp_path, monkeypatch
   import time
   from threadpoolctl import threadpool_info
   from lossland.train import finish as finish_lib
-  run_dir, _ = _run(tmp_path, "bare", finish="none", finish_iters=400)
-  v = job.validate(dict(BASE, out_dir=str(tmp_path / "x"), finish_iters=60,
-                        finish_from=run_dir))
-  j = job.prepare_job(v, lambda *a: None)
-  res = finish_from.load(v, j).res
-  args = (res, j.ds, j.net, j.loss, j.cfg)
+  _, j, res, args = _stage(tmp_path)
   ref, ref_info = finish_lib.finish_members(*args, tol=1e-10, max_iter=60)
   real = kink_newton.finish
   lock, now, peak = threading.Lock(), [0], [0]

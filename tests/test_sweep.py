@@ -100,6 +100,10 @@ def test_cell_id_is_stable_and_ignores_output_options():
       sweep.identity(v)
   # Pinned: sweeps started with this version must resume with later ones.
   assert sweep.cell_id(v) == "568f0164d210"
+  # the sweep (job-agnostic, so it keeps its own list) and the job's
+  # checkpoint ignore the same options, e.g. --finish_workers
+  assert set(sweep.IGNORED_OPTIONS) == set(job.NON_KEY_OPTIONS)
+  assert sweep.cell_id(dict(v, finish_workers=4)) == sweep.cell_id(v)
 
 
 def test_a_changed_default_is_refused_not_mixed_in(tmp_path, monkeypatch):

@@ -55,7 +55,8 @@ from lossland import io
 # Options that change neither the numbers of a cell nor where they come from
 # (where the data are cached, what is drawn): left out of its id, so that a
 # restart may change them. The job's checkpoint ignores the same ones
-# (``job.NON_KEY_OPTIONS``), data_dir aside.
+# (``job.NON_KEY_OPTIONS``; the sweep does not import the job, so a test
+# keeps the two lists equal).
 IGNORED_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir",
                    "finish_workers")
 
