@@ -222,3 +222,98 @@ def test_descent_exponents_follows_each_stopped_member_over_the_stages(tmp_path)
   assert de.main(["descent_exponents.py", "t.txt", first]) == 2
   assert de.main(["descent_exponents.py", str(tmp_path / "u.png"), str(tmp_path / "none")]) == 2
   assert not os.path.exists(tmp_path / "u.png")
+
+
+_SMOOTH_JOB = dict(dataset="sphere", depth=1, width=6, d=4, bias=True, P=80, seed=0, n_seeds=2,
+                   x64=True, max_steps=2000, lr=1e-2, optimizer="adam", polish="lbfgs",
+                   polish_steps=1000, polish_jam_window=200, plots=False,
+                   activation="softplus")
+
+
+def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
+  """scripts/smooth_control.py: its members are minima of F = loss + mu|w|^2/2
+  by plain checks (F rises along random directions; r_F and lam_min against
+  finite differences of F), its fits use them, bad arguments exit 2 and
+  write nothing."""
+  import jax
+  from jax.flatten_util import ravel_pytree
+  from lossland import experiment, losses
+  run_dir, s = job.run_ensemble_job(dict(_SMOOTH_JOB, out_dir=str(tmp_path / "run")), **QUIET)
+  assert all(m["n_delta"] > 0 for m in s["members"])
+  sc = _probe("smooth_control")
+  mu = 1e-2
+  ens = experiment.load_ensemble(run_dir)
+  x, y = ens.data.x_train, ens.data.y_train
+  apply_fn = nets.make_net(ens.net, dtype=x.dtype)[1]
+
+  def F_of(params):
+    flat, unravel = ravel_pytree(params)
+    F = jax.jit(jax.vmap(lambda w: 0.5 * jnp.sum(jnp.maximum(
+        losses.margins(apply_fn(unravel(w), x), y, 1.0), 0.0) ** 2) + 0.5 * mu * jnp.sum(w ** 2)))
+    return np.asarray(flat), lambda ws: np.asarray(F(jnp.asarray(ws)))
+
+  # the certificate at the trained (not decay-stationary) params against
+  # central differences of F
+  p0 = jax.tree_util.tree_map(lambda a: a[0], ens.params)
+  cert = sc.certify(ens.net, ens.loss, x, y, mu, p0)
+  w, F = F_of(p0)
+  n, h = w.size, 1e-5
+  e = np.eye(n)
+  g_fd = (F(w + h * e) - F(w - h * e)) / (2 * h)
+  d = cert["delta"]
+  jac = np.stack([(np.asarray(losses.margins(apply_fn(ravel_pytree(p0)[1](w + h * e[i]), x), y, 1.0))
+                   - np.asarray(losses.margins(apply_fn(ravel_pytree(p0)[1](w - h * e[i]), x), y, 1.0)))
+                  / (2 * h) for i in range(n)], 1)
+  scale = np.sum(d[d > 0] * np.linalg.norm(jac[d > 0], axis=1)) + mu * np.linalg.norm(w)
+  assert cert["r_F"] == pytest.approx(np.linalg.norm(g_fd) / scale, rel=1e-5)
+  assert cert["r_F"] > 1e-4 and not cert["minimum"]
+  hh = 1e-4
+  ii, jj = np.triu_indices(n)
+  pp = w + hh * (e[ii] + e[jj])
+  pm = w + hh * (e[ii] - e[jj])
+  mp = w - hh * (e[ii] - e[jj])
+  mm = w - hh * (e[ii] + e[jj])
+  H = np.zeros((n, n))
+  H[ii, jj] = (F(pp) - F(pm) - F(mp) + F(mm)) / (4 * hh ** 2)
+  H = H + np.triu(H, 1).T
+  ev = np.linalg.eigvalsh(H)
+  assert cert["n_at_margin"] == 0
+  assert cert["lam_min"] == pytest.approx(ev[0], abs=1e-4 * ev[-1])
+  assert cert["lam_max"] == pytest.approx(ev[-1], rel=1e-4)
+
+  # the script: both members driven to certified minima of F, two at a time
+  out = tmp_path / "control.json"
+  rc, lines = _lines(sc, ["smooth_control.py", str(out), str(mu), "300", "2", run_dir])
+  assert rc == 0
+  rows, fit = lines[:-1], lines[-1]
+  assert [r["member"] for r in rows] == [0, 1]
+  saved = json.loads(out.read_text())
+  assert [r["r_F"] for r in saved["members"]] == [r["r_F"] for r in rows]
+  rng = np.random.default_rng(0)
+  for k, r in enumerate(rows):
+    assert r["minimum"] and r["r_F"] <= sc.CERT_TOL and r["lam_min"] > 0
+    row = sc.run_member(ens, k, mu, 300)  # deterministic: the same state again
+    assert row["r_F"] == r["r_F"]
+    w, F = F_of(row["params"])
+    v = rng.normal(size=(200, w.size))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    for t in (1e-3, 1e-2):
+      assert np.all(F(w + t * v) > F(w[None])[0])  # F rises in every direction
+    assert r["n_delta"] == int(np.sum(np.asarray(saved["members"][k]["delta"]) > 0))
+  assert fit["n_minima"] == 2 and fit["n_delta_over_n"] == [r["n_delta"] / r["N"] for r in rows]
+  assert fit["n_theta_samples"] + fit["n_at_margin"] == sum(r["n_delta"] for r in rows)
+
+  # bad arguments: exit 2, no output file
+  bad = tmp_path / "bad.json"
+  relu_dir = tmp_path / "relu"
+  import shutil
+  shutil.copytree(run_dir, relu_dir)
+  cfg = json.loads((relu_dir / "config.json").read_text())
+  cfg["net"]["activation"] = "relu"
+  (relu_dir / "config.json").write_text(json.dumps(cfg))
+  for argv in ([str(bad), "0", "10", "1", run_dir], [str(bad), "1e-2", "0", "1", run_dir],
+               [str(bad), "1e-2", "10", "1", str(relu_dir)],
+               [str(bad), "1e-2", "10", "1", str(tmp_path / "nowhere")],
+               [str(bad), "1e-2", "10"], ["bad.txt", "1e-2", "10", "1", run_dir]):
+    assert sc.main(["smooth_control.py"] + argv) == 2
+  assert not bad.exists()

@@ -1,0 +1,202 @@
+"""The kink-free control of issue 20, item 4 (d): theta and gamma at certified
+minima of a smooth net's loss with weight decay.
+
+    python scripts/smooth_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...]
+
+Why. A softplus net has no kinks and no dead points, but its jammed "minima"
+lie at infinite weights: the descent sharpens the activation by growing the
+pre-activations (docs/jamming.md, "the softplus control"). With weight decay
+mu > 0 the objective
+
+    F(w) = sum_mu 1/2 Delta_mu^2 theta(Delta_mu) + mu |w|^2 / 2
+
+is coercive, so it has minima at finite weights, and on a smooth net nothing
+but the margin (Delta = 0, where the quadratic hinge is C^1) stands between a
+Newton method and them.
+
+What. RUN_DIR, ...: ensemble runs of a smooth activation (tanh or softplus)
+with the quadratic hinge. Every member that ended with unsatisfied points is
+driven to a stationary point of F by the finish
+(``kink_newton.finish(weight_decay=MU)``, at most ITERS iterations, WORKERS
+members at a time in threads), then certified independently of the finish:
+
+* ``r_F`` = |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|), the
+  force balance of F with the decay as one more force (``jax.grad``);
+* ``lam_min``: the lowest eigenvalue of the Hessian of F with the points at
+  the margin (0 < Delta <= ``phase.GAP_FLOOR`` sqrt(loss)) left out of the
+  Gauss-Newton part (``jax.hessian``, dense). That matrix is the lowest
+  element of F's generalized Hessian (a point at Delta = 0 adds
+  (grad Delta . d)_+^2 >= 0 along d), so lam_min > 0 at r_F ~ 0 makes the
+  state a strict local minimum of F;
+* ``minimum``: r_F <= ``CERT_TOL`` and lam_min > 0.
+
+The Delta of the certified minima give theta (Delta > 0 divided by
+sqrt(loss), loss = mean 1/2 Delta_+^2, as the authors) and gamma (-Delta of the
+satisfied points), fitted as the phase summary fits them
+(``phase.fit_exponent``: density MLE and empirical CDF on the small half,
+samples at or below ``phase.GAP_FLOOR`` left out and counted, a bootstrap
+over members), per run and over all runs. One JSON line per member and one
+per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``
+(written once, at the end, through a temporary file). Exit status 2 on a bad
+argument or run. docs/jamming.md, "a kink-free control with weight decay".
+"""
+import concurrent.futures
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+jax.config.update("jax_enable_x64", True)
+
+from lossland import experiment, io, losses, nets, phase  # noqa: E402
+from lossland.optim import kink_newton  # noqa: E402
+
+CERT_TOL = 1e-8  # r_F of a minimum (the finish itself stops at 1e-10 of its own scale)
+SMOOTH = ("tanh", "softplus")
+
+
+def _objective(cfg, loss, x, y, mu):
+  """(F, margins) as functions of the flat weights, and the unravel map."""
+  _, apply_fn = nets.make_net(cfg, dtype=x.dtype)
+
+  def make(params):
+    flat, unravel = ravel_pytree(params)
+
+    def delta(w):
+      return losses.margins(apply_fn(unravel(w), x), y, loss.epsilon)
+
+    def F(w, keep=None):
+      d = jnp.maximum(delta(w), 0.0)
+      d = d if keep is None else d * keep
+      return 0.5 * jnp.sum(d ** 2) + 0.5 * mu * jnp.sum(w ** 2)
+
+    return flat, delta, F
+
+  return make
+
+
+def certify(cfg, loss, x, y, mu, params) -> dict:
+  """r_F, lam_min (and lam_max) of F at params, the module docstring's way."""
+  flat, delta, F = _objective(cfg, loss, x, y, mu)(params)
+  d = np.asarray(delta(flat))
+  unsat = d > 0
+  mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
+  g = np.asarray(jax.grad(F)(flat))
+  jac = np.asarray(jax.jacrev(delta)(flat))  # [P, N]
+  scale = float(np.sum(np.abs(d[unsat]) * np.linalg.norm(jac[unsat], axis=1))
+                + mu * np.linalg.norm(np.asarray(flat)))
+  at_margin = unsat & (d <= phase.GAP_FLOOR * math.sqrt(max(mean_loss, 0.0)))
+  keep = jnp.asarray(~at_margin, flat.dtype)
+  h = np.asarray(jax.hessian(lambda w: F(w, keep))(flat))
+  ev = np.linalg.eigvalsh(0.5 * (h + h.T))
+  r_f = float(np.linalg.norm(g)) / scale if scale > 0 else float("nan")
+  return dict(r_F=r_f, lam_min=float(ev[0]), lam_max=float(ev[-1]),
+              minimum=bool(r_f <= CERT_TOL and ev[0] > 0), loss=mean_loss,
+              n_delta=int(unsat.sum()), n_at_margin=int(at_margin.sum()),
+              decay_term=0.5 * mu * float(np.sum(np.asarray(flat) ** 2)),
+              delta=d)
+
+
+def run_member(ens, k: int, mu: float, iters: int) -> dict:
+  """The finish on F for member k of ens, then its certificate (the row
+  keeps the member's Delta and params, which main does not print)."""
+  cfg, loss, x, y = ens.net, ens.loss, ens.data.x_train, ens.data.y_train
+  params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
+  t = time.time()
+  out = kink_newton.finish(cfg, params, x, y, loss, tol=1e-10, max_iter=iters,
+                           weight_decay=mu)
+  cert = certify(cfg, loss, x, y, mu, out.params)
+  before = certify(cfg, loss, x, y, mu, params)
+  delta = cert.pop("delta")
+  before.pop("delta")
+  return dict(run=ens.path, member=k, seed=int(ens.seeds[k]), N=nets.n_params(cfg),
+              P=int(x.shape[0]), mu=mu, reason=out.reason, iterations=int(out.n_iter),
+              seconds=round(time.time() - t, 1), r_F_before=before["r_F"],
+              loss_before=before["loss"], **cert, delta=delta, params=out.params)
+
+
+def fits(rows: list, label: str) -> dict:
+  """theta and gamma of the certified minima among rows."""
+  pos, neg, gp, gn = [], [], [], []
+  for i, r in enumerate(rows):
+    d = np.asarray(r["delta"])
+    p = d[d > 0] / math.sqrt(r["loss"])
+    n = -d[d < 0]
+    pos.append(p), neg.append(n)
+    gp.append(np.full(p.size, i)), gn.append(np.full(n.size, i))
+  cat = lambda a: np.concatenate(a) if a else np.zeros(0)
+  th = phase.fit_exponent(cat(pos), cat(gp), x_floor=phase.GAP_FLOOR)
+  ga = phase.fit_exponent(cat(neg), cat(gn), sign=-1, x_floor=phase.GAP_FLOOR)
+  return dict(fit=label, n_minima=len(rows), theta=th["exponent"], theta_ci=th["ci"],
+              theta_cdf=th["exponent_cdf"], theta_ci_cdf=th["ci_cdf"],
+              theta_stable=th["stable"], n_theta_samples=th["n_samples"],
+              n_at_margin=th["n_below_floor"], gamma=ga["exponent"], gamma_ci=ga["ci"],
+              gamma_cdf=ga["exponent_cdf"], n_gamma_samples=ga["n_samples"],
+              n_delta_over_n=[r["n_delta"] / r["N"] for r in rows])
+
+
+def _args(argv):
+  if len(argv) < 6 or not argv[1].endswith(".json"):
+    raise ValueError(__doc__.strip().splitlines()[3].strip())
+  mu, iters, workers = float(argv[2]), int(argv[3]), int(argv[4])
+  if not (math.isfinite(mu) and mu > 0) or iters < 1 or workers < 1:
+    raise ValueError(f"MU must be > 0, ITERS and WORKERS >= 1 (got {argv[2:5]})")
+  runs = []
+  for path in argv[5:]:
+    ens = experiment.load_ensemble(path)
+    if ens.net.activation not in SMOOTH:
+      raise ValueError(f"{path}: activation {ens.net.activation!r} is not smooth "
+                       f"(one of {SMOOTH}): a ReLU net's loss has kinks")
+    if ens.loss.name != "quadratic_hinge" or ens.subtract_init:
+      raise ValueError(f"{path}: needs the quadratic hinge without subtract_init")
+    if ens.data.x_train.dtype != np.float64:
+      raise ValueError(f"{path}: needs a float64 run (--x64)")
+    runs.append(ens)
+  return argv[1], mu, iters, workers, runs
+
+
+def main(argv):
+  try:
+    out_path, mu, iters, workers, runs = _args(argv)
+  except (ValueError, io.RunError) as e:
+    print(f"smooth_control: {e}", file=sys.stderr)
+    return 2
+  jobs = []
+  for ens in runs:
+    _, apply_fn = nets.make_net(ens.net, dtype=ens.data.x_train.dtype)
+    d = np.asarray(jax.vmap(lambda p, e=ens, f=apply_fn: losses.margins(
+        f(p, e.data.x_train), e.data.y_train, e.loss.epsilon))(ens.params))
+    jobs += [(ens, k) for k in range(d.shape[0]) if np.any(d[k] > 0)]
+  print(f"smooth_control: {len(jobs)} members with unsatisfied points, mu = {mu:g}, "
+        f"at most {iters} iterations, {workers} at a time", file=sys.stderr, flush=True)
+  rows = []
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    for row in pool.map(lambda j: run_member(j[0], j[1], mu, iters), jobs):
+      print(json.dumps({k: v for k, v in row.items() if k not in ("delta", "params")}),
+            flush=True)
+      rows.append(row)
+  fit_rows = []
+  for ens in runs:
+    mins = [r for r in rows if r["run"] == ens.path and r["minimum"]]
+    fit_rows.append(fits(mins, ens.path))
+  if len(runs) > 1:
+    fit_rows.append(fits([r for r in rows if r["minimum"]], "all"))
+  for f in fit_rows:
+    print(json.dumps(f), flush=True)
+  members = [dict({k: v for k, v in r.items() if k != "params"},
+                  delta=np.asarray(r["delta"]).tolist()) for r in rows]
+  tmp = out_path + ".tmp"
+  with open(tmp, "w") as fh:
+    json.dump({"members": members, "fits": fit_rows}, fh)
+  os.replace(tmp, out_path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
