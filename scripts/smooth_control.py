@@ -35,7 +35,10 @@ sqrt(loss), loss = mean 1/2 Delta_+^2, as the authors) and gamma (-Delta of the
 satisfied points), fitted as the phase summary fits them
 (``phase.fit_exponent``: density MLE and empirical CDF on the small half,
 samples at or below ``phase.GAP_FLOOR`` left out and counted, a bootstrap
-over members), per run and over all runs. One JSON line per member and one
+over members), per run and over all runs, with N_Delta/N of each minimum (N
+the papers' count of weights, biases left out, as for the ReLU nets); and,
+for comparison, per run, of every member's entry state (the run's, not a
+minimum). One JSON line per member and one
 per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``
 (written once, at the end, through a temporary file). Exit status 2 on a bad
 argument or run. docs/jamming.md, "a kink-free control with weight decay".
@@ -114,31 +117,36 @@ def run_member(ens, k: int, mu: float, iters: int) -> dict:
   cert = certify(cfg, loss, x, y, mu, out.params)
   before = certify(cfg, loss, x, y, mu, params)
   delta = cert.pop("delta")
-  before.pop("delta")
-  return dict(run=ens.path, member=k, seed=int(ens.seeds[k]), N=nets.n_params(cfg),
+  delta_before = before.pop("delta")
+  return dict(run=ens.path, member=k, seed=int(ens.seeds[k]),
+              N=nets.n_weights(cfg.d, cfg.width, cfg.depth), n_params=nets.n_params(cfg),
               P=int(x.shape[0]), mu=mu, reason=out.reason, iterations=int(out.n_iter),
               seconds=round(time.time() - t, 1), r_F_before=before["r_F"],
-              loss_before=before["loss"], **cert, delta=delta, params=out.params)
+              loss_before=before["loss"], n_delta_before=before["n_delta"], **cert,
+              delta=delta, delta_before=delta_before, params=out.params)
 
 
-def fits(rows: list, label: str) -> dict:
-  """theta and gamma of the certified minima among rows."""
+def fits(rows: list, label: str, entry: bool = False) -> dict:
+  """theta and gamma of the states of rows: those the finish reached, or
+  with ``entry`` those it started from (the run's, not minima)."""
   pos, neg, gp, gn = [], [], [], []
+  tag = "_before" if entry else ""
   for i, r in enumerate(rows):
-    d = np.asarray(r["delta"])
-    p = d[d > 0] / math.sqrt(r["loss"])
+    d = np.asarray(r["delta" + tag])
+    p = d[d > 0] / math.sqrt(r["loss" + tag])
     n = -d[d < 0]
     pos.append(p), neg.append(n)
     gp.append(np.full(p.size, i)), gn.append(np.full(n.size, i))
   cat = lambda a: np.concatenate(a) if a else np.zeros(0)
   th = phase.fit_exponent(cat(pos), cat(gp), x_floor=phase.GAP_FLOOR)
   ga = phase.fit_exponent(cat(neg), cat(gn), sign=-1, x_floor=phase.GAP_FLOOR)
-  return dict(fit=label, n_minima=len(rows), theta=th["exponent"], theta_ci=th["ci"],
+  return dict(fit=label, states="entry" if entry else "minima", n_states=len(rows),
+              theta=th["exponent"], theta_ci=th["ci"],
               theta_cdf=th["exponent_cdf"], theta_ci_cdf=th["ci_cdf"],
               theta_stable=th["stable"], n_theta_samples=th["n_samples"],
               n_at_margin=th["n_below_floor"], gamma=ga["exponent"], gamma_ci=ga["ci"],
               gamma_cdf=ga["exponent_cdf"], n_gamma_samples=ga["n_samples"],
-              n_delta_over_n=[r["n_delta"] / r["N"] for r in rows])
+              n_delta_over_n=[r["n_delta" + tag] / r["N"] for r in rows])
 
 
 def _args(argv):
@@ -178,19 +186,22 @@ def main(argv):
   rows = []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     for row in pool.map(lambda j: run_member(j[0], j[1], mu, iters), jobs):
-      print(json.dumps({k: v for k, v in row.items() if k not in ("delta", "params")}),
+      print(json.dumps({k: v for k, v in row.items()
+                        if k not in ("delta", "delta_before", "params")}),
             flush=True)
       rows.append(row)
   fit_rows = []
   for ens in runs:
     mins = [r for r in rows if r["run"] == ens.path and r["minimum"]]
     fit_rows.append(fits(mins, ens.path))
+    fit_rows.append(fits([r for r in rows if r["run"] == ens.path], ens.path, entry=True))
   if len(runs) > 1:
     fit_rows.append(fits([r for r in rows if r["minimum"]], "all"))
   for f in fit_rows:
     print(json.dumps(f), flush=True)
   members = [dict({k: v for k, v in r.items() if k != "params"},
-                  delta=np.asarray(r["delta"]).tolist()) for r in rows]
+                  delta=np.asarray(r["delta"]).tolist(),
+                  delta_before=np.asarray(r["delta_before"]).tolist()) for r in rows]
   tmp = out_path + ".tmp"
   with open(tmp, "w") as fh:
     json.dump({"members": members, "fits": fit_rows}, fh)

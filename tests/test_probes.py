@@ -285,8 +285,10 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
   out = tmp_path / "control.json"
   rc, lines = _lines(sc, ["smooth_control.py", str(out), str(mu), "300", "2", run_dir])
   assert rc == 0
-  rows, fit = lines[:-1], lines[-1]
+  rows, fit, entry = lines[:-2], lines[-2], lines[-1]
   assert [r["member"] for r in rows] == [0, 1]
+  assert [r["n_delta_before"] for r in rows] == [m["n_delta"] for m in s["members"]]
+  assert all(r["N"] == s["n_weights"] < r["n_params"] for r in rows)  # biases not counted
   saved = json.loads(out.read_text())
   assert [r["r_F"] for r in saved["members"]] == [r["r_F"] for r in rows]
   rng = np.random.default_rng(0)
@@ -300,8 +302,13 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
     for t in (1e-3, 1e-2):
       assert np.all(F(w + t * v) > F(w[None])[0])  # F rises in every direction
     assert r["n_delta"] == int(np.sum(np.asarray(saved["members"][k]["delta"]) > 0))
-  assert fit["n_minima"] == 2 and fit["n_delta_over_n"] == [r["n_delta"] / r["N"] for r in rows]
+  assert fit["states"] == "minima" and fit["n_states"] == 2
+  assert fit["n_delta_over_n"] == [r["n_delta"] / r["N"] for r in rows]
   assert fit["n_theta_samples"] + fit["n_at_margin"] == sum(r["n_delta"] for r in rows)
+  assert entry["states"] == "entry" and entry["n_states"] == 2 and entry["fit"] == run_dir
+  assert (entry["n_theta_samples"] + entry["n_at_margin"]
+          == sum(m["n_delta"] for m in s["members"]))
+  assert entry["theta"] != fit["theta"]
 
   # bad arguments: exit 2, no output file
   bad = tmp_path / "bad.json"
