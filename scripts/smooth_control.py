@@ -40,7 +40,9 @@ the papers' count of weights, biases left out, as for the ReLU nets); and,
 for comparison, per run, of every member's entry state (the run's, not a
 minimum). One JSON line per member and one
 per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``
-(written once, at the end, through a temporary file). Exit status 2 on a bad
+(written once, at the end, through a temporary file), and OUT.png (beside
+it) the empirical CDFs of the Delta > 0 and of the gaps, per run, at the
+minima and at the entry states. Exit status 2 on a bad
 argument or run. docs/jamming.md, "a kink-free control with weight decay".
 """
 import concurrent.futures
@@ -149,6 +151,49 @@ def fits(rows: list, label: str, entry: bool = False) -> dict:
               n_delta_over_n=[r["n_delta" + tag] / r["N"] for r in rows])
 
 
+def plot(rows: list, path: str) -> str:
+  """Empirical CDFs of Delta/sqrt(loss) > 0 and of the gaps -Delta > 0, per
+  run, at the minima (full lines) and at the entry states (dashed)."""
+  from lossland.plots import _agg
+  plt = _agg.pyplot()
+  fig, axs = plt.subplots(1, 2, figsize=(9, 3.6))
+  runs = list(dict.fromkeys(r["run"] for r in rows))
+  for j, run in enumerate(runs):
+    for entry, ls in ((False, "-"), (True, "--")):
+      tag = "_before" if entry else ""
+      sel = [r for r in rows if r["run"] == run and (entry or r["minimum"])]
+      if not sel:
+        continue
+      pos = np.concatenate([np.asarray(r["delta" + tag])[np.asarray(r["delta" + tag]) > 0]
+                            / math.sqrt(r["loss" + tag]) for r in sel])
+      neg = np.concatenate([-np.asarray(r["delta" + tag])[np.asarray(r["delta" + tag]) < 0]
+                            for r in sel])
+      label = (f"P = {sel[0]['P']}: " + (f"{len(sel)} entry states" if entry
+                                          else f"{len(sel)} minima"))
+      for ax, v in ((axs[0], pos), (axs[1], neg)):
+        v = np.sort(v[v > phase.GAP_FLOOR])
+        if v.size:
+          ax.loglog(v, np.arange(1, v.size + 1) / v.size, ls, color=f"C{j}", lw=1,
+                    label=label)
+  for ax, name, paper in ((axs[0], "Delta/sqrt(loss) > 0", 0.3), (axs[1], "-Delta > 0", -0.2)):
+    if not ax.lines:
+      continue
+    xd, yd = ax.lines[0].get_data()  # through the first curve's median, 3 decades down
+    x1 = float(xd[np.searchsorted(yd, 0.5)])
+    xs = np.array([x1 * 1e-3, x1])
+    ax.loglog(xs, 0.5 * (xs / x1) ** (1 + paper), ":", color="0.3", lw=1.5,
+              label=f"slope 1{paper:+.1f} (the papers' exponent)")
+    ax.set_xlabel(name)
+    ax.set_ylabel("fraction below (CDF)")
+    ax.legend(fontsize=6)
+  fig.suptitle(f"smooth net, loss + mu|w|^2/2, mu = {rows[0]['mu']:g}: minima (full) "
+               "and the runs' states (dashed)", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def _args(argv):
   if len(argv) < 6 or not argv[1].endswith(".json"):
     raise ValueError(__doc__.strip().splitlines()[3].strip())
@@ -199,6 +244,7 @@ def main(argv):
     fit_rows.append(fits([r for r in rows if r["minimum"]], "all"))
   for f in fit_rows:
     print(json.dumps(f), flush=True)
+  plot(rows, out_path[:-len(".json")] + ".png")
   members = [dict({k: v for k, v in r.items() if k != "params"},
                   delta=np.asarray(r["delta"]).tolist(),
                   delta_before=np.asarray(r["delta_before"]).tolist()) for r in rows]

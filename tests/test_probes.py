@@ -233,8 +233,8 @@ _SMOOTH_JOB = dict(dataset="sphere", depth=1, width=6, d=4, bias=True, P=80, see
 def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
   """scripts/smooth_control.py: its members are minima of F = loss + mu|w|^2/2
   by plain checks (F rises along random directions; r_F and lam_min against
-  finite differences of F), its fits use them, bad arguments exit 2 and
-  write nothing."""
+  finite differences of F), its fits use them and the entry states, the
+  figure is written, bad arguments exit 2 and write nothing."""
   import jax
   from jax.flatten_util import ravel_pytree
   from lossland import experiment, losses
@@ -290,6 +290,7 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
   assert [r["n_delta_before"] for r in rows] == [m["n_delta"] for m in s["members"]]
   assert all(r["N"] == s["n_weights"] < r["n_params"] for r in rows)  # biases not counted
   saved = json.loads(out.read_text())
+  assert (tmp_path / "control.png").stat().st_size > 0
   assert [r["r_F"] for r in saved["members"]] == [r["r_F"] for r in rows]
   rng = np.random.default_rng(0)
   for k, r in enumerate(rows):
@@ -323,4 +324,4 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
                [str(bad), "1e-2", "10", "1", str(tmp_path / "nowhere")],
                [str(bad), "1e-2", "10"], ["bad.txt", "1e-2", "10", "1", run_dir]):
     assert sc.main(["smooth_control.py"] + argv) == 2
-  assert not bad.exists()
+  assert not bad.exists() and not (tmp_path / "bad.png").exists()
