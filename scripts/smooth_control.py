@@ -67,7 +67,9 @@ SMOOTH = ("tanh", "softplus")
 
 
 def _objective(cfg, loss, x, y, mu):
-  """(F, margins) as functions of the flat weights, and the unravel map."""
+  """``make(params) -> (flat, delta, F)``: the flat weights, and Delta(w) and
+  F(w, keep) as functions of them (``keep``: a 0/1 mask of the points whose
+  hinge term F keeps; all by default)."""
   _, apply_fn = nets.make_net(cfg, dtype=x.dtype)
 
   def make(params):
