@@ -130,15 +130,21 @@ def run_member(ens, k: int, mu: float, iters: int) -> dict:
               delta=delta, delta_before=delta_before, params=out.params)
 
 
+def samples(row: dict, entry: bool = False):
+  """(Delta/sqrt(loss) > 0, -Delta > 0) of a row's state: the one the finish
+  reached, or with ``entry`` the one it started from."""
+  tag = "_before" if entry else ""
+  d = np.asarray(row["delta" + tag])
+  return d[d > 0] / math.sqrt(row["loss" + tag]), -d[d < 0]
+
+
 def fits(rows: list, label: str, entry: bool = False) -> dict:
   """theta and gamma of the states of rows: those the finish reached, or
   with ``entry`` those it started from (the run's, not minima)."""
   pos, neg, gp, gn = [], [], [], []
   tag = "_before" if entry else ""
   for i, r in enumerate(rows):
-    d = np.asarray(r["delta" + tag])
-    p = d[d > 0] / math.sqrt(r["loss" + tag])
-    n = -d[d < 0]
+    p, n = samples(r, entry)
     pos.append(p), neg.append(n)
     gp.append(np.full(p.size, i)), gn.append(np.full(n.size, i))
   cat = lambda a: np.concatenate(a) if a else np.zeros(0)
@@ -162,14 +168,10 @@ def plot(rows: list, path: str) -> str:
   runs = list(dict.fromkeys(r["run"] for r in rows))
   for j, run in enumerate(runs):
     for entry, ls in ((False, "-"), (True, "--")):
-      tag = "_before" if entry else ""
       sel = [r for r in rows if r["run"] == run and (entry or r["minimum"])]
       if not sel:
         continue
-      pos = np.concatenate([np.asarray(r["delta" + tag])[np.asarray(r["delta" + tag]) > 0]
-                            / math.sqrt(r["loss" + tag]) for r in sel])
-      neg = np.concatenate([-np.asarray(r["delta" + tag])[np.asarray(r["delta" + tag]) < 0]
-                            for r in sel])
+      pos, neg = (np.concatenate(v) for v in zip(*(samples(r, entry) for r in sel)))
       label = (f"P = {sel[0]['P']}: " + (f"{len(sel)} entry states" if entry
                                           else f"{len(sel)} minima"))
       for ax, v in ((axs[0], pos), (axs[1], neg)):
