@@ -21,10 +21,10 @@ driven to a stationary point of F by the finish
 members at a time in threads), then certified independently of the finish:
 
 * ``r_F`` = |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|), the
-  force balance of F with the decay as one more force (``jax.grad``);
+  force balance of F with the decay as one more force (``curvature``'s gradient);
 * ``lam_min``: the lowest eigenvalue of the Hessian of F with the points at
   the margin (0 < Delta <= ``phase.GAP_FLOOR`` sqrt(loss)) left out of the
-  Gauss-Newton part (``jax.hessian``, dense). That matrix is the lowest
+  Gauss-Newton part (dense, from ``curvature``'s H v). That matrix is the lowest
   element of F's generalized Hessian (a point at Delta = 0 adds
   (grad Delta . d)_+^2 >= 0 along d), so lam_min > 0 at r_F ~ 0 makes the
   state a strict local minimum of F;
@@ -59,49 +59,35 @@ from jax.flatten_util import ravel_pytree
 
 jax.config.update("jax_enable_x64", True)
 
-from lossland import experiment, io, losses, nets, phase  # noqa: E402
+from lossland import curvature, experiment, io, nets, phase  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
 
 CERT_TOL = 1e-8  # r_F of a minimum (the finish itself stops at 1e-10 of its own scale)
 SMOOTH = ("tanh", "softplus")
 
 
-def _objective(cfg, loss, x, y, mu):
-  """``make(params) -> (flat, delta, F)``: the flat weights, and Delta(w) and
-  F(w, keep) as functions of them (``keep``: a 0/1 mask of the points whose
-  hinge term F keeps; all by default)."""
-  _, apply_fn = nets.make_net(cfg, dtype=x.dtype)
-
-  def make(params):
-    flat, unravel = ravel_pytree(params)
-
-    def delta(w):
-      return losses.margins(apply_fn(unravel(w), x), y, loss.epsilon)
-
-    def F(w, keep=None):
-      d = jnp.maximum(delta(w), 0.0)
-      d = d if keep is None else d * keep
-      return 0.5 * jnp.sum(d ** 2) + 0.5 * mu * jnp.sum(w ** 2)
-
-    return flat, delta, F
-
-  return make
-
-
 def certify(cfg, loss, x, y, mu, params) -> dict:
-  """r_F, lam_min (and lam_max) of F at params, the module docstring's way."""
-  flat, delta, F = _objective(cfg, loss, x, y, mu)(params)
-  d = np.asarray(delta(flat))
+  """r_F, lam_min (and lam_max) of F at params, the module docstring's way,
+  from the project's curvature functions (:mod:`lossland.curvature`: the
+  gradient, the dense Hessian column by column from H v, with the margin
+  points given weight 0, and the output Jacobian)."""
+  _, apply_fn = nets.make_net(cfg, dtype=x.dtype)
+  fns = curvature.curvature_fns(apply_fn, loss)
+  flat = ravel_pytree(params)[0]
+  ones = jnp.ones_like(jnp.asarray(y, x.dtype))
+  d = np.asarray(fns.delta(params, curvature.examples(x, y, weight=ones)))
   unsat = d > 0
   mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
-  g = np.asarray(jax.grad(F)(flat))
-  jac = np.asarray(jax.jacrev(delta)(flat))  # [P, N]
-  scale = float(np.sum(np.abs(d[unsat]) * np.linalg.norm(jac[unsat], axis=1))
+  g = np.asarray(ravel_pytree(fns.grad(params, curvature.examples(x, y, weight=ones)))[0]
+                 + mu * flat)
+  jac = np.asarray(curvature.output_jacobian(apply_fn, params, x))  # |grad Delta_mu| = |J_mu|
+  scale = float(np.sum(d[unsat] * np.linalg.norm(jac[unsat], axis=1))
                 + mu * np.linalg.norm(np.asarray(flat)))
   at_margin = unsat & (d <= phase.GAP_FLOOR * math.sqrt(max(mean_loss, 0.0)))
-  keep = jnp.asarray(~at_margin, flat.dtype)
-  h = np.asarray(jax.hessian(lambda w: F(w, keep))(flat))
-  ev = np.linalg.eigvalsh(0.5 * (h + h.T))
+  keep = curvature.examples(x, y, weight=jnp.asarray(~at_margin, x.dtype))
+  h = np.asarray(curvature.dense_operator(
+      curvature.flat_matvec(fns.hvp, params, keep), flat.shape[0], flat.dtype))
+  ev = np.linalg.eigvalsh(h + mu * np.eye(flat.shape[0]))
   r_f = float(np.linalg.norm(g)) / scale if scale > 0 else float("nan")
   return dict(r_F=r_f, lam_min=float(ev[0]), lam_max=float(ev[-1]),
               minimum=bool(r_f <= CERT_TOL and ev[0] > 0), loss=mean_loss,
@@ -226,10 +212,7 @@ def main(argv):
     return 2
   jobs = []
   for ens in runs:
-    _, apply_fn = nets.make_net(ens.net, dtype=ens.data.x_train.dtype)
-    d = np.asarray(jax.vmap(lambda p, e=ens, f=apply_fn: losses.margins(
-        f(p, e.data.x_train), e.data.y_train, e.loss.epsilon))(ens.params))
-    jobs += [(ens, k) for k in range(d.shape[0]) if np.any(d[k] > 0)]
+    jobs += [(ens, k) for k, m in enumerate(ens.summary["members"]) if m["n_delta"] > 0]
   print(f"smooth_control: {len(jobs)} members with unsatisfied points, mu = {mu:g}, "
         f"at most {iters} iterations, {workers} at a time", file=sys.stderr, flush=True)
   rows = []
