@@ -1,5 +1,6 @@
-"""The layer-wise gradient and Hessian of the pattern-frozen ReLU net's loss
-(lossland.optim.frozen_derivs) against jax.hessian of the same loss."""
+"""The layer-wise gradient and Hessian of the pattern-frozen ReLU net's loss,
+and of a smooth net's (lossland.optim.frozen_derivs), against jax.hessian of
+the same loss."""
 import itertools
 
 import jax
@@ -113,7 +114,78 @@ def test_finish_parts_equal_jax_hessian_and_jacobians():
   np.testing.assert_allclose(J, jax.jacfwd(margins)(w, s_pad), atol=1e-12)
 
 
-def test_applies_only_to_relu_nets_with_one_output():
+def test_applies_to_nets_with_one_output():
   assert frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2))
-  assert not frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2, activation="softplus"))
+  assert frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2, activation="softplus"))
   assert not frozen_derivs.applies(nets.NetConfig(d=2, width=3, depth=2, n_out=2))
+
+
+# smooth activations: every depth with and without biases, both parametrizations
+_SMOOTH = [(act, depth, bias, par) for act in ("tanh", "softplus") for depth in (0, 1, 2, 3)
+           for bias, par in ((False, "ntk"), (True, "standard"), (True, "ntk"))]
+
+
+@pytest.mark.parametrize("activation,depth,bias,parametrization", _SMOOTH)
+def test_smooth_loss_derivatives_equal_jax_hessian(activation, depth, bias, parametrization):
+  """slopes=None: the net's own smooth activation, its phi'' term included."""
+  cfg = nets.NetConfig(d=3, width=5, depth=depth, bias=bias, parametrization=parametrization,
+                       activation=activation, alpha=0.7)
+  params = nets.make_net(cfg, jnp.float64)[0](jax.random.key(depth))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  params = jax.tree_util.tree_unflatten(  # biases away from 0
+      tree, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  x = jax.random.normal(jax.random.key(1), (30, 3))
+  y = jnp.sign(jax.random.normal(jax.random.key(2), (30,)))
+  w, unravel = ravel_pytree(params)
+  apply_fn = nets.make_net(cfg, jnp.float64)[1]
+  target = jax.random.uniform(jax.random.key(3), (30,), minval=-1.0, maxval=1.0)
+  off = apply_fn(params, x) - y * (LOSS.epsilon - target)
+
+  def total(wf):
+    f = apply_fn(unravel(wf), x)
+    return jnp.sum(LOSS.fn(losses.margins(f - off, y, LOSS.epsilon))) + 0.005 * wf @ wf
+
+  value, g, H, J, delta = frozen_derivs.loss_derivatives(cfg, params, x, y, off, None,
+                                                         LOSS, 0.01)
+  H_ref = jax.hessian(total)(w)
+  assert float(jnp.abs(value - total(w))) <= 1e-12 * float(total(w))
+  np.testing.assert_allclose(g, jax.grad(total)(w), rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(g))))
+  assert float(jnp.max(jnp.abs(H - H_ref))) <= 1e-13 * float(jnp.max(jnp.abs(H_ref)))
+  if depth > 0:  # the phi'' term is there and matters: the net's slopes alone miss it
+    slopes, _ = frozen_derivs.activation_derivatives(cfg, params, x)
+    ins, G, _ = frozen_derivs.features(cfg, params, x, phi=lambda i, z: nets._ACTIVATIONS[
+        activation](z))
+    c = -y * jnp.maximum(delta, 0.0)
+    without = (J.T @ (jnp.where(delta > 0, 1.0, 0.0)[:, None] * J)
+               + frozen_derivs.cross_hessian(cfg, params, ins, G, slopes, c)
+               + 0.01 * jnp.eye(w.size))
+    assert float(jnp.max(jnp.abs(H_ref - without))) > 1e-3 * float(jnp.max(jnp.abs(H_ref)))
+
+
+def test_smooth_finish_parts_equal_jax_hessian():
+  """The finish's _PARTS and _MARGINS of a softplus net (no kink pairs, only
+  padding) layer by layer against jax.hessian and jax.jacfwd, with weight
+  decay."""
+  cfg = nets.NetConfig(d=3, width=5, depth=2, bias=True, activation="softplus")
+  params = nets.make_net(cfg, jnp.float64)[0](jax.random.key(5))
+  x = jax.random.normal(jax.random.key(1), (24, 3))
+  y = jnp.sign(jax.random.normal(jax.random.key(2), (24,)))
+  zs = [np.asarray(z) for z in nets.preactivations(cfg, params, x)[:-1]]
+  fr = kink_newton._frozen([z > 0 for z in zs], [(np.zeros(0, int), np.zeros(0, int))] * 2,
+                           x.shape[0])
+  w = ravel_pytree(params)[0]
+  off = 0.2 * jax.random.normal(jax.random.key(4), (x.shape[0],))
+  args = (w, jnp.zeros(fr.pad), x, y, off, fr.pattern, fr.pts, fr.units)
+  z_scale = [jnp.ones(5), jnp.ones(5)]
+  ours = kink_newton._PARTS(cfg, LOSS, *args, z_scale, 1e-3)
+  ref = kink_newton._PARTS(cfg, LOSS, *args, z_scale, 1e-3, layerwise=False)
+  assert ours[0] == pytest.approx(float(ref[0]), rel=1e-13)
+  for a, b in zip(ours[1:], ref[1:]):  # g, H, z_K, A, C
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0,
+                               atol=1e-12 * max(1.0, float(jnp.max(jnp.abs(b), initial=0.0))))
+  assert float(jnp.max(jnp.abs(ours[2]))) > 0
+  for a, b in zip(kink_newton._MARGINS(cfg, LOSS, *args),
+                  kink_newton._MARGINS(cfg, LOSS, *args, layerwise=False)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)

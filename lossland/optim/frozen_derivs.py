@@ -29,9 +29,18 @@ over all P points for ``jax.hessian`` (measured in the finish's benchmark,
 ``jax.hessian`` in tests/test_frozen_derivs.py).
 
 The slopes' part dg/ds (:func:`slope_jacobian`, the multipliers of the kink
-contacts) needs one point per kink pair. Only for ReLU nets with one output
-(:func:`applies`): a smooth activation is
-not linear between kinks, and the finish then uses ``jax.hessian``.
+contacts) needs one point per kink pair, and only ReLU nets have kinks.
+
+A smooth activation (tanh, softplus) is not linear in z, so its net has one
+more second-order term per hidden layer k (:func:`curvature_hessian`):
+with D_k = phi'(z_k) as the slopes above (the cross blocks then hold
+unchanged) and Q^{ik} = dz_k/dz_i (Q^{kk} = 1),
+
+    d2f/dtheta dtheta' += sum_q (df/du_{k+1})[q] a phi''(z_k[q]) dz_k[q]/dtheta dz_k[q]/dtheta',
+    dz_k[q]/dW_i[p, r] = sigma_i u_i[p] Q^{ik}[r, q],   dz_k[q]/db_i[r] = Q^{ik}[r, q]   (i <= k),
+
+summed over the points with weights c_mu: O(P h^4) per pair of layers i, i'
+<= k, as the cross blocks. One output only (:func:`applies`).
 """
 import math
 
@@ -43,9 +52,20 @@ from lossland import losses, nets
 
 
 def applies(cfg: nets.NetConfig) -> bool:
-  """Whether the layer-wise derivatives hold: a frozen ReLU pattern makes the
-  net multilinear in its layers; one output (scalar margins)."""
-  return cfg.activation == "relu" and cfg.n_out == 1
+  """Whether the layer-wise derivatives hold: one output (scalar margins);
+  a frozen ReLU pattern (slopes given) or a smooth activation's own
+  (``slopes=None`` in :func:`loss_derivatives`)."""
+  return cfg.n_out == 1
+
+
+def activation_derivatives(cfg: nets.NetConfig, params, x):
+  """Per hidden layer (phi'(z_i), phi''(z_i)) [P, h] of the net's own
+  activation at its pre-activations (elementwise, by forward mode)."""
+  act = nets._ACTIVATIONS[cfg.activation]
+  d1 = lambda z: jax.jvp(act, (z,), (jnp.ones_like(z),))[1]
+  d2 = lambda z: jax.jvp(d1, (z,), (jnp.ones_like(z),))[1]
+  zs = nets._forward(cfg, params, x)[:-1]
+  return [d1(z) for z in zs], [d2(z) for z in zs]
 
 
 def _sigmas(cfg: nets.NetConfig, params) -> list:
@@ -127,12 +147,74 @@ def cross_hessian(cfg: nets.NetConfig, params, ins, G, slopes, c):
   return R + R.T
 
 
+def curvature_hessian(cfg: nets.NetConfig, params, ins, G, slopes, curv, c):
+  """sum_mu c_mu times a smooth activation's own second-order term of f
+  [N, N] (module docstring): ``slopes`` phi'(z_i), ``curv`` phi''(z_i) per
+  hidden layer [P, h]; ``ins``, ``G`` from :func:`features` of the same net."""
+  a, sig, n = nets.activation_scale(cfg), _sigmas(cfg, params), len(params)
+  offs = _offsets(params)
+  size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+  R = jnp.zeros((size, size), c.dtype)
+  # U_i: layer i's inputs as they enter dz/dW_i, with a column of ones for b_i
+  U = [jnp.concatenate([sig[i] * ins[i]] + ([jnp.ones_like(ins[i][:, :1])]
+                                             if "b" in params[i] else []), axis=1)
+       for i in range(n)]
+
+  def put(R, i, j, B):  # B [P-summed, (fan_in_i + b) x (fan_in_j + b) x h_i x h_j]
+    fi, fj = params[i]["w"].shape[0], params[j]["w"].shape[0]
+    hi, hj = params[i]["w"].shape[1], params[j]["w"].shape[1]
+    oi, oj = offs[(i, "w")], offs[(j, "w")]
+    R = R.at[oi:oi + fi * hi, oj:oj + fj * hj].add(
+        B[:fi, :fj].transpose(0, 2, 1, 3).reshape(fi * hi, fj * hj))
+    if "b" in params[j]:
+      R = R.at[oi:oi + fi * hi, offs[(j, "b")]:offs[(j, "b")] + hj].add(
+          B[:fi, fj].reshape(fi * hi, hj))
+    if "b" in params[i]:
+      ob = offs[(i, "b")]
+      R = R.at[ob:ob + hi, oj:oj + fj * hj].add(B[fi, :fj].transpose(1, 0, 2).reshape(hi, fj * hj))
+      if "b" in params[j]:
+        R = R.at[ob:ob + hi, offs[(j, "b")]:offs[(j, "b")] + hj].add(B[fi, fj])
+    return R
+
+  for k in range(n - 1):
+    # weights of dz_k[q] dz_k[q]: c_mu (df/du_{k+1})[q] a phi''(z_k[q])
+    wt = c[:, None] * (sig[k + 1] * G[k + 1] @ params[k + 1]["w"].T) * a * curv[k]
+    Q = {k: None}  # Q^{ik} [P, h_i, h_k]; None: the identity
+    for i in range(k - 1, -1, -1):  # Q^{ik} = a phi'(z_i) sigma_{i+1} W_{i+1} Q^{i+1,k}
+      W = sig[i + 1] * params[i + 1]["w"]
+      nxt = Q[i + 1]
+      M = W[None] if nxt is None else jnp.einsum("rs,psq->prq", W, nxt)
+      Q[i] = a * slopes[i][:, :, None] * M
+    for i in range(k + 1):
+      for j in range(i, k + 1):
+        qi, qj = Q[i], Q[j]
+        if qi is None:  # i = j = k
+          T = jax.vmap(jnp.diag)(wt)
+        elif qj is None:  # j = k
+          T = qi * wt[:, None, :]
+        else:
+          T = jnp.einsum("prq,psq,pq->prs", qi, qj, wt)
+        B = jnp.einsum("mp,ms,mrt->psrt", U[i], U[j], T)
+        R = put(R, i, j, B)
+        if j > i:
+          R = put(R, j, i, B.transpose(1, 0, 3, 2))
+  return R
+
+
 def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
                      loss: losses.LossConfig, decay=0.0):
   """(value, gradient [N], Hessian [N, N], J [P, N], Delta [P]) of
   sum_mu ell(Delta_mu) + decay |w|^2 / 2 for the net with hidden slopes
-  ``slopes`` (per hidden layer [P, h]); J the per-point gradients of f."""
-  ins, G, f = features(cfg, params, x, slopes)
+  ``slopes`` (per hidden layer [P, h]; a frozen ReLU pattern), or with
+  ``slopes=None`` for the net's own smooth activation (its phi'' term added);
+  J the per-point gradients of f."""
+  curv = None
+  if slopes is None:
+    act = nets._ACTIVATIONS[cfg.activation]
+    slopes, curv = activation_derivatives(cfg, params, x)
+    ins, G, f = features(cfg, params, x, phi=lambda i, z: act(z))
+  else:
+    ins, G, f = features(cfg, params, x, slopes)
   J = jacobian(cfg, params, ins, G)
   delta = losses.margins(f - off, y, loss.epsilon)
   ell = lambda d: jnp.sum(loss.fn(d))
@@ -141,6 +223,8 @@ def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
   c = -y * d1
   w = ravel_pytree(params)[0]
   H = J.T @ ((y * y * d2)[:, None] * J) + cross_hessian(cfg, params, ins, G, slopes, c)
+  if curv is not None:
+    H = H + curvature_hessian(cfg, params, ins, G, slopes, curv, c)
   H = H + decay * jnp.eye(w.size, dtype=w.dtype)
   return ell(delta) + 0.5 * decay * w @ w, J.T @ c + decay * w, H, J, delta
 

@@ -55,11 +55,12 @@ step model"); neither converges there.
 Everything is for one network in float64 (numpy on the host, jax for the
 derivatives; dense N x N Hessians: meant for the N of a CPU study and for
 single members at paper scale). The frozen loss's Hessian and the margins'
-Jacobian of a ReLU net come layer by layer from
-:mod:`lossland.optim.frozen_derivs` (``layerwise``, the default; equal to
-``jax.hessian``'s to rounding, 25 times faster at N = 369, P = 756), the
-kink rows and the slope columns one point per pair: ``python -m
-lossland.scripts.bench finish``.
+Jacobian come layer by layer from :mod:`lossland.optim.frozen_derivs`
+(``layerwise``, the default; equal to ``jax.hessian``'s to rounding: for a
+ReLU net 25 times faster at N = 369, P = 756; for a smooth net, whose
+Hessian has the activation's phi'' term, 7 to 9 times at N = 369, P = 1344
+and N = 641, P = 2368), the kink rows and the slope columns one point per
+pair: ``python -m lossland.scripts.bench finish``.
 """
 import contextlib
 import functools
@@ -208,7 +209,14 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, dec
          / z_scale[l].at[units[l]].get(mode="fill", fill_value=1.0) for l in range(len(pts))]
         + [jnp.zeros(0, w.dtype)])
   grad = jax.grad(total)
-  if layerwise and frozen_derivs.applies(cfg):  # 25 times faster at N = 369
+  if layerwise and frozen_derivs.applies(cfg) and cfg.activation != "relu":
+    # a smooth net has no kink pairs (only padding): its own activation
+    value, g, H, _, _ = frozen_derivs.loss_derivatives(cfg, unravel(w), x, y, off, None,
+                                                       loss, decay)
+    n_pad = s_flat.shape[0]
+    C, z_k, A = (jnp.zeros((w.size, n_pad), w.dtype), jnp.zeros(n_pad, w.dtype),
+                 jnp.zeros((n_pad, w.size), w.dtype))
+  elif layerwise and frozen_derivs.applies(cfg):  # 25 times faster at N = 369
     slopes = _slopes(pattern, pts, units, split(s_flat), w.dtype)
     value, g, H, _, _ = frozen_derivs.loss_derivatives(cfg, unravel(w), x, y, off, slopes,
                                                        loss, decay)
@@ -231,8 +239,11 @@ def _margins_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, layerwise=
   applies and ``layerwise``, else by ``jax.jacfwd``."""
   unravel, split = nets.unravel_fn(cfg, w.dtype), stationarity.split_slopes(pts)
   if layerwise and frozen_derivs.applies(cfg):
-    ins, G, f = frozen_derivs.features(
+    act = nets._ACTIVATIONS[cfg.activation]
+    ins, G, f = (frozen_derivs.features(
         cfg, unravel(w), x, _slopes(pattern, pts, units, split(s_flat), w.dtype))
+                 if cfg.activation == "relu" else
+                 frozen_derivs.features(cfg, unravel(w), x, phi=lambda i, z: act(z)))
     return (losses.margins(f - off, y, loss.epsilon),
             -y[:, None] * frozen_derivs.jacobian(cfg, unravel(w), ins, G))
 
@@ -732,8 +743,8 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       may cross Delta = 0 within a step; one [P, N] Jacobian more per
       iteration).
     layerwise: the frozen loss's gradient, Hessian and margin Jacobian layer
-      by layer (:mod:`lossland.optim.frozen_derivs`: ReLU nets with one
-      output); False: by ``jax.hessian`` and ``jax.jacfwd`` (the reference
+      by layer (:mod:`lossland.optim.frozen_derivs`: nets with one output,
+      ReLU or smooth); False: by ``jax.hessian`` and ``jax.jacfwd`` (the reference
       of ``python -m lossland.scripts.bench finish``). Equal to rounding.
     certify_every: near a stationary point (the model's reduced gradient
       <= 1e-7) the certificate runs at most every this many iterations (and

@@ -17,6 +17,11 @@ finished members. Reported per state: the seconds of one call of the parts
 Hessians, and a whole finish of ``n_iter`` iterations with each (seconds
 of its second run, so that neither pays for compiling; final loss); then the
 ratios of the medians.
+
+The same again for the smooth control's finish (``scripts/smooth_control.py``):
+the net with softplus units at the same states, the finish on the loss plus
+``decay`` |w|^2 / 2, whose Hessian carries the activation's phi'' term
+(:func:`lossland.optim.frozen_derivs.curvature_hessian`); keys ``smooth_*``.
 """
 import os
 import platform
@@ -25,13 +30,13 @@ import time
 import numpy as np
 
 
-def _parts_seconds(kn, cfg, loss, w, fr, x, y, layerwise, repeat=5):
+def _parts_seconds(kn, cfg, loss, w, fr, x, y, layerwise, repeat=5, decay=0.0):
   """(median seconds of one _active_parts call, its Hessian)."""
   import jax.numpy as jnp
   z_scale = [np.ones(p.shape[1]) for p in fr.pattern]
   s_real = np.full(fr.real.size, 0.5)
   call = lambda: kn._active_parts(cfg, loss, jnp.asarray(w), fr, s_real, x, y, 0.0, z_scale,
-                                  layerwise=layerwise)
+                                  decay=decay, layerwise=layerwise)
   out = call()
   times = []
   for _ in range(repeat):
@@ -41,12 +46,74 @@ def _parts_seconds(kn, cfg, loss, w, fr, x, y, layerwise, repeat=5):
   return float(np.median(times)), out[1]
 
 
+def _rows(kn, cfg, states, x, y, loss, hinge, bar, n_iter, kink_rtol, decay):
+  """One row per state: parts and finish, layer by layer and by the reference."""
+  from jax.flatten_util import ravel_pytree
+  rows = []
+  for i, p in enumerate(states):
+    bar(i, len(states), f"{cfg.activation} state {i}")
+    st = kn._Search(cfg, p, x, y, loss, None, kink_rtol, 1e-9, 3)
+    fr = kn._frozen(st.pattern, kn._kink_idx(st.kinks), x.shape[0])
+    w = ravel_pytree(p)[0]
+    ours_s, H = _parts_seconds(kn, cfg, loss, w, fr, x, y, True, decay=decay)
+    ref_s, H_ref = _parts_seconds(kn, cfg, loss, w, fr, x, y, False, decay=decay)
+    row = {"n_kink_pairs": int(fr.real.size), "parts_seconds": ours_s,
+           "parts_seconds_reference": ref_s,
+           "hessian_max_rel_difference": float(np.max(np.abs(H - H_ref))
+                                               / np.max(np.abs(H_ref)))}
+    for name, layerwise in (("", True), ("_reference", False)):
+      run = lambda: kn.finish(cfg, p, x, y, loss, tol=1e-10, max_iter=n_iter,
+                              kink_rtol=kink_rtol, layerwise=layerwise, weight_decay=decay)
+      run()  # compiles what this finish meets (each kink bucket is a program)
+      t = time.perf_counter()
+      out = run()
+      row["finish_seconds" + name] = time.perf_counter() - t
+      row["finish_loss" + name] = hinge(out.params)
+      row["finish_iterations" + name] = out.n_iter
+    rows.append(row)
+  return rows
+
+
+def _medians(rows, prefix=""):
+  med = lambda key: float(np.median([r[key] for r in rows[1:] or rows]))
+  out = {prefix + k: med(k) for k in ("parts_seconds", "parts_seconds_reference",
+                                      "finish_seconds", "finish_seconds_reference")}
+  out[prefix + "max_hessian_rel_difference"] = max(r["hessian_max_rel_difference"]
+                                                   for r in rows)
+  out[prefix + "max_finish_loss_rel_difference"] = max(
+      abs(r["finish_loss"] - r["finish_loss_reference"]) / r["finish_loss_reference"]
+      for r in rows)
+  out[prefix + "parts_speedup"] = (out[prefix + "parts_seconds_reference"]
+                                   / out[prefix + "parts_seconds"])
+  out[prefix + "finish_speedup"] = (out[prefix + "finish_seconds_reference"]
+                                    / out[prefix + "finish_seconds"])
+  return out
+
+
+def _table(rows, out, prefix=""):
+  lines = [f"  {'state':>5s} {'pairs':>6s} {'parts s':>8s} {'ref s':>8s} {'|dH|/|H|':>9s} "
+           f"{'finish s':>9s} {'ref s':>8s} {'loss':>12s} {'ref loss':>12s}"]
+  for i, r in enumerate(rows):
+    lines.append(
+        f"  {i:5d} {r['n_kink_pairs']:6d} {r['parts_seconds']:8.4f} "
+        f"{r['parts_seconds_reference']:8.4f} {r['hessian_max_rel_difference']:9.1e} "
+        f"{r['finish_seconds']:9.2f} {r['finish_seconds_reference']:8.2f} "
+        f"{r['finish_loss']:12.6f} {r['finish_loss_reference']:12.6f}")
+  lines.append(f"  medians{' after the first state' if len(rows) > 1 else ''}: parts "
+               f"{out[prefix + 'parts_seconds']:.4f} s against "
+               f"{out[prefix + 'parts_seconds_reference']:.4f} s "
+               f"(x{out[prefix + 'parts_speedup']:.1f}); finish "
+               f"{out[prefix + 'finish_seconds']:.2f} s against "
+               f"{out[prefix + 'finish_seconds_reference']:.2f} s "
+               f"(x{out[prefix + 'finish_speedup']:.1f})")
+  return lines
+
+
 def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 4,
-                  n_iter: int = 30, kink_rtol: float = 3e-3) -> dict:
+                  n_iter: int = 30, kink_rtol: float = 3e-3, decay: float = 1e-4) -> dict:
   """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
   import jax
   jax.config.update("jax_enable_x64", True)
-  from jax.flatten_util import ravel_pytree
   from lossland import losses
   from lossland.optim import kink_newton as kn
   from lossland.scripts._cli import Progress, write_summary
@@ -58,57 +125,21 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 4,
   hinge = lambda p: float(0.5 * np.sum(np.maximum(np.asarray(
       losses.margins(apply_fn(p, x), y, loss.epsilon)), 0) ** 2))
   bar = Progress("bench finish")
-  rows = []
-  for i, p in enumerate(states):
-    bar(i, len(states), f"state {i}")
-    st = kn._Search(cfg, p, x, y, loss, None, kink_rtol, 1e-9, 3)
-    fr = kn._frozen(st.pattern, kn._kink_idx(st.kinks), x.shape[0])
-    w = ravel_pytree(p)[0]
-    ours_s, H = _parts_seconds(kn, cfg, loss, w, fr, x, y, True)
-    ref_s, H_ref = _parts_seconds(kn, cfg, loss, w, fr, x, y, False)
-    row = {"n_kink_pairs": int(fr.real.size), "parts_seconds": ours_s,
-           "parts_seconds_reference": ref_s,
-           "hessian_max_rel_difference": float(np.max(np.abs(H - H_ref))
-                                               / np.max(np.abs(H_ref)))}
-    for name, layerwise in (("", True), ("_reference", False)):
-      run = lambda: kn.finish(cfg, p, x, y, loss, tol=1e-10, max_iter=n_iter,
-                              kink_rtol=kink_rtol, layerwise=layerwise)
-      run()  # compiles what this finish meets (each kink bucket is a program)
-      t = time.perf_counter()
-      out = run()
-      row["finish_seconds" + name] = time.perf_counter() - t
-      row["finish_loss" + name] = hinge(out.params)
-      row["finish_iterations" + name] = out.n_iter
-    rows.append(row)
+  rows = _rows(kn, cfg, states, x, y, loss, hinge, bar, n_iter, kink_rtol, 0.0)
+  scfg, s_apply, s_states = preset_states(quick, n_states, "softplus")[:3]
+  s_hinge = lambda p: float(0.5 * np.sum(np.maximum(np.asarray(
+      losses.margins(s_apply(p, x), y, loss.epsilon)), 0) ** 2))
+  s_rows = _rows(kn, scfg, s_states, x, y, loss, s_hinge, bar, n_iter, kink_rtol, decay)
   bar(len(states), len(states), "done")
   bar.close()
-  med = lambda key: float(np.median([r[key] for r in rows[1:] or rows]))
   out = {"quick": quick, "kink_rtol": kink_rtol, "n_iter": n_iter, **shape, "rows": rows,
-         "parts_seconds": med("parts_seconds"),
-         "parts_seconds_reference": med("parts_seconds_reference"),
-         "finish_seconds": med("finish_seconds"),
-         "finish_seconds_reference": med("finish_seconds_reference"),
-         "max_hessian_rel_difference": max(r["hessian_max_rel_difference"] for r in rows),
-         "max_finish_loss_rel_difference": max(
-             abs(r["finish_loss"] - r["finish_loss_reference"]) / r["finish_loss_reference"]
-             for r in rows),
+         **_medians(rows), "smooth_activation": "softplus", "smooth_weight_decay": decay,
+         "smooth_rows": s_rows, **_medians(s_rows, "smooth_"),
          "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
          "platform": platform.platform(), "jax": jax.__version__}
-  out["parts_speedup"] = out["parts_seconds_reference"] / out["parts_seconds"]
-  out["finish_speedup"] = out["finish_seconds_reference"] / out["finish_seconds"]
   lines = [f"the finish's parts of one net, N={shape['N']}, P={shape['P']} (L={shape['depth']}, "
            f"h={shape['width']}, biases), {len(rows)} states, kink_rtol {kink_rtol:g}, "
-           f"finishes of {n_iter} iterations:",
-           f"  {'state':>5s} {'pairs':>6s} {'parts s':>8s} {'ref s':>8s} {'|dH|/|H|':>9s} "
-           f"{'finish s':>9s} {'ref s':>8s} {'loss':>12s} {'ref loss':>12s}"]
-  for i, r in enumerate(rows):
-    lines.append(
-        f"  {i:5d} {r['n_kink_pairs']:6d} {r['parts_seconds']:8.4f} "
-        f"{r['parts_seconds_reference']:8.4f} {r['hessian_max_rel_difference']:9.1e} "
-        f"{r['finish_seconds']:9.2f} {r['finish_seconds_reference']:8.2f} "
-        f"{r['finish_loss']:12.6f} {r['finish_loss_reference']:12.6f}")
-  lines.append(f"  medians{' after the first state' if len(rows) > 1 else ''}: parts "
-               f"{out['parts_seconds']:.4f} s against {out['parts_seconds_reference']:.4f} s "
-               f"(x{out['parts_speedup']:.1f}); finish {out['finish_seconds']:.2f} s against "
-               f"{out['finish_seconds_reference']:.2f} s (x{out['finish_speedup']:.1f})")
+           f"finishes of {n_iter} iterations:", *_table(rows, out),
+           f"the same states with softplus units, the loss plus {decay:g} |w|^2 / 2 "
+           f"(no kinks; the Hessian with phi''):", *_table(s_rows, out, "smooth_")]
   return write_summary(out_dir, out, lines)

@@ -61,13 +61,13 @@ def _naive_r_sub(cfg, apply_fn, params, x, y, loss, kink_rtol):
   return min(float(np.linalg.norm(gs)) / den, g / den), int(offsets[-1])
 
 
-def preset_states(quick: bool, n_states: int):
+def preset_states(quick: bool, n_states: int, activation: str = "relu"):
   """(cfg, apply_fn, [params], x, y, loss) of the benchmark's net and states."""
   import jax
   import jax.numpy as jnp
   from jax.flatten_util import ravel_pytree
   from lossland import data, losses, nets
-  cfg = nets.NetConfig(d=4, width=8 if quick else 16, depth=2, bias=True)
+  cfg = nets.NetConfig(d=4, width=8 if quick else 16, depth=2, bias=True, activation=activation)
   init_fn, apply_fn = nets.make_net(cfg)
   p0 = init_fn(jax.random.key(0))
   w0, unravel = ravel_pytree(p0)
