@@ -228,6 +228,7 @@ def test_hinge_step_model_solves_its_subproblem():
     U = D > 0
     m = dict(delta=D, J=J, Z=np.eye(N), step_n=np.zeros(N),
              g=J[U].T @ D[U] + e, H=J[U].T @ J[U] + R)
+    m["ZHZ"] = m["H"]
     model = lambda d: (0.5 * np.sum(np.maximum(D + J @ d, 0) ** 2) + e @ d + 0.5 * d @ R @ d)
     radius = [0.05, 0.5, 5.0][trial % 3]
     p, d, pred = kink_newton._hinge_step(m, radius)
@@ -259,6 +260,7 @@ def test_hinge_step_on_a_manifold_equals_the_model_with_r_formed():
     Z = np.linalg.qr(rng.normal(size=(N, N - 3)))[0]
     d0 = 0.05 * rng.normal(size=N)
     m = dict(delta=D, J=J, Z=Z, step_n=d0, g=J[U].T @ D[U] + e, H=J[U].T @ J[U] + R)
+    m["ZHZ"] = Z.T @ m["H"] @ Z
     radius = [0.05, 0.5, 5.0][trial % 3]
     p, d, pred = kink_newton._hinge_step(m, radius)
     # the plain program: R formed, every set's quadratic from all its points
