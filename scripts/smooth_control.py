@@ -40,6 +40,8 @@ the papers' count of weights, biases left out, as for the ReLU nets); and,
 for comparison, per run, of every member's entry state (the run's, not a
 minimum). One JSON line per member and one
 per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``
+(each member with its Delta before and after, and its flat params after, in
+``ravel_pytree`` order)
 (written once, at the end, through a temporary file), and OUT.png (beside
 it) the empirical CDFs of the Delta > 0 and of the gaps, per run, at the
 minima and at the entry states. Exit status 2 on a bad
@@ -234,7 +236,8 @@ def main(argv):
   plot(rows, out_path[:-len(".json")] + ".png")
   members = [dict({k: v for k, v in r.items() if k != "params"},
                   delta=np.asarray(r["delta"]).tolist(),
-                  delta_before=np.asarray(r["delta_before"]).tolist()) for r in rows]
+                  delta_before=np.asarray(r["delta_before"]).tolist(),
+                  params=np.asarray(ravel_pytree(r["params"])[0]).tolist()) for r in rows]
   tmp = out_path + ".tmp"
   with open(tmp, "w") as fh:
     json.dump({"members": members, "fits": fit_rows}, fh)

@@ -298,6 +298,7 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
     row = sc.run_member(ens, k, mu, 300)  # deterministic: the same state again
     assert row["r_F"] == r["r_F"]
     w, F = F_of(row["params"])
+    np.testing.assert_array_equal(saved["members"][k]["params"], w)  # the state, saved
     v = rng.normal(size=(200, w.size))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     for t in (1e-3, 1e-2):
