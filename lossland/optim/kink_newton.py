@@ -57,10 +57,10 @@ derivatives; dense N x N Hessians: meant for the N of a CPU study and for
 single members at paper scale). The frozen loss's Hessian and the margins'
 Jacobian come layer by layer from :mod:`lossland.optim.frozen_derivs`
 (``layerwise``, the default; equal to ``jax.hessian``'s to rounding: for a
-ReLU net 25 times faster at N = 369, P = 756; for a smooth net, whose
-Hessian has the activation's phi'' term, 7 to 9 times at N = 369, P = 1344
-and N = 641, P = 2368), the kink rows and the slope columns one point per
-pair: ``python -m lossland.scripts.bench finish``.
+ReLU net 25 times faster at N = 369, P = 738; for a smooth net, whose
+Hessian has the activation's phi'' term, 15 times there), the kink rows and
+the slope columns one point per pair: ``python -m lossland.scripts.bench
+finish``.
 """
 import contextlib
 import functools
