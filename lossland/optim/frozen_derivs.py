@@ -150,55 +150,54 @@ def cross_hessian(cfg: nets.NetConfig, params, ins, G, slopes, c):
 def curvature_hessian(cfg: nets.NetConfig, params, ins, G, slopes, curv, c):
   """sum_mu c_mu times a smooth activation's own second-order term of f
   [N, N] (module docstring): ``slopes`` phi'(z_i), ``curv`` phi''(z_i) per
-  hidden layer [P, h]; ``ins``, ``G`` from :func:`features` of the same net."""
+  hidden layer [P, h]; ``ins``, ``G`` from :func:`features` of the same net.
+  Assembled from its layer blocks by concatenation, in ``ravel_pytree``
+  order (per layer b, then W): built by scatters into a zero matrix and
+  added to the cross blocks' it sent XLA's algebraic simplifier into a loop
+  that it reports and breaks off."""
   a, sig, n = nets.activation_scale(cfg), _sigmas(cfg, params), len(params)
-  offs = _offsets(params)
-  size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-  R = jnp.zeros((size, size), c.dtype)
+  fan = [layer["w"].shape for layer in params]
+  size = [layer["w"].size + (layer["b"].size if "b" in layer else 0) for layer in params]
   # U_i: layer i's inputs as they enter dz/dW_i, with a column of ones for b_i
   U = [jnp.concatenate([sig[i] * ins[i]] + ([jnp.ones_like(ins[i][:, :1])]
                                              if "b" in params[i] else []), axis=1)
        for i in range(n)]
-
-  def put(R, i, j, B):  # B [P-summed, (fan_in_i + b) x (fan_in_j + b) x h_i x h_j]
-    fi, fj = params[i]["w"].shape[0], params[j]["w"].shape[0]
-    hi, hj = params[i]["w"].shape[1], params[j]["w"].shape[1]
-    oi, oj = offs[(i, "w")], offs[(j, "w")]
-    R = R.at[oi:oi + fi * hi, oj:oj + fj * hj].add(
-        B[:fi, :fj].transpose(0, 2, 1, 3).reshape(fi * hi, fj * hj))
-    if "b" in params[j]:
-      R = R.at[oi:oi + fi * hi, offs[(j, "b")]:offs[(j, "b")] + hj].add(
-          B[:fi, fj].reshape(fi * hi, hj))
-    if "b" in params[i]:
-      ob = offs[(i, "b")]
-      R = R.at[ob:ob + hi, oj:oj + fj * hj].add(B[fi, :fj].transpose(1, 0, 2).reshape(hi, fj * hj))
-      if "b" in params[j]:
-        R = R.at[ob:ob + hi, offs[(j, "b")]:offs[(j, "b")] + hj].add(B[fi, fj])
-    return R
-
+  B = {}  # (i, j), i <= j: sum over k >= j of sum_mu U_i U_j T  [(fi + b), (fj + b), hi, hj]
   for k in range(n - 1):
     # weights of dz_k[q] dz_k[q]: c_mu (df/du_{k+1})[q] a phi''(z_k[q])
     wt = c[:, None] * (sig[k + 1] * G[k + 1] @ params[k + 1]["w"].T) * a * curv[k]
-    Q = {k: None}  # Q^{ik} [P, h_i, h_k]; None: the identity
+    Q = {k: None}  # Q^{ik} = dz_k/dz_i [P, h_i, h_k]; None: the identity
     for i in range(k - 1, -1, -1):  # Q^{ik} = a phi'(z_i) sigma_{i+1} W_{i+1} Q^{i+1,k}
       W = sig[i + 1] * params[i + 1]["w"]
-      nxt = Q[i + 1]
-      M = W[None] if nxt is None else jnp.einsum("rs,psq->prq", W, nxt)
+      M = W[None] if Q[i + 1] is None else jnp.einsum("rs,psq->prq", W, Q[i + 1])
       Q[i] = a * slopes[i][:, :, None] * M
     for i in range(k + 1):
       for j in range(i, k + 1):
-        qi, qj = Q[i], Q[j]
-        if qi is None:  # i = j = k
+        if Q[i] is None:  # i = j = k
           T = jax.vmap(jnp.diag)(wt)
-        elif qj is None:  # j = k
-          T = qi * wt[:, None, :]
+        elif Q[j] is None:  # j = k
+          T = Q[i] * wt[:, None, :]
         else:
-          T = jnp.einsum("prq,psq,pq->prs", qi, qj, wt)
-        B = jnp.einsum("mp,ms,mrt->psrt", U[i], U[j], T)
-        R = put(R, i, j, B)
-        if j > i:
-          R = put(R, j, i, B.transpose(1, 0, 3, 2))
-  return R
+          T = jnp.einsum("prq,psq,pq->prs", Q[i], Q[j], wt)
+        blk = jnp.einsum("mp,ms,mrt->psrt", U[i], U[j], T)
+        B[i, j] = B[i, j] + blk if (i, j) in B else blk
+
+  def block(i, j):  # rows: layer i's (b, W) in ravel order; columns: layer j's
+    if (min(i, j), max(i, j)) not in B:
+      return jnp.zeros((size[i], size[j]), c.dtype)
+    b = B[i, j] if i <= j else B[j, i].transpose(1, 0, 3, 2)
+    (fi, hi), (fj, hj) = fan[i], fan[j]
+    ww = b[:fi, :fj].transpose(0, 2, 1, 3).reshape(fi * hi, fj * hj)
+    if "b" not in params[i] and "b" not in params[j]:
+      return ww
+    if "b" not in params[i]:
+      return jnp.concatenate([b[:fi, fj].reshape(fi * hi, hj), ww], axis=1)
+    if "b" not in params[j]:
+      return jnp.concatenate([b[fi, :fj].transpose(1, 0, 2).reshape(hi, fj * hj), ww], axis=0)
+    return jnp.block([[b[fi, fj], b[fi, :fj].transpose(1, 0, 2).reshape(hi, fj * hj)],
+                      [b[:fi, fj].reshape(fi * hi, hj), ww]])
+
+  return jnp.block([[block(i, j) for j in range(n)] for i in range(n)])
 
 
 def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
