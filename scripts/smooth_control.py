@@ -68,6 +68,15 @@ CERT_TOL = 1e-8  # r_F of a minimum (the finish itself stops at 1e-10 of its own
 SMOOTH = ("tanh", "softplus")
 
 
+def loss_hessian(fns, params, x, y, at_margin) -> np.ndarray:
+  """The loss's dense Hessian [N, N] with the points ``at_margin`` given
+  weight 0 (column by column from ``curvature``'s H v)."""
+  flat = ravel_pytree(params)[0]
+  keep = curvature.examples(x, y, weight=jnp.asarray(~at_margin, x.dtype))
+  return np.asarray(curvature.dense_operator(
+      curvature.flat_matvec(fns.hvp, params, keep), flat.shape[0], flat.dtype))
+
+
 def certify(cfg, loss, x, y, mu, params) -> dict:
   """r_F, lam_min (and lam_max) of F at params, the module docstring's way,
   from the project's curvature functions (:mod:`lossland.curvature`: the
@@ -86,10 +95,8 @@ def certify(cfg, loss, x, y, mu, params) -> dict:
   scale = float(np.sum(d[unsat] * np.linalg.norm(jac[unsat], axis=1))
                 + mu * np.linalg.norm(np.asarray(flat)))
   at_margin = unsat & (d <= phase.GAP_FLOOR * math.sqrt(max(mean_loss, 0.0)))
-  keep = curvature.examples(x, y, weight=jnp.asarray(~at_margin, x.dtype))
-  h = np.asarray(curvature.dense_operator(
-      curvature.flat_matvec(fns.hvp, params, keep), flat.shape[0], flat.dtype))
-  ev = np.linalg.eigvalsh(h + mu * np.eye(flat.shape[0]))
+  ev = np.linalg.eigvalsh(loss_hessian(fns, params, x, y, at_margin)
+                          + mu * np.eye(flat.shape[0]))
   r_f = float(np.linalg.norm(g)) / scale if scale > 0 else float("nan")
   return dict(r_F=r_f, lam_min=float(ev[0]), lam_max=float(ev[-1]),
               minimum=bool(r_f <= CERT_TOL and ev[0] > 0), loss=mean_loss,

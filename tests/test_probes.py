@@ -312,6 +312,32 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
           == sum(m["n_delta"] for m in s["members"]))
   assert entry["theta"] != fit["theta"]
 
+  # the census of the control's members (scripts/smooth_census.py)
+  cs = _probe("smooth_census")
+  rc, cens = _lines(cs, ["smooth_census.py", str(out)])
+  assert rc == 0 and [c["member"] for c in cens] == [0, 1]
+  for c, r, m in zip(cens, rows, saved["members"]):
+    d, sq = np.asarray(m["delta"]), np.sqrt(r["loss"])
+    assert c["near_above"] == int(np.sum((d > 0) & (d <= 1e-2 * sq)))
+    assert c["near_below"] == int(np.sum((d < 0) & (d >= -1e-2 * sq)))
+    flat = np.asarray(m["params"])  # ravel order: b [6], w [4, 6], then the readout's
+    b, W = flat[:6], flat[6:30].reshape(4, 6)
+    z = np.abs(np.asarray(x) @ W / 2.0 + b)  # NTK parametrization, fan_in 4
+    assert c["z_abs_median"] == pytest.approx(float(np.median(z)), rel=1e-12)
+    assert c["bend_fraction"] == float(np.mean(z < 1.0))
+    assert c["loss_hessian_low"][0] + mu == pytest.approx(r["lam_min"], abs=1e-9 * r["lam_max"])
+    assert all(0.0 <= o <= 1.0 + 1e-12 for o in c["rescaling_overlap"])
+  G = np.eye(5)[:, :2]
+  assert cs.span_overlap(G, np.array([1.0, -2.0, 0, 0, 0])) == pytest.approx(1.0)
+  assert cs.span_overlap(G, np.array([0, 0, 3.0, 1.0, 0])) == pytest.approx(0.0)
+  assert cs.span_overlap(G @ np.ones((2, 2)), np.array([1.0, 0, 1.0, 0, 0])) == pytest.approx(0.5)
+  no_params = tmp_path / "old.json"
+  no_params.write_text(json.dumps({"members": [{k: v for k, v in saved["members"][0].items()
+                                                if k != "params"}], "fits": []}))
+  for argv in (["smooth_census.py"], ["smooth_census.py", str(tmp_path / "missing.json")],
+               ["smooth_census.py", str(no_params)]):
+    assert _lines(cs, argv)[0] == 2
+
   # bad arguments: exit 2, no output file
   bad = tmp_path / "bad.json"
   relu_dir = tmp_path / "relu"
