@@ -48,8 +48,7 @@ def _structured_features(cfg: nets.NetConfig, params, x):
   Returns:
     (ins, deltas): lists over layers of [P, fan_in] and [P, fan_out].
   """
-  act = nets._ACTIVATIONS[cfg.activation]
-  ins, deltas, _ = frozen_derivs.features(cfg, params, x, phi=lambda i, z: act(z))
+  ins, deltas, _ = frozen_derivs.features(cfg, params, x)
   return ins, deltas
 
 

@@ -147,8 +147,7 @@ def test_smooth_loss_derivatives_equal_jax_hessian(activation, depth, bias, para
   w, H, J, delta = _equal_to_jax_hessian(cfg, params, x, y, None)
   if depth > 0:  # the phi'' term is there and matters: the net's slopes alone miss it
     slopes, _ = frozen_derivs.activation_derivatives(cfg, params, x)
-    ins, G, _ = frozen_derivs.features(cfg, params, x, phi=lambda i, z: nets._ACTIVATIONS[
-        activation](z))
+    ins, G, _ = frozen_derivs.features(cfg, params, x)
     c = -y * jnp.maximum(delta, 0.0)
     without = (J.T @ (jnp.where(delta > 0, 1.0, 0.0)[:, None] * J)
                + frozen_derivs.cross_hessian(cfg, params, ins, G, slopes, c)

@@ -76,12 +76,15 @@ def _sigmas(cfg: nets.NetConfig, params) -> list:
 def features(cfg: nets.NetConfig, params, x, slopes=None, phi=None):
   """Per layer the inputs u_i [P, fan_in] and G_i = df/dz_i [P, fan_out], and
   the outputs f (``nets.readout``), of the net whose hidden layer i has the
-  slopes ``slopes[i]`` [P, h] (the frozen net) or, with ``phi``, the
-  activation ``phi(i, z)``; G from one backward pass of the summed outputs
-  through zero perturbations of every z_i (examples do not interact). The
-  empirical NTK's structured features (:mod:`lossland.ntk`) are these."""
+  slopes ``slopes[i]`` [P, h] (the frozen net), or with ``phi`` the
+  activation ``phi(i, z)``, or with neither the net's own activation; G from
+  one backward pass of the summed outputs through zero perturbations of
+  every z_i (examples do not interact). The empirical NTK's structured
+  features (:mod:`lossland.ntk`) are these."""
   a, n = nets.activation_scale(cfg), len(params)
-  phi = phi or (lambda i, z: slopes[i] * z)
+  if phi is None:
+    act = nets._ACTIVATIONS[cfg.activation]
+    phi = (lambda i, z: act(z)) if slopes is None else (lambda i, z: slopes[i] * z)
 
   def fwd(eps):
     u, ins = x, []
@@ -207,13 +210,10 @@ def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
   ``slopes`` (per hidden layer [P, h]; a frozen ReLU pattern), or with
   ``slopes=None`` for the net's own smooth activation (its phi'' term added);
   J the per-point gradients of f."""
+  ins, G, f = features(cfg, params, x, slopes)
   curv = None
   if slopes is None:
-    act = nets._ACTIVATIONS[cfg.activation]
     slopes, curv = activation_derivatives(cfg, params, x)
-    ins, G, f = features(cfg, params, x, phi=lambda i, z: act(z))
-  else:
-    ins, G, f = features(cfg, params, x, slopes)
   J = jacobian(cfg, params, ins, G)
   delta = losses.margins(f - off, y, loss.epsilon)
   ell = lambda d: jnp.sum(loss.fn(d))

@@ -239,11 +239,9 @@ def _margins_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, layerwise=
   applies and ``layerwise``, else by ``jax.jacfwd``."""
   unravel, split = nets.unravel_fn(cfg, w.dtype), stationarity.split_slopes(pts)
   if layerwise and frozen_derivs.applies(cfg):
-    act = nets._ACTIVATIONS[cfg.activation]
-    ins, G, f = (frozen_derivs.features(
-        cfg, unravel(w), x, _slopes(pattern, pts, units, split(s_flat), w.dtype))
-                 if cfg.activation == "relu" else
-                 frozen_derivs.features(cfg, unravel(w), x, phi=lambda i, z: act(z)))
+    ins, G, f = frozen_derivs.features(  # a smooth net: its own activation
+        cfg, unravel(w), x, _slopes(pattern, pts, units, split(s_flat), w.dtype)
+        if cfg.activation == "relu" else None)
     return (losses.margins(f - off, y, loss.epsilon),
             -y[:, None] * frozen_derivs.jacobian(cfg, unravel(w), ins, G))
 
@@ -622,13 +620,12 @@ class _Search:
     live = (self.unsat | unsat_new)[:, None]
     crossed = [((z > 0) != pat) & ~k & live
                for z, pat, k in zip(zs_new, self.pattern, self.kinks)]
-    for l, c in enumerate(crossed):
-      for p_, u_ in zip(*np.nonzero(c)):
-        self.n_cross[(l, p_, u_)] = self.n_cross.get((l, p_, u_), 0) + 1
     back = [np.zeros_like(c) for c in crossed]
     for l, c in enumerate(crossed):  # only the crossed pairs (a loop over all P h
       for p_, u_ in zip(*np.nonzero(c)):  # was 18 % of a smooth N = 641 finish)
-        back[l][p_, u_] = self.n_cross[(l, p_, u_)] >= 2
+        key = (l, p_, u_)
+        self.n_cross[key] = self.n_cross.get(key, 0) + 1
+        back[l][p_, u_] = self.n_cross[key] >= 2
     if self.relu and any(c.any() for c in back):
       self.kinks = [k | c for k, c in zip(self.kinks, back)]
       self.n_changes += 1
