@@ -1,7 +1,7 @@
 """The kink-free control of issue 20, item 4 (d): theta and gamma at certified
 minima of a smooth net's loss with weight decay.
 
-    python scripts/smooth_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...]
+    python scripts/smooth_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...] [--members=0,1,...]
 
 Why. A softplus net has no kinks and no dead points, but its jammed "minima"
 lie at infinite weights: the descent sharpens the activation by growing the
@@ -18,7 +18,8 @@ What. RUN_DIR, ...: ensemble runs of a smooth activation (tanh or softplus)
 with the quadratic hinge. Every member that ended with unsatisfied points is
 driven to a stationary point of F by the finish
 (``kink_newton.finish(weight_decay=MU)``, at most ITERS iterations, WORKERS
-members at a time in threads), then certified independently of the finish:
+members at a time in threads; with ``--members`` only those members of each
+run), then certified independently of the finish:
 
 * ``r_F`` = |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|), the
   force balance of F with the decay as one more force (``curvature``'s gradient);
@@ -194,6 +195,16 @@ def plot(rows: list, path: str) -> str:
 
 
 def _args(argv):
+  opts = [a for a in argv[1:] if a.startswith("--")]
+  argv = [a for a in argv if not a.startswith("--")]
+  members = None
+  for o in opts:
+    if not o.startswith("--members="):
+      raise ValueError(f"unknown option {o} (only --members=0,1,...)")
+    try:
+      members = sorted({int(k) for k in o[len("--members="):].split(",")})
+    except ValueError:
+      raise ValueError(f"--members needs member indices, as --members=0,2 (got {o})") from None
   if len(argv) < 6 or not argv[1].endswith(".json"):
     raise ValueError(__doc__.strip().splitlines()[3].strip())
   mu, iters, workers = float(argv[2]), int(argv[3]), int(argv[4])
@@ -209,19 +220,23 @@ def _args(argv):
       raise ValueError(f"{path}: needs the quadratic hinge without subtract_init")
     if ens.data.x_train.dtype != np.float64:
       raise ValueError(f"{path}: needs a float64 run (--x64)")
+    n = len(ens.summary["members"])
+    if members is not None and not all(0 <= k < n for k in members):
+      raise ValueError(f"{path}: --members {members} out of range (the run has {n})")
     runs.append(ens)
-  return argv[1], mu, iters, workers, runs
+  return argv[1], mu, iters, workers, runs, members
 
 
 def main(argv):
   try:
-    out_path, mu, iters, workers, runs = _args(argv)
+    out_path, mu, iters, workers, runs, members = _args(argv)
   except (ValueError, io.RunError) as e:
     print(f"smooth_control: {e}", file=sys.stderr)
     return 2
   jobs = []
   for ens in runs:
-    jobs += [(ens, k) for k, m in enumerate(ens.summary["members"]) if m["n_delta"] > 0]
+    jobs += [(ens, k) for k, m in enumerate(ens.summary["members"])
+             if m["n_delta"] > 0 and (members is None or k in members)]
   print(f"smooth_control: {len(jobs)} members with unsatisfied points, mu = {mu:g}, "
         f"at most {iters} iterations, {workers} at a time", file=sys.stderr, flush=True)
   rows = []

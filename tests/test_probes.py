@@ -349,6 +349,16 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
   for argv in ([str(bad), "0", "10", "1", run_dir], [str(bad), "1e-2", "0", "1", run_dir],
                [str(bad), "1e-2", "10", "1", str(relu_dir)],
                [str(bad), "1e-2", "10", "1", str(tmp_path / "nowhere")],
-               [str(bad), "1e-2", "10"], ["bad.txt", "1e-2", "10", "1", run_dir]):
+               [str(bad), "1e-2", "10"], ["bad.txt", "1e-2", "10", "1", run_dir],
+               [str(bad), "1e-2", "10", "1", run_dir, "--members=2"],
+               [str(bad), "1e-2", "10", "1", run_dir, "--members=a"],
+               [str(bad), "1e-2", "10", "1", run_dir, "--other"]):
     assert sc.main(["smooth_control.py"] + argv) == 2
   assert not bad.exists() and not (tmp_path / "bad.png").exists()
+
+  # --members: only those members, the same states as in the full run
+  one = tmp_path / "one.json"
+  rc, lines = _lines(sc, ["smooth_control.py", str(one), str(mu), "300", "1", run_dir,
+                          "--members=1"])
+  assert rc == 0 and [r["member"] for r in lines[:-2]] == [1]
+  assert lines[0]["r_F"] == rows[1]["r_F"] and lines[0]["loss"] == rows[1]["loss"]
