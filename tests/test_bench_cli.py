@@ -111,7 +111,7 @@ def test_tiny_stationarity_benchmark(tmp_path):
 def test_tiny_finish_benchmark(tmp_path):
   """The finish's benchmark: the layer-wise Hessian equals jax.hessian's to
   rounding on every state, both finishes reach the same loss, and the ratios
-  are those of the medians."""
+  are those of the medians; for the ReLU net and the smooth one."""
   from lossland.scripts import bench_finish
   s = bench_finish.run_benchmark(str(tmp_path), quick=True, n_states=2, n_iter=3)
   on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -124,3 +124,11 @@ def test_tiny_finish_benchmark(tmp_path):
                              s["parts_seconds_reference"] / s["parts_seconds"])
   np.testing.assert_allclose(s["finish_speedup"],
                              s["finish_seconds_reference"] / s["finish_seconds"])
+  # the smooth finish (softplus, with weight decay): no kink pairs, the same checks
+  assert s["smooth_activation"] == "softplus" and len(on_disk["smooth_rows"]) == 2
+  for r in s["smooth_rows"]:
+    assert r["n_kink_pairs"] == 0 and r["finish_iterations"] == r["finish_iterations_reference"]
+    assert r["hessian_max_rel_difference"] <= 1e-12
+    assert r["finish_loss"] == pytest.approx(r["finish_loss_reference"], rel=1e-9)
+  np.testing.assert_allclose(s["smooth_parts_speedup"],
+                             s["smooth_parts_seconds_reference"] / s["smooth_parts_seconds"])
