@@ -2,9 +2,9 @@
 
     python scripts/smooth_census.py CONTROL.json [CONTROL.json ...]
 
-CONTROL.json: outputs of ``scripts/smooth_control.py`` (with the members'
-params, written since 2026-12-06). For each member's final state, one JSON
-line with
+CONTROL.json: outputs of ``scripts/smooth_control.py`` that keep the
+members' params (those written since the eighteenth session). For each
+member's final state, one JSON line with
 
 * ``theta``: the member's own density exponent of Delta/sqrt(loss) > 0
   (``phase.fit_exponent`` as the control fits it, one member);
@@ -48,12 +48,12 @@ NEAR = 1e-2  # "at the margin": |Delta| <= NEAR sqrt(loss)
 N_LOW = 4
 
 
-def span_overlap(G, v) -> float:
-  """|P_G v|^2 / |v|^2: the fraction of v in the column span of G."""
-  if not G.shape[1]:
-    return 0.0
-  q = np.linalg.qr(G)[0]
-  return float(np.sum((q.T @ v) ** 2) / np.sum(v ** 2))
+def span_overlap(G, V) -> list:
+  """For each column v of V, |P_G v|^2 / |v|^2: the fraction of v in the
+  column span of G."""
+  U, S, _ = np.linalg.svd(G, full_matrices=False)
+  q = U[:, S > 1e-10 * S[0]] if S.size and S[0] > 0 else U[:, :0]  # a basis of the span
+  return [float(f) for f in np.sum((q.T @ V) ** 2, axis=0) / np.sum(V ** 2, axis=0)]
 
 
 def census(ens, row: dict) -> dict:
@@ -80,7 +80,7 @@ def census(ens, row: dict) -> dict:
               w_norm=float(np.linalg.norm(w)), z_abs_median=float(np.median(z)),
               bend_fraction=float(np.mean(z < 1.0)),
               loss_hessian_low=[float(e) for e in ev[:N_LOW]],
-              rescaling_overlap=[span_overlap(gens, vec[:, i]) for i in range(N_LOW)])
+              rescaling_overlap=span_overlap(gens, vec[:, :N_LOW]))
 
 
 def main(argv):
@@ -93,8 +93,8 @@ def main(argv):
       with open(path) as fh:
         members = json.load(fh)["members"]
       if any("params" not in m for m in members):
-        raise ValueError(f"{path}: members without params (a control written before "
-                         f"2026-12-06 18th session; run scripts/smooth_control.py again)")
+        raise ValueError(f"{path}: members without params (written before the "
+                         f"eighteenth session); run scripts/smooth_control.py again")
       controls.append(members)
     runs = {m["run"]: experiment.load_ensemble(m["run"]) for ms in controls for m in ms}
   except (OSError, ValueError, KeyError, io.RunError) as e:

@@ -40,10 +40,10 @@ over members), per run and over all runs, with N_Delta/N of each minimum (N
 the papers' count of weights, biases left out, as for the ReLU nets); and,
 for comparison, per run, of every member's entry state (the run's, not a
 minimum). One JSON line per member and one
-per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``
-(each member with its Delta before and after, and its flat params after, in
-``ravel_pytree`` order)
-(written once, at the end, through a temporary file), and OUT.png (beside
+per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``, each
+member with its Delta before and after and its flat params after (in
+``ravel_pytree`` order), written once, at the end, through a temporary
+file; and OUT.png (beside
 it) the empirical CDFs of the Delta > 0 and of the gaps, per run, at the
 minima and at the entry states. Exit status 2 on a bad
 argument or run. docs/jamming.md, "a kink-free control with weight decay".

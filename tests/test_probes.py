@@ -327,10 +327,12 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
     assert c["bend_fraction"] == float(np.mean(z < 1.0))
     assert c["loss_hessian_low"][0] + mu == pytest.approx(r["lam_min"], abs=1e-9 * r["lam_max"])
     assert all(0.0 <= o <= 1.0 + 1e-12 for o in c["rescaling_overlap"])
-  G = np.eye(5)[:, :2]
-  assert cs.span_overlap(G, np.array([1.0, -2.0, 0, 0, 0])) == pytest.approx(1.0)
-  assert cs.span_overlap(G, np.array([0, 0, 3.0, 1.0, 0])) == pytest.approx(0.0)
-  assert cs.span_overlap(G @ np.ones((2, 2)), np.array([1.0, 0, 1.0, 0, 0])) == pytest.approx(0.5)
+  V = np.array([[1.0, -2.0, 0, 0, 0], [0, 0, 3.0, 1.0, 0], [1.0, 0, 1.0, 0, 0]]).T
+  assert cs.span_overlap(np.eye(5)[:, :2], V) == pytest.approx([1.0, 0.0, 0.5])
+  assert cs.span_overlap(np.zeros((5, 0)), V) == [0.0, 0.0, 0.0]
+  # a rank-one G of two equal columns: its span is the line through (1, 1, 0, 0, 0)
+  assert cs.span_overlap(np.eye(5)[:, :2] @ np.ones((2, 2)), V) == pytest.approx(
+      [0.1, 0.0, 0.25])
   no_params = tmp_path / "old.json"
   no_params.write_text(json.dumps({"members": [{k: v for k, v in saved["members"][0].items()
                                                 if k != "params"}], "fits": []}))

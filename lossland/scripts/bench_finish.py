@@ -46,12 +46,18 @@ def _parts_seconds(kn, cfg, loss, w, fr, x, y, layerwise, repeat=5, decay=0.0):
   return float(np.median(times)), out[1]
 
 
-def _rows(kn, cfg, states, x, y, loss, hinge, bar, n_iter, kink_rtol, decay):
-  """One row per state: parts and finish, layer by layer and by the reference."""
+def _rows(kn, cfg, apply_fn, states, x, y, loss, bar, n_iter, kink_rtol, decay, done=0,
+          total=None):
+  """One row per state: parts and finish, layer by layer and by the reference
+  (the finish's loss is the hinge's, without the decay); ``done`` of
+  ``total`` states are on the progress bar before these."""
   from jax.flatten_util import ravel_pytree
+  from lossland import losses
+  hinge = lambda p: float(0.5 * np.sum(np.maximum(np.asarray(
+      losses.margins(apply_fn(p, x), y, loss.epsilon)), 0) ** 2))
   rows = []
   for i, p in enumerate(states):
-    bar(i, len(states), f"{cfg.activation} state {i}")
+    bar(done + i, total or len(states), f"{cfg.activation} state {i}")
     st = kn._Search(cfg, p, x, y, loss, None, kink_rtol, 1e-9, 3)
     fr = kn._frozen(st.pattern, kn._kink_idx(st.kinks), x.shape[0])
     w = ravel_pytree(p)[0]
@@ -114,7 +120,6 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 4,
   """Runs the benchmark, prints a table, writes ``out_dir/summary.json``."""
   import jax
   jax.config.update("jax_enable_x64", True)
-  from lossland import losses
   from lossland.optim import kink_newton as kn
   from lossland.scripts._cli import Progress, write_summary
   from lossland.scripts.bench_stationarity import preset_states
@@ -122,15 +127,13 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 4,
   if quick:
     n_states, n_iter = min(n_states, 2), min(n_iter, 5)
   cfg, apply_fn, states, x, y, loss, shape = preset_states(quick, n_states)
-  hinge = lambda p: float(0.5 * np.sum(np.maximum(np.asarray(
-      losses.margins(apply_fn(p, x), y, loss.epsilon)), 0) ** 2))
-  bar = Progress("bench finish")
-  rows = _rows(kn, cfg, states, x, y, loss, hinge, bar, n_iter, kink_rtol, 0.0)
+  bar, total = Progress("bench finish"), 2 * len(states)
+  rows = _rows(kn, cfg, apply_fn, states, x, y, loss, bar, n_iter, kink_rtol, 0.0,
+               total=total)
   scfg, s_apply, s_states = preset_states(quick, n_states, "softplus")[:3]
-  s_hinge = lambda p: float(0.5 * np.sum(np.maximum(np.asarray(
-      losses.margins(s_apply(p, x), y, loss.epsilon)), 0) ** 2))
-  s_rows = _rows(kn, scfg, s_states, x, y, loss, s_hinge, bar, n_iter, kink_rtol, decay)
-  bar(len(states), len(states), "done")
+  s_rows = _rows(kn, scfg, s_apply, s_states, x, y, loss, bar, n_iter, kink_rtol, decay,
+                 done=len(states), total=total)
+  bar(total, total, "done")
   bar.close()
   out = {"quick": quick, "kink_rtol": kink_rtol, "n_iter": n_iter, **shape, "rows": rows,
          **_medians(rows), "smooth_activation": "softplus", "smooth_weight_decay": decay,
