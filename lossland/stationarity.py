@@ -256,8 +256,16 @@ def _min_norm_slopes(grad_at, jac, s0, exact: bool, max_iter: int = 20):
 
 
 def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
-                 kink_rtol: float = 1e-7, chunk: int = 256, f_offset=None) -> Stationarity:
+                 kink_rtol: float = 1e-7, chunk: int = 256, f_offset=None,
+                 weight_decay: float = 0.0) -> Stationarity:
   """The :class:`Stationarity` record of one network.
+
+  With ``weight_decay`` mu > 0 the record is that of F = L + mu |w|^2 / 2
+  (the finish's objective with ``kink_newton.finish(weight_decay=mu)``):
+  the decay is one more force, -mu w, in the gradients and in the
+  denominator, r = |grad L + mu w| / (sum_mu |ell'(Delta_mu) grad Delta_mu|
+  + mu |w|), and r_sub minimizes |g(s) + mu w| over the slopes. The kink
+  pairs and N_Delta are the loss's.
 
   Args:
     cfg: its NetConfig (ReLU nets get kinks and r_sub; other activations or
@@ -270,9 +278,16 @@ def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
     chunk: points per chunk of per-point gradients.
     f_offset: optional [P] constant subtracted from the outputs (a net trained
       as f(w) - f(w0): the offset f(w0) moves Delta, not the gradients).
+    weight_decay: mu >= 0 (above).
   """
+  if not weight_decay >= 0:
+    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
   off = 0.0 if f_offset is None else jnp.asarray(f_offset)
   delta, g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
+  w = ravel_pytree(params)[0]
+  if weight_decay:
+    g = float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off) + weight_decay * w))
+    den += weight_decay * float(jnp.linalg.norm(w))
   unsat = delta > 0
   n_unsat = int(unsat.sum())
   if n_unsat == 0 or den == 0:
@@ -288,6 +303,9 @@ def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
   per_point = sum(k.sum(-1) for k in kinks)
   exact = bool(per_point.max() <= 1)
   grad_at, jac_at, _ = _slope_grad_fn(cfg, params, x, y, loss, kinks, off)
+  if weight_decay:
+    grad_loss = grad_at
+    grad_at = lambda s: grad_loss(s) + weight_decay * w
   zs = nets.preactivations(cfg, params, x)[:-1]
   s0 = jnp.concatenate([(z[np.nonzero(k)] > 0).astype(x.dtype) for z, k in zip(zs, kinks)])
   _, g = _min_norm_slopes(grad_at, jac_at, s0, exact)

@@ -112,6 +112,35 @@ def test_r_sub_is_the_minimum_over_the_slope():
   assert st.force_residual <= st.force_residual_smooth
 
 
+def test_weight_decay_adds_its_force_to_the_record():
+  """With weight_decay mu the record is that of F = L + mu|w|^2/2: r =
+  |grad L + mu w| / (sum |Delta grad Delta| + mu |w|), and r_sub the
+  minimum of |g(s) + mu w| over the slope (a scan), same denominator;
+  mu = 0 gives the loss's record; mu < 0 is refused."""
+  cfg, apply_fn, params, x, y = _kinked_net(seed=3)
+  mu = 0.3
+  flat = ravel_pytree(params)[0]
+  den = stationarity.force_norm_sum(apply_fn, params, x, y, LOSS) + mu * float(
+      jnp.linalg.norm(flat))
+  g_loss = jax.grad(_total_loss(apply_fn, x, y))(params)
+  r_smooth = float(jnp.linalg.norm(ravel_pytree(g_loss)[0] + mu * flat)) / den
+  st = stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS, weight_decay=mu)
+  assert st.n_kink == 1 and st.exact
+  assert st.force_residual_smooth == pytest.approx(r_smooth, rel=1e-12)
+  kinks = stationarity.kink_pairs(cfg, params, x, np.ones(x.shape[0], bool))
+  grad_at, _, _ = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks)
+  scan = min(float(np.linalg.norm(grad_at(jnp.array([s])) + mu * flat))
+             for s in np.linspace(0, 1, 2001))
+  assert st.force_residual <= scan / den + 1e-12
+  assert st.force_residual >= scan / den - 1e-6 * st.force_residual_smooth
+  plain = stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS)
+  assert stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS,
+                                   weight_decay=0.0) == plain
+  assert st.force_residual != plain.force_residual
+  with pytest.raises(ValueError, match="weight_decay"):
+    stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS, weight_decay=-1.0)
+
+
 def test_r_sub_compiles_once_per_kink_bucket():
   """The slope gradient and its Jacobian are module-level jits of padded kink
   indices: states of one net with other kink pairs (same size bucket) reuse
