@@ -360,6 +360,92 @@ def test_min_curvature_sees_a_saddle_and_a_minimum():
   assert got == pytest.approx(ev[0] / abs(ev[-1]), rel=1e-8, abs=1e-14)
 
 
+def test_manifold_curvature_with_decay_and_margin_points():
+  """manifold_curvature of a softplus net (no kinks: the manifold is R^N)
+  with weight decay mu and some points' Gauss-Newton terms left out equals
+  the dense eigh of jax.hessian(L + mu|w|^2/2) minus those points' outer
+  products grad Delta grad Delta^T (jax.jacfwd); min_curvature is its ratio."""
+  cfg = nets.NetConfig(d=3, width=4, depth=1, activation="softplus")
+  init_fn, apply_fn = nets.make_net(cfg)
+  p = init_fn(jax.random.key(4))
+  x = data.sphere(jax.random.key(1), 20, 3, n_test=0).x_train
+  y = -jnp.sign(apply_fn(p, x))  # every point unsatisfied
+  flat, unravel = ravel_pytree(p)
+  mu = 0.05
+  margins = lambda v: losses.margins(apply_fn(unravel(v), x), y, 1.0)
+  H = jax.hessian(lambda v: jnp.sum(LOSS.fn(margins(v))) + 0.5 * mu * v @ v)(flat)
+  J = np.asarray(jax.jacfwd(margins)(flat))
+  margin = np.zeros(20, bool)
+  margin[[1, 4, 7]] = True
+  ev = np.linalg.eigvalsh(np.asarray(H) - J[margin].T @ J[margin])
+  c = kink_newton.manifold_curvature(cfg, p, x, y, LOSS, weight_decay=mu, margin=margin)
+  assert c["n_kink"] == 0 and c["slopes"].size == 0
+  assert c["lam_min"] == pytest.approx(ev[0], rel=1e-8, abs=1e-12 * ev[-1])
+  assert c["lam_max"] == pytest.approx(ev[-1], rel=1e-10)
+  ev0 = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda v: jnp.sum(LOSS.fn(margins(v))))(flat)))
+  c0 = kink_newton.manifold_curvature(cfg, p, x, y, LOSS)
+  assert c0["lam_min"] == pytest.approx(ev0[0], rel=1e-8, abs=1e-12 * ev0[-1])
+  assert kink_newton.min_curvature(cfg, p, x, y, LOSS) == c0["lam_min"] / abs(c0["lam_max"])
+
+
+def test_correction_puts_trial_points_back_on_a_curved_kink_manifold():
+  """A contact of the second hidden layer, z_k(w) = 0, is not linear in w:
+  a step d in null(A) leaves it at second order (four times as far for
+  twice the step); the second-order correction brings the trial point back
+  to |z_K| below 1e-3 of that."""
+  cfg, params, ds = _seed1_stall()
+  x, y = ds.x_train, ds.y_train
+  st = kink_newton._Search(cfg, params, x, y, LOSS, None, 1e-7, 1e-9, 3, correction=True)
+  m = st.model()
+  fr = m["fr"]
+  assert any(k[0] == 1 for k in m["flat"]), "the state needs a contact in layer 2"
+  zsc = [jnp.asarray(z, x.dtype) for z in m["z_scale"]]
+  kz = lambda v: np.asarray(kink_newton._KINK_Z(cfg, jnp.asarray(v, x.dtype), x, fr.pts,
+                                                fr.units, zsc))[fr.real] - m["z_target"]
+  rng = np.random.default_rng(0)
+  p = m["Z"] @ rng.normal(size=m["Z"].shape[1])
+  off = []
+  for t in (1e-3, 2e-3):
+    d = m["step_n"] + t * p / np.linalg.norm(p)
+    before = np.max(np.abs(kz(st.w + d)))
+    after = np.max(np.abs(kz(st.corrected(m, st.w + d))))
+    assert after <= 1e-3 * before
+    off.append(before)
+  assert off[1] == pytest.approx(4 * off[0], rel=0.05)  # second order in the step
+
+
+def test_finish_with_decay_on_a_relu_net_stops_at_a_certified_minimum():
+  """A jammed ReLU net (depth 2) with weight decay: the finish (with the
+  correction, its default there) stops "decay_stationary"; there r_sub of
+  F = L + mu|w|^2/2 (``stationarity(weight_decay=mu)``) is ~0, the contacts'
+  slopes lie in [0, 1], the curvature on the manifold is positive, the
+  descent probe on F finds nothing, and F rises along random directions; it
+  is not a stationary point of the loss alone. The probe does find the
+  descent at the start."""
+  cfg, params, ds = _jammed_relu(0)
+  x, y = ds.x_train, ds.y_train
+  apply_fn = nets.cached_apply_fn(cfg, x.dtype)
+  mu = 1e-2
+  p0 = nets.balanced(cfg, params)
+  assert kink_newton.descent_probe(cfg, p0, x, y, LOSS, weight_decay=mu).descends()
+  out = kink_newton.finish(cfg, p0, x, y, LOSS, tol=1e-12, max_iter=600, weight_decay=mu)
+  assert out.reason == "decay_stationary", out.reason
+  rec = stationarity.stationarity(cfg, apply_fn, out.params, x, y, LOSS, weight_decay=mu)
+  assert rec.force_residual <= 1e-10 and rec.n_kink > 0
+  assert stationarity.stationarity(cfg, apply_fn, out.params, x, y, LOSS).force_residual > 1e-4
+  c = kink_newton.manifold_curvature(cfg, out.params, x, y, LOSS, weight_decay=mu)
+  assert c["lam_min"] > 0 and np.all((c["slopes"] >= -1e-9) & (c["slopes"] <= 1 + 1e-9))
+  assert not kink_newton.descent_probe(cfg, out.params, x, y, LOSS, weight_decay=mu).descends()
+  flat, unravel = ravel_pytree(out.params)
+  F = jax.jit(jax.vmap(lambda v: jnp.sum(LOSS.fn(losses.margins(
+      apply_fn(unravel(v), x), y, 1.0))) + 0.5 * mu * v @ v))
+  F0 = float(F(flat[None])[0])
+  v = np.random.default_rng(0).normal(size=(300, flat.size))
+  v /= np.linalg.norm(v, axis=1, keepdims=True)
+  for t in (1e-4, 1e-3, 1e-2):
+    assert np.all(np.asarray(F(flat + t * v)) > F0)
+
+
 def test_finish_members_replaces_only_the_entered_members():
   """The ensemble stage: members that stopped jammed or at max_steps with no
   unsatisfied dead point (counted here from nets.dead_points, independently)

@@ -457,10 +457,12 @@ class _Search:
   """The host-side state of one :func:`finish` (numpy; jax for derivatives)."""
 
   def __init__(self, cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
-               decay=0.0, step_model="newton", layerwise=True):
+               decay=0.0, step_model="newton", layerwise=True, correction=False):
     # for restarted()
-    self.settings = (f_offset, kink_rtol, slope_tol, max_release, decay, step_model, layerwise)
+    self.settings = (f_offset, kink_rtol, slope_tol, max_release, decay, step_model, layerwise,
+                     correction)
     self.decay, self.step_model, self.layerwise = float(decay), step_model, layerwise
+    self.correction = correction
     self.cfg, self.x, self.y, self.loss = cfg, x, y, loss
     self.slope_tol, self.max_release = slope_tol, max_release
     self.off = 0.0 if f_offset is None else jnp.asarray(f_offset)
@@ -543,6 +545,7 @@ class _Search:
     gres = float(np.linalg.norm(gZ)) / self.g_scale
     self.slopes = {k: float(v) for k, v in zip(flat, s_real)}
     return dict(flat=flat, g=g, H=H, zk=zk, Z=Z, ZHZ=ZHZ, step_n=step_n, gZ=gZ, gres=gres,
+                fr=fr, z_scale=z_scale, A_pinv=A_pinv, z_target=zk + A @ step_n,
                 s=s_real, b=np.einsum("ij,ji->i", A, C) if flat else np.zeros(0),
                 c_norm=np.linalg.norm(C, axis=0) if flat else np.zeros(0),
                 near=gres <= 1e-7 and float(np.linalg.norm(zk)) <= 1e-10, **hinge)
@@ -600,6 +603,8 @@ class _Search:
       d = m["step_n"] + m["Z"] @ p
       pred = -(float(m["g"] @ d) + 0.5 * float(d @ m["H"] @ d))
     w_try = self.w + d
+    if self.correction and m["flat"]:
+      w_try = self.corrected(m, w_try)
     L_try = self.true_loss(w_try)
     ratio = (self.L - L_try) / pred if pred > 0 else (1.0 if L_try < self.L else -1.0)
     if not (ratio > 0.1 and L_try <= self.L + 1e-15 * abs(self.L)):
@@ -609,6 +614,33 @@ class _Search:
     if ratio > 0.75 and np.linalg.norm(p) >= 0.99 * self.radius:
       self.radius *= 2.0
     return ratio, n
+
+  def corrected(self, m: dict, w_try):
+    """The trial point moved back onto the kink manifold: the second-order
+    correction of SQP methods (Nocedal & Wright 18.3), chord steps
+    -A^+ (z_K(w) - z_lin) with the Jacobian A of the model, z_lin the
+    contacts the model's step predicts (0 once the restoration is done). A step in null(A) leaves
+    the curved manifold at second order, and there the V-shaped valley of
+    each contact costs its force times |z_k|: a second-order error that the
+    quadratic model does not have, which held a deep N = 336 finish at a
+    fixed radius and a ratio of 0.2 for hundreds of iterations
+    (docs/jamming.md, nineteenth session). Kept only where it brings the
+    contacts closer to 0."""
+    fr = m["fr"]
+    zsc = [jnp.asarray(z, self.x.dtype) for z in m["z_scale"]]
+    kz = lambda v: np.asarray(_KINK_Z(self.cfg, jnp.asarray(v, self.x.dtype), self.x,
+                                      fr.pts, fr.units, zsc))[fr.real] - m["z_target"]
+    z = kz(w_try)
+    best, best_w = float(np.max(np.abs(z))), w_try
+    v = w_try
+    for _ in range(3):
+      v = v - m["A_pinv"] @ z
+      z = kz(v)
+      zmax = float(np.max(np.abs(z)))
+      if not zmax < 0.5 * best:
+        break
+      best, best_w = zmax, v
+    return best_w
 
   def accept(self, w_try, L_try) -> int:
     """Moves to w_try; pairs that crossed their kink back and forth join K
@@ -656,11 +688,9 @@ def _escape(st: _Search, log_fn, it: int):
   probe at the iterate (a collapse is not a minimum: on a deep N = 592
   member the probe's Newton line went 7e-10 lower, relative, and the finish
   converged from there in 29 iterations; docs/jamming.md, fourteenth
-  session); None with weight decay (the probe measures the loss alone)."""
-  if st.decay:
-    return None
+  session); with weight decay the probe of the loss + decay."""
   pr = descent_probe(st.cfg, st.params(), st.x, st.y, st.loss, f_offset=st.settings[0],
-                     kink_rtol=st.settings[1])
+                     kink_rtol=st.settings[1], weight_decay=st.decay)
   if pr.descends() and log_fn:
     log_fn(f"iter {it}: the descent probe found the loss lower by {-pr.gain:.1e} "
            f"(relative) along its {pr.line} line")
@@ -676,10 +706,10 @@ def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
     if snapshot_fn is not None and it:
       snapshot_fn(st.params, it, st.n_restarts)
     m = st.model()
-    if st.decay_stationary(m, tol):
-      return st, rec, "decay_stationary", it
     if st.release(m, log_fn, it):
       continue
+    if st.decay_stationary(m, tol):  # after the release: the slopes in [0, 1]
+      return st, rec, "decay_stationary", it
     if (m["near"] and it - certified >= certify_every) or m["gres"] <= 0.01 * tol:
       rec, certified = certify(st.params()), it
       if _done(rec, tol):
@@ -706,7 +736,8 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            kink_rtol: float = 1e-7, slope_tol: float = 1e-9, max_release: int = 3,
            log_fn=None, weight_decay: float = 0.0, step_model: str = "newton",
            layerwise: bool = True, certify_every: int = 10,
-           escape: bool = True, snapshot_fn=None) -> FinishResult:
+           escape: bool = True, snapshot_fn=None,
+           correction: bool | None = None) -> FinishResult:
   """Drive one network to a minimum of its loss where (1) holds, then certify it.
 
   A trust-region Newton method on the loss restricted to the kink manifold
@@ -758,7 +789,16 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     escape: where the trust region collapses with no step accepted, run
       :func:`descent_probe` and, if it finds the loss lower by more than
       ``observables.DESCENT_RTOL``, restart from its lower point instead of
-      stopping "stuck" (not with ``weight_decay``).
+      stopping "stuck" (with ``weight_decay``, the loss + decay's probe).
+    correction: each trial point moved back onto the kink manifold before
+      its loss is measured (:meth:`_Search.corrected`, the second-order
+      correction), or not (the trial point w + d itself); None (default):
+      with ``weight_decay`` only. Measured on deep N = 336 states
+      (docs/jamming.md, nineteenth session): with the decay it reached the
+      stationary point in 500 and 1184 iterations where the plain steps
+      crept at a ratio of 0.2 for 2500 (and stopped higher); on the loss
+      alone, where those states keep descending, it did not help (one
+      member 10 % higher after 1500 iterations, one even).
     snapshot_fn: optional ``snapshot_fn(params_fn, it, n_restarts,
       residual_before)`` before every iteration after the first:
       ``params_fn()`` gives the iterate after ``it`` iterations (a
@@ -780,8 +820,10 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   r0, reason = rec.force_residual, _done(rec, tol)
   if reason:
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
+  if correction is None:
+    correction = bool(weight_decay)
   st = _Search(cfg, params, x, y, loss, f_offset, kink_rtol, slope_tol, max_release,
-               weight_decay, step_model, layerwise)
+               weight_decay, step_model, layerwise, correction)
   snap = None if snapshot_fn is None else (
       lambda params_fn, it, n_restarts: snapshot_fn(params_fn, it, n_restarts, r0))
   st, rec, reason, it = _iterate(st, certify, rec, tol, max_iter, log_fn, certify_every,
@@ -796,12 +838,15 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
 
 
 def _manifold_model(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
-                    f_offset=None, kink_rtol: float = 1e-7) -> dict | None:
+                    f_offset=None, kink_rtol: float = 1e-7,
+                    weight_decay: float = 0.0) -> dict | None:
   """The quadratic model of the pattern-frozen loss on the kink manifold at
   ``params`` (module docstring): the kink pairs of
   :func:`lossland.stationarity.kink_pairs`, their least-squares slopes, the
   gradient g and Hessian H at those slopes, the contacts' Jacobian A and a
-  basis Z of its null space. None without unsatisfied points."""
+  basis Z of its null space; with ``weight_decay`` mu those of the loss +
+  mu |w|^2 / 2 (g + mu w, H + mu I, the slopes balancing g + mu w). None
+  without unsatisfied points."""
   off = 0.0 if f_offset is None else jnp.asarray(f_offset)
   apply_fn = nets.cached_apply_fn(cfg, x.dtype)
   unsat = np.asarray(losses.margins(apply_fn(params, x) - off, y, loss.epsilon) > 0)
@@ -816,13 +861,52 @@ def _manifold_model(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   z_scale = _unit_rms(cfg, params, x, unsat)
   w = ravel_pytree(params)[0]
   s_real = np.full(fr.real.size, 0.5)
-  g, H, _, A, C = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
+  g, H, _, A, C = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale, weight_decay)
   if fr.real.size:
     s_real = s_real + np.linalg.lstsq(C, -g, rcond=None)[0]
-    g, H, _, A, _ = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale)
+    g, H, _, A, _ = _active_parts(cfg, loss, w, fr, s_real, x, y, off, z_scale, weight_decay)
   Z, A_pinv = _null_space(A, w.size)
   return dict(w=np.asarray(w, np.float64), g=g, H=H, A=A, Z=Z, A_pinv=A_pinv, fr=fr,
-              z_scale=z_scale, off=off, relu=relu)
+              z_scale=z_scale, off=off, relu=relu, s=s_real)
+
+
+def manifold_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
+                       f_offset=None, kink_rtol: float = 1e-7, weight_decay: float = 0.0,
+                       margin=None) -> dict:
+  """The extreme eigenvalues of the model's Hessian on the kink manifold.
+
+  The Hessian of the pattern-frozen loss L~ (module docstring; with
+  ``weight_decay`` mu, of L~ + mu |w|^2 / 2) at the least-squares slopes of
+  the kink pairs (those of :func:`lossland.stationarity.kink_pairs`),
+  projected on null(grad z_K). ``margin``: optional [P] bool, points whose
+  Gauss-Newton term grad Delta grad Delta^T is left out (points at the
+  margin, 0 < Delta <~ 0: the quadratic hinge's curvature jumps there, and
+  the lowest element of its generalized Hessian has none of theirs).
+
+  Returns a dict: ``lam_min``, ``lam_max`` (absolute; nan without
+  unsatisfied points or where the contacts fix every direction), ``n_kink``
+  (pairs held at z = 0), ``slopes`` (their least-squares slopes, [n_kink];
+  a minimum needs them in [0, 1]).
+  """
+  m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol, weight_decay)
+  nan = dict(lam_min=float("nan"), lam_max=float("nan"), n_kink=0, slopes=np.zeros(0))
+  if m is None:
+    return nan
+  H = m["H"]
+  if margin is not None and np.any(margin):
+    fr = m["fr"]
+    s_pad = np.zeros(fr.pad)
+    s_pad[fr.real] = m["s"]
+    w = jnp.asarray(m["w"], x.dtype)
+    _, J = _MARGINS(cfg, loss, w, jnp.asarray(s_pad, x.dtype), x, y, m["off"], fr.pattern,
+                    fr.pts, fr.units)
+    Jm = np.asarray(J)[np.asarray(margin, bool)]
+    H = H - Jm.T @ Jm
+  ev = np.linalg.eigvalsh(m["Z"].T @ H @ m["Z"])
+  if not ev.size:
+    return dict(nan, n_kink=int(m["fr"].real.size), slopes=m["s"])
+  return dict(lam_min=float(ev[0]), lam_max=float(ev[-1]), n_kink=int(m["fr"].real.size),
+              slopes=np.asarray(m["s"]))
 
 
 def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
@@ -831,7 +915,8 @@ def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
 
   The Hessian of the pattern-frozen loss L~ (module docstring) at the
   least-squares slopes of the kink pairs (those of
-  :func:`lossland.stationarity.kink_pairs`), projected on null(grad z_K).
+  :func:`lossland.stationarity.kink_pairs`), projected on null(grad z_K)
+  (:func:`manifold_curvature`).
   The per-unit rescalings of a ReLU net give exact zeros. A negative value
   is a property of the model, not yet of the loss: on a deep N = 592 member
   the model's most negative direction (-5.6e-7 of lambda_max) was one along
@@ -840,11 +925,8 @@ def min_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   :func:`descent_probe` tests the true loss. Nan without unsatisfied points
   or where the contacts fix every direction.
   """
-  m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol)
-  if m is None:
-    return float("nan")
-  ev = np.linalg.eigvalsh(m["Z"].T @ m["H"] @ m["Z"])
-  return float(ev[0] / max(abs(ev[-1]), 1e-300)) if ev.size else float("nan")
+  c = manifold_curvature(cfg, params, x, y, loss, f_offset, kink_rtol)
+  return c["lam_min"] / max(abs(c["lam_max"]), 1e-300)
 
 
 # The probe's steps along each line, in units of |w|.
@@ -921,7 +1003,8 @@ def rescaling_generators(cfg: nets.NetConfig, params) -> np.ndarray:
 @_with_host_blas
 def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
                   f_offset=None, kink_rtol: float = 1e-7, n_modes: int = 8,
-                  steps=PROBE_STEPS, tol: float = 1e-13) -> DescentProbe:
+                  steps=PROBE_STEPS, tol: float = 1e-13,
+                  weight_decay: float = 0.0) -> DescentProbe:
   """Looks for a descent of the true loss near ``params`` along a few lines.
 
   A first-order certificate (r_sub) does not bound the loss a state can
@@ -953,6 +1036,8 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     n_modes: soft directions probed (each both ways).
     steps: step lengths in units of |w0| (of 1 where w0 = 0), increasing.
     tol: the rise (relative to L0) that ends a line.
+    weight_decay: mu > 0 probes the loss + mu |w|^2 / 2 instead (its model,
+      and the rescalings, no longer flat, kept among the soft directions).
 
   Returns:
     a :class:`DescentProbe`; gain nan without unsatisfied points, 0 (no
@@ -963,7 +1048,7 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   steps = np.asarray(steps, np.float64)
   if steps.size == 0 or np.any(steps <= 0) or np.any(np.diff(steps) <= 0):
     raise ValueError("steps must be positive and increasing")
-  m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol)
+  m = _manifold_model(cfg, params, x, y, loss, f_offset, kink_rtol, weight_decay)
   if m is None:
     return DescentProbe(float("nan"), 0.0, "", 0, float("nan"), float("nan"), params)
   w, g, H, Z, A_pinv, fr = m["w"], m["g"], m["H"], m["Z"], m["A_pinv"], m["fr"]
@@ -973,7 +1058,7 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
     return DescentProbe(0.0, 0.0, "", 0, float("nan"), float("nan"), params)
   lam_max = max(abs(ev_all[-1]), 1e-300)
   B = np.eye(Z.shape[1])
-  if m["relu"]:  # the rescalings out of the reduced space
+  if m["relu"] and not weight_decay:  # the rescalings (flat) out of the reduced space
     Gz = Z.T @ rescaling_generators(cfg, params)
     if Gz.shape[1]:
       U, S, _ = np.linalg.svd(Gz, full_matrices=True)
@@ -994,7 +1079,8 @@ def descent_probe(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   zsc = [jnp.asarray(z, x.dtype) for z in m["z_scale"]]
   kz = lambda v: np.asarray(_KINK_Z(cfg, jnp.asarray(v, x.dtype), x, pts, units, zsc))[fr.real]
   off = m["off"]
-  true_loss = lambda v: float(_TRUE_LOSS(cfg, loss, jnp.asarray(v, x.dtype), x, y, off, 0.0))
+  true_loss = lambda v: float(_TRUE_LOSS(cfg, loss, jnp.asarray(v, x.dtype), x, y, off,
+                                         weight_decay))
 
   def restore(v):
     z = kz(v)
