@@ -1,35 +1,51 @@
-"""The kink-free control of issue 20, item 4 (d): theta and gamma at certified
-minima of a smooth net's loss with weight decay.
+"""Controls of issue 20, item 4 (d): theta and gamma at certified minima of a
+net's loss with weight decay, for a smooth net (no kinks) and for the ReLU
+net itself.
 
-    python scripts/smooth_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...] [--members=0,1,...]
+    python scripts/decay_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...] [--members=0,1,...]
 
 Why. A softplus net has no kinks and no dead points, but its jammed "minima"
 lie at infinite weights: the descent sharpens the activation by growing the
-pre-activations (docs/jamming.md, "the softplus control"). With weight decay
-mu > 0 the objective
+pre-activations (docs/jamming.md, "the softplus control"). The ReLU net's
+finish on the loss alone keeps descending for thousands of iterations while
+its weights grow (docs/jamming.md, "where the descent goes"). With weight
+decay mu > 0 the objective
 
     F(w) = sum_mu 1/2 Delta_mu^2 theta(Delta_mu) + mu |w|^2 / 2
 
-is coercive, so it has minima at finite weights, and on a smooth net nothing
-but the margin (Delta = 0, where the quadratic hinge is C^1) stands between a
-Newton method and them.
+is coercive, so it has minima at finite weights. Decay for both nets makes
+the pair a control of the kinks alone: same objective, same mu, same N and P.
 
 What. RUN_DIR, ...: ensemble runs of a smooth activation (tanh or softplus)
-with the quadratic hinge. Every member that ended with unsatisfied points is
-driven to a stationary point of F by the finish
-(``kink_newton.finish(weight_decay=MU)``, at most ITERS iterations, WORKERS
-members at a time in threads; with ``--members`` only those members of each
-run), then certified independently of the finish:
+or of ReLU with the quadratic hinge, in float64. Every member that ended
+with unsatisfied points is driven to a stationary point of F by the finish
+(``kink_newton.finish(weight_decay=MU)``, ReLU nets from their balanced
+params, ``nets.balanced``, where the decay is lowest on the rescaling orbit;
+at most ITERS iterations, WORKERS members at a time in threads; with
+``--members`` only those members of each run), then certified independently
+of the finish:
 
-* ``r_F`` = |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|), the
-  force balance of F with the decay as one more force (``curvature``'s gradient);
+* ``r_F``: the force balance of F with the decay as one more force,
+  |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|). Smooth nets:
+  ``curvature``'s gradient. ReLU nets: the minimum over the ReLU slopes in
+  [0, 1] at the kink pairs (``stationarity.stationarity(weight_decay=MU)``,
+  r_sub of F);
 * ``lam_min``: the lowest eigenvalue of the Hessian of F with the points at
   the margin (0 < Delta <= ``phase.GAP_FLOOR`` sqrt(loss)) left out of the
-  Gauss-Newton part (dense, from ``curvature``'s H v). That matrix is the lowest
-  element of F's generalized Hessian (a point at Delta = 0 adds
-  (grad Delta . d)_+^2 >= 0 along d), so lam_min > 0 at r_F ~ 0 makes the
-  state a strict local minimum of F;
-* ``minimum``: r_F <= ``CERT_TOL`` and lam_min > 0.
+  Gauss-Newton part. Smooth nets: dense, from ``curvature``'s H v; that
+  matrix is the lowest element of F's generalized Hessian (a point at
+  Delta = 0 adds (grad Delta . d)_+^2 >= 0 along d). ReLU nets: the same on
+  the manifold of the kink contacts (z_k = 0), at the contacts' slopes
+  (``kink_newton.manifold_curvature``), where a step off a contact rises at
+  first order when its slope is inside (0, 1);
+* ReLU nets: ``probe_gain``, the descent probe on F
+  (``kink_newton.descent_probe(weight_decay=MU)``: the true F along the
+  gradient, Newton and softest lines, the contacts restored), and the
+  slopes (``slope_min``, ``slope_max``, ``n_slopes_at_bound`` within 1e-6 of
+  0 or 1 or outside, where the first-order rise of a step off the contact
+  vanishes and the manifold's curvature alone does not decide);
+* ``minimum``: r_F <= ``CERT_TOL`` and lam_min > 0 (ReLU nets: and the probe
+  finds F no lower).
 
 The Delta of the certified minima give theta (Delta > 0 divided by
 sqrt(loss), loss = mean 1/2 Delta_+^2, as the authors) and gamma (-Delta of the
@@ -37,16 +53,18 @@ satisfied points), fitted as the phase summary fits them
 (``phase.fit_exponent``: density MLE and empirical CDF on the small half,
 samples at or below ``phase.GAP_FLOOR`` left out and counted, a bootstrap
 over members), per run and over all runs, with N_Delta/N of each minimum (N
-the papers' count of weights, biases left out, as for the ReLU nets); and,
-for comparison, per run, of every member's entry state (the run's, not a
-minimum). One JSON line per member and one
-per fit on stdout; OUT.json gets ``{"members": [...], "fits": [...]}``, each
-member with its Delta before and after and its flat params after (in
-``ravel_pytree`` order), written once, at the end, through a temporary
-file; and OUT.png (beside
-it) the empirical CDFs of the Delta > 0 and of the gaps, per run, at the
-minima and at the entry states. Exit status 2 on a bad
-argument or run. docs/jamming.md, "a kink-free control with weight decay".
+the papers' count of weights, biases left out); and, for comparison, per
+run, of every member's entry state (the run's, not a minimum). Each row
+also has ``r_loss``, the force balance of the loss alone at the state
+(r_sub for ReLU nets; not 0 at a minimum of F: the decay's force is
+missing). One JSON line per member and one per fit on stdout; OUT.json gets
+``{"members": [...], "fits": [...]}``, each member with its Delta before
+and after and its flat params after (in ``ravel_pytree`` order), written
+once, at the end, through a temporary file; and OUT.png (beside it) the
+empirical CDFs of the Delta > 0 and of the gaps, per run, at the minima and
+at the entry states. Exit status 2 on a bad argument or run.
+docs/jamming.md, "a kink-free control with weight decay" (seventeenth
+session) and "the ReLU net with weight decay" (nineteenth).
 """
 import concurrent.futures
 import json
@@ -62,7 +80,7 @@ from jax.flatten_util import ravel_pytree
 
 jax.config.update("jax_enable_x64", True)
 
-from lossland import curvature, experiment, io, nets, phase  # noqa: E402
+from lossland import curvature, experiment, io, losses, nets, phase, stationarity  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
 
 CERT_TOL = 1e-8  # r_F of a minimum (the finish itself stops at 1e-10 of its own scale)
@@ -79,10 +97,18 @@ def loss_hessian(fns, params, x, y, at_margin) -> np.ndarray:
 
 
 def certify(cfg, loss, x, y, mu, params) -> dict:
-  """r_F, lam_min (and lam_max) of F at params, the module docstring's way,
-  from the project's curvature functions (:mod:`lossland.curvature`: the
-  gradient, the dense Hessian column by column from H v, with the margin
-  points given weight 0, and the output Jacobian)."""
+  """r_F, lam_min (and lam_max) of F at params, the module docstring's way:
+  :func:`_certify_smooth` or, for a ReLU net, :func:`_certify_relu`; with
+  ``r_loss``, the loss's own force balance there."""
+  if cfg.activation == "relu":
+    return _certify_relu(cfg, loss, x, y, mu, params)
+  return _certify_smooth(cfg, loss, x, y, mu, params)
+
+
+def _certify_smooth(cfg, loss, x, y, mu, params) -> dict:
+  """From the project's curvature functions (:mod:`lossland.curvature`:
+  the gradient, the dense Hessian column by column from H v, with the
+  margin points given weight 0, and the output Jacobian)."""
   _, apply_fn = nets.make_net(cfg, dtype=x.dtype)
   fns = curvature.curvature_fns(apply_fn, loss)
   flat = ravel_pytree(params)[0]
@@ -90,12 +116,12 @@ def certify(cfg, loss, x, y, mu, params) -> dict:
   d = np.asarray(fns.delta(params, curvature.examples(x, y, weight=ones)))
   unsat = d > 0
   mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
-  g = np.asarray(ravel_pytree(fns.grad(params, curvature.examples(x, y, weight=ones)))[0]
-                 + mu * flat)
+  g_loss = np.asarray(ravel_pytree(fns.grad(params, curvature.examples(x, y, weight=ones)))[0])
+  g = g_loss + mu * np.asarray(flat)
   jac = np.asarray(curvature.output_jacobian(apply_fn, params, x))  # |grad Delta_mu| = |J_mu|
-  scale = float(np.sum(d[unsat] * np.linalg.norm(jac[unsat], axis=1))
-                + mu * np.linalg.norm(np.asarray(flat)))
-  at_margin = unsat & (d <= phase.GAP_FLOOR * math.sqrt(max(mean_loss, 0.0)))
+  forces = float(np.sum(d[unsat] * np.linalg.norm(jac[unsat], axis=1)))
+  scale = forces + mu * np.linalg.norm(np.asarray(flat))
+  at_margin = _at_margin(d)
   ev = np.linalg.eigvalsh(loss_hessian(fns, params, x, y, at_margin)
                           + mu * np.eye(flat.shape[0]))
   r_f = float(np.linalg.norm(g)) / scale if scale > 0 else float("nan")
@@ -103,6 +129,40 @@ def certify(cfg, loss, x, y, mu, params) -> dict:
               minimum=bool(r_f <= CERT_TOL and ev[0] > 0), loss=mean_loss,
               n_delta=int(unsat.sum()), n_at_margin=int(at_margin.sum()),
               decay_term=0.5 * mu * float(np.sum(np.asarray(flat) ** 2)),
+              r_loss=float(np.linalg.norm(g_loss)) / forces if forces > 0 else float("nan"),
+              delta=d)
+
+
+def _at_margin(d) -> np.ndarray:
+  """[P] bool: the points at the margin, 0 < Delta <= GAP_FLOOR sqrt(loss)."""
+  mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
+  return (d > 0) & (d <= phase.GAP_FLOOR * math.sqrt(max(mean_loss, 0.0)))
+
+
+def _certify_relu(cfg, loss, x, y, mu, params) -> dict:
+  """r_F as r_sub of F (:func:`lossland.stationarity.stationarity`),
+  lam_min on the kink manifold (:func:`kink_newton.manifold_curvature`),
+  the descent probe on F and the contacts' slopes."""
+  apply_fn = nets.cached_apply_fn(cfg, x.dtype)
+  flat = np.asarray(ravel_pytree(params)[0])
+  d = np.asarray(losses.margins(apply_fn(params, x), y, loss.epsilon))
+  at_margin = _at_margin(d)
+  rec = stationarity.stationarity(cfg, apply_fn, params, x, y, loss, weight_decay=mu)
+  rec_loss = stationarity.stationarity(cfg, apply_fn, params, x, y, loss)
+  c = kink_newton.manifold_curvature(cfg, params, x, y, loss, weight_decay=mu,
+                                     margin=at_margin)
+  probe = kink_newton.descent_probe(cfg, params, x, y, loss, weight_decay=mu)
+  s = np.asarray(c["slopes"])
+  r_f = float(rec.force_residual)
+  minimum = bool(r_f <= CERT_TOL and c["lam_min"] > 0 and not probe.descends())
+  return dict(r_F=r_f, lam_min=c["lam_min"], lam_max=c["lam_max"], minimum=minimum,
+              loss=float(np.mean(0.5 * np.maximum(d, 0.0) ** 2)), n_delta=int(np.sum(d > 0)),
+              n_at_margin=int(at_margin.sum()), decay_term=0.5 * mu * float(flat @ flat),
+              r_loss=float(rec_loss.force_residual), n_kink=int(rec.n_kink),
+              kink_exact=bool(rec.exact), probe_gain=float(probe.gain),
+              slope_min=float(s.min()) if s.size else None,
+              slope_max=float(s.max()) if s.size else None,
+              n_slopes_at_bound=int(np.sum((s < 1e-6) | (s > 1 - 1e-6))),
               delta=d)
 
 
@@ -111,6 +171,8 @@ def run_member(ens, k: int, mu: float, iters: int) -> dict:
   keeps the member's Delta and params, which main does not print)."""
   cfg, loss, x, y = ens.net, ens.loss, ens.data.x_train, ens.data.y_train
   params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
+  if cfg.activation == "relu":
+    params = nets.balanced(cfg, params)  # the same net, the least decay on its orbit
   t = time.time()
   out = kink_newton.finish(cfg, params, x, y, loss, tol=1e-10, max_iter=iters,
                            weight_decay=mu)
@@ -118,7 +180,7 @@ def run_member(ens, k: int, mu: float, iters: int) -> dict:
   before = certify(cfg, loss, x, y, mu, params)
   delta = cert.pop("delta")
   delta_before = before.pop("delta")
-  return dict(run=ens.path, member=k, seed=int(ens.seeds[k]),
+  return dict(run=ens.path, member=k, seed=int(ens.seeds[k]), activation=cfg.activation,
               N=nets.n_weights(cfg.d, cfg.width, cfg.depth), n_params=nets.n_params(cfg),
               P=int(x.shape[0]), mu=mu, reason=out.reason, iterations=int(out.n_iter),
               seconds=round(time.time() - t, 1), r_F_before=before["r_F"],
@@ -186,7 +248,8 @@ def plot(rows: list, path: str) -> str:
     ax.set_xlabel(name)
     ax.set_ylabel("fraction below (CDF)")
     ax.legend(fontsize=6)
-  fig.suptitle(f"smooth net, loss + mu|w|^2/2, mu = {rows[0]['mu']:g}: minima (full) "
+  fig.suptitle(f"{rows[0]['activation']} net, loss + mu|w|^2/2, mu = {rows[0]['mu']:g}: "
+               "minima (full) "
                "and the runs' states (dashed)", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
@@ -213,9 +276,9 @@ def _args(argv):
   runs = []
   for path in argv[5:]:
     ens = experiment.load_ensemble(path)
-    if ens.net.activation not in SMOOTH:
-      raise ValueError(f"{path}: activation {ens.net.activation!r} is not smooth "
-                       f"(one of {SMOOTH}): a ReLU net's loss has kinks")
+    if ens.net.activation not in SMOOTH + ("relu",):
+      raise ValueError(f"{path}: activation {ens.net.activation!r} is not one of "
+                       f"{SMOOTH + ('relu',)}")
     if ens.loss.name != "quadratic_hinge" or ens.subtract_init:
       raise ValueError(f"{path}: needs the quadratic hinge without subtract_init")
     if ens.data.x_train.dtype != np.float64:
@@ -231,13 +294,17 @@ def main(argv):
   try:
     out_path, mu, iters, workers, runs, members = _args(argv)
   except (ValueError, io.RunError) as e:
-    print(f"smooth_control: {e}", file=sys.stderr)
+    print(f"decay_control: {e}", file=sys.stderr)
     return 2
   jobs = []
   for ens in runs:
     jobs += [(ens, k) for k, m in enumerate(ens.summary["members"])
              if m["n_delta"] > 0 and (members is None or k in members)]
-  print(f"smooth_control: {len(jobs)} members with unsatisfied points, mu = {mu:g}, "
+  if not jobs:
+    print("decay_control: no member with unsatisfied points (nothing to finish)",
+          file=sys.stderr)
+    return 2
+  print(f"decay_control: {len(jobs)} members with unsatisfied points, mu = {mu:g}, "
         f"at most {iters} iterations, {workers} at a time", file=sys.stderr, flush=True)
   rows = []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:

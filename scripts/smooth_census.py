@@ -2,7 +2,7 @@
 
     python scripts/smooth_census.py CONTROL.json [CONTROL.json ...]
 
-CONTROL.json: outputs of ``scripts/smooth_control.py`` that keep the
+CONTROL.json: outputs of ``scripts/decay_control.py`` that keep the
 members' params (those written since the eighteenth session). For each
 member's final state, one JSON line with
 
@@ -42,7 +42,7 @@ from lossland import curvature, experiment, io, nets, phase  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import smooth_control  # noqa: E402
+import decay_control  # noqa: E402
 
 NEAR = 1e-2  # "at the margin": |Delta| <= NEAR sqrt(loss)
 N_LOW = 4
@@ -67,7 +67,7 @@ def census(ens, row: dict) -> dict:
   th = phase.fit_exponent(pos, np.zeros(pos.size, int), x_floor=phase.GAP_FLOOR)
   at_margin = (delta > 0) & (delta <= phase.GAP_FLOOR * s)
   fns = curvature.curvature_fns(nets.make_net(cfg, dtype=x.dtype)[1], ens.loss)
-  ev, vec = np.linalg.eigh(smooth_control.loss_hessian(fns, params, x, y, at_margin))
+  ev, vec = np.linalg.eigh(decay_control.loss_hessian(fns, params, x, y, at_margin))
   gens = kink_newton.rescaling_generators(cfg, params)
   z = np.concatenate([np.abs(np.ravel(np.asarray(a)))
                       for a in nets.preactivations(cfg, params, x)[:-1]])
@@ -94,9 +94,13 @@ def main(argv):
         members = json.load(fh)["members"]
       if any("params" not in m for m in members):
         raise ValueError(f"{path}: members without params (written before the "
-                         f"eighteenth session); run scripts/smooth_control.py again")
+                         f"eighteenth session); run scripts/decay_control.py again")
       controls.append(members)
     runs = {m["run"]: experiment.load_ensemble(m["run"]) for ms in controls for m in ms}
+    for path, ens in runs.items():
+      if ens.net.activation not in decay_control.SMOOTH:
+        raise ValueError(f"{path}: a {ens.net.activation} net; the census is of smooth "
+                         f"nets ({', '.join(decay_control.SMOOTH)})")
   except (OSError, ValueError, KeyError, io.RunError) as e:
     print(f"smooth_census: {e}", file=sys.stderr)
     return 2

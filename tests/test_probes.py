@@ -230,8 +230,8 @@ _SMOOTH_JOB = dict(dataset="sphere", depth=1, width=6, d=4, bias=True, P=80, see
                    activation="softplus")
 
 
-def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
-  """scripts/smooth_control.py: its members are minima of F = loss + mu|w|^2/2
+def test_decay_control_certifies_minima_of_the_decayed_loss(tmp_path):
+  """scripts/decay_control.py: its members are minima of F = loss + mu|w|^2/2
   by plain checks (F rises along random directions; r_F and lam_min against
   finite differences of F), its fits use them and the entry states, the
   figure is written, bad arguments exit 2 and write nothing."""
@@ -240,7 +240,7 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
   from lossland import experiment, losses
   run_dir, s = job.run_ensemble_job(dict(_SMOOTH_JOB, out_dir=str(tmp_path / "run")), **QUIET)
   assert all(m["n_delta"] > 0 for m in s["members"])
-  sc = _probe("smooth_control")
+  sc = _probe("decay_control")
   mu = 1e-2
   ens = experiment.load_ensemble(run_dir)
   x, y = ens.data.x_train, ens.data.y_train
@@ -283,7 +283,7 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
 
   # the script: both members driven to certified minima of F, two at a time
   out = tmp_path / "control.json"
-  rc, lines = _lines(sc, ["smooth_control.py", str(out), str(mu), "300", "2", run_dir])
+  rc, lines = _lines(sc, ["decay_control.py", str(out), str(mu), "300", "2", run_dir])
   assert rc == 0
   rows, fit, entry = lines[:-2], lines[-2], lines[-1]
   assert [r["member"] for r in rows] == [0, 1]
@@ -342,25 +342,90 @@ def test_smooth_control_certifies_minima_of_the_decayed_loss(tmp_path):
 
   # bad arguments: exit 2, no output file
   bad = tmp_path / "bad.json"
-  relu_dir = tmp_path / "relu"
+  hinge_dir = tmp_path / "hinge"
   import shutil
-  shutil.copytree(run_dir, relu_dir)
-  cfg = json.loads((relu_dir / "config.json").read_text())
-  cfg["net"]["activation"] = "relu"
-  (relu_dir / "config.json").write_text(json.dumps(cfg))
+  shutil.copytree(run_dir, hinge_dir)
+  cfg = json.loads((hinge_dir / "config.json").read_text())
+  cfg["loss"]["name"] = "hinge"
+  (hinge_dir / "config.json").write_text(json.dumps(cfg))
   for argv in ([str(bad), "0", "10", "1", run_dir], [str(bad), "1e-2", "0", "1", run_dir],
-               [str(bad), "1e-2", "10", "1", str(relu_dir)],
+               [str(bad), "1e-2", "10", "1", str(hinge_dir)],
                [str(bad), "1e-2", "10", "1", str(tmp_path / "nowhere")],
                [str(bad), "1e-2", "10"], ["bad.txt", "1e-2", "10", "1", run_dir],
                [str(bad), "1e-2", "10", "1", run_dir, "--members=2"],
                [str(bad), "1e-2", "10", "1", run_dir, "--members=a"],
                [str(bad), "1e-2", "10", "1", run_dir, "--other"]):
-    assert sc.main(["smooth_control.py"] + argv) == 2
+    assert sc.main(["decay_control.py"] + argv) == 2
   assert not bad.exists() and not (tmp_path / "bad.png").exists()
 
   # --members: only those members, the same states as in the full run
   one = tmp_path / "one.json"
-  rc, lines = _lines(sc, ["smooth_control.py", str(one), str(mu), "300", "1", run_dir,
+  rc, lines = _lines(sc, ["decay_control.py", str(one), str(mu), "300", "1", run_dir,
                           "--members=1"])
   assert rc == 0 and [r["member"] for r in lines[:-2]] == [1]
   assert lines[0]["r_F"] == rows[1]["r_F"] and lines[0]["loss"] == rows[1]["loss"]
+
+
+_RELU_JOB = dict(_SMOOTH_JOB, activation="relu", width=8, P=200)
+
+
+def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
+  """scripts/decay_control.py on a ReLU net: its certified minima of F =
+  loss + mu|w|^2/2 sit on kink contacts (n_kink > 0, r_F the subgradient
+  residual of F) and F rises along random directions from them (plain
+  evaluations: first order off the contacts, second order along them); the
+  loss alone is not balanced there; r_F at a state without kink
+  pairs: the initialization) is |grad F| / (sum |Delta grad Delta| + mu |w|)
+  by central differences; the smooth census refuses the ReLU control; a run whose
+  members are all sat exits 2 and writes nothing."""
+  import jax
+  from jax.flatten_util import ravel_pytree
+  from lossland import experiment, losses
+  run_dir, s = job.run_ensemble_job(dict(_RELU_JOB, out_dir=str(tmp_path / "run")), **QUIET)
+  assert all(m["n_delta"] > 0 for m in s["members"])
+  sc = _probe("decay_control")
+  mu = 1e-2
+  ens = experiment.load_ensemble(run_dir)
+  x, y = ens.data.x_train, ens.data.y_train
+  apply_fn = nets.make_net(ens.net, dtype=x.dtype)[1]
+  p0 = jax.tree_util.tree_map(lambda a: a[0], ens.params0)  # the init: no kink pairs
+  flat0, unravel = ravel_pytree(p0)
+  F = jax.jit(jax.vmap(lambda w: 0.5 * jnp.sum(jnp.maximum(
+      losses.margins(apply_fn(unravel(w), x), y, 1.0), 0.0) ** 2) + 0.5 * mu * jnp.sum(w ** 2)))
+  cert = sc.certify(ens.net, ens.loss, x, y, mu, p0)
+  assert cert["n_kink"] == 0 and cert["n_delta"] > 0 and not cert["minimum"]
+  w = np.asarray(flat0)
+  n, h = w.size, 1e-6
+  e = np.eye(n)
+  g_fd = (np.asarray(F(w + h * e)) - np.asarray(F(w - h * e))) / (2 * h)
+  margins = jax.vmap(lambda v: losses.margins(apply_fn(unravel(v), x), y, 1.0))
+  jac = ((np.asarray(margins(w + h * e)) - np.asarray(margins(w - h * e))) / (2 * h)).T
+  d = cert["delta"]
+  scale = np.sum(d[d > 0] * np.linalg.norm(jac[d > 0], axis=1)) + mu * np.linalg.norm(w)
+  assert cert["r_F"] == pytest.approx(np.linalg.norm(g_fd) / scale, rel=1e-5)
+
+  out = tmp_path / "relu.json"
+  rc, lines = _lines(sc, ["decay_control.py", str(out), str(mu), "300", "1", run_dir])
+  assert rc == 0
+  rows = lines[:-2]
+  saved = json.loads(out.read_text())
+  rng = np.random.default_rng(0)
+  for k, r in enumerate(rows):
+    assert r["activation"] == "relu" and r["minimum"], r
+    assert r["r_F"] <= sc.CERT_TOL and r["lam_min"] > 0 and r["n_kink"] > 0
+    assert r["r_loss"] > 1e3 * r["r_F"]  # the decay's force is part of the balance
+    w = np.asarray(saved["members"][k]["params"])
+    v = rng.normal(size=(300, w.size))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    F0 = float(np.asarray(F(w[None]))[0])
+    for t in (1e-4, 1e-3, 1e-2):
+      assert np.all(np.asarray(F(w + t * v)) > F0)
+  assert lines[-2]["states"] == "minima" and lines[-2]["n_states"] == 2
+  assert _lines(_probe("smooth_census"), ["smooth_census.py", str(out)])[0] == 2
+
+  sat_dir, s2 = job.run_ensemble_job(dict(_RELU_JOB, P=8, out_dir=str(tmp_path / "sat")),
+                                     **QUIET)
+  assert all(m["n_delta"] == 0 for m in s2["members"])
+  none = tmp_path / "none.json"
+  assert sc.main(["decay_control.py", str(none), str(mu), "10", "1", sat_dir]) == 2
+  assert not none.exists() and not (tmp_path / "none.png").exists()

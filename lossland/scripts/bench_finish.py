@@ -18,7 +18,7 @@ Hessians, and a whole finish of ``n_iter`` iterations with each (seconds
 of its second run, so that neither pays for compiling; final loss); then the
 ratios of the medians.
 
-The same again for the smooth control's finish (``scripts/smooth_control.py``):
+The same again for the smooth control's finish (``scripts/decay_control.py``):
 the net with softplus units at the same states, the finish on the loss plus
 ``decay`` |w|^2 / 2, whose Hessian carries the activation's phi'' term
 (:func:`lossland.optim.frozen_derivs.curvature_hessian`); keys ``smooth_*``.
