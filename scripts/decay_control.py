@@ -2,7 +2,7 @@
 net's loss with weight decay, for a smooth net (no kinks) and for the ReLU
 net itself.
 
-    python scripts/decay_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...] [--members=0,1,...]
+    python scripts/decay_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...] [--members=0,1,...] [--correction=off]
 
 Why. A softplus net has no kinks and no dead points, but its jammed "minima"
 lie at infinite weights: the descent sharpens the activation by growing the
@@ -22,8 +22,10 @@ with unsatisfied points is driven to a stationary point of F by the finish
 (``kink_newton.finish(weight_decay=MU)``, ReLU nets from their balanced
 params, ``nets.balanced``, where the decay is lowest on the rescaling orbit;
 at most ITERS iterations, WORKERS members at a time in threads; with
-``--members`` only those members of each run), then certified independently
-of the finish:
+``--members`` only those members of each run; ``--correction=off``: ReLU
+nets without the finish's second-order correction of its trial points,
+``kink_newton.finish(correction=False)``, for comparison), then certified
+independently of the finish:
 
 * ``r_F``: the force balance of F with the decay as one more force,
   |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|). Smooth nets:
@@ -166,7 +168,7 @@ def _certify_relu(cfg, loss, x, y, mu, params) -> dict:
               delta=d)
 
 
-def run_member(ens, k: int, mu: float, iters: int) -> dict:
+def run_member(ens, k: int, mu: float, iters: int, correction: bool = True) -> dict:
   """The finish on F for member k of ens, then its certificate (the row
   keeps the member's Delta and params, which main does not print)."""
   cfg, loss, x, y = ens.net, ens.loss, ens.data.x_train, ens.data.y_train
@@ -175,12 +177,13 @@ def run_member(ens, k: int, mu: float, iters: int) -> dict:
     params = nets.balanced(cfg, params)  # the same net, the least decay on its orbit
   t = time.time()
   out = kink_newton.finish(cfg, params, x, y, loss, tol=1e-10, max_iter=iters,
-                           weight_decay=mu)
+                           weight_decay=mu, correction=correction)
   cert = certify(cfg, loss, x, y, mu, out.params)
   before = certify(cfg, loss, x, y, mu, params)
   delta = cert.pop("delta")
   delta_before = before.pop("delta")
   return dict(run=ens.path, member=k, seed=int(ens.seeds[k]), activation=cfg.activation,
+              correction=correction,
               N=nets.n_weights(cfg.d, cfg.width, cfg.depth), n_params=nets.n_params(cfg),
               P=int(x.shape[0]), mu=mu, reason=out.reason, iterations=int(out.n_iter),
               seconds=round(time.time() - t, 1), r_F_before=before["r_F"],
@@ -260,10 +263,13 @@ def plot(rows: list, path: str) -> str:
 def _args(argv):
   opts = [a for a in argv[1:] if a.startswith("--")]
   argv = [a for a in argv if not a.startswith("--")]
-  members = None
+  members, correction = None, True
   for o in opts:
+    if o in ("--correction=on", "--correction=off"):
+      correction = o.endswith("on")
+      continue
     if not o.startswith("--members="):
-      raise ValueError(f"unknown option {o} (only --members=0,1,...)")
+      raise ValueError(f"unknown option {o} (only --members=0,1,... and --correction=on|off)")
     try:
       members = sorted({int(k) for k in o[len("--members="):].split(",")})
     except ValueError:
@@ -287,12 +293,12 @@ def _args(argv):
     if members is not None and not all(0 <= k < n for k in members):
       raise ValueError(f"{path}: --members {members} out of range (the run has {n})")
     runs.append(ens)
-  return argv[1], mu, iters, workers, runs, members
+  return argv[1], mu, iters, workers, runs, members, correction
 
 
 def main(argv):
   try:
-    out_path, mu, iters, workers, runs, members = _args(argv)
+    out_path, mu, iters, workers, runs, members, correction = _args(argv)
   except (ValueError, io.RunError) as e:
     print(f"decay_control: {e}", file=sys.stderr)
     return 2
@@ -308,7 +314,7 @@ def main(argv):
         f"at most {iters} iterations, {workers} at a time", file=sys.stderr, flush=True)
   rows = []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for row in pool.map(lambda j: run_member(j[0], j[1], mu, iters), jobs):
+    for row in pool.map(lambda j: run_member(j[0], j[1], mu, iters, correction), jobs):
       print(json.dumps({k: v for k, v in row.items()
                         if k not in ("delta", "delta_before", "params")}),
             flush=True)

@@ -422,6 +422,14 @@ def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
       assert np.all(np.asarray(F(w + t * v)) > F0)
   assert lines[-2]["states"] == "minima" and lines[-2]["n_states"] == 2
   assert _lines(_probe("smooth_census"), ["smooth_census.py", str(out)])[0] == 2
+  # --correction=off: the finish without the second-order correction (a
+  # depth-1 net's contacts are linear in w: the same steps, the same states)
+  rc, off = _lines(sc, ["decay_control.py", str(tmp_path / "off.json"), str(mu), "300", "1",
+                        run_dir, "--correction=off"])
+  assert rc == 0 and [r["correction"] for r in off[:-2]] == [False, False]
+  assert [r["r_F"] for r in off[:-2]] == [r["r_F"] for r in rows] and rows[0]["correction"]
+  assert sc.main(["decay_control.py", str(tmp_path / "x.json"), str(mu), "10", "1", run_dir,
+                  "--correction=maybe"]) == 2
 
   sat_dir, s2 = job.run_ensemble_job(dict(_RELU_JOB, P=8, out_dir=str(tmp_path / "sat")),
                                      **QUIET)

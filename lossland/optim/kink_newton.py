@@ -619,7 +619,8 @@ class _Search:
     """The trial point moved back onto the kink manifold: the second-order
     correction of SQP methods (Nocedal & Wright 18.3), chord steps
     -A^+ (z_K(w) - z_lin) with the Jacobian A of the model, z_lin the
-    contacts the model's step predicts (0 once the restoration is done). A step in null(A) leaves
+    contacts the model's step predicts (0 once the restoration is done);
+    none below 1e-13, rounding. A step in null(A) leaves
     the curved manifold at second order, and there the V-shaped valley of
     each contact costs its force times |z_k|: a second-order error that the
     quadratic model does not have, which held a deep N = 336 finish at a
@@ -632,6 +633,8 @@ class _Search:
                                       fr.pts, fr.units, zsc))[fr.real] - m["z_target"]
     z = kz(w_try)
     best, best_w = float(np.max(np.abs(z))), w_try
+    if best <= 1e-13:  # rounding (contacts linear in w: a first hidden layer's)
+      return w_try
     v = w_try
     for _ in range(3):
       v = v - m["A_pinv"] @ z
