@@ -446,6 +446,22 @@ def test_finish_with_decay_on_a_relu_net_stops_at_a_certified_minimum():
     assert np.all(np.asarray(F(flat + t * v)) > F0)
 
 
+def test_decay_stationary_needs_no_negative_curvature():
+  """The decayed finish stops only where its reduced gradient is below tol,
+  the contacts hold and the reduced Hessian has no negative eigenvalue (at
+  a saddle it goes on along the lowest mode); never without a decay."""
+  import types
+  stop = lambda decay, gres, zk, H: kink_newton._Search.decay_stationary(
+      types.SimpleNamespace(decay=decay), dict(gres=gres, zk=np.asarray(zk), ZHZ=np.asarray(H)),
+      1e-10)
+  assert stop(1e-3, 1e-11, [0.0], np.diag([1e-3, 2.0]))
+  assert not stop(1e-3, 1e-11, [0.0], np.diag([-1e-3, 2.0]))  # a saddle
+  assert not stop(1e-3, 1e-9, [0.0], np.diag([1e-3, 2.0]))  # gradient left
+  assert not stop(1e-3, 1e-11, [1e-8], np.diag([1e-3, 2.0]))  # a contact off
+  assert not stop(0.0, 1e-11, [0.0], np.diag([1e-3, 2.0]))  # no decay
+  assert stop(1e-3, 1e-11, [], np.zeros((0, 0)))  # the contacts fix every direction
+
+
 def test_finish_members_replaces_only_the_entered_members():
   """The ensemble stage: members that stopped jammed or at max_steps with no
   unsatisfied dead point (counted here from nets.dead_points, independently)

@@ -552,8 +552,14 @@ class _Search:
 
   def decay_stationary(self, m: dict, tol: float) -> bool:
     """With weight decay: stationary for the loss + decay |w|^2 / 2 on the
-    manifold (reduced gradient <= tol, contacts held)."""
-    return bool(self.decay) and m["gres"] <= tol and float(np.linalg.norm(m["zk"])) <= 1e-10
+    manifold (reduced gradient <= tol, contacts held) with no negative
+    curvature there: at a saddle the search goes on, its trust-region step
+    along the lowest mode (a deep N = 336 member stopped at r_F 7.5e-11
+    with lambda_min -0.35 before; docs/jamming.md, nineteenth session)."""
+    if not (self.decay and m["gres"] <= tol and float(np.linalg.norm(m["zk"])) <= 1e-10):
+      return False
+    ev = np.linalg.eigvalsh(m["ZHZ"]) if m["ZHZ"].size else np.zeros(1)
+    return bool(ev[0] >= -1e-12 * max(abs(ev[-1]), 1e-300))
 
   def release(self, m: dict, log_fn=None, it: int = 0) -> int:
     """Pairs of K that leave it; returns how many left.
