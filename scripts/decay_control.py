@@ -3,6 +3,7 @@ net's loss with weight decay, for a smooth net (no kinks) and for the ReLU
 net itself.
 
     python scripts/decay_control.py OUT.json MU ITERS WORKERS RUN_DIR [RUN_DIR ...] [--members=0,1,...] [--correction=off]
+    python scripts/decay_control.py --fits OUT.json [OUT.json ...]
 
 Why. A softplus net has no kinks and no dead points, but its jammed "minima"
 lie at infinite weights: the descent sharpens the activation by growing the
@@ -64,7 +65,9 @@ missing). One JSON line per member and one per fit on stdout; OUT.json gets
 and after and its flat params after (in ``ravel_pytree`` order), written
 once, at the end, through a temporary file; and OUT.png (beside it) the
 empirical CDFs of the Delta > 0 and of the gaps, per run, at the minima and
-at the entry states. Exit status 2 on a bad argument or run.
+at the entry states. ``--fits OUT.json ...`` prints the two fits (minima,
+entry states) of the members of several such outputs pooled, one mu.
+Exit status 2 on a bad argument or run.
 docs/jamming.md, "a kink-free control with weight decay" (seventeenth
 session) and "the ReLU net with weight decay" (nineteenth).
 """
@@ -296,7 +299,39 @@ def _args(argv):
   return argv[1], mu, iters, workers, runs, members, correction
 
 
+def pooled_fits(paths: list) -> list:
+  """``--fits OUT.json ...``: the fits of the certified minima of several
+  outputs of this script pooled (one bootstrap over all their members), and
+  of all their entry states; ValueError where a file is not such an output
+  or mixes values of mu."""
+  rows = []
+  for path in paths:
+    try:
+      with open(path) as fh:
+        members = json.load(fh)["members"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}: not an output of decay_control.py ({e})") from None
+    rows += [dict(m, delta=np.asarray(m["delta"]), delta_before=np.asarray(m["delta_before"]))
+             for m in members]
+  if not rows:
+    raise ValueError("no members in " + ", ".join(paths))
+  if len({r["mu"] for r in rows}) > 1:
+    raise ValueError(f"the files mix values of mu: {sorted({r['mu'] for r in rows})}")
+  return [fits([r for r in rows if r["minimum"]], "pooled"),
+          fits(rows, "pooled", entry=True)]
+
+
 def main(argv):
+  if len(argv) > 1 and argv[1] == "--fits":
+    try:
+      if len(argv) < 3:
+        raise ValueError("--fits needs OUT.json files")
+      for f in pooled_fits(argv[2:]):
+        print(json.dumps(f), flush=True)
+    except ValueError as e:
+      print(f"decay_control: {e}", file=sys.stderr)
+      return 2
+    return 0
   try:
     out_path, mu, iters, workers, runs, members, correction = _args(argv)
   except (ValueError, io.RunError) as e:

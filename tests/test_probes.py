@@ -430,6 +430,18 @@ def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
   assert [r["r_F"] for r in off[:-2]] == [r["r_F"] for r in rows] and rows[0]["correction"]
   assert sc.main(["decay_control.py", str(tmp_path / "x.json"), str(mu), "10", "1", run_dir,
                   "--correction=maybe"]) == 2
+  # --fits: the minima of several outputs pooled, as one run's fit of all of them
+  rc, pooled = _lines(sc, ["decay_control.py", "--fits", str(out), str(tmp_path / "off.json")])
+  assert rc == 0 and [f["states"] for f in pooled] == ["minima", "entry"]
+  assert pooled[0]["n_states"] == 4 and pooled[1]["n_states"] == 4
+  assert pooled[0]["n_theta_samples"] == 2 * lines[-2]["n_theta_samples"]
+  mixed = json.loads(out.read_text())
+  for m in mixed["members"]:
+    m["mu"] = 2 * mu
+  (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+  for argv in (["--fits"], ["--fits", str(tmp_path / "nowhere.json")],
+               ["--fits", str(out), str(tmp_path / "mixed.json")]):
+    assert sc.main(["decay_control.py"] + argv) == 2
 
   sat_dir, s2 = job.run_ensemble_job(dict(_RELU_JOB, P=8, out_dir=str(tmp_path / "sat")),
                                      **QUIET)
