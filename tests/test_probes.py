@@ -230,18 +230,16 @@ _SMOOTH_JOB = dict(dataset="sphere", depth=1, width=6, d=4, bias=True, P=80, see
                    activation="softplus")
 
 
-def test_decay_control_certifies_minima_of_the_decayed_loss(tmp_path):
-  """scripts/decay_control.py: its members are minima of F = loss + mu|w|^2/2
-  by plain checks (F rises along random directions; r_F and lam_min against
-  finite differences of F), its fits use them and the entry states, the
-  figure is written, bad arguments exit 2 and write nothing."""
+def _control_run(tmp_path, job_cfg: dict, mu: float):
+  """A trained run for scripts/decay_control.py whose members all end with
+  unsatisfied points: ``(run_dir, summary, the script, the ensemble, x, y,
+  F_of)``, ``F_of(params) -> (flat params, F on rows of flat params)`` with
+  F = the hinge loss + mu |w|^2 / 2."""
   import jax
   from jax.flatten_util import ravel_pytree
   from lossland import experiment, losses
-  run_dir, s = job.run_ensemble_job(dict(_SMOOTH_JOB, out_dir=str(tmp_path / "run")), **QUIET)
+  run_dir, s = job.run_ensemble_job(dict(job_cfg, out_dir=str(tmp_path / "run")), **QUIET)
   assert all(m["n_delta"] > 0 for m in s["members"])
-  sc = _probe("decay_control")
-  mu = 1e-2
   ens = experiment.load_ensemble(run_dir)
   x, y = ens.data.x_train, ens.data.y_train
   apply_fn = nets.make_net(ens.net, dtype=x.dtype)[1]
@@ -251,6 +249,20 @@ def test_decay_control_certifies_minima_of_the_decayed_loss(tmp_path):
     F = jax.jit(jax.vmap(lambda w: 0.5 * jnp.sum(jnp.maximum(
         losses.margins(apply_fn(unravel(w), x), y, 1.0), 0.0) ** 2) + 0.5 * mu * jnp.sum(w ** 2)))
     return np.asarray(flat), lambda ws: np.asarray(F(jnp.asarray(ws)))
+  return run_dir, s, _probe("decay_control"), ens, x, y, F_of
+
+
+def test_decay_control_certifies_minima_of_the_decayed_loss(tmp_path):
+  """scripts/decay_control.py: its members are minima of F = loss + mu|w|^2/2
+  by plain checks (F rises along random directions; r_F and lam_min against
+  finite differences of F), its fits use them and the entry states, the
+  figure is written, bad arguments exit 2 and write nothing."""
+  import jax
+  from jax.flatten_util import ravel_pytree
+  from lossland import losses
+  mu = 1e-2
+  run_dir, s, sc, ens, x, y, F_of = _control_run(tmp_path, _SMOOTH_JOB, mu)
+  apply_fn = nets.make_net(ens.net, dtype=x.dtype)[1]
 
   # the certificate at the trained (not decay-stationary) params against
   # central differences of F
@@ -380,18 +392,13 @@ def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
   members are all sat exits 2 and writes nothing."""
   import jax
   from jax.flatten_util import ravel_pytree
-  from lossland import experiment, losses
-  run_dir, s = job.run_ensemble_job(dict(_RELU_JOB, out_dir=str(tmp_path / "run")), **QUIET)
-  assert all(m["n_delta"] > 0 for m in s["members"])
-  sc = _probe("decay_control")
+  from lossland import losses
   mu = 1e-2
-  ens = experiment.load_ensemble(run_dir)
-  x, y = ens.data.x_train, ens.data.y_train
+  run_dir, s, sc, ens, x, y, F_of = _control_run(tmp_path, _RELU_JOB, mu)
   apply_fn = nets.make_net(ens.net, dtype=x.dtype)[1]
   p0 = jax.tree_util.tree_map(lambda a: a[0], ens.params0)  # the init: no kink pairs
-  flat0, unravel = ravel_pytree(p0)
-  F = jax.jit(jax.vmap(lambda w: 0.5 * jnp.sum(jnp.maximum(
-      losses.margins(apply_fn(unravel(w), x), y, 1.0), 0.0) ** 2) + 0.5 * mu * jnp.sum(w ** 2)))
+  flat0, F = F_of(p0)
+  unravel = ravel_pytree(p0)[1]
   cert = sc.certify(ens.net, ens.loss, x, y, mu, p0)
   assert cert["n_kink"] == 0 and cert["n_delta"] > 0 and not cert["minimum"]
   w = np.asarray(flat0)
