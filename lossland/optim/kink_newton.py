@@ -889,8 +889,9 @@ def manifold_curvature(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfi
   the kink pairs (those of :func:`lossland.stationarity.kink_pairs`),
   projected on null(grad z_K). ``margin``: optional [P] bool, points whose
   Gauss-Newton term grad Delta grad Delta^T is left out (points at the
-  margin, 0 < Delta <~ 0: the quadratic hinge's curvature jumps there, and
-  the lowest element of its generalized Hessian has none of theirs).
+  margin, Delta > 0 but tiny: the quadratic hinge's curvature jumps at
+  Delta = 0, and the lowest element of its generalized Hessian has none of
+  theirs).
 
   Returns a dict: ``lam_min``, ``lam_max`` (absolute; nan without
   unsatisfied points or where the contacts fix every direction), ``n_kink``
