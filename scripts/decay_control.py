@@ -19,7 +19,8 @@ the pair a control of the kinks alone: same objective, same mu, same N and P.
 
 What. RUN_DIR, ...: ensemble runs of a smooth activation (tanh or softplus)
 or of ReLU with the quadratic hinge, in float64. Every member that ended
-with unsatisfied points is driven to a stationary point of F by the finish
+with unsatisfied points (and not of class ``dead_points``: issue 20, item
+3, keeps those out of the exponents) is driven to a stationary point of F by the finish
 (``kink_newton.finish(weight_decay=MU)``, ReLU nets from their balanced
 params, ``nets.balanced``, where the decay is lowest on the rescaling orbit;
 at most ITERS iterations, WORKERS members at a time in threads; with
@@ -340,9 +341,11 @@ def main(argv):
   jobs = []
   for ens in runs:
     jobs += [(ens, k) for k, m in enumerate(ens.summary["members"])
-             if m["n_delta"] > 0 and (members is None or k in members)]
+             if m["n_delta"] > 0 and m.get("class") != "dead_points"
+             and (members is None or k in members)]
   if not jobs:
-    print("decay_control: no member with unsatisfied points (nothing to finish)",
+    print("decay_control: no member with unsatisfied points and no dead point "
+          "(nothing to finish)",
           file=sys.stderr)
     return 2
   print(f"decay_control: {len(jobs)} members with unsatisfied points, mu = {mu:g}, "

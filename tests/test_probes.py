@@ -378,7 +378,7 @@ def test_decay_control_certifies_minima_of_the_decayed_loss(tmp_path):
   assert lines[0]["r_F"] == rows[1]["r_F"] and lines[0]["loss"] == rows[1]["loss"]
 
 
-_RELU_JOB = dict(_SMOOTH_JOB, activation="relu", width=8, P=200)
+_RELU_JOB = dict(_SMOOTH_JOB, activation="relu", width=12, P=300)
 
 
 def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
@@ -386,10 +386,11 @@ def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
   loss + mu|w|^2/2 sit on kink contacts (n_kink > 0, r_F the subgradient
   residual of F) and F rises along random directions from them (plain
   evaluations: first order off the contacts, second order along them); the
-  loss alone is not balanced there; r_F at a state without kink
-  pairs: the initialization) is |grad F| / (sum |Delta grad Delta| + mu |w|)
-  by central differences; the smooth census refuses the ReLU control; a run whose
-  members are all sat exits 2 and writes nothing."""
+  loss alone is not balanced there; r_F at a state without kink pairs (the
+  initialization) is |grad F| / (sum |Delta grad Delta| + mu |w|) by
+  central differences; the smooth census refuses the ReLU control; a
+  member of class dead_points is left out; a run whose members are all sat
+  exits 2 and writes nothing."""
   import jax
   from jax.flatten_util import ravel_pytree
   from lossland import losses
@@ -449,6 +450,18 @@ def test_decay_control_certifies_minima_of_a_relu_net(tmp_path):
   for argv in (["--fits"], ["--fits", str(tmp_path / "nowhere.json")],
                ["--fits", str(out), str(tmp_path / "mixed.json")]):
     assert sc.main(["decay_control.py"] + argv) == 2
+
+  # a member of class dead_points stays out (issue 20, item 3)
+  import shutil
+  dead_dir = tmp_path / "dead"
+  shutil.copytree(run_dir, dead_dir)
+  summ = json.loads((dead_dir / "summary.json").read_text())
+  summ["members"][1]["class"] = "dead_points"
+  (dead_dir / "summary.json").write_text(json.dumps(summ))
+  rc, dead = _lines(sc, ["decay_control.py", str(tmp_path / "dead.json"), str(mu), "300", "1",
+                         str(dead_dir)])
+  assert rc == 0 and [r["member"] for r in dead[:-2]] == [0]
+  assert dead[0]["r_F"] == rows[0]["r_F"]
 
   sat_dir, s2 = job.run_ensemble_job(dict(_RELU_JOB, P=8, out_dir=str(tmp_path / "sat")),
                                      **QUIET)
