@@ -284,8 +284,8 @@ def stationarity(cfg, apply_fn, params, x, y, loss: losses.LossConfig,
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
   off = 0.0 if f_offset is None else jnp.asarray(f_offset)
   delta, g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
-  w = ravel_pytree(params)[0]
   if weight_decay:
+    w = ravel_pytree(params)[0]
     g = float(jnp.linalg.norm(_loss_grad(apply_fn, params, x, y, loss, off) + weight_decay * w))
     den += weight_decay * float(jnp.linalg.norm(w))
   unsat = delta > 0

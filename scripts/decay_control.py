@@ -30,26 +30,26 @@ nets without the finish's second-order correction of its trial points,
 independently of the finish:
 
 * ``r_F``: the force balance of F with the decay as one more force,
-  |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|). Smooth nets:
-  ``curvature``'s gradient. ReLU nets: the minimum over the ReLU slopes in
-  [0, 1] at the kink pairs (``stationarity.stationarity(weight_decay=MU)``,
-  r_sub of F);
+  |grad F| / (sum_mu |Delta_mu grad Delta_mu| + MU |w|); for ReLU nets the
+  minimum over the ReLU slopes in [0, 1] at the kink pairs
+  (``stationarity.stationarity(weight_decay=MU)``, r_sub of F);
 * ``lam_min``: the lowest eigenvalue of the Hessian of F with the points at
   the margin (0 < Delta <= ``phase.GAP_FLOOR`` sqrt(loss)) left out of the
-  Gauss-Newton part. Smooth nets: dense, from ``curvature``'s H v; that
-  matrix is the lowest element of F's generalized Hessian (a point at
-  Delta = 0 adds (grad Delta . d)_+^2 >= 0 along d). ReLU nets: the same on
-  the manifold of the kink contacts (z_k = 0), at the contacts' slopes
-  (``kink_newton.manifold_curvature``), where a step off a contact rises at
-  first order when its slope is inside (0, 1);
-* ReLU nets: ``probe_gain``, the descent probe on F
+  Gauss-Newton part (``kink_newton.manifold_curvature``). For a smooth net
+  this is the dense Hessian, the lowest element of F's generalized Hessian
+  (a point at Delta = 0 adds (grad Delta . d)_+^2 >= 0 along d); for a ReLU
+  net the same on the manifold of the kink contacts (z_k = 0), at the
+  contacts' slopes, where a step off a contact rises at first order when
+  its slope is inside (0, 1);
+* ``probe_gain``: the descent probe on F
   (``kink_newton.descent_probe(weight_decay=MU)``: the true F along the
-  gradient, Newton and softest lines, the contacts restored), and the
-  slopes (``slope_min``, ``slope_max``, ``n_slopes_at_bound`` within 1e-6 of
-  0 or 1 or outside, where the first-order rise of a step off the contact
-  vanishes and the manifold's curvature alone does not decide);
-* ``minimum``: r_F <= ``CERT_TOL`` and lam_min > 0 (ReLU nets: and the probe
-  finds F no lower).
+  gradient, Newton and softest lines, the contacts restored); for ReLU nets
+  also the slopes (``slope_min``, ``slope_max``, ``n_slopes_at_bound``
+  within 1e-6 of 0 or 1 or outside, where the first-order rise of a step
+  off the contact vanishes and the manifold's curvature alone does not
+  decide);
+* ``minimum``: r_F <= ``CERT_TOL``, lam_min > 0 and the probe finds F no
+  lower.
 
 The Delta of the certified minima give theta (Delta > 0 divided by
 sqrt(loss), loss = mean 1/2 Delta_+^2, as the authors) and gamma (-Delta of the
@@ -80,79 +80,30 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 jax.config.update("jax_enable_x64", True)
 
-from lossland import curvature, experiment, io, losses, nets, phase, stationarity  # noqa: E402
+from lossland import experiment, io, losses, nets, phase, stationarity  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
 
 CERT_TOL = 1e-8  # r_F of a minimum (the finish itself stops at 1e-10 of its own scale)
 SMOOTH = ("tanh", "softplus")
 
 
-def loss_hessian(fns, params, x, y, at_margin) -> np.ndarray:
-  """The loss's dense Hessian [N, N] with the points ``at_margin`` given
-  weight 0 (column by column from ``curvature``'s H v)."""
-  flat = ravel_pytree(params)[0]
-  keep = curvature.examples(x, y, weight=jnp.asarray(~at_margin, x.dtype))
-  return np.asarray(curvature.dense_operator(
-      curvature.flat_matvec(fns.hvp, params, keep), flat.shape[0], flat.dtype))
-
-
 def certify(cfg, loss, x, y, mu, params) -> dict:
-  """r_F, lam_min (and lam_max) of F at params, the module docstring's way:
-  :func:`_certify_smooth` or, for a ReLU net, :func:`_certify_relu`; with
-  ``r_loss``, the loss's own force balance there."""
-  if cfg.activation == "relu":
-    return _certify_relu(cfg, loss, x, y, mu, params)
-  return _certify_smooth(cfg, loss, x, y, mu, params)
-
-
-def _certify_smooth(cfg, loss, x, y, mu, params) -> dict:
-  """From the project's curvature functions (:mod:`lossland.curvature`:
-  the gradient, the dense Hessian column by column from H v, with the
-  margin points given weight 0, and the output Jacobian)."""
-  _, apply_fn = nets.make_net(cfg, dtype=x.dtype)
-  fns = curvature.curvature_fns(apply_fn, loss)
-  flat = ravel_pytree(params)[0]
-  ones = jnp.ones_like(jnp.asarray(y, x.dtype))
-  d = np.asarray(fns.delta(params, curvature.examples(x, y, weight=ones)))
-  unsat = d > 0
-  mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
-  g_loss = np.asarray(ravel_pytree(fns.grad(params, curvature.examples(x, y, weight=ones)))[0])
-  g = g_loss + mu * np.asarray(flat)
-  jac = np.asarray(curvature.output_jacobian(apply_fn, params, x))  # |grad Delta_mu| = |J_mu|
-  forces = float(np.sum(d[unsat] * np.linalg.norm(jac[unsat], axis=1)))
-  scale = forces + mu * np.linalg.norm(np.asarray(flat))
-  at_margin = _at_margin(d)
-  ev = np.linalg.eigvalsh(loss_hessian(fns, params, x, y, at_margin)
-                          + mu * np.eye(flat.shape[0]))
-  r_f = float(np.linalg.norm(g)) / scale if scale > 0 else float("nan")
-  return dict(r_F=r_f, lam_min=float(ev[0]), lam_max=float(ev[-1]),
-              minimum=bool(r_f <= CERT_TOL and ev[0] > 0), loss=mean_loss,
-              n_delta=int(unsat.sum()), n_at_margin=int(at_margin.sum()),
-              decay_term=0.5 * mu * float(np.sum(np.asarray(flat) ** 2)),
-              r_loss=float(np.linalg.norm(g_loss)) / forces if forces > 0 else float("nan"),
-              delta=d)
-
-
-def _at_margin(d) -> np.ndarray:
-  """[P] bool: the points at the margin, 0 < Delta <= GAP_FLOOR sqrt(loss)."""
-  mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
-  return (d > 0) & (d <= phase.GAP_FLOOR * math.sqrt(max(mean_loss, 0.0)))
-
-
-def _certify_relu(cfg, loss, x, y, mu, params) -> dict:
-  """r_F as r_sub of F (:func:`lossland.stationarity.stationarity`),
-  lam_min on the kink manifold (:func:`kink_newton.manifold_curvature`),
-  the descent probe on F and the contacts' slopes."""
+  """r_F, lam_min (and lam_max) of F at params, the module docstring's way,
+  with ``r_loss``, the loss's own force balance there. One path for both
+  kinds of net: :func:`lossland.stationarity.stationarity` (r_sub of F; r
+  without kinks), :func:`kink_newton.manifold_curvature` (without kinks the
+  manifold is R^N and this is the dense Hessian of F, layer by layer) and
+  the descent probe of F; a smooth net has no contacts, so no slopes."""
   apply_fn = nets.cached_apply_fn(cfg, x.dtype)
   flat = np.asarray(ravel_pytree(params)[0])
   d = np.asarray(losses.margins(apply_fn(params, x), y, loss.epsilon))
-  at_margin = _at_margin(d)
+  mean_loss = float(np.mean(0.5 * np.maximum(d, 0.0) ** 2))
+  at_margin = (d > 0) & (d <= phase.GAP_FLOOR * math.sqrt(mean_loss))
   rec = stationarity.stationarity(cfg, apply_fn, params, x, y, loss, weight_decay=mu)
   rec_loss = stationarity.stationarity(cfg, apply_fn, params, x, y, loss)
   c = kink_newton.manifold_curvature(cfg, params, x, y, loss, weight_decay=mu,
@@ -162,8 +113,8 @@ def _certify_relu(cfg, loss, x, y, mu, params) -> dict:
   r_f = float(rec.force_residual)
   minimum = bool(r_f <= CERT_TOL and c["lam_min"] > 0 and not probe.descends())
   return dict(r_F=r_f, lam_min=c["lam_min"], lam_max=c["lam_max"], minimum=minimum,
-              loss=float(np.mean(0.5 * np.maximum(d, 0.0) ** 2)), n_delta=int(np.sum(d > 0)),
-              n_at_margin=int(at_margin.sum()), decay_term=0.5 * mu * float(flat @ flat),
+              loss=mean_loss, n_delta=int(np.sum(d > 0)), n_at_margin=int(at_margin.sum()),
+              decay_term=0.5 * mu * float(flat @ flat),
               r_loss=float(rec_loss.force_residual), n_kink=int(rec.n_kink),
               kink_exact=bool(rec.exact), probe_gain=float(probe.gain),
               slope_min=float(s.min()) if s.size else None,

@@ -48,6 +48,15 @@ NEAR = 1e-2  # "at the margin": |Delta| <= NEAR sqrt(loss)
 N_LOW = 4
 
 
+def loss_hessian(fns, params, x, y, at_margin) -> np.ndarray:
+  """The loss's dense Hessian [N, N] with the points ``at_margin`` given
+  weight 0 (column by column from ``curvature``'s H v)."""
+  flat = ravel_pytree(params)[0]
+  keep = curvature.examples(x, y, weight=jnp.asarray(~at_margin, x.dtype))
+  return np.asarray(curvature.dense_operator(
+      curvature.flat_matvec(fns.hvp, params, keep), flat.shape[0], flat.dtype))
+
+
 def span_overlap(G, V) -> list:
   """For each column v of V, |P_G v|^2 / |v|^2: the fraction of v in the
   column span of G."""
@@ -67,7 +76,7 @@ def census(ens, row: dict) -> dict:
   th = phase.fit_exponent(pos, np.zeros(pos.size, int), x_floor=phase.GAP_FLOOR)
   at_margin = (delta > 0) & (delta <= phase.GAP_FLOOR * s)
   fns = curvature.curvature_fns(nets.make_net(cfg, dtype=x.dtype)[1], ens.loss)
-  ev, vec = np.linalg.eigh(decay_control.loss_hessian(fns, params, x, y, at_margin))
+  ev, vec = np.linalg.eigh(loss_hessian(fns, params, x, y, at_margin))
   gens = kink_newton.rescaling_generators(cfg, params)
   z = np.concatenate([np.abs(np.ravel(np.asarray(a)))
                       for a in nets.preactivations(cfg, params, x)[:-1]])
