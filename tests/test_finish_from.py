@@ -150,9 +150,10 @@ def test_which_members_continue():
   assert finish_from.method_now(p, "anneal") == "anneal"
 
 
-def test_phase_finish_from_continues_each_cell(short, tmp_path):
+def test_phase_finish_from_continues_each_cell(short, tmp_path, monkeypatch):
   """A study continued cell by cell: each cell's run continues the matching
-  cell of the first study; a cell the first study lacks runs whole."""
+  cell of the first study; a cell the first study lacks runs whole; the
+  studies' directories may be given relative to the working directory."""
   from lossland.experiments import phase_study, sweep
   from lossland.experiments.options import OptionError
   cell_job = {k: v for k, v in BASE.items()
@@ -173,6 +174,12 @@ def test_phase_finish_from_continues_each_cell(short, tmp_path):
   assert b[24]["flags"]["finish_from"] == os.path.abspath(
       os.path.join(tmp_path, "a", "sweep", a[24]["run_dir"]))
   assert b[30]["flags"].get("finish_from") is None
+  monkeypatch.chdir(tmp_path)  # relative out_dirs (once joined twice: not found)
+  rel = phase_study.PhaseConfig(p_over_n=(4.0,), out_dir="e", finish_from="a",
+                                job=dict(cell_job, finish_iters=1), **base)
+  phase_study.run(rel, log_fn=lines.append)
+  e = sweep.read_cells(os.path.join("e", "sweep"))
+  assert e[0]["flags"]["finish_from"] == b[24]["flags"]["finish_from"]
   for m0, m1 in zip(a[24]["summary"]["members"], b[24]["summary"]["members"]):
     if m0.get("finished"):
       assert m1["finish_iterations"] > m0["finish_iterations"]

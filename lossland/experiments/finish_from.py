@@ -239,7 +239,7 @@ def study_runs(out_dir: str) -> dict:
     if key in out:
       raise io.InputError(f"--finish_from: {out_dir} has two cells of the same options "
                           f"(cell {rec['cell_id']}): continue one study at a time")
-    out[key] = os.path.abspath(os.path.join(sweep_dir, rec["run_dir"]))
+    out[key] = os.path.abspath(rec["run_dir"])  # read_cells joined it with sweep_dir
   return out
 
 
