@@ -147,6 +147,7 @@ def test_which_members_continue():
   assert finish_from.method_now(p, "anneal_newton") == "anneal_newton"
   p.finish = {}
   assert finish_from.method_now(p, "anneal_newton") == "newton"
+  assert finish_from.method_now(p, "decay_newton") == "newton"  # its last stage, on the loss
   assert finish_from.method_now(p, "anneal") == "anneal"
 
 
@@ -382,3 +383,77 @@ def test_members_finished_side_by_side_equal_one_at_a_time(tmp_path, monkeypatch
     finish_lib.finish_members(*args, tol=1e-10, max_iter=60, workers=3)
   assert len(calls) == 3 and time.time() - t0 < 10
   assert threading.active_count() == n_threads and blas() == before
+
+
+def test_decay_newton_is_the_finish_on_each_decay_then_on_the_loss(tmp_path, monkeypatch):
+  """--finish decay_newton: each entrant's result is kink_newton.finish on
+  loss + mu |w|^2 / 2 for each decay in turn, then on the loss alone, each
+  from the last one's result; its reason, r_sub and iterations are those of
+  that chain (r_sub at entry: the loss's); decays must be positive."""
+  from lossland import nets, stationarity
+  from lossland.train import finish as finish_lib
+  _, j, res, args = _stage(tmp_path)
+  calls = []
+  real = kink_newton.finish
+  monkeypatch.setattr(kink_newton, "finish", lambda *a, **k: calls.append(k) or real(*a, **k))
+  out, info = finish_lib.finish_members(*args, tol=1e-10, max_iter=60, method="decay_newton",
+                                        decays=(1e-2, 1e-3))
+  entered = [k for k in range(3) if info.entered[k]]
+  assert entered
+  assert [c["weight_decay"] for c in calls] == [1e-2, 1e-3, 0.0] * len(entered)
+  x, y = j.ds.x_train, j.ds.y_train
+  apply_fn = nets.cached_apply_fn(j.net, x.dtype)
+  for k in entered:
+    p = jax.tree_util.tree_map(lambda a: a[k], res.params)  # tanh: no rescaling to balance
+    r0 = stationarity.stationarity(j.net, apply_fn, p, x, y, j.loss).force_residual
+    n = 0
+    for mu in (1e-2, 1e-3, 0.0):
+      o = real(j.net, p, x, y, j.loss, tol=1e-10, max_iter=60, weight_decay=mu)
+      p, n = o.params, n + o.n_iter
+    got = jax.tree_util.tree_map(lambda a: a[k], out.params)
+    np.testing.assert_array_equal(ravel_pytree(got)[0], ravel_pytree(p)[0])
+    assert (info.reason[k], info.n_iter[k]) == (o.reason, n)
+    assert info.residual_after[k] == o.record.force_residual and info.converged[k]
+    assert info.residual_before[k] == r0
+  with pytest.raises(ValueError, match="decays must be positive"):
+    finish_lib.finish_members(*args, tol=1e-10, method="decay_newton", decays=(0.0,))
+
+
+def test_an_interrupted_decay_newton_resumes_in_its_stage(tmp_path, monkeypatch):
+  """Killed inside member 1's last stage (on the loss): run again, member 1
+  goes on in that stage from its last iterate for the iterations left (its
+  decay stage not run again), member 2 runs both stages."""
+  from lossland import checkpoint
+  from lossland.train import finish as finish_lib
+  _, j, res, args = _stage(tmp_path)
+  kw = dict(tol=1e-10, max_iter=60, method="decay_newton", decays=(1e-2,))
+  ckpt = str(tmp_path / "finish.npz")
+  snapshot = finish_lib._Progress.snapshot
+
+  def killing(self, i, *a):
+    snapshot(self, i, *a)
+    cur = self.meta["running"].get("1", {})
+    if i == 1 and cur.get("stage") == 1 and cur.get("it", 0) >= 2:
+      raise _Killed
+  monkeypatch.setattr(finish_lib._Progress, "snapshot", killing)
+  with pytest.raises(_Killed):
+    finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
+  monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
+  meta = checkpoint.read_meta(ckpt)
+  cur = meta["running"]["1"]
+  assert sorted(meta["done"]) == ["0"] and cur["stage"] == 1
+  flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
+  calls = []
+  real = kink_newton.finish
+  monkeypatch.setattr(kink_newton, "finish", lambda *a, **k: calls.append(k) or real(*a, **k))
+  out, info = finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt,
+                                        checkpoint_every=0.0)
+  assert [(c["weight_decay"], c["max_iter"]) for c in calls] == [
+      (0.0, 60 - cur["it"]), (1e-2, 60), (0.0, 60)]
+  unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], res.params))[1]
+  cont = real(j.net, unravel(flat["running"][1]), j.ds.x_train, j.ds.y_train, j.loss,
+              tol=1e-10, max_iter=60 - cur["it"])
+  got = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], out.params))[0]
+  np.testing.assert_array_equal(got, ravel_pytree(cont.params)[0])
+  assert info.n_iter[1] == cur["n_iter"] + cont.n_iter  # the decay stage's and this stage's
+  assert info.residual_before[1] == cur["r0"]

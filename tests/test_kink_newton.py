@@ -537,6 +537,45 @@ def test_job_finish_option_and_its_bad_input(tmp_path):
       assert m["descent_gain"] is None or m["descent_gain"] <= 0
 
 
+def test_job_decay_newton_on_a_relu_net_and_its_bad_input(tmp_path, monkeypatch):
+  """--finish decay_newton --finish_decay 1e-2,1e-3 on a ReLU net: each
+  entrant's first stage starts from balanced params (the same function,
+  nets.balanced: balancing them again changes nothing, while the trained
+  params are not balanced) and has the first decay, the stages follow the
+  list, the last is on the loss; its members are classified by the loss's
+  own record; bad decays exit before anything is written."""
+  from lossland import job, observables
+  base = dict(dataset="sphere", depth=2, width=8, d=4, bias=True, P=120, seed=3, n_seeds=1,
+              x64=True, max_steps=3000, lr=1e-2, optimizer="adam", polish="lbfgs",
+              polish_steps=2000, polish_jam_window=200, finish="decay_newton",
+              finish_decay="1e-2,1e-3", finish_iters=20, plots=False,
+              out_dir=str(tmp_path / "runs"))
+  quiet = dict(progress=False, stdout=open(os.devnull, "w"))
+  for bad in ("0", "1e-3,-1", "x", "inf"):
+    with pytest.raises(job.JobError, match="--finish_decay"):
+      job.run_ensemble_job(dict(base, finish_decay=bad), **quiet)
+  assert not os.path.exists(tmp_path / "runs")
+  calls = []
+  real = kink_newton.finish
+  monkeypatch.setattr(kink_newton, "finish",
+                      lambda cfg, p, *a, **k: calls.append((p, k)) or real(cfg, p, *a, **k))
+  run_dir, summary = job.run_ensemble_job(base, **quiet)
+  entered = [m for m in summary["members"] if m["finished"]]
+  assert entered and len(calls) == 3 * len(entered)
+  assert [k["weight_decay"] for _, k in calls] == [1e-2, 1e-3, 0.0] * len(entered)
+  cfg = nets.NetConfig(d=4, width=8, depth=2, bias=True)
+  flat = lambda p: np.asarray(ravel_pytree(p)[0])
+  for p, _ in calls[::3]:
+    np.testing.assert_allclose(flat(nets.balanced(cfg, p)), flat(p), rtol=1e-12, atol=1e-12)
+  with open(os.path.join(run_dir, "config.json")) as f:
+    assert '"finish_decay": "1e-2,1e-3"' in f.read()
+  for m in entered:
+    assert m["finish_reason"] in ("converged", "max_iter", "stuck", "no_unsat", "no_force")
+    assert m["finish_iterations"] <= 60
+    assert m["class"] != "jammed" or (m["force_residual"] <= 1e-6
+                                      and not observables.still_descending(m))
+
+
 def test_a_member_out_of_steps_that_the_finish_balances_is_jammed(tmp_path):
   """A one-unit tanh net on random labels (N = 6, P = 40) stopped by its
   step budget away from a minimum (r_sub 1e-3 to 1e-2): the finish reaches

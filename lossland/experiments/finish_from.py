@@ -13,7 +13,8 @@ iterations, restarts, anneal rounds and seconds add up, r_sub and the loss
 before the finish are RUN's, everything else is measured at the end.
 
 The stages RUN's finish already ran are not repeated except its last: with
-``--finish anneal_newton`` the continuation is the Newton finish alone. A run
+``--finish anneal_newton`` or ``decay_newton`` the continuation is the Newton
+finish (on the loss) alone. A run
 without a finish (``--finish none``) gets the whole finish.
 
 Not the same numbers as one run with the summed iterations: the trust
@@ -32,7 +33,8 @@ from lossland.experiments import job
 # Options that may differ from RUN's: the finish's own (what to continue
 # and how), the classification, and those that do not change the numbers.
 FREE_OPTIONS = ("finish", "finish_iters", "finish_tol", "finish_model", "finish_from",
-                "jam_max_residual", "anneal_levels", "anneal_iters", "anneal_rounds")
+                "jam_max_residual", "anneal_levels", "anneal_iters", "anneal_rounds",
+                "finish_decay")
 
 # The per-member lists of the finishing stage (job.finish_jammed's dict).
 FIELDS = ("entered", *job.FINISH_ROW_KEYS)
@@ -173,7 +175,7 @@ def method_now(prev: Previous, method: str) -> str:
   it has one)."""
   if prev.finish is None:
     return method
-  return "newton" if method in ("newton", "anneal_newton") else method
+  return "newton" if method in ("newton", "anneal_newton", "decay_newton") else method
 
 
 def continued(prev: Previous) -> list | None:

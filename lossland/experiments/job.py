@@ -151,12 +151,21 @@ class JobOptions:
       "restricted to its ReLU kink contacts, dense Hessian (lossland.optim.kink_newton); "
       "anneal: L-BFGS through smoothed nets whose activation sharpens back to the ReLU, "
       "every entrant in one program (lossland.optim.anneal; members with dead points "
-      "enter too); anneal_newton: both. "
+      "enter too); anneal_newton: both; decay_newton: the Newton finish on loss + "
+      "mu |w|^2 / 2 for each mu of --finish_decay in turn, then on the loss alone from its "
+      "result (the route through minima of a coercive objective: docs/jamming.md, 'the "
+      "decay route'). "
       "Its result replaces the member's params; summary.json gains each member's r_sub "
       "before and after, min_curvature and the descent probe's descent_gain "
-      "(kink_newton.descent_probe).", ("none", "newton", "anneal", "anneal_newton"))
+      "(kink_newton.descent_probe).",
+      ("none", "newton", "anneal", "anneal_newton", "decay_newton"))
   finish_iters: int = option(400, "Most trust-region iterations of the finish per member "
-                             "(with --finish_from: more iterations on top of RUN's).")
+                             "(decay_newton: per stage; with --finish_from: more iterations "
+                             "on top of RUN's).")
+  finish_decay: str = option(
+      "1e-4", "--finish decay_newton: the weight decays mu of its stages on "
+      "loss + mu |w|^2 / 2, comma-separated, each stage from the last one's result, "
+      "before the last stage on the loss alone (e.g. 1e-4,1e-5).")
   finish_from: str | None = option(
       None, "Continue the finishing stage of RUN, a finished ensemble run of the same "
       "options (all but the finish's own): its members are not trained again; the finish "
@@ -359,6 +368,10 @@ def validate(values: dict) -> dict:
     raise JobError("--bulk_float32 trains the first stage in float32 and finishes in "
                    "float64: it needs --x64 and a --polish")
   need(v["finish_tol"] > 0, "finish_tol", "must be positive")
+  try:
+    finish_decays(v)
+  except ValueError as e:
+    raise JobError(f"--finish_decay: {e}") from None
   need(v["anneal_iters"] > 0, "anneal_iters", "must be positive")
   need(v["anneal_rounds"] >= 1, "anneal_rounds", "must be at least 1")
   try:
@@ -1126,6 +1139,17 @@ def anneal_levels(v: dict) -> tuple:
   return anneal.parse_levels(v["anneal_levels"])
 
 
+def finish_decays(v: dict) -> tuple:
+  """The parsed ``--finish_decay``: positive finite floats (ValueError if not)."""
+  try:
+    decays = tuple(float(t) for t in str(v["finish_decay"]).split(","))
+  except ValueError:
+    raise ValueError(f"needs comma-separated numbers, got {v['finish_decay']!r}") from None
+  if not all(math.isfinite(mu) and mu > 0 for mu in decays):
+    raise ValueError(f"each decay must be positive and finite, got {v['finish_decay']!r}")
+  return decays
+
+
 def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,
                   checkpoint_path=None):
   """The finishing stage (:mod:`lossland.train.finish`) on the members that
@@ -1141,7 +1165,8 @@ def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,
                                     anneal_rounds=v["anneal_rounds"], log_fn=log_fn,
                                     members=members, checkpoint_path=checkpoint_path,
                                     checkpoint_every=v["checkpoint_every"],
-                                    workers=v["finish_workers"])
+                                    workers=v["finish_workers"],
+                                    decays=finish_decays(v))
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

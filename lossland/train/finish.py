@@ -3,7 +3,7 @@
 After the first stage (and the polish, if any) a member that stopped jammed
 has only *stalled*: its force-balance residual r_sub is 1e-4 to 1e-2 after
 L-BFGS on the non-smooth loss of a ReLU net (docs/jamming.md). This stage runs
-one of three methods on the members that enter it and replaces their params,
+one of four methods on the members that enter it and replaces their params,
 outputs and final measurements by the finished ones:
 
 * ``newton``: :func:`lossland.optim.kink_newton.finish`, a trust-region
@@ -16,6 +16,16 @@ outputs and final measurements by the finished ones:
   members to loss 0). Members with an unsatisfied dead point enter it too:
   the smoothed net moves them.
 * ``anneal_newton``: the anneal, then the Newton finish from its result.
+* ``decay_newton``: the Newton finish on F = loss + mu |w|^2 / 2 for each mu
+  of ``decays`` in turn (a ReLU net from its balanced params,
+  :func:`lossland.nets.balanced`, where the decay is lowest on the rescaling
+  orbit), then on the loss alone from its result. The decay makes the
+  objective coercive: the loss-alone finish keeps descending for thousands
+  of iterations at N ~ 300 while its weights grow, the finish on F reaches
+  its minima in hundreds, and near such a minimum the loss-alone finish
+  ends at a minimum of the loss within tens to hundreds (docs/jamming.md,
+  "the decay route"). Only the last stage decides: the member's r_sub,
+  reason and descent probe are those of the loss.
 
 Each entrant's r_sub before and after and its curvature are then measured on
 the host.
@@ -50,7 +60,7 @@ class FinishInfo(NamedTuple):
     entered: bool, the member stopped jammed and entered.
     converged: bool, r_sub <= tol after the stage.
     reason: str, :class:`lossland.optim.kink_newton.FinishResult` reason
-      (newton, anneal_newton) or :class:`lossland.optim.anneal.AnnealResult`
+      (newton, anneal_newton, decay_newton: the last stage's) or :class:`lossland.optim.anneal.AnnealResult`
       reason (anneal; "sat" where it left no point unsatisfied); "" where
       not entered.
     residual_before, residual_after: r_sub at entry and at exit (nan where
@@ -96,11 +106,11 @@ class FinishInfo(NamedTuple):
                [0.0] * K, [0] * K, [0] * K, nan[:], nan[:])
 
 
-METHODS = ("newton", "anneal", "anneal_newton")
+METHODS = ("newton", "anneal", "anneal_newton", "decay_newton")
 
 
 def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton",
-                start=None, snapshot_fn=None):
+                start=None, snapshot_fn=None, decays=()):
   """One member: ``(params, record, reason, r_before, n_iter, n_restarts,
   probe)``, ``probe`` the descent probe the Newton finish already ran at
   ``params`` (stopped "stuck") or None; ``annealed``: its
@@ -108,14 +118,19 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
 
   ``start``: the member's Newton finish resumed at ``p``, its last snapshot
   (:class:`_Progress`): a dict of the iterations, restarts, loss
-  evaluations (``n_iter``) and r_sub at entry recorded there.
-  ``snapshot_fn(params_fn, newton_iters, n_restarts, r_before, n_iter)``:
-  called before the Newton finish's iterations."""
+  evaluations (``n_iter``), r_sub at entry and (decay_newton) the stage
+  recorded there.
+  ``snapshot_fn(params_fn, newton_iters, n_restarts, r_before, n_iter,
+  stage)``: called before the Newton finish's iterations. ``decays``: the
+  weight decays of decay_newton's stages, in turn."""
   from lossland import stationarity
   n_iter, r0, reason, it0, restarts0 = 0, None, "", 0, 0
   if start is not None:
     n_iter, r0, it0, restarts0 = start["n_iter"], start["r0"], start["it"], start["restarts"]
-  elif annealed is not None:
+  if method == "decay_newton":
+    return _decay_newton(net, p, x, y, loss, off, tol, max_iter, step_model, decays,
+                         start, snapshot_fn)
+  if start is None and annealed is not None:
     apply_fn = nets.cached_apply_fn(net, x.dtype)
     r0 = stationarity.stationarity(net, apply_fn, p, x, y, loss,
                                    f_offset=off).force_residual
@@ -128,13 +143,42 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
   if snapshot_fn is not None:
     snap = lambda params_fn, it, n_restarts, r_entry: snapshot_fn(
         params_fn, it0 + it, restarts0 + n_restarts, r_entry if r0 is None else r0,
-        n_iter + it)
+        n_iter + it, 0)
   out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol,
                            max_iter=max(max_iter - it0, 1), step_model=step_model,
                            snapshot_fn=snap)
   r0 = out.residual_before if r0 is None else r0
   return (out.params, out.record, out.reason, r0, n_iter + out.n_iter,
           restarts0 + out.n_restarts, out.probe)
+
+
+def _decay_newton(net, p, x, y, loss, off, tol, max_iter, step_model, decays, start,
+                  snapshot_fn):
+  """decay_newton for one member (:func:`_finish_one`'s result): the Newton
+  finish on loss + mu |w|^2 / 2 for each mu of ``decays``, then on the loss,
+  each stage at most ``max_iter`` iterations from the last one's result; a
+  resumed member (``start``) goes on in its recorded stage."""
+  from lossland import stationarity
+  stage, it0, n_iter, restarts = 0, 0, 0, 0
+  if start is None:
+    r0 = stationarity.stationarity(net, nets.cached_apply_fn(net, x.dtype), p, x, y, loss,
+                                   f_offset=off).force_residual
+    if net.activation == "relu":  # the same function, the least decay on its orbit
+      p = nets.balanced(net, p)
+  else:
+    stage, it0, n_iter = start.get("stage", 0), start["it"], start["n_iter"]
+    r0, restarts = start["r0"], start["restarts"]
+  for j in range(stage, len(decays) + 1):
+    snap = None
+    if snapshot_fn is not None:
+      snap = (lambda params_fn, it, n_restarts, _r, j=j, it0=it0, n0=n_iter, k0=restarts:
+              snapshot_fn(params_fn, it0 + it, k0 + n_restarts, r0, n0 + it, j))
+    out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol,
+                             max_iter=max(max_iter - it0, 1), step_model=step_model,
+                             snapshot_fn=snap,
+                             weight_decay=decays[j] if j < len(decays) else 0.0)
+    p, n_iter, restarts, it0 = out.params, n_iter + out.n_iter, restarts + out.n_restarts, 0
+  return out.params, out.record, out.reason, r0, n_iter, restarts, out.probe
 
 
 class _Progress:
@@ -211,7 +255,7 @@ class _Progress:
     cur = self.meta["running"].get(str(i))
     return None if cur is None else (cur, self.flat["running"][i])
 
-  def snapshot(self, i, params_fn, ravel, seconds, it, restarts, r0, n_iter):
+  def snapshot(self, i, params_fn, ravel, seconds, it, restarts, r0, n_iter, stage=0):
     now = time.time()
     if self.path is None or now - self.t_last.setdefault(i, now) < self.every:
       return
@@ -220,7 +264,7 @@ class _Progress:
       self.flat["running"][i] = flat
       self.meta["running"][str(i)] = {"it": int(it), "restarts": int(restarts),
                                       "r0": float(r0), "n_iter": int(n_iter),
-                                      "seconds": float(seconds)}
+                                      "seconds": float(seconds), "stage": int(stage)}
       self.save()
       self.t_last[i] = time.time()
 
@@ -280,7 +324,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                    log_fn: Callable | None = None, method: str = "newton",
                    levels=None, anneal_iters: int = 4000, step_model: str = "newton",
                    anneal_rounds: int = 1, members=None, checkpoint_path: str | None = None,
-                   checkpoint_every: float = 60.0, workers: int = 1) -> tuple:
+                   checkpoint_every: float = 60.0, workers: int = 1,
+                   decays=(1e-4,)) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -290,7 +335,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     loss: the LossConfig.
     cfg: the last stage's TrainConfig (its ``subtract_init`` and measures).
     tol: the target r_sub.
-    max_iter: trust-region iterations per member at most (newton).
+    max_iter: trust-region iterations per member at most (newton; per stage
+      with decay_newton).
     entry: stop reasons that enter (members with an unsatisfied dead point
       enter only the methods with the anneal).
     log_fn: optional ``log_fn(str)``, one line per member.
@@ -310,6 +356,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     workers: members finished side by side, in threads (the Newton finish
       and the descent probe; the anneal runs every entrant in one program
       anyway); each member's numbers are those of ``workers=1``.
+    decays: decay_newton's weight decays, one stage each, in turn (positive).
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -319,11 +366,14 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   from lossland.optim import anneal
   if method not in METHODS:
     raise ValueError(f"finish method must be one of {METHODS}, got {method!r}")
+  decays = tuple(float(mu) for mu in decays)
+  if method == "decay_newton" and not all(mu > 0 and np.isfinite(mu) for mu in decays):
+    raise ValueError(f"decays must be positive, got {decays}")
   levels = anneal.DEFAULT_LEVELS if levels is None else tuple(levels)
   info = FinishInfo.none(len(res.seeds))
   if not isinstance(net, nets.NetConfig):
     return res, info
-  idx = _entrants(res, data, net, loss, entry, dead_enter=method != "newton")
+  idx = _entrants(res, data, net, loss, entry, dead_enter="anneal" in method)
   if members is not None:
     idx = [k for k in idx if k in set(members)]
   if not idx:
@@ -336,13 +386,13 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   unravel = ravel_pytree(take(idx[0]))[1]
   ravel = lambda tree: np.asarray(ravel_pytree(tree)[0])
   key = repr((idx, method, max_iter, tol, step_model, tuple(levels), anneal_iters,
-              anneal_rounds))
+              anneal_rounds) + ((decays,) if method == "decay_newton" else ()))
   prog = _Progress(checkpoint_path, checkpoint_every,
                    np.stack([ravel(take(k)) for k in idx]), key)
   if prog.resumed and log_fn:
     log_fn(f"finish: resuming from {checkpoint_path}")
   annealed, t_anneal = [None] * len(idx), 0.0
-  if method != "newton":  # every entrant at once, one program per level
+  if "anneal" in method:  # every entrant at once, one program per level
     annealed = prog.annealed(unravel)
     if annealed is None:
       t0 = time.time()
@@ -375,14 +425,15 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
              f"at most {max_iter} iterations"
              + ("" if cur is None else f", resumed at iteration {cur[0]['it']}"))
 
-    def snap(params_fn, it, restarts, r0, n_iter):
+    def snap(params_fn, it, restarts, r0, n_iter, stage):
       if stop is not None and stop.is_set():
         raise _Stopped
       prog.snapshot(i, params_fn, ravel, t_before + time.time() - t0, it, restarts, r0,
-                    n_iter)
+                    n_iter, stage)
     out = _finish_one(method, net, take(k) if cur is None else unravel(cur[1]),
                       data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
-                      step_model, start=None if cur is None else cur[0], snapshot_fn=snap)
+                      step_model, start=None if cur is None else cur[0], snapshot_fn=snap,
+                      decays=decays)
     probe = out[-1]
     if probe is None:  # not already run at the result by the finish's escape
       probe = kink_newton.descent_probe(net, out[0], data.x_train, data.y_train, loss,
