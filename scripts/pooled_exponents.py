@@ -1,10 +1,12 @@
 """theta and gamma of the force-balanced jammed states of a band of cells.
 
-    python scripts/pooled_exponents.py STUDY_DIR LO HI [P_STAR]
+    python scripts/pooled_exponents.py STUDY_DIR[,STUDY_DIR...] LO HI [P_STAR]
 
 STUDY_DIR is a phase study's --out_dir (sweep/cells.jsonl, the cells' run
 directories and phase/*/summary.json, of which the newest gives P*/N per
-depth and the gap floor). Pools the members of class ``jammed``
+depth and the gap floor); several, comma-separated, pool their cells (e.g.
+cells of more seeds run as another study), P*/N and the gap floor from the
+first. Pools the members of class ``jammed``
 (force-balanced, r_sub <= the study's jam_max_residual) of every cell whose
 distance from the transition, (P/N - P*/N) / (P*/N), lies in [LO, HI], and
 fits theta (Delta > 0 over sqrt(loss) of its member) and gamma (-Delta of
@@ -52,7 +54,7 @@ def main(argv):
   if len(argv) not in (4, 5):
     print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
     return 2
-  study = argv[1]
+  studies = argv[1].split(",")
   try:
     lo, hi = float(argv[2]), float(argv[3])
     p_star_given = float(argv[4]) if len(argv) == 5 else None
@@ -63,20 +65,22 @@ def main(argv):
   if p_star_given is not None and not p_star_given > 0:
     print(f"pooled_exponents: P_STAR must be positive, got {argv[4]!r}", file=sys.stderr)
     return 2
-  sweep = os.path.join(study, "sweep")
-  summaries = sorted(glob.glob(os.path.join(study, "phase", "*", "summary.json")))
-  if not os.path.isfile(os.path.join(sweep, "cells.jsonl")) or not summaries or lo > hi:
-    print(f"pooled_exponents: {study} is not a finished phase study (or LO > HI)",
-          file=sys.stderr)
-    return 2
-  with open(summaries[-1]) as fh:
-    summary = json.load(fh)
-  by_depth = {}
-  with open(os.path.join(sweep, "cells.jsonl")) as fh:
-    for line in fh:
-      r = json.loads(line)
-      r["run_dir"] = os.path.join(sweep, r["run_dir"])
-      by_depth.setdefault(int(r["flags"]["depth"]), []).append(r)
+  by_depth, summary = {}, None
+  for study in studies:
+    sweep = os.path.join(study, "sweep")
+    summaries = sorted(glob.glob(os.path.join(study, "phase", "*", "summary.json")))
+    if not os.path.isfile(os.path.join(sweep, "cells.jsonl")) or not summaries or lo > hi:
+      print(f"pooled_exponents: {study} is not a finished phase study (or LO > HI)",
+            file=sys.stderr)
+      return 2
+    if summary is None:
+      with open(summaries[-1]) as fh:
+        summary = json.load(fh)
+    with open(os.path.join(sweep, "cells.jsonl")) as fh:
+      for line in fh:
+        r = json.loads(line)
+        r["run_dir"] = os.path.join(sweep, r["run_dir"])
+        by_depth.setdefault(int(r["flags"]["depth"]), []).append(r)
   for L, recs in sorted(by_depth.items()):
     p_star = p_star_given or (summary["per_depth"].get(str(L)) or {}).get("p_star_over_n")
     if p_star is None:

@@ -78,6 +78,14 @@ def test_pooled_exponents_take_the_band_and_the_jammed_members(tmp_path):
   assert [c["p_over_n"] for c in lines[0]["cells"]] == [2.0] and lines[0]["n_members"] == 1
   assert not _run(tool, ["pooled_exponents.py", str(tmp_path), "-0.1", "0.1"])[1][0][
       "p_star_given"]
+  # two studies pooled: the second's cells (other seeds, here a copy) join the band
+  import shutil
+  shutil.copytree(tmp_path, tmp_path / "more")
+  rc, lines = _run(tool, ["pooled_exponents.py", f"{tmp_path},{tmp_path / 'more'}", "-0.1",
+                          "0.1"])
+  assert rc == 0 and lines[0]["n_members"] == 2 and len(lines[0]["cells"]) == 2
+  assert lines[0]["n_theta_samples"] == 2 * ref["n_samples"]
+  assert tool.main(["pooled_exponents.py", f"{tmp_path},{tmp_path / 'none'}", "0", "1"]) == 2
   assert tool.main(["pooled_exponents.py", str(tmp_path), "0", "1", "-2"]) == 2
   assert tool.main(["pooled_exponents.py", str(tmp_path), "0", "1", "x"]) == 2
   assert tool.main(["pooled_exponents.py", str(tmp_path), "x", "1"]) == 2
