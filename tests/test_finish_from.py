@@ -8,7 +8,7 @@ from jax.flatten_util import ravel_pytree
 
 jax.config.update("jax_enable_x64", True)
 
-from lossland import experiment, io  # noqa: E402
+from lossland import checkpoint, experiment, io  # noqa: E402
 from lossland.experiments import finish_from, job  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
 
@@ -213,6 +213,24 @@ class _Killed(Exception):
   pass
 
 
+def _killed_in_member_1(monkeypatch, args, kw, ckpt, when) -> dict:
+  """finish_members(*args, **kw) killed at the snapshot (one every
+  iteration) where member 1's recorded progress first satisfies ``when``;
+  the metadata of the checkpoint it left."""
+  from lossland.train import finish as finish_lib
+  snapshot = finish_lib._Progress.snapshot
+
+  def killing(self, i, *a):
+    snapshot(self, i, *a)
+    if i == 1 and when(self.meta["running"].get("1", {})):
+      raise _Killed
+  monkeypatch.setattr(finish_lib._Progress, "snapshot", killing)
+  with pytest.raises(_Killed):
+    finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
+  monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
+  return checkpoint.read_meta(ckpt)
+
+
 def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch):
   """The stage killed inside member 1's Newton finish (a snapshot every
   iteration): run again, member 0 is read back, member 1 goes on from its
@@ -224,18 +242,7 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
   kw = dict(tol=1e-10, max_iter=60)
   ref, ref_info = finish_lib.finish_members(*args, **kw)
   ckpt = str(tmp_path / "finish.npz")
-  snapshot = finish_lib._Progress.snapshot
-
-  def killing(self, i, *a):
-    snapshot(self, i, *a)
-    if i == 1 and self.meta["running"].get("1", {}).get("it", 0) >= 5:
-      raise _Killed
-  monkeypatch.setattr(finish_lib._Progress, "snapshot", killing)
-  with pytest.raises(_Killed):
-    finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
-  monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
-  from lossland import checkpoint
-  meta = checkpoint.read_meta(ckpt)
+  meta = _killed_in_member_1(monkeypatch, args, kw, ckpt, lambda cur: cur.get("it", 0) >= 5)
   assert sorted(meta["done"]) == ["0"] and sorted(meta["running"]) == ["1"]
   it = meta["running"]["1"]["it"]
   flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
@@ -276,7 +283,6 @@ def test_a_job_killed_in_its_finish_resumes_there(tmp_path):
   import subprocess
   import sys
   import time
-  from lossland import checkpoint
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "lossland.scripts.ensemble", "--dataset", "sphere", "--P",
          "200", "--d", "5", "--depth", "1", "--width", "6", "--activation", "tanh",
@@ -423,23 +429,12 @@ def test_an_interrupted_decay_newton_resumes_in_its_stage(tmp_path, monkeypatch)
   """Killed inside member 1's last stage (on the loss): run again, member 1
   goes on in that stage from its last iterate for the iterations left (its
   decay stage not run again), member 2 runs both stages."""
-  from lossland import checkpoint
   from lossland.train import finish as finish_lib
   _, j, res, args = _stage(tmp_path)
   kw = dict(tol=1e-10, max_iter=60, method="decay_newton", decays=(1e-2,))
   ckpt = str(tmp_path / "finish.npz")
-  snapshot = finish_lib._Progress.snapshot
-
-  def killing(self, i, *a):
-    snapshot(self, i, *a)
-    cur = self.meta["running"].get("1", {})
-    if i == 1 and cur.get("stage") == 1 and cur.get("it", 0) >= 2:
-      raise _Killed
-  monkeypatch.setattr(finish_lib._Progress, "snapshot", killing)
-  with pytest.raises(_Killed):
-    finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
-  monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
-  meta = checkpoint.read_meta(ckpt)
+  meta = _killed_in_member_1(monkeypatch, args, kw, ckpt,
+                             lambda cur: cur.get("stage") == 1 and cur.get("it", 0) >= 2)
   cur = meta["running"]["1"]
   assert sorted(meta["done"]) == ["0"] and cur["stage"] == 1
   flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
