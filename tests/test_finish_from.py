@@ -213,10 +213,12 @@ class _Killed(Exception):
   pass
 
 
-def _killed_in_member_1(monkeypatch, args, kw, ckpt, when) -> dict:
+def _killed_and_resumed(monkeypatch, args, kw, ckpt, when) -> tuple:
   """finish_members(*args, **kw) killed at the snapshot (one every
-  iteration) where member 1's recorded progress first satisfies ``when``;
-  the metadata of the checkpoint it left."""
+  iteration) where member 1's recorded progress first satisfies ``when``,
+  then run again: ``(metadata of the checkpoint it left, member 1's
+  recorded params there, (res, info) of the resumed stage, the keyword
+  arguments of each kink_newton.finish call it made, recorded on)``."""
   from lossland.train import finish as finish_lib
   snapshot = finish_lib._Progress.snapshot
 
@@ -228,7 +230,12 @@ def _killed_in_member_1(monkeypatch, args, kw, ckpt, when) -> dict:
   with pytest.raises(_Killed):
     finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
   monkeypatch.setattr(finish_lib._Progress, "snapshot", snapshot)
-  return checkpoint.read_meta(ckpt)
+  meta = checkpoint.read_meta(ckpt)
+  flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
+  calls, real = [], kink_newton.finish
+  monkeypatch.setattr(kink_newton, "finish", lambda *a, **k: calls.append(k) or real(*a, **k))
+  out = finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt, checkpoint_every=0.0)
+  return meta, flat["running"][1], out, calls
 
 
 def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch):
@@ -242,15 +249,11 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
   kw = dict(tol=1e-10, max_iter=60)
   ref, ref_info = finish_lib.finish_members(*args, **kw)
   ckpt = str(tmp_path / "finish.npz")
-  meta = _killed_in_member_1(monkeypatch, args, kw, ckpt, lambda cur: cur.get("it", 0) >= 5)
+  real = kink_newton.finish
+  meta, flat1, (out, info), calls = _killed_and_resumed(
+      monkeypatch, args, kw, ckpt, lambda cur: cur.get("it", 0) >= 5)
   assert sorted(meta["done"]) == ["0"] and sorted(meta["running"]) == ["1"]
   it = meta["running"]["1"]["it"]
-  flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
-  calls = []
-  real = kink_newton.finish
-  monkeypatch.setattr(kink_newton, "finish", lambda *a, **k: calls.append(k) or real(*a, **k))
-  out, info = finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt,
-                                        checkpoint_every=0.0)
   assert [c["max_iter"] for c in calls] == [60 - it, 60]   # members 1 and 2 only
   flat_of = lambda r: np.stack([ravel_pytree(jax.tree_util.tree_map(lambda a: a[k], r.params))[0]
                                 for k in range(3)])
@@ -258,7 +261,7 @@ def test_an_interrupted_finish_resumes_from_its_checkpoint(tmp_path, monkeypatch
   np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]])
   unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], res.params))[1]
   x, y = j.ds.x_train, j.ds.y_train
-  cont = real(j.net, unravel(flat["running"][1]), x, y, j.loss, tol=1e-10, max_iter=60 - it)
+  cont = real(j.net, unravel(flat1), x, y, j.loss, tol=1e-10, max_iter=60 - it)
   np.testing.assert_array_equal(got[1], ravel_pytree(cont.params)[0])
   assert info.n_iter[1] == it + cont.n_iter and info.converged[1]
   assert info.residual_before[1] == ref_info.residual_before[1]
@@ -429,24 +432,18 @@ def test_an_interrupted_decay_newton_resumes_in_its_stage(tmp_path, monkeypatch)
   """Killed inside member 1's last stage (on the loss): run again, member 1
   goes on in that stage from its last iterate for the iterations left (its
   decay stage not run again), member 2 runs both stages."""
-  from lossland.train import finish as finish_lib
   _, j, res, args = _stage(tmp_path)
   kw = dict(tol=1e-10, max_iter=60, method="decay_newton", decays=(1e-2,))
   ckpt = str(tmp_path / "finish.npz")
-  meta = _killed_in_member_1(monkeypatch, args, kw, ckpt,
-                             lambda cur: cur.get("stage") == 1 and cur.get("it", 0) >= 2)
+  real = kink_newton.finish
+  meta, flat1, (out, info), calls = _killed_and_resumed(
+      monkeypatch, args, kw, ckpt, lambda cur: cur.get("stage") == 1 and cur.get("it", 0) >= 2)
   cur = meta["running"]["1"]
   assert sorted(meta["done"]) == ["0"] and cur["stage"] == 1
-  flat = checkpoint.restore(ckpt, finish_lib._Progress(None, 0, np.zeros((3, 6)), "").flat)[0]
-  calls = []
-  real = kink_newton.finish
-  monkeypatch.setattr(kink_newton, "finish", lambda *a, **k: calls.append(k) or real(*a, **k))
-  out, info = finish_lib.finish_members(*args, **kw, checkpoint_path=ckpt,
-                                        checkpoint_every=0.0)
   assert [(c["weight_decay"], c["max_iter"]) for c in calls] == [
       (0.0, 60 - cur["it"]), (1e-2, 60), (0.0, 60)]
   unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], res.params))[1]
-  cont = real(j.net, unravel(flat["running"][1]), j.ds.x_train, j.ds.y_train, j.loss,
+  cont = real(j.net, unravel(flat1), j.ds.x_train, j.ds.y_train, j.loss,
               tol=1e-10, max_iter=60 - cur["it"])
   got = ravel_pytree(jax.tree_util.tree_map(lambda a: a[1], out.params))[0]
   np.testing.assert_array_equal(got, ravel_pytree(cont.params)[0])
