@@ -60,9 +60,9 @@ class FinishInfo(NamedTuple):
     entered: bool, the member stopped jammed and entered.
     converged: bool, r_sub <= tol after the stage.
     reason: str, :class:`lossland.optim.kink_newton.FinishResult` reason
-      (newton, anneal_newton, decay_newton: the last stage's) or :class:`lossland.optim.anneal.AnnealResult`
-      reason (anneal; "sat" where it left no point unsatisfied); "" where
-      not entered.
+      (newton, anneal_newton, decay_newton: the last stage's) or
+      :class:`lossland.optim.anneal.AnnealResult` reason (anneal; "sat"
+      where it left no point unsatisfied); "" where not entered.
     residual_before, residual_after: r_sub at entry and at exit (nan where
       not entered).
     loss_before: the member's final loss measurement at entry (nan where not
