@@ -41,7 +41,12 @@ def cpu() -> PhaseConfig:
   lr 1e-2, no biases) lost 58 of its 90.
 
   A member that stops jammed is class jammed only if force-balanced (r_sub
-  <= 1e-6), else unbalanced (issue 20)."""
+  <= 1e-6), else unbalanced (issue 20). The preset runs no finishing
+  stage: ``--finish decay_newton`` ends at minima of the loss for some of
+  the N = 336 members deep in the jammed phase (1 to 6 min each), not yet
+  near P* or at N = 592 within 3000 iterations (17 to 21 min per member
+  there), so for the preset's 11 to 17 entrants per depth it would take
+  about a day of CPU (docs/jamming.md, "the decay route")."""
   return PhaseConfig(depths=(2, 3, 4), widths=(16, 16, 16), d=4, p_over_n=(1.0, 1.5, 2.0),
                      rounds=2, n_seeds=6, job=dict(_PROTOCOL, lr=1e-3, bias=True),
                      auto_workers=True, preset="cpu")
