@@ -14,8 +14,8 @@ before the finish are RUN's, everything else is measured at the end.
 
 The stages RUN's finish already ran are not repeated except its last: with
 ``--finish anneal_newton`` or ``decay_newton`` the continuation is the Newton
-finish (on the loss) alone. A run
-without a finish (``--finish none``) gets the whole finish.
+finish (on the loss) alone. A run without a finish (``--finish none``) gets
+the whole finish.
 
 Not the same numbers as one run with the summed iterations: the trust
 region's radius and the finish's restarts start afresh (docs/jamming.md,
