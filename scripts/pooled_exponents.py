@@ -27,6 +27,7 @@ import os
 import sys
 
 from lossland import phase
+from lossland.experiments.sweep import CELLS_FILE, read_cells
 
 
 def pooled(records, p_star: float, lo: float, hi: float, gap_floor: float,
@@ -69,18 +70,15 @@ def main(argv):
   for study in studies:
     sweep = os.path.join(study, "sweep")
     summaries = sorted(glob.glob(os.path.join(study, "phase", "*", "summary.json")))
-    if not os.path.isfile(os.path.join(sweep, "cells.jsonl")) or not summaries or lo > hi:
+    if not os.path.isfile(os.path.join(sweep, CELLS_FILE)) or not summaries or lo > hi:
       print(f"pooled_exponents: {study} is not a finished phase study (or LO > HI)",
             file=sys.stderr)
       return 2
     if summary is None:
       with open(summaries[-1]) as fh:
         summary = json.load(fh)
-    with open(os.path.join(sweep, "cells.jsonl")) as fh:
-      for line in fh:
-        r = json.loads(line)
-        r["run_dir"] = os.path.join(sweep, r["run_dir"])
-        by_depth.setdefault(int(r["flags"]["depth"]), []).append(r)
+    for r in read_cells(sweep):  # run_dir joined with sweep
+      by_depth.setdefault(int(r["flags"]["depth"]), []).append(r)
   for L, recs in sorted(by_depth.items()):
     p_star = p_star_given or (summary["per_depth"].get(str(L)) or {}).get("p_star_over_n")
     if p_star is None:

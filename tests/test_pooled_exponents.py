@@ -38,7 +38,7 @@ def _study(root, rng):
       loss = [float(0.5 * np.sum(np.maximum(d, 0) ** 2) / P) for d in delta]
       members = [dict(seed=k, **{"class": cl}, loss=loss[k])
                  for k, cl in enumerate(("jammed", "unbalanced", "sat"))]
-      rec = dict(flags=dict(P=P, depth=1, margin=None), run_dir=run,
+      rec = dict(cell_id=f"c{c}", flags=dict(P=P, depth=1, margin=None), run_dir=run,
                  summary=dict(P=P, n_weights=10, members=members))
       fh.write(json.dumps(rec) + "\n")
       expected.append(delta[0])

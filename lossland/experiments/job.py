@@ -1140,14 +1140,14 @@ def anneal_levels(v: dict) -> tuple:
 
 
 def finish_decays(v: dict) -> tuple:
-  """The parsed ``--finish_decay``: positive finite floats (ValueError if not)."""
+  """The parsed ``--finish_decay`` (ValueError if malformed: not numbers, or
+  one not positive and finite, :func:`lossland.train.finish.check_decays`)."""
+  from lossland.train import finish
   try:
-    decays = tuple(float(t) for t in str(v["finish_decay"]).split(","))
+    decays = [float(t) for t in str(v["finish_decay"]).split(",")]
   except ValueError:
     raise ValueError(f"needs comma-separated numbers, got {v['finish_decay']!r}") from None
-  if not all(math.isfinite(mu) and mu > 0 for mu in decays):
-    raise ValueError(f"each decay must be positive and finite, got {v['finish_decay']!r}")
-  return decays
+  return finish.check_decays(decays)
 
 
 def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,

@@ -109,76 +109,73 @@ class FinishInfo(NamedTuple):
 METHODS = ("newton", "anneal", "anneal_newton", "decay_newton")
 
 
+def check_decays(decays) -> tuple:
+  """decay_newton's weight decays as a tuple of floats; ValueError unless
+  each is positive and finite."""
+  decays = tuple(float(mu) for mu in decays)
+  if not all(np.isfinite(mu) and mu > 0 for mu in decays):
+    raise ValueError(f"decays must be positive and finite, got {decays}")
+  return decays
+
+
 def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton",
                 start=None, snapshot_fn=None, decays=()):
   """One member: ``(params, record, reason, r_before, n_iter, n_restarts,
   probe)``, ``probe`` the descent probe the Newton finish already ran at
   ``params`` (stopped "stuck") or None; ``annealed``: its
-  :class:`lossland.optim.anneal.AnnealResult` (anneal methods) or None.
+  :class:`lossland.optim.anneal.AnnealResult` (anneal methods) or None;
+  ``decays``: the weight decays of decay_newton's stages, in turn (a ReLU
+  net enters them from its balanced params).
 
   ``start``: the member's Newton finish resumed at ``p``, its last snapshot
-  (:class:`_Progress`): a dict of the iterations, restarts, loss
-  evaluations (``n_iter``), r_sub at entry and (decay_newton) the stage
-  recorded there.
+  (:class:`_Progress`), which :func:`_newton_stages` reads.
   ``snapshot_fn(params_fn, newton_iters, n_restarts, r_before, n_iter,
-  stage)``: called before the Newton finish's iterations. ``decays``: the
-  weight decays of decay_newton's stages, in turn."""
+  stage)``: called before the Newton finish's iterations."""
   from lossland import stationarity
-  n_iter, r0, reason, it0, restarts0 = 0, None, "", 0, 0
-  if start is not None:
-    n_iter, r0, it0, restarts0 = start["n_iter"], start["r0"], start["it"], start["restarts"]
-  if method == "decay_newton":
-    return _decay_newton(net, p, x, y, loss, off, tol, max_iter, step_model, decays,
-                         start, snapshot_fn)
-  if start is None and annealed is not None:
+  r0, n_iter = None, 0
+  if start is None and (annealed is not None or method == "decay_newton"):
     apply_fn = nets.cached_apply_fn(net, x.dtype)
     r0 = stationarity.stationarity(net, apply_fn, p, x, y, loss,
                                    f_offset=off).force_residual
-    p, n_iter, reason = annealed.params, annealed.n_iter, annealed.reason
-    if method == "anneal":
-      rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
-      reason = "sat" if rec.n_unsat == 0 else reason
-      return p, rec, reason, r0, n_iter, 0, None
-  snap = None
-  if snapshot_fn is not None:
-    snap = lambda params_fn, it, n_restarts, r_entry: snapshot_fn(
-        params_fn, it0 + it, restarts0 + n_restarts, r_entry if r0 is None else r0,
-        n_iter + it, 0)
-  out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol,
-                           max_iter=max(max_iter - it0, 1), step_model=step_model,
-                           snapshot_fn=snap)
-  r0 = out.residual_before if r0 is None else r0
-  return (out.params, out.record, out.reason, r0, n_iter + out.n_iter,
-          restarts0 + out.n_restarts, out.probe)
-
-
-def _decay_newton(net, p, x, y, loss, off, tol, max_iter, step_model, decays, start,
-                  snapshot_fn):
-  """decay_newton for one member (:func:`_finish_one`'s result): the Newton
-  finish on loss + mu |w|^2 / 2 for each mu of ``decays``, then on the loss,
-  each stage at most ``max_iter`` iterations from the last one's result; a
-  resumed member (``start``) goes on in its recorded stage."""
-  from lossland import stationarity
-  stage, it0, n_iter, restarts = 0, 0, 0, 0
-  if start is None:
-    r0 = stationarity.stationarity(net, nets.cached_apply_fn(net, x.dtype), p, x, y, loss,
-                                   f_offset=off).force_residual
-    if net.activation == "relu":  # the same function, the least decay on its orbit
+    if annealed is not None:
+      p, n_iter, reason = annealed.params, annealed.n_iter, annealed.reason
+      if method == "anneal":
+        rec = stationarity.stationarity(net, apply_fn, p, x, y, loss, f_offset=off)
+        reason = "sat" if rec.n_unsat == 0 else reason
+        return p, rec, reason, r0, n_iter, 0, None
+    elif net.activation == "relu":  # the same function, the least decay on its orbit
       p = nets.balanced(net, p)
-  else:
+  return _newton_stages(net, p, x, y, loss, off, tol, max_iter, step_model,
+                        decays if method == "decay_newton" else (), r0, n_iter, start,
+                        snapshot_fn)
+
+
+def _newton_stages(net, p, x, y, loss, off, tol, max_iter, step_model, decays, r0, n_iter,
+                   start, snapshot_fn):
+  """The Newton finish on loss + mu |w|^2 / 2 for each mu of ``decays``,
+  then on the loss alone (no decays: that stage only), each stage at most
+  ``max_iter`` iterations from the last one's result: :func:`_finish_one`'s
+  result. ``r0``: r_sub at entry (None: the first stage's), ``n_iter``:
+  iterations before (the anneal's). A resumed member (``start``: the
+  iterations, restarts, loss evaluations ``n_iter``, r_sub at entry and
+  stage of its snapshot) goes on in its stage for the iterations left."""
+  stage, it0, restarts = 0, 0, 0
+  if start is not None:
     stage, it0, n_iter = start.get("stage", 0), start["it"], start["n_iter"]
     r0, restarts = start["r0"], start["restarts"]
   for j in range(stage, len(decays) + 1):
     snap = None
     if snapshot_fn is not None:
-      snap = (lambda params_fn, it, n_restarts, _r, j=j, it0=it0, n0=n_iter, k0=restarts:
-              snapshot_fn(params_fn, it0 + it, k0 + n_restarts, r0, n0 + it, j))
+      snap = (lambda params_fn, it, n_restarts, r_entry, j=j, it0=it0, n0=n_iter, k0=restarts,
+              r0=r0: snapshot_fn(params_fn, it0 + it, k0 + n_restarts,
+                                 r_entry if r0 is None else r0, n0 + it, j))
     out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol,
                              max_iter=max(max_iter - it0, 1), step_model=step_model,
                              snapshot_fn=snap,
                              weight_decay=decays[j] if j < len(decays) else 0.0)
+    r0 = out.residual_before if r0 is None else r0
     p, n_iter, restarts, it0 = out.params, n_iter + out.n_iter, restarts + out.n_restarts, 0
-  return out.params, out.record, out.reason, r0, n_iter, restarts, out.probe
+  return p, out.record, out.reason, r0, n_iter, restarts, out.probe
 
 
 class _Progress:
@@ -366,9 +363,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   from lossland.optim import anneal
   if method not in METHODS:
     raise ValueError(f"finish method must be one of {METHODS}, got {method!r}")
-  decays = tuple(float(mu) for mu in decays)
-  if method == "decay_newton" and not all(mu > 0 and np.isfinite(mu) for mu in decays):
-    raise ValueError(f"decays must be positive, got {decays}")
+  if method == "decay_newton":
+    decays = check_decays(decays)
   levels = anneal.DEFAULT_LEVELS if levels is None else tuple(levels)
   info = FinishInfo.none(len(res.seeds))
   if not isinstance(net, nets.NetConfig):
