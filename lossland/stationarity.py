@@ -202,9 +202,32 @@ def _slope_grad(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
 
 
 def _slope_jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
-  """d(:func:`_slope_grad`)/d s_pad: [N, Kp]."""
-  return jax.jacfwd(lambda s: _slope_grad(cfg, loss, w, s, x, y, off, kinks, pts, units))(
-      s_pad)
+  """d(:func:`_slope_grad`)/d s_pad: [N, Kp]. A kink pair's slope moves only
+  its own point's term of the gradient, so each column is the derivative of
+  one point's gradient (a forward, backward and tangent pass over one point),
+  not of the sum over all P points (``jax.jacfwd`` of :func:`_slope_grad`
+  costs P times more; ``python -m lossland.scripts.bench stationarity``).
+  Padding pairs (point index P) give zero columns."""
+  P = x.shape[0]
+  params = nets.unravel_fn(cfg, w.dtype)(w)
+  off = jnp.broadcast_to(jnp.asarray(off, x.dtype), (P,))
+  slopes = [jnp.zeros(k.shape, w.dtype).at[p, u].set(s, mode="drop")
+            for k, p, u, s in zip(kinks, pts, units, split_slopes(pts)(s_pad))]
+  cols = []
+  for l in range(len(pts)):
+    def column(p, u, l=l):
+      q = jnp.minimum(p, P - 1)
+      k_row = [k[q][None] for k in kinks]
+
+      def point_grad(t):
+        s_row = [s[q][None] for s in slopes]
+        s_row[l] = s_row[l].at[0, u].set(t)
+        apply_fn = lambda pp, xx: nets.apply_with_kink_slopes(cfg, pp, xx, k_row, s_row)
+        return _loss_grad(apply_fn, params, x[q][None], y[q][None], loss, off[q][None])
+      tangent = jax.jvp(point_grad, (slopes[l][q, u],), (jnp.ones((), w.dtype),))[1]
+      return jnp.where(p < P, tangent, 0.0)
+    cols.append(jax.vmap(column)(pts[l], units[l]))
+  return jnp.concatenate(cols + [jnp.zeros((0, w.size), w.dtype)], axis=0).T
 
 
 # module level: one compilation per (net, loss, shapes, kink bucket), not per call

@@ -95,7 +95,8 @@ def test_paper_row_of_the_ensemble_benchmark():
 
 def test_tiny_stationarity_benchmark(tmp_path):
   """The certificate's benchmark: ours and the reference (eager sums, fresh jits) give the
-  same r_sub on every state, and the ratio is the one of the medians."""
+  same r_sub on every state, the slope Jacobians agree, and the ratios are
+  those of the medians."""
   from lossland.scripts import bench_stationarity
   s = bench_stationarity.run_benchmark(str(tmp_path), quick=True, n_states=3)
   on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -106,6 +107,11 @@ def test_tiny_stationarity_benchmark(tmp_path):
   np.testing.assert_allclose(s["speedup"],
                              s["seconds_per_call_reference"] / s["seconds_per_call"])
   assert s["max_abs_r_sub_difference"] <= 1e-10 * max(r["r_sub"] for r in s["rows"])
+  # the slope Jacobian, one point per pair, is jax.jacfwd's over all points
+  assert all(r["jacobian_max_abs"] > 0 for r in s["rows"])
+  assert s["jacobian_max_rel_difference"] <= 1e-12
+  np.testing.assert_allclose(s["jacobian_speedup"],
+                             s["jacobian_seconds_jacfwd"] / s["jacobian_seconds"])
 
 
 def test_tiny_finish_benchmark(tmp_path):

@@ -141,6 +141,37 @@ def test_weight_decay_adds_its_force_to_the_record():
     stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS, weight_decay=-1.0)
 
 
+@pytest.mark.parametrize("bias,offset", [(False, False), (True, True)])
+def test_slope_jacobian_is_the_derivative_of_the_slope_gradient(bias, offset):
+  """dg/ds, built one point per kink pair, equals ``jax.jacfwd`` of the
+  gradient over all points (the definition) at random slopes, with many
+  kink pairs, several on one point and in both hidden layers (g is then not
+  affine in s); the padded slots of the bucket are zero columns."""
+  cfg = nets.NetConfig(d=4, width=6, depth=2, bias=bias)
+  init_fn, apply_fn = nets.make_net(cfg)
+  params = init_fn(jax.random.key(7))
+  ds = data.sphere(jax.random.key(8), 30, cfg.d, n_test=0)
+  x, y = ds.x_train, ds.y_train
+  off = 0.1 * jax.random.normal(jax.random.key(9), (30,), x.dtype) if offset else 0.0
+  kinks = stationarity.kink_pairs(cfg, params, x, np.ones(30, bool), rtol=0.5)
+  per_point = sum(k.sum(-1) for k in kinks)
+  assert per_point.max() >= 2 and all(k.sum() > 0 for k in kinks)
+  grad_at, jac_at, K = stationarity._slope_grad_fn(cfg, params, x, y, LOSS, kinks, off)
+  assert K == int(per_point.sum())
+  s = jnp.asarray(np.random.default_rng(1).uniform(size=K), x.dtype)
+  want = np.asarray(jax.jacfwd(grad_at)(s))
+  assert np.abs(want).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(jac_at(s)), want, rtol=1e-11, atol=1e-13)
+  pk = stationarity.padded_kinks([np.nonzero(k) for k in kinks], x.shape[0])
+  assert pk.pad > K
+  w = ravel_pytree(params)[0]
+  s_pad = jnp.zeros(pk.pad, x.dtype).at[pk.real].set(s)
+  full = np.asarray(stationarity._SLOPE_JAC(cfg, LOSS, w, s_pad, x, y, jnp.asarray(off, x.dtype),
+                                            [jnp.asarray(k) for k in kinks], pk.pts, pk.units))
+  padding = np.setdiff1d(np.arange(pk.pad), pk.real)
+  assert padding.size and not np.any(full[:, padding])
+
+
 def test_r_sub_compiles_once_per_kink_bucket():
   """The slope gradient and its Jacobian are module-level jits of padded kink
   indices: states of one net with other kink pairs (same size bucket) reuse

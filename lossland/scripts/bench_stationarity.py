@@ -17,7 +17,11 @@ cpu preset's shape (L = 2, d = 4, h = 16 with biases, P = 2 N) at
 has tens of them, as the finished members have). Reported: the seconds per
 call of each (median over the states after the first), the first call of
 ours (it compiles), their ratio, and the largest difference of the r_sub
-values (the two must agree to rounding).
+values (the two must agree to rounding). Then the slope Jacobian dg/ds
+alone, warm, on the same states: ours (one point's pass per kink pair)
+against ``jax.jacfwd`` of the gradient over all P points, jitted once at
+module level (the certificate's Jacobian before the twenty-first session),
+and their largest difference.
 """
 import os
 import platform
@@ -61,6 +65,37 @@ def _naive_r_sub(cfg, apply_fn, params, x, y, loss, kink_rtol):
   return min(float(np.linalg.norm(gs)) / den, g / den), int(offsets[-1])
 
 
+def _jacfwd_slope_jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
+  """The certificate's slope Jacobian before the twenty-first session:
+  ``jax.jacfwd`` of the slope gradient over all P points."""
+  import jax
+  from lossland import stationarity as st
+  return jax.jacfwd(lambda s: st._slope_grad(cfg, loss, w, s, x, y, off, kinks, pts, units))(
+      s_pad)
+
+
+def _jacobians(cfg, apply_fn, params, x, y, loss, kink_rtol):
+  """(seconds ours, seconds jacfwd, max |difference|, max |entry|) of the
+  slope Jacobian at the state's kink pairs (slopes 1/2), each timed on its
+  second call (the first compiles)."""
+  import jax
+  import jax.numpy as jnp
+  from jax.flatten_util import ravel_pytree
+  from lossland import stationarity as st
+  delta, _ = st._point_forces(apply_fn, params, x, y, loss)
+  kinks = st.kink_pairs(cfg, params, x, np.asarray(delta > 0), kink_rtol)
+  pk = st.padded_kinks([np.nonzero(k) for k in kinks], x.shape[0])
+  args = (ravel_pytree(params)[0], jnp.full(pk.pad, 0.5, x.dtype), x, y,
+          jnp.zeros((), x.dtype), [jnp.asarray(k) for k in kinks], pk.pts, pk.units)
+  out = []
+  for fn in (st._SLOPE_JAC, jax.jit(_jacfwd_slope_jac, static_argnums=(0, 1))):
+    np.asarray(fn(cfg, loss, *args))
+    t0 = time.perf_counter()
+    out.append((np.asarray(fn(cfg, loss, *args)), time.perf_counter() - t0))
+  (a, ta), (b, tb) = out
+  return ta, tb, float(np.abs(a - b).max()), float(np.abs(b).max())
+
+
 def preset_states(quick: bool, n_states: int, activation: str = "relu"):
   """(cfg, apply_fn, [params], x, y, loss) of the benchmark's net and states."""
   import jax
@@ -98,20 +133,29 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 6,
     t1 = time.perf_counter()
     ref, n_kink = _naive_r_sub(cfg, apply_fn, p, x, y, loss, kink_rtol)
     t2 = time.perf_counter()
+    jac, jac_ref, jac_diff, jac_max = _jacobians(cfg, apply_fn, p, x, y, loss, kink_rtol)
     rows.append({"n_kink": ours.n_kink, "n_kink_reference": n_kink, "exact": ours.exact,
                  "n_unsat": ours.n_unsat, "r_sub": ours.force_residual,
-                 "r_sub_reference": ref, "seconds": t1 - t0, "seconds_reference": t2 - t1})
+                 "r_sub_reference": ref, "seconds": t1 - t0, "seconds_reference": t2 - t1,
+                 "jacobian_seconds": jac, "jacobian_seconds_jacfwd": jac_ref,
+                 "jacobian_max_abs_difference": jac_diff, "jacobian_max_abs": jac_max})
   bar(len(states), len(states), "done")
   bar.close()
   warm = rows[1:]
   ours_s = float(np.median([r["seconds"] for r in warm]))
   ref_s = float(np.median([r["seconds_reference"] for r in warm]))
+  jac_s = float(np.median([r["jacobian_seconds"] for r in rows]))
+  jac_ref_s = float(np.median([r["jacobian_seconds_jacfwd"] for r in rows]))
   out = {"quick": quick, "kink_rtol": kink_rtol, **shape, "rows": rows,
          "seconds_per_call": ours_s, "seconds_per_call_reference": ref_s,
          "seconds_first_call": rows[0]["seconds"],
          "speedup": ref_s / ours_s,
          "max_abs_r_sub_difference": float(max(abs(r["r_sub"] - r["r_sub_reference"])
                                                for r in rows)),
+         "jacobian_seconds": jac_s, "jacobian_seconds_jacfwd": jac_ref_s,
+         "jacobian_speedup": jac_ref_s / jac_s,
+         "jacobian_max_rel_difference": float(max(r["jacobian_max_abs_difference"]
+                                                  / r["jacobian_max_abs"] for r in rows)),
          "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
          "platform": platform.platform(), "jax": jax.__version__}
   lines = [f"r_sub of one net, N={shape['N']}, P={shape['P']} (L={shape['depth']}, "
@@ -124,4 +168,7 @@ def run_benchmark(out_dir: str, quick: bool = False, n_states: int = 6,
   lines.append(f"  per call after the first: {ours_s:.3f} s against {ref_s:.3f} s "
                f"(x{out['speedup']:.1f}); r_sub agree to "
                f"{out['max_abs_r_sub_difference']:.1e}")
+  lines.append(f"  slope Jacobian dg/ds (median, warm): {jac_s:.4f} s against jax.jacfwd over "
+               f"all points {jac_ref_s:.4f} s (x{out['jacobian_speedup']:.1f}); they agree to "
+               f"{out['jacobian_max_rel_difference']:.1e} relative")
   return write_summary(out_dir, out, lines)
