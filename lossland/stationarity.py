@@ -34,6 +34,20 @@ bound of the true minimum; the result says which). r_sub <= r always: the
 usual derivative is one of the admissible slopes. For smooth activations
 there are no kinks and r_sub = r.
 
+One direction needs no slopes: a net whose output is linear in its readout
+layer (every :class:`lossland.nets.NetConfig` net: scaling the last layer's
+weights and bias by c scales f by c, whatever the ReLU pattern) has
+dL/dc = -sum_mu ell'(Delta_mu) y_mu f_mu at c = 1, so at any stationary
+point (a Clarke one included)
+
+    sum_mu ell'(Delta_mu) y_mu f_mu = 0,
+
+for the quadratic hinge sum_mu Delta_mu (epsilon - Delta_mu) = 0 over the
+unsatisfied points: their mean Delta^2 is epsilon times their mean Delta,
+and a jammed minimum has points with Delta > epsilon, misclassified ones
+(a virial identity). :func:`scale_residual` is its scale-free size, signed:
+> 0 where larger outputs would lower the loss.
+
 Everything here is for one network in float64 numpy/jax; the per-point
 gradients are computed in chunks of ``chunk`` points (memory chunk x N).
 """
@@ -116,6 +130,20 @@ def force_residual(apply_fn, params, x, y, loss: losses.LossConfig,
   is unsatisfied, where both vanish); outputs minus ``off``."""
   _, g, den = _residual_parts(apply_fn, params, x, y, loss, chunk, off)
   return float("nan") if den == 0 else g / den
+
+
+def scale_residual(apply_fn, params, x, y, loss: losses.LossConfig, off=0.0) -> float:
+  """sum_mu ell'(Delta_mu) y_mu f_mu / sum_mu |ell'(Delta_mu) y_mu f_mu|
+  (module docstring): -dL/d log c along the output scale f -> c f, relative;
+  0 at a stationary point of a net whose output is linear in its readout
+  layer, > 0 where growing outputs lower the loss; nan if no point is
+  unsatisfied. ``f`` is the net's own output; the margins are those of
+  f - ``off`` (a net trained as f(w) - f(w0): only f scales)."""
+  f = apply_fn(params, x)
+  delta, dell = _point_forces(lambda p, xx: f - off, params, x, y, loss)
+  t = np.asarray(dell * y * f, np.float64)
+  den = float(np.sum(np.abs(t)))
+  return float("nan") if den == 0 else float(np.sum(t)) / den
 
 
 def _residual_parts(apply_fn, params, x, y, loss, chunk, off) -> tuple:

@@ -141,6 +141,12 @@ def test_finish_reaches_force_balance_where_the_polish_stalled():
   assert out.converged and out.reason == "converged", out.reason
   rec = out.record
   assert rec.force_residual <= 1e-10 and rec.n_unsat > 0
+  # the virial identity of a minimum (the output scale's direction): the
+  # unsatisfied points' mean Delta^2 equals their mean Delta (epsilon = 1)
+  d = np.asarray(losses.margins(apply_fn(out.params, x), y, LOSS.epsilon))
+  assert np.mean(d[d > 0] ** 2) == pytest.approx(np.mean(d[d > 0]), rel=1e-9)
+  assert abs(stationarity.scale_residual(apply_fn, out.params, x, y, LOSS)) < 1e-9
+  assert abs(stationarity.scale_residual(apply_fn, params, x, y, LOSS)) > 1e-6
   assert kink_newton.min_curvature(cfg, out.params, x, y, LOSS) > -1e-10
   assert 1e-9 < _float32_r_sub(cfg, out.params, x, y) < 1e-6  # float32's floor here
   # (at float64's kink tolerance, 1e-7, float32 missed one of the 6 kink

@@ -50,6 +50,59 @@ def test_force_residual_vanishes_at_a_minimum_and_not_elsewhere():
   assert st2.force_residual == st2.force_residual_smooth > 0.05 and st2.n_kink == 0
 
 
+def test_scale_residual_is_the_slope_along_the_output_scale():
+  """scale_residual against ground truth: minus the central difference of
+  the loss along f -> c f (the last layer's weights and bias scaled by c:
+  a ReLU net's output scales exactly) over the plain sum of
+  |ell'(Delta) y f|; with an offset the margins are those of f - off while
+  only f scales; 0 at the convex problem's minimum (scipy's, as above); > 0
+  where every unsatisfied point is classified right (growing outputs lower
+  the loss); nan with no unsatisfied point."""
+  from scipy.optimize import minimize
+  cfg = nets.NetConfig(d=4, width=8, depth=2, bias=True)
+  init_fn, apply_fn = nets.make_net(cfg)
+  params = init_fn(jax.random.key(4))
+  ds = data.sphere(jax.random.key(5), 40, cfg.d, n_test=0)
+  x, y = ds.x_train, ds.y_train
+  off = 0.3 * jax.random.normal(jax.random.key(6), (40,), x.dtype)
+
+  def scaled(c):
+    return params[:-1] + [jax.tree_util.tree_map(lambda a: c * a, params[-1])]
+  for o in (0.0, off):
+    total = lambda c: float(jnp.sum(LOSS.fn(losses.margins(
+        apply_fn(scaled(c), x) - o, y, LOSS.epsilon))))
+    h = 1e-6
+    dlogc = (total(1 + h) - total(1 - h)) / (2 * h)
+    f = np.asarray(apply_fn(params, x))
+    delta = LOSS.epsilon - np.asarray(y) * (f - np.asarray(o))
+    den = np.sum(np.abs(np.maximum(delta, 0) * np.asarray(y) * f))
+    assert den > 0
+    got = stationarity.scale_residual(apply_fn, params, x, y, LOSS, o)
+    assert got == pytest.approx(-dlogc / den, rel=1e-6, abs=1e-9)
+  # the convex hinge problem's minimum (a linear model: f scales with w)
+  lin = nets.NetConfig(d=5, width=1, depth=0)
+  init_l, apply_l = nets.make_net(lin)
+  dl = data.sphere(jax.random.key(1), 40, 5, n_test=0)
+  flat0, unravel = ravel_pytree(init_l(jax.random.key(2)))
+  L = _total_loss(apply_l, dl.x_train, dl.y_train)
+  opt = minimize(jax.jit(lambda v: L(unravel(v))), np.asarray(flat0),
+                 jac=jax.jit(jax.grad(lambda v: L(unravel(v)))),
+                 hess=jax.jit(jax.hessian(lambda v: L(unravel(v)))), method="trust-exact",
+                 options=dict(gtol=1e-13, maxiter=500))
+  at_min = stationarity.scale_residual(apply_l, unravel(jnp.asarray(opt.x)), dl.x_train,
+                                       dl.y_train, LOSS)
+  assert abs(at_min) < 1e-10
+  assert abs(stationarity.scale_residual(apply_l, unravel(flat0), dl.x_train, dl.y_train,
+                                         LOSS)) > 1e-2
+  # every point classified right, some within the margin: > 0
+  f = apply_fn(params, x)
+  yr = jnp.sign(f)
+  assert np.any(np.abs(np.asarray(f)) < 1)
+  assert stationarity.scale_residual(apply_fn, params, x, yr, LOSS) == pytest.approx(1.0)
+  big = scaled(2.0 / float(jnp.min(jnp.abs(f))))  # every y f >= 2: none unsatisfied
+  assert math.isnan(stationarity.scale_residual(apply_fn, big, x, yr, LOSS))
+
+
 def _kinked_net(seed=0):
   """A ReLU net with training point 0 on a kink of unit 0 of layer 1 (its input
   projected orthogonal to that unit's weights), every point unsatisfied."""
@@ -243,13 +296,17 @@ def test_the_job_reports_the_force_balance_of_its_unsat_members(tmp_path):
   checked = 0
   for k, m in enumerate(s["members"]):
     if m["n_delta"] == 0 or m["class"] in ("dead", "diverged", "dead_points"):
-      assert m["force_residual"] is None
+      assert m["force_residual"] is None and m["scale_residual"] is None
       assert np.isnan(arrays["force_residual"][k]) and arrays["n_kink"][k] == -1
+      assert np.isnan(arrays["scale_residual"][k])
       continue
     assert arrays["force_residual"][k] == m["force_residual"]
     assert arrays["force_residual_smooth"][k] == m["force_residual_smooth"]
     assert arrays["n_kink"][k] == m["n_kink"]
+    assert arrays["scale_residual"][k] == m["scale_residual"]
     params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
+    assert m["scale_residual"] == pytest.approx(stationarity.scale_residual(
+        apply_fn, params, ens.data.x_train, ens.data.y_train, LOSS), rel=1e-9)
     st = stationarity.stationarity(ens.net, apply_fn, params, ens.data.x_train,
                                    ens.data.y_train, LOSS, kink_rtol=job.KINK_RTOL)
     assert m["force_residual"] == pytest.approx(st.force_residual, rel=1e-9)

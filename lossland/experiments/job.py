@@ -768,14 +768,16 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
   """Member k's force balance (:mod:`lossland.stationarity`): ``force_residual``
   (r_sub, the minimum-norm subgradient over the ReLU slopes at kink pairs),
   ``force_residual_smooth`` (r, the usual derivative), ``n_kink`` (at
-  :data:`KINK_RTOL`) and ``force_residual_exact`` (r_sub is the exact minimum:
-  at most one kink per point); None for members that are sat, unhealthy, or
-  not NetConfig nets."""
+  :data:`KINK_RTOL`), ``force_residual_exact`` (r_sub is the exact minimum:
+  at most one kink per point) and ``scale_residual`` (the loss's relative
+  slope along the output scale, 0 at a stationary point:
+  :func:`lossland.stationarity.scale_residual`); None for members that are
+  sat, unhealthy, or not NetConfig nets."""
   import jax
   import numpy as np
   from lossland import nets, observables, stationarity
   none = {"force_residual": None, "force_residual_smooth": None, "n_kink": None,
-          "force_residual_exact": None}
+          "force_residual_exact": None, "scale_residual": None}
   if (not isinstance(net, nets.NetConfig) or member_class in observables.UNHEALTHY
       or not res.final["n_delta"][k] > 0):
     return none
@@ -789,7 +791,10 @@ def stationarity_rows(net, loss, res, ds, k: int, member_class: str,
   nan = lambda v: None if not np.isfinite(v) else float(v)
   return {"force_residual": nan(st.force_residual),
           "force_residual_smooth": nan(st.force_residual_smooth),
-          "n_kink": st.n_kink, "force_residual_exact": st.exact}
+          "n_kink": st.n_kink, "force_residual_exact": st.exact,
+          "scale_residual": nan(stationarity.scale_residual(
+              apply_fn, params, ds.x_train, ds.y_train, loss,
+              0.0 if off is None else off))}
 
 
 # The finishing stage's per-member lists (finish_jammed's dict, after
@@ -830,8 +835,8 @@ def _finish_row(fin: dict, k: int) -> dict:
 
 def stationarity_arrays(members) -> dict:
   """arrays.npz's per-member force balance: ``force_residual``,
-  ``force_residual_smooth`` [K] float64 (nan where not measured: sat or
-  unhealthy members) and ``n_kink`` [K] int64 (-1 there); with ``--finish``
+  ``force_residual_smooth``, ``scale_residual`` [K] float64 (nan where not
+  measured: sat or unhealthy members) and ``n_kink`` [K] int64 (-1 there); with ``--finish``
   also ``force_residual_before_finish``, ``min_curvature`` and
   ``descent_gain`` [K] float64 (nan for members that did not enter the
   finish)."""
@@ -841,6 +846,8 @@ def stationarity_arrays(members) -> dict:
                                     np.float64),
          "force_residual_smooth": np.array(
              [val(m, "force_residual_smooth", np.nan) for m in members], np.float64),
+         "scale_residual": np.array([val(m, "scale_residual", np.nan) for m in members],
+                                    np.float64),
          "n_kink": np.array([val(m, "n_kink", -1) for m in members], np.int64)}
   if any("finished" in m for m in members):  # --finish: its own two arrays
     for key in ("force_residual_before_finish", "min_curvature", "descent_gain"):
