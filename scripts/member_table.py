@@ -7,10 +7,13 @@ every ``ensemble/*/summary.json`` below it (and DIR itself if it is a run)
 is read with its params. Prints one JSON line per member whose N_Delta > 0
 and that is healthy (not diverged, dead or dead_points): the run, depth,
 P/N, seed, class, loss, N_Delta, misclassified points (y f <= 0; f minus
-f(w0) for a net trained as that), output rms, |w|, r_sub and the output scale's residual
+f(w0) for a net trained as that), output rms, |w|, r_sub, the output scale's residual
 (:func:`lossland.stationarity.scale_residual`: 0 at a stationary point, > 0
-where larger outputs would lower the loss), recomputed from the params for
-runs written before summary.json had it. Used for docs/jamming.md, the
+where larger outputs would lower the loss; recomputed from the params for
+runs written before summary.json had it), and the exact minimum of the
+quadratic hinge loss along that scale (the last layer times c, f -> c f):
+``scale_c``, the best c, and ``scale_gain``, the loss's relative decrease
+there (1: every margin satisfied, a sat state one exact step away). Used for docs/jamming.md, the
 twenty-first session. Writes nothing; exits 2 on a directory with no run.
 """
 import glob
@@ -28,6 +31,21 @@ def run_dirs(root: str) -> list:
       os.path.join(root, "arrays.npz")):
     found.append(os.path.join(root, "summary.json"))
   return sorted({os.path.dirname(os.path.abspath(f)) for f in found})
+
+
+def best_scale(b, a, iters: int = 200) -> tuple:
+  """argmin over c >= 0 of sum_mu (a_mu - c b_mu)_+^2 (convex, piecewise
+  quadratic: its derivative -2 sum b (a - c b)_+ is nondecreasing, found by
+  bisection) and the value there; b = y f, a = epsilon + y off."""
+  value = lambda c: float(np.sum(np.maximum(a - c * b, 0.0) ** 2))
+  slope = lambda c: -float(np.sum(b * np.maximum(a - c * b, 0.0)))
+  lo, hi = 0.0, 1.0
+  while slope(hi) < 0 and hi < 1e12:
+    lo, hi = hi, 2 * hi
+  for _ in range(iters):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+  return hi, value(hi)
 
 
 def rows(run: str) -> list:
@@ -54,13 +72,16 @@ def rows(run: str) -> list:
     if scale is None:
       scale = stationarity.scale_residual(apply_fn, params, x, y, ens.loss, off)
     delta = np.asarray(losses.margins(f - off, y, ens.loss.epsilon))
+    c, at_c = best_scale(y * f, ens.loss.epsilon + y * off)
+    at_1 = float(np.sum(np.maximum(delta, 0.0) ** 2))
     out.append(dict(run=run, depth=ens.net.depth, p_over_n=round(s["P"] / s["n_weights"], 4),
                     seed=m["seed"], **{"class": m["class"]}, loss=m["loss"],
                     n_delta=int(np.sum(delta > 0)),
                     misclassified=int(np.sum(y * (f - off) <= 0)),
                     output_rms=float(np.sqrt(np.mean(f ** 2))),
                     w_norm=float(np.linalg.norm(ravel_pytree(params)[0])),
-                    r_sub=m.get("force_residual"), scale_residual=float(scale)))
+                    r_sub=m.get("force_residual"), scale_residual=float(scale),
+                    scale_c=c, scale_gain=1.0 - at_c / at_1 if at_1 > 0 else 0.0))
   return out
 
 

@@ -51,6 +51,13 @@ def test_member_table_rows_match_the_run(tmp_path):
     f = np.asarray(apply_fn(params, x))
     assert row["misclassified"] == int(np.sum(y * f <= 0))
     assert row["output_rms"] == pytest.approx(float(np.sqrt(np.mean(f ** 2))))
+    # the best output scale: no c on a fine grid does better, and the loss there
+    # is (1 - gain) times the member's
+    L = lambda c: float(np.sum(np.maximum(1 - c * y * f, 0) ** 2))
+    grid = np.linspace(0.2, 5, 20001)
+    assert min(L(c) for c in grid) >= L(row["scale_c"]) * (1 - 1e-12)
+    assert abs(row["scale_c"] - grid[np.argmin([L(c) for c in grid])]) < 1e-3
+    assert L(row["scale_c"]) == pytest.approx((1 - row["scale_gain"]) * L(1.0), rel=1e-9)
   # a run written before summary.json had the field: recomputed from the params
   path = os.path.join(run_dir, "summary.json")
   old = json.load(open(path))
@@ -65,6 +72,18 @@ def test_member_table_rows_match_the_run(tmp_path):
   params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
   assert again[0]["scale_residual"] == pytest.approx(
       stationarity.scale_residual(apply_fn, params, x, y, losses.LossConfig()), rel=1e-12)
+
+
+def test_best_scale_satisfies_a_separable_set_and_matches_a_hand_case():
+  """Every point classified right (b > 0): the best c satisfies every margin
+  (loss 0, c = max a / b); one point on each side: the closed form."""
+  tool = _tool()
+  b, a = np.array([0.5, 2.0, 0.25]), np.ones(3)
+  c, v = tool.best_scale(b, a)
+  assert v == pytest.approx(0.0, abs=1e-20) and c == pytest.approx(4.0, rel=1e-9)
+  # (1 - c)^2 + (1 + c / 2)^2 for c in [0, 1]: slope -1 + 5 c / 2, zero at c = 2/5
+  c, v = tool.best_scale(np.array([1.0, -0.5]), np.ones(2))
+  assert c == pytest.approx(0.4, rel=1e-9) and v == pytest.approx(0.6 ** 2 + 1.2 ** 2)
 
 
 def test_member_table_bad_input_exits_2(tmp_path, capsys):
