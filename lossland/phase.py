@@ -134,10 +134,22 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                  "probe_descends": sum(m.get("finish_reason") != "max_iter"
                                        and observables.still_descending(m)
                                        for m in members)},
+      # members left with loss > 0 (not sat, healthy): the loss's relative
+      # slope along the output scale (lossland.stationarity.scale_residual;
+      # None: recorded before the job measured it), and how many of them
+      # misclassify no point (then the last layer scaled up satisfies every
+      # margin: a sat state one exact step away)
+      "scale_residual_loss": [m.get("scale_residual") for m, c in zip(members, classes)
+                              if c in LOSS_LEFT],
+      "n_zero_error_loss": sum(c in LOSS_LEFT and m.get("train_error") == 0
+                               for m, c in zip(members, classes)),
       "run_dir": record.get("run_dir"),
   }
 
 
+# Healthy classes a member ends in with N_Delta > 0 (limbo: satisfied to
+# the precision, lossland.observables.member_classes).
+LOSS_LEFT = ("jammed", "unbalanced", "not_converged", "stalled")
 UNBALANCED_AS = ("not_sat", "sat")
 
 
@@ -640,6 +652,7 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
   res = [r for c in stats for r in c["force_residual_jammed"] if r is not None]
   bal = [r for c in stats for r in c["force_residual_balanced"] if r is not None]
   kinks = [k for c in stats for k in c["n_kink_jammed"] if k is not None]
+  scale = [v for c in stats for v in c.get("scale_residual_loss", []) if v is not None]
   return {
       # r_sub (lossland.stationarity; a minimum has 0) of the force-balanced
       # jammed members, which the exponents use, and of every member that
@@ -659,6 +672,14 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
       "nd_over_n_at_jamming": nd, "nd_cells_p_over_n": used,
       "n_members": int(sum(c["n_members"] for c in stats)),
       "n_dead_point_members": int(sum(c["n_dead_points"] for c in stats)),
+      # members left with loss > 0: their output scale's residual (> 0: the
+      # loss still gains from larger outputs, so not at a minimum) and how
+      # many misclassify no point (cell_stats)
+      "scale_residual": {
+          "n_measured": len(scale), "n_positive": int(sum(v > 0 for v in scale)),
+          "median": float(np.median(scale)) if scale else None,
+          "range": [float(min(scale)), float(max(scale))] if scale else None,
+          "n_zero_error": int(sum(c.get("n_zero_error_loss", 0) for c in stats))},
       "finish": {k: int(sum(c.get("finish", {}).get(k, 0) for c in stats))
                  for k in ("entered", "sat", "kept", "max_iter", "probe_descends")},
       "N": Ns[0] if len(Ns) == 1 else Ns,

@@ -45,6 +45,34 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0, "probe_descends": 0}
 
 
+def test_scale_residual_of_the_members_left_with_loss():
+  """Per cell, the scale residuals of the healthy members left with loss > 0
+  (jammed, unbalanced, not_converged; not sat, limbo or dead) and how many
+  of them misclassify no point; per depth, their count, sign and median
+  (None where no member measured it: older summaries)."""
+  r = _record(500, 200, ["sat", "unbalanced", "not_converged", "jammed", "limbo", "dead",
+                         "unbalanced"])
+  extra = [dict(scale_residual=None, train_error=0.0),
+           dict(scale_residual=0.2, train_error=0.05),
+           dict(scale_residual=1.0, train_error=0.0),
+           dict(scale_residual=-1e-9, train_error=0.1),
+           dict(scale_residual=0.7, train_error=0.0),
+           dict(scale_residual=None, train_error=0.0),
+           dict(scale_residual=None, train_error=0.02)]
+  for m, e in zip(r["summary"]["members"], extra):
+    m.update(e)
+  c = phase.cell_stats(r)
+  assert c["scale_residual_loss"] == [0.2, 1.0, -1e-9, None]
+  assert c["n_zero_error_loss"] == 1
+  old = _record(600, 200, ["unbalanced", "sat"])  # written before the field
+  d = phase._depth_summary([c, phase.cell_stats(old)],
+                           {"x_half": 2.5, "ci": [2.0, 3.0], "width": 0.1,
+                            "separated": True, "bracketed": True})
+  assert d["scale_residual"] == {"n_measured": 3, "n_positive": 2, "median": 0.2,
+                                 "range": [-1e-9, 1.0], "n_zero_error": 1}
+  assert phase.cell_stats(old)["scale_residual_loss"] == [None]
+
+
 def test_finish_counts_per_cell_and_depth():
   """--finish: members the stage entered, left sat, kept as they were, that
   ran out of iterations, and that the descent probe found descending (a
@@ -675,3 +703,14 @@ def test_report_names_the_exponents_states():
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("2 ran out of iterations (still descending: more --finish_iters "
                            "may settle them), 1 more found descending by the descent probe")
+  # the output scale's residual of the members left with loss > 0
+  depth["scale_residual"] = {"n_measured": 3, "n_positive": 2, "median": 0.123,
+                             "range": [-0.01, 0.5], "n_zero_error": 1}
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert lines[0].endswith("1 more found descending by the descent probe; loss > 0: 2 of 3 "
+                           "still gain from larger outputs (scale residual median +0.12), 1 "
+                           "misclassify no point (sat once the last layer is scaled up)")
+  depth["scale_residual"] = {"n_measured": 0, "n_positive": 0, "median": None, "range": None,
+                             "n_zero_error": 0}
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert lines[0].endswith("1 more found descending by the descent probe")

@@ -414,6 +414,17 @@ def _finish_note(fin: dict) -> str:
           f"iterations (still descending: more --finish_iters may settle them){probe}")
 
 
+def _scale_note(sc: dict) -> str:
+  """The output scale's residual of the members left with loss > 0 (how
+  many would lower their loss with larger outputs) and how many of them
+  misclassify no point; "" where none was measured."""
+  if not sc.get("n_measured"):
+    return ""
+  return (f"; loss > 0: {sc['n_positive']} of {sc['n_measured']} still gain from larger "
+          f"outputs (scale residual median {sc['median']:+.2g}), {sc['n_zero_error']} "
+          "misclassify no point (sat once the last layer is scaled up)")
+
+
 def report_lines(out: dict) -> list:
   """The lines the script prints for :func:`run`'s result."""
   lines = []
@@ -425,7 +436,8 @@ def report_lines(out: dict) -> list:
                    f"[{_fmt(lo)}, {_fmt(hi)}] (unbalanced members as sat: "
                    f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]), "
                    f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
-                   f"classes {v['counts']}" + _finish_note(v.get("finish") or {}))
+                   f"classes {v['counts']}" + _finish_note(v.get("finish") or {})
+                   + _scale_note(v.get("scale_residual") or {}))
     lines.append(f"depth spread {_fmt(result['depth_spread'])}")
     lines.append(_exponent_line(result))
     lines.append(_avalanche_line(result.get("avalanches_converged")))
