@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 
 from lossland import losses as losses_lib
 from lossland import nets
-from lossland.optim import frozen_derivs
+from lossland import frozen_derivs
 
 IMPLEMENTATIONS = ("auto", "structured", "vp", "jacobian")
 
@@ -42,7 +42,7 @@ IMPLEMENTATIONS = ("auto", "structured", "vp", "jacobian")
 
 def _structured_features(cfg: nets.NetConfig, params, x):
   """Per-layer inputs a_{l-1}(x) and output gradients delta_l(x) = df/dz_l
-  (:func:`lossland.optim.frozen_derivs.features` with the net's own
+  (:func:`lossland.frozen_derivs.features` with the net's own
   activation).
 
   Returns:

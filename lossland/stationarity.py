@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lossland import losses, nets
+from lossland import frozen_derivs, losses, nets
 
 
 class Stationarity(NamedTuple):
@@ -140,7 +140,7 @@ def scale_residual(apply_fn, params, x, y, loss: losses.LossConfig, off=0.0) -> 
   unsatisfied. ``f`` is the net's own output; the margins are those of
   f - ``off`` (a net trained as f(w) - f(w0): only f scales)."""
   f = apply_fn(params, x)
-  delta, dell = _point_forces(lambda p, xx: f - off, params, x, y, loss)
+  dell = jax.vmap(jax.grad(loss.fn))(losses.margins(f - off, y, loss.epsilon))
   t = np.asarray(dell * y * f, np.float64)
   den = float(np.sum(np.abs(t)))
   return float("nan") if den == 0 else float(np.sum(t)) / den
@@ -231,31 +231,21 @@ def _slope_grad(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
 
 def _slope_jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
   """d(:func:`_slope_grad`)/d s_pad: [N, Kp]. A kink pair's slope moves only
-  its own point's term of the gradient, so each column is the derivative of
-  one point's gradient (a forward, backward and tangent pass over one point),
-  not of the sum over all P points (``jax.jacfwd`` of :func:`_slope_grad`
-  costs P times more; ``python -m lossland.scripts.bench stationarity``).
-  Padding pairs (point index P) give zero columns."""
-  P = x.shape[0]
+  its own point's term of the gradient: one point's pass per column
+  (:func:`lossland.frozen_derivs.slope_jacobian` on the straight-through
+  net, where it applies: one output), not ``jax.jacfwd`` of
+  :func:`_slope_grad` over all P points (P times the cost; ``python -m
+  lossland.scripts.bench stationarity``). Padding pairs give zero columns."""
+  if not frozen_derivs.applies(cfg):
+    return jax.jacfwd(lambda s: _slope_grad(cfg, loss, w, s, x, y, off, kinks, pts, units))(
+        s_pad)
   params = nets.unravel_fn(cfg, w.dtype)(w)
-  off = jnp.broadcast_to(jnp.asarray(off, x.dtype), (P,))
-  slopes = [jnp.zeros(k.shape, w.dtype).at[p, u].set(s, mode="drop")
-            for k, p, u, s in zip(kinks, pts, units, split_slopes(pts)(s_pad))]
-  cols = []
-  for l in range(len(pts)):
-    def column(p, u, l=l):
-      q = jnp.minimum(p, P - 1)
-      k_row = [k[q][None] for k in kinks]
-
-      def point_grad(t):
-        s_row = [s[q][None] for s in slopes]
-        s_row[l] = s_row[l].at[0, u].set(t)
-        apply_fn = lambda pp, xx: nets.apply_with_kink_slopes(cfg, pp, xx, k_row, s_row)
-        return _loss_grad(apply_fn, params, x[q][None], y[q][None], loss, off[q][None])
-      tangent = jax.jvp(point_grad, (slopes[l][q, u],), (jnp.ones((), w.dtype),))[1]
-      return jnp.where(p < P, tangent, 0.0)
-    cols.append(jax.vmap(column)(pts[l], units[l]))
-  return jnp.concatenate(cols + [jnp.zeros((0, w.size), w.dtype)], axis=0).T
+  zs = nets.preactivations(cfg, params, x)[:-1]
+  slopes = [jnp.where(k, jnp.zeros(k.shape, w.dtype).at[p, u].set(s, mode="drop"),
+                      (z > 0).astype(w.dtype))
+            for k, z, p, u, s in zip(kinks, zs, pts, units, split_slopes(pts)(s_pad))]
+  return frozen_derivs.slope_jacobian(cfg, params, x, y, off, slopes, loss, pts, units,
+                                      straight_through=True)
 
 
 # module level: one compilation per (net, loss, shapes, kink bucket), not per call

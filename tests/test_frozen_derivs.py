@@ -1,5 +1,5 @@
 """The layer-wise gradient and Hessian of the pattern-frozen ReLU net's loss,
-and of a smooth net's (lossland.optim.frozen_derivs), against jax.hessian of
+and of a smooth net's (lossland.frozen_derivs), against jax.hessian of
 the same loss."""
 import itertools
 
@@ -10,7 +10,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from lossland import losses, nets
-from lossland.optim import frozen_derivs, kink_newton
+from lossland import frozen_derivs
+from lossland.optim import kink_newton
 
 LOSS = losses.LossConfig("quadratic_hinge")
 

@@ -194,17 +194,22 @@ def test_weight_decay_adds_its_force_to_the_record():
     stationarity.stationarity(cfg, apply_fn, params, x, y, LOSS, weight_decay=-1.0)
 
 
-@pytest.mark.parametrize("bias,offset", [(False, False), (True, True)])
-def test_slope_jacobian_is_the_derivative_of_the_slope_gradient(bias, offset):
-  """dg/ds, built one point per kink pair, equals ``jax.jacfwd`` of the
-  gradient over all points (the definition) at random slopes, with many
-  kink pairs, several on one point and in both hidden layers (g is then not
-  affine in s); the padded slots of the bucket are zero columns."""
-  cfg = nets.NetConfig(d=4, width=6, depth=2, bias=bias)
+@pytest.mark.parametrize("bias,offset,n_out", [(False, False, 1), (True, True, 1),
+                                                (False, False, 2)])
+def test_slope_jacobian_is_the_derivative_of_the_slope_gradient(bias, offset, n_out):
+  """dg/ds, built one point per kink pair (frozen_derivs.slope_jacobian on
+  the straight-through net; jax.jacfwd for several outputs), equals
+  ``jax.jacfwd`` of the gradient over all points (the definition) at random
+  slopes, with many kink pairs, several on one point and in both hidden
+  layers (g is then not affine in s); the padded slots of the bucket are
+  zero columns."""
+  cfg = nets.NetConfig(d=4, width=6, depth=2, bias=bias, n_out=n_out)
   init_fn, apply_fn = nets.make_net(cfg)
   params = init_fn(jax.random.key(7))
   ds = data.sphere(jax.random.key(8), 30, cfg.d, n_test=0)
   x, y = ds.x_train, ds.y_train
+  if n_out == 2:
+    y = jnp.stack([y, -y], axis=1)
   off = 0.1 * jax.random.normal(jax.random.key(9), (30,), x.dtype) if offset else 0.0
   kinks = stationarity.kink_pairs(cfg, params, x, np.ones(30, bool), rtol=0.5)
   per_point = sum(k.sum(-1) for k in kinks)

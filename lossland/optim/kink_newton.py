@@ -55,7 +55,7 @@ step model"); neither converges there.
 Everything is for one network in float64 (numpy on the host, jax for the
 derivatives; dense N x N Hessians: meant for the N of a CPU study and for
 single members at paper scale). The frozen loss's Hessian and the margins'
-Jacobian come layer by layer from :mod:`lossland.optim.frozen_derivs`
+Jacobian come layer by layer from :mod:`lossland.frozen_derivs`
 (``layerwise``, the default; equal to ``jax.hessian``'s to rounding: for a
 ReLU net 25 times faster at N = 369, P = 738; for a smooth net, whose
 Hessian has the activation's phi'' term, 15 times there), the kink rows and
@@ -74,7 +74,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lossland import losses, nets, observables, stationarity
-from lossland.optim import frozen_derivs
+from lossland import frozen_derivs
 
 
 # The finish's host linear algebra (SVD, eigh and least squares of N x N and
@@ -191,7 +191,7 @@ def _parts_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, z_scale, dec
   """The frozen loss's gradient [N] and Hessian [N, N], the scaled kink
   pre-activations z_K [Kp], their Jacobian A [Kp, N] and dg/ds C [N, Kp];
   the loss plus ``decay`` |w|^2 / 2. ``layerwise``: by
-  :mod:`lossland.optim.frozen_derivs` where it applies (one point's pass per
+  :mod:`lossland.frozen_derivs` where it applies (one point's pass per
   kink pair for A and C), else (and for the benchmark's reference) by
   ``jax.hessian`` and ``jax.jacfwd``."""
   unravel = nets.unravel_fn(cfg, w.dtype)
@@ -235,7 +235,7 @@ _PARTS = jax.jit(_parts_fn, static_argnums=(0, 1), static_argnames=("layerwise",
 def _margins_fn(cfg, loss, w, s_flat, x, y, off, pattern, pts, units, layerwise=True):
   """The margins Delta [P] of the frozen net and their Jacobian J [P, N]
   (every point, satisfied or not: the hinge step model's pieces); J from the
-  per-point gradients of :mod:`lossland.optim.frozen_derivs` where it
+  per-point gradients of :mod:`lossland.frozen_derivs` where it
   applies and ``layerwise``, else by ``jax.jacfwd``."""
   unravel, split = nets.unravel_fn(cfg, w.dtype), stationarity.split_slopes(pts)
   if layerwise and frozen_derivs.applies(cfg):
@@ -784,7 +784,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       may cross Delta = 0 within a step; one [P, N] Jacobian more per
       iteration).
     layerwise: the frozen loss's gradient, Hessian and margin Jacobian layer
-      by layer (:mod:`lossland.optim.frozen_derivs`: nets with one output,
+      by layer (:mod:`lossland.frozen_derivs`: nets with one output,
       ReLU or smooth); False: by ``jax.hessian`` and ``jax.jacfwd`` (the reference
       of ``python -m lossland.scripts.bench finish``). Equal to rounding.
     certify_every: near a stationary point (the model's reduced gradient

@@ -6,7 +6,7 @@
 iteration of :func:`lossland.optim.kink_newton.finish` needs the frozen
 loss's dense Hessian, the Jacobian of the kink pre-activations and, with the
 hinge model, the margins' Jacobian. Ours: the Hessian and the margins'
-Jacobian layer by layer (:mod:`lossland.optim.frozen_derivs`), the kink rows
+Jacobian layer by layer (:mod:`lossland.frozen_derivs`), the kink rows
 by reverse mode. The reference: ``jax.hessian`` and ``jax.jacfwd``, as the
 finish computed them before (``layerwise=False``). Both run side by side on
 the same states: one net of the cpu preset's shape (L = 2, d = 4, h = 16 with
@@ -21,7 +21,7 @@ ratios of the medians.
 The same again for the smooth control's finish (``scripts/decay_control.py``):
 the net with softplus units at the same states, the finish on the loss plus
 ``decay`` |w|^2 / 2, whose Hessian carries the activation's phi'' term
-(:func:`lossland.optim.frozen_derivs.curvature_hessian`); keys ``smooth_*``.
+(:func:`lossland.frozen_derivs.curvature_hessian`); keys ``smooth_*``.
 """
 import os
 import platform

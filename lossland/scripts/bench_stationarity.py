@@ -23,6 +23,7 @@ against ``jax.jacfwd`` of the gradient over all P points, jitted once at
 module level (the certificate's Jacobian before the twenty-first session),
 and their largest difference.
 """
+import functools
 import os
 import platform
 import time
@@ -65,20 +66,23 @@ def _naive_r_sub(cfg, apply_fn, params, x, y, loss, kink_rtol):
   return min(float(np.linalg.norm(gs)) / den, g / den), int(offsets[-1])
 
 
-def _jacfwd_slope_jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
-  """The certificate's slope Jacobian before the twenty-first session:
-  ``jax.jacfwd`` of the slope gradient over all P points."""
+@functools.cache
+def _jacfwd_slope_jac():
+  """The certificate's slope Jacobian before the twenty-first session,
+  jitted once: ``jax.jacfwd`` of the slope gradient over all P points."""
   import jax
   from lossland import stationarity as st
-  return jax.jacfwd(lambda s: st._slope_grad(cfg, loss, w, s, x, y, off, kinks, pts, units))(
-      s_pad)
+
+  def jac(cfg, loss, w, s_pad, x, y, off, kinks, pts, units):
+    return jax.jacfwd(lambda s: st._slope_grad(cfg, loss, w, s, x, y, off, kinks, pts,
+                                               units))(s_pad)
+  return jax.jit(jac, static_argnums=(0, 1))
 
 
 def _jacobians(cfg, apply_fn, params, x, y, loss, kink_rtol):
   """(seconds ours, seconds jacfwd, max |difference|, max |entry|) of the
   slope Jacobian at the state's kink pairs (slopes 1/2), each timed on its
   second call (the first compiles)."""
-  import jax
   import jax.numpy as jnp
   from jax.flatten_util import ravel_pytree
   from lossland import stationarity as st
@@ -88,7 +92,7 @@ def _jacobians(cfg, apply_fn, params, x, y, loss, kink_rtol):
   args = (ravel_pytree(params)[0], jnp.full(pk.pad, 0.5, x.dtype), x, y,
           jnp.zeros((), x.dtype), [jnp.asarray(k) for k in kinks], pk.pts, pk.units)
   out = []
-  for fn in (st._SLOPE_JAC, jax.jit(_jacfwd_slope_jac, static_argnums=(0, 1))):
+  for fn in (st._SLOPE_JAC, _jacfwd_slope_jac()):
     np.asarray(fn(cfg, loss, *args))
     t0 = time.perf_counter()
     out.append((np.asarray(fn(cfg, loss, *args)), time.perf_counter() - t0))

@@ -229,12 +229,15 @@ def loss_derivatives(cfg: nets.NetConfig, params, x, y, off, slopes,
 
 
 def slope_jacobian(cfg: nets.NetConfig, params, x, y, off, slopes, loss: losses.LossConfig,
-                   pts, units):
+                   pts, units, straight_through: bool = False):
   """dg/ds [N, K]: the loss gradient's derivative in the slope of each kink
   pair (hidden layer l's pairs ``pts[l]``, ``units[l]``, concatenated over
   the layers; a point index >= P is padding and gives a zero column). Only
   the pair's own point moves, so each column is one point's forward and
-  backward pass, not a pass over all P points."""
+  backward pass, not a pass over all P points. ``straight_through``: the
+  net's value is the ReLU's, the slopes only its derivative
+  (:func:`lossland.nets.apply_with_kink_slopes`, the certificate's net)
+  instead of the frozen net's slopes times z (the finish's)."""
   P = x.shape[0]
   off = jnp.broadcast_to(jnp.asarray(off, x.dtype), (P,))
   ell1 = jax.grad(lambda d: jnp.sum(loss.fn(d)))
@@ -246,7 +249,11 @@ def slope_jacobian(cfg: nets.NetConfig, params, x, y, off, slopes, loss: losses.
       def point_grad(t):
         rows = [s[q][None] for s in slopes]
         rows[l] = rows[l].at[0, u].set(t)
-        ins, G, f = features(cfg, params, x[q][None], rows)
+        phi = None
+        if straight_through:
+          phi = lambda i, z: (jax.lax.stop_gradient(jax.nn.relu(z))
+                              + rows[i] * (z - jax.lax.stop_gradient(z)))
+        ins, G, f = features(cfg, params, x[q][None], rows, phi=phi)
         c = -y[q] * ell1(losses.margins(f - off[q], y[q], loss.epsilon))
         return c[0] * jacobian(cfg, params, ins, G)[0]
       tangent = jax.jvp(point_grad, (slopes[l][q, u],), (jnp.ones((), x.dtype),))[1]
