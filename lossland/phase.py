@@ -143,6 +143,9 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                               if c in LOSS_LEFT],
       "n_zero_error_loss": sum(c in LOSS_LEFT and m.get("train_error") == 0
                                for m, c in zip(members, classes)),
+      # sat members that reached it by that step (the job's --scale_to_sat)
+      "n_scaled_to_sat": sum(c == "sat" and m.get("sat_scale") is not None
+                             for m, c in zip(members, classes)),
       "run_dir": record.get("run_dir"),
   }
 
@@ -680,6 +683,7 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
           "median": float(np.median(scale)) if scale else None,
           "range": [float(min(scale)), float(max(scale))] if scale else None,
           "n_zero_error": int(sum(c.get("n_zero_error_loss", 0) for c in stats))},
+      "n_scaled_to_sat": int(sum(c.get("n_scaled_to_sat", 0) for c in stats)),
       "finish": {k: int(sum(c.get("finish", {}).get(k, 0) for c in stats))
                  for k in ("entered", "sat", "kept", "max_iter", "probe_descends")},
       "N": Ns[0] if len(Ns) == 1 else Ns,

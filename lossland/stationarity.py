@@ -46,7 +46,9 @@ for the quadratic hinge sum_mu Delta_mu (epsilon - Delta_mu) = 0 over the
 unsatisfied points: their mean Delta^2 is epsilon times their mean Delta,
 and a jammed minimum has points with Delta > epsilon, misclassified ones
 (a virial identity). :func:`scale_residual` is its scale-free size, signed:
-> 0 where larger outputs would lower the loss.
+> 0 where larger outputs would lower the loss. Where the net classifies
+every point, that descent ends at loss 0: :func:`sat_scale` is the scale
+that satisfies every margin.
 
 Everything here is for one network in float64 numpy/jax; the per-point
 gradients are computed in chunks of ``chunk`` points (memory chunk x N).
@@ -144,6 +146,23 @@ def scale_residual(apply_fn, params, x, y, loss: losses.LossConfig, off=0.0) -> 
   t = np.asarray(dell * y * f, np.float64)
   den = float(np.sum(np.abs(t)))
   return float("nan") if den == 0 else float(np.sum(t)) / den
+
+
+def sat_scale(b, a) -> float:
+  """The least c with c b_mu >= a_mu for every mu: the output scale at which
+  a net with outputs f = c g - off satisfies every margin (b = y g, a =
+  epsilon + y off: Delta_mu(c) = a_mu - c b_mu <= 0). It exists only where
+  every b_mu > 0, the net's own output classifying every point (without
+  ``off``, zero training error); then each Delta_mu(c) falls as c grows, so
+  the loss falls monotonically from c = 1 to 0 at this c, the straight path
+  to a sat state that a descent along the output scale takes
+  (:func:`scale_residual` > 0 on it). nan where some b_mu <= 0 or a value is
+  not finite; values below 1 mean every margin holds already."""
+  b = np.asarray(b, np.float64)
+  a = np.asarray(a, np.float64)
+  if b.size == 0 or not (np.all(np.isfinite(b)) and np.all(np.isfinite(a))) or np.any(b <= 0):
+    return float("nan")
+  return float(np.max(a / b))
 
 
 def _residual_parts(apply_fn, params, x, y, loss, chunk, off) -> tuple:

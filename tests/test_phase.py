@@ -64,6 +64,7 @@ def test_scale_residual_of_the_members_left_with_loss():
   c = phase.cell_stats(r)
   assert c["scale_residual_loss"] == [0.2, 1.0, -1e-9, None]
   assert c["n_zero_error_loss"] == 1
+  assert c["n_scaled_to_sat"] == 0
   old = _record(600, 200, ["unbalanced", "sat"])  # written before the field
   d = phase._depth_summary([c, phase.cell_stats(old)],
                            {"x_half": 2.5, "ci": [2.0, 3.0], "width": 0.1,
@@ -71,6 +72,15 @@ def test_scale_residual_of_the_members_left_with_loss():
   assert d["scale_residual"] == {"n_measured": 3, "n_positive": 2, "median": 0.2,
                                  "range": [-1e-9, 1.0], "n_zero_error": 1}
   assert phase.cell_stats(old)["scale_residual_loss"] == [None]
+  # sat members the job's --scale_to_sat reached (sat_scale set), per cell and depth
+  r = _record(500, 200, ["sat", "sat", "unbalanced", "sat"])
+  for m, scale in zip(r["summary"]["members"], (1.5, None, None, 2.0)):
+    m["sat_scale"] = scale
+  c2 = phase.cell_stats(r)
+  assert c2["n_scaled_to_sat"] == 2 and c2["n_sat"] == 3
+  d2 = phase._depth_summary([c, c2], {"x_half": 2.5, "ci": [2.0, 3.0], "width": 0.1,
+                                      "separated": True, "bracketed": True})
+  assert d2["n_scaled_to_sat"] == 2
 
 
 def test_finish_counts_per_cell_and_depth():
@@ -709,7 +719,14 @@ def test_report_names_the_exponents_states():
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("1 more found descending by the descent probe; loss > 0: 2 of 3 "
                            "still gain from larger outputs (scale residual median +0.12), 1 "
-                           "misclassify no point (sat once the last layer is scaled up)")
+                           "misclassify no point (sat once the last layer is scaled up: "
+                           "--scale_to_sat)")
+  # members the job scaled to sat come first
+  depth["n_scaled_to_sat"] = 2
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert ("1 more found descending by the descent probe; 2 sat by scaling the last layer "
+          "(they classified every point); loss > 0: 2 of 3" in lines[0])
+  depth["n_scaled_to_sat"] = 0
   depth["scale_residual"] = {"n_measured": 0, "n_positive": 0, "median": None, "range": None,
                              "n_zero_error": 0}
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})

@@ -11,11 +11,15 @@ from lossland.experiments.phase_study import PhaseConfig
 # large lr is Adam's noise floor, so members stop jammed only at the last lr
 # level (train.final_lr_level). Adam hands over to an L-BFGS polish once it
 # stalls at its last lr level: per gradient evaluation L-BFGS descends much
-# faster there (docs/jamming.md, the probes).
+# faster there (docs/jamming.md, the probes). A member left with loss > 0
+# that classifies every point is scaled to sat (the job's --scale_to_sat:
+# the loss falls to 0 along its output scale, so it is one exact step from
+# sat, not at a minimum; docs/jamming.md, the twenty-second session).
 _PROTOCOL = dict(max_steps=60_000, lr=1e-2, schedule="step", decay_every=20_000,
                  decay_factor=0.1, min_lr=1e-4, jam_window=2000, jam_rtol=1e-3,
                  jam_after_decays=True, optimizer="adam", polish="lbfgs",
-                 polish_steps=50_000, polish_jam_window=1000, polish_jam_rtol=1e-6)
+                 polish_steps=50_000, polish_jam_window=1000, polish_jam_rtol=1e-6,
+                 scale_to_sat=True)
 
 
 def cpu() -> PhaseConfig:
@@ -82,7 +86,8 @@ def paper() -> PhaseConfig:
                      p_over_n=(2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0),
                      rounds=2, n_seeds=8,
                      job=dict(max_steps=2_000_000, lr=1e-4, schedule="step",
-                              jam_window=100_000, jam_after_decays=True, optimizer="adam"),
+                              jam_window=100_000, jam_after_decays=True, optimizer="adam",
+                              scale_to_sat=True),
                      preset="paper")
 
 

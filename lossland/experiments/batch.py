@@ -92,10 +92,10 @@ def run_ensemble_jobs(values_list, progress: bool = True, stdout=None,
   bar = Progress("training", enabled=progress, echo=stage_fn)
   ckpt = _checkpoint_path(vs, say)
   bar.note(f"compiling and running the first chunk of {len(jobs)} jobs in one program...")
-  results, polish, cfg2, wall, fins = _train(vs, jobs, ckpt, bar)
+  results, polish, cfg2, wall, fins, scales = _train(vs, jobs, ckpt, bar)
   K = sum(len(j.seeds) for j in jobs)
-  done = [_write(v, j, r, p, cfg2, wall, f, len(jobs), K, say)
-          for v, j, r, p, f in zip(vs, jobs, results, polish, fins)]
+  done = [_write(v, j, r, p, cfg2, wall, f, len(jobs), K, say, sc)
+          for v, j, r, p, f, sc in zip(vs, jobs, results, polish, fins, scales)]
   finish_ckpts = [ckpt and _finish_checkpoint_path(ckpt, c) for c in range(len(jobs))]
   from lossland import checkpoint
   for path in (ckpt, ckpt and job_lib.polish_checkpoint_path(ckpt), *finish_ckpts):
@@ -140,8 +140,9 @@ def _checkpoint_path(vs, say) -> str | None:
 
 
 def _train(vs, jobs, ckpt, bar) -> tuple:
-  """Every job's first stage, polish and finish: ``(results, polish infos,
-  cfg2, wall, finish infos)``, lists over the jobs."""
+  """Every job's first stage, polish, scaling to sat and finish:
+  ``(results, polish infos, cfg2, wall, finish infos, sat scales)``, lists
+  over the jobs (:func:`lossland.experiments.job.scale_stage`)."""
   from lossland.train import cells, protocol
   v0, j0 = vs[0], jobs[0]
 
@@ -168,6 +169,10 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
     polish = [job_lib.polish_info(r, rec, cfg2, j.ds.P)
               for r, (_, rec), j in zip(results, merged, jobs)]
     results = [m for m, _ in merged]
+  scales = [None] * len(jobs)
+  for c, (v, j) in enumerate(zip(vs, jobs)):
+    results[c], scales[c] = job_lib.scale_stage(v, j, results[c], cfg2 or j.cfg,
+                                                log_fn=bar.note)
   fins = [None] * len(jobs)
   if v0["finish"] != "none":
     bar.note(f"finishing the jammed members ({v0['finish']})...")
@@ -175,16 +180,18 @@ def _train(vs, jobs, ckpt, bar) -> tuple:
       results[c], fins[c] = job_lib.finish_jammed(
           v, j, results[c], cfg2 or j.cfg, log_fn=bar.note,
           checkpoint_path=ckpt and _finish_checkpoint_path(ckpt, c))
+      results[c], scales[c] = job_lib.scale_stage(v, j, results[c], cfg2 or j.cfg,
+                                                  scales[c], log_fn=bar.note)
   bar(1, 1, f"{len(jobs)} jobs done")
   bar.close()
-  return results, polish, cfg2, time.time() - t0, fins
+  return results, polish, cfg2, time.time() - t0, fins, scales
 
 
-def _write(v, j, res, polish, cfg2, wall, fin, n_jobs, n_members, say):
+def _write(v, j, res, polish, cfg2, wall, fin, n_jobs, n_members, say, sat_scales=None):
   """One job's summary, run directory and report; its JobError instead if
   it has no healthy member (nothing written)."""
   try:
-    summary = job_lib.job_summary(v, j, res, polish, wall, None, fin)
+    summary = job_lib.job_summary(v, j, res, polish, wall, None, fin, sat_scales)
   except job_lib.JobError as e:
     say(f"{v['out_dir']}: {e}")
     return e

@@ -51,10 +51,13 @@ class Previous:
     finish: the finishing stage's per-member lists (:data:`FIELDS`) or None
       where RUN ran no finish.
     wall: RUN's wall seconds.
+    sat_scales: [K] the factors of RUN's scaling to sat (``--scale_to_sat``;
+      nan where not scaled), or None where RUN ran without it.
   """
 
-  def __init__(self, path, res, polish, finish, wall):
+  def __init__(self, path, res, polish, finish, wall, sat_scales=None):
     self.path, self.res, self.polish, self.finish, self.wall = path, res, polish, finish, wall
+    self.sat_scales = sat_scales
 
 
 def _error(msg):
@@ -165,8 +168,12 @@ def load(v: dict, job) -> Previous:
       f_train=a["f_train"], f_test=a["f_test"], group_size=int(summary.get("group_size", 0)),
       n_compiles=0, n_devices=int(summary.get("n_devices", 1)),
       history_running=a.get("history_running"), history_unsat=a.get("history_unsat"))
+  scales = None
+  if any("sat_scale" in m for m in summary["members"]):
+    scales = [float("nan") if m.get("sat_scale") is None else float(m["sat_scale"])
+              for m in summary["members"]]
   return Previous(path, res, _polish(run), _finish(summary["members"]),
-                  float(summary["wall_seconds"]))
+                  float(summary["wall_seconds"]), scales)
 
 
 def method_now(prev: Previous, method: str) -> str:

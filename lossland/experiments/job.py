@@ -189,6 +189,16 @@ class JobOptions:
       1, "Most rounds of the anneal (every level once per round), each from the last "
       "round's result; a member runs another round while its last one lowered its ReLU "
       "loss (docs/jamming.md, 'rounds of the anneal').")
+  scale_to_sat: bool = option(
+      False, "After the polish and after the finish, scale to sat every member with "
+      "N_delta > 0 that classifies every training point: its last layer (weights and "
+      "bias) times the least c that satisfies every margin (the output is linear in "
+      "that layer and the loss falls monotonically along c to 0, so such a member is "
+      "not at a minimum but one exact step from a sat state; "
+      "lossland.train.finish.scale_to_sat). It is then class sat, with sat_scale c in "
+      "summary.json and arrays.npz; its test error is unchanged, its outputs c times "
+      "larger (the ensemble's mean output and output variance change). Off: such members "
+      "stay not_converged (or stalled). The phase presets turn it on.")
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")
@@ -248,7 +258,7 @@ NON_KEY_OPTIONS = ("out_dir", "plots", "resume", "checkpoint_every", "data_dir",
 # runs made before them: left out of the checkpoint's identity at that value,
 # so that an interrupted run resumes across the upgrade.
 LATER_OPTIONS = {"label_noise": 0.0, "bulk_float32": False, "wgrad_split": 0,
-                 "pad_to": 0, "jam_max_residual": float("inf")}
+                 "pad_to": 0, "jam_max_residual": float("inf"), "scale_to_sat": False}
 
 # The compiled program unrolls the layers; deeper nets take minutes to compile.
 MAX_DEPTH = 1000
@@ -839,7 +849,8 @@ def stationarity_arrays(members) -> dict:
   measured: sat or unhealthy members) and ``n_kink`` [K] int64 (-1 there); with ``--finish``
   also ``force_residual_before_finish``, ``min_curvature`` and
   ``descent_gain`` [K] float64 (nan for members that did not enter the
-  finish)."""
+  finish); with ``--scale_to_sat`` ``sat_scale`` [K] float64 (nan for members
+  not scaled)."""
   import numpy as np
   val = lambda m, k, none: none if m.get(k) is None else m[k]
   out = {"force_residual": np.array([val(m, "force_residual", np.nan) for m in members],
@@ -849,6 +860,8 @@ def stationarity_arrays(members) -> dict:
          "scale_residual": np.array([val(m, "scale_residual", np.nan) for m in members],
                                     np.float64),
          "n_kink": np.array([val(m, "n_kink", -1) for m in members], np.int64)}
+  if any("sat_scale" in m for m in members):  # --scale_to_sat
+    out["sat_scale"] = np.array([val(m, "sat_scale", np.nan) for m in members], np.float64)
   if any("finished" in m for m in members):  # --finish: its own two arrays
     for key in ("force_residual_before_finish", "min_curvature", "descent_gain"):
       out[key] = np.array([val(m, key, np.nan) for m in members], np.float64)
@@ -893,7 +906,8 @@ def _member_row(res, k: int, seed, reason: str, member_class: str, n_w: int,
 def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
               lr: float, epsilon: float = 1.0, polish: dict | None = None,
               net=None, loss=None, subtract_init: bool = False,
-              finish: dict | None = None, jam_max_residual: float | None = None) -> dict:
+              finish: dict | None = None, jam_max_residual: float | None = None,
+              sat_scales=None) -> dict:
   """summary.json of an ensemble: members with their classes, healthy-member
   headline numbers, class and stop-reason counts; with ``net`` (a NetConfig)
   and ``loss`` (its LossConfig), the stationarity of every healthy member
@@ -903,7 +917,9 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
   run out of iterations (``unbalanced`` otherwise), and members that ran out
   of steps become ``jammed`` where the finish brought r_sub to at most it
   and stopped before its last iteration
-  (:func:`lossland.observables.apply_force_balance`).
+  (:func:`lossland.observables.apply_force_balance`). ``sat_scales`` ([K],
+  nan where not scaled; ``--scale_to_sat``): each member's ``sat_scale``
+  (None where not scaled) and the count ``n_scaled_to_sat``.
 
   Raises:
     JobError: no member is healthy (all diverged or dead).
@@ -928,6 +944,9 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
                                            subtract_init))
     if finish is not None:
       members[-1].update(_finish_row(finish, k))
+    if sat_scales is not None:
+      c = float(sat_scales[k])
+      members[-1]["sat_scale"] = c if math.isfinite(c) else None
     if polish is not None:
       members[-1].update({"polished": polish["polished"][k],
                           "polish_steps": polish["polish_steps"][k],
@@ -972,6 +991,8 @@ def summarize(res, ds, seeds, n_w: int, n_params: int, wall: float,
       **({"descent_rtol": observables.DESCENT_RTOL} if finish is not None else {}),
       "wall_seconds": wall, "group_size": res.group_size,
       **({"n_polished": int(sum(polish["polished"]))} if polish is not None else {}),
+      **({"n_scaled_to_sat": sum(m["sat_scale"] is not None for m in members)}
+         if sat_scales is not None else {}),
   }
 
 
@@ -1016,10 +1037,10 @@ def run_ensemble_job(values: dict, progress: bool = True, stdout=None,
     ckpt = _checkpoint_path(v, dirs, say)
     if v["finish_from"] is None:
       bar.note("compiling and running the first chunk...")
-      res, polish, cfg2, wall, fin = _train(v, job, ckpt, bar)
+      res, polish, cfg2, wall, fin, scales = _train(v, job, ckpt, bar)
     else:
-      res, polish, cfg2, wall, fin = _continue_finish(v, job, ckpt, bar)
-    summary = job_summary(v, job, res, polish, wall, ckpt, fin)
+      res, polish, cfg2, wall, fin, scales = _continue_finish(v, job, ckpt, bar)
+    summary = job_summary(v, job, res, polish, wall, ckpt, fin, scales)
     dirs.makedirs(v["out_dir"])
     run_dir = write_job_run(v, job, res, polish, cfg2, summary)
     ok = True
@@ -1085,7 +1106,8 @@ def _checkpoint_path(v: dict, dirs, say) -> str | None:
 
 
 def _train(v: dict, job: Job, ckpt, bar) -> tuple:
-  """The first stage, then the polish; returns ``(res, polish, cfg2, wall)``."""
+  """The first stage, the polish, the scaling to sat and the finish (each
+  where asked for); returns ``(res, polish, cfg2, wall, fin, sat_scales)``."""
   from lossland import train
   from lossland.train import protocol
   K = len(job.seeds)
@@ -1111,14 +1133,37 @@ def _train(v: dict, job: Job, ckpt, bar) -> tuple:
     if ckpt2:
       from lossland import checkpoint
       checkpoint.remove(ckpt2)
+  res, scales = scale_stage(v, job, res, cfg2 or job.cfg, log_fn=bar.note)
   fin = None
   if v["finish"] != "none":
     bar.note(f"finishing the jammed members ({v['finish']})...")
     res, fin = finish_jammed(v, job, res, cfg2 or job.cfg, log_fn=bar.note,
                              checkpoint_path=ckpt and finish_checkpoint_path(ckpt))
+    res, scales = scale_stage(v, job, res, cfg2 or job.cfg, scales, log_fn=bar.note)
   bar(1, 1, f"done {K}/{K}")
   bar.close()
-  return res, polish, cfg2, time.time() - t0, fin
+  return res, polish, cfg2, time.time() - t0, fin, scales
+
+
+def scale_stage(v: dict, job: Job, res, cfg, before=None, log_fn=None) -> tuple:
+  """``--scale_to_sat`` (:func:`lossland.train.finish.scale_to_sat`): ``(res,
+  sat_scales)``, the factors of this and the ``before`` stages multiplied
+  ([K], nan where never scaled); ``(res, None)`` with the option off."""
+  if not v["scale_to_sat"]:
+    return res, None
+  import numpy as np
+  from lossland.train import finish
+  res, now = finish.scale_to_sat(res, job.ds, job.net, job.loss, cfg)
+  now = np.asarray(now, np.float64)
+  n = int(np.isfinite(now).sum())
+  if n and log_fn:
+    log_fn(f"scaled {n} member(s) that classify every training point to sat "
+           f"(last layer times {', '.join(f'{c:.3g}' for c in now[np.isfinite(now)])})")
+  if before is None:
+    return res, now
+  before = np.asarray(before, np.float64)
+  both = np.where(np.isfinite(before), before, 1.0) * np.where(np.isfinite(now), now, 1.0)
+  return res, np.where(np.isfinite(before) | np.isfinite(now), both, np.nan)
 
 
 def _continue_finish(v: dict, job: Job, ckpt, bar) -> tuple:
@@ -1135,9 +1180,11 @@ def _continue_finish(v: dict, job: Job, ckpt, bar) -> tuple:
   res, fin = finish_jammed(dict(v, finish=method), job, prev.res, cfg2 or job.cfg,
                            log_fn=bar.note, members=members,
                            checkpoint_path=ckpt and finish_checkpoint_path(ckpt))
+  res, scales = scale_stage(v, job, res, cfg2 or job.cfg, prev.sat_scales, log_fn=bar.note)
   bar(1, 1, "done")
   bar.close()
-  return res, prev.polish, cfg2, prev.wall + time.time() - t0, finish_from.merge(prev, fin)
+  return (res, prev.polish, cfg2, prev.wall + time.time() - t0, finish_from.merge(prev, fin),
+          scales)
 
 
 def anneal_levels(v: dict) -> tuple:
@@ -1182,7 +1229,8 @@ def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,
                "restarts": info.n_restarts, "rounds": info.n_rounds}
 
 
-def job_summary(v: dict, job: Job, res, polish, wall: float, ckpt, fin=None) -> dict:
+def job_summary(v: dict, job: Job, res, polish, wall: float, ckpt, fin=None,
+                sat_scales=None) -> dict:
   """summary.json; with no healthy member the checkpoint goes too (JobError)."""
   import jax
   from lossland import nets
@@ -1190,7 +1238,7 @@ def job_summary(v: dict, job: Job, res, polish, wall: float, ckpt, fin=None) -> 
     summary = summarize(res, job.ds, job.seeds, job.n_w, nets.n_params(job.net), wall,
                         job.cfg.lr, epsilon=job.loss.epsilon, polish=polish, net=job.net,
                         loss=job.loss, subtract_init=job.cfg.subtract_init, finish=fin,
-                        jam_max_residual=v["jam_max_residual"])
+                        jam_max_residual=v["jam_max_residual"], sat_scales=sat_scales)
   except JobError:
     if ckpt and os.path.exists(ckpt):
       os.remove(ckpt)
@@ -1244,6 +1292,9 @@ def report(summary: dict, run_dir: str, say) -> None:
          f"seeds with unsatisfied dead points {summary['dead_point_seeds']}"
          if summary.get("dead_point_seeds") else ""]
   bad = "; ".join(b for b in bad if b)
+  if summary.get("n_scaled_to_sat"):
+    say(f"scaled to sat: {summary['n_scaled_to_sat']} member(s) that classify every "
+        "training point (the last layer times sat_scale; class sat)")
   say(f"healthy members: {summary['n_healthy']}/{len(members)}"
       + (f" (left out of the numbers below: {bad})" if bad else ""))
   say(f"jammed by the authors' rule (N_delta > 0.1 N): "

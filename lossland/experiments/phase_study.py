@@ -414,15 +414,19 @@ def _finish_note(fin: dict) -> str:
           f"iterations (still descending: more --finish_iters may settle them){probe}")
 
 
-def _scale_note(sc: dict) -> str:
-  """The output scale's residual of the members left with loss > 0 (how
-  many would lower their loss with larger outputs) and how many of them
-  misclassify no point; "" where none was measured."""
+def _scale_note(sc: dict, n_scaled: int = 0) -> str:
+  """The members the job scaled to sat (``n_scaled``), the output scale's
+  residual of the members left with loss > 0 (how many would lower their
+  loss with larger outputs) and how many of them misclassify no point; ""
+  where there is nothing to say."""
+  out = (f"; {n_scaled} sat by scaling the last layer (they classified every point)"
+         if n_scaled else "")
   if not sc.get("n_measured"):
-    return ""
-  return (f"; loss > 0: {sc['n_positive']} of {sc['n_measured']} still gain from larger "
-          f"outputs (scale residual median {sc['median']:+.2g}), {sc['n_zero_error']} "
-          "misclassify no point (sat once the last layer is scaled up)")
+    return out
+  return out + (f"; loss > 0: {sc['n_positive']} of {sc['n_measured']} still gain from "
+                f"larger outputs (scale residual median {sc['median']:+.2g}), "
+                f"{sc['n_zero_error']} misclassify no point (sat once the last layer is "
+                "scaled up: --scale_to_sat)")
 
 
 def report_lines(out: dict) -> list:
@@ -437,7 +441,7 @@ def report_lines(out: dict) -> list:
                    f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]), "
                    f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
                    f"classes {v['counts']}" + _finish_note(v.get("finish") or {})
-                   + _scale_note(v.get("scale_residual") or {}))
+                   + _scale_note(v.get("scale_residual") or {}, v.get("n_scaled_to_sat", 0)))
     lines.append(f"depth spread {_fmt(result['depth_spread'])}")
     lines.append(_exponent_line(result))
     lines.append(_avalanche_line(result.get("avalanches_converged")))

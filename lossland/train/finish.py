@@ -300,6 +300,81 @@ class _Merge:
                              final=self.final, f_train=self.f_train, f_test=self.f_test)
 
 
+def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
+                 members=None) -> tuple:
+  """Members that classify every training point, scaled to sat.
+
+  A :class:`lossland.nets.NetConfig` net's output is linear in its last
+  layer: multiplying that layer's weights and bias by c multiplies f by c,
+  whatever the hidden layers do. A member with N_Delta > 0 whose net
+  classifies every training point (y_mu f_mu > 0 for all mu; for a net
+  trained as f(w) - f(w0), its own f) therefore reaches loss 0 along c, the
+  loss falling monotonically on the way
+  (:func:`lossland.stationarity.sat_scale`): it is not at a minimum, and
+  the sat state is one exact step away, which a descent along the output
+  scale only approaches. This step takes it: the least c that leaves no
+  unsatisfied point in the trainer's own measurement (c from the margins,
+  raised by a few ulps where rounding leaves a point at Delta > 0).
+
+  Members with a point misclassified (or f = 0 on it: a dead point), with
+  N_Delta = 0 or non-finite outputs, and nets of other architectures or
+  with several outputs are left as they are.
+
+  Args:
+    res: the ensemble after its last stage.
+    data: its Dataset.
+    net: its net (a NetConfig; others are returned unchanged).
+    loss: the LossConfig (epsilon).
+    cfg: the last stage's TrainConfig (``subtract_init``, the measurements).
+    members: optional indices; only these may be scaled.
+
+  Returns:
+    ``(res, scales)``: the EnsembleResult with the scaled members' params,
+    outputs and final measurements replaced (stop reasons kept), and [K]
+    floats, the factor c of each scaled member (nan where not scaled).
+  """
+  from lossland import stationarity
+  K = len(res.seeds)
+  scales = [float("nan")] * K
+  if not isinstance(net, nets.NetConfig) or net.n_out != 1:
+    return res, scales
+  nd = np.asarray(res.final["n_delta"], np.float64)
+  idx = [k for k in range(K) if np.isfinite(nd[k]) and nd[k] > 0
+         and (members is None or k in set(members))]
+  if not idx:
+    return res, scales
+  apply_fn = nets.cached_apply_fn(net, data.x_train.dtype)
+  y = np.asarray(data.y_train, np.float64)
+  take = lambda tree, k: jax.tree_util.tree_map(lambda a: np.asarray(a)[k], tree)
+  merge = None
+  ulp = float(np.finfo(np.asarray(data.x_train).dtype).eps)
+  for k in idx:
+    p, p0 = take(res.params, k), take(res.params0, k)
+    g = np.asarray(apply_fn(p, data.x_train), np.float64)
+    off = (np.asarray(apply_fn(p0, data.x_train), np.float64) if cfg.subtract_init
+           else np.zeros_like(g))
+    c = stationarity.sat_scale(y * g, loss.epsilon + y * off)
+    if not (np.isfinite(c) and c > 1):
+      continue
+    if merge is None:
+      merge = _Merge(res, data, make_trainer(net, loss, cfg))
+    saved = ({m: v[k].copy() for m, v in merge.final.items()},
+             merge.f_train[k].copy(), merge.f_test[k].copy())
+    for attempt in range(8):
+      c_try = c * (1.0 + 4.0 * ulp * (4 ** attempt - 1))
+      p_new = p[:-1] + [{name: c_try * v for name, v in p[-1].items()}]
+      merge.put(k, p_new, p0)
+      if merge.final["n_delta"][k] == 0:
+        scales[k] = c_try
+        break
+    else:  # rounding kept a point unsatisfied: the member stays as it was
+      merge.put(k, p, p0)
+      for m, v in saved[0].items():
+        merge.final[m][k] = v
+      merge.f_train[k], merge.f_test[k] = saved[1], saved[2]
+  return (res if merge is None else merge.result()), scales
+
+
 def _entrants(res: EnsembleResult, data, net, loss, entry, dead_enter: bool) -> list:
   """Indices of the members that stopped in ``entry`` with N_Delta > 0;
   members with an unsatisfied dead point only if ``dead_enter``: no step of
