@@ -156,3 +156,26 @@ def test_jobs_in_one_program_scale_as_each_alone(tmp_path):
         n += 1
         assert m["sat_scale"] == pytest.approx(r["sat_scale"], rel=1e-6)
   assert n >= 1
+
+
+def test_a_run_without_the_step_continued_with_it(pair, tmp_path):
+  """--finish_from RUN --scale_to_sat on a RUN without the step (the option
+  may differ): the members the continued finish leaves classifying every
+  point are scaled to sat; continuing that run without the step keeps its
+  factors."""
+  (off_dir, off), _ = pair
+  run_dir, s = _run(tmp_path, "cont", finish="newton", finish_iters=1, finish_from=off_dir,
+                    scale_to_sat=True)
+  ens = experiment.load_ensemble(run_dir)
+  y = np.asarray(ens.data.y_train)
+  scaled = [m["sat_scale"] is not None for m in s["members"]]
+  assert sum(scaled) >= 2
+  for k, m in enumerate(s["members"]):
+    p, _ = ens.member(k)
+    margins = y * np.asarray(nets.make_net(ens.net)[1](p, ens.data.x_train))
+    if scaled[k]:
+      assert m["class"] == "sat" and margins.min() >= 1.0 > margins.min() - 1e-12
+    elif m["n_delta"] > 0:
+      assert margins.min() <= 0   # a misclassified (or dead) point: not scaled
+  _, again = _run(tmp_path, "again", finish="newton", finish_iters=1, finish_from=run_dir)
+  assert [m["sat_scale"] for m in again["members"]] == [m["sat_scale"] for m in s["members"]]

@@ -31,10 +31,12 @@ from lossland import io, observables
 from lossland.experiments import job
 
 # Options that may differ from RUN's: the finish's own (what to continue
-# and how), the classification, and those that do not change the numbers.
+# and how), the classification, the scaling to sat after the finish (a run
+# without it continued with it scales the members it leaves classifying
+# every point), and those that do not change the numbers.
 FREE_OPTIONS = ("finish", "finish_iters", "finish_tol", "finish_model", "finish_from",
                 "jam_max_residual", "anneal_levels", "anneal_iters", "anneal_rounds",
-                "finish_decay")
+                "finish_decay", "scale_to_sat")
 
 # The per-member lists of the finishing stage (job.finish_jammed's dict).
 FIELDS = ("entered", *job.FINISH_ROW_KEYS)

@@ -1181,6 +1181,8 @@ def _continue_finish(v: dict, job: Job, ckpt, bar) -> tuple:
                            log_fn=bar.note, members=members,
                            checkpoint_path=ckpt and finish_checkpoint_path(ckpt))
   res, scales = scale_stage(v, job, res, cfg2 or job.cfg, prev.sat_scales, log_fn=bar.note)
+  if scales is None:  # RUN's factors stay with its members
+    scales = prev.sat_scales
   bar(1, 1, "done")
   bar.close()
   return (res, prev.polish, cfg2, prev.wall + time.time() - t0, finish_from.merge(prev, fin),
