@@ -31,7 +31,9 @@ def cpu() -> PhaseConfig:
   10 every 20k steps down to 1e-4, at most 60k steps (hand-over at 1e-4 once
   the best loss gains < 0.1 % in 2000 steps), then an L-BFGS polish of every
   member not sat (at most 50k evaluations; stopped jammed when the best loss
-  gains < 1e-6 in 1000 evaluations or the line search finds no descent), 2
+  gains < 1e-6 in 1000 evaluations or the line search finds no descent),
+  then every member left with loss > 0 that classifies every point scaled
+  to sat (--scale_to_sat: 3 of 84 members in its run of 2026-12-07), 2
   workers: 22 min 45 s wall on the idle 2-core machine (docs/jamming.md).
 
   Why these nets (issue 20, item 3; docs/jamming.md, "two sources of dead
