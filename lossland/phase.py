@@ -173,6 +173,24 @@ def fit_cells(stats: Sequence[dict], level: float = 0.95, unbalanced: str = "not
   return fits.fit_threshold(x, k, n, level=level)
 
 
+def outside_grid(stats: Sequence[dict], unbalanced: str = "not_sat") -> list | None:
+  """Where P* lies when the fraction sat never crosses 1/2 on the measured
+  cells (:func:`fit_cells`' counts): ``[">", largest P/N]`` when every cell
+  is mostly sat, ``["<", smallest P/N]`` when every one is mostly not sat,
+  None otherwise (crossed, or no cell with sat or stopped-jammed members)."""
+  cells = [c for c in stats if c["n_sat"] + c["n_jammed"] > 0]
+  if not cells:
+    return None
+  k = lambda c: c["n_sat"] + (c["n_unbalanced"] if unbalanced == "sat" else 0)
+  frac = [k(c) / (c["n_sat"] + c["n_jammed"]) for c in cells]
+  xs = [c["p_over_n"] for c in cells]
+  if min(frac) > 0.5:
+    return [">", float(max(xs))]
+  if max(frac) < 0.5:
+    return ["<", float(min(xs))]
+  return None
+
+
 def propose_next(stats: Sequence[dict], grow: float = 1.3,
                  rel_tol: float = 0.03, x_bounds=(0.2, 20.0)):
   """The next P/N of a bisection of the sat -> jammed transition, or None
@@ -669,6 +687,8 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
       "p_star_over_n": xs, "p_star_ci": fit["ci"],
       "p_star_over_n_unbalanced_sat": (fit_upper or {}).get("x_half"),
       "p_star_ci_unbalanced_sat": (fit_upper or {}).get("ci"),
+      "p_star_unbalanced_sat_outside": (None if fit_upper is None
+                                        else outside_grid(stats, unbalanced="sat")),
       "p_star": None if xs is None else xs * Ns[0],
       "transition_width": fit["width"], "separated": fit["separated"],
       "bracketed": fit["bracketed"],

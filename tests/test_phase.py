@@ -696,6 +696,15 @@ def test_report_names_the_exponents_states():
   lines = phase_study.report_lines({"runs": [(none, "RUN")], "finite_size": None})
   assert lines[0].startswith("L=2 h=16 N=336: P*/N = 2.000 [1.900, 2.100] (unbalanced members "
                              "as sat: None [None, None])")
+  # where that fraction never crosses 1/2, the line says on which side of the grid P* is
+  depth["p_star_unbalanced_sat_outside"] = [">", 2.0]
+  lines = phase_study.report_lines({"runs": [(none, "RUN")], "finite_size": None})
+  assert lines[0].startswith("L=2 h=16 N=336: P*/N = 2.000 [1.900, 2.100] (unbalanced members "
+                             "as sat: > 2, above the largest P/N measured), ")
+  depth["p_star_unbalanced_sat_outside"] = ["<", 0.5]
+  lines = phase_study.report_lines({"runs": [(none, "RUN")], "finite_size": None})
+  assert "(unbalanced members as sat: < 0.5, below the smallest P/N measured), " in lines[0]
+  del depth["p_star_unbalanced_sat_outside"]
   assert lines[2] == ("theta, gamma: none (no force-balanced jammed member in the cell nearest "
                       "P* of a depth whose P* was found); of the unbalanced states, not minima: "
                       "theta -0.250 [-0.300, -0.200], gamma 0.600 [0.550, 0.650]")
@@ -731,3 +740,25 @@ def test_report_names_the_exponents_states():
                              "n_zero_error": 0}
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("1 more found descending by the descent probe")
+
+
+def test_outside_grid_says_which_side_of_the_cells_p_star_is():
+  """With every cell mostly sat (the unbalanced members counted as sat or
+  not), P* is above the largest P/N measured; with every one mostly not
+  sat, below the smallest; crossed, or no counted member, None."""
+  cell = lambda x, sat, jam, unb: {"p_over_n": x, "n_sat": sat, "n_jammed": jam,
+                                   "n_unbalanced": unb}
+  stats = [cell(1.0, 6, 0, 0), cell(1.75, 2, 4, 4), cell(2.0, 0, 6, 6)]
+  assert phase.outside_grid(stats, unbalanced="sat") == [">", 2.0]
+  assert phase.outside_grid(stats) is None                        # crossed at 1/2
+  stats = [cell(1.5, 1, 5, 1), cell(2.0, 0, 6, 0), cell(0.5, 0, 0, 0)]
+  assert phase.outside_grid(stats, unbalanced="sat") == ["<", 1.5]
+  assert phase.outside_grid([cell(1.0, 3, 3, 0)]) is None          # exactly 1/2
+  assert phase.outside_grid([cell(1.0, 0, 0, 0)]) is None
+  stats = [phase.cell_stats(_record(300, 300, ["sat"] * 6)),
+           phase.cell_stats(_record(600, 300, ["unbalanced"] * 6))]
+  fit = {"x_half": 1.5, "ci": [1.2, 1.8], "width": 0.1, "separated": True, "bracketed": True}
+  d = phase._depth_summary(stats, fit, phase.fit_cells(stats, unbalanced="sat"))
+  assert d["p_star_unbalanced_sat_outside"] == [">", 2.0]
+  assert d["p_star_over_n_unbalanced_sat"] is None
+  assert phase._depth_summary(stats, fit)["p_star_unbalanced_sat_outside"] is None

@@ -436,9 +436,13 @@ def report_lines(out: dict) -> list:
     for L, v in result["per_depth"].items():
       lo, hi = v["p_star_ci"]
       ulo, uhi = v.get("p_star_ci_unbalanced_sat") or (None, None)
+      side = v.get("p_star_unbalanced_sat_outside")
+      upper = (f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]"
+               if side is None or v.get("p_star_over_n_unbalanced_sat") is not None else
+               f"{side[0]} {side[1]:.3g}, {'above the largest' if side[0] == '>' else 'below the smallest'} "
+               "P/N measured")
       lines.append(f"L={L} h={v['width']} N={v['N']}: P*/N = {_fmt(v['p_star_over_n'])} "
-                   f"[{_fmt(lo)}, {_fmt(hi)}] (unbalanced members as sat: "
-                   f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]), "
+                   f"[{_fmt(lo)}, {_fmt(hi)}] (unbalanced members as sat: {upper}), "
                    f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
                    f"classes {v['counts']}" + _finish_note(v.get("finish") or {})
                    + _scale_note(v.get("scale_residual") or {}, v.get("n_scaled_to_sat", 0)))
