@@ -6,11 +6,13 @@ import math
 import jax
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 jax.config.update("jax_enable_x64", True)
 
 from lossland import experiment, io, nets, stationarity  # noqa: E402
 from lossland.experiments import batch, finish_from, job  # noqa: E402
+from lossland.optim import kink_newton  # noqa: E402
 
 # Adam stopped by its step budget at 60 steps: three of the six members
 # classify every point with loss > 0, three misclassify some.
@@ -179,3 +181,41 @@ def test_a_run_without_the_step_continued_with_it(pair, tmp_path):
       assert margins.min() <= 0   # a misclassified (or dead) point: not scaled
   _, again = _run(tmp_path, "again", finish="newton", finish_iters=1, finish_from=run_dir)
   assert [m["sat_scale"] for m in again["members"]] == [m["sat_scale"] for m in s["members"]]
+
+
+def test_the_newton_finish_stops_where_the_net_classifies_every_point(pair):
+  """stop_separable: the finish stops "separable" at the first accepted
+  step after which y g > 0 everywhere, on the path it takes without the
+  stop (same iterate), one iteration after a point was still
+  misclassified; a net that classifies every point stops at entry."""
+  (off_dir, off), _ = pair
+  ens = experiment.load_ensemble(off_dir)
+  x, y = ens.data.x_train, np.asarray(ens.data.y_train)
+  apply_fn = nets.make_net(ens.net)[1]
+  margin = lambda p: float(np.min(y * np.asarray(apply_fn(p, x))))
+  flat = lambda p: ravel_pytree(p)[0]
+  n = 0
+  for k, m in enumerate(off["members"]):
+    if m["train_error"] == 0 or m["class"] == "dead_points":
+      continue
+    p, _ = ens.member(k)
+    got = kink_newton.finish(ens.net, p, x, y, ens.loss, max_iter=300, stop_separable=True)
+    assert got.reason == "separable" and margin(got.params) > 0, got.reason
+    same = kink_newton.finish(ens.net, p, x, y, ens.loss, max_iter=got.n_iter)
+    np.testing.assert_array_equal(flat(same.params), flat(got.params))
+    if got.n_iter > 1:
+      before = kink_newton.finish(ens.net, p, x, y, ens.loss, max_iter=got.n_iter - 1)
+      assert margin(before.params) <= 0
+    again = kink_newton.finish(ens.net, got.params, x, y, ens.loss, stop_separable=True)
+    assert again.reason == "separable" and again.n_iter == 0
+    n += 1
+  assert n >= 2
+
+
+def test_the_job_finish_hands_separable_members_to_the_scaling(tmp_path):
+  """--finish newton --scale_to_sat: members the finish leaves classifying
+  every point (finish_reason "separable") end sat, scaled."""
+  _, s = _run(tmp_path, "fin", finish="newton", finish_iters=300, scale_to_sat=True)
+  sep = [m for m in s["members"] if m.get("finish_reason") == "separable"]
+  assert len(sep) >= 2
+  assert all(m["class"] == "sat" and m["sat_scale"] > 1 for m in sep)

@@ -197,8 +197,10 @@ class JobOptions:
       "not at a minimum but one exact step from a sat state; "
       "lossland.train.finish.scale_to_sat). It is then class sat, with sat_scale c in "
       "summary.json and arrays.npz; its test error is unchanged, its outputs c times "
-      "larger (the ensemble's mean output and output variance change). Off: such members "
-      "stay not_converged (or stalled). The phase presets turn it on.")
+      "larger (the ensemble's mean output and output variance change). With --finish the "
+      "Newton finish stops a member where it classifies every point (finish_reason "
+      "separable), for this step to take. Off: such members stay not_converged (or "
+      "stalled). The phase presets turn it on.")
   finish_tol: float = option(
       1e-10, "The finish stops once a member's r_sub (lossland.stationarity) is at most "
       "this.")
@@ -1222,7 +1224,8 @@ def finish_jammed(v: dict, job: Job, res, cfg, log_fn=None, members=None,
                                     members=members, checkpoint_path=checkpoint_path,
                                     checkpoint_every=v["checkpoint_every"],
                                     workers=v["finish_workers"],
-                                    decays=finish_decays(v))
+                                    decays=finish_decays(v),
+                                    stop_separable=v["scale_to_sat"])
   return res, {"entered": info.entered, "converged": info.converged,
                "reason": info.reason, "residual_before": info.residual_before,
                "loss_before": info.loss_before, "iterations": info.n_iter,

@@ -143,8 +143,9 @@ class FinishResult(NamedTuple):
       probe found no loss lower by more than ``observables.DESCENT_RTOL``
       there, where ``escape``), "no_unsat" (every
       point satisfied, at entry or after some steps), "no_force" (every
-      unsatisfied point has zero force) or "decay_stationary" (with
-      ``weight_decay``: stationary for the regularized loss).
+      unsatisfied point has zero force), "decay_stationary" (with
+      ``weight_decay``: stationary for the regularized loss) or "separable"
+      (with ``stop_separable``: the net classifies every point).
     residual_before: r_sub of the params it was given.
     n_restarts: times the search was restarted from its last iterate after
       its trust region collapsed (escapes included).
@@ -707,9 +708,12 @@ def _escape(st: _Search, log_fn, it: int):
 
 
 def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
-             certify_every: int = 10, escape: bool = True, snapshot_fn=None):
+             certify_every: int = 10, escape: bool = True, snapshot_fn=None,
+             separable=None):
   """The finish's iterations: ``(search, last record, reason, last iteration)``;
-  reason "" where the record decides (converged, every point satisfied)."""
+  reason "" where the record decides (converged, every point satisfied);
+  ``separable(params) -> bool``: stop "separable" after an accepted step
+  where it holds (:func:`finish`'s ``stop_separable``)."""
   reason, certified = "", -certify_every
   for it in range(max_iter):
     if snapshot_fn is not None and it:
@@ -723,7 +727,10 @@ def _iterate(st: _Search, certify, rec, tol: float, max_iter: int, log_fn,
       rec, certified = certify(st.params()), it
       if _done(rec, tol):
         return st, rec, reason, it
+    n_acc = st.n_acc
     st.step(m, log_fn, it)
+    if separable is not None and st.n_acc > n_acc and separable(st.params()):
+      return st, rec, "separable", it
     if st.radius < 1e-15 * max(np.linalg.norm(st.w), 1.0):
       if st.n_acc == st.acc_at_start:
         probe = _escape(st, log_fn, it) if escape else None
@@ -746,7 +753,7 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
            log_fn=None, weight_decay: float = 0.0, step_model: str = "newton",
            layerwise: bool = True, certify_every: int = 10,
            escape: bool = True, snapshot_fn=None,
-           correction: bool | None = None) -> FinishResult:
+           correction: bool | None = None, stop_separable: bool = False) -> FinishResult:
   """Drive one network to a minimum of its loss where (1) holds, then certify it.
 
   A trust-region Newton method on the loss restricted to the kink manifold
@@ -812,6 +819,12 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
       residual_before)`` before every iteration after the first:
       ``params_fn()`` gives the iterate after ``it`` iterations (a
       checkpoint, :mod:`lossland.train.finish`).
+    stop_separable: stop "separable" at entry or at the first accepted step
+      where the net's own output classifies every point (y g > 0; g without
+      ``f_offset``): from there the loss falls to 0 along the output scale
+      (:func:`lossland.train.finish.scale_to_sat` takes that step), so the
+      finish need not go on, and going on could trade that state for one
+      with a lower loss and a misclassified point.
 
   Returns:
     A :class:`FinishResult`; its params are the last iterate, whose true loss
@@ -827,6 +840,11 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
                                                 kink_rtol=kink_rtol, f_offset=f_offset)
   rec = certify(params)
   r0, reason = rec.force_residual, _done(rec, tol)
+  separable = None
+  if stop_separable:
+    y_np = np.asarray(y, np.float64)
+    separable = lambda p: bool(np.all(y_np * np.asarray(apply_fn(p, x), np.float64) > 0))
+    reason = reason or ("separable" if separable(params) else None)
   if reason:
     return FinishResult(params, rec, 0, 0, 0, reason == "converged", reason, r0)
   if correction is None:
@@ -836,9 +854,9 @@ def finish(cfg: nets.NetConfig, params, x, y, loss: losses.LossConfig,
   snap = None if snapshot_fn is None else (
       lambda params_fn, it, n_restarts: snapshot_fn(params_fn, it, n_restarts, r0))
   st, rec, reason, it = _iterate(st, certify, rec, tol, max_iter, log_fn, certify_every,
-                                 escape, snap)
+                                 escape, snap, separable)
   params = st.params()
-  if reason in ("max_iter", "stuck", "decay_stationary"):
+  if reason in ("max_iter", "stuck", "decay_stationary", "separable"):
     rec = certify(params)
   reason = _done(rec, tol) or reason
   return FinishResult(params, rec, st.n_changes, st.n_acc, it + 1,

@@ -119,7 +119,7 @@ def check_decays(decays) -> tuple:
 
 
 def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_model="newton",
-                start=None, snapshot_fn=None, decays=()):
+                start=None, snapshot_fn=None, decays=(), stop_separable=False):
   """One member: ``(params, record, reason, r_before, n_iter, n_restarts,
   probe)``, ``probe`` the descent probe the Newton finish already ran at
   ``params`` (stopped "stuck") or None; ``annealed``: its
@@ -130,7 +130,9 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
   ``start``: the member's Newton finish resumed at ``p``, its last snapshot
   (:class:`_Progress`), which :func:`_newton_stages` reads.
   ``snapshot_fn(params_fn, newton_iters, n_restarts, r_before, n_iter,
-  stage)``: called before the Newton finish's iterations."""
+  stage)``: called before the Newton finish's iterations. ``stop_separable``:
+  each Newton stage stops where the net classifies every point (the later
+  stages are then skipped; :func:`lossland.optim.kink_newton.finish`)."""
   from lossland import stationarity
   r0, n_iter = None, 0
   if start is None and (annealed is not None or method == "decay_newton"):
@@ -147,11 +149,11 @@ def _finish_one(method, net, p, x, y, loss, off, tol, max_iter, annealed, step_m
       p = nets.balanced(net, p)
   return _newton_stages(net, p, x, y, loss, off, tol, max_iter, step_model,
                         decays if method == "decay_newton" else (), r0, n_iter, start,
-                        snapshot_fn)
+                        snapshot_fn, stop_separable)
 
 
 def _newton_stages(net, p, x, y, loss, off, tol, max_iter, step_model, decays, r0, n_iter,
-                   start, snapshot_fn):
+                   start, snapshot_fn, stop_separable=False):
   """The Newton finish on loss + mu |w|^2 / 2 for each mu of ``decays``,
   then on the loss alone (no decays: that stage only), each stage at most
   ``max_iter`` iterations from the last one's result: :func:`_finish_one`'s
@@ -172,9 +174,12 @@ def _newton_stages(net, p, x, y, loss, off, tol, max_iter, step_model, decays, r
     out = kink_newton.finish(net, p, x, y, loss, f_offset=off, tol=tol,
                              max_iter=max(max_iter - it0, 1), step_model=step_model,
                              snapshot_fn=snap,
-                             weight_decay=decays[j] if j < len(decays) else 0.0)
+                             weight_decay=decays[j] if j < len(decays) else 0.0,
+                             stop_separable=stop_separable)
     r0 = out.residual_before if r0 is None else r0
     p, n_iter, restarts, it0 = out.params, n_iter + out.n_iter, restarts + out.n_restarts, 0
+    if out.reason == "separable":  # one exact step from sat: no later stage
+      break
   return p, out.record, out.reason, r0, n_iter, restarts, out.probe
 
 
@@ -397,7 +402,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
                    levels=None, anneal_iters: int = 4000, step_model: str = "newton",
                    anneal_rounds: int = 1, members=None, checkpoint_path: str | None = None,
                    checkpoint_every: float = 60.0, workers: int = 1,
-                   decays=(1e-4,)) -> tuple:
+                   decays=(1e-4,), stop_separable: bool = False) -> tuple:
   """Runs the finishing stage on the members of ``res`` that stopped in ``entry``.
 
   Args:
@@ -429,6 +434,9 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
       and the descent probe; the anneal runs every entrant in one program
       anyway); each member's numbers are those of ``workers=1``.
     decays: decay_newton's weight decays, one stage each, in turn (positive).
+    stop_separable: the Newton finish stops "separable" where the net
+      classifies every point (for a caller that then scales such members to
+      sat, :func:`scale_to_sat`).
 
   Returns:
     ``(res, info)``: the merged EnsembleResult (params, f_train, f_test and
@@ -457,7 +465,8 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
   unravel = ravel_pytree(take(idx[0]))[1]
   ravel = lambda tree: np.asarray(ravel_pytree(tree)[0])
   key = repr((idx, method, max_iter, tol, step_model, tuple(levels), anneal_iters,
-              anneal_rounds) + ((decays,) if method == "decay_newton" else ()))
+              anneal_rounds) + ((decays,) if method == "decay_newton" else ())
+             + (("separable",) if stop_separable else ()))
   prog = _Progress(checkpoint_path, checkpoint_every,
                    np.stack([ravel(take(k)) for k in idx]), key)
   if prog.resumed and log_fn:
@@ -504,7 +513,7 @@ def finish_members(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Tr
     out = _finish_one(method, net, take(k) if cur is None else unravel(cur[1]),
                       data.x_train, data.y_train, loss, offs[i], tol, max_iter, annealed[i],
                       step_model, start=None if cur is None else cur[0], snapshot_fn=snap,
-                      decays=decays)
+                      decays=decays, stop_separable=stop_separable)
     probe = out[-1]
     if probe is None:  # not already run at the result by the finish's escape
       probe = kink_newton.descent_probe(net, out[0], data.x_train, data.y_train, loss,
