@@ -1,7 +1,9 @@
 """``--scale_to_sat``: members that classify every training point, scaled to
 sat along their output scale (lossland.train.finish.scale_to_sat)."""
+import dataclasses
 import io as stdio
 import math
+import os
 
 import jax
 import numpy as np
@@ -13,6 +15,8 @@ jax.config.update("jax_enable_x64", True)
 from lossland import experiment, io, nets, stationarity  # noqa: E402
 from lossland.experiments import batch, finish_from, job  # noqa: E402
 from lossland.optim import kink_newton  # noqa: E402
+from lossland.train import finish  # noqa: E402
+import cli_runner  # noqa: E402
 
 # Adam stopped by its step budget at 60 steps: three of the six members
 # classify every point with loss > 0, three misclassify some.
@@ -219,3 +223,31 @@ def test_the_job_finish_hands_separable_members_to_the_scaling(tmp_path):
   sep = [m for m in s["members"] if m.get("finish_reason") == "separable"]
   assert len(sep) >= 2
   assert all(m["class"] == "sat" and m["sat_scale"] > 1 for m in sep)
+
+
+def test_only_hinge_losses_scale_and_bad_use_exits_2(tmp_path, pair):
+  """A loss that is not 0 wherever the margins hold has no sat state to
+  scale to: the option is refused with one line and exit 2, nothing
+  written, and scale_to_sat leaves such an ensemble alone. Runs made
+  before the option keep their checkpoint identity (off is the old
+  behaviour)."""
+  r = cli_runner.run("lossland.scripts.ensemble", ["--out_dir", str(tmp_path), "--scale_to_sat",
+                     "--loss", "squared", "--P", "30", "--d", "4"], timeout=300,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 2, r.stderr
+  err = r.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: --scale_to_sat needs a hinge loss"), err
+  assert not os.listdir(tmp_path)
+  job.validate(dict(BASE, scale_to_sat=True, loss="hinge"))
+  base = job.validate(dict(BASE))
+  assert "scale_to_sat" not in job.key_values(base)
+  assert job.key_values(dict(base, scale_to_sat=True))["scale_to_sat"] is True
+  (off_dir, off), _ = pair
+  v = job.validate(dict(BASE, finish="newton", finish_from=off_dir, out_dir="unused"))
+  j = job.prepare_job(v, lambda *a: None)
+  res = finish_from.load(v, j).res
+  squared = dataclasses.replace(j.loss, name="squared")
+  same, scales = finish.scale_to_sat(res, j.ds, j.net, squared, j.cfg)
+  assert same is res and all(math.isnan(c) for c in scales)
+  _, scales = finish.scale_to_sat(res, j.ds, j.net, j.loss, j.cfg)
+  assert sum(math.isfinite(c) for c in scales) >= 2

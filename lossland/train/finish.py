@@ -305,8 +305,12 @@ class _Merge:
                              final=self.final, f_train=self.f_train, f_test=self.f_test)
 
 
-def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig,
-                 members=None) -> tuple:
+# Losses that vanish wherever every margin holds (Delta <= 0): a sat state
+# has loss 0, which scale_to_sat reaches.
+SCALABLE_LOSSES = ("quadratic_hinge", "hinge")
+
+
+def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig) -> tuple:
   """Members that classify every training point, scaled to sat.
 
   A :class:`lossland.nets.NetConfig` net's output is linear in its last
@@ -323,7 +327,9 @@ def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Trai
 
   Members with a point misclassified (or f = 0 on it: a dead point), with
   N_Delta = 0 or non-finite outputs, and nets of other architectures or
-  with several outputs are left as they are.
+  with several outputs are left as they are, and so is every member where
+  the loss is not a hinge (:data:`SCALABLE_LOSSES`: a loss that is 0
+  wherever every margin holds; the others have no sat state to scale to).
 
   Args:
     res: the ensemble after its last stage.
@@ -331,7 +337,6 @@ def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Trai
     net: its net (a NetConfig; others are returned unchanged).
     loss: the LossConfig (epsilon).
     cfg: the last stage's TrainConfig (``subtract_init``, the measurements).
-    members: optional indices; only these may be scaled.
 
   Returns:
     ``(res, scales)``: the EnsembleResult with the scaled members' params,
@@ -341,11 +346,10 @@ def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Trai
   from lossland import stationarity
   K = len(res.seeds)
   scales = [float("nan")] * K
-  if not isinstance(net, nets.NetConfig) or net.n_out != 1:
+  if not isinstance(net, nets.NetConfig) or net.n_out != 1 or loss.name not in SCALABLE_LOSSES:
     return res, scales
   nd = np.asarray(res.final["n_delta"], np.float64)
-  idx = [k for k in range(K) if np.isfinite(nd[k]) and nd[k] > 0
-         and (members is None or k in set(members))]
+  idx = [k for k in range(K) if np.isfinite(nd[k]) and nd[k] > 0]
   if not idx:
     return res, scales
   apply_fn = nets.cached_apply_fn(net, data.x_train.dtype)
