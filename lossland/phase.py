@@ -134,13 +134,14 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                  "probe_descends": sum(m.get("finish_reason") != "max_iter"
                                        and observables.still_descending(m)
                                        for m in members)},
-      # members left with loss > 0 (not sat, healthy): the loss's relative
-      # slope along the output scale (lossland.stationarity.scale_residual;
-      # None: recorded before the job measured it), and how many of them
-      # misclassify no point (then the last layer scaled up satisfies every
-      # margin: a sat state one exact step away)
+      # members left with loss > 0 (not sat, healthy) and not shown to be
+      # minima (a jammed one has 0 to rounding): the loss's relative slope
+      # along the output scale (lossland.stationarity.scale_residual; None:
+      # recorded before the job measured it); and how many members left
+      # with loss > 0 misclassify no point (then the last layer scaled up
+      # satisfies every margin: a sat state one exact step away)
       "scale_residual_loss": [m.get("scale_residual") for m, c in zip(members, classes)
-                              if c in LOSS_LEFT],
+                              if c in LOSS_LEFT and c != "jammed"],
       "n_zero_error_loss": sum(c in LOSS_LEFT and m.get("train_error") == 0
                                for m, c in zip(members, classes)),
       # sat members that reached it by that step (the job's --scale_to_sat)

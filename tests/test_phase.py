@@ -47,9 +47,10 @@ def test_cell_stats_counts_only_sat_and_jammed():
 
 def test_scale_residual_of_the_members_left_with_loss():
   """Per cell, the scale residuals of the healthy members left with loss > 0
-  (jammed, unbalanced, not_converged; not sat, limbo or dead) and how many
-  of them misclassify no point; per depth, their count, sign and median
-  (None where no member measured it: older summaries)."""
+  and not shown to be minima (unbalanced, not_converged; not jammed, sat,
+  limbo or dead) and how many members left with loss > 0 misclassify no
+  point; per depth, their count, sign and median (None where no member
+  measured it: older summaries)."""
   r = _record(500, 200, ["sat", "unbalanced", "not_converged", "jammed", "limbo", "dead",
                          "unbalanced"])
   extra = [dict(scale_residual=None, train_error=0.0),
@@ -62,15 +63,15 @@ def test_scale_residual_of_the_members_left_with_loss():
   for m, e in zip(r["summary"]["members"], extra):
     m.update(e)
   c = phase.cell_stats(r)
-  assert c["scale_residual_loss"] == [0.2, 1.0, -1e-9, None]
+  assert c["scale_residual_loss"] == [0.2, 1.0, None]
   assert c["n_zero_error_loss"] == 1
   assert c["n_scaled_to_sat"] == 0
   old = _record(600, 200, ["unbalanced", "sat"])  # written before the field
   d = phase._depth_summary([c, phase.cell_stats(old)],
                            {"x_half": 2.5, "ci": [2.0, 3.0], "width": 0.1,
                             "separated": True, "bracketed": True})
-  assert d["scale_residual"] == {"n_measured": 3, "n_positive": 2, "median": 0.2,
-                                 "range": [-1e-9, 1.0], "n_zero_error": 1}
+  assert d["scale_residual"] == {"n_measured": 2, "n_positive": 2, "median": 0.6,
+                                 "range": [0.2, 1.0], "n_zero_error": 1}
   assert phase.cell_stats(old)["scale_residual_loss"] == [None]
   # sat members the job's --scale_to_sat reached (sat_scale set), per cell and depth
   r = _record(500, 200, ["sat", "sat", "unbalanced", "sat"])
@@ -726,15 +727,16 @@ def test_report_names_the_exponents_states():
   depth["scale_residual"] = {"n_measured": 3, "n_positive": 2, "median": 0.123,
                              "range": [-0.01, 0.5], "n_zero_error": 1}
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
-  assert lines[0].endswith("1 more found descending by the descent probe; loss > 0: 2 of 3 "
-                           "still gain from larger outputs (scale residual median +0.12), 1 "
+  assert lines[0].endswith("1 more found descending by the descent probe; loss > 0, not "
+                           "jammed: 2 of 3 still gain from larger outputs (scale residual "
+                           "median +0.12), 1 "
                            "misclassify no point (sat once the last layer is scaled up: "
                            "--scale_to_sat)")
   # members the job scaled to sat come first
   depth["n_scaled_to_sat"] = 2
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert ("1 more found descending by the descent probe; 2 sat by scaling the last layer "
-          "(they classified every point); loss > 0: 2 of 3" in lines[0])
+          "(they classified every point); loss > 0, not jammed: 2 of 3" in lines[0])
   depth["n_scaled_to_sat"] = 0
   depth["scale_residual"] = {"n_measured": 0, "n_positive": 0, "median": None, "range": None,
                              "n_zero_error": 0}

@@ -416,15 +416,16 @@ def _finish_note(fin: dict) -> str:
 
 def _scale_note(sc: dict, n_scaled: int = 0) -> str:
   """The members the job scaled to sat (``n_scaled``), the output scale's
-  residual of the members left with loss > 0 (how many would lower their
-  loss with larger outputs) and how many of them misclassify no point; ""
-  where there is nothing to say."""
+  residual of the members left with loss > 0 that are not jammed minima
+  (how many would lower their loss with larger outputs) and how many
+  members left with loss > 0 misclassify no point; "" where there is
+  nothing to say."""
   out = (f"; {n_scaled} sat by scaling the last layer (they classified every point)"
          if n_scaled else "")
   if not sc.get("n_measured"):
     return out
-  return out + (f"; loss > 0: {sc['n_positive']} of {sc['n_measured']} still gain from "
-                f"larger outputs (scale residual median {sc['median']:+.2g}), "
+  return out + (f"; loss > 0, not jammed: {sc['n_positive']} of {sc['n_measured']} still "
+                f"gain from larger outputs (scale residual median {sc['median']:+.2g}), "
                 f"{sc['n_zero_error']} misclassify no point (sat once the last layer is "
                 "scaled up: --scale_to_sat)")
 
@@ -437,10 +438,10 @@ def report_lines(out: dict) -> list:
       lo, hi = v["p_star_ci"]
       ulo, uhi = v.get("p_star_ci_unbalanced_sat") or (None, None)
       side = v.get("p_star_unbalanced_sat_outside")
-      upper = (f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]"
-               if side is None or v.get("p_star_over_n_unbalanced_sat") is not None else
-               f"{side[0]} {side[1]:.3g}, {'above the largest' if side[0] == '>' else 'below the smallest'} "
-               "P/N measured")
+      upper = f"{_fmt(v.get('p_star_over_n_unbalanced_sat'))} [{_fmt(ulo)}, {_fmt(uhi)}]"
+      if side is not None and v.get("p_star_over_n_unbalanced_sat") is None:
+        where = "above the largest" if side[0] == ">" else "below the smallest"
+        upper = f"{side[0]} {side[1]:.3g}, {where} P/N measured"
       lines.append(f"L={L} h={v['width']} N={v['N']}: P*/N = {_fmt(v['p_star_over_n'])} "
                    f"[{_fmt(lo)}, {_fmt(hi)}] (unbalanced members as sat: {upper}), "
                    f"N_Delta/N at jamming {_fmt(v['nd_over_n_at_jamming'])}, "
