@@ -64,6 +64,10 @@ _LOSSES = {
 
 LOSS_NAMES = tuple(_LOSSES)
 
+# Losses that vanish wherever every margin holds (Delta <= 0): a sat state
+# has loss 0 (lossland.train.finish.scale_to_sat reaches it).
+HINGES = ("quadratic_hinge", "hinge")
+
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:

@@ -391,9 +391,11 @@ def validate(values: dict) -> dict:
   except ValueError as e:
     raise JobError(f"--anneal_levels: {e}") from None
   need(v["jam_max_residual"] > 0, "jam_max_residual", "must be positive (inf: no criterion)")
-  if v["scale_to_sat"] and v["loss"] not in ("quadratic_hinge", "hinge"):
-    raise JobError(f"--scale_to_sat needs a hinge loss (quadratic_hinge or hinge: 0 wherever "
-                   f"every margin holds), got --loss {v['loss']}")
+  if v["scale_to_sat"]:
+    from lossland import losses
+    if v["loss"] not in losses.HINGES:
+      raise JobError(f"--scale_to_sat needs a hinge loss ({' or '.join(losses.HINGES)}: 0 "
+                     f"wherever every margin holds), got --loss {v['loss']}")
   if v["finish_from"] is not None and v["finish"] == "none":
     raise JobError("--finish_from continues a finishing stage: give --finish")
   if v["finish"] != "none" and not v["x64"]:

@@ -46,7 +46,7 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lossland import checkpoint, nets, observables
+from lossland import checkpoint, losses, nets, observables
 from lossland.optim import kink_newton
 from lossland.train.ensemble import EnsembleResult
 from lossland.train.stop import STOP_REASONS
@@ -305,11 +305,6 @@ class _Merge:
                              final=self.final, f_train=self.f_train, f_test=self.f_test)
 
 
-# Losses that vanish wherever every margin holds (Delta <= 0): a sat state
-# has loss 0, which scale_to_sat reaches.
-SCALABLE_LOSSES = ("quadratic_hinge", "hinge")
-
-
 def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: TrainConfig) -> tuple:
   """Members that classify every training point, scaled to sat.
 
@@ -328,7 +323,7 @@ def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Trai
   Members with a point misclassified (or f = 0 on it: a dead point), with
   N_Delta = 0 or non-finite outputs, and nets of other architectures or
   with several outputs are left as they are, and so is every member where
-  the loss is not a hinge (:data:`SCALABLE_LOSSES`: a loss that is 0
+  the loss is not a hinge (:data:`lossland.losses.HINGES`: a loss that is 0
   wherever every margin holds; the others have no sat state to scale to).
 
   Args:
@@ -346,7 +341,7 @@ def scale_to_sat(res: EnsembleResult, data, net: nets.NetConfig, loss, cfg: Trai
   from lossland import stationarity
   K = len(res.seeds)
   scales = [float("nan")] * K
-  if not isinstance(net, nets.NetConfig) or net.n_out != 1 or loss.name not in SCALABLE_LOSSES:
+  if not isinstance(net, nets.NetConfig) or net.n_out != 1 or loss.name not in losses.HINGES:
     return res, scales
   nd = np.asarray(res.final["n_delta"], np.float64)
   idx = [k for k in range(K) if np.isfinite(nd[k]) and nd[k] > 0]
