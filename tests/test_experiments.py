@@ -115,15 +115,16 @@ def test_run_study_writes_one_run_directory(tmp_path):
 def test_phase_presets_keep_their_cells():
   """The cpu preset's initial cells keep their ids (so existing sweep
   directories resume): those of its run recorded in docs/jamming.md (the
-  preset of 2026-12-05, d = 4, h = 16 with biases, lr 1e-3; a preset change
+  preset of 2026-12-05, d = 4, h = 16 with biases, lr 1e-3, with
+  --scale_to_sat since 2026-12-07, the run runs/cpu22; a preset change
   changes them on purpose)."""
   from lossland.configs import phase as presets
   cfg = presets.cpu()
   groups = phase_study.cell_groups(cfg, phase_study.widths_for(cfg))
   cells = phase_study.transition_proposer(groups, cfg.p_over_n)([])
   assert [sweep.cell_id(job.validate(dict(c))) for c in cells] == [
-      "72e1c8be0af9", "e6aa937ab305", "5b09082ea496", "0933a096c43f", "bc4f37be28bb",
-      "e65cfe0b6cf6", "f37b3fc3eb54", "56584743140b", "5c925167a5cb"]
+      "62b45c53933e", "41c74c4681ef", "2cc9ad90f25c", "7218d1051d6b", "aa35e54cd20e",
+      "4136ff7f177a", "f9026bf559f9", "ce614045c332", "b4c82e974df8"]
   assert all(c["record_unsat"] and c["n_test"] == 0 for c in cells)
 
 
