@@ -176,19 +176,22 @@ def fit_cells(stats: Sequence[dict], level: float = 0.95, unbalanced: str = "not
 
 def outside_grid(stats: Sequence[dict], unbalanced: str = "not_sat") -> list | None:
   """Where P* lies when the fraction sat never crosses 1/2 on the measured
-  cells (:func:`fit_cells`' counts): ``[">", largest P/N]`` when every cell
-  is mostly sat, ``["<", smallest P/N]`` when every one is mostly not sat,
-  None otherwise (crossed, or no cell with sat or stopped-jammed members)."""
+  P/N (:func:`fit_cells`' counts, the cells of one P/N pooled):
+  ``[">", largest P/N]`` when it is above 1/2 at every one, ``["<",
+  smallest P/N]`` when below at every one, None otherwise (crossed, or no
+  cell with sat or stopped-jammed members). The bisection steps out from
+  there (:func:`propose_points`)."""
   cells = [c for c in stats if c["n_sat"] + c["n_jammed"] > 0]
   if not cells:
     return None
   k = lambda c: c["n_sat"] + (c["n_unbalanced"] if unbalanced == "sat" else 0)
-  frac = [k(c) / (c["n_sat"] + c["n_jammed"]) for c in cells]
-  xs = [c["p_over_n"] for c in cells]
+  xs = sorted({c["p_over_n"] for c in cells})
+  frac = [sum(k(c) for c in cells if c["p_over_n"] == x) /
+          sum(c["n_sat"] + c["n_jammed"] for c in cells if c["p_over_n"] == x) for x in xs]
   if min(frac) > 0.5:
-    return [">", float(max(xs))]
+    return [">", float(xs[-1])]
   if max(frac) < 0.5:
-    return ["<", float(min(xs))]
+    return ["<", float(xs[0])]
   return None
 
 
@@ -217,14 +220,12 @@ def propose_points(stats: Sequence[dict], n_points: int = 1, grow: float = 1.3,
   if not stats:
     return []
   xs = np.array(sorted({c["p_over_n"] for c in stats}))
-  frac = {x: (sum(c["n_sat"] for c in stats if c["p_over_n"] == x) /
-              sum(c["n_sat"] + c["n_jammed"] for c in stats if c["p_over_n"] == x))
-          for x in xs}
   steps = range(1, n_points + 1)
-  if all(v > 0.5 for v in frac.values()):
-    return [float(xs.max() * grow ** j) for j in steps if xs.max() * grow ** j <= x_bounds[1]]
-  if all(v < 0.5 for v in frac.values()):
-    return [float(xs.min() / grow ** j) for j in steps if xs.min() / grow ** j >= x_bounds[0]]
+  side = outside_grid(stats)
+  if side is not None and side[0] == ">":
+    return [float(side[1] * grow ** j) for j in steps if side[1] * grow ** j <= x_bounds[1]]
+  if side is not None:
+    return [float(side[1] / grow ** j) for j in steps if side[1] / grow ** j >= x_bounds[0]]
   fit = fit_cells(stats)
   xh = fit["x_half"]
   if xh is None:

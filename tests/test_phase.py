@@ -756,6 +756,9 @@ def test_outside_grid_says_which_side_of_the_cells_p_star_is():
   stats = [cell(1.5, 1, 5, 1), cell(2.0, 0, 6, 0), cell(0.5, 0, 0, 0)]
   assert phase.outside_grid(stats, unbalanced="sat") == ["<", 1.5]
   assert phase.outside_grid([cell(1.0, 3, 3, 0)]) is None          # exactly 1/2
+  # the cells of one P/N pool (the bisection's rule): 5 of 12 sat at 1.0
+  assert phase.outside_grid([cell(1.0, 5, 1, 0), cell(1.0, 0, 6, 0), cell(2.0, 0, 6, 0)]) \
+      == ["<", 1.0]
   assert phase.outside_grid([cell(1.0, 0, 0, 0)]) is None
   stats = [phase.cell_stats(_record(300, 300, ["sat"] * 6)),
            phase.cell_stats(_record(600, 300, ["unbalanced"] * 6))]
