@@ -13,8 +13,12 @@ where larger outputs would lower the loss; recomputed from the params for
 runs written before summary.json had it), and the exact minimum of the
 quadratic hinge loss along that scale (the last layer times c, f -> c f):
 ``scale_c``, the best c, and ``scale_gain``, the loss's relative decrease
-there (1: every margin satisfied, a sat state one exact step away). Used for docs/jamming.md, the
-twenty-first session. Writes nothing; exits 2 on a directory with no run.
+there (1: every margin satisfied, a sat state one exact step away); and,
+from summary.json, the finish's reason and iterations and the descent
+probe's gain at its end (``finish_reason``, ``finish_iterations``,
+``descent_gain``; null for members no finish entered). Used for
+docs/jamming.md, the twenty-first to twenty-third sessions. Writes nothing;
+exits 2 on a directory with no run.
 """
 import glob
 import json
@@ -81,7 +85,10 @@ def rows(run: str) -> list:
                     output_rms=float(np.sqrt(np.mean(f ** 2))),
                     w_norm=float(np.linalg.norm(ravel_pytree(params)[0])),
                     r_sub=m.get("force_residual"), scale_residual=float(scale),
-                    scale_c=c, scale_gain=1.0 - at_c / at_1 if at_1 > 0 else 0.0))
+                    scale_c=c, scale_gain=1.0 - at_c / at_1 if at_1 > 0 else 0.0,
+                    finish_reason=m.get("finish_reason"),
+                    finish_iterations=m.get("finish_iterations"),
+                    descent_gain=m.get("descent_gain")))
   return out
 
 

@@ -46,6 +46,9 @@ def test_member_table_rows_match_the_run(tmp_path):
     assert row["seed"] == m["seed"] and row["class"] == m["class"] and row["depth"] == 2
     assert row["n_delta"] == m["n_delta"] and row["r_sub"] == m["force_residual"]
     assert row["scale_residual"] == m["scale_residual"]
+    # no finish in this job: the finish's fields are null, as in summary.json
+    assert (row["finish_reason"], row["finish_iterations"], row["descent_gain"]) == (
+        m.get("finish_reason"), m.get("finish_iterations"), m.get("descent_gain"))
     k = s["members"].index(m)
     params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
     f = np.asarray(apply_fn(params, x))
@@ -65,9 +68,16 @@ def test_member_table_rows_match_the_run(tmp_path):
     m.pop("scale_residual", None)
   with open(path, "w") as fh:
     json.dump(old, fh)
+  for j, m in enumerate(old["members"]):  # a finished run's fields are passed through
+    m.update(finish_reason="max_iter", finish_iterations=1000 + j, descent_gain=-1e-7 * (j + 1))
+  with open(path, "w") as fh:
+    json.dump(old, fh)
   again = _rows(tool, run_dir)  # the run directory itself
   for a, b in zip(again, rows):
     assert a["scale_residual"] == pytest.approx(b["scale_residual"], rel=1e-12, abs=1e-15)
+    j = [m["seed"] for m in old["members"]].index(a["seed"])
+    assert (a["finish_reason"], a["finish_iterations"], a["descent_gain"]) == (
+        "max_iter", 1000 + j, -1e-7 * (j + 1))
   k = s["members"].index(want[0])
   params = jax.tree_util.tree_map(lambda a: a[k], ens.params)
   assert again[0]["scale_residual"] == pytest.approx(
