@@ -133,7 +133,14 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                  "max_iter": sum(m.get("finish_reason") == "max_iter" for m in members),
                  "probe_descends": sum(m.get("finish_reason") != "max_iter"
                                        and observables.still_descending(m)
-                                       for m in members)},
+                                       for m in members),
+                 # of those out of iterations, the ones force-balanced
+                 # (r_sub <= the job's jam_max_residual) where the descent
+                 # probe finds nothing: nearest to a minimum, but the
+                 # finish's own last steps still lowered the loss
+                 # (docs/jamming.md, twenty-third session)
+                 "balanced_max_iter": sum(_balanced_out_of_iterations(
+                     m, s.get("jam_max_residual")) for m in members)},
       # members left with loss > 0 (not sat, healthy) and not shown to be
       # minima (a jammed one has 0 to rounding): the loss's relative slope
       # along the output scale (lossland.stationarity.scale_residual; None:
@@ -149,6 +156,17 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                              for m, c in zip(members, classes)),
       "run_dir": record.get("run_dir"),
   }
+
+
+def _balanced_out_of_iterations(m: dict, threshold) -> bool:
+  """A member whose Newton finish ran out of iterations at r_sub <=
+  ``threshold`` (None: the job applied no force-balance criterion) and
+  whose descent probe found no loss lower by more than
+  ``observables.DESCENT_RTOL``."""
+  r, gain = m.get("force_residual"), m.get("descent_gain")
+  return bool(m.get("finish_reason") == "max_iter" and threshold is not None
+              and r is not None and r <= threshold and gain is not None
+              and np.isfinite(gain) and gain >= -observables.DESCENT_RTOL)
 
 
 # Healthy classes a member ends in with N_Delta > 0 (limbo: satisfied to
@@ -707,7 +725,8 @@ def _depth_summary(stats: Sequence[dict], fit: dict, fit_upper: dict | None = No
           "n_zero_error": int(sum(c.get("n_zero_error_loss", 0) for c in stats))},
       "n_scaled_to_sat": int(sum(c.get("n_scaled_to_sat", 0) for c in stats)),
       "finish": {k: int(sum(c.get("finish", {}).get(k, 0) for c in stats))
-                 for k in ("entered", "sat", "kept", "max_iter", "probe_descends")},
+                 for k in ("entered", "sat", "kept", "max_iter", "probe_descends",
+                           "balanced_max_iter")},
       "N": Ns[0] if len(Ns) == 1 else Ns,
       "width": stats[0]["width"] if stats else None,
       "d": stats[0]["d"] if stats else None,

@@ -42,7 +42,8 @@ def test_cell_stats_counts_only_sat_and_jammed():
   assert s["p_over_n"] == 2.5 and s["n_sat"] == 1 and s["n_jammed"] == 2
   assert s["counts"] == {"dead": 1, "jammed": 2, "limbo": 1, "not_converged": 1, "sat": 1}
   assert s["nd_over_n_jammed"] == [0.5, 0.7]
-  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0, "probe_descends": 0}
+  assert s["finish"] == {"entered": 0, "sat": 0, "kept": 0, "max_iter": 0, "probe_descends": 0,
+                         "balanced_max_iter": 0}
 
 
 def test_scale_residual_of_the_members_left_with_loss():
@@ -103,11 +104,44 @@ def test_finish_counts_per_cell_and_depth():
   assert [phase.member_class(m) for m in r["summary"]["members"][4:]] == [
       "jammed", "unbalanced", "jammed"]
   s = phase.cell_stats(r)
-  assert s["finish"] == {"entered": 5, "sat": 1, "kept": 1, "max_iter": 1, "probe_descends": 1}
+  assert s["finish"] == {"entered": 5, "sat": 1, "kept": 1, "max_iter": 1, "probe_descends": 1,
+                         "balanced_max_iter": 0}
   summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
                                        "separated": True, "bracketed": True})
   assert summ["finish"] == {"entered": 10, "sat": 2, "kept": 2, "max_iter": 2,
-                            "probe_descends": 2}
+                            "probe_descends": 2, "balanced_max_iter": 0}
+
+
+def test_cell_stats_counts_force_balanced_members_out_of_iterations():
+  """Of the members whose finish ran out of iterations (still descending,
+  never jammed), those with r_sub <= the job's jam_max_residual where the
+  descent probe finds nothing above observables.DESCENT_RTOL are counted
+  (balanced_max_iter), table-driven; a job without the criterion counts none."""
+  from lossland import observables
+  tol = observables.DESCENT_RTOL
+  rows = [  # (finish_reason, force_residual, descent_gain, counted)
+      ("max_iter", 3e-10, -7e-14, True),
+      ("max_iter", 1e-6, 0.0, True),  # at the threshold
+      ("max_iter", 1e-6, -tol, True),  # at the probe's tolerance
+      ("max_iter", 2e-6, 0.0, False),  # above the threshold
+      ("max_iter", 3e-10, -3 * tol, False),  # the probe finds a descent
+      ("max_iter", 3e-10, None, False),  # no probe recorded
+      ("max_iter", None, 0.0, False),  # no r_sub
+      ("max_iter", 3e-10, float("nan"), False),
+      ("stuck", 3e-10, 0.0, False),  # not out of iterations: jammed
+  ]
+  r = _record(500, 200, ["unbalanced"] * len(rows))
+  r["summary"]["jam_max_residual"] = 1e-6
+  for m, (why, res, gain, _) in zip(r["summary"]["members"], rows):
+    m.update(finished=True, finish_reason=why, force_residual=res, descent_gain=gain)
+  s = phase.cell_stats(r)
+  assert s["finish"]["balanced_max_iter"] == sum(row[3] for row in rows) == 3
+  assert s["finish"]["max_iter"] == 8
+  summ = phase._depth_summary([s, s], {"x_half": 2.0, "ci": None, "width": None,
+                                       "separated": True, "bracketed": True})
+  assert summ["finish"]["balanced_max_iter"] == 6
+  r["summary"]["jam_max_residual"] = None  # a job with no criterion
+  assert phase.cell_stats(r)["finish"]["balanced_max_iter"] == 0
 
 
 def test_unbalanced_members_count_as_not_sat_but_give_no_exponent_samples(tmp_path):
@@ -723,6 +757,13 @@ def test_report_names_the_exponents_states():
   lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
   assert lines[0].endswith("2 ran out of iterations (still descending: more --finish_iters "
                            "may settle them), 1 more found descending by the descent probe")
+  depth["finish"] = {"entered": 4, "sat": 1, "kept": 0, "max_iter": 2, "probe_descends": 1,
+                     "balanced_max_iter": 1}
+  lines = phase_study.report_lines({"runs": [(some, "RUN")], "finite_size": None})
+  assert lines[0].endswith("2 ran out of iterations (still descending: more --finish_iters "
+                           "may settle them; 1 of them force-balanced, with no descent the "
+                           "probe finds), 1 more found descending by the descent probe")
+  depth["finish"]["balanced_max_iter"] = 0
   # the output scale's residual of the members left with loss > 0
   depth["scale_residual"] = {"n_measured": 3, "n_positive": 2, "median": 0.123,
                              "range": [-0.01, 0.5], "n_zero_error": 1}

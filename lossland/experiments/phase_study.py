@@ -404,14 +404,17 @@ def _exponent_line(result: dict) -> str:
 
 def _finish_note(fin: dict) -> str:
   """How many members the finish entered, how many of them ran out of
-  iterations and how many more the descent probe found descending (still
+  iterations (and of those, how many are force-balanced with no descent the
+  probe finds) and how many more the descent probe found descending (still
   descending, so never jammed); "" without a finish."""
   if not fin.get("entered"):
     return ""
   probe = (f", {fin['probe_descends']} more found descending by the descent probe"
            if fin.get("probe_descends") else "")
+  near = (f"; {fin['balanced_max_iter']} of them force-balanced, with no descent the probe "
+          "finds" if fin.get("balanced_max_iter") else "")
   return (f"; finish: {fin['entered']} entered, {fin.get('max_iter', 0)} ran out of "
-          f"iterations (still descending: more --finish_iters may settle them){probe}")
+          f"iterations (still descending: more --finish_iters may settle them{near}){probe}")
 
 
 def _scale_note(sc: dict, n_scaled: int = 0) -> str:
