@@ -183,15 +183,21 @@ def member_classes(stop_reasons, n_delta, max_delta, f_train, n_weights: int,
 DESCENT_RTOL = 1e-10
 
 
+def probe_descends(member: dict, rtol: float = DESCENT_RTOL) -> bool:
+  """Whether the descent probe at the end of a summary member's finish found
+  the loss lower by more than ``rtol``, relative (``descent_gain``; False
+  where none was recorded)."""
+  gain = member.get("descent_gain")
+  return gain is not None and bool(np.isfinite(gain)) and gain < -rtol
+
+
 def still_descending(member: dict, rtol: float = DESCENT_RTOL) -> bool:
   """Whether a summary member (summary.json's ``members`` entry) is shown
   to be still descending: its Newton finish ran out of iterations
   (``finish_reason`` "max_iter"), or the descent probe at its end found the
-  loss lower by more than ``rtol`` (``descent_gain``; summaries written
-  before the probe have none)."""
-  gain = member.get("descent_gain")
-  return (member.get("finish_reason") == "max_iter"
-          or (gain is not None and np.isfinite(gain) and gain < -rtol))
+  loss lower by more than ``rtol`` (:func:`probe_descends`; summaries
+  written before the probe have none)."""
+  return member.get("finish_reason") == "max_iter" or probe_descends(member, rtol)
 
 
 def apply_force_balance(classes, force_residuals, threshold: float | None,

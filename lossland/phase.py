@@ -132,7 +132,7 @@ def cell_stats(record: dict, load_fn=None) -> dict:
                  "kept": sum(m.get("finish_reason") == "kept" for m in members),
                  "max_iter": sum(m.get("finish_reason") == "max_iter" for m in members),
                  "probe_descends": sum(m.get("finish_reason") != "max_iter"
-                                       and observables.still_descending(m)
+                                       and observables.probe_descends(m)
                                        for m in members),
                  # of those out of iterations, the ones force-balanced
                  # (r_sub <= the job's jam_max_residual) where the descent
@@ -166,7 +166,7 @@ def _balanced_out_of_iterations(m: dict, threshold) -> bool:
   r, gain = m.get("force_residual"), m.get("descent_gain")
   return bool(m.get("finish_reason") == "max_iter" and threshold is not None
               and r is not None and r <= threshold and gain is not None
-              and np.isfinite(gain) and gain >= -observables.DESCENT_RTOL)
+              and np.isfinite(gain) and not observables.probe_descends(m))
 
 
 # Healthy classes a member ends in with N_Delta > 0 (limbo: satisfied to
